@@ -1,1 +1,218 @@
-fn main() {}
+//! `cargo xtask`: the only build, run, benchmark and test entry point of Roam.
+
+use anyhow::{Result, bail};
+use clap::{Parser, Subcommand};
+use std::process::Command;
+use xtask::artifacts::{self, GUEST_PROFILE, GUEST_TARGET};
+use xtask::vm::{Boot, Vmm};
+use xtask::{bench, image_path, prereq, proc, root};
+
+/// Roam's build, run, benchmark and test commands.
+#[derive(Parser)]
+#[command(name = "cargo xtask", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Build guest images into target/images/<name>.elf.
+    Image {
+        /// Images to build (directories under images/).
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        names: Vec<String>,
+        /// Build every image.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Build an image and boot it under host-vmm; exits with the guest's status.
+    Run {
+        /// The image to boot.
+        name: String,
+        /// Extra host-vmm `run` flags, after `--` (e.g. `-- --mem 256M --cmdline log=info`).
+        #[arg(last = true)]
+        host_vmm_args: Vec<String>,
+    },
+    /// Build an image and boot it under stock QEMU (-M microvm, PVH); exits with the guest's status.
+    Qemu {
+        /// The image to boot.
+        name: String,
+        /// Guest RAM in MiB.
+        #[arg(long, default_value_t = 128)]
+        mem: u32,
+        /// Kernel command line (e.g. `log=info`).
+        #[arg(long, default_value = "")]
+        cmdline: String,
+    },
+    /// Benchmarks, printed as tables (or JSON) with ratios against a peer run.
+    Bench {
+        #[command(subcommand)]
+        which: BenchCmd,
+    },
+    /// The demo: build everything, boot hello on host-vmm and on QEMU, print the boot benchmark.
+    Demo,
+    /// Everything CI runs: formatting, lints, unit tests, then the KVM and QEMU integration tests.
+    Test,
+    /// Formatting and clippy for host and guest crates.
+    Lint,
+}
+
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// Process spawn -> app ready and -> exit, host-vmm vs QEMU microvm, same hello ELF.
+    Boot {
+        /// Boots per VMM.
+        #[arg(long, default_value_t = 20)]
+        runs: usize,
+        /// Print one JSON object instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() {
+    if let Err(e) = run(Cli::parse()) {
+        eprintln!("xtask: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Cmd::Image { names, all: _ } => artifacts::build_images(&names),
+        Cmd::Run {
+            name,
+            host_vmm_args,
+        } => {
+            prereq::ensure_kvm()?;
+            artifacts::build_host_vmm()?;
+            artifacts::build_images(std::slice::from_ref(&name))?;
+            let mut cmd = Command::new(xtask::host_vmm_path());
+            cmd.arg("run").arg(image_path(&name)).args(&host_vmm_args);
+            exit_with(&mut cmd, Vmm::HostVmm)
+        }
+        Cmd::Qemu { name, mem, cmdline } => {
+            prereq::ensure_kvm()?;
+            prereq::ensure_packages(&[prereq::QEMU])?;
+            artifacts::build_images(std::slice::from_ref(&name))?;
+            let image = image_path(&name);
+            let boot = Boot {
+                image: &image,
+                mem_mib: mem,
+                cmdline: &cmdline,
+            };
+            exit_with(&mut Vmm::QemuMicrovm.command(&boot), Vmm::QemuMicrovm)
+        }
+        Cmd::Bench {
+            which: BenchCmd::Boot { runs, json },
+        } => {
+            prepare_boot_bench()?;
+            print_boot_bench(runs, json)
+        }
+        Cmd::Demo => demo(),
+        Cmd::Test => test(),
+        Cmd::Lint => lint(),
+    }
+}
+
+/// Runs a VMM with the terminal attached and exits with the guest's status.
+fn exit_with(cmd: &mut Command, vmm: Vmm) -> Result<()> {
+    let (status, stderr) = proc::run_tee_stderr(cmd)?;
+    let code = vmm.guest_status(status, &stderr)?;
+    std::process::exit(code);
+}
+
+fn prepare_boot_bench() -> Result<()> {
+    prereq::ensure_kvm()?;
+    prereq::ensure_packages(&[prereq::QEMU])?;
+    artifacts::build_host_vmm()?;
+    artifacts::build_images(&["hello".to_string()])
+}
+
+fn print_boot_bench(runs: usize, json: bool) -> Result<()> {
+    let image = image_path("hello");
+    let figures = bench::boot(&image, runs)?;
+    if json {
+        println!("{}", bench::json(&figures, runs));
+    } else {
+        print!("{}", bench::table(&figures, runs, &image));
+    }
+    Ok(())
+}
+
+fn demo() -> Result<()> {
+    prereq::ensure_kvm()?;
+    prereq::ensure_packages(&[prereq::QEMU])?;
+    artifacts::build_host_vmm()?;
+    artifacts::build_images(&[])?;
+    let image = image_path("hello");
+    for vmm in [Vmm::HostVmm, Vmm::QemuMicrovm] {
+        println!("\n=== hello under {} ===", vmm.key());
+        let (status, stderr) = proc::run_tee_stderr(&mut vmm.command(&Boot::new(&image)))?;
+        let code = vmm.guest_status(status, &stderr)?;
+        println!("(guest exit status {code})");
+        if code != 0 {
+            bail!("hello failed under {}", vmm.key());
+        }
+    }
+    println!();
+    print_boot_bench(20, false)
+}
+
+fn cargo() -> Command {
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.current_dir(root());
+    cmd
+}
+
+/// Guest crates: the kernel and every image.
+fn guest_packages() -> Result<Vec<String>> {
+    let mut packages = vec!["kernel".to_string()];
+    packages.extend(artifacts::image_names()?);
+    Ok(packages)
+}
+
+fn lint() -> Result<()> {
+    proc::run(cargo().args(["fmt", "--all", "--", "--check"]))?;
+    // Host side: default members, the integration tests, and the kernel's host unit tests.
+    proc::run(cargo().args([
+        "clippy",
+        "--all-targets",
+        "-p",
+        "host-vmm",
+        "-p",
+        "xtask",
+        "-p",
+        "roam-tests",
+        "-p",
+        "kernel",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    let mut guest = cargo();
+    guest.args([
+        "clippy",
+        "--target",
+        GUEST_TARGET,
+        "--profile",
+        GUEST_PROFILE,
+    ]);
+    for p in guest_packages()? {
+        guest.args(["-p", &p]);
+    }
+    proc::run(guest.args(["--", "-D", "warnings"]))
+}
+
+fn test() -> Result<()> {
+    prereq::ensure_packages(&[prereq::QEMU])?;
+    lint()?;
+    // Host unit tests: what a plain `cargo test` runs, plus the kernel's pure logic.
+    proc::run(cargo().arg("test"))?;
+    proc::run(cargo().args(["test", "-p", "kernel"]))?;
+    artifacts::build_host_vmm()?;
+    artifacts::build_images(&[])?;
+    // Integration tests: real KVM, real QEMU.
+    proc::run(cargo().args(["test", "-p", "roam-tests"]))
+}

@@ -1,0 +1,147 @@
+//! The same ELFs boot under host-vmm and under stock QEMU (microvm, PVH), with real KVM.
+
+use roam_tests::{GuestRun, Vmm, boot, kvm_present};
+
+const APP_READY: &str = "Hello from Roam";
+/// host-vmm and our QEMU mapping: the guest's exit statuses (ARCHITECTURE.md).
+const STATUS_PANIC: i32 = 101;
+const STATUS_CPU_EXCEPTION: i32 = 102;
+
+fn transcript(run: &GuestRun) -> String {
+    format!(
+        "status {}\n--- stdout ---\n{}--- stderr ---\n{}",
+        run.status, run.watched.stdout, run.watched.stderr
+    )
+}
+
+fn hello_passes(vmm: Vmm) {
+    let run = boot(vmm, "hello", "", APP_READY);
+    assert_eq!(
+        run.status,
+        0,
+        "hello failed under {}:\n{}",
+        vmm.key(),
+        transcript(&run)
+    );
+    let first = run.watched.stdout.lines().next().unwrap_or_default();
+    assert_eq!(
+        first,
+        APP_READY,
+        "the app's greeting is not the first line (the kernel logs nothing at the default level):\n{}",
+        transcript(&run)
+    );
+}
+
+#[test]
+fn hello_boots_and_exits_0_on_host_vmm() {
+    if kvm_present("hello_boots_and_exits_0_on_host_vmm") {
+        hello_passes(Vmm::HostVmm);
+    }
+}
+
+#[test]
+fn hello_boots_and_exits_0_on_qemu_microvm() {
+    if kvm_present("hello_boots_and_exits_0_on_qemu_microvm") {
+        hello_passes(Vmm::QemuMicrovm);
+    }
+}
+
+/// `log=` on the kernel command line sets the serial log level.
+fn log_level_follows_cmdline(vmm: Vmm) {
+    let quiet = boot(vmm, "hello", "log=off", APP_READY);
+    let chatty = boot(vmm, "hello", "log=debug", APP_READY);
+    assert_eq!(quiet.status, 0, "{}", transcript(&quiet));
+    assert_eq!(chatty.status, 0, "{}", transcript(&chatty));
+    let kernel_lines = |run: &GuestRun| {
+        run.watched
+            .stdout
+            .lines()
+            .filter(|l| l.contains("DEBUG") || l.contains("INFO"))
+            .count()
+    };
+    assert_eq!(
+        kernel_lines(&quiet),
+        0,
+        "log=off still logged:\n{}",
+        transcript(&quiet)
+    );
+    assert!(
+        kernel_lines(&chatty) > 0,
+        "log=debug logged nothing:\n{}",
+        transcript(&chatty)
+    );
+}
+
+#[test]
+fn log_level_follows_cmdline_on_host_vmm() {
+    if kvm_present("log_level_follows_cmdline_on_host_vmm") {
+        log_level_follows_cmdline(Vmm::HostVmm);
+    }
+}
+
+#[test]
+fn log_level_follows_cmdline_on_qemu_microvm() {
+    if kvm_present("log_level_follows_cmdline_on_qemu_microvm") {
+        log_level_follows_cmdline(Vmm::QemuMicrovm);
+    }
+}
+
+fn page_fault_is_reported(vmm: Vmm) {
+    let run = boot(vmm, "crash-pagefault", "", "never printed");
+    let out = &run.watched.stdout;
+    assert_eq!(run.status, STATUS_CPU_EXCEPTION, "{}", transcript(&run));
+    for needle in [
+        "page fault",
+        "vector 14",
+        "RIP",
+        "error code",
+        "CR2=0xdead00000000",
+    ] {
+        assert!(
+            out.contains(needle),
+            "fault report lacks `{needle}`:\n{}",
+            transcript(&run)
+        );
+    }
+}
+
+#[test]
+fn page_fault_is_reported_on_host_vmm() {
+    if kvm_present("page_fault_is_reported_on_host_vmm") {
+        page_fault_is_reported(Vmm::HostVmm);
+    }
+}
+
+#[test]
+fn page_fault_is_reported_on_qemu_microvm() {
+    if kvm_present("page_fault_is_reported_on_qemu_microvm") {
+        page_fault_is_reported(Vmm::QemuMicrovm);
+    }
+}
+
+fn panic_is_reported(vmm: Vmm) {
+    let run = boot(vmm, "crash-panic", "", "never printed");
+    let out = &run.watched.stdout;
+    assert_eq!(run.status, STATUS_PANIC, "{}", transcript(&run));
+    for needle in ["panicked", "crash-panic", "main.rs"] {
+        assert!(
+            out.contains(needle),
+            "panic report lacks `{needle}`:\n{}",
+            transcript(&run)
+        );
+    }
+}
+
+#[test]
+fn panic_is_reported_on_host_vmm() {
+    if kvm_present("panic_is_reported_on_host_vmm") {
+        panic_is_reported(Vmm::HostVmm);
+    }
+}
+
+#[test]
+fn panic_is_reported_on_qemu_microvm() {
+    if kvm_present("panic_is_reported_on_qemu_microvm") {
+        panic_is_reported(Vmm::QemuMicrovm);
+    }
+}

@@ -1,0 +1,97 @@
+//! Shared pieces of Roam's integration tests.
+//!
+//! The tests expect what `cargo xtask test` builds first: the release host-vmm and every
+//! image in target/images/. They boot real VMs through the same code as `cargo xtask run`.
+
+#![deny(unsafe_code)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+pub use xtask::vm::{Boot, GuestRun, Vmm};
+
+/// Generous bound for one boot: a hung guest fails the test instead of hanging CI.
+pub const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Prints straight to the test's stderr, past libtest's capture, so a skip is always seen.
+pub fn say(line: &str) {
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+/// `true` when /dev/kvm exists; otherwise prints that `test` is skipped and returns `false`.
+///
+/// Only a missing /dev/kvm skips: a /dev/kvm that exists but fails is a test failure.
+pub fn kvm_present(test: &str) -> bool {
+    if Path::new("/dev/kvm").exists() {
+        return true;
+    }
+    say(&format!(
+        "skipped: {test}: /dev/kvm is not present on this machine"
+    ));
+    false
+}
+
+/// Whether this process is root (some bad-input cases need to drop or hide privileges).
+pub fn is_root() -> bool {
+    xtask::prereq::is_root()
+}
+
+/// The built image `name`, or a panic that says how to build it.
+pub fn image(name: &str) -> PathBuf {
+    let path = xtask::image_path(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: run `cargo xtask image --all` (`cargo xtask test` does it for you)",
+        path.display()
+    );
+    path
+}
+
+/// The release host-vmm binary, or a panic that says how to build it.
+pub fn host_vmm() -> PathBuf {
+    let path = xtask::host_vmm_path();
+    assert!(
+        path.is_file(),
+        "{} is missing: run `cargo build --release -p host-vmm` (`cargo xtask test` does it for you)",
+        path.display()
+    );
+    path
+}
+
+/// Boots image `name` under `vmm` with `cmdline`, waiting for `ready` on stdout.
+pub fn boot(vmm: Vmm, name: &str, cmdline: &str, ready: &str) -> GuestRun {
+    if vmm == Vmm::HostVmm {
+        host_vmm();
+    }
+    let image = image(name);
+    let mut b = Boot::new(&image);
+    b.cmdline = cmdline;
+    vmm.boot(&b, ready, BOOT_TIMEOUT)
+        .unwrap_or_else(|e| panic!("booting {name} under {}: {e:#}", vmm.key()))
+}
+
+/// A file in the temp directory that is removed when dropped, named so runs cannot collide.
+pub struct TempFile(PathBuf);
+
+impl TempFile {
+    /// Creates `roam-<tag>-<pid>-<n>` with `contents`.
+    pub fn new(tag: &str, contents: &[u8]) -> TempFile {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("roam-{tag}-{}-{n}", std::process::id()));
+        std::fs::write(&path, contents).expect("writing a temp file");
+        TempFile(path)
+    }
+
+    /// Its path.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}

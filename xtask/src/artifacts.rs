@@ -1,0 +1,74 @@
+//! Building what the other commands run: guest images and the release host-vmm.
+
+use crate::{image_path, images_dir, proc, root, target_dir};
+use anyhow::{Context, Result, bail};
+use std::process::Command;
+
+/// The guest target every image is built for.
+pub const GUEST_TARGET: &str = "x86_64-unknown-none";
+
+/// The cargo profile for guest images (see the root Cargo.toml).
+pub const GUEST_PROFILE: &str = "guest";
+
+/// Names of all images: the directories under `images/`, sorted.
+pub fn image_names() -> Result<Vec<String>> {
+    let dir = root().join("images");
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+        let entry = entry?;
+        if entry.path().join("Cargo.toml").is_file() {
+            names.push(entry.file_name().to_string_lossy().into_owned());
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// Builds the named images (all of them when `names` is empty) into target/images/.
+pub fn build_images(names: &[String]) -> Result<()> {
+    let known = image_names()?;
+    let names = if names.is_empty() {
+        known.clone()
+    } else {
+        names.to_vec()
+    };
+    for name in &names {
+        if !known.contains(name) {
+            bail!(
+                "no image called `{name}`; the images are: {}",
+                known.join(", ")
+            );
+        }
+    }
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.current_dir(root()).args([
+        "build",
+        "--target",
+        GUEST_TARGET,
+        "--profile",
+        GUEST_PROFILE,
+    ]);
+    for name in &names {
+        cmd.args(["-p", name]);
+    }
+    proc::run(&mut cmd)?;
+    std::fs::create_dir_all(images_dir())?;
+    let built = target_dir().join(GUEST_TARGET).join(GUEST_PROFILE);
+    for name in &names {
+        let dest = image_path(name);
+        std::fs::copy(built.join(name), &dest)
+            .with_context(|| format!("copying image {name} to {}", dest.display()))?;
+        eprintln!("    image {name} -> {}", dest.display());
+    }
+    Ok(())
+}
+
+/// Builds the release host-vmm binary.
+pub fn build_host_vmm() -> Result<()> {
+    proc::run(Command::new(env!("CARGO")).current_dir(root()).args([
+        "build",
+        "--release",
+        "-p",
+        "host-vmm",
+    ]))
+}

@@ -1,0 +1,47 @@
+//! Roam's build, run and measurement helpers.
+//!
+//! The `xtask` binary (`cargo xtask ...`) is the command-line face of this library; the
+//! integration tests in `tests/` use the same functions, so a test boots a guest exactly the
+//! way a user does.
+
+#![deny(unsafe_code)]
+
+pub mod artifacts;
+pub mod bench;
+pub mod prereq;
+pub mod proc;
+pub mod stats;
+pub mod vm;
+
+use std::path::{Path, PathBuf};
+
+/// The workspace root (the directory holding the top-level Cargo.toml).
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives one level below the workspace root")
+        .to_path_buf()
+}
+
+/// Cargo's target directory, honouring `CARGO_TARGET_DIR`.
+pub fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => root().join(dir),
+        None => root().join("target"),
+    }
+}
+
+/// Where `cargo xtask image` puts guest images.
+pub fn images_dir() -> PathBuf {
+    target_dir().join("images")
+}
+
+/// The path of a built guest image.
+pub fn image_path(name: &str) -> PathBuf {
+    images_dir().join(format!("{name}.elf"))
+}
+
+/// The release host-vmm binary that xtask builds and runs.
+pub fn host_vmm_path() -> PathBuf {
+    target_dir().join("release").join("host-vmm")
+}

@@ -1,0 +1,103 @@
+//! Prerequisites: Debian packages are installed when we are root, otherwise we stop with the
+//! exact command to run. The Rust toolchain and guest target come from rust-toolchain.toml.
+
+use crate::proc;
+use anyhow::{Result, bail};
+use std::path::Path;
+use std::process::Command;
+
+/// A Debian package and the program that tells us it is installed.
+#[derive(Clone, Copy, Debug)]
+pub struct Package {
+    /// Debian package name.
+    pub name: &'static str,
+    /// A program the package installs.
+    pub program: &'static str,
+}
+
+/// Stock QEMU, the peer every boot figure is compared with.
+pub const QEMU: Package = Package {
+    name: "qemu-system-x86",
+    program: "qemu-system-x86_64",
+};
+
+/// Whether `program` is found on PATH (or is an existing path).
+pub fn on_path(program: &str) -> bool {
+    if program.contains('/') {
+        return Path::new(program).is_file();
+    }
+    std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
+        .unwrap_or(false)
+}
+
+/// Whether this process runs as root (effective UID 0).
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find(|l| l.starts_with("Uid:"))?;
+            // Fields: real, effective, saved, filesystem.
+            line.split_whitespace().nth(2).map(|euid| euid == "0")
+        })
+        .unwrap_or(false)
+}
+
+/// Makes sure every package is installed: installs missing ones as root, else explains how.
+pub fn ensure_packages(packages: &[Package]) -> Result<()> {
+    let missing: Vec<&str> = packages
+        .iter()
+        .filter(|p| !on_path(p.program))
+        .map(|p| p.name)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let list = missing.join(" ");
+    if !is_root() {
+        bail!(
+            "missing Debian packages: {list}\n  install them with: sudo apt-get update && sudo apt-get install -y {list}"
+        );
+    }
+    eprintln!("Installing missing Debian packages: {list}");
+    proc::run(Command::new("apt-get").args(["update", "-q"]))?;
+    proc::run(
+        Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )?;
+    if let Some(p) = packages.iter().find(|p| !on_path(p.program)) {
+        bail!(
+            "installed {} but `{}` is still not on PATH",
+            p.name,
+            p.program
+        );
+    }
+    Ok(())
+}
+
+/// Why KVM cannot be used here, or `None` when /dev/kvm opens for reading and writing.
+pub fn kvm_unavailable() -> Option<String> {
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
+        Ok(_) => None,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Some("/dev/kvm not found: this needs a Linux host with KVM enabled".into())
+        }
+        Err(e) => Some(format!(
+            "cannot open /dev/kvm: {e}; run as root or add your user to the kvm group"
+        )),
+    }
+}
+
+/// Fails with a clear message when KVM is not usable.
+pub fn ensure_kvm() -> Result<()> {
+    match kvm_unavailable() {
+        None => Ok(()),
+        Some(why) => bail!("{why}"),
+    }
+}

@@ -1,0 +1,172 @@
+//! Running child processes: printed before they run, bounded in time, ended by PID.
+
+use anyhow::{Context, Result, bail};
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// Shows a command the way a shell would, for transparency.
+pub fn display(cmd: &Command) -> String {
+    let mut line = cmd.get_program().to_string_lossy().into_owned();
+    for arg in cmd.get_args() {
+        let arg = arg.to_string_lossy();
+        if arg.is_empty() || arg.contains(|c: char| c.is_whitespace() || c == '"') {
+            line.push_str(&format!(" '{arg}'"));
+        } else {
+            line.push(' ');
+            line.push_str(&arg);
+        }
+    }
+    line
+}
+
+/// Prints and runs a command with inherited stdio; fails unless it exits 0.
+pub fn run(cmd: &mut Command) -> Result<()> {
+    eprintln!("==> {}", display(cmd));
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start {}", cmd.get_program().to_string_lossy()))?;
+    if !status.success() {
+        bail!("`{}` failed with {status}", display(cmd));
+    }
+    Ok(())
+}
+
+/// What a watched run saw.
+#[derive(Debug)]
+pub struct Watched {
+    /// Time from spawn to the first stdout line containing the awaited text, if it came.
+    pub ready: Option<Duration>,
+    /// Time from spawn to process exit.
+    pub exited: Duration,
+    /// The process's exit status.
+    pub status: ExitStatus,
+    /// Everything the process printed on stdout.
+    pub stdout: String,
+    /// Everything the process printed on stderr.
+    pub stderr: String,
+}
+
+enum Event {
+    Line(Instant, String),
+    StdoutClosed,
+}
+
+/// Spawns `cmd`, timestamps the first stdout line containing `ready_text`, and waits for exit.
+///
+/// A process still running after `timeout` is killed (by its PID, which only this function
+/// holds) and reported as an error with what it printed so far.
+pub fn watch(cmd: &mut Command, ready_text: &str, timeout: Duration) -> Result<Watched> {
+    let start = Instant::now();
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot start {}", cmd.get_program().to_string_lossy()))?;
+    let (tx, rx) = mpsc::channel();
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let reader = thread::spawn(move || {
+        let mut lines = BufReader::new(stdout);
+        let mut buf = Vec::new();
+        // Lines are read as bytes: a guest may print anything.
+        while matches!(lines.read_until(b'\n', &mut buf), Ok(n) if n > 0) {
+            let line = String::from_utf8_lossy(&buf).into_owned();
+            if tx.send(Event::Line(Instant::now(), line)).is_err() {
+                break;
+            }
+            buf.clear();
+        }
+        let _ = tx.send(Event::StdoutClosed);
+    });
+    let mut stderr_pipe = child.stderr.take().expect("stderr is piped");
+    let stderr_reader = thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr_pipe.read_to_string(&mut text);
+        text
+    });
+
+    let deadline = start + timeout;
+    let mut ready = None;
+    let mut stdout = String::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(Event::Line(at, line)) => {
+                if ready.is_none() && line.contains(ready_text) {
+                    ready = Some(at - start);
+                }
+                stdout.push_str(&line);
+            }
+            Ok(Event::StdoutClosed) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                kill(&mut child);
+                let _ = reader.join();
+                let stderr = stderr_reader.join().unwrap_or_default();
+                bail!(
+                    "`{}` did not finish within {timeout:?}; stopped it.\n--- stdout ---\n{stdout}--- stderr ---\n{stderr}",
+                    display(cmd)
+                );
+            }
+        }
+    }
+    let status = wait_until(&mut child, deadline)
+        .with_context(|| format!("`{}` closed stdout but did not exit", display(cmd)))?;
+    let exited = start.elapsed();
+    let _ = reader.join();
+    let stderr = stderr_reader.join().unwrap_or_default();
+    Ok(Watched {
+        ready,
+        exited,
+        status,
+        stdout,
+        stderr,
+    })
+}
+
+/// Waits for `child` until `deadline`, killing it if it is still running then.
+fn wait_until(child: &mut Child, deadline: Instant) -> Result<ExitStatus> {
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status);
+        }
+        if Instant::now() >= deadline {
+            kill(child);
+            bail!("timed out");
+        }
+        // Short naps keep the measured exit time within ~0.1 ms.
+        thread::sleep(Duration::from_micros(100));
+    }
+}
+
+/// Ends a child we started and reaps it.
+pub fn kill(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Runs `cmd` with stdout on the terminal and stderr both shown and kept.
+pub fn run_tee_stderr(cmd: &mut Command) -> Result<(ExitStatus, String)> {
+    eprintln!("==> {}", display(cmd));
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot start {}", cmd.get_program().to_string_lossy()))?;
+    let mut pipe = child.stderr.take().expect("stderr is piped");
+    let mut kept = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match pipe.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                let _ = std::io::Write::write_all(&mut std::io::stderr(), &chunk[..n]);
+                kept.extend_from_slice(&chunk[..n]);
+            }
+        }
+    }
+    let status = child.wait()?;
+    Ok((status, String::from_utf8_lossy(&kept).into_owned()))
+}
