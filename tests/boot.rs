@@ -90,12 +90,23 @@ fn page_fault_is_reported(vmm: Vmm) {
     let run = boot(vmm, "crash-pagefault", "", "never printed");
     let out = &run.watched.stdout;
     assert_eq!(run.status, STATUS_CPU_EXCEPTION, "{}", transcript(&run));
+    // The image announces the address it reads; the report's CR2 must be that address.
+    let addr = out
+        .split("reading ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| {
+            panic!(
+                "crash-pagefault did not say what it reads:\n{}",
+                transcript(&run)
+            )
+        });
+    let cr2 = format!("CR2={addr}");
     for needle in [
-        "page fault",
-        "vector 14",
-        "RIP",
-        "error code",
-        "CR2=0xdead00000000",
+        "vector 14 (page fault)",
+        "RIP=0x",
+        "error code=",
+        cr2.as_str(),
     ] {
         assert!(
             out.contains(needle),
@@ -103,6 +114,12 @@ fn page_fault_is_reported(vmm: Vmm) {
             transcript(&run)
         );
     }
+    assert_eq!(
+        out.matches("CPU exception").count(),
+        1,
+        "expected exactly one report:\n{}",
+        transcript(&run)
+    );
 }
 
 #[test]
@@ -144,4 +161,19 @@ fn panic_is_reported_on_qemu_microvm() {
     if kvm_present("panic_is_reported_on_qemu_microvm") {
         panic_is_reported(Vmm::QemuMicrovm);
     }
+}
+
+/// Every hermit-abi call links; the unimplemented ones fail with ENOSYS instead of crashing.
+#[test]
+fn every_hermit_abi_call_links_and_fails_cleanly() {
+    if !kvm_present("every_hermit_abi_call_links_and_fails_cleanly") {
+        return;
+    }
+    let run = boot(Vmm::HostVmm, "abi-check", "", "abi-check:");
+    assert_eq!(run.status, 0, "{}", transcript(&run));
+    assert!(
+        run.watched.stdout.contains(", 0 failed"),
+        "{}",
+        transcript(&run)
+    );
 }

@@ -26,6 +26,7 @@ pub fn image_names() -> Result<Vec<String>> {
 
 /// Builds the named images (all of them when `names` is empty) into target/images/.
 pub fn build_images(names: &[String]) -> Result<()> {
+    crate::prereq::ensure_guest_target()?;
     let known = image_names()?;
     let names = if names.is_empty() {
         known.clone()

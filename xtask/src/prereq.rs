@@ -1,6 +1,7 @@
 //! Prerequisites: Debian packages are installed when we are root, otherwise we stop with the
 //! exact command to run. The Rust toolchain and guest target come from rust-toolchain.toml.
 
+use crate::artifacts::GUEST_TARGET;
 use crate::proc;
 use anyhow::{Result, bail};
 use std::path::Path;
@@ -100,4 +101,52 @@ pub fn ensure_kvm() -> Result<()> {
         None => Ok(()),
         Some(why) => bail!("{why}"),
     }
+}
+
+/// Makes sure the guest target's standard library is installed for the pinned toolchain.
+///
+/// rustup installs what rust-toolchain.toml lists only when auto-install is on; with
+/// `RUSTUP_AUTO_INSTALL=0` (as on our CI machines) `rustup toolchain install` does it.
+pub fn ensure_guest_target() -> Result<()> {
+    if guest_target_installed() {
+        return Ok(());
+    }
+    if !on_path("rustup") {
+        bail!(
+            "the Rust standard library for {GUEST_TARGET} is missing and rustup is not installed; \
+             install rustup, then run: rustup toolchain install (in {})",
+            crate::root().display()
+        );
+    }
+    eprintln!("Installing the toolchain and targets pinned in rust-toolchain.toml");
+    proc::run(
+        Command::new("rustup")
+            .args(["toolchain", "install"])
+            .current_dir(crate::root()),
+    )?;
+    if !guest_target_installed() {
+        bail!("`rustup toolchain install` ran but {GUEST_TARGET} is still missing");
+    }
+    Ok(())
+}
+
+fn guest_target_installed() -> bool {
+    // `rustc` here is the pinned toolchain's, because we run inside the workspace.
+    Command::new("rustc")
+        .args(["--print", "target-libdir", "--target", GUEST_TARGET])
+        .current_dir(crate::root())
+        .output()
+        .ok()
+        .filter(|out| out.status.success())
+        .map(|out| {
+            let dir = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            std::fs::read_dir(dir)
+                .map(|mut entries| {
+                    entries.any(|e| {
+                        e.is_ok_and(|e| e.file_name().to_string_lossy().starts_with("libcore-"))
+                    })
+                })
+                .unwrap_or(false)
+        })
+        .unwrap_or(false)
 }

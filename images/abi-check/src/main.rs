@@ -1,0 +1,246 @@
+//! Test guest for the kernel's system-call surface.
+//!
+//! Every `sys_*` symbol that hermit-abi declares must link, and every one the kernel does not
+//! implement yet must fail cleanly (`-ENOSYS`, or nothing for calls that return nothing),
+//! never crash. The implemented calls' error paths are checked too. Prints one line per
+//! mismatch and a summary; exits 0 only when everything held.
+
+#![cfg_attr(target_os = "none", no_std, no_main)]
+
+#[cfg(target_os = "none")]
+use kernel as _;
+
+#[cfg(not(target_os = "none"))]
+fn main() {
+    eprintln!("abi-check is a Roam guest image: build it with `cargo xtask image abi-check`");
+}
+
+#[cfg(target_os = "none")]
+mod guest {
+    use core::fmt::Write;
+    use core::ptr::{null, null_mut};
+    use hermit_abi as sys;
+
+    /// Writes to the guest's stdout through hermit-abi.
+    struct Stdout;
+
+    impl Write for Stdout {
+        fn write_str(&mut self, s: &str) -> core::fmt::Result {
+            // SAFETY: the pointer and length describe `s`, which outlives the call.
+            let n = unsafe { sys::write(sys::STDOUT_FILENO, s.as_ptr(), s.len()) };
+            if n == s.len() as isize {
+                Ok(())
+            } else {
+                Err(core::fmt::Error)
+            }
+        }
+    }
+
+    struct Checker {
+        checked: u32,
+        failed: u32,
+    }
+
+    impl Checker {
+        fn expect(&mut self, name: &str, got: i64, want: i64) {
+            self.checked += 1;
+            if got != want {
+                self.failed += 1;
+                let _ = writeln!(Stdout, "abi-check: {name} returned {got}, expected {want}");
+            }
+        }
+    }
+
+    extern "C" fn never_run(_: usize) {}
+
+    const ENOSYS: i64 = -(sys::ENOSYS as i64);
+
+    /// Calls each unimplemented function with arguments a real implementation would reject or
+    /// ignore; null pointers make sure the stubs never dereference anything.
+    #[allow(deprecated)]
+    fn unimplemented_calls(c: &mut Checker) {
+        macro_rules! enosys {
+            ($name:literal, $call:expr) => {{
+                // SAFETY: every stub named here returns without touching its arguments.
+                let got = unsafe { $call } as i64;
+                c.expect($name, got, ENOSYS);
+            }};
+        }
+        let mut out = null_mut();
+        enosys!("mmap", sys::mmap(4096, 0, &mut out));
+        enosys!("munmap", sys::munmap(null_mut(), 4096));
+        enosys!("mprotect", sys::mprotect(null_mut(), 4096, 0));
+        enosys!("futex_wait", sys::futex_wait(null_mut(), 0, null(), 0));
+        enosys!("futex_wake", sys::futex_wake(null_mut(), 1));
+        enosys!("sem_init", sys::sem_init(null_mut(), 0, 0));
+        enosys!("sem_destroy", sys::sem_destroy(null_mut()));
+        enosys!("sem_post", sys::sem_post(null_mut()));
+        enosys!("sem_trywait", sys::sem_trywait(null_mut()));
+        enosys!("sem_timedwait", sys::sem_timedwait(null_mut(), null()));
+        let mut tid = 0;
+        enosys!("spawn", sys::spawn(&mut tid, never_run, 0, 2, -1));
+        enosys!("join", sys::join(1));
+        enosys!("open", sys::open(c"/x".as_ptr(), 0, 0));
+        enosys!("opendir", sys::opendir(c"/".as_ptr()));
+        enosys!("unlink", sys::unlink(c"/x".as_ptr()));
+        enosys!("rmdir", sys::rmdir(c"/x".as_ptr()));
+        enosys!("stat", sys::stat(c"/x".as_ptr(), null_mut()));
+        enosys!("lstat", sys::lstat(c"/x".as_ptr(), null_mut()));
+        enosys!("fstat", sys::fstat(1, null_mut()));
+        enosys!("notify", sys::notify(0, 1));
+        enosys!("add_queue", sys::add_queue(0, 0));
+        enosys!("wait", sys::wait(0));
+        enosys!("init_queue", sys::init_queue(0));
+        enosys!("destroy_queue", sys::destroy_queue(0));
+        enosys!("network_init", sys::network_init());
+        enosys!(
+            "getaddrbyname",
+            sys::getaddrbyname(c"x".as_ptr(), null_mut(), 0)
+        );
+        enosys!("accept", sys::accept(3, null_mut(), null_mut()));
+        enosys!("bind", sys::bind(3, null(), 0));
+        enosys!("connect", sys::connect(3, null(), 0));
+        enosys!("read", sys::read(0, null_mut(), 0));
+        enosys!("readv", sys::readv(0, null(), 0));
+        enosys!("getdents64", sys::getdents64(3, null_mut(), 0));
+        enosys!("mkdir", sys::mkdir(c"/x".as_ptr().cast(), 0));
+        enosys!("recv", sys::recv(3, null_mut(), 0, 0));
+        enosys!(
+            "recvfrom",
+            sys::recvfrom(3, null_mut(), 0, 0, null_mut(), null_mut())
+        );
+        enosys!("lseek", sys::lseek(1, 0, sys::SEEK_SET));
+        enosys!("writev", sys::writev(1, null(), 0));
+        enosys!("close", sys::close(3));
+        enosys!("fsync", sys::fsync(1));
+        enosys!("dup", sys::dup(1));
+        enosys!("getpeername", sys::getpeername(3, null_mut(), null_mut()));
+        enosys!("getsockname", sys::getsockname(3, null_mut(), null_mut()));
+        enosys!(
+            "getsockopt",
+            sys::getsockopt(3, 0, 0, null_mut(), null_mut())
+        );
+        enosys!("setsockopt", sys::setsockopt(3, 0, 0, null(), 0));
+        enosys!("ioctl", sys::ioctl(3, 0, null_mut()));
+        enosys!("fcntl", sys::fcntl(3, sys::F_GETFL, 0));
+        enosys!("eventfd", sys::eventfd(0, 0));
+        enosys!("poll", sys::poll(null_mut(), 0, 0));
+        enosys!("listen", sys::listen(3, 1));
+        enosys!("send", sys::send(3, null(), 0, 0));
+        enosys!("sendto", sys::sendto(3, null(), 0, 0, null(), 0));
+        enosys!("shutdown", sys::shutdown(3, 0));
+        enosys!("shutdown_socket", sys::shutdown_socket(3, 0));
+        enosys!("socket", sys::socket(2, 1, 0));
+        let mut res = null_mut();
+        enosys!(
+            "getaddrinfo",
+            sys::getaddrinfo(c"x".as_ptr(), null(), null(), &mut res)
+        );
+
+        // Calls whose return type cannot carry an errno: they must return, and do nothing.
+        // SAFETY: as above; these stubs ignore their arguments.
+        unsafe {
+            sys::yield_now();
+            sys::block_current_task();
+            sys::block_current_task_with_timeout(0);
+            sys::wakeup_task(1);
+            sys::freeaddrinfo(null_mut());
+            sys::set_priority(1, sys::NORMAL_PRIO);
+            let _ = sys::get_priority();
+        }
+        // SAFETY: as above.
+        let tid = unsafe { sys::spawn2(never_run, 0, 2, 0, -1) };
+        c.expect("spawn2 (no thread created)", tid.into(), 0);
+    }
+
+    /// The implemented calls work and still reject bad arguments with the right errno.
+    #[allow(deprecated)] // get_processor_count is deprecated but still part of the ABI
+    fn implemented_calls(c: &mut Checker) {
+        let neg = |e: i32| -i64::from(e);
+        let msg = b"x";
+        // SAFETY: valid buffer; fd 3 is not open.
+        let got = unsafe { sys::write(3, msg.as_ptr(), msg.len()) } as i64;
+        c.expect("write to fd 3", got, neg(sys::EBADF));
+        let mut ts = sys::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `ts` is a valid timespec; clock id 99 does not exist.
+        let got = unsafe { sys::clock_gettime(99, &mut ts) };
+        c.expect("clock_gettime(99)", got.into(), neg(sys::EINVAL));
+        let bad = sys::timespec {
+            tv_sec: 0,
+            tv_nsec: 2_000_000_000,
+        };
+        // SAFETY: `bad` is a valid timespec with an out-of-range nanosecond field.
+        let got = unsafe { sys::nanosleep(&bad) };
+        c.expect("nanosleep(tv_nsec=2e9)", got.into(), neg(sys::EINVAL));
+        let mut buf = [0u8; 16];
+        // SAFETY: `buf` is writable for its length.
+        let got = unsafe { sys::read_entropy(buf.as_mut_ptr(), buf.len(), 0) } as i64;
+        c.expect("read_entropy(16)", got, 16);
+        // SAFETY: no arguments.
+        c.expect("getpagesize", unsafe { sys::getpagesize() }.into(), 4096);
+        // SAFETY: no arguments.
+        let cpus = unsafe { sys::available_parallelism() } as i64;
+        c.expect("available_parallelism", cpus, 1);
+        // SAFETY: no arguments.
+        let cpus = unsafe { sys::get_processor_count() } as i64;
+        c.expect("get_processor_count", cpus, 1);
+        // SAFETY: no arguments.
+        c.expect("getpid", unsafe { sys::getpid() }.into(), 1);
+        // SAFETY: no arguments.
+        c.expect("errno", unsafe { sys::errno() }.into(), 0);
+        // SAFETY: no arguments.
+        c.expect("get_errno", unsafe { sys::get_errno() }.into(), 0);
+        // SAFETY: 10 µs of sleep, no pointers.
+        unsafe { sys::usleep(10) };
+        c.expect("allocator round trip", allocator_round_trip().into(), 1);
+    }
+
+    /// alloc_zeroed gives zeroes, realloc keeps contents, every free path returns the memory.
+    fn allocator_round_trip() -> bool {
+        const LEN: usize = 64 * 1024;
+        // SAFETY: sizes and alignments are valid; every pointer is checked for null, used only
+        // within its allocation, and freed once with the size and alignment it was allocated with.
+        unsafe {
+            let z = sys::alloc_zeroed(LEN, 64);
+            if z.is_null() || !(z as usize).is_multiple_of(64) || (0..LEN).any(|i| *z.add(i) != 0) {
+                return false;
+            }
+            z.add(LEN - 1).write(0xA5);
+            let r = sys::realloc(z, LEN, 64, 2 * LEN);
+            if r.is_null() || *r.add(LEN - 1) != 0xA5 {
+                return false;
+            }
+            sys::dealloc(r, 2 * LEN, 64);
+            let a = sys::alloc(128, 16);
+            let m = sys::malloc(128, 16);
+            let ok = !a.is_null() && !m.is_null() && a != m;
+            if !a.is_null() {
+                sys::free(a, 128, 16);
+            }
+            if !m.is_null() {
+                sys::dealloc(m, 128, 16);
+            }
+            ok
+        }
+    }
+
+    #[unsafe(no_mangle)]
+    extern "C" fn runtime_entry(_argc: i32, _argv: *const *const u8, _env: *const *const u8) -> ! {
+        let mut c = Checker {
+            checked: 0,
+            failed: 0,
+        };
+        unimplemented_calls(&mut c);
+        implemented_calls(&mut c);
+        let _ = writeln!(
+            Stdout,
+            "abi-check: {} checks, {} failed",
+            c.checked, c.failed
+        );
+        // SAFETY: ends the guest; nothing runs after it.
+        unsafe { sys::exit(if c.failed == 0 { 0 } else { 1 }) }
+    }
+}

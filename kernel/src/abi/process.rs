@@ -1,0 +1,23 @@
+//! Exit, abort and the process id.
+
+use crate::{fault, serial, status};
+
+/// Ends the VM with the app's status, clamped to 0..=100 (`status::app`).
+#[unsafe(no_mangle)]
+pub extern "C" fn sys_exit(status: i32) -> ! {
+    fault::exit(status::app(status))
+}
+
+/// Ends the VM as a failure, with the panic status: abort is how a Rust std app ends after
+/// printing its panic message.
+#[unsafe(no_mangle)]
+pub extern "C" fn sys_abort() -> ! {
+    serial::print(format_args!("roam: the app called abort()\n"));
+    fault::exit(status::PANIC)
+}
+
+/// The one process: 1.
+#[unsafe(no_mangle)]
+pub extern "C" fn sys_getpid() -> hermit_abi::pid_t {
+    1
+}

@@ -1,0 +1,122 @@
+//! Every `sys_*` function hermit-abi declares that Roam does not support yet (files, sockets,
+//! threads, futexes, semaphores, mmap...). Each has its exact C signature and fails cleanly:
+//! `-ENOSYS` where it returns an error code, a no-op where it returns nothing, and an
+//! explicit neutral value otherwise. None dereferences its pointer arguments.
+
+use super::fail;
+use core::ffi::{c_char, c_void};
+use hermit_abi::{
+    ENOSYS, NORMAL_PRIO, Tid, addrinfo, dirent64, iovec, nfds_t, pollfd, sem_t, sockaddr,
+    socklen_t, stat, timespec,
+};
+
+/// Defines functions that only return `-ENOSYS` (as their integer return type).
+macro_rules! enosys {
+    ($($name:ident($($ty:ty),*) -> $ret:ty;)*) => {$(
+        /// Not supported: returns `-ENOSYS`.
+        #[unsafe(no_mangle)]
+        pub extern "C" fn $name($(_: $ty),*) -> $ret {
+            fail(ENOSYS) as $ret
+        }
+    )*};
+}
+
+/// Defines functions without a return value that do nothing.
+macro_rules! no_op {
+    ($($(#[$doc:meta])* $name:ident($($ty:ty),*);)*) => {$(
+        $(#[$doc])*
+        #[unsafe(no_mangle)]
+        pub extern "C" fn $name($(_: $ty),*) {}
+    )*};
+}
+
+enosys! {
+    // Memory mappings.
+    sys_mmap(usize, u32, &mut *mut u8) -> i32;
+    sys_munmap(*mut u8, usize) -> i32;
+    sys_mprotect(*mut u8, usize, u32) -> i32;
+    // Futexes, semaphores, wait queues.
+    sys_futex_wait(*mut u32, u32, *const timespec, u32) -> i32;
+    sys_futex_wake(*mut u32, i32) -> i32;
+    sys_sem_init(*mut sem_t, i32, u32) -> i32;
+    sys_sem_destroy(*mut sem_t) -> i32;
+    sys_sem_post(*mut sem_t) -> i32;
+    sys_sem_trywait(*mut sem_t) -> i32;
+    sys_sem_timedwait(*mut sem_t, *const timespec) -> i32;
+    sys_notify(usize, i32) -> i32;
+    sys_add_queue(usize, i64) -> i32;
+    sys_wait(usize) -> i32;
+    sys_init_queue(usize) -> i32;
+    sys_destroy_queue(usize) -> i32;
+    // Threads.
+    sys_spawn(*mut Tid, extern "C" fn(usize), usize, u8, isize) -> i32;
+    sys_join(Tid) -> i32;
+    // Files and directories.
+    sys_open(*const c_char, i32, i32) -> i32;
+    sys_opendir(*const c_char) -> i32;
+    sys_unlink(*const c_char) -> i32;
+    sys_rmdir(*const c_char) -> i32;
+    sys_stat(*const c_char, *mut stat) -> i32;
+    sys_lstat(*const c_char, *mut stat) -> i32;
+    sys_fstat(i32, *mut stat) -> i32;
+    sys_read(i32, *mut u8, usize) -> isize;
+    sys_readv(i32, *const iovec, usize) -> isize;
+    sys_getdents64(i32, *mut dirent64, usize) -> i64;
+    sys_mkdir(*const i8, u32) -> i32;
+    sys_lseek(i32, isize, i32) -> isize;
+    sys_writev(i32, *const iovec, usize) -> isize;
+    sys_close(i32) -> i32;
+    sys_fsync(i32) -> i32;
+    sys_dup(i32) -> i32;
+    sys_ioctl(i32, i32, *mut c_void) -> i32;
+    sys_fcntl(i32, i32, i32) -> i32;
+    sys_eventfd(u64, i16) -> i32;
+    sys_poll(*mut pollfd, nfds_t, i32) -> i32;
+    // Network.
+    sys_network_init() -> i32;
+    sys_getaddrbyname(*const c_char, *mut u8, usize) -> i32;
+    sys_accept(i32, *mut sockaddr, *mut socklen_t) -> i32;
+    sys_bind(i32, *const sockaddr, socklen_t) -> i32;
+    sys_connect(i32, *const sockaddr, socklen_t) -> i32;
+    sys_recv(i32, *mut u8, usize, i32) -> isize;
+    sys_recvfrom(i32, *mut u8, usize, i32, *mut sockaddr, *mut socklen_t) -> isize;
+    sys_getpeername(i32, *mut sockaddr, *mut socklen_t) -> i32;
+    sys_getsockname(i32, *mut sockaddr, *mut socklen_t) -> i32;
+    sys_getsockopt(i32, i32, i32, *mut c_void, *mut socklen_t) -> i32;
+    sys_setsockopt(i32, i32, i32, *const c_void, socklen_t) -> i32;
+    sys_listen(i32, i32) -> i32;
+    sys_send(i32, *const c_void, usize, i32) -> isize;
+    sys_sendto(i32, *const c_void, usize, i32, *const sockaddr, socklen_t) -> isize;
+    sys_shutdown(i32, i32) -> i32;
+    sys_shutdown_socket(i32, i32) -> i32;
+    sys_socket(i32, i32, i32) -> i32;
+    sys_getaddrinfo(*const c_char, *const c_char, *const addrinfo, *mut *mut addrinfo) -> i32;
+}
+
+no_op! {
+    /// One thread: yielding has nobody to yield to.
+    sys_yield();
+    /// No scheduler: there is no other task to switch to.
+    sys_block_current_task();
+    /// No scheduler: there is no other task to switch to.
+    sys_block_current_task_with_timeout(u64);
+    /// No scheduler: there is no other task to wake.
+    sys_wakeup_taskt(Tid);
+    /// `sys_getaddrinfo` never returns a list, so there is nothing to free.
+    sys_freeaddrinfo(*mut addrinfo);
+    /// One thread and no scheduler: priorities do nothing.
+    sys_set_priority(Tid, u8);
+}
+
+/// Threads are not supported: returns 0, which is no thread id, and sets errno to ENOSYS.
+#[unsafe(no_mangle)]
+pub extern "C" fn sys_spawn2(_: extern "C" fn(usize), _: usize, _: u8, _: usize, _: isize) -> Tid {
+    fail(ENOSYS);
+    0
+}
+
+/// One thread at the normal priority.
+#[unsafe(no_mangle)]
+pub extern "C" fn sys_get_priority() -> u8 {
+    NORMAL_PRIO.into()
+}

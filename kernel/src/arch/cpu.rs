@@ -1,0 +1,79 @@
+//! Single CPU instructions: time stamp counter, RDRAND, halting, control registers, exit.
+
+use super::port;
+use core::arch::asm;
+
+/// The debug-exit port (QEMU's isa-debug-exit interface, also served by host-vmm).
+pub const DEBUG_EXIT_PORT: u16 = 0xF4;
+
+/// Reads the time stamp counter.
+#[inline(always)]
+pub fn rdtsc() -> u64 {
+    // SAFETY: RDTSC only reads a counter into registers (CR4.TSD is clear: ring 0 anyway).
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
+/// One RDRAND attempt: `None` when the hardware has no random number ready right now.
+///
+/// Callers must have checked CPUID.1:ECX[30] ([`super::cpuid::Features::rdrand`]).
+#[inline]
+pub fn rdrand() -> Option<u64> {
+    let value: u64;
+    let ok: u8;
+    // SAFETY: RDRAND writes only its destination register and CF; callers check CPUID first,
+    // so the instruction exists (it is emulated correctly here, see KVM-NOTES.md).
+    unsafe {
+        asm!("rdrand {v}", "setc {ok}", v = out(reg) value, ok = out(reg_byte) ok, options(nomem, nostack))
+    };
+    (ok != 0).then_some(value)
+}
+
+/// Enables interrupts and halts until one arrives, then disables them again.
+///
+/// STI delays interrupt recognition by one instruction, so an interrupt that became pending
+/// before this call wakes the HLT instead of being taken before it (no lost wake-up).
+#[inline]
+pub fn wait_for_interrupt() {
+    // SAFETY: the IDT handles every vector that can arrive (others raise #NP, which is
+    // reported); the handlers preserve all registers, so this is a pause with no effect on
+    // Rust-visible state except time passing.
+    unsafe { asm!("sti", "hlt", "cli", options(nomem, nostack)) };
+}
+
+/// Reads CR2, the address of the last page fault.
+#[inline]
+pub fn cr2() -> u64 {
+    let value: u64;
+    // SAFETY: reading CR2 has no side effects.
+    unsafe { asm!("mov {}, cr2", out(reg) value, options(nomem, nostack, preserves_flags)) };
+    value
+}
+
+/// Writes `status` to the debug-exit port; the VMM ends the VM if it has that device.
+#[inline]
+pub fn debug_exit(status: u32) {
+    // SAFETY: port 0xF4 is the debug-exit device (or nothing); a write cannot touch memory.
+    unsafe { port::outl(DEBUG_EXIT_PORT, status) };
+}
+
+/// Switches to the stack ending at `top` and calls `f` there; the old stack is abandoned.
+///
+/// # Safety
+/// `top` must be the 16-byte-aligned end of mapped, writable memory that nothing else uses,
+/// large enough for everything `f` does.
+pub unsafe fn run_on_stack(top: u64, f: extern "C" fn() -> !) -> ! {
+    // SAFETY: the caller guarantees the new stack; `f` never returns, so nothing ever runs
+    // on the abandoned stack frame again. CALL keeps the ABI's entry alignment (RSP + 8 ≡ 0
+    // mod 16 at the callee).
+    unsafe {
+        asm!("mov rsp, {top}", "xor ebp, ebp", "call {f}", "ud2", top = in(reg) top, f = in(reg) f, options(noreturn))
+    }
+}
+
+/// Stops this CPU for good: interrupts off, then HLT in a loop (an NMI can still wake it).
+pub fn halt_forever() -> ! {
+    loop {
+        // SAFETY: with interrupts disabled HLT just stops the CPU; nothing is left to run.
+        unsafe { asm!("cli", "hlt", options(nomem, nostack)) };
+    }
+}

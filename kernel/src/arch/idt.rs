@@ -1,0 +1,138 @@
+//! Interrupt entry stubs and the IDT.
+//!
+//! The IDT itself is built by the linker (kernel/link.ld) from the stub addresses below, so
+//! boot only runs LIDT: no loop over gates. Present gates: the 32 exception vectors, the
+//! LAPIC timer ([`super::apic::TIMER_VECTOR`]) and the spurious vector
+//! ([`super::apic::SPURIOUS_VECTOR`]). Any other vector hits a not-present gate, which the
+//! CPU turns into #NP with the vector in the error code, and that is reported like any
+//! other exception.
+//!
+//! Every exception is fatal: the stub pushes the vector (and a zero error code where the CPU
+//! pushes none) and calls [`exception_entry`], which hands a copy of the frame to
+//! [`crate::fault`]. No general registers are saved because nothing returns.
+
+use super::cpu;
+use super::paging::{PAGE_2M, STACK_BASE};
+use crate::fault::{self, Exception};
+use core::arch::{asm, global_asm};
+
+/// What the stubs and the CPU leave on the stack, lowest address first.
+#[repr(C)]
+struct Frame {
+    vector: u64,
+    error_code: u64,
+    rip: u64,
+    cs: u64,
+    rflags: u64,
+    rsp: u64,
+    ss: u64,
+}
+
+global_asm!(
+    r#"
+    .pushsection .text.roam_entry, "ax"
+
+    .macro ROAM_ISR vector, cpu_pushes_error_code
+    .globl roam_isr_\vector
+roam_isr_\vector:
+    .if \cpu_pushes_error_code == 0
+    push 0
+    .endif
+    push \vector
+    jmp roam_exception_common
+    .endm
+
+    ROAM_ISR 0, 0
+    ROAM_ISR 1, 0
+    ROAM_ISR 2, 0
+    ROAM_ISR 3, 0
+    ROAM_ISR 4, 0
+    ROAM_ISR 5, 0
+    ROAM_ISR 6, 0
+    ROAM_ISR 7, 0
+    ROAM_ISR 8, 1
+    ROAM_ISR 9, 0
+    ROAM_ISR 10, 1
+    ROAM_ISR 11, 1
+    ROAM_ISR 12, 1
+    ROAM_ISR 13, 1
+    ROAM_ISR 14, 1
+    ROAM_ISR 15, 0
+    ROAM_ISR 16, 0
+    ROAM_ISR 17, 1
+    ROAM_ISR 18, 0
+    ROAM_ISR 19, 0
+    ROAM_ISR 20, 0
+    ROAM_ISR 21, 1
+    ROAM_ISR 22, 0
+    ROAM_ISR 23, 0
+    ROAM_ISR 24, 0
+    ROAM_ISR 25, 0
+    ROAM_ISR 26, 0
+    ROAM_ISR 27, 0
+    ROAM_ISR 28, 0
+    ROAM_ISR 29, 1
+    ROAM_ISR 30, 1
+    ROAM_ISR 31, 0
+
+roam_exception_common:
+    mov rdi, rsp
+    and rsp, -16
+    call {exception_entry}
+    ud2
+
+    /* LAPIC timer: it only has to wake the HLT in `cpu::wait_for_interrupt`, so all it does
+       is the EOI (a write to LAPIC register 0xB0; MOVABS because the address does not fit
+       a sign-extended 32-bit displacement). */
+    .globl roam_isr_timer
+roam_isr_timer:
+    push rax
+    xor eax, eax
+    movabs dword ptr [{eoi}], eax
+    pop rax
+    iretq
+
+    /* Spurious LAPIC interrupts take no EOI. */
+    .globl roam_isr_spurious
+roam_isr_spurious:
+    iretq
+
+    .popsection
+    "#,
+    exception_entry = sym exception_entry,
+    eoi = const super::apic::EOI_ADDRESS,
+);
+
+/// Called by the exception stubs with the frame they built; never returns.
+extern "C" fn exception_entry(frame: *const Frame) -> ! {
+    // SAFETY: the stub passes its stack pointer, below which the stub pushed the vector and
+    // error code and the CPU pushed RIP, CS, RFLAGS, RSP and SS: a complete `Frame`.
+    let frame = unsafe { frame.read() };
+    let cr2 = (frame.vector == fault::PAGE_FAULT).then(cpu::cr2);
+    let guard = STACK_BASE - PAGE_2M..STACK_BASE + 4096;
+    let stack_overflow = frame.vector == fault::DOUBLE_FAULT && guard.contains(&frame.rsp);
+    fault::exception(&Exception {
+        vector: frame.vector,
+        error_code: frame.error_code,
+        rip: frame.rip,
+        rsp: frame.rsp,
+        rflags: frame.rflags,
+        cs: frame.cs,
+        ss: frame.ss,
+        cr2,
+        stack_overflow,
+    })
+}
+
+/// Loads the IDT built by the linker.
+#[inline]
+pub fn load() {
+    // SAFETY: roam_idt_ptr (link.ld) describes the static 256-gate IDT, whose present gates
+    // point at the stubs above with the kernel code selector.
+    unsafe {
+        asm!(
+            "lidt [rip + roam_idt_ptr]",
+            options(nostack, preserves_flags)
+        )
+    };
+}

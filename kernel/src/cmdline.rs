@@ -1,0 +1,113 @@
+//! The kernel command line: space-separated `key=value` words (ARCHITECTURE.md).
+//!
+//! Only `log=` means something at boot; other keys are kept for later stages and ignored.
+
+use log::LevelFilter;
+
+/// Log level when the command line does not set one.
+pub const DEFAULT_LOG_LEVEL: LevelFilter = LevelFilter::Warn;
+
+/// What the kernel takes from the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Options<'a> {
+    /// Serial log level (`log=off|error|warn|info|debug|trace`).
+    pub log_level: LevelFilter,
+    /// A `log=` value that is not a level: reported once logging is up.
+    pub bad_log_value: Option<&'a str>,
+    /// The command line was not UTF-8 and was ignored.
+    pub not_utf8: bool,
+}
+
+/// Parses the command line bytes as copied from the boot information.
+pub fn parse(bytes: &[u8]) -> Options<'_> {
+    let mut options = Options {
+        log_level: DEFAULT_LOG_LEVEL,
+        bad_log_value: None,
+        not_utf8: false,
+    };
+    let Ok(text) = core::str::from_utf8(bytes) else {
+        options.not_utf8 = true;
+        return options;
+    };
+    for (key, value) in words(text) {
+        if key == "log" {
+            match level(value) {
+                Some(level) => options.log_level = level,
+                None => options.bad_log_value = Some(value),
+            }
+        }
+    }
+    options
+}
+
+/// The `key=value` words of `text`; words without `=` are skipped.
+pub fn words(text: &str) -> impl Iterator<Item = (&str, &str)> {
+    text.split_ascii_whitespace()
+        .filter_map(|word| word.split_once('='))
+}
+
+fn level(value: &str) -> Option<LevelFilter> {
+    Some(match value {
+        "off" => LevelFilter::Off,
+        "error" => LevelFilter::Error,
+        "warn" => LevelFilter::Warn,
+        "info" => LevelFilter::Info,
+        "debug" => LevelFilter::Debug,
+        "trace" => LevelFilter::Trace,
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_is_warn() {
+        assert_eq!(parse(b"").log_level, LevelFilter::Warn);
+        assert_eq!(parse(b"console=ttyS0 quiet").log_level, LevelFilter::Warn);
+    }
+
+    #[test]
+    fn every_level_parses() {
+        for (text, level) in [
+            ("off", LevelFilter::Off),
+            ("error", LevelFilter::Error),
+            ("warn", LevelFilter::Warn),
+            ("info", LevelFilter::Info),
+            ("debug", LevelFilter::Debug),
+            ("trace", LevelFilter::Trace),
+        ] {
+            let line = format!("a=b log={text} c");
+            assert_eq!(parse(line.as_bytes()).log_level, level, "{line}");
+        }
+    }
+
+    #[test]
+    fn last_log_word_wins_and_spacing_is_free() {
+        assert_eq!(
+            parse(b"  log=debug\tlog=error  ").log_level,
+            LevelFilter::Error
+        );
+    }
+
+    #[test]
+    fn bad_value_keeps_default_and_is_reported() {
+        let o = parse(b"log=loud");
+        assert_eq!(o.log_level, LevelFilter::Warn);
+        assert_eq!(o.bad_log_value, Some("loud"));
+    }
+
+    #[test]
+    fn not_utf8_is_ignored() {
+        let o = parse(b"log=info \xff");
+        assert!(o.not_utf8);
+        assert_eq!(o.log_level, LevelFilter::Warn);
+    }
+
+    #[test]
+    fn unknown_and_bare_words_are_skipped() {
+        let pairs: Vec<_> = words("net=tap0 verbose ip=10.0.0.2=x").collect();
+        assert_eq!(pairs, vec![("net", "tap0"), ("ip", "10.0.0.2=x")]);
+    }
+}

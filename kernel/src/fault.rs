@@ -1,0 +1,325 @@
+//! Fatal events: CPU exceptions, panics and exits. Each prints one report line on the serial
+//! console and ends the VM through the debug-exit port with the status from [`crate::status`].
+//!
+//! The decoding and wording are plain functions, unit-tested on the host.
+
+use core::fmt;
+
+/// The double-fault vector (#DF), which runs on its own stack (IST1).
+pub const DOUBLE_FAULT: u64 = 8;
+/// The page-fault vector (#PF), the one with CR2.
+pub const PAGE_FAULT: u64 = 14;
+/// The segment-not-present vector (#NP): what a vector without a gate turns into.
+pub const SEGMENT_NOT_PRESENT: u64 = 11;
+
+/// A CPU exception as the entry stub saw it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Exception {
+    /// Vector number (0-31).
+    pub vector: u64,
+    /// Error code (0 for vectors that push none).
+    pub error_code: u64,
+    /// Faulting (or, for traps, next) instruction.
+    pub rip: u64,
+    /// Stack pointer at the exception.
+    pub rsp: u64,
+    /// RFLAGS at the exception.
+    pub rflags: u64,
+    /// Code segment at the exception.
+    pub cs: u64,
+    /// Stack segment at the exception.
+    pub ss: u64,
+    /// CR2 (page faults only): the address that faulted.
+    pub cr2: Option<u64>,
+    /// A double fault whose stack pointer is at the app stack's lower guard: an overflow.
+    pub stack_overflow: bool,
+}
+
+/// The SDM's name for exception vector `vector`.
+pub fn name(vector: u64) -> &'static str {
+    match vector {
+        0 => "divide error",
+        1 => "debug",
+        2 => "non-maskable interrupt",
+        3 => "breakpoint",
+        4 => "overflow",
+        5 => "bound range exceeded",
+        6 => "invalid opcode",
+        7 => "device not available",
+        8 => "double fault",
+        9 => "coprocessor segment overrun",
+        10 => "invalid TSS",
+        11 => "segment not present",
+        12 => "stack-segment fault",
+        13 => "general protection fault",
+        14 => "page fault",
+        16 => "x87 floating-point error",
+        17 => "alignment check",
+        18 => "machine check",
+        19 => "SIMD floating-point exception",
+        20 => "virtualization exception",
+        21 => "control protection exception",
+        28 => "hypervisor injection exception",
+        29 => "VMM communication exception",
+        30 => "security exception",
+        _ => "reserved vector",
+    }
+}
+
+/// An error code decoded for the report.
+pub struct ErrorCode {
+    vector: u64,
+    code: u64,
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let code = self.code;
+        write!(f, "{code:#x}")?;
+        match self.vector {
+            PAGE_FAULT => {
+                let access = if code & (1 << 4) != 0 {
+                    "instruction fetch"
+                } else if code & (1 << 1) != 0 {
+                    "write"
+                } else {
+                    "read"
+                };
+                let cause = if code & 1 != 0 {
+                    "protection violation"
+                } else {
+                    "not-present page"
+                };
+                let mode = if code & (1 << 2) != 0 {
+                    "user"
+                } else {
+                    "kernel"
+                };
+                write!(f, " ({access}, {cause}, {mode} mode")?;
+                if code & (1 << 3) != 0 {
+                    write!(f, ", reserved bit set")?;
+                }
+                write!(f, ")")
+            }
+            10..=13 if code != 0 => {
+                let index = (code >> 3) & 0x1FFF;
+                let external = if code & 1 != 0 {
+                    ", external event"
+                } else {
+                    ""
+                };
+                if code & (1 << 1) != 0 {
+                    let what = if self.vector == SEGMENT_NOT_PRESENT {
+                        ": no handler installed"
+                    } else {
+                        ""
+                    };
+                    write!(f, " (IDT vector {index}{what}{external})")
+                } else if code & (1 << 2) != 0 {
+                    write!(f, " (LDT selector {:#x}{external})", index << 3)
+                } else {
+                    write!(f, " (GDT selector {:#x}{external})", index << 3)
+                }
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+impl fmt::Display for Exception {
+    /// The one-line report (without the "roam: " prefix and newline).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "CPU exception: vector {} ({}) at RIP={:#x}, error code={}",
+            self.vector,
+            name(self.vector),
+            self.rip,
+            ErrorCode {
+                vector: self.vector,
+                code: self.error_code
+            },
+        )?;
+        if let Some(cr2) = self.cr2 {
+            write!(f, ", CR2={cr2:#x}")?;
+        }
+        write!(
+            f,
+            ", RSP={:#x}, RFLAGS={:#x}, CS={:#x}, SS={:#x}",
+            self.rsp, self.rflags, self.cs, self.ss
+        )?;
+        if self.stack_overflow {
+            write!(f, " (stack overflow: the 2 MiB app stack is exhausted)")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(not(test))]
+mod report {
+    use super::Exception;
+    use crate::arch::cpu;
+    use crate::{serial, status};
+    use core::sync::atomic::{AtomicBool, Ordering};
+
+    /// Set by the first fatal report: a fault or panic while reporting exits at once.
+    static REPORTING: AtomicBool = AtomicBool::new(false);
+
+    /// Reports a CPU exception and exits with [`status::CPU_EXCEPTION`].
+    pub fn exception(e: &Exception) -> ! {
+        if !REPORTING.swap(true, Ordering::Relaxed) {
+            serial::print(format_args!("roam: {e}\n"));
+        }
+        exit(status::CPU_EXCEPTION)
+    }
+
+    #[panic_handler]
+    fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+        if !REPORTING.swap(true, Ordering::Relaxed) {
+            match info.location() {
+                Some(at) => {
+                    serial::print(format_args!("roam: panicked at {at}: {}\n", info.message()))
+                }
+                None => serial::print(format_args!("roam: panicked: {}\n", info.message())),
+            }
+        }
+        exit(status::PANIC)
+    }
+
+    /// Ends the VM with `status` through the debug-exit port. Without that device (a VMM
+    /// that lacks it), says so and halts for good.
+    pub fn exit(status: u32) -> ! {
+        cpu::debug_exit(status);
+        serial::print(format_args!(
+            "roam: exit status {status}: no debug-exit device at port {:#x}; halting\n",
+            cpu::DEBUG_EXIT_PORT
+        ));
+        cpu::halt_forever()
+    }
+}
+
+#[cfg(not(test))]
+pub use report::{exception, exit};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exception(vector: u64, error_code: u64, cr2: Option<u64>) -> Exception {
+        Exception {
+            vector,
+            error_code,
+            rip: 0x10_2345,
+            rsp: 0x14_0000,
+            rflags: 0x10002,
+            cs: 8,
+            ss: 0x10,
+            cr2,
+            stack_overflow: false,
+        }
+    }
+
+    #[test]
+    fn page_fault_report_names_vector_rip_error_code_and_cr2() {
+        let line = exception(14, 0, Some(0xdead_0000_0000)).to_string();
+        assert_eq!(
+            line,
+            "CPU exception: vector 14 (page fault) at RIP=0x102345, error code=0x0 (read, \
+             not-present page, kernel mode), CR2=0xdead00000000, RSP=0x140000, RFLAGS=0x10002, \
+             CS=0x8, SS=0x10"
+        );
+    }
+
+    #[test]
+    fn page_fault_error_bits_are_decoded() {
+        let text = ErrorCode {
+            vector: 14,
+            code: 0b1_1011,
+        }
+        .to_string();
+        assert_eq!(
+            text,
+            "0x1b (instruction fetch, protection violation, kernel mode, reserved bit set)"
+        );
+        assert_eq!(
+            ErrorCode {
+                vector: 14,
+                code: 0b110
+            }
+            .to_string(),
+            "0x6 (write, not-present page, user mode)"
+        );
+    }
+
+    #[test]
+    fn a_vector_without_a_gate_is_named_from_the_np_error_code() {
+        // #NP for vector 0x40 delivered from outside (EXT) through the IDT (IDT bit).
+        let text = ErrorCode {
+            vector: 11,
+            code: (0x40 << 3) | 0b11,
+        }
+        .to_string();
+        assert_eq!(
+            text,
+            "0x203 (IDT vector 64: no handler installed, external event)"
+        );
+    }
+
+    #[test]
+    fn selector_error_codes() {
+        assert_eq!(
+            ErrorCode {
+                vector: 13,
+                code: 0x18
+            }
+            .to_string(),
+            "0x18 (GDT selector 0x18)"
+        );
+        assert_eq!(
+            ErrorCode {
+                vector: 13,
+                code: 0x1c
+            }
+            .to_string(),
+            "0x1c (LDT selector 0x18)"
+        );
+        assert_eq!(
+            ErrorCode {
+                vector: 13,
+                code: 0
+            }
+            .to_string(),
+            "0x0"
+        );
+    }
+
+    #[test]
+    fn other_exceptions_have_no_cr2() {
+        let line = exception(6, 0, None).to_string();
+        assert!(
+            line.starts_with("CPU exception: vector 6 (invalid opcode) at RIP=0x102345"),
+            "{line}"
+        );
+        assert!(!line.contains("CR2"));
+    }
+
+    #[test]
+    fn a_stack_overflow_says_so() {
+        let e = Exception {
+            stack_overflow: true,
+            ..exception(8, 0, None)
+        };
+        assert!(
+            e.to_string()
+                .ends_with("(stack overflow: the 2 MiB app stack is exhausted)"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn every_vector_has_a_name() {
+        assert_eq!(name(8), "double fault");
+        assert_eq!(name(15), "reserved vector");
+        assert_eq!(name(200), "reserved vector");
+    }
+}

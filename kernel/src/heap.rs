@@ -1,0 +1,126 @@
+//! The kernel heap: talc over the RAM the boot memory map lists above the image.
+//!
+//! Boot only records the free RAM ranges ([`init`]); talc claims them when the first
+//! allocation needs memory (its `Source::acquire` hook). Setting up talc's bins costs a few
+//! hundred instructions, and apps that print their first line before allocating should not
+//! wait for it. RAM above the static page tables' 4 GiB is mapped at that point too.
+//!
+//! The heap is the global allocator for kernel and app code, and backs the `sys_malloc`
+//! family.
+
+use crate::arch::paging::{self, Memory, STATIC_LIMIT};
+use crate::memmap::Ranges;
+use core::alloc::{GlobalAlloc, Layout};
+use core::sync::atomic::{AtomicBool, Ordering};
+use talc::TalcLock;
+use talc::base::Talc;
+use talc::base::binning::Binning;
+use talc::lock_api::{GuardSend, RawMutex};
+use talc::source::Source;
+
+/// The global allocator.
+#[global_allocator]
+pub static HEAP: TalcLock<HeapLock, BootRam> = TalcLock::new(BootRam::EMPTY);
+
+/// Hands talc the RAM ranges it may use, to be claimed on first demand.
+pub fn init(ranges: Ranges) {
+    HEAP.lock().source = BootRam { ranges, next: 0 };
+}
+
+/// A zeroed, 4 KiB-aligned page for a page table (never freed); its physical address.
+pub fn page_table() -> Option<u64> {
+    // SAFETY: the layout has a nonzero size.
+    let page = unsafe { HEAP.alloc_zeroed(PAGE_LAYOUT) };
+    (!page.is_null()).then_some(page as u64)
+}
+
+/// One 4 KiB page, page-aligned.
+const PAGE_LAYOUT: Layout = match Layout::from_size_align(4096, 4096) {
+    Ok(layout) => layout,
+    Err(_) => panic!("4096 is a power of two"),
+};
+
+/// talc's memory source: the boot RAM ranges, claimed one per `acquire`, lowest first.
+#[derive(Debug)]
+pub struct BootRam {
+    ranges: Ranges,
+    next: usize,
+}
+
+impl BootRam {
+    const EMPTY: BootRam = BootRam {
+        ranges: Ranges::EMPTY,
+        next: 0,
+    };
+}
+
+// SAFETY: `acquire` uses only the `talc` it is given (never `HEAP`, which is locked while it
+// runs), and claims only RAM that nothing else uses: above the image and 1 MiB, as listed
+// by the boot memory map.
+unsafe impl Source for BootRam {
+    fn acquire<B: Binning>(talc: &mut Talc<Self, B>, _layout: Layout) -> Result<(), ()> {
+        while let Some(range) = talc.source.ranges.as_slice().get(talc.source.next).copied() {
+            talc.source.next += 1;
+            if range.end > STATIC_LIMIT {
+                // Page tables for RAM above 4 GiB come from what talc already has.
+                let mut new_table = || {
+                    // SAFETY: the layout has a nonzero size.
+                    let page = unsafe { talc.allocate(PAGE_LAYOUT) }?.as_ptr();
+                    // SAFETY: talc just handed out these 4096 bytes.
+                    unsafe { page.write_bytes(0, 4096) };
+                    Some(page as u64)
+                };
+                if paging::map(
+                    range.start.max(STATIC_LIMIT),
+                    range.end,
+                    Memory::Ram,
+                    &mut new_table,
+                )
+                .is_err()
+                {
+                    log::warn!(
+                        "heap: cannot map RAM {:#x}..{:#x}; not using it",
+                        range.start,
+                        range.end
+                    );
+                    continue;
+                }
+            }
+            let size = (range.end - range.start) as usize;
+            // SAFETY: the range is RAM (boot memory map), identity-mapped (paging::init or the
+            // map above), outside the image and low memory (memmap::heap), and claimed once.
+            if unsafe { talc.claim(range.start as *mut u8, size) }.is_some() {
+                log::debug!("heap: claimed {:#x}..{:#x}", range.start, range.end);
+                return Ok(());
+            }
+        }
+        Err(())
+    }
+}
+
+/// The heap's lock. There is one CPU and no allocation from interrupt handlers, so it is
+/// never contended; finding it taken means the allocator was re-entered, which is a bug
+/// reported as a panic (the panic path does not allocate) instead of a silent hang.
+pub struct HeapLock(AtomicBool);
+
+// SAFETY: `lock` and `try_lock` give the lock to one holder at a time (an atomic swap) and
+// `unlock` releases it; the acquire/release orderings order the protected accesses.
+unsafe impl RawMutex for HeapLock {
+    #[allow(clippy::declare_interior_mutable_const)]
+    const INIT: HeapLock = HeapLock(AtomicBool::new(false));
+    type GuardMarker = GuardSend;
+
+    fn lock(&self) {
+        if !self.try_lock() {
+            panic!("the kernel heap was re-entered while in use");
+        }
+    }
+
+    fn try_lock(&self) -> bool {
+        !self.0.swap(true, Ordering::Acquire)
+    }
+
+    unsafe fn unlock(&self) {
+        self.0.store(false, Ordering::Release);
+    }
+}

@@ -1,0 +1,58 @@
+//! Roam's kernel: a `no_std` library that every guest image links.
+//!
+//! The kernel boots from either entry of the boot ABI (ARCHITECTURE.md), sets up the CPU
+//! (GDT, TSS, IDT), an identity map of RAM, the heap, the serial log and the clock, then calls
+//! the app's `runtime_entry`. Apps talk to it only through the `sys_*` symbols that
+//! `hermit-abi` declares (module `abi`).
+//!
+//! An image links it like this (the kernel brings the entry points, panic handler and
+//! allocator; `kernel/image-build.rs` brings the linker script):
+//!
+//! ```ignore
+//! #![no_std]
+//! #![no_main]
+//! use kernel as _;
+//!
+//! #[unsafe(no_mangle)]
+//! pub extern "C" fn runtime_entry(_argc: i32, _argv: *const *const u8, _env: *const *const u8) -> ! {
+//!     let line = b"Hello from Roam\n";
+//!     // SAFETY: the buffer is valid for its length.
+//!     unsafe { hermit_abi::write(1, line.as_ptr(), line.len()) };
+//!     // SAFETY: exit takes no pointers.
+//!     unsafe { hermit_abi::exit(0) }
+//! }
+//! ```
+//!
+//! Pure logic (command line, exit statuses, clock math, boot info and memory map parsing,
+//! fault decoding) builds on the host too, so `cargo test -p kernel` unit-tests it there; the
+//! CPU-specific parts only build for the guest.
+//!
+//! The kernel assumes it gets zeroed RAM (host-vmm and QEMU both provide it) and does not
+//! clear `.bss` itself: that would cost thousands of emulated instructions per boot.
+
+#![cfg_attr(not(test), no_std)]
+
+pub mod bootinfo;
+pub mod clock;
+pub mod cmdline;
+pub mod fault;
+pub mod memmap;
+pub mod status;
+
+#[cfg(not(test))]
+mod abi;
+#[cfg(not(test))]
+pub mod arch;
+#[cfg(not(test))]
+mod boot;
+#[cfg(not(test))]
+pub mod heap;
+#[cfg(not(test))]
+mod logger;
+#[cfg(not(test))]
+mod serial;
+#[cfg(not(test))]
+mod timer;
+
+#[cfg(test)]
+mod abi_coverage;

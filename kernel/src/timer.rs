@@ -1,0 +1,198 @@
+//! The running clock and sleeping.
+//!
+//! - Monotonic time is the TSC since kernel entry, scaled by its frequency: from CPUID leaf
+//!   0x4000_0010 when the hypervisor has it (host-vmm adds it; QEMU with
+//!   `vmware-cpuid-freq=on`), otherwise calibrated against the PIT, otherwise taken from
+//!   kvmclock's scale.
+//! - Realtime is monotonic time plus the Unix time at boot, read from kvmclock the first time
+//!   anyone asks (one-off MSR exits nobody pays for unless they need it). Without kvmclock it
+//!   starts at 0, with one warning.
+//! - Sleeping arms the LAPIC timer (TSC-deadline mode when the CPU has it, else one-shot at
+//!   the bus frequency) and halts until its interrupt. Interrupts are set up on first sleep:
+//!   both 8259 PICs masked, the LAPIC enabled. They are only enabled inside the halt.
+
+use crate::arch::apic::{self, TimerMode};
+use crate::arch::cpuid::Features;
+use crate::arch::{cpu, entry_tsc, pit, pvclock};
+use crate::clock::{self, Scale, TscClock};
+use core::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+
+/// Length of the PIT calibration interval: 10 ms, about 0.05% error at ~9 µs per poll.
+const CALIBRATION_PIT_TICKS: u16 = 11_932;
+/// KVM's LAPIC timer runs at 1 GHz; assumed if nothing says otherwise.
+const KVM_APIC_BUS_HZ: u64 = 1_000_000_000;
+/// Assumed TSC frequency when nothing can measure it (a warning says so).
+const FALLBACK_TSC_HZ: u64 = 1_000_000_000;
+
+// The clock, set once by `init` and read-only afterwards (one CPU: relaxed is enough).
+static ORIGIN: AtomicU64 = AtomicU64::new(0);
+static TSC_HZ: AtomicU64 = AtomicU64::new(1);
+static NS_MULT: AtomicU64 = AtomicU64::new(0);
+static TICKS_MULT: AtomicU64 = AtomicU64::new(0);
+/// ns -> LAPIC bus ticks, for one-shot mode.
+static APIC_MULT: AtomicU64 = AtomicU64::new(0);
+static ONE_SHOT: AtomicBool = AtomicBool::new(false);
+static KVM_CLOCK: AtomicBool = AtomicBool::new(false);
+static INTERRUPTS_READY: AtomicBool = AtomicBool::new(false);
+
+const REALTIME_UNKNOWN: u8 = 0;
+const REALTIME_READY: u8 = 1;
+static REALTIME_STATE: AtomicU8 = AtomicU8::new(REALTIME_UNKNOWN);
+/// Unix time in ns at monotonic time 0.
+static REALTIME_BASE: AtomicU64 = AtomicU64::new(0);
+
+/// Where the TSC frequency came from, for the boot log.
+#[derive(Clone, Copy, Debug)]
+enum Source {
+    CpuidLeaf,
+    Pit,
+    Kvmclock,
+    Assumed,
+}
+
+/// Sets up the clock: TSC frequency and timer mode. Free when CPUID has the frequency; a
+/// 10 ms PIT calibration otherwise.
+pub fn init(features: &Features) {
+    KVM_CLOCK.store(features.kvm_clock, Ordering::Relaxed);
+    let one_shot = !features.tsc_deadline;
+    ONE_SHOT.store(one_shot, Ordering::Relaxed);
+    let mut apic_hz = features.apic_bus_khz.map(|khz| u64::from(khz) * 1000);
+
+    let (tsc_hz, source) = if let Some(khz) = features.tsc_khz {
+        (u64::from(khz) * 1000, Source::CpuidLeaf)
+    } else {
+        // Calibrate the LAPIC timer in the same interval if one-shot mode will need it.
+        let measure_apic = one_shot && apic_hz.is_none();
+        if measure_apic {
+            apic::start_free_running();
+        }
+        let interval = pit::measure(CALIBRATION_PIT_TICKS, || {
+            if measure_apic {
+                apic::current_count()
+            } else {
+                0
+            }
+        });
+        match interval {
+            Some(i) => {
+                if measure_apic {
+                    apic_hz = Some(clock::frequency(i.apic_ticks, i.pit_ticks, pit::PIT_HZ));
+                }
+                (
+                    clock::frequency(i.tsc_ticks, i.pit_ticks, pit::PIT_HZ),
+                    Source::Pit,
+                )
+            }
+            None => match features.kvm_clock.then(pvclock::read).flatten() {
+                Some(reading) => (reading.scale.tsc_hz(), Source::Kvmclock),
+                None => (FALLBACK_TSC_HZ, Source::Assumed),
+            },
+        }
+    };
+    let tsc_hz = tsc_hz.max(1);
+    let (origin, hz, to_ns, to_ticks) = TscClock::new(entry_tsc(), tsc_hz).parts();
+    ORIGIN.store(origin, Ordering::Relaxed);
+    TSC_HZ.store(hz, Ordering::Relaxed);
+    NS_MULT.store(to_ns.mult(), Ordering::Relaxed);
+    TICKS_MULT.store(to_ticks.mult(), Ordering::Relaxed);
+
+    match source {
+        Source::Assumed => log::warn!(
+            "clock: cannot measure the TSC frequency (no CPUID leaf 0x40000010, PIT or kvmclock); assuming 1 GHz"
+        ),
+        _ => log::info!("clock: TSC at {} kHz (from {source:?})", tsc_hz / 1000),
+    }
+    if one_shot {
+        let apic_hz = apic_hz.filter(|hz| *hz > 0).unwrap_or(KVM_APIC_BUS_HZ);
+        APIC_MULT.store(
+            Scale::ratio(apic_hz, clock::NS_PER_SEC).mult(),
+            Ordering::Relaxed,
+        );
+        log::info!("timer: LAPIC one-shot at {} kHz", apic_hz / 1000);
+    } else {
+        log::info!("timer: LAPIC TSC-deadline");
+    }
+}
+
+fn tsc_clock() -> TscClock {
+    TscClock::from_parts(
+        ORIGIN.load(Ordering::Relaxed),
+        TSC_HZ.load(Ordering::Relaxed),
+        Scale::from_mult(NS_MULT.load(Ordering::Relaxed)),
+        Scale::from_mult(TICKS_MULT.load(Ordering::Relaxed)),
+    )
+}
+
+/// Nanoseconds since kernel entry.
+pub fn now_ns() -> u64 {
+    tsc_clock().ns_at(cpu::rdtsc())
+}
+
+/// Unix time in nanoseconds (since boot if kvmclock is missing).
+pub fn realtime_ns() -> u64 {
+    if REALTIME_STATE.load(Ordering::Relaxed) != REALTIME_READY {
+        let base = read_realtime_base();
+        REALTIME_BASE.store(base, Ordering::Relaxed);
+        REALTIME_STATE.store(REALTIME_READY, Ordering::Relaxed);
+    }
+    REALTIME_BASE
+        .load(Ordering::Relaxed)
+        .saturating_add(now_ns())
+}
+
+fn read_realtime_base() -> u64 {
+    if KVM_CLOCK.load(Ordering::Relaxed)
+        && let Some(reading) = pvclock::read()
+    {
+        let base = reading
+            .unix_ns
+            .saturating_sub(tsc_clock().ns_at(reading.tsc));
+        log::debug!(
+            "clock: Unix time at boot {}.{:09} s (kvmclock)",
+            base / clock::NS_PER_SEC,
+            base % clock::NS_PER_SEC
+        );
+        return base;
+    }
+    log::warn!("clock: no KVM pvclock, so CLOCK_REALTIME counts from 0 at boot");
+    0
+}
+
+/// Sleeps until monotonic time `deadline_ns`, halting the CPU in between.
+pub fn sleep_until(deadline_ns: u64) {
+    prepare_interrupts();
+    let c = tsc_clock();
+    loop {
+        let now = c.ns_at(cpu::rdtsc());
+        if now >= deadline_ns {
+            return;
+        }
+        if ONE_SHOT.load(Ordering::Relaxed) {
+            let ticks =
+                Scale::from_mult(APIC_MULT.load(Ordering::Relaxed)).apply(deadline_ns - now);
+            apic::arm_one_shot(ticks.clamp(1, u64::from(u32::MAX)) as u32);
+        } else {
+            apic::arm_deadline(c.tsc_at(deadline_ns));
+        }
+        cpu::wait_for_interrupt();
+    }
+}
+
+/// Sleeps for `ns` nanoseconds.
+pub fn sleep_ns(ns: u64) {
+    sleep_until(now_ns().saturating_add(ns));
+}
+
+/// First sleep only: masks the PICs and enables the LAPIC timer (four exits).
+fn prepare_interrupts() {
+    if INTERRUPTS_READY.swap(true, Ordering::Relaxed) {
+        return;
+    }
+    pit::mask_pics();
+    let mode = if ONE_SHOT.load(Ordering::Relaxed) {
+        TimerMode::OneShot
+    } else {
+        TimerMode::TscDeadline
+    };
+    apic::enable_timer(mode);
+}
