@@ -1,0 +1,134 @@
+//! Guest RAM: one memfd, sized with `ftruncate` and mapped `MAP_SHARED` into this process.
+//!
+//! The memfd (not an anonymous mapping) is what later lets another process map the very same
+//! pages, so a migration can hand RAM over without copying it. [`GuestRam`] owns the fd for as
+//! long as the mapping lives. Nothing here touches the pages: the kernel allocates each one on
+//! its first write, so a large, mostly unused guest costs nothing at start-up.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, FromRawFd};
+use std::sync::Arc;
+use vm_memory::mmap::MmapRegionError;
+use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap, MmapRegion};
+
+/// Why guest RAM could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum MemoryError {
+    /// `memfd_create` failed.
+    #[error("cannot create the guest RAM memfd")]
+    Memfd(#[source] io::Error),
+    /// `ftruncate` failed.
+    #[error("cannot size the guest RAM memfd to {0} bytes")]
+    Truncate(u64, #[source] io::Error),
+    /// The size does not fit this host's address space.
+    #[error("guest RAM of {0} bytes does not fit this host's address space")]
+    TooLarge(u64),
+    /// `mmap` failed.
+    #[error("cannot map guest RAM")]
+    Mmap(#[source] MmapRegionError),
+    /// vm-memory refused the region layout (cannot happen for one region at 0).
+    #[error("cannot build the guest memory map")]
+    Layout,
+}
+
+/// The guest's RAM: `[0, size)` in guest-physical space, backed by a memfd.
+#[derive(Debug)]
+pub struct GuestRam {
+    /// The mapping, shared with devices and the vCPU (cheap to clone).
+    mem: GuestMemoryMmap,
+    /// The memfd behind `mem`; vm-memory's `FileOffset` holds another reference.
+    memfd: Arc<File>,
+    size: u64,
+}
+
+impl GuestRam {
+    /// Creates a memfd of `size` bytes and maps it shared, without touching its pages.
+    pub fn new(size: u64) -> Result<Self, MemoryError> {
+        let len = usize::try_from(size).map_err(|_| MemoryError::TooLarge(size))?;
+        let memfd = Arc::new(create_memfd()?);
+        memfd
+            .set_len(size)
+            .map_err(|e| MemoryError::Truncate(size, e))?;
+        // MAP_NORESERVE: the guest rarely touches all of its RAM; don't charge it up front.
+        let region = MmapRegion::build(
+            Some(FileOffset::from_arc(Arc::clone(&memfd), 0)),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_NORESERVE,
+        )
+        .map_err(MemoryError::Mmap)?;
+        let region = GuestRegionMmap::new(region, GuestAddress(0)).ok_or(MemoryError::Layout)?;
+        let mem = GuestMemoryMmap::from_regions(vec![region]).map_err(|_| MemoryError::Layout)?;
+        Ok(GuestRam { mem, memfd, size })
+    }
+
+    /// The mapping, for reading and writing guest memory.
+    pub fn memory(&self) -> &GuestMemoryMmap {
+        &self.mem
+    }
+
+    /// The size in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// The memfd backing guest RAM (to hand to another process, later).
+    pub fn memfd(&self) -> BorrowedFd<'_> {
+        self.memfd.as_fd()
+    }
+}
+
+/// `memfd_create("roam-guest-ram", MFD_CLOEXEC)`.
+fn create_memfd() -> Result<File, MemoryError> {
+    // SAFETY: the name is a NUL-terminated C string literal and the flags are valid; the call
+    // only creates a new file descriptor.
+    let fd = unsafe { libc::memfd_create(c"roam-guest-ram".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(MemoryError::Memfd(io::Error::last_os_error()));
+    }
+    // SAFETY: `fd` was just returned by memfd_create, is open, and nothing else owns it.
+    Ok(unsafe { File::from_raw_fd(fd) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vm_memory::{Bytes, GuestMemoryBackend};
+
+    #[test]
+    fn ram_is_a_zeroed_shared_memfd_of_the_requested_size() {
+        let ram = GuestRam::new(16 << 20).unwrap();
+        assert_eq!(ram.size(), 16 << 20);
+        assert_eq!(ram.memory().last_addr(), GuestAddress((16 << 20) - 1));
+        let mut byte = [0xaa];
+        ram.memory()
+            .read_slice(&mut byte, GuestAddress(0x12345))
+            .unwrap();
+        assert_eq!(byte, [0]);
+        // What the mapping writes, the fd sees: the property migration will rely on.
+        ram.memory()
+            .write_slice(b"roam", GuestAddress(0x1000))
+            .unwrap();
+        let file = File::from(ram.memfd().try_clone_to_owned().unwrap());
+        let mut seen = [0; 4];
+        std::os::unix::fs::FileExt::read_exact_at(&file, &mut seen, 0x1000).unwrap();
+        assert_eq!(&seen, b"roam");
+        assert_eq!(file.metadata().unwrap().len(), 16 << 20);
+    }
+
+    #[test]
+    fn accesses_beyond_ram_fail_instead_of_crashing() {
+        let ram = GuestRam::new(16 << 20).unwrap();
+        assert!(
+            ram.memory()
+                .write_slice(&[1, 2], GuestAddress((16 << 20) - 1))
+                .is_err()
+        );
+        assert!(
+            ram.memory()
+                .write_slice(&[1], GuestAddress(u64::MAX))
+                .is_err()
+        );
+    }
+}

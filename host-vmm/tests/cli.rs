@@ -1,0 +1,213 @@
+//! The `host-vmm` binary end to end: exit statuses, stdout, one-line errors. Bad input needs
+//! no KVM; the boots use tiny hand-assembled guests and skip without `/dev/kvm`.
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::Instant;
+
+const HOST_VMM: &str = env!("CARGO_BIN_EXE_host-vmm");
+
+/// A 64-bit ELF with `code` loaded and entered at 1 MiB.
+fn tiny_guest(code: &[u8]) -> Vec<u8> {
+    const BASE: u64 = 0x10_0000;
+    let mut b = Vec::new();
+    b.extend_from_slice(b"\x7fELF\x02\x01\x01\x00");
+    b.extend_from_slice(&[0; 8]);
+    b.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+    b.extend_from_slice(&62u16.to_le_bytes()); // EM_X86_64
+    b.extend_from_slice(&1u32.to_le_bytes());
+    for v in [BASE, 64, 0] {
+        b.extend_from_slice(&v.to_le_bytes()); // e_entry, e_phoff, e_shoff
+    }
+    b.extend_from_slice(&0u32.to_le_bytes());
+    for v in [64u16, 56, 1, 64, 0, 0] {
+        b.extend_from_slice(&v.to_le_bytes());
+    }
+    b.extend_from_slice(&1u32.to_le_bytes()); // PT_LOAD
+    b.extend_from_slice(&5u32.to_le_bytes());
+    let len = code.len() as u64;
+    for v in [120, BASE, BASE, len, len, 0x1000] {
+        b.extend_from_slice(&v.to_le_bytes());
+    }
+    b.extend_from_slice(code);
+    b
+}
+
+/// Writes "H\n" to COM1, then status 42 to port 0xF4.
+const HELLO: &[u8] = &[
+    0x66, 0xBA, 0xF8, 0x03, // mov dx, 0x3f8
+    0xB0, 0x48, // mov al, 'H'
+    0xEE, // out dx, al
+    0xB0, 0x0A, // mov al, '\n'
+    0xEE, // out dx, al
+    0x66, 0xBA, 0xF4, 0x00, // mov dx, 0xf4
+    0xB8, 0x2A, 0x00, 0x00, 0x00, // mov eax, 42
+    0xEF, // out dx, eax
+    0xF4, // hlt (not reached)
+];
+
+/// `ud2` without an IDT: a triple fault.
+const UD2: &[u8] = &[0x0F, 0x0B];
+
+struct TempFile(PathBuf);
+
+impl TempFile {
+    fn new(tag: &str, bytes: &[u8]) -> Self {
+        let path = std::env::temp_dir().join(format!("host-vmm-cli-{tag}-{}", std::process::id()));
+        std::fs::write(&path, bytes).unwrap();
+        TempFile(path)
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn kvm_available(test: &str) -> bool {
+    let ok = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok();
+    if !ok {
+        let _ = writeln!(std::io::stderr(), "{test}: skipped: /dev/kvm not available");
+    }
+    ok
+}
+
+fn host_vmm(args: &[&str]) -> Output {
+    Command::new(HOST_VMM).args(args).output().unwrap()
+}
+
+/// Asserts host-vmm failed on its own (125) with one `host-vmm: error:` line containing `what`.
+fn assert_one_line_error(out: &Output, what: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{stderr}");
+    let lines: Vec<_> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(lines[0].starts_with("host-vmm: error: "), "{stderr}");
+    assert!(lines[0].contains(what), "{stderr}");
+}
+
+#[test]
+fn bad_input_is_one_line_and_status_125() {
+    assert_one_line_error(
+        &host_vmm(&["run", "/nonexistent/image.elf"]),
+        "/nonexistent/image.elf",
+    );
+    let text = TempFile::new("text", b"not an elf\n");
+    let path = text.0.to_str().unwrap();
+    assert_one_line_error(&host_vmm(&["run", path]), "not an ELF file");
+    assert_one_line_error(&host_vmm(&["run", path, "--mem", "12Q"]), "--mem");
+    assert_one_line_error(&host_vmm(&["run", path, "--mem", "-1M"]), "--mem");
+    assert_one_line_error(&host_vmm(&["run", path, "--mem", "65M"]), "2 MiB");
+    let long = "x".repeat(4096);
+    let elf = TempFile::new("elf", &tiny_guest(HELLO));
+    let path = elf.0.to_str().unwrap();
+    assert_one_line_error(
+        &host_vmm(&["run", path, "--cmdline", &long]),
+        "command line",
+    );
+    assert_one_line_error(&host_vmm(&["run", path, "--bogus"]), "--bogus");
+    assert_one_line_error(&host_vmm(&[]), "host-vmm run");
+}
+
+#[test]
+fn help_documents_every_flag() {
+    let out = host_vmm(&["run", "--help"]);
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in ["<IMAGE>", "--mem <SIZE>", "--cmdline <STR>", "128M"] {
+        assert!(help.contains(flag), "{help}");
+    }
+}
+
+#[test]
+fn the_guest_status_is_the_exit_status() {
+    if !kvm_available("the_guest_status_is_the_exit_status") {
+        return;
+    }
+    let elf = TempFile::new("hello", &tiny_guest(HELLO));
+    let out = host_vmm(&["run", elf.0.to_str().unwrap(), "--mem", "16M"]);
+    assert_eq!(out.stdout, b"H\n");
+    assert_eq!(out.status.code(), Some(42), "{out:?}");
+    assert!(out.stderr.is_empty(), "{out:?}");
+}
+
+#[test]
+fn a_triple_fault_exits_124_with_the_rip() {
+    if !kvm_available("a_triple_fault_exits_124_with_the_rip") {
+        return;
+    }
+    let elf = TempFile::new("ud2", &tiny_guest(UD2));
+    let out = host_vmm(&["run", elf.0.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(124), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.starts_with("host-vmm: error: "), "{stderr}");
+    assert!(
+        stderr.contains("triple fault") && stderr.contains("RIP 0x"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_closed_stdout_does_not_stop_the_guest() {
+    if !kvm_available("a_closed_stdout_does_not_stop_the_guest") {
+        return;
+    }
+    let elf = TempFile::new("epipe", &tiny_guest(HELLO));
+    let mut child = Command::new(HOST_VMM)
+        .args(["run", elf.0.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take()); // the reader goes away before the guest prints
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(42), "{stderr}");
+    assert!(stderr.is_empty(), "{stderr}");
+}
+
+/// Not a pass/fail check (timings vary): prints spawn → first guest byte for the record.
+#[test]
+fn report_spawn_to_first_guest_byte() {
+    if !kvm_available("report_spawn_to_first_guest_byte") {
+        return;
+    }
+    let elf = TempFile::new("timing", &tiny_guest(HELLO));
+    let mut best = None;
+    for _ in 0..5 {
+        let start = Instant::now();
+        let mut child = Command::new(HOST_VMM)
+            .args(["run", elf.0.to_str().unwrap()])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut byte = [0u8];
+        child
+            .stdout
+            .as_mut()
+            .unwrap()
+            .read_exact(&mut byte)
+            .unwrap();
+        let first = start.elapsed();
+        assert_eq!(child.wait().unwrap().code(), Some(42));
+        best = Some(best.map_or(first, |b: std::time::Duration| b.min(first)));
+    }
+    let _ = writeln!(
+        std::io::stderr(),
+        "host-vmm: spawn -> first guest byte (tiny guest, best of 5): {:?}",
+        best.unwrap()
+    );
+}
