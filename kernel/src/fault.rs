@@ -155,7 +155,7 @@ impl fmt::Display for Exception {
     }
 }
 
-#[cfg(not(test))]
+#[cfg(target_os = "none")]
 mod report {
     use super::Exception;
     use crate::arch::cpu;
@@ -198,7 +198,7 @@ mod report {
     }
 }
 
-#[cfg(not(test))]
+#[cfg(target_os = "none")]
 pub use report::{exception, exit};
 
 #[cfg(test)]
