@@ -208,11 +208,15 @@ fn lint() -> Result<()> {
 fn test() -> Result<()> {
     prereq::ensure_packages(&[prereq::QEMU])?;
     lint()?;
+    let mut counts = proc::TestCounts::default();
     // Host unit tests: what a plain `cargo test` runs, plus the kernel's pure logic.
-    proc::run(cargo().arg("test"))?;
-    proc::run(cargo().args(["test", "-p", "kernel"]))?;
+    proc::run_tests(cargo().arg("test"), &mut counts)?;
+    proc::run_tests(cargo().args(["test", "-p", "kernel"]), &mut counts)?;
     artifacts::build_host_vmm()?;
     artifacts::build_images(&[])?;
     // Integration tests: real KVM, real QEMU.
-    proc::run(cargo().args(["test", "-p", "roam-tests"]))
+    proc::run_tests(cargo().args(["test", "-p", "roam-tests"]), &mut counts)?;
+    // One closing line for people and for CI, over every test binary above.
+    println!("xtask: {} passed, {} failed", counts.passed, counts.failed);
+    Ok(())
 }
