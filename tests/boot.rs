@@ -1,6 +1,6 @@
 //! The same ELFs boot under host-vmm and under stock QEMU (microvm, PVH), with real KVM.
 
-use roam_tests::{GuestRun, Vmm, boot, kvm_present};
+use roam_tests::{Boot, GuestRun, Vmm, boot, boot_with, image, kvm_present};
 
 const APP_READY: &str = "Hello from Roam";
 /// host-vmm and our QEMU mapping: the guest's exit statuses (ARCHITECTURE.md).
@@ -174,6 +174,28 @@ fn every_hermit_abi_call_links_and_fails_cleanly() {
     assert!(
         run.watched.stdout.contains(", 0 failed"),
         "{}",
+        transcript(&run)
+    );
+}
+
+/// Without the TSC frequency leaf the kernel calibrates the TSC against the PIT, and the
+/// clock it gets still passes hello's 10 ms sleep check.
+#[test]
+fn tsc_is_calibrated_against_the_pit_without_the_frequency_leaf() {
+    if !kvm_present("tsc_is_calibrated_against_the_pit_without_the_frequency_leaf") {
+        return;
+    }
+    let hello = image("hello");
+    let b = Boot {
+        cmdline: "log=info",
+        qemu_tsc_leaf: false,
+        ..Boot::new(&hello)
+    };
+    let run = boot_with(Vmm::QemuMicrovm, &b, APP_READY);
+    assert_eq!(run.status, 0, "{}", transcript(&run));
+    assert!(
+        run.watched.stdout.contains("(from Pit)"),
+        "the kernel did not calibrate against the PIT:\n{}",
         transcript(&run)
     );
 }

@@ -60,13 +60,24 @@ pub fn host_vmm() -> PathBuf {
 
 /// Boots image `name` under `vmm` with `cmdline`, waiting for `ready` on stdout.
 pub fn boot(vmm: Vmm, name: &str, cmdline: &str, ready: &str) -> GuestRun {
+    let image = image(name);
+    boot_with(
+        vmm,
+        &Boot {
+            cmdline,
+            ..Boot::new(&image)
+        },
+        ready,
+    )
+}
+
+/// Boots `b` under `vmm`, waiting for `ready` on stdout; panics with the reason on failure.
+pub fn boot_with(vmm: Vmm, b: &Boot, ready: &str) -> GuestRun {
     if vmm == Vmm::HostVmm {
         host_vmm();
     }
-    let image = image(name);
-    let mut b = Boot::new(&image);
-    b.cmdline = cmdline;
-    vmm.boot(&b, ready, BOOT_TIMEOUT)
+    let name = b.image.display();
+    vmm.boot(b, ready, BOOT_TIMEOUT)
         .unwrap_or_else(|e| panic!("booting {name} under {}: {e:#}", vmm.key()))
 }
 

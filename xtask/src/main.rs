@@ -98,9 +98,9 @@ fn run(cli: Cli) -> Result<()> {
             artifacts::build_images(std::slice::from_ref(&name))?;
             let image = image_path(&name);
             let boot = Boot {
-                image: &image,
                 mem_mib: mem,
                 cmdline: &cmdline,
+                ..Boot::new(&image)
             };
             exit_with(&mut Vmm::QemuMicrovm.command(&boot), Vmm::QemuMicrovm)
         }

@@ -28,6 +28,9 @@ pub struct Boot<'a> {
     pub mem_mib: u32,
     /// Kernel command line.
     pub cmdline: &'a str,
+    /// QEMU only: expose the TSC frequency leaf (0x40000010) as host-vmm does. Without it
+    /// QEMU also gets a PIT, so the kernel's PIT calibration path runs.
+    pub qemu_tsc_leaf: bool,
 }
 
 impl<'a> Boot<'a> {
@@ -37,6 +40,7 @@ impl<'a> Boot<'a> {
             image,
             mem_mib: 128,
             cmdline: "",
+            qemu_tsc_leaf: true,
         }
     }
 }
@@ -65,18 +69,20 @@ impl Vmm {
                 cmd
             }
             Vmm::QemuMicrovm => {
+                let (machine, cpu) = if boot.qemu_tsc_leaf {
+                    (
+                        "microvm,x-option-roms=off,rtc=off,pit=off,pic=off",
+                        "host,+invtsc,vmware-cpuid-freq=on",
+                    )
+                } else {
+                    (
+                        "microvm,x-option-roms=off,rtc=off,pic=off",
+                        "host,+invtsc,vmware-cpuid-freq=off",
+                    )
+                };
                 let mut cmd = Command::new(crate::prereq::QEMU.program);
                 cmd.args([
-                    "-M",
-                    "microvm,x-option-roms=off,rtc=off,pit=off,pic=off",
-                    "-accel",
-                    "kvm",
-                    // Exposes the TSC frequency leaf (0x40000010), as host-vmm does.
-                    "-cpu",
-                    "host,+invtsc,vmware-cpuid-freq=on",
-                    "-smp",
-                    "1",
-                    "-m",
+                    "-M", machine, "-accel", "kvm", "-cpu", cpu, "-smp", "1", "-m",
                 ])
                 .arg(format!("{}M", boot.mem_mib))
                 .args([
