@@ -8,6 +8,7 @@
 
 pub mod artifacts;
 pub mod bench;
+pub mod net;
 pub mod prereq;
 pub mod proc;
 pub mod stats;

@@ -4,6 +4,7 @@ use anyhow::{Result, bail};
 use clap::{Parser, Subcommand};
 use std::process::Command;
 use xtask::artifacts::{self, GUEST_PROFILE, GUEST_TARGET};
+use xtask::net::{self, Topology};
 use xtask::vm::{Boot, Vmm};
 use xtask::{bench, image_path, prereq, proc, root};
 
@@ -30,9 +31,24 @@ enum Cmd {
     Run {
         /// The image to boot.
         name: String,
-        /// Extra host-vmm `run` flags, after `--` (e.g. `-- --mem 256M --cmdline log=info`).
+        /// Wire the guest into the test network (`cargo xtask net up`, done if needed): host-vmm
+        /// runs in the host namespace on its TAP, and the guest gets the test address.
+        #[arg(long)]
+        net: bool,
+        /// Kernel command line (appended to the network settings with --net).
+        #[arg(long, default_value = "")]
+        cmdline: String,
+        /// Extra host-vmm `run` flags, after `--` (e.g. `-- --mem 256M`).
         #[arg(last = true)]
         host_vmm_args: Vec<String>,
+    },
+    /// Create or remove the test network (namespaces, bridges, veths, a TAP; 198.18.0.0/15).
+    Net {
+        #[command(subcommand)]
+        action: NetCmd,
+        /// Name prefix of the namespaces.
+        #[arg(long, default_value = "roam", global = true)]
+        prefix: String,
     },
     /// Build an image and boot it under stock QEMU (-M microvm, PVH); exits with the guest's status.
     Qemu {
@@ -56,6 +72,14 @@ enum Cmd {
     Test,
     /// Formatting and clippy for host and guest crates.
     Lint,
+}
+
+#[derive(Subcommand)]
+enum NetCmd {
+    /// Create it (idempotent): client, switch and host namespaces, as drawn in xtask/src/net.rs.
+    Up,
+    /// Remove it (idempotent).
+    Down,
 }
 
 #[derive(Subcommand)]
@@ -83,14 +107,63 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Image { names, all: _ } => artifacts::build_images(&names),
         Cmd::Run {
             name,
+            net,
+            cmdline,
             host_vmm_args,
         } => {
             prereq::ensure_kvm()?;
             artifacts::build_host_vmm()?;
             artifacts::build_images(std::slice::from_ref(&name))?;
-            let mut cmd = Command::new(xtask::host_vmm_path());
-            cmd.arg("run").arg(image_path(&name)).args(&host_vmm_args);
+            let mut cmd = if net {
+                prereq::ensure_packages(&prereq::NET_TOOLS)?;
+                let topology = Topology::named("roam")?.verbose();
+                topology.up()?;
+                let mut cmd = Topology::exec_in(&topology.host_ns(1), xtask::host_vmm_path());
+                cmd.args(["run", "--net", &format!("tap={}", net::TAP)]);
+                let line = format!("{} {cmdline}", net::guest_cmdline());
+                cmd.args(["--cmdline", line.trim()]);
+                eprintln!(
+                    "guest {} on the test network; reach it from the client namespace, e.g.\n  ip netns exec {} ping {}",
+                    net::GUEST_IP,
+                    topology.client_ns(),
+                    net::GUEST_IP
+                );
+                cmd
+            } else {
+                let mut cmd = Command::new(xtask::host_vmm_path());
+                cmd.arg("run");
+                if !cmdline.is_empty() {
+                    cmd.args(["--cmdline", &cmdline]);
+                }
+                cmd
+            };
+            cmd.arg(image_path(&name)).args(&host_vmm_args);
             exit_with(&mut cmd, Vmm::HostVmm)
+        }
+        Cmd::Net { action, prefix } => {
+            prereq::ensure_packages(&prereq::NET_TOOLS)?;
+            let topology = Topology::named(&prefix)?.verbose();
+            match action {
+                NetCmd::Up => {
+                    topology.up()?;
+                    println!(
+                        "test network `{prefix}` is up: client {} in namespace {}, gateway {} in {}, guests attach to {} in {} and use {}",
+                        net::CLIENT_IP,
+                        topology.client_ns(),
+                        net::GATEWAY_IP,
+                        topology.switch_ns(),
+                        net::TAP,
+                        topology.host_ns(1),
+                        net::guest_cmdline()
+                    );
+                    Ok(())
+                }
+                NetCmd::Down => {
+                    topology.down()?;
+                    println!("test network `{prefix}` is down");
+                    Ok(())
+                }
+            }
         }
         Cmd::Qemu { name, mem, cmdline } => {
             prereq::ensure_kvm()?;

@@ -22,6 +22,22 @@ pub const QEMU: Package = Package {
     program: "qemu-system-x86_64",
 };
 
+/// What the network tests and commands use: namespaces, stock ping and iperf3.
+pub const NET_TOOLS: [Package; 3] = [
+    Package {
+        name: "iproute2",
+        program: "ip",
+    },
+    Package {
+        name: "iputils-ping",
+        program: "ping",
+    },
+    Package {
+        name: "iperf3",
+        program: "iperf3",
+    },
+];
+
 /// Whether `program` is found on PATH (or is an existing path).
 pub fn on_path(program: &str) -> bool {
     if program.contains('/') {

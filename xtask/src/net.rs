@@ -1,0 +1,247 @@
+//! The test network: network namespaces, bridges, veths and TAPs, in 198.18.0.0/15 only.
+//!
+//! ```text
+//!  <p>-cl (client)            <p>-sw (switch)                  <p>-h1 (host of the VM)
+//!  eth0 198.18.0.2/24 ─veth─ cl0 ┐                      ┌ h1 ─veth─ up0 ┐
+//!                                br0 198.18.0.1/24 (gw) ┘               br0 ── tap0 ── guest
+//!                                                                         (198.18.0.10/24)
+//! ```
+//!
+//! The switch namespace is the L2 segment every host joins, so a later host namespace
+//! (`<p>-h2`) can take over a guest's MAC without the client noticing a new path. host-vmm (or
+//! QEMU) runs inside the host namespace and attaches to `tap0` there. Nothing here routes to
+//! anything outside the namespaces; `down` deletes them, which removes every interface.
+
+use crate::proc;
+use anyhow::{Result, bail};
+use std::process::Command;
+
+/// The guest's address and prefix on the test network.
+pub const GUEST_IP: &str = "198.18.0.10";
+/// The client namespace's address.
+pub const CLIENT_IP: &str = "198.18.0.2";
+/// The gateway, on the switch's bridge.
+pub const GATEWAY_IP: &str = "198.18.0.1";
+/// Prefix length of the test subnet.
+pub const PREFIX_LEN: u8 = 24;
+/// The TAP a guest attaches to inside its host namespace.
+pub const TAP: &str = "tap0";
+
+/// The kernel command line that puts a guest on this network.
+pub fn guest_cmdline() -> String {
+    format!("ip={GUEST_IP}/{PREFIX_LEN} gw={GATEWAY_IP}")
+}
+
+/// One instance of the test network, named by a prefix so runs cannot collide.
+#[derive(Debug)]
+pub struct Topology {
+    prefix: String,
+    verbose: bool,
+}
+
+impl Topology {
+    /// The topology whose namespaces start with `prefix` (not created yet).
+    pub fn named(prefix: &str) -> Result<Topology> {
+        // Namespace names become file names under /run/netns; keep them plain.
+        if prefix.is_empty()
+            || prefix.len() > 24
+            || !prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-')
+        {
+            bail!("bad network prefix `{prefix}`: use 1-24 letters, digits or '-'");
+        }
+        Ok(Topology {
+            prefix: prefix.to_string(),
+            verbose: false,
+        })
+    }
+
+    /// A topology with a name unique to this process and call, for tests.
+    pub fn unique(tag: &str) -> Result<Topology> {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        Topology::named(&format!("rt{tag}-{}-{n}", std::process::id()))
+    }
+
+    /// Print each command as it runs (the `cargo xtask net` commands do).
+    pub fn verbose(mut self) -> Topology {
+        self.verbose = true;
+        self
+    }
+
+    /// The client namespace.
+    pub fn client_ns(&self) -> String {
+        format!("{}-cl", self.prefix)
+    }
+
+    /// The switch namespace (the shared L2 segment and the gateway).
+    pub fn switch_ns(&self) -> String {
+        format!("{}-sw", self.prefix)
+    }
+
+    /// Host namespace `n` (1-based), where a VMM runs and its TAP lives.
+    pub fn host_ns(&self, n: u32) -> String {
+        format!("{}-h{n}", self.prefix)
+    }
+
+    fn ip(&self, args: &[&str]) -> Result<()> {
+        let mut cmd = Command::new("ip");
+        cmd.args(args);
+        if self.verbose {
+            proc::run(&mut cmd)
+        } else {
+            let out = cmd.output()?;
+            if !out.status.success() {
+                bail!(
+                    "`{}` failed: {}",
+                    proc::display(&cmd),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+            }
+            Ok(())
+        }
+    }
+
+    fn ns_exists(name: &str) -> bool {
+        std::path::Path::new("/run/netns").join(name).exists()
+    }
+
+    /// Creates the namespaces, bridges, veths and the TAP of host 1. Idempotent: an existing
+    /// topology with this prefix is left as it is.
+    pub fn up(&self) -> Result<()> {
+        let (sw, cl, h1) = (self.switch_ns(), self.client_ns(), self.host_ns(1));
+        if [&sw, &cl, &h1].iter().all(|ns| Self::ns_exists(ns)) {
+            if self.verbose {
+                eprintln!("test network `{}` is already up", self.prefix);
+            }
+            return Ok(());
+        }
+        // A half-made topology (an earlier run died midway) is rebuilt from scratch.
+        self.down()?;
+        let gw = format!("{GATEWAY_IP}/{PREFIX_LEN}");
+        let client = format!("{CLIENT_IP}/{PREFIX_LEN}");
+        let result = (|| {
+            self.ip(&["netns", "add", &sw])?;
+            self.ip(&["-n", &sw, "link", "set", "lo", "up"])?;
+            self.ip(&["-n", &sw, "link", "add", "br0", "type", "bridge"])?;
+            self.ip(&["-n", &sw, "addr", "add", &gw, "dev", "br0"])?;
+            self.ip(&["-n", &sw, "link", "set", "br0", "up"])?;
+
+            self.ip(&["netns", "add", &cl])?;
+            self.ip(&["-n", &cl, "link", "set", "lo", "up"])?;
+            self.ip(&[
+                "-n", &cl, "link", "add", "eth0", "type", "veth", "peer", "name", "cl0", "netns",
+                &sw,
+            ])?;
+            self.ip(&["-n", &cl, "addr", "add", &client, "dev", "eth0"])?;
+            self.ip(&["-n", &cl, "link", "set", "eth0", "up"])?;
+            self.ip(&["-n", &cl, "route", "add", "default", "via", GATEWAY_IP])?;
+            self.ip(&["-n", &sw, "link", "set", "cl0", "master", "br0", "up"])?;
+
+            self.add_host(1)
+        })();
+        if result.is_err() {
+            let _ = self.down();
+        }
+        result
+    }
+
+    /// Adds host namespace `n`: a bridge joining its TAP to an uplink on the switch.
+    pub fn add_host(&self, n: u32) -> Result<()> {
+        let (sw, h) = (self.switch_ns(), self.host_ns(n));
+        let uplink_peer = format!("h{n}");
+        self.ip(&["netns", "add", &h])?;
+        self.ip(&["-n", &h, "link", "set", "lo", "up"])?;
+        self.ip(&["-n", &h, "link", "add", "br0", "type", "bridge"])?;
+        self.ip(&["-n", &h, "link", "set", "br0", "up"])?;
+        self.ip(&[
+            "-n",
+            &h,
+            "link",
+            "add",
+            "up0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &uplink_peer,
+            "netns",
+            &sw,
+        ])?;
+        self.ip(&["-n", &h, "link", "set", "up0", "master", "br0", "up"])?;
+        self.ip(&[
+            "-n",
+            &sw,
+            "link",
+            "set",
+            &uplink_peer,
+            "master",
+            "br0",
+            "up",
+        ])?;
+        self.ip(&["-n", &h, "tuntap", "add", TAP, "mode", "tap"])?;
+        self.ip(&["-n", &h, "link", "set", TAP, "master", "br0", "up"])
+    }
+
+    /// Deletes every namespace of this topology (and with them all its interfaces).
+    pub fn down(&self) -> Result<()> {
+        let mut names = vec![self.client_ns(), self.switch_ns()];
+        // Hosts are numbered from 1; stop at the first gap.
+        names.extend(
+            (1..)
+                .map(|n| self.host_ns(n))
+                .take_while(|ns| Self::ns_exists(ns)),
+        );
+        for ns in names {
+            if Self::ns_exists(&ns) {
+                self.ip(&["netns", "del", &ns])?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A command that runs `program` inside namespace `ns`.
+    pub fn exec_in(ns: &str, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", ns]).arg(program);
+        cmd
+    }
+}
+
+/// Removes the topology when dropped: tests clean up also when they fail.
+pub struct TopologyGuard(pub Topology);
+
+impl Drop for TopologyGuard {
+    fn drop(&mut self) {
+        if let Err(e) = self.0.down() {
+            eprintln!("cleaning up test network: {e:#}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_are_checked() {
+        assert!(Topology::named("roam").is_ok());
+        assert!(Topology::named("").is_err());
+        assert!(Topology::named("a/b").is_err());
+        assert!(Topology::named(&"x".repeat(25)).is_err());
+        let t = Topology::unique("x").unwrap();
+        assert!(t.client_ns().starts_with("rtx-"));
+        assert_ne!(
+            Topology::unique("x").unwrap().client_ns(),
+            t.client_ns(),
+            "two topologies in one process must not share names"
+        );
+    }
+
+    #[test]
+    fn guest_cmdline_is_in_the_benchmark_range() {
+        assert_eq!(guest_cmdline(), "ip=198.18.0.10/24 gw=198.18.0.1");
+    }
+}
