@@ -221,6 +221,102 @@ pub fn run_tests(cmd: &mut Command, counts: &mut TestCounts) -> Result<()> {
     Ok(())
 }
 
+/// A process left running while the caller works (a guest serving the network), killed by
+/// its PID when dropped, so a failing test still cleans up.
+pub struct Background {
+    child: Child,
+    name: String,
+    output: std::sync::Arc<std::sync::Mutex<String>>,
+    readers: Vec<thread::JoinHandle<()>>,
+}
+
+impl Background {
+    /// Spawns `cmd`, collecting its stdout and stderr.
+    pub fn spawn(cmd: &mut Command) -> Result<Background> {
+        let name = display(cmd);
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("cannot start `{name}`"))?;
+        let output = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let mut readers = Vec::new();
+        let pipes: [Box<dyn Read + Send>; 2] = [
+            Box::new(child.stdout.take().expect("stdout is piped")),
+            Box::new(child.stderr.take().expect("stderr is piped")),
+        ];
+        for pipe in pipes {
+            let output = output.clone();
+            readers.push(thread::spawn(move || {
+                let mut lines = BufReader::new(pipe);
+                let mut buf = Vec::new();
+                while matches!(lines.read_until(b'\n', &mut buf), Ok(n) if n > 0) {
+                    if let Ok(mut out) = output.lock() {
+                        out.push_str(&String::from_utf8_lossy(&buf));
+                    }
+                    buf.clear();
+                }
+            }));
+        }
+        Ok(Background {
+            child,
+            name,
+            output,
+            readers,
+        })
+    }
+
+    /// Everything printed so far (stdout and stderr interleaved by line).
+    pub fn output(&self) -> String {
+        self.output.lock().map(|o| o.clone()).unwrap_or_default()
+    }
+
+    /// Waits until the output contains `text`; fails if the process exits first or time runs out.
+    pub fn wait_for(&mut self, text: &str, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.output().contains(text) {
+                return Ok(());
+            }
+            if let Some(status) = self.child.try_wait()? {
+                bail!(
+                    "`{}` exited ({status}) before printing `{text}`:\n{}",
+                    self.name,
+                    self.output()
+                );
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "`{}` did not print `{text}` within {timeout:?}:\n{}",
+                    self.name,
+                    self.output()
+                );
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// The process ID (to read /proc/<pid>/stat, for example).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        kill(&mut self.child);
+        for reader in self.readers.drain(..) {
+            let _ = reader.join();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

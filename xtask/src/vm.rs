@@ -17,6 +17,20 @@ pub enum Vmm {
     HostVmm,
     /// Stock `qemu-system-x86_64 -M microvm`, booting the same ELF through its PVH note.
     QemuMicrovm,
+    /// Stock `qemu-system-x86_64 -M pc`: PCI at 0xCF8 and QEMU's own virtio-net-pci (no vhost),
+    /// the peer for network tests and benchmarks. SeaBIOS makes it boot in ~2 s.
+    QemuPc,
+}
+
+/// Where a guest's NIC attaches: a TAP inside a network namespace.
+#[derive(Clone, Debug)]
+pub struct NetAttach<'a> {
+    /// The namespace the VMM runs in.
+    pub netns: &'a str,
+    /// The TAP device (in that namespace).
+    pub tap: &'a str,
+    /// The guest's MAC address.
+    pub mac: &'a str,
 }
 
 /// What to boot and how.
@@ -31,6 +45,8 @@ pub struct Boot<'a> {
     /// QEMU only: expose the TSC frequency leaf (0x40000010) as host-vmm does. Without it
     /// QEMU also gets a PIT, so the kernel's PIT calibration path runs.
     pub qemu_tsc_leaf: bool,
+    /// A virtio-net NIC on a TAP, if any.
+    pub net: Option<NetAttach<'a>>,
 }
 
 impl<'a> Boot<'a> {
@@ -41,6 +57,7 @@ impl<'a> Boot<'a> {
             mem_mib: 128,
             cmdline: "",
             qemu_tsc_leaf: true,
+            net: None,
         }
     }
 }
@@ -51,59 +68,84 @@ impl Vmm {
         match self {
             Vmm::HostVmm => "host_vmm",
             Vmm::QemuMicrovm => "qemu_microvm",
+            Vmm::QemuPc => "qemu_pc",
         }
     }
 
-    /// The command that boots `boot` under this VMM, with the guest's serial on stdout.
+    /// The command that boots `boot` under this VMM, with the guest's serial on stdout; inside
+    /// the NIC's namespace when it has one.
     pub fn command(self, boot: &Boot) -> Command {
-        match self {
-            Vmm::HostVmm => {
-                let mut cmd = Command::new(host_vmm_path());
-                cmd.arg("run")
-                    .arg(boot.image)
-                    .arg("--mem")
-                    .arg(format!("{}M", boot.mem_mib));
-                if !boot.cmdline.is_empty() {
-                    cmd.arg("--cmdline").arg(boot.cmdline);
-                }
-                cmd
-            }
-            Vmm::QemuMicrovm => {
-                let (machine, cpu) = if boot.qemu_tsc_leaf {
-                    (
-                        "microvm,x-option-roms=off,rtc=off,pit=off,pic=off",
-                        "host,+invtsc,vmware-cpuid-freq=on",
-                    )
-                } else {
-                    (
-                        "microvm,x-option-roms=off,rtc=off,pic=off",
-                        "host,+invtsc,vmware-cpuid-freq=off",
-                    )
-                };
-                let mut cmd = Command::new(crate::prereq::QEMU.program);
-                cmd.args([
-                    "-M", machine, "-accel", "kvm", "-cpu", cpu, "-smp", "1", "-m",
-                ])
-                .arg(format!("{}M", boot.mem_mib))
-                .args([
-                    "-nodefaults",
-                    "-no-user-config",
-                    "-display",
-                    "none",
-                    "-monitor",
-                    "none",
-                    "-serial",
-                    "stdio",
-                    "-no-reboot",
-                    "-device",
-                    "isa-debug-exit,iobase=0xf4,iosize=4",
-                    "-kernel",
-                ])
+        let program: std::ffi::OsString = match self {
+            Vmm::HostVmm => host_vmm_path().into(),
+            Vmm::QemuMicrovm | Vmm::QemuPc => crate::prereq::QEMU.program.into(),
+        };
+        let mut cmd = match &boot.net {
+            Some(net) => crate::net::Topology::exec_in(net.netns, program),
+            None => Command::new(program),
+        };
+        self.add_args(&mut cmd, boot);
+        cmd
+    }
+
+    fn add_args(self, cmd: &mut Command, boot: &Boot) {
+        if self == Vmm::HostVmm {
+            cmd.arg("run")
                 .arg(boot.image)
-                .arg("-append")
-                .arg(boot.cmdline);
-                cmd
+                .arg("--mem")
+                .arg(format!("{}M", boot.mem_mib));
+            if !boot.cmdline.is_empty() {
+                cmd.arg("--cmdline").arg(boot.cmdline);
             }
+            if let Some(net) = &boot.net {
+                cmd.arg("--net")
+                    .arg(format!("tap={},mac={}", net.tap, net.mac));
+            }
+            return;
+        }
+        // Both QEMU machines expose the TSC frequency leaf (0x40000010) as host-vmm does,
+        // unless the test asks for the PIT calibration path.
+        let cpu = if boot.qemu_tsc_leaf {
+            "host,+invtsc,vmware-cpuid-freq=on"
+        } else {
+            "host,+invtsc,vmware-cpuid-freq=off"
+        };
+        let machine = match (self, boot.qemu_tsc_leaf) {
+            (Vmm::QemuMicrovm, true) => "microvm,x-option-roms=off,rtc=off,pit=off,pic=off",
+            (Vmm::QemuMicrovm, false) => "microvm,x-option-roms=off,rtc=off,pic=off",
+            _ => "pc",
+        };
+        cmd.args([
+            "-M", machine, "-accel", "kvm", "-cpu", cpu, "-smp", "1", "-m",
+        ])
+        .arg(format!("{}M", boot.mem_mib))
+        .args([
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-monitor",
+            "none",
+            "-serial",
+            "stdio",
+            "-no-reboot",
+            "-device",
+            "isa-debug-exit,iobase=0xf4,iosize=4",
+            "-kernel",
+        ])
+        .arg(boot.image)
+        .arg("-append")
+        .arg(boot.cmdline);
+        if let Some(net) = &boot.net {
+            cmd.arg("-netdev")
+                .arg(format!(
+                    "tap,id=n0,ifname={},script=no,downscript=no,vhost=off",
+                    net.tap
+                ))
+                .arg("-device")
+                .arg(format!(
+                    "virtio-net-pci,netdev=n0,disable-legacy=on,mac={}",
+                    net.mac
+                ));
         }
     }
 
@@ -122,7 +164,7 @@ impl Vmm {
         };
         match self {
             Vmm::HostVmm => Ok(code),
-            Vmm::QemuMicrovm => {
+            Vmm::QemuMicrovm | Vmm::QemuPc => {
                 if code == 1 && stderr.contains("qemu-system-x86_64:") {
                     bail!("QEMU failed: {}", stderr.trim());
                 }
