@@ -48,11 +48,17 @@ pub mod arch;
 #[cfg(target_os = "none")]
 mod boot;
 #[cfg(target_os = "none")]
+mod hal;
+#[cfg(target_os = "none")]
 pub mod heap;
 #[cfg(target_os = "none")]
 mod logger;
 #[cfg(target_os = "none")]
+mod net;
+#[cfg(target_os = "none")]
 mod serial;
+#[cfg(target_os = "none")]
+mod sync;
 #[cfg(target_os = "none")]
 mod timer;
 

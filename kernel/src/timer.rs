@@ -8,8 +8,9 @@
 //!   anyone asks (one-off MSR exits nobody pays for unless they need it). Without kvmclock it
 //!   starts at 0, with one warning.
 //! - Sleeping arms the LAPIC timer (TSC-deadline mode when the CPU has it, else one-shot at
-//!   the bus frequency) and halts until its interrupt. Interrupts are set up on first sleep:
-//!   both 8259 PICs masked, the LAPIC enabled. They are only enabled inside the halt.
+//!   the bus frequency) and halts until its interrupt. Interrupts are set up on first sleep
+//!   (or network bring-up): both 8259 PICs masked, the LAPIC enabled. They are only enabled
+//!   inside the halt.
 
 use crate::arch::apic::{self, TimerMode};
 use crate::arch::cpuid::Features;
@@ -158,23 +159,74 @@ fn read_realtime_base() -> u64 {
     0
 }
 
-/// Sleeps until monotonic time `deadline_ns`, halting the CPU in between.
+/// Sleeps until monotonic time `deadline_ns`, halting the CPU in between (and doing the
+/// network's work whenever it wakes).
 pub fn sleep_until(deadline_ns: u64) {
+    idle(Some(deadline_ns), || false);
+}
+
+/// The idle loop: halts until `done` holds or monotonic time `deadline_ns` passes (never,
+/// with `None`). Every wake-up (timer, NIC) first runs the network's pending work, then asks
+/// `done`. The LAPIC timer is armed for the earlier of the deadline and the network's next
+/// poll, so the CPU never spins. Returns whether `done` held.
+pub fn idle(deadline_ns: Option<u64>, mut done: impl FnMut() -> bool) -> bool {
     prepare_interrupts();
     let c = tsc_clock();
     loop {
         let now = c.ns_at(cpu::rdtsc());
-        if now >= deadline_ns {
-            return;
+        let network = crate::net::service(now);
+        if done() {
+            return true;
         }
-        if ONE_SHOT.load(Ordering::Relaxed) {
-            let ticks =
-                Scale::from_mult(APIC_MULT.load(Ordering::Relaxed)).apply(deadline_ns - now);
-            apic::arm_one_shot(ticks.clamp(1, u64::from(u32::MAX)) as u32);
+        if deadline_ns.is_some_and(|d| now >= d) {
+            return false;
+        }
+        let wake = match (deadline_ns, network) {
+            (Some(d), Some(n)) => Some(d.min(n)),
+            (d, n) => d.or(n),
+        };
+        arm(&c, wake);
+        if COUNT_HALTED.load(Ordering::Relaxed) {
+            let before = cpu::rdtsc();
+            cpu::wait_for_interrupt();
+            HALTED_TICKS.fetch_add(cpu::rdtsc().wrapping_sub(before), Ordering::Relaxed);
         } else {
-            apic::arm_deadline(c.tsc_at(deadline_ns));
+            cpu::wait_for_interrupt();
         }
-        cpu::wait_for_interrupt();
+    }
+}
+
+/// Whether [`idle`] counts the TSC ticks it spends halted (debug cost accounting only).
+static COUNT_HALTED: AtomicBool = AtomicBool::new(false);
+/// TSC ticks spent halted since counting started.
+static HALTED_TICKS: AtomicU64 = AtomicU64::new(0);
+
+/// Starts counting halted time (for the network's cost summaries at `log=debug`).
+pub fn count_halted() {
+    COUNT_HALTED.store(true, Ordering::Relaxed);
+}
+
+/// TSC ticks spent halted so far (0 unless [`count_halted`] was called).
+pub fn halted_ticks() -> u64 {
+    HALTED_TICKS.load(Ordering::Relaxed)
+}
+
+/// Arms the LAPIC timer to fire at monotonic time `at_ns`, or disarms it.
+fn arm(c: &TscClock, at_ns: Option<u64>) {
+    if ONE_SHOT.load(Ordering::Relaxed) {
+        let ticks = match at_ns {
+            Some(at) => {
+                let now = c.ns_at(cpu::rdtsc());
+                let ticks = Scale::from_mult(APIC_MULT.load(Ordering::Relaxed))
+                    .apply(at.saturating_sub(now));
+                ticks.clamp(1, u64::from(u32::MAX)) as u32
+            }
+            None => 0,
+        };
+        apic::arm_one_shot(ticks);
+    } else {
+        // A zero deadline disarms the timer.
+        apic::arm_deadline(at_ns.map_or(0, |at| c.tsc_at(at).max(1)));
     }
 }
 
@@ -183,8 +235,11 @@ pub fn sleep_ns(ns: u64) {
     sleep_until(now_ns().saturating_add(ns));
 }
 
-/// First sleep only: masks the PICs and enables the LAPIC timer (four exits).
-fn prepare_interrupts() {
+/// Once, at the first sleep or when a device is about to raise interrupts: masks the PICs,
+/// software-enables the LAPIC and points its timer at its vector (four exits). A LAPIC that
+/// is still software-disabled drops the interrupts it is sent (KVM does), so device setup
+/// calls this before enabling MSI-X or routing INTx.
+pub fn prepare_interrupts() {
     if INTERRUPTS_READY.swap(true, Ordering::Relaxed) {
         return;
     }

@@ -10,13 +10,14 @@ pub const GUEST_TARGET: &str = "x86_64-unknown-none";
 /// The cargo profile for guest images (see the root Cargo.toml).
 pub const GUEST_PROFILE: &str = "guest";
 
-/// Names of all images: the directories under `images/`, sorted.
+/// Names of all images: the crates under `images/` with a `src/main.rs` (libraries shared
+/// by apps, such as `app-rt`, are not images), sorted.
 pub fn image_names() -> Result<Vec<String>> {
     let dir = root().join("images");
     let mut names = Vec::new();
     for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
         let entry = entry?;
-        if entry.path().join("Cargo.toml").is_file() {
+        if entry.path().join("src").join("main.rs").is_file() {
             names.push(entry.file_name().to_string_lossy().into_owned());
         }
     }

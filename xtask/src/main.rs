@@ -260,6 +260,10 @@ fn lint() -> Result<()> {
         "roam-tests",
         "-p",
         "kernel",
+        "-p",
+        "drivers",
+        "-p",
+        "netstack",
         "--",
         "-D",
         "warnings",
@@ -279,7 +283,9 @@ fn lint() -> Result<()> {
 }
 
 fn test() -> Result<()> {
-    prereq::ensure_packages(&[prereq::QEMU])?;
+    let mut packages = vec![prereq::QEMU];
+    packages.extend(prereq::NET_TOOLS);
+    prereq::ensure_packages(&packages)?;
     lint()?;
     let mut counts = proc::TestCounts::default();
     // Host unit tests: what a plain `cargo test` runs, plus the kernel's pure logic.

@@ -2,7 +2,9 @@
 //!
 //! Every `sys_*` symbol that hermit-abi declares must link, and every one the kernel does not
 //! implement yet must fail cleanly (`-ENOSYS`, or nothing for calls that return nothing),
-//! never crash. The implemented calls' error paths are checked too. Prints one line per
+//! never crash. The implemented calls' error paths are checked too, the socket calls among
+//! them: this guest boots without `ip=`, so there is no network and no socket, and every
+//! call must say so with the right errno after checking its arguments. Prints one line per
 //! mismatch and a summary; exits 0 only when everything held.
 
 #![cfg_attr(target_os = "none", no_std, no_main)]
@@ -18,6 +20,7 @@ fn main() {
 #[cfg(target_os = "none")]
 mod guest {
     use core::fmt::Write;
+    use core::mem::size_of;
     use core::ptr::{null, null_mut};
     use hermit_abi as sys;
 
@@ -92,45 +95,18 @@ mod guest {
         enosys!("wait", sys::wait(0));
         enosys!("init_queue", sys::init_queue(0));
         enosys!("destroy_queue", sys::destroy_queue(0));
-        enosys!("network_init", sys::network_init());
         enosys!(
             "getaddrbyname",
             sys::getaddrbyname(c"x".as_ptr(), null_mut(), 0)
         );
-        enosys!("accept", sys::accept(3, null_mut(), null_mut()));
-        enosys!("bind", sys::bind(3, null(), 0));
-        enosys!("connect", sys::connect(3, null(), 0));
-        enosys!("read", sys::read(0, null_mut(), 0));
         enosys!("readv", sys::readv(0, null(), 0));
         enosys!("getdents64", sys::getdents64(3, null_mut(), 0));
         enosys!("mkdir", sys::mkdir(c"/x".as_ptr().cast(), 0));
-        enosys!("recv", sys::recv(3, null_mut(), 0, 0));
-        enosys!(
-            "recvfrom",
-            sys::recvfrom(3, null_mut(), 0, 0, null_mut(), null_mut())
-        );
         enosys!("lseek", sys::lseek(1, 0, sys::SEEK_SET));
         enosys!("writev", sys::writev(1, null(), 0));
-        enosys!("close", sys::close(3));
         enosys!("fsync", sys::fsync(1));
         enosys!("dup", sys::dup(1));
-        enosys!("getpeername", sys::getpeername(3, null_mut(), null_mut()));
-        enosys!("getsockname", sys::getsockname(3, null_mut(), null_mut()));
-        enosys!(
-            "getsockopt",
-            sys::getsockopt(3, 0, 0, null_mut(), null_mut())
-        );
-        enosys!("setsockopt", sys::setsockopt(3, 0, 0, null(), 0));
-        enosys!("ioctl", sys::ioctl(3, 0, null_mut()));
-        enosys!("fcntl", sys::fcntl(3, sys::F_GETFL, 0));
         enosys!("eventfd", sys::eventfd(0, 0));
-        enosys!("poll", sys::poll(null_mut(), 0, 0));
-        enosys!("listen", sys::listen(3, 1));
-        enosys!("send", sys::send(3, null(), 0, 0));
-        enosys!("sendto", sys::sendto(3, null(), 0, 0, null(), 0));
-        enosys!("shutdown", sys::shutdown(3, 0));
-        enosys!("shutdown_socket", sys::shutdown_socket(3, 0));
-        enosys!("socket", sys::socket(2, 1, 0));
         let mut res = null_mut();
         enosys!(
             "getaddrinfo",
@@ -151,6 +127,201 @@ mod guest {
         // SAFETY: as above.
         let tid = unsafe { sys::spawn2(never_run, 0, 2, 0, -1) };
         c.expect("spawn2 (no thread created)", tid.into(), 0);
+    }
+
+    /// Socket calls without a network: argument errors first, then `-ENETDOWN` for calls
+    /// that would create a socket and `-EBADF` for calls on one.
+    #[allow(deprecated)] // shutdown_socket is deprecated but still part of the ABI
+    fn socket_calls(c: &mut Checker) {
+        let neg = |e: i32| -i64::from(e);
+        let addr = sys::sockaddr_in {
+            sin_len: size_of::<sys::sockaddr_in>() as u8,
+            sin_family: sys::AF_INET as u8,
+            sin_port: 7u16.to_be(),
+            ..Default::default()
+        };
+        let name = (&raw const addr).cast::<sys::sockaddr>();
+        let len = size_of::<sys::sockaddr_in>() as sys::socklen_t;
+        let v6 = sys::sockaddr_in {
+            sin_family: sys::AF_INET6 as u8,
+            ..addr
+        };
+        let mut out = sys::sockaddr_in::default();
+        let mut out_len = len;
+        let out_name = (&raw mut out).cast::<sys::sockaddr>();
+        let mut int = 1i32;
+        let int_ptr = (&raw mut int).cast::<core::ffi::c_void>();
+        let mut int_len = size_of::<i32>() as sys::socklen_t;
+        let mut buf = [0u8; 8];
+        macro_rules! expect {
+            ($name:literal, $call:expr, $want:expr) => {{
+                // SAFETY: every pointer passed is null or points at a live local of the
+                // size passed with it.
+                let got = unsafe { $call } as i64;
+                c.expect($name, got, $want);
+            }};
+        }
+        expect!(
+            "network_init without ip=",
+            sys::network_init(),
+            neg(sys::EINVAL)
+        );
+        expect!(
+            "socket(AF_INET6)",
+            sys::socket(sys::AF_INET6, sys::SOCK_STREAM, 0),
+            neg(sys::EAFNOSUPPORT)
+        );
+        expect!(
+            "socket(type 99)",
+            sys::socket(sys::AF_INET, 99, 0),
+            neg(sys::EINVAL)
+        );
+        expect!(
+            "socket(stream, UDP)",
+            sys::socket(sys::AF_INET, sys::SOCK_STREAM, sys::IPPROTO_UDP),
+            neg(sys::EPROTONOSUPPORT)
+        );
+        expect!(
+            "socket without a network",
+            sys::socket(sys::AF_INET, sys::SOCK_STREAM, 0),
+            neg(sys::ENETDOWN)
+        );
+        expect!("bind(null)", sys::bind(3, null(), len), neg(sys::EFAULT));
+        expect!("bind(short)", sys::bind(3, name, 4), neg(sys::EINVAL));
+        expect!(
+            "bind(AF_INET6)",
+            sys::bind(3, (&raw const v6).cast(), len),
+            neg(sys::EAFNOSUPPORT)
+        );
+        expect!("bind(bad fd)", sys::bind(3, name, len), neg(sys::EBADF));
+        expect!(
+            "connect(bad fd)",
+            sys::connect(3, name, len),
+            neg(sys::EBADF)
+        );
+        expect!("listen(bad fd)", sys::listen(3, 1), neg(sys::EBADF));
+        expect!(
+            "accept(bad fd)",
+            sys::accept(3, null_mut(), null_mut()),
+            neg(sys::EBADF)
+        );
+        expect!(
+            "recv(bad fd)",
+            sys::recv(3, buf.as_mut_ptr(), buf.len(), 0),
+            neg(sys::EBADF)
+        );
+        expect!(
+            "recvfrom(bad fd)",
+            sys::recvfrom(3, buf.as_mut_ptr(), buf.len(), 0, out_name, &mut out_len),
+            neg(sys::EBADF)
+        );
+        expect!(
+            "send(bad fd)",
+            sys::send(3, buf.as_ptr().cast(), buf.len(), 0),
+            neg(sys::EBADF)
+        );
+        expect!(
+            "sendto(bad fd)",
+            sys::sendto(3, buf.as_ptr().cast(), buf.len(), 0, name, len),
+            neg(sys::EBADF)
+        );
+        expect!(
+            "sendto(short address)",
+            sys::sendto(3, buf.as_ptr().cast(), 1, 0, name, 2),
+            neg(sys::EINVAL)
+        );
+        expect!("shutdown(bad how)", sys::shutdown(3, 99), neg(sys::EINVAL));
+        expect!(
+            "shutdown(bad fd)",
+            sys::shutdown(3, sys::SHUT_RDWR),
+            neg(sys::EBADF)
+        );
+        expect!(
+            "shutdown_socket(bad fd)",
+            sys::shutdown_socket(3, sys::SHUT_WR),
+            neg(sys::EBADF)
+        );
+        expect!("close(bad fd)", sys::close(3), neg(sys::EBADF));
+        expect!("close(stdout)", sys::close(1), neg(sys::EBADF));
+        expect!(
+            "getsockname(null)",
+            sys::getsockname(3, null_mut(), null_mut()),
+            neg(sys::EFAULT)
+        );
+        expect!(
+            "getsockname(bad fd)",
+            sys::getsockname(3, out_name, &mut out_len),
+            neg(sys::EBADF)
+        );
+        expect!(
+            "getpeername(bad fd)",
+            sys::getpeername(3, out_name, &mut out_len),
+            neg(sys::EBADF)
+        );
+        expect!(
+            "setsockopt(bad fd)",
+            sys::setsockopt(3, sys::SOL_SOCKET, sys::SO_REUSEADDR, int_ptr, 4),
+            neg(sys::EBADF)
+        );
+        expect!(
+            "getsockopt(bad fd)",
+            sys::getsockopt(3, sys::IPPROTO_TCP, sys::TCP_NODELAY, int_ptr, &mut int_len),
+            neg(sys::EBADF)
+        );
+        expect!(
+            "ioctl(FIONBIO, bad fd)",
+            sys::ioctl(3, sys::FIONBIO, int_ptr),
+            neg(sys::EBADF)
+        );
+        expect!(
+            "fcntl(bad fd)",
+            sys::fcntl(3, sys::F_GETFL, 0),
+            neg(sys::EBADF)
+        );
+        expect!(
+            "read(stdin)",
+            sys::read(0, buf.as_mut_ptr(), buf.len()),
+            neg(sys::EBADF)
+        );
+        expect!("poll(nothing, 0 ms)", sys::poll(null_mut(), 0, 0), 0);
+        let mut fds = [
+            sys::pollfd {
+                fd: 3,
+                events: sys::POLLIN,
+                revents: 0,
+            },
+            sys::pollfd {
+                fd: sys::STDOUT_FILENO,
+                events: sys::POLLOUT | sys::POLLIN,
+                revents: 0,
+            },
+            sys::pollfd {
+                fd: -1,
+                events: sys::POLLIN,
+                revents: 7,
+            },
+        ];
+        expect!(
+            "poll(bad fd, stdout, -1)",
+            sys::poll(fds.as_mut_ptr(), fds.len(), 0),
+            2
+        );
+        c.expect(
+            "poll revents(bad fd)",
+            fds[0].revents.into(),
+            sys::POLLNVAL.into(),
+        );
+        c.expect(
+            "poll revents(stdout)",
+            fds[1].revents.into(),
+            sys::POLLOUT.into(),
+        );
+        c.expect("poll revents(-1)", fds[2].revents.into(), 0);
+        expect!(
+            "poll(null, 1)",
+            sys::poll(null_mut(), 1, 0),
+            neg(sys::EFAULT)
+        );
     }
 
     /// The implemented calls work and still reject bad arguments with the right errno.
@@ -235,6 +406,7 @@ mod guest {
         };
         unimplemented_calls(&mut c);
         implemented_calls(&mut c);
+        socket_calls(&mut c);
         let _ = writeln!(
             Stdout,
             "abi-check: {} checks, {} failed",

@@ -13,7 +13,7 @@
 // point here.
 #![allow(deprecated)]
 
-use super::{alloc, entropy, io, process, stubs, time};
+use super::{alloc, entropy, io, net, process, socket, stubs, time};
 use core::ffi::{c_char, c_void};
 use hermit_abi as h;
 use hermit_abi::{
@@ -74,41 +74,41 @@ same_signature! {
     stubs::sys_wait = h::wait : unsafe extern "C" fn(usize) -> i32;
     stubs::sys_init_queue = h::init_queue : unsafe extern "C" fn(usize) -> i32;
     stubs::sys_destroy_queue = h::destroy_queue : unsafe extern "C" fn(usize) -> i32;
-    stubs::sys_network_init = h::network_init : Fn0<i32>;
+    net::sys_network_init = h::network_init : Fn0<i32>;
     stubs::sys_block_current_task = h::block_current_task : Fn0<()>;
     stubs::sys_block_current_task_with_timeout = h::block_current_task_with_timeout : unsafe extern "C" fn(u64);
     stubs::sys_wakeup_taskt = h::wakeup_task : unsafe extern "C" fn(Tid);
     stubs::sys_getaddrbyname = h::getaddrbyname : unsafe extern "C" fn(*const c_char, *mut u8, usize) -> i32;
-    stubs::sys_accept = h::accept : unsafe extern "C" fn(i32, *mut sockaddr, *mut socklen_t) -> i32;
-    stubs::sys_bind = h::bind : unsafe extern "C" fn(i32, *const sockaddr, socklen_t) -> i32;
-    stubs::sys_connect = h::connect : unsafe extern "C" fn(i32, *const sockaddr, socklen_t) -> i32;
-    stubs::sys_read = h::read : unsafe extern "C" fn(i32, *mut u8, usize) -> isize;
+    socket::sys_accept = h::accept : unsafe extern "C" fn(i32, *mut sockaddr, *mut socklen_t) -> i32;
+    socket::sys_bind = h::bind : unsafe extern "C" fn(i32, *const sockaddr, socklen_t) -> i32;
+    socket::sys_connect = h::connect : unsafe extern "C" fn(i32, *const sockaddr, socklen_t) -> i32;
+    io::sys_read = h::read : unsafe extern "C" fn(i32, *mut u8, usize) -> isize;
     stubs::sys_readv = h::readv : unsafe extern "C" fn(i32, *const iovec, usize) -> isize;
     stubs::sys_getdents64 = h::getdents64 : unsafe extern "C" fn(i32, *mut dirent64, usize) -> i64;
     stubs::sys_mkdir = h::mkdir : unsafe extern "C" fn(*const i8, u32) -> i32;
     entropy::sys_read_entropy = h::read_entropy : unsafe extern "C" fn(*mut u8, usize, u32) -> isize;
-    stubs::sys_recv = h::recv : unsafe extern "C" fn(i32, *mut u8, usize, i32) -> isize;
-    stubs::sys_recvfrom = h::recvfrom : unsafe extern "C" fn(i32, *mut u8, usize, i32, *mut sockaddr, *mut socklen_t) -> isize;
+    socket::sys_recv = h::recv : unsafe extern "C" fn(i32, *mut u8, usize, i32) -> isize;
+    socket::sys_recvfrom = h::recvfrom : unsafe extern "C" fn(i32, *mut u8, usize, i32, *mut sockaddr, *mut socklen_t) -> isize;
     stubs::sys_lseek = h::lseek : unsafe extern "C" fn(i32, isize, i32) -> isize;
     io::sys_write = h::write : unsafe extern "C" fn(i32, *const u8, usize) -> isize;
     stubs::sys_writev = h::writev : unsafe extern "C" fn(i32, *const iovec, usize) -> isize;
-    stubs::sys_close = h::close : unsafe extern "C" fn(i32) -> i32;
+    socket::sys_close = h::close : unsafe extern "C" fn(i32) -> i32;
     stubs::sys_fsync = h::fsync : unsafe extern "C" fn(i32) -> i32;
     stubs::sys_dup = h::dup : unsafe extern "C" fn(i32) -> i32;
-    stubs::sys_getpeername = h::getpeername : unsafe extern "C" fn(i32, *mut sockaddr, *mut socklen_t) -> i32;
-    stubs::sys_getsockname = h::getsockname : unsafe extern "C" fn(i32, *mut sockaddr, *mut socklen_t) -> i32;
-    stubs::sys_getsockopt = h::getsockopt : unsafe extern "C" fn(i32, i32, i32, *mut c_void, *mut socklen_t) -> i32;
-    stubs::sys_setsockopt = h::setsockopt : unsafe extern "C" fn(i32, i32, i32, *const c_void, socklen_t) -> i32;
-    stubs::sys_ioctl = h::ioctl : unsafe extern "C" fn(i32, i32, *mut c_void) -> i32;
-    stubs::sys_fcntl = h::fcntl : unsafe extern "C" fn(i32, i32, i32) -> i32;
+    socket::sys_getpeername = h::getpeername : unsafe extern "C" fn(i32, *mut sockaddr, *mut socklen_t) -> i32;
+    socket::sys_getsockname = h::getsockname : unsafe extern "C" fn(i32, *mut sockaddr, *mut socklen_t) -> i32;
+    socket::sys_getsockopt = h::getsockopt : unsafe extern "C" fn(i32, i32, i32, *mut c_void, *mut socklen_t) -> i32;
+    socket::sys_setsockopt = h::setsockopt : unsafe extern "C" fn(i32, i32, i32, *const c_void, socklen_t) -> i32;
+    socket::sys_ioctl = h::ioctl : unsafe extern "C" fn(i32, i32, *mut c_void) -> i32;
+    socket::sys_fcntl = h::fcntl : unsafe extern "C" fn(i32, i32, i32) -> i32;
     stubs::sys_eventfd = h::eventfd : unsafe extern "C" fn(u64, i16) -> i32;
-    stubs::sys_poll = h::poll : unsafe extern "C" fn(*mut pollfd, nfds_t, i32) -> i32;
-    stubs::sys_listen = h::listen : unsafe extern "C" fn(i32, i32) -> i32;
-    stubs::sys_send = h::send : unsafe extern "C" fn(i32, *const c_void, usize, i32) -> isize;
-    stubs::sys_sendto = h::sendto : unsafe extern "C" fn(i32, *const c_void, usize, i32, *const sockaddr, socklen_t) -> isize;
-    stubs::sys_shutdown = h::shutdown : unsafe extern "C" fn(i32, i32) -> i32;
-    stubs::sys_shutdown_socket = h::shutdown_socket : unsafe extern "C" fn(i32, i32) -> i32;
-    stubs::sys_socket = h::socket : unsafe extern "C" fn(i32, i32, i32) -> i32;
+    socket::sys_poll = h::poll : unsafe extern "C" fn(*mut pollfd, nfds_t, i32) -> i32;
+    socket::sys_listen = h::listen : unsafe extern "C" fn(i32, i32) -> i32;
+    socket::sys_send = h::send : unsafe extern "C" fn(i32, *const c_void, usize, i32) -> isize;
+    socket::sys_sendto = h::sendto : unsafe extern "C" fn(i32, *const c_void, usize, i32, *const sockaddr, socklen_t) -> isize;
+    socket::sys_shutdown = h::shutdown : unsafe extern "C" fn(i32, i32) -> i32;
+    socket::sys_shutdown_socket = h::shutdown_socket : unsafe extern "C" fn(i32, i32) -> i32;
+    socket::sys_socket = h::socket : unsafe extern "C" fn(i32, i32, i32) -> i32;
     stubs::sys_freeaddrinfo = h::freeaddrinfo : unsafe extern "C" fn(*mut addrinfo);
     stubs::sys_getaddrinfo = h::getaddrinfo : unsafe extern "C" fn(*const c_char, *const c_char, *const addrinfo, *mut *mut addrinfo) -> i32;
 }

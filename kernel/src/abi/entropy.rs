@@ -24,6 +24,17 @@ pub fn init(rdrand: bool) {
     HAVE_RDRAND.store(rdrand, Ordering::Relaxed);
 }
 
+/// 64 random bits: RDRAND when the CPU has it (and it answers), else the TSC-seeded
+/// fallback generator.
+pub fn random_u64() -> u64 {
+    if HAVE_RDRAND.load(Ordering::Relaxed)
+        && let Some(value) = rdrand()
+    {
+        return value;
+    }
+    fallback()
+}
+
 fn rdrand() -> Option<u64> {
     (0..RDRAND_RETRIES).find_map(|_| cpu::rdrand())
 }

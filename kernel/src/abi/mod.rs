@@ -13,9 +13,13 @@ mod alloc;
 mod check;
 mod entropy;
 mod io;
+mod net;
 mod process;
+mod socket;
 mod stubs;
 mod time;
+
+pub(crate) use entropy::random_u64;
 
 use crate::arch::{self, cpuid::Features};
 use core::ffi::c_char;

@@ -1,14 +1,11 @@
-//! Every `sys_*` function hermit-abi declares that Roam does not support yet (files, sockets,
-//! threads, futexes, semaphores, mmap...). Each has its exact C signature and fails cleanly:
+//! Every `sys_*` function hermit-abi declares that Roam does not support yet (files, name
+//! resolution, threads, futexes, semaphores, mmap...). Each has its exact C signature and fails cleanly:
 //! `-ENOSYS` where it returns an error code, a no-op where it returns nothing, and an
 //! explicit neutral value otherwise. None dereferences its pointer arguments.
 
 use super::fail;
-use core::ffi::{c_char, c_void};
-use hermit_abi::{
-    ENOSYS, NORMAL_PRIO, Tid, addrinfo, dirent64, iovec, nfds_t, pollfd, sem_t, sockaddr,
-    socklen_t, stat, timespec,
-};
+use core::ffi::c_char;
+use hermit_abi::{ENOSYS, NORMAL_PRIO, Tid, addrinfo, dirent64, iovec, sem_t, stat, timespec};
 
 /// Defines functions that only return `-ENOSYS` (as their integer return type).
 macro_rules! enosys {
@@ -59,37 +56,16 @@ enosys! {
     sys_stat(*const c_char, *mut stat) -> i32;
     sys_lstat(*const c_char, *mut stat) -> i32;
     sys_fstat(i32, *mut stat) -> i32;
-    sys_read(i32, *mut u8, usize) -> isize;
     sys_readv(i32, *const iovec, usize) -> isize;
     sys_getdents64(i32, *mut dirent64, usize) -> i64;
     sys_mkdir(*const i8, u32) -> i32;
     sys_lseek(i32, isize, i32) -> isize;
     sys_writev(i32, *const iovec, usize) -> isize;
-    sys_close(i32) -> i32;
     sys_fsync(i32) -> i32;
     sys_dup(i32) -> i32;
-    sys_ioctl(i32, i32, *mut c_void) -> i32;
-    sys_fcntl(i32, i32, i32) -> i32;
     sys_eventfd(u64, i16) -> i32;
-    sys_poll(*mut pollfd, nfds_t, i32) -> i32;
     // Network.
-    sys_network_init() -> i32;
     sys_getaddrbyname(*const c_char, *mut u8, usize) -> i32;
-    sys_accept(i32, *mut sockaddr, *mut socklen_t) -> i32;
-    sys_bind(i32, *const sockaddr, socklen_t) -> i32;
-    sys_connect(i32, *const sockaddr, socklen_t) -> i32;
-    sys_recv(i32, *mut u8, usize, i32) -> isize;
-    sys_recvfrom(i32, *mut u8, usize, i32, *mut sockaddr, *mut socklen_t) -> isize;
-    sys_getpeername(i32, *mut sockaddr, *mut socklen_t) -> i32;
-    sys_getsockname(i32, *mut sockaddr, *mut socklen_t) -> i32;
-    sys_getsockopt(i32, i32, i32, *mut c_void, *mut socklen_t) -> i32;
-    sys_setsockopt(i32, i32, i32, *const c_void, socklen_t) -> i32;
-    sys_listen(i32, i32) -> i32;
-    sys_send(i32, *const c_void, usize, i32) -> isize;
-    sys_sendto(i32, *const c_void, usize, i32, *const sockaddr, socklen_t) -> isize;
-    sys_shutdown(i32, i32) -> i32;
-    sys_shutdown_socket(i32, i32) -> i32;
-    sys_socket(i32, i32, i32) -> i32;
     sys_getaddrinfo(*const c_char, *const c_char, *const addrinfo, *mut *mut addrinfo) -> i32;
 }
 

@@ -13,9 +13,15 @@ pub const LAPIC_BASE: u64 = 0xFEE0_0000;
 pub const EOI_ADDRESS: u64 = LAPIC_BASE + 0xB0;
 /// Vector of the LAPIC timer interrupt (its gate is built in link.ld).
 pub const TIMER_VECTOR: u8 = 32;
+/// Vector of the NIC's "frames arrived" interrupt (MSI-X entry 0, or INTx through the
+/// IOAPIC); its gate is built in link.ld.
+pub const NET_QUEUE_VECTOR: u8 = 33;
+/// Vector of the NIC's "configuration changed" interrupt (MSI-X entry 1).
+pub const NET_CONFIG_VECTOR: u8 = 34;
 /// Spurious-interrupt vector (its gate is built in link.ld).
 pub const SPURIOUS_VECTOR: u8 = 255;
 
+const REG_ID: u64 = 0x20;
 const REG_SVR: u64 = 0xF0;
 const REG_LVT_TIMER: u64 = 0x320;
 const REG_TIMER_INITIAL: u64 = 0x380;
@@ -46,6 +52,11 @@ fn write(reg: u64, value: u32) {
 fn read(reg: u64) -> u32 {
     // SAFETY: as for `write`; reading these registers has no side effects.
     unsafe { ptr::read_volatile((LAPIC_BASE + reg) as *const u32) }
+}
+
+/// This CPU's local APIC ID (the destination for device interrupts). One exit.
+pub fn id() -> u8 {
+    (read(REG_ID) >> 24) as u8
 }
 
 /// Software-enables the LAPIC and points its timer at [`TIMER_VECTOR`] in `mode`.

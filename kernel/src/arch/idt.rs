@@ -2,8 +2,9 @@
 //!
 //! The IDT itself is built by the linker (kernel/link.ld) from the stub addresses below, so
 //! boot only runs LIDT: no loop over gates. Present gates: the 32 exception vectors, the
-//! LAPIC timer ([`super::apic::TIMER_VECTOR`]) and the spurious vector
-//! ([`super::apic::SPURIOUS_VECTOR`]). Any other vector hits a not-present gate, which the
+//! LAPIC timer ([`super::apic::TIMER_VECTOR`]), the NIC's two vectors
+//! ([`super::apic::NET_QUEUE_VECTOR`], [`super::apic::NET_CONFIG_VECTOR`]) and the spurious
+//! vector ([`super::apic::SPURIOUS_VECTOR`]). Any other vector hits a not-present gate, which the
 //! CPU turns into #NP with the vector in the error code, and that is reported like any
 //! other exception.
 //!
@@ -15,6 +16,28 @@ use super::cpu;
 use super::paging::{PAGE_2M, STACK_BASE};
 use crate::fault::{self, Exception};
 use core::arch::{asm, global_asm};
+use core::sync::atomic::{AtomicU8, Ordering};
+
+/// Set by the NIC's "frames arrived" interrupt.
+pub const NET_QUEUE_EVENT: u8 = 1 << 0;
+/// Set by the NIC's "configuration changed" interrupt.
+pub const NET_CONFIG_EVENT: u8 = 1 << 1;
+
+/// NIC events seen by the interrupt stubs since the idle loop last looked. The stubs only
+/// OR bits in (one instruction, atomic on this one CPU); all work happens in the idle loop.
+static NET_EVENTS: AtomicU8 = AtomicU8::new(0);
+
+/// Takes the NIC events (`NET_*_EVENT` bits) signalled since the last call.
+#[inline]
+pub fn take_net_events() -> u8 {
+    NET_EVENTS.swap(0, Ordering::Relaxed)
+}
+
+/// Whether NIC events are waiting, without taking them.
+#[inline]
+pub fn net_events_pending() -> bool {
+    NET_EVENTS.load(Ordering::Relaxed) != 0
+}
 
 /// What the stubs and the CPU leave on the stack, lowest address first.
 #[repr(C)]
@@ -92,6 +115,26 @@ roam_isr_timer:
     pop rax
     iretq
 
+    /* NIC interrupts (MSI-X, or INTx through the IOAPIC): record the event for the idle
+       loop, EOI, return. Nothing else runs at interrupt time. */
+    .globl roam_isr_net_queue
+roam_isr_net_queue:
+    or byte ptr [rip + {net_events}], {queue_event}
+    push rax
+    xor eax, eax
+    movabs dword ptr [{eoi}], eax
+    pop rax
+    iretq
+
+    .globl roam_isr_net_config
+roam_isr_net_config:
+    or byte ptr [rip + {net_events}], {config_event}
+    push rax
+    xor eax, eax
+    movabs dword ptr [{eoi}], eax
+    pop rax
+    iretq
+
     /* Spurious LAPIC interrupts take no EOI. */
     .globl roam_isr_spurious
 roam_isr_spurious:
@@ -101,6 +144,9 @@ roam_isr_spurious:
     "#,
     exception_entry = sym exception_entry,
     eoi = const super::apic::EOI_ADDRESS,
+    net_events = sym NET_EVENTS,
+    queue_event = const NET_QUEUE_EVENT,
+    config_event = const NET_CONFIG_EVENT,
 );
 
 /// Called by the exception stubs with the frame they built; never returns.

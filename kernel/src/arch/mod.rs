@@ -1,5 +1,6 @@
 //! Everything that touches the CPU directly: entry code, descriptor tables, page tables,
-//! port I/O, MSRs, the local APIC, the PIT and KVM's paravirtual clock.
+//! port I/O, MSRs, the local APIC and IOAPIC, PCI configuration space, the PIT and KVM's
+//! paravirtual clock.
 //!
 //! This is one of the few places `unsafe` may live (ARCHITECTURE.md). Each submodule wraps
 //! its instructions in small functions whose safety argument is local, so the rest of the
@@ -12,8 +13,10 @@ pub mod cpuid;
 mod entry;
 pub mod gdt;
 pub mod idt;
+pub mod ioapic;
 pub mod msr;
 pub mod paging;
+pub mod pci;
 pub mod pit;
 pub mod port;
 pub mod pvclock;

@@ -12,6 +12,7 @@
 use core::arch::asm;
 use core::cell::UnsafeCell;
 use core::fmt;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 /// Size of one mapping.
 pub const PAGE_2M: u64 = 2 * 1024 * 1024;
@@ -31,6 +32,8 @@ const PRESENT: u64 = 1 << 0;
 const WRITABLE: u64 = 1 << 1;
 const WRITE_THROUGH: u64 = 1 << 3;
 const CACHE_DISABLE: u64 = 1 << 4;
+const ACCESSED: u64 = 1 << 5;
+const DIRTY: u64 = 1 << 6;
 const HUGE: u64 = 1 << 7;
 const TABLE: u64 = PRESENT | WRITABLE;
 const ADDRESS_MASK: u64 = 0x000F_FFFF_FFFF_F000;
@@ -177,9 +180,23 @@ fn set_static(page: u64, kind: Memory) {
     };
 }
 
+/// Physical address of the app stack (0 until [`map_stack`]).
+static STACK_PHYS: AtomicU64 = AtomicU64::new(0);
+
+/// The physical address behind kernel virtual address `addr`: the same address in the
+/// identity map, or the app stack's RAM for addresses in it. `None` outside both.
+pub fn virt_to_phys(addr: u64) -> Option<u64> {
+    if (STACK_BASE..STACK_TOP).contains(&addr) {
+        let phys = STACK_PHYS.load(Ordering::Relaxed);
+        return (phys != 0).then(|| phys + (addr - STACK_BASE));
+    }
+    (addr < 1 << 47).then_some(addr)
+}
+
 /// Maps the 2 MiB of RAM at `phys` (2 MiB-aligned, taken out of the heap by the caller) at
 /// [`STACK_BASE`]. Three stores; call after [`init`].
 pub fn map_stack(phys: u64) {
+    STACK_PHYS.store(phys & !(PAGE_2M - 1), Ordering::Relaxed);
     let tables = TABLES.0.get();
     const STACK_PML4_INDEX: usize = ((STACK_BASE >> 39) & 511) as usize;
     const STACK_PDPT_INDEX: usize = ((STACK_BASE >> 30) & 511) as usize;
@@ -219,7 +236,8 @@ pub fn map(
         unsafe {
             match *entry {
                 0 => *entry = page | flags,
-                e if e == page | flags => {}
+                // The CPU sets the accessed and dirty bits of entries it has used.
+                e if e & !(ACCESSED | DIRTY) == page | flags => {}
                 _ => return Err(MapError::Conflict(page)),
             }
         }

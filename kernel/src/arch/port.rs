@@ -41,3 +41,17 @@ pub unsafe fn outl(port: u16, value: u32) {
         asm!("out dx, eax", in("dx") port, in("eax") value, options(nomem, nostack, preserves_flags))
     };
 }
+
+/// Reads a 32-bit value from `port`.
+///
+/// Like [`inb`], callers only read ports whose reads have no memory effects (PCI
+/// configuration data, here).
+#[inline(always)]
+pub fn inl(port: u16) -> u32 {
+    let value: u32;
+    // SAFETY: `in` only moves a dword from the I/O space into a register; it touches no memory.
+    unsafe {
+        asm!("in eax, dx", in("dx") port, out("eax") value, options(nomem, nostack, preserves_flags))
+    };
+    value
+}

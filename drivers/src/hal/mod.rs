@@ -1,0 +1,28 @@
+//! The hardware edge of the drivers: register access and the DMA buffers lent to devices.
+//!
+//! This is the only module of the crate with `unsafe` code (ARCHITECTURE.md). It owns:
+//! - [`RegisterIo`], the small register-access trait the drivers program against, and
+//!   [`Mmio`], its implementation over a mapped device region (`mmio`);
+//! - the receive and transmit buffer rings that lend DMA memory to virtio-net's queues
+//!   (`virtio`), the one place a device can write into our memory.
+//!
+//! Everything above this module is safe code over these primitives.
+
+mod mmio;
+pub(crate) mod virtio;
+
+pub use mmio::{Mmio, RegisterIo};
+
+use crate::pci::bar::Region;
+use virtio_drivers::Hal;
+
+/// Maps a device region through the HAL (uncached, for as long as the kernel runs) and
+/// returns register access to it.
+pub fn map<H: Hal>(region: Region) -> Mmio {
+    // SAFETY: a `Region` lies inside a memory BAR that the device was assigned (`Bar::region`
+    // checks both), so it is device memory the HAL may map.
+    let base = unsafe { H::mmio_phys_to_virt(region.phys(), region.len()) };
+    // SAFETY: the HAL's implementation contract makes `base..base + len` valid, uncached
+    // device memory that no Rust reference aliases, mapped for as long as the kernel runs.
+    unsafe { Mmio::new(base, region.len()) }
+}

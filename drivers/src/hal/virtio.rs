@@ -1,0 +1,392 @@
+//! virtio-net's DMA edge: the receive and transmit buffers lent to `VirtIONetRaw`'s queues.
+//!
+//! [`NetQueues`] owns the device driver and two slabs of DMA memory, one slot per queue
+//! entry. A receive slot is either posted to the device, or lent to the stack between one
+//! `receive` and the next call into the queues (which posts it again: the borrow checker
+//! guarantees the stack's frame reference has ended by then). A transmit slot is either free
+//! or in flight until the device hands its token back. Tokens and lengths the device reports
+//! are checked against this bookkeeping before any buffer is touched; a device that returns
+//! a token it was never given is declared broken and no longer used.
+
+use crate::net::Stats;
+use crate::virtio_net::transport::RoamTransport;
+use core::marker::PhantomData;
+use core::ptr::NonNull;
+use virtio_drivers::device::net::VirtIONetRaw;
+use virtio_drivers::{BufferDirection, Error as VirtioError, Hal, PAGE_SIZE, PhysAddr};
+
+/// Entries per virtqueue, and buffers per direction.
+pub const QUEUE_SIZE: usize = 32;
+/// Bytes per buffer: the 12-byte virtio-net header plus a 1514-byte frame fit in 2 KiB.
+pub const BUFFER_LEN: usize = 2048;
+const SLAB_PAGES: usize = QUEUE_SIZE * BUFFER_LEN / PAGE_SIZE;
+/// "No slot" in the token tables.
+const NO_SLOT: u16 = u16::MAX;
+
+/// The device driver with our queue size and transport.
+pub(crate) type Raw<H> = VirtIONetRaw<H, RoamTransport, QUEUE_SIZE>;
+
+/// Page-aligned, zeroed DMA memory from the HAL, freed on drop.
+struct DmaSlab<H: Hal> {
+    paddr: PhysAddr,
+    vaddr: NonNull<u8>,
+    _hal: PhantomData<H>,
+}
+
+impl<H: Hal> DmaSlab<H> {
+    fn new(direction: BufferDirection) -> Option<DmaSlab<H>> {
+        let (paddr, vaddr) = H::dma_alloc(SLAB_PAGES, direction);
+        (paddr != 0).then_some(DmaSlab {
+            paddr,
+            vaddr,
+            _hal: PhantomData,
+        })
+    }
+
+    /// Slot `slot` (below [`QUEUE_SIZE`]) as a mutable slice.
+    ///
+    /// # Safety
+    /// The slot must not be lent to the device, and no other reference to it may be live.
+    unsafe fn slot_mut(&mut self, slot: u16) -> &mut [u8] {
+        debug_assert!(usize::from(slot) < QUEUE_SIZE);
+        let start = usize::from(slot) % QUEUE_SIZE * BUFFER_LEN;
+        // SAFETY: `start + BUFFER_LEN` lies inside the slab (slot < QUEUE_SIZE, enforced by the
+        // modulo); `dma_alloc` gave us valid, exclusive memory; the caller guarantees the
+        // device is not using the slot and nothing else references it.
+        unsafe { core::slice::from_raw_parts_mut(self.vaddr.as_ptr().add(start), BUFFER_LEN) }
+    }
+
+    /// Bytes `range` of slot `slot`.
+    ///
+    /// # Safety
+    /// The slot must not be lent to the device and not be mutably referenced.
+    unsafe fn slot(&self, slot: u16, start: usize, len: usize) -> &[u8] {
+        let base = usize::from(slot) % QUEUE_SIZE * BUFFER_LEN;
+        let start = start.min(BUFFER_LEN);
+        let len = len.min(BUFFER_LEN - start);
+        // SAFETY: the range lies inside the slot (clamped above), the slot inside the slab;
+        // the caller guarantees nothing writes it meanwhile.
+        unsafe { core::slice::from_raw_parts(self.vaddr.as_ptr().add(base + start), len) }
+    }
+}
+
+// SAFETY: the slab is memory this value owns exclusively; nothing ties it to a CPU or thread.
+unsafe impl<H: Hal> Send for DmaSlab<H> {}
+
+impl<H: Hal> Drop for DmaSlab<H> {
+    fn drop(&mut self) {
+        // SAFETY: paddr and vaddr came from `dma_alloc` with SLAB_PAGES pages and are freed
+        // once, here.
+        unsafe { H::dma_dealloc(self.paddr, self.vaddr, SLAB_PAGES) };
+    }
+}
+
+/// Receive buffers: which slot each posted token uses, and the slot lent to the stack.
+struct RxRing<H: Hal> {
+    slab: DmaSlab<H>,
+    slot_of: [u16; QUEUE_SIZE],
+    lent: Option<u16>,
+}
+
+/// Transmit buffers: free slots, and the slot and length of each token in flight.
+struct TxRing<H: Hal> {
+    slab: DmaSlab<H>,
+    slot_of: [u16; QUEUE_SIZE],
+    len_of: [u16; QUEUE_SIZE],
+    free: [u16; QUEUE_SIZE],
+    free_len: usize,
+}
+
+/// Why the queues stopped working.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QueueError {
+    /// No DMA memory for the buffers.
+    NoMemory,
+    /// The driver refused a buffer (a bug, or a queue smaller than expected).
+    Driver(VirtioError),
+    /// The device returned a descriptor it was not given.
+    UnknownToken(u16),
+}
+
+impl core::fmt::Display for QueueError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            QueueError::NoMemory => write!(f, "no DMA memory for the packet buffers"),
+            QueueError::Driver(e) => write!(f, "virtqueue error: {e}"),
+            QueueError::UnknownToken(t) => write!(f, "the device returned unknown descriptor {t}"),
+        }
+    }
+}
+
+/// The virtio-net driver and the buffers lent to it.
+pub(crate) struct NetQueues<H: Hal> {
+    // Declared first, so dropped first: dropping the transport (virtio-drivers'
+    // `PciTransport`) resets the device, which then stops using the slabs below before they
+    // are freed.
+    raw: Raw<H>,
+    rx: RxRing<H>,
+    tx: TxRing<H>,
+    stats: Stats,
+    broken: Option<QueueError>,
+}
+
+impl<H: Hal> NetQueues<H> {
+    /// Takes over the driver, allocates the buffers and posts every receive buffer.
+    pub fn new(raw: Raw<H>) -> Result<NetQueues<H>, QueueError> {
+        let rx = DmaSlab::new(BufferDirection::DeviceToDriver).ok_or(QueueError::NoMemory)?;
+        let tx = DmaSlab::new(BufferDirection::DriverToDevice).ok_or(QueueError::NoMemory)?;
+        let mut free = [0; QUEUE_SIZE];
+        for (i, f) in free.iter_mut().enumerate() {
+            *f = i as u16;
+        }
+        let mut queues = NetQueues {
+            raw,
+            rx: RxRing {
+                slab: rx,
+                slot_of: [NO_SLOT; QUEUE_SIZE],
+                lent: None,
+            },
+            tx: TxRing {
+                slab: tx,
+                slot_of: [NO_SLOT; QUEUE_SIZE],
+                len_of: [0; QUEUE_SIZE],
+                free,
+                free_len: QUEUE_SIZE,
+            },
+            stats: Stats::default(),
+            broken: None,
+        };
+        for slot in 0..QUEUE_SIZE as u16 {
+            queues.post_rx(slot);
+        }
+        match queues.broken {
+            Some(e) => Err(e),
+            None => Ok(queues),
+        }
+    }
+
+    /// The driver (for MAC address and interrupt acknowledgement).
+    pub fn raw(&mut self) -> &mut Raw<H> {
+        &mut self.raw
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    fn fail(&mut self, error: QueueError) {
+        if self.broken.is_none() {
+            log::error!("virtio-net: {error}; the device is no longer used");
+            self.broken = Some(error);
+        }
+    }
+
+    /// Posts receive slot `slot` (not posted, not lent) to the device.
+    fn post_rx(&mut self, slot: u16) {
+        // SAFETY: the caller hands over a slot that is neither posted nor lent, so nothing
+        // references it.
+        let buffer = unsafe { self.rx.slab.slot_mut(slot) };
+        // SAFETY: the slab outlives the device's use of it (`raw` is reset before the slabs
+        // are freed, see the field order), and the slot is not touched again until
+        // `receive_complete` returns it under the token recorded here.
+        match unsafe { self.raw.receive_begin(buffer) } {
+            Ok(token) => match self.rx.slot_of.get_mut(usize::from(token)) {
+                Some(entry) => *entry = slot,
+                None => self.fail(QueueError::UnknownToken(token)),
+            },
+            Err(e) => self.fail(QueueError::Driver(e)),
+        }
+    }
+
+    /// Posts the slot the previous `receive` lent out, if any.
+    fn repost_lent(&mut self) {
+        if let Some(slot) = self.rx.lent.take() {
+            self.post_rx(slot);
+        }
+    }
+
+    /// The next received frame and a transmit queue to answer it with. Frames with
+    /// impossible lengths are dropped (and counted) on the way.
+    pub fn receive(&mut self) -> Option<(&[u8], TxQueue<'_, H>)> {
+        self.repost_lent();
+        let (slot, start, len) = self.next_rx()?;
+        self.rx.lent = Some(slot);
+        self.stats.rx_frames += 1;
+        // SAFETY: the slot came back from the device (`receive_complete` succeeded) and is
+        // only posted again by `repost_lent`, which needs `&mut self`, so not while this
+        // shared borrow lives.
+        let frame = unsafe { self.rx.slab.slot(slot, start, len) };
+        Some((
+            frame,
+            TxQueue {
+                raw: &mut self.raw,
+                tx: &mut self.tx,
+                stats: &mut self.stats,
+            },
+        ))
+    }
+
+    /// Pops used receive buffers until one holds a valid frame: (slot, start, length).
+    fn next_rx(&mut self) -> Option<(u16, usize, usize)> {
+        if self.broken.is_some() {
+            return None;
+        }
+        for _ in 0..QUEUE_SIZE {
+            let token = self.raw.poll_receive()?;
+            let slot = match self.rx.slot_of.get_mut(usize::from(token)) {
+                Some(entry) if *entry != NO_SLOT => core::mem::replace(entry, NO_SLOT),
+                _ => {
+                    self.fail(QueueError::UnknownToken(token));
+                    return None;
+                }
+            };
+            // SAFETY: the device is done with the slot (its token is at the head of the used
+            // ring) and nothing else references it.
+            let buffer = unsafe { self.rx.slab.slot_mut(slot) };
+            // SAFETY: `buffer` is the very slice posted under `token` (slot_of recorded it).
+            match unsafe { self.raw.receive_complete(token, buffer) } {
+                Ok((header, len))
+                    if header.checked_add(len).is_some_and(|end| end <= BUFFER_LEN) =>
+                {
+                    return Some((slot, header, len));
+                }
+                // The buffer came back, with a length shorter than the header or longer than
+                // the buffer: drop the frame, post the buffer again.
+                Ok(_) | Err(VirtioError::IoError) => {
+                    self.stats.rx_errors += 1;
+                    self.post_rx(slot);
+                }
+                Err(e) => {
+                    self.fail(QueueError::Driver(e));
+                    return None;
+                }
+            }
+        }
+        None
+    }
+
+    /// A transmit queue, if a buffer is free (after taking back the ones the device has
+    /// sent).
+    pub fn transmit(&mut self) -> Option<TxQueue<'_, H>> {
+        self.repost_lent();
+        if self.broken.is_some() {
+            return None;
+        }
+        let mut tx = TxQueue {
+            raw: &mut self.raw,
+            tx: &mut self.tx,
+            stats: &mut self.stats,
+        };
+        if let Err(e) = tx.reclaim() {
+            self.fail(e);
+            return None;
+        }
+        (self.tx.free_len > 0).then_some(TxQueue {
+            raw: &mut self.raw,
+            tx: &mut self.tx,
+            stats: &mut self.stats,
+        })
+    }
+}
+
+/// The transmit side, borrowed for one frame.
+pub(crate) struct TxQueue<'a, H: Hal> {
+    raw: &'a mut Raw<H>,
+    tx: &'a mut TxRing<H>,
+    stats: &'a mut Stats,
+}
+
+impl<H: Hal> TxQueue<'_, H> {
+    /// Takes back every buffer the device has finished sending.
+    fn reclaim(&mut self) -> Result<(), QueueError> {
+        for _ in 0..QUEUE_SIZE {
+            let Some(token) = self.raw.poll_transmit() else {
+                return Ok(());
+            };
+            let index = usize::from(token);
+            let slot = match self.tx.slot_of.get_mut(index) {
+                Some(entry) if *entry != NO_SLOT => core::mem::replace(entry, NO_SLOT),
+                _ => return Err(QueueError::UnknownToken(token)),
+            };
+            let len = usize::from(self.tx.len_of[index]);
+            // SAFETY: the device has finished with the slot (its token is at the head of the
+            // used ring); we only read it to name the buffer.
+            let buffer = unsafe { self.tx.slab.slot(slot, 0, len) };
+            // SAFETY: `buffer` is the slice passed to `transmit_begin` under this token (same
+            // slot and length, recorded when it was sent).
+            unsafe { self.raw.transmit_complete(token, buffer) }.map_err(QueueError::Driver)?;
+            if let Some(f) = self.tx.free.get_mut(self.tx.free_len) {
+                *f = slot;
+                self.tx.free_len += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Lends `f` a buffer of `len` bytes and sends what it writes. Without a free buffer, or
+    /// for a frame longer than a buffer, `f` fills a scratch buffer and the frame is dropped.
+    pub fn send<R>(mut self, len: usize, f: impl FnOnce(&mut [u8]) -> R) -> R {
+        if self.tx.free_len == 0
+            && let Err(e) = self.reclaim()
+        {
+            log::error!("virtio-net: {e}");
+        }
+        let Some(slot) = self.take_free() else {
+            return self.drop_frame(len, f);
+        };
+        // SAFETY: a free slot is not in flight and nothing references it.
+        let buffer = unsafe { self.tx.slab.slot_mut(slot) };
+        let header = match self.raw.fill_buffer_header(buffer) {
+            Ok(h) if h.checked_add(len).is_some_and(|end| end <= BUFFER_LEN) => h,
+            _ => {
+                self.give_back(slot);
+                return self.drop_frame(len, f);
+            }
+        };
+        let result = f(&mut buffer[header..header + len]);
+        let frame = &buffer[..header + len];
+        // SAFETY: the slot stays out of the free list, untouched, until `reclaim` gets its
+        // token back from the device; the slab outlives the device's use (NetQueues' field
+        // order).
+        match unsafe { self.raw.transmit_begin(frame) } {
+            Ok(token) => {
+                let index = usize::from(token);
+                if let (Some(s), Some(l)) = (
+                    self.tx.slot_of.get_mut(index),
+                    self.tx.len_of.get_mut(index),
+                ) {
+                    *s = slot;
+                    *l = (header + len) as u16;
+                    self.stats.tx_frames += 1;
+                } else {
+                    log::error!("virtio-net: driver returned transmit token {token}");
+                    self.stats.tx_dropped += 1;
+                }
+            }
+            Err(_) => {
+                self.give_back(slot);
+                self.stats.tx_dropped += 1;
+            }
+        }
+        result
+    }
+
+    fn take_free(&mut self) -> Option<u16> {
+        self.tx.free_len = self.tx.free_len.checked_sub(1)?;
+        Some(self.tx.free[self.tx.free_len])
+    }
+
+    fn give_back(&mut self, slot: u16) {
+        if let Some(f) = self.tx.free.get_mut(self.tx.free_len) {
+            *f = slot;
+            self.tx.free_len += 1;
+        }
+    }
+
+    fn drop_frame<R>(self, len: usize, f: impl FnOnce(&mut [u8]) -> R) -> R {
+        self.stats.tx_dropped += 1;
+        let mut scratch = alloc::vec![0; len];
+        f(&mut scratch)
+    }
+}

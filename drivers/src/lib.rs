@@ -1,0 +1,28 @@
+//! Roam's device drivers: PCI, MSI-X and virtio-net, behind the [`net::NetDevice`] trait.
+//!
+//! The crate is `no_std` (with `alloc`) and depends on none of Roam's other crates. It
+//! programs hardware only through two small abstractions the kernel implements:
+//! - [`pci::ConfigAccess`]: configuration space reads and writes (port I/O 0xCF8/0xCFC);
+//! - `virtio_drivers::Hal`: DMA memory and mapping device BARs.
+//!
+//! The kernel enumerates PCI, probes the NIC and hands the resulting device to netstack,
+//! which sees only [`net::NetDevice`]:
+//!
+//! ```ignore
+//! let nic = pci::enumerate(&config).into_iter().find(virtio_net::matches)?;
+//! let dev = VirtioNet::<KernelHal>::probe(&mut config, nic.bdf, Some(&mut window), irq)?;
+//! let stack = netstack::Stack::new(dev, net_config, now);
+//! ```
+//!
+//! `unsafe` lives only in [`hal`] (register access and the DMA buffers lent to devices).
+//! Everything a device reports (BARs, capabilities, descriptor tokens, lengths) is checked
+//! before use; a bad value is an error or a dropped frame, never a panic.
+
+#![cfg_attr(not(test), no_std)]
+
+extern crate alloc;
+
+pub mod hal;
+pub mod net;
+pub mod pci;
+pub mod virtio_net;

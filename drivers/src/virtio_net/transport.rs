@@ -1,0 +1,219 @@
+//! [`RoamTransport`]: virtio-drivers' `PciTransport` plus the two things it leaves out.
+//!
+//! - MSI-X vectors: it never writes `msix_config` or `queue_msix_vector`, so a device with
+//!   MSI-X enabled would signal nothing. They are written here at the points the virtio spec
+//!   (4.1.5.1.2) asks: the configuration vector after the reset that starts initialisation,
+//!   each queue's vector before the queue is enabled.
+//! - A cheaper notify: `PciTransport::notify` selects the queue and reads its notify offset
+//!   on every call (three exits); here the address is computed once per queue, so a notify
+//!   is one write.
+//!
+//! Everything else is delegated unchanged.
+
+use crate::hal::{Mmio, RegisterIo};
+use core::fmt::Debug;
+use core::ops::BitAnd;
+use virtio_drivers::transport::pci::PciTransport;
+use virtio_drivers::transport::{DeviceStatus, DeviceType, InterruptStatus, Transport};
+use virtio_drivers::{Error, PhysAddr};
+use zerocopy::{FromBytes, Immutable, IntoBytes};
+
+/// `virtio_pci_common_cfg` offsets (virtio 1.1, 4.1.4.3).
+pub mod common {
+    /// Selects which half of the device features `DEVICE_FEATURE` shows.
+    pub const DEVICE_FEATURE_SELECT: usize = 0x00;
+    /// The selected 32 bits of device features.
+    pub const DEVICE_FEATURE: usize = 0x04;
+    /// MSI-X vector for configuration changes.
+    pub const MSIX_CONFIG: usize = 0x10;
+    /// Selects the queue the `QUEUE_*` registers describe.
+    pub const QUEUE_SELECT: usize = 0x16;
+    /// MSI-X vector of the selected queue.
+    pub const QUEUE_MSIX_VECTOR: usize = 0x1A;
+    /// Notify offset of the selected queue (in units of the notify multiplier).
+    pub const QUEUE_NOTIFY_OFF: usize = 0x1E;
+    /// Length of the structure.
+    pub const LEN: usize = 0x38;
+}
+
+/// "No MSI-X vector" for `msix_config` and `queue_msix_vector`.
+pub const NO_VECTOR: u16 = 0xFFFF;
+
+/// MSI-X table entries for each interrupt source, or `NO_VECTOR`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Vectors {
+    /// Configuration changes (link status).
+    pub config: u16,
+    /// Each queue, by index (receiveq1, transmitq1).
+    pub queues: [u16; 2],
+}
+
+impl Vectors {
+    /// No MSI-X: everything through the ISR and INTx.
+    pub const NONE: Vectors = Vectors {
+        config: NO_VECTOR,
+        queues: [NO_VECTOR; 2],
+    };
+}
+
+/// The notify region: where queue notifications are written.
+#[derive(Debug)]
+pub struct Notify {
+    /// The region from the notify capability.
+    pub io: Mmio,
+    /// `notify_off_multiplier` from the capability.
+    pub multiplier: u32,
+}
+
+/// virtio-drivers' PCI transport with MSI-X vector setup and one-write notifies.
+pub struct RoamTransport {
+    inner: PciTransport,
+    common: Mmio,
+    notify: Notify,
+    /// Offset of each queue's notify register in `notify.io`, once known.
+    notify_offset: [Option<usize>; 2],
+    vectors: Vectors,
+}
+
+impl RoamTransport {
+    /// Wraps `inner`, whose common configuration and notify regions are `common` and
+    /// `notify` (the same registers, for the writes `inner` does not do).
+    pub fn new(
+        inner: PciTransport,
+        common: Mmio,
+        notify: Notify,
+        vectors: Vectors,
+    ) -> RoamTransport {
+        RoamTransport {
+            inner,
+            common,
+            notify,
+            notify_offset: [None; 2],
+            vectors,
+        }
+    }
+
+    fn write_vector(&mut self, register: usize, vector: u16) {
+        if vector == NO_VECTOR && self.vectors == Vectors::NONE {
+            return;
+        }
+        // The probe reads the vectors back once the device is up and falls back to INTx if
+        // they did not stick.
+        self.common.write16(register, vector);
+    }
+}
+
+impl Transport for RoamTransport {
+    fn device_type(&self) -> DeviceType {
+        self.inner.device_type()
+    }
+
+    fn read_device_features(&mut self) -> u64 {
+        self.inner.read_device_features()
+    }
+
+    fn write_driver_features(&mut self, driver_features: u64) {
+        self.inner.write_driver_features(driver_features)
+    }
+
+    fn max_queue_size(&mut self, queue: u16) -> u32 {
+        self.inner.max_queue_size(queue)
+    }
+
+    fn notify(&mut self, queue: u16) {
+        match self
+            .notify_offset
+            .get(usize::from(queue))
+            .copied()
+            .flatten()
+        {
+            Some(offset) => self.notify.io.write16(offset, queue),
+            None => self.inner.notify(queue),
+        }
+    }
+
+    fn get_status(&self) -> DeviceStatus {
+        self.inner.get_status()
+    }
+
+    fn set_status(&mut self, status: DeviceStatus) {
+        self.inner.set_status(status)
+    }
+
+    fn set_guest_page_size(&mut self, guest_page_size: u32) {
+        self.inner.set_guest_page_size(guest_page_size)
+    }
+
+    fn requires_legacy_layout(&self) -> bool {
+        self.inner.requires_legacy_layout()
+    }
+
+    fn queue_set(
+        &mut self,
+        queue: u16,
+        size: u32,
+        descriptors: PhysAddr,
+        driver_area: PhysAddr,
+        device_area: PhysAddr,
+    ) {
+        // The vector goes in before `inner` enables the queue.
+        self.common.write16(common::QUEUE_SELECT, queue);
+        let vector = self
+            .vectors
+            .queues
+            .get(usize::from(queue))
+            .copied()
+            .unwrap_or(NO_VECTOR);
+        self.write_vector(common::QUEUE_MSIX_VECTOR, vector);
+        self.inner
+            .queue_set(queue, size, descriptors, driver_area, device_area);
+        // `inner` left the queue selected.
+        let offset = usize::from(self.common.read16(common::QUEUE_NOTIFY_OFF))
+            .checked_mul(self.notify.multiplier as usize);
+        if let (Some(offset), Some(slot)) = (offset, self.notify_offset.get_mut(usize::from(queue)))
+            && offset
+                .checked_add(2)
+                .is_some_and(|end| end <= self.notify.io.len())
+        {
+            *slot = Some(offset);
+        }
+    }
+
+    fn queue_unset(&mut self, queue: u16) {
+        self.inner.queue_unset(queue)
+    }
+
+    fn queue_used(&mut self, queue: u16) -> bool {
+        self.inner.queue_used(queue)
+    }
+
+    fn ack_interrupt(&mut self) -> InterruptStatus {
+        self.inner.ack_interrupt()
+    }
+
+    fn begin_init<F: bitflags::Flags<Bits = u64> + BitAnd<Output = F> + Debug>(
+        &mut self,
+        supported_features: F,
+    ) -> F {
+        let negotiated = self.inner.begin_init(supported_features);
+        // After the reset at the start of `begin_init`, which clears every vector.
+        self.write_vector(common::MSIX_CONFIG, self.vectors.config);
+        negotiated
+    }
+
+    fn read_config_generation(&self) -> u32 {
+        self.inner.read_config_generation()
+    }
+
+    fn read_config_space<T: FromBytes + IntoBytes>(&self, offset: usize) -> Result<T, Error> {
+        self.inner.read_config_space(offset)
+    }
+
+    fn write_config_space<T: IntoBytes + Immutable>(
+        &mut self,
+        offset: usize,
+        value: T,
+    ) -> Result<(), Error> {
+        self.inner.write_config_space(offset, value)
+    }
+}

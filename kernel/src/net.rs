@@ -1,0 +1,397 @@
+//! The network: brings the NIC and the stack up on first use ([`init`]) and does all network
+//! work from the idle loop ([`service`]), never in interrupt handlers.
+//!
+//! Bring-up: parse `ip=`/`gw=` from the command line, enumerate PCI, take the first
+//! virtio-net function, give its unassigned memory BARs addresses (machines without
+//! firmware), map every memory BAR uncached, probe it with MSI-X on
+//! [`apic::NET_QUEUE_VECTOR`] / [`apic::NET_CONFIG_VECTOR`] (INTx through the IOAPIC if MSI-X
+//! is not usable), start the smoltcp stack and announce the address once the link is up.
+//!
+//! The interrupt stubs only record events (`idt::take_net_events`); [`service`] runs when the
+//! idle loop wakes, acknowledges INTx if that is the mode, polls the stack, and tells the
+//! idle loop when smoltcp next needs a poll, so the CPU halts in between.
+
+use crate::arch::{apic, bootmem, cpu, idt, ioapic, paging, pci::PortConfig};
+use crate::hal::KernelHal;
+use crate::sync::Mutex;
+use crate::{cmdline, timer};
+use core::fmt;
+use core::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use drivers::net::NetDevice;
+use drivers::pci::{self, Bdf, bar};
+use drivers::virtio_net::{self, Interrupt, InterruptRequest, VirtioNet};
+use netstack::{Instant, SocketTable, Stack};
+
+/// The NIC as the kernel runs it.
+pub type Device = VirtioNet<KernelHal>;
+
+/// Addresses for memory BARs that firmware left unassigned (host-vmm has no firmware): the
+/// 32-bit PCI hole above host-vmm's RAM (at most 3 GiB) and below the IOAPIC.
+const BAR_WINDOW: bar::Window = bar::Window::new(0xC000_0000, 0xFEC0_0000);
+/// Without any interrupt the stack is polled this often.
+const POLL_WITHOUT_IRQ_NS: u64 = 10_000_000;
+/// Least time between two polls that smoltcp asks for "now" (say, a socket waiting for a
+/// free transmit buffer): the idle loop never spins.
+const MIN_REPOLL_NS: u64 = 200_000;
+
+/// The running network.
+struct Net {
+    stack: Stack<Device>,
+    sockets: SocketTable,
+    /// INTx: the device's ISR must be read (which lowers the line) on every interrupt.
+    intx: bool,
+    /// No interrupt at all: poll on a timer.
+    polled: bool,
+    /// Configuration changes arrive on the queue vector (single MSI-X entry, or INTx).
+    config_shared: bool,
+    /// Monotonic ns at which the stack wants polling; `u64::MAX` for never.
+    next_poll: u64,
+    /// Cost accounting, only at `log=debug`.
+    cost: Cost,
+}
+
+/// What received frames cost, at `log=debug`: TSC ticks in [`service`] calls that received
+/// frames, and all busy ticks (everything but halting: interrupt entry, idle loop, stack,
+/// driver, socket calls and the app) since the last summary. Under QEMU's TCG with
+/// `-icount shift=0` a TSC tick is one guest instruction, so these count instructions;
+/// under KVM they are time.
+#[derive(Default)]
+struct Cost {
+    frames: u64,
+    ticks: u64,
+    min: u64,
+    max: u64,
+    /// TSC and halted ticks when this summary period started.
+    start: (u64, u64),
+    tx_start: u64,
+}
+
+/// Frames between two cost summaries in the debug log.
+const COST_REPORT_FRAMES: u64 = 16;
+
+static NET: Mutex<Option<Net>> = Mutex::new(None);
+
+/// Counts stack polls: a blocked socket call waits for it to move, then tries again.
+static PROGRESS: AtomicU64 = AtomicU64::new(0);
+
+/// Where bring-up stands: not tried, up, or failed (and why: `InitError as u8 + FAILED`).
+const NOT_STARTED: u8 = 0;
+const UP: u8 = 1;
+const FAILED: u8 = 2;
+static STATE: AtomicU8 = AtomicU8::new(NOT_STARTED);
+
+/// Why the network did not come up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum InitError {
+    /// No `ip=` on the command line, or a bad one (reported in the log).
+    NotConfigured,
+    /// No virtio-net device on the PCI bus.
+    NoDevice,
+    /// The device would not come up (reported in the log).
+    DeviceFailed,
+}
+
+impl fmt::Display for InitError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            InitError::NotConfigured => "no usable ip= on the command line",
+            InitError::NoDevice => "no virtio-net device",
+            InitError::DeviceFailed => "the network device failed to start",
+        })
+    }
+}
+
+/// Monotonic nanoseconds as smoltcp time.
+fn instant(ns: u64) -> Instant {
+    Instant::from_micros((ns / 1000) as i64)
+}
+
+fn instant_ns(i: Instant) -> u64 {
+    u64::try_from(i.total_micros())
+        .unwrap_or(0)
+        .saturating_mul(1000)
+}
+
+/// Brings the network up, once; later calls return the first call's result.
+pub fn init() -> Result<(), InitError> {
+    match STATE.load(Ordering::Relaxed) {
+        NOT_STARTED => {}
+        UP => return Ok(()),
+        s if s == FAILED + InitError::NotConfigured as u8 => {
+            return Err(InitError::NotConfigured);
+        }
+        s if s == FAILED + InitError::NoDevice as u8 => return Err(InitError::NoDevice),
+        _ => return Err(InitError::DeviceFailed),
+    }
+    let started = timer::now_ns();
+    match bring_up() {
+        Ok(net) => {
+            *NET.lock() = Some(net);
+            STATE.store(UP, Ordering::Relaxed);
+            log::info!("net: up after {} us", (timer::now_ns() - started) / 1000);
+            Ok(())
+        }
+        Err(e) => {
+            match e {
+                InitError::NotConfigured => log::warn!("net: {e}; no network"),
+                _ => log::error!("net: {e}"),
+            }
+            STATE.store(FAILED + e as u8, Ordering::Relaxed);
+            Err(e)
+        }
+    }
+}
+
+fn bring_up() -> Result<Net, InitError> {
+    let text = core::str::from_utf8(bootmem::cmdline()).map_err(|_| InitError::NotConfigured)?;
+    let config = match netstack::config::parse(cmdline::words(text)) {
+        Ok(Some(config)) => config,
+        Ok(None) => return Err(InitError::NotConfigured),
+        Err(e) => {
+            log::error!("cmdline: {e}");
+            return Err(InitError::NotConfigured);
+        }
+    };
+
+    let mut access = PortConfig;
+    let functions = pci::enumerate(&access);
+    for f in &functions {
+        log::debug!("pci {f}");
+    }
+    let nic = functions
+        .iter()
+        .find(|f| virtio_net::matches(f))
+        .ok_or(InitError::NoDevice)?;
+    log::info!(
+        "net: virtio-net at {} ({:04x}:{:04x})",
+        nic.bdf,
+        nic.vendor_id,
+        nic.device_id
+    );
+    map_bars(&mut access, nic.bdf)?;
+
+    // The LAPIC must accept the NIC's first interrupt, which may come as soon as MSI-X is
+    // on: a software-disabled LAPIC drops it, and with event-index suppression the device
+    // would then never signal again.
+    timer::prepare_interrupts();
+    let apic_id = apic::id();
+    let irq = InterruptRequest {
+        apic_id,
+        queue_vector: apic::NET_QUEUE_VECTOR,
+        config_vector: apic::NET_CONFIG_VECTOR,
+    };
+    let mut device = Device::probe(&mut access, nic.bdf, None, irq).map_err(|e| {
+        log::error!("pci {}: {e}", nic.bdf);
+        InitError::DeviceFailed
+    })?;
+    let (intx, polled, config_shared) = match device.interrupt() {
+        Interrupt::Msix { config_shared } => (false, false, config_shared),
+        Interrupt::Intx(line) if ioapic::route(line.line, apic::NET_QUEUE_VECTOR, apic_id) => {
+            // The entry is edge-triggered: if the line went up before it was programmed, no
+            // edge would ever come. Reading the ISR lowers it; from now on every event is an
+            // edge the IOAPIC sees.
+            device.ack_interrupt();
+            log::info!("net: INTx pin {} on IOAPIC input {}", line.pin, line.line);
+            (true, false, true)
+        }
+        other => {
+            log::warn!("net: no usable interrupt ({other:?}); polling every 10 ms");
+            (false, true, true)
+        }
+    };
+    log::info!(
+        "net: MAC {}, {}/{} gw {:?}, {}",
+        device.mac_address(),
+        config.address.address(),
+        config.address.prefix_len(),
+        config.gateway,
+        if intx {
+            "INTx"
+        } else if polled {
+            "polled"
+        } else {
+            "MSI-X"
+        }
+    );
+
+    if log::log_enabled!(log::Level::Debug) {
+        timer::count_halted();
+    }
+    let now = timer::now_ns();
+    let mut stack = Stack::new(device, config, crate::abi::random_u64(), instant(now));
+    stack.check_link();
+    stack.poll(instant(now));
+    Ok(Net {
+        stack,
+        sockets: SocketTable::new(crate::abi::random_u64()),
+        intx,
+        polled,
+        config_shared,
+        next_poll: now,
+        cost: Cost::default(),
+    })
+}
+
+/// Assigns addresses to unassigned memory BARs of `bdf` and maps every memory BAR uncached,
+/// so the drivers' HAL only ever finds them mapped.
+fn map_bars(access: &mut PortConfig, bdf: Bdf) -> Result<(), InitError> {
+    let mut window = BAR_WINDOW;
+    let bars = bar::read_all(access, bdf);
+    for (index, b) in bars.iter().enumerate() {
+        let Some(mut b) = *b else { continue };
+        if let Some((0, _)) = b.memory() {
+            b = bar::assign(access, bdf, index as u8, &mut window).map_err(|e| {
+                log::error!("pci {bdf}: {e}");
+                InitError::DeviceFailed
+            })?;
+            log::info!("pci {bdf}: BAR {index} assigned: {b}");
+        }
+        let Some((address, size)) = b.memory() else {
+            continue;
+        };
+        log::debug!("pci {bdf}: BAR {index}: {b}");
+        if let Err(e) = paging::map_mmio(address, size) {
+            log::error!("pci {bdf}: cannot map BAR {index} ({b}): {e}");
+            return Err(InitError::DeviceFailed);
+        }
+    }
+    Ok(())
+}
+
+/// Does the network's pending work (called by the idle loop each time it wakes, with the
+/// current monotonic time) and returns when it next needs to run, if ever.
+pub fn service(now_ns: u64) -> Option<u64> {
+    if STATE.load(Ordering::Relaxed) != UP {
+        return None;
+    }
+    let events = idt::take_net_events();
+    let mut guard = NET.lock();
+    let net = guard.as_mut()?;
+    if events == 0 && now_ns < net.next_poll {
+        return Some(net.next_poll).filter(|t| *t != u64::MAX);
+    }
+    let start = log::log_enabled!(log::Level::Debug)
+        .then(|| (cpu::rdtsc(), net.stack.device_mut().stats().rx_frames));
+    let mut config_changed = events & idt::NET_CONFIG_EVENT != 0;
+    if net.intx && events & idt::NET_QUEUE_EVENT != 0 {
+        // Reading the ISR lowers the INTx line, so the next event is a fresh edge.
+        config_changed |= net.stack.device_mut().ack_interrupt().config;
+    } else if net.config_shared && events & idt::NET_QUEUE_EVENT != 0 {
+        config_changed = true;
+    }
+    if config_changed || net.polled {
+        net.stack.check_link();
+    }
+    let now = instant(now_ns);
+    net.stack.poll(now);
+    net.sockets.reap(&mut net.stack);
+    PROGRESS.fetch_add(1, Ordering::Relaxed);
+    let mut next = net.stack.poll_at(now).map_or(u64::MAX, |t| {
+        instant_ns(t).max(now_ns.saturating_add(MIN_REPOLL_NS))
+    });
+    if net.polled {
+        next = next.min(now_ns.saturating_add(POLL_WITHOUT_IRQ_NS));
+    }
+    net.next_poll = next;
+    if let Some((tsc, rx_before)) = start {
+        let ticks = cpu::rdtsc().wrapping_sub(tsc);
+        let stats = net.stack.device_mut().stats();
+        account(&mut net.cost, stats.rx_frames - rx_before, ticks, stats);
+    }
+    Some(next).filter(|t| *t != u64::MAX)
+}
+
+/// Adds one `service` call that received `frames` frames in `ticks` TSC ticks; logs a
+/// summary every [`COST_REPORT_FRAMES`] frames.
+fn account(cost: &mut Cost, frames: u64, ticks: u64, stats: drivers::net::Stats) {
+    if frames == 0 {
+        return;
+    }
+    let per_frame = ticks / frames;
+    if cost.frames == 0 {
+        cost.min = per_frame;
+        // The period starts just before this call's frames arrived.
+        cost.start = (cpu::rdtsc().wrapping_sub(ticks), timer::halted_ticks());
+        cost.tx_start = stats.tx_frames;
+    }
+    cost.frames += frames;
+    cost.ticks += ticks;
+    cost.min = cost.min.min(per_frame);
+    cost.max = cost.max.max(per_frame);
+    if cost.frames >= COST_REPORT_FRAMES {
+        let elapsed = cpu::rdtsc().wrapping_sub(cost.start.0);
+        let busy = elapsed.saturating_sub(timer::halted_ticks().wrapping_sub(cost.start.1));
+        log::debug!(
+            "net: {} frames in, {} out; TSC ticks per frame in: service avg {} min {} max {}, all busy {}; device rx {} tx {} rx errors {} tx dropped {}",
+            cost.frames,
+            stats.tx_frames - cost.tx_start,
+            cost.ticks / cost.frames,
+            cost.min,
+            cost.max,
+            busy / cost.frames,
+            stats.rx_frames,
+            stats.tx_frames,
+            stats.rx_errors,
+            stats.tx_dropped
+        );
+        *cost = Cost::default();
+    }
+}
+
+/// Runs a socket operation on the table and the stack, bringing the network up on first
+/// use, then runs the stack's egress so whatever the operation queued goes out at once.
+pub fn with_sockets<R>(
+    f: impl FnOnce(&mut SocketTable, &mut Stack<Device>) -> R,
+) -> Result<R, InitError> {
+    init()?;
+    let mut guard = NET.lock();
+    let net = guard.as_mut().ok_or(InitError::DeviceFailed)?;
+    let result = f(&mut net.sockets, &mut net.stack);
+    poll_now(net);
+    Ok(result)
+}
+
+/// Like [`with_sockets`] for calls that send nothing (reading state, accepting,
+/// receiving): no egress pass.
+pub fn query_sockets<R>(
+    f: impl FnOnce(&mut SocketTable, &mut Stack<Device>) -> R,
+) -> Result<R, InitError> {
+    init()?;
+    let mut guard = NET.lock();
+    let net = guard.as_mut().ok_or(InitError::DeviceFailed)?;
+    Ok(f(&mut net.sockets, &mut net.stack))
+}
+
+/// Asks for a stack poll at the idle loop's next wake: after a receive took data, so a
+/// window update goes out even if the app sends nothing. An echo's receive-then-send thus
+/// costs one egress pass, not two.
+pub fn poll_soon() {
+    if let Some(net) = NET.lock().as_mut() {
+        net.next_poll = 0;
+    }
+}
+
+/// Sends what the sockets queued and re-arms the stack's next poll.
+fn poll_now(net: &mut Net) {
+    let now_ns = timer::now_ns();
+    net.stack.poll_egress(instant(now_ns));
+    net.sockets.reap(&mut net.stack);
+    PROGRESS.fetch_add(1, Ordering::Relaxed);
+    // Timers the operation started (retransmission, say) count from now.
+    net.next_poll = net.stack.poll_at(instant(now_ns)).map_or(u64::MAX, |t| {
+        instant_ns(t).max(now_ns.saturating_add(MIN_REPOLL_NS))
+    });
+}
+
+/// Whether the network is up (socket calls on a machine without one fail fast).
+pub fn is_up() -> bool {
+    STATE.load(Ordering::Relaxed) == UP
+}
+
+/// Halts until the stack has been polled again (something may have changed for a blocked
+/// socket call) or until monotonic time `deadline_ns`; `false` on timeout.
+pub fn wait_for_progress(deadline_ns: Option<u64>) -> bool {
+    let seen = PROGRESS.load(Ordering::Relaxed);
+    timer::idle(deadline_ns, || PROGRESS.load(Ordering::Relaxed) != seen)
+}

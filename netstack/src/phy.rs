@@ -1,0 +1,80 @@
+//! [`PhyAdapter`]: smoltcp's `phy::Device` over a [`NetDevice`], token for token.
+//!
+//! The adapter adds nothing to the data path: smoltcp's tokens wrap the device's tokens, so
+//! a frame goes from the device's receive buffer to smoltcp, and from smoltcp into the
+//! device's transmit buffer, without a copy.
+
+use drivers::net::{self, NetDevice};
+use smoltcp::phy::{self, DeviceCapabilities, Medium};
+use smoltcp::time::Instant;
+
+/// A [`NetDevice`] as smoltcp's `phy::Device`.
+#[derive(Debug)]
+pub struct PhyAdapter<D: NetDevice> {
+    device: D,
+    caps: DeviceCapabilities,
+}
+
+impl<D: NetDevice> PhyAdapter<D> {
+    /// Wraps `device` (its capabilities are read once, here).
+    pub fn new(device: D) -> PhyAdapter<D> {
+        let c = device.capabilities();
+        let mut caps = DeviceCapabilities::default();
+        caps.medium = Medium::Ethernet;
+        caps.max_transmission_unit = c.max_frame_len;
+        caps.max_burst_size = c.max_burst;
+        PhyAdapter { device, caps }
+    }
+
+    /// The device.
+    pub fn device(&self) -> &D {
+        &self.device
+    }
+
+    /// The device, mutably (for interrupt acknowledgement and direct frames).
+    pub fn device_mut(&mut self) -> &mut D {
+        &mut self.device
+    }
+}
+
+/// smoltcp's receive token over the device's.
+pub struct RxToken<T>(T);
+
+impl<T: net::RxToken> phy::RxToken for RxToken<T> {
+    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+        self.0.consume(f)
+    }
+}
+
+/// smoltcp's transmit token over the device's.
+pub struct TxToken<T>(T);
+
+impl<T: net::TxToken> phy::TxToken for TxToken<T> {
+    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+        self.0.consume(len, f)
+    }
+}
+
+impl<D: NetDevice> phy::Device for PhyAdapter<D> {
+    type RxToken<'a>
+        = RxToken<D::RxToken<'a>>
+    where
+        Self: 'a;
+    type TxToken<'a>
+        = TxToken<D::TxToken<'a>>
+    where
+        Self: 'a;
+
+    fn receive(&mut self, _timestamp: Instant) -> Option<(Self::RxToken<'_>, Self::TxToken<'_>)> {
+        let (rx, tx) = self.device.receive()?;
+        Some((RxToken(rx), TxToken(tx)))
+    }
+
+    fn transmit(&mut self, _timestamp: Instant) -> Option<Self::TxToken<'_>> {
+        self.device.transmit().map(TxToken)
+    }
+
+    fn capabilities(&self) -> DeviceCapabilities {
+        self.caps.clone()
+    }
+}

@@ -1,0 +1,161 @@
+//! [`Stack`]: one smoltcp `Interface` (one MAC, one IPv4 address) over one [`NetDevice`],
+//! with its sockets.
+//!
+//! The caller owns time and waiting: it calls [`Stack::poll`] when the device signalled or
+//! when [`Stack::poll_at`] says so, and sleeps in between. ARP and ICMP echo are smoltcp's;
+//! this module adds the gratuitous ARP announcement on link up (and on demand, for NIC
+//! switches and moves).
+
+use crate::config::NetConfig;
+use crate::phy::PhyAdapter;
+use drivers::net::{NetDevice, TxToken};
+use smoltcp::iface::{Config, Interface, PollResult, SocketSet};
+use smoltcp::time::{Duration, Instant};
+use smoltcp::wire::{
+    ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol,
+    EthernetRepr, HardwareAddress, IpCidr,
+};
+
+/// Length of a gratuitous ARP frame: Ethernet header and ARP payload, no padding.
+const GARP_LEN: usize = 14 + 28;
+
+/// The network interface, its device and its sockets.
+pub struct Stack<D: NetDevice> {
+    iface: Interface,
+    device: PhyAdapter<D>,
+    sockets: SocketSet<'static>,
+    config: NetConfig,
+    link_up: bool,
+}
+
+impl<D: NetDevice> Stack<D> {
+    /// An interface on `device` with `config`'s address and default route. `seed` randomises
+    /// TCP sequence numbers and ephemeral ports. The link is not checked yet: call
+    /// [`Stack::check_link`], which announces the address once the link is up.
+    pub fn new(device: D, config: NetConfig, seed: u64, now: Instant) -> Stack<D> {
+        let mut device = PhyAdapter::new(device);
+        let mac = EthernetAddress(device.device().mac_address().0);
+        let mut iface_config = Config::new(HardwareAddress::Ethernet(mac));
+        iface_config.random_seed = seed;
+        let mut iface = Interface::new(iface_config, &mut device, now);
+        iface.update_ip_addrs(|addrs| {
+            // A fresh interface has room for at least one address.
+            let _ = addrs.push(IpCidr::Ipv4(config.address));
+        });
+        if let Some(gateway) = config.gateway {
+            // The route table has room for the default route on a fresh interface.
+            let _ = iface.routes_mut().add_default_ipv4_route(gateway);
+        }
+        Stack {
+            iface,
+            device,
+            sockets: SocketSet::new(alloc::vec::Vec::new()),
+            config,
+            link_up: false,
+        }
+    }
+
+    /// The configuration the stack runs with.
+    pub fn config(&self) -> &NetConfig {
+        &self.config
+    }
+
+    /// Receives and answers everything the device has, and sends what sockets queued.
+    /// Returns whether any socket may have changed state.
+    pub fn poll(&mut self, now: Instant) -> bool {
+        self.iface.poll(now, &mut self.device, &mut self.sockets) == PollResult::SocketStateChanged
+    }
+
+    /// Sends what sockets queued, without looking at the device's receive side (cheaper
+    /// than [`Stack::poll`] right after a socket call that queued data).
+    pub fn poll_egress(&mut self, now: Instant) -> bool {
+        self.iface
+            .poll_egress(now, &mut self.device, &mut self.sockets)
+            == PollResult::SocketStateChanged
+    }
+
+    /// When [`Stack::poll`] must run next even if the device stays quiet (TCP timers,
+    /// pending ARP); `None` when only the device can make work. A past instant means now.
+    pub fn poll_at(&mut self, now: Instant) -> Option<Instant> {
+        self.iface.poll_at(now, &self.sockets)
+    }
+
+    /// [`Stack::poll_at`] as a delay from `now`.
+    pub fn poll_delay(&mut self, now: Instant) -> Option<Duration> {
+        self.iface.poll_delay(now, &self.sockets)
+    }
+
+    /// Reads the link state; when it went up (the first call counts), announces the address
+    /// with a gratuitous ARP. Returns whether the link is up.
+    pub fn check_link(&mut self) -> bool {
+        let up = self.device.device().link_up();
+        if up && !self.link_up {
+            log::info!("net: link up, announcing {}", self.config.address.address());
+            if !self.announce() {
+                log::warn!("net: no transmit buffer for the gratuitous ARP");
+            }
+        } else if !up && self.link_up {
+            log::info!("net: link down");
+        }
+        self.link_up = up;
+        up
+    }
+
+    /// Sends a gratuitous ARP (an ARP request for our own address from our own address, to
+    /// broadcast), so neighbours and switches learn where the address lives now. `false`
+    /// if the device had no transmit buffer.
+    pub fn announce(&mut self) -> bool {
+        let mac = self.device.device().mac_address();
+        let address = self.config.address.address();
+        let Some(token) = self.device.device_mut().transmit() else {
+            return false;
+        };
+        token.consume(GARP_LEN, |buffer| {
+            write_garp(buffer, EthernetAddress(mac.0), address)
+        });
+        true
+    }
+
+    /// The device (to acknowledge its interrupts, read its counters).
+    pub fn device_mut(&mut self) -> &mut D {
+        self.device.device_mut()
+    }
+
+    /// The sockets.
+    pub fn sockets(&self) -> &SocketSet<'static> {
+        &self.sockets
+    }
+
+    /// The sockets, mutably.
+    pub fn sockets_mut(&mut self) -> &mut SocketSet<'static> {
+        &mut self.sockets
+    }
+
+    /// The interface and the sockets together (what TCP `connect` needs).
+    pub fn iface_and_sockets(&mut self) -> (&mut Interface, &mut SocketSet<'static>) {
+        (&mut self.iface, &mut self.sockets)
+    }
+}
+
+/// Writes a gratuitous ARP frame from `mac` for `address` into `buffer` ([`GARP_LEN`]
+/// bytes; shorter buffers get nothing).
+fn write_garp(buffer: &mut [u8], mac: EthernetAddress, address: core::net::Ipv4Addr) {
+    let Some(buffer) = buffer.get_mut(..GARP_LEN) else {
+        return;
+    };
+    let ethernet = EthernetRepr {
+        src_addr: mac,
+        dst_addr: EthernetAddress::BROADCAST,
+        ethertype: EthernetProtocol::Arp,
+    };
+    let mut frame = EthernetFrame::new_unchecked(buffer);
+    ethernet.emit(&mut frame);
+    let arp = ArpRepr::EthernetIpv4 {
+        operation: ArpOperation::Request,
+        source_hardware_addr: mac,
+        source_protocol_addr: address,
+        target_hardware_addr: EthernetAddress([0; 6]),
+        target_protocol_addr: address,
+    };
+    arp.emit(&mut ArpPacket::new_unchecked(frame.payload_mut()));
+}
