@@ -13,11 +13,20 @@ pub const GUEST_PROFILE: &str = "guest";
 /// Names of all images: the crates under `images/` with a `src/main.rs` (libraries shared
 /// by apps, such as `app-rt`, are not images), sorted.
 pub fn image_names() -> Result<Vec<String>> {
+    crates_under_images(|dir| dir.join("src").join("main.rs").is_file())
+}
+
+/// Every crate under `images/`: the images and the libraries they share (for linting).
+pub fn guest_crates() -> Result<Vec<String>> {
+    crates_under_images(|dir| dir.join("Cargo.toml").is_file())
+}
+
+fn crates_under_images(keep: impl Fn(&std::path::Path) -> bool) -> Result<Vec<String>> {
     let dir = root().join("images");
     let mut names = Vec::new();
     for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
         let entry = entry?;
-        if entry.path().join("src").join("main.rs").is_file() {
+        if keep(&entry.path()) {
             names.push(entry.file_name().to_string_lossy().into_owned());
         }
     }

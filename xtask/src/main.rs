@@ -239,10 +239,10 @@ fn cargo() -> Command {
     cmd
 }
 
-/// Guest crates: the kernel and every image.
+/// Guest crates: the kernel, every image and the libraries images share.
 fn guest_packages() -> Result<Vec<String>> {
     let mut packages = vec!["kernel".to_string()];
-    packages.extend(artifacts::image_names()?);
+    packages.extend(artifacts::guest_crates()?);
     Ok(packages)
 }
 

@@ -11,7 +11,7 @@
 use core::ffi::c_void;
 use core::fmt::{self, Write};
 use core::mem::size_of;
-use hermit_abi as abi;
+pub use hermit_abi as abi;
 
 /// An errno value from hermit-abi (positive, e.g. `abi::EAGAIN`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -175,9 +175,8 @@ impl Socket {
         let s = Socket(fd as i32);
         let on: i32 = 1;
         // SAFETY: `on` is a valid int for the duration of the call.
-        check(
-            unsafe { abi::ioctl(s.0, abi::FIONBIO, (&raw const on).cast_mut().cast()) } as isize,
-        )?;
+        let ret = unsafe { abi::ioctl(s.0, abi::FIONBIO, (&raw const on).cast_mut().cast()) };
+        check(ret as isize)?;
         s.set_int_opt(abi::IPPROTO_TCP, abi::TCP_NODELAY, 1)?;
         Ok(s)
     }
