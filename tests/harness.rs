@@ -8,7 +8,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-pub use xtask::vm::{Boot, GuestRun, Vmm};
+pub use xtask::vm::{Boot, GuestRun, NetAttach, Vmm};
 
 /// Generous bound for one boot: a hung guest fails the test instead of hanging CI.
 pub const BOOT_TIMEOUT: Duration = Duration::from_secs(60);

@@ -1,6 +1,6 @@
 //! What `host-vmm run` was asked to do, validated before any KVM work starts: the guest RAM
-//! size and the kernel command line. Parsing here is pure, so bad input is reported without
-//! touching `/dev/kvm`.
+//! size, the kernel command line and the network card. Parsing here is pure, so bad input is
+//! reported without touching `/dev/kvm` or the network.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -147,6 +147,154 @@ impl Cmdline {
     }
 }
 
+/// An Ethernet address for a guest NIC: unicast, not all zeros.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MacAddr([u8; 6]);
+
+impl MacAddr {
+    /// Checks `octets`: the multicast bit must be clear and the address not all zeros.
+    pub fn new(octets: [u8; 6]) -> Option<Self> {
+        (octets[0] & 1 == 0 && octets != [0; 6]).then_some(MacAddr(octets))
+    }
+
+    /// A stable, locally administered address for the NIC on TAP `tap`: QEMU's 52:54:00
+    /// prefix, then 24 bits of an FNV-1a hash of the name (the same name gives the same
+    /// address on every run and every host-vmm version).
+    pub fn for_tap(tap: &str) -> Self {
+        let mut h: u32 = 0x811C_9DC5;
+        for &b in tap.as_bytes() {
+            h ^= u32::from(b);
+            h = h.wrapping_mul(0x0100_0193);
+        }
+        let [_, a, b, c] = h.to_be_bytes();
+        MacAddr([0x52, 0x54, 0x00, a, b, c])
+    }
+
+    /// The six octets.
+    pub fn octets(self) -> [u8; 6] {
+        self.0
+    }
+}
+
+impl fmt::Display for MacAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let o = self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            o[0], o[1], o[2], o[3], o[4], o[5]
+        )
+    }
+}
+
+impl FromStr for MacAddr {
+    type Err = NetConfigError;
+
+    fn from_str(text: &str) -> Result<Self, NetConfigError> {
+        let bad = || NetConfigError::BadMac(text.to_owned());
+        let mut octets = [0u8; 6];
+        let mut parts = text.split(':');
+        for o in &mut octets {
+            let part = parts.next().ok_or_else(bad)?;
+            if part.len() != 2 || !part.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(bad());
+            }
+            *o = u8::from_str_radix(part, 16).map_err(|_| bad())?;
+        }
+        if parts.next().is_some() {
+            return Err(bad());
+        }
+        MacAddr::new(octets).ok_or(NetConfigError::NotUnicast(text.to_owned()))
+    }
+}
+
+/// Longest interface name Linux accepts (`IFNAMSIZ` less the NUL).
+pub const IFNAME_MAX: usize = 15;
+
+/// A virtio-net card on a TAP: `--net tap=NAME[,mac=MAC]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetConfig {
+    /// The TAP interface (created if it does not exist).
+    pub tap: String,
+    /// The guest's MAC address ([`MacAddr::for_tap`] unless given).
+    pub mac: MacAddr,
+}
+
+/// Why a `--net` value was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NetConfigError {
+    /// No `tap=`.
+    #[error("missing tap=NAME (use tap=NAME[,mac=MAC])")]
+    MissingTap,
+    /// A key other than `tap` or `mac`.
+    #[error("unknown key `{0}` (use tap=NAME[,mac=MAC])")]
+    UnknownKey(String),
+    /// A part without `=`.
+    #[error("malformed `{0}`: expected key=value (use tap=NAME[,mac=MAC])")]
+    Malformed(String),
+    /// A key given twice.
+    #[error("`{0}` is given twice")]
+    Duplicate(String),
+    /// Not a valid Linux interface name.
+    #[error(
+        "invalid TAP name `{0}`: use 1 to 15 characters, no '/', ':' or whitespace, not . or .."
+    )]
+    BadTapName(String),
+    /// Not six colon-separated hex octets.
+    #[error("malformed MAC address `{0}`: use six hex octets, e.g. 52:54:00:12:34:56")]
+    BadMac(String),
+    /// A multicast or all-zero address.
+    #[error(
+        "MAC address `{0}` is not a unicast address (the low bit of the first octet must be 0, and not all zeros)"
+    )]
+    NotUnicast(String),
+}
+
+/// Whether Linux would take `name` as an interface name (`dev_valid_name`).
+pub fn valid_ifname(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= IFNAME_MAX
+        && name != "."
+        && name != ".."
+        && !name
+            .chars()
+            .any(|c| c == '/' || c == ':' || c == '\0' || c.is_whitespace())
+}
+
+impl FromStr for NetConfig {
+    type Err = NetConfigError;
+
+    fn from_str(text: &str) -> Result<Self, NetConfigError> {
+        let mut tap = None;
+        let mut mac = None;
+        for part in text.split(',') {
+            let (key, value) = part
+                .split_once('=')
+                .ok_or_else(|| NetConfigError::Malformed(part.to_owned()))?;
+            let slot_taken = match key {
+                "tap" => tap.replace(value).is_some(),
+                "mac" => mac.replace(value).is_some(),
+                _ => return Err(NetConfigError::UnknownKey(key.to_owned())),
+            };
+            if slot_taken {
+                return Err(NetConfigError::Duplicate(key.to_owned()));
+            }
+        }
+        let tap = tap.ok_or(NetConfigError::MissingTap)?;
+        if !valid_ifname(tap) {
+            return Err(NetConfigError::BadTapName(tap.to_owned()));
+        }
+        let mac = match mac {
+            Some(mac) => mac.parse()?,
+            None => MacAddr::for_tap(tap),
+        };
+        Ok(NetConfig {
+            tap: tap.to_owned(),
+            mac,
+        })
+    }
+}
+
 /// Everything `host-vmm run` needs, already validated.
 #[derive(Clone, Debug)]
 pub struct RunConfig {
@@ -156,6 +304,8 @@ pub struct RunConfig {
     pub mem: MemSize,
     /// Kernel command line.
     pub cmdline: Cmdline,
+    /// The network card, if any.
+    pub net: Option<NetConfig>,
 }
 
 #[cfg(test)]
@@ -228,5 +378,67 @@ mod tests {
         );
         assert_eq!(Cmdline::new("a\0b"), Err(CmdlineError::Nul));
         assert_eq!(Cmdline::new("log=debug").unwrap().as_bytes(), b"log=debug");
+    }
+
+    #[test]
+    fn net_specs_parse() {
+        let n: NetConfig = "tap=tap0".parse().unwrap();
+        assert_eq!(n.tap, "tap0");
+        assert_eq!(n.mac, MacAddr::for_tap("tap0"));
+        let n: NetConfig = "mac=52:54:00:AB:cd:01,tap=roam-tap".parse().unwrap();
+        assert_eq!(n.mac.octets(), [0x52, 0x54, 0, 0xAB, 0xCD, 1]);
+        assert_eq!(n.mac.to_string(), "52:54:00:ab:cd:01");
+    }
+
+    #[test]
+    fn bad_net_specs_are_refused_with_the_reason() {
+        use NetConfigError::*;
+        let err = |s: &str| s.parse::<NetConfig>().unwrap_err();
+        assert_eq!(err("mac=52:54:00:00:00:01"), MissingTap);
+        assert_eq!(err(""), Malformed(String::new()));
+        assert_eq!(err("tap0"), Malformed("tap0".into()));
+        assert_eq!(err("tap=a,vhost=on"), UnknownKey("vhost".into()));
+        assert_eq!(err("tap=a,tap=b"), Duplicate("tap".into()));
+        assert_eq!(err("tap="), BadTapName(String::new()));
+        assert_eq!(
+            err("tap=sixteen-chars-xx"),
+            BadTapName("sixteen-chars-xx".into())
+        );
+        assert_eq!(err("tap=a/b"), BadTapName("a/b".into()));
+        assert_eq!(err("tap=.."), BadTapName("..".into()));
+        for mac in [
+            "52:54:00:00:00",
+            "52:54:00:00:00:01:02",
+            "52-54-00-00-00-01",
+            "5:54:00:00:00:01",
+            "zz:54:00:00:00:01",
+            "+1:54:00:00:00:01",
+        ] {
+            assert_eq!(
+                err(&format!("tap=a,mac={mac}")),
+                BadMac(mac.into()),
+                "{mac}"
+            );
+        }
+        assert_eq!(
+            err("tap=a,mac=01:00:5e:00:00:01"),
+            NotUnicast("01:00:5e:00:00:01".into())
+        );
+        assert_eq!(
+            err("tap=a,mac=00:00:00:00:00:00"),
+            NotUnicast("00:00:00:00:00:00".into())
+        );
+        assert!(err("tap=a,foo").to_string().contains("key=value"));
+    }
+
+    #[test]
+    fn default_macs_are_stable_local_unicast_and_differ_by_name() {
+        let a = MacAddr::for_tap("tap0");
+        assert_eq!(a, MacAddr::for_tap("tap0"));
+        assert_ne!(a, MacAddr::for_tap("tap1"));
+        assert_eq!(&a.octets()[..3], &[0x52, 0x54, 0x00]);
+        assert_eq!(a.octets()[0] & 0b11, 0b10, "locally administered, unicast");
+        // Pinned: a changed hash would change every guest's address.
+        assert_eq!(MacAddr::for_tap("tap0").to_string(), "52:54:00:4a:63:d6");
     }
 }

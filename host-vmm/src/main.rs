@@ -3,6 +3,7 @@
 use anyhow::Context;
 use clap::error::ErrorKind;
 use clap::{Parser, Subcommand};
+use host_vmm::config::NetConfig;
 use host_vmm::{Cmdline, EXIT_NO_GUEST_STATUS, EXIT_VMM_FAILED, MemSize, Outcome, RunConfig};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -51,6 +52,12 @@ struct RunArgs {
         allow_hyphen_values = true
     )]
     cmdline: String,
+
+    /// A virtio-net card on a TAP: tap=NAME[,mac=MAC]. The TAP is created (and brought up)
+    /// if it does not exist, else host-vmm attaches to it; the default MAC is 52:54:00 plus
+    /// a hash of NAME. Needs CAP_NET_ADMIN (or a TAP owned by this user).
+    #[arg(long, value_name = "SPEC")]
+    net: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -82,10 +89,17 @@ fn main() -> ExitCode {
 
 fn run(args: RunArgs) -> anyhow::Result<Outcome> {
     let cmdline = Cmdline::new(&args.cmdline).context("--cmdline")?;
+    let net = args
+        .net
+        .as_deref()
+        .map(str::parse::<NetConfig>)
+        .transpose()
+        .context("--net")?;
     let config = RunConfig {
         image: args.image,
         mem: args.mem,
         cmdline,
+        net,
     };
     Ok(host_vmm::run(&config)?)
 }

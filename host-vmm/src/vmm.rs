@@ -2,18 +2,27 @@
 //!
 //! [`Vmm::new`] checks the image, then builds the VM in KVM's fast order (VM, RAM, irqchip,
 //! vCPU), loads the image, writes the boot structures and sets the vCPU's entry state.
+//! Devices: COM1 and the debug-exit port, the PCI host bridge (config ports and the BAR
+//! window), and with `--net` a virtio-net card on bus 0 whose queues an I/O thread serves.
 //! [`Vmm::run`] then enters the guest until it reports a status or stops without one.
 
 use crate::arch::x86_64::{self as arch, boot, cpuid, regs};
-use crate::config::{Cmdline, RunConfig};
+use crate::config::{Cmdline, NetConfig, RunConfig};
 use crate::devices::debug_exit::{DEBUG_EXIT_BASE, DEBUG_EXIT_LEN, DebugExit, ExitRequest};
+use crate::devices::pci::msix::MsixVector;
+use crate::devices::pci::{self, PciConfigPorts, PciError, PciMmioWindow, PciRoot};
 use crate::devices::serial::{COM1_BASE, COM1_IRQ, COM1_LEN, SerialDevice};
+use crate::devices::virtio::net::Net;
+use crate::devices::virtio::pci::{IntxLine, TransportError, VirtioPci};
 use crate::devices::{Bus, BusError};
+use crate::io_thread::{IoHandler, IoThread};
+use crate::kvm::routing::FIRST_MSI_GSI;
 use crate::kvm::vcpu::{Vcpu, VcpuExit};
 use crate::kvm::vm::{KvmPages, Vm};
 use crate::kvm::{Kvm, KvmError};
 use crate::loader::{Image, LoadError};
 use crate::memory::{GuestRam, MemoryError};
+use crate::tap::{Tap, TapError};
 use std::fmt;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
@@ -43,9 +52,21 @@ pub enum Error {
     /// A device could not be placed.
     #[error(transparent)]
     Bus(#[from] BusError),
-    /// The serial interrupt eventfd could not be created.
+    /// An interrupt eventfd could not be created.
     #[error("cannot create an eventfd")]
     EventFd(#[source] std::io::Error),
+    /// The TAP for `--net` could not be opened.
+    #[error(transparent)]
+    Tap(#[from] TapError),
+    /// A PCI device could not be attached.
+    #[error(transparent)]
+    Pci(#[from] PciError),
+    /// A virtio transport could not be built.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// The I/O thread could not be started.
+    #[error("cannot start the I/O thread")]
+    IoThread(#[source] std::io::Error),
 }
 
 /// How a run ended.
@@ -123,7 +144,9 @@ impl fmt::Display for GuestStop {
 /// A VM ready to run: RAM, the vCPU at the image's entry, and the devices.
 #[derive(Debug)]
 pub struct Vmm {
-    // Drop order: the vCPU before the VM, the VM before guest RAM.
+    // Drop order: the I/O thread (it uses devices and the VM) first, then the vCPU, the VM,
+    // guest RAM.
+    _io_thread: Option<IoThread>,
     vcpu: Vcpu,
     _vm: Vm,
     _ram: GuestRam,
@@ -139,6 +162,7 @@ impl Vmm {
         let start = Instant::now();
         // Bad input fails here, before any KVM work.
         let image = Image::open(&config.image, config.mem)?;
+        let tap = config.net.as_ref().map(|n| Tap::open(&n.tap)).transpose()?;
         let kvm = Kvm::open()?;
         let ram = GuestRam::new(config.mem.bytes())?;
         let (vm, vcpu) = Self::build_vm(&kvm, &ram, &image, &config.cmdline)?;
@@ -175,6 +199,32 @@ impl Vmm {
             "debug-exit",
             Arc::new(Mutex::new(DebugExit::new(exit_request.clone()))),
         )?;
+        // The PCI host bridge is always there (no syscalls: it costs the boot nothing).
+        let pci = Arc::new(Mutex::new(PciRoot::new()));
+        pio.insert(
+            pci::CONFIG_PORT_BASE,
+            pci::CONFIG_PORT_LEN,
+            "pci-config",
+            Arc::new(Mutex::new(PciConfigPorts(pci.clone()))),
+        )?;
+        let mut mmio = Bus::new("mmio");
+        mmio.insert(
+            pci::MMIO_WINDOW.start,
+            pci::MMIO_WINDOW.end - pci::MMIO_WINDOW.start,
+            "pci-window",
+            Arc::new(Mutex::new(PciMmioWindow(pci.clone()))),
+        )?;
+        let mut handlers: Vec<Box<dyn IoHandler>> = Vec::new();
+        let mut msi_gsis = FIRST_MSI_GSI..u32::MAX;
+        if let (Some(net), Some(tap)) = (&config.net, tap) {
+            let mut root = pci.lock().unwrap_or_else(|e| e.into_inner());
+            handlers.push(attach_net(&vm, &ram, &mut root, &mut msi_gsis, net, tap)?);
+        }
+        // Only devices that need one get a thread: without --net there is none.
+        let io_thread = match handlers.is_empty() {
+            true => None,
+            false => Some(IoThread::spawn(handlers).map_err(Error::IoThread)?),
+        };
         log::debug!(
             "vm: ready in {:?}; entry {:#x}, {} of RAM",
             start.elapsed(),
@@ -182,11 +232,12 @@ impl Vmm {
             config.mem
         );
         Ok(Vmm {
+            _io_thread: io_thread,
             vcpu,
             _vm: vm,
             _ram: ram,
             pio,
-            mmio: Bus::new("mmio"),
+            mmio,
             exit_request,
         })
     }
@@ -233,6 +284,50 @@ impl Vmm {
             }
         }
     }
+}
+
+/// MSI-X vectors of the virtio-net card: one per queue and one for configuration changes.
+const NET_MSIX_VECTORS: u32 = 3;
+/// IOAPIC pin of device 1's INTA; device `n` gets pin 16 + (n - 1) % 8 (the pins no ISA
+/// device uses, routed to the IOAPIC only).
+const PCI_INTX_FIRST_GSI: u32 = 16;
+
+/// Puts a virtio-net card on `tap` on the PCI bus, wires its interrupts (MSI-X vectors on
+/// GSIs taken from `msi_gsis`, INTA on an IOAPIC pin) and returns its I/O-thread handler.
+fn attach_net(
+    vm: &Vm,
+    ram: &GuestRam,
+    root: &mut PciRoot,
+    msi_gsis: &mut std::ops::Range<u32>,
+    net: &NetConfig,
+    tap: Tap,
+) -> Result<Box<dyn IoHandler>, Error> {
+    let mut vectors = Vec::new();
+    for gsi in msi_gsis.take(NET_MSIX_VECTORS as usize) {
+        let irqfd = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::EventFd)?;
+        vm.register_irqfd(&irqfd, gsi)?;
+        vectors.push(MsixVector { gsi, irqfd });
+    }
+    let device_number = root.device_count() as u32;
+    let intx_gsi = PCI_INTX_FIRST_GSI + (device_number.saturating_sub(1) % 8);
+    let intx = IntxLine {
+        gsi: intx_gsi as u8,
+    };
+    let device = VirtioPci::new(
+        Net::new(tap, net.mac.octets()),
+        ram.memory().clone(),
+        vm.device_ops(),
+        vectors,
+        Some(intx),
+    )?;
+    let device = Arc::new(Mutex::new(device));
+    let slot = root.add_device(device.clone())?;
+    log::info!(
+        "virtio-net: PCI 00:{slot:02x}.0, MAC {}, TAP {}, INTA on GSI {intx_gsi}",
+        net.mac,
+        net.tap
+    );
+    Ok(Box::new(VirtioPci::io_handler(&device)))
 }
 
 /// Builds the VM for `config` and runs it to the end, with the serial console on stdout.
@@ -357,6 +452,7 @@ mod tests {
                 image: image.0.clone(),
                 mem: MemSize::new(16 << 20).unwrap(),
                 cmdline: Cmdline::new(cmdline).unwrap(),
+                net: None,
             };
             let console = Captured::default();
             let mut vmm = Vmm::new(&config, Box::new(console.clone())).unwrap();

@@ -3,9 +3,11 @@
 //! module, together with the `unsafe` that some of them need.
 //!
 //! Nothing here knows the boot ABI or the devices' semantics: [`vm::Vm`] registers memory
-//! and sets up the in-kernel irqchip, and [`vcpu::Vcpu::run`] dispatches port and MMIO
-//! exits to a [`crate::devices::Bus`] and returns a typed [`vcpu::VcpuExit`].
+//! and sets up the in-kernel irqchip, [`vcpu::Vcpu::run`] dispatches port and MMIO exits to
+//! a [`crate::devices::Bus`] and returns a typed [`vcpu::VcpuExit`], and
+//! [`routing::KvmVmOps`] serves devices' requests (MSI routes, ioeventfds).
 
+pub mod routing;
 pub mod vcpu;
 pub mod vm;
 

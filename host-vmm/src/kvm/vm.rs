@@ -2,11 +2,13 @@
 //! (gotcha 3) measured to be fast: `KVM_SET_USER_MEMORY_REGION` after `KVM_CREATE_IRQCHIP`
 //! stalls for milliseconds.
 
+use super::routing::KvmVmOps;
 use super::vcpu::Vcpu;
 use super::{Kvm, KvmError};
 use crate::memory::GuestRam;
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VmFd;
+use std::sync::Arc;
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -22,8 +24,11 @@ pub struct KvmPages {
 /// A VM with its RAM registered and its in-kernel irqchip (PIC, IOAPIC, LAPIC) created.
 #[derive(Debug)]
 pub struct Vm {
-    // Declared first so it is closed before the mapping below goes away.
-    fd: VmFd,
+    // Declared first so it is closed before the mapping below goes away. Shared with
+    // [`KvmVmOps`] handles, which keep their own reference to the mapping for the same reason.
+    fd: Arc<VmFd>,
+    /// The one GSI routing table and the other device services (no syscalls until used).
+    ops: Arc<KvmVmOps>,
     /// Keeps guest RAM mapped for as long as KVM may access it.
     _mem: GuestMemoryMmap,
 }
@@ -63,7 +68,19 @@ impl Vm {
             .map_err(KvmError::ioctl("KVM_SET_IDENTITY_MAP_ADDR"))?;
         fd.create_irq_chip()
             .map_err(KvmError::ioctl("KVM_CREATE_IRQCHIP"))?;
-        Ok(Vm { fd, _mem: mem })
+        let fd = Arc::new(fd);
+        Ok(Vm {
+            ops: Arc::new(KvmVmOps::new(fd.clone(), mem.clone())),
+            fd,
+            _mem: mem,
+        })
+    }
+
+    /// The handle devices use to route MSIs, set INTx levels and register ioeventfds
+    /// ([`crate::devices::VmOps`]); every call returns the same one, since it owns the VM's
+    /// GSI routing table.
+    pub fn device_ops(&self) -> Arc<KvmVmOps> {
+        self.ops.clone()
     }
 
     /// Makes a write to `event` raise interrupt line `gsi` (an irqfd).

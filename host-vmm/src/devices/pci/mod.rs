@@ -1,0 +1,506 @@
+//! PCI: a host bridge with one bus (bus 0), configuration mechanism #1 at ports 0xCF8/0xCFC,
+//! and a memory window that BARs decode in.
+//!
+//! [`PciRoot`] owns the functions: the host bridge at 00:00.0 and devices at 00:01.0 onward
+//! (function 0 only). It plays the firmware's part too: [`PciRoot::add_device`] gives every
+//! memory BAR an address in the window and turns memory decoding on, through the same config
+//! path the guest uses, so a guest that keeps assigned BARs finds them ready and one that
+//! reassigns them can. MMIO in the window reaches the device whose decoded BAR holds the
+//! whole access, at an offset into that BAR; the root keeps a table of decoded BARs, rebuilt
+//! after every config write, so a BAR the guest moves is followed at once.
+//!
+//! Submodules: [`config`] (the header and its write mask) and [`msix`].
+
+pub mod config;
+pub mod msix;
+
+use super::BusDevice;
+use config::{BarKind, COMMAND, COMMAND_MEMORY, ConfigSpace, PciIds};
+use std::ops::Range;
+use std::sync::{Arc, Mutex, PoisonError};
+
+/// Configuration mechanism #1: CONFIG_ADDRESS at 0xCF8, CONFIG_DATA at 0xCFC..0xD00.
+pub const CONFIG_PORT_BASE: u64 = 0xCF8;
+/// The two registers, four ports each.
+pub const CONFIG_PORT_LEN: u64 = 8;
+/// Where BARs live: above the 3 GiB of RAM at most, below the IOAPIC (ARCHITECTURE.md).
+pub const MMIO_WINDOW: Range<u64> = 0xC000_0000..0xFEC0_0000;
+/// Device numbers on bus 0.
+pub const MAX_DEVICES: usize = 32;
+/// CONFIG_ADDRESS: the enable bit.
+const CONFIG_ENABLE: u32 = 1 << 31;
+
+/// A PCI function on bus 0.
+///
+/// The root calls `write_config` for every guest configuration write (after which it re-reads
+/// the decoded BARs from `config()`), and `read_bar`/`write_bar` for MMIO inside a decoded BAR
+/// with the offset into it.
+pub trait PciDevice: Send {
+    /// The configuration header.
+    fn config(&self) -> &ConfigSpace;
+    /// The dword at `offset` (dword-aligned); devices with live registers override this.
+    fn read_config(&mut self, offset: usize) -> u32 {
+        self.config().read_u32(offset)
+    }
+    /// A guest configuration write of 1, 2 or 4 bytes at `offset`.
+    fn write_config(&mut self, offset: usize, data: &[u8]);
+    /// A read inside BAR `bar`.
+    fn read_bar(&mut self, bar: usize, offset: u64, data: &mut [u8]);
+    /// A write inside BAR `bar`.
+    fn write_bar(&mut self, bar: usize, offset: u64, data: &[u8]);
+}
+
+/// A shared PCI function.
+pub type SharedPciDevice = Arc<Mutex<dyn PciDevice>>;
+
+/// Why a device could not be attached.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PciError {
+    /// All 32 device numbers are taken.
+    #[error("the PCI bus is full")]
+    BusFull,
+    /// The window has no room for a BAR.
+    #[error("no room in the PCI memory window for a {0:#x}-byte BAR")]
+    WindowFull(u64),
+}
+
+/// One decoded BAR in the window.
+#[derive(Clone, Debug)]
+struct Mapping {
+    range: Range<u64>,
+    slot: usize,
+    bar: usize,
+}
+
+/// The host bridge and bus 0.
+pub struct PciRoot {
+    /// Slot `n` is device `n`; slot 0 is the host bridge.
+    slots: Vec<SharedPciDevice>,
+    /// CONFIG_ADDRESS as last written.
+    address: u32,
+    /// Decoded BARs, sorted by start.
+    mappings: Vec<Mapping>,
+    /// Next free address for firmware-style BAR assignment.
+    next_bar: u64,
+}
+
+impl std::fmt::Debug for PciRoot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PciRoot")
+            .field("devices", &self.slots.len())
+            .field("mappings", &self.mappings)
+            .finish()
+    }
+}
+
+impl Default for PciRoot {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl PciRoot {
+    /// Bus 0 with only the host bridge.
+    pub fn new() -> Self {
+        PciRoot {
+            slots: vec![Arc::new(Mutex::new(HostBridge::new()))],
+            address: 0,
+            mappings: Vec::new(),
+            next_bar: MMIO_WINDOW.start,
+        }
+    }
+
+    /// Number of functions on the bus, the host bridge included (the next device number).
+    pub fn device_count(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Attaches `device` at the next device number, gives its memory BARs addresses in the
+    /// window (naturally aligned, in BAR order) and enables memory decoding. Returns the
+    /// device number.
+    pub fn add_device(&mut self, device: SharedPciDevice) -> Result<u8, PciError> {
+        if self.slots.len() >= MAX_DEVICES {
+            return Err(PciError::BusFull);
+        }
+        {
+            let mut d = lock(&device);
+            let mut next = self.next_bar;
+            let mut assigned = Vec::new();
+            for index in 0..config::BAR_COUNT {
+                let Some(bar) = d.config().bar(index) else {
+                    continue;
+                };
+                let start = next.next_multiple_of(bar.size);
+                let end = start + bar.size;
+                if end > MMIO_WINDOW.end {
+                    return Err(PciError::WindowFull(bar.size));
+                }
+                assigned.push((index, bar.kind, start));
+                next = end;
+            }
+            for (index, kind, start) in assigned {
+                let reg = config::BAR0 + 4 * index;
+                d.write_config(reg, &(start as u32).to_le_bytes());
+                if let BarKind::Memory64 { .. } = kind {
+                    d.write_config(reg + 4, &((start >> 32) as u32).to_le_bytes());
+                }
+            }
+            let command = d.config().command() | COMMAND_MEMORY;
+            d.write_config(COMMAND, &command.to_le_bytes());
+            self.next_bar = next;
+        }
+        self.slots.push(device);
+        let slot = self.slots.len() - 1;
+        self.remap(slot);
+        Ok(slot as u8)
+    }
+
+    /// The function CONFIG_ADDRESS selects, and the register offset, if it exists.
+    fn selected(&self) -> Option<(usize, usize)> {
+        let a = self.address;
+        let bus = (a >> 16) & 0xFF;
+        let device = ((a >> 11) & 0x1F) as usize;
+        let function = (a >> 8) & 0x7;
+        let register = (a & 0xFC) as usize;
+        (a & CONFIG_ENABLE != 0 && bus == 0 && function == 0 && device < self.slots.len())
+            .then_some((device, register))
+    }
+
+    fn config_read(&mut self, byte: usize, data: &mut [u8]) {
+        let Some((slot, register)) = self.selected() else {
+            data.fill(0xFF);
+            return;
+        };
+        let dword = lock(&self.slots[slot]).read_config(register).to_le_bytes();
+        data.copy_from_slice(&dword[byte..byte + data.len()]);
+    }
+
+    fn config_write(&mut self, byte: usize, data: &[u8]) {
+        let Some((slot, register)) = self.selected() else {
+            return;
+        };
+        lock(&self.slots[slot]).write_config(register + byte, data);
+        self.remap(slot);
+    }
+
+    /// Rebuilds the mappings of `slot` from its header.
+    fn remap(&mut self, slot: usize) {
+        self.mappings.retain(|m| m.slot != slot);
+        let device = lock(&self.slots[slot]);
+        for (bar, address, size) in device.config().decoded_bars() {
+            // A BAR only decodes inside the window (the guest may park it elsewhere, e.g. at
+            // all ones while sizing).
+            let Some(end) = address.checked_add(size) else {
+                continue;
+            };
+            if address >= MMIO_WINDOW.start && end <= MMIO_WINDOW.end {
+                self.mappings.push(Mapping {
+                    range: address..end,
+                    slot,
+                    bar,
+                });
+            }
+        }
+        drop(device);
+        self.mappings.sort_by_key(|m| m.range.start);
+    }
+
+    /// The device, BAR and offset for an access of `len` bytes at `addr`.
+    fn decode(&self, addr: u64, len: usize) -> Option<(&SharedPciDevice, usize, u64)> {
+        let end = addr.checked_add(len as u64)?;
+        let m = self
+            .mappings
+            .iter()
+            .find(|m| m.range.start <= addr && end <= m.range.end)?;
+        Some((&self.slots[m.slot], m.bar, addr - m.range.start))
+    }
+
+    /// MMIO read at guest-physical `addr`; `false` if no BAR decodes it.
+    pub fn mmio_read(&self, addr: u64, data: &mut [u8]) -> bool {
+        match self.decode(addr, data.len()) {
+            Some((device, bar, offset)) => {
+                lock(device).read_bar(bar, offset, data);
+                true
+            }
+            None => {
+                data.fill(0xFF);
+                false
+            }
+        }
+    }
+
+    /// MMIO write at guest-physical `addr`; `false` if no BAR decodes it.
+    pub fn mmio_write(&self, addr: u64, data: &[u8]) -> bool {
+        match self.decode(addr, data.len()) {
+            Some((device, bar, offset)) => {
+                lock(device).write_bar(bar, offset, data);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Ports 0xCF8..0xD00 on the port bus.
+#[derive(Debug)]
+pub struct PciConfigPorts(pub Arc<Mutex<PciRoot>>);
+
+impl BusDevice for PciConfigPorts {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        let mut root = lock(&self.0);
+        match (offset, data.len()) {
+            (0, 4) => data.copy_from_slice(&root.address.to_le_bytes()),
+            // CONFIG_DATA: any naturally aligned access of 1, 2 or 4 bytes.
+            (4..=7, 1 | 2 | 4) if ((offset - 4) as usize).is_multiple_of(data.len()) => {
+                root.config_read((offset - 4) as usize, data)
+            }
+            _ => data.fill(0xFF),
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        let mut root = lock(&self.0);
+        match (offset, data.len()) {
+            (0, 4) => {
+                let value = u32::from_le_bytes([data[0], data[1], data[2], data[3]]);
+                root.address = value & 0x80FF_FFFC;
+            }
+            (4..=7, 1 | 2 | 4) if ((offset - 4) as usize).is_multiple_of(data.len()) => {
+                root.config_write((offset - 4) as usize, data)
+            }
+            // Byte writes to 0xCF8..0xCFB (mechanism #2, reset control) mean nothing here.
+            _ => {}
+        }
+    }
+}
+
+/// The memory window on the MMIO bus.
+#[derive(Debug)]
+pub struct PciMmioWindow(pub Arc<Mutex<PciRoot>>);
+
+impl BusDevice for PciMmioWindow {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        let addr = MMIO_WINDOW.start + offset;
+        if !lock(&self.0).mmio_read(addr, data) {
+            log::trace!("pci: no BAR at {addr:#x}");
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        let addr = MMIO_WINDOW.start + offset;
+        if !lock(&self.0).mmio_write(addr, data) {
+            log::trace!("pci: no BAR at {addr:#x}");
+        }
+    }
+}
+
+/// 00:00.0, a host bridge with no BARs (it identifies as QEMU's i440FX host bridge, which
+/// every PCI enumerator knows).
+#[derive(Debug)]
+struct HostBridge {
+    config: ConfigSpace,
+}
+
+impl HostBridge {
+    fn new() -> Self {
+        HostBridge {
+            config: ConfigSpace::new(PciIds {
+                vendor: 0x8086,
+                device: 0x1237,
+                revision: 2,
+                class: 0x06_00_00,
+                subsystem_vendor: 0x1AF4,
+                subsystem: 0x1100,
+            }),
+        }
+    }
+}
+
+impl PciDevice for HostBridge {
+    fn config(&self) -> &ConfigSpace {
+        &self.config
+    }
+
+    fn write_config(&mut self, offset: usize, data: &[u8]) {
+        self.config.write(offset, data);
+    }
+
+    fn read_bar(&mut self, _bar: usize, _offset: u64, data: &mut [u8]) {
+        data.fill(0xFF);
+    }
+
+    fn write_bar(&mut self, _bar: usize, _offset: u64, _data: &[u8]) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::config::{BarInfo, COMMAND_MEMORY};
+    use super::*;
+
+    /// A function with a 4 KiB BAR 1 and a 16 KiB 64-bit BAR 4 that records BAR accesses.
+    struct Dummy {
+        config: ConfigSpace,
+        writes: Vec<(usize, u64, Vec<u8>)>,
+    }
+
+    impl Dummy {
+        fn new() -> Self {
+            let mut config = ConfigSpace::new(PciIds {
+                vendor: 0x1AF4,
+                device: 0x1041,
+                revision: 1,
+                class: 0x02_00_00,
+                subsystem_vendor: 0x1AF4,
+                subsystem: 1,
+            });
+            let b32 = BarInfo {
+                size: 0x1000,
+                kind: BarKind::Memory32,
+            };
+            let b64 = BarInfo {
+                size: 0x4000,
+                kind: BarKind::Memory64 { prefetchable: true },
+            };
+            config.add_bar(1, b32).unwrap();
+            config.add_bar(4, b64).unwrap();
+            Dummy {
+                config,
+                writes: Vec::new(),
+            }
+        }
+    }
+
+    impl PciDevice for Dummy {
+        fn config(&self) -> &ConfigSpace {
+            &self.config
+        }
+        fn write_config(&mut self, offset: usize, data: &[u8]) {
+            self.config.write(offset, data);
+        }
+        fn read_bar(&mut self, bar: usize, offset: u64, data: &mut [u8]) {
+            data.fill((bar as u8) << 4 | offset as u8);
+        }
+        fn write_bar(&mut self, bar: usize, offset: u64, data: &[u8]) {
+            self.writes.push((bar, offset, data.to_vec()));
+        }
+    }
+
+    fn select(ports: &mut PciConfigPorts, device: u32, register: u32) {
+        ports.write(0, &(0x8000_0000 | device << 11 | register).to_le_bytes());
+    }
+
+    fn read32(ports: &mut PciConfigPorts, device: u32, register: u32) -> u32 {
+        select(ports, device, register);
+        let mut b = [0u8; 4];
+        ports.read(4, &mut b);
+        u32::from_le_bytes(b)
+    }
+
+    fn write32(ports: &mut PciConfigPorts, device: u32, register: u32, value: u32) {
+        select(ports, device, register);
+        ports.write(4, &value.to_le_bytes());
+    }
+
+    fn bus() -> (PciConfigPorts, PciMmioWindow, Arc<Mutex<Dummy>>) {
+        let root = Arc::new(Mutex::new(PciRoot::new()));
+        let dummy = Arc::new(Mutex::new(Dummy::new()));
+        let slot = root.lock().unwrap().add_device(dummy.clone()).unwrap();
+        assert_eq!(slot, 1);
+        (PciConfigPorts(root.clone()), PciMmioWindow(root), dummy)
+    }
+
+    #[test]
+    fn enumeration_finds_the_bridge_and_the_device() {
+        let (mut ports, _, _) = bus();
+        assert_eq!(read32(&mut ports, 0, 0), 0x1237_8086);
+        assert_eq!(read32(&mut ports, 0, 8) >> 8, 0x06_00_00);
+        assert_eq!(read32(&mut ports, 1, 0), 0x1041_1AF4);
+        assert_eq!(read32(&mut ports, 2, 0), 0xFFFF_FFFF, "empty slot");
+        // Other functions, other buses and a clear enable bit read as nothing.
+        ports.write(0, &(0x8000_0100u32 | 1 << 11).to_le_bytes());
+        let mut b = [0u8; 4];
+        ports.read(4, &mut b);
+        assert_eq!(b, [0xFF; 4]);
+        ports.write(0, &0x8001_0800u32.to_le_bytes());
+        ports.read(4, &mut b);
+        assert_eq!(b, [0xFF; 4]);
+        ports.write(0, &0x0000_0800u32.to_le_bytes());
+        ports.read(4, &mut b);
+        assert_eq!(b, [0xFF; 4]);
+        // CONFIG_ADDRESS reads back without its reserved bits.
+        ports.write(0, &0xFF00_0803u32.to_le_bytes());
+        ports.read(0, &mut b);
+        assert_eq!(u32::from_le_bytes(b), 0x8000_0800);
+    }
+
+    #[test]
+    fn byte_and_word_config_accesses_pick_their_lanes() {
+        let (mut ports, _, _) = bus();
+        select(&mut ports, 1, 0);
+        let mut w = [0u8; 2];
+        ports.read(6, &mut w);
+        assert_eq!(u16::from_le_bytes(w), 0x1041);
+        let mut b = [0u8; 1];
+        ports.read(5, &mut b);
+        assert_eq!(b[0], 0x1A);
+        ports.read(5, &mut w);
+        assert_eq!(w, [0xFF; 2], "misaligned word");
+    }
+
+    #[test]
+    fn firmware_assignment_places_bars_in_the_window_with_decoding_on() {
+        let (mut ports, mut window, dummy) = bus();
+        assert_eq!(read32(&mut ports, 1, 0x14), 0xC000_0000);
+        assert_eq!(read32(&mut ports, 1, 0x20), 0xC000_400C);
+        assert_eq!(read32(&mut ports, 1, 0x24), 0);
+        assert_ne!(read32(&mut ports, 1, 4) & u32::from(COMMAND_MEMORY), 0);
+        let mut b = [0u8; 4];
+        window.read(0x4000 + 0x10, &mut b);
+        assert_eq!(b, [0x40 | 0x10; 4]);
+        window.write(0x24, &[1, 2, 3, 4]);
+        window.write(0x7FFE, &[1, 2, 3, 4]); // straddles BAR 4's end: nobody's
+        assert_eq!(
+            dummy.lock().unwrap().writes,
+            vec![(1, 0x24, vec![1, 2, 3, 4])]
+        );
+    }
+
+    #[test]
+    fn the_guest_can_size_and_move_bars() {
+        let (mut ports, mut window, _) = bus();
+        // Sizing with decoding off, as drivers do.
+        write32(&mut ports, 1, 4, 0);
+        write32(&mut ports, 1, 0x20, 0xFFFF_FFFF);
+        write32(&mut ports, 1, 0x24, 0xFFFF_FFFF);
+        assert_eq!(read32(&mut ports, 1, 0x20), 0xFFFF_C00C);
+        assert_eq!(read32(&mut ports, 1, 0x24), 0xFFFF_FFFF);
+        // Move BAR 4 to 0xD000_0000 and turn decoding back on.
+        write32(&mut ports, 1, 0x20, 0xD000_0000);
+        write32(&mut ports, 1, 0x24, 0);
+        let mut b = [0u8; 4];
+        window.read(0x4000, &mut b);
+        assert_eq!(b, [0xFF; 4], "decoding is off");
+        write32(&mut ports, 1, 4, u32::from(COMMAND_MEMORY));
+        window.read(0x1000_0000 + 8, &mut b);
+        assert_eq!(b, [0x48; 4]);
+        window.read(0x4000, &mut b);
+        assert_eq!(b, [0xFF; 4], "the old place is empty");
+    }
+
+    #[test]
+    fn the_bus_fills_up() {
+        let mut root = PciRoot::new();
+        for _ in 1..MAX_DEVICES {
+            root.add_device(Arc::new(Mutex::new(HostBridge::new())))
+                .unwrap();
+        }
+        assert_eq!(
+            root.add_device(Arc::new(Mutex::new(HostBridge::new()))),
+            Err(PciError::BusFull)
+        );
+    }
+}

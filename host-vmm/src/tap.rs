@@ -1,0 +1,220 @@
+//! A Linux TAP device as a [`NetBackend`]: `/dev/net/tun` opened non-blocking with
+//! `IFF_TAP | IFF_NO_PI`, one frame per `read`/`write`.
+//!
+//! No `IFF_VNET_HDR`: the virtio-net model offers no offloads, so the header would only
+//! ever say "nothing to do" in both directions; without it the TAP never hands over frames
+//! with partial checksums the guest did not agree to, and a TAP someone else created works
+//! whatever flags they used. (Offering checksum or segmentation offloads later would turn
+//! it on and pass the header through.)
+//!
+//! [`Tap::open`] creates the device when it does not exist (and then brings its link up,
+//! since nobody else will) or attaches to an existing one. The `unsafe` here is two ioctls:
+//! `TUNSETIFF` on the tun fd and `SIOCGIFFLAGS`/`SIOCSIFFLAGS` on a socket.
+
+use crate::devices::virtio::net::backend::NetBackend;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::net::UnixDatagram;
+
+/// Longest interface name (`IFNAMSIZ` less the NUL).
+pub const MAX_NAME_LEN: usize = libc::IFNAMSIZ - 1;
+
+/// Why a TAP could not be opened. The kernel's error is part of the message (not a
+/// `source`), worded for the user: one line says it all.
+#[derive(Debug, thiserror::Error)]
+pub enum TapError {
+    /// `/dev/net/tun` could not be opened.
+    #[error("cannot open /dev/net/tun: {}", describe(.0))]
+    Open(io::Error),
+    /// `TUNSETIFF` failed.
+    #[error("cannot attach to TAP `{name}`: {}", describe(.error))]
+    Attach {
+        /// The interface.
+        name: String,
+        /// What the kernel said.
+        error: io::Error,
+    },
+    /// The new interface could not be brought up.
+    #[error("cannot bring TAP `{name}` up: {}", describe(.error))]
+    LinkUp {
+        /// The interface.
+        name: String,
+        /// What the kernel said.
+        error: io::Error,
+    },
+    /// The name does not fit an interface name.
+    #[error("`{0}` is not a valid interface name")]
+    BadName(String),
+}
+
+/// The kernel's reasons in the words a user looks for, with the usual cause.
+fn describe(e: &io::Error) -> String {
+    match e.raw_os_error() {
+        Some(libc::EPERM) | Some(libc::EACCES) => {
+            "permission denied (needs CAP_NET_ADMIN, or a TAP owned by this user)".into()
+        }
+        Some(libc::EBUSY) => "device busy (another process holds it)".into(),
+        Some(libc::EINVAL) => "invalid argument (is it a TUN device, not a TAP?)".into(),
+        Some(libc::ENOENT) | Some(libc::ENODEV) => {
+            "no such device (is the tun module loaded?)".into()
+        }
+        _ => e.to_string(),
+    }
+}
+
+/// An open TAP.
+#[derive(Debug)]
+pub struct Tap {
+    file: File,
+    name: String,
+    created: bool,
+}
+
+impl Tap {
+    /// Creates TAP `name`, or attaches to it if it exists; a created TAP is brought up.
+    pub fn open(name: &str) -> Result<Tap, TapError> {
+        if name.is_empty() || name.len() > MAX_NAME_LEN || name.contains('\0') {
+            return Err(TapError::BadName(name.to_owned()));
+        }
+        let open = || {
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+                .open("/dev/net/tun")
+                .map_err(TapError::Open)
+        };
+        let base = libc::IFF_TAP | libc::IFF_NO_PI;
+        // IFF_TUN_EXCL tells creating from attaching without a racy existence check.
+        let file = open()?;
+        let (file, created) = match set_iff(&file, name, base | libc::IFF_TUN_EXCL) {
+            Ok(()) => (file, true),
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                let file = open()?;
+                set_iff(&file, name, base).map_err(|error| TapError::Attach {
+                    name: name.to_owned(),
+                    error,
+                })?;
+                (file, false)
+            }
+            Err(error) => {
+                return Err(TapError::Attach {
+                    name: name.to_owned(),
+                    error,
+                });
+            }
+        };
+        if created {
+            link_up(name).map_err(|error| TapError::LinkUp {
+                name: name.to_owned(),
+                error,
+            })?;
+        }
+        log::info!(
+            "tap: {} {name}",
+            if created { "created" } else { "attached to" }
+        );
+        Ok(Tap {
+            file,
+            name: name.to_owned(),
+            created,
+        })
+    }
+
+    /// The interface name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether this process created the interface (it goes away with the process).
+    pub fn created(&self) -> bool {
+        self.created
+    }
+}
+
+/// An `ifreq` naming `name`.
+fn ifreq(name: &str) -> libc::ifreq {
+    // SAFETY: `ifreq` is plain C data (a name array and a union of integers, sockaddrs and a
+    // pointer) for which all-zero bytes are a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, &src) in req.ifr_name.iter_mut().zip(name.as_bytes()) {
+        *dst = src as libc::c_char;
+    }
+    req
+}
+
+fn set_iff(file: &File, name: &str, flags: libc::c_int) -> io::Result<()> {
+    let mut req = ifreq(name);
+    req.ifr_ifru.ifru_flags = flags as libc::c_short;
+    // SAFETY: `file` is an open /dev/net/tun descriptor and TUNSETIFF reads (and may update)
+    // the `ifreq` it points at, which lives on this stack frame for the whole call. The name
+    // is NUL-terminated: it is at most IFNAMSIZ - 1 bytes (checked by `open`) in a zeroed array.
+    let ret = unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETIFF, &mut req) };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn link_up(name: &str) -> io::Result<()> {
+    // Any socket in this network namespace carries interface ioctls.
+    let sock = UnixDatagram::unbound()?;
+    let mut req = ifreq(name);
+    // SAFETY: `sock` is an open socket; SIOCGIFFLAGS fills the `ifreq` on this stack frame.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: SIOCGIFFLAGS just wrote the `ifru_flags` member of the union.
+    let flags = unsafe { req.ifr_ifru.ifru_flags };
+    req.ifr_ifru.ifru_flags = flags | libc::IFF_UP as libc::c_short;
+    // SAFETY: as above; SIOCSIFFLAGS only reads the `ifreq`.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &mut req) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+impl NetBackend for Tap {
+    fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.file.read(buf)
+    }
+
+    fn send(&mut self, frame: &[u8]) -> io::Result<()> {
+        // One write is one frame; a full TAP queue drops it (the kernel reports success).
+        self.file.write(frame).map(|_| ())
+    }
+
+    fn ready_fd(&self) -> RawFd {
+        self.file.as_raw_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_names_fail_before_any_syscall() {
+        assert!(matches!(Tap::open(""), Err(TapError::BadName(_))));
+        assert!(matches!(
+            Tap::open("sixteen-chars-xx"),
+            Err(TapError::BadName(_))
+        ));
+    }
+
+    #[test]
+    fn errors_name_the_cause() {
+        let e = TapError::Attach {
+            name: "tap0".into(),
+            error: io::Error::from_raw_os_error(libc::EBUSY),
+        };
+        assert_eq!(
+            e.to_string(),
+            "cannot attach to TAP `tap0`: device busy (another process holds it)"
+        );
+        let e = TapError::Open(io::Error::from_raw_os_error(libc::EACCES));
+        assert!(e.to_string().contains("permission denied"), "{e}");
+    }
+}

@@ -1,0 +1,197 @@
+//! The network path end to end: a guest on a TAP in a host namespace, stock `ping` and our
+//! `netprobe` from the client namespace (xtask/src/net.rs draws the topology). Every test makes
+//! its own uniquely named topology and removes it, and its VM, also when it fails.
+
+use roam_tests::{Boot, NetAttach, Vmm, image, kvm_present};
+use std::process::{Command, Output};
+use std::time::Duration;
+use xtask::net::{self, Topology, TopologyGuard};
+use xtask::proc::Background;
+
+const GUEST_MAC: &str = "52:54:00:12:34:56";
+/// QEMU -M pc spends ~2 s in SeaBIOS; host-vmm boots in milliseconds.
+const BOOT_BOUND: Duration = Duration::from_secs(60);
+
+/// A guest serving on the test network. Fields drop in order: the VM first, then the network.
+struct NetGuest {
+    vm: Background,
+    net: TopologyGuard,
+}
+
+impl NetGuest {
+    /// Boots `image_name` under `vmm` and waits until it answers ping.
+    fn start(vmm: Vmm, image_name: &str, tag: &str) -> NetGuest {
+        let topology = Topology::unique(tag).expect("topology name");
+        let net = TopologyGuard(topology);
+        net.0.up().expect("creating the test network");
+        let image = image(image_name);
+        let host_ns = net.0.host_ns(1);
+        let cmdline = format!("{} log=info", net::guest_cmdline());
+        let boot = Boot {
+            cmdline: &cmdline,
+            net: Some(NetAttach {
+                netns: &host_ns,
+                tap: net::TAP,
+                mac: GUEST_MAC,
+            }),
+            ..Boot::new(&image)
+        };
+        let vm = Background::spawn(&mut vmm.command(&boot)).expect("starting the VMM");
+        let mut guest = NetGuest { vm, net };
+        guest.wait_until_it_answers();
+        guest
+    }
+
+    fn client(&self, program: &str) -> Command {
+        Topology::exec_in(&self.net.0.client_ns(), program)
+    }
+
+    fn wait_until_it_answers(&mut self) {
+        let deadline = std::time::Instant::now() + BOOT_BOUND;
+        while std::time::Instant::now() < deadline {
+            assert!(
+                self.vm.running(),
+                "the VMM exited before the guest answered:\n{}",
+                self.vm.output()
+            );
+            let out = self
+                .client("ping")
+                .args(["-c", "1", "-W", "1", net::GUEST_IP])
+                .output()
+                .expect("ping runs");
+            if out.status.success() {
+                return;
+            }
+        }
+        panic!(
+            "the guest did not answer ping within {BOOT_BOUND:?}:\n{}",
+            self.vm.output()
+        );
+    }
+
+    /// Runs a client command and returns its output, with the guest's console on failure.
+    fn run_client(&mut self, cmd: &mut Command) -> Output {
+        let out = cmd.output().expect("client command runs");
+        if !out.status.success() {
+            panic!(
+                "client command failed ({}):\n{}{}\n--- guest console ---\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr),
+                self.vm.output()
+            );
+        }
+        assert!(self.vm.running(), "the VMM died:\n{}", self.vm.output());
+        out
+    }
+
+    fn netprobe(&mut self, args: &[&str]) -> String {
+        let mut cmd = self.client(env!("CARGO_BIN_EXE_netprobe"));
+        cmd.args(args);
+        let out = self.run_client(&mut cmd);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+fn ping_100(guest: &mut NetGuest) {
+    let mut cmd = guest.client("ping");
+    cmd.args(["-c", "100", "-i", "0.02", "-W", "2", net::GUEST_IP]);
+    let out = guest.run_client(&mut cmd);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("100 packets transmitted, 100 received, 0% packet loss"),
+        "{text}"
+    );
+}
+
+fn echo_addr() -> String {
+    format!("{}:7", net::GUEST_IP)
+}
+
+fn tcp_echo_1_mib(guest: &mut NetGuest) {
+    let summary = guest.netprobe(&["tcp-echo", &echo_addr(), "1048576", "20261125"]);
+    assert!(summary.contains("1048576 bytes identical"), "{summary}");
+}
+
+#[test]
+fn ping_100_without_loss_on_host_vmm() {
+    if !kvm_present("ping_100_without_loss_on_host_vmm") {
+        return;
+    }
+    ping_100(&mut NetGuest::start(Vmm::HostVmm, "netecho", "p"));
+}
+
+#[test]
+fn tcp_echo_of_1_mib_is_identical_on_host_vmm() {
+    if !kvm_present("tcp_echo_of_1_mib_is_identical_on_host_vmm") {
+        return;
+    }
+    tcp_echo_1_mib(&mut NetGuest::start(Vmm::HostVmm, "netecho", "t"));
+}
+
+#[test]
+fn udp_echo_of_1000_mixed_datagrams_on_host_vmm() {
+    if !kvm_present("udp_echo_of_1000_mixed_datagrams_on_host_vmm") {
+        return;
+    }
+    let mut guest = NetGuest::start(Vmm::HostVmm, "netecho", "u");
+    let summary = guest.netprobe(&["udp-echo", &echo_addr(), "1000", "7"]);
+    assert!(summary.contains("1000 datagrams"), "{summary}");
+}
+
+/// The same image on a NIC nobody here wrote: QEMU's own virtio-net-pci.
+#[test]
+fn ping_and_tcp_echo_on_qemu_virtio_net() {
+    if !kvm_present("ping_and_tcp_echo_on_qemu_virtio_net") {
+        return;
+    }
+    let mut guest = NetGuest::start(Vmm::QemuPc, "netecho", "q");
+    ping_100(&mut guest);
+    tcp_echo_1_mib(&mut guest);
+}
+
+/// CPU time (user + system, all threads) of a process, from /proc/<pid>/stat, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("reading /proc stat");
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let after_name = &stat[stat.rfind(')').expect("stat has a command name") + 2..];
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+/// An idle guest sleeps in HLT with its timer armed, so its VMM uses almost no CPU: a guest
+/// (or an I/O thread) that busy-polls would use a whole core.
+#[test]
+fn idle_netecho_uses_under_5_percent_of_a_core() {
+    if !kvm_present("idle_netecho_uses_under_5_percent_of_a_core") {
+        return;
+    }
+    const WINDOW: Duration = Duration::from_secs(10);
+    // Linux reports /proc times in USER_HZ ticks, 100 per second on x86_64.
+    const TICKS_PER_SEC: f64 = 100.0;
+    let guest = NetGuest::start(Vmm::HostVmm, "netecho", "i");
+    let pid = guest.vm.pid();
+    let before = cpu_ticks(pid);
+    std::thread::sleep(WINDOW);
+    let used = (cpu_ticks(pid) - before) as f64 / TICKS_PER_SEC;
+    let share = 100.0 * used / WINDOW.as_secs_f64();
+    roam_tests::say(&format!(
+        "idle netecho on host-vmm: {used:.2} s of CPU in {WINDOW:?} = {share:.1} % of a core"
+    ));
+    assert!(share < 5.0, "idle guest used {share:.1} % of a core");
+}
+
+/// 1000 SETs then 1000 GETs over one TCP connection: every reply checked.
+#[test]
+fn kv_1000_set_then_get_on_host_vmm() {
+    if !kvm_present("kv_1000_set_then_get_on_host_vmm") {
+        return;
+    }
+    let mut guest = NetGuest::start(Vmm::HostVmm, "kv", "k");
+    let addr = format!("{}:6380", net::GUEST_IP);
+    let summary = guest.netprobe(&["kv", &addr, "1000"]);
+    assert!(
+        summary.contains("kv 1000 SET + 1000 GET + COUNT correct"),
+        "{summary}"
+    );
+}
