@@ -93,15 +93,23 @@ impl NetGuest {
     }
 }
 
-fn ping_100(guest: &mut NetGuest) {
+/// `count` pings 20 ms apart, every one answered.
+fn ping_count(guest: &mut NetGuest, count: u32) {
     let mut cmd = guest.client("ping");
-    cmd.args(["-c", "100", "-i", "0.02", "-W", "2", net::GUEST_IP]);
+    let n = count.to_string();
+    cmd.args(["-c", &n, "-i", "0.02", "-W", "2", net::GUEST_IP]);
     let out = guest.run_client(&mut cmd);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
-        text.contains("100 packets transmitted, 100 received, 0% packet loss"),
+        text.contains(&format!(
+            "{count} packets transmitted, {count} received, 0% packet loss"
+        )),
         "{text}"
     );
+}
+
+fn ping_100(guest: &mut NetGuest) {
+    ping_count(guest, 100);
 }
 
 fn echo_addr() -> String {
@@ -194,4 +202,22 @@ fn kv_1000_set_then_get_on_host_vmm() {
         summary.contains("kv 1000 SET + 1000 GET + COUNT correct"),
         "{summary}"
     );
+}
+
+/// Runts, frames over the MTU, bad IPv4 checksums, truncated TCP headers and 10,000 SYNs from
+/// a raw socket in the client namespace: the guest keeps answering and host-vmm keeps running.
+#[test]
+fn hostile_frames_stop_neither_the_guest_nor_host_vmm() {
+    if !kvm_present("hostile_frames_stop_neither_the_guest_nor_host_vmm") {
+        return;
+    }
+    let mut guest = NetGuest::start(Vmm::HostVmm, "netecho", "h");
+    // Larger than any guest receive buffer, so oversize frames reach the device model.
+    guest.net.0.set_mtu(9000).expect("raising the MTU");
+    let summary = guest.netprobe(&["hostile", "eth0", GUEST_MAC, net::GUEST_IP, "10000"]);
+    assert!(summary.contains("10000 SYNs"), "{summary}");
+    roam_tests::say(&summary);
+    ping_count(&mut guest, 10);
+    let summary = guest.netprobe(&["tcp-echo", &echo_addr(), "65536", "9"]);
+    assert!(summary.contains("65536 bytes identical"), "{summary}");
 }

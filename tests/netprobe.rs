@@ -1,14 +1,15 @@
 //! `netprobe`: the network tests' client, run inside the client namespace
 //! (`ip netns exec <ns> netprobe ...`). Every mode is bounded in count and time and exits 0
-//! only when every reply checked out; it prints one summary line either way.
+//! only when every reply checked out; it prints one summary line either way. Its only
+//! `unsafe` is the raw-socket FFI of the `hostile` mode (module `raw`).
 //!
 //! ```text
 //! netprobe tcp-echo ADDR:PORT BYTES SEED   send BYTES pseudo-random bytes, compare the echo
 //! netprobe udp-echo ADDR:PORT COUNT SEED   COUNT datagrams of mixed sizes, each echoed intact
 //! netprobe kv ADDR:PORT COUNT              SET then GET COUNT keys, then COUNT
+//! netprobe hostile IFACE MAC IP SYNS       runts, oversize frames, bad checksums,
+//!                                          truncated TCP headers and SYNS SYNs, raw
 //! ```
-
-#![deny(unsafe_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
@@ -26,6 +27,7 @@ fn main() -> ExitCode {
         ["tcp-echo", addr, bytes, seed] => tcp_echo(parse(addr), parse(bytes), parse(seed)),
         ["udp-echo", addr, count, seed] => udp_echo(parse(addr), parse(count), parse(seed)),
         ["kv", addr, count] => kv(parse(addr), parse(count)),
+        ["hostile", iface, mac, ip, syns] => hostile(iface, mac, parse(ip), parse(syns)),
         _ => Err("usage: netprobe tcp-echo ADDR:PORT BYTES SEED | udp-echo ADDR:PORT COUNT SEED | kv ADDR:PORT COUNT".into()),
     };
     match result {
@@ -234,6 +236,214 @@ fn kv(addr: SocketAddr, count: u32) -> Result<String, String> {
     }
     Ok(format!(
         "kv {count} SET + {count} GET + COUNT correct in {:.2} s",
+        start.elapsed().as_secs_f64()
+    ))
+}
+
+/// Raw Ethernet frames from the client namespace, for the bad-input tests.
+mod raw {
+    use std::ffi::CString;
+    use std::io;
+
+    /// An AF_PACKET socket bound to one interface; frames go out exactly as given.
+    pub struct RawSocket {
+        fd: i32,
+        ifindex: i32,
+    }
+
+    impl RawSocket {
+        /// Opens a raw socket on `iface` (needs CAP_NET_RAW).
+        pub fn open(iface: &str) -> io::Result<RawSocket> {
+            let name = CString::new(iface).map_err(|_| io::ErrorKind::InvalidInput)?;
+            // SAFETY: `name` is a valid NUL-terminated string for the duration of the call.
+            let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+            if ifindex == 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: plain socket(2) call; the result is checked below.
+            let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
+            if fd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(RawSocket {
+                fd,
+                ifindex: ifindex as i32,
+            })
+        }
+
+        /// Sends one frame; the kernel may refuse some (e.g. shorter than a header).
+        pub fn send(&self, frame: &[u8]) -> io::Result<()> {
+            // SAFETY: an all-zero sockaddr_ll is valid; the fields that matter are set next.
+            let mut to: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+            to.sll_family = libc::AF_PACKET as u16;
+            to.sll_ifindex = self.ifindex;
+            to.sll_halen = 6;
+            for (slot, byte) in to.sll_addr.iter_mut().zip(frame.iter().take(6)) {
+                *slot = *byte;
+            }
+            // SAFETY: `frame` is valid for reads of its length and `to` is a valid
+            // sockaddr_ll of the size passed.
+            let n = unsafe {
+                libc::sendto(
+                    self.fd,
+                    frame.as_ptr().cast(),
+                    frame.len(),
+                    0,
+                    (&raw const to).cast(),
+                    std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+                )
+            };
+            if n < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        }
+    }
+
+    impl Drop for RawSocket {
+        fn drop(&mut self) {
+            // SAFETY: the descriptor is ours and closed once.
+            unsafe { libc::close(self.fd) };
+        }
+    }
+}
+
+/// The RFC 1071 Internet checksum.
+fn inet_checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = data
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum > 0xFFFF {
+        sum = (sum & 0xFFFF) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+fn parse_mac(s: &str) -> Result<[u8; 6], String> {
+    let bytes: Vec<u8> = s
+        .trim()
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16))
+        .collect::<Result<_, _>>()
+        .map_err(|_| format!("bad MAC `{s}`"))?;
+    bytes.try_into().map_err(|_| format!("bad MAC `{s}`"))
+}
+
+/// The fixed ends of the hostile frames: our MAC, the guest's MAC and address.
+struct Target {
+    dst_mac: [u8; 6],
+    src_mac: [u8; 6],
+    dst_ip: [u8; 4],
+}
+
+impl Target {
+    /// An Ethernet frame carrying an IPv4 packet from `src_ip` with `payload`; the header
+    /// checksum is correct unless `break_checksum`, and the total length is as given, so it
+    /// can lie.
+    fn ipv4(
+        &self,
+        src_ip: [u8; 4],
+        protocol: u8,
+        payload: &[u8],
+        total_len: u16,
+        break_checksum: bool,
+    ) -> Vec<u8> {
+        let mut ip = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, protocol, 0, 0];
+        ip[2..4].copy_from_slice(&total_len.to_be_bytes());
+        ip.extend_from_slice(&src_ip);
+        ip.extend_from_slice(&self.dst_ip);
+        let mut checksum = inet_checksum(&ip);
+        if break_checksum {
+            checksum ^= 0x5A5A;
+        }
+        ip[10..12].copy_from_slice(&checksum.to_be_bytes());
+        let mut frame = Vec::with_capacity(14 + ip.len() + payload.len());
+        frame.extend_from_slice(&self.dst_mac);
+        frame.extend_from_slice(&self.src_mac);
+        frame.extend_from_slice(&[0x08, 0x00]);
+        frame.extend_from_slice(&ip);
+        frame.extend_from_slice(payload);
+        frame
+    }
+}
+
+/// A TCP SYN to `dst_port` (checksum left zero: the guest must drop or answer it, not crash).
+fn tcp_syn(src_port: u16, dst_port: u16, seq: u32) -> Vec<u8> {
+    let mut tcp = vec![0u8; 20];
+    tcp[0..2].copy_from_slice(&src_port.to_be_bytes());
+    tcp[2..4].copy_from_slice(&dst_port.to_be_bytes());
+    tcp[4..8].copy_from_slice(&seq.to_be_bytes());
+    tcp[12] = 5 << 4;
+    tcp[13] = 0x02;
+    tcp[14..16].copy_from_slice(&8192u16.to_be_bytes());
+    tcp
+}
+
+/// Sends every kind of malformed traffic the issue lists at the guest, bounded in count.
+fn hostile(
+    iface: &str,
+    dst_mac: &str,
+    dst_ip: std::net::Ipv4Addr,
+    syns: u32,
+) -> Result<String, String> {
+    let start = Instant::now();
+    let socket = raw::RawSocket::open(iface).map_err(|e| format!("raw socket on {iface}: {e}"))?;
+    let src_mac = std::fs::read_to_string(format!("/sys/class/net/{iface}/address"))
+        .map_err(|e| format!("MAC of {iface}: {e}"))?;
+    let dst = parse_mac(dst_mac)?;
+    let target = Target {
+        dst_mac: dst,
+        src_mac: parse_mac(&src_mac)?,
+        dst_ip: dst_ip.octets(),
+    };
+    let src_ip = [198, 18, 0, 2];
+    let mut rng = Rng::new(42);
+    let (mut sent, mut refused) = (0u32, 0u32);
+    let mut send = |frame: &[u8]| match socket.send(frame) {
+        Ok(()) => sent += 1,
+        Err(_) => refused += 1,
+    };
+    // Runts: from a lone byte up to one short of the 60-byte minimum.
+    for len in 1..60 {
+        let mut frame = vec![0u8; len];
+        rng.fill(&mut frame);
+        frame[..len.min(6)].copy_from_slice(&dst[..len.min(6)]);
+        send(&frame);
+    }
+    // Over the MTU: IPv4 frames of up to 9000 bytes (the test raises the path's MTU so they
+    // reach the device), claiming their real and false lengths.
+    for size in [1515usize, 1600, 4096, 9000] {
+        let payload = vec![0xA5u8; size - 34];
+        send(&target.ipv4(src_ip, 1, &payload, (size - 14) as u16, false));
+        send(&target.ipv4(src_ip, 1, &payload, 60, false));
+    }
+    // Bad IPv4 header checksums on ICMP echo requests.
+    for i in 0..50u16 {
+        let mut icmp = vec![8, 0, 0, 0, 0x12, 0x34, 0, 0];
+        icmp[6..8].copy_from_slice(&i.to_be_bytes());
+        let c = inet_checksum(&icmp);
+        icmp[2..4].copy_from_slice(&c.to_be_bytes());
+        send(&target.ipv4(src_ip, 1, &icmp, 28, true));
+    }
+    // Truncated TCP headers: 1 to 19 bytes of header where 20 are due, and lying lengths.
+    for len in 1..20 {
+        let tcp = tcp_syn(40000 + len as u16, 7, 1);
+        send(&target.ipv4(src_ip, 6, &tcp[..len], 20 + len as u16, false));
+        send(&target.ipv4(src_ip, 6, &tcp[..len], 60, false));
+    }
+    // A SYN flood from many addresses in 198.18.0.0/15, to the echo port and a closed one.
+    for i in 0..syns {
+        let from = [198, 19, (i >> 8) as u8, i as u8];
+        let port = if i % 2 == 0 { 7 } else { 9 };
+        let tcp = tcp_syn(1024 + (i % 60000) as u16, port, rng.next() as u32);
+        send(&target.ipv4(from, 6, &tcp, 40, false));
+        if start.elapsed() > TOTAL_TIMEOUT {
+            return Err(format!("timed out after {i} SYNs"));
+        }
+    }
+    Ok(format!(
+        "hostile: {sent} malformed frames sent ({refused} refused by the local kernel), including {syns} SYNs, in {:.2} s",
         start.elapsed().as_secs_f64()
     ))
 }

@@ -185,6 +185,25 @@ impl Topology {
         self.ip(&["-n", &h, "link", "set", TAP, "master", "br0", "up"])
     }
 
+    /// Sets the MTU of every link on the path from the client to host 1's TAP, so frames of
+    /// up to `mtu` bytes reach the guest's NIC (the bad-input tests send oversize frames).
+    pub fn set_mtu(&self, mtu: u32) -> Result<()> {
+        let mtu = mtu.to_string();
+        let (cl, sw, h1) = (self.client_ns(), self.switch_ns(), self.host_ns(1));
+        for (ns, link) in [
+            (&cl, "eth0"),
+            (&sw, "cl0"),
+            (&sw, "h1"),
+            (&sw, "br0"),
+            (&h1, "up0"),
+            (&h1, TAP),
+            (&h1, "br0"),
+        ] {
+            self.ip(&["-n", ns, "link", "set", link, "mtu", &mtu])?;
+        }
+        Ok(())
+    }
+
     /// Deletes every namespace of this topology (and with them all its interfaces).
     pub fn down(&self) -> Result<()> {
         let mut names = vec![self.client_ns(), self.switch_ns()];
