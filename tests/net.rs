@@ -2,71 +2,27 @@
 //! `netprobe` from the client namespace (xtask/src/net.rs draws the topology). Every test makes
 //! its own uniquely named topology and removes it, and its VM, also when it fails.
 
-use roam_tests::{Boot, NetAttach, Vmm, image, kvm_present};
+use roam_tests::{Vmm, image, kvm_present};
 use std::process::{Command, Output};
 use std::time::Duration;
-use xtask::net::{self, Topology, TopologyGuard};
-use xtask::proc::Background;
+use xtask::net::{self, GUEST_MAC};
 
-const GUEST_MAC: &str = "52:54:00:12:34:56";
-/// QEMU -M pc spends ~2 s in SeaBIOS; host-vmm boots in milliseconds.
-const BOOT_BOUND: Duration = Duration::from_secs(60);
+/// A guest on its own test network (xtask's), with test-friendly helpers around it.
+struct NetGuest(net::NetGuest);
 
-/// A guest serving on the test network. Fields drop in order: the VM first, then the network.
-struct NetGuest {
-    vm: Background,
-    net: TopologyGuard,
+impl std::ops::Deref for NetGuest {
+    type Target = net::NetGuest;
+    fn deref(&self) -> &net::NetGuest {
+        &self.0
+    }
 }
 
 impl NetGuest {
-    /// Boots `image_name` under `vmm` and waits until it answers ping.
+    /// Boots `image_name` under `vmm` (kernel log at info) and waits until it answers ping.
     fn start(vmm: Vmm, image_name: &str, tag: &str) -> NetGuest {
-        let topology = Topology::unique(tag).expect("topology name");
-        let net = TopologyGuard(topology);
-        net.0.up().expect("creating the test network");
-        let image = image(image_name);
-        let host_ns = net.0.host_ns(1);
-        let cmdline = format!("{} log=info", net::guest_cmdline());
-        let boot = Boot {
-            cmdline: &cmdline,
-            net: Some(NetAttach {
-                netns: &host_ns,
-                tap: net::TAP,
-                mac: GUEST_MAC,
-            }),
-            ..Boot::new(&image)
-        };
-        let vm = Background::spawn(&mut vmm.command(&boot)).expect("starting the VMM");
-        let mut guest = NetGuest { vm, net };
-        guest.wait_until_it_answers();
-        guest
-    }
-
-    fn client(&self, program: &str) -> Command {
-        Topology::exec_in(&self.net.0.client_ns(), program)
-    }
-
-    fn wait_until_it_answers(&mut self) {
-        let deadline = std::time::Instant::now() + BOOT_BOUND;
-        while std::time::Instant::now() < deadline {
-            assert!(
-                self.vm.running(),
-                "the VMM exited before the guest answered:\n{}",
-                self.vm.output()
-            );
-            let out = self
-                .client("ping")
-                .args(["-c", "1", "-W", "1", net::GUEST_IP])
-                .output()
-                .expect("ping runs");
-            if out.status.success() {
-                return;
-            }
-        }
-        panic!(
-            "the guest did not answer ping within {BOOT_BOUND:?}:\n{}",
-            self.vm.output()
-        );
+        let guest = net::NetGuest::start(vmm, &image(image_name), tag, "log=info")
+            .unwrap_or_else(|e| panic!("starting {image_name} under {}: {e:#}", vmm.key()));
+        NetGuest(guest)
     }
 
     /// Runs a client command and returns its output, with the guest's console on failure.
@@ -78,10 +34,10 @@ impl NetGuest {
                 out.status,
                 String::from_utf8_lossy(&out.stdout),
                 String::from_utf8_lossy(&out.stderr),
-                self.vm.output()
+                self.0.vm.output()
             );
         }
-        assert!(self.vm.running(), "the VMM died:\n{}", self.vm.output());
+        assert!(self.0.vm.running(), "the VMM died:\n{}", self.0.vm.output());
         out
     }
 

@@ -240,6 +240,74 @@ impl Drop for TopologyGuard {
     }
 }
 
+/// The MAC every test and benchmark guest uses on its own topology.
+pub const GUEST_MAC: &str = "52:54:00:12:34:56";
+
+/// A guest serving on its own test network. Fields drop in order: the VM, then the network.
+pub struct NetGuest {
+    /// The running VMM (killed when dropped).
+    pub vm: crate::proc::Background,
+    /// The topology it runs on (removed when dropped).
+    pub net: TopologyGuard,
+}
+
+impl NetGuest {
+    /// Boots `image` under `vmm` on a new topology named after `tag`, with
+    /// `extra_cmdline` after the network settings, and waits until it answers ping.
+    pub fn start(
+        vmm: crate::vm::Vmm,
+        image: &std::path::Path,
+        tag: &str,
+        extra_cmdline: &str,
+    ) -> Result<NetGuest> {
+        let net = TopologyGuard(Topology::unique(tag)?);
+        net.0.up()?;
+        let host_ns = net.0.host_ns(1);
+        let cmdline = format!("{} {extra_cmdline}", guest_cmdline());
+        let boot = crate::vm::Boot {
+            cmdline: cmdline.trim(),
+            net: Some(crate::vm::NetAttach {
+                netns: &host_ns,
+                tap: TAP,
+                mac: GUEST_MAC,
+            }),
+            ..crate::vm::Boot::new(image)
+        };
+        let vm = crate::proc::Background::spawn(&mut vmm.command(&boot))?;
+        let mut guest = NetGuest { vm, net };
+        guest.wait_until_it_answers(std::time::Duration::from_secs(60))?;
+        Ok(guest)
+    }
+
+    /// A command that runs `program` in the client namespace.
+    pub fn client(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        Topology::exec_in(&self.net.0.client_ns(), program)
+    }
+
+    fn wait_until_it_answers(&mut self, bound: std::time::Duration) -> Result<()> {
+        let deadline = std::time::Instant::now() + bound;
+        while std::time::Instant::now() < deadline {
+            if !self.vm.running() {
+                bail!(
+                    "the VMM exited before the guest answered:\n{}",
+                    self.vm.output()
+                );
+            }
+            let out = self
+                .client("ping")
+                .args(["-c", "1", "-W", "1", GUEST_IP])
+                .output()?;
+            if out.status.success() {
+                return Ok(());
+            }
+        }
+        bail!(
+            "the guest did not answer ping within {bound:?}:\n{}",
+            self.vm.output()
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
