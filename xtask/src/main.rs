@@ -93,6 +93,13 @@ enum BenchCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Ping RTT (median of 100) and iperf3 throughput both ways, host-vmm vs QEMU -M pc
+    /// (virtio-net-pci, no vhost), same image, each on its own test network.
+    Net {
+        /// Print one JSON object instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() {
@@ -183,6 +190,23 @@ fn run(cli: Cli) -> Result<()> {
             prepare_boot_bench()?;
             print_boot_bench(runs, json)
         }
+        Cmd::Bench {
+            which: BenchCmd::Net { json },
+        } => {
+            prereq::ensure_kvm()?;
+            let mut packages = vec![prereq::QEMU];
+            packages.extend(prereq::NET_TOOLS);
+            prereq::ensure_packages(&packages)?;
+            artifacts::build_host_vmm()?;
+            artifacts::build_images(&[bench::net::IMAGE.to_string()])?;
+            let figures = bench::net::run(&image_path(bench::net::IMAGE))?;
+            if json {
+                println!("{}", bench::net::json(&figures));
+            } else {
+                print!("{}", bench::net::table(&figures));
+            }
+            Ok(())
+        }
         Cmd::Demo => demo(),
         Cmd::Test => test(),
         Cmd::Lint => lint(),
@@ -205,11 +229,11 @@ fn prepare_boot_bench() -> Result<()> {
 
 fn print_boot_bench(runs: usize, json: bool) -> Result<()> {
     let image = image_path("hello");
-    let figures = bench::boot(&image, runs)?;
+    let figures = bench::boot::run(&image, runs)?;
     if json {
-        println!("{}", bench::json(&figures, runs));
+        println!("{}", bench::boot::json(&figures, runs));
     } else {
-        print!("{}", bench::table(&figures, runs, &image));
+        print!("{}", bench::boot::table(&figures, runs, &image));
     }
     Ok(())
 }

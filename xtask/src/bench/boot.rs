@@ -28,7 +28,7 @@ pub struct BootFigures {
 }
 
 /// Boots `image` `runs` times under each VMM, alternating so drift hits both alike.
-pub fn boot(image: &Path, runs: usize) -> Result<Vec<BootFigures>> {
+pub fn run(image: &Path, runs: usize) -> Result<Vec<BootFigures>> {
     if runs == 0 {
         bail!("--runs must be at least 1");
     }

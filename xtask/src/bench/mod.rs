@@ -1,0 +1,5 @@
+//! Benchmarks: figures for host-vmm and a stock-QEMU peer measured in the same run, with
+//! ratios, printed as a table or one JSON object.
+
+pub mod boot;
+pub mod net;
