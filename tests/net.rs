@@ -177,3 +177,48 @@ fn hostile_frames_stop_neither_the_guest_nor_host_vmm() {
     let summary = guest.netprobe(&["tcp-echo", &echo_addr(), "65536", "9"]);
     assert!(summary.contains("65536 bytes identical"), "{summary}");
 }
+
+/// The socket calls as a client, blocking and non-blocking (images/sockcheck), against an
+/// echo peer in the client namespace: every check must hold and the guest must exit 0.
+#[test]
+fn socket_calls_work_as_a_client_in_both_modes_on_host_vmm() {
+    if !kvm_present("socket_calls_work_as_a_client_in_both_modes_on_host_vmm") {
+        return;
+    }
+    let net = net::TopologyGuard(net::Topology::unique("s").expect("topology name"));
+    net.0.up().expect("creating the test network");
+    let mut peer = xtask::proc::Background::spawn(
+        net::Topology::exec_in(&net.0.client_ns(), env!("CARGO_BIN_EXE_netprobe")).args([
+            "serve-echo",
+            "7007",
+            "120",
+        ]),
+    )
+    .expect("starting the echo peer");
+    peer.wait_for("serving echo", Duration::from_secs(10))
+        .expect("echo peer ready");
+    let image = image("sockcheck");
+    let host_ns = net.0.host_ns(1);
+    let cmdline = net::guest_cmdline();
+    let boot = roam_tests::Boot {
+        cmdline: &cmdline,
+        net: Some(roam_tests::NetAttach {
+            netns: &host_ns,
+            tap: net::TAP,
+            mac: GUEST_MAC,
+        }),
+        ..roam_tests::Boot::new(&image)
+    };
+    let run = roam_tests::boot_with(Vmm::HostVmm, &boot, "sockcheck:");
+    assert_eq!(
+        run.status, 0,
+        "sockcheck failed:\n{}{}",
+        run.watched.stdout, run.watched.stderr
+    );
+    assert!(
+        run.watched.stdout.contains(", 0 failed"),
+        "{}",
+        run.watched.stdout
+    );
+    roam_tests::say(run.watched.stdout.lines().last().unwrap_or_default());
+}

@@ -7,6 +7,8 @@
 //! netprobe tcp-echo ADDR:PORT BYTES SEED   send BYTES pseudo-random bytes, compare the echo
 //! netprobe udp-echo ADDR:PORT COUNT SEED   COUNT datagrams of mixed sizes, each echoed intact
 //! netprobe kv ADDR:PORT COUNT              SET then GET COUNT keys, then COUNT
+//! netprobe serve-echo PORT SECONDS         echo TCP and UDP on PORT for SECONDS (a peer
+//!                                          for guests that connect out)
 //! netprobe hostile IFACE MAC IP SYNS       runts, oversize frames, bad checksums,
 //!                                          truncated TCP headers and SYNS SYNs, raw
 //! ```
@@ -28,6 +30,7 @@ fn main() -> ExitCode {
         ["udp-echo", addr, count, seed] => udp_echo(parse(addr), parse(count), parse(seed)),
         ["kv", addr, count] => kv(parse(addr), parse(count)),
         ["hostile", iface, mac, ip, syns] => hostile(iface, mac, parse(ip), parse(syns)),
+        ["serve-echo", port, seconds] => serve_echo(parse(port), parse(seconds)),
         _ => Err("usage: netprobe tcp-echo ADDR:PORT BYTES SEED | udp-echo ADDR:PORT COUNT SEED | kv ADDR:PORT COUNT".into()),
     };
     match result {
@@ -238,6 +241,45 @@ fn kv(addr: SocketAddr, count: u32) -> Result<String, String> {
         "kv {count} SET + {count} GET + COUNT correct in {:.2} s",
         start.elapsed().as_secs_f64()
     ))
+}
+
+/// Echoes TCP connections and UDP datagrams on `port` until `seconds` have passed.
+fn serve_echo(port: u16, seconds: u64) -> Result<String, String> {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let listener = std::net::TcpListener::bind(("0.0.0.0", port)).map_err(|e| e.to_string())?;
+    let udp = UdpSocket::bind(("0.0.0.0", port)).map_err(|e| e.to_string())?;
+    udp.set_read_timeout(Some(Duration::from_millis(100)))
+        .map_err(|e| e.to_string())?;
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        while Instant::now() < deadline {
+            if let Ok((n, from)) = udp.recv_from(&mut buf) {
+                let _ = udp.send_to(&buf[..n], from);
+            }
+        }
+    });
+    listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+    println!("netprobe: serving echo on port {port}");
+    let mut served = 0;
+    while Instant::now() < deadline {
+        match listener.accept() {
+            Ok((mut stream, _)) => {
+                served += 1;
+                let _ = stream.set_nonblocking(false);
+                let _ = stream.set_read_timeout(Some(STEP_TIMEOUT));
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 16 * 1024];
+                    while let Ok(n) = stream.read(&mut buf) {
+                        if n == 0 || stream.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+    Ok(format!("served {served} TCP connections"))
 }
 
 /// Raw Ethernet frames from the client namespace, for the bad-input tests.
