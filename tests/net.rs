@@ -178,6 +178,43 @@ fn hostile_frames_stop_neither_the_guest_nor_host_vmm() {
     assert!(summary.contains("65536 bytes identical"), "{summary}");
 }
 
+/// Stock `iperf3 -c` (Debian's 3.12) against the guest's iperf3 server: the client's own
+/// JSON report is the measurement, and it must show bytes received.
+fn iperf3_run(guest: &mut NetGuest, extra: &[&str]) -> f64 {
+    let mut cmd = guest.client("timeout");
+    cmd.args(["60", "iperf3", "-c", net::GUEST_IP, "-t", "5", "--json"])
+        .args(extra);
+    let out = guest.run_client(&mut cmd);
+    let report = String::from_utf8_lossy(&out.stdout);
+    let json: serde_json::Value = serde_json::from_str(&report)
+        .unwrap_or_else(|e| panic!("iperf3 {extra:?}: bad JSON ({e}):\n{report}"));
+    let received = json["end"]["sum_received"]["bytes"].as_f64().unwrap_or(0.0);
+    let sent = json["end"]["sum_sent"]["bytes"].as_f64().unwrap_or(0.0);
+    assert!(
+        received > 0.0 && sent > 0.0,
+        "iperf3 {extra:?}: no bytes moved:\n{report}"
+    );
+    roam_tests::say(&format!(
+        "iperf3 {extra:?}: {received} bytes received, {:.3} Mbit/s",
+        json["end"]["sum_received"]["bits_per_second"]
+            .as_f64()
+            .unwrap_or(0.0)
+            / 1e6
+    ));
+    received
+}
+
+#[test]
+fn iperf3_client_completes_against_the_guest_on_host_vmm() {
+    if !kvm_present("iperf3_client_completes_against_the_guest_on_host_vmm") {
+        return;
+    }
+    let mut guest = NetGuest::start(Vmm::HostVmm, "iperf3", "3");
+    iperf3_run(&mut guest, &[]);
+    iperf3_run(&mut guest, &["-R"]);
+    iperf3_run(&mut guest, &["-P", "4"]);
+}
+
 /// The socket calls as a client, blocking and non-blocking (images/sockcheck), against an
 /// echo peer in the client namespace: every check must hold and the guest must exit 0.
 #[test]

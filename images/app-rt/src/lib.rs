@@ -11,6 +11,7 @@
 use core::ffi::c_void;
 use core::fmt::{self, Write};
 use core::mem::size_of;
+use core::net::{Ipv4Addr, SocketAddrV4};
 pub use hermit_abi as abi;
 
 /// An errno value from hermit-abi (positive, e.g. `abi::EAGAIN`).
@@ -179,6 +180,19 @@ impl Socket {
         check(ret as isize)?;
         s.set_int_opt(abi::IPPROTO_TCP, abi::TCP_NODELAY, 1)?;
         Ok(s)
+    }
+
+    /// The address of the connected peer.
+    pub fn peer_addr(&self) -> Result<SocketAddrV4, Errno> {
+        let mut addr = Addr::default();
+        let mut len = size_of::<Addr>() as abi::socklen_t;
+        // SAFETY: `addr` and `len` are valid for writes of their sizes.
+        let ret = unsafe { abi::getpeername(self.0, (&raw mut addr).cast(), &mut len) };
+        check(ret as isize)?;
+        Ok(SocketAddrV4::new(
+            Ipv4Addr::from(addr.sin_addr.s_addr.to_ne_bytes()),
+            u16::from_be(addr.sin_port),
+        ))
     }
 
     /// Receives into `buf`; `Ok(0)` is the end of the stream.
