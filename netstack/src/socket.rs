@@ -763,8 +763,8 @@ impl SocketTable {
         Ok(())
     }
 
-    /// Closes `fd`. A TCP connection finishes its FIN handshake in the background; pending
-    /// connections of a listener are reset.
+    /// Closes `fd`. A TCP connection finishes its FIN handshake in the background, or is
+    /// reset if received data was left unread; pending connections of a listener are reset.
     pub fn close<D: NetDevice>(&mut self, stack: &mut Stack<D>, fd: i32) -> Result<(), Error> {
         let index = Self::index(fd).ok_or(Error::BadFd)?;
         let socket = self
@@ -781,7 +781,14 @@ impl SocketTable {
                 }
             }
             Kind::Tcp(Tcp::Stream { handle, .. }) => {
-                stack.sockets_mut().get_mut::<tcp::Socket>(handle).close();
+                let tcp = stack.sockets_mut().get_mut::<tcp::Socket>(handle);
+                // Data the app never read: reset, as Linux does (RFC 1122 4.2.2.13). A FIN
+                // would leave the peer pushing into a window nobody opens again.
+                if tcp.recv_queue() > 0 {
+                    tcp.abort();
+                } else {
+                    tcp.close();
+                }
                 self.closing.push(handle);
             }
             Kind::Udp(u) => {

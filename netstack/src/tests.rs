@@ -346,6 +346,38 @@ mod sockets {
     }
 
     #[test]
+    fn closing_with_unread_data_resets_the_connection() {
+        let (mut a, mut b) = hosts();
+        let mut ms = 0;
+        let (_listener, server, client) = connected(&mut a, &mut b, &mut ms);
+        assert_eq!(
+            b.table.send(&mut b.stack, client, b"never read", None),
+            Ok(10)
+        );
+        run_until(&mut a, &mut b, &mut ms, |a, _| {
+            a.table.readiness(&mut a.stack, server).unwrap().readable
+        });
+        let open = a.stack.sockets().iter().count();
+        a.table.close(&mut a.stack, server).unwrap();
+        // A reset frees the guest's socket at once; a FIN would leave it in FIN-WAIT
+        // while the peer keeps its end open.
+        run_until(&mut a, &mut b, &mut ms, |a, _| {
+            a.stack.sockets().iter().count() == open - 1
+        });
+        let mut buf = [0u8; 16];
+        run_until(&mut a, &mut b, &mut ms, |_, b| {
+            !matches!(
+                b.table.recv(&mut b.stack, client, &mut buf, false),
+                Err(Error::WouldBlock)
+            )
+        });
+        assert!(
+            b.table.send(&mut b.stack, client, b"more", None).is_err(),
+            "the peer's connection must be gone after the reset"
+        );
+    }
+
+    #[test]
     fn backlog_accepts_several_connections() {
         let (mut a, mut b) = hosts();
         let mut ms = 0;
