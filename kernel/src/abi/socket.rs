@@ -184,6 +184,25 @@ unsafe fn read_addr(name: *const sockaddr, len: socklen_t) -> Result<SocketAddrV
     ))
 }
 
+/// The reply of the name calls: the address written out and 0, or `-errno`.
+///
+/// # Safety
+/// As for [`write_addr`].
+unsafe fn reply_addr(
+    addr: Result<SocketAddrV4, i32>,
+    name: *mut sockaddr,
+    len: *mut socklen_t,
+) -> i32 {
+    match addr {
+        Ok(addr) => {
+            // SAFETY: forwarded from the caller.
+            unsafe { write_addr(addr, name, len) };
+            0
+        }
+        Err(e) => fail(e),
+    }
+}
+
 /// Writes `addr` as a `sockaddr_in` to `name` (cut to `*len` bytes) and sets `*len` to its
 /// full size. Nothing happens if either pointer is null (callers may not want the address).
 ///
@@ -492,14 +511,8 @@ pub unsafe extern "C" fn sys_getsockname(
     if name.is_null() || namelen.is_null() {
         return fail(EFAULT);
     }
-    match query(|t, st| t.local_addr(st, s)) {
-        Ok(addr) => {
-            // SAFETY: forwarded from the caller.
-            unsafe { write_addr(addr, name, namelen) };
-            0
-        }
-        Err(e) => fail(e),
-    }
+    // SAFETY: forwarded from the caller.
+    unsafe { reply_addr(query(|t, st| t.local_addr(st, s)), name, namelen) }
 }
 
 /// The peer address of connected socket `s`.
@@ -515,14 +528,8 @@ pub unsafe extern "C" fn sys_getpeername(
     if name.is_null() || namelen.is_null() {
         return fail(EFAULT);
     }
-    match on_socket(|t, st| t.peer_addr(st, s)) {
-        Ok(addr) => {
-            // SAFETY: forwarded from the caller.
-            unsafe { write_addr(addr, name, namelen) };
-            0
-        }
-        Err(e) => fail(e),
-    }
+    // SAFETY: forwarded from the caller.
+    unsafe { reply_addr(on_socket(|t, st| t.peer_addr(st, s)), name, namelen) }
 }
 
 /// The boolean socket options, by level and name.
