@@ -11,7 +11,7 @@
 
 #[cfg(target_os = "none")]
 mod app {
-    use core::fmt::{self, Write};
+    use core::fmt;
     use hermit_abi as abi;
     use kernel as _;
 
@@ -140,38 +140,16 @@ mod app {
         unsafe { abi::write(abi::STDOUT_FILENO, bytes.as_ptr(), bytes.len()) };
     }
 
-    /// Formats into a line buffer and writes it with one call.
     fn say(args: fmt::Arguments<'_>) {
-        let mut line = Line {
-            buf: [0; 160],
-            len: 0,
-        };
-        let _ = line.write_fmt(args);
-        write_stdout(&line.buf[..line.len]);
+        app_rt::print(args);
     }
 
     fn fail(what: fmt::Arguments<'_>) -> ! {
-        say(format_args!("hello: FAILED: {what}\n"));
-        exit(1)
+        app_rt::fail("hello", what)
     }
 
     fn exit(status: i32) -> ! {
-        // SAFETY: exit takes no pointers and does not return.
-        unsafe { abi::exit(status) }
-    }
-
-    struct Line {
-        buf: [u8; 160],
-        len: usize,
-    }
-
-    impl Write for Line {
-        fn write_str(&mut self, s: &str) -> fmt::Result {
-            let n = s.len().min(self.buf.len() - self.len);
-            self.buf[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
-            self.len += n;
-            Ok(())
-        }
+        app_rt::exit(status)
     }
 }
 
