@@ -9,7 +9,7 @@
 
 #[cfg(target_os = "none")]
 mod app {
-    use hermit_abi as abi;
+    use app_rt::println;
     use kernel as _;
 
     /// Canonical, in the upper half, which the kernel's identity map of RAM never reaches.
@@ -21,18 +21,13 @@ mod app {
         _argv: *const *const u8,
         _env: *const *const u8,
     ) -> ! {
-        let line = b"crash-pagefault: reading 0xffffdead00000000\n";
-        // SAFETY: `line` is valid for reads of its length.
-        unsafe { abi::write(abi::STDOUT_FILENO, line.as_ptr(), line.len()) };
+        println!("crash-pagefault: reading {UNMAPPED:#x}");
         // SAFETY: deliberately not safe: the read must fault, and the fault ends the VM
         // before the value could be used.
         let value =
             unsafe { core::ptr::read_volatile(core::ptr::without_provenance::<u64>(UNMAPPED)) };
-        let line = b"crash-pagefault: FAILED: the read did not fault\n";
-        // SAFETY: as above.
-        unsafe { abi::write(abi::STDOUT_FILENO, line.as_ptr(), line.len()) };
-        // SAFETY: exit takes no pointers.
-        unsafe { abi::exit(if value == 0 { 1 } else { 2 }) }
+        println!("crash-pagefault: FAILED: the read did not fault");
+        app_rt::exit(if value == 0 { 1 } else { 2 })
     }
 }
 

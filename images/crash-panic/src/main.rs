@@ -5,7 +5,6 @@
 
 #[cfg(target_os = "none")]
 mod app {
-    use hermit_abi as abi;
     use kernel as _;
 
     #[unsafe(no_mangle)]
@@ -14,9 +13,7 @@ mod app {
         _argv: *const *const u8,
         _env: *const *const u8,
     ) -> ! {
-        let line = b"crash-panic: about to panic\n";
-        // SAFETY: `line` is valid for reads of its length.
-        unsafe { abi::write(abi::STDOUT_FILENO, line.as_ptr(), line.len()) };
+        app_rt::println!("crash-panic: about to panic");
         panic!("crash-panic: deliberate panic to test the kernel's report");
     }
 }
