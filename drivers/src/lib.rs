@@ -23,6 +23,7 @@
 extern crate alloc;
 
 pub mod hal;
+pub mod ixgbevf;
 pub mod net;
 pub mod pci;
 pub mod virtio_net;

@@ -18,6 +18,7 @@
 
 pub mod arch;
 pub mod config;
+pub mod control;
 pub mod devices;
 pub mod io_thread;
 #[allow(unsafe_code)]
