@@ -18,6 +18,12 @@ pub const TIMER_VECTOR: u8 = 32;
 pub const NET_QUEUE_VECTOR: u8 = 33;
 /// Vector of the NIC's "configuration changed" interrupt (MSI-X entry 1).
 pub const NET_CONFIG_VECTOR: u8 = 34;
+/// Vector of the VF's queue-pair interrupt (MSI-X entry 0).
+pub const VF_QUEUE_VECTOR: u8 = 35;
+/// Vector of the VF's mailbox/link ("other") interrupt (MSI-X entry 1).
+pub const VF_OTHER_VECTOR: u8 = 36;
+/// Vector of the control channel (virtio-console) to host-vmm.
+pub const CONTROL_VECTOR: u8 = 37;
 /// Spurious-interrupt vector (its gate is built in link.ld).
 pub const SPURIOUS_VECTOR: u8 = 255;
 

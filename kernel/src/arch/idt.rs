@@ -2,8 +2,10 @@
 //!
 //! The IDT itself is built by the linker (kernel/link.ld) from the stub addresses below, so
 //! boot only runs LIDT: no loop over gates. Present gates: the 32 exception vectors, the
-//! LAPIC timer ([`super::apic::TIMER_VECTOR`]), the NIC's two vectors
-//! ([`super::apic::NET_QUEUE_VECTOR`], [`super::apic::NET_CONFIG_VECTOR`]) and the spurious
+//! LAPIC timer ([`super::apic::TIMER_VECTOR`]), virtio-net's two vectors
+//! ([`super::apic::NET_QUEUE_VECTOR`], [`super::apic::NET_CONFIG_VECTOR`]), the VF's two
+//! ([`super::apic::VF_QUEUE_VECTOR`], [`super::apic::VF_OTHER_VECTOR`]), the control
+//! channel's ([`super::apic::CONTROL_VECTOR`]) and the spurious
 //! vector ([`super::apic::SPURIOUS_VECTOR`]). Any other vector hits a not-present gate, which the
 //! CPU turns into #NP with the vector in the error code, and that is reported like any
 //! other exception.
@@ -22,6 +24,13 @@ use core::sync::atomic::{AtomicU8, Ordering};
 pub const NET_QUEUE_EVENT: u8 = 1 << 0;
 /// Set by the NIC's "configuration changed" interrupt.
 pub const NET_CONFIG_EVENT: u8 = 1 << 1;
+
+/// Set by the VF's queue interrupt.
+pub const VF_QUEUE_EVENT: u8 = 1 << 2;
+/// Set by the VF's mailbox/link interrupt.
+pub const VF_OTHER_EVENT: u8 = 1 << 3;
+/// Set by the control channel's interrupt.
+pub const CONTROL_EVENT: u8 = 1 << 4;
 
 /// NIC events seen by the interrupt stubs since the idle loop last looked. The stubs only
 /// OR bits in (one instruction, atomic on this one CPU); all work happens in the idle loop.
@@ -129,6 +138,22 @@ roam_isr_net_queue:
     .globl roam_isr_net_config
 roam_isr_net_config:
     or byte ptr [rip + {net_events}], {config_event}
+    jmp roam_eoi_return
+
+    .globl roam_isr_vf_queue
+roam_isr_vf_queue:
+    or byte ptr [rip + {net_events}], {vf_queue_event}
+    jmp roam_eoi_return
+
+    .globl roam_isr_vf_other
+roam_isr_vf_other:
+    or byte ptr [rip + {net_events}], {vf_other_event}
+    jmp roam_eoi_return
+
+    .globl roam_isr_control
+roam_isr_control:
+    or byte ptr [rip + {net_events}], {control_event}
+roam_eoi_return:
     push rax
     xor eax, eax
     movabs dword ptr [{eoi}], eax
@@ -147,6 +172,9 @@ roam_isr_spurious:
     net_events = sym NET_EVENTS,
     queue_event = const NET_QUEUE_EVENT,
     config_event = const NET_CONFIG_EVENT,
+    vf_queue_event = const VF_QUEUE_EVENT,
+    vf_other_event = const VF_OTHER_EVENT,
+    control_event = const CONTROL_EVENT,
 );
 
 /// Called by the exception stubs with the frame they built; never returns.
