@@ -3,7 +3,11 @@
 //! - [`config`] parses the static IPv4 setup from the kernel command line
 //!   (`ip=198.18.0.10/24 gw=198.18.0.1`).
 //! - [`phy`] adapts a `NetDevice` to smoltcp's `phy::Device` without copying frames.
-//! - [`stack`] runs the interface: ARP and ICMP echo (smoltcp), gratuitous ARP on link up.
+//! - [`stack`] runs the interface: ARP and ICMP echo (smoltcp), gratuitous ARP on link up
+//!   and on every NIC switch.
+//! - [`failover`] is a `NetDevice` over two NICs under one MAC (an SR-IOV VF and
+//!   virtio-net): transmit on the active one, receive from both, explicit and automatic
+//!   switching, per-NIC counters.
 //! - [`socket`] gives TCP and UDP sockets POSIX semantics (descriptors, bind, listen
 //!   backlog, accept, connect, half-close, readiness) for the kernel's socket calls.
 //!
@@ -28,11 +32,13 @@
 extern crate alloc;
 
 pub mod config;
+pub mod failover;
 pub mod phy;
 pub mod socket;
 pub mod stack;
 
 pub use config::NetConfig;
+pub use failover::{Failover, Nic};
 pub use smoltcp::time::{Duration, Instant};
 pub use socket::SocketTable;
 pub use stack::Stack;

@@ -4,9 +4,11 @@
 //! The caller owns time and waiting: it calls [`Stack::poll`] when the device signalled or
 //! when [`Stack::poll_at`] says so, and sleeps in between. ARP and ICMP echo are smoltcp's;
 //! this module adds the gratuitous ARP announcement on link up (and on demand, for NIC
-//! switches and moves).
+//! switches and moves). Over a [`Failover`] device the stack also switches NICs, announcing
+//! the address on the new NIC each time (`switch_nic`, `check_failover`, `set_vf`).
 
 use crate::config::NetConfig;
+use crate::failover::{Failover, Nic, SwitchError, Switched};
 use crate::phy::PhyAdapter;
 use drivers::net::{NetDevice, TxToken};
 use smoltcp::iface::{Config, Interface, PollResult, SocketSet};
@@ -116,6 +118,11 @@ impl<D: NetDevice> Stack<D> {
         true
     }
 
+    /// The device (to read its counters and state).
+    pub fn device(&self) -> &D {
+        self.device.device()
+    }
+
     /// The device (to acknowledge its interrupts, read its counters).
     pub fn device_mut(&mut self) -> &mut D {
         self.device.device_mut()
@@ -134,6 +141,60 @@ impl<D: NetDevice> Stack<D> {
     /// The interface and the sockets together (what TCP `connect` needs).
     pub fn iface_and_sockets(&mut self) -> (&mut Interface, &mut SocketSet<'static>) {
         (&mut self.iface, &mut self.sockets)
+    }
+}
+
+/// NIC switching over a [`Failover`] device. Each method announces the address with a
+/// gratuitous ARP on the newly active NIC as soon as the active NIC changes (when its link
+/// is up; otherwise [`Stack::check_link`] announces once it comes up). Sockets and TCP
+/// state are not touched.
+impl<V: NetDevice, W: NetDevice> Stack<Failover<V, W>> {
+    /// The operator's switch to `nic` ([`Failover::switch_to`]: `Nic::Virtio` pins
+    /// virtio-net, `Nic::Vf` lifts the pin), announced on `nic` if it changed anything.
+    pub fn switch_nic(&mut self, nic: Nic) -> Result<Switched, SwitchError> {
+        let switched = self.device.device_mut().switch_to(nic)?;
+        if switched.changed() {
+            self.announce_switch();
+        }
+        Ok(switched)
+    }
+
+    /// What the kernel calls after a NIC's link interrupt (or on a timer): automatic
+    /// failover ([`Failover::check`]), announced on the new NIC, then [`Stack::check_link`]
+    /// for the active NIC's own link. Returns the switch, if one happened.
+    pub fn check_failover(&mut self) -> Option<Switched> {
+        let switched = self.device.device_mut().check();
+        if switched.is_some() {
+            self.announce_switch();
+        }
+        self.check_link();
+        switched
+    }
+
+    /// Installs or removes the VF ([`Failover::set_vf`]), returning the one it replaces;
+    /// announces the address if the active NIC changed.
+    pub fn set_vf(&mut self, vf: Option<V>) -> Option<V> {
+        let before = self.device.device().active();
+        let old = self.device.device_mut().set_vf(vf);
+        if self.device.device().active() != before {
+            self.announce_switch();
+        }
+        old
+    }
+
+    /// Removes the VF (hot-unplug): [`Stack::set_vf`]`(None)`.
+    pub fn take_vf(&mut self) -> Option<V> {
+        self.set_vf(None)
+    }
+
+    /// After a change of active NIC: announces on it if its link is up, and records that
+    /// link state so [`Stack::check_link`] neither repeats nor misses the announcement.
+    fn announce_switch(&mut self) {
+        let up = self.device.device().link_up();
+        if up && !self.announce() {
+            log::warn!("net: no transmit buffer for the gratuitous ARP after a NIC switch");
+        }
+        self.link_up = up;
     }
 }
 

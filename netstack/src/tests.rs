@@ -562,3 +562,563 @@ mod sockets {
         );
     }
 }
+
+/// The failover device under one stack: the guest's VF and virtio-net on two in-memory links
+/// to one peer behind a learning bridge (as the host bridges the two TAPs).
+mod failover {
+    use super::*;
+    use crate::failover::{Failover, Nic, NicCounters, SwitchError, Switched};
+    use crate::socket::{SocketTable, Type};
+    use core::net::SocketAddrV4;
+    use drivers::net::{Capabilities, Events, NetDevice, RxToken, Stats, TxToken};
+
+    type Guest = Stack<Failover<MemoryNic, MemoryNic>>;
+
+    /// Port of the bridge facing each NIC.
+    fn port(nic: Nic) -> usize {
+        match nic {
+            Nic::Vf => 0,
+            Nic::Virtio => 1,
+        }
+    }
+
+    /// The peer's card: a learning switch over the far ends of the guest's links.
+    struct Bridge {
+        ports: [MemoryNic; 2],
+        /// The port the guest's MAC was last seen on.
+        learned: Option<usize>,
+        /// Sends unicast to this port whatever was learned (a switch that has it wrong).
+        forced: Option<usize>,
+        /// The port to read first (alternates).
+        next: usize,
+    }
+
+    impl Bridge {
+        fn forward(&mut self, frame: &[u8]) {
+            let to_all = frame[0] & 1 != 0;
+            for p in 0..2 {
+                let chosen = self.forced.or(self.learned);
+                if to_all || chosen.is_none_or(|c| c == p) {
+                    let nic = &mut self.ports[p];
+                    let token = nic.transmit().expect("memory cards always have a buffer");
+                    token.consume(frame.len(), |b| b.copy_from_slice(frame));
+                }
+            }
+        }
+    }
+
+    struct BridgeRx(Vec<u8>);
+
+    impl RxToken for BridgeRx {
+        fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+            f(&self.0)
+        }
+    }
+
+    struct BridgeTx<'a>(&'a mut Bridge);
+
+    impl TxToken for BridgeTx<'_> {
+        fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+            let mut frame = vec![0; len];
+            let r = f(&mut frame);
+            self.0.forward(&frame);
+            r
+        }
+    }
+
+    impl NetDevice for Bridge {
+        type RxToken<'a> = BridgeRx;
+        type TxToken<'a> = BridgeTx<'a>;
+
+        fn mac_address(&self) -> MacAddress {
+            PEER_MAC
+        }
+
+        fn capabilities(&self) -> Capabilities {
+            Capabilities {
+                max_frame_len: 1514,
+                max_burst: None,
+            }
+        }
+
+        fn link_up(&self) -> bool {
+            true
+        }
+
+        fn receive(&mut self) -> Option<(BridgeRx, BridgeTx<'_>)> {
+            for i in 0..2 {
+                let p = (self.next + i) % 2;
+                let frame = self.ports[p]
+                    .receive()
+                    .map(|(rx, _)| rx.consume(<[u8]>::to_vec));
+                if let Some(frame) = frame {
+                    if frame[6..12] == GUEST_MAC.0 {
+                        self.learned = Some(p);
+                    }
+                    self.next = 1 - p;
+                    return Some((BridgeRx(frame), BridgeTx(self)));
+                }
+            }
+            None
+        }
+
+        fn transmit(&mut self) -> Option<BridgeTx<'_>> {
+            Some(BridgeTx(self))
+        }
+
+        fn ack_interrupt(&mut self) -> Events {
+            Events::default()
+        }
+
+        fn stats(&self) -> Stats {
+            Stats::default()
+        }
+    }
+
+    /// The two hosts, their sockets, the clock, and what the peer has seen come back.
+    struct Net {
+        guest: Guest,
+        guest_table: SocketTable,
+        peer: Stack<Bridge>,
+        peer_table: SocketTable,
+        ms: i64,
+        /// TCP echo: the guest's server and the peer's client descriptors.
+        server: i32,
+        client: i32,
+        /// Bytes the peer sent and the echo it got back.
+        sent: Vec<u8>,
+        echoed: Vec<u8>,
+        ping: smoltcp::iface::SocketHandle,
+        /// Sequence numbers of the echo replies the peer received.
+        pongs: Vec<u16>,
+    }
+
+    /// Guest and peer with the NICs asked for (the VF configured with the guest's MAC), a
+    /// TCP connection from the peer to the guest's echo port and an ICMP socket on the peer.
+    fn net(vf: bool, virtio: bool) -> Net {
+        let (guest_vf, bridge_vf) = memory::pair(GUEST_MAC, PEER_MAC);
+        let (guest_virtio, bridge_virtio) = memory::pair(GUEST_MAC, PEER_MAC);
+        let failover = Failover::new(vf.then_some(guest_vf), virtio.then_some(guest_virtio));
+        let bridge = Bridge {
+            ports: [bridge_vf, bridge_virtio],
+            learned: None,
+            forced: None,
+            next: 0,
+        };
+        let now = Instant::from_millis(0);
+        let mut guest = Stack::new(failover, config(GUEST_IP), 1, now);
+        let mut peer = Stack::new(bridge, config(PEER_IP), 2, now);
+        assert_eq!(guest.check_failover(), None);
+        assert!(guest.device().link_up());
+        peer.check_link();
+
+        let rx = icmp::PacketBuffer::new(vec![icmp::PacketMetadata::EMPTY; 16], vec![0; 2048]);
+        let tx = icmp::PacketBuffer::new(vec![icmp::PacketMetadata::EMPTY; 16], vec![0; 2048]);
+        let mut socket = icmp::Socket::new(rx, tx);
+        socket.bind(icmp::Endpoint::Ident(0x1234)).unwrap();
+        let ping = peer.sockets_mut().add(socket);
+
+        let mut guest_table = SocketTable::new(1);
+        let mut peer_table = SocketTable::new(2);
+        let listener = guest_table.socket(&mut guest, Type::Stream, true).unwrap();
+        guest_table
+            .bind(
+                &mut guest,
+                listener,
+                SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 7),
+            )
+            .unwrap();
+        guest_table.listen(&mut guest, listener, 1).unwrap();
+        let client = peer_table.socket(&mut peer, Type::Stream, true).unwrap();
+        let _ = peer_table.connect(&mut peer, client, SocketAddrV4::new(GUEST_IP, 7));
+        let mut net = Net {
+            guest,
+            guest_table,
+            peer,
+            peer_table,
+            ms: 0,
+            server: -1,
+            client,
+            sent: Vec::new(),
+            echoed: Vec::new(),
+            ping,
+            pongs: Vec::new(),
+        };
+        net.run_until("connection accepted", |n| {
+            if let Ok((fd, _)) = n.guest_table.accept(&mut n.guest, listener) {
+                n.server = fd;
+            }
+            n.server >= 0 && n.peer_table.connect_result(&mut n.peer, n.client).is_ok()
+        });
+        net
+    }
+
+    impl Net {
+        /// One millisecond: both stacks poll, the guest echoes, the peer collects.
+        fn step(&mut self) {
+            self.ms += 1;
+            let now = Instant::from_millis(self.ms);
+            self.guest.poll(now);
+            self.peer.poll(now);
+            let mut buf = [0u8; 4096];
+            if self.server >= 0
+                && let Ok((n, _)) =
+                    self.guest_table
+                        .recv(&mut self.guest, self.server, &mut buf, true)
+                && n > 0
+            {
+                // Echo what fits in the send buffer, and consume exactly that.
+                let taken = self
+                    .guest_table
+                    .send(&mut self.guest, self.server, &buf[..n], None)
+                    .unwrap_or(0);
+                let mut sink = vec![0; taken];
+                let _ = self
+                    .guest_table
+                    .recv(&mut self.guest, self.server, &mut sink, false);
+            }
+            while let Ok((n, _)) =
+                self.peer_table
+                    .recv(&mut self.peer, self.client, &mut buf, false)
+                && n > 0
+            {
+                self.echoed.extend_from_slice(&buf[..n]);
+            }
+            let socket = self.peer.sockets_mut().get_mut::<icmp::Socket>(self.ping);
+            while let Ok((reply, _)) = socket.recv() {
+                let packet = Icmpv4Packet::new_checked(reply).unwrap();
+                let checksums = smoltcp::phy::ChecksumCapabilities::default();
+                if let Ok(Icmpv4Repr::EchoReply { seq_no, .. }) =
+                    Icmpv4Repr::parse(&packet, &checksums)
+                {
+                    self.pongs.push(seq_no);
+                }
+            }
+        }
+
+        /// Steps until `done` (at most 5 simulated seconds); returns the milliseconds taken.
+        fn run_until(&mut self, what: &str, mut done: impl FnMut(&mut Net) -> bool) -> i64 {
+            let start = self.ms;
+            for _ in 0..5000 {
+                if done(self) {
+                    return self.ms - start;
+                }
+                self.step();
+            }
+            panic!("{what}: not reached after {} ms", self.ms - start);
+        }
+
+        /// The peer queues `len` more bytes of the stream and a ping with `seq`.
+        fn send(&mut self, len: usize, seq: u16) {
+            let start = self.sent.len();
+            let chunk: Vec<u8> = (start..start + len).map(|i| (i % 251) as u8).collect();
+            let n = self
+                .peer_table
+                .send(&mut self.peer, self.client, &chunk, None)
+                .unwrap();
+            assert_eq!(n, len, "the peer's send buffer takes the chunk");
+            self.sent.extend_from_slice(&chunk);
+            let request = Icmpv4Repr::EchoRequest {
+                ident: 0x1234,
+                seq_no: seq,
+                data: b"roam failover ping",
+            };
+            let socket = self.peer.sockets_mut().get_mut::<icmp::Socket>(self.ping);
+            let buf = socket
+                .send(request.buffer_len(), IpAddress::Ipv4(GUEST_IP))
+                .unwrap();
+            let checksums = smoltcp::phy::ChecksumCapabilities::default();
+            request.emit(&mut Icmpv4Packet::new_unchecked(buf), &checksums);
+        }
+
+        /// Runs until everything sent was echoed and ping `seq` answered; returns the time.
+        fn settle(&mut self, seq: u16) -> i64 {
+            let ms = self.run_until("echo and ping reply", |n| {
+                n.echoed.len() == n.sent.len() && n.pongs.contains(&seq)
+            });
+            assert_eq!(
+                self.echoed, self.sent,
+                "the stream comes back intact, in order"
+            );
+            ms
+        }
+
+        fn guest_nic(&self, nic: Nic) -> &MemoryNic {
+            let f = self.guest.device();
+            match nic {
+                Nic::Vf => f.vf().expect("VF present"),
+                Nic::Virtio => f.virtio().expect("virtio-net present"),
+            }
+        }
+
+        fn counters(&self, nic: Nic) -> NicCounters {
+            self.guest.device().counters(nic)
+        }
+
+        /// Gratuitous ARPs the guest sent through `nic`.
+        fn garps(&self, nic: Nic) -> usize {
+            self.guest_nic(nic)
+                .sent()
+                .iter()
+                .filter(|f| is_garp(f))
+                .count()
+        }
+
+        /// Whether the last frame `nic` sent is a gratuitous ARP.
+        fn last_is_garp(&self, nic: Nic) -> bool {
+            self.guest_nic(nic)
+                .sent()
+                .last()
+                .is_some_and(|f| is_garp(f))
+        }
+    }
+
+    fn is_garp(frame: &[u8]) -> bool {
+        arp(frame).is_some_and(|(dst, repr)| {
+            dst == EthernetAddress::BROADCAST
+                && repr
+                    == ArpRepr::EthernetIpv4 {
+                        operation: ArpOperation::Request,
+                        source_hardware_addr: EthernetAddress(GUEST_MAC.0),
+                        source_protocol_addr: GUEST_IP,
+                        target_hardware_addr: EthernetAddress([0; 6]),
+                        target_protocol_addr: GUEST_IP,
+                    }
+        })
+    }
+
+    #[test]
+    fn ten_switches_lose_no_byte_and_no_ping() {
+        let mut net = net(true, true);
+        assert_eq!(net.guest.device().active(), Some(Nic::Vf));
+        assert_eq!(net.garps(Nic::Vf), 1, "link up announced on the VF");
+        net.send(1000, 100);
+        net.settle(100);
+        let mut stragglers = 0;
+        for round in 0..10u16 {
+            let to = if round % 2 == 0 { Nic::Virtio } else { Nic::Vf };
+            let from = to.other();
+            // Data and a ping leave the peer toward the NIC in use; the switch happens
+            // while they are still in flight.
+            net.send(3000, round);
+            net.peer.poll(Instant::from_millis(net.ms));
+            let in_flight = net.guest_nic(from).waiting();
+            assert!(in_flight > 0);
+            stragglers += in_flight;
+            let garps = net.garps(to);
+            let from_rx = net.counters(from).rx;
+            let switched = net.guest.switch_nic(to).unwrap();
+            assert_eq!(
+                switched,
+                Switched {
+                    from: Some(from),
+                    to
+                }
+            );
+            assert_eq!(net.garps(to), garps + 1, "one gratuitous ARP per switch");
+            assert!(net.last_is_garp(to), "sent at once, before any other frame");
+            let from_tx = net.counters(from).tx;
+            let ms = net.settle(round);
+            // No retransmission timeout was needed (smoltcp's minimum is 1 s).
+            assert!(ms < 100, "round {round} took {ms} ms");
+            assert_eq!(
+                net.counters(from).tx,
+                from_tx,
+                "nothing left on the old NIC"
+            );
+            assert!(net.counters(from).rx >= from_rx + in_flight as u64);
+            assert_eq!(net.peer.device().learned, Some(port(to)));
+        }
+        assert!(stragglers >= 10);
+        let f = net.guest.device();
+        assert_eq!(f.switches(), 10);
+        assert_eq!(
+            net.pongs.len(),
+            11,
+            "every ping answered once: {:?}",
+            net.pongs
+        );
+        // Per-NIC counters add up to what crossed each link, and nothing was dropped.
+        let bridge = net.peer.device();
+        for nic in [Nic::Vf, Nic::Virtio] {
+            let c = f.counters(nic);
+            let wire = bridge.ports[port(nic)].stats();
+            assert_eq!(c.rx, wire.tx_frames, "{nic}: received all the bridge sent");
+            assert_eq!(
+                c.tx, wire.rx_frames,
+                "{nic}: the bridge received all we sent"
+            );
+            assert_eq!((c.rx_errors, c.tx_dropped), (0, 0));
+            assert!(c.present && c.link_up);
+            assert!(c.tx > 10, "{nic} carried traffic");
+        }
+        let total = f.stats();
+        assert_eq!(
+            total.rx_frames,
+            f.counters(Nic::Vf).rx + f.counters(Nic::Virtio).rx
+        );
+        assert_eq!(
+            total.tx_frames,
+            f.counters(Nic::Vf).tx + f.counters(Nic::Virtio).tx
+        );
+    }
+
+    #[test]
+    fn vf_link_down_fails_over_to_virtio_and_back() {
+        let mut net = net(true, true);
+        net.send(500, 1);
+        net.settle(1);
+        // The VF's link drops; the peer keeps sending toward it, and those frames are lost.
+        net.peer.device().ports[0].set_link(false);
+        net.send(2000, 2);
+        net.peer.poll(Instant::from_millis(net.ms));
+        assert!(!net.guest.device().link_up());
+        let switched = net.guest.check_failover();
+        assert_eq!(
+            switched,
+            Some(Switched {
+                from: Some(Nic::Vf),
+                to: Nic::Virtio
+            })
+        );
+        assert!(net.last_is_garp(Nic::Virtio));
+        assert!(net.guest.device().link_up());
+        // TCP recovers the lost segments by itself over virtio-net; the lost ping stays lost.
+        net.send(1000, 3);
+        net.settle(3);
+        assert_eq!(net.guest.check_failover(), None, "nothing changed");
+        // The link comes back: traffic returns to the VF (nobody pinned virtio-net).
+        net.peer.device().ports[0].set_link(true);
+        let garps = net.garps(Nic::Vf);
+        assert_eq!(net.guest.check_failover().map(|s| s.to), Some(Nic::Vf));
+        assert_eq!(net.garps(Nic::Vf), garps + 1);
+        let vf_tx = net.counters(Nic::Vf).tx;
+        let virtio_tx = net.counters(Nic::Virtio).tx;
+        net.send(1000, 4);
+        net.settle(4);
+        assert!(net.counters(Nic::Vf).tx > vf_tx);
+        assert_eq!(net.counters(Nic::Virtio).tx, virtio_tx);
+        assert_eq!(net.guest.device().switches(), 2);
+    }
+
+    #[test]
+    fn vf_removed_then_re_added() {
+        let mut net = net(true, true);
+        net.send(500, 1);
+        net.settle(1);
+        // The VF driver notices it was unplugged and reports its link down.
+        net.guest.device_mut().vf_mut().unwrap().set_removed(true);
+        assert_eq!(net.guest.check_failover().map(|s| s.to), Some(Nic::Virtio));
+        assert!(net.last_is_garp(Nic::Virtio));
+        let old_vf = net.guest.take_vf().expect("the VF was there");
+        assert!(!net.counters(Nic::Vf).present);
+        assert_eq!(
+            net.guest.switch_nic(Nic::Vf),
+            Err(SwitchError::Absent(Nic::Vf))
+        );
+        net.send(2000, 2);
+        net.settle(2);
+        let before = net.counters(Nic::Vf);
+        assert_eq!(before.tx, old_vf.stats().tx_frames, "kept after removal");
+
+        // Re-plugged: a freshly probed VF on a new link to the bridge's first port.
+        let (guest_vf, bridge_vf) = memory::pair(GUEST_MAC, PEER_MAC);
+        net.peer.device_mut().ports[0] = bridge_vf;
+        assert!(net.guest.set_vf(Some(guest_vf)).is_none());
+        assert_eq!(net.guest.device().active(), Some(Nic::Vf));
+        assert_eq!(net.garps(Nic::Vf), 1, "announced on the new VF");
+        net.send(2000, 3);
+        net.settle(3);
+        let after = net.counters(Nic::Vf);
+        assert!(after.present && after.tx > before.tx && after.rx > before.rx);
+        assert_eq!(net.peer.device().learned, Some(0));
+
+        // A surprise removal of the active VF moves traffic at once.
+        let garps = net.garps(Nic::Virtio);
+        assert!(net.guest.take_vf().is_some());
+        assert_eq!(net.guest.device().active(), Some(Nic::Virtio));
+        assert_eq!(net.garps(Nic::Virtio), garps + 1);
+        net.send(1000, 4);
+        net.settle(4);
+        assert_eq!(net.guest.device().switches(), 3);
+    }
+
+    #[test]
+    fn frames_on_the_inactive_nic_are_answered_on_the_active_one() {
+        let mut net = net(true, true);
+        // The bridge sends everything for the guest to virtio-net; the VF stays active.
+        net.peer.device_mut().forced = Some(port(Nic::Virtio));
+        let vf_before = net.counters(Nic::Vf);
+        let virtio_before = net.counters(Nic::Virtio);
+        for seq in 0..5 {
+            net.send(1500, seq);
+            net.settle(seq);
+        }
+        let vf = net.counters(Nic::Vf);
+        let virtio = net.counters(Nic::Virtio);
+        assert!(
+            virtio.rx >= virtio_before.rx + 10,
+            "requests came in on virtio-net"
+        );
+        assert_eq!(vf.rx, vf_before.rx, "nothing came in on the VF");
+        assert_eq!(virtio.tx, 0, "nothing ever left on virtio-net");
+        assert!(vf.tx >= vf_before.tx + 10, "every answer left on the VF");
+        assert_eq!(net.guest.device().switches(), 0);
+    }
+
+    #[test]
+    fn one_nic_configurations_work() {
+        for (nic, vf, virtio) in [(Nic::Vf, true, false), (Nic::Virtio, false, true)] {
+            let mut net = net(vf, virtio);
+            assert_eq!(net.guest.device().active(), Some(nic));
+            net.send(3000, 1);
+            net.settle(1);
+            assert_eq!(
+                net.guest.switch_nic(nic.other()),
+                Err(SwitchError::Absent(nic.other()))
+            );
+            assert_eq!(net.guest.check_failover(), None);
+            let c = net.counters(nic);
+            assert!(c.present && c.link_up && c.rx > 0 && c.tx > 0);
+            assert_eq!(net.counters(nic.other()), NicCounters::default());
+            assert_eq!(net.guest.device().switches(), 0);
+        }
+    }
+
+    #[test]
+    fn switching_to_a_down_nic_is_refused_and_sends_nothing() {
+        let mut net = net(true, true);
+        net.peer.device().ports[port(Nic::Virtio)].set_link(false);
+        let sent = [Nic::Vf, Nic::Virtio].map(|n| net.guest_nic(n).sent().len());
+        assert_eq!(
+            net.guest.switch_nic(Nic::Virtio),
+            Err(SwitchError::LinkDown(Nic::Virtio))
+        );
+        assert_eq!(
+            [Nic::Vf, Nic::Virtio].map(|n| net.guest_nic(n).sent().len()),
+            sent
+        );
+        assert_eq!(net.guest.device().active(), Some(Nic::Vf));
+        // A switch to the NIC already active succeeds, changes nothing, announces nothing.
+        let s = net.guest.switch_nic(Nic::Vf).unwrap();
+        assert!(!s.changed());
+        assert_eq!(net.guest_nic(Nic::Vf).sent().len(), sent[0]);
+        assert_eq!(net.guest.device().switches(), 0);
+    }
+
+    #[test]
+    fn pinned_virtio_keeps_traffic_when_the_vf_returns() {
+        let mut net = net(true, true);
+        net.guest.switch_nic(Nic::Virtio).unwrap();
+        net.peer.device().ports[0].set_link(false);
+        assert_eq!(net.guest.check_failover(), None);
+        net.peer.device().ports[0].set_link(true);
+        assert_eq!(net.guest.check_failover(), None);
+        assert_eq!(net.guest.device().active(), Some(Nic::Virtio));
+        let vf_tx = net.counters(Nic::Vf).tx;
+        net.send(2000, 1);
+        net.settle(1);
+        assert_eq!(net.counters(Nic::Vf).tx, vf_tx);
+        assert_eq!(net.guest.device().switches(), 1);
+    }
+}

@@ -1,5 +1,5 @@
 //! An in-memory Ethernet link for host tests: two [`MemoryNic`]s whose transmitted frames
-//! arrive at the other end, with a link switch and a frame log.
+//! arrive at the other end, with a link switch, a hot-unplug switch per end and a frame log.
 
 use super::{Capabilities, Events, MacAddress, NetDevice, RxToken, Stats, TxToken};
 use alloc::collections::VecDeque;
@@ -18,6 +18,10 @@ struct Wire {
 struct Shared {
     wires: [Wire; 2],
     link_up: bool,
+    /// Per end: the card is unplugged (see [`MemoryNic::set_removed`]).
+    removed: [bool; 2],
+    /// Per end: what an interrupt signalled and `ack_interrupt` has not yet returned.
+    pending: [Events; 2],
 }
 
 /// One end of an in-memory link.
@@ -34,6 +38,8 @@ pub fn pair(a: MacAddress, b: MacAddress) -> (MemoryNic, MemoryNic) {
     let shared = Rc::new(RefCell::new(Shared {
         wires: [Wire::default(), Wire::default()],
         link_up: true,
+        removed: [false; 2],
+        pending: [Events::default(); 2],
     }));
     let nic = |side, mac| MemoryNic {
         shared: Rc::clone(&shared),
@@ -48,6 +54,30 @@ impl MemoryNic {
     /// Sets the link state (both ends see it).
     pub fn set_link(&self, up: bool) {
         self.shared.borrow_mut().link_up = up;
+    }
+
+    /// Unplugs this end (`true`) or plugs it back (`false`), as a hot-removed card looks to
+    /// its driver: it reports the link down, receives nothing and sends nothing, and the
+    /// frames in flight to it are lost. The other end still sees the link's own state.
+    pub fn set_removed(&self, removed: bool) {
+        let mut s = self.shared.borrow_mut();
+        s.removed[self.side] = removed;
+        if removed {
+            s.wires[1 - self.side].queue.clear();
+        }
+    }
+
+    /// Raises an interrupt on this end: the next [`NetDevice::ack_interrupt`] returns
+    /// `events` (merged with anything not yet acknowledged) and clears them.
+    pub fn raise_interrupt(&self, events: Events) {
+        let pending = &mut self.shared.borrow_mut().pending[self.side];
+        pending.queue |= events.queue;
+        pending.config |= events.config;
+    }
+
+    /// Whether this end is unplugged.
+    pub fn removed(&self) -> bool {
+        self.shared.borrow().removed[self.side]
     }
 
     /// Every frame this end has sent.
@@ -82,10 +112,15 @@ impl TxToken for MemoryTx<'_> {
         let mut frame = alloc::vec![0; len];
         let r = f(&mut frame);
         let mut s = self.nic.shared.borrow_mut();
-        if s.link_up {
-            let wire = &mut s.wires[self.nic.side];
+        let side = self.nic.side;
+        if s.link_up && !s.removed[side] {
+            // A frame to an unplugged card goes out but is lost on the way.
+            let deliver = !s.removed[1 - side];
+            let wire = &mut s.wires[side];
             wire.log.push(frame.clone());
-            wire.queue.push_back(frame);
+            if deliver {
+                wire.queue.push_back(frame);
+            }
             self.nic.stats.tx_frames += 1;
         } else {
             self.nic.stats.tx_dropped += 1;
@@ -110,13 +145,17 @@ impl NetDevice for MemoryNic {
     }
 
     fn link_up(&self) -> bool {
-        self.shared.borrow().link_up
+        let s = self.shared.borrow();
+        s.link_up && !s.removed[self.side]
     }
 
     fn receive(&mut self) -> Option<(MemoryRx, MemoryTx<'_>)> {
-        let frame = self.shared.borrow_mut().wires[1 - self.side]
-            .queue
-            .pop_front()?;
+        let mut s = self.shared.borrow_mut();
+        if s.removed[self.side] {
+            return None;
+        }
+        let frame = s.wires[1 - self.side].queue.pop_front()?;
+        drop(s);
         self.stats.rx_frames += 1;
         Some((MemoryRx(frame), MemoryTx { nic: self }))
     }
@@ -126,10 +165,86 @@ impl NetDevice for MemoryNic {
     }
 
     fn ack_interrupt(&mut self) -> Events {
-        Events::default()
+        core::mem::take(&mut self.shared.borrow_mut().pending[self.side])
     }
 
     fn stats(&self) -> Stats {
         self.stats
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: MacAddress = MacAddress([2, 0, 0, 0, 0, 1]);
+    const B: MacAddress = MacAddress([2, 0, 0, 0, 0, 2]);
+
+    fn send(nic: &mut MemoryNic, byte: u8) {
+        nic.transmit().unwrap().consume(2, |b| b.fill(byte));
+    }
+
+    fn recv(nic: &mut MemoryNic) -> Option<Vec<u8>> {
+        let (rx, _tx) = nic.receive()?;
+        Some(rx.consume(<[u8]>::to_vec))
+    }
+
+    #[test]
+    fn frames_cross_and_link_down_drops() {
+        let (mut a, mut b) = pair(A, B);
+        send(&mut a, 1);
+        assert_eq!(b.waiting(), 1);
+        assert_eq!(recv(&mut b), Some(vec![1, 1]));
+        assert_eq!(recv(&mut b), None);
+        b.set_link(false);
+        assert!(!a.link_up() && !b.link_up());
+        send(&mut a, 2);
+        assert_eq!((a.stats().tx_frames, a.stats().tx_dropped), (1, 1));
+        assert_eq!(b.waiting(), 0);
+        assert_eq!(a.sent(), vec![vec![1, 1]]);
+    }
+
+    #[test]
+    fn removed_end_is_silent_and_loses_frames_in_flight() {
+        let (mut a, mut b) = pair(A, B);
+        send(&mut a, 1);
+        b.set_removed(true);
+        assert!(b.removed() && !a.removed());
+        assert!(!b.link_up());
+        assert!(a.link_up(), "the other end sees the link itself");
+        assert_eq!(recv(&mut b), None, "frames in flight are lost");
+        send(&mut a, 2);
+        assert_eq!(a.stats().tx_frames, 2, "sent, but lost on the way");
+        send(&mut b, 3);
+        assert_eq!(b.stats().tx_dropped, 1);
+        assert_eq!(a.waiting(), 0);
+        b.set_removed(false);
+        assert!(b.link_up());
+        assert_eq!(recv(&mut b), None);
+        send(&mut a, 4);
+        assert_eq!(recv(&mut b), Some(vec![4, 4]));
+    }
+
+    #[test]
+    fn interrupts_are_acknowledged_once_per_end() {
+        let (mut a, mut b) = pair(A, B);
+        assert_eq!(a.ack_interrupt(), Events::default());
+        a.raise_interrupt(Events {
+            queue: true,
+            config: false,
+        });
+        a.raise_interrupt(Events {
+            queue: false,
+            config: true,
+        });
+        assert_eq!(b.ack_interrupt(), Events::default());
+        assert_eq!(
+            a.ack_interrupt(),
+            Events {
+                queue: true,
+                config: true
+            }
+        );
+        assert_eq!(a.ack_interrupt(), Events::default());
     }
 }
