@@ -122,7 +122,9 @@ pub fn ensure_kvm() -> Result<()> {
 /// Makes sure the guest target's standard library is installed for the pinned toolchain.
 ///
 /// rustup installs what rust-toolchain.toml lists only when auto-install is on; with
-/// `RUSTUP_AUTO_INSTALL=0` (as on our CI machines) `rustup toolchain install` does it.
+/// `RUSTUP_AUTO_INSTALL=0` (as on our CI machines) `rustup toolchain install` does it. Cargo
+/// runs us with `RUSTUP_TOOLCHAIN` set, which makes rustup ignore the file's `targets`, so
+/// the variable is removed for that one command.
 pub fn ensure_guest_target() -> Result<()> {
     if guest_target_installed() {
         return Ok(());
@@ -138,6 +140,7 @@ pub fn ensure_guest_target() -> Result<()> {
     proc::run(
         Command::new("rustup")
             .args(["toolchain", "install"])
+            .env_remove("RUSTUP_TOOLCHAIN")
             .current_dir(crate::root()),
     )?;
     if !guest_target_installed() {
