@@ -1,9 +1,11 @@
-//! Roam's device drivers: PCI, MSI-X and virtio-net, behind the [`net::NetDevice`] trait.
+//! Roam's device drivers: PCI, MSI-X, virtio-net and the Intel 82599 VF ([`ixgbevf`]),
+//! behind the [`net::NetDevice`] trait.
 //!
 //! The crate is `no_std` (with `alloc`) and depends on none of Roam's other crates. It
-//! programs hardware only through two small abstractions the kernel implements:
+//! programs hardware only through small abstractions the kernel implements:
 //! - [`pci::ConfigAccess`]: configuration space reads and writes (port I/O 0xCF8/0xCFC);
-//! - `virtio_drivers::Hal`: DMA memory and mapping device BARs.
+//! - `virtio_drivers::Hal`: DMA memory and mapping device BARs;
+//! - [`hal::Dma`] and [`hal::Delay`] (ixgbevf): DMA memory for its rings, and bring-up waits.
 //!
 //! The kernel enumerates PCI, probes the NIC and hands the resulting device to netstack,
 //! which sees only [`net::NetDevice`]:
@@ -26,4 +28,5 @@ pub mod hal;
 pub mod ixgbevf;
 pub mod net;
 pub mod pci;
+pub mod virtio_console;
 pub mod virtio_net;

@@ -4,13 +4,17 @@
 //! - [`RegisterIo`], the small register-access trait the drivers program against, and
 //!   [`Mmio`], its implementation over a mapped device region (`mmio`);
 //! - the receive and transmit buffer rings that lend DMA memory to virtio-net's queues
-//!   (`virtio`), the one place a device can write into our memory.
+//!   (`virtio`);
+//! - [`dma`]: the [`Dma`] allocator and [`Delay`] traits for drivers that run their own
+//!   descriptor rings (ixgbevf), and `DmaArea`, the ring and buffers lent to such a device.
 //!
 //! Everything above this module is safe code over these primitives.
 
+pub mod dma;
 mod mmio;
 pub(crate) mod virtio;
 
+pub use dma::{Delay, Dma, DmaChunk};
 pub use mmio::{Mmio, RegisterIo};
 
 use crate::pci::bar::Region;

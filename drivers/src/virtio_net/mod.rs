@@ -169,7 +169,7 @@ impl Structures {
 }
 
 /// The region of `structure` inside its (assigned, memory) BAR.
-fn region(
+pub(crate) fn region(
     bars: &[Option<Bar>; 6],
     structure: Structure,
     name: &'static str,
@@ -183,7 +183,7 @@ fn region(
 
 /// virtio-drivers' view of our configuration access.
 #[derive(Clone, Debug)]
-struct RootAccess<C>(C);
+pub(crate) struct RootAccess<C>(pub(crate) C);
 
 impl<C: ConfigAccess + Clone> ConfigurationAccess for RootAccess<C> {
     fn read_word(&self, df: DeviceFunction, register_offset: u8) -> u32 {
@@ -315,7 +315,7 @@ impl<H: Hal> VirtioNet<H> {
 }
 
 /// Programs MSI-X when the device has a usable capability; else reports INTx.
-fn setup_interrupts<H: Hal, C: ConfigAccess>(
+pub(crate) fn setup_interrupts<H: Hal, C: ConfigAccess>(
     access: &mut C,
     bdf: Bdf,
     bars: &[Option<Bar>; 6],

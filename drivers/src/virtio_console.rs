@@ -1,0 +1,334 @@
+//! virtio-console over PCI (virtio 1.x, one port): the guest's end of host-vmm's control
+//! channel, through virtio-drivers' `VirtIOConsole`.
+//!
+//! Probing is virtio-net's ([`crate::virtio_net`]): unassigned memory BARs get addresses,
+//! memory decoding and bus mastering on, the virtio structures found and mapped, MSI-X set
+//! up with entry 0 for receiveq (bytes from the host) and entry 1 for configuration changes
+//! (the transmit queue has no vector), INTx when MSI-X is not usable; the same transport
+//! (`virtio_net::transport`) writes the vectors virtio-drivers leaves out.
+//!
+//! [`Console::recv`] never waits. [`Console::send`] hands the bytes to the device and waits
+//! for it to take them (virtio-drivers' console spins on the used ring until then); host-vmm's
+//! device takes every transmit buffer at once, so this is the time of one notification.
+//! A device that has given up (DEVICE_NEEDS_RESET) would never take them: `send` checks the
+//! status first and refuses.
+
+use crate::hal::{self, Mmio, RegisterIo};
+use crate::pci::bar::{self, Bar, BarError, Window};
+use crate::pci::{self, Bdf, ConfigAccess};
+use crate::virtio_net::transport::{Notify, RoamTransport, common};
+use crate::virtio_net::{
+    Interrupt, InterruptRequest, RootAccess, Structures, region, setup_interrupts,
+};
+use core::fmt;
+use virtio_drivers::Hal;
+use virtio_drivers::device::console::VirtIOConsole;
+use virtio_drivers::transport::pci::bus::{DeviceFunction, PciRoot};
+use virtio_drivers::transport::pci::{PciTransport, VirtioPciError};
+
+/// The virtio PCI vendor ID.
+pub const VENDOR_ID: u16 = 0x1AF4;
+/// virtio-console's modern (virtio 1.x only) PCI device ID.
+pub const DEVICE_ID_MODERN: u16 = 0x1043;
+/// virtio-console's transitional PCI device ID.
+pub const DEVICE_ID_TRANSITIONAL: u16 = 0x1003;
+
+/// `device_status` in the common configuration, and its "needs reset" bit.
+const DEVICE_STATUS: usize = 0x14;
+const STATUS_NEEDS_RESET: u8 = 0x40;
+
+/// Whether `function` is a virtio console this driver can drive.
+pub fn matches(function: &pci::Function) -> bool {
+    function.vendor_id == VENDOR_ID
+        && matches!(
+            function.device_id,
+            DEVICE_ID_MODERN | DEVICE_ID_TRANSITIONAL
+        )
+}
+
+/// Why the console could not be brought up or used (not `Copy`: virtio-drivers' errors
+/// are not).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Error {
+    /// The function is not a virtio console (vendor, device).
+    NotVirtioConsole(u16, u16),
+    /// A BAR could not be decoded or assigned.
+    Bar(BarError),
+    /// A required virtio structure is missing (its name).
+    MissingStructure(&'static str),
+    /// A virtio structure does not fit its BAR (its name).
+    StructureOutsideBar(&'static str),
+    /// virtio-drivers' PCI transport refused the device.
+    Transport(VirtioPciError),
+    /// virtio-drivers' console failed (setup, or a queue operation).
+    Driver(virtio_drivers::Error),
+    /// The device has stopped (DEVICE_NEEDS_RESET): nothing more goes through.
+    NeedsReset,
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::NotVirtioConsole(v, d) => write!(f, "{v:04x}:{d:04x} is not virtio-console"),
+            Error::Bar(e) => write!(f, "{e}"),
+            Error::MissingStructure(s) => write!(f, "no virtio {s} structure"),
+            Error::StructureOutsideBar(s) => write!(f, "virtio {s} structure outside its BAR"),
+            Error::Transport(e) => write!(f, "PCI transport: {e}"),
+            Error::Driver(e) => write!(f, "virtio-console: {e}"),
+            Error::NeedsReset => write!(f, "virtio-console: the device needs a reset"),
+        }
+    }
+}
+
+/// Checks that `bdf` is a virtio console.
+fn check_ids(access: &impl ConfigAccess, bdf: Bdf) -> Result<(), Error> {
+    let ids = access.read32(bdf, pci::VENDOR_DEVICE);
+    let (vendor, device) = (ids as u16, (ids >> 16) as u16);
+    if vendor != VENDOR_ID || !matches!(device, DEVICE_ID_MODERN | DEVICE_ID_TRANSITIONAL) {
+        return Err(Error::NotVirtioConsole(vendor, device));
+    }
+    Ok(())
+}
+
+/// The common configuration and notify regions (with the notify multiplier) of `bdf`,
+/// checked against its BARs.
+fn locate(
+    access: &impl ConfigAccess,
+    bdf: Bdf,
+    bars: &[Option<Bar>; 6],
+) -> Result<(bar::Region, bar::Region, u32), Error> {
+    let found = Structures::find(access, bdf);
+    let common_cap = found
+        .common
+        .ok_or(Error::MissingStructure("common configuration"))?;
+    let (notify, multiplier) = found.notify.ok_or(Error::MissingStructure("notify"))?;
+    let common_region = region(bars, common_cap, "common configuration")
+        .ok()
+        .filter(|r| r.len() >= common::LEN)
+        .ok_or(Error::StructureOutsideBar("common configuration"))?;
+    let notify_region =
+        region(bars, notify, "notify").map_err(|_| Error::StructureOutsideBar("notify"))?;
+    Ok((common_region, notify_region, multiplier))
+}
+
+/// A virtio console brought up: one port, bytes both ways.
+pub struct Console<H: Hal> {
+    inner: VirtIOConsole<H, RoamTransport>,
+    /// The common configuration, to see whether the device has stopped.
+    common: Mmio,
+    interrupt: Interrupt,
+}
+
+impl<H: Hal> Console<H> {
+    /// Brings up the virtio-console function `bdf`. Memory BARs without an address get one
+    /// from `window` when given. Interrupts go to `irq` through MSI-X when the device has it
+    /// (`queue_vector`: bytes arrived; `config_vector`: configuration changes), else through
+    /// INTx (see [`Console::interrupt`]).
+    pub fn probe<C: ConfigAccess + Clone>(
+        access: &mut C,
+        bdf: Bdf,
+        window: Option<&mut Window>,
+        irq: InterruptRequest,
+    ) -> Result<Console<H>, Error> {
+        check_ids(access, bdf)?;
+
+        let mut bars = bar::read_all(access, bdf);
+        if let Some(window) = window {
+            for index in 0..bar::BAR_COUNT {
+                if let Some(Bar::Memory { address: 0, .. }) = bars[usize::from(index)] {
+                    let assigned = bar::assign(access, bdf, index, window).map_err(Error::Bar)?;
+                    log::info!("pci {bdf}: BAR {index} assigned: {assigned}");
+                    bars[usize::from(index)] = Some(assigned);
+                }
+            }
+        }
+        let command = pci::command(access, bdf);
+        pci::set_command(
+            access,
+            bdf,
+            (command | pci::COMMAND_MEMORY | pci::COMMAND_BUS_MASTER) & !pci::COMMAND_INTX_DISABLE,
+        );
+
+        let (common_region, notify_region, multiplier) = locate(access, bdf, &bars)?;
+        // Three views of the common configuration: the transport's vector writes, the check
+        // that the device took them, and the status check before each send.
+        let common_io = hal::map::<H>(common_region);
+        let mut check = hal::map::<H>(common_region);
+        let status = hal::map::<H>(common_region);
+        let notify = Notify {
+            io: hal::map::<H>(notify_region),
+            multiplier,
+        };
+
+        let (vectors, mut interrupt, msix) = setup_interrupts::<H, _>(access, bdf, &bars, irq);
+        let df = DeviceFunction {
+            bus: bdf.bus,
+            device: bdf.device,
+            function: bdf.function,
+        };
+        let mut root = PciRoot::new(RootAccess(access.clone()));
+        let inner = PciTransport::new::<H, _>(&mut root, df).map_err(Error::Transport)?;
+        let transport = RoamTransport::new(inner, common_io, notify, vectors);
+        let inner = VirtIOConsole::<H, _>::new(transport).map_err(Error::Driver)?;
+
+        if let (Some(msix), Interrupt::Msix { .. }) = (msix, interrupt) {
+            check.write16(common::QUEUE_SELECT, 0);
+            let taken = check.read16(common::QUEUE_MSIX_VECTOR) == vectors.queues[0]
+                && check.read16(common::MSIX_CONFIG) == vectors.config;
+            if !taken {
+                log::warn!("pci {bdf}: the console refused its MSI-X vectors; using INTx");
+                msix.disable(access, bdf);
+                interrupt = pci::intx(access, bdf).map_or(Interrupt::None, Interrupt::Intx);
+            }
+        }
+        Ok(Console {
+            inner,
+            common: status,
+            interrupt,
+        })
+    }
+
+    /// How the device signals (MSI-X, INTx, or not at all).
+    pub fn interrupt(&self) -> Interrupt {
+        self.interrupt
+    }
+
+    /// Whether the device has stopped (DEVICE_NEEDS_RESET): then nothing more goes through.
+    pub fn needs_reset(&self) -> bool {
+        self.common.read8(DEVICE_STATUS) & STATUS_NEEDS_RESET != 0
+    }
+
+    /// Copies bytes the host sent into `buf`, as many as are there and fit; never waits.
+    /// Returns how many (0: none waiting).
+    pub fn recv(&mut self, buf: &mut [u8]) -> Result<usize, Error> {
+        let mut n = 0;
+        while n < buf.len() {
+            match self.inner.recv(true).map_err(Error::Driver)? {
+                Some(byte) => {
+                    buf[n] = byte;
+                    n += 1;
+                }
+                None => break,
+            }
+        }
+        Ok(n)
+    }
+
+    /// Sends `bytes` to the host; returns once the device has taken them.
+    pub fn send(&mut self, bytes: &[u8]) -> Result<(), Error> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        if self.needs_reset() {
+            return Err(Error::NeedsReset);
+        }
+        self.inner.send_bytes(bytes).map_err(Error::Driver)
+    }
+
+    /// For INTx: reads (and so clears) the interrupt status, lowering the line. Returns
+    /// whether bytes may have arrived (call [`Console::recv`]). With MSI-X there is nothing
+    /// to acknowledge: call `recv` when the queue vector fires.
+    pub fn ack_interrupt(&mut self) -> Result<bool, Error> {
+        if !matches!(self.interrupt, Interrupt::Intx(_)) {
+            return Ok(false);
+        }
+        self.inner.ack_interrupt().map_err(Error::Driver)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pci::capability::ID_VENDOR;
+    use crate::pci::fake::{FakeConfig, FakeFunction};
+    use crate::pci::{CAPABILITY_POINTER, STATUS_CAPABILITIES};
+
+    const DEV: Bdf = Bdf {
+        bus: 0,
+        device: 4,
+        function: 0,
+    };
+
+    fn function(vendor_id: u16, device_id: u16) -> pci::Function {
+        pci::Function {
+            bdf: DEV,
+            vendor_id,
+            device_id,
+            class: 0xFF,
+            subclass: 0,
+            header_type: 0,
+        }
+    }
+
+    #[test]
+    fn matches_virtio_console_ids_only() {
+        assert!(matches(&function(VENDOR_ID, DEVICE_ID_MODERN)));
+        assert!(matches(&function(VENDOR_ID, DEVICE_ID_TRANSITIONAL)));
+        assert!(!matches(&function(VENDOR_ID, 0x1041)), "virtio-net");
+        assert!(!matches(&function(0x8086, DEVICE_ID_MODERN)));
+    }
+
+    #[test]
+    fn another_function_is_refused_by_its_ids() {
+        let mut c = FakeConfig::default();
+        c.add(DEV, FakeFunction::new(VENDOR_ID, 0x1041, 0x02, 0x00));
+        let e = check_ids(&c, DEV).unwrap_err();
+        assert_eq!(e, Error::NotVirtioConsole(VENDOR_ID, 0x1041));
+        assert_eq!(e.to_string(), "1af4:1041 is not virtio-console");
+        c.add(
+            DEV,
+            FakeFunction::new(VENDOR_ID, DEVICE_ID_MODERN, 0x07, 0x80),
+        );
+        assert_eq!(check_ids(&c, DEV), Ok(()));
+    }
+
+    /// host-vmm's console: BAR 1 MSI-X, BAR 4 the virtio structures (QEMU's layout).
+    fn host_vmm_console(notify_offset: u32) -> FakeConfig {
+        let mut f = FakeFunction::new(VENDOR_ID, DEVICE_ID_MODERN, 0xFF, 0x00);
+        f.set_status(STATUS_CAPABILITIES);
+        f.set_byte(CAPABILITY_POINTER, 0x60);
+        let vendor = |cap_len: u8, cfg_type: u8, offset: u32, length: u32| {
+            let mut body = vec![cap_len, cfg_type, 4, 0, 0, 0];
+            body.extend_from_slice(&offset.to_le_bytes());
+            body.extend_from_slice(&length.to_le_bytes());
+            body
+        };
+        f.add_capability(
+            0x60,
+            ID_VENDOR,
+            0x50,
+            &vendor(0x14, 2, notify_offset, 0x1000),
+        );
+        f.set_dword(0x60 + 16, 4);
+        f.add_capability(0x50, ID_VENDOR, 0x00, &vendor(0x10, 1, 0, 0x1000));
+        f.set_bar(4, 0x4000, 0b1100, 0xFE00_0000);
+        let mut c = FakeConfig::default();
+        c.add(DEV, f);
+        c
+    }
+
+    #[test]
+    fn the_structures_are_located_inside_their_bar() {
+        let mut c = host_vmm_console(0x3000);
+        let bars = bar::read_all(&mut c, DEV);
+        let (common_region, notify, multiplier) = locate(&c, DEV, &bars).unwrap();
+        assert_eq!(common_region.phys(), 0xFE00_0000);
+        assert_eq!((notify.phys(), multiplier), (0xFE00_3000, 4));
+        let mut c = host_vmm_console(0x3800);
+        let bars = bar::read_all(&mut c, DEV);
+        assert_eq!(
+            locate(&c, DEV, &bars).unwrap_err(),
+            Error::StructureOutsideBar("notify")
+        );
+        let mut c = FakeConfig::default();
+        c.add(
+            DEV,
+            FakeFunction::new(VENDOR_ID, DEVICE_ID_MODERN, 0xFF, 0x00),
+        );
+        let bars = bar::read_all(&mut c, DEV);
+        assert_eq!(
+            locate(&c, DEV, &bars).unwrap_err(),
+            Error::MissingStructure("common configuration")
+        );
+    }
+}
