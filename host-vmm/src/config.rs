@@ -248,6 +248,9 @@ pub enum NetConfigError {
         "MAC address `{0}` is not a unicast address (the low bit of the first octet must be 0, and not all zeros)"
     )]
     NotUnicast(String),
+    /// `--vf` named the TAP `--net` uses.
+    #[error("TAP `{0}` is already --net's; the VF needs a TAP of its own")]
+    SameTap(String),
 }
 
 /// Whether Linux would take `name` as an interface name (`dev_valid_name`).
@@ -265,34 +268,62 @@ impl FromStr for NetConfig {
     type Err = NetConfigError;
 
     fn from_str(text: &str) -> Result<Self, NetConfigError> {
-        let mut tap = None;
-        let mut mac = None;
-        for part in text.split(',') {
-            let (key, value) = part
-                .split_once('=')
-                .ok_or_else(|| NetConfigError::Malformed(part.to_owned()))?;
-            let slot_taken = match key {
-                "tap" => tap.replace(value).is_some(),
-                "mac" => mac.replace(value).is_some(),
-                _ => return Err(NetConfigError::UnknownKey(key.to_owned())),
-            };
-            if slot_taken {
-                return Err(NetConfigError::Duplicate(key.to_owned()));
-            }
-        }
-        let tap = tap.ok_or(NetConfigError::MissingTap)?;
-        if !valid_ifname(tap) {
-            return Err(NetConfigError::BadTapName(tap.to_owned()));
-        }
-        let mac = match mac {
-            Some(mac) => mac.parse()?,
-            None => MacAddr::for_tap(tap),
-        };
-        Ok(NetConfig {
-            tap: tap.to_owned(),
-            mac,
-        })
+        let (tap, mac) = parse_tap_spec(text)?;
+        let mac = mac.unwrap_or_else(|| MacAddr::for_tap(&tap));
+        Ok(NetConfig { tap, mac })
     }
+}
+
+/// The emulated 82599 VF on a TAP of its own: `--vf tap=NAME[,mac=MAC]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VfConfig {
+    /// The TAP interface (created if it does not exist).
+    pub tap: String,
+    /// The VF's permanent MAC.
+    pub mac: MacAddr,
+}
+
+impl VfConfig {
+    /// Parses a `--vf` value. Without `mac=` the VF takes `net`'s MAC (both NICs share one
+    /// address, so the guest can move traffic between them), or with no `--net` the default
+    /// `--net` would pick for that TAP name.
+    pub fn parse(text: &str, net: Option<&NetConfig>) -> Result<Self, NetConfigError> {
+        let (tap, mac) = parse_tap_spec(text)?;
+        if net.is_some_and(|n| n.tap == tap) {
+            return Err(NetConfigError::SameTap(tap));
+        }
+        let mac = match (mac, net) {
+            (Some(mac), _) => mac,
+            (None, Some(net)) => net.mac,
+            (None, None) => MacAddr::for_tap(&tap),
+        };
+        Ok(VfConfig { tap, mac })
+    }
+}
+
+/// Parses `tap=NAME[,mac=MAC]` (the grammar of `--net` and `--vf`).
+fn parse_tap_spec(text: &str) -> Result<(String, Option<MacAddr>), NetConfigError> {
+    let mut tap = None;
+    let mut mac = None;
+    for part in text.split(',') {
+        let (key, value) = part
+            .split_once('=')
+            .ok_or_else(|| NetConfigError::Malformed(part.to_owned()))?;
+        let slot_taken = match key {
+            "tap" => tap.replace(value).is_some(),
+            "mac" => mac.replace(value).is_some(),
+            _ => return Err(NetConfigError::UnknownKey(key.to_owned())),
+        };
+        if slot_taken {
+            return Err(NetConfigError::Duplicate(key.to_owned()));
+        }
+    }
+    let tap = tap.ok_or(NetConfigError::MissingTap)?;
+    if !valid_ifname(tap) {
+        return Err(NetConfigError::BadTapName(tap.to_owned()));
+    }
+    let mac = mac.map(str::parse).transpose()?;
+    Ok((tap.to_owned(), mac))
 }
 
 /// Everything `host-vmm run` needs, already validated.
@@ -306,6 +337,10 @@ pub struct RunConfig {
     pub cmdline: Cmdline,
     /// The network card, if any.
     pub net: Option<NetConfig>,
+    /// The emulated VF, if any.
+    pub vf: Option<VfConfig>,
+    /// The control socket (`--control PATH`), if any: `host-vmm ctl` talks to it.
+    pub control: Option<PathBuf>,
 }
 
 #[cfg(test)]
@@ -429,6 +464,29 @@ mod tests {
             NotUnicast("00:00:00:00:00:00".into())
         );
         assert!(err("tap=a,foo").to_string().contains("key=value"));
+    }
+
+    #[test]
+    fn vf_specs_share_the_net_mac_unless_given_one() {
+        let net: NetConfig = "tap=n0,mac=52:54:00:00:00:07".parse().unwrap();
+        let vf = VfConfig::parse("tap=v0", Some(&net)).unwrap();
+        assert_eq!((vf.tap.as_str(), vf.mac), ("v0", net.mac));
+        let vf = VfConfig::parse("tap=v0", None).unwrap();
+        assert_eq!(vf.mac, MacAddr::for_tap("v0"));
+        let vf = VfConfig::parse("tap=v0,mac=52:54:00:00:00:09", Some(&net)).unwrap();
+        assert_eq!(vf.mac.to_string(), "52:54:00:00:00:09");
+        assert_eq!(
+            VfConfig::parse("tap=n0", Some(&net)),
+            Err(NetConfigError::SameTap("n0".into()))
+        );
+        assert_eq!(
+            VfConfig::parse("mac=52:54:00:00:00:09", None),
+            Err(NetConfigError::MissingTap)
+        );
+        assert_eq!(
+            VfConfig::parse("tap=v0,queues=2", None),
+            Err(NetConfigError::UnknownKey("queues".into()))
+        );
     }
 
     #[test]

@@ -1,8 +1,30 @@
 //! The operator's control interface: a Unix socket host-vmm listens on (`--control PATH`),
 //! and the seams devices plug into it.
 //!
-//! (Being built for issue 4: the server, the `host-vmm ctl` client and the guest-agent
-//! forwarding arrive in this module.)
+//! - [`command`]: the operator's commands (`switch vf|virtio`, `status`, `vf link up|down`,
+//!   `vf remove|add`) and how their results print;
+//! - [`server`]: the thread serving the socket, one request per connection: guest commands
+//!   go to the guest agent, VF commands to the VF model through [`VfOperator`];
+//! - [`agent`]: the host side of the guest-agent protocol (migration-client's
+//!   `protocol`, over the virtio-console port): sequence numbers, timeout, late replies;
+//! - [`client`]: `host-vmm ctl PATH COMMAND...`.
+//!
+//! ```text
+//! host-vmm ctl ──unix socket──▶ server ──console port──▶ guest agent (migration-client)
+//!                                 └─────VfOperator─────▶ the 82599 VF model
+//! ```
+
+pub mod agent;
+pub mod client;
+pub mod command;
+pub mod server;
+#[cfg(test)]
+mod test_guest;
+
+pub use agent::{AGENT_TIMEOUT, AgentError, AgentLink};
+pub use client::{ClientError, request};
+pub use command::{Command, UsageError};
+pub use server::{ControlServer, Listener, ServerError, Services};
 
 use std::fmt;
 

@@ -3,7 +3,8 @@
 use anyhow::Context;
 use clap::error::ErrorKind;
 use clap::{Parser, Subcommand};
-use host_vmm::config::NetConfig;
+use host_vmm::config::{NetConfig, VfConfig};
+use host_vmm::control;
 use host_vmm::{Cmdline, EXIT_NO_GUEST_STATUS, EXIT_VMM_FAILED, MemSize, Outcome, RunConfig};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -13,7 +14,8 @@ use std::process::ExitCode;
 /// The guest's serial console (COM1) goes to stdout. host-vmm exits with the status the guest
 /// writes to port 0xF4, with 124 if the guest stopped without one (triple fault, KVM error),
 /// and with 125 if host-vmm itself failed (bad input, no KVM). Set RUST_LOG (e.g.
-/// RUST_LOG=debug) for logs on stderr; the default level is warn.
+/// RUST_LOG=debug) for logs on stderr; the default level is warn. `host-vmm ctl` exits with
+/// 0, or 1 when the command failed.
 #[derive(Debug, Parser)]
 #[command(name = "host-vmm", version)]
 struct Cli {
@@ -25,6 +27,50 @@ struct Cli {
 enum Command {
     /// Boot IMAGE and run it until the guest exits.
     Run(RunArgs),
+    /// Send a command to a running host-vmm (one started with --control PATH).
+    #[command(after_help = CTL_HELP)]
+    Ctl(CtlArgs),
+}
+
+/// The commands of `host-vmm ctl`, for its --help.
+const CTL_HELP: &str = "\
+Commands:
+  switch vf         Ask the guest agent to send traffic through the VF; prints active=vf.
+  switch virtio     Ask the guest agent to send traffic through virtio-net; prints
+                    active=virtio.
+  status            Ask the guest agent for the active NIC and each NIC's counters; prints
+                      active=vf|virtio|none
+                      vf present=yes|no link=up|down rx=N tx=N rx_errors=N tx_dropped=N
+                      virtio present=yes|no link=up|down rx=N tx=N rx_errors=N tx_dropped=N
+                      switches=N
+                    (switches counts every change of the active NIC, explicit or automatic).
+  vf link up        Host side: bring the VF's link up (VFLINKS and a PF control message to
+                    the guest); prints the VF's state, e.g. vf present=yes link=up.
+  vf link down      Host side: take the VF's link down; the guest moves to virtio-net on
+                    its own.
+  vf remove         Host side: hot-remove the VF (its registers read all ones, its TAP is
+                    no longer served); the guest moves to virtio-net on its own.
+  vf add            Host side: plug the VF back in, reset, with its link up.
+
+The guest commands need a guest running migration-client (it answers once the guest has
+brought up its network) and time out after 5 s; the vf commands need a VM started with --vf.
+Exit status: 0 on success; 1 on failure, with one line `host-vmm: error: ...` on stderr.";
+
+#[derive(Debug, clap::Args)]
+struct CtlArgs {
+    /// The control socket of the running host-vmm (its --control PATH).
+    #[arg(value_name = "PATH")]
+    socket: PathBuf,
+
+    /// The command and its words (see Commands below).
+    #[arg(
+        value_name = "COMMAND",
+        required = true,
+        num_args = 1..,
+        trailing_var_arg = true,
+        allow_hyphen_values = true
+    )]
+    command: Vec<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -58,6 +104,18 @@ struct RunArgs {
     /// a hash of NAME. Needs CAP_NET_ADMIN (or a TAP owned by this user).
     #[arg(long, value_name = "SPEC")]
     net: Option<String>,
+
+    /// An emulated Intel 82599 SR-IOV VF (8086:10ED) on a TAP of its own: tap=NAME[,mac=MAC].
+    /// The default MAC is --net's (both NICs share one address), else the one --net would
+    /// pick for NAME. `host-vmm ctl PATH vf link up|down` and `vf remove|add` act on it.
+    #[arg(long, value_name = "SPEC")]
+    vf: Option<String>,
+
+    /// Listen for `host-vmm ctl` on a Unix socket at PATH, and give the guest a
+    /// virtio-console for its agent (migration-client). The socket is removed on exit; a
+    /// stale one left by a killed host-vmm is replaced, a live one is refused.
+    #[arg(long, value_name = "PATH")]
+    control: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -68,6 +126,12 @@ fn main() -> ExitCode {
             let _ = e.print();
             return ExitCode::SUCCESS;
         }
+        // `ctl` fails with status 1, bad usage included (the contract).
+        Err(e) if std::env::args().nth(1).as_deref() == Some("ctl") => {
+            return ctl_fail(
+                &one_line_usage_error(&e).replace("host-vmm --help", "host-vmm ctl --help"),
+            );
+        }
         Err(e) if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
             return fail("no command given: use `host-vmm run <IMAGE>` (see host-vmm --help)");
         }
@@ -76,7 +140,10 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
         .format_timestamp_micros()
         .init();
-    let Command::Run(args) = cli.command;
+    let args = match cli.command {
+        Command::Run(args) => args,
+        Command::Ctl(args) => return ctl(args),
+    };
     match run(args) {
         Ok(Outcome::GuestExit(status)) => ExitCode::from(status),
         Ok(Outcome::GuestStopped(stop)) => {
@@ -95,13 +162,42 @@ fn run(args: RunArgs) -> anyhow::Result<Outcome> {
         .map(str::parse::<NetConfig>)
         .transpose()
         .context("--net")?;
+    let vf = args
+        .vf
+        .as_deref()
+        .map(|spec| VfConfig::parse(spec, net.as_ref()))
+        .transpose()
+        .context("--vf")?;
     let config = RunConfig {
         image: args.image,
         mem: args.mem,
         cmdline,
         net,
+        vf,
+        control: args.control,
     };
     Ok(host_vmm::run(&config)?)
+}
+
+/// `host-vmm ctl`: one command to a running host-vmm; its output on stdout.
+fn ctl(args: CtlArgs) -> ExitCode {
+    let command = match control::Command::parse(&args.command) {
+        Ok(command) => command,
+        Err(e) => return ctl_fail(&format!("{e} (see host-vmm ctl --help)")),
+    };
+    match control::request(&args.socket, &command, control::client::TIMEOUT) {
+        Ok(out) => {
+            print!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => ctl_fail(&e.to_string()),
+    }
+}
+
+/// Prints a `ctl` failure as one line and returns status 1.
+fn ctl_fail(message: &str) -> ExitCode {
+    eprintln!("host-vmm: error: {}", message.replace('\n', " "));
+    ExitCode::FAILURE
 }
 
 /// Prints host-vmm's own failure as one line and returns its exit status.

@@ -3,15 +3,21 @@
 //! [`Vmm::new`] checks the image, then builds the VM in KVM's fast order (VM, RAM, irqchip,
 //! vCPU), loads the image, writes the boot structures and sets the vCPU's entry state.
 //! Devices: COM1 and the debug-exit port, the PCI host bridge (config ports and the BAR
-//! window), and with `--net` a virtio-net card on bus 0 whose queues an I/O thread serves.
+//! window), and with `--net` a virtio-net card on bus 0 whose queues an I/O thread serves;
+//! with `--vf`, an emulated 82599 VF ([`crate::devices::ixgbevf`]) on its own TAP;
+//! with `--control`, a virtio-console for the guest agent and the control server
+//! ([`crate::control`]) on its socket.
 //! [`Vmm::run`] then enters the guest until it reports a status or stops without one.
 
 use crate::arch::x86_64::{self as arch, boot, cpuid, regs};
-use crate::config::{Cmdline, NetConfig, RunConfig};
+use crate::config::{Cmdline, NetConfig, RunConfig, VfConfig};
+use crate::control::{self, ControlServer, Listener, Services};
 use crate::devices::debug_exit::{DEBUG_EXIT_BASE, DEBUG_EXIT_LEN, DebugExit, ExitRequest};
+use crate::devices::ixgbevf::{Ixgbevf, IxgbevfHandler, VfError, VfHandle};
 use crate::devices::pci::msix::MsixVector;
 use crate::devices::pci::{self, PciConfigPorts, PciError, PciMmioWindow, PciRoot};
 use crate::devices::serial::{COM1_BASE, COM1_IRQ, COM1_LEN, SerialDevice};
+use crate::devices::virtio::console::{Console, HostPort};
 use crate::devices::virtio::net::Net;
 use crate::devices::virtio::pci::{IntxLine, TransportError, VirtioPci};
 use crate::devices::{Bus, BusError};
@@ -67,6 +73,12 @@ pub enum Error {
     /// The I/O thread could not be started.
     #[error("cannot start the I/O thread")]
     IoThread(#[source] std::io::Error),
+    /// The control socket (`--control`) could not be set up.
+    #[error(transparent)]
+    Control(#[from] control::ServerError),
+    /// The emulated VF could not be built.
+    #[error(transparent)]
+    Vf(#[from] VfError),
 }
 
 /// How a run ended.
@@ -144,8 +156,9 @@ impl fmt::Display for GuestStop {
 /// A VM ready to run: RAM, the vCPU at the image's entry, and the devices.
 #[derive(Debug)]
 pub struct Vmm {
-    // Drop order: the I/O thread (it uses devices and the VM) first, then the vCPU, the VM,
-    // guest RAM.
+    // Drop order: the control server (it removes its socket), the I/O thread (it uses
+    // devices and the VM), then the vCPU, the VM, guest RAM.
+    control: Option<ControlServer>,
     _io_thread: Option<IoThread>,
     vcpu: Vcpu,
     _vm: Vm,
@@ -153,6 +166,8 @@ pub struct Vmm {
     pio: Bus,
     mmio: Bus,
     exit_request: ExitRequest,
+    /// The operator's handle on the VF (`--vf`).
+    vf: Option<Arc<dyn control::VfOperator>>,
 }
 
 impl Vmm {
@@ -163,6 +178,9 @@ impl Vmm {
         // Bad input fails here, before any KVM work.
         let image = Image::open(&config.image, config.mem)?;
         let tap = config.net.as_ref().map(|n| Tap::open(&n.tap)).transpose()?;
+        let vf_tap = config.vf.as_ref().map(|v| Tap::open(&v.tap)).transpose()?;
+        // Bound early: a path in use is bad input too. Served once the VM is built.
+        let listener = config.control.as_deref().map(Listener::bind).transpose()?;
         let kvm = Kvm::open()?;
         let ram = GuestRam::new(config.mem.bytes())?;
         let (vm, vcpu) = Self::build_vm(&kvm, &ram, &image, &config.cmdline)?;
@@ -220,6 +238,23 @@ impl Vmm {
             let mut root = pci.lock().unwrap_or_else(|e| e.into_inner());
             handlers.push(attach_net(&vm, &ram, &mut root, &mut msi_gsis, net, tap)?);
         }
+        let vf = match (&config.vf, vf_tap) {
+            (Some(vf), Some(tap)) => {
+                let (handler, operator) = attach_vf(&vm, &ram, &pci, &mut msi_gsis, vf, tap)?;
+                handlers.push(handler);
+                Some(operator)
+            }
+            _ => None,
+        };
+        let agent_port = match &listener {
+            Some(_) => {
+                let mut root = pci.lock().unwrap_or_else(|e| e.into_inner());
+                let (handler, port) = attach_console(&vm, &ram, &mut root, &mut msi_gsis)?;
+                handlers.push(handler);
+                Some(port)
+            }
+            None => None,
+        };
         // Only devices that need one get a thread: without --net there is none.
         let io_thread = match handlers.is_empty() {
             true => None,
@@ -231,7 +266,8 @@ impl Vmm {
             image.entry(),
             config.mem
         );
-        Ok(Vmm {
+        let mut vmm = Vmm {
+            control: None,
             _io_thread: io_thread,
             vcpu,
             _vm: vm,
@@ -239,7 +275,22 @@ impl Vmm {
             pio,
             mmio,
             exit_request,
-        })
+            vf,
+        };
+        if let (Some(listener), Some(agent)) = (listener, agent_port) {
+            let vf = vmm.vf_operator();
+            vmm.control = Some(listener.serve(Services {
+                agent,
+                vf,
+                agent_timeout: control::AGENT_TIMEOUT,
+            })?);
+        }
+        Ok(vmm)
+    }
+
+    /// The operator's handle on the emulated VF, when the VM has one (`--vf`).
+    pub fn vf_operator(&self) -> Option<Arc<dyn control::VfOperator>> {
+        self.vf.clone()
     }
 
     /// Creates the VM and its vCPU in KVM's fast order (VM, RAM, irqchip, vCPU), then loads
@@ -328,6 +379,91 @@ fn attach_net(
         net.tap
     );
     Ok(Box::new(VirtioPci::io_handler(&device)))
+}
+
+/// MSI-X vectors of the virtio-console: receiveq and configuration changes (the transmit
+/// queue needs none: the guest reclaims its buffers when it sends).
+const CONSOLE_MSIX_VECTORS: u32 = 2;
+
+/// Puts the virtio-console for the guest agent on the PCI bus, wires its interrupts like
+/// [`attach_net`], and returns its I/O-thread handler and the host end of its port.
+fn attach_console(
+    vm: &Vm,
+    ram: &GuestRam,
+    root: &mut PciRoot,
+    msi_gsis: &mut std::ops::Range<u32>,
+) -> Result<(Box<dyn IoHandler>, HostPort), Error> {
+    let mut vectors = Vec::new();
+    for gsi in msi_gsis.take(CONSOLE_MSIX_VECTORS as usize) {
+        let irqfd = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::EventFd)?;
+        vm.register_irqfd(&irqfd, gsi)?;
+        vectors.push(MsixVector { gsi, irqfd });
+    }
+    let device_number = root.device_count() as u32;
+    let intx_gsi = PCI_INTX_FIRST_GSI + (device_number.saturating_sub(1) % 8);
+    let (console, port) = Console::new().map_err(Error::EventFd)?;
+    let device = VirtioPci::new(
+        console,
+        ram.memory().clone(),
+        vm.device_ops(),
+        vectors,
+        Some(IntxLine {
+            gsi: intx_gsi as u8,
+        }),
+    )?;
+    let device = Arc::new(Mutex::new(device));
+    let slot = root.add_device(device.clone())?;
+    log::info!("virtio-console: PCI 00:{slot:02x}.0 (guest agent), INTA on GSI {intx_gsi}");
+    Ok((Box::new(VirtioPci::io_handler(&device)), port))
+}
+
+/// What the control server holds to act on the VF.
+type VfOperatorHandle = Arc<dyn control::VfOperator>;
+
+/// MSI-X vectors of the VF, as on a real 82599 VF: two queue pairs and "other".
+const VF_MSIX_VECTORS: u16 = drivers::ixgbevf::regs::MSIX_VECTORS;
+
+/// Puts an emulated 82599 VF on `tap` on the PCI bus with its MSI-X vectors on GSIs taken
+/// from `msi_gsis` (no INTx: VFs have none), and returns its I/O-thread handler and the
+/// operator's handle on it.
+fn attach_vf(
+    vm: &Vm,
+    ram: &GuestRam,
+    pci: &Arc<Mutex<PciRoot>>,
+    msi_gsis: &mut std::ops::Range<u32>,
+    config: &VfConfig,
+    tap: Tap,
+) -> Result<(Box<dyn IoHandler>, VfOperatorHandle), Error> {
+    let mut vectors = Vec::new();
+    for gsi in msi_gsis.take(usize::from(VF_MSIX_VECTORS)) {
+        let irqfd = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::EventFd)?;
+        vm.register_irqfd(&irqfd, gsi)?;
+        vectors.push(MsixVector { gsi, irqfd });
+    }
+    // Not trusted, as a PF leaves a VF whose MAC the administrator set.
+    let device = Ixgbevf::new(
+        tap,
+        config.mac.octets(),
+        false,
+        ram.memory().clone(),
+        vm.device_ops(),
+        vectors,
+    )?;
+    let device = Arc::new(Mutex::new(device));
+    let slot = pci
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .add_device(device.clone())?;
+    log::info!(
+        "ixgbevf: PCI 00:{slot:02x}.0, MAC {}, TAP {}",
+        config.mac,
+        config.tap
+    );
+    let handler = IxgbevfHandler::new(&device);
+    Ok((
+        Box::new(handler),
+        Arc::new(VfHandle::new(device, pci.clone(), slot)),
+    ))
 }
 
 /// Builds the VM for `config` and runs it to the end, with the serial console on stdout.
@@ -453,6 +589,8 @@ mod tests {
                 mem: MemSize::new(16 << 20).unwrap(),
                 cmdline: Cmdline::new(cmdline).unwrap(),
                 net: None,
+                vf: None,
+                control: None,
             };
             let console = Captured::default();
             let mut vmm = Vmm::new(&config, Box::new(console.clone())).unwrap();

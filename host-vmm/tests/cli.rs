@@ -211,3 +211,112 @@ fn report_spawn_to_first_guest_byte() {
         best.unwrap()
     );
 }
+
+/// Asserts `host-vmm ctl` failed (status 1) with one `host-vmm: error:` line containing `what`.
+fn assert_ctl_error(out: &Output, what: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let lines: Vec<_> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(lines[0].starts_with("host-vmm: error: "), "{stderr}");
+    assert!(lines[0].contains(what), "{stderr}");
+    assert!(out.stdout.is_empty(), "{out:?}");
+}
+
+/// A socket path unique to this test process.
+fn socket_path(tag: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("host-vmm-cli-{tag}-{}.sock", std::process::id()))
+}
+
+#[test]
+fn ctl_bad_input_is_one_line_and_status_1() {
+    let missing = socket_path("missing");
+    let missing = missing.to_str().unwrap();
+    assert_ctl_error(
+        &host_vmm(&["ctl", missing, "status"]),
+        "is host-vmm running with --control",
+    );
+    assert_ctl_error(
+        &host_vmm(&["ctl", missing, "switch", "eth0"]),
+        "unknown command `switch eth0`",
+    );
+    assert_ctl_error(&host_vmm(&["ctl", missing, "frob"]), "host-vmm ctl --help");
+    assert_ctl_error(&host_vmm(&["ctl", missing]), "<COMMAND>");
+    assert_ctl_error(&host_vmm(&["ctl"]), "<PATH>");
+    // A file that is not a socket.
+    let file = TempFile::new("notsock", b"");
+    assert_ctl_error(
+        &host_vmm(&["ctl", file.0.to_str().unwrap(), "status"]),
+        "is not a socket",
+    );
+}
+
+#[test]
+fn ctl_help_explains_every_command() {
+    let out = host_vmm(&["ctl", "--help"]);
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for text in [
+        "<PATH>",
+        "switch vf",
+        "switch virtio",
+        "status",
+        "active=vf|virtio|none",
+        "vf present=yes|no link=up|down rx=N tx=N rx_errors=N tx_dropped=N",
+        "switches=N",
+        "vf link up",
+        "vf link down",
+        "vf remove",
+        "vf add",
+        "--vf",
+        "5 s",
+    ] {
+        assert!(help.contains(text), "{text}: {help}");
+    }
+    let out = host_vmm(&["run", "--help"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("--control <PATH>"));
+}
+
+/// `cli; hlt; jmp back`: a guest that runs until killed.
+const IDLE: &[u8] = &[0xFA, 0xF4, 0xEB, 0xFD];
+
+#[test]
+fn the_control_socket_lives_as_long_as_host_vmm() {
+    if !kvm_available("the_control_socket_lives_as_long_as_host_vmm") {
+        return;
+    }
+    let sock = socket_path("life");
+    let _ = std::fs::remove_file(&sock);
+    let path = sock.to_str().unwrap();
+    let idle = TempFile::new("idle", &tiny_guest(IDLE));
+    let mut child = Command::new(HOST_VMM)
+        .args(["run", idle.0.to_str().unwrap(), "--control", path])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + std::time::Duration::from_secs(10);
+    while !sock.exists() {
+        assert!(Instant::now() < deadline, "no socket at {path}");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    // Served: the VF commands answer at once (no VF here), a second host-vmm is refused.
+    assert_ctl_error(
+        &host_vmm(&["ctl", path, "vf", "link", "down"]),
+        "this VM has no VF (start it with --vf)",
+    );
+    let hello = TempFile::new("hello-ctl", &tiny_guest(HELLO));
+    let hello = hello.0.to_str().unwrap();
+    assert_one_line_error(
+        &host_vmm(&["run", hello, "--control", path]),
+        "another host-vmm is listening there",
+    );
+    // Killed, it leaves a stale socket, which the next host-vmm replaces and removes.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(sock.exists(), "SIGKILL leaves the socket");
+    let out = host_vmm(&["run", hello, "--control", path]);
+    assert_eq!(out.status.code(), Some(42), "{out:?}");
+    assert!(!sock.exists(), "removed on exit");
+    assert_ctl_error(&host_vmm(&["ctl", path, "status"]), "no control socket at");
+}

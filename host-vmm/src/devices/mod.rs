@@ -12,6 +12,7 @@
 
 pub mod bus;
 pub mod debug_exit;
+pub mod ixgbevf;
 pub mod pci;
 pub mod serial;
 pub mod virtio;

@@ -9,6 +9,12 @@
 //! whole access, at an offset into that BAR; the root keeps a table of decoded BARs, rebuilt
 //! after every config write, so a BAR the guest moves is followed at once.
 //!
+//! Hot-unplug: [`PciRoot::unplug`] empties a slot as if the card were pulled (configuration
+//! reads there return all ones, its BARs stop decoding, so MMIO reads all ones and writes are
+//! dropped); [`PciRoot::replug`] puts a card back at that slot with its BARs at the addresses
+//! firmware gave the first one and memory decoding on. The guest learns of either only by
+//! reading (no hot-plug controller is emulated).
+//!
 //! Submodules: [`config`] (the header and its write mask) and [`msix`].
 
 pub mod config;
@@ -62,6 +68,15 @@ pub enum PciError {
     /// The window has no room for a BAR.
     #[error("no room in the PCI memory window for a {0:#x}-byte BAR")]
     WindowFull(u64),
+    /// No device was ever attached at this device number (or it is the host bridge).
+    #[error("no PCI slot {0}")]
+    NoSuchSlot(u8),
+    /// The slot holds a device already.
+    #[error("PCI slot {0} is occupied")]
+    SlotOccupied(u8),
+    /// The device offered for a slot has other BARs than the one first attached there.
+    #[error("the device for PCI slot {0} has a different BAR layout")]
+    BarLayout(u8),
 }
 
 /// One decoded BAR in the window.
@@ -72,10 +87,26 @@ struct Mapping {
     bar: usize,
 }
 
+/// A BAR as firmware assigned it when the slot was first filled.
+#[derive(Clone, Copy, Debug)]
+struct Assigned {
+    index: usize,
+    bar: config::BarInfo,
+    address: u64,
+}
+
+/// One device number on bus 0.
+struct Slot {
+    /// The function, or `None` while unplugged.
+    device: Option<SharedPciDevice>,
+    /// The BAR addresses given at the first attach, reused on re-plug.
+    bars: Vec<Assigned>,
+}
+
 /// The host bridge and bus 0.
 pub struct PciRoot {
     /// Slot `n` is device `n`; slot 0 is the host bridge.
-    slots: Vec<SharedPciDevice>,
+    slots: Vec<Slot>,
     /// CONFIG_ADDRESS as last written.
     address: u32,
     /// Decoded BARs, sorted by start.
@@ -103,14 +134,18 @@ impl PciRoot {
     /// Bus 0 with only the host bridge.
     pub fn new() -> Self {
         PciRoot {
-            slots: vec![Arc::new(Mutex::new(HostBridge::new()))],
+            slots: vec![Slot {
+                device: Some(Arc::new(Mutex::new(HostBridge::new()))),
+                bars: Vec::new(),
+            }],
             address: 0,
             mappings: Vec::new(),
             next_bar: MMIO_WINDOW.start,
         }
     }
 
-    /// Number of functions on the bus, the host bridge included (the next device number).
+    /// Number of device numbers in use, the host bridge and unplugged slots included (the
+    /// next device number).
     pub fn device_count(&self) -> usize {
         self.slots.len()
     }
@@ -122,7 +157,7 @@ impl PciRoot {
         if self.slots.len() >= MAX_DEVICES {
             return Err(PciError::BusFull);
         }
-        {
+        let assigned = {
             let mut d = lock(&device);
             let mut next = self.next_bar;
             let mut assigned = Vec::new();
@@ -135,24 +170,71 @@ impl PciRoot {
                 if end > MMIO_WINDOW.end {
                     return Err(PciError::WindowFull(bar.size));
                 }
-                assigned.push((index, bar.kind, start));
+                assigned.push(Assigned {
+                    index,
+                    bar,
+                    address: start,
+                });
                 next = end;
             }
-            for (index, kind, start) in assigned {
-                let reg = config::BAR0 + 4 * index;
-                d.write_config(reg, &(start as u32).to_le_bytes());
-                if let BarKind::Memory64 { .. } = kind {
-                    d.write_config(reg + 4, &((start >> 32) as u32).to_le_bytes());
-                }
-            }
-            let command = d.config().command() | COMMAND_MEMORY;
-            d.write_config(COMMAND, &command.to_le_bytes());
+            program_bars(&mut *d, &assigned);
             self.next_bar = next;
-        }
-        self.slots.push(device);
+            assigned
+        };
+        self.slots.push(Slot {
+            device: Some(device),
+            bars: assigned,
+        });
         let slot = self.slots.len() - 1;
         self.remap(slot);
         Ok(slot as u8)
+    }
+
+    /// Pulls the device out of `slot` (not the host bridge) and returns it: from now on
+    /// configuration reads at that slot return all ones, writes are dropped and its BARs no
+    /// longer decode. `None` if the slot does not exist or is empty.
+    pub fn unplug(&mut self, slot: u8) -> Option<SharedPciDevice> {
+        let index = usize::from(slot);
+        if index == 0 {
+            return None;
+        }
+        let device = self.slots.get_mut(index)?.device.take()?;
+        self.remap(index);
+        Some(device)
+    }
+
+    /// Puts `device` into the empty `slot` an earlier [`PciRoot::unplug`] left, as firmware
+    /// would after a hot-add: its BARs get the addresses the slot's first device got and
+    /// memory decoding is turned on. The device must declare the same BARs as that one.
+    pub fn replug(&mut self, slot: u8, device: SharedPciDevice) -> Result<(), PciError> {
+        let index = usize::from(slot);
+        let Some(entry) = self.slots.get(index).filter(|_| index != 0) else {
+            return Err(PciError::NoSuchSlot(slot));
+        };
+        if entry.device.is_some() {
+            return Err(PciError::SlotOccupied(slot));
+        }
+        {
+            let mut d = lock(&device);
+            let declared: Vec<_> = (0..config::BAR_COUNT)
+                .filter_map(|i| Some((i, d.config().bar(i)?)))
+                .collect();
+            let expected: Vec<_> = entry.bars.iter().map(|a| (a.index, a.bar)).collect();
+            if declared != expected {
+                return Err(PciError::BarLayout(slot));
+            }
+            program_bars(&mut *d, &entry.bars);
+        }
+        self.slots[index].device = Some(device);
+        self.remap(index);
+        Ok(())
+    }
+
+    /// Whether a device sits at `slot`.
+    pub fn is_plugged(&self, slot: u8) -> bool {
+        self.slots
+            .get(usize::from(slot))
+            .is_some_and(|s| s.device.is_some())
     }
 
     /// The function CONFIG_ADDRESS selects, and the register offset, if it exists.
@@ -162,16 +244,25 @@ impl PciRoot {
         let device = ((a >> 11) & 0x1F) as usize;
         let function = (a >> 8) & 0x7;
         let register = (a & 0xFC) as usize;
-        (a & CONFIG_ENABLE != 0 && bus == 0 && function == 0 && device < self.slots.len())
+        let present = self.slots.get(device).is_some_and(|s| s.device.is_some());
+        (a & CONFIG_ENABLE != 0 && bus == 0 && function == 0 && present)
             .then_some((device, register))
     }
 
+    /// The device at `slot`, if one is plugged in.
+    fn device(&self, slot: usize) -> Option<&SharedPciDevice> {
+        self.slots.get(slot)?.device.as_ref()
+    }
+
     fn config_read(&mut self, byte: usize, data: &mut [u8]) {
-        let Some((slot, register)) = self.selected() else {
+        let Some((device, register)) = self
+            .selected()
+            .and_then(|(slot, register)| Some((self.device(slot)?, register)))
+        else {
             data.fill(0xFF);
             return;
         };
-        let dword = lock(&self.slots[slot]).read_config(register).to_le_bytes();
+        let dword = lock(device).read_config(register).to_le_bytes();
         data.copy_from_slice(&dword[byte..byte + data.len()]);
     }
 
@@ -179,14 +270,19 @@ impl PciRoot {
         let Some((slot, register)) = self.selected() else {
             return;
         };
-        lock(&self.slots[slot]).write_config(register + byte, data);
+        if let Some(device) = self.device(slot) {
+            lock(device).write_config(register + byte, data);
+        }
         self.remap(slot);
     }
 
-    /// Rebuilds the mappings of `slot` from its header.
+    /// Rebuilds the mappings of `slot` from its header (none while it is empty).
     fn remap(&mut self, slot: usize) {
         self.mappings.retain(|m| m.slot != slot);
-        let device = lock(&self.slots[slot]);
+        let Some(device) = self.device(slot).cloned() else {
+            return;
+        };
+        let device = lock(&device);
         for (bar, address, size) in device.config().decoded_bars() {
             // A BAR only decodes inside the window (the guest may park it elsewhere, e.g. at
             // all ones while sizing).
@@ -212,7 +308,7 @@ impl PciRoot {
             .mappings
             .iter()
             .find(|m| m.range.start <= addr && end <= m.range.end)?;
-        Some((&self.slots[m.slot], m.bar, addr - m.range.start))
+        Some((self.device(m.slot)?, m.bar, addr - m.range.start))
     }
 
     /// MMIO read at guest-physical `addr`; `false` if no BAR decodes it.
@@ -243,6 +339,20 @@ impl PciRoot {
 
 fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Writes firmware's BAR addresses into `d` and turns memory decoding on, through the same
+/// configuration path the guest uses.
+fn program_bars(d: &mut dyn PciDevice, bars: &[Assigned]) {
+    for a in bars {
+        let reg = config::BAR0 + 4 * a.index;
+        d.write_config(reg, &(a.address as u32).to_le_bytes());
+        if let BarKind::Memory64 { .. } = a.bar.kind {
+            d.write_config(reg + 4, &((a.address >> 32) as u32).to_le_bytes());
+        }
+    }
+    let command = d.config().command() | COMMAND_MEMORY;
+    d.write_config(COMMAND, &command.to_le_bytes());
 }
 
 /// Ports 0xCF8..0xD00 on the port bus.
@@ -489,6 +599,88 @@ mod tests {
         assert_eq!(b, [0x48; 4]);
         window.read(0x4000, &mut b);
         assert_eq!(b, [0xFF; 4], "the old place is empty");
+    }
+
+    #[test]
+    fn an_unplugged_slot_reads_all_ones_and_its_bars_stop_decoding() {
+        let root = Arc::new(Mutex::new(PciRoot::new()));
+        let dummy = Arc::new(Mutex::new(Dummy::new()));
+        root.lock().unwrap().add_device(dummy.clone()).unwrap();
+        let mut ports = PciConfigPorts(root.clone());
+        let mut window = PciMmioWindow(root.clone());
+        let taken = root.lock().unwrap().unplug(1).expect("a device was there");
+        assert!(!root.lock().unwrap().is_plugged(1));
+        assert_eq!(read32(&mut ports, 1, 0), 0xFFFF_FFFF);
+        assert_eq!(read32(&mut ports, 1, 0x14), 0xFFFF_FFFF);
+        write32(&mut ports, 1, 4, 0); // dropped: nobody there
+        let mut b = [0u8; 4];
+        window.read(0x4000 + 0x10, &mut b);
+        assert_eq!(b, [0xFF; 4]);
+        window.write(0x24, &[1, 2, 3, 4]);
+        assert!(
+            dummy.lock().unwrap().writes.is_empty(),
+            "writes are dropped"
+        );
+        assert!(Arc::ptr_eq(&taken, &(dummy.clone() as SharedPciDevice)));
+        // Nothing more to take; the bridge is never taken.
+        assert!(root.lock().unwrap().unplug(1).is_none());
+        assert!(root.lock().unwrap().unplug(0).is_none());
+        assert!(root.lock().unwrap().unplug(9).is_none());
+        assert_eq!(read32(&mut ports, 0, 0), 0x1237_8086);
+    }
+
+    #[test]
+    fn a_replugged_device_gets_the_first_addresses_with_decoding_on() {
+        let (mut ports, mut window, _) = bus();
+        let root = ports.0.clone();
+        // The guest moved BAR 4 before the card was pulled.
+        write32(&mut ports, 1, 0x20, 0xD000_0000);
+        let _old = root.lock().unwrap().unplug(1).unwrap();
+        let fresh = Arc::new(Mutex::new(Dummy::new()));
+        assert_eq!(fresh.lock().unwrap().config.command() & COMMAND_MEMORY, 0);
+        root.lock().unwrap().replug(1, fresh.clone()).unwrap();
+        assert!(root.lock().unwrap().is_plugged(1));
+        assert_eq!(read32(&mut ports, 1, 0), 0x1041_1AF4);
+        assert_eq!(read32(&mut ports, 1, 0x14), 0xC000_0000);
+        assert_eq!(read32(&mut ports, 1, 0x20), 0xC000_400C);
+        assert_ne!(read32(&mut ports, 1, 4) & u32::from(COMMAND_MEMORY), 0);
+        let mut b = [0u8; 4];
+        window.read(0x4000 + 0x10, &mut b);
+        assert_eq!(b, [0x40 | 0x10; 4]);
+        window.write(0x24, &[9; 4]);
+        assert_eq!(fresh.lock().unwrap().writes, vec![(1, 0x24, vec![9; 4])]);
+        assert_eq!(
+            root.lock().unwrap().replug(1, fresh.clone()),
+            Err(PciError::SlotOccupied(1))
+        );
+        assert_eq!(
+            root.lock().unwrap().replug(5, fresh.clone()),
+            Err(PciError::NoSuchSlot(5))
+        );
+        assert_eq!(
+            root.lock().unwrap().replug(0, fresh),
+            Err(PciError::NoSuchSlot(0))
+        );
+    }
+
+    #[test]
+    fn a_device_with_other_bars_is_refused_at_replug() {
+        let (ports, _, _) = bus();
+        let root = ports.0.clone();
+        root.lock().unwrap().unplug(1).unwrap();
+        let bridge = Arc::new(Mutex::new(HostBridge::new()));
+        assert_eq!(
+            root.lock().unwrap().replug(1, bridge),
+            Err(PciError::BarLayout(1))
+        );
+        assert!(!root.lock().unwrap().is_plugged(1));
+        // A later device still gets the next free addresses, after the empty slot's.
+        let next = Arc::new(Mutex::new(Dummy::new()));
+        assert_eq!(root.lock().unwrap().add_device(next.clone()).unwrap(), 2);
+        assert_eq!(
+            next.lock().unwrap().config.bar_address(1),
+            Some(0xC000_8000)
+        );
     }
 
     #[test]

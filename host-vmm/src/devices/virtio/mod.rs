@@ -1,6 +1,7 @@
 //! Virtio 1.x devices: the [`VirtioDevice`] trait a device model implements, the modern PCI
 //! transport that puts one on the PCI bus ([`pci`]), checked virtqueue access ([`queue`]),
-//! and the network device ([`net`]).
+//! the network device ([`net`]) and the console that carries the guest-agent channel
+//! ([`console`]).
 //!
 //! Split of duties: the transport owns everything the specification puts in the common
 //! configuration (feature negotiation, device status, queue registers, MSI-X vectors, the ISR)
@@ -9,6 +10,7 @@
 //! checked on the way in: a violation is a [`GuestError`], after which the transport sets
 //! DEVICE_NEEDS_RESET and the device stops until the driver resets it.
 
+pub mod console;
 pub mod net;
 pub mod pci;
 pub mod queue;

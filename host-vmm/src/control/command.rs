@@ -1,0 +1,228 @@
+//! Operator commands: what `host-vmm ctl` accepts, the line it sends the server, and how
+//! results are printed (the `status` lines are parsed by tests: change them only with the
+//! contract).
+
+use super::VfState;
+use migration_client::protocol::{Nic, NicStatus, Status};
+use std::fmt::{self, Write};
+
+/// The commands, as usage errors list them.
+pub const COMMANDS: &str = "switch vf|virtio, status, vf link up|down, vf remove, vf add";
+
+/// One operator command.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// Ask the guest agent to make this NIC the active one.
+    Switch(Nic),
+    /// Ask the guest agent for the active NIC and per-NIC counters.
+    Status,
+    /// Take the VF's link up or down (host side).
+    VfLink {
+        /// Up (true) or down.
+        up: bool,
+    },
+    /// Hot-remove the VF (host side).
+    VfRemove,
+    /// Plug the VF back in (host side).
+    VfAdd,
+}
+
+/// Longest command text quoted back in an error.
+const QUOTE_MAX: usize = 60;
+
+/// A command line that is not one of [`COMMANDS`].
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum UsageError {
+    /// Nothing given.
+    #[error("no command given: use one of {COMMANDS}")]
+    Empty,
+    /// Something else.
+    #[error("unknown command `{0}`: use one of {COMMANDS}")]
+    Unknown(String),
+}
+
+impl Command {
+    /// Parses the words after `host-vmm ctl PATH`.
+    pub fn parse<S: AsRef<str>>(words: &[S]) -> Result<Command, UsageError> {
+        let words: Vec<&str> = words.iter().map(AsRef::as_ref).collect();
+        Ok(match words.as_slice() {
+            [] => return Err(UsageError::Empty),
+            ["switch", "vf"] => Command::Switch(Nic::Vf),
+            ["switch", "virtio"] => Command::Switch(Nic::Virtio),
+            ["status"] => Command::Status,
+            ["vf", "link", "up"] => Command::VfLink { up: true },
+            ["vf", "link", "down"] => Command::VfLink { up: false },
+            ["vf", "remove"] => Command::VfRemove,
+            ["vf", "add"] => Command::VfAdd,
+            _ => {
+                let mut quoted = String::new();
+                for (i, w) in words.iter().enumerate() {
+                    let _ = write!(quoted, "{}{w}", if i == 0 { "" } else { " " });
+                }
+                let mut end = quoted.len().min(QUOTE_MAX);
+                while !quoted.is_char_boundary(end) {
+                    end -= 1;
+                }
+                if end < quoted.len() {
+                    quoted.truncate(end);
+                    quoted.push_str("...");
+                }
+                return Err(UsageError::Unknown(quoted));
+            }
+        })
+    }
+
+    /// Parses one line as the server receives it (words separated by whitespace).
+    pub fn parse_line(line: &str) -> Result<Command, UsageError> {
+        Command::parse(&line.split_whitespace().collect::<Vec<_>>())
+    }
+}
+
+impl fmt::Display for Command {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Command::Switch(nic) => write!(f, "switch {nic}"),
+            Command::Status => f.write_str("status"),
+            Command::VfLink { up: true } => f.write_str("vf link up"),
+            Command::VfLink { up: false } => f.write_str("vf link down"),
+            Command::VfRemove => f.write_str("vf remove"),
+            Command::VfAdd => f.write_str("vf add"),
+        }
+    }
+}
+
+fn yes_no(b: bool) -> &'static str {
+    if b { "yes" } else { "no" }
+}
+
+fn up_down(b: bool) -> &'static str {
+    if b { "up" } else { "down" }
+}
+
+/// `active=vf|virtio|none` and a newline.
+pub fn format_active(active: Option<Nic>) -> String {
+    format!("active={}\n", active.map_or("none", Nic::name))
+}
+
+fn format_nic(out: &mut String, name: &str, s: &NicStatus) {
+    let _ = writeln!(
+        out,
+        "{name} present={} link={} rx={} tx={} rx_errors={} tx_dropped={}",
+        yes_no(s.present),
+        up_down(s.link_up),
+        s.rx,
+        s.tx,
+        s.rx_errors,
+        s.tx_dropped
+    );
+}
+
+/// The four `status` lines of the contract, each ending in a newline.
+pub fn format_status(s: &Status) -> String {
+    let mut out = format_active(s.active);
+    format_nic(&mut out, "vf", &s.vf);
+    format_nic(&mut out, "virtio", &s.virtio);
+    let _ = writeln!(out, "switches={}", s.switches);
+    out
+}
+
+/// The VF's state after a host-side command: `vf present=yes|no link=up|down`.
+pub fn format_vf(s: VfState) -> String {
+    format!(
+        "vf present={} link={}\n",
+        yes_no(s.present),
+        up_down(s.link_up)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_command_parses_and_prints_back_the_same() {
+        for line in [
+            "switch vf",
+            "switch virtio",
+            "status",
+            "vf link up",
+            "vf link down",
+            "vf remove",
+            "vf add",
+        ] {
+            let c = Command::parse_line(line).unwrap();
+            assert_eq!(c.to_string(), line);
+        }
+        assert_eq!(
+            Command::parse(&["switch", "vf"]),
+            Ok(Command::Switch(Nic::Vf))
+        );
+        assert_eq!(
+            Command::parse_line("  vf   link down \n"),
+            Ok(Command::VfLink { up: false })
+        );
+    }
+
+    #[test]
+    fn anything_else_is_a_usage_error_naming_the_commands() {
+        assert_eq!(Command::parse::<&str>(&[]), Err(UsageError::Empty));
+        for bad in [
+            "switch",
+            "switch eth0",
+            "status now",
+            "vf",
+            "vf link",
+            "vf link sideways",
+            "VF add",
+            "migrate",
+        ] {
+            let e = Command::parse_line(bad).unwrap_err();
+            assert_eq!(e, UsageError::Unknown(bad.to_owned()), "{bad}");
+            assert!(e.to_string().contains(COMMANDS));
+        }
+        let long = "x".repeat(200);
+        let UsageError::Unknown(quoted) = Command::parse_line(&long).unwrap_err() else {
+            panic!()
+        };
+        assert_eq!(quoted.len(), QUOTE_MAX + 3);
+    }
+
+    #[test]
+    fn status_prints_the_contract_lines() {
+        let s = Status {
+            active: Some(Nic::Vf),
+            vf: NicStatus {
+                present: true,
+                link_up: true,
+                rx: 120,
+                tx: 118,
+                rx_errors: 0,
+                tx_dropped: 1,
+            },
+            virtio: NicStatus {
+                present: true,
+                link_up: false,
+                rx: 7,
+                tx: 3,
+                rx_errors: 2,
+                tx_dropped: 0,
+            },
+            switches: 4,
+        };
+        assert_eq!(
+            format_status(&s),
+            "active=vf\n\
+             vf present=yes link=up rx=120 tx=118 rx_errors=0 tx_dropped=1\n\
+             virtio present=yes link=down rx=7 tx=3 rx_errors=2 tx_dropped=0\n\
+             switches=4\n"
+        );
+        assert_eq!(format_active(None), "active=none\n");
+        assert_eq!(
+            format_vf(VfState {
+                present: false,
+                link_up: false
+            }),
+            "vf present=no link=down\n"
+        );
+    }
+}

@@ -1,0 +1,78 @@
+//! Receive: one frame into RX queue descriptors (spec §6).
+//!
+//! The device owns [RDH, RDT). A frame takes as many descriptors as it needs at SRRCTL's
+//! packet-buffer size (2 KiB when the field is 0); each gets the advanced one-buffer
+//! write-back, all 16 bytes: packet info and RSS hash 0, status DD (and EOP on the last;
+//! VP there too when a VLAN tag was stripped), no error bits, this buffer's length, the tag.
+//! Only qword 0 of a descriptor (the buffer address) is read, before it is overwritten. A
+//! frame that does not fit the free descriptors is not written at all; the caller drops it.
+//! Every descriptor type is treated as advanced one-buffer (what Linux and our driver use).
+
+use super::ring::{QueueError, Ring, check_buffer};
+use super::state::QueueRegs;
+use drivers::ixgbevf::regs as r;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+/// RX status: a VLAN tag was stripped into the descriptor.
+pub const RXD_STAT_VP: u32 = 1 << 3;
+/// Packet buffer size when SRRCTL's field is 0.
+const DEFAULT_BUFFER: u64 = 2048;
+
+/// The packet buffer size SRRCTL selects.
+pub fn buffer_size(srrctl: u32) -> u64 {
+    match u64::from(srrctl & r::SRRCTL_BSIZEPKT_MASK) * 1024 {
+        0 => DEFAULT_BUFFER,
+        size => size,
+    }
+}
+
+/// Writes `frame` (a VLAN tag already stripped into `vlan`) into queue `q`. Returns `false`
+/// when the free descriptors cannot hold it or it is empty (nothing was written). `addrs` is
+/// scratch space.
+pub fn deliver(
+    q: &mut QueueRegs,
+    mem: &GuestMemoryMmap,
+    frame: &[u8],
+    vlan: Option<u16>,
+    addrs: &mut Vec<u64>,
+) -> Result<bool, QueueError> {
+    let ring = Ring::check(q, mem)?;
+    if frame.is_empty() {
+        return Ok(false);
+    }
+    let bsize = buffer_size(q.srrctl);
+    let len = frame.len() as u64;
+    let need = len.div_ceil(bsize);
+    if need > u64::from(ring.distance(q.head, q.tail)) {
+        return Ok(false);
+    }
+    // Read and check every buffer address before writing anything.
+    addrs.clear();
+    let mut index = q.head;
+    for chunk in frame.chunks(bsize as usize) {
+        let desc = ring.read(mem, index)?;
+        let addr = u64::from(desc[0]) | (u64::from(desc[1]) << 32);
+        check_buffer(mem, index, addr, chunk.len() as u64)?;
+        addrs.push(addr);
+        index = ring.next(index);
+    }
+    let mut index = q.head;
+    let last = addrs.len().saturating_sub(1);
+    for (i, (chunk, &addr)) in frame.chunks(bsize as usize).zip(addrs.iter()).enumerate() {
+        mem.write_slice(chunk, GuestAddress(addr))
+            .map_err(|_| QueueError::Memory(addr))?;
+        let mut status = r::RXD_STAT_DD;
+        let mut tag = 0;
+        if i == last {
+            status |= r::RXD_STAT_EOP;
+            if let Some(v) = vlan {
+                status |= RXD_STAT_VP;
+                tag = u32::from(v);
+            }
+        }
+        ring.write_back(mem, index, [0, 0, status, chunk.len() as u32 | tag << 16])?;
+        index = ring.next(index);
+    }
+    q.head = index;
+    Ok(true)
+}
