@@ -74,3 +74,34 @@ unsafe impl Hal for KernelHal {
 
     unsafe fn unshare(_paddr: PhysAddr, _buffer: NonNull<[u8]>, _direction: BufferDirection) {}
 }
+
+/// The kernel's DMA allocator for drivers that run their own rings (the VF): zeroed heap
+/// memory, identity-mapped, so the CPU and device addresses are the same number.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct KernelDma;
+
+// SAFETY: `alloc_zeroed` returns a fresh zeroed heap block of `len` bytes aligned to `align`
+// that nothing else references until `free`; the heap is identity-mapped (virtual ==
+// physical) and x86 DMA without an IOMMU is cache-coherent, so the device reaches the same
+// bytes at the same address.
+unsafe impl drivers::hal::Dma for KernelDma {
+    fn alloc_zeroed(&mut self, len: usize, align: usize) -> Option<drivers::hal::DmaChunk> {
+        let layout = Layout::from_size_align(len, align)
+            .ok()
+            .filter(|l| l.size() > 0)?;
+        // SAFETY: the layout has a nonzero size.
+        let cpu = NonNull::new(unsafe { HEAP.alloc_zeroed(layout) })?;
+        Some(drivers::hal::DmaChunk {
+            cpu,
+            device: cpu.as_ptr() as u64,
+        })
+    }
+
+    unsafe fn free(&mut self, chunk: drivers::hal::DmaChunk, len: usize, align: usize) {
+        if let Ok(layout) = Layout::from_size_align(len, align) {
+            // SAFETY: the caller passes back a block `alloc_zeroed(len, align)` returned, once,
+            // that neither the CPU nor the device uses any more.
+            unsafe { HEAP.dealloc(chunk.cpu.as_ptr(), layout) };
+        }
+    }
+}

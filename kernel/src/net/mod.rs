@@ -1,15 +1,23 @@
-//! The network: brings the NIC and the stack up on first use ([`init`]) and does all network
-//! work from the idle loop ([`service`]), never in interrupt handlers.
+//! The network: brings the NICs and the stack up on first use ([`init`]) and does all
+//! network work from the idle loop ([`service`]), never in interrupt handlers.
 //!
-//! Bring-up: parse `ip=`/`gw=` from the command line, enumerate PCI, take the first
-//! virtio-net function, give its unassigned memory BARs addresses (machines without
-//! firmware), map every memory BAR uncached, probe it with MSI-X on
-//! [`apic::NET_QUEUE_VECTOR`] / [`apic::NET_CONFIG_VECTOR`] (INTx through the IOAPIC if MSI-X
-//! is not usable), start the smoltcp stack and announce the address once the link is up.
+//! Bring-up: parse `ip=`/`gw=` from the command line, enumerate PCI, and take the first
+//! virtio-net function and the first 82599 VF (either may be missing, not both); give their
+//! unassigned memory BARs addresses (machines without firmware), map every memory BAR
+//! uncached, probe them with MSI-X (virtio-net on [`apic::NET_QUEUE_VECTOR`] /
+//! [`apic::NET_CONFIG_VECTOR`], INTx through the IOAPIC if MSI-X is not usable; the VF on
+//! [`apic::VF_QUEUE_VECTOR`] / [`apic::VF_OTHER_VECTOR`]), put both under netstack's
+//! failover device (one MAC, one address; [`vf`] keeps the VF's life cycle), start the
+//! smoltcp stack and announce the address once a link is up. A virtio-console, when there
+//! is one, becomes the control channel to host-vmm ([`control`]).
 //!
 //! The interrupt stubs only record events (`idt::take_net_events`); [`service`] runs when the
-//! idle loop wakes, acknowledges INTx if that is the mode, polls the stack, and tells the
-//! idle loop when smoltcp next needs a poll, so the CPU halts in between.
+//! idle loop wakes, acknowledges INTx if that is the mode, checks links, answers the control
+//! channel, polls the stack, and tells the idle loop when smoltcp next needs a poll, so the
+//! CPU halts in between.
+
+mod control;
+mod vf;
 
 use crate::arch::{apic, bootmem, cpu, idt, ioapic, paging, pci::PortConfig};
 use crate::hal::KernelHal;
@@ -20,10 +28,14 @@ use core::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use drivers::net::NetDevice;
 use drivers::pci::{self, Bdf, bar};
 use drivers::virtio_net::{self, Interrupt, InterruptRequest, VirtioNet};
-use netstack::{Instant, SocketTable, Stack};
+use netstack::{Failover, Instant, SocketTable, Stack};
 
-/// The NIC as the kernel runs it.
-pub type Device = VirtioNet<KernelHal>;
+/// virtio-net as the kernel runs it.
+pub type Virtio = VirtioNet<KernelHal>;
+/// The 82599 VF as the kernel runs it.
+pub type Vf = vf::Vf;
+/// The device the stack runs on: the VF and virtio-net under one MAC.
+pub type Device = Failover<Vf, Virtio>;
 
 /// Addresses for memory BARs that firmware left unassigned (host-vmm has no firmware): the
 /// 32-bit PCI hole above host-vmm's RAM (at most 3 GiB) and below the IOAPIC.
@@ -38,7 +50,11 @@ const MIN_REPOLL_NS: u64 = 200_000;
 struct Net {
     stack: Stack<Device>,
     sockets: SocketTable,
-    /// INTx: the device's ISR must be read (which lowers the line) on every interrupt.
+    /// The VF's slot on the bus and its watchdog.
+    vf: vf::Watch,
+    /// The control channel to host-vmm, when there is one.
+    control: Option<control::Control>,
+    /// INTx (virtio-net): the ISR must be read (which lowers the line) on every interrupt.
     intx: bool,
     /// No interrupt at all: poll on a timer.
     polled: bool,
@@ -86,7 +102,7 @@ static STATE: AtomicU8 = AtomicU8::new(NOT_STARTED);
 pub enum InitError {
     /// No `ip=` on the command line, or a bad one (reported in the log).
     NotConfigured,
-    /// No virtio-net device on the PCI bus.
+    /// Neither a virtio-net device nor a VF on the PCI bus.
     NoDevice,
     /// The device would not come up (reported in the log).
     DeviceFailed,
@@ -96,7 +112,7 @@ impl fmt::Display for InitError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             InitError::NotConfigured => "no usable ip= on the command line",
-            InitError::NoDevice => "no virtio-net device",
+            InitError::NoDevice => "no network device (virtio-net or 82599 VF)",
             InitError::DeviceFailed => "the network device failed to start",
         })
     }
@@ -159,33 +175,103 @@ fn bring_up() -> Result<Net, InitError> {
     for f in &functions {
         log::debug!("pci {f}");
     }
-    let nic = functions
-        .iter()
-        .find(|f| virtio_net::matches(f))
-        .ok_or(InitError::NoDevice)?;
-    log::info!(
-        "net: virtio-net at {} ({:04x}:{:04x})",
-        nic.bdf,
-        nic.vendor_id,
-        nic.device_id
-    );
-    map_bars(&mut access, nic.bdf)?;
-
-    // The LAPIC must accept the NIC's first interrupt, which may come as soon as MSI-X is
-    // on: a software-disabled LAPIC drops it, and with event-index suppression the device
+    // The LAPIC must accept a device's first interrupt, which may come as soon as MSI-X is
+    // on: a software-disabled LAPIC drops it, and with event-index suppression virtio-net
     // would then never signal again.
     timer::prepare_interrupts();
     let apic_id = apic::id();
+
+    let mut virtio = None;
+    let (mut intx, mut polled, mut config_shared) = (false, false, false);
+    if let Some(nic) = functions.iter().find(|f| virtio_net::matches(f)) {
+        match probe_virtio(&mut access, nic.bdf, apic_id) {
+            Ok((device, mode)) => {
+                (intx, polled, config_shared) = mode;
+                virtio = Some(device);
+            }
+            Err(e) => log::error!("net: virtio-net at {}: {e}", nic.bdf),
+        }
+    }
+    let mac = virtio.as_ref().map(|v| v.mac_address());
+    let vf_bdf = functions
+        .iter()
+        .find(|f| drivers::ixgbevf::pci::matches(f))
+        .map(|f| f.bdf);
+    let vf = vf_bdf.and_then(|bdf| vf::bring_up(&mut access, bdf, mac, apic_id));
+    if virtio.is_none() && vf.is_none() {
+        return Err(if vf_bdf.is_some() || mac.is_some() {
+            InitError::DeviceFailed
+        } else {
+            InitError::NoDevice
+        });
+    }
+    let control = control::bring_up(&mut access, &functions, apic_id);
+
+    let device = Failover::new(vf, virtio);
+    log::info!(
+        "net: MAC {}, {}/{} gw {:?}, virtio-net {}, VF {}, control channel {}",
+        device.mac_address(),
+        config.address.address(),
+        config.address.prefix_len(),
+        config.gateway,
+        if device.virtio().is_none() {
+            "absent"
+        } else if intx {
+            "INTx"
+        } else if polled {
+            "polled"
+        } else {
+            "MSI-X"
+        },
+        if device.vf().is_some() {
+            "MSI-X"
+        } else {
+            "absent"
+        },
+        if control.is_some() { "up" } else { "absent" },
+    );
+
+    if log::log_enabled!(log::Level::Debug) {
+        timer::count_halted();
+    }
+    let now = timer::now_ns();
+    let mut stack = Stack::new(device, config, crate::abi::random_u64(), instant(now));
+    stack.check_failover();
+    stack.poll(instant(now));
+    Ok(Net {
+        stack,
+        sockets: SocketTable::new(crate::abi::random_u64()),
+        vf: vf::Watch::new(vf_bdf, now),
+        control,
+        intx,
+        polled,
+        config_shared,
+        next_poll: now,
+        cost: Cost::default(),
+    })
+}
+
+/// How virtio-net signals: (INTx, polled, configuration changes on the queue vector).
+type VirtioMode = (bool, bool, bool);
+
+/// Probes virtio-net at `bdf` with its interrupts on this CPU.
+fn probe_virtio(
+    access: &mut PortConfig,
+    bdf: Bdf,
+    apic_id: u8,
+) -> Result<(Virtio, VirtioMode), InitError> {
+    log::info!("net: virtio-net at {bdf}");
+    map_bars(access, bdf)?;
     let irq = InterruptRequest {
         apic_id,
         queue_vector: apic::NET_QUEUE_VECTOR,
         config_vector: apic::NET_CONFIG_VECTOR,
     };
-    let mut device = Device::probe(&mut access, nic.bdf, None, irq).map_err(|e| {
-        log::error!("pci {}: {e}", nic.bdf);
+    let mut device = Virtio::probe(access, bdf, None, irq).map_err(|e| {
+        log::error!("pci {bdf}: {e}");
         InitError::DeviceFailed
     })?;
-    let (intx, polled, config_shared) = match device.interrupt() {
+    let mode = match device.interrupt() {
         Interrupt::Msix { config_shared } => (false, false, config_shared),
         Interrupt::Intx(line) if ioapic::route(line.line, apic::NET_QUEUE_VECTOR, apic_id) => {
             // The entry is edge-triggered: if the line went up before it was programmed, no
@@ -200,42 +286,12 @@ fn bring_up() -> Result<Net, InitError> {
             (false, true, true)
         }
     };
-    log::info!(
-        "net: MAC {}, {}/{} gw {:?}, {}",
-        device.mac_address(),
-        config.address.address(),
-        config.address.prefix_len(),
-        config.gateway,
-        if intx {
-            "INTx"
-        } else if polled {
-            "polled"
-        } else {
-            "MSI-X"
-        }
-    );
-
-    if log::log_enabled!(log::Level::Debug) {
-        timer::count_halted();
-    }
-    let now = timer::now_ns();
-    let mut stack = Stack::new(device, config, crate::abi::random_u64(), instant(now));
-    stack.check_link();
-    stack.poll(instant(now));
-    Ok(Net {
-        stack,
-        sockets: SocketTable::new(crate::abi::random_u64()),
-        intx,
-        polled,
-        config_shared,
-        next_poll: now,
-        cost: Cost::default(),
-    })
+    Ok((device, mode))
 }
 
 /// Assigns addresses to unassigned memory BARs of `bdf` and maps every memory BAR uncached,
 /// so the drivers' HAL only ever finds them mapped.
-fn map_bars(access: &mut PortConfig, bdf: Bdf) -> Result<(), InitError> {
+pub(crate) fn map_bars(access: &mut PortConfig, bdf: Bdf) -> Result<(), InitError> {
     let mut window = BAR_WINDOW;
     let bars = bar::read_all(access, bdf);
     for (index, b) in bars.iter().enumerate() {
@@ -280,8 +336,20 @@ pub fn service(now_ns: u64) -> Option<u64> {
     } else if net.config_shared && events & idt::NET_QUEUE_EVENT != 0 {
         config_changed = true;
     }
-    if config_changed || net.polled {
-        net.stack.check_link();
+    // The VF's "other" vector (mailbox, link) and its watchdog, which also notices a VF that
+    // was unplugged (it cannot interrupt any more) or plugged back in.
+    config_changed |= net
+        .vf
+        .service(&mut net.stack, events & idt::VF_OTHER_EVENT != 0, now_ns);
+    if (config_changed || net.polled)
+        && let Some(switched) = net.stack.check_failover()
+    {
+        log::info!("net: traffic now on {} (automatic)", switched.to);
+    }
+    if events & idt::CONTROL_EVENT != 0
+        && let Some(control) = net.control.as_mut()
+    {
+        control.service(&mut net.stack);
     }
     let now = instant(now_ns);
     net.stack.poll(now);
@@ -290,9 +358,18 @@ pub fn service(now_ns: u64) -> Option<u64> {
     let mut next = net.stack.poll_at(now).map_or(u64::MAX, |t| {
         instant_ns(t).max(now_ns.saturating_add(MIN_REPOLL_NS))
     });
+    // The VF masks its vectors when it sends them: unmask once its work is done. A frame
+    // that came in meanwhile raised no interrupt, so poll again soon instead.
+    if events & (idt::VF_QUEUE_EVENT | idt::VF_OTHER_EVENT) != 0
+        && let Some(vf) = net.stack.device_mut().vf_mut()
+        && vf.rearm_interrupts()
+    {
+        next = next.min(now_ns.saturating_add(MIN_REPOLL_NS));
+    }
     if net.polled {
         next = next.min(now_ns.saturating_add(POLL_WITHOUT_IRQ_NS));
     }
+    next = next.min(net.vf.next_check());
     net.next_poll = next;
     if let Some((tsc, rx_before)) = start {
         let ticks = cpu::rdtsc().wrapping_sub(tsc);

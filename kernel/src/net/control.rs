@@ -1,0 +1,128 @@
+//! The control channel to host-vmm: a virtio-console whose bytes go to migration-client's
+//! agent, which carries out the operator's requests (switch NIC, status) on the failover
+//! device and answers on the same channel.
+//!
+//! Bytes arrive with an interrupt on [`apic::CONTROL_VECTOR`]; [`Control::service`] runs from
+//! the network's idle-loop work, so a request is handled between two stack polls and never
+//! in the middle of one.
+
+use super::{Device, Stack};
+use crate::arch::{apic, pci::PortConfig};
+use crate::hal::KernelHal;
+use drivers::pci;
+use drivers::virtio_console::{self, Console};
+use drivers::virtio_net::{Interrupt, InterruptRequest};
+use migration_client::agent::{Agent, NicControl, SwitchError};
+use migration_client::protocol::{self, NicStatus, Status};
+use netstack::failover::{self, NicCounters};
+
+/// The channel and the agent behind it.
+pub struct Control {
+    console: Console<KernelHal>,
+    agent: Agent,
+}
+
+/// Brings up the first virtio-console on the bus, if any, with MSI-X on this CPU.
+pub fn bring_up(
+    access: &mut PortConfig,
+    functions: &[pci::Function],
+    apic_id: u8,
+) -> Option<Control> {
+    let f = functions.iter().find(|f| virtio_console::matches(f))?;
+    if let Err(e) = super::map_bars(access, f.bdf) {
+        log::error!("control: virtio-console at {}: {e}", f.bdf);
+        return None;
+    }
+    let irq = InterruptRequest {
+        apic_id,
+        queue_vector: apic::CONTROL_VECTOR,
+        config_vector: apic::CONTROL_VECTOR,
+    };
+    match Console::probe(access, f.bdf, None, irq) {
+        Ok(console) if matches!(console.interrupt(), Interrupt::Msix { .. }) => {
+            log::info!("control: virtio-console at {}", f.bdf);
+            Some(Control {
+                console,
+                agent: Agent::new(),
+            })
+        }
+        Ok(_) => {
+            // INTx would need a second IOAPIC route and acknowledgement for a channel that
+            // carries a handful of requests; host-vmm always offers MSI-X.
+            log::warn!(
+                "control: virtio-console at {} has no MSI-X; not used",
+                f.bdf
+            );
+            None
+        }
+        Err(e) => {
+            log::error!("control: virtio-console at {}: {e}", f.bdf);
+            None
+        }
+    }
+}
+
+impl Control {
+    /// Reads what host-vmm sent and answers every complete request.
+    pub fn service(&mut self, stack: &mut Stack<Device>) {
+        let mut bytes = [0u8; 256];
+        loop {
+            let n = match self.console.recv(&mut bytes) {
+                Ok(0) => return,
+                Ok(n) => n,
+                Err(e) => {
+                    log::warn!("control: receive failed: {e}");
+                    return;
+                }
+            };
+            let console = &mut self.console;
+            self.agent
+                .on_input(&bytes[..n], &mut Nics(stack), &mut |reply: &[u8]| {
+                    if let Err(e) = console.send(reply) {
+                        log::warn!("control: reply lost: {e}");
+                    }
+                });
+        }
+    }
+}
+
+/// The failover device as the agent sees it.
+struct Nics<'a>(&'a mut Stack<Device>);
+
+impl NicControl for Nics<'_> {
+    fn switch(&mut self, nic: protocol::Nic) -> Result<(), SwitchError> {
+        let nic = match nic {
+            protocol::Nic::Vf => failover::Nic::Vf,
+            protocol::Nic::Virtio => failover::Nic::Virtio,
+        };
+        match self.0.switch_nic(nic) {
+            Ok(switched) => {
+                log::info!("control: traffic now on {nic} (from {:?})", switched.from);
+                Ok(())
+            }
+            Err(failover::SwitchError::Absent(_)) => Err(SwitchError::NotPresent),
+            Err(failover::SwitchError::LinkDown(_)) => Err(SwitchError::LinkDown),
+        }
+    }
+
+    fn status(&self) -> Status {
+        let device = self.0.device();
+        let nic = |c: NicCounters| NicStatus {
+            present: c.present,
+            link_up: c.link_up,
+            rx: c.rx,
+            tx: c.tx,
+            rx_errors: c.rx_errors,
+            tx_dropped: c.tx_dropped,
+        };
+        Status {
+            active: device.active().map(|n| match n {
+                failover::Nic::Vf => protocol::Nic::Vf,
+                failover::Nic::Virtio => protocol::Nic::Virtio,
+            }),
+            vf: nic(device.counters(failover::Nic::Vf)),
+            virtio: nic(device.counters(failover::Nic::Virtio)),
+            switches: device.switches(),
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! The VF's life cycle: bring-up on the PCI bus, the watchdog, removal and re-plug.
+//!
+//! A VF can vanish at any moment (the operator unplugs it, or a real PF goes away): it then
+//! cannot interrupt, so a watchdog looks at it every [`WATCH_NS`] (three register reads:
+//! VFSTATUS, the mailbox, VFLINKS). Once it is gone the failover device carries traffic on
+//! virtio-net, and the watchdog instead reads the slot's IDs every [`REPROBE_NS`]; when a VF
+//! answers there again it is brought up afresh and handed back to the failover device.
+
+use super::{Device, InitError, Stack, map_bars};
+use crate::arch::{apic, pci::PortConfig};
+use crate::hal::{KernelDma, KernelHal};
+use crate::timer;
+use drivers::hal::Mmio;
+use drivers::ixgbevf::pci::{self as vf_pci, InterruptRequest};
+use drivers::ixgbevf::{self, Ixgbevf};
+use drivers::net::{MacAddress, NetDevice};
+use drivers::pci::{self, Bdf, ConfigAccess};
+
+/// The VF as the kernel runs it.
+pub type Vf = Ixgbevf<Mmio, KernelDma>;
+
+/// How often a present VF is checked (removal, missed link messages).
+const WATCH_NS: u64 = 100_000_000;
+/// How often an unplugged VF's slot is looked at.
+const REPROBE_NS: u64 = 500_000_000;
+
+/// The VF's slot and when to look at it next.
+#[derive(Debug)]
+pub struct Watch {
+    /// Where the VF was found at boot (`None`: there never was one).
+    bdf: Option<Bdf>,
+    next: u64,
+}
+
+impl Watch {
+    /// Watches the VF at `bdf`, if there is one.
+    pub fn new(bdf: Option<Bdf>, now_ns: u64) -> Watch {
+        Watch {
+            bdf,
+            next: now_ns.saturating_add(WATCH_NS),
+        }
+    }
+
+    /// When [`Watch::service`] next has work even without an interrupt.
+    pub fn next_check(&self) -> u64 {
+        if self.bdf.is_some() {
+            self.next
+        } else {
+            u64::MAX
+        }
+    }
+
+    /// Handles the VF's "other" interrupt (`signalled`) and the watchdog when it is due.
+    /// Returns whether a link may have changed (the caller re-checks the failover).
+    pub fn service(&mut self, stack: &mut Stack<Device>, signalled: bool, now_ns: u64) -> bool {
+        let Some(bdf) = self.bdf else {
+            return false;
+        };
+        if !signalled && now_ns < self.next {
+            return false;
+        }
+        let Some(vf) = stack.device_mut().vf_mut() else {
+            self.next = now_ns.saturating_add(REPROBE_NS);
+            return self.replug(stack, bdf);
+        };
+        self.next = now_ns.saturating_add(WATCH_NS);
+        let events = vf.service();
+        if events.reset_needed && vf.reinit(&mut spin_us).is_err() {
+            log::warn!("net: the VF did not come back from its reset");
+        }
+        if events.removed || vf.is_removed() {
+            // It never touches the device again; dropping it frees its rings.
+            drop(stack.take_vf());
+            log::warn!("net: the VF at {bdf} is gone; traffic stays on virtio-net");
+            return true;
+        }
+        events.link_changed || events.reset_needed
+    }
+
+    /// Brings the VF back if its slot answers again.
+    fn replug(&mut self, stack: &mut Stack<Device>, bdf: Bdf) -> bool {
+        let mut access = PortConfig;
+        let ids = access.read32(bdf, pci::VENDOR_DEVICE);
+        if ids as u16 != ixgbevf::regs::VENDOR_ID
+            || (ids >> 16) as u16 != ixgbevf::regs::DEVICE_ID_82599_VF
+        {
+            return false;
+        }
+        let mac = stack.device().mac_address();
+        match bring_up(&mut access, bdf, Some(mac), apic::id()) {
+            Some(vf) => {
+                log::info!("net: the VF at {bdf} is back");
+                stack.set_vf(Some(vf));
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// Brings up the VF at `bdf` with MAC `mac` (the failover device's; `None` keeps the one the
+/// PF assigned) and its two MSI-X vectors on this CPU. Failures are logged: the network then
+/// runs without the VF.
+pub fn bring_up(
+    access: &mut PortConfig,
+    bdf: Bdf,
+    mac: Option<MacAddress>,
+    apic_id: u8,
+) -> Option<Vf> {
+    match try_bring_up(access, bdf, mac, apic_id) {
+        Ok(vf) => Some(vf),
+        Err(e) => {
+            log::error!("net: VF at {bdf}: {e}");
+            None
+        }
+    }
+}
+
+/// Why the VF could not be brought up.
+enum VfError {
+    Map(InitError),
+    Driver(ixgbevf::Error),
+}
+
+impl core::fmt::Display for VfError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            VfError::Map(e) => write!(f, "{e}"),
+            VfError::Driver(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+fn try_bring_up(
+    access: &mut PortConfig,
+    bdf: Bdf,
+    mac: Option<MacAddress>,
+    apic_id: u8,
+) -> Result<Vf, VfError> {
+    log::info!("net: 82599 VF at {bdf}");
+    map_bars(access, bdf).map_err(VfError::Map)?;
+    let function = vf_pci::probe(access, bdf, None).map_err(VfError::Driver)?;
+    let irq = InterruptRequest {
+        apic_id,
+        queue_vector: apic::VF_QUEUE_VECTOR,
+        other_vector: apic::VF_OTHER_VECTOR,
+    };
+    let table = drivers::hal::map::<KernelHal>(function.msix_table);
+    function
+        .enable_msix(access, table, irq)
+        .map_err(VfError::Driver)?;
+    let registers = drivers::hal::map::<KernelHal>(function.registers);
+    let config = ixgbevf::Config { mac };
+    let vf = Ixgbevf::new(registers, KernelDma, &mut spin_us, config).map_err(VfError::Driver)?;
+    if mac.is_some_and(|m| m != vf.mac_address()) {
+        log::warn!(
+            "net: the PF refused MAC {}; the VF keeps {}",
+            mac.unwrap_or_default(),
+            vf.mac_address()
+        );
+    }
+    Ok(vf)
+}
+
+/// Waits `us` microseconds by watching the clock (VF bring-up polls only).
+fn spin_us(us: u32) {
+    let end = timer::now_ns().saturating_add(u64::from(us) * 1000);
+    while timer::now_ns() < end {
+        core::hint::spin_loop();
+    }
+}
