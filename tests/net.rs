@@ -239,11 +239,7 @@ fn socket_calls_work_as_a_client_in_both_modes_on_host_vmm() {
     let cmdline = net::guest_cmdline();
     let boot = roam_tests::Boot {
         cmdline: &cmdline,
-        net: Some(roam_tests::NetAttach {
-            netns: &host_ns,
-            tap: net::TAP,
-            mac: GUEST_MAC,
-        }),
+        net: Some(roam_tests::NetAttach::virtio(&host_ns, net::TAP, GUEST_MAC)),
         ..roam_tests::Boot::new(&image)
     };
     let run = roam_tests::boot_with(Vmm::HostVmm, &boot, "sockcheck:");

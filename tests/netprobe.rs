@@ -7,6 +7,8 @@
 //! netprobe tcp-echo ADDR:PORT BYTES SEED   send BYTES pseudo-random bytes, compare the echo
 //! netprobe udp-echo ADDR:PORT COUNT SEED   COUNT datagrams of mixed sizes, each echoed intact
 //! netprobe kv ADDR:PORT COUNT              SET then GET COUNT keys, then COUNT
+//! netprobe kv-for ADDR:PORT SECONDS        one session of SET/GET pairs for SECONDS, every
+//!                                          reply checked (while something else happens)
 //! netprobe serve-echo PORT SECONDS         echo TCP and UDP on PORT for SECONDS (a peer
 //!                                          for guests that connect out)
 //! netprobe hostile IFACE MAC IP SYNS       runts, oversize frames, bad checksums,
@@ -29,9 +31,10 @@ fn main() -> ExitCode {
         ["tcp-echo", addr, bytes, seed] => tcp_echo(parse(addr), parse(bytes), parse(seed)),
         ["udp-echo", addr, count, seed] => udp_echo(parse(addr), parse(count), parse(seed)),
         ["kv", addr, count] => kv(parse(addr), parse(count)),
+        ["kv-for", addr, seconds] => kv_for(parse(addr), parse(seconds)),
         ["hostile", iface, mac, ip, syns] => hostile(iface, mac, parse(ip), parse(syns)),
         ["serve-echo", port, seconds] => serve_echo(parse(port), parse(seconds)),
-        _ => Err("usage: netprobe tcp-echo ADDR:PORT BYTES SEED | udp-echo ADDR:PORT COUNT SEED | kv ADDR:PORT COUNT".into()),
+        _ => Err("usage: netprobe tcp-echo ADDR:PORT BYTES SEED | udp-echo ADDR:PORT COUNT SEED | kv ADDR:PORT COUNT | kv-for ADDR:PORT SECONDS".into()),
     };
     match result {
         Ok(summary) => {
@@ -240,6 +243,64 @@ fn kv(addr: SocketAddr, count: u32) -> Result<String, String> {
     Ok(format!(
         "kv {count} SET + {count} GET + COUNT correct in {:.2} s",
         start.elapsed().as_secs_f64()
+    ))
+}
+
+/// One kv session kept busy for `seconds`: SET a key, GET it back, over and over on 64 keys
+/// (so the store stays small), every reply checked; also reports the longest wait for a reply.
+fn kv_for(addr: SocketAddr, seconds: u64) -> Result<String, String> {
+    const KEYS: u64 = 64;
+    let run_for = Duration::from_secs(seconds);
+    if run_for >= TOTAL_TIMEOUT {
+        return Err(format!("kv-for is bounded to {TOTAL_TIMEOUT:?}"));
+    }
+    let start = Instant::now();
+    let stream = connect(addr)?;
+    let mut writer = stream.try_clone().map_err(|e| e.to_string())?;
+    let mut reader = BufReader::new(stream);
+    let mut longest = Duration::ZERO;
+    let mut requests = 0u64;
+    let mut request = |line: String| -> Result<String, String> {
+        let sent = Instant::now();
+        writer
+            .write_all(line.as_bytes())
+            .map_err(|e| format!("send `{}` after {requests} requests: {e}", line.trim()))?;
+        let mut reply = String::new();
+        reader
+            .read_line(&mut reply)
+            .map_err(|e| format!("reply to `{}` after {requests} requests: {e}", line.trim()))?;
+        if reply.is_empty() {
+            return Err(format!(
+                "connection closed at `{}` after {requests} requests",
+                line.trim()
+            ));
+        }
+        longest = longest.max(sent.elapsed());
+        requests += 1;
+        Ok(reply.trim_end().to_string())
+    };
+    let mut i = 0u64;
+    while start.elapsed() < run_for {
+        let (key, value) = (
+            i % KEYS,
+            format!("v{i}-{:08x}", i.wrapping_mul(2_654_435_761)),
+        );
+        let reply = request(format!("SET k{key} {value}\n"))?;
+        if reply != "OK" {
+            return Err(format!("SET k{key} (#{i}): expected OK, got `{reply}`"));
+        }
+        let reply = request(format!("GET k{key}\n"))?;
+        if reply != format!("VALUE {value}") {
+            return Err(format!(
+                "GET k{key} (#{i}): expected `VALUE {value}`, got `{reply}`"
+            ));
+        }
+        i += 1;
+    }
+    Ok(format!(
+        "kv-for {requests} requests in {:.2} s, every reply correct, longest wait {:.1} ms",
+        start.elapsed().as_secs_f64(),
+        longest.as_secs_f64() * 1e3
     ))
 }
 

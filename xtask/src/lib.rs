@@ -8,7 +8,9 @@
 
 pub mod artifacts;
 pub mod bench;
+pub mod ctl;
 pub mod net;
+pub mod pingd;
 pub mod prereq;
 pub mod proc;
 pub mod stats;

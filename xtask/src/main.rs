@@ -42,7 +42,7 @@ enum Cmd {
         #[arg(last = true)]
         host_vmm_args: Vec<String>,
     },
-    /// Create or remove the test network (namespaces, bridges, veths, a TAP; 198.18.0.0/15).
+    /// Create or remove the test network (namespaces, bridges, veths, TAPs; 198.18.0.0/15).
     Net {
         #[command(subcommand)]
         action: NetCmd,
@@ -100,6 +100,17 @@ enum BenchCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Switching between the emulated 82599 VF and virtio-net under load: per switch, lost
+    /// pings and the longest reply gap (ping -D every 10 ms), iperf3's 100 ms throughput
+    /// around it, and VF vs virtio-net throughput in the same run.
+    Switch {
+        /// Print one JSON object instead of the table.
+        #[arg(long)]
+        json: bool,
+        /// Switches per phase, about 1 s apart.
+        #[arg(long, default_value_t = bench::switch::DEFAULT_SWITCHES)]
+        switches: u32,
+    },
 }
 
 fn main() {
@@ -154,12 +165,13 @@ fn run(cli: Cli) -> Result<()> {
                 NetCmd::Up => {
                     topology.up()?;
                     println!(
-                        "test network `{prefix}` is up: client {} in namespace {}, gateway {} in {}, guests attach to {} in {} and use {}",
+                        "test network `{prefix}` is up: client {} in namespace {}, gateway {} in {}, guests attach to {} (virtio-net) and {} (VF) in {} and use {}",
                         net::CLIENT_IP,
                         topology.client_ns(),
                         net::GATEWAY_IP,
                         topology.switch_ns(),
                         net::TAP,
+                        net::VF_TAP,
                         topology.host_ns(1),
                         net::guest_cmdline()
                     );
@@ -204,6 +216,21 @@ fn run(cli: Cli) -> Result<()> {
                 println!("{}", bench::net::json(&figures));
             } else {
                 print!("{}", bench::net::table(&figures));
+            }
+            Ok(())
+        }
+        Cmd::Bench {
+            which: BenchCmd::Switch { json, switches },
+        } => {
+            prereq::ensure_kvm()?;
+            prereq::ensure_packages(&prereq::NET_TOOLS)?;
+            artifacts::build_host_vmm()?;
+            artifacts::build_images(&[bench::switch::IMAGE.to_string()])?;
+            let figures = bench::switch::run(&image_path(bench::switch::IMAGE), switches)?;
+            if json {
+                println!("{}", bench::switch::json(&figures));
+            } else {
+                print!("{}", bench::switch::table(&figures));
             }
             Ok(())
         }

@@ -3,17 +3,23 @@
 //! ```text
 //!  <p>-cl (client)            <p>-sw (switch)                  <p>-h1 (host of the VM)
 //!  eth0 198.18.0.2/24 ─veth─ cl0 ┐                      ┌ h1 ─veth─ up0 ┐
-//!                                br0 198.18.0.1/24 (gw) ┘               br0 ── tap0 ── guest
-//!                                                                         (198.18.0.10/24)
+//!                                br0 198.18.0.1/24 (gw) ┘               br0 ┬ tap0 ── guest
+//!                                                                           │ (virtio-net)
+//!                                                                           └ tap1 ── guest
+//!                                                                             (82599 VF)
 //! ```
 //!
 //! The switch namespace is the L2 segment every host joins, so a later host namespace
 //! (`<p>-h2`) can take over a guest's MAC without the client noticing a new path. host-vmm (or
-//! QEMU) runs inside the host namespace and attaches to `tap0` there. Nothing here routes to
-//! anything outside the namespaces; `down` deletes them, which removes every interface.
+//! QEMU) runs inside the host namespace and attaches to `tap0` there, and host-vmm's emulated
+//! VF to `tap1`: both NICs carry the guest's one MAC and IP (198.18.0.10/24), and the host's
+//! bridge learns which TAP the MAC is behind from the frames the guest sends (a switch of NIC
+//! sends a gratuitous ARP through the new one). A TAP nobody opened stays down and gets
+//! nothing. Nothing here routes to anything outside the namespaces; `down` deletes them,
+//! which removes every interface.
 
 use crate::proc;
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use std::process::Command;
 
 /// The guest's address and prefix on the test network.
@@ -24,8 +30,10 @@ pub const CLIENT_IP: &str = "198.18.0.2";
 pub const GATEWAY_IP: &str = "198.18.0.1";
 /// Prefix length of the test subnet.
 pub const PREFIX_LEN: u8 = 24;
-/// The TAP a guest attaches to inside its host namespace.
+/// The TAP a guest's virtio-net attaches to inside its host namespace.
 pub const TAP: &str = "tap0";
+/// The TAP a guest's emulated VF attaches to, on the same bridge as [`TAP`].
+pub const VF_TAP: &str = "tap1";
 
 /// The kernel command line that puts a guest on this network.
 pub fn guest_cmdline() -> String {
@@ -148,7 +156,8 @@ impl Topology {
         result
     }
 
-    /// Adds host namespace `n`: a bridge joining its TAP to an uplink on the switch.
+    /// Adds host namespace `n`: a bridge joining its two TAPs (virtio-net's and the VF's) to
+    /// an uplink on the switch.
     pub fn add_host(&self, n: u32) -> Result<()> {
         let (sw, h) = (self.switch_ns(), self.host_ns(n));
         let uplink_peer = format!("h{n}");
@@ -181,12 +190,15 @@ impl Topology {
             "br0",
             "up",
         ])?;
-        self.ip(&["-n", &h, "tuntap", "add", TAP, "mode", "tap"])?;
-        self.ip(&["-n", &h, "link", "set", TAP, "master", "br0", "up"])
+        for tap in [TAP, VF_TAP] {
+            self.ip(&["-n", &h, "tuntap", "add", tap, "mode", "tap"])?;
+            self.ip(&["-n", &h, "link", "set", tap, "master", "br0", "up"])?;
+        }
+        Ok(())
     }
 
-    /// Sets the MTU of every link on the path from the client to host 1's TAP, so frames of
-    /// up to `mtu` bytes reach the guest's NIC (the bad-input tests send oversize frames).
+    /// Sets the MTU of every link on the path from the client to host 1's TAPs, so frames of
+    /// up to `mtu` bytes reach the guest's NICs (the bad-input tests send oversize frames).
     pub fn set_mtu(&self, mtu: u32) -> Result<()> {
         let mtu = mtu.to_string();
         let (cl, sw, h1) = (self.client_ns(), self.switch_ns(), self.host_ns(1));
@@ -197,6 +209,7 @@ impl Topology {
             (&sw, "br0"),
             (&h1, "up0"),
             (&h1, TAP),
+            (&h1, VF_TAP),
             (&h1, "br0"),
         ] {
             self.ip(&["-n", ns, "link", "set", link, "mtu", &mtu])?;
@@ -243,10 +256,35 @@ impl Drop for TopologyGuard {
 /// The MAC every test and benchmark guest uses on its own topology.
 pub const GUEST_MAC: &str = "52:54:00:12:34:56";
 
-/// A guest serving on its own test network. Fields drop in order: the VM, then the network.
+/// Which NICs a guest gets on its host's TAPs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Nics {
+    /// virtio-net on [`TAP`] only.
+    Virtio,
+    /// The emulated VF on [`VF_TAP`] only (host-vmm).
+    Vf,
+    /// Both, with one MAC (host-vmm).
+    Both,
+}
+
+impl Nics {
+    /// Short name for messages.
+    pub fn key(self) -> &'static str {
+        match self {
+            Nics::Virtio => "virtio",
+            Nics::Vf => "vf",
+            Nics::Both => "vf+virtio",
+        }
+    }
+}
+
+/// A guest serving on its own test network. Fields drop in order: the VM, its control
+/// socket's file, then the network.
 pub struct NetGuest {
     /// The running VMM (killed when dropped).
     pub vm: crate::proc::Background,
+    /// Its control socket, when it was booted with one (`--control`).
+    pub control: Option<crate::ctl::Control>,
     /// The topology it runs on (removed when dropped).
     pub net: TopologyGuard,
 }
@@ -260,23 +298,49 @@ impl NetGuest {
         tag: &str,
         extra_cmdline: &str,
     ) -> Result<NetGuest> {
+        NetGuest::start_with(vmm, image, tag, extra_cmdline, Nics::Virtio, false)
+    }
+
+    /// Like [`NetGuest::start`], with the NICs `nics` and, if `control`, a control socket
+    /// (host-vmm only for the VF and the socket).
+    pub fn start_with(
+        vmm: crate::vm::Vmm,
+        image: &std::path::Path,
+        tag: &str,
+        extra_cmdline: &str,
+        nics: Nics,
+        control: bool,
+    ) -> Result<NetGuest> {
+        if vmm != crate::vm::Vmm::HostVmm && (nics != Nics::Virtio || control) {
+            bail!("the VF and the control socket exist only under host-vmm");
+        }
         let net = TopologyGuard(Topology::unique(tag)?);
         net.0.up()?;
         let host_ns = net.0.host_ns(1);
         let cmdline = format!("{} {extra_cmdline}", guest_cmdline());
+        let control = control.then(|| crate::ctl::Control::unique(tag));
         let boot = crate::vm::Boot {
             cmdline: cmdline.trim(),
             net: Some(crate::vm::NetAttach {
                 netns: &host_ns,
-                tap: TAP,
+                tap: (nics != Nics::Vf).then_some(TAP),
+                vf_tap: (nics != Nics::Virtio).then_some(VF_TAP),
                 mac: GUEST_MAC,
             }),
+            control: control.as_ref().map(|c| c.path()),
             ..crate::vm::Boot::new(image)
         };
         let vm = crate::proc::Background::spawn(&mut vmm.command(&boot))?;
-        let mut guest = NetGuest { vm, net };
+        let mut guest = NetGuest { vm, control, net };
         guest.wait_until_it_answers(std::time::Duration::from_secs(60))?;
         Ok(guest)
+    }
+
+    /// Its control socket; an error if it was booted without one.
+    pub fn ctl(&self) -> Result<&crate::ctl::Control> {
+        self.control
+            .as_ref()
+            .context("this guest was booted without a control socket")
     }
 
     /// A command that runs `program` in the client namespace.

@@ -22,15 +22,30 @@ pub enum Vmm {
     QemuPc,
 }
 
-/// Where a guest's NIC attaches: a TAP inside a network namespace.
+/// Where a guest's NICs attach: TAPs inside a network namespace.
 #[derive(Clone, Debug)]
 pub struct NetAttach<'a> {
     /// The namespace the VMM runs in.
     pub netns: &'a str,
-    /// The TAP device (in that namespace).
-    pub tap: &'a str,
+    /// The virtio-net NIC's TAP (in that namespace), if the guest gets one.
+    pub tap: Option<&'a str>,
+    /// The emulated 82599 VF's TAP (host-vmm only), if the guest gets one. It shares the
+    /// guest's MAC with virtio-net.
+    pub vf_tap: Option<&'a str>,
     /// The guest's MAC address.
     pub mac: &'a str,
+}
+
+impl<'a> NetAttach<'a> {
+    /// A virtio-net NIC on `tap` in `netns`, and no VF.
+    pub fn virtio(netns: &'a str, tap: &'a str, mac: &'a str) -> Self {
+        NetAttach {
+            netns,
+            tap: Some(tap),
+            vf_tap: None,
+            mac,
+        }
+    }
 }
 
 /// What to boot and how.
@@ -45,8 +60,10 @@ pub struct Boot<'a> {
     /// QEMU only: expose the TSC frequency leaf (0x40000010) as host-vmm does. Without it
     /// QEMU also gets a PIT, so the kernel's PIT calibration path runs.
     pub qemu_tsc_leaf: bool,
-    /// A virtio-net NIC on a TAP, if any.
+    /// NICs on TAPs, if any.
     pub net: Option<NetAttach<'a>>,
+    /// host-vmm only: listen for `host-vmm ctl` on a Unix socket at this path (`--control`).
+    pub control: Option<&'a Path>,
 }
 
 impl<'a> Boot<'a> {
@@ -58,6 +75,7 @@ impl<'a> Boot<'a> {
             cmdline: "",
             qemu_tsc_leaf: true,
             net: None,
+            control: None,
         }
     }
 }
@@ -97,17 +115,34 @@ impl Vmm {
                 cmd.arg("--cmdline").arg(boot.cmdline);
             }
             if let Some(net) = &boot.net {
-                cmd.arg("--net")
-                    .arg(format!("tap={},mac={}", net.tap, net.mac));
+                if let Some(tap) = net.tap {
+                    cmd.arg("--net").arg(format!("tap={tap},mac={}", net.mac));
+                }
+                if let Some(tap) = net.vf_tap {
+                    cmd.arg("--vf").arg(format!("tap={tap},mac={}", net.mac));
+                }
+            }
+            if let Some(path) = boot.control {
+                cmd.arg("--control").arg(path);
             }
             return;
         }
+        // QEMU has no model of the 82599 VF and no `host-vmm ctl` socket: a boot asking for
+        // them is a mistake in the caller, not something to drop silently.
+        assert!(
+            boot.net.as_ref().is_none_or(|n| n.vf_tap.is_none()) && boot.control.is_none(),
+            "the VF and the control socket exist only under host-vmm"
+        );
         // Both QEMU machines expose the TSC frequency leaf (0x40000010) as host-vmm does,
         // unless the test asks for the PIT calibration path.
+        // `-arch-capabilities`: some nested KVM hosts list IA32_ARCH_CAPABILITIES (0x10a) as
+        // supported yet refuse QEMU's write of it, and QEMU aborts on that assertion
+        // (measured on Linux 6.18 kvm_pvm: "failed to set MSR 0x10a to 0x69"). Our guest
+        // never reads that MSR.
         let cpu = if boot.qemu_tsc_leaf {
-            "host,+invtsc,vmware-cpuid-freq=on"
+            "host,+invtsc,vmware-cpuid-freq=on,-arch-capabilities"
         } else {
-            "host,+invtsc,vmware-cpuid-freq=off"
+            "host,+invtsc,vmware-cpuid-freq=off,-arch-capabilities"
         };
         let machine = match (self, boot.qemu_tsc_leaf) {
             (Vmm::QemuMicrovm, true) => "microvm,x-option-roms=off,rtc=off,pit=off,pic=off",
@@ -135,11 +170,10 @@ impl Vmm {
         .arg(boot.image)
         .arg("-append")
         .arg(boot.cmdline);
-        if let Some(net) = &boot.net {
+        if let Some((net, tap)) = boot.net.as_ref().and_then(|n| Some((n, n.tap?))) {
             cmd.arg("-netdev")
                 .arg(format!(
-                    "tap,id=n0,ifname={},script=no,downscript=no,vhost=off",
-                    net.tap
+                    "tap,id=n0,ifname={tap},script=no,downscript=no,vhost=off"
                 ))
                 .arg("-device")
                 .arg(format!(
@@ -212,6 +246,87 @@ mod tests {
             q.guest_status(exit(1), "qemu-system-x86_64: -kernel x: No such file")
                 .is_err()
         );
+    }
+
+    fn args(cmd: &Command) -> Vec<String> {
+        cmd.get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    fn has_pair(args: &[String], flag: &str, value: &str) -> bool {
+        args.windows(2).any(|w| w[0] == flag && w[1] == value)
+    }
+
+    #[test]
+    fn host_vmm_gets_each_nic_and_the_control_socket_asked_for() {
+        let image = Path::new("/images/netecho.elf");
+        let sock = Path::new("/tmp/roam-ctl-x.sock");
+        let mac = "52:54:00:12:34:56";
+        let both = Boot {
+            net: Some(NetAttach {
+                netns: "ns-h1",
+                tap: Some("tap0"),
+                vf_tap: Some("tap1"),
+                mac,
+            }),
+            control: Some(sock),
+            ..Boot::new(image)
+        };
+        let cmd = Vmm::HostVmm.command(&both);
+        assert_eq!(cmd.get_program(), "ip", "runs inside the namespace");
+        let a = args(&cmd);
+        assert!(has_pair(&a, "exec", "ns-h1"), "{a:?}");
+        assert!(
+            has_pair(&a, "--net", &format!("tap=tap0,mac={mac}")),
+            "{a:?}"
+        );
+        assert!(
+            has_pair(&a, "--vf", &format!("tap=tap1,mac={mac}")),
+            "{a:?}"
+        );
+        assert!(has_pair(&a, "--control", "/tmp/roam-ctl-x.sock"), "{a:?}");
+
+        let vf_only = Boot {
+            net: Some(NetAttach {
+                tap: None,
+                ..both.net.clone().unwrap()
+            }),
+            control: None,
+            ..both.clone()
+        };
+        let a = args(&Vmm::HostVmm.command(&vf_only));
+        assert!(!a.iter().any(|x| x == "--net" || x == "--control"), "{a:?}");
+        assert!(
+            has_pair(&a, "--vf", &format!("tap=tap1,mac={mac}")),
+            "{a:?}"
+        );
+
+        let virtio = Boot {
+            net: Some(NetAttach::virtio("ns-h1", "tap0", mac)),
+            ..Boot::new(image)
+        };
+        let a = args(&Vmm::HostVmm.command(&virtio));
+        assert!(!a.iter().any(|x| x == "--vf"), "{a:?}");
+        let a = args(&Vmm::QemuPc.command(&virtio));
+        assert!(
+            a.iter().any(|x| x.starts_with("tap,id=n0,ifname=tap0,")),
+            "{a:?}"
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "only under host-vmm")]
+    fn qemu_refuses_a_vf() {
+        let image = Path::new("/images/netecho.elf");
+        let boot = Boot {
+            net: Some(NetAttach {
+                vf_tap: Some("tap1"),
+                ..NetAttach::virtio("ns", "tap0", "52:54:00:12:34:56")
+            }),
+            ..Boot::new(image)
+        };
+        let _ = Vmm::QemuPc.command(&boot);
     }
 
     #[test]

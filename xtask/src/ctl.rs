@@ -1,0 +1,364 @@
+//! The operator's side of a running guest's control socket: `host-vmm ctl PATH COMMAND...`,
+//! run and read back as the contract in host-vmm's `control` module fixes it.
+//!
+//! ```text
+//! host-vmm ctl PATH switch vf|virtio     prints active=vf|virtio
+//! host-vmm ctl PATH status               prints the four lines Status::parse reads
+//! host-vmm ctl PATH vf link up|down      host side: the VF's link
+//! host-vmm ctl PATH vf remove|add        host side: hot-unplug / re-plug the VF
+//! ```
+
+use crate::proc;
+use anyhow::{Context, Result, bail};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// Bound on one `host-vmm ctl` call (host-vmm gives the guest agent 5 s).
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// One of the guest's two NICs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Nic {
+    /// The emulated 82599 virtual function.
+    Vf,
+    /// virtio-net.
+    Virtio,
+}
+
+impl Nic {
+    /// Its name in commands and in `status` (`vf`, `virtio`).
+    pub fn key(self) -> &'static str {
+        match self {
+            Nic::Vf => "vf",
+            Nic::Virtio => "virtio",
+        }
+    }
+
+    /// The other NIC.
+    pub fn other(self) -> Nic {
+        match self {
+            Nic::Vf => Nic::Virtio,
+            Nic::Virtio => Nic::Vf,
+        }
+    }
+
+    fn from_key(key: &str) -> Option<Nic> {
+        match key {
+            "vf" => Some(Nic::Vf),
+            "virtio" => Some(Nic::Virtio),
+            _ => None,
+        }
+    }
+}
+
+/// One NIC's line of `status`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NicStatus {
+    /// The device is there (the VF can be hot-removed).
+    pub present: bool,
+    /// Its link is up.
+    pub link_up: bool,
+    /// Frames received.
+    pub rx: u64,
+    /// Frames sent.
+    pub tx: u64,
+    /// Receive errors.
+    pub rx_errors: u64,
+    /// Frames dropped on transmit.
+    pub tx_dropped: u64,
+}
+
+/// What `host-vmm ctl PATH status` printed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Status {
+    /// The NIC transmitting now, if any.
+    pub active: Option<Nic>,
+    /// The VF's figures.
+    pub vf: NicStatus,
+    /// virtio-net's figures.
+    pub virtio: NicStatus,
+    /// Changes of active NIC so far, explicit or automatic.
+    pub switches: u64,
+}
+
+impl Status {
+    /// The figures of `nic`.
+    pub fn nic(&self, nic: Nic) -> &NicStatus {
+        match nic {
+            Nic::Vf => &self.vf,
+            Nic::Virtio => &self.virtio,
+        }
+    }
+
+    /// Parses exactly the contract's four lines (a trailing newline is fine):
+    ///
+    /// ```text
+    /// active=vf|virtio|none
+    /// vf present=yes|no link=up|down rx=N tx=N rx_errors=N tx_dropped=N
+    /// virtio present=yes|no link=up|down rx=N tx=N rx_errors=N tx_dropped=N
+    /// switches=N
+    /// ```
+    pub fn parse(text: &str) -> Result<Status> {
+        let lines: Vec<&str> = text.lines().collect();
+        let [active, vf, virtio, switches] = lines.as_slice() else {
+            bail!("status has {} lines, not 4:\n{text}", lines.len());
+        };
+        let active = match active.strip_prefix("active=") {
+            Some("none") => None,
+            Some(key) => Some(
+                Nic::from_key(key).with_context(|| format!("unknown active NIC in `{active}`"))?,
+            ),
+            None => bail!("first status line is not `active=...`: `{active}`"),
+        };
+        let switches = switches
+            .strip_prefix("switches=")
+            .and_then(|n| n.parse().ok())
+            .with_context(|| format!("last status line is not `switches=N`: `{switches}`"))?;
+        Ok(Status {
+            active,
+            vf: nic_line(vf, Nic::Vf)?,
+            virtio: nic_line(virtio, Nic::Virtio)?,
+            switches,
+        })
+    }
+}
+
+/// `NAME present=.. link=.. rx=N tx=N rx_errors=N tx_dropped=N`, every key exactly once and
+/// in that order.
+fn nic_line(line: &str, nic: Nic) -> Result<NicStatus> {
+    let bad = || format!("bad {} status line `{line}`", nic.key());
+    let mut words = line.split(' ');
+    if words.next() != Some(nic.key()) {
+        bail!("{}: it must start with `{}`", bad(), nic.key());
+    }
+    let mut value = |key: &str| -> Result<&str> {
+        words
+            .next()
+            .and_then(|w| w.strip_prefix(key)?.strip_prefix('='))
+            .with_context(|| format!("{}: expected `{key}=` next", bad()))
+    };
+    let flag = |v: &str, yes: &str, no: &str| -> Result<bool> {
+        match v {
+            v if v == yes => Ok(true),
+            v if v == no => Ok(false),
+            _ => bail!("{}: `{v}` is neither {yes} nor {no}", bad()),
+        }
+    };
+    let number = |v: &str| -> Result<u64> { v.parse().with_context(bad) };
+    let present = flag(value("present")?, "yes", "no")?;
+    let link_up = flag(value("link")?, "up", "down")?;
+    let status = NicStatus {
+        present,
+        link_up,
+        rx: number(value("rx")?)?,
+        tx: number(value("tx")?)?,
+        rx_errors: number(value("rx_errors")?)?,
+        tx_dropped: number(value("tx_dropped")?)?,
+    };
+    if words.next().is_some() {
+        bail!("{}: unexpected words at the end", bad());
+    }
+    Ok(status)
+}
+
+/// A guest's control socket and the commands run against it.
+#[derive(Debug)]
+pub struct Control {
+    path: PathBuf,
+    /// We named the socket, so we remove it.
+    owned: bool,
+}
+
+impl Control {
+    /// The socket at `path` (host-vmm creates it with `--control PATH`).
+    pub fn at(path: &Path) -> Control {
+        Control {
+            path: path.to_path_buf(),
+            owned: false,
+        }
+    }
+
+    /// A socket path in the temp directory unique to this process and call. The file is
+    /// removed when the returned `Control` drops, in case host-vmm was killed before it could.
+    pub fn unique(tag: &str) -> Control {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let name = format!("roam-ctl-{tag}-{}-{n}.sock", std::process::id());
+        Control {
+            path: std::env::temp_dir().join(name),
+            owned: true,
+        }
+    }
+
+    /// The socket's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `host-vmm ctl PATH ARGS...` (bounded by [`CALL_TIMEOUT`]) and returns its stdout;
+    /// a non-zero exit is an error carrying host-vmm's message.
+    pub fn call(&self, args: &[&str]) -> Result<String> {
+        let mut cmd = Command::new(crate::host_vmm_path());
+        cmd.arg("ctl").arg(&self.path).args(args);
+        let run = proc::watch(&mut cmd, "", CALL_TIMEOUT)?;
+        if !run.status.success() {
+            bail!(
+                "`{}` failed ({}): {}{}",
+                proc::display(&cmd),
+                run.status,
+                run.stderr.trim(),
+                run.stdout.trim()
+            );
+        }
+        Ok(run.stdout)
+    }
+
+    /// `status`, parsed.
+    pub fn status(&self) -> Result<Status> {
+        Status::parse(&self.call(&["status"])?)
+    }
+
+    /// `switch vf|virtio`; fails unless host-vmm answers `active=<nic>`.
+    pub fn switch(&self, nic: Nic) -> Result<()> {
+        let out = self.call(&["switch", nic.key()])?;
+        let want = format!("active={}", nic.key());
+        if out.trim() != want {
+            bail!(
+                "`switch {}` answered `{}`, not `{want}`",
+                nic.key(),
+                out.trim()
+            );
+        }
+        Ok(())
+    }
+
+    /// `vf link up` or `vf link down`.
+    pub fn vf_link(&self, up: bool) -> Result<()> {
+        self.call(&["vf", "link", if up { "up" } else { "down" }])
+            .map(drop)
+    }
+
+    /// `vf remove`.
+    pub fn vf_remove(&self) -> Result<()> {
+        self.call(&["vf", "remove"]).map(drop)
+    }
+
+    /// `vf add`.
+    pub fn vf_add(&self) -> Result<()> {
+        self.call(&["vf", "add"]).map(drop)
+    }
+
+    /// Asks for `status` until `want` holds, for at most `bound`; returns the status that
+    /// satisfied it, or an error with the last one seen.
+    pub fn wait_for(
+        &self,
+        what: &str,
+        bound: Duration,
+        want: impl Fn(&Status) -> bool,
+    ) -> Result<Status> {
+        let deadline = Instant::now() + bound;
+        loop {
+            let last = match self.status() {
+                Ok(status) if want(&status) => return Ok(status),
+                Ok(status) => format!("{status:?}"),
+                Err(e) => format!("{e:#}"),
+            };
+            if Instant::now() >= deadline {
+                bail!("status did not show {what} within {bound:?}; last: {last}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Control {
+    fn drop(&mut self) {
+        // Only a socket we named; host-vmm normally removed it already.
+        if self.owned {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STATUS: &str = "active=vf\n\
+        vf present=yes link=up rx=120 tx=118 rx_errors=0 tx_dropped=1\n\
+        virtio present=yes link=up rx=7 tx=3 rx_errors=2 tx_dropped=0\n\
+        switches=4\n";
+
+    #[test]
+    fn status_is_parsed() {
+        let s = Status::parse(STATUS).unwrap();
+        assert_eq!(s.active, Some(Nic::Vf));
+        assert_eq!(
+            s.vf,
+            NicStatus {
+                present: true,
+                link_up: true,
+                rx: 120,
+                tx: 118,
+                rx_errors: 0,
+                tx_dropped: 1
+            }
+        );
+        assert_eq!(s.nic(Nic::Virtio).rx, 7);
+        assert_eq!(s.virtio.rx_errors, 2);
+        assert_eq!(s.switches, 4);
+    }
+
+    #[test]
+    fn removed_vf_and_no_active_nic() {
+        let text = "active=none\n\
+            vf present=no link=down rx=0 tx=0 rx_errors=0 tx_dropped=0\n\
+            virtio present=yes link=down rx=1 tx=1 rx_errors=0 tx_dropped=0\n\
+            switches=0";
+        let s = Status::parse(text).unwrap();
+        assert_eq!(s.active, None);
+        assert!(!s.vf.present && !s.vf.link_up);
+        assert!(s.virtio.present && !s.virtio.link_up);
+    }
+
+    #[test]
+    fn anything_off_contract_is_refused() {
+        let bad = [
+            "",
+            "active=vf\n",
+            &STATUS.replace("active=vf", "active=eth0"),
+            &STATUS.replace("active=vf", "active: vf"),
+            &STATUS.replace("vf present", "virtio present"),
+            &STATUS.replace("present=yes link=up rx=120", "present=maybe link=up rx=120"),
+            &STATUS.replace("link=up rx=120", "link=UP rx=120"),
+            &STATUS.replace("rx=120", "rx=-1"),
+            &STATUS.replace("rx=120", "rx=0x10"),
+            &STATUS.replace("tx=118 ", ""),
+            &STATUS.replace("tx_dropped=1", "tx_dropped=1 extra=2"),
+            &STATUS.replace("switches=4", "switches=four"),
+            &format!("{STATUS}trailing line\n"),
+        ];
+        for text in bad {
+            assert!(Status::parse(text).is_err(), "accepted:\n{text}");
+        }
+    }
+
+    #[test]
+    fn nic_names_round_trip() {
+        for nic in [Nic::Vf, Nic::Virtio] {
+            assert_eq!(Nic::from_key(nic.key()), Some(nic));
+            assert_eq!(nic.other().other(), nic);
+            assert_ne!(nic.other(), nic);
+        }
+    }
+
+    #[test]
+    fn unique_paths_differ_and_fit_a_unix_socket() {
+        let (a, b) = (Control::unique("t"), Control::unique("t"));
+        assert_ne!(a.path(), b.path());
+        // sun_path holds 108 bytes including the NUL.
+        assert!(a.path().as_os_str().len() < 108);
+    }
+}
