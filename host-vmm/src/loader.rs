@@ -475,8 +475,8 @@ impl Image {
 mod tests {
     use super::*;
     use crate::config::MIB;
+    use crate::memory::GuestMemoryMmap;
     use crate::test_utils::{Ph, elf, load};
-    use vm_memory::GuestMemoryMmap;
 
     fn mem(mib: u64) -> MemSize {
         MemSize::new(mib * MIB).unwrap()

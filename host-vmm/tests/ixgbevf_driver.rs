@@ -16,12 +16,13 @@ use host_vmm::devices::pci::msix::MsixVector;
 use host_vmm::devices::pci::{PciConfigPorts, PciRoot};
 use host_vmm::devices::virtio::net::backend::{MemBackend, MemPeer, mem_pair};
 use host_vmm::devices::vm_ops::RecordingVmOps;
+use host_vmm::memory::GuestMemoryMmap;
 use host_vmm::memory::GuestRam;
 use std::cell::{Cell, RefCell};
 use std::ptr::NonNull;
 use std::rc::Rc;
 use std::sync::{Arc, Mutex, MutexGuard};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 use vmm_sys_util::eventfd::EventFd;
 
 /// The VF's permanent (PF-assigned) MAC.

@@ -9,6 +9,7 @@
 
 use super::KvmError;
 use crate::devices::vm_ops::{MsiMessage, VmOps};
+use crate::memory::GuestMemoryMmap;
 use kvm_bindings::{
     KVM_IRQ_ROUTING_IRQCHIP, KVM_IRQ_ROUTING_MSI, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER,
     KVM_IRQCHIP_PIC_SLAVE, KvmIrqRouting, kvm_irq_routing_entry,
@@ -18,7 +19,6 @@ use kvm_ioctls::{IoEventAddress, NoDatamatch, VmFd};
 use std::collections::BTreeMap;
 use std::io;
 use std::sync::{Arc, Mutex, PoisonError};
-use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 /// IOAPIC pins (GSIs 0..24) routed by default.

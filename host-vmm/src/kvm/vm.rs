@@ -5,11 +5,12 @@
 use super::routing::KvmVmOps;
 use super::vcpu::Vcpu;
 use super::{Kvm, KvmError};
+use crate::memory::GuestMemoryMmap;
 use crate::memory::GuestRam;
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VmFd;
 use std::sync::Arc;
-use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress};
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress};
 use vmm_sys_util::eventfd::EventFd;
 
 /// Placement of the pages KVM needs for itself on Intel hosts, outside guest RAM.

@@ -4,13 +4,26 @@
 //! pages, so a migration can hand RAM over without copying it. [`GuestRam`] owns the fd for as
 //! long as the mapping lives. Nothing here touches the pages: the kernel allocates each one on
 //! its first write, so a large, mostly unused guest costs nothing at start-up.
+//!
+//! Every write host-vmm itself makes through the mapping (device models filling receive
+//! buffers, writing back descriptors, moving ring indexes) is recorded in a per-page bitmap
+//! ([`GuestMemoryMmap`] carries vm-memory's `AtomicBitmap`): KVM's dirty log sees only the
+//! vCPU's writes, and a pre-copy migration needs both.
 
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, FromRawFd};
 use std::sync::Arc;
+use vm_memory::bitmap::AtomicBitmap;
 use vm_memory::mmap::MmapRegionError;
-use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap, MmapRegion};
+use vm_memory::{FileOffset, GuestAddress, GuestMemoryBackend, GuestRegionMmap, MmapRegion};
+
+/// Guest memory as every part of host-vmm sees it: the memfd mapping, with the bitmap of
+/// pages host-vmm wrote.
+pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<AtomicBitmap>;
+
+/// The page size of dirty tracking (KVM's and the host-write bitmap's).
+pub const PAGE_SIZE: u64 = 4096;
 
 /// Why guest RAM could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +40,14 @@ pub enum MemoryError {
     /// `mmap` failed.
     #[error("cannot map guest RAM")]
     Mmap(#[source] MmapRegionError),
+    /// A memfd from elsewhere does not have the size guest RAM must have.
+    #[error("the guest RAM memfd is {file} bytes, expected {expected}")]
+    SizeMismatch {
+        /// Its size.
+        file: u64,
+        /// Guest RAM's size.
+        expected: u64,
+    },
     /// vm-memory refused the region layout (cannot happen for one region at 0).
     #[error("cannot build the guest memory map")]
     Layout,
@@ -45,11 +66,29 @@ pub struct GuestRam {
 impl GuestRam {
     /// Creates a memfd of `size` bytes and maps it shared, without touching its pages.
     pub fn new(size: u64) -> Result<Self, MemoryError> {
-        let len = usize::try_from(size).map_err(|_| MemoryError::TooLarge(size))?;
-        let memfd = Arc::new(create_memfd()?);
+        let memfd = create_memfd()?;
         memfd
             .set_len(size)
             .map_err(|e| MemoryError::Truncate(size, e))?;
+        Self::map(memfd, size)
+    }
+
+    /// Maps guest RAM that another host-vmm created (a zero-copy migration's memfd, passed
+    /// over a Unix socket): the file must be exactly `size` bytes.
+    pub fn from_memfd(memfd: File, size: u64) -> Result<Self, MemoryError> {
+        let len = memfd.metadata().map_err(MemoryError::Memfd)?.len();
+        if len != size {
+            return Err(MemoryError::SizeMismatch {
+                file: len,
+                expected: size,
+            });
+        }
+        Self::map(memfd, size)
+    }
+
+    fn map(memfd: File, size: u64) -> Result<Self, MemoryError> {
+        let len = usize::try_from(size).map_err(|_| MemoryError::TooLarge(size))?;
+        let memfd = Arc::new(memfd);
         // MAP_NORESERVE: the guest rarely touches all of its RAM; don't charge it up front.
         let region = MmapRegion::build(
             Some(FileOffset::from_arc(Arc::clone(&memfd), 0)),
@@ -63,6 +102,16 @@ impl GuestRam {
         Ok(GuestRam { mem, memfd, size })
     }
 
+    /// Takes the bitmap of pages host-vmm wrote since the last call (one bit per
+    /// [`PAGE_SIZE`] page from guest address 0, in `u64` words as KVM's dirty log) and clears it.
+    pub fn take_host_dirty(&self) -> Vec<u64> {
+        let mut words = Vec::new();
+        for region in self.mem.iter() {
+            words.extend(region.bitmap().get_and_reset());
+        }
+        words
+    }
+
     /// The mapping, for reading and writing guest memory.
     pub fn memory(&self) -> &GuestMemoryMmap {
         &self.mem
@@ -73,7 +122,7 @@ impl GuestRam {
         self.size
     }
 
-    /// The memfd backing guest RAM (to hand to another process, later).
+    /// The memfd backing guest RAM (handed to the destination of a zero-copy migration).
     pub fn memfd(&self) -> BorrowedFd<'_> {
         self.memfd.as_fd()
     }
@@ -94,7 +143,7 @@ fn create_memfd() -> Result<File, MemoryError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vm_memory::{Bytes, GuestMemoryBackend};
+    use vm_memory::Bytes;
 
     #[test]
     fn ram_is_a_zeroed_shared_memfd_of_the_requested_size() {
@@ -115,6 +164,45 @@ mod tests {
         std::os::unix::fs::FileExt::read_exact_at(&file, &mut seen, 0x1000).unwrap();
         assert_eq!(&seen, b"roam");
         assert_eq!(file.metadata().unwrap().len(), 16 << 20);
+    }
+
+    #[test]
+    fn host_writes_are_tracked_per_page_and_cleared_when_taken() {
+        let ram = GuestRam::new(16 << 20).unwrap();
+        assert!(ram.take_host_dirty().iter().all(|w| *w == 0));
+        ram.memory()
+            .write_slice(&[1], GuestAddress(0x3000))
+            .unwrap();
+        // Two bytes across a page boundary dirty both pages.
+        ram.memory()
+            .write_slice(&[1, 2], GuestAddress(0x5fff))
+            .unwrap();
+        let words = ram.take_host_dirty();
+        assert_eq!(words.len(), (16 << 20) / 4096 / 64);
+        assert_eq!(words[0], (1 << 3) | (1 << 5) | (1 << 6));
+        assert!(
+            ram.take_host_dirty().iter().all(|w| *w == 0),
+            "taking clears"
+        );
+    }
+
+    #[test]
+    fn a_memfd_from_elsewhere_maps_the_same_pages_or_is_refused_for_its_size() {
+        let ram = GuestRam::new(16 << 20).unwrap();
+        ram.memory()
+            .write_slice(b"moved", GuestAddress(0x2000))
+            .unwrap();
+        let fd = File::from(ram.memfd().try_clone_to_owned().unwrap());
+        let other = GuestRam::from_memfd(fd, 16 << 20).unwrap();
+        let mut seen = [0; 5];
+        other
+            .memory()
+            .read_slice(&mut seen, GuestAddress(0x2000))
+            .unwrap();
+        assert_eq!(&seen, b"moved");
+        let fd = File::from(ram.memfd().try_clone_to_owned().unwrap());
+        let err = GuestRam::from_memfd(fd, 32 << 20).unwrap_err();
+        assert!(err.to_string().contains("expected 33554432"), "{err}");
     }
 
     #[test]

@@ -61,6 +61,7 @@ use crate::devices::pci::config::{BarInfo, BarKind, ConfigSpace, LayoutError, Pc
 use crate::devices::pci::msix::{self, Msix, MsixVector};
 use crate::devices::virtio::net::backend::NetBackend;
 use crate::devices::vm_ops::VmOps;
+use crate::memory::GuestMemoryMmap;
 use drivers::ixgbevf::regs as r;
 use interrupts::Cause;
 use mailbox::PfPolicy;
@@ -69,7 +70,6 @@ use state::{DeviceState, QUEUES};
 use std::io as stdio;
 use std::sync::Arc;
 use tx::TxScratch;
-use vm_memory::GuestMemoryMmap;
 
 pub use io::IxgbevfHandler;
 pub use operator::VfHandle;

@@ -7,9 +7,10 @@
 
 use super::state::SRRCTL_DEFAULT;
 use super::testing::*;
+use crate::memory::GuestMemoryMmap;
 use drivers::ixgbevf::regs as r;
 use proptest::prelude::*;
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use vm_memory::GuestAddress;
 
 /// RAM: [0, 640 KiB) and [768 KiB, 1 MiB); the hole covers no ring and no default buffer
 /// but is reachable through any address the test makes up.

@@ -9,9 +9,10 @@
 
 use super::state::QueueRegs;
 use crate::devices::virtio::queue::range_in_ram;
+use crate::memory::GuestMemoryMmap;
 use drivers::ixgbevf::regs as r;
 use std::sync::atomic::Ordering;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 
 /// Bytes per descriptor.
 pub const DESC: u64 = r::DESC_LEN as u64;

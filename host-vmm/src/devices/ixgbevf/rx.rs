@@ -10,8 +10,9 @@
 
 use super::ring::{QueueError, Ring, check_buffer};
 use super::state::QueueRegs;
+use crate::memory::GuestMemoryMmap;
 use drivers::ixgbevf::regs as r;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 
 /// RX status: a VLAN tag was stripped into the descriptor.
 pub const RXD_STAT_VP: u32 = 1 << 3;

@@ -7,9 +7,10 @@ use crate::devices::pci::PciDevice;
 use crate::devices::pci::msix::{CONTROL_ENABLE, MsixVector};
 use crate::devices::virtio::net::backend::{MemBackend, MemPeer, mem_pair};
 use crate::devices::vm_ops::RecordingVmOps;
+use crate::memory::GuestMemoryMmap;
 use drivers::ixgbevf::regs as r;
 use std::sync::Arc;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
 
 /// Guest RAM of the test machine.

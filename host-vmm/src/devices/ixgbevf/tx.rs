@@ -20,9 +20,10 @@ use super::offload::{self, Offload};
 use super::ring::{QueueError, Ring, check_buffer};
 use super::state::{QueueRegs, TxContext};
 use crate::devices::virtio::queue::range_in_ram;
+use crate::memory::GuestMemoryMmap;
 use drivers::ixgbevf::regs as r;
 use std::sync::atomic::Ordering;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 
 /// Largest packet the device gathers (a 64 KiB TSO packet with headers fits easily).
 pub const TX_MAX: usize = 128 * 1024;

@@ -17,9 +17,9 @@ pub mod queue;
 #[cfg(test)]
 pub mod test_driver;
 
+use crate::memory::GuestMemoryMmap;
 use std::os::fd::RawFd;
 use virtio_queue::Queue;
-use vm_memory::GuestMemoryMmap;
 
 /// Feature bit: the device complies with virtio 1.x (no legacy interface here).
 pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;

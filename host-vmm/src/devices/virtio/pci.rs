@@ -32,9 +32,9 @@ use crate::devices::pci::config::{
 use crate::devices::pci::msix::{self, Msix, MsixVector};
 use crate::devices::vm_ops::VmOps;
 use crate::io_thread::{Interest, IoHandler};
+use crate::memory::GuestMemoryMmap;
 use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex, PoisonError};
-use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 /// Virtio's PCI vendor ID.

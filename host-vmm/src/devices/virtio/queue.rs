@@ -9,11 +9,12 @@
 //! ([`QueueRegs::build`]).
 
 use super::GuestError;
+use crate::memory::GuestMemoryMmap;
 use std::num::Wrapping;
 use std::sync::atomic::{Ordering, fence};
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 /// Descriptor flag: the chain continues at `next`.
 pub const VIRTQ_DESC_F_NEXT: u16 = 1;

@@ -10,8 +10,9 @@ use super::{STATUS_ACKNOWLEDGE, STATUS_DRIVER, STATUS_DRIVER_OK, STATUS_FEATURES
 use crate::devices::pci::PciDevice;
 use crate::devices::pci::msix::{CONTROL_ENABLE, MsixVector};
 use crate::devices::vm_ops::RecordingVmOps;
+use crate::memory::GuestMemoryMmap;
 use std::sync::Arc;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
 
 /// Guest RAM size of the test machine.

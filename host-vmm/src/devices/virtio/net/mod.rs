@@ -22,11 +22,11 @@ pub mod backend;
 
 use super::queue::{self, Direction, Segment};
 use super::{GuestError, QueueSet, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VirtioDevice};
+use crate::memory::GuestMemoryMmap;
 use backend::NetBackend;
 use std::io;
 use std::os::fd::RawFd;
 use virtio_queue::Queue;
-use vm_memory::GuestMemoryMmap;
 
 /// Virtio device ID of a network card.
 pub const VIRTIO_ID_NET: u16 = 1;
