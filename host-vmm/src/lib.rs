@@ -26,6 +26,7 @@ pub mod kvm;
 pub mod loader;
 #[allow(unsafe_code)]
 pub mod memory;
+pub mod migration;
 #[allow(unsafe_code)]
 pub mod tap;
 pub mod vmm;

@@ -8,6 +8,7 @@
 //! [`routing::KvmVmOps`] serves devices' requests (MSI routes, ioeventfds).
 
 pub mod routing;
+pub mod state;
 pub mod vcpu;
 pub mod vm;
 

@@ -1,0 +1,1 @@
+//! vCPU and VM state for migration (being written).
