@@ -173,6 +173,10 @@ pub fn idle(deadline_ns: Option<u64>, mut done: impl FnMut() -> bool) -> bool {
     prepare_interrupts();
     let c = tsc_clock();
     loop {
+        // Under sustained load the loop can go seconds without halting (there is always a
+        // frame to poll): take pending interrupts here too, or their events (the control
+        // channel's requests, the VF's mailbox) wait for the load to end.
+        cpu::accept_interrupts();
         let now = c.ns_at(cpu::rdtsc());
         let network = crate::net::service(now);
         if done() {

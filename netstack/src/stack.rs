@@ -11,7 +11,7 @@ use crate::config::NetConfig;
 use crate::failover::{Failover, Nic, SwitchError, Switched};
 use crate::phy::PhyAdapter;
 use drivers::net::{NetDevice, TxToken};
-use smoltcp::iface::{Config, Interface, PollResult, SocketSet};
+use smoltcp::iface::{Config, Interface, PollIngressSingleResult, PollResult, SocketSet};
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{
     ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol,
@@ -20,6 +20,15 @@ use smoltcp::wire::{
 
 /// Length of a gratuitous ARP frame: Ethernet header and ARP payload, no padding.
 const GARP_LEN: usize = 14 + 28;
+
+/// What one [`Stack::poll_bounded`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Polled {
+    /// Some socket may have changed state.
+    pub changed: bool,
+    /// The budget ran out: frames may still wait on the device (poll again soon).
+    pub more: bool,
+}
 
 /// The network interface, its device and its sockets.
 pub struct Stack<D: NetDevice> {
@@ -66,6 +75,36 @@ impl<D: NetDevice> Stack<D> {
     /// Returns whether any socket may have changed state.
     pub fn poll(&mut self, now: Instant) -> bool {
         self.iface.poll(now, &mut self.device, &mut self.sockets) == PollResult::SocketStateChanged
+    }
+
+    /// Like [`Stack::poll`], but takes in at most `budget` frames before sending what sockets
+    /// queued, so one call is bounded work however fast frames arrive. A guest without
+    /// preemption needs that: the app, the control channel and pending interrupts get their
+    /// turn between two calls. [`Polled::more`] says frames may still be waiting.
+    pub fn poll_bounded(&mut self, now: Instant, budget: usize) -> Polled {
+        self.iface.poll_maintenance(now);
+        let mut polled = Polled {
+            changed: false,
+            more: true,
+        };
+        for _ in 0..budget {
+            match self
+                .iface
+                .poll_ingress_single(now, &mut self.device, &mut self.sockets)
+            {
+                PollIngressSingleResult::None => {
+                    polled.more = false;
+                    break;
+                }
+                PollIngressSingleResult::PacketProcessed => {}
+                PollIngressSingleResult::SocketStateChanged => polled.changed = true,
+            }
+        }
+        // Egress is bounded by what the sockets hold; ACKs for what came in go out now.
+        while self.poll_egress(now) {
+            polled.changed = true;
+        }
+        polled
     }
 
     /// Sends what sockets queued, without looking at the device's receive side (cheaper

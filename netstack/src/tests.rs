@@ -165,6 +165,24 @@ fn arp_resolves_and_ping_is_answered() {
 }
 
 #[test]
+fn a_bounded_poll_takes_at_most_its_budget_and_says_more_are_waiting() {
+    let (mut guest, mut peer) = stacks();
+    guest.check_link();
+    let now = Instant::from_millis(5);
+    for _ in 0..10 {
+        assert!(peer.announce());
+    }
+    assert_eq!(guest.device_mut().waiting(), 10);
+    let first = guest.poll_bounded(now, 4);
+    assert!(first.more);
+    assert_eq!(guest.device_mut().waiting(), 6);
+    assert!(guest.poll_bounded(now, 4).more);
+    let last = guest.poll_bounded(now, 4);
+    assert!(!last.more, "two frames were left, under the budget");
+    assert_eq!(guest.device_mut().waiting(), 0);
+}
+
+#[test]
 fn nothing_to_do_means_no_deadline() {
     let (mut guest, _peer) = stacks();
     guest.check_link();

@@ -40,6 +40,16 @@ pub fn wait_for_interrupt() {
     unsafe { asm!("sti", "hlt", "cli", options(nomem, nostack)) };
 }
 
+/// Lets interrupts that are already pending in: the kernel runs with interrupts disabled and
+/// opens them only here and in [`wait_for_interrupt`]. `sti` takes effect after the next
+/// instruction, so the `nop` is the one boundary where they are delivered.
+#[inline]
+pub fn accept_interrupts() {
+    // SAFETY: as for `wait_for_interrupt`: every vector that can arrive has a handler that
+    // preserves all registers and only records an event.
+    unsafe { asm!("sti", "nop", "cli", options(nomem, nostack)) };
+}
+
 /// Reads CR2, the address of the last page fault.
 #[inline]
 pub fn cr2() -> u64 {

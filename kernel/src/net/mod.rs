@@ -45,6 +45,11 @@ const POLL_WITHOUT_IRQ_NS: u64 = 10_000_000;
 /// Least time between two polls that smoltcp asks for "now" (say, a socket waiting for a
 /// free transmit buffer): the idle loop never spins.
 const MIN_REPOLL_NS: u64 = 200_000;
+/// Frames one [`service`] takes in at most. The guest has no preemption: an unbounded poll
+/// under a flood (a TCP sender filling the window) kept the app, the control channel and
+/// pending interrupts waiting for seconds here, where each frame costs milliseconds of
+/// emulated code. Sixteen frames is half a VF ring, a short burst on real hardware.
+const INGRESS_BUDGET: usize = 16;
 
 /// The running network.
 struct Net {
@@ -346,18 +351,24 @@ pub fn service(now_ns: u64) -> Option<u64> {
     {
         log::info!("net: traffic now on {} (automatic)", switched.to);
     }
-    if events & idt::CONTROL_EVENT != 0
-        && let Some(control) = net.control.as_mut()
-    {
+    // The control channel is looked at on every pass, not only after its interrupt: under
+    // sustained load this loop may not halt for seconds, and on this nested KVM an interrupt
+    // that arrives meanwhile was seen to wait until the next halt (requests then timed out).
+    // An empty channel costs one read of the used ring's index.
+    if let Some(control) = net.control.as_mut() {
         control.service(&mut net.stack);
     }
     let now = instant(now_ns);
-    net.stack.poll(now);
+    let polled = net.stack.poll_bounded(now, INGRESS_BUDGET);
     net.sockets.reap(&mut net.stack);
     PROGRESS.fetch_add(1, Ordering::Relaxed);
     let mut next = net.stack.poll_at(now).map_or(u64::MAX, |t| {
         instant_ns(t).max(now_ns.saturating_add(MIN_REPOLL_NS))
     });
+    if polled.more {
+        // Frames are still waiting: come back as soon as the app has had its turn.
+        next = now_ns;
+    }
     // The VF masks its vectors when it sends them: unmask once its work is done. A frame
     // that came in meanwhile raised no interrupt, so poll again soon instead.
     if events & (idt::VF_QUEUE_EVENT | idt::VF_OTHER_EVENT) != 0
