@@ -239,7 +239,9 @@ fn iperf3_runs_survive_10_switches_both_ways() {
     if !kvm_present("iperf3_runs_survive_10_switches_both_ways") {
         return;
     }
-    const SECONDS: u64 = 10;
+    // Long enough that 10 switches, each with its `status` check, fit inside the run even
+    // when the machine is busy (a switch costs the guest's agent tens to hundreds of ms).
+    const SECONDS: u64 = 20;
     let mut guest = Guest::start("iperf3", "w3", Nics::Both);
     for reverse in [false, true] {
         guest.on_vf();
@@ -253,11 +255,16 @@ fn iperf3_runs_survive_10_switches_both_ways() {
         let client = beside(cmd, Duration::from_secs(SECONDS + 60));
         std::thread::sleep(Duration::from_millis(500));
         guest.switch_series(SWITCHES);
-        assert!(
-            !client.is_finished(),
-            "{what} ended before the switches were done"
-        );
+        let early = client.is_finished();
         let run = guest.check(client.join().expect("iperf3 thread"), what);
+        assert!(
+            !early,
+            "{what} ended before the switches were done ({}):\n{}{}\n--- guest console ---\n{}",
+            run.status,
+            run.stdout,
+            run.stderr,
+            guest.console()
+        );
         guest.assert_running();
         assert!(
             run.status.success(),
