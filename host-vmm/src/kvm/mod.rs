@@ -44,6 +44,23 @@ pub enum KvmError {
     /// The CPUID table does not fit KVM's limit.
     #[error("the CPUID table has too many entries ({0})")]
     CpuidTooLarge(usize),
+    /// Saved state (from a migration stream) does not fit this host or is malformed.
+    #[error("invalid saved state: {0}")]
+    InvalidState(String),
+    /// This host can set the MSR but refused the saved value.
+    #[error("KVM refused the saved value {value:#x} of MSR {index:#x}")]
+    MsrRefused {
+        /// The MSR.
+        index: u32,
+        /// The value from the saved state.
+        value: u64,
+    },
+    /// The vCPU kick signal handler could not be installed.
+    #[error("cannot install the vCPU kick signal handler")]
+    KickSignal(#[source] vmm_sys_util::errno::Error),
+    /// The vCPU did not come to rest under `immediate_exit`.
+    #[error("the vCPU did not stop under immediate_exit: {0}")]
+    NotPaused(String),
 }
 
 impl KvmError {

@@ -3,6 +3,14 @@
 //! [`Vcpu::run`] enters the guest once, serves port I/O and MMIO exits from the given buses,
 //! and returns what happened as a [`VcpuExit`]; deciding what to do next (keep going, stop,
 //! pause for a migration) is the caller's business.
+//!
+//! Pausing from another thread: a [`VcpuKicker`] sets `kvm_run.immediate_exit` and then
+//! sends the vCPU thread [`kick_signal`] (installed without `SA_RESTART`, its handler does
+//! nothing). The two together close the race with entering the guest: a kick that lands
+//! before the thread's next `KVM_RUN` is seen by KVM's `immediate_exit` check on entry; one
+//! that lands while the thread is inside `KVM_RUN` is a pending signal, which KVM checks
+//! before every guest entry. Either way `KVM_RUN` returns `EINTR` ([`VcpuExit::Interrupted`]),
+//! and keeps doing so until [`Vcpu::clear_immediate_exit`].
 
 use super::{KvmError, cpuid_table};
 use crate::devices::Bus;
@@ -10,6 +18,8 @@ use kvm_bindings::{
     KVM_EXIT_INTERNAL_ERROR, KVM_EXIT_IO, kvm_cpuid_entry2, kvm_regs, kvm_run, kvm_sregs,
 };
 use kvm_ioctls::VcpuFd;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, Once, OnceLock, PoisonError};
 
 /// What one entry into the guest ended with.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -60,16 +70,181 @@ struct PendingIo {
     write: bool,
 }
 
+/// What the VM's KVM offers for vCPU state, asked once when the vCPU is created.
+#[derive(Clone, Debug)]
+pub(super) struct VcpuCaps {
+    /// Bytes of `KVM_GET_XSAVE(2)` state, or 0 without `KVM_CAP_XSAVE`.
+    pub xsave_size: usize,
+    /// `KVM_CAP_XCRS`.
+    pub xcrs: bool,
+    /// `KVM_GET_MSR_INDEX_LIST` plus the MSRs migration must carry (TSC, kvmclock).
+    pub msr_index: Arc<[u32]>,
+}
+
 /// A vCPU.
 #[derive(Debug)]
 pub struct Vcpu {
-    fd: VcpuFd,
+    pub(super) fd: VcpuFd,
+    pub(super) caps: VcpuCaps,
+    /// The MSRs `KVM_GET_MSRS` returns on this vCPU, found once (see `state`).
+    pub(super) readable_msrs: OnceLock<Vec<u32>>,
+    /// What a [`VcpuKicker`] needs; cut off when the vCPU is dropped.
+    kick: Arc<Mutex<KickTarget>>,
+    /// `kvm_run.immediate_exit`, written only atomically (kickers write it from other threads).
+    immediate_exit: *const AtomicU8,
+}
+
+// SAFETY: `immediate_exit` points into the vCPU's own `kvm_run` mapping, owned by `fd`, which
+// moves with the `Vcpu`; it is only accessed atomically, so which thread holds the `Vcpu`
+// does not matter.
+unsafe impl Send for Vcpu {}
+
+/// Where a kick goes: the `immediate_exit` byte (null once the vCPU is gone) and the thread
+/// inside [`Vcpu::run`], if one is.
+#[derive(Debug)]
+struct KickTarget {
+    immediate_exit: *const AtomicU8,
+    thread: Option<libc::pthread_t>,
+}
+
+// SAFETY: the pointer is only dereferenced under the mutex and while non-null, i.e. while the
+// `Vcpu` (and its `kvm_run` mapping) lives: `Vcpu::drop` nulls it first. The thread id is only
+// signalled under the same mutex while that thread is inside `Vcpu::run`, so it is alive.
+unsafe impl Send for KickTarget {}
+
+/// Makes a vCPU's `KVM_RUN` return [`VcpuExit::Interrupted`] from any thread.
+#[derive(Clone, Debug)]
+pub struct VcpuKicker {
+    target: Arc<Mutex<KickTarget>>,
+}
+
+/// The real-time signal that kicks vCPU threads out of `KVM_RUN`.
+pub fn kick_signal() -> libc::c_int {
+    vmm_sys_util::signal::SIGRTMIN()
+}
+
+extern "C" fn on_kick_signal(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    // Nothing to do: the kicker set `immediate_exit` before signalling, and the signal's only
+    // job is to make a running `KVM_RUN` return.
+}
+
+/// Installs the kick signal's handler once per process (`SA_SIGINFO`, no `SA_RESTART`).
+fn install_kick_handler() -> Result<(), KvmError> {
+    static ONCE: Once = Once::new();
+    static RESULT: OnceLock<Result<(), i32>> = OnceLock::new();
+    ONCE.call_once(|| {
+        let r = vmm_sys_util::signal::register_signal_handler(kick_signal(), on_kick_signal);
+        let _ = RESULT.set(r.map_err(|e| e.errno()));
+    });
+    match RESULT.get() {
+        Some(Ok(())) => Ok(()),
+        Some(Err(errno)) => Err(KvmError::KickSignal(vmm_sys_util::errno::Error::new(
+            *errno,
+        ))),
+        None => Err(KvmError::KickSignal(vmm_sys_util::errno::Error::new(
+            libc::EINVAL,
+        ))),
+    }
+}
+
+impl VcpuKicker {
+    /// Asks the vCPU to leave (or not enter) the guest: its current or next `KVM_RUN`
+    /// returns [`VcpuExit::Interrupted`], and so does every later one until
+    /// [`Vcpu::clear_immediate_exit`]. Does nothing once the vCPU is gone.
+    pub fn kick(&self) {
+        let target = self.target.lock().unwrap_or_else(PoisonError::into_inner);
+        if target.immediate_exit.is_null() {
+            return;
+        }
+        // SAFETY: non-null under the mutex means the vCPU's `kvm_run` is still mapped (see
+        // `KickTarget`); the byte is only ever accessed atomically from user space.
+        unsafe { &*target.immediate_exit }.store(1, Ordering::SeqCst);
+        if let Some(thread) = target.thread {
+            // SAFETY: `thread` is inside `Vcpu::run` (it clears the field under this mutex
+            // before leaving), so the id names a live thread; the handler is installed (a
+            // kicker exists only after `install_kick_handler` succeeded).
+            let rc = unsafe { libc::pthread_kill(thread, kick_signal()) };
+            if rc != 0 {
+                log::warn!("vcpu: cannot signal the vCPU thread (error {rc})");
+            }
+        }
+    }
+}
+
+/// Marks the calling thread as the one inside `KVM_RUN` (or none), for kickers.
+fn set_running_thread(kick: &Mutex<KickTarget>, running: bool) {
+    let mut target = kick.lock().unwrap_or_else(PoisonError::into_inner);
+    // SAFETY: pthread_self has no preconditions.
+    target.thread = running.then(|| unsafe { libc::pthread_self() });
+}
+
+impl Drop for Vcpu {
+    fn drop(&mut self) {
+        // Before `fd` (and the `kvm_run` mapping) goes: no kicker may touch it afterwards.
+        let mut target = self.kick.lock().unwrap_or_else(PoisonError::into_inner);
+        target.immediate_exit = std::ptr::null();
+        target.thread = None;
+    }
 }
 
 impl Vcpu {
-    pub(super) fn new(fd: VcpuFd) -> Self {
-        Vcpu { fd }
+    pub(super) fn new(mut fd: VcpuFd, caps: VcpuCaps) -> Self {
+        let immediate_exit: *const AtomicU8 =
+            std::ptr::from_mut(&mut fd.get_kvm_run().immediate_exit).cast();
+        Vcpu {
+            fd,
+            caps,
+            readable_msrs: OnceLock::new(),
+            kick: Arc::new(Mutex::new(KickTarget {
+                immediate_exit,
+                thread: None,
+            })),
+            immediate_exit,
+        }
     }
+
+    /// A handle other threads use to pause this vCPU (installs the kick signal's handler
+    /// on first use).
+    pub fn kicker(&self) -> Result<VcpuKicker, KvmError> {
+        install_kick_handler()?;
+        Ok(VcpuKicker {
+            target: self.kick.clone(),
+        })
+    }
+
+    fn immediate_exit(&self) -> &AtomicU8 {
+        // SAFETY: the pointer is into `self.fd`'s `kvm_run` mapping, alive as long as `self`;
+        // `u8` and `AtomicU8` have the same layout, and every user-space access is atomic.
+        unsafe { &*self.immediate_exit }
+    }
+
+    /// Whether `immediate_exit` is set (a kick or [`Vcpu::set_immediate_exit`] is pending).
+    pub fn pause_requested(&self) -> bool {
+        self.immediate_exit().load(Ordering::SeqCst) != 0
+    }
+
+    /// Clears `immediate_exit`, to resume after a kick.
+    pub fn clear_immediate_exit(&mut self) {
+        self.set_immediate_exit(false);
+    }
+
+    /// Finishes a port or MMIO access KVM is still waiting to complete (the last exit was
+    /// [`VcpuExit::Io`] or [`VcpuExit::Mmio`]) with `KVM_RUN` under `immediate_exit`, so that
+    /// saved state is consistent (KVM-NOTES gotcha 4); a no-op `EINTR` otherwise. Leaves
+    /// `immediate_exit` set: the vCPU stays paused.
+    pub fn complete_pending_io(&mut self, pio: &Bus, mmio: &Bus) -> Result<(), KvmError> {
+        self.set_immediate_exit(true);
+        // A string access may need a few more exits before KVM can return; bound them.
+        for _ in 0..16 {
+            match self.run(pio, mmio)? {
+                VcpuExit::Interrupted => return Ok(()),
+                VcpuExit::Io { .. } | VcpuExit::Mmio => {}
+                other => return Err(KvmError::NotPaused(format!("{other:?}"))),
+            }
+        }
+        Err(KvmError::NotPaused("port or MMIO exits keep coming".into()))
+    }
+
 
     /// `KVM_GET_TSC_KHZ`, or `None` when KVM cannot tell (no stable TSC).
     pub fn tsc_khz(&self) -> Option<u32> {
@@ -119,13 +294,18 @@ impl Vcpu {
     /// Sets `kvm_run.immediate_exit`: while set, `KVM_RUN` returns [`VcpuExit::Interrupted`]
     /// at once (after completing a pending I/O), which is how a pause will stop the vCPU.
     pub fn set_immediate_exit(&mut self, on: bool) {
-        self.fd.set_kvm_immediate_exit(u8::from(on));
+        // Not through kvm-ioctls' plain write: kickers store to the same byte concurrently.
+        self.immediate_exit().store(u8::from(on), Ordering::SeqCst);
     }
 
     /// Enters the guest once; serves port I/O from `pio` and MMIO from `mmio`.
     pub fn run(&mut self, pio: &Bus, mmio: &Bus) -> Result<VcpuExit, KvmError> {
         use kvm_ioctls::VcpuExit as Kvm;
-        let pending = match self.fd.run() {
+        set_running_thread(&self.kick, true);
+        let result = self.fd.run();
+        // `result` borrows `self.fd`, not the kick state.
+        set_running_thread(&self.kick, false);
+        let pending = match result {
             Ok(Kvm::IoIn(port, data)) => PendingIo {
                 port,
                 data: data.as_mut_ptr(),

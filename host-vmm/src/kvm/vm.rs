@@ -3,12 +3,12 @@
 //! stalls for milliseconds.
 
 use super::routing::KvmVmOps;
-use super::vcpu::Vcpu;
+use super::vcpu::{Vcpu, VcpuCaps};
 use super::{Kvm, KvmError};
 use crate::memory::GuestMemoryMmap;
 use crate::memory::GuestRam;
-use kvm_bindings::kvm_userspace_memory_region;
-use kvm_ioctls::VmFd;
+use kvm_bindings::{KVM_MEM_LOG_DIRTY_PAGES, kvm_userspace_memory_region};
+use kvm_ioctls::{Cap, VmFd};
 use std::sync::Arc;
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress};
 use vmm_sys_util::eventfd::EventFd;
@@ -27,7 +27,11 @@ pub struct KvmPages {
 pub struct Vm {
     // Declared first so it is closed before the mapping below goes away. Shared with
     // [`KvmVmOps`] handles, which keep their own reference to the mapping for the same reason.
-    fd: Arc<VmFd>,
+    pub(super) fd: Arc<VmFd>,
+    /// The memory slots as registered (re-registered to switch dirty logging).
+    slots: Vec<kvm_userspace_memory_region>,
+    /// The MSRs vCPU state carries (see `state`), asked of `/dev/kvm` once.
+    msr_index: Arc<[u32]>,
     /// The one GSI routing table and the other device services (no syscalls until used).
     ops: Arc<KvmVmOps>,
     /// Keeps guest RAM mapped for as long as KVM may access it.
@@ -43,6 +47,7 @@ impl Vm {
             .create_vm()
             .map_err(KvmError::ioctl("KVM_CREATE_VM"))?;
         let mem = ram.memory().clone();
+        let mut slots = Vec::new();
         for (slot, region) in mem.iter().enumerate() {
             let host = region
                 .get_host_address(MemoryRegionAddress(0))
@@ -60,6 +65,7 @@ impl Vm {
             // fd is closed, so KVM never sees the range unmapped while the VM exists.
             unsafe { fd.set_user_memory_region(region) }
                 .map_err(KvmError::ioctl("KVM_SET_USER_MEMORY_REGION"))?;
+            slots.push(region);
         }
         let tss = usize::try_from(pages.tss)
             .map_err(|_| KvmError::Ioctl("KVM_SET_TSS_ADDR", einval()))?;
@@ -69,8 +75,11 @@ impl Vm {
             .map_err(KvmError::ioctl("KVM_SET_IDENTITY_MAP_ADDR"))?;
         fd.create_irq_chip()
             .map_err(KvmError::ioctl("KVM_CREATE_IRQCHIP"))?;
+        let msr_index = super::state::msr_index(kvm)?;
         let fd = Arc::new(fd);
         Ok(Vm {
+            slots,
+            msr_index,
             ops: Arc::new(KvmVmOps::new(fd.clone(), mem.clone())),
             fd,
             _mem: mem,
@@ -97,7 +106,79 @@ impl Vm {
             .fd
             .create_vcpu(id)
             .map_err(KvmError::ioctl("KVM_CREATE_VCPU"))?;
-        Ok(Vcpu::new(fd))
+        let xsave_size = match self.fd.check_extension(Cap::Xsave) {
+            false => 0,
+            // KVM_CAP_XSAVE2 answers the buffer size (at least the 4 KiB of `kvm_xsave`).
+            true => usize::try_from(self.fd.check_extension_int(Cap::Xsave2))
+                .unwrap_or(0)
+                .max(std::mem::size_of::<kvm_bindings::kvm_xsave>()),
+        };
+        let caps = VcpuCaps {
+            xsave_size,
+            xcrs: self.fd.check_extension(Cap::Xcrs),
+            msr_index: self.msr_index.clone(),
+        };
+        Ok(Vcpu::new(fd, caps))
+    }
+
+    /// Turns KVM's dirty-page logging of every memory slot on or off, by registering the
+    /// slots again with or without `KVM_MEM_LOG_DIRTY_PAGES`. Turning it on starts with a
+    /// clean log: only writes from then on are reported.
+    pub fn set_dirty_logging(&self, on: bool) -> Result<(), KvmError> {
+        for slot in &self.slots {
+            let region = kvm_userspace_memory_region {
+                flags: if on { KVM_MEM_LOG_DIRTY_PAGES } else { 0 },
+                ..*slot
+            };
+            // SAFETY: the same range `new` registered, still mapped by `self._mem` (kept
+            // until after the VM fd is closed); only the flags change.
+            unsafe { self.fd.set_user_memory_region(region) }
+                .map_err(KvmError::ioctl("KVM_SET_USER_MEMORY_REGION"))?;
+        }
+        Ok(())
+    }
+
+    /// Takes KVM's log of pages the vCPUs wrote since the last take (or since logging was
+    /// turned on) and clears it: one bit per 4 KiB page from guest address 0, in `u64`
+    /// words, as [`GuestRam::take_host_dirty`]. Fails if logging is off.
+    pub fn take_dirty_log(&self) -> Result<Vec<u64>, KvmError> {
+        let page = crate::memory::PAGE_SIZE;
+        let end = self
+            .slots
+            .iter()
+            .map(|s| s.guest_phys_addr + s.memory_size)
+            .max()
+            .unwrap_or(0);
+        let pages = end.div_ceil(page);
+        let mut words = vec![0u64; usize::try_from(pages.div_ceil(64)).unwrap_or(0)];
+        for slot in &self.slots {
+            let size = usize::try_from(slot.memory_size)
+                .map_err(|_| KvmError::Ioctl("KVM_GET_DIRTY_LOG", einval()))?;
+            let log = self
+                .fd
+                .get_dirty_log(slot.slot, size)
+                .map_err(KvmError::ioctl("KVM_GET_DIRTY_LOG"))?;
+            let first = slot.guest_phys_addr / page;
+            let slot_pages = slot.memory_size.div_ceil(page);
+            if first % 64 == 0 {
+                // The common case (one slot at 0): whole words line up.
+                let at = (first / 64) as usize;
+                for (dst, src) in words[at..].iter_mut().zip(&log) {
+                    *dst |= *src;
+                }
+            } else {
+                for bit in 0..slot_pages {
+                    let set = log
+                        .get((bit / 64) as usize)
+                        .is_some_and(|w| w & (1 << (bit % 64)) != 0);
+                    if set {
+                        let at = first + bit;
+                        words[(at / 64) as usize] |= 1 << (at % 64);
+                    }
+                }
+            }
+        }
+        Ok(words)
     }
 }
 
