@@ -41,12 +41,17 @@
 //! # MSRs the destination will not set
 //!
 //! `KVM_SET_MSRS` also stops at the first MSR it refuses. For that MSR the destination
-//! probes the host: it reads the MSR from this vCPU and writes that same value back. If the
-//! host cannot read it, or refuses even its own value, the MSR is not settable on this host
-//! (this machine's KVM lists `IA32_ARCH_CAPABILITIES`, 0x10a, but refuses host writes of it):
-//! it is skipped with a debug log and the rest goes on. If the host accepts its own value but
-//! refuses the saved one, the state does not fit this host: the restore fails with
-//! [`KvmError::MsrRefused`] (the source can then resume the guest).
+//! probes the host: it reads the MSR from this vCPU and writes that same value back.
+//! - If the host cannot read it, or refuses even its own value, the MSR is not settable on
+//!   this host: it is skipped with a debug log and the rest goes on.
+//! - If it is a feature MSR (`KVM_GET_MSR_FEATURE_INDEX_LIST`: `IA32_ARCH_CAPABILITIES`
+//!   0x10a, `IA32_PERF_CAPABILITIES`, the microcode revision, ...), the value describes the
+//!   source's CPU, not state the guest made, and KVM refuses any bit this host's CPU lacks
+//!   (why QEMU aborts on 0x10a between unlike hosts): it is skipped with a debug log and the
+//!   destination's own value stays, as a CPUID difference would.
+//! - Otherwise the host can set the MSR but refuses the guest's saved value: the state does
+//!   not fit this host, and the restore fails with [`KvmError::MsrRefused`] (the source can
+//!   then resume the guest).
 //!
 //! # Hostile streams
 //!
@@ -181,9 +186,13 @@ fn invalid(what: impl Into<String>) -> KvmError {
     KvmError::InvalidState(what.into())
 }
 
-/// The MSRs vCPU state carries: `KVM_GET_MSR_INDEX_LIST`, plus `IA32_TSC` and the kvmclock
-/// MSRs if KVM left them out, with `IA32_TSC` first (see the restore order).
-pub(super) fn msr_index(kvm: &Kvm) -> Result<Arc<[u32]>, KvmError> {
+/// A shared list of MSR numbers.
+pub(super) type MsrNumbers = Arc<[u32]>;
+
+/// The MSRs vCPU state carries, `KVM_GET_MSR_INDEX_LIST` plus `IA32_TSC` and the kvmclock
+/// MSRs if KVM left them out, with `IA32_TSC` first (see the restore order); and the feature
+/// MSRs (`KVM_GET_MSR_FEATURE_INDEX_LIST`).
+pub(super) fn msr_index(kvm: &Kvm) -> Result<(MsrNumbers, MsrNumbers), KvmError> {
     let listed = kvm
         .raw()
         .get_msr_index_list()
@@ -194,7 +203,13 @@ pub(super) fn msr_index(kvm: &Kvm) -> Result<Arc<[u32]>, KvmError> {
             list.push(index);
         }
     }
-    Ok(list.into())
+    // Older kernels have no feature list: then no MSR counts as one.
+    let features = kvm
+        .raw()
+        .get_msr_feature_index_list()
+        .map(|l| l.as_slice().to_vec())
+        .unwrap_or_default();
+    Ok((list.into(), features.into()))
 }
 
 /// Reads `indices` in batches; an index KVM cannot read ends a batch early (`KVM_GET_MSRS`
@@ -245,17 +260,24 @@ fn write_msrs(vcpu: &Vcpu, msrs: &[MsrEntry]) -> Result<(), KvmError> {
             continue;
         }
         let refused = batch[n];
-        if host_can_set(vcpu, refused.index)? {
+        if !host_can_set(vcpu, refused.index)? {
+            log::debug!(
+                "vcpu: MSR {:#x} cannot be set on this host, value {:#x} skipped",
+                refused.index,
+                refused.data
+            );
+        } else if vcpu.caps.feature_msrs.contains(&refused.index) {
+            log::debug!(
+                "vcpu: feature MSR {:#x} = {:#x} is beyond this host's CPU, its own value stays",
+                refused.index,
+                refused.data
+            );
+        } else {
             return Err(KvmError::MsrRefused {
                 index: refused.index,
                 value: refused.data,
             });
         }
-        log::debug!(
-            "vcpu: MSR {:#x} cannot be set on this host, value {:#x} skipped",
-            refused.index,
-            refused.data
-        );
         rest = &rest[n + 1..];
     }
     Ok(())
@@ -343,10 +365,7 @@ impl Vcpu {
             .map_err(KvmError::ioctl("KVM_GET_MP_STATE"))?;
         let regs = self.regs()?;
         let sregs = self.sregs()?;
-        let fpu = self
-            .fd
-            .get_fpu()
-            .map_err(KvmError::ioctl("KVM_GET_FPU"))?;
+        let fpu = self.fd.get_fpu().map_err(KvmError::ioctl("KVM_GET_FPU"))?;
         let xsave = self.get_xsave_words()?;
         let xcrs = match self.caps.xcrs {
             true => Some(
@@ -450,8 +469,7 @@ impl Vcpu {
             xsave.region[..region.len()].copy_from_slice(region);
             // SAFETY: this host's XSAVE size is at most `size_of::<kvm_xsave>()` (checked by
             // `validate`), so KVM reads no further than the struct.
-            return unsafe { self.fd.set_xsave(&xsave) }
-                .map_err(KvmError::ioctl("KVM_SET_XSAVE"));
+            return unsafe { self.fd.set_xsave(&xsave) }.map_err(KvmError::ioctl("KVM_SET_XSAVE"));
         }
         let mut xsave = Xsave::new(extra.len())
             .map_err(|_| invalid(format!("an XSAVE area of {} words", words.len())))?;
@@ -531,5 +549,375 @@ impl Vm {
         // by `Default`, then written by KVM); any byte value is a valid `c_char`.
         let bytes = unsafe { chip.chip.dummy };
         Ok(bytes.iter().map(|&b| b as u8).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::arch::x86_64::{self as arch, boot, cpuid, regs};
+    use crate::config::Cmdline;
+    use crate::devices::Bus;
+    use crate::kvm::vcpu::{VcpuExit, VcpuKicker};
+    use crate::kvm::vm::KvmPages;
+    use crate::memory::GuestRam;
+    use crate::test_utils::{GUEST_BASE, kvm_available};
+    use std::fs::File;
+    use std::sync::mpsc;
+    use std::time::{Duration, Instant};
+    use vm_memory::{Bytes, GuestAddress};
+
+    const MEM: u64 = 16 << 20;
+    /// Where the counting guest keeps its counter.
+    const COUNTER: u64 = 0x20_0000;
+    const MARKER: u64 = 0x1234_5678_9abc_def0;
+    /// How long a kicked vCPU may take to stop before the test calls it stuck.
+    const STOP_BOUND: Duration = Duration::from_secs(5);
+
+    /// `mov r15, MARKER; xor eax, eax; 1: inc rax; mov [COUNTER], rax; jmp 1b`.
+    const COUNT: &[u8] = &[
+        0x49, 0xBF, 0xF0, 0xDE, 0xBC, 0x9A, 0x78, 0x56, 0x34, 0x12, // mov r15, MARKER
+        0x31, 0xC0, // xor eax, eax
+        0x48, 0xFF, 0xC0, // 1: inc rax
+        0x48, 0x89, 0x04, 0x25, 0x00, 0x00, 0x20, 0x00, // mov [0x200000], rax
+        0xEB, 0xF3, // jmp 1b
+    ];
+
+    /// Writes one page of the data 2 MiB page (so its page-table entries are accessed and
+    /// dirty), exits on port 0x80, writes three known pages, exits again, then spins.
+    const DIRTY: &[u8] = &[
+        0x48, 0x89, 0x04, 0x25, 0x00, 0x00, 0x20, 0x00, // mov [0x200000], rax
+        0xE6, 0x80, // out 0x80, al
+        0x48, 0x89, 0x04, 0x25, 0x00, 0x00, 0x30, 0x00, // mov [0x300000], rax
+        0x48, 0x89, 0x04, 0x25, 0x00, 0x10, 0x30, 0x00, // mov [0x301000], rax
+        0x48, 0x89, 0x04, 0x25, 0x00, 0x50, 0x30, 0x00, // mov [0x305000], rax
+        0xE6, 0x80, // out 0x80, al
+        0xEB, 0xFE, // jmp $
+    ];
+
+    /// `jmp $`.
+    const SPIN: &[u8] = &[0xEB, 0xFE];
+
+    fn pages() -> KvmPages {
+        KvmPages {
+            tss: arch::KVM_TSS_ADDR,
+            identity_map: arch::KVM_IDENTITY_MAP_ADDR,
+        }
+    }
+
+    /// A VM with one vCPU whose CPUID is set as `Vmm::new` sets it; with `code`, RAM holds
+    /// the boot structures and `code` at [`GUEST_BASE`] and the vCPU is at its 64-bit entry.
+    fn vm(kvm: &Kvm, ram: &GuestRam, code: Option<&[u8]>) -> (Vm, Vcpu) {
+        let vm = Vm::new(kvm, ram, pages()).unwrap();
+        let vcpu = vm.create_vcpu(0).unwrap();
+        let mut entries = kvm.supported_cpuid().unwrap();
+        cpuid::patch(
+            &mut entries,
+            cpuid::CpuidParams {
+                tsc_deadline: kvm.has_tsc_deadline_timer(),
+                tsc_khz: vcpu.tsc_khz(),
+            },
+        );
+        vcpu.set_cpuid(&entries).unwrap();
+        if let Some(code) = code {
+            boot::write_boot_structures(ram.memory(), ram.size(), &Cmdline::new("").unwrap())
+                .unwrap();
+            ram.memory()
+                .write_slice(code, GuestAddress(GUEST_BASE))
+                .unwrap();
+            let mut sregs = vcpu.sregs().unwrap();
+            regs::set_boot_sregs(&mut sregs);
+            vcpu.set_sregs(&sregs).unwrap();
+            vcpu.set_regs(&regs::boot_regs(GUEST_BASE)).unwrap();
+        }
+        (vm, vcpu)
+    }
+
+    fn buses() -> (Bus, Bus) {
+        (Bus::new("pio"), Bus::new("mmio"))
+    }
+
+    /// Runs `vcpu` on a thread until a kick stops it; hands it back with the exit.
+    fn run_until_kicked(mut vcpu: Vcpu) -> mpsc::Receiver<(Vcpu, VcpuExit)> {
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let (pio, mmio) = buses();
+            loop {
+                let exit = vcpu.run(&pio, &mmio).unwrap();
+                if !matches!(exit, VcpuExit::Io { .. } | VcpuExit::Mmio) {
+                    let _ = tx.send((vcpu, exit));
+                    return;
+                }
+            }
+        });
+        rx
+    }
+
+    /// Runs for `ms`, kicks, and returns the paused vCPU (asserting it stopped by the kick).
+    fn run_for(vcpu: Vcpu, kicker: &VcpuKicker, ms: u64) -> Vcpu {
+        let rx = run_until_kicked(vcpu);
+        std::thread::sleep(Duration::from_millis(ms));
+        kicker.kick();
+        let (vcpu, exit) = rx.recv_timeout(STOP_BOUND).expect("the kick stopped it");
+        assert_eq!(exit, VcpuExit::Interrupted);
+        vcpu
+    }
+
+    fn counter(ram: &GuestRam) -> u64 {
+        ram.memory().read_obj(GuestAddress(COUNTER)).unwrap()
+    }
+
+    fn round_trip<T: Serialize + for<'de> Deserialize<'de>>(value: &T) -> T {
+        postcard::from_bytes(&postcard::to_allocvec(value).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn a_counting_guest_continues_in_a_second_vm_from_where_it_was_saved() {
+        if !kvm_available("a_counting_guest_continues_in_a_second_vm_from_where_it_was_saved") {
+            return;
+        }
+        let kvm = Kvm::open().unwrap();
+        let ram = GuestRam::new(MEM).unwrap();
+        let (src_vm, src) = vm(&kvm, &ram, Some(COUNT));
+        src.probe_msrs().unwrap();
+        let kicker = src.kicker().unwrap();
+        let mut src = run_for(src, &kicker, 100);
+        let (pio, mmio) = buses();
+        src.complete_pending_io(&pio, &mmio).unwrap();
+
+        let t = Instant::now();
+        let vcpu_state = src.save_state().unwrap();
+        let save_vcpu = t.elapsed();
+        let t = Instant::now();
+        let vm_state = src_vm.save_state().unwrap();
+        let save_vm = t.elapsed();
+        let saved = counter(&ram);
+        assert!(saved > 0, "the guest counted before the pause");
+        assert_eq!(vcpu_state.regs.r15, MARKER);
+        // The pause fell between `inc` and the store, or after the store.
+        assert!(vcpu_state.regs.rax == saved || vcpu_state.regs.rax == saved + 1);
+        assert!(vcpu_state.msrs.iter().any(|m| m.index == MSR_IA32_TSC));
+        // What crosses is the encoded form.
+        let vcpu_state = round_trip(&vcpu_state);
+        let vm_state = round_trip(&vm_state);
+
+        let memfd = File::from(ram.memfd().try_clone_to_owned().unwrap());
+        let dst_ram = GuestRam::from_memfd(memfd, MEM).unwrap();
+        let (dst_vm, dst) = vm(&kvm, &dst_ram, None);
+        let t = Instant::now();
+        dst_vm.restore_state(&vm_state).unwrap();
+        let restore_vm = t.elapsed();
+        let t = Instant::now();
+        dst.restore_state(&vcpu_state).unwrap();
+        let restore_vcpu = t.elapsed();
+        eprintln!(
+            "state timings: vcpu save {save_vcpu:?} ({} MSRs), vm save {save_vm:?}, \
+             vm restore {restore_vm:?}, vcpu restore {restore_vcpu:?}",
+            vcpu_state.msrs.len()
+        );
+        assert_eq!(dst.regs().unwrap(), vcpu_state.regs);
+        assert_eq!(dst.sregs().unwrap(), vcpu_state.sregs);
+        let again = dst.save_state().unwrap();
+        assert_eq!(again.lapic, vcpu_state.lapic);
+        assert_eq!(again.debug_regs, vcpu_state.debug_regs);
+        assert_eq!(again.xcrs, vcpu_state.xcrs);
+        assert!(
+            dst_vm.save_state().unwrap().clock.clock >= vm_state.clock.clock,
+            "the kvmclock does not go back"
+        );
+
+        let kicker = dst.kicker().unwrap();
+        let dst = run_for(dst, &kicker, 50);
+        let now = counter(&dst_ram);
+        assert!(now > saved, "the count went on: {now} after {saved}");
+        let regs = dst.regs().unwrap();
+        assert_eq!(regs.r15, MARKER, "the marker register survived");
+        assert!(regs.rax >= now);
+        drop(src);
+    }
+
+    #[test]
+    fn the_dirty_log_holds_exactly_the_pages_the_guest_wrote_and_empties_when_taken() {
+        if !kvm_available(
+            "the_dirty_log_holds_exactly_the_pages_the_guest_wrote_and_empties_when_taken",
+        ) {
+            return;
+        }
+        let kvm = Kvm::open().unwrap();
+        let ram = GuestRam::new(MEM).unwrap();
+        let (vm, mut vcpu) = vm(&kvm, &ram, Some(DIRTY));
+        let (pio, mmio) = buses();
+        vm.set_dirty_logging(true).unwrap();
+        let port = VcpuExit::Io {
+            port: 0x80,
+            write: true,
+        };
+        assert_eq!(vcpu.run(&pio, &mmio).unwrap(), port);
+        let first = vm.take_dirty_log().unwrap();
+        assert_eq!(first.len(), (MEM / 4096 / 64) as usize);
+        let page = (COUNTER / 4096) as usize;
+        assert_ne!(first[page / 64] & (1 << (page % 64)), 0, "the first write");
+
+        assert_eq!(vcpu.run(&pio, &mmio).unwrap(), port);
+        let log = vm.take_dirty_log().unwrap();
+        let mut expected = vec![0u64; log.len()];
+        for addr in [0x30_0000u64, 0x30_1000, 0x30_5000] {
+            let page = (addr / 4096) as usize;
+            expected[page / 64] |= 1 << (page % 64);
+        }
+        assert_eq!(log, expected, "exactly the three pages written");
+        assert!(vm.take_dirty_log().unwrap().iter().all(|w| *w == 0));
+
+        vm.set_dirty_logging(false).unwrap();
+        assert!(vm.take_dirty_log().is_err(), "no log while logging is off");
+    }
+
+    #[test]
+    fn a_kick_stops_a_spinning_guest_every_time_even_before_it_enters() {
+        if !kvm_available("a_kick_stops_a_spinning_guest_every_time_even_before_it_enters") {
+            return;
+        }
+        let kvm = Kvm::open().unwrap();
+        let ram = GuestRam::new(MEM).unwrap();
+        let (_vm, mut vcpu) = vm(&kvm, &ram, Some(SPIN));
+        let kicker = vcpu.kicker().unwrap();
+        let (pio, mmio) = buses();
+        // A kick before KVM_RUN is not lost: the next entry returns at once.
+        kicker.kick();
+        assert!(vcpu.pause_requested());
+        assert_eq!(vcpu.run(&pio, &mmio).unwrap(), VcpuExit::Interrupted);
+        assert_eq!(vcpu.run(&pio, &mmio).unwrap(), VcpuExit::Interrupted);
+
+        // Kicks at varied moments, racing with the thread entering KVM_RUN.
+        let (resumed_tx, resumed_rx) = mpsc::channel();
+        let (go_tx, go_rx) = mpsc::channel::<bool>();
+        let (exit_tx, exit_rx) = mpsc::channel();
+        let worker = std::thread::spawn(move || {
+            let (pio, mmio) = buses();
+            while go_rx.recv() == Ok(true) {
+                vcpu.clear_immediate_exit();
+                resumed_tx.send(()).unwrap();
+                exit_tx.send(vcpu.run(&pio, &mmio).unwrap()).unwrap();
+            }
+        });
+        for round in 0..30u64 {
+            go_tx.send(true).unwrap();
+            resumed_rx.recv().unwrap();
+            match round % 3 {
+                0 => {}
+                1 => std::thread::yield_now(),
+                _ => std::thread::sleep(Duration::from_micros(round * 100)),
+            }
+            kicker.kick();
+            let exit = exit_rx
+                .recv_timeout(STOP_BOUND)
+                .unwrap_or_else(|_| panic!("round {round}: the kick did not stop the vCPU"));
+            assert_eq!(exit, VcpuExit::Interrupted, "round {round}");
+        }
+        go_tx.send(false).unwrap();
+        worker.join().unwrap();
+        // Once the vCPU is gone a kick is a no-op, not a write into freed memory.
+        kicker.kick();
+    }
+
+    #[test]
+    fn malformed_or_unfitting_state_is_an_error_not_a_panic() {
+        if !kvm_available("malformed_or_unfitting_state_is_an_error_not_a_panic") {
+            return;
+        }
+        let kvm = Kvm::open().unwrap();
+        let ram = GuestRam::new(MEM).unwrap();
+        let (_vm, vcpu) = vm(&kvm, &ram, Some(SPIN));
+        let good = vcpu.save_state().unwrap();
+        let invalid = |state: &VcpuState| {
+            let err = vcpu.restore_state(state).unwrap_err();
+            assert!(matches!(err, KvmError::InvalidState(_)), "{err}");
+        };
+
+        let mut too_many = good.clone();
+        too_many.msrs = vec![good.msrs[0]; KVM_MAX_MSR_ENTRIES + 1];
+        invalid(&too_many);
+        if let Some(words) = &good.xsave {
+            let mut longer = good.clone();
+            longer.xsave = Some([words.as_slice(), &[0]].concat());
+            invalid(&longer);
+            let mut shorter = good.clone();
+            shorter.xsave = Some(words[..words.len() - 1].to_vec());
+            invalid(&shorter);
+        }
+        if good.xcrs.is_some() {
+            let mut xcrs = good.clone();
+            xcrs.xcrs.as_mut().unwrap().nr_xcrs = KVM_MAX_XCRS + 1;
+            invalid(&xcrs);
+        }
+        let (vm2, _vcpu2) = vm(&kvm, &ram, None);
+        let mut chip = vm2.save_state().unwrap();
+        chip.ioapic.truncate(100);
+        let err = vm2.restore_state(&chip).unwrap_err();
+        assert!(matches!(err, KvmError::InvalidState(_)), "{err}");
+
+        // An MSR this host does not have is skipped (the policy of the module docs) ...
+        let mut unknown = good.clone();
+        unknown.msrs.push(MsrEntry {
+            index: 0xdead_beef,
+            data: 1,
+        });
+        vcpu.restore_state(&unknown).unwrap();
+        // ... so is a feature MSR value beyond this host's CPU (KVM refuses any bit of
+        // IA32_ARCH_CAPABILITIES the host lacks) ...
+        const IA32_ARCH_CAPABILITIES: u32 = 0x10a;
+        if vcpu.caps.feature_msrs.contains(&IA32_ARCH_CAPABILITIES) {
+            let mut foreign = good.clone();
+            foreign.msrs.push(MsrEntry {
+                index: IA32_ARCH_CAPABILITIES,
+                data: u64::MAX,
+            });
+            vcpu.restore_state(&foreign).unwrap();
+        }
+        // ... but a value this host refuses for an ordinary MSR it can set is an error.
+        const IA32_LSTAR: u32 = 0xc000_0082;
+        let mut bad = good.clone();
+        bad.msrs.push(MsrEntry {
+            index: IA32_LSTAR,
+            data: 0x8000_0000_0000_0000, // not canonical
+        });
+        let err = vcpu.restore_state(&bad).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                KvmError::MsrRefused {
+                    index: IA32_LSTAR,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        // The saved state itself goes back in.
+        vcpu.restore_state(&good).unwrap();
+    }
+
+    #[test]
+    fn ia32_arch_capabilities_is_listed_but_a_restore_does_not_fail_on_it() {
+        if !kvm_available("ia32_arch_capabilities_is_listed_but_a_restore_does_not_fail_on_it") {
+            return;
+        }
+        let kvm = Kvm::open().unwrap();
+        let ram = GuestRam::new(MEM).unwrap();
+        let (_vm, vcpu) = vm(&kvm, &ram, Some(SPIN));
+        let mut state = vcpu.save_state().unwrap();
+        eprintln!(
+            "MSRs saved: {} of {} listed; feature MSRs: {:x?}",
+            state.msrs.len(),
+            vcpu.caps.msr_index.len(),
+            vcpu.caps.feature_msrs
+        );
+        // As if from a host whose CPU has every capability bit: this host refuses it.
+        let entry = state.msrs.iter_mut().find(|m| m.index == 0x10a);
+        let Some(entry) = entry else {
+            return;
+        };
+        entry.data = u64::MAX;
+        let (_vm2, fresh) = vm(&kvm, &ram, None);
+        fresh.restore_state(&state).unwrap();
     }
 }

@@ -79,6 +79,8 @@ pub(super) struct VcpuCaps {
     pub xcrs: bool,
     /// `KVM_GET_MSR_INDEX_LIST` plus the MSRs migration must carry (TSC, kvmclock).
     pub msr_index: Arc<[u32]>,
+    /// `KVM_GET_MSR_FEATURE_INDEX_LIST`: MSRs that describe the host CPU.
+    pub feature_msrs: Arc<[u32]>,
 }
 
 /// A vCPU.
@@ -244,7 +246,6 @@ impl Vcpu {
         }
         Err(KvmError::NotPaused("port or MMIO exits keep coming".into()))
     }
-
 
     /// `KVM_GET_TSC_KHZ`, or `None` when KVM cannot tell (no stable TSC).
     pub fn tsc_khz(&self) -> Option<u32> {

@@ -30,8 +30,9 @@ pub struct Vm {
     pub(super) fd: Arc<VmFd>,
     /// The memory slots as registered (re-registered to switch dirty logging).
     slots: Vec<kvm_userspace_memory_region>,
-    /// The MSRs vCPU state carries (see `state`), asked of `/dev/kvm` once.
+    /// The MSRs vCPU state carries, and the feature MSRs (see `state`), asked once.
     msr_index: Arc<[u32]>,
+    feature_msrs: Arc<[u32]>,
     /// The one GSI routing table and the other device services (no syscalls until used).
     ops: Arc<KvmVmOps>,
     /// Keeps guest RAM mapped for as long as KVM may access it.
@@ -75,11 +76,12 @@ impl Vm {
             .map_err(KvmError::ioctl("KVM_SET_IDENTITY_MAP_ADDR"))?;
         fd.create_irq_chip()
             .map_err(KvmError::ioctl("KVM_CREATE_IRQCHIP"))?;
-        let msr_index = super::state::msr_index(kvm)?;
+        let (msr_index, feature_msrs) = super::state::msr_index(kvm)?;
         let fd = Arc::new(fd);
         Ok(Vm {
             slots,
             msr_index,
+            feature_msrs,
             ops: Arc::new(KvmVmOps::new(fd.clone(), mem.clone())),
             fd,
             _mem: mem,
@@ -117,6 +119,7 @@ impl Vm {
             xsave_size,
             xcrs: self.fd.check_extension(Cap::Xcrs),
             msr_index: self.msr_index.clone(),
+            feature_msrs: self.feature_msrs.clone(),
         };
         Ok(Vcpu::new(fd, caps))
     }
@@ -160,7 +163,7 @@ impl Vm {
                 .map_err(KvmError::ioctl("KVM_GET_DIRTY_LOG"))?;
             let first = slot.guest_phys_addr / page;
             let slot_pages = slot.memory_size.div_ceil(page);
-            if first % 64 == 0 {
+            if first.is_multiple_of(64) {
                 // The common case (one slot at 0): whole words line up.
                 let at = (first / 64) as usize;
                 for (dst, src) in words[at..].iter_mut().zip(&log) {
