@@ -6,6 +6,10 @@
 //! and sets up the in-kernel irqchip, [`vcpu::Vcpu::run`] dispatches port and MMIO exits to
 //! a [`crate::devices::Bus`] and returns a typed [`vcpu::VcpuExit`], and
 //! [`routing::KvmVmOps`] serves devices' requests (MSI routes, ioeventfds).
+//!
+//! For migration: [`state`] saves and restores everything KVM holds for a vCPU and the VM
+//! (and documents what, in which order, and why); [`vm::Vm`] switches and harvests the dirty
+//! log; a [`vcpu::VcpuKicker`] pauses a vCPU from another thread.
 
 pub mod routing;
 pub mod state;
