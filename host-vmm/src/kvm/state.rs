@@ -10,7 +10,7 @@
 //!    when the destination has no XSAVE), `KVM_GET_XSAVE` or `KVM_GET_XSAVE2` (with
 //!    `KVM_CAP_XSAVE`; the buffer is `KVM_CAP_XSAVE2` bytes), `KVM_GET_XCRS` (with
 //!    `KVM_CAP_XCRS`), `KVM_GET_DEBUGREGS`, `KVM_GET_LAPIC`;
-//! 3. `KVM_GET_MSRS` for every MSR of [`msr_index`] (`KVM_GET_MSR_INDEX_LIST` plus `IA32_TSC`
+//! 3. `KVM_GET_MSRS` for every MSR of the VM's list (`KVM_GET_MSR_INDEX_LIST` plus `IA32_TSC`
 //!    and the kvmclock MSRs, `IA32_TSC` first) that this vCPU can read: the list is filtered
 //!    once per vCPU, because `KVM_GET_MSRS` stops at the first index it cannot read (it returns
 //!    how many it read: the next one is dropped and the batch goes on after it);
