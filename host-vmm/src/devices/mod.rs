@@ -8,15 +8,18 @@
 //! gets all-ones reads, ignored writes or a failed device, never a host crash.
 //!
 //! [`pci`] is the PCI bus (host bridge, configuration space, MSI-X); [`virtio`] the virtio
-//! 1.x PCI transport and the network device on it.
+//! 1.x PCI transport and the network device on it. [`state`] is what migration saves of
+//! them (each model's `save_state`/`restore_state`).
 
 pub mod bus;
 pub mod debug_exit;
 pub mod ixgbevf;
 pub mod pci;
 pub mod serial;
+pub mod state;
 pub mod virtio;
 pub mod vm_ops;
 
 pub use bus::{Bus, BusDevice, BusError};
+pub use state::{DeviceStateError, DevicesState};
 pub use vm_ops::{MsiMessage, VmOps};

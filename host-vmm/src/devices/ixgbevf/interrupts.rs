@@ -8,6 +8,7 @@
 //! these rules are tested without any MSI-X state.
 
 use drivers::ixgbevf::regs as r;
+use serde::{Deserialize, Serialize};
 
 /// What raised an interrupt.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -21,7 +22,7 @@ pub enum Cause {
 }
 
 /// VTEICR, VTEIMS, VTEIAC, VTEIAM, VTIVAR(0..3), VTIVAR_MISC and VTEITR(0..2).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InterruptRegs {
     /// Pending causes, one bit per vector.
     pub eicr: u32,

@@ -17,7 +17,9 @@
 //! reply the VF has not read yet, nor a buffer the VF holds: they wait until the VF writes
 //! ACK or releases VFU, the latest one winning.
 
+use crate::devices::DeviceStateError;
 use drivers::ixgbevf::regs::{self as r, mbx};
+use serde::{Deserialize, Serialize};
 
 /// Smallest frame SET_LPE accepts (Linux's `ETH_MIN_MTU`).
 const LPE_MIN: u32 = 68;
@@ -45,7 +47,7 @@ pub struct PfPolicy {
 }
 
 /// Mailbox registers and the PF's view of the VF.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Mailbox {
     /// VFMBMEM.
     pub mem: [u32; r::MBX_WORDS],
@@ -95,6 +97,38 @@ impl Mailbox {
             reply_unread: false,
             pending: None,
         }
+    }
+
+    /// Checks a saved mailbox: the negotiated API, frame size and multicast mode must be
+    /// values the PF side can have granted (the buffer words and flags may hold anything).
+    pub fn check(&self, trusted: bool) -> Result<(), DeviceStateError> {
+        const DEV: &str = "ixgbevf";
+        if !matches!(
+            self.api,
+            mbx::API_10 | mbx::API_11 | mbx::API_12 | mbx::API_13
+        ) {
+            return Err(DeviceStateError::invalid(
+                DEV,
+                "mailbox API",
+                format!("{:#x} was never granted", self.api),
+            ));
+        }
+        if !(LPE_MIN..=LPE_MAX).contains(&self.max_frame) {
+            return Err(DeviceStateError::invalid(
+                DEV,
+                "mailbox max frame",
+                format!("{} is outside {LPE_MIN}..={LPE_MAX}", self.max_frame),
+            ));
+        }
+        let most = if trusted { XCAST_PROMISC } else { XCAST_MULTI };
+        if self.xcast_mode > most {
+            return Err(DeviceStateError::invalid(
+                DEV,
+                "mailbox multicast mode",
+                format!("{} above the {most} this VF may have", self.xcast_mode),
+            ));
+        }
+        Ok(())
     }
 
     /// VFCTRL.RST: back to power-on state (the VF must send RESET again).

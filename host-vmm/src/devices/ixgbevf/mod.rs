@@ -25,6 +25,14 @@
 //!   (same MAC, TAP and MSI-X lines) back at the same slot and BAR addresses with memory
 //!   decoding on and its link up.
 //!
+//! Migration state ([`IxgbevfState`]): the permanent MAC and trust (which must match the
+//! destination's), presence (a VF removed on the source stays removed), the configuration
+//! header (BARs, MSI-X control), the MSI-X table and pending bits, and [`DeviceState`]:
+//! link, interrupt registers, every queue's register block, TX contexts, statistics and
+//! the mailbox, both sides. Frames are never held between batches (RX writes a frame into
+//! descriptors at once, TX completes inside the TDT write), so nothing else is in flight.
+//! Restore re-routes MSI-X; BAR decoding follows when the PCI root is restored.
+//!
 //! Layout: this file is the PCI function (configuration space, BAR 0 register dispatch,
 //! BAR 3 MSI-X) and the device's entry points; [`state`] holds the runtime state as plain
 //! data, [`mailbox`] the PF side, [`interrupts`] the cause/mask registers, [`ring`] ring
@@ -56,9 +64,12 @@ mod testing;
 #[cfg(test)]
 mod tests;
 
-use crate::devices::pci::PciDevice;
-use crate::devices::pci::config::{BarInfo, BarKind, ConfigSpace, LayoutError, PciIds};
-use crate::devices::pci::msix::{self, Msix, MsixVector};
+use crate::devices::DeviceStateError;
+use crate::devices::pci::config::{
+    BarInfo, BarKind, ConfigSpace, ConfigSpaceState, LayoutError, PciIds,
+};
+use crate::devices::pci::msix::{self, Msix, MsixState, MsixVector};
+use crate::devices::pci::{MMIO_WINDOW, PciDevice};
 use crate::devices::virtio::net::backend::NetBackend;
 use crate::devices::vm_ops::VmOps;
 use crate::memory::GuestMemoryMmap;
@@ -66,6 +77,7 @@ use drivers::ixgbevf::regs as r;
 use interrupts::Cause;
 use mailbox::PfPolicy;
 use ring::QueueError;
+use serde::{Deserialize, Serialize};
 use state::{DeviceState, QUEUES};
 use std::io as stdio;
 use std::sync::Arc;
@@ -113,6 +125,23 @@ pub struct VfMetrics {
     pub tx_dropped: u64,
     /// Queues stopped for a bad ring, index or buffer.
     pub queue_errors: u64,
+}
+
+/// The VF's migration state (see the module documentation).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IxgbevfState {
+    /// The permanent MAC.
+    pub mac: [u8; 6],
+    /// Whether the PF trusts the VF.
+    pub trusted: bool,
+    /// Plugged into the bus.
+    pub present: bool,
+    /// The configuration header.
+    pub config: ConfigSpaceState,
+    /// MSI-X table and pending bits.
+    pub msix: MsixState,
+    /// Every register the guest sees.
+    pub regs: DeviceState,
 }
 
 /// The emulated VF: a PCI function over a [`NetBackend`].
@@ -377,6 +406,58 @@ impl<B: NetBackend> Ixgbevf<B> {
         self.msix = Msix::new(dup_lines(&self.lines)?, self.vm.clone());
         self.config = self.pristine.clone();
         self.state = DeviceState::new(self.pf.mac);
+        Ok(())
+    }
+
+    /// The VF's state for migration (call with the vCPUs stopped and the I/O thread paused).
+    pub fn save_state(&self) -> IxgbevfState {
+        IxgbevfState {
+            mac: self.pf.mac,
+            trusted: self.pf.trusted,
+            present: self.present,
+            config: self.config.save_state(),
+            msix: self.msix.save_state(),
+            regs: self.state.clone(),
+        }
+    }
+
+    /// Applies a saved state to this freshly built VF: MAC and trust must match, the header
+    /// must be this device's, the MSI-X table its size, and the registers pass
+    /// [`DeviceState::check`]; an invalid state changes nothing. MSI-X routes follow the
+    /// restored table.
+    pub fn restore_state(&mut self, state: IxgbevfState) -> Result<(), DeviceStateError> {
+        const DEV: &str = "ixgbevf";
+        if state.mac != self.pf.mac {
+            return Err(DeviceStateError::mismatch(
+                DEV,
+                "MAC",
+                format!("{:02x?}, this VF has {:02x?}", state.mac, self.pf.mac),
+            ));
+        }
+        if state.trusted != self.pf.trusted {
+            return Err(DeviceStateError::mismatch(DEV, "trust", "differs"));
+        }
+        // The fresh header, not the current one: a removed VF's header is all it had.
+        let config = self
+            .pristine
+            .check_state(&state.config, DEV, &MMIO_WINDOW)?;
+        self.msix.check_state(&state.msix, DEV)?;
+        let control = config.read_u16(self.msix_cap + 2)
+            & (msix::CONTROL_ENABLE | msix::CONTROL_FUNCTION_MASK);
+        let wanted = u16::from(state.msix.enabled) * msix::CONTROL_ENABLE
+            | u16::from(state.msix.function_masked) * msix::CONTROL_FUNCTION_MASK;
+        if control != wanted {
+            return Err(DeviceStateError::invalid(
+                DEV,
+                "MSI-X control",
+                "the header and the table disagree on enable or mask",
+            ));
+        }
+        state.regs.check(&self.mem, self.pf.trusted)?;
+        self.config = config;
+        self.msix.restore_state(&state.msix);
+        self.present = state.present;
+        self.state = state.regs;
         Ok(())
     }
 

@@ -1,10 +1,15 @@
 //! The VF's runtime state as plain data: queue register blocks, transmit contexts, the
 //! statistics registers and the interrupt and mailbox registers (their own modules), all in
-//! one [`DeviceState`] a migration can save and restore as it is.
+//! one [`DeviceState`] a migration can save and restore as it is ([`DeviceState::check`]
+//! validates a saved one first).
 
 use super::interrupts::InterruptRegs;
 use super::mailbox::Mailbox;
+use super::ring::{Ring, check_buffer};
+use crate::devices::DeviceStateError;
+use crate::memory::GuestMemoryMmap;
 use drivers::ixgbevf::regs as r;
+use serde::{Deserialize, Serialize};
 
 /// Queue pairs the PF grants (GET_QUEUES) and the model serves.
 pub const QUEUES: usize = r::QUEUES as usize;
@@ -15,7 +20,7 @@ const OCTETS_MASK: u64 = (1 << 36) - 1;
 
 /// One queue's register block as the driver programmed it (RX and TX blocks share the type;
 /// each uses its own fields).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QueueRegs {
     /// Ring base, low 32 bits.
     pub bal: u32,
@@ -79,7 +84,7 @@ impl QueueRegs {
 }
 
 /// A TX context descriptor as stored in one of a queue's two context slots.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TxContext {
     /// Dword 0: IPLEN 8:0, MACLEN 15:9, VLAN tag 31:16.
     pub vlan_macip_lens: u32,
@@ -92,7 +97,7 @@ pub struct TxContext {
 }
 
 /// The VF statistics registers (read-only to the guest, never cleared by reads).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counters {
     /// VFGPRC: good packets received.
     pub gprc: u32,
@@ -125,7 +130,7 @@ impl Counters {
 }
 
 /// Everything the guest can observe or has programmed.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeviceState {
     /// VFLINKS bit 30.
     pub link_up: bool,
@@ -158,6 +163,76 @@ impl DeviceState {
             counters: Counters::default(),
             mailbox: Mailbox::new(mac),
         }
+    }
+
+    /// Checks a saved state against what the register file can hold and, for every queue
+    /// the device serves while it is enabled, the ring against guest RAM `mem` (as the
+    /// first use would), so the restored device never indexes outside its arrays or RAM.
+    pub fn check(&self, mem: &GuestMemoryMmap, trusted: bool) -> Result<(), DeviceStateError> {
+        const DEV: &str = "ixgbevf";
+        let i = &self.interrupts;
+        for (field, value) in [
+            ("VTEICR", i.eicr),
+            ("VTEIMS", i.eims),
+            ("VTEIAC", i.eiac),
+            ("VTEIAM", i.eiam),
+        ] {
+            if value & !r::EICR_MASK != 0 {
+                return Err(DeviceStateError::invalid(
+                    DEV,
+                    field,
+                    format!("{value:#x} has bits beyond the {} vectors", r::MSIX_VECTORS),
+                ));
+            }
+        }
+        if i.ivar_misc > 0xFF {
+            return Err(DeviceStateError::invalid(
+                DEV,
+                "VTIVAR_MISC",
+                format!("{:#x}", i.ivar_misc),
+            ));
+        }
+        for (field, value) in [
+            ("VFGORC", self.counters.gorc),
+            ("VFGOTC", self.counters.gotc),
+        ] {
+            if value > OCTETS_MASK {
+                return Err(DeviceStateError::invalid(
+                    DEV,
+                    field,
+                    format!("{value:#x} is wider than 36 bits"),
+                ));
+            }
+        }
+        self.mailbox.check(trusted)?;
+        for (kind, queues, served) in [("RX", &self.rx, 1), ("TX", &self.tx, QUEUES)] {
+            for (n, q) in queues.iter().enumerate() {
+                let field = |f: &str| format!("{kind} queue {n} {f}");
+                if q.head > 0xFFFF || q.tail > 0xFFFF {
+                    return Err(DeviceStateError::invalid(
+                        DEV,
+                        field("head/tail"),
+                        format!("{}/{} are wider than 16 bits", q.head, q.tail),
+                    ));
+                }
+                if n >= served || !q.active() {
+                    continue;
+                }
+                Ring::check(q, mem)
+                    .map_err(|e| DeviceStateError::invalid(DEV, field("ring"), e.to_string()))?;
+                if kind == "TX" && q.wbal & r::TDWBAL_ENABLE != 0 {
+                    let addr = (u64::from(q.wbah) << 32) | u64::from(q.wbal & !3);
+                    check_buffer(mem, 0, addr, 4).map_err(|_| {
+                        DeviceStateError::invalid(
+                            DEV,
+                            field("head write-back"),
+                            format!("{addr:#x} is outside guest RAM"),
+                        )
+                    })?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// VFCTRL.RST: queues, contexts and interrupt registers back to reset values, the

@@ -7,6 +7,9 @@
 //! all ones reads back the size. What a write *means* (a BAR moved, MSI-X enabled) is for the
 //! device to react to after the fact.
 
+use crate::devices::DeviceStateError;
+use serde::{Deserialize, Serialize};
+
 /// Size of a conventional configuration space.
 pub const CONFIG_SIZE: usize = 256;
 
@@ -299,6 +302,83 @@ impl ConfigSpace {
         (0..BAR_COUNT)
             .filter(move |_| on)
             .filter_map(|i| Some((i, self.bar_address(i)?, self.bar(i)?.size)))
+    }
+}
+
+/// A header as migration saves it: the 256 bytes as the guest sees them (command, status,
+/// BARs as programmed, interrupt line, capability registers such as MSI-X control). What the
+/// guest cannot write (IDs, BAR types, the capability layout) is saved too and must match the
+/// destination's device byte for byte.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigSpaceState {
+    /// The header bytes.
+    pub bytes: Vec<u8>,
+}
+
+impl ConfigSpace {
+    /// The header as migration saves it.
+    pub fn save_state(&self) -> ConfigSpaceState {
+        ConfigSpaceState {
+            bytes: self.bytes.to_vec(),
+        }
+    }
+
+    /// Checks `state` against this (freshly built) header and returns the header it
+    /// describes, without changing `self`: the read-only bytes must be this device's (the
+    /// status register's INTx bit aside, which the device sets), and while memory decoding
+    /// is on, every BAR must lie inside `window` without overlapping another.
+    pub fn check_state(
+        &self,
+        state: &ConfigSpaceState,
+        device: &'static str,
+        window: &std::ops::Range<u64>,
+    ) -> Result<ConfigSpace, DeviceStateError> {
+        let bytes: [u8; CONFIG_SIZE] = state.bytes.as_slice().try_into().map_err(|_| {
+            DeviceStateError::invalid(
+                device,
+                "configuration space",
+                format!("{} bytes, not {CONFIG_SIZE}", state.bytes.len()),
+            )
+        })?;
+        for (at, ((&saved, &mine), &mask)) in
+            bytes.iter().zip(&self.bytes).zip(&self.wmask).enumerate()
+        {
+            let mut fixed = !mask;
+            if at == STATUS {
+                fixed &= !(STATUS_INTERRUPT as u8);
+            }
+            if (saved ^ mine) & fixed != 0 {
+                return Err(DeviceStateError::mismatch(
+                    device,
+                    format!("configuration byte {at:#04x}"),
+                    format!("read-only bits {saved:#04x}, this device has {mine:#04x}"),
+                ));
+            }
+        }
+        let mut restored = self.clone();
+        restored.bytes = bytes;
+        let mut ranges: Vec<(usize, u64, u64)> = restored.decoded_bars().collect();
+        ranges.sort_by_key(|&(_, address, _)| address);
+        let mut previous_end = 0u64;
+        for (bar, address, size) in ranges {
+            let end = address.checked_add(size).unwrap_or(u64::MAX);
+            if address < window.start || end > window.end {
+                return Err(DeviceStateError::invalid(
+                    device,
+                    format!("BAR {bar}"),
+                    format!("{address:#x}+{size:#x} decodes outside the MMIO window"),
+                ));
+            }
+            if address < previous_end {
+                return Err(DeviceStateError::invalid(
+                    device,
+                    format!("BAR {bar}"),
+                    format!("{address:#x} overlaps another BAR"),
+                ));
+            }
+            previous_end = end;
+        }
+        Ok(restored)
     }
 }
 

@@ -15,13 +15,22 @@
 //! firmware gave the first one and memory decoding on. The guest learns of either only by
 //! reading (no hot-plug controller is emulated).
 //!
+//! Migration state ([`PciRootState`]): CONFIG_ADDRESS, the host bridge's header, the next
+//! free firmware address, and per slot the vendor and device ID first attached there,
+//! whether it is plugged now, and firmware's BAR addresses (for a later re-plug). Each
+//! function's own header and MSI-X state belong to the function's state. The destination
+//! must have the same slots with the same IDs (the same devices in the same order); a slot
+//! empty on the source is emptied on the destination. Restore rebuilds BAR decoding from the
+//! (already restored) functions' headers and refuses BARs of two functions that overlap.
+//!
 //! Submodules: [`config`] (the header and its write mask) and [`msix`].
 
 pub mod config;
 pub mod msix;
 
-use super::BusDevice;
-use config::{BarKind, COMMAND, COMMAND_MEMORY, ConfigSpace, PciIds};
+use super::{BusDevice, DeviceStateError};
+use config::{BarKind, COMMAND, COMMAND_MEMORY, ConfigSpace, ConfigSpaceState, PciIds};
+use serde::{Deserialize, Serialize};
 use std::ops::Range;
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -101,6 +110,34 @@ struct Slot {
     device: Option<SharedPciDevice>,
     /// The BAR addresses given at the first attach, reused on re-plug.
     bars: Vec<Assigned>,
+    /// Vendor and device ID of the first function attached.
+    ids: (u16, u16),
+}
+
+/// One slot as migration saves it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PciSlotState {
+    /// Vendor ID of the function first attached.
+    pub vendor: u16,
+    /// Its device ID.
+    pub device: u16,
+    /// Whether a function is plugged in now.
+    pub plugged: bool,
+    /// Firmware's BAR addresses: (BAR index, address).
+    pub bars: Vec<(u8, u64)>,
+}
+
+/// The bus as migration saves it (see the module documentation).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PciRootState {
+    /// CONFIG_ADDRESS.
+    pub address: u32,
+    /// The host bridge's header.
+    pub bridge: ConfigSpaceState,
+    /// Next free address for firmware-style BAR assignment.
+    pub next_bar: u64,
+    /// Slots 1.. (slot 0 is the host bridge).
+    pub slots: Vec<PciSlotState>,
 }
 
 /// The host bridge and bus 0.
@@ -137,6 +174,7 @@ impl PciRoot {
             slots: vec![Slot {
                 device: Some(Arc::new(Mutex::new(HostBridge::new()))),
                 bars: Vec::new(),
+                ids: (0x8086, 0x1237),
             }],
             address: 0,
             mappings: Vec::new(),
@@ -157,8 +195,9 @@ impl PciRoot {
         if self.slots.len() >= MAX_DEVICES {
             return Err(PciError::BusFull);
         }
-        let assigned = {
+        let (assigned, ids) = {
             let mut d = lock(&device);
+            let ids = (d.config().read_u16(0), d.config().read_u16(2));
             let mut next = self.next_bar;
             let mut assigned = Vec::new();
             for index in 0..config::BAR_COUNT {
@@ -179,11 +218,12 @@ impl PciRoot {
             }
             program_bars(&mut *d, &assigned);
             self.next_bar = next;
-            assigned
+            (assigned, ids)
         };
         self.slots.push(Slot {
             device: Some(device),
             bars: assigned,
+            ids,
         });
         let slot = self.slots.len() - 1;
         self.remap(slot);
@@ -235,6 +275,138 @@ impl PciRoot {
         self.slots
             .get(usize::from(slot))
             .is_some_and(|s| s.device.is_some())
+    }
+
+    /// The bus for migration (functions save their own headers).
+    pub fn save_state(&self) -> PciRootState {
+        let bridge = self
+            .device(0)
+            .map(|d| lock(d).config().save_state())
+            .unwrap_or_else(|| HostBridge::new().config.save_state());
+        PciRootState {
+            address: self.address,
+            bridge,
+            next_bar: self.next_bar,
+            slots: self.slots[1..]
+                .iter()
+                .map(|s| PciSlotState {
+                    vendor: s.ids.0,
+                    device: s.ids.1,
+                    plugged: s.device.is_some(),
+                    bars: s.bars.iter().map(|a| (a.index as u8, a.address)).collect(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Applies a saved bus to this one, built with the same devices in the same slots and
+    /// with their states already restored: checks slots, IDs and firmware addresses, then
+    /// sets CONFIG_ADDRESS and the bridge's header, unplugs slots empty on the source, and
+    /// rebuilds BAR decoding. Nothing changes if a check fails, except when two functions'
+    /// BARs overlap, which is found only while decoding is rebuilt (the bus then decodes
+    /// neither of them, and the error says so).
+    pub fn restore_state(&mut self, state: PciRootState) -> Result<(), DeviceStateError> {
+        const DEV: &str = "pci";
+        let mine = self.slots.len() - 1;
+        if state.slots.len() != mine {
+            return Err(DeviceStateError::mismatch(
+                DEV,
+                "slots",
+                format!("{} saved, this bus has {mine}", state.slots.len()),
+            ));
+        }
+        if !(MMIO_WINDOW.start..=MMIO_WINDOW.end).contains(&state.next_bar) {
+            return Err(DeviceStateError::invalid(
+                DEV,
+                "next BAR address",
+                format!("{:#x} is outside the MMIO window", state.next_bar),
+            ));
+        }
+        let bridge = HostBridge::new();
+        let bridge_config = bridge
+            .config
+            .check_state(&state.bridge, DEV, &MMIO_WINDOW)?;
+        for (n, (saved, slot)) in state.slots.iter().zip(&self.slots[1..]).enumerate() {
+            let field = |f: &str| format!("slot {} {f}", n + 1);
+            if (saved.vendor, saved.device) != slot.ids {
+                return Err(DeviceStateError::mismatch(
+                    DEV,
+                    field("IDs"),
+                    format!(
+                        "{:04x}:{:04x} saved, this slot has {:04x}:{:04x}",
+                        saved.vendor, saved.device, slot.ids.0, slot.ids.1
+                    ),
+                ));
+            }
+            if saved.plugged && slot.device.is_none() {
+                return Err(DeviceStateError::mismatch(
+                    DEV,
+                    field("presence"),
+                    "plugged on the source, empty here",
+                ));
+            }
+            let layout: Vec<(u8, u64)> = slot
+                .bars
+                .iter()
+                .map(|a| (a.index as u8, a.bar.size))
+                .collect();
+            if saved.bars.len() != layout.len()
+                || saved.bars.iter().zip(&layout).any(|(s, m)| s.0 != m.0)
+            {
+                return Err(DeviceStateError::mismatch(
+                    DEV,
+                    field("BARs"),
+                    "another BAR layout",
+                ));
+            }
+            for (&(bar, address), &(_, size)) in saved.bars.iter().zip(&layout) {
+                let fits = address.is_multiple_of(size)
+                    && address >= MMIO_WINDOW.start
+                    && address
+                        .checked_add(size)
+                        .is_some_and(|end| end <= MMIO_WINDOW.end);
+                if !fits {
+                    return Err(DeviceStateError::invalid(
+                        DEV,
+                        field(&format!("firmware address of BAR {bar}")),
+                        format!(
+                            "{address:#x} is not an aligned {size:#x}-byte place in the window"
+                        ),
+                    ));
+                }
+            }
+        }
+        self.address = state.address & 0x80FF_FFFC;
+        self.next_bar = state.next_bar;
+        self.slots[0].device = Some(Arc::new(Mutex::new(HostBridge {
+            config: bridge_config,
+        })));
+        for (n, saved) in state.slots.iter().enumerate() {
+            let slot = &mut self.slots[n + 1];
+            for (a, &(_, address)) in slot.bars.iter_mut().zip(&saved.bars) {
+                a.address = address;
+            }
+            if !saved.plugged {
+                slot.device = None;
+            }
+        }
+        for slot in 0..self.slots.len() {
+            self.remap(slot);
+        }
+        let overlap = self
+            .mappings
+            .windows(2)
+            .find(|p| p[1].range.start < p[0].range.end)
+            .map(|p| (p[0].slot, p[0].bar, p[1].slot, p[1].bar));
+        if let Some((a, bar_a, b, bar_b)) = overlap {
+            self.mappings.retain(|m| m.slot != a && m.slot != b);
+            return Err(DeviceStateError::invalid(
+                DEV,
+                format!("slot {b} BAR {bar_b}"),
+                format!("overlaps BAR {bar_a} of slot {a}"),
+            ));
+        }
+        Ok(())
     }
 
     /// The function CONFIG_ADDRESS selects, and the register offset, if it exists.

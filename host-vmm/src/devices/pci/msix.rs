@@ -8,7 +8,9 @@
 //! a masked function) is not sent: its pending bit is set and it goes out on unmask, as the
 //! specification requires.
 
+use crate::devices::DeviceStateError;
 use crate::devices::vm_ops::{MsiMessage, VmOps};
+use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -272,6 +274,127 @@ impl Msix {
         {
             log::warn!("msix: cannot signal vector {v}: {e}");
         }
+    }
+}
+
+/// One vector table entry as the guest programmed it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MsixEntryState {
+    /// Message address, low dword.
+    pub address_lo: u32,
+    /// Message address, high dword.
+    pub address_hi: u32,
+    /// Message data.
+    pub data: u32,
+    /// Vector control (bit 0: masked).
+    pub control: u32,
+}
+
+/// A function's MSI-X state for migration: enable and function mask (also in the
+/// capability's message control), the vector table and the pending bits. Which GSI each
+/// vector uses is the destination's own wiring; restore re-points those GSIs at the saved
+/// messages.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MsixState {
+    /// MSI-X enable.
+    pub enabled: bool,
+    /// Function mask.
+    pub function_masked: bool,
+    /// The vector table.
+    pub entries: Vec<MsixEntryState>,
+    /// Pending bits, one per entry.
+    pub pending: Vec<bool>,
+}
+
+impl Msix {
+    /// The table as migration saves it.
+    pub fn save_state(&self) -> MsixState {
+        MsixState {
+            enabled: self.enabled,
+            function_masked: self.function_masked,
+            entries: self
+                .entries
+                .iter()
+                .map(|e| MsixEntryState {
+                    address_lo: e.address_lo,
+                    address_hi: e.address_hi,
+                    data: e.data,
+                    control: e.control,
+                })
+                .collect(),
+            pending: self.pending.clone(),
+        }
+    }
+
+    /// Checks `state` against this table's size (nothing changes).
+    pub fn check_state(
+        &self,
+        state: &MsixState,
+        device: &'static str,
+    ) -> Result<(), DeviceStateError> {
+        let n = self.entries.len();
+        if state.entries.len() != n {
+            return Err(DeviceStateError::mismatch(
+                device,
+                "MSI-X table",
+                format!("{} entries, this device has {n}", state.entries.len()),
+            ));
+        }
+        if state.pending.len() != n {
+            return Err(DeviceStateError::invalid(
+                device,
+                "MSI-X pending bits",
+                format!("{} bits for {n} entries", state.pending.len()),
+            ));
+        }
+        if let Some(v) = state
+            .entries
+            .iter()
+            .position(|e| e.control & !VECTOR_MASKED != 0)
+        {
+            return Err(DeviceStateError::invalid(
+                device,
+                format!("MSI-X entry {v} vector control"),
+                "reserved bits set",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Applies a state [`Msix::check_state`] accepted: the table, pending bits, enable and
+    /// mask, then routes every unmasked vector's GSI to its message through the VM (as the
+    /// guest's own writes did on the source). Pending vectors stay pending until unmasked.
+    pub fn restore_state(&mut self, state: &MsixState) {
+        for (e, s) in self.entries.iter_mut().zip(&state.entries) {
+            *e = Entry {
+                address_lo: s.address_lo,
+                address_hi: s.address_hi,
+                data: s.data,
+                control: s.control & VECTOR_MASKED,
+            };
+        }
+        for (p, &s) in self.pending.iter_mut().zip(&state.pending) {
+            *p = s;
+        }
+        self.routed.fill(None);
+        self.enabled = state.enabled;
+        self.function_masked = state.function_masked;
+        for v in 0..self.entries.len() {
+            self.sync_route(v);
+        }
+        self.deliver_unmasked_pending();
+    }
+
+    /// The message control bits (enable, function mask) this state stands for.
+    pub fn control_bits(&self) -> u16 {
+        let mut c = 0;
+        if self.enabled {
+            c |= CONTROL_ENABLE;
+        }
+        if self.function_masked {
+            c |= CONTROL_FUNCTION_MASK;
+        }
+        c
     }
 }
 

@@ -20,10 +20,19 @@
 //! A receive chain is never returned with length 0 (virtio-drivers' driver asserts on that):
 //! zero-length receive chains are a guest error, like every other bad descriptor, which sets
 //! DEVICE_NEEDS_RESET through the transport.
+//!
+//! Migration state ([`ConsoleState`]): the port's two byte queues, bytes for the guest not
+//! yet delivered and bytes from the guest the host has not read, so the stream continues on
+//! the destination. Queue positions are the transport's.
 
 use super::queue::{self, Direction, Segment};
-use super::{GuestError, QueueSet, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VirtioDevice};
+use super::{
+    GuestError, QueueSet, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VirtioDevice,
+    VirtioDeviceState,
+};
+use crate::devices::DeviceStateError;
 use crate::memory::GuestMemoryMmap;
+use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
@@ -184,6 +193,15 @@ impl HostPort {
     }
 }
 
+/// virtio-console's own migration state: the port's bytes in flight.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsoleState {
+    /// Queued for the guest, not yet in a receive chain (at most [`TO_GUEST_CAPACITY`]).
+    pub to_guest: Vec<u8>,
+    /// From the guest, not yet read by the host (at most [`FROM_GUEST_CAPACITY`]).
+    pub from_guest: Vec<u8>,
+}
+
 /// The queues while the driver runs the device.
 struct Active {
     mem: GuestMemoryMmap,
@@ -340,6 +358,60 @@ fn push_bounded(b: &mut Buffers, bytes: &[u8]) {
 impl VirtioDevice for Console {
     fn name(&self) -> &'static str {
         "virtio-console"
+    }
+
+    fn save_device_state(&self) -> VirtioDeviceState {
+        let b = lock(&self.link.buffers);
+        VirtioDeviceState::Console(ConsoleState {
+            to_guest: b.to_guest.iter().copied().collect(),
+            from_guest: b.from_guest.iter().copied().collect(),
+        })
+    }
+
+    fn check_device_state(&self, state: &VirtioDeviceState) -> Result<(), DeviceStateError> {
+        let VirtioDeviceState::Console(s) = state else {
+            return Err(DeviceStateError::mismatch(
+                "virtio-console",
+                "device kind",
+                "the state is not a console's",
+            ));
+        };
+        for (field, len, max) in [
+            ("bytes for the guest", s.to_guest.len(), TO_GUEST_CAPACITY),
+            (
+                "bytes from the guest",
+                s.from_guest.len(),
+                FROM_GUEST_CAPACITY,
+            ),
+        ] {
+            if len > max {
+                return Err(DeviceStateError::invalid(
+                    "virtio-console",
+                    field,
+                    format!("{len} bytes, at most {max} are kept"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_device_state(&mut self, state: VirtioDeviceState) {
+        let VirtioDeviceState::Console(s) = state else {
+            return;
+        };
+        let mut b = lock(&self.link.buffers);
+        b.to_guest = s.to_guest.into();
+        b.from_guest = s.from_guest.into();
+        let waiting = !b.to_guest.is_empty();
+        drop(b);
+        if waiting {
+            let _ = self.link.kick.write(1);
+        }
+        self.link.arrived.notify_all();
+    }
+
+    fn queue_states(&self) -> Vec<virtio_queue::QueueState> {
+        self.queue_states().map(Vec::from).unwrap_or_default()
     }
 
     fn device_type(&self) -> u16 {

@@ -9,6 +9,11 @@
 //! space and its queues once the driver sets DRIVER_OK. Whatever the guest put in memory is
 //! checked on the way in: a violation is a [`GuestError`], after which the transport sets
 //! DEVICE_NEEDS_RESET and the device stops until the driver resets it.
+//!
+//! Migration: the transport saves and restores what it owns
+//! ([`pci::VirtioPciState`]: common configuration, queue registers, ring positions, MSI-X);
+//! each device adds its own part ([`VirtioDeviceState`]) through
+//! [`VirtioDevice::save_device_state`] and the check/apply pair.
 
 pub mod console;
 pub mod net;
@@ -17,9 +22,11 @@ pub mod queue;
 #[cfg(test)]
 pub mod test_driver;
 
+use crate::devices::DeviceStateError;
 use crate::memory::GuestMemoryMmap;
+use serde::{Deserialize, Serialize};
 use std::os::fd::RawFd;
-use virtio_queue::Queue;
+use virtio_queue::{Queue, QueueState};
 
 /// Feature bit: the device complies with virtio 1.x (no legacy interface here).
 pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
@@ -181,8 +188,28 @@ pub enum GuestError {
     },
 }
 
+/// A virtio device's own part of its migration state (the transport saves the rest).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum VirtioDeviceState {
+    /// virtio-net.
+    Net(net::NetState),
+    /// virtio-console.
+    Console(console::ConsoleState),
+}
+
 /// A virtio device model behind a transport.
 pub trait VirtioDevice: Send {
+    /// The device's own migration state (configuration, bytes or a frame it holds between
+    /// batches).
+    fn save_device_state(&self) -> VirtioDeviceState;
+    /// Checks that `state` can be applied to this device (kind, MAC, bounds); changes
+    /// nothing.
+    fn check_device_state(&self, state: &VirtioDeviceState) -> Result<(), DeviceStateError>;
+    /// Applies a state [`VirtioDevice::check_device_state`] accepted, after the transport
+    /// activated the restored queues (if the driver was running).
+    fn apply_device_state(&mut self, state: VirtioDeviceState);
+    /// Ring positions of the queues in use, in queue order (empty while not active).
+    fn queue_states(&self) -> Vec<QueueState>;
     /// Name in logs ("virtio-net").
     fn name(&self) -> &'static str;
     /// Virtio device ID (1 = network).

@@ -19,20 +19,36 @@
 //! falls back to INTx on its INTA pin ([`IntxLine`]), with QEMU's semantics: the line is high
 //! exactly while the ISR is non-zero (and the command register does not disable INTx), and
 //! reading the ISR lowers it. A driver may program the IOAPIC pin level- or edge-triggered.
+//!
+//! Migration state ([`VirtioPciState`]): the function's configuration header (command,
+//! BARs as the guest programmed them, MSI-X control), the MSI-X table and pending bits, the
+//! common configuration (feature selects, negotiated features, device status, config
+//! generation, config vector, queue select), the ISR, and per queue its registers (size,
+//! vector, enable, descriptor/driver/device addresses) and ring positions (`next_avail`,
+//! `next_used`), plus the device's own part. Event-index use follows from the negotiated
+//! features; notification suppression (`avail_event`, the used ring's NO_NOTIFY flag) lives
+//! in guest RAM and moves with it. Whether the device runs follows from the status
+//! (DRIVER_OK without NEEDS_RESET or FAILED). [`VirtioPci::restore_state`] rebuilds the
+//! host side from those: MSI-X routes, the notify ioeventfds at the restored BAR 4 address,
+//! the INTx level, and the device's queues, checked as at DRIVER_OK.
 
 use super::queue::QueueRegs;
 use super::{
     GuestError, NO_VECTOR, QueueSet, STATUS_DRIVER_OK, STATUS_FAILED, STATUS_FEATURES_OK,
     STATUS_NEEDS_RESET, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VirtioDevice,
 };
-use crate::devices::pci::PciDevice;
+use super::{STATUS_ACKNOWLEDGE, STATUS_DRIVER, VirtioDeviceState};
+use crate::devices::DeviceStateError;
 use crate::devices::pci::config::{
-    BarInfo, BarKind, COMMAND, COMMAND_INTX_DISABLE, ConfigSpace, LayoutError, PciIds,
+    BarInfo, BarKind, COMMAND, COMMAND_INTX_DISABLE, ConfigSpace, ConfigSpaceState, LayoutError,
+    PciIds,
 };
-use crate::devices::pci::msix::{self, Msix, MsixVector};
+use crate::devices::pci::msix::{self, Msix, MsixState, MsixVector};
+use crate::devices::pci::{MMIO_WINDOW, PciDevice};
 use crate::devices::vm_ops::VmOps;
 use crate::io_thread::{Interest, IoHandler};
 use crate::memory::GuestMemoryMmap;
+use serde::{Deserialize, Serialize};
 use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex, PoisonError};
 use vmm_sys_util::eventfd::EventFd;
@@ -86,6 +102,64 @@ pub struct IntxLine {
     /// The IOAPIC pin (GSI).
     pub gsi: u8,
 }
+
+/// One queue's registers and ring positions for migration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VirtqueueState {
+    /// Size the driver chose.
+    pub size: u16,
+    /// MSI-X vector for used buffers.
+    pub msix_vector: u16,
+    /// queue_enable.
+    pub enabled: bool,
+    /// Descriptor table address.
+    pub desc: u64,
+    /// Driver area (available ring) address.
+    pub driver: u64,
+    /// Device area (used ring) address.
+    pub device: u64,
+    /// Next available-ring entry the device takes (0 while the device does not run).
+    pub next_avail: u16,
+    /// Next used-ring entry the device fills (0 while the device does not run).
+    pub next_used: u16,
+}
+
+/// A virtio PCI function's migration state (see the module documentation).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VirtioPciState {
+    /// The configuration header.
+    pub config: ConfigSpaceState,
+    /// MSI-X table and pending bits.
+    pub msix: MsixState,
+    /// device_feature_select.
+    pub device_feature_select: u32,
+    /// driver_feature_select.
+    pub driver_feature_select: u32,
+    /// Features the driver accepted.
+    pub driver_features: u64,
+    /// device_status.
+    pub status: u8,
+    /// config_generation.
+    pub config_generation: u8,
+    /// config_msix_vector.
+    pub config_vector: u16,
+    /// queue_select.
+    pub queue_select: u16,
+    /// The ISR.
+    pub isr: u8,
+    /// Per queue.
+    pub queues: Vec<VirtqueueState>,
+    /// The device's own part.
+    pub device: VirtioDeviceState,
+}
+
+/// Every device status bit the specification defines.
+const STATUS_BITS: u8 = STATUS_ACKNOWLEDGE
+    | STATUS_DRIVER
+    | STATUS_DRIVER_OK
+    | STATUS_FEATURES_OK
+    | STATUS_NEEDS_RESET
+    | STATUS_FAILED;
 
 /// A virtio device on PCI.
 pub struct VirtioPci<D: VirtioDevice> {
@@ -232,6 +306,203 @@ impl<D: VirtioDevice> VirtioPci<D> {
     /// The device model.
     pub fn device(&self) -> &D {
         &self.device
+    }
+
+    /// The function's state for migration (call with the I/O thread paused and the vCPUs
+    /// stopped, so no batch is half done).
+    pub fn save_state(&self) -> VirtioPciState {
+        let positions = self.device.queue_states();
+        let queues = self
+            .queues
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let p = positions.get(i).filter(|_| self.running);
+                VirtqueueState {
+                    size: r.size,
+                    msix_vector: r.msix_vector,
+                    enabled: r.enabled,
+                    desc: r.desc,
+                    driver: r.driver,
+                    device: r.device,
+                    next_avail: p.map_or(0, |p| p.next_avail),
+                    next_used: p.map_or(0, |p| p.next_used),
+                }
+            })
+            .collect();
+        VirtioPciState {
+            config: self.config.save_state(),
+            msix: self.msix.save_state(),
+            device_feature_select: self.device_feature_select,
+            driver_feature_select: self.driver_feature_select,
+            driver_features: self.driver_features,
+            status: self.status,
+            config_generation: self.config_generation,
+            config_vector: self.config_vector,
+            queue_select: self.queue_select,
+            isr: self.isr,
+            queues,
+            device: self.device.save_device_state(),
+        }
+    }
+
+    /// Applies a saved state to this freshly built function of the same kind: everything is
+    /// checked first (header against this device, MSI-X table size, status and features,
+    /// vector numbers, and for a running device every queue as at DRIVER_OK plus its ring
+    /// positions); an invalid state changes nothing. Then the routes, ioeventfds and INTx
+    /// level follow the restored registers, and a running device looks at its queues once.
+    pub fn restore_state(&mut self, state: VirtioPciState) -> Result<(), DeviceStateError> {
+        let name = self.device.name();
+        let config = self.config.check_state(&state.config, name, &MMIO_WINDOW)?;
+        self.msix.check_state(&state.msix, name)?;
+        let control = config.read_u16(self.msix_cap + 2)
+            & (msix::CONTROL_ENABLE | msix::CONTROL_FUNCTION_MASK);
+        let wanted = u16::from(state.msix.enabled) * msix::CONTROL_ENABLE
+            | u16::from(state.msix.function_masked) * msix::CONTROL_FUNCTION_MASK;
+        if control != wanted {
+            return Err(DeviceStateError::invalid(
+                name,
+                "MSI-X control",
+                "the header and the table disagree on enable or mask",
+            ));
+        }
+        let status = state.status;
+        if status & !STATUS_BITS != 0 {
+            return Err(DeviceStateError::invalid(
+                name,
+                "device status",
+                format!("{status:#04x} has undefined bits"),
+            ));
+        }
+        if status & STATUS_FEATURES_OK != 0
+            && (state.driver_features & !self.device.features() != 0
+                || state.driver_features & VIRTIO_F_VERSION_1 == 0)
+        {
+            return Err(DeviceStateError::invalid(
+                name,
+                "driver features",
+                format!(
+                    "{:#x} accepted, the device offers {:#x}",
+                    state.driver_features,
+                    self.device.features()
+                ),
+            ));
+        }
+        let failed = status & (STATUS_NEEDS_RESET | STATUS_FAILED) != 0;
+        if status & STATUS_DRIVER_OK != 0 && status & STATUS_FEATURES_OK == 0 && !failed {
+            return Err(DeviceStateError::invalid(
+                name,
+                "device status",
+                "DRIVER_OK without FEATURES_OK",
+            ));
+        }
+        let running = status & STATUS_DRIVER_OK != 0 && !failed;
+        if state.isr & !(ISR_QUEUE | ISR_CONFIG) != 0 {
+            return Err(DeviceStateError::invalid(
+                name,
+                "ISR",
+                format!("{:#04x}", state.isr),
+            ));
+        }
+        let table = self.msix.len();
+        let vector_ok = |v: u16| v == NO_VECTOR || usize::from(v) < table;
+        if !vector_ok(state.config_vector) {
+            return Err(DeviceStateError::invalid(
+                name,
+                "config MSI-X vector",
+                format!("{} with {table} vectors", state.config_vector),
+            ));
+        }
+        if state.queues.len() != self.queues.len() {
+            return Err(DeviceStateError::mismatch(
+                name,
+                "queues",
+                format!(
+                    "{} saved, this device has {}",
+                    state.queues.len(),
+                    self.queues.len()
+                ),
+            ));
+        }
+        let event_idx = state.driver_features & VIRTIO_RING_F_EVENT_IDX != 0;
+        let mut regs = Vec::with_capacity(self.queues.len());
+        let mut built = Vec::with_capacity(self.queues.len());
+        for (i, (q, mine)) in state.queues.iter().zip(&self.queues).enumerate() {
+            let field = |f: &str| format!("queue {i} {f}");
+            if !vector_ok(q.msix_vector) {
+                return Err(DeviceStateError::invalid(
+                    name,
+                    field("MSI-X vector"),
+                    format!("{} with {table} vectors", q.msix_vector),
+                ));
+            }
+            let r = QueueRegs {
+                max_size: mine.max_size,
+                size: q.size,
+                msix_vector: q.msix_vector,
+                enabled: q.enabled,
+                desc: q.desc,
+                driver: q.driver,
+                device: q.device,
+            };
+            regs.push(r);
+            if !(running && q.enabled) {
+                built.push(None);
+                continue;
+            }
+            let mut queue = r
+                .build(i, &self.mem, event_idx)
+                .map_err(|e| DeviceStateError::invalid(name, field("rings"), e.to_string()))?;
+            let in_flight = q.next_avail.wrapping_sub(q.next_used);
+            if in_flight > q.size {
+                return Err(DeviceStateError::invalid(
+                    name,
+                    field("ring positions"),
+                    format!(
+                        "next_avail {} is more than the queue size {} ahead of next_used {}",
+                        q.next_avail, q.size, q.next_used
+                    ),
+                ));
+            }
+            virtio_queue::QueueT::set_next_avail(&mut queue, q.next_avail);
+            virtio_queue::QueueT::set_next_used(&mut queue, q.next_used);
+            built.push(Some(queue));
+        }
+        self.device.check_device_state(&state.device)?;
+
+        // Everything checked: from a clean reset, the device first (its activate may still
+        // refuse the queue set, e.g. a queue it needs disabled: it stays reset then).
+        self.reset();
+        if running {
+            self.device
+                .activate(self.mem.clone(), state.driver_features, built)
+                .map_err(|e| {
+                    self.device.reset();
+                    DeviceStateError::invalid(name, "queues", e.to_string())
+                })?;
+        }
+        self.device.apply_device_state(state.device);
+        self.config = config;
+        self.msix.restore_state(&state.msix);
+        self.device_feature_select = state.device_feature_select;
+        self.driver_feature_select = state.driver_feature_select;
+        self.driver_features = state.driver_features;
+        self.status = status;
+        self.config_generation = state.config_generation;
+        self.config_vector = state.config_vector;
+        self.queue_select = state.queue_select;
+        self.queues = regs;
+        self.isr = state.isr;
+        self.running = running;
+        self.sync_notify();
+        self.update_intx();
+        if running {
+            // As at DRIVER_OK: buffers made available during the move are picked up.
+            for evt in &self.notify {
+                let _ = evt.write(1);
+            }
+        }
+        Ok(())
     }
 
     /// The device status register.

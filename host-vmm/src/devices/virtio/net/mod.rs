@@ -17,13 +17,22 @@
 //! buffers run out it keeps the frame it holds, re-enables notifications and waits for the
 //! driver's kick. Frames that arrive while the device is not running are dropped, as a NIC
 //! without a driver does.
+//!
+//! Migration state ([`NetState`]): the MAC (which must match the destination's), the link
+//! status and the frame held for want of a receive buffer, if any (so it is not lost).
+//! Queue positions are the transport's.
 
 pub mod backend;
 
 use super::queue::{self, Direction, Segment};
-use super::{GuestError, QueueSet, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VirtioDevice};
+use super::{
+    GuestError, QueueSet, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VirtioDevice,
+    VirtioDeviceState,
+};
+use crate::devices::DeviceStateError;
 use crate::memory::GuestMemoryMmap;
 use backend::NetBackend;
+use serde::{Deserialize, Serialize};
 use std::io;
 use std::os::fd::RawFd;
 use virtio_queue::Queue;
@@ -62,6 +71,17 @@ pub struct NetMetrics {
     pub tx_bytes: u64,
     /// Frames the backend refused.
     pub tx_dropped: u64,
+}
+
+/// virtio-net's own migration state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetState {
+    /// The MAC address (the destination's must be the same).
+    pub mac: [u8; 6],
+    /// Link status.
+    pub link_up: bool,
+    /// A received frame (without header) still waiting for a receive chain.
+    pub rx_pending: Option<Vec<u8>>,
 }
 
 /// The queues while the driver runs the device.
@@ -270,6 +290,59 @@ impl<B: NetBackend> Net<B> {
 impl<B: NetBackend> VirtioDevice for Net<B> {
     fn name(&self) -> &'static str {
         "virtio-net"
+    }
+
+    fn save_device_state(&self) -> VirtioDeviceState {
+        VirtioDeviceState::Net(NetState {
+            mac: self.mac,
+            link_up: self.link_up,
+            rx_pending: self
+                .rx_pending
+                .map(|len| self.rx_buf[HEADER_LEN..HEADER_LEN + len].to_vec()),
+        })
+    }
+
+    fn check_device_state(&self, state: &VirtioDeviceState) -> Result<(), DeviceStateError> {
+        let VirtioDeviceState::Net(s) = state else {
+            return Err(DeviceStateError::mismatch(
+                "virtio-net",
+                "device kind",
+                "the state is not a network device's",
+            ));
+        };
+        if s.mac != self.mac {
+            return Err(DeviceStateError::mismatch(
+                "virtio-net",
+                "MAC",
+                format!("{:02x?}, this device has {:02x?}", s.mac, self.mac),
+            ));
+        }
+        if let Some(frame) = &s.rx_pending
+            && (frame.is_empty() || frame.len() > MAX_FRAME)
+        {
+            return Err(DeviceStateError::invalid(
+                "virtio-net",
+                "pending receive frame",
+                format!("{} bytes; 1..={MAX_FRAME} expected", frame.len()),
+            ));
+        }
+        Ok(())
+    }
+
+    fn apply_device_state(&mut self, state: VirtioDeviceState) {
+        let VirtioDeviceState::Net(s) = state else {
+            return;
+        };
+        self.link_up = s.link_up;
+        self.rx_pending = s.rx_pending.and_then(|frame| {
+            let dst = self.rx_buf.get_mut(HEADER_LEN..HEADER_LEN + frame.len())?;
+            dst.copy_from_slice(&frame);
+            Some(frame.len())
+        });
+    }
+
+    fn queue_states(&self) -> Vec<virtio_queue::QueueState> {
+        self.queue_states().map(Vec::from).unwrap_or_default()
     }
 
     fn device_type(&self) -> u16 {
