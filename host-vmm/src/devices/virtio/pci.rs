@@ -41,7 +41,7 @@ use super::{STATUS_ACKNOWLEDGE, STATUS_DRIVER, VirtioDeviceState};
 use crate::devices::DeviceStateError;
 use crate::devices::pci::config::{
     BarInfo, BarKind, COMMAND, COMMAND_INTX_DISABLE, ConfigSpace, ConfigSpaceState, LayoutError,
-    PciIds,
+    PciIds, STATUS, STATUS_INTERRUPT,
 };
 use crate::devices::pci::msix::{self, Msix, MsixState, MsixVector};
 use crate::devices::pci::{MMIO_WINDOW, PciDevice};
@@ -354,6 +354,7 @@ impl<D: VirtioDevice> VirtioPci<D> {
     pub fn restore_state(&mut self, state: VirtioPciState) -> Result<(), DeviceStateError> {
         let name = self.device.name();
         let config = self.config.check_state(&state.config, name, &MMIO_WINDOW)?;
+        let status_interrupt = config.read_u16(STATUS) & STATUS_INTERRUPT != 0;
         self.msix.check_state(&state.msix, name)?;
         let control = config.read_u16(self.msix_cap + 2)
             & (msix::CONTROL_ENABLE | msix::CONTROL_FUNCTION_MASK);
@@ -496,6 +497,8 @@ impl<D: VirtioDevice> VirtioPci<D> {
         self.running = running;
         self.sync_notify();
         self.update_intx();
+        // The status bit as the guest last saw it (with MSI-X on it is not kept current).
+        self.config.set_interrupt_status(status_interrupt);
         if running {
             // As at DRIVER_OK: buffers made available during the move are picked up.
             for evt in &self.notify {

@@ -59,6 +59,11 @@ impl Driver {
     /// A device with MAC 52:54:00:12:34:56 and three MSI-X vectors, nothing programmed.
     pub fn new() -> Self {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), RAM as usize)]).unwrap();
+        Self::with_memory(mem)
+    }
+
+    /// The same, over `mem`.
+    pub fn with_memory(mem: GuestMemoryMmap) -> Self {
         let (backend, peer) = mem_pair().unwrap();
         let vm = Arc::new(RecordingVmOps::default());
         let vectors: Vec<MsixVector> = (0..3)
@@ -89,6 +94,19 @@ impl Driver {
             next_desc: [0; 2],
             avail_idx: [0; 2],
         }
+    }
+
+    /// What a migration's destination has: a freshly built device on the same guest memory
+    /// (a new backend, VM and irqfds), with this device's saved state restored, and the
+    /// guest driver's own bookkeeping (which lives in guest RAM and vCPU state) carried over.
+    pub fn migrated(&self) -> Driver {
+        let mut to = Driver::with_memory(self.mem.clone());
+        to.dev
+            .restore_state(self.dev.save_state())
+            .expect("restore");
+        to.next_desc = self.next_desc;
+        to.avail_idx = self.avail_idx;
+        to
     }
 
     /// Writes `value` (`len` bytes) to the common configuration at `offset`.
