@@ -237,12 +237,7 @@ fn park(control: &Control) -> bool {
     !s.stopping
 }
 
-fn run(
-    epoll: Epoll,
-    mut handlers: Vec<Box<dyn IoHandler>>,
-    pause: &EventFd,
-    control: &Control,
-) {
+fn run(epoll: Epoll, mut handlers: Vec<Box<dyn IoHandler>>, pause: &EventFd, control: &Control) {
     let mut events = vec![EpollEvent::default(); 32];
     loop {
         let n = match epoll.wait(-1, &mut events) {
@@ -358,7 +353,10 @@ mod tests {
         thread.pause().unwrap();
         let start = Instant::now();
         drop(thread);
-        assert!(start.elapsed() < Duration::from_secs(2), "drop does not hang");
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "drop does not hang"
+        );
     }
 
     /// A handler that takes a while: pause waits for it to return.
@@ -395,7 +393,10 @@ mod tests {
             std::thread::yield_now();
         }
         thread.pause().unwrap();
-        assert!(!*busy.lock().unwrap(), "pause returned while the handler ran");
+        assert!(
+            !*busy.lock().unwrap(),
+            "pause returned while the handler ran"
+        );
         thread.resume();
     }
 }

@@ -295,3 +295,54 @@ fn descriptors_pointing_into_the_hole_stop_the_queue() {
     assert_eq!(vf.peer.take(), None);
     assert_eq!(vf.desc(tx_ring(0), 0)[3], 0, "no DD");
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// Arbitrary register values in a saved state never panic a restore, and a VF that
+    /// accepted one keeps serving registers and frames without panicking.
+    #[test]
+    fn arbitrary_vf_states_never_panic(
+        words in proptest::collection::vec(any::<u32>(), 24),
+        queue in 0usize..8,
+        bits in any::<u8>(),
+    ) {
+        let mut vf = Vf::new();
+        vf.bring_up();
+        vf.enable_interrupts();
+        vf.setup_rx(8, super::state::SRRCTL_DEFAULT);
+        let mut s = vf.dev.save_state();
+        let g = &mut s.regs;
+        g.interrupts.eicr = words[0];
+        g.interrupts.eims = words[1];
+        g.interrupts.ivar_misc = words[2];
+        g.interrupts.ivar[queue % 4] = words[3];
+        g.mailbox.api = words[4] & 7;
+        g.mailbox.max_frame = words[5] & 0x3FFF;
+        g.mailbox.xcast_mode = words[6] & 3;
+        g.mailbox.pending = Some(words[7]);
+        g.mailbox.mem[queue] = words[8];
+        g.rx[queue].bal = words[9] & !0x7F;
+        g.rx[queue].len = words[10] & 0x1F_FFFF;
+        g.rx[queue].head = words[11] & 0x1_FFFF;
+        g.rx[queue].tail = words[12] & 0x1_FFFF;
+        g.rx[queue].dctl = words[13];
+        g.tx[queue % 2].bal = words[14];
+        g.tx[queue % 2].len = words[15] & 0xFFF;
+        g.tx[queue % 2].dctl = words[16];
+        g.tx[queue % 2].wbal = words[17];
+        g.counters.gorc = u64::from(words[18]) << (bits % 8);
+        s.present = bits & 1 != 0;
+        s.regs.link_up = bits & 2 != 0;
+        s.msix.entries[queue % 3].control = words[19] & 3;
+        let mut fresh = Vf::with_memory(false, vf.mem.clone());
+        if fresh.dev.restore_state(s).is_ok() {
+            fresh.peer.inject(&frame(60, 1));
+            fresh.dev.poll_backend();
+            fresh.write(r::tx_queue(queue % 2) + r::Q_TAIL, words[20] & 0xFFFF);
+            let _ = fresh.read(r::VTEICR);
+            let _ = fresh.read(r::VFMAILBOX);
+            fresh.write(r::VFMAILBOX, r::MBX_REQ);
+        }
+    }
+}

@@ -843,3 +843,93 @@ fn the_io_thread_delivers_backend_frames() {
     mem.read_slice(&mut got, GuestAddress(rx_buf(0))).unwrap();
     assert_eq!(got, f);
 }
+
+/// What a migration's destination has: a fresh VF on the same guest memory with `vf`'s
+/// state restored (and the driver's mailbox shadow carried over).
+fn migrated(vf: &Vf) -> Vf {
+    let mut to = Vf::with_memory(false, vf.mem.clone());
+    to.dev.restore_state(vf.dev.save_state()).unwrap();
+    to.shadow = vf.shadow;
+    to
+}
+
+#[test]
+fn the_vf_continues_after_a_save_and_restore() {
+    let mut vf = receiving(8);
+    vf.setup_tx(0, 8);
+    vf.write(RX + r::Q_TAIL, 7);
+    vf.peer.inject(&frame(90, 1));
+    assert_eq!(vf.dev.poll_backend(), 1);
+    vf.dev.set_link(false);
+    vf.dev.set_link(true);
+    let saved = vf.dev.save_state();
+    let bytes = postcard::to_allocvec(&saved).unwrap();
+    assert_eq!(postcard::from_bytes::<IxgbevfState>(&bytes).unwrap(), saved);
+    let mut m = migrated(&vf);
+    assert_eq!(
+        m.dev.save_state(),
+        saved,
+        "save, restore, save: the same state"
+    );
+    assert_eq!(
+        m.vm.recorded().routes,
+        vf.vm.recorded().routes,
+        "MSI-X re-routed"
+    );
+    // RX goes on at descriptor 1.
+    m.peer.inject(&frame(91, 2));
+    assert_eq!(m.dev.poll_backend(), 1);
+    assert_eq!(m.read(RX + r::Q_HEAD), 2);
+    assert_eq!(m.desc(RX_RING, 1)[3], 91);
+    assert!(m.fired(RX_VECTOR));
+    assert_eq!(m.read(r::VFGPRC), 2, "statistics continue");
+    // TX from the destination reaches its own backend.
+    let f = frame(64, 9);
+    m.mem.write_slice(&f, GuestAddress(TX_BUFS)).unwrap();
+    let cc = r::TXD_OLINFO_CC | (f.len() as u32) << r::TXD_PAYLEN_SHIFT;
+    let last = r::TXD_CMD_EOP | r::TXD_CMD_RS;
+    m.put_desc(tx_ring(0), 0, data_desc(TX_BUFS, f.len(), last, cc));
+    m.write(tx(0) + r::Q_TAIL, 1);
+    assert_eq!(m.peer.take(), Some(f));
+    assert_eq!(vf.peer.take(), None);
+    // The mailbox still talks: the negotiated API survived.
+    let reply = m.call(&[mbx::GET_QUEUES]);
+    assert_eq!(reply[0] & 0xFF, mbx::GET_QUEUES);
+    assert_ne!(reply[0] & mbx::ACK, 0);
+}
+
+#[test]
+fn a_removed_vf_stays_removed_and_bad_vf_states_are_refused() {
+    let mut vf = receiving(8);
+    let mut s = vf.dev.save_state();
+    s.present = false;
+    let mut m = Vf::with_memory(false, vf.mem.clone());
+    m.dev.restore_state(s.clone()).unwrap();
+    assert_eq!(m.dev.save_state(), s);
+
+    type Mutation = fn(&mut IxgbevfState);
+    let cases: [(&str, Mutation); 10] = [
+        ("MAC", |s| s.mac[0] ^= 2),
+        ("MSI-X table", |s| {
+            s.msix.entries.pop();
+        }),
+        ("VTEIMS", |s| s.regs.interrupts.eims = 0x8),
+        ("mailbox API", |s| s.regs.mailbox.api = 0x77),
+        ("mailbox max frame", |s| s.regs.mailbox.max_frame = 1 << 20),
+        ("RX queue 0 ring", |s| s.regs.rx[0].len = 100),
+        ("RX queue 0 ring", |s| s.regs.rx[0].bal = 0xFFFF_FF80),
+        ("RX queue 0 head/tail", |s| s.regs.rx[0].tail = 0x1_0000),
+        ("VFGORC", |s| s.regs.counters.gorc = u64::MAX),
+        ("configuration byte 0x02", |s| s.config.bytes[2] = 0),
+    ];
+    for (field, mutate) in cases {
+        let mut bad = vf.dev.save_state();
+        mutate(&mut bad);
+        let mut fresh = Vf::with_memory(false, vf.mem.clone());
+        let before = fresh.dev.save_state();
+        let err = fresh.dev.restore_state(bad).unwrap_err();
+        assert!(err.to_string().contains(field), "{err} should name {field}");
+        assert_eq!(fresh.dev.save_state(), before, "unchanged after {err}");
+    }
+    let _ = vf.read(r::VFSTATUS);
+}

@@ -361,7 +361,7 @@ impl ConfigSpace {
         ranges.sort_by_key(|&(_, address, _)| address);
         let mut previous_end = 0u64;
         for (bar, address, size) in ranges {
-            let end = address.checked_add(size).unwrap_or(u64::MAX);
+            let end = address.saturating_add(size);
             if address < window.start || end > window.end {
                 return Err(DeviceStateError::invalid(
                     device,

@@ -867,4 +867,90 @@ mod tests {
             Err(PciError::BusFull)
         );
     }
+
+    type TwoSlots = (Arc<Mutex<PciRoot>>, Arc<Mutex<Dummy>>, Arc<Mutex<Dummy>>);
+
+    /// Two dummies at slots 1 and 2 on a fresh bus, as the destination builds it.
+    fn two_slot_bus() -> TwoSlots {
+        let root = Arc::new(Mutex::new(PciRoot::new()));
+        let a = Arc::new(Mutex::new(Dummy::new()));
+        let b = Arc::new(Mutex::new(Dummy::new()));
+        root.lock().unwrap().add_device(a.clone()).unwrap();
+        root.lock().unwrap().add_device(b.clone()).unwrap();
+        (root, a, b)
+    }
+
+    #[test]
+    fn the_bus_state_survives_save_restore_save_and_decoding_follows_the_functions() {
+        let (root, a, _b) = two_slot_bus();
+        let mut ports = PciConfigPorts(root.clone());
+        // The guest moves slot 1's BAR 4, then slot 2 is pulled; CONFIG_ADDRESS points at 1.
+        write32(&mut ports, 1, 0x20, 0xD000_0000);
+        root.lock().unwrap().unplug(2).unwrap();
+        write32(&mut ports, 0, 0x0C, 0x0000_4000); // the bridge's latency timer
+        select(&mut ports, 1, 0);
+        let saved = root.lock().unwrap().save_state();
+        assert_eq!(saved.slots.len(), 2);
+        assert!(!saved.slots[1].plugged);
+        let function = a.lock().unwrap().config.save_state();
+
+        let (fresh, fa, _fb) = two_slot_bus();
+        let restored = {
+            let d = fa.lock().unwrap();
+            d.config
+                .check_state(&function, "dummy", &MMIO_WINDOW)
+                .unwrap()
+        };
+        fa.lock().unwrap().config = restored;
+        fresh.lock().unwrap().restore_state(saved.clone()).unwrap();
+        assert_eq!(fresh.lock().unwrap().save_state(), saved);
+        let mut ports = PciConfigPorts(fresh.clone());
+        let mut window = PciMmioWindow(fresh.clone());
+        let mut b = [0u8; 4];
+        ports.read(4, &mut b);
+        assert_eq!(
+            u32::from_le_bytes(b),
+            0x1041_1AF4,
+            "CONFIG_ADDRESS restored"
+        );
+        assert_eq!(read32(&mut ports, 2, 0), 0xFFFF_FFFF, "slot 2 is empty");
+        assert_eq!(read32(&mut ports, 0, 0x0C), 0x0000_4000);
+        window.read(0x1000_0000 + 8, &mut b);
+        assert_eq!(b, [0x48; 4], "BAR 4 decodes where the guest put it");
+        window.read(0x4000, &mut b);
+        assert_eq!(b, [0xFF; 4]);
+    }
+
+    #[test]
+    fn a_bus_state_for_other_slots_or_bars_is_refused() {
+        let (root, _, _) = two_slot_bus();
+        let saved = root.lock().unwrap().save_state();
+        type Mutation = fn(&mut PciRootState);
+        let cases: [(&str, Mutation); 5] = [
+            ("slots", |s| {
+                s.slots.pop();
+            }),
+            ("slot 1 IDs", |s| s.slots[0].device = 0x1000),
+            ("slot 2 BARs", |s| s.slots[1].bars.clear()),
+            ("firmware address of BAR 4", |s| {
+                s.slots[0].bars[1].1 = 0xFFFF_F000
+            }),
+            ("next BAR address", |s| s.next_bar = 0),
+        ];
+        for (field, mutate) in cases {
+            let mut bad = saved.clone();
+            mutate(&mut bad);
+            let (fresh, _, _) = two_slot_bus();
+            let before = fresh.lock().unwrap().save_state();
+            let err = fresh.lock().unwrap().restore_state(bad).unwrap_err();
+            assert!(err.to_string().contains(field), "{err} should name {field}");
+            assert_eq!(fresh.lock().unwrap().save_state(), before);
+        }
+        // Two functions decoding the same addresses.
+        let (fresh, fa, fb) = two_slot_bus();
+        let at = fa.lock().unwrap().config.bar_address(4).unwrap();
+        fb.lock().unwrap().config.set_bar_address(4, at);
+        let err = fresh.lock().unwrap().restore_state(saved).unwrap_err();
+        assert!(err.to_string().contains("overlaps"), "{err}");
+    }
 }

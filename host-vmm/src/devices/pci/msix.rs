@@ -306,6 +306,20 @@ pub struct MsixState {
     pub pending: Vec<bool>,
 }
 
+impl MsixState {
+    /// The message control bits (enable, function mask) this state stands for.
+    pub fn control_bits(&self) -> u16 {
+        let mut c = 0;
+        if self.enabled {
+            c |= CONTROL_ENABLE;
+        }
+        if self.function_masked {
+            c |= CONTROL_FUNCTION_MASK;
+        }
+        c
+    }
+}
+
 impl Msix {
     /// The table as migration saves it.
     pub fn save_state(&self) -> MsixState {
@@ -383,18 +397,6 @@ impl Msix {
             self.sync_route(v);
         }
         self.deliver_unmasked_pending();
-    }
-
-    /// The message control bits (enable, function mask) this state stands for.
-    pub fn control_bits(&self) -> u16 {
-        let mut c = 0;
-        if self.enabled {
-            c |= CONTROL_ENABLE;
-        }
-        if self.function_masked {
-            c |= CONTROL_FUNCTION_MASK;
-        }
-        c
     }
 }
 

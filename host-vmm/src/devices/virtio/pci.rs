@@ -358,8 +358,7 @@ impl<D: VirtioDevice> VirtioPci<D> {
         self.msix.check_state(&state.msix, name)?;
         let control = config.read_u16(self.msix_cap + 2)
             & (msix::CONTROL_ENABLE | msix::CONTROL_FUNCTION_MASK);
-        let wanted = u16::from(state.msix.enabled) * msix::CONTROL_ENABLE
-            | u16::from(state.msix.function_masked) * msix::CONTROL_FUNCTION_MASK;
+        let wanted = state.msix.control_bits();
         if control != wanted {
             return Err(DeviceStateError::invalid(
                 name,
