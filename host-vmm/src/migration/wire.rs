@@ -1,1 +1,0 @@
-//! The migration stream format (being written).
