@@ -13,6 +13,7 @@ pub mod net;
 pub mod pingd;
 pub mod prereq;
 pub mod proc;
+pub mod qmp;
 pub mod stats;
 pub mod vm;
 

@@ -9,6 +9,17 @@
 //!                                                                             (82599 VF)
 //! ```
 //!
+//! The two-host variant ([`TwoHosts`], for moves) adds `<p>-h2`, built like `<p>-h1` with its
+//! own `tap0` and `tap1` and its uplink `h2` on the switch's `br0`, so a guest with one MAC
+//! and IP can run behind either host; and a veth `mig0` straight between the two hosts
+//! (198.19.0.1/24 in h1, 198.19.0.2/24 in h2) that carries the migration stream:
+//!
+//! ```text
+//!  <p>-h1 br0 ┬ tap0, tap1 ── source VMM          <p>-h2 br0 ┬ tap0, tap1 ── destination VMM
+//!             └ up0 ─veth─ h1 ┐  <p>-sw br0  ┌ h2 ─veth─ up0 ┘
+//!  <p>-h1 mig0 198.19.0.1 ──────────── veth ──────────── mig0 198.19.0.2 <p>-h2
+//! ```
+//!
 //! The switch namespace is the L2 segment every host joins, so a later host namespace
 //! (`<p>-h2`) can take over a guest's MAC without the client noticing a new path. host-vmm (or
 //! QEMU) runs inside the host namespace and attaches to `tap0` there, and host-vmm's emulated
@@ -34,6 +45,11 @@ pub const PREFIX_LEN: u8 = 24;
 pub const TAP: &str = "tap0";
 /// The TAP a guest's emulated VF attaches to, on the same bridge as [`TAP`].
 pub const VF_TAP: &str = "tap1";
+
+/// The addresses of hosts 1 and 2 on their migration link (two-host topologies only).
+pub const MIGRATION_IPS: [&str; 2] = ["198.19.0.1", "198.19.0.2"];
+/// The migration link's name in both host namespaces.
+pub const MIGRATION_LINK: &str = "mig0";
 
 /// The kernel command line that puts a guest on this network.
 pub fn guest_cmdline() -> String {
@@ -119,8 +135,20 @@ impl Topology {
     /// Creates the namespaces, bridges, veths and the TAP of host 1. Idempotent: an existing
     /// topology with this prefix is left as it is.
     pub fn up(&self) -> Result<()> {
-        let (sw, cl, h1) = (self.switch_ns(), self.client_ns(), self.host_ns(1));
-        if [&sw, &cl, &h1].iter().all(|ns| Self::ns_exists(ns)) {
+        self.up_hosts(1)
+    }
+
+    /// Like [`Topology::up`] with `hosts` host namespaces (1 or 2) on the one L2 segment; with
+    /// two, also the migration link between them ([`MIGRATION_IPS`]).
+    pub fn up_hosts(&self, hosts: u32) -> Result<()> {
+        if !(1..=2).contains(&hosts) {
+            bail!("a topology has 1 or 2 hosts, not {hosts}");
+        }
+        let (sw, cl) = (self.switch_ns(), self.client_ns());
+        let mut all = vec![sw.clone(), cl.clone()];
+        all.extend((1..=hosts).map(|n| self.host_ns(n)));
+        // Exactly this many hosts: a one-host topology asked for two is rebuilt.
+        if all.iter().all(|ns| Self::ns_exists(ns)) && !Self::ns_exists(&self.host_ns(hosts + 1)) {
             if self.verbose {
                 eprintln!("test network `{}` is already up", self.prefix);
             }
@@ -148,7 +176,13 @@ impl Topology {
             self.ip(&["-n", &cl, "route", "add", "default", "via", GATEWAY_IP])?;
             self.ip(&["-n", &sw, "link", "set", "cl0", "master", "br0", "up"])?;
 
-            self.add_host(1)
+            for n in 1..=hosts {
+                self.add_host(n)?;
+            }
+            if hosts == 2 {
+                self.add_migration_link()?;
+            }
+            Ok(())
         })();
         if result.is_err() {
             let _ = self.down();
@@ -193,6 +227,32 @@ impl Topology {
         for tap in [TAP, VF_TAP] {
             self.ip(&["-n", &h, "tuntap", "add", tap, "mode", "tap"])?;
             self.ip(&["-n", &h, "link", "set", tap, "master", "br0", "up"])?;
+        }
+        Ok(())
+    }
+
+    /// A veth between hosts 1 and 2 (`mig0` in each) with [`MIGRATION_IPS`]: the migration
+    /// stream's own network, so it neither crosses nor competes with the guest's L2.
+    fn add_migration_link(&self) -> Result<()> {
+        let (h1, h2) = (self.host_ns(1), self.host_ns(2));
+        self.ip(&[
+            "-n",
+            &h1,
+            "link",
+            "add",
+            MIGRATION_LINK,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            MIGRATION_LINK,
+            "netns",
+            &h2,
+        ])?;
+        for (ns, ip) in [(&h1, MIGRATION_IPS[0]), (&h2, MIGRATION_IPS[1])] {
+            let addr = format!("{ip}/{PREFIX_LEN}");
+            self.ip(&["-n", ns, "addr", "add", &addr, "dev", MIGRATION_LINK])?;
+            self.ip(&["-n", ns, "link", "set", MIGRATION_LINK, "up"])?;
         }
         Ok(())
     }
@@ -251,6 +311,129 @@ impl Drop for TopologyGuard {
             eprintln!("cleaning up test network: {e:#}");
         }
     }
+}
+
+/// One of the two hosts of a [`TwoHosts`] topology.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    /// Host 1, where a guest boots.
+    Source,
+    /// Host 2, where it moves to first.
+    Destination,
+}
+
+impl Side {
+    /// The host number (1 or 2).
+    pub fn host(self) -> u32 {
+        match self {
+            Side::Source => 1,
+            Side::Destination => 2,
+        }
+    }
+
+    /// The other host.
+    pub fn other(self) -> Side {
+        match self {
+            Side::Source => Side::Destination,
+            Side::Destination => Side::Source,
+        }
+    }
+
+    /// Short name for messages.
+    pub fn key(self) -> &'static str {
+        match self {
+            Side::Source => "source",
+            Side::Destination => "destination",
+        }
+    }
+
+    /// This host's address on the migration link, where its VMM listens for an incoming guest.
+    pub fn migration_ip(self) -> &'static str {
+        MIGRATION_IPS[self.host() as usize - 1]
+    }
+}
+
+/// A client, a switch and two host namespaces on one L2 segment, plus the hosts' migration
+/// link: where a guest moves between two VMMs. Removed when dropped, also on failure.
+pub struct TwoHosts {
+    /// The topology (removed when dropped).
+    pub net: TopologyGuard,
+    host_ns: [String; 2],
+}
+
+impl TwoHosts {
+    /// Creates a two-host topology named uniquely after `tag`.
+    pub fn up(tag: &str) -> Result<TwoHosts> {
+        let net = TopologyGuard(Topology::unique(tag)?);
+        net.0.up_hosts(2)?;
+        let host_ns = [net.0.host_ns(1), net.0.host_ns(2)];
+        Ok(TwoHosts { net, host_ns })
+    }
+
+    /// The namespace of host `side`.
+    pub fn host_ns(&self, side: Side) -> &str {
+        &self.host_ns[side.host() as usize - 1]
+    }
+
+    /// The client namespace.
+    pub fn client_ns(&self) -> String {
+        self.net.0.client_ns()
+    }
+
+    /// Where a guest's NICs attach on host `side`: its `tap0` (virtio-net) and, per `nics`,
+    /// its `tap1` (the VF), with the one guest MAC. Put it in [`crate::vm::Boot::net`].
+    pub fn attach(&self, side: Side, nics: Nics) -> crate::vm::NetAttach<'_> {
+        crate::vm::NetAttach {
+            netns: self.host_ns(side),
+            tap: (nics != Nics::Vf).then_some(TAP),
+            vf_tap: (nics != Nics::Virtio).then_some(VF_TAP),
+            mac: GUEST_MAC,
+        }
+    }
+
+    /// A command that runs `program` on host `side` (e.g. `host-vmm receive ...`).
+    pub fn exec_on(&self, side: Side, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        Topology::exec_in(self.host_ns(side), program)
+    }
+
+    /// A command that runs `program` in the client namespace.
+    pub fn client(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        Topology::exec_in(&self.client_ns(), program)
+    }
+
+    /// Waits until the guest answers one ping from the client, failing early if `vm` (the VMM
+    /// that should be serving it) exits.
+    pub fn wait_until_guest_answers(
+        &self,
+        vm: &mut crate::proc::Background,
+        bound: std::time::Duration,
+    ) -> Result<()> {
+        wait_for_ping(|p| self.client(p), vm, bound)
+    }
+}
+
+/// Pings the guest once a second through `client` until it answers, `vm` exits, or `bound`.
+fn wait_for_ping(
+    client: impl Fn(&str) -> Command,
+    vm: &mut crate::proc::Background,
+    bound: std::time::Duration,
+) -> Result<()> {
+    let deadline = std::time::Instant::now() + bound;
+    while std::time::Instant::now() < deadline {
+        if !vm.running() {
+            bail!("the VMM exited before the guest answered:\n{}", vm.output());
+        }
+        let out = client("ping")
+            .args(["-c", "1", "-W", "1", GUEST_IP])
+            .output()?;
+        if out.status.success() {
+            return Ok(());
+        }
+    }
+    bail!(
+        "the guest did not answer ping within {bound:?}:\n{}",
+        vm.output()
+    )
 }
 
 /// The MAC every test and benchmark guest uses on its own topology.
@@ -349,26 +532,8 @@ impl NetGuest {
     }
 
     fn wait_until_it_answers(&mut self, bound: std::time::Duration) -> Result<()> {
-        let deadline = std::time::Instant::now() + bound;
-        while std::time::Instant::now() < deadline {
-            if !self.vm.running() {
-                bail!(
-                    "the VMM exited before the guest answered:\n{}",
-                    self.vm.output()
-                );
-            }
-            let out = self
-                .client("ping")
-                .args(["-c", "1", "-W", "1", GUEST_IP])
-                .output()?;
-            if out.status.success() {
-                return Ok(());
-            }
-        }
-        bail!(
-            "the guest did not answer ping within {bound:?}:\n{}",
-            self.vm.output()
-        )
+        let client_ns = self.net.0.client_ns();
+        wait_for_ping(|p| Topology::exec_in(&client_ns, p), &mut self.vm, bound)
     }
 }
 
