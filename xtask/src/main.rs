@@ -111,6 +111,23 @@ enum BenchCmd {
         #[arg(long, default_value_t = bench::switch::DEFAULT_SWITCHES)]
         switches: u32,
     },
+    /// Live migration: pause, network gap (ping -D every 10 ms), total time and bytes per
+    /// move, pre-copy and zero-copy at 64 MiB, 256 MiB and 1 GiB, stock QEMU as the peer;
+    /// writes an SVG of ping RTT around each case's first move.
+    Migrate {
+        /// Print one JSON object instead of the table.
+        #[arg(long)]
+        json: bool,
+        /// Moves per case (back and forth); the table gives medians.
+        #[arg(long, default_value_t = bench::migrate::DEFAULT_MOVES)]
+        moves: u32,
+        /// Only these guest sizes in MiB (of 64, 256, 1024), comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        sizes: Vec<u32>,
+        /// Where to write the SVG plot.
+        #[arg(long, default_value = "target/bench/migrate-ping.svg")]
+        svg: std::path::PathBuf,
+    },
 }
 
 fn main() {
@@ -234,10 +251,41 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Cmd::Bench {
+            which:
+                BenchCmd::Migrate {
+                    json,
+                    moves,
+                    sizes,
+                    svg,
+                },
+        } => bench_migrate(json, moves, &sizes, &svg),
         Cmd::Demo => demo(),
         Cmd::Test => test(),
         Cmd::Lint => lint(),
     }
+}
+
+/// `cargo xtask bench migrate`.
+fn bench_migrate(json: bool, moves: u32, sizes: &[u32], svg: &std::path::Path) -> Result<()> {
+    prereq::ensure_kvm()?;
+    let mut packages = vec![prereq::QEMU];
+    packages.extend(prereq::NET_TOOLS);
+    prereq::ensure_packages(&packages)?;
+    // host-vmm is built here too once its Mover is in bench::migrate::movers().
+    artifacts::build_images(&[bench::migrate::IMAGE.to_string()])?;
+    let figures = bench::migrate::run(&image_path(bench::migrate::IMAGE), moves, sizes)?;
+    let svg = root().join(svg);
+    if let Some(dir) = svg.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&svg, bench::migrate::svg(&figures))?;
+    if json {
+        println!("{}", bench::migrate::json(&figures, moves));
+    } else {
+        print!("{}", bench::migrate::table(&figures, moves, Some(&svg)));
+    }
+    Ok(())
 }
 
 /// Runs a VMM with the terminal attached and exits with the guest's status.

@@ -2,5 +2,7 @@
 //! ratios, printed as a table or one JSON object.
 
 pub mod boot;
+pub mod migrate;
 pub mod net;
+pub mod qemu_migrate;
 pub mod switch;
