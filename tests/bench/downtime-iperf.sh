@@ -14,6 +14,8 @@ prints from iperf3's own report:
   dip_mbps         the lowest 100 ms interval throughput (the dip), Mbit/s
   dip_at_s         when that interval started, seconds from iperf3's start
   median_mbps      the median interval throughput, for comparison
+  mean_mbps        the time-weighted mean over the same intervals (a slow, bursty flow has
+                   empty 100 ms intervals even without a move: compare the dip with it)
   intervals        intervals counted (the first --skip seconds of slow start and a last
                    interval shorter than 50 ms are left out)
   move_at_s        when the move started, seconds from iperf3's launch (iperf3 stamps its
@@ -141,12 +143,14 @@ in_sum && /^[[:space:]]*\}/ {
     in_sum = 0
     if (s != "" && e != "" && b != "" && s >= skip && e - s >= 0.05) {
         n++; start_of[n] = s; mbps[n] = b / 1e6
+        bits += b * (e - s); secs += e - s
     }
 }
 /"error":/ { err = $0 }
 END {
     if (n == 0) {
-        print "dip_mbps=-"; print "dip_at_s=-"; print "median_mbps=-"; print "intervals=0"
+        print "dip_mbps=-"; print "dip_at_s=-"; print "median_mbps=-"; print "mean_mbps=-"
+        print "intervals=0"
     } else {
         dip = 1
         for (i = 2; i <= n; i++) if (mbps[i] < mbps[dip]) dip = i
@@ -158,7 +162,8 @@ END {
             sorted[j + 1] = v
         }
         med = (n % 2) ? sorted[(n + 1) / 2] : (sorted[n / 2] + sorted[n / 2 + 1]) / 2
-        printf "dip_mbps=%.2f\ndip_at_s=%.2f\nmedian_mbps=%.2f\nintervals=%d\n", mbps[dip], start_of[dip], med, n
+        printf "dip_mbps=%.2f\ndip_at_s=%.2f\nmedian_mbps=%.2f\n", mbps[dip], start_of[dip], med
+        printf "mean_mbps=%.2f\nintervals=%d\n", bits / secs / 1e6, n
     }
     printf "move_at_s=%.2f\nmove_exit=%d\nmove_s=%.3f\niperf3_exit=%d\n", start - launched, move_exit, end - start, iperf_exit
     if (err != "") print "iperf3_error=" err

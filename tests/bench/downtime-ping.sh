@@ -10,7 +10,8 @@ Runs stock `ping -D` (iputils) at TARGET from network namespace NAMESPACE, waits
 target answers, runs MOVE-COMMAND (e.g. a live migration of the guest at TARGET), keeps
 pinging a little longer, then prints from ping's own log:
 
-  longest_gap_ms   the longest time between two consecutive echo replies (any reply)
+  longest_gap_ms   the longest time between two consecutive echo replies, over the move's
+                   window: silences ending from --lead/2 before the move to the end
   gap_ms           that less one interval: the network downtime as ../shared/DESIGN.md
                    defines it
   gap_from_s       when the longest gap began, seconds from the move's start (negative:
@@ -120,6 +121,7 @@ ping_pid=""
 
 # ping -D lines: "[1700000000.123456] 64 bytes from IP: icmp_seq=7 ttl=64 time=1.25 ms".
 awk -v start="$move_start" -v end="$move_end" -v interval="$interval" \
+    -v from="$(awk -v s="$move_start" -v l="$lead" 'BEGIN { printf "%.6f", s - l / 2 }')" \
     -v move_exit="$move_exit" '
 function field(key,   i) {
     for (i = 1; i <= NF; i++) if (index($i, key) == 1) return substr($i, length(key) + 1)
@@ -137,7 +139,8 @@ function field(key,   i) {
     seen[seq] = 1
     replies++
     if (seq > top) top = seq
-    if (replies > 1 && at - last > gap) { gap = at - last; gap_from = last }
+    # Only silences ending inside the move window count, not those of ping starting up.
+    if (replies > 1 && at > from && at - last > gap) { gap = at - last; gap_from = last }
     last = at
 }
 END {
