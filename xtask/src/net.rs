@@ -557,6 +557,20 @@ mod tests {
     }
 
     #[test]
+    fn two_hosts_are_the_most_and_sides_map_to_hosts() {
+        let t = Topology::named("roam").unwrap();
+        assert!(t.up_hosts(0).is_err());
+        assert!(t.up_hosts(3).is_err());
+        assert_eq!(Side::Source.host(), 1);
+        assert_eq!(Side::Source.other(), Side::Destination);
+        assert_eq!(Side::Destination.migration_ip(), "198.19.0.2");
+        // Every address stays inside the benchmarking range 198.18.0.0/15.
+        for ip in MIGRATION_IPS {
+            assert!(ip.starts_with("198.19."), "{ip}");
+        }
+    }
+
+    #[test]
     fn guest_cmdline_is_in_the_benchmark_range() {
         assert_eq!(guest_cmdline(), "ip=198.18.0.10/24 gw=198.18.0.1");
     }

@@ -382,14 +382,14 @@ pub fn table(all: &[CaseFigures], moves: u32, svg: Option<&Path>) -> String {
     let mut out = format!(
         "migrate benchmark: image {IMAGE}, medians of {moves} moves per case (back and forth between two host namespaces on one L2)\n\
          ping -D every {} ms from the client namespace (10 ms, not 1 ms, because guest code is emulated here)\n\
-         pause = the VMM's own figure (QEMU: query-migrate `downtime`); gap = longest reply silence - one interval\n\
+         pause = the VMM's own figure (QEMU: query-migrate `downtime`); gap = longest reply silence - one interval; lost* = pings lost over all moves\n\
          QEMU: -M pc, virtio-net-pci on a TAP, max-bandwidth {} GiB/s, downtime-limit 300 ms; zero-copy = shared /dev/shm RAM + x-ignore-shared over a Unix socket\n\n",
         PING_INTERVAL.as_millis(),
         super::qemu_migrate::MAX_BANDWIDTH >> 30
     );
     out.push_str(&format!(
         "{:<10} {:>5} {:<9} {:>9} {:>8} {:>5} {:>10} {:>11} {:>11}\n",
-        "mode", "size", "vmm", "pause ms", "gap ms", "lost", "total ms", "sent MiB", "copied MiB"
+        "mode", "size", "vmm", "pause ms", "gap ms", "lost*", "total ms", "sent MiB", "copied MiB"
     ));
     for c in all {
         out.push_str(&format!(
