@@ -4,7 +4,18 @@
 //! It is poll-driven and owns nothing but two fixed buffers: the kernel reads whatever the
 //! control channel has, hands it to [`Agent::on_input`], and sends each reply the agent
 //! emits. No thread, no allocation, no blocking; a request is answered within the call that
-//! completes it.
+//! completes it (so a reply to PREPARE means the VF is already released).
+//!
+//! What each request does through [`NicControl`]:
+//! - SWITCH: `switch`, then the status.
+//! - STATUS: the status.
+//! - PREPARE (before a move): refused, changing nothing, unless virtio-net is present with
+//!   its link up; else `switch(Virtio)` (which pins it), then `release_vf`. Asked again, it
+//!   finds virtio-net active and no VF, and says so.
+//! - RESUMED (after a move): `after_move` (clock and timers), `reattach_vf` (a fresh PCI
+//!   scan), `switch(Vf)` when the VF is there with its link up, and `announce` in every case,
+//!   so the L2 learns the new port even without a VF. Asked again, it keeps the VF it has
+//!   and announces once more.
 //!
 //! ```ignore
 //! let n = console.recv(&mut bytes);
@@ -14,7 +25,7 @@
 //! ```
 
 use crate::protocol::{
-    self, Decoded, ErrorCode, ErrorText, MAX_FRAME, Nic, Reply, Request, Status,
+    self, Decoded, ErrorCode, ErrorText, MAX_FRAME, Nic, Prepared, Reply, Request, Resumed, Status,
 };
 use core::fmt::{self, Write};
 
@@ -24,6 +35,29 @@ pub trait NicControl {
     fn switch(&mut self, nic: Nic) -> Result<(), SwitchError>;
     /// The NICs' state and counters now.
     fn status(&self) -> Status;
+    // The move hooks below have defaults for controllers with no VF life cycle and no way
+    // to send (test doubles); the kernel implements them all.
+
+    /// Stops using the VF before a move: resets it through its driver (no more DMA), frees
+    /// its rings and buffers, and keeps it absent (no automatic re-probe, no switch back)
+    /// until [`NicControl::reattach_vf`]. Returns whether a VF was in use. Bounded in time.
+    fn release_vf(&mut self) -> bool {
+        false
+    }
+    /// First thing after a move: the kernel checks its clock and re-arms its timers (the
+    /// host's TSC and the restored timer deadline may be off).
+    fn after_move(&mut self) {}
+    /// After a move: keeps a VF in use if it still answers, else scans the PCI bus for one
+    /// (the destination may have one at any slot, or none) and brings it up; from now on
+    /// traffic may return to the VF automatically once its link is up. Returns whether a VF
+    /// is in use. Bounded in time.
+    fn reattach_vf(&mut self) -> bool {
+        self.status().vf.present
+    }
+    /// Sends a gratuitous ARP on the active NIC; whether it went out.
+    fn announce(&mut self) -> bool {
+        false
+    }
 }
 
 /// Why a switch was refused.
@@ -162,14 +196,54 @@ impl Agent {
                     self.counters.requests += 1;
                     Reply::Status(nics.status())
                 }
-                Err(e) => {
-                    self.counters.errors += 1;
-                    let mut text = ErrorText::empty();
-                    let _ = write!(text, "cannot switch to {nic}: {e}");
-                    Reply::Error(ErrorCode::Refused, text)
-                }
+                Err(e) => self.refuse(format_args!("cannot switch to {nic}: {e}")),
             },
+            Request::Prepare => self.prepare(nics),
+            Request::Resumed => self.resumed(nics),
         }
+    }
+
+    /// PREPARE: traffic to virtio-net, then the VF released. Refused, changing nothing, if
+    /// virtio-net cannot carry the traffic.
+    fn prepare(&mut self, nics: &mut impl NicControl) -> Reply {
+        if !nics.status().virtio.present {
+            return self.refuse(format_args!("cannot prepare: the guest has no virtio-net"));
+        }
+        if let Err(e) = nics.switch(Nic::Virtio) {
+            return self.refuse(format_args!("cannot prepare: virtio-net: {e}"));
+        }
+        let released_vf = nics.release_vf();
+        self.counters.requests += 1;
+        Reply::Prepared(Prepared {
+            released_vf,
+            status: nics.status(),
+        })
+    }
+
+    /// RESUMED: clock, VF, switch back, announce. Never refused: whatever the destination
+    /// has, the guest runs on it and says how.
+    fn resumed(&mut self, nics: &mut impl NicControl) -> Reply {
+        nics.after_move();
+        let vf_attached = nics.reattach_vf();
+        if vf_attached && nics.status().vf.link_up {
+            // A refusal (the link went down in between) leaves traffic on virtio-net, and
+            // the failover device moves it once the link is back: nothing to report.
+            let _ = nics.switch(Nic::Vf);
+        }
+        let announced = nics.announce();
+        self.counters.requests += 1;
+        Reply::Resumed(Resumed {
+            vf_attached,
+            announced,
+            status: nics.status(),
+        })
+    }
+
+    fn refuse(&mut self, why: fmt::Arguments<'_>) -> Reply {
+        self.counters.errors += 1;
+        let mut text = ErrorText::empty();
+        let _ = text.write_fmt(why);
+        Reply::Error(ErrorCode::Refused, text)
     }
 }
 
@@ -185,11 +259,27 @@ mod tests {
     use crate::protocol::{FrameError, HEADER_LEN, NicStatus, encode, encode_raw, kind};
     use proptest::prelude::*;
 
-    /// A failover device on paper: the VF can be missing or down.
+    /// What the agent asked of the fake NICs, in order.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    enum Call {
+        Switch(Nic),
+        Release,
+        AfterMove,
+        Reattach,
+        Announce,
+    }
+
+    /// A failover device on paper: the VF can be missing or down; `bus_vf` is what a PCI
+    /// scan would find (the machine the guest runs on now).
     #[derive(Default)]
     struct FakeNics {
         status: Status,
-        calls: Vec<Nic>,
+        calls: Vec<Call>,
+        /// A VF on the bus, and whether its link comes up.
+        bus_vf: Option<bool>,
+        /// Released, and not re-attached since.
+        released: bool,
+        announcements: u32,
     }
 
     impl FakeNics {
@@ -206,14 +296,32 @@ mod tests {
                     virtio: up,
                     switches: 0,
                 },
-                calls: Vec::new(),
+                bus_vf: Some(true),
+                ..FakeNics::default()
             }
+        }
+
+        /// Both up, traffic on the VF.
+        fn on_vf() -> FakeNics {
+            let mut nics = FakeNics::both_up();
+            nics.status.active = Some(Nic::Vf);
+            nics
+        }
+
+        fn switches(&self) -> Vec<Nic> {
+            self.calls
+                .iter()
+                .filter_map(|c| match c {
+                    Call::Switch(nic) => Some(*nic),
+                    _ => None,
+                })
+                .collect()
         }
     }
 
     impl NicControl for FakeNics {
         fn switch(&mut self, nic: Nic) -> Result<(), SwitchError> {
-            self.calls.push(nic);
+            self.calls.push(Call::Switch(nic));
             let s = match nic {
                 Nic::Vf => self.status.vf,
                 Nic::Virtio => self.status.virtio,
@@ -233,6 +341,38 @@ mod tests {
 
         fn status(&self) -> Status {
             self.status
+        }
+
+        fn release_vf(&mut self) -> bool {
+            self.calls.push(Call::Release);
+            assert_ne!(self.status.active, Some(Nic::Vf), "released while in use");
+            let had = self.status.vf.present;
+            self.status.vf.present = false;
+            self.status.vf.link_up = false;
+            self.released = true;
+            had
+        }
+
+        fn after_move(&mut self) {
+            self.calls.push(Call::AfterMove);
+        }
+
+        fn reattach_vf(&mut self) -> bool {
+            self.calls.push(Call::Reattach);
+            self.released = false;
+            if !self.status.vf.present
+                && let Some(link_up) = self.bus_vf
+            {
+                self.status.vf.present = true;
+                self.status.vf.link_up = link_up;
+            }
+            self.status.vf.present
+        }
+
+        fn announce(&mut self) -> bool {
+            self.calls.push(Call::Announce);
+            self.announcements += 1;
+            self.status.active.is_some()
         }
     }
 
@@ -272,7 +412,7 @@ mod tests {
         let mut nics = FakeNics::both_up();
         let mut agent = Agent::new();
         let replies = run(&mut agent, &mut nics, &request(1, Request::Switch(Nic::Vf)));
-        assert_eq!(nics.calls, vec![Nic::Vf]);
+        assert_eq!(nics.calls, vec![Call::Switch(Nic::Vf)]);
         let [(1, Reply::Status(s))] = replies[..] else {
             panic!("{replies:?}");
         };
@@ -337,12 +477,17 @@ mod tests {
         bad_check[HEADER_LEN] ^= 1; // the payload check (the payload is empty)
         input.extend(&bad_check);
         input.extend(request(24, Request::Status));
+        // PREPARE and RESUMED carry no payload: one with a payload is not carried out.
+        let n = encode_raw(1, kind::PREPARE, 25, &[0], &mut out).unwrap();
+        input.extend(&out[..n]);
+        let n = encode_raw(1, kind::RESUMED, 26, &[1, 2], &mut out).unwrap();
+        input.extend(&out[..n]);
         let replies = run(&mut agent, &mut nics, &input);
         let codes: Vec<_> = replies
             .iter()
             .map(|(seq, r)| match r {
                 Reply::Error(code, _) => (*seq, Some(*code)),
-                Reply::Status(_) => (*seq, None),
+                _ => (*seq, None),
             })
             .collect();
         assert_eq!(
@@ -353,6 +498,8 @@ mod tests {
                 (22, Some(ErrorCode::BadPayload)),
                 (23, Some(ErrorCode::BadChecksum)),
                 (24, None),
+                (25, Some(ErrorCode::BadPayload)),
+                (26, Some(ErrorCode::BadPayload)),
             ]
         );
         assert!(nics.calls.is_empty(), "nothing malformed was carried out");
@@ -364,7 +511,7 @@ mod tests {
             FrameError::UnsupportedVersion(2).to_string().as_str()
         );
         assert!(agent.counters().skipped_bytes >= 5);
-        assert_eq!(agent.counters().errors, 4);
+        assert_eq!(agent.counters().errors, 6);
     }
 
     #[test]
@@ -402,6 +549,150 @@ mod tests {
         assert!(agent.buffered() < MAX_FRAME);
     }
 
+    /// The one reply to `r` sent as request `seq`.
+    fn ask(agent: &mut Agent, nics: &mut FakeNics, seq: u16, r: Request) -> Reply {
+        let replies = run(agent, nics, &request(seq, r));
+        let [(got, reply)] = replies[..] else {
+            panic!("{replies:?}");
+        };
+        assert_eq!(got, seq);
+        reply
+    }
+
+    #[test]
+    fn prepare_moves_traffic_to_virtio_then_releases_the_vf() {
+        let mut nics = FakeNics::on_vf();
+        let mut agent = Agent::new();
+        let reply = ask(&mut agent, &mut nics, 3, Request::Prepare);
+        assert_eq!(nics.calls, vec![Call::Switch(Nic::Virtio), Call::Release]);
+        let Reply::Prepared(p) = reply else {
+            panic!("{reply:?}")
+        };
+        assert!(p.released_vf);
+        assert_eq!(p.status.active, Some(Nic::Virtio));
+        assert!(!p.status.vf.present);
+        assert!(nics.released);
+        assert_eq!(agent.counters().requests, 1);
+    }
+
+    #[test]
+    fn prepare_is_idempotent_and_fine_without_a_vf() {
+        let mut nics = FakeNics::on_vf();
+        let mut agent = Agent::new();
+        let first = ask(&mut agent, &mut nics, 1, Request::Prepare);
+        let again = ask(&mut agent, &mut nics, 2, Request::Prepare);
+        let (Reply::Prepared(first), Reply::Prepared(again)) = (first, again) else {
+            panic!("{first:?} {again:?}")
+        };
+        assert!(first.released_vf && !again.released_vf);
+        assert_eq!(again.status, first.status, "the retry changed nothing");
+        assert_eq!(first.status.switches, 1);
+        // A guest that never had a VF: PREPARE only confirms virtio-net.
+        let mut nics = FakeNics::both_up();
+        nics.status.vf = NicStatus::default();
+        let reply = ask(&mut agent, &mut nics, 3, Request::Prepare);
+        assert!(
+            matches!(reply, Reply::Prepared(p) if !p.released_vf && p.status.active == Some(Nic::Virtio) && p.status.switches == 0),
+            "{reply:?}"
+        );
+    }
+
+    #[test]
+    fn prepare_without_a_usable_virtio_net_is_refused_and_keeps_the_vf() {
+        let mut agent = Agent::new();
+        let mut nics = FakeNics::on_vf();
+        nics.status.virtio = NicStatus::default();
+        let reply = ask(&mut agent, &mut nics, 4, Request::Prepare);
+        assert_eq!(
+            reply,
+            Reply::Error(
+                ErrorCode::Refused,
+                ErrorText::new("cannot prepare: the guest has no virtio-net")
+            )
+        );
+        let mut down = FakeNics::on_vf();
+        down.status.virtio.link_up = false;
+        let reply = ask(&mut agent, &mut down, 5, Request::Prepare);
+        assert!(
+            matches!(reply, Reply::Error(ErrorCode::Refused, t) if t.as_str() == "cannot prepare: virtio-net: its link is down"),
+            "{reply:?}"
+        );
+        for n in [&nics, &down] {
+            assert!(!n.calls.contains(&Call::Release), "the VF stays in use");
+            assert_eq!(n.status.active, Some(Nic::Vf));
+        }
+        assert_eq!(agent.counters().errors, 2);
+    }
+
+    #[test]
+    fn resumed_reattaches_a_vf_switches_back_and_announces() {
+        let mut nics = FakeNics::on_vf();
+        let mut agent = Agent::new();
+        ask(&mut agent, &mut nics, 1, Request::Prepare);
+        nics.calls.clear();
+        let reply = ask(&mut agent, &mut nics, 2, Request::Resumed);
+        assert_eq!(
+            nics.calls,
+            vec![
+                Call::AfterMove,
+                Call::Reattach,
+                Call::Switch(Nic::Vf),
+                Call::Announce
+            ],
+            "clock first, announce last (on the NIC traffic ends up on)"
+        );
+        let Reply::Resumed(r) = reply else {
+            panic!("{reply:?}")
+        };
+        assert!(r.vf_attached && r.announced);
+        assert_eq!(r.status.active, Some(Nic::Vf));
+        assert!(!nics.released);
+        // Retried: the VF is kept, nothing switches, the address is announced again.
+        let again = ask(&mut agent, &mut nics, 3, Request::Resumed);
+        assert!(
+            matches!(again, Reply::Resumed(a) if a.vf_attached && a.status == r.status),
+            "{again:?}"
+        );
+        assert_eq!(nics.announcements, 2);
+    }
+
+    #[test]
+    fn resumed_without_a_vf_or_with_its_link_down_stays_on_virtio_and_announces() {
+        let mut agent = Agent::new();
+        for bus_vf in [None, Some(false)] {
+            let mut nics = FakeNics::on_vf();
+            nics.bus_vf = bus_vf;
+            ask(&mut agent, &mut nics, 1, Request::Prepare);
+            let reply = ask(&mut agent, &mut nics, 2, Request::Resumed);
+            let Reply::Resumed(r) = reply else {
+                panic!("{reply:?}")
+            };
+            assert_eq!(r.vf_attached, bus_vf.is_some(), "{bus_vf:?}");
+            assert!(r.announced, "announced even without the VF");
+            assert_eq!(r.status.active, Some(Nic::Virtio));
+            assert_eq!(nics.switches(), vec![Nic::Virtio], "no switch back");
+            assert_eq!(nics.announcements, 1);
+        }
+    }
+
+    #[test]
+    fn an_agent_answers_a_kind_it_does_not_know_with_unknown_kind() {
+        // What an agent from before PREPARE and RESUMED did, and what this one does for
+        // the next kinds: an error reply, never silence.
+        let mut nics = FakeNics::both_up();
+        let mut agent = Agent::new();
+        let mut out = [0u8; MAX_FRAME];
+        for (seq, k) in [(1, 0x05), (2, 0x7F), (3, kind::REPLY_PREPARED)] {
+            let n = encode_raw(1, k, seq, &[], &mut out).unwrap();
+            let replies = run(&mut agent, &mut nics, &out[..n]);
+            assert!(
+                matches!(replies[..], [(s, Reply::Error(ErrorCode::UnknownKind, _))] if s == seq),
+                "{k:#x}: {replies:?}"
+            );
+        }
+        assert!(nics.calls.is_empty());
+    }
+
     proptest! {
         #[test]
         fn arbitrary_input_never_panics_and_every_reply_is_a_frame(
@@ -422,7 +713,12 @@ mod tests {
         ) {
             let mut stream = Vec::new();
             for (i, &seq) in seqs.iter().enumerate() {
-                let r = if i % 2 == 0 { Request::Status } else { Request::Switch(Nic::Vf) };
+                let r = match i % 4 {
+                    0 => Request::Status,
+                    1 => Request::Switch(Nic::Vf),
+                    2 => Request::Prepare,
+                    _ => Request::Resumed,
+                };
                 stream.extend(request(seq, r));
             }
             let mut nics = FakeNics::both_up();

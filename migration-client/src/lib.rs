@@ -8,8 +8,8 @@
 //!
 //! The crate is `no_std` without allocation and depends on nothing; the kernel owns the
 //! channel (a virtio-console port, `drivers::virtio_console`) and calls the agent from its
-//! idle loop. Requests now: SWITCH to the VF or virtio-net, STATUS; PREPARE and RESUMED for
-//! moves come with the migration issue as new message kinds.
+//! idle loop. Requests: SWITCH to the VF or virtio-net, STATUS, and PREPARE / RESUMED around a
+//! move (the VF released before, re-probed and announced after).
 
 #![cfg_attr(not(test), no_std)]
 #![deny(unsafe_code)]
@@ -18,4 +18,4 @@ pub mod agent;
 pub mod protocol;
 
 pub use agent::{Agent, NicControl, SwitchError};
-pub use protocol::{Nic, NicStatus, Reply, Request, Status};
+pub use protocol::{Nic, NicStatus, Prepared, Reply, Request, Resumed, Status};

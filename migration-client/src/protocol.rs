@@ -23,12 +23,35 @@
 //!
 //! # Compatibility
 //!
-//! The header layout above is fixed for every version, so a receiver can always recover the
-//! sequence number and answer a frame of a version it does not speak with
-//! [`ErrorCode::UnsupportedVersion`]. New requests (PREPARE and RESUMED for moves) are new
-//! kinds in the same version: an agent that predates them answers [`ErrorCode::UnknownKind`].
-//! The version changes only when an existing message's layout changes; payload lengths are
-//! exact, so a changed layout can never be misread.
+//! The rules, for both sides and every version:
+//!
+//! 1. The header layout above is fixed for every version, so a receiver can always recover
+//!    the sequence number and answer a frame of a version it does not speak with
+//!    [`ErrorCode::UnsupportedVersion`].
+//! 2. A new request or reply is a new kind in the same version; an agent that predates it
+//!    answers [`ErrorCode::UnknownKind`] (never silence), so host-vmm can tell "older guest"
+//!    from "no guest". PREPARE and RESUMED (0x03, 0x04) came this way: a version-1 agent
+//!    without them says UnknownKind, and host-vmm reports that the guest cannot cooperate.
+//! 3. The version changes only when an existing message's layout changes. Payload lengths
+//!    are exact and reserved flag bits must be zero, so a changed layout is refused
+//!    ([`ErrorCode::BadPayload`]), never misread.
+//! 4. Every frame whose header check passes gets exactly one reply with its sequence number:
+//!    the result, or [`Reply::Error`]. Frames with a corrupt header get none (their sequence
+//!    number cannot be trusted); the sender's timeout covers them.
+//!
+//! # Requests
+//!
+//! | kind | request | payload | reply |
+//! |---|---|---|---|
+//! | 0x01 | SWITCH | one [`Nic`] code | [`Reply::Status`] after the switch |
+//! | 0x02 | STATUS | none | [`Reply::Status`] |
+//! | 0x03 | PREPARE | none | [`Reply::Prepared`] once traffic is on virtio-net and the VF released |
+//! | 0x04 | RESUMED | none | [`Reply::Resumed`] once the VF is re-probed, the NIC chosen, the address announced |
+//!
+//! PREPARE and RESUMED are idempotent: the agent can be asked again after a lost reply.
+//! Replies: 0x82 status ([`Status`], 74 bytes), 0x83 prepared and 0x84 resumed (one flags
+//! byte, then a [`Status`]), 0xFF error (an [`ErrorCode`] byte and up to
+//! [`MAX_ERROR_TEXT`] bytes of UTF-8).
 //!
 //! # Errors and resynchronisation
 //!
@@ -62,12 +85,16 @@ pub mod kind {
     pub const SWITCH: u8 = 0x01;
     /// Request: report the NICs' state. No payload.
     pub const STATUS: u8 = 0x02;
-    /// Reserved for the migration issue's PREPARE request.
+    /// Request: before a move, put traffic on virtio-net and release the VF. No payload.
     pub const PREPARE: u8 = 0x03;
-    /// Reserved for the migration issue's RESUMED request.
+    /// Request: after a move, re-probe the VF, switch back to it, announce. No payload.
     pub const RESUMED: u8 = 0x04;
     /// Reply: the NICs' state ([`super::Status`]), to SWITCH and STATUS.
     pub const REPLY_STATUS: u8 = 0x82;
+    /// Reply to PREPARE ([`super::Prepared`]).
+    pub const REPLY_PREPARED: u8 = 0x83;
+    /// Reply to RESUMED ([`super::Resumed`]).
+    pub const REPLY_RESUMED: u8 = 0x84;
     /// Reply: the request failed ([`super::ErrorCode`] and a short text).
     pub const REPLY_ERROR: u8 = 0xFF;
 }
@@ -198,6 +225,71 @@ pub struct Status {
 
 /// Bytes of an encoded [`Status`].
 const STATUS_LEN: usize = 1 + 2 * NIC_STATUS_LEN + 8;
+
+impl Status {
+    fn encode(&self, out: &mut [u8]) -> usize {
+        out[0] = self.active.map_or(0, Nic::code);
+        self.vf.encode(&mut out[1..1 + NIC_STATUS_LEN]);
+        self.virtio
+            .encode(&mut out[1 + NIC_STATUS_LEN..1 + 2 * NIC_STATUS_LEN]);
+        out[STATUS_LEN - 8..STATUS_LEN].copy_from_slice(&self.switches.to_le_bytes());
+        STATUS_LEN
+    }
+
+    fn decode(payload: &[u8]) -> Result<Status, FrameError> {
+        if payload.len() != STATUS_LEN {
+            return Err(FrameError::BadPayload);
+        }
+        let active = match payload[0] {
+            0 => None,
+            code => Some(Nic::from_code(code).ok_or(FrameError::BadPayload)?),
+        };
+        let nic = |at: usize| {
+            NicStatus::decode(&payload[at..at + NIC_STATUS_LEN]).ok_or(FrameError::BadPayload)
+        };
+        Ok(Status {
+            active,
+            vf: nic(1)?,
+            virtio: nic(1 + NIC_STATUS_LEN)?,
+            switches: le64(payload, STATUS_LEN - 8).ok_or(FrameError::BadPayload)?,
+        })
+    }
+}
+
+/// What PREPARE did: traffic is on virtio-net and no VF is in use.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Prepared {
+    /// This request released a VF (`false` when there was none in use: no VF, or an earlier
+    /// PREPARE released it).
+    pub released_vf: bool,
+    /// The NICs' state afterwards (active: virtio-net; the VF not present).
+    pub status: Status,
+}
+
+/// What RESUMED did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Resumed {
+    /// A VF was found on the bus and is in use (it may still wait for its link).
+    pub vf_attached: bool,
+    /// The gratuitous ARP went out on the active NIC (`false`: no transmit buffer or no NIC).
+    pub announced: bool,
+    /// The NICs' state afterwards; `status.active` is the NIC traffic is on.
+    pub status: Status,
+}
+
+/// [`Prepared`] and [`Resumed`] flag bits (the others must be zero).
+const FLAG_RELEASED_VF: u8 = 1;
+const FLAG_VF_ATTACHED: u8 = 1;
+const FLAG_ANNOUNCED: u8 = 2;
+
+/// A flags byte then a [`Status`]; a bad payload if a flag outside `allowed` is set.
+fn decode_flagged(payload: &[u8], allowed: u8) -> Result<(u8, Status), FrameError> {
+    let (&flags, status) = payload.split_first().ok_or(FrameError::BadPayload)?;
+    if flags & !allowed != 0 {
+        return Err(FrameError::BadPayload);
+    }
+    Ok((flags, Status::decode(status)?))
+}
 
 /// Why a request failed, as carried in [`Reply::Error`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -342,6 +434,12 @@ pub enum Request {
     Switch(Nic),
     /// Report the NICs' state; answered with [`Reply::Status`].
     Status,
+    /// Before a move: traffic to virtio-net, the VF released; answered with
+    /// [`Reply::Prepared`] when done.
+    Prepare,
+    /// After a move: re-probe the VF, switch back to it, announce; answered with
+    /// [`Reply::Resumed`] when done.
+    Resumed,
 }
 
 /// What the agent answers.
@@ -349,6 +447,10 @@ pub enum Request {
 pub enum Reply {
     /// The NICs' state.
     Status(Status),
+    /// PREPARE is done.
+    Prepared(Prepared),
+    /// RESUMED is done.
+    Resumed(Resumed),
     /// The request failed.
     Error(ErrorCode, ErrorText),
 }
@@ -420,6 +522,8 @@ impl Message for Request {
         match self {
             Request::Switch(_) => kind::SWITCH,
             Request::Status => kind::STATUS,
+            Request::Prepare => kind::PREPARE,
+            Request::Resumed => kind::RESUMED,
         }
     }
 
@@ -429,7 +533,7 @@ impl Message for Request {
                 out[0] = nic.code();
                 1
             }
-            Request::Status => 0,
+            Request::Status | Request::Prepare | Request::Resumed => 0,
         }
     }
 
@@ -439,7 +543,11 @@ impl Message for Request {
                 .map(Request::Switch)
                 .ok_or(FrameError::BadPayload),
             (kind::STATUS, []) => Ok(Request::Status),
-            (kind::SWITCH | kind::STATUS, _) => Err(FrameError::BadPayload),
+            (kind::PREPARE, []) => Ok(Request::Prepare),
+            (kind::RESUMED, []) => Ok(Request::Resumed),
+            (kind::SWITCH | kind::STATUS | kind::PREPARE | kind::RESUMED, _) => {
+                Err(FrameError::BadPayload)
+            }
             (other, _) => Err(FrameError::UnknownKind(other)),
         }
     }
@@ -449,19 +557,29 @@ impl Message for Reply {
     fn kind(&self) -> u8 {
         match self {
             Reply::Status(_) => kind::REPLY_STATUS,
+            Reply::Prepared(_) => kind::REPLY_PREPARED,
+            Reply::Resumed(_) => kind::REPLY_RESUMED,
             Reply::Error(..) => kind::REPLY_ERROR,
         }
     }
 
     fn encode_payload(&self, out: &mut [u8]) -> usize {
         match self {
-            Reply::Status(s) => {
-                out[0] = s.active.map_or(0, Nic::code);
-                s.vf.encode(&mut out[1..1 + NIC_STATUS_LEN]);
-                s.virtio
-                    .encode(&mut out[1 + NIC_STATUS_LEN..1 + 2 * NIC_STATUS_LEN]);
-                out[STATUS_LEN - 8..STATUS_LEN].copy_from_slice(&s.switches.to_le_bytes());
-                STATUS_LEN
+            Reply::Status(s) => s.encode(out),
+            Reply::Prepared(p) => {
+                out[0] = if p.released_vf { FLAG_RELEASED_VF } else { 0 };
+                1 + p.status.encode(&mut out[1..])
+            }
+            Reply::Resumed(r) => {
+                let mut flags = 0;
+                if r.vf_attached {
+                    flags |= FLAG_VF_ATTACHED;
+                }
+                if r.announced {
+                    flags |= FLAG_ANNOUNCED;
+                }
+                out[0] = flags;
+                1 + r.status.encode(&mut out[1..])
             }
             Reply::Error(code, text) => {
                 let text = text.as_str().as_bytes();
@@ -474,23 +592,20 @@ impl Message for Reply {
 
     fn decode_payload(kind: u8, payload: &[u8]) -> Result<Self, FrameError> {
         match kind {
-            kind::REPLY_STATUS => {
-                if payload.len() != STATUS_LEN {
-                    return Err(FrameError::BadPayload);
-                }
-                let active = match payload[0] {
-                    0 => None,
-                    code => Some(Nic::from_code(code).ok_or(FrameError::BadPayload)?),
-                };
-                let nic = |at: usize| {
-                    NicStatus::decode(&payload[at..at + NIC_STATUS_LEN])
-                        .ok_or(FrameError::BadPayload)
-                };
-                Ok(Reply::Status(Status {
-                    active,
-                    vf: nic(1)?,
-                    virtio: nic(1 + NIC_STATUS_LEN)?,
-                    switches: le64(payload, STATUS_LEN - 8).ok_or(FrameError::BadPayload)?,
+            kind::REPLY_STATUS => Ok(Reply::Status(Status::decode(payload)?)),
+            kind::REPLY_PREPARED => {
+                let (flags, status) = decode_flagged(payload, FLAG_RELEASED_VF)?;
+                Ok(Reply::Prepared(Prepared {
+                    released_vf: flags & FLAG_RELEASED_VF != 0,
+                    status,
+                }))
+            }
+            kind::REPLY_RESUMED => {
+                let (flags, status) = decode_flagged(payload, FLAG_VF_ATTACHED | FLAG_ANNOUNCED)?;
+                Ok(Reply::Resumed(Resumed {
+                    vf_attached: flags & FLAG_VF_ATTACHED != 0,
+                    announced: flags & FLAG_ANNOUNCED != 0,
+                    status,
                 }))
             }
             kind::REPLY_ERROR => {
@@ -722,6 +837,8 @@ mod tests {
             Request::Switch(Nic::Vf),
             Request::Switch(Nic::Virtio),
             Request::Status,
+            Request::Prepare,
+            Request::Resumed,
         ] {
             let f = frame(7, &r);
             assert!(
@@ -733,6 +850,21 @@ mod tests {
         for r in [
             Reply::Status(sample_status()),
             Reply::Status(Status::default()),
+            Reply::Prepared(Prepared {
+                released_vf: true,
+                status: sample_status(),
+            }),
+            Reply::Prepared(Prepared::default()),
+            Reply::Resumed(Resumed {
+                vf_attached: true,
+                announced: false,
+                status: sample_status(),
+            }),
+            Reply::Resumed(Resumed {
+                vf_attached: false,
+                announced: true,
+                status: Status::default(),
+            }),
             Reply::Error(ErrorCode::Refused, text),
             Reply::Error(ErrorCode::Other(200), ErrorText::empty()),
         ] {
@@ -745,6 +877,80 @@ mod tests {
                     len: f.len()
                 }
             );
+        }
+    }
+
+    #[test]
+    fn prepare_and_resumed_are_pinned_on_the_wire() {
+        // Older and newer peers depend on these bytes: kinds 3 and 4, no payload; replies
+        // 0x83 and 0x84 with one flags byte before a status.
+        let f = frame(0x0102, &Request::Prepare);
+        assert_eq!(&f[..8], &[0xF7, b'R', 1, 0x03, 0x02, 0x01, 0, 0]);
+        let f = frame(0x0102, &Request::Resumed);
+        assert_eq!(&f[..8], &[0xF7, b'R', 1, 0x04, 0x02, 0x01, 0, 0]);
+        let f = frame(
+            1,
+            &Reply::Prepared(Prepared {
+                released_vf: true,
+                status: Status::default(),
+            }),
+        );
+        assert_eq!((f[3], f[6], f[HEADER_LEN]), (0x83, 1 + STATUS_LEN as u8, 1));
+        let f = frame(
+            1,
+            &Reply::Resumed(Resumed {
+                vf_attached: true,
+                announced: true,
+                status: sample_status(),
+            }),
+        );
+        assert_eq!((f[3], f[6], f[HEADER_LEN]), (0x84, 1 + STATUS_LEN as u8, 3));
+        assert_eq!(f[HEADER_LEN + 1], Nic::Vf.code(), "then the status");
+    }
+
+    #[test]
+    fn prepared_and_resumed_replies_refuse_reserved_flags_and_wrong_lengths() {
+        let status = [0u8; STATUS_LEN];
+        let with_flags = |flags: u8| {
+            let mut p = vec![flags];
+            p.extend_from_slice(&status);
+            p
+        };
+        for (k, flags) in [
+            (kind::REPLY_PREPARED, 2),
+            (kind::REPLY_PREPARED, 0x80),
+            (kind::REPLY_RESUMED, 4),
+        ] {
+            assert!(
+                matches!(
+                    decode::<Reply>(&raw(1, k, 1, &with_flags(flags))),
+                    Decoded::Invalid {
+                        error: FrameError::BadPayload,
+                        seq: Some(1),
+                        ..
+                    }
+                ),
+                "{k:#x} {flags:#x}"
+            );
+        }
+        for k in [kind::REPLY_PREPARED, kind::REPLY_RESUMED] {
+            for payload in [&[][..], &[0][..], &status[..], &with_flags(0)[..STATUS_LEN]] {
+                assert!(
+                    matches!(
+                        decode::<Reply>(&raw(1, k, 1, payload)),
+                        Decoded::Invalid {
+                            error: FrameError::BadPayload,
+                            ..
+                        }
+                    ),
+                    "{k:#x}, {} bytes",
+                    payload.len()
+                );
+            }
+            assert!(matches!(
+                decode::<Reply>(&raw(1, k, 1, &with_flags(1))),
+                Decoded::Frame { .. }
+            ));
         }
     }
 
@@ -800,7 +1006,7 @@ mod tests {
 
     #[test]
     fn errors_with_a_sound_header_keep_the_sequence_number() {
-        let cases: [(Vec<u8>, FrameError); 5] = [
+        let cases: [(Vec<u8>, FrameError); 7] = [
             (
                 raw(2, kind::STATUS, 5, &[]),
                 FrameError::UnsupportedVersion(2),
@@ -809,6 +1015,8 @@ mod tests {
             (raw(1, kind::SWITCH, 5, &[9]), FrameError::BadPayload),
             (raw(1, kind::SWITCH, 5, &[1, 2]), FrameError::BadPayload),
             (raw(1, kind::STATUS, 5, &[0]), FrameError::BadPayload),
+            (raw(1, kind::PREPARE, 5, &[0]), FrameError::BadPayload),
+            (raw(1, kind::RESUMED, 5, &[0; 3]), FrameError::BadPayload),
         ];
         for (f, want) in cases {
             let Decoded::Invalid { error, seq, skip } = decode::<Request>(&f) else {
@@ -980,20 +1188,37 @@ mod tests {
             )
     }
 
+    fn any_status() -> impl Strategy<Value = Status> {
+        (
+            proptest::option::of(any_nic()),
+            any_nic_status(),
+            any_nic_status(),
+            any::<u64>(),
+        )
+            .prop_map(|(active, vf, virtio, switches)| Status {
+                active,
+                vf,
+                virtio,
+                switches,
+            })
+    }
+
     fn any_reply() -> impl Strategy<Value = Reply> {
         prop_oneof![
-            (
-                proptest::option::of(any_nic()),
-                any_nic_status(),
-                any_nic_status(),
-                any::<u64>()
-            )
-                .prop_map(|(active, vf, virtio, switches)| Reply::Status(Status {
-                    active,
-                    vf,
-                    virtio,
-                    switches
-                })),
+            any_status().prop_map(Reply::Status),
+            (any::<bool>(), any_status()).prop_map(|(released_vf, status)| Reply::Prepared(
+                Prepared {
+                    released_vf,
+                    status
+                }
+            )),
+            (any::<bool>(), any::<bool>(), any_status()).prop_map(
+                |(vf_attached, announced, status)| Reply::Resumed(Resumed {
+                    vf_attached,
+                    announced,
+                    status
+                })
+            ),
             (any::<u8>(), ".{0,80}").prop_map(|(code, text)| Reply::Error(
                 ErrorCode::from_u8(code),
                 ErrorText::new(&text)
@@ -1002,7 +1227,12 @@ mod tests {
     }
 
     fn any_request() -> impl Strategy<Value = Request> {
-        prop_oneof![any_nic().prop_map(Request::Switch), Just(Request::Status)]
+        prop_oneof![
+            any_nic().prop_map(Request::Switch),
+            Just(Request::Status),
+            Just(Request::Prepare),
+            Just(Request::Resumed),
+        ]
     }
 
     fn check_shape<M>(buf: &[u8], d: &Decoded<M>) {

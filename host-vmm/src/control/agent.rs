@@ -6,7 +6,9 @@
 //! request is withdrawn if the guest has not taken it yet, so it is not carried out later.
 
 use crate::devices::virtio::console::{HostPort, PortFull};
-use migration_client::protocol::{self, Decoded, ErrorCode, FrameError, MAX_FRAME, Reply, Request};
+use migration_client::protocol::{
+    self, Decoded, ErrorCode, FrameError, MAX_FRAME, Prepared, Reply, Request, Resumed,
+};
 use std::fmt;
 use std::time::{Duration, Instant};
 
@@ -51,9 +53,42 @@ pub enum AgentError {
         /// The agent's words.
         text: String,
     },
+    /// The agent does not know the request: a guest image from before it.
+    #[error(
+        "the guest agent does not know {0} (a guest image older than this host-vmm); it cannot cooperate with a move"
+    )]
+    Unsupported(&'static str),
+    /// The agent answered with a reply of another request's kind.
+    #[error("the guest agent answered {request} with a {reply} reply")]
+    Unexpected {
+        /// What was asked.
+        request: &'static str,
+        /// What came back.
+        reply: &'static str,
+    },
     /// The port to the guest is full.
     #[error(transparent)]
     Full(#[from] PortFull),
+}
+
+/// A request's name in messages.
+fn request_name(request: Request) -> &'static str {
+    match request {
+        Request::Switch(_) => "SWITCH",
+        Request::Status => "STATUS",
+        Request::Prepare => "PREPARE",
+        Request::Resumed => "RESUMED",
+    }
+}
+
+/// A reply's name in messages.
+fn reply_name(reply: &Reply) -> &'static str {
+    match reply {
+        Reply::Status(_) => "STATUS",
+        Reply::Prepared(_) => "PREPARE",
+        Reply::Resumed(_) => "RESUMED",
+        Reply::Error(..) => "error",
+    }
 }
 
 /// Requests to the guest agent, one at a time, over a console port.
@@ -77,8 +112,39 @@ impl AgentLink {
         }
     }
 
+    /// Before a move: asks the guest to put its traffic on virtio-net and release the VF;
+    /// returns once it has (the VF then does no DMA). Safe to retry after a timeout.
+    /// Refused (`AgentError::Refused`) when the guest has no usable virtio-net; an older
+    /// guest says `AgentError::Unsupported`.
+    pub fn prepare(&mut self) -> Result<Prepared, AgentError> {
+        match self.call(Request::Prepare)? {
+            Reply::Prepared(p) => Ok(p),
+            other => Err(unexpected(Request::Prepare, &other)),
+        }
+    }
+
+    /// After a move (or a rolled-back one): asks the guest to re-probe its VF, switch back
+    /// to it when its link is up, and announce its address; returns what it did. Safe to
+    /// retry after a timeout.
+    pub fn resumed(&mut self) -> Result<Resumed, AgentError> {
+        match self.call(Request::Resumed)? {
+            Reply::Resumed(r) => Ok(r),
+            other => Err(unexpected(Request::Resumed, &other)),
+        }
+    }
+
     /// Sends `request` and returns the agent's reply (an error reply is an `Err`).
     pub fn call(&mut self, request: Request) -> Result<Reply, AgentError> {
+        match self.exchange(request) {
+            Err(AgentError::Rejected {
+                code: ErrorCode::UnknownKind,
+                ..
+            }) => Err(AgentError::Unsupported(request_name(request))),
+            other => other,
+        }
+    }
+
+    fn exchange(&mut self, request: Request) -> Result<Reply, AgentError> {
         self.seq = self.seq.wrapping_add(1);
         let seq = self.seq;
         let mut frame = [0u8; MAX_FRAME];
@@ -144,10 +210,17 @@ impl AgentLink {
     }
 }
 
+fn unexpected(request: Request, reply: &Reply) -> AgentError {
+    AgentError::Unexpected {
+        request: request_name(request),
+        reply: reply_name(reply),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::test_guest::{self, GuestEnd};
+    use crate::control::test_guest::{self, FakeNics, GuestEnd};
     use migration_client::protocol::{ErrorText, Nic, Status, encode_raw, kind};
 
     /// A link over a port whose device end the test plays.
@@ -210,7 +283,7 @@ mod tests {
             let text = ErrorText::new("cannot switch to vf: its link is down");
             let code = match req {
                 Request::Switch(_) => ErrorCode::Refused,
-                Request::Status => ErrorCode::UnknownKind,
+                _ => ErrorCode::UnknownKind,
             };
             vec![frame(seq, &Reply::Error(code, text))]
         });
@@ -220,17 +293,100 @@ mod tests {
             "the guest agent refused: cannot switch to vf: its link is down"
         );
         let e = link.call(Request::Status).unwrap_err();
-        assert!(
-            matches!(
-                e,
-                AgentError::Rejected {
-                    code: ErrorCode::UnknownKind,
-                    ..
-                }
-            ),
-            "{e}"
+        assert!(matches!(e, AgentError::Unsupported("STATUS")), "{e}");
+        drop(agent);
+    }
+
+    #[test]
+    fn prepare_then_resumed_through_the_real_agent() {
+        let (mut link, guest) = link(Duration::from_secs(5));
+        let nics = FakeNics::both_up();
+        nics.lock().unwrap().status.active = Some(Nic::Vf);
+        let agent = guest.run_agent(nics.clone());
+        let p = link.prepare().unwrap();
+        assert!(p.released_vf);
+        assert_eq!(p.status.active, Some(Nic::Virtio));
+        assert!(!p.status.vf.present);
+        // A retry (say, after a lost reply) is harmless.
+        let again = link.prepare().unwrap();
+        assert!(!again.released_vf);
+        assert_eq!(again.status, p.status);
+        let r = link.resumed().unwrap();
+        assert!(r.vf_attached && r.announced);
+        assert_eq!(r.status.active, Some(Nic::Vf));
+        assert!(r.status.vf.present && r.status.vf.link_up);
+        let n = nics.lock().unwrap();
+        assert_eq!((n.moves, n.announcements), (1, 1));
+        drop(n);
+        drop(agent);
+    }
+
+    #[test]
+    fn resumed_on_a_destination_without_a_vf_stays_on_virtio() {
+        let (mut link, guest) = link(Duration::from_secs(5));
+        let nics = FakeNics::both_up();
+        nics.lock().unwrap().bus_vf = None;
+        let agent = guest.run_agent(nics.clone());
+        link.prepare().unwrap();
+        let r = link.resumed().unwrap();
+        assert!(!r.vf_attached);
+        assert!(r.announced, "announced anyway");
+        assert_eq!(r.status.active, Some(Nic::Virtio));
+        drop(agent);
+    }
+
+    #[test]
+    fn prepare_without_virtio_net_is_refused_with_the_guests_reason() {
+        let (mut link, guest) = link(Duration::from_secs(5));
+        let nics = FakeNics::both_up();
+        nics.lock().unwrap().status.virtio = migration_client::NicStatus::default();
+        let agent = guest.run_agent(nics.clone());
+        let e = link.prepare().unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "the guest agent refused: cannot prepare: the guest has no virtio-net"
+        );
+        assert!(nics.lock().unwrap().status.vf.present, "VF kept");
+        drop(agent);
+    }
+
+    #[test]
+    fn an_older_agent_or_a_wrong_reply_is_a_clear_error() {
+        let (mut link, guest) = link(Duration::from_secs(5));
+        let agent = guest.answer_with(|seq, req| {
+            let reply = match req {
+                // An agent from before PREPARE.
+                Request::Prepare => Reply::Error(
+                    ErrorCode::UnknownKind,
+                    ErrorText::new("unknown message kind 0x03"),
+                ),
+                _ => Reply::Status(Status::default()),
+            };
+            vec![frame(seq, &reply)]
+        });
+        let e = link.prepare().unwrap_err();
+        assert!(matches!(e, AgentError::Unsupported("PREPARE")), "{e}");
+        assert!(e.to_string().contains("does not know PREPARE"), "{e}");
+        let e = link.resumed().unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "the guest agent answered RESUMED with a STATUS reply"
         );
         drop(agent);
+    }
+
+    #[test]
+    fn a_silent_guest_times_prepare_out_and_withdraws_it() {
+        let (mut link, guest) = link(Duration::from_millis(50));
+        let e = link.prepare().unwrap_err();
+        assert!(matches!(e, AgentError::Timeout(_)), "{e}");
+        assert_eq!(
+            guest.unsent(),
+            0,
+            "withdrawn, so a later guest does not act on it"
+        );
+        let e = link.resumed().unwrap_err();
+        assert!(matches!(e, AgentError::Timeout(_)), "{e}");
     }
 
     #[test]

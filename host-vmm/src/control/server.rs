@@ -304,6 +304,8 @@ impl Handler {
     fn ask(&mut self, request: Request) -> Result<migration_client::Status, CommandError> {
         match self.agent.call(request)? {
             Reply::Status(status) => Ok(status),
+            Reply::Prepared(_) => Err(CommandError::UnexpectedReply("PREPARE reply")),
+            Reply::Resumed(_) => Err(CommandError::UnexpectedReply("RESUMED reply")),
             Reply::Error(..) => Err(CommandError::UnexpectedReply("error")),
         }
     }

@@ -105,11 +105,18 @@ impl GuestEnd {
     }
 }
 
-/// Two NICs on paper for the real agent: switching needs the NIC present with its link up.
+/// Two NICs on paper for the real agent: switching needs the NIC present with its link up;
+/// `bus_vf` is the VF a PCI scan finds after a move (the destination's).
 #[derive(Debug, Default)]
 pub struct FakeNics {
     /// What `status` reports (and `switch` changes).
     pub status: Status,
+    /// A VF on the bus, and whether its link comes up (`None`: the machine has none).
+    pub bus_vf: Option<bool>,
+    /// How many times the clock was checked after a move.
+    pub moves: u32,
+    /// Gratuitous ARPs sent.
+    pub announcements: u32,
 }
 
 impl FakeNics {
@@ -130,6 +137,8 @@ impl FakeNics {
                 virtio: up,
                 switches: 0,
             },
+            bus_vf: Some(true),
+            ..FakeNics::default()
         }))
     }
 }
@@ -155,5 +164,31 @@ impl NicControl for FakeNics {
 
     fn status(&self) -> Status {
         self.status
+    }
+
+    fn release_vf(&mut self) -> bool {
+        let had = self.status.vf.present;
+        self.status.vf.present = false;
+        self.status.vf.link_up = false;
+        had
+    }
+
+    fn after_move(&mut self) {
+        self.moves += 1;
+    }
+
+    fn reattach_vf(&mut self) -> bool {
+        if !self.status.vf.present
+            && let Some(link_up) = self.bus_vf
+        {
+            self.status.vf.present = true;
+            self.status.vf.link_up = link_up;
+        }
+        self.status.vf.present
+    }
+
+    fn announce(&mut self) -> bool {
+        self.announcements += 1;
+        self.status.active.is_some()
     }
 }
