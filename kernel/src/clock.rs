@@ -48,13 +48,16 @@ impl Scale {
     }
 }
 
-/// Converts between TSC values and nanoseconds since a fixed origin TSC.
+/// Converts between TSC values and nanoseconds: `base_ns` at TSC `origin`, counting on at
+/// `hz` from there.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TscClock {
-    /// TSC value at time zero.
+    /// TSC value at `base_ns`.
     pub origin: u64,
     /// TSC frequency.
     pub hz: u64,
+    /// Nanoseconds the clock reads at `origin` (0 from boot; moved by [`TscClock::rebased`]).
+    pub base_ns: u64,
     to_ns: Scale,
     to_ticks: Scale,
 }
@@ -65,17 +68,20 @@ impl TscClock {
         TscClock {
             origin,
             hz,
+            base_ns: 0,
             to_ns: Scale::ratio(NS_PER_SEC, hz),
             to_ticks: Scale::ratio(hz, NS_PER_SEC),
         }
     }
 
     /// A clock from parts computed earlier (`Scale::ratio` divides, which is slow in the
-    /// guest: compute once, store the multipliers, rebuild with this).
+    /// guest: compute once, store the multipliers, rebuild with this). It reads zero at
+    /// `origin`; set `base_ns` for another reading there.
     pub fn from_parts(origin: u64, hz: u64, to_ns: Scale, to_ticks: Scale) -> TscClock {
         TscClock {
             origin,
             hz,
+            base_ns: 0,
             to_ns,
             to_ticks,
         }
@@ -86,14 +92,38 @@ impl TscClock {
         (self.origin, self.hz, self.to_ns, self.to_ticks)
     }
 
-    /// Nanoseconds since the origin at TSC value `tsc` (0 before it).
+    /// Nanoseconds at TSC value `tsc` (`base_ns` at and before the origin).
     pub fn ns_at(&self, tsc: u64) -> u64 {
-        self.to_ns.apply(tsc.saturating_sub(self.origin))
+        self.base_ns
+            .saturating_add(self.to_ns.apply(tsc.saturating_sub(self.origin)))
     }
 
-    /// The TSC value at `ns` nanoseconds since the origin.
+    /// The TSC value at `ns` nanoseconds (the origin for times at or before `base_ns`).
     pub fn tsc_at(&self, ns: u64) -> u64 {
-        self.origin.saturating_add(self.to_ticks.apply(ns))
+        self.origin
+            .saturating_add(self.to_ticks.apply(ns.saturating_sub(self.base_ns)))
+    }
+
+    /// The same clock, reading `ns` at TSC `tsc` from now on.
+    pub fn rebased(&self, tsc: u64, ns: u64) -> TscClock {
+        TscClock {
+            origin: tsc,
+            base_ns: ns,
+            ..*self
+        }
+    }
+
+    /// The reading at `tsc` if it is not below `last` (the last reading handed out); if it
+    /// is (the TSC went back: the machine moved to a host whose TSC is behind), `Err` with
+    /// the clock to use instead, which reads `last` at `tsc` and counts on from there. The
+    /// common case costs one compare.
+    pub fn read_at_least(&self, tsc: u64, last: u64) -> Result<u64, TscClock> {
+        let ns = self.ns_at(tsc);
+        if ns >= last {
+            Ok(ns)
+        } else {
+            Err(self.rebased(tsc, last))
+        }
     }
 }
 
@@ -192,6 +222,37 @@ mod tests {
         let ns = clock.ns_at(century_ticks);
         assert!(ns.abs_diff(3600 * 24 * 365 * 100 * NS_PER_SEC) < NS_PER_SEC);
         assert_eq!(clock.tsc_at(u64::MAX), u64::MAX);
+    }
+
+    #[test]
+    fn a_tsc_that_goes_back_never_takes_the_clock_back() {
+        let hz = 2_000_000_000;
+        let clock = TscClock::new(1_000, hz);
+        // Normal readings pass through.
+        let t1 = 1_000 + 2 * hz; // 2 s
+        assert_eq!(clock.read_at_least(t1, 0), Ok(2 * NS_PER_SEC));
+        assert_eq!(clock.read_at_least(t1, 2 * NS_PER_SEC), Ok(2 * NS_PER_SEC));
+        // After a move the TSC reads 5 (even below the origin): the clock holds 2 s...
+        let last = 2 * NS_PER_SEC;
+        let Err(rebased) = clock.read_at_least(5, last) else {
+            panic!("a step back was not caught")
+        };
+        assert_eq!(rebased.ns_at(5), last);
+        assert_eq!((rebased.origin, rebased.base_ns, rebased.hz), (5, last, hz));
+        // ...and counts on at the same rate from there, not stalling until the old TSC.
+        assert_eq!(
+            rebased.read_at_least(5 + hz / 1000, last),
+            Ok(last + 1_000_000)
+        );
+        // Deadlines convert through the new origin: 10 ms later is 10 ms of new TSC.
+        assert_eq!(rebased.tsc_at(last + 10_000_000), 5 + hz / 100);
+        assert_eq!(
+            rebased.tsc_at(last - 1),
+            5,
+            "a past deadline is due at once"
+        );
+        // A TSC that jumps forward moves the clock forward (timers fire early, never late).
+        assert!(rebased.read_at_least(u64::MAX / 2, last).is_ok());
     }
 
     #[test]

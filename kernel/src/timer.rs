@@ -3,7 +3,15 @@
 //! - Monotonic time is the TSC since kernel entry, scaled by its frequency: from CPUID leaf
 //!   0x4000_0010 when the hypervisor has it (host-vmm adds it; QEMU with
 //!   `vmware-cpuid-freq=on`), otherwise calibrated against the PIT, otherwise taken from
-//!   kvmclock's scale.
+//!   kvmclock's scale. It never goes back: every reading is compared with the last one, and
+//!   if the TSC went back (a move to a host whose TSC is behind, when the VMM did not carry
+//!   the TSC over) the clock is rebased to count on from the last reading.
+//! - After a move ([`after_move`], on the agent's RESUMED) the clock is read once (catching a
+//!   TSC step), Unix time is taken again from the destination's kvmclock, and the idle loop
+//!   re-arms the LAPIC timer from the current clock on its way out of that wake: a restored
+//!   TSC deadline that KVM computed against another TSC (far in the future, or past) is
+//!   replaced. The loop rewrites the deadline on every pass anyway; what RESUMED adds is the
+//!   wake-up itself (its interrupt) for a guest whose only timer is that stale deadline.
 //! - Realtime is monotonic time plus the Unix time at boot, read from kvmclock the first time
 //!   anyone asks (one-off MSR exits nobody pays for unless they need it). Without kvmclock it
 //!   starts at 0, with one warning.
@@ -25,8 +33,15 @@ const KVM_APIC_BUS_HZ: u64 = 1_000_000_000;
 /// Assumed TSC frequency when nothing can measure it (a warning says so).
 const FALLBACK_TSC_HZ: u64 = 1_000_000_000;
 
-// The clock, set once by `init` and read-only afterwards (one CPU: relaxed is enough).
+// The clock, set by `init`; `ORIGIN` and `BASE_NS` move only if the TSC steps back (one CPU,
+// never read in interrupt handlers: relaxed is enough).
 static ORIGIN: AtomicU64 = AtomicU64::new(0);
+static BASE_NS: AtomicU64 = AtomicU64::new(0);
+/// The last monotonic reading handed out: no later reading is below it.
+static LAST_NS: AtomicU64 = AtomicU64::new(0);
+/// Times the TSC was found behind the clock, and the nanoseconds it was behind in all.
+static STEPS_BACK: AtomicU64 = AtomicU64::new(0);
+static STEPPED_BACK_NS: AtomicU64 = AtomicU64::new(0);
 static TSC_HZ: AtomicU64 = AtomicU64::new(1);
 static NS_MULT: AtomicU64 = AtomicU64::new(0);
 static TICKS_MULT: AtomicU64 = AtomicU64::new(0);
@@ -116,17 +131,58 @@ pub fn init(features: &Features) {
 }
 
 fn tsc_clock() -> TscClock {
-    TscClock::from_parts(
+    let mut clock = TscClock::from_parts(
         ORIGIN.load(Ordering::Relaxed),
         TSC_HZ.load(Ordering::Relaxed),
         Scale::from_mult(NS_MULT.load(Ordering::Relaxed)),
         Scale::from_mult(TICKS_MULT.load(Ordering::Relaxed)),
-    )
+    );
+    clock.base_ns = BASE_NS.load(Ordering::Relaxed);
+    clock
 }
 
-/// Nanoseconds since kernel entry.
+/// Nanoseconds since kernel entry (time the guest spent paused for a move may or may not
+/// count, depending on the VMM); never less than an earlier reading.
 pub fn now_ns() -> u64 {
-    tsc_clock().ns_at(cpu::rdtsc())
+    let clock = tsc_clock();
+    let tsc = cpu::rdtsc();
+    let last = LAST_NS.load(Ordering::Relaxed);
+    match clock.read_at_least(tsc, last) {
+        Ok(ns) => {
+            LAST_NS.store(ns, Ordering::Relaxed);
+            ns
+        }
+        Err(rebased) => stepped_back(rebased, clock.ns_at(tsc), last),
+    }
+}
+
+/// The TSC went back: count on from `last` (no log here: the logger may read the clock).
+#[cold]
+fn stepped_back(rebased: TscClock, read: u64, last: u64) -> u64 {
+    ORIGIN.store(rebased.origin, Ordering::Relaxed);
+    BASE_NS.store(rebased.base_ns, Ordering::Relaxed);
+    STEPS_BACK.fetch_add(1, Ordering::Relaxed);
+    STEPPED_BACK_NS.fetch_add(last - read, Ordering::Relaxed);
+    last
+}
+
+/// After a move (the agent's RESUMED): reads the clock once, so a TSC that went back is
+/// caught and the clock rebased before anything arms a timer; forgets the Unix time at boot,
+/// so the next realtime reading asks the destination's kvmclock. The LAPIC timer is re-armed
+/// from the current clock when the idle loop leaves this wake (it always rewrites it).
+/// Returns the monotonic time now.
+pub fn after_move() -> u64 {
+    let now = now_ns();
+    REALTIME_STATE.store(REALTIME_UNKNOWN, Ordering::Relaxed);
+    let steps = STEPS_BACK.load(Ordering::Relaxed);
+    if steps > 0 {
+        log::info!(
+            "clock: the TSC went back {steps} time(s), {} us in all; monotonic time held and counts on from {} us",
+            STEPPED_BACK_NS.load(Ordering::Relaxed) / 1000,
+            now / 1000
+        );
+    }
+    now
 }
 
 /// Unix time in nanoseconds (since boot if kvmclock is missing).
@@ -171,13 +227,12 @@ pub fn sleep_until(deadline_ns: u64) {
 /// poll, so the CPU never spins. Returns whether `done` held.
 pub fn idle(deadline_ns: Option<u64>, mut done: impl FnMut() -> bool) -> bool {
     prepare_interrupts();
-    let c = tsc_clock();
     loop {
         // Under sustained load the loop can go seconds without halting (there is always a
         // frame to poll): take pending interrupts here too, or their events (the control
         // channel's requests, the VF's mailbox) wait for the load to end.
         cpu::accept_interrupts();
-        let now = c.ns_at(cpu::rdtsc());
+        let now = now_ns();
         let network = crate::net::service(now);
         if done() {
             return true;
@@ -189,7 +244,8 @@ pub fn idle(deadline_ns: Option<u64>, mut done: impl FnMut() -> bool) -> bool {
             (Some(d), Some(n)) => Some(d.min(n)),
             (d, n) => d.or(n),
         };
-        arm(&c, wake);
+        // The clock may have been rebased during this wake (a move): arm from it as it is.
+        arm(&tsc_clock(), wake);
         if COUNT_HALTED.load(Ordering::Relaxed) {
             let before = cpu::rdtsc();
             cpu::wait_for_interrupt();
@@ -220,7 +276,7 @@ fn arm(c: &TscClock, at_ns: Option<u64>) {
     if ONE_SHOT.load(Ordering::Relaxed) {
         let ticks = match at_ns {
             Some(at) => {
-                let now = c.ns_at(cpu::rdtsc());
+                let now = now_ns();
                 let ticks = Scale::from_mult(APIC_MULT.load(Ordering::Relaxed))
                     .apply(at.saturating_sub(now));
                 ticks.clamp(1, u64::from(u32::MAX)) as u32

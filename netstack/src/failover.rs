@@ -241,6 +241,14 @@ impl<V: NetDevice, W: NetDevice> Failover<V, W> {
         Ok(Switched { from, to: nic })
     }
 
+    /// Lifts the operator's virtio-net pin and applies the policy at once (after a move, the
+    /// VF is preferred again, now or once its link comes up). Returns the switch, if one
+    /// happened. `Stack::unpin_virtio` also announces it.
+    pub fn unpin_virtio(&mut self) -> Option<Switched> {
+        self.pinned_virtio = false;
+        self.check()
+    }
+
     /// Automatic failover: re-reads both links and moves traffic where the policy says.
     /// Cheap (one link read per NIC); call it after link interrupts or on a timer. Returns
     /// the switch, if one happened. `Stack::check_failover` also announces it.

@@ -210,6 +210,16 @@ impl<V: NetDevice, W: NetDevice> Stack<Failover<V, W>> {
         switched
     }
 
+    /// Lifts the virtio-net pin ([`Failover::unpin_virtio`]), announcing on the VF if
+    /// traffic moved there.
+    pub fn unpin_virtio(&mut self) -> Option<Switched> {
+        let switched = self.device.device_mut().unpin_virtio();
+        if switched.is_some() {
+            self.announce_switch();
+        }
+        switched
+    }
+
     /// Installs or removes the VF ([`Failover::set_vf`]), returning the one it replaces;
     /// announces the address if the active NIC changed.
     pub fn set_vf(&mut self, vf: Option<V>) -> Option<V> {

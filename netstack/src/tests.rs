@@ -1139,4 +1139,26 @@ mod failover {
         assert_eq!(net.counters(Nic::Vf).tx, vf_tx);
         assert_eq!(net.guest.device().switches(), 1);
     }
+
+    #[test]
+    fn unpinning_virtio_moves_traffic_back_to_a_usable_vf_now_or_later() {
+        let mut net = net(true, true);
+        net.guest.switch_nic(Nic::Virtio).unwrap();
+        let garps = net.garps(Nic::Vf);
+        assert_eq!(
+            net.guest.unpin_virtio().map(|s| (s.from, s.to)),
+            Some((Some(Nic::Virtio), Nic::Vf))
+        );
+        assert!(!net.guest.device().pinned_virtio());
+        assert_eq!(net.garps(Nic::Vf), garps + 1, "announced on the VF");
+        // With the VF's link down, unpinning changes nothing until the link is back.
+        net.guest.switch_nic(Nic::Virtio).unwrap();
+        net.peer.device().ports[0].set_link(false);
+        assert_eq!(net.guest.unpin_virtio(), None);
+        assert_eq!(net.guest.device().active(), Some(Nic::Virtio));
+        net.peer.device().ports[0].set_link(true);
+        assert_eq!(net.guest.check_failover().map(|s| s.to), Some(Nic::Vf));
+        net.send(1000, 1);
+        net.settle(1);
+    }
 }

@@ -1,12 +1,13 @@
 //! The control channel to host-vmm: a virtio-console whose bytes go to migration-client's
-//! agent, which carries out the operator's requests (switch NIC, status) on the failover
-//! device and answers on the same channel.
+//! agent, which carries out the operator's requests (switch NIC, status) and a move's
+//! PREPARE / RESUMED on the failover device, the VF's life cycle ([`super::vf::Watch`]) and
+//! the clock, and answers on the same channel.
 //!
 //! Bytes arrive with an interrupt on [`apic::CONTROL_VECTOR`]; [`Control::service`] runs from
 //! the network's idle-loop work, so a request is handled between two stack polls and never
 //! in the middle of one.
 
-use super::{Device, Stack};
+use super::{Device, Stack, vf};
 use crate::arch::{apic, pci::PortConfig};
 use crate::hal::KernelHal;
 use drivers::pci;
@@ -64,7 +65,7 @@ pub fn bring_up(
 
 impl Control {
     /// Reads what host-vmm sent and answers every complete request.
-    pub fn service(&mut self, stack: &mut Stack<Device>) {
+    pub fn service(&mut self, stack: &mut Stack<Device>, vf: &mut vf::Watch) {
         let mut bytes = [0u8; 256];
         loop {
             let n = match self.console.recv(&mut bytes) {
@@ -76,18 +77,24 @@ impl Control {
                 }
             };
             let console = &mut self.console;
-            self.agent
-                .on_input(&bytes[..n], &mut Nics(stack), &mut |reply: &[u8]| {
+            self.agent.on_input(
+                &bytes[..n],
+                &mut Nics { stack, vf },
+                &mut |reply: &[u8]| {
                     if let Err(e) = console.send(reply) {
                         log::warn!("control: reply lost: {e}");
                     }
-                });
+                },
+            );
         }
     }
 }
 
-/// The failover device as the agent sees it.
-struct Nics<'a>(&'a mut Stack<Device>);
+/// The failover device, the VF's life cycle and the clock, as the agent sees them.
+struct Nics<'a> {
+    stack: &'a mut Stack<Device>,
+    vf: &'a mut vf::Watch,
+}
 
 impl NicControl for Nics<'_> {
     fn switch(&mut self, nic: protocol::Nic) -> Result<(), SwitchError> {
@@ -95,7 +102,7 @@ impl NicControl for Nics<'_> {
             protocol::Nic::Vf => failover::Nic::Vf,
             protocol::Nic::Virtio => failover::Nic::Virtio,
         };
-        match self.0.switch_nic(nic) {
+        match self.stack.switch_nic(nic) {
             Ok(switched) => {
                 log::info!("control: traffic now on {nic} (from {:?})", switched.from);
                 Ok(())
@@ -106,7 +113,7 @@ impl NicControl for Nics<'_> {
     }
 
     fn status(&self) -> Status {
-        let device = self.0.device();
+        let device = self.stack.device();
         let nic = |c: NicCounters| NicStatus {
             present: c.present,
             link_up: c.link_up,
@@ -124,5 +131,30 @@ impl NicControl for Nics<'_> {
             virtio: nic(device.counters(failover::Nic::Virtio)),
             switches: device.switches(),
         }
+    }
+
+    fn release_vf(&mut self) -> bool {
+        self.vf.release(self.stack)
+    }
+
+    fn after_move(&mut self) {
+        crate::timer::after_move();
+    }
+
+    fn reattach_vf(&mut self) -> bool {
+        self.vf.reattach(self.stack, crate::timer::now_ns())
+    }
+
+    fn announce(&mut self) -> bool {
+        let sent = self.stack.announce();
+        if sent {
+            log::info!(
+                "control: announced {} after the move",
+                self.stack.config().address.address()
+            );
+        } else {
+            log::warn!("control: no transmit buffer for the gratuitous ARP after the move");
+        }
+        sent
     }
 }

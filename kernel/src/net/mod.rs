@@ -356,7 +356,7 @@ pub fn service(now_ns: u64) -> Option<u64> {
     // that arrives meanwhile was seen to wait until the next halt (requests then timed out).
     // An empty channel costs one read of the used ring's index.
     if let Some(control) = net.control.as_mut() {
-        control.service(&mut net.stack);
+        control.service(&mut net.stack, &mut net.vf);
     }
     let now = instant(now_ns);
     let polled = net.stack.poll_bounded(now, INGRESS_BUDGET);

@@ -5,6 +5,11 @@
 //! VFSTATUS, the mailbox, VFLINKS). Once it is gone the failover device carries traffic on
 //! virtio-net, and the watchdog instead reads the slot's IDs every [`REPROBE_NS`]; when a VF
 //! answers there again it is brought up afresh and handed back to the failover device.
+//!
+//! Around a move the agent drives it instead: [`Watch::release`] (PREPARE) resets the VF and
+//! frees it, and the watchdog then leaves the slot alone (the source's VF must stay unused
+//! during the move); [`Watch::reattach`] (RESUMED) scans the whole bus, since the
+//! destination may have its VF at another slot or none, and brings up what it finds.
 
 use super::{Device, InitError, Stack, map_bars};
 use crate::arch::{apic, pci::PortConfig};
@@ -15,6 +20,7 @@ use drivers::ixgbevf::pci::{self as vf_pci, InterruptRequest};
 use drivers::ixgbevf::{self, Ixgbevf};
 use drivers::net::{MacAddress, NetDevice};
 use drivers::pci::{self, Bdf, ConfigAccess};
+use netstack::failover;
 
 /// The VF as the kernel runs it.
 pub type Vf = Ixgbevf<Mmio, KernelDma>;
@@ -27,9 +33,11 @@ const REPROBE_NS: u64 = 500_000_000;
 /// The VF's slot and when to look at it next.
 #[derive(Debug)]
 pub struct Watch {
-    /// Where the VF was found at boot (`None`: there never was one).
+    /// Where the VF was last found (`None`: there never was one).
     bdf: Option<Bdf>,
     next: u64,
+    /// Released for a move (PREPARE): neither watched nor re-probed until RESUMED.
+    released: bool,
 }
 
 impl Watch {
@@ -38,12 +46,87 @@ impl Watch {
         Watch {
             bdf,
             next: now_ns.saturating_add(WATCH_NS),
+            released: false,
         }
+    }
+
+    /// PREPARE: stops using the VF. Bus mastering off first (no DMA can follow, even from a
+    /// misbehaving device), then the driver's drop masks its interrupts and resets it
+    /// before freeing the rings and buffers. From now on the failover device has no VF and
+    /// the watchdog does not bring it back. Returns whether a VF was in use. A few register
+    /// writes: no waiting.
+    pub fn release(&mut self, stack: &mut Stack<Device>) -> bool {
+        self.released = true;
+        let Some(vf) = stack.take_vf() else {
+            return false;
+        };
+        if let Some(bdf) = self.bdf
+            && !vf.is_removed()
+        {
+            let mut access = PortConfig;
+            let command = pci::command(&access, bdf);
+            pci::set_command(&mut access, bdf, command & !pci::COMMAND_BUS_MASTER);
+        }
+        drop(vf);
+        log::info!(
+            "net: VF at {} released for a move; traffic on {}",
+            DisplaySlot(self.bdf),
+            stack
+                .device()
+                .active()
+                .map_or("no NIC", failover::Nic::name)
+        );
+        true
+    }
+
+    /// RESUMED: keeps a VF in use that still answers; otherwise scans the bus for one and
+    /// brings it up with the failover device's MAC. Lifts the virtio-net pin PREPARE set,
+    /// so traffic returns to the VF now if its link is up, or when it comes up. Returns
+    /// whether a VF is in use. Bounded: one bus scan and the driver's bounded bring-up.
+    pub fn reattach(&mut self, stack: &mut Stack<Device>, now_ns: u64) -> bool {
+        self.released = false;
+        self.next = now_ns.saturating_add(WATCH_NS);
+        let mut present = false;
+        if let Some(vf) = stack.device_mut().vf_mut() {
+            let events = vf.service();
+            if events.removed || vf.is_removed() {
+                drop(stack.take_vf());
+            } else {
+                present = true;
+            }
+        }
+        if !present {
+            let mut access = PortConfig;
+            let found = pci::enumerate(&access)
+                .iter()
+                .find(|f| vf_pci::matches(f))
+                .map(|f| f.bdf);
+            if let Some(bdf) = found {
+                if Some(bdf) != self.bdf {
+                    log::info!(
+                        "net: the VF is now at {bdf} (was {})",
+                        DisplaySlot(self.bdf)
+                    );
+                }
+                self.bdf = Some(bdf);
+                let mac = stack.device().mac_address();
+                if let Some(vf) = bring_up(&mut access, bdf, Some(mac), apic::id()) {
+                    stack.set_vf(Some(vf));
+                    present = true;
+                }
+            } else {
+                log::info!("net: no VF on this machine; traffic stays on virtio-net");
+            }
+        }
+        if let Some(switched) = stack.unpin_virtio() {
+            log::info!("net: traffic now on {} (VF back)", switched.to);
+        }
+        present
     }
 
     /// When [`Watch::service`] next has work even without an interrupt.
     pub fn next_check(&self) -> u64 {
-        if self.bdf.is_some() {
+        if self.bdf.is_some() && !self.released {
             self.next
         } else {
             u64::MAX
@@ -56,7 +139,7 @@ impl Watch {
         let Some(bdf) = self.bdf else {
             return false;
         };
-        if !signalled && now_ns < self.next {
+        if self.released || (!signalled && now_ns < self.next) {
             return false;
         }
         let Some(vf) = stack.device_mut().vf_mut() else {
@@ -94,6 +177,18 @@ impl Watch {
                 true
             }
             None => false,
+        }
+    }
+}
+
+/// A slot that may be unknown, for logs.
+struct DisplaySlot(Option<Bdf>);
+
+impl core::fmt::Display for DisplaySlot {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self.0 {
+            Some(bdf) => write!(f, "{bdf}"),
+            None => f.write_str("no slot"),
         }
     }
 }
