@@ -3,7 +3,7 @@
 //! contract).
 
 use super::VfState;
-use migration_client::protocol::{Nic, NicStatus, Status};
+use migration_client::protocol::{Nic, NicStatus, Prepared, Resumed, Status};
 use std::fmt::{self, Write};
 
 /// The commands, as usage errors list them.
@@ -25,6 +25,13 @@ pub enum Command {
     VfRemove,
     /// Plug the VF back in (host side).
     VfAdd,
+    // --- Debug commands (not in COMMANDS): a move's guest-agent steps on their own, for
+    // tests/agent.rs and for trying the agent by hand. The `migrate` command drives the
+    // same AgentLink calls.
+    /// `agent prepare`: send the guest agent PREPARE.
+    AgentPrepare,
+    /// `agent resumed`: send the guest agent RESUMED.
+    AgentResumed,
 }
 
 /// Longest command text quoted back in an error.
@@ -54,6 +61,8 @@ impl Command {
             ["vf", "link", "down"] => Command::VfLink { up: false },
             ["vf", "remove"] => Command::VfRemove,
             ["vf", "add"] => Command::VfAdd,
+            ["agent", "prepare"] => Command::AgentPrepare,
+            ["agent", "resumed"] => Command::AgentResumed,
             _ => {
                 let mut quoted = String::new();
                 for (i, w) in words.iter().enumerate() {
@@ -87,6 +96,8 @@ impl fmt::Display for Command {
             Command::VfLink { up: false } => f.write_str("vf link down"),
             Command::VfRemove => f.write_str("vf remove"),
             Command::VfAdd => f.write_str("vf add"),
+            Command::AgentPrepare => f.write_str("agent prepare"),
+            Command::AgentResumed => f.write_str("agent resumed"),
         }
     }
 }
@@ -135,6 +146,25 @@ pub fn format_vf(s: VfState) -> String {
     )
 }
 
+/// `agent prepare`'s answer: `released_vf=yes|no`, then the `status` lines.
+pub fn format_prepared(p: &Prepared) -> String {
+    format!(
+        "released_vf={}\n{}",
+        yes_no(p.released_vf),
+        format_status(&p.status)
+    )
+}
+
+/// `agent resumed`'s answer: `vf_attached=yes|no announced=yes|no`, then the `status` lines.
+pub fn format_resumed(r: &Resumed) -> String {
+    format!(
+        "vf_attached={} announced={}\n{}",
+        yes_no(r.vf_attached),
+        yes_no(r.announced),
+        format_status(&r.status)
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -149,6 +179,8 @@ mod tests {
             "vf link down",
             "vf remove",
             "vf add",
+            "agent prepare",
+            "agent resumed",
         ] {
             let c = Command::parse_line(line).unwrap();
             assert_eq!(c.to_string(), line);
@@ -175,6 +207,8 @@ mod tests {
             "vf link sideways",
             "VF add",
             "migrate",
+            "agent",
+            "agent prepare now",
         ] {
             let e = Command::parse_line(bad).unwrap_err();
             assert_eq!(e, UsageError::Unknown(bad.to_owned()), "{bad}");

@@ -298,6 +298,9 @@ impl Handler {
                 vf.add()?;
                 Ok(format_vf(vf.state()))
             }
+            // Debug commands (see command.rs): one agent step of a move each.
+            Command::AgentPrepare => Ok(super::command::format_prepared(&self.agent.prepare()?)),
+            Command::AgentResumed => Ok(super::command::format_resumed(&self.agent.resumed()?)),
         }
     }
 
