@@ -30,7 +30,24 @@ enum Command {
     /// Send a command to a running host-vmm (one started with --control PATH).
     #[command(after_help = CTL_HELP)]
     Ctl(CtlArgs),
+    /// Wait for one guest migrated from another host-vmm, then run it.
+    #[command(after_help = RECEIVE_HELP)]
+    Receive(ReceiveArgs),
 }
+
+/// More on `host-vmm receive`, for its --help.
+const RECEIVE_HELP: &str = "\
+The source is a running host-vmm told to move its guest here:
+  host-vmm ctl SOURCE.sock migrate tcp:ADDR:PORT [--downtime-ms N]
+  host-vmm ctl SOURCE.sock migrate unix:PATH [--zero-copy]
+Give this side the same devices as the source (--net, --vf, --control; the same MACs,
+TAPs of this host). Guest RAM size comes from the source. Pre-copy streams the pages;
+zero-copy (unix: only, same machine) maps the source's guest-RAM memfd, so only the
+vCPU and device state cross during the pause. Once the guest runs here, host-vmm
+announces its MAC on the TAPs (RARP), plugs the VF in and tells the guest agent
+(RESUMED); from then on it behaves like `host-vmm run` (same exit statuses). If the
+stream is old, truncated or corrupt, or the state does not fit this side, nothing runs
+here, the source is told why (it resumes the guest) and host-vmm exits 125.";
 
 /// The commands of `host-vmm ctl`, for its --help.
 const CTL_HELP: &str = "\
@@ -51,6 +68,18 @@ Commands:
   vf remove         Host side: hot-remove the VF (its registers read all ones, its TAP is
                     no longer served); the guest moves to virtio-net on its own.
   vf add            Host side: plug the VF back in, reset, with its link up.
+  migrate TARGET [--downtime-ms N] [--zero-copy]
+                    Move the guest to a `host-vmm receive --listen TARGET`
+                    (tcp:ADDR:PORT or unix:PATH). Pre-copy by default: pages are sent while
+                    the guest runs, then again as they are dirtied, until the remaining
+                    pause is predicted to fit N ms (default 300) at the measured rate;
+                    --zero-copy (unix: only, same machine) hands guest RAM over instead.
+                    The guest agent moves traffic off the VF first (PREPARE). Progress
+                    lines go to stderr; on success it prints
+                      migrated mode=... total_ms=... pause_ms=... bytes_sent=...
+                      memory_bytes_copied=... passes=... pause_pages=...
+                    and the source host-vmm exits 0. On any failure before the destination
+                    runs the guest, the guest runs on here and the error says why.
 
 The guest commands need a guest running migration-client (it answers once the guest has
 brought up its network) and time out after 5 s; the vf commands need a VM started with --vf.
@@ -71,6 +100,26 @@ struct CtlArgs {
         allow_hyphen_values = true
     )]
     command: Vec<String>,
+}
+
+#[derive(Debug, clap::Args)]
+struct ReceiveArgs {
+    /// Where to wait for the source: tcp:ADDR:PORT (pre-copy) or unix:PATH (pre-copy or
+    /// zero-copy).
+    #[arg(long, value_name = "ADDRESS")]
+    listen: String,
+
+    /// As for `run`: the virtio-net card, tap=NAME[,mac=MAC] (the source's MAC).
+    #[arg(long, value_name = "SPEC")]
+    net: Option<String>,
+
+    /// As for `run`: the emulated VF, tap=NAME[,mac=MAC].
+    #[arg(long, value_name = "SPEC")]
+    vf: Option<String>,
+
+    /// As for `run`: the control socket (and the guest agent's channel).
+    #[arg(long, value_name = "PATH")]
+    control: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -140,11 +189,16 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
         .format_timestamp_micros()
         .init();
-    let args = match cli.command {
-        Command::Run(args) => args,
+    let result = match cli.command {
+        Command::Run(args) => run(args),
         Command::Ctl(args) => return ctl(args),
+        Command::Receive(args) => receive(args),
     };
-    match run(args) {
+    match result {
+        Ok(Outcome::MigratedAway) => {
+            eprintln!("host-vmm: the guest moved away; exiting");
+            ExitCode::SUCCESS
+        }
         Ok(Outcome::GuestExit(status)) => ExitCode::from(status),
         Ok(Outcome::GuestStopped(stop)) => {
             eprintln!("host-vmm: error: {stop}");
@@ -156,18 +210,7 @@ fn main() -> ExitCode {
 
 fn run(args: RunArgs) -> anyhow::Result<Outcome> {
     let cmdline = Cmdline::new(&args.cmdline).context("--cmdline")?;
-    let net = args
-        .net
-        .as_deref()
-        .map(str::parse::<NetConfig>)
-        .transpose()
-        .context("--net")?;
-    let vf = args
-        .vf
-        .as_deref()
-        .map(|spec| VfConfig::parse(spec, net.as_ref()))
-        .transpose()
-        .context("--vf")?;
+    let (net, vf) = devices(args.net.as_deref(), args.vf.as_deref())?;
     let config = RunConfig {
         image: args.image,
         mem: args.mem,
@@ -179,13 +222,56 @@ fn run(args: RunArgs) -> anyhow::Result<Outcome> {
     Ok(host_vmm::run(&config)?)
 }
 
+/// Parses --net and --vf (the VF defaults to the card's MAC).
+fn devices(
+    net: Option<&str>,
+    vf: Option<&str>,
+) -> anyhow::Result<(Option<NetConfig>, Option<VfConfig>)> {
+    let net = net
+        .map(str::parse::<NetConfig>)
+        .transpose()
+        .context("--net")?;
+    let vf = vf
+        .map(|spec| VfConfig::parse(spec, net.as_ref()))
+        .transpose()
+        .context("--vf")?;
+    Ok((net, vf))
+}
+
+fn receive(args: ReceiveArgs) -> anyhow::Result<Outcome> {
+    let listen = args
+        .listen
+        .parse::<host_vmm::migration::target::Address>()
+        .context("--listen")?;
+    let (net, vf) = devices(args.net.as_deref(), args.vf.as_deref())?;
+    let config = host_vmm::migration::destination::ReceiveConfig {
+        listen,
+        devices: host_vmm::vmm::DeviceConfig {
+            net,
+            vf,
+            control: args.control,
+        },
+    };
+    Ok(host_vmm::migration::destination::receive(
+        &config,
+        Box::new(std::io::stdout()),
+    )?)
+}
+
 /// `host-vmm ctl`: one command to a running host-vmm; its output on stdout.
 fn ctl(args: CtlArgs) -> ExitCode {
     let command = match control::Command::parse(&args.command) {
         Ok(command) => command,
         Err(e) => return ctl_fail(&format!("{e} (see host-vmm ctl --help)")),
     };
-    match control::request(&args.socket, &command, control::client::TIMEOUT) {
+    // A migration's progress lines go to stderr as they come; its quiet steps (the guest
+    // agent, the destination's answer) each take at most ~10 s.
+    let timeout = match command {
+        control::Command::Migrate { .. } => std::time::Duration::from_secs(30),
+        _ => control::client::TIMEOUT,
+    };
+    let mut progress = |line: &str| eprintln!("host-vmm: {line}");
+    match control::client::request_with_progress(&args.socket, &command, timeout, &mut progress) {
         Ok(out) => {
             print!("{out}");
             ExitCode::SUCCESS

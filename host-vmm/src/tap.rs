@@ -123,6 +123,12 @@ impl Tap {
         })
     }
 
+    /// A second descriptor on the same TAP queue, for frames host-vmm itself sends (the
+    /// announcement after a migration) while the device owns the TAP.
+    pub fn writer(&self) -> io::Result<File> {
+        self.file.try_clone()
+    }
+
     /// The interface name.
     pub fn name(&self) -> &str {
         &self.name

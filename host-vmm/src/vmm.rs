@@ -10,8 +10,8 @@
 //! [`Vmm::run`] then enters the guest until it reports a status or stops without one.
 
 use crate::arch::x86_64::{self as arch, boot, cpuid, regs};
-use crate::config::{Cmdline, NetConfig, RunConfig, VfConfig};
-use crate::control::{self, ControlServer, Listener, Services};
+use crate::config::{NetConfig, RunConfig, VfConfig};
+use crate::control::{self, ControlServer, Listener, Services, VfOperator as _};
 use crate::devices::debug_exit::{DEBUG_EXIT_BASE, DEBUG_EXIT_LEN, DebugExit, ExitRequest};
 use crate::devices::ixgbevf::{Ixgbevf, IxgbevfHandler, VfError, VfHandle};
 use crate::devices::pci::msix::MsixVector;
@@ -21,8 +21,11 @@ use crate::devices::virtio::console::{Console, HostPort};
 use crate::devices::virtio::net::Net;
 use crate::devices::virtio::pci::{IntxLine, TransportError, VirtioPci};
 use crate::devices::{Bus, BusError};
+use crate::devices::{DeviceStateError, DevicesState};
 use crate::io_thread::{IoHandler, IoThread};
 use crate::kvm::routing::FIRST_MSI_GSI;
+use crate::kvm::state::{VcpuState, VmState};
+use crate::kvm::vcpu::VcpuKicker;
 use crate::kvm::vcpu::{Vcpu, VcpuExit};
 use crate::kvm::vm::{KvmPages, Vm};
 use crate::kvm::{Kvm, KvmError};
@@ -30,9 +33,11 @@ use crate::loader::{Image, LoadError};
 use crate::memory::{GuestRam, MemoryError};
 use crate::tap::{Tap, TapError};
 use std::fmt;
+use std::fs::File;
 use std::io::Write;
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 use vmm_sys_util::eventfd::EventFd;
 
 /// Process exit status when the guest stopped without reporting one (ARCHITECTURE.md).
@@ -88,6 +93,8 @@ pub enum Outcome {
     GuestExit(u8),
     /// The guest stopped without writing a status.
     GuestStopped(GuestStop),
+    /// The guest moved to another host-vmm, which runs it now.
+    MigratedAway,
 }
 
 impl Outcome {
@@ -96,6 +103,7 @@ impl Outcome {
         match self {
             Outcome::GuestExit(status) => *status,
             Outcome::GuestStopped(_) => EXIT_NO_GUEST_STATUS,
+            Outcome::MigratedAway => 0,
         }
     }
 }
@@ -153,21 +161,362 @@ impl fmt::Display for GuestStop {
     }
 }
 
+/// virtio-net on a TAP, shared between the buses, the I/O thread and a migration.
+pub type SharedNet = Arc<Mutex<VirtioPci<Net<Tap>>>>;
+/// The control channel's virtio-console, shared likewise.
+pub type SharedConsole = Arc<Mutex<VirtioPci<Console>>>;
+/// An I/O-thread handler and the operator's handle on the VF.
+type AttachedVf = (Box<dyn IoHandler>, Arc<VfHandle<Tap>>);
+
+/// The device models a migration saves, restores and quiesces.
+#[derive(Clone)]
+pub struct Devices {
+    /// COM1.
+    pub serial: Arc<Mutex<SerialDevice<Box<dyn Write + Send>>>>,
+    /// The PCI host bridge and bus 0.
+    pub pci: Arc<Mutex<PciRoot>>,
+    /// virtio-net (`--net`).
+    pub net: Option<SharedNet>,
+    /// The emulated VF (`--vf`).
+    pub vf: Option<Arc<Mutex<Ixgbevf<Tap>>>>,
+    /// The control channel's virtio-console (`--control`).
+    pub console: Option<SharedConsole>,
+}
+
+impl fmt::Debug for Devices {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Devices")
+            .field("net", &self.net.is_some())
+            .field("vf", &self.vf.is_some())
+            .field("console", &self.console.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Devices {
+    /// Every device's state (the vCPU stopped and the I/O thread paused).
+    pub fn save_state(&self) -> DevicesState {
+        DevicesState {
+            serial: lock(&self.serial).save_state(),
+            pci: lock(&self.pci).save_state(),
+            net: self.net.as_ref().map(|d| lock(d).save_state()),
+            vf: self.vf.as_ref().map(|d| lock(d).save_state()),
+            console: self.console.as_ref().map(|d| lock(d).save_state()),
+        }
+    }
+
+    /// Applies a source's device states: PCI functions first, then the bus (it reads the
+    /// functions' restored headers), then COM1. The destination must have the same devices.
+    pub fn restore_state(&self, state: DevicesState) -> Result<(), RestoreError> {
+        fn both<'a, T, S>(
+            what: &'static str,
+            here: &'a Option<T>,
+            saved: Option<S>,
+        ) -> Result<Option<(&'a T, S)>, RestoreError> {
+            match (here, saved) {
+                (Some(d), Some(s)) => Ok(Some((d, s))),
+                (None, None) => Ok(None),
+                (Some(_), None) => Err(RestoreError::DeviceSet {
+                    device: what,
+                    source_has: false,
+                }),
+                (None, Some(_)) => Err(RestoreError::DeviceSet {
+                    device: what,
+                    source_has: true,
+                }),
+            }
+        }
+        if let Some((d, s)) = both("virtio-net (--net)", &self.net, state.net)? {
+            lock(d).restore_state(s)?;
+        }
+        if let Some((d, s)) = both("the VF (--vf)", &self.vf, state.vf)? {
+            lock(d).restore_state(s)?;
+        }
+        if let Some((d, s)) = both(
+            "the control channel (--control)",
+            &self.console,
+            state.console,
+        )? {
+            lock(d).restore_state(s)?;
+        }
+        lock(&self.pci).restore_state(state.pci)?;
+        lock(&self.serial).restore_state(state.serial)?;
+        Ok(())
+    }
+}
+
+/// Why a migration's saved state could not be applied here.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    /// One side has a device the other has not.
+    #[error(
+        "the source {} {device} but this host-vmm {}: start `host-vmm receive` with the same devices as the source",
+        if *source_has { "has" } else { "has no" },
+        if *source_has { "has not" } else { "has" }
+    )]
+    DeviceSet {
+        /// Which device.
+        device: &'static str,
+        /// Whether the source has it.
+        source_has: bool,
+    },
+    /// A device refused its state.
+    #[error(transparent)]
+    Device(#[from] DeviceStateError),
+    /// KVM refused the VM's or vCPU's state.
+    #[error(transparent)]
+    Kvm(#[from] KvmError),
+}
+
+/// The vCPU thread's side of a pause: the migration asks, the vCPU thread stops at its next
+/// exit, saves its registers and waits to be told to go on (rollback) or to stop for good.
+#[derive(Debug)]
+pub struct VcpuGate {
+    kicker: VcpuKicker,
+    state: Mutex<Gate>,
+    changed: Condvar,
+    /// Set with [`Gate::PauseRequested`], so the vCPU loop checks without locking.
+    requested: AtomicBool,
+}
+
+/// Where the vCPU thread is, as the gate sees it.
+#[derive(Debug)]
+enum Gate {
+    Running,
+    PauseRequested,
+    /// Stopped at an exit, with its state saved (or why saving failed).
+    Paused(Result<Box<VcpuState>, String>),
+    Resume,
+    Stop,
+    /// `Vmm::run` returned.
+    Exited,
+}
+
+/// Why the vCPU could not be paused.
+#[derive(Debug, thiserror::Error)]
+pub enum PauseError {
+    /// The guest is no longer running.
+    #[error("the guest is not running any more")]
+    Exited,
+    /// The vCPU thread did not stop in time.
+    #[error("the vCPU did not stop within {0:?}")]
+    Timeout(Duration),
+    /// Its state could not be read.
+    #[error("cannot save the vCPU state: {0}")]
+    Save(String),
+}
+
+impl VcpuGate {
+    fn new(kicker: VcpuKicker) -> Self {
+        VcpuGate {
+            kicker,
+            state: Mutex::new(Gate::Running),
+            changed: Condvar::new(),
+            requested: AtomicBool::new(false),
+        }
+    }
+
+    /// Stops the vCPU at its next exit and returns its saved state; it stays stopped until
+    /// [`VcpuGate::resume`] or [`VcpuGate::stop`].
+    pub fn pause(&self, bound: Duration) -> Result<VcpuState, PauseError> {
+        let mut g = lock(&self.state);
+        match *g {
+            Gate::Exited => return Err(PauseError::Exited),
+            Gate::Running => *g = Gate::PauseRequested,
+            _ => {}
+        }
+        self.requested.store(true, Ordering::SeqCst);
+        self.kicker.kick();
+        let deadline = Instant::now() + bound;
+        loop {
+            match &*g {
+                Gate::Paused(Ok(state)) => return Ok((**state).clone()),
+                Gate::Paused(Err(e)) => return Err(PauseError::Save(e.clone())),
+                Gate::Exited => return Err(PauseError::Exited),
+                _ => {}
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(PauseError::Timeout(bound));
+            }
+            g = self
+                .changed
+                .wait_timeout(g, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// Lets a paused vCPU run on (the migration rolled back).
+    pub fn resume(&self) {
+        let mut g = lock(&self.state);
+        if matches!(*g, Gate::Paused(_) | Gate::PauseRequested) {
+            *g = Gate::Resume;
+            self.changed.notify_all();
+        }
+    }
+
+    /// Ends a paused vCPU's run: `Vmm::run` returns [`Outcome::MigratedAway`].
+    pub fn stop(&self) {
+        let mut g = lock(&self.state);
+        if !matches!(*g, Gate::Exited) {
+            *g = Gate::Stop;
+            self.changed.notify_all();
+        }
+    }
+
+    /// Called by the vCPU thread after an exit when a pause was asked for: saves the
+    /// state, waits for the verdict. `true`: stop for good.
+    fn park(&self, vcpu: &mut Vcpu, pio: &Bus, mmio: &Bus) -> bool {
+        let mut g = lock(&self.state);
+        if !matches!(*g, Gate::PauseRequested) {
+            return false;
+        }
+        let saved = vcpu
+            .complete_pending_io(pio, mmio)
+            .and_then(|()| vcpu.save_state())
+            .map(Box::new)
+            .map_err(|e| format!("{e}"));
+        *g = Gate::Paused(saved);
+        self.changed.notify_all();
+        loop {
+            match *g {
+                Gate::Resume => {
+                    self.requested.store(false, Ordering::SeqCst);
+                    // Cleared before saying so: nothing kicks between here and the next pause.
+                    vcpu.clear_immediate_exit();
+                    *g = Gate::Running;
+                    self.changed.notify_all();
+                    return false;
+                }
+                Gate::Stop => return true,
+                _ => {
+                    g = self.changed.wait(g).unwrap_or_else(|e| e.into_inner());
+                }
+            }
+        }
+    }
+
+    fn exited(&self) {
+        *lock(&self.state) = Gate::Exited;
+        self.changed.notify_all();
+    }
+}
+
+/// What a migration reaches while the vCPU thread runs the guest: RAM, the VM, the
+/// devices, the I/O thread that serves them, and the vCPU's gate.
+pub struct Machine {
+    // Drop order: the I/O thread first (it uses devices, the VM and RAM), then the rest.
+    io_thread: Option<IoThread>,
+    /// The device models.
+    pub devices: Devices,
+    /// The VM (dirty log, irqchip and clock state).
+    pub vm: Vm,
+    /// Guest RAM.
+    pub ram: GuestRam,
+    /// Stops and restarts the vCPU.
+    pub gate: VcpuGate,
+    /// The operator's handle on the VF.
+    pub vf: Option<Arc<VfHandle<Tap>>>,
+    /// Writers on the NICs' TAPs and the guest's MAC, for announcing the guest after a move.
+    announce: Vec<(File, [u8; 6])>,
+}
+
+impl fmt::Debug for Machine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Machine")
+            .field("devices", &self.devices)
+            .field("ram", &self.ram.size())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Machine {
+    /// Stops device I/O (no handler runs, guest memory is not written from it).
+    pub fn pause_io(&self) -> Result<(), crate::io_thread::PauseError> {
+        match &self.io_thread {
+            Some(t) => t.pause(),
+            None => Ok(()),
+        }
+    }
+
+    /// Lets device I/O run again.
+    pub fn resume_io(&self) {
+        if let Some(t) = &self.io_thread {
+            t.resume();
+        }
+    }
+
+    /// Sends the guest's MAC from each of its TAPs as QEMU's announce-self does (a RARP and
+    /// a gratuitous-ARP-shaped broadcast), so the L2 learns the new port before the guest
+    /// speaks. Returns how many frames went out.
+    pub fn announce(&self) -> usize {
+        let mut sent = 0;
+        for (file, mac) in &self.announce {
+            let frame = crate::migration::announce::rarp(*mac);
+            match (&*file).write_all(&frame) {
+                Ok(_) => sent += 1,
+                Err(e) => log::warn!("migration: announcement not sent: {e}"),
+            }
+        }
+        sent
+    }
+}
+
+/// What the VM is made of besides RAM and the image: the devices on the command line.
+#[derive(Clone, Debug, Default)]
+pub struct DeviceConfig {
+    /// `--net`.
+    pub net: Option<NetConfig>,
+    /// `--vf`.
+    pub vf: Option<VfConfig>,
+    /// `--control`.
+    pub control: Option<std::path::PathBuf>,
+}
+
+impl From<&RunConfig> for DeviceConfig {
+    fn from(c: &RunConfig) -> Self {
+        DeviceConfig {
+            net: c.net.clone(),
+            vf: c.vf.clone(),
+            control: c.control.clone(),
+        }
+    }
+}
+
+/// The devices' host resources, opened before any KVM work so bad input fails first.
+struct Opened {
+    tap: Option<Tap>,
+    vf_tap: Option<Tap>,
+    listener: Option<Listener>,
+}
+
+impl Opened {
+    fn open(config: &DeviceConfig) -> Result<Opened, Error> {
+        Ok(Opened {
+            tap: config.net.as_ref().map(|n| Tap::open(&n.tap)).transpose()?,
+            vf_tap: config.vf.as_ref().map(|v| Tap::open(&v.tap)).transpose()?,
+            // Bound early: a path in use is bad input too. Served once the VM is built.
+            listener: config.control.as_deref().map(Listener::bind).transpose()?,
+        })
+    }
+}
+
 /// A VM ready to run: RAM, the vCPU at the image's entry, and the devices.
 #[derive(Debug)]
 pub struct Vmm {
-    // Drop order: the control server (it removes its socket), the I/O thread (it uses
-    // devices and the VM), then the vCPU, the VM, guest RAM.
+    // Drop order: the control server (it removes its socket and holds the machine), then
+    // the vCPU, then the machine (I/O thread, devices, VM, RAM).
     control: Option<ControlServer>,
-    _io_thread: Option<IoThread>,
     vcpu: Vcpu,
-    _vm: Vm,
-    _ram: GuestRam,
+    machine: Arc<Machine>,
     pio: Bus,
     mmio: Bus,
     exit_request: ExitRequest,
-    /// The operator's handle on the VF (`--vf`).
-    vf: Option<Arc<dyn control::VfOperator>>,
 }
 
 impl Vmm {
@@ -177,13 +526,79 @@ impl Vmm {
         let start = Instant::now();
         // Bad input fails here, before any KVM work.
         let image = Image::open(&config.image, config.mem)?;
-        let tap = config.net.as_ref().map(|n| Tap::open(&n.tap)).transpose()?;
-        let vf_tap = config.vf.as_ref().map(|v| Tap::open(&v.tap)).transpose()?;
-        // Bound early: a path in use is bad input too. Served once the VM is built.
-        let listener = config.control.as_deref().map(Listener::bind).transpose()?;
+        let devices = DeviceConfig::from(config);
+        let opened = Opened::open(&devices)?;
         let kvm = Kvm::open()?;
         let ram = GuestRam::new(config.mem.bytes())?;
-        let (vm, vcpu) = Self::build_vm(&kvm, &ram, &image, &config.cmdline)?;
+        let (vm, vcpu) = Self::create_vm(&kvm, &ram)?;
+        image.load_into(ram.memory())?;
+        boot::write_boot_structures(ram.memory(), ram.size(), &config.cmdline)?;
+        let mut sregs = vcpu.sregs()?;
+        regs::set_boot_sregs(&mut sregs);
+        vcpu.set_sregs(&sregs)?;
+        vcpu.set_regs(&regs::boot_regs(image.entry()))?;
+        let vmm = Self::assemble(&kvm, ram, vm, vcpu, &devices, opened, console)?;
+        log::debug!(
+            "vm: ready in {:?}; entry {:#x}, {} of RAM",
+            start.elapsed(),
+            image.entry(),
+            config.mem
+        );
+        Ok(vmm)
+    }
+
+    /// A VM for an incoming migration over `ram` (zeroed, or the source's own memfd): the
+    /// devices of `config`, the vCPU with this host's CPUID, nothing loaded and no boot
+    /// state; the migration's saved state goes in with [`Vmm::restore`].
+    pub fn for_incoming(
+        config: &DeviceConfig,
+        ram: GuestRam,
+        console: Box<dyn Write + Send>,
+    ) -> Result<Self, Error> {
+        let opened = Opened::open(config)?;
+        let kvm = Kvm::open()?;
+        let (vm, vcpu) = Self::create_vm(&kvm, &ram)?;
+        Self::assemble(&kvm, ram, vm, vcpu, config, opened, console)
+    }
+
+    /// Applies a migration's saved state: the VM's (irqchip, clock) before the vCPU's, then
+    /// the devices'.
+    pub fn restore(
+        &mut self,
+        vm: &VmState,
+        vcpu: &VcpuState,
+        devices: DevicesState,
+    ) -> Result<(), RestoreError> {
+        self.machine.vm.restore_state(vm)?;
+        self.vcpu.restore_state(vcpu)?;
+        self.machine.devices.restore_state(devices)?;
+        Ok(())
+    }
+
+    /// Creates the VM and its vCPU in KVM's fast order (VM, RAM, irqchip, vCPU).
+    fn create_vm(kvm: &Kvm, ram: &GuestRam) -> Result<(Vm, Vcpu), Error> {
+        let vm = Vm::new(
+            kvm,
+            ram,
+            KvmPages {
+                tss: arch::KVM_TSS_ADDR,
+                identity_map: arch::KVM_IDENTITY_MAP_ADDR,
+            },
+        )?;
+        let vcpu = vm.create_vcpu(0)?;
+        Ok((vm, vcpu))
+    }
+
+    /// Sets CPUID, puts the devices together, starts the I/O thread and the control server.
+    fn assemble(
+        kvm: &Kvm,
+        ram: GuestRam,
+        vm: Vm,
+        vcpu: Vcpu,
+        config: &DeviceConfig,
+        opened: Opened,
+        console: Box<dyn Write + Send>,
+    ) -> Result<Self, Error> {
         // KVM_GET_SUPPORTED_CPUID (~0.4 ms here) is asked once. Asking it on a helper thread
         // while the VM is built was measured slower on these 2-vCPU hosts: the memslot and
         // irqchip ioctls then seem to wait for the CPU busy in it.
@@ -196,21 +611,13 @@ impl Vmm {
             },
         );
         vcpu.set_cpuid(&cpuid)?;
-        let mut sregs = vcpu.sregs()?;
-        regs::set_boot_sregs(&mut sregs);
-        vcpu.set_sregs(&sregs)?;
-        vcpu.set_regs(&regs::boot_regs(image.entry()))?;
 
         let exit_request = ExitRequest::default();
         let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::EventFd)?;
         vm.register_irqfd(&serial_irq, COM1_IRQ)?;
+        let serial = Arc::new(Mutex::new(SerialDevice::new(serial_irq, console)));
         let mut pio = Bus::new("pio");
-        pio.insert(
-            COM1_BASE,
-            COM1_LEN,
-            "serial",
-            Arc::new(Mutex::new(SerialDevice::new(serial_irq, console))),
-        )?;
+        pio.insert(COM1_BASE, COM1_LEN, "serial", serial.clone())?;
         pio.insert(
             DEBUG_EXIT_BASE,
             DEBUG_EXIT_LEN,
@@ -233,24 +640,38 @@ impl Vmm {
             Arc::new(Mutex::new(PciMmioWindow(pci.clone()))),
         )?;
         let mut handlers: Vec<Box<dyn IoHandler>> = Vec::new();
+        let mut announce = Vec::new();
         let mut msi_gsis = FIRST_MSI_GSI..u32::MAX;
-        if let (Some(net), Some(tap)) = (&config.net, tap) {
-            let mut root = pci.lock().unwrap_or_else(|e| e.into_inner());
-            handlers.push(attach_net(&vm, &ram, &mut root, &mut msi_gsis, net, tap)?);
+        let mut devices = Devices {
+            serial,
+            pci: pci.clone(),
+            net: None,
+            vf: None,
+            console: None,
+        };
+        if let (Some(net), Some(tap)) = (&config.net, opened.tap) {
+            announce.push((tap.writer().map_err(Error::EventFd)?, net.mac.octets()));
+            let mut root = lock(&pci);
+            let (handler, device) = attach_net(&vm, &ram, &mut root, &mut msi_gsis, net, tap)?;
+            handlers.push(handler);
+            devices.net = Some(device);
         }
-        let vf = match (&config.vf, vf_tap) {
+        let vf = match (&config.vf, opened.vf_tap) {
             (Some(vf), Some(tap)) => {
+                announce.push((tap.writer().map_err(Error::EventFd)?, vf.mac.octets()));
                 let (handler, operator) = attach_vf(&vm, &ram, &pci, &mut msi_gsis, vf, tap)?;
                 handlers.push(handler);
+                devices.vf = Some(operator.device().clone());
                 Some(operator)
             }
             _ => None,
         };
-        let agent_port = match &listener {
+        let agent_port = match &opened.listener {
             Some(_) => {
-                let mut root = pci.lock().unwrap_or_else(|e| e.into_inner());
-                let (handler, port) = attach_console(&vm, &ram, &mut root, &mut msi_gsis)?;
+                let mut root = lock(&pci);
+                let (handler, port, device) = attach_console(&vm, &ram, &mut root, &mut msi_gsis)?;
                 handlers.push(handler);
+                devices.console = Some(device);
                 Some(port)
             }
             None => None,
@@ -260,65 +681,95 @@ impl Vmm {
             true => None,
             false => Some(IoThread::spawn(handlers).map_err(Error::IoThread)?),
         };
-        log::debug!(
-            "vm: ready in {:?}; entry {:#x}, {} of RAM",
-            start.elapsed(),
-            image.entry(),
-            config.mem
-        );
-        let mut vmm = Vmm {
-            control: None,
-            _io_thread: io_thread,
+        let gate = VcpuGate::new(vcpu.kicker()?);
+        let machine = Arc::new(Machine {
+            io_thread,
+            devices,
+            vm,
+            ram,
+            gate,
+            vf,
+            announce,
+        });
+        let control = match (opened.listener, agent_port) {
+            (Some(listener), Some(agent)) => Some(
+                listener.serve(Services {
+                    agent,
+                    vf: machine
+                        .vf
+                        .clone()
+                        .map(|v| v as Arc<dyn control::VfOperator>),
+                    agent_timeout: control::AGENT_TIMEOUT,
+                    machine: Some(machine.clone()),
+                })?,
+            ),
+            _ => None,
+        };
+        Ok(Vmm {
+            control,
             vcpu,
-            _vm: vm,
-            _ram: ram,
+            machine,
             pio,
             mmio,
             exit_request,
-            vf,
-        };
-        if let (Some(listener), Some(agent)) = (listener, agent_port) {
-            let vf = vmm.vf_operator();
-            vmm.control = Some(listener.serve(Services {
-                agent,
-                vf,
-                agent_timeout: control::AGENT_TIMEOUT,
-            })?);
-        }
-        Ok(vmm)
+        })
     }
 
     /// The operator's handle on the emulated VF, when the VM has one (`--vf`).
     pub fn vf_operator(&self) -> Option<Arc<dyn control::VfOperator>> {
-        self.vf.clone()
+        self.machine
+            .vf
+            .clone()
+            .map(|v| v as Arc<dyn control::VfOperator>)
     }
 
-    /// Creates the VM and its vCPU in KVM's fast order (VM, RAM, irqchip, vCPU), then loads
-    /// the image and writes the boot structures into guest RAM.
-    fn build_vm(
-        kvm: &Kvm,
-        ram: &GuestRam,
-        image: &Image,
-        cmdline: &Cmdline,
-    ) -> Result<(Vm, Vcpu), Error> {
-        let vm = Vm::new(
-            kvm,
-            ram,
-            KvmPages {
-                tss: arch::KVM_TSS_ADDR,
-                identity_map: arch::KVM_IDENTITY_MAP_ADDR,
-            },
-        )?;
-        let vcpu = vm.create_vcpu(0)?;
-        image.load_into(ram.memory())?;
-        boot::write_boot_structures(ram.memory(), ram.size(), cmdline)?;
-        Ok((vm, vcpu))
+    /// What a migration reaches (shared with the control server).
+    pub fn machine(&self) -> &Arc<Machine> {
+        &self.machine
     }
 
-    /// Runs the guest until it reports a status or stops without one.
+    /// An incoming migration's guest is about to run: announce its MAC on the TAPs, then
+    /// plug the VF back in and send the agent RESUMED (on the control thread, which owns
+    /// the agent link).
+    pub fn after_arrival(&self) {
+        let sent = self.machine.announce();
+        log::info!("migration: announced the guest's MAC ({sent} frames)");
+        match &self.control {
+            Some(control) => control.guest_arrived(),
+            None => {
+                if let Some(vf) = &self.machine.vf
+                    && !vf.state().present
+                    && let Err(e) = vf.add()
+                {
+                    log::warn!("migration: cannot plug the VF in: {e}");
+                }
+            }
+        }
+    }
+
+    /// The control server, when the VM has one.
+    pub fn control(&self) -> Option<&ControlServer> {
+        self.control.as_ref()
+    }
+
+    /// Runs the guest until it reports a status, stops without one, or moves away.
     pub fn run(&mut self) -> Result<Outcome, Error> {
+        let result = self.run_loop();
+        self.machine.gate.exited();
+        result
+    }
+
+    fn run_loop(&mut self) -> Result<Outcome, Error> {
         loop {
             let exit = self.vcpu.run(&self.pio, &self.mmio)?;
+            if self.machine.gate.requested.load(Ordering::Relaxed)
+                && self
+                    .machine
+                    .gate
+                    .park(&mut self.vcpu, &self.pio, &self.mmio)
+            {
+                return Ok(Outcome::MigratedAway);
+            }
             match exit {
                 VcpuExit::Io { write: true, .. } => {
                     if let Some(status) = self.exit_request.status() {
@@ -326,8 +777,12 @@ impl Vmm {
                     }
                 }
                 VcpuExit::Io { write: false, .. } | VcpuExit::Mmio => {}
-                // Nothing pauses the vCPU yet; a signal just means "enter again".
-                VcpuExit::Interrupted => {}
+                VcpuExit::Interrupted => {
+                    // A kick without a pause (one that raced a resume): go on.
+                    if !self.machine.gate.requested.load(Ordering::Relaxed) {
+                        self.vcpu.clear_immediate_exit();
+                    }
+                }
                 stop => {
                     let rip = self.vcpu.regs().ok().map(|r| r.rip);
                     return Ok(Outcome::GuestStopped(GuestStop { exit: stop, rip }));
@@ -352,7 +807,7 @@ fn attach_net(
     msi_gsis: &mut std::ops::Range<u32>,
     net: &NetConfig,
     tap: Tap,
-) -> Result<Box<dyn IoHandler>, Error> {
+) -> Result<(Box<dyn IoHandler>, SharedNet), Error> {
     let mut vectors = Vec::new();
     for gsi in msi_gsis.take(NET_MSIX_VECTORS as usize) {
         let irqfd = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::EventFd)?;
@@ -378,7 +833,7 @@ fn attach_net(
         net.mac,
         net.tap
     );
-    Ok(Box::new(VirtioPci::io_handler(&device)))
+    Ok((Box::new(VirtioPci::io_handler(&device)), device))
 }
 
 /// MSI-X vectors of the virtio-console: receiveq and configuration changes (the transmit
@@ -392,7 +847,7 @@ fn attach_console(
     ram: &GuestRam,
     root: &mut PciRoot,
     msi_gsis: &mut std::ops::Range<u32>,
-) -> Result<(Box<dyn IoHandler>, HostPort), Error> {
+) -> Result<(Box<dyn IoHandler>, HostPort, SharedConsole), Error> {
     let mut vectors = Vec::new();
     for gsi in msi_gsis.take(CONSOLE_MSIX_VECTORS as usize) {
         let irqfd = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::EventFd)?;
@@ -414,11 +869,8 @@ fn attach_console(
     let device = Arc::new(Mutex::new(device));
     let slot = root.add_device(device.clone())?;
     log::info!("virtio-console: PCI 00:{slot:02x}.0 (guest agent), INTA on GSI {intx_gsi}");
-    Ok((Box::new(VirtioPci::io_handler(&device)), port))
+    Ok((Box::new(VirtioPci::io_handler(&device)), port, device))
 }
-
-/// What the control server holds to act on the VF.
-type VfOperatorHandle = Arc<dyn control::VfOperator>;
 
 /// MSI-X vectors of the VF, as on a real 82599 VF: two queue pairs and "other".
 const VF_MSIX_VECTORS: u16 = drivers::ixgbevf::regs::MSIX_VECTORS;
@@ -433,7 +885,7 @@ fn attach_vf(
     msi_gsis: &mut std::ops::Range<u32>,
     config: &VfConfig,
     tap: Tap,
-) -> Result<(Box<dyn IoHandler>, VfOperatorHandle), Error> {
+) -> Result<AttachedVf, Error> {
     let mut vectors = Vec::new();
     for gsi in msi_gsis.take(usize::from(VF_MSIX_VECTORS)) {
         let irqfd = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::EventFd)?;

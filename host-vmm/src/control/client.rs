@@ -66,6 +66,16 @@ pub enum ClientError {
 /// Sends `command` to the server at `path` and returns its output (lines ending in `\n`);
 /// waits at most `timeout` for the answer.
 pub fn request(path: &Path, command: &Command, timeout: Duration) -> Result<String, ClientError> {
+    request_with_progress(path, command, timeout, &mut |_| {})
+}
+
+/// [`request`], handing each progress line (a migration's) to `on_progress` as it arrives.
+pub fn request_with_progress(
+    path: &Path,
+    command: &Command,
+    timeout: Duration,
+    on_progress: &mut dyn FnMut(&str),
+) -> Result<String, ClientError> {
     let shown = path.display().to_string();
     let mut conn = UnixStream::connect(path).map_err(|error| match error.kind() {
         io::ErrorKind::NotFound => ClientError::NoSocket(shown.clone()),
@@ -93,10 +103,21 @@ pub fn request(path: &Path, command: &Command, timeout: Duration) -> Result<Stri
     conn.write_all(format!("{command}\n").as_bytes())
         .map_err(io_error)?;
     conn.shutdown(std::net::Shutdown::Write).map_err(io_error)?;
+    // `progress: ` lines (a migration's) come first and are handed on as they arrive;
+    // the answer proper follows. Each read waits at most `timeout`.
     let mut answer = String::new();
-    conn.take(MAX_ANSWER)
-        .read_to_string(&mut answer)
-        .map_err(io_error)?;
+    let mut reader = std::io::BufReader::new(conn.take(MAX_ANSWER));
+    loop {
+        let mut line = String::new();
+        let n = std::io::BufRead::read_line(&mut reader, &mut line).map_err(io_error)?;
+        if n == 0 {
+            break;
+        }
+        match line.strip_prefix("progress: ") {
+            Some(p) if answer.is_empty() => on_progress(p.trim_end()),
+            _ => answer.push_str(&line),
+        }
+    }
     if let Some(out) = answer.strip_prefix("ok\n") {
         return Ok(out.to_owned());
     }

@@ -3,14 +3,15 @@
 //! contract).
 
 use super::VfState;
+use crate::migration::target::Address;
 use migration_client::protocol::{Nic, NicStatus, Prepared, Resumed, Status};
 use std::fmt::{self, Write};
 
 /// The commands, as usage errors list them.
-pub const COMMANDS: &str = "switch vf|virtio, status, vf link up|down, vf remove, vf add";
+pub const COMMANDS: &str = "switch vf|virtio, status, vf link up|down, vf remove, vf add, migrate tcp:ADDR:PORT|unix:PATH [--downtime-ms N] [--zero-copy]";
 
 /// One operator command.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Command {
     /// Ask the guest agent to make this NIC the active one.
     Switch(Nic),
@@ -25,6 +26,15 @@ pub enum Command {
     VfRemove,
     /// Plug the VF back in (host side).
     VfAdd,
+    /// Move the guest to a `host-vmm receive` listening at `target`.
+    Migrate {
+        /// The destination.
+        target: Address,
+        /// The pause to aim for, in ms.
+        downtime_ms: u64,
+        /// Hand guest RAM over instead of copying it (same machine, `unix:` target).
+        zero_copy: bool,
+    },
     // --- Debug commands (not in COMMANDS): a move's guest-agent steps on their own, for
     // tests/agent.rs and for trying the agent by hand. The `migrate` command drives the
     // same AgentLink calls.
@@ -46,6 +56,50 @@ pub enum UsageError {
     /// Something else.
     #[error("unknown command `{0}`: use one of {COMMANDS}")]
     Unknown(String),
+    /// `migrate` with bad arguments.
+    #[error("migrate: {0}")]
+    Migrate(String),
+}
+
+/// `migrate TARGET [--downtime-ms N] [--zero-copy]`, flags in any order.
+fn parse_migrate(words: &[&str]) -> Result<Command, UsageError> {
+    let bad = |m: String| UsageError::Migrate(m);
+    let mut target = None;
+    let mut downtime_ms = crate::migration::source::DEFAULT_DOWNTIME.as_millis() as u64;
+    let mut zero_copy = false;
+    let mut it = words.iter();
+    while let Some(w) = it.next() {
+        match *w {
+            "--zero-copy" => zero_copy = true,
+            "--downtime-ms" => {
+                let v = it
+                    .next()
+                    .ok_or_else(|| bad("--downtime-ms needs a value in ms".into()))?;
+                downtime_ms = v
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|ms| (1..=60_000).contains(ms))
+                    .ok_or_else(|| bad(format!("--downtime-ms `{v}`: give 1 to 60000 ms")))?;
+            }
+            flag if flag.starts_with("--") => return Err(bad(format!("unknown flag `{flag}`"))),
+            t if target.is_none() => {
+                target = Some(t.parse::<Address>().map_err(|e| bad(e.to_string()))?);
+            }
+            extra => return Err(bad(format!("unexpected `{extra}`"))),
+        }
+    }
+    let target =
+        target.ok_or_else(|| bad("give the destination: tcp:ADDR:PORT or unix:PATH".into()))?;
+    if zero_copy && !matches!(target, Address::Unix(_)) {
+        return Err(bad(
+            "--zero-copy needs a unix:PATH destination on this machine".into(),
+        ));
+    }
+    Ok(Command::Migrate {
+        target,
+        downtime_ms,
+        zero_copy,
+    })
 }
 
 impl Command {
@@ -63,6 +117,7 @@ impl Command {
             ["vf", "add"] => Command::VfAdd,
             ["agent", "prepare"] => Command::AgentPrepare,
             ["agent", "resumed"] => Command::AgentResumed,
+            ["migrate", rest @ ..] => parse_migrate(rest)?,
             _ => {
                 let mut quoted = String::new();
                 for (i, w) in words.iter().enumerate() {
@@ -98,6 +153,17 @@ impl fmt::Display for Command {
             Command::VfAdd => f.write_str("vf add"),
             Command::AgentPrepare => f.write_str("agent prepare"),
             Command::AgentResumed => f.write_str("agent resumed"),
+            Command::Migrate {
+                target,
+                downtime_ms,
+                zero_copy,
+            } => {
+                write!(f, "migrate {target} --downtime-ms {downtime_ms}")?;
+                if *zero_copy {
+                    f.write_str(" --zero-copy")?;
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -196,6 +262,42 @@ mod tests {
     }
 
     #[test]
+    fn migrate_takes_a_target_and_its_flags_in_any_order() {
+        assert_eq!(
+            Command::parse_line("migrate tcp:198.18.0.2:7000"),
+            Ok(Command::Migrate {
+                target: "tcp:198.18.0.2:7000".parse().unwrap(),
+                downtime_ms: 300,
+                zero_copy: false,
+            })
+        );
+        let c = Command::parse_line("migrate --zero-copy unix:/tmp/m --downtime-ms 5").unwrap();
+        assert_eq!(
+            c,
+            Command::Migrate {
+                target: "unix:/tmp/m".parse().unwrap(),
+                downtime_ms: 5,
+                zero_copy: true,
+            }
+        );
+        // What the client sends is what the server parses.
+        assert_eq!(Command::parse_line(&c.to_string()), Ok(c));
+        for (bad, says) in [
+            ("migrate", "give the destination"),
+            ("migrate udp:x:1", "tcp:ADDR:PORT or unix:PATH"),
+            ("migrate tcp:h:1 --downtime-ms", "needs a value"),
+            ("migrate tcp:h:1 --downtime-ms 0", "1 to 60000"),
+            ("migrate tcp:h:1 --downtime-ms x", "1 to 60000"),
+            ("migrate tcp:h:1 --zero-copy", "unix:PATH destination"),
+            ("migrate tcp:h:1 tcp:h:2", "unexpected"),
+            ("migrate tcp:h:1 --fast", "unknown flag"),
+        ] {
+            let e = Command::parse_line(bad).unwrap_err().to_string();
+            assert!(e.starts_with("migrate: ") && e.contains(says), "{bad}: {e}");
+        }
+    }
+
+    #[test]
     fn anything_else_is_a_usage_error_naming_the_commands() {
         assert_eq!(Command::parse::<&str>(&[]), Err(UsageError::Empty));
         for bad in [
@@ -206,7 +308,6 @@ mod tests {
             "vf link",
             "vf link sideways",
             "VF add",
-            "migrate",
             "agent",
             "agent prepare now",
         ] {

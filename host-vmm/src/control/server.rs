@@ -14,6 +14,8 @@ use super::agent::{AgentError, AgentLink};
 use super::command::{Command, format_active, format_status, format_vf};
 use super::{VfOpError, VfOperator};
 use crate::devices::virtio::console::HostPort;
+use crate::migration::source::{self, Agent as _};
+use crate::vmm::Machine;
 use migration_client::protocol::{Reply, Request};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::fd::AsRawFd;
@@ -129,18 +131,37 @@ impl Listener {
                 .map_err(ServerError::Start)?;
         }
         let thread_stop = stop.try_clone().map_err(ServerError::Start)?;
+        let arrived = EventFd::new(libc::EFD_NONBLOCK).map_err(ServerError::Start)?;
+        epoll
+            .ctl(
+                ControlOperation::Add,
+                arrived.as_raw_fd(),
+                EpollEvent::new(EventSet::IN, TOKEN_ARRIVED),
+            )
+            .map_err(ServerError::Start)?;
+        let thread_arrived = arrived.try_clone().map_err(ServerError::Start)?;
         let mut handler = Handler {
             agent: AgentLink::new(services.agent, services.agent_timeout),
             vf: services.vf,
+            machine: services.machine,
         };
         let listener = self.listener;
         let thread = std::thread::Builder::new()
             .name("control".into())
-            .spawn(move || run(epoll, &listener, &thread_stop, &mut handler))
+            .spawn(move || {
+                run(
+                    epoll,
+                    &listener,
+                    &thread_stop,
+                    &thread_arrived,
+                    &mut handler,
+                )
+            })
             .map_err(ServerError::Start)?;
         log::info!("control: listening on {}", self.file.0.display());
         Ok(ControlServer {
             stop,
+            arrived,
             thread: Some(thread),
             _file: self.file,
         })
@@ -156,15 +177,29 @@ pub struct Services {
     pub vf: Option<Arc<dyn VfOperator>>,
     /// How long the guest agent has to answer ([`super::AGENT_TIMEOUT`] in production).
     pub agent_timeout: Duration,
+    /// The VM itself, for `migrate` (absent in tests of the command plumbing).
+    pub machine: Option<Arc<Machine>>,
 }
 
 /// A running control server; dropping it stops the thread and removes the socket file.
 #[derive(Debug)]
 pub struct ControlServer {
     stop: EventFd,
+    /// Written once a migrated guest runs here: the thread then finishes its arrival.
+    arrived: EventFd,
     thread: Option<JoinHandle<()>>,
     // Dropped after `drop` has joined the thread.
     _file: SocketFile,
+}
+
+impl ControlServer {
+    /// A migrated guest runs here now: plug the VF back in and tell the guest agent
+    /// (RESUMED), on the server's thread, which owns the agent link.
+    pub fn guest_arrived(&self) {
+        if let Err(e) = self.arrived.write(1) {
+            log::warn!("control: cannot signal the guest's arrival: {e}");
+        }
+    }
 }
 
 impl Drop for ControlServer {
@@ -183,9 +218,16 @@ impl Drop for ControlServer {
 
 const TOKEN_LISTENER: u64 = 0;
 const TOKEN_STOP: u64 = 1;
+const TOKEN_ARRIVED: u64 = 2;
 
-fn run(epoll: Epoll, listener: &UnixListener, stop: &EventFd, handler: &mut Handler) {
-    let mut events = [EpollEvent::default(); 2];
+fn run(
+    epoll: Epoll,
+    listener: &UnixListener,
+    stop: &EventFd,
+    arrived: &EventFd,
+    handler: &mut Handler,
+) {
+    let mut events = [EpollEvent::default(); 3];
     loop {
         let n = match epoll.wait(-1, &mut events) {
             Ok(n) => n,
@@ -199,6 +241,10 @@ fn run(epoll: Epoll, listener: &UnixListener, stop: &EventFd, handler: &mut Hand
             if event.data() == TOKEN_STOP {
                 let _ = stop.read();
                 return;
+            }
+            if event.data() == TOKEN_ARRIVED {
+                let _ = arrived.read();
+                handler.after_arrival();
             }
         }
         loop {
@@ -233,6 +279,28 @@ enum CommandError {
 struct Handler {
     agent: AgentLink,
     vf: Option<Arc<dyn VfOperator>>,
+    machine: Option<Arc<Machine>>,
+}
+
+/// The guest agent as a migration sees it.
+struct AgentSteps<'a>(&'a mut AgentLink);
+
+impl source::Agent for AgentSteps<'_> {
+    fn prepare(&mut self) -> Result<(), String> {
+        let p = self.0.prepare().map_err(|e| e.to_string())?;
+        log::info!("migration: guest prepared (released VF: {})", p.released_vf);
+        Ok(())
+    }
+
+    fn resumed(&mut self) -> Result<(), String> {
+        let r = self.0.resumed().map_err(|e| e.to_string())?;
+        log::info!(
+            "migration: guest resumed (VF attached: {}, announced: {})",
+            r.vf_attached,
+            r.announced
+        );
+        Ok(())
+    }
 }
 
 impl Handler {
@@ -250,6 +318,23 @@ impl Handler {
         }
         if line.is_empty() {
             // A connect and close (another host-vmm checking whether we are alive).
+            return;
+        }
+        if let Ok(Command::Migrate {
+            target,
+            downtime_ms,
+            zero_copy,
+        }) = std::str::from_utf8(&line)
+            .map_err(drop)
+            .and_then(|t| Command::parse_line(t).map_err(drop))
+        {
+            let options = source::Options {
+                target,
+                downtime: Duration::from_millis(downtime_ms),
+                zero_copy,
+            };
+            self.migrate(&conn, &options);
+            let _ = conn.shutdown(std::net::Shutdown::Write);
             return;
         }
         let result = self.execute(&line);
@@ -281,6 +366,9 @@ impl Handler {
             Command::parse_line(text).map_err(|e| CommandError::BadRequest(e.to_string()))?;
         log::info!("control: {command}");
         match command {
+            Command::Migrate { .. } => Err(CommandError::BadRequest(
+                "migrate must be the whole request".into(),
+            )),
             Command::Switch(nic) => Ok(format_active(self.ask(Request::Switch(nic))?.active)),
             Command::Status => Ok(format_status(&self.ask(Request::Status)?)),
             Command::VfLink { up } => {
@@ -310,6 +398,49 @@ impl Handler {
             Reply::Prepared(_) => Err(CommandError::UnexpectedReply("PREPARE reply")),
             Reply::Resumed(_) => Err(CommandError::UnexpectedReply("RESUMED reply")),
             Reply::Error(..) => Err(CommandError::UnexpectedReply("error")),
+        }
+    }
+
+    /// Runs a migration, streaming `progress: ...` lines to `conn`, then `ok` and the
+    /// summary, or `error: ...` (the guest then runs here again).
+    fn migrate(&mut self, conn: &UnixStream, options: &source::Options) {
+        let Some(machine) = self.machine.clone() else {
+            let _ = (&*conn).write_all(b"error: this host-vmm cannot migrate\n");
+            return;
+        };
+        log::info!("control: migrate to {}", options.target);
+        let mut progress = |line: &str| {
+            eprintln!("host-vmm: migration: {line}");
+            let _ = (&*conn).write_all(format!("progress: {line}\n").as_bytes());
+        };
+        let mut steps = AgentSteps(&mut self.agent);
+        let answer = match source::migrate(&machine, options, Some(&mut steps), &mut progress) {
+            Ok(summary) => {
+                eprint!("host-vmm: {summary}");
+                format!("ok\n{summary}")
+            }
+            Err(e) => {
+                eprintln!("host-vmm: migration failed, the guest runs here: {e}");
+                format!(
+                    "error: migration failed, the guest runs here: {}\n",
+                    e.to_string().replace('\n', " ")
+                )
+            }
+        };
+        let _ = (&*conn).write_all(answer.as_bytes());
+    }
+
+    /// A migrated guest runs here: the VF goes back in (it left the source detached) and
+    /// the agent hears RESUMED.
+    fn after_arrival(&mut self) {
+        if let Some(vf) = &self.vf
+            && !vf.state().present
+            && let Err(e) = vf.add()
+        {
+            log::warn!("migration: cannot plug the VF in: {e}");
+        }
+        if let Err(e) = (AgentSteps(&mut self.agent)).resumed() {
+            log::warn!("migration: the guest agent did not take RESUMED: {e}");
         }
     }
 
@@ -420,6 +551,7 @@ mod tests {
                 agent: port,
                 vf,
                 agent_timeout: timeout,
+                machine: None,
             })
             .unwrap();
         Setup {

@@ -12,7 +12,7 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, FromRawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd};
 use std::sync::Arc;
 use vm_memory::bitmap::AtomicBitmap;
 use vm_memory::mmap::MmapRegionError;
@@ -100,6 +100,46 @@ impl GuestRam {
         let region = GuestRegionMmap::new(region, GuestAddress(0)).ok_or(MemoryError::Layout)?;
         let mem = GuestMemoryMmap::from_regions(vec![region]).map_err(|_| MemoryError::Layout)?;
         Ok(GuestRam { mem, memfd, size })
+    }
+
+    /// The byte ranges the memfd holds pages for (every page ever written; the rest has
+    /// never been touched and reads as zeros), found with SEEK_DATA/SEEK_HOLE. A migration's
+    /// first pass sends only these: the destination's RAM starts zeroed.
+    pub fn populated(&self) -> io::Result<Vec<std::ops::Range<u64>>> {
+        let fd = self.memfd.as_raw_fd();
+        let seek = |from: u64, whence| -> io::Result<Option<u64>> {
+            let from =
+                i64::try_from(from).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+            // SAFETY: lseek on a descriptor this struct owns; no memory is passed. Moving
+            // the file offset is harmless: nothing reads or writes the memfd by offset.
+            let at = unsafe { libc::lseek(fd, from, whence) };
+            if at >= 0 {
+                return Ok(Some(at as u64));
+            }
+            let e = io::Error::last_os_error();
+            // ENXIO: no data (or hole) at or after `from`.
+            if e.raw_os_error() == Some(libc::ENXIO) {
+                Ok(None)
+            } else {
+                Err(e)
+            }
+        };
+        let mut ranges = Vec::new();
+        let mut pos = 0;
+        while pos < self.size {
+            let Some(data) = seek(pos, libc::SEEK_DATA)? else {
+                break;
+            };
+            let hole = seek(data, libc::SEEK_HOLE)?
+                .unwrap_or(self.size)
+                .min(self.size);
+            if hole <= data {
+                break;
+            }
+            ranges.push(data..hole);
+            pos = hole;
+        }
+        Ok(ranges)
     }
 
     /// Takes the bitmap of pages host-vmm wrote since the last call (one bit per
@@ -203,6 +243,24 @@ mod tests {
         let fd = File::from(ram.memfd().try_clone_to_owned().unwrap());
         let err = GuestRam::from_memfd(fd, 32 << 20).unwrap_err();
         assert!(err.to_string().contains("expected 33554432"), "{err}");
+    }
+
+    #[test]
+    fn only_written_pages_are_populated() {
+        let ram = GuestRam::new(16 << 20).unwrap();
+        assert_eq!(ram.populated().unwrap(), vec![]);
+        ram.memory()
+            .write_slice(&[1], GuestAddress(0x3000))
+            .unwrap();
+        ram.memory()
+            .write_slice(&[1], GuestAddress(0x80_0000))
+            .unwrap();
+        let ranges = ram.populated().unwrap();
+        let covered = |a: u64| ranges.iter().any(|r| r.contains(&a));
+        assert!(covered(0x3000) && covered(0x80_0000), "{ranges:x?}");
+        // Holes stay holes (the kernel may round to its own page size, never to all of RAM).
+        let total: u64 = ranges.iter().map(|r| r.end - r.start).sum();
+        assert!(total <= 4 << 20, "{ranges:x?}");
     }
 
     #[test]

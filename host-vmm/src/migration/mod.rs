@@ -2,6 +2,16 @@
 //!
 //! - [`wire`]: the stream format (versioned, checksummed messages) both ends speak.
 //! - [`fd`]: passing the guest-RAM memfd to a co-located destination (SCM_RIGHTS).
+//! - [`target`]: `tcp:ADDR:PORT` / `unix:PATH` endpoints and the stream over them.
+//! - [`state`]: the machine state that crosses during the pause.
+//! - [`source`]: `host-vmm ctl PATH migrate ...`: pre-copy or zero-copy, with rollback.
+//! - [`destination`]: `host-vmm receive`.
+//! - [`announce`]: the RARP the destination sends for the guest's MAC.
 
+pub mod announce;
+pub mod destination;
 pub mod fd;
+pub mod source;
+pub mod state;
+pub mod target;
 pub mod wire;

@@ -1,0 +1,157 @@
+//! The destination of a migration (`host-vmm receive`): wait for one source, build a VM
+//! with this host-vmm's own devices while the guest still runs there, take the pages and
+//! the machine state, run the guest, then announce it and tell its agent it has moved.
+
+use super::state::MachineState;
+use super::target::{Address, AddressError, Stream};
+use super::wire::{self, Message, Mode, WireError};
+use crate::config::MemSize;
+use crate::memory::{GuestRam, PAGE_SIZE};
+use crate::vmm::{self, DeviceConfig, Outcome, Vmm};
+use std::fs::File;
+use std::io::Write;
+use std::time::Instant;
+use vm_memory::{Bytes, GuestAddress};
+
+/// What `host-vmm receive` was given.
+#[derive(Clone, Debug)]
+pub struct ReceiveConfig {
+    /// Where to wait for the source.
+    pub listen: Address,
+    /// This side's devices (the source's set: same NICs, same MACs; TAPs may differ).
+    pub devices: DeviceConfig,
+}
+
+/// Why no guest arrived.
+#[derive(Debug, thiserror::Error)]
+pub enum ReceiveError {
+    /// Cannot listen.
+    #[error(transparent)]
+    Address(#[from] AddressError),
+    /// accept(2) failed.
+    #[error("waiting for the source failed: {0}")]
+    Accept(std::io::Error),
+    /// The stream broke, was corrupt, or the source gave up.
+    #[error("{0}")]
+    Wire(#[from] WireError),
+    /// Something the source sent cannot be used here.
+    #[error("{0}")]
+    Refused(String),
+    /// Building or running the VM failed.
+    #[error(transparent)]
+    Vmm(#[from] vmm::Error),
+}
+
+/// Waits for one guest on `config.listen` and runs it until it exits or moves on.
+pub fn receive(
+    config: &ReceiveConfig,
+    console: Box<dyn Write + Send>,
+) -> Result<Outcome, ReceiveError> {
+    let listening = config.listen.listen()?;
+    eprintln!("host-vmm: waiting for a guest on {}", listening.local());
+    let mut stream = listening.accept().map_err(ReceiveError::Accept)?;
+    drop(listening);
+    match incoming(config, &mut stream, console) {
+        Ok(mut vmm) => {
+            let outcome = vmm.run()?;
+            Ok(outcome)
+        }
+        Err(e) => {
+            // Tell the source why, so it rolls back at once (best effort: it may be gone).
+            if !matches!(e, ReceiveError::Wire(WireError::PeerAborted(_))) {
+                let _ = wire::write_message(&mut stream, &Message::Failed(e.to_string()));
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Takes the guest in; returns the VM ready to run once the source was told so.
+fn incoming(
+    config: &ReceiveConfig,
+    stream: &mut Stream,
+    console: Box<dyn Write + Send>,
+) -> Result<Vmm, ReceiveError> {
+    let start = Instant::now();
+    let hello = match wire::read_message(stream)? {
+        Message::Hello(h) => h,
+        other => {
+            return Err(ReceiveError::Refused(format!(
+                "the stream starts with {} instead of a hello",
+                other.name()
+            )));
+        }
+    };
+    let size = MemSize::new(hello.ram_size)
+        .map_err(|e| ReceiveError::Refused(format!("the source's RAM size: {e}")))?
+        .bytes();
+    if hello.vcpus != 1 {
+        return Err(ReceiveError::Refused(format!(
+            "the source has {} vCPUs; host-vmm runs one",
+            hello.vcpus
+        )));
+    }
+    wire::write_message(stream, &Message::Accept)?;
+    let ram = match hello.mode {
+        Mode::PreCopy => GuestRam::new(size).map_err(vmm::Error::from)?,
+        Mode::ZeroCopy => {
+            let unix = stream.unix().ok_or_else(|| {
+                ReceiveError::Refused("zero-copy needs a unix: connection".into())
+            })?;
+            let (fd, _tag) = super::fd::recv_fd(unix)?;
+            GuestRam::from_memfd(File::from(fd), size).map_err(vmm::Error::from)?
+        }
+    };
+    let mut vmm = Vmm::for_incoming(&config.devices, ram, console)?;
+    if hello.mode == Mode::ZeroCopy {
+        wire::write_message(stream, &Message::Ready)?;
+    }
+    log::info!(
+        "migration: VM ready for the incoming guest after {:?}",
+        start.elapsed()
+    );
+    let mut state = None;
+    let mut pages = 0u64;
+    loop {
+        match wire::read_message(stream)?.into_result()? {
+            Message::Pages(batch) => {
+                if hello.mode == Mode::ZeroCopy {
+                    return Err(ReceiveError::Refused(
+                        "a zero-copy stream carries no pages".into(),
+                    ));
+                }
+                batch.validate(size)?;
+                let mem = vmm.machine().ram.memory();
+                for (pfn, data) in batch.iter() {
+                    mem.write_slice(data, GuestAddress(pfn * PAGE_SIZE))
+                        .map_err(|e| ReceiveError::Refused(format!("page {pfn:#x}: {e}")))?;
+                }
+                pages += batch.len() as u64;
+            }
+            Message::State(bytes) => {
+                state = Some(wire::decode_state::<MachineState>(&bytes)?);
+            }
+            Message::Done => break,
+            other => {
+                return Err(ReceiveError::Refused(format!(
+                    "unexpected {} in the migration stream",
+                    other.name()
+                )));
+            }
+        }
+    }
+    let state = state.ok_or_else(|| {
+        ReceiveError::Refused("the stream ended without the machine state".into())
+    })?;
+    vmm.restore(&state.vm, &state.vcpu, state.devices)
+        .map_err(|e| ReceiveError::Refused(format!("cannot restore the guest here: {e}")))?;
+    // The pages written above went through the host-write bitmap; this VM starts clean.
+    vmm.machine().ram.take_host_dirty();
+    wire::write_message(stream, &Message::Running)?;
+    log::info!(
+        "migration: guest received ({pages} pages) after {:?}; running",
+        start.elapsed()
+    );
+    vmm.after_arrival();
+    Ok(vmm)
+}

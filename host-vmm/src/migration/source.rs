@@ -1,0 +1,418 @@
+//! The source of a migration: stream the guest to a `host-vmm receive`, pause it, send the
+//! last pages and the machine state, and stop only once the destination runs it. Any
+//! failure before that resumes the guest here (rollback).
+//!
+//! Pre-copy: dirty logging on (KVM's log for the vCPU's writes, the RAM bitmap for
+//! host-vmm's own), a first pass over every populated page, then passes over the pages
+//! dirtied meanwhile until the estimated pause (dirty bytes at the measured bandwidth) fits
+//! `downtime` or `max_passes` is reached; then the pause.
+//! Zero-copy (`unix:` only): the memfd is handed over while the guest runs; the destination
+//! maps it and builds its VM; only the machine state crosses during the pause.
+
+use super::state::MachineState;
+use super::target::{Address, AddressError, Stream};
+use super::wire::{self, Hello, Message, Mode, WireError, kind};
+use crate::memory::PAGE_SIZE;
+use crate::vmm::{Machine, PauseError};
+use std::time::{Duration, Instant};
+use vm_memory::{Bytes, GuestAddress};
+
+/// Default target for the pause (as QEMU and Cloud Hypervisor).
+pub const DEFAULT_DOWNTIME: Duration = Duration::from_millis(300);
+/// Dirty passes at most before pausing anyway.
+pub const MAX_PASSES: u32 = 30;
+/// Pages per batch (1 MiB).
+const BATCH: usize = 256;
+/// How long the destination may take to answer (Accept, Ready, Running).
+const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the vCPU may take to stop.
+const PAUSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What the operator asked for.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Where the destination listens.
+    pub target: Address,
+    /// The pause to aim for.
+    pub downtime: Duration,
+    /// Hand the memfd over instead of copying pages (same machine, `unix:`).
+    pub zero_copy: bool,
+}
+
+/// The guest's agent, when there is one (migration-client over the control channel).
+pub trait Agent {
+    /// Moves traffic to virtio-net and releases the VF.
+    fn prepare(&mut self) -> Result<(), String>;
+    /// Re-probes the VF, switches back, announces.
+    fn resumed(&mut self) -> Result<(), String>;
+}
+
+/// What a finished move did.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Summary {
+    /// Pre-copy or zero-copy.
+    pub mode: Mode,
+    /// From the start to the destination's "running".
+    pub total: Duration,
+    /// From this vCPU's stop to the destination's "running".
+    pub pause: Duration,
+    /// Everything written to the stream.
+    pub bytes_sent: u64,
+    /// Guest-memory bytes copied (0 for zero-copy).
+    pub memory_bytes: u64,
+    /// Page passes (the first, the dirty ones, the last one in the pause).
+    pub passes: u32,
+    /// Pages sent during the pause.
+    pub pause_pages: u64,
+}
+
+impl std::fmt::Display for Summary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "migrated mode={} total_ms={:.3} pause_ms={:.3} bytes_sent={} memory_bytes_copied={} passes={} pause_pages={}",
+            match self.mode {
+                Mode::PreCopy => "pre-copy",
+                Mode::ZeroCopy => "zero-copy",
+            },
+            self.total.as_secs_f64() * 1e3,
+            self.pause.as_secs_f64() * 1e3,
+            self.bytes_sent,
+            self.memory_bytes,
+            self.passes,
+            self.pause_pages
+        )
+    }
+}
+
+/// Why a move failed; the guest runs here again.
+#[derive(Debug, thiserror::Error)]
+pub enum MigrateError {
+    /// Bad options.
+    #[error("{0}")]
+    Usage(String),
+    /// No connection.
+    #[error(transparent)]
+    Address(#[from] AddressError),
+    /// The stream broke or the destination answered wrongly.
+    #[error("{0}")]
+    Wire(#[from] WireError),
+    /// A step on this side failed.
+    #[error("{0}")]
+    Local(String),
+    /// The vCPU could not be paused.
+    #[error(transparent)]
+    Pause(#[from] PauseError),
+}
+
+/// Progress and the result, as lines for the operator.
+pub type Progress<'a> = &'a mut dyn FnMut(&str);
+
+/// Moves the guest of `machine` to `options.target`. On success the vCPU is stopped for
+/// good ([`crate::Outcome::MigratedAway`]); on failure everything is as before and the
+/// error says why.
+pub fn migrate(
+    machine: &Machine,
+    options: &Options,
+    mut agent: Option<&mut dyn Agent>,
+    progress: Progress<'_>,
+) -> Result<Summary, MigrateError> {
+    if options.zero_copy && !matches!(options.target, Address::Unix(_)) {
+        return Err(MigrateError::Usage(
+            "--zero-copy needs a unix:PATH destination on this machine".into(),
+        ));
+    }
+    let start = Instant::now();
+    let mut stream = options.target.connect(Duration::from_secs(5))?;
+    let mut run = Run {
+        machine,
+        stream: &mut stream,
+        start,
+        sent: 0,
+        memory: 0,
+        passes: 0,
+        paused: None,
+        vf_removed: false,
+        dirty_logging: false,
+        io_paused: false,
+    };
+    let result = run.go(options, &mut agent, progress);
+    match result {
+        Ok(summary) => {
+            machine.gate.stop();
+            Ok(summary)
+        }
+        Err(e) => {
+            let why = e.to_string();
+            let _ = wire::write_message(run.stream, &Message::Abort(why.clone()));
+            run.stream.shutdown();
+            run.roll_back(&mut agent, progress);
+            Err(e)
+        }
+    }
+}
+
+/// One move in progress, with what must be undone if it fails.
+struct Run<'a> {
+    machine: &'a Machine,
+    stream: &'a mut Stream,
+    start: Instant,
+    sent: u64,
+    memory: u64,
+    passes: u32,
+    /// When the vCPU stopped.
+    paused: Option<Instant>,
+    vf_removed: bool,
+    dirty_logging: bool,
+    io_paused: bool,
+}
+
+impl Run<'_> {
+    fn go(
+        &mut self,
+        options: &Options,
+        agent: &mut Option<&mut dyn Agent>,
+        progress: Progress<'_>,
+    ) -> Result<Summary, MigrateError> {
+        let mode = if options.zero_copy {
+            Mode::ZeroCopy
+        } else {
+            Mode::PreCopy
+        };
+        let ram_size = self.machine.ram.size();
+        self.stream
+            .set_read_timeout(Some(REPLY_TIMEOUT))
+            .map_err(WireError::Io)?;
+        self.send(&Message::Hello(Hello::new(mode, ram_size, 1)))?;
+        self.reply(kind::ACCEPT)?;
+        progress(&format!(
+            "connected to {}: {} of RAM, {}",
+            options.target,
+            ram_size,
+            if options.zero_copy {
+                "zero-copy"
+            } else {
+                "pre-copy"
+            }
+        ));
+        // The guest leaves the VF before anything else: it cannot move with it.
+        if let Some(agent) = agent {
+            agent.prepare().map_err(|e| {
+                MigrateError::Local(format!("the guest agent refused PREPARE: {e}"))
+            })?;
+        }
+        if let Some(vf) = &self.machine.vf {
+            use crate::control::VfOperator;
+            if vf.state().present {
+                vf.remove()
+                    .map_err(|e| MigrateError::Local(format!("cannot detach the VF: {e}")))?;
+                self.vf_removed = true;
+            }
+        }
+        let mut pending = Vec::new();
+        if options.zero_copy {
+            let unix = self.stream.unix().ok_or_else(|| {
+                MigrateError::Usage("--zero-copy needs a unix: destination".into())
+            })?;
+            super::fd::send_fd(unix, self.machine.ram.memfd(), b"guest-ram")?;
+            self.reply(kind::READY)?;
+            progress("destination mapped guest RAM and built its VM");
+        } else {
+            pending = self.precopy(options.downtime, progress)?;
+        }
+        // The pause: devices first (no more DMA), then the vCPU.
+        self.machine
+            .pause_io()
+            .map_err(|e| MigrateError::Local(format!("cannot pause device I/O: {e}")))?;
+        self.io_paused = true;
+        let paused_at = Instant::now();
+        let vcpu = self.machine.gate.pause(PAUSE_TIMEOUT)?;
+        self.paused = Some(paused_at);
+        let mut pause_pages = 0;
+        if !options.zero_copy {
+            let dirty = self.take_dirty(pending)?;
+            pause_pages = dirty.len() as u64;
+            self.send_pages(&dirty)?;
+            self.passes += 1;
+        }
+        let state = MachineState {
+            vm: self
+                .machine
+                .vm
+                .save_state()
+                .map_err(|e| MigrateError::Local(e.to_string()))?,
+            vcpu,
+            devices: self.machine.devices.save_state(),
+        };
+        let bytes = wire::encode_state(&state)?;
+        self.send(&Message::State(bytes))?;
+        self.send(&Message::Done)?;
+        self.reply(kind::RUNNING)?;
+        let pause = paused_at.elapsed();
+        Ok(Summary {
+            mode,
+            total: self.start.elapsed(),
+            pause,
+            bytes_sent: self.sent,
+            memory_bytes: self.memory,
+            passes: self.passes,
+            pause_pages,
+        })
+    }
+
+    /// The first pass and the dirty passes; returns the dirty pages left for the pause.
+    fn precopy(
+        &mut self,
+        downtime: Duration,
+        progress: Progress<'_>,
+    ) -> Result<Vec<u64>, MigrateError> {
+        let local = |e: &dyn std::fmt::Display| MigrateError::Local(e.to_string());
+        self.machine
+            .vm
+            .set_dirty_logging(true)
+            .map_err(|e| local(&e))?;
+        self.dirty_logging = true;
+        // Start both logs clean: what is dirtied from here on is sent again.
+        self.machine.vm.take_dirty_log().map_err(|e| local(&e))?;
+        self.machine.ram.take_host_dirty();
+        let ranges = self.machine.ram.populated().map_err(|e| local(&e))?;
+        let first: Vec<u64> = ranges
+            .iter()
+            .flat_map(|r| (r.start / PAGE_SIZE)..r.end.div_ceil(PAGE_SIZE))
+            .collect();
+        let t = Instant::now();
+        self.send_pages(&first)?;
+        self.passes = 1;
+        let mut rate = rate(first.len(), t.elapsed());
+        progress(&format!(
+            "pass 1: {} pages ({} bytes sent, {:.0} MB/s)",
+            first.len(),
+            self.sent,
+            rate / 1e6
+        ));
+        loop {
+            let dirty = self.take_dirty(Vec::new())?;
+            let predicted = Duration::from_secs_f64(dirty.len() as f64 * PAGE_SIZE as f64 / rate);
+            progress(&format!(
+                "pass {}: {} dirty pages, {} bytes sent, {:.0} MB/s, predicted pause {:.3} ms",
+                self.passes + 1,
+                dirty.len(),
+                self.sent,
+                rate / 1e6,
+                predicted.as_secs_f64() * 1e3
+            ));
+            if predicted <= downtime || self.passes >= MAX_PASSES {
+                return Ok(dirty);
+            }
+            let t = Instant::now();
+            self.send_pages(&dirty)?;
+            self.passes += 1;
+            rate = rate_blend(rate, rate_of(dirty.len(), t.elapsed()));
+        }
+    }
+
+    /// The pages dirtied since the last call by the vCPU or by host-vmm, with `also`,
+    /// sorted and without repeats.
+    fn take_dirty(&mut self, also: Vec<u64>) -> Result<Vec<u64>, MigrateError> {
+        let kvm = self
+            .machine
+            .vm
+            .take_dirty_log()
+            .map_err(|e| MigrateError::Local(e.to_string()))?;
+        let host = self.machine.ram.take_host_dirty();
+        let words = kvm.len().max(host.len());
+        let mut pages = also;
+        for i in 0..words {
+            let mut w = kvm.get(i).copied().unwrap_or(0) | host.get(i).copied().unwrap_or(0);
+            while w != 0 {
+                let bit = w.trailing_zeros() as u64;
+                pages.push(i as u64 * 64 + bit);
+                w &= w - 1;
+            }
+        }
+        pages.sort_unstable();
+        pages.dedup();
+        let limit = self.machine.ram.size() / PAGE_SIZE;
+        pages.retain(|p| *p < limit);
+        Ok(pages)
+    }
+
+    /// Sends `pages` (sorted) in batches, read straight from guest RAM into the frame.
+    fn send_pages(&mut self, pages: &[u64]) -> Result<(), MigrateError> {
+        let mem = self.machine.ram.memory();
+        let mut buf = Vec::new();
+        for batch in pages.chunks(BATCH) {
+            wire::write_pages(self.stream, &mut buf, batch, |pfn, dst| {
+                mem.read_slice(dst, GuestAddress(pfn * PAGE_SIZE))
+                    .map_err(|e| WireError::Malformed(format!("page {pfn:#x}: {e}")))
+            })?;
+            self.sent += buf.len() as u64;
+            self.memory += batch.len() as u64 * PAGE_SIZE;
+        }
+        Ok(())
+    }
+
+    fn send(&mut self, msg: &Message) -> Result<(), MigrateError> {
+        let bytes = msg.encode()?;
+        use std::io::Write;
+        self.stream.write_all(&bytes).map_err(WireError::Io)?;
+        self.sent += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Reads the destination's next message, which must be `expected` (its `Failed` is
+    /// the error).
+    fn reply(&mut self, expected: u16) -> Result<(), MigrateError> {
+        let msg = wire::read_message(self.stream).map_err(|e| match e {
+            WireError::Truncated { .. } => WireError::Malformed(
+                "the destination closed the connection (did it exit? see its stderr)".into(),
+            ),
+            other => other,
+        })?;
+        msg.into_result()?.expect(expected)?;
+        Ok(())
+    }
+
+    /// Undoes what this move did, newest first, and lets the guest run on here.
+    fn roll_back(&mut self, agent: &mut Option<&mut dyn Agent>, progress: Progress<'_>) {
+        if self.paused.take().is_some() {
+            self.machine.gate.resume();
+        }
+        if self.io_paused {
+            self.machine.resume_io();
+        }
+        if self.dirty_logging {
+            let _ = self.machine.vm.set_dirty_logging(false);
+        }
+        if self.vf_removed
+            && let Some(vf) = &self.machine.vf
+        {
+            use crate::control::VfOperator;
+            if let Err(e) = vf.add() {
+                log::warn!("migration: cannot plug the VF back in: {e}");
+            }
+        }
+        if let Some(agent) = agent
+            && let Err(e) = agent.resumed()
+        {
+            log::warn!("migration: the guest agent did not take RESUMED after the rollback: {e}");
+        }
+        progress("rolled back: the guest runs here");
+    }
+}
+
+/// Bytes per second for `pages` sent in `took` (at least one page per second).
+fn rate_of(pages: usize, took: Duration) -> f64 {
+    let bytes = (pages as f64 * PAGE_SIZE as f64).max(PAGE_SIZE as f64);
+    bytes / took.as_secs_f64().max(1e-6)
+}
+
+/// The first pass's rate, not counting tiny passes that measure only latency.
+fn rate(pages: usize, took: Duration) -> f64 {
+    rate_of(pages, took).max(100e6)
+}
+
+/// The next estimate: the last pass's rate weighted in (small passes say little).
+fn rate_blend(old: f64, new: f64) -> f64 {
+    (old + new) / 2.0
+}
