@@ -451,9 +451,9 @@ impl Machine {
         }
     }
 
-    /// Sends the guest's MAC from each of its TAPs as QEMU's announce-self does (a RARP and
-    /// a gratuitous-ARP-shaped broadcast), so the L2 learns the new port before the guest
-    /// speaks. Returns how many frames went out.
+    /// Sends the guest's MAC from the TAP it arrives on (virtio-net's, else the VF's) as
+    /// QEMU's announce-self does (a broadcast RARP), so the L2 learns the new port before
+    /// the guest speaks. Returns how many frames went out.
     pub fn announce(&self) -> usize {
         let mut sent = 0;
         for (file, mac) in &self.announce {
@@ -658,7 +658,12 @@ impl Vmm {
         }
         let vf = match (&config.vf, opened.vf_tap) {
             (Some(vf), Some(tap)) => {
-                announce.push((tap.writer().map_err(Error::EventFd)?, vf.mac.octets()));
+                // Announced from the VF's TAP only without virtio-net: a guest that arrives
+                // runs on virtio-net until its agent re-attaches the VF (and announces there
+                // itself); pointing the L2 at the VF's port earlier lost frames.
+                if announce.is_empty() {
+                    announce.push((tap.writer().map_err(Error::EventFd)?, vf.mac.octets()));
+                }
                 let (handler, operator) = attach_vf(&vm, &ram, &pci, &mut msi_gsis, vf, tap)?;
                 handlers.push(handler);
                 devices.vf = Some(operator.device().clone());
