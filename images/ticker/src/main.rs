@@ -49,7 +49,7 @@ mod app {
             }
             last = now;
             tick += 1;
-            if tick % REPORT_EVERY == 0 {
+            if tick.is_multiple_of(REPORT_EVERY) {
                 println!("ticker: tick {tick} mono_us={now}");
             }
         }
