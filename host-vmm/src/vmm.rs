@@ -326,7 +326,7 @@ impl VcpuGate {
         let mut g = lock(&self.state);
         match *g {
             Gate::Exited => return Err(PauseError::Exited),
-            Gate::Running => *g = Gate::PauseRequested,
+            Gate::Running | Gate::Resume => *g = Gate::PauseRequested,
             _ => {}
         }
         self.requested.store(true, Ordering::SeqCst);
@@ -374,6 +374,14 @@ impl VcpuGate {
     fn park(&self, vcpu: &mut Vcpu, pio: &Bus, mmio: &Bus) -> bool {
         let mut g = lock(&self.state);
         if !matches!(*g, Gate::PauseRequested) {
+            // The pause was given up before the vCPU got here (it timed out and the move
+            // rolled back): forget the kick and run on.
+            self.requested.store(false, Ordering::SeqCst);
+            vcpu.clear_immediate_exit();
+            if matches!(*g, Gate::Resume) {
+                *g = Gate::Running;
+                self.changed.notify_all();
+            }
             return false;
         }
         let saved = vcpu

@@ -143,11 +143,17 @@ fn incoming(
     let state = state.ok_or_else(|| {
         ReceiveError::Refused("the stream ended without the machine state".into())
     })?;
+    // Device I/O stays parked from the restore until the source has let go: until then the
+    // source may still resume the guest, and with zero-copy it shares these very pages.
+    vmm.machine()
+        .pause_io()
+        .map_err(|e| ReceiveError::Refused(format!("cannot pause device I/O: {e}")))?;
     vmm.restore(&state.vm, &state.vcpu, state.devices)
         .map_err(|e| ReceiveError::Refused(format!("cannot restore the guest here: {e}")))?;
     // The pages written above went through the host-write bitmap; this VM starts clean.
     vmm.machine().ram.take_host_dirty();
     wire::write_message(stream, &Message::Running)?;
+    vmm.machine().resume_io();
     log::info!(
         "migration: guest received ({pages} pages) after {:?}; running",
         start.elapsed()

@@ -226,8 +226,9 @@ impl Run<'_> {
             .map_err(|e| MigrateError::Local(format!("cannot pause device I/O: {e}")))?;
         self.io_paused = true;
         let paused_at = Instant::now();
-        let vcpu = self.machine.gate.pause(PAUSE_TIMEOUT)?;
+        // Marked before asking: a pause that times out must still be undone.
         self.paused = Some(paused_at);
+        let vcpu = self.machine.gate.pause(PAUSE_TIMEOUT)?;
         let mut pause_pages = 0;
         if !options.zero_copy {
             let dirty = self.take_dirty(pending)?;
