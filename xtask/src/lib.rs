@@ -9,6 +9,7 @@
 pub mod artifacts;
 pub mod bench;
 pub mod ctl;
+pub mod migrate;
 pub mod net;
 pub mod pingd;
 pub mod prereq;

@@ -1,0 +1,473 @@
+//! Moving a guest between the two hosts of a [`TwoHosts`] topology with host-vmm, the way a
+//! user does: `host-vmm run ... --control SRC` on one host, `host-vmm receive --listen ...`
+//! on the other, `host-vmm ctl SRC migrate ...`, then the receiver's control socket is the
+//! new source, so the guest can go back and forth.
+//!
+//! - **Pre-copy**: the stream runs over TCP on the hosts' migration link
+//!   (`tcp:198.19.0.X:PORT`, a fresh port per move).
+//! - **Zero-copy**: over a Unix socket under the temp directory (both host namespaces share
+//!   the filesystem), with `--zero-copy`, so guest RAM is handed over as a memfd.
+//!
+//! Every process started here is killed by its PID when its owner drops, and every socket
+//! file named here is removed.
+
+use crate::bench::migrate::Mode;
+use crate::ctl::{Control, Nic, Status};
+use crate::net::{GUEST_MAC, Nics, Side, TAP, TwoHosts, VF_TAP};
+use crate::pingd;
+use crate::proc::{self, Background};
+use crate::vm::{Boot, Vmm};
+use anyhow::{Context, Result, bail};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// Bound on a boot until the guest answers ping.
+pub const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
+/// Bound on `host-vmm receive` getting ready to listen.
+const LISTEN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bound on one `host-vmm ctl ... migrate` (a 1 GiB pre-copy is a few seconds here).
+pub const MOVE_TIMEOUT: Duration = Duration::from_secs(180);
+/// Bound on the old source exiting once the move is done.
+const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bound on the guest agent answering `status` (after boot or a move).
+pub const AGENT_TIMEOUT: Duration = Duration::from_secs(15);
+/// Output kept from VMMs that moved their guest away (the tail is what matters).
+const HISTORY_MAX: usize = 64 * 1024;
+
+/// The `migrated ...` line `host-vmm ctl SRC migrate` prints on success.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Summary {
+    /// How memory crossed.
+    pub mode: Mode,
+    /// The whole move, ms.
+    pub total_ms: f64,
+    /// Source vCPU stop to destination vCPU run, ms.
+    pub pause_ms: f64,
+    /// Bytes sent on the migration stream.
+    pub bytes_sent: u64,
+    /// Bytes of guest memory copied (0 for zero-copy).
+    pub memory_bytes_copied: u64,
+    /// Memory passes.
+    pub passes: u64,
+    /// Pages sent during the pause.
+    pub pause_pages: u64,
+}
+
+/// The summary's keys, in the order host-vmm prints them.
+const SUMMARY_KEYS: [&str; 7] = [
+    "mode",
+    "total_ms",
+    "pause_ms",
+    "bytes_sent",
+    "memory_bytes_copied",
+    "passes",
+    "pause_pages",
+];
+
+impl Summary {
+    /// Finds and parses the one `migrated ...` line in `stdout`: every key of the contract
+    /// exactly once, nothing else.
+    pub fn parse(stdout: &str) -> Result<Summary> {
+        let lines: Vec<&str> = stdout
+            .lines()
+            .filter(|l| l.starts_with("migrated "))
+            .collect();
+        let [line] = lines.as_slice() else {
+            bail!(
+                "expected one `migrated ...` line, found {}:\n{stdout}",
+                lines.len()
+            );
+        };
+        let mut values: [Option<&str>; SUMMARY_KEYS.len()] = [None; SUMMARY_KEYS.len()];
+        for word in line.split_whitespace().skip(1) {
+            let (key, value) = word
+                .split_once('=')
+                .with_context(|| format!("`{word}` is not key=value in `{line}`"))?;
+            let i = SUMMARY_KEYS
+                .iter()
+                .position(|k| *k == key)
+                .with_context(|| format!("unknown key `{key}` in `{line}`"))?;
+            if values[i].replace(value).is_some() {
+                bail!("`{key}` twice in `{line}`");
+            }
+        }
+        let get = |i: usize| -> Result<&str> {
+            values[i].with_context(|| format!("no `{}` in `{line}`", SUMMARY_KEYS[i]))
+        };
+        let float = |i: usize| -> Result<f64> {
+            let v = get(i)?;
+            v.parse::<f64>()
+                .ok()
+                .filter(|x| x.is_finite() && *x >= 0.0)
+                .with_context(|| format!("`{}={v}` is not a duration in ms", SUMMARY_KEYS[i]))
+        };
+        let int = |i: usize| -> Result<u64> {
+            let v = get(i)?;
+            v.parse::<u64>()
+                .with_context(|| format!("`{}={v}` is not a count", SUMMARY_KEYS[i]))
+        };
+        let mode = match get(0)? {
+            "pre-copy" => Mode::PreCopy,
+            "zero-copy" => Mode::ZeroCopy,
+            other => bail!("unknown mode `{other}` in `{line}`"),
+        };
+        Ok(Summary {
+            mode,
+            total_ms: float(1)?,
+            pause_ms: float(2)?,
+            bytes_sent: int(3)?,
+            memory_bytes_copied: int(4)?,
+            passes: int(5)?,
+            pause_pages: int(6)?,
+        })
+    }
+}
+
+/// One move as the harness saw it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Moved {
+    /// host-vmm's summary.
+    pub summary: Summary,
+    /// Where the guest went.
+    pub to: Side,
+    /// When `host-vmm ctl ... migrate` was started (seconds since the epoch, `pingd::now`).
+    pub started: f64,
+    /// When it returned with the summary.
+    pub ended: f64,
+    /// Its progress lines (stderr).
+    pub progress: String,
+}
+
+/// A socket path in the temp directory, removed when dropped.
+struct SocketPath(PathBuf);
+
+impl SocketPath {
+    fn unique(what: &str) -> SocketPath {
+        SocketPath(std::env::temp_dir().join(format!(
+            "roam-mig-{}-{}-{what}.sock",
+            std::process::id(),
+            next()
+        )))
+    }
+}
+
+impl Drop for SocketPath {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// A number unique within this process (socket names, ports).
+fn next() -> u32 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+/// A TCP port for the next pre-copy move: fresh each time, so a listener never meets a
+/// previous move's connection in TIME_WAIT.
+fn next_port() -> u16 {
+    40_000 + (next() % 20_000) as u16
+}
+
+/// One host-vmm process serving the guest (or waiting for it), with its control socket.
+/// Fields drop in order: the process (killed by PID), then the socket's file.
+struct Instance {
+    vm: Background,
+    control: Control,
+    side: Side,
+}
+
+/// The `--net` and `--vf` flags: a host's two TAPs, both with the one guest MAC.
+fn device_args() -> [String; 4] {
+    [
+        "--net".into(),
+        format!("tap={TAP},mac={GUEST_MAC}"),
+        "--vf".into(),
+        format!("tap={VF_TAP},mac={GUEST_MAC}"),
+    ]
+}
+
+/// A guest under host-vmm on one host of a [`TwoHosts`] topology, movable to the other.
+pub struct HostVmmGuest {
+    current: Instance,
+    history: String,
+    moves: u32,
+}
+
+impl HostVmmGuest {
+    /// Boots `image` with `mem_mib` MiB on the source host, both NICs on the one guest MAC
+    /// and `--control`, `extra_cmdline` after the network settings; returns once the guest
+    /// answers ping from the client and its agent answers `status`.
+    pub fn boot(
+        hosts: &TwoHosts,
+        image: &Path,
+        mem_mib: u32,
+        extra_cmdline: &str,
+    ) -> Result<HostVmmGuest> {
+        let control = Control::unique("mg");
+        let cmdline = format!("{} {extra_cmdline}", crate::net::guest_cmdline());
+        let boot = Boot {
+            mem_mib,
+            cmdline: cmdline.trim(),
+            net: Some(hosts.attach(Side::Source, Nics::Both)),
+            control: Some(control.path()),
+            ..Boot::new(image)
+        };
+        let mut cmd = Vmm::HostVmm.command(&boot);
+        cmd.env("RUST_LOG", "info");
+        let mut vm = Background::spawn(&mut cmd)?;
+        hosts.wait_until_guest_answers(&mut vm, BOOT_TIMEOUT)?;
+        let guest = HostVmmGuest {
+            current: Instance {
+                vm,
+                control,
+                side: Side::Source,
+            },
+            history: String::new(),
+            moves: 0,
+        };
+        guest
+            .wait_for_agent()
+            .map_err(|e| e.context(guest.console_tail(30)))?;
+        Ok(guest)
+    }
+
+    /// The host the guest runs on now.
+    pub fn side(&self) -> Side {
+        self.current.side
+    }
+
+    /// The control socket of the host-vmm serving the guest now.
+    pub fn control(&self) -> &Control {
+        &self.current.control
+    }
+
+    /// Whether the host-vmm serving the guest is still running.
+    pub fn running(&mut self) -> bool {
+        self.current.vm.running()
+    }
+
+    /// Moves done so far.
+    pub fn moves(&self) -> u32 {
+        self.moves
+    }
+
+    /// What the VMMs printed: those that moved the guest away (their tails), then the
+    /// current one.
+    pub fn console(&self) -> String {
+        format!("{}{}", self.history, self.current.vm.output())
+    }
+
+    /// The last `lines` lines of [`HostVmmGuest::console`].
+    pub fn console_tail(&self, lines: usize) -> String {
+        let out = self.console();
+        let all: Vec<&str> = out.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// Waits until the guest agent answers `status`; returns it.
+    pub fn wait_for_agent(&self) -> Result<Status> {
+        self.control()
+            .wait_for("the guest agent answering", AGENT_TIMEOUT, |_| true)
+    }
+
+    /// Waits until the guest sends through the VF again (it does after RESUMED when the
+    /// host has one): the steady state a move starts from.
+    pub fn wait_on_vf(&self, bound: Duration) -> Result<Status> {
+        self.control().wait_for("the guest back on the VF", bound, |s| {
+            s.vf.present && s.active == Some(Nic::Vf)
+        })
+    }
+
+    /// Moves the guest to the other host by `mode` (`--downtime-ms` if given): a
+    /// `host-vmm receive` waits there, `host-vmm ctl ... migrate` drives the source, the old
+    /// source must exit. On an error the guest still runs where it was if the source rolled
+    /// back (see [`HostVmmGuest::running`]); the receiver is killed.
+    pub fn move_to_other(
+        &mut self,
+        hosts: &TwoHosts,
+        mode: Mode,
+        downtime_ms: Option<u32>,
+    ) -> Result<Moved> {
+        let to = self.current.side.other();
+        let socket = (mode == Mode::ZeroCopy).then(|| SocketPath::unique("listen"));
+        let target = match &socket {
+            Some(path) => format!("unix:{}", path.0.display()),
+            None => format!("tcp:{}:{}", to.migration_ip(), next_port()),
+        };
+        let control = Control::unique("mg");
+        let mut receive = hosts.exec_on(to, crate::host_vmm_path());
+        receive
+            .args(["receive", "--listen", &target])
+            .args(device_args())
+            .arg("--control")
+            .arg(control.path())
+            .env("RUST_LOG", "info");
+        let mut receiver = Background::spawn(&mut receive)?;
+        receiver
+            .wait_for("waiting for a guest", LISTEN_TIMEOUT)
+            .context("starting host-vmm receive")?;
+
+        let mut ctl = Command::new(crate::host_vmm_path());
+        ctl.arg("ctl")
+            .arg(self.current.control.path())
+            .args(["migrate", &target]);
+        if mode == Mode::ZeroCopy {
+            ctl.arg("--zero-copy");
+        }
+        if let Some(ms) = downtime_ms {
+            ctl.args(["--downtime-ms", &ms.to_string()]);
+        }
+        let started = pingd::now();
+        let run = proc::watch(&mut ctl, "", MOVE_TIMEOUT);
+        let ended = pingd::now();
+        let fail = |what: String, receiver: &Background| {
+            anyhow::anyhow!(
+                "{what}\n--- receiver on the {} host ---\n{}",
+                to.key(),
+                tail(&receiver.output(), 30)
+            )
+        };
+        let run = run.map_err(|e| fail(format!("{e:#}"), &receiver))?;
+        if !run.status.success() {
+            return Err(fail(
+                format!(
+                    "`{}` failed ({}): {}{}",
+                    proc::display(&ctl),
+                    run.status,
+                    run.stderr.trim(),
+                    run.stdout.trim()
+                ),
+                &receiver,
+            ));
+        }
+        let summary = Summary::parse(&run.stdout).map_err(|e| fail(format!("{e:#}"), &receiver))?;
+        if summary.mode != mode {
+            return Err(fail(
+                format!("asked for {}, host-vmm says {summary:?}", mode.key()),
+                &receiver,
+            ));
+        }
+        // The old source lets go of the guest and exits (0, after saying so).
+        let deadline = Instant::now() + EXIT_TIMEOUT;
+        while self.current.vm.running() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let old = std::mem::replace(
+            &mut self.current,
+            Instance {
+                vm: receiver,
+                control,
+                side: to,
+            },
+        );
+        let mut old = old;
+        let out = old.vm.output();
+        let exited = !old.vm.running();
+        self.history.push_str(&format!(
+            "--- host-vmm on the {} host (move {} away) ---\n{}",
+            old.side.key(),
+            self.moves + 1,
+            tail(&out, 200)
+        ));
+        if self.history.len() > HISTORY_MAX {
+            let mut cut = self.history.len() - HISTORY_MAX;
+            while !self.history.is_char_boundary(cut) {
+                cut += 1;
+            }
+            self.history.drain(..cut);
+        }
+        drop(old);
+        self.moves += 1;
+        if !exited {
+            bail!(
+                "the old source host-vmm still runs {EXIT_TIMEOUT:?} after the move:\n{}",
+                tail(&out, 30)
+            );
+        }
+        if !out.contains("the guest moved away; exiting") {
+            bail!(
+                "the old source host-vmm exited without saying the guest moved away:\n{}",
+                tail(&out, 30)
+            );
+        }
+        if !self.current.vm.running() {
+            bail!(
+                "host-vmm on the {} host exited right after the move:\n{}",
+                to.key(),
+                tail(&self.current.vm.output(), 30)
+            );
+        }
+        Ok(Moved {
+            summary,
+            to,
+            started,
+            ended,
+            progress: run.stderr,
+        })
+    }
+}
+
+/// The last `lines` lines of `text`.
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LINE: &str = "migrated mode=pre-copy total_ms=812.250 pause_ms=0.840 bytes_sent=134742016 memory_bytes_copied=134217728 passes=3 pause_pages=12\n";
+
+    #[test]
+    fn the_summary_is_parsed() {
+        let s = Summary::parse(&format!("some other line\n{LINE}")).unwrap();
+        assert_eq!(
+            s,
+            Summary {
+                mode: Mode::PreCopy,
+                total_ms: 812.25,
+                pause_ms: 0.84,
+                bytes_sent: 134_742_016,
+                memory_bytes_copied: 134_217_728,
+                passes: 3,
+                pause_pages: 12,
+            }
+        );
+        let z = Summary::parse(&LINE.replace("pre-copy", "zero-copy")).unwrap();
+        assert_eq!(z.mode, Mode::ZeroCopy);
+    }
+
+    #[test]
+    fn a_summary_off_the_contract_is_an_error() {
+        let bad = [
+            String::new(),
+            format!("{LINE}{LINE}"),
+            LINE.replace("mode=pre-copy", "mode=post-copy"),
+            LINE.replace(" passes=3", ""),
+            LINE.replace("passes=3", "passes=3 passes=3"),
+            LINE.replace("passes=3", "passes=-3"),
+            LINE.replace("pause_ms=0.840", "pause_ms=NaN"),
+            LINE.replace("pause_ms=0.840", "pause_ms"),
+            LINE.replace("pause_pages=12", "pause_pages=12 extra=1"),
+        ];
+        for text in bad {
+            assert!(Summary::parse(&text).is_err(), "accepted: {text}");
+        }
+    }
+
+    #[test]
+    fn ports_and_sockets_are_fresh() {
+        assert_ne!(next_port(), next_port());
+        let (a, b) = (SocketPath::unique("x"), SocketPath::unique("x"));
+        assert_ne!(a.0, b.0);
+        // sun_path holds 108 bytes including the NUL.
+        assert!(a.0.as_os_str().len() < 108);
+        let args = device_args();
+        assert_eq!(args[1], format!("tap=tap0,mac={GUEST_MAC}"));
+        assert_eq!(args[3], format!("tap=tap1,mac={GUEST_MAC}"));
+    }
+}
