@@ -75,7 +75,10 @@ impl Moving {
     fn move_once(&mut self, mode: Mode) -> Moved {
         let from = self.guest.side();
         let r = self.guest.move_to_other(&self.hosts, mode, None);
-        let moved = self.check(r, &format!("{} move from the {} host", mode.key(), from.key()));
+        let moved = self.check(
+            r,
+            &format!("{} move from the {} host", mode.key(), from.key()),
+        );
         assert_eq!(self.guest.side(), from.other());
         let s = &moved.summary;
         match mode {
@@ -124,7 +127,6 @@ impl Moving {
         mut cmd: Command,
         bound: Duration,
     ) -> std::thread::JoinHandle<anyhow::Result<Watched>> {
-        let _ = &self.hosts;
         std::thread::spawn(move || proc::watch(&mut cmd, "", bound))
     }
 }
@@ -215,4 +217,290 @@ fn netecho_moves_back_and_forth_by_pre_copy_and_zero_copy_while_pinging() {
         all_lost <= MAX_LOST_PER_MOVE * moves.len(),
         "{all_lost} pings lost in the whole run"
     );
+}
+
+/// kv moves 5 times by pre-copy and 5 times by zero-copy while one `netprobe kv-for`
+/// session checks every reply: it must end with every reply correct.
+#[test]
+fn kv_session_checking_every_reply_survives_10_moves() {
+    if !kvm_present("kv_session_checking_every_reply_survives_10_moves") {
+        return;
+    }
+    // Ten moves take about a second here; the session outlasts them even on a busy machine
+    // (it is checked below that it did).
+    const SESSION_SECS: u64 = 15;
+    let mut m = Moving::start("kv", "mk");
+    let mut probe = m.hosts.client(env!("CARGO_BIN_EXE_netprobe"));
+    probe.args([
+        "kv-for",
+        &format!("{GUEST_IP}:6380"),
+        &SESSION_SECS.to_string(),
+    ]);
+    let session = m.beside(probe, Duration::from_secs(SESSION_SECS + 60));
+    std::thread::sleep(Duration::from_secs(1));
+    let mut pauses = Vec::new();
+    for mode in sequence() {
+        m.settle();
+        std::thread::sleep(Duration::from_millis(300));
+        let moved = m.move_once(mode);
+        pauses.push(format!("{} {:.2}", mode.key(), moved.summary.pause_ms));
+    }
+    assert!(
+        !session.is_finished(),
+        "the kv session ended before the moves were done"
+    );
+    let run = session.join().expect("kv thread");
+    let run = m.check(run, "netprobe kv-for");
+    assert!(
+        m.guest.running(),
+        "host-vmm died:\n{}",
+        m.guest.console_tail(60)
+    );
+    assert!(
+        run.status.success() && run.stdout.contains("every reply correct"),
+        "kv session failed ({}): {}{}\n--- host-vmm output ---\n{}",
+        run.status,
+        run.stdout,
+        run.stderr,
+        m.guest.console_tail(60)
+    );
+    say(&format!(
+        "kv through {} moves (pause ms: {}): {}",
+        pauses.len(),
+        pauses.join(", "),
+        run.stdout.trim()
+    ));
+}
+
+/// A stock `iperf3 -c` run (bounded by timeout, --json) through 2 pre-copy and 2 zero-copy
+/// moves exits 0 with bytes received.
+#[test]
+fn iperf3_run_survives_moves() {
+    if !kvm_present("iperf3_run_survives_moves") {
+        return;
+    }
+    const SECONDS: u64 = 10;
+    let mut m = Moving::start("iperf3", "mi");
+    let mut cmd = m.hosts.client("timeout");
+    cmd.args([&(SECONDS + 30).to_string(), "iperf3", "-c", GUEST_IP])
+        .args(["-t", &SECONDS.to_string(), "--json"]);
+    let client = m.beside(cmd, Duration::from_secs(SECONDS + 60));
+    std::thread::sleep(Duration::from_secs(1));
+    let mut moved = Vec::new();
+    for mode in [Mode::PreCopy, Mode::ZeroCopy, Mode::PreCopy, Mode::ZeroCopy] {
+        m.settle();
+        std::thread::sleep(Duration::from_millis(500));
+        moved.push(m.move_once(mode));
+    }
+    let early = client.is_finished();
+    let run = m.check(client.join().expect("iperf3 thread"), "iperf3 -c");
+    assert!(
+        !early,
+        "iperf3 ended before the moves were done ({}):\n{}{}",
+        run.status, run.stdout, run.stderr
+    );
+    assert!(
+        run.status.success(),
+        "iperf3 -c failed ({}):\n{}{}\n--- host-vmm output ---\n{}",
+        run.status,
+        run.stdout,
+        run.stderr,
+        m.guest.console_tail(60)
+    );
+    let json: serde_json::Value = serde_json::from_str(&run.stdout)
+        .unwrap_or_else(|e| panic!("iperf3: bad JSON ({e}):\n{}", run.stdout));
+    let received = json["end"]["sum_received"]["bytes"].as_f64().unwrap_or(0.0);
+    assert!(received > 0.0, "iperf3: no bytes received:\n{}", run.stdout);
+    let summaries: Vec<String> = moved
+        .iter()
+        .map(|x| {
+            format!(
+                "{} pause {:.2} ms, {} bytes, {} copied",
+                x.summary.mode.key(),
+                x.summary.pause_ms,
+                x.summary.bytes_sent,
+                x.summary.memory_bytes_copied
+            )
+        })
+        .collect();
+    say(&format!(
+        "iperf3 -c through {} moves ({}): {received} bytes, {:.3} Mbit/s",
+        moved.len(),
+        summaries.join("; "),
+        json["end"]["sum_received"]["bits_per_second"]
+            .as_f64()
+            .unwrap_or(0.0)
+            / 1e6
+    ));
+}
+
+/// host-vmm's status for its own failures, `receive` included.
+const HOST_VMM_FAILED: i32 = 125;
+
+/// Runs host-vmm with `args`; returns its status and its stderr's non-empty lines.
+fn host_vmm_run(args: &[&str]) -> (Option<i32>, Vec<String>, String) {
+    let out = Command::new(roam_tests::host_vmm())
+        .args(args)
+        .output()
+        .expect("host-vmm starts");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines = stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(str::to_string)
+        .collect();
+    (
+        out.status.code(),
+        lines,
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// Asserts one `host-vmm: error: ...` line mentioning every word of `says`, and `status`.
+fn assert_error(args: &[&str], status: i32, says: &[&str]) {
+    let (code, lines, stdout) = host_vmm_run(args);
+    assert_eq!(code, Some(status), "{args:?}: stderr {lines:?}");
+    assert_eq!(
+        lines.len(),
+        1,
+        "{args:?}: expected one error line: {lines:?}"
+    );
+    assert!(
+        lines[0].starts_with("host-vmm: error: "),
+        "{args:?}: {}",
+        lines[0]
+    );
+    for word in says {
+        assert!(
+            lines[0].contains(word),
+            "{args:?}: `{word}` not in {}",
+            lines[0]
+        );
+    }
+    assert!(stdout.is_empty(), "{args:?}: stdout {stdout:?}");
+}
+
+/// `receive --help` documents its flags and the way a move is driven; bad `receive` flags
+/// exit 125 with one line; bad `ctl ... migrate` arguments exit 1 with one line naming the
+/// problem, before any socket is touched.
+#[test]
+fn receive_and_ctl_migrate_command_lines() {
+    let (code, _, help) = host_vmm_run(&["receive", "--help"]);
+    assert_eq!(code, Some(0));
+    for text in [
+        "--listen",
+        "tcp:ADDR:PORT",
+        "unix:PATH",
+        "--net",
+        "--vf",
+        "--control",
+        "--zero-copy",
+        "--downtime-ms",
+        "exits 125",
+    ] {
+        assert!(
+            help.contains(text),
+            "receive --help lacks `{text}`:\n{help}"
+        );
+    }
+    let (code, _, help) = host_vmm_run(&["ctl", "--help"]);
+    assert_eq!(code, Some(0));
+    for text in ["migrate TARGET", "--zero-copy", "migrated mode="] {
+        assert!(help.contains(text), "ctl --help lacks `{text}`:\n{help}");
+    }
+
+    let f = HOST_VMM_FAILED;
+    assert_error(&["receive"], f, &["--listen"]);
+    assert_error(
+        &["receive", "--listen", "udp:1.2.3.4:5"],
+        f,
+        &["--listen", "udp:1.2.3.4:5"],
+    );
+    assert_error(
+        &["receive", "--listen", "tcp:127.0.0.1:99999"],
+        f,
+        &["--listen"],
+    );
+    assert_error(
+        &["receive", "--listen", "unix:/nonexistent-roam-dir/m.sock"],
+        f,
+        &["/nonexistent-roam-dir/m.sock"],
+    );
+    let sock = std::env::temp_dir().join(format!("roam-mig-cli-{}.sock", std::process::id()));
+    let listen = format!("unix:{}", sock.display());
+    assert_error(
+        &["receive", "--listen", &listen, "--net", "tap=,mac=zz"],
+        f,
+        &["--net"],
+    );
+    assert!(!sock.exists(), "a refused receive left its socket behind");
+
+    // No socket is needed to reject the words: the same socket that does not exist gets
+    // the usage error, not "no control socket".
+    let ctl = sock.display().to_string();
+    for (words, says) in [
+        (&[][..], "give the destination"),
+        (&["udp:x:1"][..], "tcp:ADDR:PORT or unix:PATH"),
+        (&["tcp:h:1", "--downtime-ms"][..], "needs a value"),
+        (&["tcp:h:1", "--downtime-ms", "0"][..], "1 to 60000"),
+        (&["tcp:h:1", "--downtime-ms", "60001"][..], "1 to 60000"),
+        (&["tcp:h:1", "--zero-copy"][..], "unix:PATH"),
+        (&["tcp:h:1", "tcp:h:2"][..], "unexpected"),
+        (&["tcp:h:1", "--fast"][..], "unknown flag"),
+    ] {
+        let mut args = vec!["ctl", &ctl, "migrate"];
+        args.extend(words);
+        assert_error(&args, 1, &["migrate: ", says]);
+    }
+    // Well-formed, but nobody listens on the control socket.
+    assert_error(
+        &["ctl", &ctl, "migrate", &listen, "--zero-copy"],
+        1,
+        &["no control socket", &ctl],
+    );
+}
+
+/// A `receive` fed garbage instead of a hello refuses it: exit 125, one error line, and a
+/// `FAILED` frame back to the "source" saying why.
+#[test]
+fn receive_refuses_a_stream_that_is_not_a_migration() {
+    use std::io::{Read, Write};
+    let sock = std::env::temp_dir().join(format!("roam-mig-junk-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&sock);
+    let mut cmd = Command::new(roam_tests::host_vmm());
+    cmd.args(["receive", "--listen"])
+        .arg(format!("unix:{}", sock.display()));
+    let receiver = std::thread::spawn(move || proc::watch(&mut cmd, "", Duration::from_secs(20)));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !sock.exists() && std::time::Instant::now() < deadline && !receiver.is_finished() {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let mut conn = std::os::unix::net::UnixStream::connect(&sock).expect("receive listens");
+    conn.write_all(b"GET / HTTP/1.0\r\n\r\nthis is not a migration stream")
+        .expect("write");
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = conn.read_to_end(&mut answer);
+    let run = receiver
+        .join()
+        .expect("receive thread")
+        .expect("receive exits");
+    let _ = std::fs::remove_file(&sock);
+    let lines: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| !l.starts_with("host-vmm: waiting"))
+        .collect();
+    assert_eq!(run.status.code(), Some(HOST_VMM_FAILED), "{}", run.stderr);
+    assert_eq!(lines.len(), 1, "{}", run.stderr);
+    assert!(
+        lines[0].starts_with("host-vmm: error: ") && lines[0].contains("RMIG"),
+        "{}",
+        lines[0]
+    );
+    assert!(run.stdout.is_empty(), "no guest ran: {}", run.stdout);
+    // It told the source why, in a frame of the stream format.
+    assert!(answer.starts_with(b"RMIG"), "answer {answer:?}");
+    say(&format!("receive refused garbage: {}", lines[0]));
 }

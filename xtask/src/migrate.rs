@@ -276,9 +276,10 @@ impl HostVmmGuest {
     /// Waits until the guest sends through the VF again (it does after RESUMED when the
     /// host has one): the steady state a move starts from.
     pub fn wait_on_vf(&self, bound: Duration) -> Result<Status> {
-        self.control().wait_for("the guest back on the VF", bound, |s| {
-            s.vf.present && s.active == Some(Nic::Vf)
-        })
+        self.control()
+            .wait_for("the guest back on the VF", bound, |s| {
+                s.vf.present && s.active == Some(Nic::Vf)
+            })
     }
 
     /// Moves the guest to the other host by `mode` (`--downtime-ms` if given): a
