@@ -272,7 +272,8 @@ fn bench_migrate(json: bool, moves: u32, sizes: &[u32], svg: &std::path::Path) -
     let mut packages = vec![prereq::QEMU];
     packages.extend(prereq::NET_TOOLS);
     prereq::ensure_packages(&packages)?;
-    // host-vmm is built here too once its Mover is in bench::migrate::movers().
+    // host-vmm's Mover runs the release build, like every other bench.
+    artifacts::build_host_vmm()?;
     artifacts::build_images(&[bench::migrate::IMAGE.to_string()])?;
     let figures = bench::migrate::run(&image_path(bench::migrate::IMAGE), moves, sizes)?;
     let svg = root().join(svg);

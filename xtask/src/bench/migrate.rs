@@ -1,6 +1,6 @@
 //! `cargo xtask bench migrate`: what a live move costs a guest, per VMM, mode and size.
 //!
-//! For every [`Mover`] (stock QEMU today; host-vmm plugs in through the same trait), every
+//! For every [`Mover`] (host-vmm's [`HostVmmMover`], then stock QEMU's [`QemuMover`]), every
 //! mode (pre-copy over TCP, zero-copy between co-located VMMs) and every size (64 MiB,
 //! 256 MiB, 1 GiB), one guest boots on the source host of a fresh [`TwoHosts`] topology and
 //! moves back and forth `--moves` times while the client namespace runs `ping -D` every
@@ -9,6 +9,7 @@
 //! medians over the moves and, where host-vmm and QEMU both ran a case, their ratio; an SVG
 //! plots ping RTT around each case's first move.
 
+use super::hostvmm_migrate::HostVmmMover;
 use super::qemu_migrate::QemuMover;
 use crate::net::{GUEST_IP, Side, TwoHosts};
 use crate::pingd::{PingLog, Pinger};
@@ -108,9 +109,9 @@ pub struct MoveReport {
 
 /// A VMM that can move a guest between the two hosts of a [`TwoHosts`] topology.
 ///
-/// QEMU's is [`QemuMover`]; host-vmm's (booting with `host-vmm run`, receiving with
-/// `host-vmm receive --listen ...` on the other host, moving with
-/// `host-vmm ctl <socket> migrate ... [--zero-copy]`) goes into [`movers`].
+/// QEMU's is [`QemuMover`]; host-vmm's is [`HostVmmMover`] (booting with `host-vmm run`,
+/// receiving with `host-vmm receive --listen ...` on the other host, moving with
+/// `host-vmm ctl <socket> migrate ... [--zero-copy]`).
 pub trait Mover {
     /// Its name in tables and JSON: `host_vmm` or `qemu` (ratios are host_vmm / qemu).
     fn key(&self) -> &'static str;
@@ -135,8 +136,7 @@ pub trait Moving {
 
 /// The VMMs measured, host-vmm first when it is there.
 pub fn movers() -> Vec<Box<dyn Mover>> {
-    // host-vmm's Mover goes first here once `host-vmm receive` and `ctl migrate` exist.
-    vec![Box::new(QemuMover)]
+    vec![Box::new(HostVmmMover), Box::new(QemuMover)]
 }
 
 /// One move as measured.
@@ -383,6 +383,7 @@ pub fn table(all: &[CaseFigures], moves: u32, svg: Option<&Path>) -> String {
         "migrate benchmark: image {IMAGE}, medians of {moves} moves per case (back and forth between two host namespaces on one L2)\n\
          ping -D every {} ms from the client namespace (10 ms, not 1 ms, because guest code is emulated here)\n\
          pause = the VMM's own figure (QEMU: query-migrate `downtime`); gap = longest reply silence - one interval; lost* = pings lost over all moves\n\
+         host-vmm: virtio-net + emulated VF on one MAC (the agent moves traffic off the VF for the move), default --downtime-ms 300, no throttle; zero-copy = the guest-RAM memfd over a Unix socket\n\
          QEMU: -M pc, virtio-net-pci on a TAP, max-bandwidth {} GiB/s, downtime-limit 300 ms; zero-copy = shared /dev/shm RAM + x-ignore-shared over a Unix socket\n\n",
         PING_INTERVAL.as_millis(),
         super::qemu_migrate::MAX_BANDWIDTH >> 30

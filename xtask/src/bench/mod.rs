@@ -2,6 +2,7 @@
 //! ratios, printed as a table or one JSON object.
 
 pub mod boot;
+pub mod hostvmm_migrate;
 pub mod migrate;
 pub mod net;
 pub mod qemu_migrate;
