@@ -9,6 +9,7 @@
 pub mod artifacts;
 pub mod bench;
 pub mod ctl;
+pub mod demo;
 pub mod migrate;
 pub mod net;
 pub mod pingd;

@@ -1,6 +1,6 @@
 //! `cargo xtask`: the only build, run, benchmark and test entry point of Roam.
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use clap::{Parser, Subcommand};
 use std::process::Command;
 use xtask::artifacts::{self, GUEST_PROFILE, GUEST_TARGET};
@@ -66,7 +66,8 @@ enum Cmd {
         #[command(subcommand)]
         which: BenchCmd,
     },
-    /// The demo: build everything, boot hello on host-vmm and on QEMU, print the boot benchmark.
+    /// The demo: build host-vmm and netecho, start two host-vmm on two hosts of a test network,
+    /// move a pinged guest between them (pre-copy, then zero-copy), print pause and downtime.
     Demo,
     /// Everything CI runs: formatting, lints, unit tests, then the KVM and QEMU integration tests.
     Test,
@@ -316,21 +317,11 @@ fn print_boot_bench(runs: usize, json: bool) -> Result<()> {
 
 fn demo() -> Result<()> {
     prereq::ensure_kvm()?;
-    prereq::ensure_packages(&[prereq::QEMU])?;
+    prereq::ensure_root("the demo makes network namespaces")?;
+    prereq::ensure_packages(&prereq::NET_TOOLS)?;
     artifacts::build_host_vmm()?;
-    artifacts::build_images(&[])?;
-    let image = image_path("hello");
-    for vmm in [Vmm::HostVmm, Vmm::QemuMicrovm] {
-        println!("\n=== hello under {} ===", vmm.key());
-        let (status, stderr) = proc::run_tee_stderr(&mut vmm.command(&Boot::new(&image)))?;
-        let code = vmm.guest_status(status, &stderr)?;
-        println!("(guest exit status {code})");
-        if code != 0 {
-            bail!("hello failed under {}", vmm.key());
-        }
-    }
-    println!();
-    print_boot_bench(20, false)
+    artifacts::build_images(&["netecho".to_string()])?;
+    xtask::demo::run(&image_path("netecho"))
 }
 
 fn cargo() -> Command {

@@ -60,6 +60,14 @@ pub fn is_root() -> bool {
         .unwrap_or(false)
 }
 
+/// Fails with a clear message unless this runs as root (`why` says what needs it).
+pub fn ensure_root(why: &str) -> Result<()> {
+    if is_root() {
+        return Ok(());
+    }
+    bail!("{why} and needs root: run it as root (e.g. sudo -E cargo xtask ...)")
+}
+
 /// Makes sure every package is installed: installs missing ones as root, else explains how.
 pub fn ensure_packages(packages: &[Package]) -> Result<()> {
     let missing: Vec<&str> = packages
