@@ -1,0 +1,522 @@
+//! `migproxy`: a fault-injecting forwarder for host-vmm's migration stream, for the rollback
+//! tests. The source connects to it instead of the destination; it connects to the real
+//! `host-vmm receive` and forwards every frame both ways, reading each frame's header
+//! (magic, format version, kind, length; payload; CRC trailer) to know where the move is.
+//! At the frame chosen by `--at` it does one `--fault`, once, and keeps forwarding what is
+//! left (so the destination's FAILED reaches the source, as on a direct connection):
+//!
+//! ```text
+//! migproxy --listen tcp:ADDR:PORT|unix:PATH --to tcp:ADDR:PORT|unix:PATH
+//!          [--at hello|pages:N|pass:N|state] [--fault cut|corrupt|kill] [--pid PID]
+//!          [--slow-pass1-ms MS]
+//!
+//! --at hello     the source's Hello (the first frame)
+//! --at pages:N   the Nth PAGES frame (1: the first pass has not delivered a page yet)
+//! --at pass:N    the first PAGES frame of page pass N (2: the first dirty pass); passes
+//!                are told apart by the page frame numbers, increasing within a pass
+//! --at state     the STATE frame (the source's vCPU is paused)
+//! --fault cut     close both connections instead of forwarding the frame
+//! --fault corrupt flip one payload byte of the frame (the CRC no longer matches) and go on
+//! --fault kill    SIGKILL the destination (--pid) instead of forwarding the frame
+//! --slow-pass1-ms MS  wait MS before forwarding each frame of the first pass, so the guest
+//!                  dirties pages meanwhile and a dirty pass follows
+//! ```
+//!
+//! It prints `migproxy: listening on ...` when ready, `migproxy: fault ... at=SECONDS`
+//! (seconds since the Unix epoch, the clock of `ping -D`) when it strikes, what the
+//! destination answered, and `migproxy: done ...` when both directions are closed. One
+//! connection only; everything is bounded in time.
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+const HEADER_LEN: usize = 12;
+const TRAILER_LEN: usize = 4;
+const MAGIC: &[u8; 4] = b"RMIG";
+/// A larger frame is not host-vmm's (its limit is 64 MiB): stop parsing, copy raw.
+const MAX_PAYLOAD: usize = 64 << 20;
+const KIND_HELLO: u16 = 1;
+const KIND_PAGES: u16 = 3;
+const KIND_STATE: u16 = 4;
+const KIND_FAILED: u16 = 8;
+/// Waiting for the source, and any one read, are bounded by this.
+const IO_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum At {
+    Hello,
+    Pages(u64),
+    Pass(u64),
+    State,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Fault {
+    Cut,
+    Corrupt,
+    Kill,
+}
+
+struct Options {
+    listen: String,
+    to: String,
+    at: Option<At>,
+    fault: Fault,
+    pid: Option<i32>,
+    slow_pass1: Duration,
+}
+
+fn usage() -> String {
+    "usage: migproxy --listen tcp:ADDR:PORT|unix:PATH --to tcp:ADDR:PORT|unix:PATH \
+     [--at hello|pages:N|pass:N|state] [--fault cut|corrupt|kill] [--pid PID] \
+     [--slow-pass1-ms MS]"
+        .into()
+}
+
+fn parse_args(args: &[String]) -> Result<Options, String> {
+    let mut o = Options {
+        listen: String::new(),
+        to: String::new(),
+        at: None,
+        fault: Fault::Cut,
+        pid: None,
+        slow_pass1: Duration::ZERO,
+    };
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let value = it
+            .next()
+            .ok_or_else(|| format!("{flag} needs a value; {}", usage()))?;
+        let number = |v: &str| {
+            v.parse::<u64>()
+                .map_err(|_| format!("{flag} {v}: not a number"))
+        };
+        match flag.as_str() {
+            "--listen" => o.listen = value.clone(),
+            "--to" => o.to = value.clone(),
+            "--at" => {
+                o.at = Some(match value.split_once(':') {
+                    None if value == "hello" => At::Hello,
+                    None if value == "state" => At::State,
+                    Some(("pages", n)) => At::Pages(number(n)?.max(1)),
+                    Some(("pass", n)) => At::Pass(number(n)?.max(1)),
+                    _ => return Err(format!("--at {value}: {}", usage())),
+                })
+            }
+            "--fault" => {
+                o.fault = match value.as_str() {
+                    "cut" => Fault::Cut,
+                    "corrupt" => Fault::Corrupt,
+                    "kill" => Fault::Kill,
+                    _ => return Err(format!("--fault {value}: {}", usage())),
+                }
+            }
+            "--pid" => {
+                o.pid = Some(
+                    i32::try_from(number(value)?)
+                        .map_err(|_| format!("--pid {value}: too large"))?,
+                )
+            }
+            "--slow-pass1-ms" => o.slow_pass1 = Duration::from_millis(number(value)?),
+            _ => return Err(format!("unknown flag {flag}; {}", usage())),
+        }
+    }
+    if o.listen.is_empty() || o.to.is_empty() {
+        return Err(usage());
+    }
+    if o.at.is_some() && o.fault == Fault::Kill && o.pid.is_none() {
+        return Err("--fault kill needs --pid".into());
+    }
+    Ok(o)
+}
+
+/// A connected stream, TCP or Unix, that can be cloned for the other direction.
+enum Conn {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Conn {
+    fn try_clone(&self) -> io::Result<Conn> {
+        Ok(match self {
+            Conn::Tcp(s) => Conn::Tcp(s.try_clone()?),
+            Conn::Unix(s) => Conn::Unix(s.try_clone()?),
+        })
+    }
+
+    fn shutdown(&self, how: Shutdown) {
+        let _ = match self {
+            Conn::Tcp(s) => s.shutdown(how),
+            Conn::Unix(s) => s.shutdown(how),
+        };
+    }
+
+    fn set_read_timeout(&self, t: Duration) -> io::Result<()> {
+        match self {
+            Conn::Tcp(s) => s.set_read_timeout(Some(t)),
+            Conn::Unix(s) => s.set_read_timeout(Some(t)),
+        }
+    }
+}
+
+impl Read for Conn {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Conn::Tcp(s) => s.read(buf),
+            Conn::Unix(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Conn {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Conn::Tcp(s) => s.write(buf),
+            Conn::Unix(s) => s.write(buf),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Accepts one connection on `addr`, waiting at most [`IO_TIMEOUT`].
+fn accept_one(addr: &str) -> Result<Conn, String> {
+    let deadline = Instant::now() + IO_TIMEOUT;
+    let wait = |r: io::Result<()>| r.map_err(|e| format!("listening on {addr}: {e}"));
+    if let Some(a) = addr.strip_prefix("tcp:") {
+        let l = TcpListener::bind(a).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        wait(l.set_nonblocking(true))?;
+        say(&format!("listening on {addr}"));
+        loop {
+            match l.accept() {
+                Ok((s, _)) => {
+                    wait(s.set_nonblocking(false))?;
+                    let _ = s.set_nodelay(true);
+                    return Ok(Conn::Tcp(s));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) => return Err(format!("no source connected to {addr}: {e}")),
+            }
+        }
+    } else if let Some(p) = addr.strip_prefix("unix:") {
+        let _ = std::fs::remove_file(p);
+        let l = UnixListener::bind(p).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        wait(l.set_nonblocking(true))?;
+        say(&format!("listening on {addr}"));
+        let result = loop {
+            match l.accept() {
+                Ok((s, _)) => break wait(s.set_nonblocking(false)).map(|()| Conn::Unix(s)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) => break Err(format!("no source connected to {addr}: {e}")),
+            }
+        };
+        let _ = std::fs::remove_file(p);
+        result
+    } else {
+        Err(format!("`{addr}`: {}", usage()))
+    }
+}
+
+fn connect(addr: &str) -> Result<Conn, String> {
+    let fail = |e: io::Error| format!("cannot connect to {addr}: {e}");
+    if let Some(a) = addr.strip_prefix("tcp:") {
+        let s = TcpStream::connect(a).map_err(fail)?;
+        let _ = s.set_nodelay(true);
+        Ok(Conn::Tcp(s))
+    } else if let Some(p) = addr.strip_prefix("unix:") {
+        UnixStream::connect(p).map(Conn::Unix).map_err(fail)
+    } else {
+        Err(format!("`{addr}`: {}", usage()))
+    }
+}
+
+/// Seconds since the Unix epoch (the clock `ping -D` stamps with).
+fn epoch() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// One line on stdout, flushed at once (the test reads it while we run).
+fn say(line: &str) {
+    let mut out = io::stdout().lock();
+    let _ = writeln!(out, "migproxy: {line}");
+    let _ = out.flush();
+}
+
+/// One frame as read: its header fields and all its bytes (header, payload, trailer).
+struct Frame {
+    kind: u16,
+    bytes: Vec<u8>,
+}
+
+impl Frame {
+    fn payload(&self) -> &[u8] {
+        &self.bytes[HEADER_LEN..self.bytes.len() - TRAILER_LEN]
+    }
+
+    /// First and last page frame numbers of a PAGES frame with at least one page.
+    fn pfn_range(&self) -> Option<(u64, u64)> {
+        let p = self.payload();
+        let count = u32::from_le_bytes(p.get(0..4)?.try_into().ok()?) as usize;
+        let pfn = |i: usize| -> Option<u64> {
+            let at = 4 + i * 8;
+            Some(u64::from_le_bytes(p.get(at..at + 8)?.try_into().ok()?))
+        };
+        Some((pfn(0)?, pfn(count.checked_sub(1)?)?))
+    }
+}
+
+/// What reading the next frame gave.
+enum Next {
+    Frame(Frame),
+    /// The stream ended cleanly between frames.
+    End,
+    /// Bytes that are not a frame (or a stream cut inside one): forward them raw.
+    Raw(Vec<u8>),
+}
+
+/// Reads as much of `buf` as arrives; returns how much that was.
+fn read_upto(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match r.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
+}
+
+fn next_frame(r: &mut impl Read) -> io::Result<Next> {
+    let mut header = [0u8; HEADER_LEN];
+    let got = read_upto(r, &mut header)?;
+    if got == 0 {
+        return Ok(Next::End);
+    }
+    if got < HEADER_LEN || &header[..4] != MAGIC {
+        return Ok(Next::Raw(header[..got].to_vec()));
+    }
+    let kind = u16::from_le_bytes([header[6], header[7]]);
+    let len = u32::from_le_bytes([header[8], header[9], header[10], header[11]]) as usize;
+    if len > MAX_PAYLOAD {
+        return Ok(Next::Raw(header.to_vec()));
+    }
+    let mut bytes = vec![0u8; HEADER_LEN + len + TRAILER_LEN];
+    bytes[..HEADER_LEN].copy_from_slice(&header);
+    let got = read_upto(r, &mut bytes[HEADER_LEN..])?;
+    if got < len + TRAILER_LEN {
+        bytes.truncate(HEADER_LEN + got);
+        return Ok(Next::Raw(bytes));
+    }
+    Ok(Next::Frame(Frame { kind, bytes }))
+}
+
+fn kind_name(kind: u16) -> String {
+    match kind {
+        1 => "HELLO".into(),
+        2 => "ACCEPT".into(),
+        3 => "PAGES".into(),
+        4 => "STATE".into(),
+        5 => "DONE".into(),
+        6 => "READY".into(),
+        7 => "RUNNING".into(),
+        8 => "FAILED".into(),
+        9 => "ABORT".into(),
+        16 => "MEMFD".into(),
+        k => format!("kind {k}"),
+    }
+}
+
+/// Both connections, so either direction can cut both.
+struct Both {
+    src: Conn,
+    dst: Conn,
+}
+
+impl Both {
+    fn cut(&self) {
+        self.src.shutdown(Shutdown::Both);
+        self.dst.shutdown(Shutdown::Both);
+    }
+}
+
+/// Source → destination: frames counted and watched for the fault's frame.
+fn forward_source(
+    mut from: Conn,
+    mut to: Conn,
+    both: &Both,
+    o: &Options,
+) -> Result<String, String> {
+    let (mut frames, mut pages, mut pass, mut last_pfn) = (0u64, 0u64, 0u64, None::<u64>);
+    let mut struck = false;
+    let mut pass1_frames = 0u64;
+    loop {
+        let frame = match next_frame(&mut from).map_err(|e| format!("reading the source: {e}"))? {
+            Next::End => break,
+            Next::Raw(bytes) => {
+                let _ = to.write_all(&bytes);
+                let _ = io::copy(&mut from, &mut to);
+                break;
+            }
+            Next::Frame(f) => f,
+        };
+        frames += 1;
+        // A pass sends its pages in increasing order: a batch that starts at or below the
+        // last one's end opens the next pass.
+        let mut opens_pass = false;
+        if frame.kind == KIND_PAGES {
+            pages += 1;
+            if let Some((first, last)) = frame.pfn_range() {
+                opens_pass = last_pfn.is_none_or(|prev| first <= prev);
+                last_pfn = Some(last);
+            }
+            pass += u64::from(opens_pass);
+            if pass == 1 {
+                pass1_frames += 1;
+            }
+        }
+        let here = match o.at {
+            Some(At::Hello) => frame.kind == KIND_HELLO,
+            Some(At::Pages(n)) => frame.kind == KIND_PAGES && pages == n,
+            Some(At::Pass(n)) => opens_pass && pass == n,
+            Some(At::State) => frame.kind == KIND_STATE,
+            None => false,
+        };
+        let mut frame = frame;
+        if here && !struck {
+            struck = true;
+            let at = epoch();
+            let what = format!(
+                "fault {:?} at {} frame {frames} (pages frame {pages}, pass {pass}) at={at:.6}",
+                o.fault,
+                kind_name(frame.kind)
+            );
+            match o.fault {
+                Fault::Cut => {
+                    both.cut();
+                    say(&what);
+                    return Ok(format!("{frames} frames from the source, cut"));
+                }
+                Fault::Kill => {
+                    let pid = o.pid.unwrap_or(0);
+                    // SAFETY: kill(2) takes plain integers; the PID is the destination's,
+                    // started by the test that gave it to us.
+                    let r = unsafe { libc::kill(pid, libc::SIGKILL) };
+                    say(&format!("{what} (kill {pid}: {r})"));
+                    // Its sockets close; the other direction sees that and closes the
+                    // source's side. The frame is not forwarded.
+                    continue;
+                }
+                Fault::Corrupt => {
+                    let p = frame.bytes.len() - TRAILER_LEN;
+                    // The middle of the payload, or the CRC of an empty one.
+                    let i = if p > HEADER_LEN {
+                        HEADER_LEN + (p - HEADER_LEN) / 2
+                    } else {
+                        p
+                    };
+                    frame.bytes[i] ^= 0x5a;
+                    say(&what);
+                }
+            }
+        }
+        // Slows the first pass, so the guest dirties pages meanwhile.
+        if frame.kind == KIND_PAGES && pass == 1 {
+            std::thread::sleep(o.slow_pass1);
+        }
+        if let Err(e) = to.write_all(&frame.bytes) {
+            say(&format!(
+                "the destination took no more ({e}) at {} frame {frames}",
+                kind_name(frame.kind)
+            ));
+            break;
+        }
+    }
+    to.shutdown(Shutdown::Write);
+    Ok(format!(
+        "{frames} frames from the source ({pages} pages frames, {pass} passes, first pass \
+         {pass1_frames} frames)"
+    ))
+}
+
+/// Destination → source: forwarded as they come; FAILED's reason is printed.
+fn forward_destination(mut from: Conn, mut to: Conn, both: &Both) -> String {
+    let mut kinds = Vec::new();
+    loop {
+        match next_frame(&mut from) {
+            Ok(Next::Frame(f)) => {
+                if f.kind == KIND_FAILED {
+                    say(&format!(
+                        "destination sent FAILED: {}",
+                        String::from_utf8_lossy(f.payload())
+                    ));
+                } else {
+                    say(&format!("destination sent {}", kind_name(f.kind)));
+                }
+                kinds.push(kind_name(f.kind));
+                if to.write_all(&f.bytes).is_err() {
+                    break;
+                }
+            }
+            Ok(Next::Raw(bytes)) => {
+                let _ = to.write_all(&bytes);
+                let _ = io::copy(&mut from, &mut to);
+                break;
+            }
+            Ok(Next::End) | Err(_) => break,
+        }
+    }
+    // The destination is gone or done: the source sees that at once, as on a direct link.
+    both.cut();
+    format!("destination sent [{}]", kinds.join(", "))
+}
+
+fn run(o: Options) -> Result<String, String> {
+    let src = accept_one(&o.listen)?;
+    let dst = connect(&o.to)?;
+    say(&format!("source connected; forwarding to {}", o.to));
+    for c in [&src, &dst] {
+        c.set_read_timeout(IO_TIMEOUT)
+            .map_err(|e| format!("setting a timeout: {e}"))?;
+    }
+    let clone = |c: &Conn| c.try_clone().map_err(|e| format!("cloning a socket: {e}"));
+    let both = Arc::new(Both {
+        src: clone(&src)?,
+        dst: clone(&dst)?,
+    });
+    let back = {
+        let (from, to, both) = (clone(&dst)?, clone(&src)?, both.clone());
+        std::thread::spawn(move || forward_destination(from, to, &both))
+    };
+    let forward = forward_source(src, dst, &both, &o).unwrap_or_else(|e| e);
+    let back = back
+        .join()
+        .unwrap_or_else(|_| "destination thread panicked".into());
+    Ok(format!("done: {forward}; {back}"))
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match parse_args(&args).and_then(run) {
+        Ok(summary) => {
+            say(&summary);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            say(&format!("FAILED: {e}"));
+            ExitCode::FAILURE
+        }
+    }
+}
