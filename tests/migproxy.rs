@@ -8,7 +8,7 @@
 //! ```text
 //! migproxy --listen tcp:ADDR:PORT|unix:PATH --to tcp:ADDR:PORT|unix:PATH
 //!          [--at hello|pages:N|pass:N|state] [--fault cut|corrupt|kill] [--pid PID]
-//!          [--slow-pass1-ms MS]
+//!          [--hold-ms MS]
 //!
 //! --at hello     the source's Hello (the first frame)
 //! --at pages:N   the Nth PAGES frame (1: the first pass has not delivered a page yet)
@@ -18,8 +18,9 @@
 //! --fault cut     close both connections instead of forwarding the frame
 //! --fault corrupt flip one payload byte of the frame (the CRC no longer matches) and go on
 //! --fault kill    SIGKILL the destination (--pid) instead of forwarding the frame
-//! --slow-pass1-ms MS  wait MS before forwarding each frame of the first pass, so the guest
-//!                  dirties pages meanwhile and a dirty pass follows
+//! --hold-ms MS   read nothing more from the source for MS after its Hello: with small
+//!                socket buffers the source blocks in its first pass, the guest dirties
+//!                pages meanwhile, and a dirty pass follows
 //! ```
 //!
 //! It prints `migproxy: listening on ...` when ready, `migproxy: fault ... at=SECONDS`
@@ -67,13 +68,13 @@ struct Options {
     at: Option<At>,
     fault: Fault,
     pid: Option<i32>,
-    slow_pass1: Duration,
+    hold: Duration,
 }
 
 fn usage() -> String {
     "usage: migproxy --listen tcp:ADDR:PORT|unix:PATH --to tcp:ADDR:PORT|unix:PATH \
      [--at hello|pages:N|pass:N|state] [--fault cut|corrupt|kill] [--pid PID] \
-     [--slow-pass1-ms MS]"
+     [--hold-ms MS]"
         .into()
 }
 
@@ -84,7 +85,7 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
         at: None,
         fault: Fault::Cut,
         pid: None,
-        slow_pass1: Duration::ZERO,
+        hold: Duration::ZERO,
     };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
@@ -121,7 +122,7 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
                         .map_err(|_| format!("--pid {value}: too large"))?,
                 )
             }
-            "--slow-pass1-ms" => o.slow_pass1 = Duration::from_millis(number(value)?),
+            "--hold-ms" => o.hold = Duration::from_millis(number(value)?),
             _ => return Err(format!("unknown flag {flag}; {}", usage())),
         }
     }
@@ -432,16 +433,16 @@ fn forward_source(
                 }
             }
         }
-        // Slows the first pass, so the guest dirties pages meanwhile.
-        if frame.kind == KIND_PAGES && pass == 1 {
-            std::thread::sleep(o.slow_pass1);
-        }
         if let Err(e) = to.write_all(&frame.bytes) {
             say(&format!(
                 "the destination took no more ({e}) at {} frame {frames}",
                 kind_name(frame.kind)
             ));
             break;
+        }
+        if frame.kind == KIND_HELLO && !o.hold.is_zero() {
+            std::thread::sleep(o.hold);
+            say(&format!("held the source for {:?}", o.hold));
         }
     }
     to.shutdown(Shutdown::Write);
