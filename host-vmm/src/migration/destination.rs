@@ -32,7 +32,7 @@ pub enum ReceiveError {
     #[error("waiting for the source failed: {0}")]
     Accept(std::io::Error),
     /// The stream broke, was corrupt, or the source gave up.
-    #[error("{0}")]
+    #[error(transparent)]
     Wire(#[from] WireError),
     /// Something the source sent cannot be used here.
     #[error("{0}")]

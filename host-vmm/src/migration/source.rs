@@ -95,7 +95,7 @@ pub enum MigrateError {
     #[error(transparent)]
     Address(#[from] AddressError),
     /// The stream broke or the destination answered wrongly.
-    #[error("{0}")]
+    #[error(transparent)]
     Wire(#[from] WireError),
     /// A step on this side failed.
     #[error("{0}")]
@@ -143,6 +143,19 @@ pub fn migrate(
             Ok(summary)
         }
         Err(e) => {
+            // A write that failed because the destination gave up: its FAILED says why.
+            let e = match e {
+                MigrateError::Wire(WireError::Io(io)) => {
+                    let _ = run.stream.set_read_timeout(Some(Duration::from_secs(1)));
+                    match wire::read_message(run.stream) {
+                        Ok(Message::Failed(reason)) => {
+                            MigrateError::Wire(WireError::PeerFailed(reason))
+                        }
+                        _ => MigrateError::Wire(WireError::Io(io)),
+                    }
+                }
+                other => other,
+            };
             let why = e.to_string();
             let _ = wire::write_message(run.stream, &Message::Abort(why.clone()));
             run.stream.shutdown();

@@ -124,7 +124,7 @@ impl fmt::Display for InitError {
 }
 
 /// Monotonic nanoseconds as smoltcp time.
-fn instant(ns: u64) -> Instant {
+pub(super) fn instant(ns: u64) -> Instant {
     Instant::from_micros((ns / 1000) as i64)
 }
 

@@ -95,9 +95,10 @@ pub mod kind {
 /// Why a migration stream was refused or could not be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {
-    /// The transport failed.
-    #[error("migration stream I/O failed")]
-    Io(#[from] io::Error),
+    /// The transport failed (the cause is in the message, not a separate source, so a
+    /// chain printed with `{:#}` says it once).
+    #[error("migration stream I/O failed: {0}")]
+    Io(io::Error),
     /// The stream (or byte slice) ended inside a frame.
     #[error(
         "the migration stream ended early: {what} needs {needed} bytes, only {got} arrived \
@@ -198,6 +199,12 @@ pub enum WireError {
     /// More than one file descriptor (or truncated control data) came with a memfd frame.
     #[error("the memfd message carried more than one file descriptor")]
     ExtraFds,
+}
+
+impl From<io::Error> for WireError {
+    fn from(e: io::Error) -> Self {
+        WireError::Io(e)
+    }
 }
 
 /// A checked frame header: what follows it.
