@@ -24,6 +24,8 @@ const MOVES: u32 = 5;
 /// Pings one move may lose: 200 ms of silence. host-vmm's pause is ~1 ms; what the network
 /// needs to learn the new port is the rest (measured: see the figures the tests print).
 const MAX_LOST_PER_MOVE: usize = 20;
+/// Pings lost over all ten moves of a run: 5 a move on average (measured: 14 to 16).
+const MAX_LOST_TOTAL: usize = 50;
 /// Bound for the guest to be back on the VF after RESUMED.
 const SETTLE: Duration = Duration::from_secs(15);
 /// Bound for the first reply after a move.
@@ -68,7 +70,7 @@ impl Moving {
 
     /// Waits until the guest agent answers and the guest is on the VF again.
     fn settle(&self) {
-        self.check(self.guest.wait_on_vf(SETTLE), "after boot or a move");
+        self.check(self.guest.wait_settled(SETTLE), "after boot or a move");
     }
 
     /// One move by `mode` to the other host; checks the summary against the mode.
@@ -214,8 +216,8 @@ fn netecho_moves_back_and_forth_by_pre_copy_and_zero_copy_while_pinging() {
         log.transmitted.unwrap_or(0)
     ));
     assert!(
-        all_lost <= MAX_LOST_PER_MOVE * moves.len(),
-        "{all_lost} pings lost in the whole run"
+        total <= MAX_LOST_TOTAL && all_lost <= MAX_LOST_TOTAL,
+        "{total} pings lost around the moves, {all_lost} in the whole run (bound {MAX_LOST_TOTAL})"
     );
 }
 

@@ -179,19 +179,22 @@ struct Instance {
     side: Side,
 }
 
-/// The `--net` and `--vf` flags: a host's two TAPs, both with the one guest MAC.
-fn device_args() -> [String; 4] {
-    [
-        "--net".into(),
-        format!("tap={TAP},mac={GUEST_MAC}"),
-        "--vf".into(),
-        format!("tap={VF_TAP},mac={GUEST_MAC}"),
-    ]
+/// The `--net` and `--vf` flags for `nics`: a host's TAPs, all with the one guest MAC.
+fn device_args(nics: Nics) -> Vec<String> {
+    let mut args = Vec::new();
+    if nics != Nics::Vf {
+        args.extend(["--net".into(), format!("tap={TAP},mac={GUEST_MAC}")]);
+    }
+    if nics != Nics::Virtio {
+        args.extend(["--vf".into(), format!("tap={VF_TAP},mac={GUEST_MAC}")]);
+    }
+    args
 }
 
 /// A guest under host-vmm on one host of a [`TwoHosts`] topology, movable to the other.
 pub struct HostVmmGuest {
     current: Instance,
+    nics: Nics,
     history: String,
     moves: u32,
 }
@@ -206,12 +209,24 @@ impl HostVmmGuest {
         mem_mib: u32,
         extra_cmdline: &str,
     ) -> Result<HostVmmGuest> {
+        HostVmmGuest::boot_with(hosts, image, mem_mib, extra_cmdline, Nics::Both)
+    }
+
+    /// Like [`HostVmmGuest::boot`] with only the NICs `nics` (every receiver gets the same),
+    /// to tell what the VF's part in a move costs.
+    pub fn boot_with(
+        hosts: &TwoHosts,
+        image: &Path,
+        mem_mib: u32,
+        extra_cmdline: &str,
+        nics: Nics,
+    ) -> Result<HostVmmGuest> {
         let control = Control::unique("mg");
         let cmdline = format!("{} {extra_cmdline}", crate::net::guest_cmdline());
         let boot = Boot {
             mem_mib,
             cmdline: cmdline.trim(),
-            net: Some(hosts.attach(Side::Source, Nics::Both)),
+            net: Some(hosts.attach(Side::Source, nics)),
             control: Some(control.path()),
             ..Boot::new(image)
         };
@@ -225,6 +240,7 @@ impl HostVmmGuest {
                 control,
                 side: Side::Source,
             },
+            nics,
             history: String::new(),
             moves: 0,
         };
@@ -274,12 +290,19 @@ impl HostVmmGuest {
     }
 
     /// Waits until the guest sends through the VF again (it does after RESUMED when the
-    /// host has one): the steady state a move starts from.
-    pub fn wait_on_vf(&self, bound: Duration) -> Result<Status> {
-        self.control()
-            .wait_for("the guest back on the VF", bound, |s| {
-                s.vf.present && s.active == Some(Nic::Vf)
-            })
+    /// host has one), or through virtio-net when it has no VF: the steady state a move
+    /// starts from.
+    pub fn wait_settled(&self, bound: Duration) -> Result<Status> {
+        let want = if self.nics == Nics::Virtio {
+            Nic::Virtio
+        } else {
+            Nic::Vf
+        };
+        self.control().wait_for(
+            &format!("the guest sending through {}", want.key()),
+            bound,
+            |s| s.active == Some(want) && s.nic(want).present,
+        )
     }
 
     /// Moves the guest to the other host by `mode` (`--downtime-ms` if given): a
@@ -302,7 +325,7 @@ impl HostVmmGuest {
         let mut receive = hosts.exec_on(to, crate::host_vmm_path());
         receive
             .args(["receive", "--listen", &target])
-            .args(device_args())
+            .args(device_args(self.nics))
             .arg("--control")
             .arg(control.path())
             .env("RUST_LOG", "info");
@@ -467,8 +490,13 @@ mod tests {
         assert_ne!(a.0, b.0);
         // sun_path holds 108 bytes including the NUL.
         assert!(a.0.as_os_str().len() < 108);
-        let args = device_args();
+        let args = device_args(Nics::Both);
         assert_eq!(args[1], format!("tap=tap0,mac={GUEST_MAC}"));
         assert_eq!(args[3], format!("tap=tap1,mac={GUEST_MAC}"));
+        assert_eq!(
+            device_args(Nics::Virtio),
+            ["--net", "tap=tap0,mac=52:54:00:12:34:56"]
+        );
+        assert_eq!(device_args(Nics::Vf)[0], "--vf");
     }
 }

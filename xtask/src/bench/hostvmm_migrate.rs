@@ -33,7 +33,7 @@ impl Mover for HostVmmMover {
 
     fn boot(&self, hosts: &TwoHosts, image: &Path, case: Case) -> Result<Box<dyn Moving>> {
         let guest = HostVmmGuest::boot(hosts, image, case.mem_mib, "")?;
-        guest.wait_on_vf(SETTLE)?;
+        guest.wait_settled(SETTLE)?;
         Ok(Box::new(HostVmmMoving { guest, case }))
     }
 }
@@ -45,7 +45,7 @@ impl Moving for HostVmmMoving {
 
     fn move_once(&mut self, hosts: &TwoHosts) -> Result<MoveReport> {
         // Every move starts from the steady state: the agent answers, traffic on the VF.
-        self.guest.wait_on_vf(SETTLE)?;
+        self.guest.wait_settled(SETTLE)?;
         let m = self.guest.move_to_other(hosts, self.case.mode, None)?;
         let s = m.summary;
         Ok(MoveReport {
