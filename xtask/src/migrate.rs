@@ -32,6 +32,8 @@ pub const MOVE_TIMEOUT: Duration = Duration::from_secs(180);
 const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bound on the guest agent answering `status` (after boot or a move).
 pub const AGENT_TIMEOUT: Duration = Duration::from_secs(15);
+/// What a source host-vmm says as it exits 0 after a move.
+const MOVED_AWAY: &str = "the guest moved away; exiting";
 /// Output kept from VMMs that moved their guest away (the tail is what matters).
 const HISTORY_MAX: usize = 64 * 1024;
 
@@ -388,8 +390,14 @@ impl HostVmmGuest {
             },
         );
         let mut old = old;
-        let out = old.vm.output();
         let exited = !old.vm.running();
+        // Its last lines may still be in the pipe when it has exited: the readers drain it
+        // soon after.
+        let said = Instant::now() + Duration::from_secs(2);
+        while exited && !old.vm.output().contains(MOVED_AWAY) && Instant::now() < said {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let out = old.vm.output();
         self.history.push_str(&format!(
             "--- host-vmm on the {} host (move {} away) ---\n{}",
             old.side.key(),
@@ -411,7 +419,7 @@ impl HostVmmGuest {
                 tail(&out, 30)
             );
         }
-        if !out.contains("the guest moved away; exiting") {
+        if !out.contains(MOVED_AWAY) {
             bail!(
                 "the old source host-vmm exited without saying the guest moved away:\n{}",
                 tail(&out, 30)
