@@ -302,6 +302,12 @@ impl Background {
         matches!(self.child.try_wait(), Ok(None))
     }
 
+    /// How the process ended, once it has (`None` while it runs): tells a crash or a
+    /// SIGKILL from an orderly exit.
+    pub fn exit_status(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
     /// The process ID (to read /proc/<pid>/stat, for example).
     pub fn pid(&self) -> u32 {
         self.child.id()
