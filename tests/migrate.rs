@@ -97,6 +97,17 @@ impl Moving {
         moved
     }
 
+    /// The guest's host-vmm still runs; else a panic saying how it ended.
+    fn assert_running(&mut self) {
+        if let Some(status) = self.guest.exit_status() {
+            panic!(
+                "host-vmm on the {} host died ({status}):\n{}",
+                self.guest.side().key(),
+                self.guest.console_tail(60)
+            );
+        }
+    }
+
     /// `ping -D` every 10 ms from the client namespace, bounded to `seconds`.
     fn pinger(&self, seconds: u32) -> Pinger {
         let count = seconds * 1000 / PING_INTERVAL.as_millis() as u32;
@@ -181,6 +192,7 @@ fn netecho_moves_back_and_forth_by_pre_copy_and_zero_copy_while_pinging() {
         moves.push(moved);
     }
     std::thread::sleep(Duration::from_millis(500));
+    m.assert_running();
     let log = m.check(pinger.stop(), "stopping ping");
     let mut total = 0;
     for (i, moved) in moves.iter().enumerate() {
@@ -253,11 +265,7 @@ fn kv_session_checking_every_reply_survives_10_moves() {
     );
     let run = session.join().expect("kv thread");
     let run = m.check(run, "netprobe kv-for");
-    assert!(
-        m.guest.running(),
-        "host-vmm died:\n{}",
-        m.guest.console_tail(60)
-    );
+    m.assert_running();
     assert!(
         run.status.success() && run.stdout.contains("every reply correct"),
         "kv session failed ({}): {}{}\n--- host-vmm output ---\n{}",
@@ -296,6 +304,7 @@ fn iperf3_run_survives_moves() {
     }
     let early = client.is_finished();
     let run = m.check(client.join().expect("iperf3 thread"), "iperf3 -c");
+    m.assert_running();
     assert!(
         !early,
         "iperf3 ended before the moves were done ({}):\n{}{}",

@@ -267,6 +267,11 @@ impl HostVmmGuest {
         self.current.vm.running()
     }
 
+    /// How the host-vmm serving the guest ended, once it has (`None` while it runs).
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.current.vm.exit_status()
+    }
+
     /// Moves done so far.
     pub fn moves(&self) -> u32 {
         self.moves
@@ -349,9 +354,18 @@ impl HostVmmGuest {
         let started = pingd::now();
         let run = proc::watch(&mut ctl, "", MOVE_TIMEOUT);
         let ended = pingd::now();
+        // Whether either side died during the move, and how (a signal says it was killed).
+        let ended_how = |s: Option<std::process::ExitStatus>| {
+            s.map_or("running".to_string(), |s| format!("exited ({s})"))
+        };
+        let states = format!(
+            "receiver {}, source {}",
+            ended_how(receiver.exit_status()),
+            ended_how(self.current.vm.exit_status())
+        );
         let fail = |what: String, receiver: &Background| {
             anyhow::anyhow!(
-                "{what}\n--- receiver on the {} host ---\n{}",
+                "{what}\n({states} when ctl returned)\n--- receiver on the {} host ---\n{}",
                 to.key(),
                 tail(&receiver.output(), 30)
             )
@@ -425,9 +439,9 @@ impl HostVmmGuest {
                 tail(&out, 30)
             );
         }
-        if !self.current.vm.running() {
+        if let Some(status) = self.current.vm.exit_status() {
             bail!(
-                "host-vmm on the {} host exited right after the move:\n{}",
+                "host-vmm on the {} host exited ({status}) right after the move:\n{}",
                 to.key(),
                 tail(&self.current.vm.output(), 30)
             );
