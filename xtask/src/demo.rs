@@ -33,7 +33,7 @@ pub fn run(image: &Path) -> Result<()> {
         "move", "to", "pause ms", "total ms", "bytes sent", "memory copied", "lost", "downtime ms"
     );
     for mode in [Mode::PreCopy, Mode::ZeroCopy] {
-        guest.wait_on_vf(SETTLE)?;
+        guest.wait_settled(SETTLE)?;
         let count = (3 * AROUND.as_millis() as u32 + 30_000) / PING_INTERVAL.as_millis() as u32;
         let pinger = Pinger::start(hosts.client("ping"), GUEST_IP, PING_INTERVAL, count)?;
         std::thread::sleep(AROUND);
