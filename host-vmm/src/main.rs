@@ -9,7 +9,8 @@ use host_vmm::{Cmdline, EXIT_NO_GUEST_STATUS, EXIT_VMM_FAILED, MemSize, Outcome,
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-/// Roam's KVM VMM: boots a Roam unikernel ELF on one vCPU.
+/// Roam's KVM VMM: boots a Roam unikernel ELF on one vCPU, and moves it live to another
+/// host-vmm (`ctl ... migrate`, `receive`).
 ///
 /// The guest's serial console (COM1) goes to stdout. host-vmm exits with the status the guest
 /// writes to port 0xF4, with 124 if the guest stopped without one (triple fault, KVM error),
@@ -44,7 +45,8 @@ Give this side the same devices as the source (--net, --vf, --control; the same 
 TAPs of this host). Guest RAM size comes from the source. Pre-copy streams the pages;
 zero-copy (unix: only, same machine) maps the source's guest-RAM memfd, so only the
 vCPU and device state cross during the pause. Once the guest runs here, host-vmm
-announces its MAC on the TAPs (RARP), plugs the VF in and tells the guest agent
+announces its MAC (RARP) on virtio-net's TAP, where the guest's traffic is until its
+agent re-attaches the VF, plugs the VF in and tells the guest agent
 (RESUMED); from then on it behaves like `host-vmm run` (same exit statuses). If the
 stream is old, truncated or corrupt, or the state does not fit this side, nothing runs
 here, the source is told why (it resumes the guest) and host-vmm exits 125.";
