@@ -13,6 +13,10 @@ use std::io::Write;
 use std::time::Instant;
 use vm_memory::{Bytes, GuestAddress};
 
+/// Longest silence of the source once a move has started (its PREPARE step, the agent's,
+/// takes at most ~5 s).
+const STALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// What `host-vmm receive` was given.
 #[derive(Clone, Debug)]
 pub struct ReceiveConfig {
@@ -91,6 +95,11 @@ fn incoming(
             hello.vcpus
         )));
     }
+    // Waiting for a source has no bound; a source that goes quiet mid-move does: no frame
+    // for this long and the move is given up (nothing runs here).
+    stream
+        .set_read_timeout(Some(STALL_TIMEOUT))
+        .map_err(WireError::Io)?;
     wire::write_message(stream, &Message::Accept)?;
     let ram = match hello.mode {
         Mode::PreCopy => GuestRam::new(size).map_err(vmm::Error::from)?,

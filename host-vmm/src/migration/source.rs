@@ -196,6 +196,11 @@ impl Run<'_> {
         self.stream
             .set_read_timeout(Some(REPLY_TIMEOUT))
             .map_err(WireError::Io)?;
+        // A destination that stops reading without closing must not hang the source (and
+        // the guest, once paused): a write that makes no progress for this long fails.
+        self.stream
+            .set_write_timeout(Some(REPLY_TIMEOUT))
+            .map_err(WireError::Io)?;
         self.send(&Message::Hello(Hello::new(mode, ram_size, 1)))?;
         self.reply(kind::ACCEPT)?;
         progress(&format!(
