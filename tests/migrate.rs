@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::Duration;
 use xtask::bench::migrate::Mode;
 use xtask::migrate::{HostVmmGuest, Moved};
-use xtask::net::{GUEST_IP, TwoHosts};
+use xtask::net::{GUEST_IP, Nics, TwoHosts};
 use xtask::pingd::{PingLog, Pinger};
 use xtask::proc::{self, Watched};
 
@@ -235,6 +235,40 @@ fn netecho_moves_back_and_forth_by_pre_copy_and_zero_copy_while_pinging() {
 
 /// kv moves 5 times by pre-copy and 5 times by zero-copy while one `netprobe kv-for`
 /// session checks every reply: it must end with every reply correct.
+/// The destination may lack a VF (RESUMED finds none: the guest stays on virtio-net) or
+/// have one the source lacked (RESUMED finds it: the guest takes it); ping goes on.
+#[test]
+fn moves_to_a_host_without_a_vf_and_back_to_one_with_a_vf() {
+    if !kvm_present("moves_to_a_host_without_a_vf_and_back_to_one_with_a_vf") {
+        return;
+    }
+    let mut m = Moving::start("netecho", "mn");
+    let pinger = m.pinger(60);
+    std::thread::sleep(Duration::from_millis(500));
+    m.guest.set_receiver_nics(Nics::Virtio);
+    let to_plain = m.move_once(Mode::PreCopy);
+    m.settle();
+    let status = m.check(
+        m.guest.control().status(),
+        "status on the host without a VF",
+    );
+    assert!(!status.vf.present, "a VF on a host without one: {status:?}");
+    m.answers_after(&pinger, &to_plain);
+    m.guest.set_receiver_nics(Nics::Both);
+    let to_vf = m.move_once(Mode::ZeroCopy);
+    m.settle();
+    m.answers_after(&pinger, &to_vf);
+    m.assert_running();
+    let log = m.check(pinger.stop(), "stopping ping");
+    say(&format!(
+        "to a host without a VF: pause {:.3} ms, lost {}; back to one with a VF: pause {:.3} ms, lost {}",
+        to_plain.summary.pause_ms,
+        loss(&log, &to_plain).lost.len(),
+        to_vf.summary.pause_ms,
+        loss(&log, &to_vf).lost.len()
+    ));
+}
+
 #[test]
 fn kv_session_checking_every_reply_survives_10_moves() {
     if !kvm_present("kv_session_checking_every_reply_survives_10_moves") {

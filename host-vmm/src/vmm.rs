@@ -233,8 +233,18 @@ impl Devices {
         if let Some((d, s)) = both("virtio-net (--net)", &self.net, state.net)? {
             lock(d).restore_state(s)?;
         }
-        if let Some((d, s)) = both("the VF (--vf)", &self.vf, state.vf)? {
-            lock(d).restore_state(s)?;
+        // The VF may differ: the source detaches its own before the move, and this side
+        // plugs its own in after arrival (if it has one).
+        match (&self.vf, state.vf) {
+            (Some(d), Some(s)) => lock(d).restore_state(s)?,
+            (Some(d), None) => lock(d).mark_unplugged(),
+            (None, Some(s)) if s.present => {
+                return Err(RestoreError::DeviceSet {
+                    device: "a plugged-in VF (--vf)",
+                    source_has: true,
+                });
+            }
+            _ => {}
         }
         if let Some((d, s)) = both(
             "the control channel (--control)",
@@ -664,6 +674,18 @@ impl Vmm {
             handlers.push(handler);
             devices.net = Some(device);
         }
+        // The VF goes last on the bus: it is the one device that may be absent on a
+        // migration's other side, and later slots must not move because of it.
+        let agent_port = match &opened.listener {
+            Some(_) => {
+                let mut root = lock(&pci);
+                let (handler, port, device) = attach_console(&vm, &ram, &mut root, &mut msi_gsis)?;
+                handlers.push(handler);
+                devices.console = Some(device);
+                Some(port)
+            }
+            None => None,
+        };
         let vf = match (&config.vf, opened.vf_tap) {
             (Some(vf), Some(tap)) => {
                 // Announced from the VF's TAP only without virtio-net: a guest that arrives
@@ -678,16 +700,6 @@ impl Vmm {
                 Some(operator)
             }
             _ => None,
-        };
-        let agent_port = match &opened.listener {
-            Some(_) => {
-                let mut root = lock(&pci);
-                let (handler, port, device) = attach_console(&vm, &ram, &mut root, &mut msi_gsis)?;
-                handlers.push(handler);
-                devices.console = Some(device);
-                Some(port)
-            }
-            None => None,
         };
         // Only devices that need one get a thread: without --net there is none.
         let io_thread = match handlers.is_empty() {

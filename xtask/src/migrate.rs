@@ -312,6 +312,13 @@ impl HostVmmGuest {
         )
     }
 
+    /// Gives the next receivers `nics` (and makes [`HostVmmGuest::wait_settled`] expect
+    /// them): a move to a host without a VF leaves the guest on virtio-net, a move to one
+    /// with a VF gives it one back.
+    pub fn set_receiver_nics(&mut self, nics: Nics) {
+        self.nics = nics;
+    }
+
     /// Moves the guest to the other host by `mode` (`--downtime-ms` if given): a
     /// `host-vmm receive` waits there, `host-vmm ctl ... migrate` drives the source, the old
     /// source must exit. On an error the guest still runs where it was if the source rolled

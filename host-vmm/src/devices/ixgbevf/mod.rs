@@ -409,6 +409,12 @@ impl<B: NetBackend> Ixgbevf<B> {
         Ok(())
     }
 
+    /// Marks the VF unplugged: a migration's source had none, so its slot was left empty
+    /// by the bus restore; the operator's `add` plugs it in (after the guest arrived).
+    pub fn mark_unplugged(&mut self) {
+        self.present = false;
+    }
+
     /// The VF's state for migration (call with the vCPUs stopped and the I/O thread paused).
     pub fn save_state(&self) -> IxgbevfState {
         IxgbevfState {

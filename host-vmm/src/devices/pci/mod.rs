@@ -308,11 +308,20 @@ impl PciRoot {
     pub fn restore_state(&mut self, state: PciRootState) -> Result<(), DeviceStateError> {
         const DEV: &str = "pci";
         let mine = self.slots.len() - 1;
-        if state.slots.len() != mine {
+        // Hot-pluggable devices come last (the VF): the source may have one more slot, if
+        // it was empty at the save (the VF left before the move), and this bus may have more
+        // (a VF the source lacked), which stay unplugged until plugged in after arrival.
+        if let Some(n) = state.slots[mine.min(state.slots.len())..]
+            .iter()
+            .position(|s| s.plugged)
+        {
             return Err(DeviceStateError::mismatch(
                 DEV,
                 "slots",
-                format!("{} saved, this bus has {mine}", state.slots.len()),
+                format!(
+                    "slot {} is plugged on the source; this bus has {mine} slots",
+                    mine + n + 1
+                ),
             ));
         }
         if !(MMIO_WINDOW.start..=MMIO_WINDOW.end).contains(&state.next_bar) {
@@ -382,13 +391,19 @@ impl PciRoot {
             config: bridge_config,
         })));
         for (n, saved) in state.slots.iter().enumerate() {
-            let slot = &mut self.slots[n + 1];
+            let Some(slot) = self.slots.get_mut(n + 1) else {
+                break;
+            };
             for (a, &(_, address)) in slot.bars.iter_mut().zip(&saved.bars) {
                 a.address = address;
             }
             if !saved.plugged {
                 slot.device = None;
             }
+        }
+        let extra = (state.slots.len() + 1).min(self.slots.len());
+        for slot in &mut self.slots[extra..] {
+            slot.device = None;
         }
         for slot in 0..self.slots.len() {
             self.remap(slot);
@@ -922,13 +937,35 @@ mod tests {
     }
 
     #[test]
+    fn a_last_slot_only_one_side_has_is_taken_when_it_is_empty_on_the_source() {
+        // The source had one slot more, emptied before the save (its VF left): accepted.
+        let (root, _, _) = two_slot_bus();
+        let mut saved = root.lock().unwrap().save_state();
+        let mut gone = saved.slots[1].clone();
+        gone.plugged = false;
+        saved.slots.push(gone);
+        let (fresh, _, _) = two_slot_bus();
+        fresh.lock().unwrap().restore_state(saved).unwrap();
+        assert!(fresh.lock().unwrap().is_plugged(2));
+        // This bus has one slot more than the source (a VF the source lacked): accepted,
+        // and that slot stays empty until it is plugged in.
+        let mut saved = root.lock().unwrap().save_state();
+        saved.slots.pop();
+        let (fresh, _, _) = two_slot_bus();
+        fresh.lock().unwrap().restore_state(saved).unwrap();
+        assert!(fresh.lock().unwrap().is_plugged(1));
+        assert!(!fresh.lock().unwrap().is_plugged(2));
+    }
+
+    #[test]
     fn a_bus_state_for_other_slots_or_bars_is_refused() {
         let (root, _, _) = two_slot_bus();
         let saved = root.lock().unwrap().save_state();
         type Mutation = fn(&mut PciRootState);
         let cases: [(&str, Mutation); 5] = [
             ("slots", |s| {
-                s.slots.pop();
+                let extra = s.slots[1].clone();
+                s.slots.push(extra);
             }),
             ("slot 1 IDs", |s| s.slots[0].device = 0x1000),
             ("slot 2 BARs", |s| s.slots[1].bars.clear()),
