@@ -54,6 +54,9 @@ const HOLD_MS: &str = "1500";
 const MAGIC: &[u8; 4] = b"RMIG";
 const FORMAT_VERSION: u16 = 1;
 const PROTOCOL_VERSION: u32 = 1;
+/// The machine-state layout host-vmm reads (`migration::wire::STATE_VERSION`), written out
+/// here as the stream's independent description.
+const STATE_VERSION: u32 = 2;
 const KIND_HELLO: u16 = 1;
 const KIND_ACCEPT: u16 = 2;
 const KIND_PAGES: u16 = 3;
@@ -407,7 +410,10 @@ fn receive_refuses_a_corrupt_or_truncated_stream_after_the_hello_and_runs_nothin
         },
         BadStream {
             name: "state-garbage",
-            send: with(&frame(KIND_STATE, &[1, 0, 0, 0, 0xff, 0xff, 0xff])),
+            send: with(&frame(
+                KIND_STATE,
+                &[&STATE_VERSION.to_le_bytes()[..], &[0xff, 0xff, 0xff]].concat(),
+            )),
             close_after: false,
             accepted: true,
             says: &["machine state does not decode"],

@@ -209,6 +209,22 @@ impl Devices {
         }
     }
 
+    /// With the guest paused for a move: takes the frames waiting on virtio-net's TAP into
+    /// the device, so they move with its state (or reach the guest here after a rollback)
+    /// instead of being dropped with the TAP. Returns how many it holds.
+    pub fn hold_net_frames(&self) -> usize {
+        self.net
+            .as_ref()
+            .map_or(0, |n| lock(n).device_mut().hold_backend_frames())
+    }
+
+    /// After a rolled-back move: lets virtio-net deliver what it held.
+    pub fn kick_net(&self) {
+        if let Some(n) = &self.net {
+            lock(n).kick_queues();
+        }
+    }
+
     /// Applies a source's device states: PCI functions first, then the bus (it reads the
     /// functions' restored headers), then COM1. The destination must have the same devices.
     pub fn restore_state(&self, state: DevicesState) -> Result<(), RestoreError> {

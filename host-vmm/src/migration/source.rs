@@ -247,6 +247,8 @@ impl Run<'_> {
         // Marked before asking: a pause that times out must still be undone.
         self.paused = Some(paused_at);
         let vcpu = self.machine.gate.pause(PAUSE_TIMEOUT)?;
+        // Frames that reach the TAP from here on would die with it: they travel too.
+        let held = self.machine.devices.hold_net_frames();
         let mut pause_pages = 0;
         if !options.zero_copy {
             let dirty = self.take_dirty(pending)?;
@@ -268,6 +270,9 @@ impl Run<'_> {
         self.send(&Message::Done)?;
         self.reply(kind::RUNNING)?;
         let pause = paused_at.elapsed();
+        if held > 0 {
+            log::info!("migration: {held} frames for the guest carried in the state");
+        }
         Ok(Summary {
             mode,
             total: self.start.elapsed(),
@@ -399,6 +404,7 @@ impl Run<'_> {
         }
         if self.io_paused {
             self.machine.resume_io();
+            self.machine.devices.kick_net();
         }
         if self.dirty_logging {
             let _ = self.machine.vm.set_dirty_logging(false);

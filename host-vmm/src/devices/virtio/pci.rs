@@ -538,6 +538,21 @@ impl<D: VirtioDevice> VirtioPci<D> {
         }
     }
 
+    /// The device, for host-side steps of a migration.
+    pub fn device_mut(&mut self) -> &mut D {
+        &mut self.device
+    }
+
+    /// Kicks every queue as the driver would (through their eventfds, so the I/O thread
+    /// serves them): after a rolled-back move, frames the device held go to the guest.
+    pub fn kick_queues(&self) {
+        if self.running {
+            for evt in &self.notify {
+                let _ = evt.write(1);
+            }
+        }
+    }
+
     /// Queue `queue` was kicked (its eventfd already read).
     pub fn queue_notified(&mut self, queue: usize) {
         if !self.running {

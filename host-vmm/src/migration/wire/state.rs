@@ -7,7 +7,7 @@ use serde::de::DeserializeOwned;
 /// The layout of the machine-state structs. Bump it whenever any struct inside the state
 /// changes shape (a field added, removed, reordered or retyped): postcard is not
 /// self-describing, so an unbumped change would decode as garbage instead of being refused.
-pub const STATE_VERSION: u32 = 1;
+pub const STATE_VERSION: u32 = 2;
 
 /// Encodes `state` as [`STATE_VERSION`] (`u32` LE) followed by its postcard bytes.
 pub fn encode_state<T: Serialize + ?Sized>(state: &T) -> Result<Vec<u8>, WireError> {

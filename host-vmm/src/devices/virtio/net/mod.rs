@@ -82,6 +82,27 @@ pub struct NetState {
     pub link_up: bool,
     /// A received frame (without header) still waiting for a receive chain.
     pub rx_pending: Option<Vec<u8>>,
+    /// Frames taken from the backend while the guest was paused for a move (see
+    /// [`Net::hold_backend_frames`]), delivered first, in order.
+    pub rx_backlog: Vec<Vec<u8>>,
+}
+
+/// Most frames a move carries from the source's backend to the destination.
+pub const MAX_BACKLOG: usize = 256;
+
+/// The next frame for the guest into `rx_buf` after the header: a carried one, else one
+/// from the backend.
+fn next_frame<B: NetBackend>(
+    backlog: &mut std::collections::VecDeque<Vec<u8>>,
+    backend: &mut B,
+    rx_buf: &mut [u8],
+) -> io::Result<usize> {
+    if let Some(frame) = backlog.pop_front() {
+        let len = frame.len().min(MAX_FRAME);
+        rx_buf[HEADER_LEN..HEADER_LEN + len].copy_from_slice(&frame[..len]);
+        return Ok(len);
+    }
+    backend.recv(&mut rx_buf[HEADER_LEN..])
 }
 
 /// The queues while the driver runs the device.
@@ -101,6 +122,8 @@ pub struct Net<B: NetBackend> {
     rx_buf: Box<[u8]>,
     /// Length of the frame in `rx_buf` still waiting for a receive chain.
     rx_pending: Option<usize>,
+    /// Frames to deliver before reading the backend again (carried by a migration).
+    rx_backlog: std::collections::VecDeque<Vec<u8>>,
     /// Header and frame gathered from a transmit chain.
     tx_buf: Box<[u8]>,
     /// The current chain's buffers (reused: no allocation per frame).
@@ -131,6 +154,7 @@ impl<B: NetBackend> Net<B> {
             active: None,
             rx_buf,
             rx_pending: None,
+            rx_backlog: std::collections::VecDeque::new(),
             tx_buf: vec![0u8; HEADER_LEN + MAX_FRAME].into_boxed_slice(),
             segments: Vec::with_capacity(usize::from(QUEUE_SIZE)),
             metrics: NetMetrics::default(),
@@ -152,6 +176,23 @@ impl<B: NetBackend> Net<B> {
         &self.backend
     }
 
+    /// Takes the frames waiting in the backend (at most [`MAX_BACKLOG`] in all) into the
+    /// device, so they travel in its state: a move calls this with the guest paused, when
+    /// the backend would otherwise drop what arrived for the guest meanwhile. Returns how
+    /// many frames the device holds now.
+    pub fn hold_backend_frames(&mut self) -> usize {
+        let mut buf = vec![0u8; MAX_FRAME];
+        while self.rx_backlog.len() < MAX_BACKLOG {
+            match self.backend.recv(&mut buf) {
+                Ok(len) if len > 0 => self.rx_backlog.push_back(buf[..len].to_vec()),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+        self.rx_backlog.len()
+    }
+
     /// Moves frames from the backend into receive chains until one side runs dry.
     fn receive(&mut self) -> Result<QueueSet, GuestError> {
         let Some(active) = self.active.as_mut() else {
@@ -160,6 +201,7 @@ impl<B: NetBackend> Net<B> {
                 self.metrics.rx_dropped += 1;
             }
             self.rx_pending = None;
+            self.rx_backlog.clear();
             return Ok(QueueSet::default());
         };
         let mem = &active.mem;
@@ -167,7 +209,8 @@ impl<B: NetBackend> Net<B> {
         loop {
             let len = match self.rx_pending {
                 Some(len) => len,
-                None => match self.backend.recv(&mut self.rx_buf[HEADER_LEN..]) {
+                None => match next_frame(&mut self.rx_backlog, &mut self.backend, &mut self.rx_buf)
+                {
                     Ok(len) => len,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -299,6 +342,7 @@ impl<B: NetBackend> VirtioDevice for Net<B> {
             rx_pending: self
                 .rx_pending
                 .map(|len| self.rx_buf[HEADER_LEN..HEADER_LEN + len].to_vec()),
+            rx_backlog: self.rx_backlog.iter().cloned().collect(),
         })
     }
 
@@ -326,6 +370,20 @@ impl<B: NetBackend> VirtioDevice for Net<B> {
                 format!("{} bytes; 1..={MAX_FRAME} expected", frame.len()),
             ));
         }
+        if s.rx_backlog.len() > MAX_BACKLOG
+            || s.rx_backlog
+                .iter()
+                .any(|f| f.is_empty() || f.len() > MAX_FRAME)
+        {
+            return Err(DeviceStateError::invalid(
+                "virtio-net",
+                "receive backlog",
+                format!(
+                    "{} frames; at most {MAX_BACKLOG} of 1..={MAX_FRAME} bytes expected",
+                    s.rx_backlog.len()
+                ),
+            ));
+        }
         Ok(())
     }
 
@@ -334,6 +392,7 @@ impl<B: NetBackend> VirtioDevice for Net<B> {
             return;
         };
         self.link_up = s.link_up;
+        self.rx_backlog = s.rx_backlog.into();
         self.rx_pending = s.rx_pending.and_then(|frame| {
             let dst = self.rx_buf.get_mut(HEADER_LEN..HEADER_LEN + frame.len())?;
             dst.copy_from_slice(&frame);
@@ -395,6 +454,7 @@ impl<B: NetBackend> VirtioDevice for Net<B> {
     fn reset(&mut self) {
         self.active = None;
         self.rx_pending = None;
+        self.rx_backlog.clear();
     }
 
     fn queue_notified(&mut self, queue: usize) -> Result<QueueSet, GuestError> {

@@ -683,6 +683,37 @@ fn migration_round(features: u64) {
     assert!(!needs_reset(&mut m));
 }
 
+/// Frames that reach the backend while a move has the guest paused are held by the device,
+/// travel in its state and reach the guest at the destination, in order; none is left for
+/// the source's backend to drop.
+#[test]
+fn frames_waiting_in_the_backend_during_a_move_travel_with_the_state() {
+    let mut d = running();
+    for seed in 0..3 {
+        d.peer.inject(&frame(60 + usize::from(seed), seed));
+    }
+    assert_eq!(d.dev.device_mut().hold_backend_frames(), 3);
+    let saved = d.dev.save_state();
+    let VirtioDeviceState::Net(net) = &saved.device else {
+        panic!("not a net state");
+    };
+    assert_eq!(net.rx_backlog.len(), 3);
+    let mut m = d.migrated();
+    for _ in 0..3 {
+        m.add_rx_buffer(2048);
+    }
+    m.kick(RX);
+    assert_eq!(m.used_idx(RX), 3, "every carried frame arrived");
+    let lens: Vec<u32> = (0..3).map(|i| m.used(RX, i).1).collect();
+    assert_eq!(
+        lens,
+        [60, 61, 62].map(|l| (HEADER_LEN + l) as u32).to_vec(),
+        "in order"
+    );
+    // Nothing was left on the source's backend to be dropped with it.
+    assert_eq!(d.peer.waiting(), 0);
+}
+
 #[test]
 fn frames_before_the_save_and_after_the_restore_all_arrive() {
     migration_round(FEATURES);
@@ -760,6 +791,22 @@ fn out_of_range_states_are_refused_and_change_nothing() {
             }
         },
         "MAC",
+    );
+    restore_fails(
+        |s| {
+            if let VirtioDeviceState::Net(n) = &mut s.device {
+                n.rx_backlog = vec![vec![0; 60]; super::MAX_BACKLOG + 1];
+            }
+        },
+        "receive backlog",
+    );
+    restore_fails(
+        |s| {
+            if let VirtioDeviceState::Net(n) = &mut s.device {
+                n.rx_backlog = vec![Vec::new()];
+            }
+        },
+        "receive backlog",
     );
     restore_fails(
         |s| {
