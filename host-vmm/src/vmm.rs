@@ -169,7 +169,6 @@ pub type SharedConsole = Arc<Mutex<VirtioPci<Console>>>;
 type AttachedVf = (Box<dyn IoHandler>, Arc<VfHandle<Tap>>);
 
 /// The device models a migration saves, restores and quiesces.
-#[derive(Clone)]
 pub struct Devices {
     /// COM1.
     pub serial: Arc<Mutex<SerialDevice<Box<dyn Write + Send>>>>,
@@ -756,14 +755,6 @@ impl Vmm {
         })
     }
 
-    /// The operator's handle on the emulated VF, when the VM has one (`--vf`).
-    pub fn vf_operator(&self) -> Option<Arc<dyn control::VfOperator>> {
-        self.machine
-            .vf
-            .clone()
-            .map(|v| v as Arc<dyn control::VfOperator>)
-    }
-
     /// What a migration reaches (shared with the control server).
     pub fn machine(&self) -> &Arc<Machine> {
         &self.machine
@@ -786,11 +777,6 @@ impl Vmm {
                 }
             }
         }
-    }
-
-    /// The control server, when the VM has one.
-    pub fn control(&self) -> Option<&ControlServer> {
-        self.control.as_ref()
     }
 
     /// Runs the guest until it reports a status, stops without one, or moves away.
