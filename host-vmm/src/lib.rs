@@ -16,10 +16,12 @@
 
 #![deny(unsafe_code)]
 
+pub mod api;
 pub mod arch;
 pub mod config;
 pub mod control;
 pub mod devices;
+pub mod events;
 pub mod io_thread;
 #[allow(unsafe_code)]
 pub mod kvm;

@@ -1,0 +1,601 @@
+//! The JSON bodies of the API, as serde types: what requests carry and what answers hold.
+//!
+//! Field names follow Cloud Hypervisor's `cloud-hypervisor.yaml` wherever CH has the
+//! endpoint; Roam's extensions (`vf`, `roam.nic`, `roam.vf`, migration progress) follow the
+//! same style. Fields a request does not know are ignored (CH tools send many); a known
+//! field with the wrong type, or a missing required one, is refused naming the field.
+//! `to_*` methods turn a body into the VMM's own, validated configuration; the server runs
+//! them before the backend sees the request, so a bad value is a 400 naming its field.
+
+use crate::config::{self, Cmdline, MacAddr, MemSize};
+use crate::control::VfState;
+use crate::migration::source;
+use crate::migration::target::Address;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Default guest RAM when `memory` is absent (the same as `host-vmm run`).
+pub const DEFAULT_MEMORY_BYTES: u64 = 128 * config::MIB;
+/// Pause a migration aims for when `downtime_ms` is absent.
+pub const DEFAULT_DOWNTIME_MS: u64 = 300;
+/// Largest `downtime_ms` accepted (as `host-vmm ctl ... migrate --downtime-ms`).
+pub const MAX_DOWNTIME_MS: u64 = 60_000;
+
+/// A value that parsed but does not fit: the field (a JSON path such as `net[0].mac`) and
+/// why.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("`{field}`: {message}")]
+pub struct FieldError {
+    /// Where in the body, e.g. `memory.size`.
+    pub field: String,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+impl FieldError {
+    fn new(field: impl Into<String>, message: impl ToString) -> FieldError {
+        FieldError {
+            field: field.into(),
+            message: message.to_string(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// vm.create
+// ---------------------------------------------------------------------------------------
+
+/// `vm.create`'s body (and `vm.info`'s `config`): the subset of CH's `VmConfig` Roam uses.
+///
+/// Accepts CH's older top-level `kernel: {path}` and `cmdline: {args}` too; they are folded
+/// into `payload`, the only form written back.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "RawVmConfig")]
+pub struct VmConfig {
+    /// What to boot.
+    pub payload: PayloadConfig,
+    /// Guest RAM.
+    pub memory: MemoryConfig,
+    /// virtio-net cards (at most one).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub net: Vec<NetConfig>,
+    /// Roam: the emulated 82599 VF, on a TAP of its own (`--vf`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vf: Option<NetConfig>,
+}
+
+/// CH's `PayloadConfig`: the guest kernel and its command line.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PayloadConfig {
+    /// Path of the guest ELF, on the host.
+    pub kernel: String,
+    /// Kernel command line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cmdline: Option<String>,
+}
+
+/// CH's `MemoryConfig`: guest RAM size in bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemoryConfig {
+    /// Bytes: 16 MiB to 3 GiB, a multiple of 2 MiB.
+    pub size: u64,
+}
+
+/// A NIC on a TAP (CH's `NetConfig` subset); also the shape of Roam's `vf`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetConfig {
+    /// The TAP interface (created if it does not exist).
+    pub tap: String,
+    /// The guest's MAC, e.g. `52:54:00:12:34:56` (default: derived from the TAP name; the
+    /// VF's default is the virtio-net card's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+}
+
+/// CH's older `kernel: {path}`.
+#[derive(Deserialize)]
+struct LegacyKernel {
+    path: String,
+}
+
+/// CH's older `cmdline: {args}`.
+#[derive(Deserialize)]
+struct LegacyCmdline {
+    args: String,
+}
+
+/// `VmConfig` as it arrives, before the older form is folded in.
+#[derive(Deserialize)]
+struct RawVmConfig {
+    #[serde(default)]
+    payload: Option<PayloadConfig>,
+    #[serde(default)]
+    kernel: Option<LegacyKernel>,
+    #[serde(default)]
+    cmdline: Option<LegacyCmdline>,
+    #[serde(default)]
+    memory: Option<MemoryConfig>,
+    #[serde(default)]
+    net: Option<Vec<NetConfig>>,
+    #[serde(default)]
+    vf: Option<NetConfig>,
+}
+
+impl TryFrom<RawVmConfig> for VmConfig {
+    type Error = String;
+
+    fn try_from(raw: RawVmConfig) -> Result<VmConfig, String> {
+        let payload = match (raw.payload, raw.kernel) {
+            (Some(_), Some(_)) => {
+                return Err("give the kernel in `payload.kernel` or in the older \
+                            `kernel.path`, not both"
+                    .into());
+            }
+            (Some(p), None) => {
+                if raw.cmdline.is_some() && p.cmdline.is_some() {
+                    return Err("give the command line in `payload.cmdline` or in the \
+                                older `cmdline.args`, not both"
+                        .into());
+                }
+                PayloadConfig {
+                    cmdline: p.cmdline.or(raw.cmdline.map(|c| c.args)),
+                    kernel: p.kernel,
+                }
+            }
+            (None, Some(k)) => PayloadConfig {
+                kernel: k.path,
+                cmdline: raw.cmdline.map(|c| c.args),
+            },
+            (None, None) => return Err("missing field `payload`".into()),
+        };
+        Ok(VmConfig {
+            payload,
+            memory: raw.memory.unwrap_or(MemoryConfig {
+                size: DEFAULT_MEMORY_BYTES,
+            }),
+            net: raw.net.unwrap_or_default(),
+            vf: raw.vf,
+        })
+    }
+}
+
+impl VmConfig {
+    /// Checks every value and builds what `host-vmm run` takes; `control` is the VM's
+    /// `--control` socket, which the API does not choose.
+    pub fn to_run_config(&self, control: Option<PathBuf>) -> Result<config::RunConfig, FieldError> {
+        if self.payload.kernel.is_empty() {
+            return Err(FieldError::new("payload.kernel", "empty path"));
+        }
+        let cmdline = Cmdline::new(self.payload.cmdline.as_deref().unwrap_or(""))
+            .map_err(|e| FieldError::new("payload.cmdline", e))?;
+        let mem = MemSize::new(self.memory.size).map_err(|e| FieldError::new("memory.size", e))?;
+        let (net, vf) = devices(&self.net, self.vf.as_ref())?;
+        Ok(config::RunConfig {
+            image: PathBuf::from(&self.payload.kernel),
+            mem,
+            cmdline,
+            net,
+            vf,
+            control,
+        })
+    }
+}
+
+/// Checks `net` (at most one card) and `vf` and builds the VMM's device configurations,
+/// with `--net`/`--vf`'s defaults.
+fn devices(
+    net: &[NetConfig],
+    vf: Option<&NetConfig>,
+) -> Result<(Option<config::NetConfig>, Option<config::VfConfig>), FieldError> {
+    if net.len() > 1 {
+        return Err(FieldError::new(
+            "net",
+            format!(
+                "{} cards given; Roam has at most one virtio-net card",
+                net.len()
+            ),
+        ));
+    }
+    let net = match net.first() {
+        Some(n) => {
+            let (tap, mac) = tap_and_mac(n, "net[0]")?;
+            Some(config::NetConfig {
+                mac: mac.unwrap_or_else(|| MacAddr::for_tap(&tap)),
+                tap,
+            })
+        }
+        None => None,
+    };
+    let vf = match vf {
+        Some(v) => {
+            let (tap, mac) = tap_and_mac(v, "vf")?;
+            if net.as_ref().is_some_and(|n| n.tap == tap) {
+                return Err(FieldError::new(
+                    "vf.tap",
+                    format!("TAP `{tap}` is already net[0]'s; the VF needs a TAP of its own"),
+                ));
+            }
+            // Both NICs share one address by default, so the guest can move between them.
+            let mac = mac
+                .or(net.as_ref().map(|n| n.mac))
+                .unwrap_or_else(|| MacAddr::for_tap(&tap));
+            Some(config::VfConfig { tap, mac })
+        }
+        None => None,
+    };
+    Ok((net, vf))
+}
+
+fn tap_and_mac(nic: &NetConfig, at: &str) -> Result<(String, Option<MacAddr>), FieldError> {
+    if !config::valid_ifname(&nic.tap) {
+        return Err(FieldError::new(
+            format!("{at}.tap"),
+            format!(
+                "invalid TAP name `{}`: use 1 to 15 characters, no '/', ':' or whitespace, \
+                 not . or ..",
+                nic.tap
+            ),
+        ));
+    }
+    let mac = nic
+        .mac
+        .as_deref()
+        .map(str::parse::<MacAddr>)
+        .transpose()
+        .map_err(|e| FieldError::new(format!("{at}.mac"), e))?;
+    Ok((nic.tap.clone(), mac))
+}
+
+// ---------------------------------------------------------------------------------------
+// Migration
+// ---------------------------------------------------------------------------------------
+
+/// `vm.send-migration`'s body (CH's `SendMigrationData`, its Roam subset).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SendMigrationData {
+    /// Where the destination listens: `tcp:ADDR:PORT` or `unix:PATH`.
+    pub destination_url: String,
+    /// Hand guest RAM over (its memfd) instead of copying it: same machine, `unix:` only.
+    #[serde(default)]
+    pub local: bool,
+    /// The pause to aim for, in ms (1 to 60000).
+    #[serde(default = "default_downtime_ms")]
+    pub downtime_ms: u64,
+}
+
+fn default_downtime_ms() -> u64 {
+    DEFAULT_DOWNTIME_MS
+}
+
+impl SendMigrationData {
+    /// Checks the body and builds the migration's options.
+    pub fn to_options(&self) -> Result<source::Options, FieldError> {
+        let target = self
+            .destination_url
+            .parse::<Address>()
+            .map_err(|e| FieldError::new("destination_url", e))?;
+        if self.local && !matches!(target, Address::Unix(_)) {
+            return Err(FieldError::new(
+                "local",
+                "a local (zero-copy) migration needs a unix:PATH destination_url",
+            ));
+        }
+        if !(1..=MAX_DOWNTIME_MS).contains(&self.downtime_ms) {
+            return Err(FieldError::new(
+                "downtime_ms",
+                format!("{} ms: give 1 to {MAX_DOWNTIME_MS} ms", self.downtime_ms),
+            ));
+        }
+        Ok(source::Options {
+            target,
+            downtime: Duration::from_millis(self.downtime_ms),
+            zero_copy: self.local,
+        })
+    }
+}
+
+/// `vm.receive-migration`'s body (CH's `ReceiveMigrationData`, plus Roam's devices: the
+/// source's MACs on this host's TAPs).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReceiveMigrationData {
+    /// Where to wait for the source: `tcp:ADDR:PORT` or `unix:PATH`.
+    pub receiver_url: String,
+    /// Roam: the virtio-net card (at most one), as in `vm.create`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub net: Vec<NetConfig>,
+    /// Roam: the VF, as in `vm.create`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vf: Option<NetConfig>,
+}
+
+/// What `host-vmm receive` needs, checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReceivePlan {
+    /// Where to listen.
+    pub listen: Address,
+    /// The virtio-net card.
+    pub net: Option<config::NetConfig>,
+    /// The VF.
+    pub vf: Option<config::VfConfig>,
+}
+
+impl ReceiveMigrationData {
+    /// Checks the body and builds the receiving side's plan.
+    pub fn to_plan(&self) -> Result<ReceivePlan, FieldError> {
+        let listen = self
+            .receiver_url
+            .parse::<Address>()
+            .map_err(|e| FieldError::new("receiver_url", e))?;
+        let (net, vf) = devices(&self.net, self.vf.as_ref())?;
+        Ok(ReceivePlan { listen, net, vf })
+    }
+}
+
+/// Where a migration is (`vm.migration-progress`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MigrationState {
+    /// None was started.
+    #[default]
+    None,
+    /// One is under way.
+    Running,
+    /// The last one finished: the guest runs at the destination.
+    Succeeded,
+    /// The last one failed: the guest runs here.
+    Failed,
+    /// The last one was cancelled: the guest runs here.
+    Cancelled,
+}
+
+/// `vm.migration-progress`'s answer: the current or last migration.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct MigrationProgress {
+    /// Overall state.
+    pub state: MigrationState,
+    /// The step under way or last reached, e.g. `connecting`, `precopy`, `paused`, `done`.
+    pub phase: String,
+    /// Memory passes so far.
+    pub pass: u32,
+    /// Everything written to the stream.
+    pub bytes_sent: u64,
+    /// Guest-memory bytes copied.
+    pub memory_bytes: u64,
+    /// Pages dirtied since the last pass.
+    pub dirty_pages: u64,
+    /// Measured rate, in Mbit/s.
+    pub rate_mbps: f64,
+    /// The pause the dirty pages would take now, in ms.
+    pub predicted_pause_ms: f64,
+    /// Start to finish, once finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_ms: Option<f64>,
+    /// The guest's pause, once finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pause_ms: Option<f64>,
+    /// Why it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+// ---------------------------------------------------------------------------------------
+// Roam: NICs and the VF
+// ---------------------------------------------------------------------------------------
+
+/// One of the guest's two NICs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NicKind {
+    /// The 82599 VF.
+    Vf,
+    /// virtio-net.
+    Virtio,
+}
+
+impl From<NicKind> for migration_client::protocol::Nic {
+    fn from(nic: NicKind) -> Self {
+        match nic {
+            NicKind::Vf => migration_client::protocol::Nic::Vf,
+            NicKind::Virtio => migration_client::protocol::Nic::Virtio,
+        }
+    }
+}
+
+impl From<migration_client::protocol::Nic> for NicKind {
+    fn from(nic: migration_client::protocol::Nic) -> Self {
+        match nic {
+            migration_client::protocol::Nic::Vf => NicKind::Vf,
+            migration_client::protocol::Nic::Virtio => NicKind::Virtio,
+        }
+    }
+}
+
+/// What `roam.nic` asks the guest agent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NicAction {
+    /// Make `nic` the active NIC.
+    Switch,
+    /// Report the NICs' state.
+    Status,
+}
+
+/// `roam.nic`'s body.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NicRequest {
+    /// `switch` or `status`.
+    pub action: NicAction,
+    /// The NIC to switch to (required by `switch`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nic: Option<NicKind>,
+}
+
+impl NicRequest {
+    /// Checks that `switch` names its NIC.
+    pub fn validate(&self) -> Result<(), FieldError> {
+        if self.action == NicAction::Switch && self.nic.is_none() {
+            return Err(FieldError::new(
+                "nic",
+                "`switch` needs the NIC to switch to: \"vf\" or \"virtio\"",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// One NIC as the guest agent reports it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NicCounters {
+    /// The guest has this NIC (probed and not removed).
+    pub present: bool,
+    /// Its link is up.
+    pub link_up: bool,
+    /// Frames received.
+    pub rx: u64,
+    /// Frames sent.
+    pub tx: u64,
+    /// Received frames dropped as bad.
+    pub rx_errors: u64,
+    /// Frames that could not be sent.
+    pub tx_dropped: u64,
+}
+
+/// `roam.nic`'s answer (both actions): the guest's NICs after the request.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NicStatus {
+    /// The NIC transmitting now (`null`: none).
+    pub active: Option<NicKind>,
+    /// The VF.
+    pub vf: NicCounters,
+    /// virtio-net.
+    pub virtio: NicCounters,
+    /// Changes of the active NIC so far, explicit or automatic.
+    pub switches: u64,
+}
+
+impl From<&migration_client::NicStatus> for NicCounters {
+    fn from(s: &migration_client::NicStatus) -> Self {
+        NicCounters {
+            present: s.present,
+            link_up: s.link_up,
+            rx: s.rx,
+            tx: s.tx,
+            rx_errors: s.rx_errors,
+            tx_dropped: s.tx_dropped,
+        }
+    }
+}
+
+impl From<&migration_client::Status> for NicStatus {
+    fn from(s: &migration_client::Status) -> Self {
+        NicStatus {
+            active: s.active.map(NicKind::from),
+            vf: (&s.vf).into(),
+            virtio: (&s.virtio).into(),
+            switches: s.switches,
+        }
+    }
+}
+
+/// What `roam.vf` does to the emulated VF (host side).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum VfAction {
+    /// Bring its link up.
+    LinkUp,
+    /// Take its link down (the guest moves to virtio-net on its own).
+    LinkDown,
+    /// Hot-remove it.
+    Remove,
+    /// Plug it back in, reset, link up.
+    Add,
+}
+
+/// `roam.vf`'s body.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VfRequest {
+    /// `link-up`, `link-down`, `remove` or `add`.
+    pub action: VfAction,
+}
+
+/// `roam.vf`'s answer: the VF after the request.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VfStatus {
+    /// Plugged into the PCI bus.
+    pub present: bool,
+    /// Link up.
+    pub link_up: bool,
+}
+
+impl From<VfState> for VfStatus {
+    fn from(s: VfState) -> Self {
+        VfStatus {
+            present: s.present,
+            link_up: s.link_up,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// vmm.ping, vm.info
+// ---------------------------------------------------------------------------------------
+
+/// `vmm.ping`'s answer (CH's `VmmPingResponse`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmmPingResponse {
+    /// The build, e.g. `host-vmm 0.1.0`.
+    pub build_version: String,
+    /// host-vmm's version.
+    pub version: String,
+    /// host-vmm's process id.
+    pub pid: i64,
+    /// Optional features this host-vmm has, e.g. `migration`, `vf`.
+    #[serde(default)]
+    pub features: Vec<String>,
+}
+
+impl VmmPingResponse {
+    /// This process's answer, listing `features`.
+    pub fn current(features: &[&str]) -> VmmPingResponse {
+        VmmPingResponse {
+            build_version: concat!("host-vmm ", env!("CARGO_PKG_VERSION")).to_owned(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            pid: i64::from(std::process::id()),
+            features: features.iter().map(|f| (*f).to_owned()).collect(),
+        }
+    }
+}
+
+/// The VM's lifecycle state (CH's `VmState`, plus Roam's `MigratedAway`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum VmState {
+    /// Created, not booted.
+    Created,
+    /// The vCPU runs.
+    Running,
+    /// Paused (`vm.pause`).
+    Paused,
+    /// The guest stopped.
+    Shutdown,
+    /// The guest moved to another host-vmm.
+    MigratedAway,
+}
+
+/// `vm.info`'s answer (CH's `VmInfo` subset).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmInfo {
+    /// The configuration the VM was created with.
+    pub config: VmConfig,
+    /// Lifecycle state.
+    pub state: VmState,
+    /// Guest RAM, in bytes.
+    pub memory_actual_size: u64,
+}
+
+/// The body of every error answer: `{"error": "message"}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// What went wrong, in words.
+    pub error: String,
+}
