@@ -335,12 +335,19 @@ pub struct RunConfig {
     pub mem: MemSize,
     /// Kernel command line.
     pub cmdline: Cmdline,
-    /// The network card, if any.
+    /// The devices besides COM1 and the PCI bus.
+    pub devices: DeviceConfig,
+}
+
+/// The devices a VM is made of besides RAM, the image, COM1 and the PCI bus.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DeviceConfig {
+    /// virtio-net on a TAP (`--net`).
     pub net: Option<NetConfig>,
-    /// The emulated VF, if any.
+    /// The emulated VF on a TAP (`--vf`).
     pub vf: Option<VfConfig>,
-    /// The control socket (`--control PATH`), if any: `host-vmm ctl` talks to it.
-    pub control: Option<PathBuf>,
+    /// A virtio-console for the guest agent (every VM with an API socket has one).
+    pub agent: bool,
 }
 
 #[cfg(test)]

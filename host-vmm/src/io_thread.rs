@@ -19,6 +19,7 @@
 //! after a rollback `resume` serves them in order and nothing already queued is lost. On a
 //! successful move the source's TAP and its queue go away with the source.
 
+use crate::pause::{Pause, PauseError};
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
@@ -63,17 +64,6 @@ const PAUSE: u64 = u64::MAX - 1;
 /// The longest [`IoThread::pause`] waits for the loop to park (one batch of handlers; a
 /// handler moves at most a ring's worth of frames).
 pub const PAUSE_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// Why the I/O thread could not be paused.
-#[derive(Debug, thiserror::Error)]
-pub enum PauseError {
-    /// The pause eventfd could not be written.
-    #[error("cannot signal the I/O thread: {0}")]
-    Signal(#[source] io::Error),
-    /// The loop did not park within [`PAUSE_TIMEOUT`] (a handler is stuck).
-    #[error("the I/O thread did not pause within {0:?}")]
-    Timeout(Duration),
-}
 
 /// What the owner and the loop share to pause it.
 #[derive(Debug, Default)]
@@ -156,17 +146,27 @@ impl IoThread {
         })
     }
 
+    /// Whether the loop is parked now (or has exited).
+    pub fn is_paused(&self) -> bool {
+        self.control.lock().parked
+    }
+}
+
+impl Pause for IoThread {
     /// Parks the loop between batches and returns once no handler runs (at once if it is
     /// paused already or has exited). Until [`IoThread::resume`], devices served here are
     /// untouched by this thread and guest memory is not written from it.
-    pub fn pause(&self) -> Result<(), PauseError> {
+    fn pause(&self) -> Result<(), PauseError> {
         let mut s = self.control.lock();
         s.requested = true;
         if s.parked {
             return Ok(());
         }
         drop(s);
-        self.pause.write(1).map_err(PauseError::Signal)?;
+        self.pause.write(1).map_err(|e| PauseError::Failed {
+            what: "I/O thread",
+            reason: format!("cannot signal it: {e}"),
+        })?;
         let deadline = Instant::now() + PAUSE_TIMEOUT;
         let mut s = self.control.lock();
         while !s.parked {
@@ -174,7 +174,10 @@ impl IoThread {
             if now >= deadline {
                 // Left requested: the loop parks when the stuck handler returns, and a
                 // later resume() undoes it.
-                return Err(PauseError::Timeout(PAUSE_TIMEOUT));
+                return Err(PauseError::Timeout {
+                    what: "I/O thread",
+                    bound: PAUSE_TIMEOUT,
+                });
             }
             s = self
                 .control
@@ -188,15 +191,10 @@ impl IoThread {
 
     /// Lets a paused loop serve its handlers again; a no-op when it is not paused. Readiness
     /// that arrived meanwhile (a TAP frame, a queue kick) is served right away.
-    pub fn resume(&self) {
+    fn resume(&self) {
         let mut s = self.control.lock();
         s.requested = false;
         self.control.changed.notify_all();
-    }
-
-    /// Whether the loop is parked now (or has exited).
-    pub fn is_paused(&self) -> bool {
-        self.control.lock().parked
     }
 }
 

@@ -1,34 +1,58 @@
 //! `host-vmm`: command line, logger and error printing over the `host_vmm` library.
 
 use anyhow::Context;
-use clap::error::ErrorKind;
 use clap::{Parser, Subcommand};
+use host_vmm::api::ApiServer;
 use host_vmm::config::{NetConfig, VfConfig};
-use host_vmm::control;
-use host_vmm::{Cmdline, EXIT_NO_GUEST_STATUS, EXIT_VMM_FAILED, MemSize, Outcome, RunConfig};
+use host_vmm::control::{self, ApiBackend, Controller, Mode};
+use host_vmm::events::EventMonitor;
+use host_vmm::vmm::Vmm;
+use host_vmm::{
+    Cmdline, DeviceConfig, EXIT_NO_GUEST_STATUS, EXIT_VMM_FAILED, MemSize, Outcome, RunConfig,
+};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
-/// Roam's KVM VMM: boots a Roam unikernel ELF on one vCPU, and moves it live to another
-/// host-vmm (`ctl ... migrate`, `receive`).
+/// Roam's KVM VMM: boots a Roam unikernel ELF on one vCPU, serves an HTTP+JSON API on a
+/// Unix socket (Cloud Hypervisor's endpoints and bodies), and moves its guest live to
+/// another host-vmm.
 ///
-/// The guest's serial console (COM1) goes to stdout. host-vmm exits with the status the guest
-/// writes to port 0xF4, with 124 if the guest stopped without one (triple fault, KVM error),
-/// and with 125 if host-vmm itself failed (bad input, no KVM). Set RUST_LOG (e.g.
-/// RUST_LOG=debug) for logs on stderr; the default level is warn. `host-vmm ctl` exits with
-/// 0, or 1 when the command failed.
+/// Three ways to start: `host-vmm --api-socket PATH` waits for `vm.create` + `vm.boot` or
+/// `vm.receive-migration` (and runs until `vmm.shutdown`); `host-vmm run IMAGE` boots at
+/// once; `host-vmm receive --listen ADDR` waits for a migrated guest. `host-vmm ctl` talks
+/// to a running one. The API is described in host-vmm/openapi.yaml.
+///
+/// The guest's serial console (COM1) goes to stdout. `run` and `receive` exit with the
+/// status the guest writes to port 0xF4, with 124 if the guest stopped without one (triple
+/// fault, KVM error), with 0 once it moved away or was shut down, and with 125 if host-vmm
+/// itself failed (bad input, no KVM). Set RUST_LOG (e.g. RUST_LOG=debug) for logs on
+/// stderr; the default level is warn. `host-vmm ctl` exits with 0, or 1 when the command
+/// failed.
 #[derive(Debug, Parser)]
 #[command(name = "host-vmm", version)]
 struct Cli {
+    /// Serve the API on a Unix socket at PATH (and give the guest a virtio-console for its
+    /// agent). Without a command, host-vmm starts with no VM and waits for API calls. The
+    /// socket is removed on exit; a stale one left by a killed host-vmm is replaced, a live
+    /// one is refused.
+    #[arg(long, value_name = "PATH", global = true, visible_alias = "control")]
+    api_socket: Option<PathBuf>,
+
+    /// Write one JSON event per line to PATH (boot, pause, resume, migration phases,
+    /// rollback, NIC switches, VF changes), in Cloud Hypervisor's event-monitor format.
+    #[arg(long, value_name = "PATH", global = true)]
+    event_monitor: Option<PathBuf>,
+
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Boot IMAGE and run it until the guest exits.
     Run(RunArgs),
-    /// Send a command to a running host-vmm (one started with --control PATH).
+    /// Send a command to a running host-vmm (one started with --api-socket PATH).
     #[command(after_help = CTL_HELP)]
     Ctl(CtlArgs),
     /// Wait for one guest migrated from another host-vmm, then run it.
@@ -41,7 +65,8 @@ const RECEIVE_HELP: &str = "\
 The source is a running host-vmm told to move its guest here:
   host-vmm ctl SOURCE.sock migrate tcp:ADDR:PORT [--downtime-ms N]
   host-vmm ctl SOURCE.sock migrate unix:PATH [--zero-copy]
-Give this side the same devices as the source (--net, --vf, --control; the same MACs,
+(or the API's vm.send-migration). Give this side the same devices as the source (--net,
+--vf, --api-socket for the guest agent's channel; the same MACs,
 TAPs of this host). Guest RAM size comes from the source. Pre-copy streams the pages;
 zero-copy (unix: only, same machine) maps the source's guest-RAM memfd, so only the
 vCPU and device state cross during the pause. Once the guest runs here, host-vmm
@@ -49,7 +74,8 @@ announces its MAC (RARP) on virtio-net's TAP, where the guest's traffic is until
 agent re-attaches the VF, plugs the VF in and tells the guest agent
 (RESUMED); from then on it behaves like `host-vmm run` (same exit statuses). If the
 stream is old, truncated or corrupt, or the state does not fit this side, nothing runs
-here, the source is told why (it resumes the guest) and host-vmm exits 125.";
+here, the source is told why (it resumes the guest) and host-vmm exits 125.
+A host-vmm started with only --api-socket does the same on vm.receive-migration.";
 
 /// The commands of `host-vmm ctl`, for its --help.
 const CTL_HELP: &str = "\
@@ -82,6 +108,15 @@ Commands:
                       memory_bytes_copied=... passes=... pause_pages=...
                     and the source host-vmm exits 0. On any failure before the destination
                     runs the guest, the guest runs on here and the error says why.
+  progress          The running or last migration's progress, as JSON: state, phase,
+                    pass, bytes_sent, dirty_pages, rate_mbps, predicted_pause_ms, ...
+  cancel            Cancel the running migration: it rolls back and the guest runs on
+                    here. Refused once the destination is taking the guest over.
+  info              The VM's state and configuration, as JSON (vm.info).
+  pause, resume     Pause the VM (device I/O, then the vCPU) and let it run again.
+
+Each command is one call to the host-vmm's HTTP API (host-vmm/openapi.yaml); curl
+--unix-socket PATH http://localhost/api/v1/... does the same.
 
 The guest commands need a guest running migration-client (it answers once the guest has
 brought up its network) and time out after 5 s; the vf commands need a VM started with --vf.
@@ -89,7 +124,7 @@ Exit status: 0 on success; 1 on failure, with one line `host-vmm: error: ...` on
 
 #[derive(Debug, clap::Args)]
 struct CtlArgs {
-    /// The control socket of the running host-vmm (its --control PATH).
+    /// The API socket of the running host-vmm (its --api-socket PATH).
     #[arg(value_name = "PATH")]
     socket: PathBuf,
 
@@ -118,10 +153,6 @@ struct ReceiveArgs {
     /// As for `run`: the emulated VF, tap=NAME[,mac=MAC].
     #[arg(long, value_name = "SPEC")]
     vf: Option<String>,
-
-    /// As for `run`: the control socket (and the guest agent's channel).
-    #[arg(long, value_name = "PATH")]
-    control: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -161,12 +192,6 @@ struct RunArgs {
     /// pick for NAME. `host-vmm ctl PATH vf link up|down` and `vf remove|add` act on it.
     #[arg(long, value_name = "SPEC")]
     vf: Option<String>,
-
-    /// Listen for `host-vmm ctl` on a Unix socket at PATH, and give the guest a
-    /// virtio-console for its agent (migration-client). The socket is removed on exit; a
-    /// stale one left by a killed host-vmm is replaced, a live one is refused.
-    #[arg(long, value_name = "PATH")]
-    control: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -183,22 +208,32 @@ fn main() -> ExitCode {
                 &one_line_usage_error(&e).replace("host-vmm --help", "host-vmm ctl --help"),
             );
         }
-        Err(e) if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
-            return fail("no command given: use `host-vmm run <IMAGE>` (see host-vmm --help)");
-        }
         Err(e) => return fail(&one_line_usage_error(&e)),
     };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
         .format_timestamp_micros()
         .init();
     let result = match cli.command {
-        Command::Run(args) => run(args),
-        Command::Ctl(args) => return ctl(args),
-        Command::Receive(args) => receive(args),
+        Some(Command::Ctl(args)) => return ctl(args),
+        Some(Command::Run(args)) => run(args, cli.api_socket, cli.event_monitor),
+        Some(Command::Receive(args)) => receive(args, cli.api_socket, cli.event_monitor),
+        None => match cli.api_socket {
+            Some(path) => serve(path, cli.event_monitor),
+            None => {
+                return fail(
+                    "no command given: use `host-vmm run <IMAGE>`, `host-vmm receive --listen ADDR`, \
+                     or `host-vmm --api-socket PATH` to wait for API calls (see host-vmm --help)",
+                );
+            }
+        },
     };
     match result {
         Ok(Outcome::MigratedAway) => {
             eprintln!("host-vmm: the guest moved away; exiting");
+            ExitCode::SUCCESS
+        }
+        Ok(Outcome::ShutDown) => {
+            eprintln!("host-vmm: shut down");
             ExitCode::SUCCESS
         }
         Ok(Outcome::GuestExit(status)) => ExitCode::from(status),
@@ -210,25 +245,81 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(args: RunArgs) -> anyhow::Result<Outcome> {
+/// The control plane and, with `--api-socket`, its API server (bound first: a path in use
+/// is bad input too).
+struct ControlPlane {
+    controller: Arc<Controller>,
+    // Dropped before the controller: stops serving and removes the socket.
+    server: Option<ApiServer>,
+}
+
+impl ControlPlane {
+    fn start(
+        mode: Mode,
+        api_socket: Option<PathBuf>,
+        event_monitor: Option<PathBuf>,
+    ) -> anyhow::Result<ControlPlane> {
+        let events = match &event_monitor {
+            Some(path) => EventMonitor::open(path)
+                .with_context(|| format!("--event-monitor {}", path.display()))?,
+            None => EventMonitor::none(),
+        };
+        let controller = Controller::new(mode, events);
+        let server = match api_socket {
+            Some(path) => {
+                let listener = host_vmm::api::bind(&path)?;
+                Some(ApiServer::start(
+                    listener,
+                    path,
+                    Arc::new(ApiBackend::new(controller.clone())),
+                )?)
+            }
+            None => None,
+        };
+        Ok(ControlPlane { controller, server })
+    }
+}
+
+/// `host-vmm --api-socket PATH`: no VM until the API says so; runs until `vmm.shutdown`.
+fn serve(api_socket: PathBuf, event_monitor: Option<PathBuf>) -> anyhow::Result<Outcome> {
+    let plane = ControlPlane::start(Mode::Api, Some(api_socket), event_monitor)?;
+    if let Some(server) = &plane.server {
+        eprintln!("host-vmm: API on {}", server.path().display());
+    }
+    let ended = plane.controller.wait();
+    drop(plane);
+    match ended {
+        Some(Err(e)) => Err(anyhow::anyhow!(e)),
+        _ => Ok(Outcome::ShutDown),
+    }
+}
+
+fn run(
+    args: RunArgs,
+    api_socket: Option<PathBuf>,
+    event_monitor: Option<PathBuf>,
+) -> anyhow::Result<Outcome> {
     let cmdline = Cmdline::new(&args.cmdline).context("--cmdline")?;
-    let (net, vf) = devices(args.net.as_deref(), args.vf.as_deref())?;
+    let devices = devices(
+        args.net.as_deref(),
+        args.vf.as_deref(),
+        api_socket.is_some(),
+    )?;
     let config = RunConfig {
         image: args.image,
         mem: args.mem,
         cmdline,
-        net,
-        vf,
-        control: args.control,
+        devices: devices.clone(),
     };
-    Ok(host_vmm::run(&config)?)
+    let plane = ControlPlane::start(Mode::Cli, api_socket, event_monitor)?;
+    let vmm = Vmm::new(&config, Box::new(std::io::stdout()))?;
+    let outcome = plane.controller.run(vmm, Some(config), devices, false);
+    drop(plane);
+    outcome.map_err(|e| anyhow::anyhow!(e))
 }
 
 /// Parses --net and --vf (the VF defaults to the card's MAC).
-fn devices(
-    net: Option<&str>,
-    vf: Option<&str>,
-) -> anyhow::Result<(Option<NetConfig>, Option<VfConfig>)> {
+fn devices(net: Option<&str>, vf: Option<&str>, agent: bool) -> anyhow::Result<DeviceConfig> {
     let net = net
         .map(str::parse::<NetConfig>)
         .transpose()
@@ -237,27 +328,35 @@ fn devices(
         .map(|spec| VfConfig::parse(spec, net.as_ref()))
         .transpose()
         .context("--vf")?;
-    Ok((net, vf))
+    Ok(DeviceConfig { net, vf, agent })
 }
 
-fn receive(args: ReceiveArgs) -> anyhow::Result<Outcome> {
+fn receive(
+    args: ReceiveArgs,
+    api_socket: Option<PathBuf>,
+    event_monitor: Option<PathBuf>,
+) -> anyhow::Result<Outcome> {
     let listen = args
         .listen
         .parse::<host_vmm::migration::target::Address>()
         .context("--listen")?;
-    let (net, vf) = devices(args.net.as_deref(), args.vf.as_deref())?;
-    let config = host_vmm::migration::destination::ReceiveConfig {
-        listen,
-        devices: host_vmm::vmm::DeviceConfig {
-            net,
-            vf,
-            control: args.control,
-        },
-    };
-    Ok(host_vmm::migration::destination::receive(
-        &config,
-        Box::new(std::io::stdout()),
-    )?)
+    let devices = devices(
+        args.net.as_deref(),
+        args.vf.as_deref(),
+        api_socket.is_some(),
+    )?;
+    let plane = ControlPlane::start(Mode::Cli, api_socket, event_monitor)?;
+    let local = plane
+        .controller
+        .receive_migration(&listen, devices)
+        .map_err(|e| anyhow::anyhow!("--listen: {e}"))?;
+    eprintln!("host-vmm: waiting for a guest on {local}");
+    let ended = plane.controller.wait();
+    drop(plane);
+    match ended {
+        Some(outcome) => outcome.map_err(|e| anyhow::anyhow!(e)),
+        None => Ok(Outcome::ShutDown),
+    }
 }
 
 /// `host-vmm ctl`: one command to a running host-vmm; its output on stdout.
@@ -266,14 +365,8 @@ fn ctl(args: CtlArgs) -> ExitCode {
         Ok(command) => command,
         Err(e) => return ctl_fail(&format!("{e} (see host-vmm ctl --help)")),
     };
-    // A migration's progress lines go to stderr as they come; its quiet steps (the guest
-    // agent, the destination's answer) each take at most ~10 s.
-    let timeout = match command {
-        control::Command::Migrate { .. } => std::time::Duration::from_secs(30),
-        _ => control::client::TIMEOUT,
-    };
     let mut progress = |line: &str| eprintln!("host-vmm: {line}");
-    match control::client::request_with_progress(&args.socket, &command, timeout, &mut progress) {
+    match control::ctl::run(&args.socket, &command, &mut progress) {
         Ok(out) => {
             print!("{out}");
             ExitCode::SUCCESS

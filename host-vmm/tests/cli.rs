@@ -234,7 +234,7 @@ fn ctl_bad_input_is_one_line_and_status_1() {
     let missing = missing.to_str().unwrap();
     assert_ctl_error(
         &host_vmm(&["ctl", missing, "status"]),
-        "is host-vmm running with --control",
+        "is host-vmm running with --api-socket",
     );
     assert_ctl_error(
         &host_vmm(&["ctl", missing, "switch", "eth0"]),
@@ -274,7 +274,7 @@ fn ctl_help_explains_every_command() {
         assert!(help.contains(text), "{text}: {help}");
     }
     let out = host_vmm(&["run", "--help"]);
-    assert!(String::from_utf8_lossy(&out.stdout).contains("--control <PATH>"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("--api-socket <PATH>"));
 }
 
 /// `cli; hlt; jmp back`: a guest that runs until killed.
@@ -318,5 +318,5 @@ fn the_control_socket_lives_as_long_as_host_vmm() {
     let out = host_vmm(&["run", hello, "--control", path]);
     assert_eq!(out.status.code(), Some(42), "{out:?}");
     assert!(!sock.exists(), "removed on exit");
-    assert_ctl_error(&host_vmm(&["ctl", path, "status"]), "no control socket at");
+    assert_ctl_error(&host_vmm(&["ctl", path, "status"]), "no API socket at");
 }

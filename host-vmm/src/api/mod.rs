@@ -22,7 +22,6 @@ pub mod routes;
 pub mod server;
 pub mod types;
 
-
 pub use routes::{Endpoint, ROUTES, Route};
 pub use server::{ApiServer, BindError, ServerConfig, bind};
 
@@ -89,7 +88,7 @@ impl ApiRequest {
             Endpoint::VmmShutdown => ApiRequest::VmmShutdown,
             Endpoint::VmCreate => {
                 let config: types::VmConfig = json(endpoint, body()?)?;
-                checked(endpoint, config.to_run_config(None))?;
+                checked(endpoint, config.to_run_config())?;
                 ApiRequest::VmCreate(config)
             }
             Endpoint::VmBoot => ApiRequest::VmBoot,

@@ -8,7 +8,7 @@
 //! them before the backend sees the request, so a bad value is a 400 naming its field.
 
 use crate::config::{self, Cmdline, MacAddr, MemSize};
-use crate::control::VfState;
+use crate::devices::ixgbevf::VfState;
 use crate::migration::source;
 use crate::migration::target::Address;
 use serde::{Deserialize, Serialize};
@@ -161,9 +161,9 @@ impl TryFrom<RawVmConfig> for VmConfig {
 }
 
 impl VmConfig {
-    /// Checks every value and builds what `host-vmm run` takes; `control` is the VM's
-    /// `--control` socket, which the API does not choose.
-    pub fn to_run_config(&self, control: Option<PathBuf>) -> Result<config::RunConfig, FieldError> {
+    /// Checks every value and builds what `host-vmm run` takes (a VM made through the API
+    /// always has the guest agent's channel).
+    pub fn to_run_config(&self) -> Result<config::RunConfig, FieldError> {
         if self.payload.kernel.is_empty() {
             return Err(FieldError::new("payload.kernel", "empty path"));
         }
@@ -175,9 +175,11 @@ impl VmConfig {
             image: PathBuf::from(&self.payload.kernel),
             mem,
             cmdline,
-            net,
-            vf,
-            control,
+            devices: config::DeviceConfig {
+                net,
+                vf,
+                agent: true,
+            },
         })
     }
 }
@@ -314,10 +316,8 @@ pub struct ReceiveMigrationData {
 pub struct ReceivePlan {
     /// Where to listen.
     pub listen: Address,
-    /// The virtio-net card.
-    pub net: Option<config::NetConfig>,
-    /// The VF.
-    pub vf: Option<config::VfConfig>,
+    /// This side's devices (the source's set).
+    pub devices: config::DeviceConfig,
 }
 
 impl ReceiveMigrationData {
@@ -328,7 +328,14 @@ impl ReceiveMigrationData {
             .parse::<Address>()
             .map_err(|e| FieldError::new("receiver_url", e))?;
         let (net, vf) = devices(&self.net, self.vf.as_ref())?;
-        Ok(ReceivePlan { listen, net, vf })
+        Ok(ReceivePlan {
+            listen,
+            devices: config::DeviceConfig {
+                net,
+                vf,
+                agent: true,
+            },
+        })
     }
 }
 
@@ -377,6 +384,18 @@ pub struct MigrationProgress {
     /// Why it failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Where the guest goes (`tcp:...` or `unix:...`).
+    #[serde(default)]
+    pub destination: String,
+    /// "pre-copy" or "zero-copy".
+    #[serde(default)]
+    pub mode: String,
+    /// The last step, for a person.
+    #[serde(default)]
+    pub message: String,
+    /// A finished move's result line (`migrated mode=... pause_ms=...`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<String>,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -419,6 +438,10 @@ pub enum NicAction {
     Switch,
     /// Report the NICs' state.
     Status,
+    /// A move's first guest-agent step on its own (debugging).
+    Prepare,
+    /// A move's last guest-agent step on its own (debugging).
+    Resumed,
 }
 
 /// `roam.nic`'s body.
@@ -472,6 +495,15 @@ pub struct NicStatus {
     pub virtio: NicCounters,
     /// Changes of the active NIC so far, explicit or automatic.
     pub switches: u64,
+    /// `prepare` only: whether the guest released its VF.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub released_vf: Option<bool>,
+    /// `resumed` only: whether the guest re-attached its VF.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vf_attached: Option<bool>,
+    /// `resumed` only: whether the guest announced its address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub announced: Option<bool>,
 }
 
 impl From<&migration_client::NicStatus> for NicCounters {
@@ -494,6 +526,9 @@ impl From<&migration_client::Status> for NicStatus {
             vf: (&s.vf).into(),
             virtio: (&s.virtio).into(),
             switches: s.switches,
+            released_vf: None,
+            vf_attached: None,
+            announced: None,
         }
     }
 }
@@ -580,6 +615,8 @@ pub enum VmState {
     Shutdown,
     /// The guest moved to another host-vmm.
     MigratedAway,
+    /// Waiting for a migrated guest (`vm.receive-migration`).
+    Receiving,
 }
 
 /// `vm.info`'s answer (CH's `VmInfo` subset).

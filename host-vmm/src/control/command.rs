@@ -1,14 +1,13 @@
-//! Operator commands: what `host-vmm ctl` accepts, the line it sends the server, and how
-//! results are printed (the `status` lines are parsed by tests: change them only with the
+//! Operator commands: what `host-vmm ctl` accepts and how results are printed (the `status` lines are parsed by tests: change them only with the
 //! contract).
 
-use super::VfState;
+use crate::api::types::{NicCounters, NicStatus, VfStatus};
 use crate::migration::target::Address;
-use migration_client::protocol::{Nic, NicStatus, Prepared, Resumed, Status};
+use migration_client::protocol::Nic;
 use std::fmt::{self, Write};
 
 /// The commands, as usage errors list them.
-pub const COMMANDS: &str = "switch vf|virtio, status, vf link up|down, vf remove, vf add, migrate tcp:ADDR:PORT|unix:PATH [--downtime-ms N] [--zero-copy]";
+pub const COMMANDS: &str = "switch vf|virtio, status, vf link up|down, vf remove, vf add, migrate tcp:ADDR:PORT|unix:PATH [--downtime-ms N] [--zero-copy], progress, cancel, info, pause, resume";
 
 /// One operator command.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -35,6 +34,16 @@ pub enum Command {
         /// Hand guest RAM over instead of copying it (same machine, `unix:` target).
         zero_copy: bool,
     },
+    /// The running or last migration's progress (`vm.migration-progress`).
+    Progress,
+    /// Cancel the running migration (`vm.cancel-migration`).
+    Cancel,
+    /// The VM's state and configuration (`vm.info`).
+    Info,
+    /// Pause the VM (`vm.pause`).
+    Pause,
+    /// Resume the VM (`vm.resume`).
+    Resume,
     // --- Debug commands (not in COMMANDS): a move's guest-agent steps on their own, for
     // tests/agent.rs and for trying the agent by hand. The `migrate` command drives the
     // same AgentLink calls.
@@ -115,6 +124,11 @@ impl Command {
             ["vf", "link", "down"] => Command::VfLink { up: false },
             ["vf", "remove"] => Command::VfRemove,
             ["vf", "add"] => Command::VfAdd,
+            ["progress"] => Command::Progress,
+            ["cancel"] => Command::Cancel,
+            ["info"] => Command::Info,
+            ["pause"] => Command::Pause,
+            ["resume"] => Command::Resume,
             ["agent", "prepare"] => Command::AgentPrepare,
             ["agent", "resumed"] => Command::AgentResumed,
             ["migrate", rest @ ..] => parse_migrate(rest)?,
@@ -151,6 +165,11 @@ impl fmt::Display for Command {
             Command::VfLink { up: false } => f.write_str("vf link down"),
             Command::VfRemove => f.write_str("vf remove"),
             Command::VfAdd => f.write_str("vf add"),
+            Command::Progress => f.write_str("progress"),
+            Command::Cancel => f.write_str("cancel"),
+            Command::Info => f.write_str("info"),
+            Command::Pause => f.write_str("pause"),
+            Command::Resume => f.write_str("resume"),
             Command::AgentPrepare => f.write_str("agent prepare"),
             Command::AgentResumed => f.write_str("agent resumed"),
             Command::Migrate {
@@ -181,7 +200,7 @@ pub fn format_active(active: Option<Nic>) -> String {
     format!("active={}\n", active.map_or("none", Nic::name))
 }
 
-fn format_nic(out: &mut String, name: &str, s: &NicStatus) {
+fn format_nic(out: &mut String, name: &str, s: &NicCounters) {
     let _ = writeln!(
         out,
         "{name} present={} link={} rx={} tx={} rx_errors={} tx_dropped={}",
@@ -195,8 +214,8 @@ fn format_nic(out: &mut String, name: &str, s: &NicStatus) {
 }
 
 /// The four `status` lines of the contract, each ending in a newline.
-pub fn format_status(s: &Status) -> String {
-    let mut out = format_active(s.active);
+pub fn format_status(s: &NicStatus) -> String {
+    let mut out = format_active(s.active.map(Nic::from));
     format_nic(&mut out, "vf", &s.vf);
     format_nic(&mut out, "virtio", &s.virtio);
     let _ = writeln!(out, "switches={}", s.switches);
@@ -204,30 +223,11 @@ pub fn format_status(s: &Status) -> String {
 }
 
 /// The VF's state after a host-side command: `vf present=yes|no link=up|down`.
-pub fn format_vf(s: VfState) -> String {
+pub fn format_vf(s: VfStatus) -> String {
     format!(
         "vf present={} link={}\n",
         yes_no(s.present),
         up_down(s.link_up)
-    )
-}
-
-/// `agent prepare`'s answer: `released_vf=yes|no`, then the `status` lines.
-pub fn format_prepared(p: &Prepared) -> String {
-    format!(
-        "released_vf={}\n{}",
-        yes_no(p.released_vf),
-        format_status(&p.status)
-    )
-}
-
-/// `agent resumed`'s answer: `vf_attached=yes|no announced=yes|no`, then the `status` lines.
-pub fn format_resumed(r: &Resumed) -> String {
-    format!(
-        "vf_attached={} announced={}\n{}",
-        yes_no(r.vf_attached),
-        yes_no(r.announced),
-        format_status(&r.status)
     )
 }
 
@@ -247,6 +247,11 @@ mod tests {
             "vf add",
             "agent prepare",
             "agent resumed",
+            "progress",
+            "cancel",
+            "info",
+            "pause",
+            "resume",
         ] {
             let c = Command::parse_line(line).unwrap();
             assert_eq!(c.to_string(), line);
@@ -324,9 +329,9 @@ mod tests {
 
     #[test]
     fn status_prints_the_contract_lines() {
-        let s = Status {
-            active: Some(Nic::Vf),
-            vf: NicStatus {
+        let s = NicStatus {
+            active: Some(Nic::Vf.into()),
+            vf: NicCounters {
                 present: true,
                 link_up: true,
                 rx: 120,
@@ -334,7 +339,7 @@ mod tests {
                 rx_errors: 0,
                 tx_dropped: 1,
             },
-            virtio: NicStatus {
+            virtio: NicCounters {
                 present: true,
                 link_up: false,
                 rx: 7,
@@ -343,6 +348,7 @@ mod tests {
                 tx_dropped: 0,
             },
             switches: 4,
+            ..NicStatus::default()
         };
         assert_eq!(
             format_status(&s),
@@ -353,7 +359,7 @@ mod tests {
         );
         assert_eq!(format_active(None), "active=none\n");
         assert_eq!(
-            format_vf(VfState {
+            format_vf(VfStatus {
                 present: false,
                 link_up: false
             }),

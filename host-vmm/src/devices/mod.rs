@@ -15,11 +15,11 @@ pub mod bus;
 pub mod debug_exit;
 pub mod ixgbevf;
 pub mod pci;
+pub mod persist;
 pub mod serial;
-pub mod state;
 pub mod virtio;
 pub mod vm_ops;
 
 pub use bus::{Bus, BusDevice, BusError};
-pub use state::{DeviceStateError, DevicesState};
+pub use persist::{DeviceStateError, Persist};
 pub use vm_ops::{MsiMessage, VmOps};

@@ -13,7 +13,7 @@
 //! the IIR has an enabled cause pending (vm-superio's rule), which a driver tolerates as it
 //! reads the IIR first.
 
-use super::{BusDevice, DeviceStateError};
+use super::{BusDevice, DeviceStateError, Persist};
 use serde::{Deserialize, Serialize};
 use std::io::{self, Write};
 use vm_superio::{Serial, Trigger, serial::NoEvents};
@@ -109,9 +109,13 @@ impl<W: Write + Send> SerialDevice<W> {
     pub fn output(&self) -> Option<&W> {
         self.uart.writer().inner()
     }
+}
+
+impl<W: Write + Send> Persist for SerialDevice<W> {
+    type State = SerialState;
 
     /// The UART's registers and FIFO for migration.
-    pub fn save_state(&self) -> SerialState {
+    fn save(&self) -> SerialState {
         let s = self.uart.state();
         SerialState {
             baud_divisor_low: s.baud_divisor_low,
@@ -129,7 +133,7 @@ impl<W: Write + Send> SerialDevice<W> {
 
     /// Applies a saved state; the output and the interrupt line stay this device's. An
     /// invalid state changes nothing.
-    pub fn restore_state(&mut self, state: SerialState) -> Result<(), DeviceStateError> {
+    fn restore(&mut self, state: SerialState) -> Result<(), DeviceStateError> {
         const DEV: &str = "serial";
         if state.in_buffer.len() > FIFO_SIZE {
             return Err(DeviceStateError::invalid(
@@ -313,13 +317,13 @@ mod tests {
         s.write(IER, &[0x02]); // THR empty interrupt: pending at once
         s.write(SCR, &[0x5A]);
         s.write(THR, b"x");
-        let saved = s.save_state();
+        let saved = s.save();
         assert_eq!(saved.scratch, 0x5A);
         let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
         let line = irq.try_clone().unwrap();
         let mut fresh = SerialDevice::new(irq, Vec::new());
-        fresh.restore_state(saved.clone()).unwrap();
-        assert_eq!(fresh.save_state(), saved);
+        fresh.restore(saved.clone()).unwrap();
+        assert_eq!(fresh.save(), saved);
         assert!(
             line.read().is_ok(),
             "an enabled pending cause pulses the line again"
@@ -341,19 +345,19 @@ mod tests {
     fn invalid_serial_states_are_refused_and_change_nothing() {
         let mut s = uart();
         s.write(SCR, &[7]);
-        let before = s.save_state();
+        let before = s.save();
         let mut bad = before.clone();
         bad.in_buffer = vec![0; 65];
         assert!(matches!(
-            s.restore_state(bad),
+            s.restore(bad),
             Err(DeviceStateError::Invalid { field, .. }) if field == "receive FIFO"
         ));
         for iir in [0u8, 0x08, 0xFF] {
             let mut bad = before.clone();
             bad.interrupt_identification = iir;
-            assert!(s.restore_state(bad).is_err());
+            assert!(s.restore(bad).is_err());
         }
-        assert_eq!(s.save_state(), before);
+        assert_eq!(s.save(), before);
         s.write(THR, b"z");
         assert_eq!(s.output().unwrap(), b"z");
     }

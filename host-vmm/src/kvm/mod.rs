@@ -12,7 +12,7 @@
 //! log; a [`vcpu::VcpuKicker`] pauses a vCPU from another thread.
 
 pub mod routing;
-pub mod state;
+pub mod snapshot;
 pub mod vcpu;
 pub mod vm;
 

@@ -76,7 +76,7 @@ impl Vm {
             .map_err(KvmError::ioctl("KVM_SET_IDENTITY_MAP_ADDR"))?;
         fd.create_irq_chip()
             .map_err(KvmError::ioctl("KVM_CREATE_IRQCHIP"))?;
-        let (msr_index, feature_msrs) = super::state::msr_index(kvm)?;
+        let (msr_index, feature_msrs) = super::snapshot::msr_index(kvm)?;
         let fd = Arc::new(fd);
         Ok(Vm {
             slots,

@@ -1,13 +1,13 @@
-//! The destination of a migration (`host-vmm receive`): wait for one source, build a VM
-//! with this host-vmm's own devices while the guest still runs there, take the pages and
-//! the machine state, run the guest, then announce it and tell its agent it has moved.
+//! The destination of a migration: wait for one source, build a VM with this host-vmm's
+//! own devices while the guest still runs there, take the pages and the machine state, tell
+//! the source the guest runs here, and hand the VM back ready to run. What follows the
+//! arrival (announce, VF, guest agent) is the caller's.
 
-use super::state::MachineState;
-use super::target::{Address, AddressError, Stream};
+use super::target::{Address, AddressError, Listening, Stream};
 use super::wire::{self, Message, Mode, WireError};
-use crate::config::MemSize;
+use crate::config::{DeviceConfig, MemSize};
 use crate::memory::{GuestRam, PAGE_SIZE};
-use crate::vmm::{self, DeviceConfig, Outcome, Vmm};
+use crate::vmm::{self, MachineState, Vmm};
 use std::fs::File;
 use std::io::Write;
 use std::time::Instant;
@@ -16,15 +16,6 @@ use vm_memory::{Bytes, GuestAddress};
 /// Longest silence of the source once a move has started (its PREPARE step, the agent's,
 /// takes at most ~5 s).
 const STALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
-
-/// What `host-vmm receive` was given.
-#[derive(Clone, Debug)]
-pub struct ReceiveConfig {
-    /// Where to wait for the source.
-    pub listen: Address,
-    /// This side's devices (the source's set: same NICs, same MACs; TAPs may differ).
-    pub devices: DeviceConfig,
-}
 
 /// Why no guest arrived.
 #[derive(Debug, thiserror::Error)]
@@ -46,20 +37,22 @@ pub enum ReceiveError {
     Vmm(#[from] vmm::Error),
 }
 
-/// Waits for one guest on `config.listen` and runs it until it exits or moves on.
+/// Starts listening on `address` (so a source may connect as soon as this returns).
+pub fn listen(address: &Address) -> Result<Listening, ReceiveError> {
+    Ok(address.listen()?)
+}
+
+/// Waits on `listening` for one guest and takes it in with this side's `devices` (the
+/// source's set: same NICs, same MACs; TAPs may differ); returns the VM ready to run.
 pub fn receive(
-    config: &ReceiveConfig,
+    listening: Listening,
+    devices: &DeviceConfig,
     console: Box<dyn Write + Send>,
-) -> Result<Outcome, ReceiveError> {
-    let listening = config.listen.listen()?;
-    eprintln!("host-vmm: waiting for a guest on {}", listening.local());
+) -> Result<Vmm, ReceiveError> {
     let mut stream = listening.accept().map_err(ReceiveError::Accept)?;
     drop(listening);
-    match incoming(config, &mut stream, console) {
-        Ok(mut vmm) => {
-            let outcome = vmm.run()?;
-            Ok(outcome)
-        }
+    match incoming(devices, &mut stream, console) {
+        Ok(vmm) => Ok(vmm),
         Err(e) => {
             // Tell the source why, so it rolls back at once (best effort: it may be gone).
             if !matches!(e, ReceiveError::Wire(WireError::PeerAborted(_))) {
@@ -72,7 +65,7 @@ pub fn receive(
 
 /// Takes the guest in; returns the VM ready to run once the source was told so.
 fn incoming(
-    config: &ReceiveConfig,
+    devices: &DeviceConfig,
     stream: &mut Stream,
     console: Box<dyn Write + Send>,
 ) -> Result<Vmm, ReceiveError> {
@@ -111,7 +104,7 @@ fn incoming(
             GuestRam::from_memfd(File::from(fd), size).map_err(vmm::Error::from)?
         }
     };
-    let mut vmm = Vmm::for_incoming(&config.devices, ram, console)?;
+    let mut vmm = Vmm::for_incoming(devices, ram, console)?;
     if hello.mode == Mode::ZeroCopy {
         wire::write_message(stream, &Message::Ready)?;
     }
@@ -155,18 +148,18 @@ fn incoming(
     // Device I/O stays parked from the restore until the source has let go: until then the
     // source may still resume the guest, and with zero-copy it shares these very pages.
     vmm.machine()
-        .pause_io()
+        .io()
+        .pause()
         .map_err(|e| ReceiveError::Refused(format!("cannot pause device I/O: {e}")))?;
-    vmm.restore(&state.vm, &state.vcpu, state.devices)
+    vmm.restore(&state)
         .map_err(|e| ReceiveError::Refused(format!("cannot restore the guest here: {e}")))?;
     // The pages written above went through the host-write bitmap; this VM starts clean.
     vmm.machine().ram.take_host_dirty();
     wire::write_message(stream, &Message::Running)?;
-    vmm.machine().resume_io();
+    vmm.machine().io().resume();
     log::info!(
         "migration: guest received ({pages} pages) after {:?}; running",
         start.elapsed()
     );
-    vmm.after_arrival();
     Ok(vmm)
 }

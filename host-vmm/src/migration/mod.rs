@@ -3,15 +3,15 @@
 //! - [`wire`]: the stream format (versioned, checksummed messages) both ends speak.
 //! - [`fd`]: passing the guest-RAM memfd to a co-located destination (SCM_RIGHTS).
 //! - [`target`]: `tcp:ADDR:PORT` / `unix:PATH` endpoints and the stream over them.
-//! - [`state`]: the machine state that crosses during the pause.
-//! - [`source`]: `host-vmm ctl PATH migrate ...`: pre-copy or zero-copy, with rollback.
-//! - [`destination`]: `host-vmm receive`.
-//! - [`announce`]: the RARP the destination sends for the guest's MAC.
+//! - [`source`]: sending a running guest: pre-copy or zero-copy, progress, cancel, rollback.
+//! - [`destination`]: taking one guest in and handing back a VM ready to run.
+//!
+//! The state that crosses is [`crate::vmm::MachineState`]; what happens after the guest
+//! arrives (announce, VF, guest agent) is the caller's, so both ends stay below the control
+//! plane.
 
-pub mod announce;
 pub mod destination;
 pub mod fd;
 pub mod source;
-pub mod state;
 pub mod target;
 pub mod wire;

@@ -9,11 +9,14 @@
 //! Zero-copy (`unix:` only): the memfd is handed over while the guest runs; the destination
 //! maps it and builds its VM; only the machine state crosses during the pause.
 
-use super::state::MachineState;
 use super::target::{Address, AddressError, Stream};
 use super::wire::{self, Hello, Message, Mode, WireError, kind};
+use crate::devices::ixgbevf::VfOperator;
 use crate::memory::PAGE_SIZE;
-use crate::vmm::{Machine, PauseError};
+use crate::pause::{Pause, PauseError};
+use crate::vcpu_gate::Stopped;
+use crate::vmm::Machine;
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 use vm_memory::{Bytes, GuestAddress};
 
@@ -25,8 +28,6 @@ pub const MAX_PASSES: u32 = 30;
 const BATCH: usize = 256;
 /// How long the destination may take to answer (Accept, Ready, Running).
 const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long the vCPU may take to stop.
-const PAUSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What the operator asked for.
 #[derive(Clone, Debug)]
@@ -100,22 +101,133 @@ pub enum MigrateError {
     /// A step on this side failed.
     #[error("{0}")]
     Local(String),
-    /// The vCPU could not be paused.
+    /// The vCPU or device I/O could not be paused.
     #[error(transparent)]
     Pause(#[from] PauseError),
+    /// The operator cancelled the move.
+    #[error("cancelled by the operator")]
+    Cancelled,
 }
 
-/// Progress and the result, as lines for the operator.
-pub type Progress<'a> = &'a mut dyn FnMut(&str);
+/// Where a move is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Phase {
+    /// Connecting to the destination.
+    #[default]
+    Connecting,
+    /// The guest agent moves traffic off the VF; the VF is detached.
+    Preparing,
+    /// Pre-copy: the first pass over every populated page.
+    FirstPass,
+    /// Pre-copy: a pass over the pages dirtied meanwhile.
+    DirtyPass,
+    /// Zero-copy: the destination maps guest RAM and builds its VM.
+    HandingOver,
+    /// The guest is paused: the last pages and the machine state go out.
+    Paused,
+    /// Done sent: the destination takes over (too late to cancel).
+    Completing,
+}
+
+impl Phase {
+    /// The name the API and the events use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Connecting => "connecting",
+            Phase::Preparing => "preparing",
+            Phase::FirstPass => "first-pass",
+            Phase::DirtyPass => "dirty-pass",
+            Phase::HandingOver => "handing-over",
+            Phase::Paused => "paused",
+            Phase::Completing => "completing",
+        }
+    }
+}
+
+/// A move's progress, reported at every step.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Progress {
+    /// Where it is.
+    pub phase: Phase,
+    /// Page passes so far.
+    pub pass: u32,
+    /// Everything written to the stream so far.
+    pub bytes_sent: u64,
+    /// Guest-memory bytes copied so far.
+    pub memory_bytes: u64,
+    /// Pages dirtied since the last pass (pre-copy).
+    pub dirty_pages: u64,
+    /// Measured bandwidth, bytes per second (pre-copy).
+    pub rate: f64,
+    /// The pause the dirty pages would take at that rate.
+    pub predicted_pause: Duration,
+    /// This step for a person, e.g. "pass 2: 310 dirty pages, ...".
+    pub message: String,
+}
+
+/// Whether a move may still be cancelled, shared between the move and whoever cancels it.
+#[derive(Debug, Default)]
+pub struct Cancel(Mutex<CancelState>);
+
+#[derive(Debug, Default, PartialEq, Eq)]
+enum CancelState {
+    #[default]
+    Open,
+    Requested,
+    /// The destination was told to take over.
+    Committed,
+}
+
+/// A cancel that came after the destination was told to take over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the destination is already taking the guest over; the move can no longer be cancelled")]
+pub struct TooLate;
+
+impl Cancel {
+    /// Asks the move to stop and roll back at its next step.
+    pub fn request(&self) -> Result<(), TooLate> {
+        let mut s = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        match *s {
+            CancelState::Committed => Err(TooLate),
+            _ => {
+                *s = CancelState::Requested;
+                Ok(())
+            }
+        }
+    }
+
+    fn check(&self) -> Result<(), MigrateError> {
+        match *self.0.lock().unwrap_or_else(PoisonError::into_inner) {
+            CancelState::Requested => Err(MigrateError::Cancelled),
+            _ => Ok(()),
+        }
+    }
+
+    /// From here on a cancel is refused; fails if one came first.
+    fn commit(&self) -> Result<(), MigrateError> {
+        let mut s = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        match *s {
+            CancelState::Requested => Err(MigrateError::Cancelled),
+            _ => {
+                *s = CancelState::Committed;
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Progress reports, at every step.
+pub type Report<'a> = &'a mut dyn FnMut(&Progress);
 
 /// Moves the guest of `machine` to `options.target`. On success the vCPU is stopped for
-/// good ([`crate::Outcome::MigratedAway`]); on failure everything is as before and the
-/// error says why.
+/// good ([`crate::Outcome::MigratedAway`]); on failure or `cancel` everything is as before
+/// and the error says why.
 pub fn migrate(
     machine: &Machine,
     options: &Options,
     mut agent: Option<&mut dyn Agent>,
-    progress: Progress<'_>,
+    cancel: &Cancel,
+    report: Report<'_>,
 ) -> Result<Summary, MigrateError> {
     if options.zero_copy && !matches!(options.target, Address::Unix(_)) {
         return Err(MigrateError::Usage(
@@ -127,6 +239,9 @@ pub fn migrate(
     let mut run = Run {
         machine,
         stream: &mut stream,
+        cancel,
+        report,
+        progress: Progress::default(),
         start,
         sent: 0,
         memory: 0,
@@ -136,10 +251,10 @@ pub fn migrate(
         dirty_logging: false,
         io_paused: false,
     };
-    let result = run.go(options, &mut agent, progress);
+    let result = run.go(options, &mut agent);
     match result {
         Ok(summary) => {
-            machine.gate.stop();
+            machine.gate.stop(Stopped::MigratedAway);
             Ok(summary)
         }
         Err(e) => {
@@ -159,16 +274,19 @@ pub fn migrate(
             let why = e.to_string();
             let _ = wire::write_message(run.stream, &Message::Abort(why.clone()));
             run.stream.shutdown();
-            run.roll_back(&mut agent, progress);
+            run.roll_back(&mut agent);
             Err(e)
         }
     }
 }
 
 /// One move in progress, with what must be undone if it fails.
-struct Run<'a> {
+struct Run<'a, 'r> {
     machine: &'a Machine,
     stream: &'a mut Stream,
+    cancel: &'a Cancel,
+    report: Report<'r>,
+    progress: Progress,
     start: Instant,
     sent: u64,
     memory: u64,
@@ -180,12 +298,21 @@ struct Run<'a> {
     io_paused: bool,
 }
 
-impl Run<'_> {
+impl Run<'_, '_> {
+    /// Reports a step (the counters are kept up to date by the senders).
+    fn step(&mut self, phase: Phase, message: String) {
+        self.progress.phase = phase;
+        self.progress.pass = self.passes;
+        self.progress.bytes_sent = self.sent;
+        self.progress.memory_bytes = self.memory;
+        self.progress.message = message;
+        (self.report)(&self.progress);
+    }
+
     fn go(
         &mut self,
         options: &Options,
         agent: &mut Option<&mut dyn Agent>,
-        progress: Progress<'_>,
     ) -> Result<Summary, MigrateError> {
         let mode = if options.zero_copy {
             Mode::ZeroCopy
@@ -203,29 +330,32 @@ impl Run<'_> {
             .map_err(WireError::Io)?;
         self.send(&Message::Hello(Hello::new(mode, ram_size, 1)))?;
         self.reply(kind::ACCEPT)?;
-        progress(&format!(
-            "connected to {}: {} of RAM, {}",
-            options.target,
-            ram_size,
-            if options.zero_copy {
-                "zero-copy"
-            } else {
-                "pre-copy"
-            }
-        ));
+        self.step(
+            Phase::Preparing,
+            format!(
+                "connected to {}: {} of RAM, {}",
+                options.target,
+                ram_size,
+                if options.zero_copy {
+                    "zero-copy"
+                } else {
+                    "pre-copy"
+                }
+            ),
+        );
+        self.cancel.check()?;
         // The guest leaves the VF before anything else: it cannot move with it.
         if let Some(agent) = agent {
             agent.prepare().map_err(|e| {
                 MigrateError::Local(format!("the guest agent refused PREPARE: {e}"))
             })?;
         }
-        if let Some(vf) = &self.machine.vf {
-            use crate::control::VfOperator;
-            if vf.state().present {
-                vf.remove()
-                    .map_err(|e| MigrateError::Local(format!("cannot detach the VF: {e}")))?;
-                self.vf_removed = true;
-            }
+        if let Some(vf) = self.machine.devices.vf()
+            && vf.state().present
+        {
+            vf.remove()
+                .map_err(|e| MigrateError::Local(format!("cannot detach the VF: {e}")))?;
+            self.vf_removed = true;
         }
         let mut pending = Vec::new();
         if options.zero_copy {
@@ -233,20 +363,24 @@ impl Run<'_> {
                 MigrateError::Usage("--zero-copy needs a unix: destination".into())
             })?;
             super::fd::send_fd(unix, self.machine.ram.memfd(), b"guest-ram")?;
+            self.step(Phase::HandingOver, "handing guest RAM over".into());
             self.reply(kind::READY)?;
-            progress("destination mapped guest RAM and built its VM");
+            self.step(
+                Phase::HandingOver,
+                "destination mapped guest RAM and built its VM".into(),
+            );
         } else {
-            pending = self.precopy(options.downtime, progress)?;
+            pending = self.precopy(options.downtime)?;
         }
+        self.cancel.check()?;
         // The pause: devices first (no more DMA), then the vCPU.
-        self.machine
-            .pause_io()
-            .map_err(|e| MigrateError::Local(format!("cannot pause device I/O: {e}")))?;
         self.io_paused = true;
+        self.machine.io().pause()?;
         let paused_at = Instant::now();
         // Marked before asking: a pause that times out must still be undone.
         self.paused = Some(paused_at);
-        let vcpu = self.machine.gate.pause(PAUSE_TIMEOUT)?;
+        self.machine.gate.pause()?;
+        self.step(Phase::Paused, "guest paused".into());
         // Frames that reach the TAP from here on would die with it: they travel too.
         let held = self.machine.devices.hold_net_frames();
         let mut pause_pages = 0;
@@ -256,17 +390,17 @@ impl Run<'_> {
             self.send_pages(&dirty)?;
             self.passes += 1;
         }
-        let state = MachineState {
-            vm: self
-                .machine
-                .vm
-                .save_state()
-                .map_err(|e| MigrateError::Local(e.to_string()))?,
-            vcpu,
-            devices: self.machine.devices.save_state(),
-        };
+        let state = self
+            .machine
+            .save()
+            .map_err(|e| MigrateError::Local(e.to_string()))?;
         let bytes = wire::encode_state(&state)?;
         self.send(&Message::State(bytes))?;
+        self.cancel.commit()?;
+        self.step(
+            Phase::Completing,
+            "machine state sent; the destination takes over".into(),
+        );
         self.send(&Message::Done)?;
         self.reply(kind::RUNNING)?;
         let pause = paused_at.elapsed();
@@ -285,11 +419,7 @@ impl Run<'_> {
     }
 
     /// The first pass and the dirty passes; returns the dirty pages left for the pause.
-    fn precopy(
-        &mut self,
-        downtime: Duration,
-        progress: Progress<'_>,
-    ) -> Result<Vec<u64>, MigrateError> {
+    fn precopy(&mut self, downtime: Duration) -> Result<Vec<u64>, MigrateError> {
         let local = |e: &dyn std::fmt::Display| MigrateError::Local(e.to_string());
         self.machine
             .vm
@@ -305,29 +435,44 @@ impl Run<'_> {
             .flat_map(|r| (r.start / PAGE_SIZE)..r.end.div_ceil(PAGE_SIZE))
             .collect();
         let t = Instant::now();
+        self.step(
+            Phase::FirstPass,
+            format!("pass 1: {} populated pages", first.len()),
+        );
         self.send_pages(&first)?;
         self.passes = 1;
         let mut rate = rate(first.len(), t.elapsed());
-        progress(&format!(
-            "pass 1: {} pages ({} bytes sent, {:.0} MB/s)",
-            first.len(),
-            self.sent,
-            rate / 1e6
-        ));
+        self.progress.rate = rate;
+        self.step(
+            Phase::FirstPass,
+            format!(
+                "pass 1: {} pages ({} bytes sent, {:.0} MB/s)",
+                first.len(),
+                self.sent,
+                rate / 1e6
+            ),
+        );
         loop {
             let dirty = self.take_dirty(Vec::new())?;
             let predicted = Duration::from_secs_f64(dirty.len() as f64 * PAGE_SIZE as f64 / rate);
-            progress(&format!(
-                "pass {}: {} dirty pages, {} bytes sent, {:.0} MB/s, predicted pause {:.3} ms",
-                self.passes + 1,
-                dirty.len(),
-                self.sent,
-                rate / 1e6,
-                predicted.as_secs_f64() * 1e3
-            ));
+            self.progress.dirty_pages = dirty.len() as u64;
+            self.progress.rate = rate;
+            self.progress.predicted_pause = predicted;
+            self.step(
+                Phase::DirtyPass,
+                format!(
+                    "pass {}: {} dirty pages, {} bytes sent, {:.0} MB/s, predicted pause {:.3} ms",
+                    self.passes + 1,
+                    dirty.len(),
+                    self.sent,
+                    rate / 1e6,
+                    predicted.as_secs_f64() * 1e3
+                ),
+            );
             if predicted <= downtime || self.passes >= MAX_PASSES {
                 return Ok(dirty);
             }
+            self.cancel.check()?;
             let t = Instant::now();
             self.send_pages(&dirty)?;
             self.passes += 1;
@@ -366,6 +511,10 @@ impl Run<'_> {
         let mem = self.machine.ram.memory();
         let mut buf = Vec::new();
         for batch in pages.chunks(BATCH) {
+            // Before the pause a cancel stops the move at the next batch.
+            if self.paused.is_none() {
+                self.cancel.check()?;
+            }
             wire::write_pages(self.stream, &mut buf, batch, |pfn, dst| {
                 mem.read_slice(dst, GuestAddress(pfn * PAGE_SIZE))
                     .map_err(|e| WireError::Malformed(format!("page {pfn:#x}: {e}")))
@@ -398,31 +547,30 @@ impl Run<'_> {
     }
 
     /// Undoes what this move did, newest first, and lets the guest run on here.
-    fn roll_back(&mut self, agent: &mut Option<&mut dyn Agent>, progress: Progress<'_>) {
+    fn roll_back(&mut self, agent: &mut Option<&mut dyn Agent>) {
         if self.paused.take().is_some() {
             self.machine.gate.resume();
         }
         if self.io_paused {
-            self.machine.resume_io();
+            self.machine.io().resume();
             self.machine.devices.kick_net();
         }
         if self.dirty_logging {
             let _ = self.machine.vm.set_dirty_logging(false);
         }
         if self.vf_removed
-            && let Some(vf) = &self.machine.vf
+            && let Some(vf) = self.machine.devices.vf()
+            && let Err(e) = vf.add()
         {
-            use crate::control::VfOperator;
-            if let Err(e) = vf.add() {
-                log::warn!("migration: cannot plug the VF back in: {e}");
-            }
+            log::warn!("migration: cannot plug the VF back in: {e}");
         }
         if let Some(agent) = agent
             && let Err(e) = agent.resumed()
         {
             log::warn!("migration: the guest agent did not take RESUMED after the rollback: {e}");
         }
-        progress("rolled back: the guest runs here");
+        self.progress.message = "rolled back: the guest runs here".into();
+        (self.report)(&self.progress);
     }
 }
 

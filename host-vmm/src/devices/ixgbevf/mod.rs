@@ -64,7 +64,6 @@ mod testing;
 #[cfg(test)]
 mod tests;
 
-use crate::devices::DeviceStateError;
 use crate::devices::pci::config::{
     BarInfo, BarKind, ConfigSpace, ConfigSpaceState, LayoutError, PciIds,
 };
@@ -72,6 +71,7 @@ use crate::devices::pci::msix::{self, Msix, MsixState, MsixVector};
 use crate::devices::pci::{MMIO_WINDOW, PciDevice};
 use crate::devices::virtio::net::backend::NetBackend;
 use crate::devices::vm_ops::VmOps;
+use crate::devices::{DeviceStateError, Persist};
 use crate::memory::GuestMemoryMmap;
 use drivers::ixgbevf::regs as r;
 use interrupts::Cause;
@@ -84,7 +84,7 @@ use std::sync::Arc;
 use tx::TxScratch;
 
 pub use io::IxgbevfHandler;
-pub use operator::VfHandle;
+pub use operator::{VfHandle, VfOpError, VfOperator, VfState};
 
 /// Subsystem ID (an X520 adapter's VF).
 pub const SUBSYSTEM_ID: u16 = 0x000C;
@@ -409,63 +409,6 @@ impl<B: NetBackend> Ixgbevf<B> {
         Ok(())
     }
 
-    /// Marks the VF unplugged: a migration's source had none, so its slot was left empty
-    /// by the bus restore; the operator's `add` plugs it in (after the guest arrived).
-    pub fn mark_unplugged(&mut self) {
-        self.present = false;
-    }
-
-    /// The VF's state for migration (call with the vCPUs stopped and the I/O thread paused).
-    pub fn save_state(&self) -> IxgbevfState {
-        IxgbevfState {
-            mac: self.pf.mac,
-            trusted: self.pf.trusted,
-            present: self.present,
-            config: self.config.save_state(),
-            msix: self.msix.save_state(),
-            regs: self.state.clone(),
-        }
-    }
-
-    /// Applies a saved state to this freshly built VF: MAC and trust must match, the header
-    /// must be this device's, the MSI-X table its size, and the registers pass
-    /// [`DeviceState::check`]; an invalid state changes nothing. MSI-X routes follow the
-    /// restored table.
-    pub fn restore_state(&mut self, state: IxgbevfState) -> Result<(), DeviceStateError> {
-        const DEV: &str = "ixgbevf";
-        if state.mac != self.pf.mac {
-            return Err(DeviceStateError::mismatch(
-                DEV,
-                "MAC",
-                format!("{:02x?}, this VF has {:02x?}", state.mac, self.pf.mac),
-            ));
-        }
-        if state.trusted != self.pf.trusted {
-            return Err(DeviceStateError::mismatch(DEV, "trust", "differs"));
-        }
-        // The fresh header, not the current one: a removed VF's header is all it had.
-        let config = self
-            .pristine
-            .check_state(&state.config, DEV, &MMIO_WINDOW)?;
-        self.msix.check_state(&state.msix, DEV)?;
-        let control = config.read_u16(self.msix_cap + 2)
-            & (msix::CONTROL_ENABLE | msix::CONTROL_FUNCTION_MASK);
-        let wanted = state.msix.control_bits();
-        if control != wanted {
-            return Err(DeviceStateError::invalid(
-                DEV,
-                "MSI-X control",
-                "the header and the table disagree on enable or mask",
-            ));
-        }
-        state.regs.check(&self.mem, self.pf.trusted)?;
-        self.config = config;
-        self.msix.restore_state(&state.msix);
-        self.present = state.present;
-        self.state = state.regs;
-        Ok(())
-    }
-
     /// A 32-bit register read at `offset` in BAR 0.
     fn read_reg(&mut self, offset: usize) -> u32 {
         let s = &mut self.state;
@@ -671,6 +614,73 @@ impl<B: NetBackend> Ixgbevf<B> {
             // Registers are 32-bit; narrower writes are ignored.
             _ => unknown(&mut self.warned_unknown, "narrow write", offset),
         }
+    }
+}
+
+impl<B: NetBackend> Persist for Ixgbevf<B> {
+    type State = IxgbevfState;
+
+    /// A VF the guest released before the move needs none on this side.
+    fn needed(state: &IxgbevfState) -> bool {
+        state.present
+    }
+
+    /// The source had no VF (or detached it): this one starts unplugged, its slot left
+    /// empty by the bus restore; the arrival plugs it in once the guest runs here.
+    fn absent_at_source(&mut self) -> bool {
+        self.present = false;
+        true
+    }
+
+    /// The VF's state for migration (call with the vCPUs stopped and the I/O thread paused).
+    fn save(&self) -> IxgbevfState {
+        IxgbevfState {
+            mac: self.pf.mac,
+            trusted: self.pf.trusted,
+            present: self.present,
+            config: self.config.save_state(),
+            msix: self.msix.save_state(),
+            regs: self.state.clone(),
+        }
+    }
+
+    /// Applies a saved state to this freshly built VF: MAC and trust must match, the header
+    /// must be this device's, the MSI-X table its size, and the registers pass
+    /// [`DeviceState::check`]; an invalid state changes nothing. MSI-X routes follow the
+    /// restored table.
+    fn restore(&mut self, state: IxgbevfState) -> Result<(), DeviceStateError> {
+        const DEV: &str = "ixgbevf";
+        if state.mac != self.pf.mac {
+            return Err(DeviceStateError::mismatch(
+                DEV,
+                "MAC",
+                format!("{:02x?}, this VF has {:02x?}", state.mac, self.pf.mac),
+            ));
+        }
+        if state.trusted != self.pf.trusted {
+            return Err(DeviceStateError::mismatch(DEV, "trust", "differs"));
+        }
+        // The fresh header, not the current one: a removed VF's header is all it had.
+        let config = self
+            .pristine
+            .check_state(&state.config, DEV, &MMIO_WINDOW)?;
+        self.msix.check_state(&state.msix, DEV)?;
+        let control = config.read_u16(self.msix_cap + 2)
+            & (msix::CONTROL_ENABLE | msix::CONTROL_FUNCTION_MASK);
+        let wanted = state.msix.control_bits();
+        if control != wanted {
+            return Err(DeviceStateError::invalid(
+                DEV,
+                "MSI-X control",
+                "the header and the table disagree on enable or mask",
+            ));
+        }
+        state.regs.check(&self.mem, self.pf.trusted)?;
+        self.config = config;
+        self.msix.restore_state(&state.msix);
+        self.present = state.present;
+        self.state = state.regs;
+        Ok(())
     }
 }
 

@@ -6,13 +6,48 @@
 //! only).
 
 use super::Ixgbevf;
-use crate::control::{VfOpError, VfOperator, VfState};
 use crate::devices::pci::PciRoot;
 use crate::devices::virtio::net::backend::NetBackend;
+use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The VF's state as the operator sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VfState {
+    /// The VF is plugged into the PCI bus.
+    pub present: bool,
+    /// Its link is up (as reported in VFLINKS).
+    pub link_up: bool,
+}
+
+/// Why an operator command on the VF failed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum VfOpError {
+    /// The VF is not plugged in (link changes need it present).
+    #[error("the VF is removed; add it first (`vf add`)")]
+    NotPresent,
+    /// The VF is already plugged in.
+    #[error("the VF is already present")]
+    AlreadyPresent,
+    /// Anything else, said in words.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// What the control server may do to the emulated VF (implemented by [`VfHandle`]).
+pub trait VfOperator: Send + Sync + fmt::Debug {
+    /// Current state.
+    fn state(&self) -> VfState;
+    /// Takes the VF's link down or up (the guest sees VFLINKS and a PF control message).
+    fn set_link(&self, up: bool) -> Result<(), VfOpError>;
+    /// Hot-removes the VF: config space and BARs read all ones, the TAP is no longer served.
+    fn remove(&self) -> Result<(), VfOpError>;
+    /// Plugs the VF back in at the same slot, reset, with its link up.
+    fn add(&self) -> Result<(), VfOpError>;
 }
 
 /// A cloneable handle on the VF at `slot` of `root`.

@@ -7,6 +7,7 @@
 
 use super::state::SRRCTL_DEFAULT;
 use super::testing::*;
+use crate::devices::Persist;
 use crate::memory::GuestMemoryMmap;
 use drivers::ixgbevf::regs as r;
 use proptest::prelude::*;
@@ -311,7 +312,7 @@ proptest! {
         vf.bring_up();
         vf.enable_interrupts();
         vf.setup_rx(8, super::state::SRRCTL_DEFAULT);
-        let mut s = vf.dev.save_state();
+        let mut s = vf.dev.save();
         let g = &mut s.regs;
         g.interrupts.eicr = words[0];
         g.interrupts.eims = words[1];
@@ -336,7 +337,7 @@ proptest! {
         s.regs.link_up = bits & 2 != 0;
         s.msix.entries[queue % 3].control = words[19] & 3;
         let mut fresh = Vf::with_memory(false, vf.mem.clone());
-        if fresh.dev.restore_state(s).is_ok() {
+        if fresh.dev.restore(s).is_ok() {
             fresh.peer.inject(&frame(60, 1));
             fresh.dev.poll_backend();
             fresh.write(r::tx_queue(queue % 2) + r::Q_TAIL, words[20] & 0xFFFF);

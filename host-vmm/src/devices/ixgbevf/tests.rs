@@ -4,8 +4,9 @@
 use super::state::SRRCTL_DEFAULT;
 use super::testing::*;
 use super::*;
-use crate::control::{VfOpError, VfOperator};
+use super::{VfOpError, VfOperator};
 use crate::devices::BusDevice;
+use crate::devices::Persist;
 use crate::devices::pci::{PciConfigPorts, PciMmioWindow, PciRoot};
 use crate::io_thread::IoThread;
 use drivers::ixgbevf::regs::mbx;
@@ -775,7 +776,7 @@ fn removal_makes_everything_read_all_ones_and_re_adding_brings_a_fresh_vf() {
     p.set(r::VTEIAM, 5);
     assert_eq!(
         p.handle.state(),
-        crate::control::VfState {
+        super::VfState {
             present: true,
             link_up: true
         }
@@ -798,7 +799,7 @@ fn removal_makes_everything_read_all_ones_and_re_adding_brings_a_fresh_vf() {
     assert_eq!(p.handle.add(), Err(VfOpError::AlreadyPresent));
     assert_eq!(
         p.handle.state(),
-        crate::control::VfState {
+        super::VfState {
             present: true,
             link_up: true
         }
@@ -848,7 +849,7 @@ fn the_io_thread_delivers_backend_frames() {
 /// state restored (and the driver's mailbox shadow carried over).
 fn migrated(vf: &Vf) -> Vf {
     let mut to = Vf::with_memory(false, vf.mem.clone());
-    to.dev.restore_state(vf.dev.save_state()).unwrap();
+    to.dev.restore(vf.dev.save()).unwrap();
     to.shadow = vf.shadow;
     to
 }
@@ -862,15 +863,11 @@ fn the_vf_continues_after_a_save_and_restore() {
     assert_eq!(vf.dev.poll_backend(), 1);
     vf.dev.set_link(false);
     vf.dev.set_link(true);
-    let saved = vf.dev.save_state();
+    let saved = vf.dev.save();
     let bytes = postcard::to_allocvec(&saved).unwrap();
     assert_eq!(postcard::from_bytes::<IxgbevfState>(&bytes).unwrap(), saved);
     let mut m = migrated(&vf);
-    assert_eq!(
-        m.dev.save_state(),
-        saved,
-        "save, restore, save: the same state"
-    );
+    assert_eq!(m.dev.save(), saved, "save, restore, save: the same state");
     assert_eq!(
         m.vm.recorded().routes,
         vf.vm.recorded().routes,
@@ -901,11 +898,11 @@ fn the_vf_continues_after_a_save_and_restore() {
 #[test]
 fn a_removed_vf_stays_removed_and_bad_vf_states_are_refused() {
     let mut vf = receiving(8);
-    let mut s = vf.dev.save_state();
+    let mut s = vf.dev.save();
     s.present = false;
     let mut m = Vf::with_memory(false, vf.mem.clone());
-    m.dev.restore_state(s.clone()).unwrap();
-    assert_eq!(m.dev.save_state(), s);
+    m.dev.restore(s.clone()).unwrap();
+    assert_eq!(m.dev.save(), s);
 
     type Mutation = fn(&mut IxgbevfState);
     let cases: [(&str, Mutation); 10] = [
@@ -923,13 +920,13 @@ fn a_removed_vf_stays_removed_and_bad_vf_states_are_refused() {
         ("configuration byte 0x02", |s| s.config.bytes[2] = 0),
     ];
     for (field, mutate) in cases {
-        let mut bad = vf.dev.save_state();
+        let mut bad = vf.dev.save();
         mutate(&mut bad);
         let mut fresh = Vf::with_memory(false, vf.mem.clone());
-        let before = fresh.dev.save_state();
-        let err = fresh.dev.restore_state(bad).unwrap_err();
+        let before = fresh.dev.save();
+        let err = fresh.dev.restore(bad).unwrap_err();
         assert!(err.to_string().contains(field), "{err} should name {field}");
-        assert_eq!(fresh.dev.save_state(), before, "unchanged after {err}");
+        assert_eq!(fresh.dev.save(), before, "unchanged after {err}");
     }
     let _ = vf.read(r::VFSTATUS);
 }

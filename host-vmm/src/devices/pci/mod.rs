@@ -28,7 +28,7 @@
 pub mod config;
 pub mod msix;
 
-use super::{BusDevice, DeviceStateError};
+use super::{BusDevice, DeviceStateError, Persist};
 use config::{BarKind, COMMAND, COMMAND_MEMORY, ConfigSpace, ConfigSpaceState, PciIds};
 use serde::{Deserialize, Serialize};
 use std::ops::Range;
@@ -277,8 +277,111 @@ impl PciRoot {
             .is_some_and(|s| s.device.is_some())
     }
 
+    /// The function CONFIG_ADDRESS selects, and the register offset, if it exists.
+    fn selected(&self) -> Option<(usize, usize)> {
+        let a = self.address;
+        let bus = (a >> 16) & 0xFF;
+        let device = ((a >> 11) & 0x1F) as usize;
+        let function = (a >> 8) & 0x7;
+        let register = (a & 0xFC) as usize;
+        let present = self.slots.get(device).is_some_and(|s| s.device.is_some());
+        (a & CONFIG_ENABLE != 0 && bus == 0 && function == 0 && present)
+            .then_some((device, register))
+    }
+
+    /// The device at `slot`, if one is plugged in.
+    fn device(&self, slot: usize) -> Option<&SharedPciDevice> {
+        self.slots.get(slot)?.device.as_ref()
+    }
+
+    fn config_read(&mut self, byte: usize, data: &mut [u8]) {
+        let Some((device, register)) = self
+            .selected()
+            .and_then(|(slot, register)| Some((self.device(slot)?, register)))
+        else {
+            data.fill(0xFF);
+            return;
+        };
+        let dword = lock(device).read_config(register).to_le_bytes();
+        data.copy_from_slice(&dword[byte..byte + data.len()]);
+    }
+
+    fn config_write(&mut self, byte: usize, data: &[u8]) {
+        let Some((slot, register)) = self.selected() else {
+            return;
+        };
+        if let Some(device) = self.device(slot) {
+            lock(device).write_config(register + byte, data);
+        }
+        self.remap(slot);
+    }
+
+    /// Rebuilds the mappings of `slot` from its header (none while it is empty).
+    fn remap(&mut self, slot: usize) {
+        self.mappings.retain(|m| m.slot != slot);
+        let Some(device) = self.device(slot).cloned() else {
+            return;
+        };
+        let device = lock(&device);
+        for (bar, address, size) in device.config().decoded_bars() {
+            // A BAR only decodes inside the window (the guest may park it elsewhere, e.g. at
+            // all ones while sizing).
+            let Some(end) = address.checked_add(size) else {
+                continue;
+            };
+            if address >= MMIO_WINDOW.start && end <= MMIO_WINDOW.end {
+                self.mappings.push(Mapping {
+                    range: address..end,
+                    slot,
+                    bar,
+                });
+            }
+        }
+        drop(device);
+        self.mappings.sort_by_key(|m| m.range.start);
+    }
+
+    /// The device, BAR and offset for an access of `len` bytes at `addr`.
+    fn decode(&self, addr: u64, len: usize) -> Option<(&SharedPciDevice, usize, u64)> {
+        let end = addr.checked_add(len as u64)?;
+        let m = self
+            .mappings
+            .iter()
+            .find(|m| m.range.start <= addr && end <= m.range.end)?;
+        Some((self.device(m.slot)?, m.bar, addr - m.range.start))
+    }
+
+    /// MMIO read at guest-physical `addr`; `false` if no BAR decodes it.
+    pub fn mmio_read(&self, addr: u64, data: &mut [u8]) -> bool {
+        match self.decode(addr, data.len()) {
+            Some((device, bar, offset)) => {
+                lock(device).read_bar(bar, offset, data);
+                true
+            }
+            None => {
+                data.fill(0xFF);
+                false
+            }
+        }
+    }
+
+    /// MMIO write at guest-physical `addr`; `false` if no BAR decodes it.
+    pub fn mmio_write(&self, addr: u64, data: &[u8]) -> bool {
+        match self.decode(addr, data.len()) {
+            Some((device, bar, offset)) => {
+                lock(device).write_bar(bar, offset, data);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+impl Persist for PciRoot {
+    type State = PciRootState;
+
     /// The bus for migration (functions save their own headers).
-    pub fn save_state(&self) -> PciRootState {
+    fn save(&self) -> PciRootState {
         let bridge = self
             .device(0)
             .map(|d| lock(d).config().save_state())
@@ -305,7 +408,7 @@ impl PciRoot {
     /// rebuilds BAR decoding. Nothing changes if a check fails, except when two functions'
     /// BARs overlap, which is found only while decoding is rebuilt (the bus then decodes
     /// neither of them, and the error says so).
-    pub fn restore_state(&mut self, state: PciRootState) -> Result<(), DeviceStateError> {
+    fn restore(&mut self, state: PciRootState) -> Result<(), DeviceStateError> {
         const DEV: &str = "pci";
         let mine = self.slots.len() - 1;
         // Hot-pluggable devices come last (the VF): the source may have one more slot, if
@@ -422,105 +525,6 @@ impl PciRoot {
             ));
         }
         Ok(())
-    }
-
-    /// The function CONFIG_ADDRESS selects, and the register offset, if it exists.
-    fn selected(&self) -> Option<(usize, usize)> {
-        let a = self.address;
-        let bus = (a >> 16) & 0xFF;
-        let device = ((a >> 11) & 0x1F) as usize;
-        let function = (a >> 8) & 0x7;
-        let register = (a & 0xFC) as usize;
-        let present = self.slots.get(device).is_some_and(|s| s.device.is_some());
-        (a & CONFIG_ENABLE != 0 && bus == 0 && function == 0 && present)
-            .then_some((device, register))
-    }
-
-    /// The device at `slot`, if one is plugged in.
-    fn device(&self, slot: usize) -> Option<&SharedPciDevice> {
-        self.slots.get(slot)?.device.as_ref()
-    }
-
-    fn config_read(&mut self, byte: usize, data: &mut [u8]) {
-        let Some((device, register)) = self
-            .selected()
-            .and_then(|(slot, register)| Some((self.device(slot)?, register)))
-        else {
-            data.fill(0xFF);
-            return;
-        };
-        let dword = lock(device).read_config(register).to_le_bytes();
-        data.copy_from_slice(&dword[byte..byte + data.len()]);
-    }
-
-    fn config_write(&mut self, byte: usize, data: &[u8]) {
-        let Some((slot, register)) = self.selected() else {
-            return;
-        };
-        if let Some(device) = self.device(slot) {
-            lock(device).write_config(register + byte, data);
-        }
-        self.remap(slot);
-    }
-
-    /// Rebuilds the mappings of `slot` from its header (none while it is empty).
-    fn remap(&mut self, slot: usize) {
-        self.mappings.retain(|m| m.slot != slot);
-        let Some(device) = self.device(slot).cloned() else {
-            return;
-        };
-        let device = lock(&device);
-        for (bar, address, size) in device.config().decoded_bars() {
-            // A BAR only decodes inside the window (the guest may park it elsewhere, e.g. at
-            // all ones while sizing).
-            let Some(end) = address.checked_add(size) else {
-                continue;
-            };
-            if address >= MMIO_WINDOW.start && end <= MMIO_WINDOW.end {
-                self.mappings.push(Mapping {
-                    range: address..end,
-                    slot,
-                    bar,
-                });
-            }
-        }
-        drop(device);
-        self.mappings.sort_by_key(|m| m.range.start);
-    }
-
-    /// The device, BAR and offset for an access of `len` bytes at `addr`.
-    fn decode(&self, addr: u64, len: usize) -> Option<(&SharedPciDevice, usize, u64)> {
-        let end = addr.checked_add(len as u64)?;
-        let m = self
-            .mappings
-            .iter()
-            .find(|m| m.range.start <= addr && end <= m.range.end)?;
-        Some((self.device(m.slot)?, m.bar, addr - m.range.start))
-    }
-
-    /// MMIO read at guest-physical `addr`; `false` if no BAR decodes it.
-    pub fn mmio_read(&self, addr: u64, data: &mut [u8]) -> bool {
-        match self.decode(addr, data.len()) {
-            Some((device, bar, offset)) => {
-                lock(device).read_bar(bar, offset, data);
-                true
-            }
-            None => {
-                data.fill(0xFF);
-                false
-            }
-        }
-    }
-
-    /// MMIO write at guest-physical `addr`; `false` if no BAR decodes it.
-    pub fn mmio_write(&self, addr: u64, data: &[u8]) -> bool {
-        match self.decode(addr, data.len()) {
-            Some((device, bar, offset)) => {
-                lock(device).write_bar(bar, offset, data);
-                true
-            }
-            None => false,
-        }
     }
 }
 
@@ -904,7 +908,7 @@ mod tests {
         root.lock().unwrap().unplug(2).unwrap();
         write32(&mut ports, 0, 0x0C, 0x0000_4000); // the bridge's latency timer
         select(&mut ports, 1, 0);
-        let saved = root.lock().unwrap().save_state();
+        let saved = root.lock().unwrap().save();
         assert_eq!(saved.slots.len(), 2);
         assert!(!saved.slots[1].plugged);
         let function = a.lock().unwrap().config.save_state();
@@ -917,8 +921,8 @@ mod tests {
                 .unwrap()
         };
         fa.lock().unwrap().config = restored;
-        fresh.lock().unwrap().restore_state(saved.clone()).unwrap();
-        assert_eq!(fresh.lock().unwrap().save_state(), saved);
+        fresh.lock().unwrap().restore(saved.clone()).unwrap();
+        assert_eq!(fresh.lock().unwrap().save(), saved);
         let mut ports = PciConfigPorts(fresh.clone());
         let mut window = PciMmioWindow(fresh.clone());
         let mut b = [0u8; 4];
@@ -940,19 +944,19 @@ mod tests {
     fn a_last_slot_only_one_side_has_is_taken_when_it_is_empty_on_the_source() {
         // The source had one slot more, emptied before the save (its VF left): accepted.
         let (root, _, _) = two_slot_bus();
-        let mut saved = root.lock().unwrap().save_state();
+        let mut saved = root.lock().unwrap().save();
         let mut gone = saved.slots[1].clone();
         gone.plugged = false;
         saved.slots.push(gone);
         let (fresh, _, _) = two_slot_bus();
-        fresh.lock().unwrap().restore_state(saved).unwrap();
+        fresh.lock().unwrap().restore(saved).unwrap();
         assert!(fresh.lock().unwrap().is_plugged(2));
         // This bus has one slot more than the source (a VF the source lacked): accepted,
         // and that slot stays empty until it is plugged in.
-        let mut saved = root.lock().unwrap().save_state();
+        let mut saved = root.lock().unwrap().save();
         saved.slots.pop();
         let (fresh, _, _) = two_slot_bus();
-        fresh.lock().unwrap().restore_state(saved).unwrap();
+        fresh.lock().unwrap().restore(saved).unwrap();
         assert!(fresh.lock().unwrap().is_plugged(1));
         assert!(!fresh.lock().unwrap().is_plugged(2));
     }
@@ -960,7 +964,7 @@ mod tests {
     #[test]
     fn a_bus_state_for_other_slots_or_bars_is_refused() {
         let (root, _, _) = two_slot_bus();
-        let saved = root.lock().unwrap().save_state();
+        let saved = root.lock().unwrap().save();
         type Mutation = fn(&mut PciRootState);
         let cases: [(&str, Mutation); 5] = [
             ("slots", |s| {
@@ -978,16 +982,16 @@ mod tests {
             let mut bad = saved.clone();
             mutate(&mut bad);
             let (fresh, _, _) = two_slot_bus();
-            let before = fresh.lock().unwrap().save_state();
-            let err = fresh.lock().unwrap().restore_state(bad).unwrap_err();
+            let before = fresh.lock().unwrap().save();
+            let err = fresh.lock().unwrap().restore(bad).unwrap_err();
             assert!(err.to_string().contains(field), "{err} should name {field}");
-            assert_eq!(fresh.lock().unwrap().save_state(), before);
+            assert_eq!(fresh.lock().unwrap().save(), before);
         }
         // Two functions decoding the same addresses.
         let (fresh, fa, fb) = two_slot_bus();
         let at = fa.lock().unwrap().config.bar_address(4).unwrap();
         fb.lock().unwrap().config.set_bar_address(4, at);
-        let err = fresh.lock().unwrap().restore_state(saved).unwrap_err();
+        let err = fresh.lock().unwrap().restore(saved).unwrap_err();
         assert!(err.to_string().contains("overlaps"), "{err}");
     }
 }

@@ -1,5 +1,5 @@
 //! virtio-console (virtio 1.x, 5.3) with one port: the byte pipe between the control server
-//! ([`crate::control`]) and the guest agent.
+//! (the control plane) and the guest agent.
 //!
 //! Queues: 0 is receiveq (host to guest), 1 is transmitq (guest to host). Offered features:
 //! VERSION_1 and EVENT_IDX only: no console size, no multiport (so no control queues), no
@@ -487,6 +487,7 @@ impl VirtioDevice for Console {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::devices::Persist;
     use crate::devices::pci::PciDevice;
     use crate::devices::pci::msix::{CONTROL_ENABLE, MsixVector};
     use crate::devices::virtio::pci::{IntxLine, MSIX_BAR, VIRTIO_BAR, VirtioPci};
@@ -717,7 +718,7 @@ mod tests {
         g.host_ready(); // "abcd" delivered, "ef" waits for a buffer
         g.add_tx(b"reply", 2);
         g.kick(TX);
-        let saved = g.dev.save_state();
+        let saved = g.dev.save();
         assert_eq!(
             saved.device,
             VirtioDeviceState::Console(ConsoleState {
@@ -726,8 +727,8 @@ mod tests {
             })
         );
         let mut m = Guest::with_memory(g.mem.clone());
-        m.dev.restore_state(saved.clone()).unwrap();
-        assert_eq!(m.dev.save_state(), saved);
+        m.dev.restore(saved.clone()).unwrap();
+        assert_eq!(m.dev.save(), saved);
         (m.next_desc, m.avail_idx) = (g.next_desc, g.avail_idx);
         let b = m.add_rx_buffer(64);
         m.kick(RX);
@@ -746,7 +747,7 @@ mod tests {
             from_guest: Vec::new(),
         });
         let mut fresh = Guest::with_memory(g.mem.clone());
-        assert!(fresh.dev.restore_state(bad).is_err());
+        assert!(fresh.dev.restore(bad).is_err());
         assert_eq!(fresh.status(), 0);
     }
 

@@ -38,7 +38,6 @@ use super::{
     STATUS_NEEDS_RESET, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VirtioDevice,
 };
 use super::{STATUS_ACKNOWLEDGE, STATUS_DRIVER, VirtioDeviceState};
-use crate::devices::DeviceStateError;
 use crate::devices::pci::config::{
     BarInfo, BarKind, COMMAND, COMMAND_INTX_DISABLE, ConfigSpace, ConfigSpaceState, LayoutError,
     PciIds, STATUS, STATUS_INTERRUPT,
@@ -46,6 +45,7 @@ use crate::devices::pci::config::{
 use crate::devices::pci::msix::{self, Msix, MsixState, MsixVector};
 use crate::devices::pci::{MMIO_WINDOW, PciDevice};
 use crate::devices::vm_ops::VmOps;
+use crate::devices::{DeviceStateError, Persist};
 use crate::io_thread::{Interest, IoHandler};
 use crate::memory::GuestMemoryMmap;
 use serde::{Deserialize, Serialize};
@@ -306,205 +306,6 @@ impl<D: VirtioDevice> VirtioPci<D> {
     /// The device model.
     pub fn device(&self) -> &D {
         &self.device
-    }
-
-    /// The function's state for migration (call with the I/O thread paused and the vCPUs
-    /// stopped, so no batch is half done).
-    pub fn save_state(&self) -> VirtioPciState {
-        let positions = self.device.queue_states();
-        let queues = self
-            .queues
-            .iter()
-            .enumerate()
-            .map(|(i, r)| {
-                let p = positions.get(i).filter(|_| self.running);
-                VirtqueueState {
-                    size: r.size,
-                    msix_vector: r.msix_vector,
-                    enabled: r.enabled,
-                    desc: r.desc,
-                    driver: r.driver,
-                    device: r.device,
-                    next_avail: p.map_or(0, |p| p.next_avail),
-                    next_used: p.map_or(0, |p| p.next_used),
-                }
-            })
-            .collect();
-        VirtioPciState {
-            config: self.config.save_state(),
-            msix: self.msix.save_state(),
-            device_feature_select: self.device_feature_select,
-            driver_feature_select: self.driver_feature_select,
-            driver_features: self.driver_features,
-            status: self.status,
-            config_generation: self.config_generation,
-            config_vector: self.config_vector,
-            queue_select: self.queue_select,
-            isr: self.isr,
-            queues,
-            device: self.device.save_device_state(),
-        }
-    }
-
-    /// Applies a saved state to this freshly built function of the same kind: everything is
-    /// checked first (header against this device, MSI-X table size, status and features,
-    /// vector numbers, and for a running device every queue as at DRIVER_OK plus its ring
-    /// positions); an invalid state changes nothing. Then the routes, ioeventfds and INTx
-    /// level follow the restored registers, and a running device looks at its queues once.
-    pub fn restore_state(&mut self, state: VirtioPciState) -> Result<(), DeviceStateError> {
-        let name = self.device.name();
-        let config = self.config.check_state(&state.config, name, &MMIO_WINDOW)?;
-        let status_interrupt = config.read_u16(STATUS) & STATUS_INTERRUPT != 0;
-        self.msix.check_state(&state.msix, name)?;
-        let control = config.read_u16(self.msix_cap + 2)
-            & (msix::CONTROL_ENABLE | msix::CONTROL_FUNCTION_MASK);
-        let wanted = state.msix.control_bits();
-        if control != wanted {
-            return Err(DeviceStateError::invalid(
-                name,
-                "MSI-X control",
-                "the header and the table disagree on enable or mask",
-            ));
-        }
-        let status = state.status;
-        if status & !STATUS_BITS != 0 {
-            return Err(DeviceStateError::invalid(
-                name,
-                "device status",
-                format!("{status:#04x} has undefined bits"),
-            ));
-        }
-        if status & STATUS_FEATURES_OK != 0
-            && (state.driver_features & !self.device.features() != 0
-                || state.driver_features & VIRTIO_F_VERSION_1 == 0)
-        {
-            return Err(DeviceStateError::invalid(
-                name,
-                "driver features",
-                format!(
-                    "{:#x} accepted, the device offers {:#x}",
-                    state.driver_features,
-                    self.device.features()
-                ),
-            ));
-        }
-        let failed = status & (STATUS_NEEDS_RESET | STATUS_FAILED) != 0;
-        if status & STATUS_DRIVER_OK != 0 && status & STATUS_FEATURES_OK == 0 && !failed {
-            return Err(DeviceStateError::invalid(
-                name,
-                "device status",
-                "DRIVER_OK without FEATURES_OK",
-            ));
-        }
-        let running = status & STATUS_DRIVER_OK != 0 && !failed;
-        if state.isr & !(ISR_QUEUE | ISR_CONFIG) != 0 {
-            return Err(DeviceStateError::invalid(
-                name,
-                "ISR",
-                format!("{:#04x}", state.isr),
-            ));
-        }
-        let table = self.msix.len();
-        let vector_ok = |v: u16| v == NO_VECTOR || usize::from(v) < table;
-        if !vector_ok(state.config_vector) {
-            return Err(DeviceStateError::invalid(
-                name,
-                "config MSI-X vector",
-                format!("{} with {table} vectors", state.config_vector),
-            ));
-        }
-        if state.queues.len() != self.queues.len() {
-            return Err(DeviceStateError::mismatch(
-                name,
-                "queues",
-                format!(
-                    "{} saved, this device has {}",
-                    state.queues.len(),
-                    self.queues.len()
-                ),
-            ));
-        }
-        let event_idx = state.driver_features & VIRTIO_RING_F_EVENT_IDX != 0;
-        let mut regs = Vec::with_capacity(self.queues.len());
-        let mut built = Vec::with_capacity(self.queues.len());
-        for (i, (q, mine)) in state.queues.iter().zip(&self.queues).enumerate() {
-            let field = |f: &str| format!("queue {i} {f}");
-            if !vector_ok(q.msix_vector) {
-                return Err(DeviceStateError::invalid(
-                    name,
-                    field("MSI-X vector"),
-                    format!("{} with {table} vectors", q.msix_vector),
-                ));
-            }
-            let r = QueueRegs {
-                max_size: mine.max_size,
-                size: q.size,
-                msix_vector: q.msix_vector,
-                enabled: q.enabled,
-                desc: q.desc,
-                driver: q.driver,
-                device: q.device,
-            };
-            regs.push(r);
-            if !(running && q.enabled) {
-                built.push(None);
-                continue;
-            }
-            let mut queue = r
-                .build(i, &self.mem, event_idx)
-                .map_err(|e| DeviceStateError::invalid(name, field("rings"), e.to_string()))?;
-            let in_flight = q.next_avail.wrapping_sub(q.next_used);
-            if in_flight > q.size {
-                return Err(DeviceStateError::invalid(
-                    name,
-                    field("ring positions"),
-                    format!(
-                        "next_avail {} is more than the queue size {} ahead of next_used {}",
-                        q.next_avail, q.size, q.next_used
-                    ),
-                ));
-            }
-            virtio_queue::QueueT::set_next_avail(&mut queue, q.next_avail);
-            virtio_queue::QueueT::set_next_used(&mut queue, q.next_used);
-            built.push(Some(queue));
-        }
-        self.device.check_device_state(&state.device)?;
-
-        // Everything checked: from a clean reset, the device first (its activate may still
-        // refuse the queue set, e.g. a queue it needs disabled: it stays reset then).
-        self.reset();
-        if running {
-            self.device
-                .activate(self.mem.clone(), state.driver_features, built)
-                .map_err(|e| {
-                    self.device.reset();
-                    DeviceStateError::invalid(name, "queues", e.to_string())
-                })?;
-        }
-        self.device.apply_device_state(state.device);
-        self.config = config;
-        self.msix.restore_state(&state.msix);
-        self.device_feature_select = state.device_feature_select;
-        self.driver_feature_select = state.driver_feature_select;
-        self.driver_features = state.driver_features;
-        self.status = status;
-        self.config_generation = state.config_generation;
-        self.config_vector = state.config_vector;
-        self.queue_select = state.queue_select;
-        self.queues = regs;
-        self.isr = state.isr;
-        self.running = running;
-        self.sync_notify();
-        self.update_intx();
-        // The status bit as the guest last saw it (with MSI-X on it is not kept current).
-        self.config.set_interrupt_status(status_interrupt);
-        if running {
-            // As at DRIVER_OK: buffers made available during the move are picked up.
-            for evt in &self.notify {
-                let _ = evt.write(1);
-            }
-        }
-        Ok(())
     }
 
     /// The device status register.
@@ -907,6 +708,209 @@ impl<D: VirtioDevice> VirtioPci<D> {
             && offset.is_multiple_of(len as u64)
             && offset + len as u64 <= size)
             .then_some((bar, offset, len))
+    }
+}
+
+impl<D: VirtioDevice> Persist for VirtioPci<D> {
+    type State = VirtioPciState;
+
+    /// The function's state for migration (call with the I/O thread paused and the vCPUs
+    /// stopped, so no batch is half done).
+    fn save(&self) -> VirtioPciState {
+        let positions = self.device.queue_states();
+        let queues = self
+            .queues
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let p = positions.get(i).filter(|_| self.running);
+                VirtqueueState {
+                    size: r.size,
+                    msix_vector: r.msix_vector,
+                    enabled: r.enabled,
+                    desc: r.desc,
+                    driver: r.driver,
+                    device: r.device,
+                    next_avail: p.map_or(0, |p| p.next_avail),
+                    next_used: p.map_or(0, |p| p.next_used),
+                }
+            })
+            .collect();
+        VirtioPciState {
+            config: self.config.save_state(),
+            msix: self.msix.save_state(),
+            device_feature_select: self.device_feature_select,
+            driver_feature_select: self.driver_feature_select,
+            driver_features: self.driver_features,
+            status: self.status,
+            config_generation: self.config_generation,
+            config_vector: self.config_vector,
+            queue_select: self.queue_select,
+            isr: self.isr,
+            queues,
+            device: self.device.save_device_state(),
+        }
+    }
+
+    /// Applies a saved state to this freshly built function of the same kind: everything is
+    /// checked first (header against this device, MSI-X table size, status and features,
+    /// vector numbers, and for a running device every queue as at DRIVER_OK plus its ring
+    /// positions); an invalid state changes nothing. Then the routes, ioeventfds and INTx
+    /// level follow the restored registers, and a running device looks at its queues once.
+    fn restore(&mut self, state: VirtioPciState) -> Result<(), DeviceStateError> {
+        let name = self.device.name();
+        let config = self.config.check_state(&state.config, name, &MMIO_WINDOW)?;
+        let status_interrupt = config.read_u16(STATUS) & STATUS_INTERRUPT != 0;
+        self.msix.check_state(&state.msix, name)?;
+        let control = config.read_u16(self.msix_cap + 2)
+            & (msix::CONTROL_ENABLE | msix::CONTROL_FUNCTION_MASK);
+        let wanted = state.msix.control_bits();
+        if control != wanted {
+            return Err(DeviceStateError::invalid(
+                name,
+                "MSI-X control",
+                "the header and the table disagree on enable or mask",
+            ));
+        }
+        let status = state.status;
+        if status & !STATUS_BITS != 0 {
+            return Err(DeviceStateError::invalid(
+                name,
+                "device status",
+                format!("{status:#04x} has undefined bits"),
+            ));
+        }
+        if status & STATUS_FEATURES_OK != 0
+            && (state.driver_features & !self.device.features() != 0
+                || state.driver_features & VIRTIO_F_VERSION_1 == 0)
+        {
+            return Err(DeviceStateError::invalid(
+                name,
+                "driver features",
+                format!(
+                    "{:#x} accepted, the device offers {:#x}",
+                    state.driver_features,
+                    self.device.features()
+                ),
+            ));
+        }
+        let failed = status & (STATUS_NEEDS_RESET | STATUS_FAILED) != 0;
+        if status & STATUS_DRIVER_OK != 0 && status & STATUS_FEATURES_OK == 0 && !failed {
+            return Err(DeviceStateError::invalid(
+                name,
+                "device status",
+                "DRIVER_OK without FEATURES_OK",
+            ));
+        }
+        let running = status & STATUS_DRIVER_OK != 0 && !failed;
+        if state.isr & !(ISR_QUEUE | ISR_CONFIG) != 0 {
+            return Err(DeviceStateError::invalid(
+                name,
+                "ISR",
+                format!("{:#04x}", state.isr),
+            ));
+        }
+        let table = self.msix.len();
+        let vector_ok = |v: u16| v == NO_VECTOR || usize::from(v) < table;
+        if !vector_ok(state.config_vector) {
+            return Err(DeviceStateError::invalid(
+                name,
+                "config MSI-X vector",
+                format!("{} with {table} vectors", state.config_vector),
+            ));
+        }
+        if state.queues.len() != self.queues.len() {
+            return Err(DeviceStateError::mismatch(
+                name,
+                "queues",
+                format!(
+                    "{} saved, this device has {}",
+                    state.queues.len(),
+                    self.queues.len()
+                ),
+            ));
+        }
+        let event_idx = state.driver_features & VIRTIO_RING_F_EVENT_IDX != 0;
+        let mut regs = Vec::with_capacity(self.queues.len());
+        let mut built = Vec::with_capacity(self.queues.len());
+        for (i, (q, mine)) in state.queues.iter().zip(&self.queues).enumerate() {
+            let field = |f: &str| format!("queue {i} {f}");
+            if !vector_ok(q.msix_vector) {
+                return Err(DeviceStateError::invalid(
+                    name,
+                    field("MSI-X vector"),
+                    format!("{} with {table} vectors", q.msix_vector),
+                ));
+            }
+            let r = QueueRegs {
+                max_size: mine.max_size,
+                size: q.size,
+                msix_vector: q.msix_vector,
+                enabled: q.enabled,
+                desc: q.desc,
+                driver: q.driver,
+                device: q.device,
+            };
+            regs.push(r);
+            if !(running && q.enabled) {
+                built.push(None);
+                continue;
+            }
+            let mut queue = r
+                .build(i, &self.mem, event_idx)
+                .map_err(|e| DeviceStateError::invalid(name, field("rings"), e.to_string()))?;
+            let in_flight = q.next_avail.wrapping_sub(q.next_used);
+            if in_flight > q.size {
+                return Err(DeviceStateError::invalid(
+                    name,
+                    field("ring positions"),
+                    format!(
+                        "next_avail {} is more than the queue size {} ahead of next_used {}",
+                        q.next_avail, q.size, q.next_used
+                    ),
+                ));
+            }
+            virtio_queue::QueueT::set_next_avail(&mut queue, q.next_avail);
+            virtio_queue::QueueT::set_next_used(&mut queue, q.next_used);
+            built.push(Some(queue));
+        }
+        self.device.check_device_state(&state.device)?;
+
+        // Everything checked: from a clean reset, the device first (its activate may still
+        // refuse the queue set, e.g. a queue it needs disabled: it stays reset then).
+        self.reset();
+        if running {
+            self.device
+                .activate(self.mem.clone(), state.driver_features, built)
+                .map_err(|e| {
+                    self.device.reset();
+                    DeviceStateError::invalid(name, "queues", e.to_string())
+                })?;
+        }
+        self.device.apply_device_state(state.device);
+        self.config = config;
+        self.msix.restore_state(&state.msix);
+        self.device_feature_select = state.device_feature_select;
+        self.driver_feature_select = state.driver_feature_select;
+        self.driver_features = state.driver_features;
+        self.status = status;
+        self.config_generation = state.config_generation;
+        self.config_vector = state.config_vector;
+        self.queue_select = state.queue_select;
+        self.queues = regs;
+        self.isr = state.isr;
+        self.running = running;
+        self.sync_notify();
+        self.update_intx();
+        // The status bit as the guest last saw it (with MSI-X on it is not kept current).
+        self.config.set_interrupt_status(status_interrupt);
+        if running {
+            // As at DRIVER_OK: buffers made available during the move are picked up.
+            for evt in &self.notify {
+                let _ = evt.write(1);
+            }
+        }
+        Ok(())
     }
 }
 

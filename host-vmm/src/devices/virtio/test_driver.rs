@@ -7,6 +7,7 @@ use super::net::backend::{MemBackend, MemPeer, mem_pair};
 use super::net::{HEADER_LEN, Net, RX, TX};
 use super::pci::{IntxLine, MSIX_BAR, VIRTIO_BAR, VirtioPci};
 use super::{STATUS_ACKNOWLEDGE, STATUS_DRIVER, STATUS_DRIVER_OK, STATUS_FEATURES_OK};
+use crate::devices::Persist;
 use crate::devices::pci::PciDevice;
 use crate::devices::pci::msix::{CONTROL_ENABLE, MsixVector};
 use crate::devices::vm_ops::RecordingVmOps;
@@ -101,9 +102,7 @@ impl Driver {
     /// guest driver's own bookkeeping (which lives in guest RAM and vCPU state) carried over.
     pub fn migrated(&self) -> Driver {
         let mut to = Driver::with_memory(self.mem.clone());
-        to.dev
-            .restore_state(self.dev.save_state())
-            .expect("restore");
+        to.dev.restore(self.dev.save()).expect("restore");
         to.next_desc = self.next_desc;
         to.avail_idx = self.avail_idx;
         to

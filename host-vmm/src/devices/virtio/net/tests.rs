@@ -9,6 +9,7 @@ use super::super::test_driver::{BUFFERS, Driver, QSIZE, RAM, rings};
 use super::super::{STATUS_NEEDS_RESET, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
 use super::*;
 use crate::devices::DeviceStateError;
+use crate::devices::Persist;
 use crate::devices::pci::PciDevice;
 use crate::io_thread::IoThread;
 use std::sync::{Arc, Mutex};
@@ -617,7 +618,7 @@ fn migration_round(features: u64) {
     d.peer.inject(&frame(62, 3));
     d.backend_ready();
     assert_eq!(d.used_idx(RX), 3);
-    let saved = d.dev.save_state();
+    let saved = d.dev.save();
     let VirtioDeviceState::Net(net) = &saved.device else {
         panic!("not a net state");
     };
@@ -633,11 +634,7 @@ fn migration_round(features: u64) {
     );
 
     let mut m = d.migrated();
-    assert_eq!(
-        m.dev.save_state(),
-        saved,
-        "save, restore, save: the same state"
-    );
+    assert_eq!(m.dev.save(), saved, "save, restore, save: the same state");
     assert_eq!(m.status(), d.status());
     // Host wiring from the restored registers: ioeventfds at the moved BAR, MSI-X routes.
     assert_eq!(m.vm.recorded().ioevents, vec![0xD000_3000, 0xD000_3004]);
@@ -693,7 +690,7 @@ fn frames_waiting_in_the_backend_during_a_move_travel_with_the_state() {
         d.peer.inject(&frame(60 + usize::from(seed), seed));
     }
     assert_eq!(d.dev.device_mut().hold_backend_frames(), 3);
-    let saved = d.dev.save_state();
+    let saved = d.dev.save();
     let VirtioDeviceState::Net(net) = &saved.device else {
         panic!("not a net state");
     };
@@ -729,9 +726,9 @@ fn a_device_never_started_restores_as_it_was() {
     let mut d = Driver::new();
     d.negotiate(FEATURES);
     d.setup_queue(RX, 8, 0);
-    let saved = d.dev.save_state();
+    let saved = d.dev.save();
     let m = d.migrated();
-    assert_eq!(m.dev.save_state(), saved);
+    assert_eq!(m.dev.save(), saved);
     assert!(m.dev.device().queue_states().is_none());
 }
 
@@ -739,22 +736,18 @@ fn restore_fails(mutate: impl FnOnce(&mut VirtioPciState), field: &str) {
     let mut d = running();
     d.add_rx_buffer(2048);
     d.kick(RX);
-    let mut state = d.dev.save_state();
+    let mut state = d.dev.save();
     mutate(&mut state);
     let mut fresh = Driver::with_memory(d.mem.clone());
-    let before = fresh.dev.save_state();
-    let err = fresh.dev.restore_state(state).unwrap_err();
+    let before = fresh.dev.save();
+    let err = fresh.dev.restore(state).unwrap_err();
     let named = match &err {
         DeviceStateError::Invalid { field, .. } | DeviceStateError::Mismatch { field, .. } => {
             field.clone()
         }
     };
     assert!(named.contains(field), "{err} should name {field}");
-    assert_eq!(
-        fresh.dev.save_state(),
-        before,
-        "{err}: the device is unchanged"
-    );
+    assert_eq!(fresh.dev.save(), before, "{err}: the device is unchanged");
 }
 
 #[test]
@@ -827,7 +820,7 @@ mod state_props {
         let mut d = running();
         d.add_rx_buffer(2048);
         d.kick(RX);
-        (d.dev.save_state(), d.mem.clone())
+        (d.dev.save(), d.mem.clone())
     }
 
     proptest! {
@@ -861,8 +854,8 @@ mod state_props {
                 *b = byte.1;
             }
             let mut fresh = Driver::with_memory(mem);
-            if fresh.dev.restore_state(s.clone()).is_ok() {
-                let got = fresh.dev.save_state();
+            if fresh.dev.restore(s.clone()).is_ok() {
+                let got = fresh.dev.save();
                 for q in 0..2 {
                     prop_assert!(vectors[q] == NO_VECTOR_U16 || vectors[q] < 3);
                     prop_assert_eq!(got.queues[q].size, sizes[q]);

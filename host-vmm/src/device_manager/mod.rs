@@ -1,0 +1,498 @@
+//! The device manager: owns every device model of a VM, the order they are attached in
+//! (which is their PCI slot order), the order they are saved and restored in, the buses the
+//! vCPU reaches them through, and their host resources (TAPs, interrupt eventfds).
+//!
+//! Adding a device: its model goes in a folder of its own under `devices/` (mod, state,
+//! tests) and implements [`Persist`]; then one `add_*` registration below
+//! ([`DeviceManager::build`]) attaches it, wires its interrupts and registers it for
+//! migration. Nothing else changes: saving and restoring go through [`persisted`].
+//!
+//! Attach order: COM1 and the debug-exit port, the PCI host bridge, then virtio-net,
+//! virtio-console (the guest agent's channel) and the VF, last because it is the one device
+//! that may be absent on a migration's other side and later slots must not move because of
+//! it. Restore order: PCI functions, then the bus (it reads the functions' restored headers),
+//! then the platform devices.
+
+pub mod announce;
+pub mod persisted;
+
+pub use persisted::{DeviceSection, DevicesState};
+
+use crate::config::{DeviceConfig, NetConfig, VfConfig};
+use crate::devices::debug_exit::{DEBUG_EXIT_BASE, DEBUG_EXIT_LEN, DebugExit, ExitRequest};
+use crate::devices::ixgbevf::{Ixgbevf, IxgbevfHandler, VfError, VfHandle};
+use crate::devices::pci::msix::MsixVector;
+use crate::devices::pci::{self, PciConfigPorts, PciError, PciMmioWindow, PciRoot};
+use crate::devices::serial::{COM1_BASE, COM1_IRQ, COM1_LEN, SerialDevice};
+use crate::devices::virtio::console::{Console, HostPort};
+use crate::devices::virtio::net::Net;
+use crate::devices::virtio::pci::{IntxLine, TransportError, VirtioPci};
+use crate::devices::{Bus, BusError, DeviceStateError};
+use crate::io_thread::IoHandler;
+use crate::kvm::KvmError;
+use crate::kvm::routing::FIRST_MSI_GSI;
+use crate::kvm::vm::Vm;
+use crate::memory::GuestRam;
+use crate::tap::{Tap, TapError};
+use persisted::Persisted;
+use std::fs::File;
+use std::io::Write;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use vmm_sys_util::eventfd::EventFd;
+
+/// virtio-net on a TAP, shared between the buses and the I/O thread.
+pub type SharedNet = Arc<Mutex<VirtioPci<Net<Tap>>>>;
+/// The emulated VF on a TAP, and the operator's handle on it.
+pub type SharedVf = Arc<VfHandle<Tap>>;
+
+/// MSI-X vectors of the virtio-net card: one per queue and one for configuration changes.
+const NET_MSIX_VECTORS: usize = 3;
+/// MSI-X vectors of the virtio-console: receiveq and configuration changes (the guest
+/// reclaims transmit buffers when it sends).
+const CONSOLE_MSIX_VECTORS: usize = 2;
+/// MSI-X vectors of the VF, as on a real 82599 VF: two queue pairs and "other".
+const VF_MSIX_VECTORS: usize = drivers::ixgbevf::regs::MSIX_VECTORS as usize;
+/// IOAPIC pin of device 1's INTA; device `n` gets pin 16 + (n - 1) % 8 (the pins no ISA
+/// device uses, routed to the IOAPIC only).
+const PCI_INTX_FIRST_GSI: u32 = 16;
+
+fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Why the devices could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    /// A TAP could not be opened.
+    #[error(transparent)]
+    Tap(#[from] TapError),
+    /// An interrupt eventfd or a TAP writer could not be created.
+    #[error("cannot create an eventfd: {0}")]
+    EventFd(#[source] std::io::Error),
+    /// KVM refused an irqfd.
+    #[error(transparent)]
+    Kvm(#[from] KvmError),
+    /// A device could not be placed on a bus.
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    /// A PCI device could not be attached.
+    #[error(transparent)]
+    Pci(#[from] PciError),
+    /// A virtio transport could not be built.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// The emulated VF could not be built.
+    #[error(transparent)]
+    Vf(#[from] VfError),
+}
+
+/// Why a migration's device states could not be applied here.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    /// One side has a device the other has not.
+    #[error(
+        "the source {} {device} but this host-vmm {}: give it the same devices as the source",
+        if *source_has { "has" } else { "has no" },
+        if *source_has { "has not" } else { "has" }
+    )]
+    DeviceSet {
+        /// Which device, as the operator names it.
+        device: String,
+        /// Whether the source has it.
+        source_has: bool,
+    },
+    /// A device refused its state.
+    #[error(transparent)]
+    Device(#[from] DeviceStateError),
+}
+
+/// The devices' host resources, opened before any KVM work so bad input fails first.
+#[derive(Debug)]
+pub struct Opened {
+    tap: Option<Tap>,
+    vf_tap: Option<Tap>,
+}
+
+impl Opened {
+    /// Opens the TAPs of `config`.
+    pub fn open(config: &DeviceConfig) -> Result<Opened, DeviceError> {
+        Ok(Opened {
+            tap: config.net.as_ref().map(|n| Tap::open(&n.tap)).transpose()?,
+            vf_tap: config.vf.as_ref().map(|v| Tap::open(&v.tap)).transpose()?,
+        })
+    }
+}
+
+/// Where saving and restoring reach a device, and in which stage it is restored.
+struct Registered {
+    id: &'static str,
+    /// How the operator names it (for errors).
+    what: &'static str,
+    stage: Stage,
+    device: Arc<dyn Persisted>,
+}
+
+/// Restore stages, in order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Stage {
+    PciFunction,
+    PciBus,
+    Platform,
+}
+
+/// Every device of one VM.
+pub struct DeviceManager {
+    pio: Bus,
+    mmio: Bus,
+    exit_request: ExitRequest,
+    net: Option<SharedNet>,
+    vf: Option<SharedVf>,
+    agent_port: Mutex<Option<HostPort>>,
+    /// In attach order.
+    registered: Vec<Registered>,
+    /// Writers on the NICs' TAPs and the guest's MAC, for announcing the guest after a move.
+    announce: Vec<(File, [u8; 6])>,
+}
+
+impl std::fmt::Debug for DeviceManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ids: Vec<_> = self.registered.iter().map(|r| r.id).collect();
+        f.debug_struct("DeviceManager")
+            .field("devices", &ids)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What building the devices leaves for the VM: the manager and the I/O thread's handlers.
+pub struct Built {
+    /// The devices.
+    pub devices: DeviceManager,
+    /// Device work for the I/O thread (empty: no thread needed).
+    pub handlers: Vec<Box<dyn IoHandler>>,
+}
+
+/// Building state: where the next MSI-X GSI comes from, the PCI bus, the handlers.
+struct Builder<'a> {
+    vm: &'a Vm,
+    ram: &'a GuestRam,
+    pci: Arc<Mutex<PciRoot>>,
+    msi_gsis: std::ops::Range<u32>,
+    handlers: Vec<Box<dyn IoHandler>>,
+    manager: DeviceManager,
+}
+
+impl DeviceManager {
+    /// Builds the devices of `config` on `vm` (opened TAPs in `opened`), with the guest's
+    /// serial output going to `console`.
+    pub fn build(
+        vm: &Vm,
+        ram: &GuestRam,
+        config: &DeviceConfig,
+        opened: Opened,
+        console: Box<dyn Write + Send>,
+    ) -> Result<Built, DeviceError> {
+        let mut b = Builder::platform(vm, ram, console)?;
+        // Registrations, in attach (= slot) order. A new device is one line here.
+        if let (Some(net), Some(tap)) = (&config.net, opened.tap) {
+            b.add_net(net, tap)?;
+        }
+        if config.agent {
+            b.add_console()?;
+        }
+        if let (Some(vf), Some(tap)) = (&config.vf, opened.vf_tap) {
+            b.add_vf(vf, tap)?;
+        }
+        Ok(Built {
+            devices: b.manager,
+            handlers: b.handlers,
+        })
+    }
+
+    /// The port I/O bus.
+    pub fn pio(&self) -> &Bus {
+        &self.pio
+    }
+
+    /// The MMIO bus.
+    pub fn mmio(&self) -> &Bus {
+        &self.mmio
+    }
+
+    /// The guest's exit status, once it wrote one.
+    pub fn exit_status(&self) -> Option<u8> {
+        self.exit_request.status()
+    }
+
+    /// The operator's handle on the VF, when the VM has one.
+    pub fn vf(&self) -> Option<&SharedVf> {
+        self.vf.as_ref()
+    }
+
+    /// The host end of the guest agent's console port (once: its reader takes it).
+    pub fn take_agent_port(&self) -> Option<HostPort> {
+        lock(&self.agent_port).take()
+    }
+
+    /// Every device's state (the vCPU stopped and the I/O thread paused).
+    pub fn save(&self) -> Result<DevicesState, DeviceStateError> {
+        let sections = self
+            .registered
+            .iter()
+            .map(|r| r.device.save(r.id))
+            .collect::<Result<_, _>>()?;
+        Ok(DevicesState { sections })
+    }
+
+    /// Applies a source's device states, stage by stage. Each device checks its state
+    /// before changing anything; a device either side lacks is refused unless it may be
+    /// absent (a VF unplugged before the move, or one the source never had).
+    pub fn restore(&self, state: &DevicesState) -> Result<(), RestoreError> {
+        for (i, s) in state.sections.iter().enumerate() {
+            if state.sections[..i].iter().any(|o| o.id == s.id) {
+                return Err(DeviceStateError::invalid(
+                    "device manager",
+                    format!("section {}", s.id),
+                    "appears twice",
+                )
+                .into());
+            }
+            if s.needed && !self.registered.iter().any(|r| r.id == s.id) {
+                return Err(RestoreError::DeviceSet {
+                    device: s.id.clone(),
+                    source_has: true,
+                });
+            }
+        }
+        let mut order: Vec<&Registered> = self.registered.iter().collect();
+        order.sort_by_key(|r| r.stage);
+        for r in order {
+            match state.sections.iter().find(|s| s.id == r.id) {
+                Some(s) => r.device.restore(r.id, &s.bytes)?,
+                None if r.device.absent_at_source() => {}
+                None => {
+                    return Err(RestoreError::DeviceSet {
+                        device: r.what.to_owned(),
+                        source_has: false,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// With the guest paused for a move: takes the frames waiting on virtio-net's TAP into
+    /// the device, so they move with its state (or reach the guest here after a rollback)
+    /// instead of being dropped with the TAP. Returns how many it holds.
+    pub fn hold_net_frames(&self) -> usize {
+        self.net
+            .as_ref()
+            .map_or(0, |n| lock(n).device_mut().hold_backend_frames())
+    }
+
+    /// After a rolled-back move: lets virtio-net deliver what it held.
+    pub fn kick_net(&self) {
+        if let Some(n) = &self.net {
+            lock(n).kick_queues();
+        }
+    }
+
+    /// Sends the guest's MAC from the TAP it arrives on (virtio-net's, else the VF's) as
+    /// QEMU's announce-self does (a broadcast RARP), so the L2 learns the new port before
+    /// the guest speaks. Returns how many frames went out.
+    pub fn announce(&self) -> usize {
+        let mut sent = 0;
+        for (file, mac) in &self.announce {
+            match (&*file).write_all(&announce::rarp(*mac)) {
+                Ok(()) => sent += 1,
+                Err(e) => log::warn!("announce: frame not sent: {e}"),
+            }
+        }
+        sent
+    }
+}
+
+impl<'a> Builder<'a> {
+    /// COM1, the debug-exit port and the PCI host bridge: what every VM has.
+    fn platform(
+        vm: &'a Vm,
+        ram: &'a GuestRam,
+        console: Box<dyn Write + Send>,
+    ) -> Result<Self, DeviceError> {
+        let exit_request = ExitRequest::default();
+        let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(DeviceError::EventFd)?;
+        vm.register_irqfd(&serial_irq, COM1_IRQ)?;
+        let serial = Arc::new(Mutex::new(SerialDevice::new(serial_irq, console)));
+        let mut pio = Bus::new("pio");
+        pio.insert(COM1_BASE, COM1_LEN, "serial", serial.clone())?;
+        pio.insert(
+            DEBUG_EXIT_BASE,
+            DEBUG_EXIT_LEN,
+            "debug-exit",
+            Arc::new(Mutex::new(DebugExit::new(exit_request.clone()))),
+        )?;
+        // The PCI host bridge is always there (no syscalls: it costs the boot nothing).
+        let pci = Arc::new(Mutex::new(PciRoot::new()));
+        pio.insert(
+            pci::CONFIG_PORT_BASE,
+            pci::CONFIG_PORT_LEN,
+            "pci-config",
+            Arc::new(Mutex::new(PciConfigPorts(pci.clone()))),
+        )?;
+        let mut mmio = Bus::new("mmio");
+        mmio.insert(
+            pci::MMIO_WINDOW.start,
+            pci::MMIO_WINDOW.end - pci::MMIO_WINDOW.start,
+            "pci-window",
+            Arc::new(Mutex::new(PciMmioWindow(pci.clone()))),
+        )?;
+        let registered = vec![
+            Registered {
+                id: "serial",
+                what: "COM1",
+                stage: Stage::Platform,
+                device: serial,
+            },
+            Registered {
+                id: "pci",
+                what: "the PCI bus",
+                stage: Stage::PciBus,
+                device: pci.clone(),
+            },
+        ];
+        Ok(Builder {
+            vm,
+            ram,
+            pci,
+            msi_gsis: FIRST_MSI_GSI..u32::MAX,
+            handlers: Vec::new(),
+            manager: DeviceManager {
+                pio,
+                mmio,
+                exit_request,
+                net: None,
+                vf: None,
+                agent_port: Mutex::new(None),
+                registered,
+                announce: Vec::new(),
+            },
+        })
+    }
+
+    /// `count` MSI-X vectors on fresh GSIs, each with an irqfd KVM injects from.
+    fn msix_vectors(&mut self, count: usize) -> Result<Vec<MsixVector>, DeviceError> {
+        let mut vectors = Vec::with_capacity(count);
+        for gsi in self.msi_gsis.by_ref().take(count) {
+            let irqfd = EventFd::new(libc::EFD_NONBLOCK).map_err(DeviceError::EventFd)?;
+            self.vm.register_irqfd(&irqfd, gsi)?;
+            vectors.push(MsixVector { gsi, irqfd });
+        }
+        Ok(vectors)
+    }
+
+    /// The INTA line of the next PCI device.
+    fn next_intx(&self) -> IntxLine {
+        let device_number = lock(&self.pci).device_count() as u32;
+        let gsi = PCI_INTX_FIRST_GSI + (device_number.saturating_sub(1) % 8);
+        IntxLine { gsi: gsi as u8 }
+    }
+
+    fn register(&mut self, id: &'static str, what: &'static str, device: Arc<dyn Persisted>) {
+        self.manager.registered.push(Registered {
+            id,
+            what,
+            stage: Stage::PciFunction,
+            device,
+        });
+    }
+
+    /// virtio-net on `tap`.
+    fn add_net(&mut self, config: &NetConfig, tap: Tap) -> Result<(), DeviceError> {
+        let writer = tap.writer().map_err(DeviceError::EventFd)?;
+        let vectors = self.msix_vectors(NET_MSIX_VECTORS)?;
+        let intx = self.next_intx();
+        let device = VirtioPci::new(
+            Net::new(tap, config.mac.octets()),
+            self.ram.memory().clone(),
+            self.vm.device_ops(),
+            vectors,
+            Some(intx),
+        )?;
+        let device = Arc::new(Mutex::new(device));
+        let slot = lock(&self.pci).add_device(device.clone())?;
+        log::info!(
+            "virtio-net: PCI 00:{slot:02x}.0, MAC {}, TAP {}, INTA on GSI {}",
+            config.mac,
+            config.tap,
+            intx.gsi
+        );
+        self.handlers.push(Box::new(VirtioPci::io_handler(&device)));
+        self.manager.announce.push((writer, config.mac.octets()));
+        self.manager.net = Some(device.clone());
+        self.register("virtio-net", "virtio-net (--net)", device);
+        Ok(())
+    }
+
+    /// The virtio-console the guest agent talks over.
+    fn add_console(&mut self) -> Result<(), DeviceError> {
+        let vectors = self.msix_vectors(CONSOLE_MSIX_VECTORS)?;
+        let intx = self.next_intx();
+        let (console, port) = Console::new().map_err(DeviceError::EventFd)?;
+        let device = VirtioPci::new(
+            console,
+            self.ram.memory().clone(),
+            self.vm.device_ops(),
+            vectors,
+            Some(intx),
+        )?;
+        let device = Arc::new(Mutex::new(device));
+        let slot = lock(&self.pci).add_device(device.clone())?;
+        log::info!(
+            "virtio-console: PCI 00:{slot:02x}.0 (guest agent), INTA on GSI {}",
+            intx.gsi
+        );
+        self.handlers.push(Box::new(VirtioPci::io_handler(&device)));
+        *lock(&self.manager.agent_port) = Some(port);
+        self.register(
+            "virtio-console",
+            "the guest agent's channel (an API socket)",
+            device,
+        );
+        Ok(())
+    }
+
+    /// The emulated 82599 VF on `tap` (MSI-X only: VFs have no INTx).
+    fn add_vf(&mut self, config: &VfConfig, tap: Tap) -> Result<(), DeviceError> {
+        // Announced from the VF's TAP only without virtio-net: a guest that arrives runs on
+        // virtio-net until its agent re-attaches the VF (and announces there itself);
+        // pointing the L2 at the VF's port earlier lost frames.
+        if self.manager.announce.is_empty() {
+            let writer = tap.writer().map_err(DeviceError::EventFd)?;
+            self.manager.announce.push((writer, config.mac.octets()));
+        }
+        let vectors = self.msix_vectors(VF_MSIX_VECTORS)?;
+        // Not trusted, as a PF leaves a VF whose MAC the administrator set.
+        let device = Ixgbevf::new(
+            tap,
+            config.mac.octets(),
+            false,
+            self.ram.memory().clone(),
+            self.vm.device_ops(),
+            vectors,
+        )?;
+        let device = Arc::new(Mutex::new(device));
+        let slot = lock(&self.pci).add_device(device.clone())?;
+        log::info!(
+            "ixgbevf: PCI 00:{slot:02x}.0, MAC {}, TAP {}",
+            config.mac,
+            config.tap
+        );
+        self.handlers.push(Box::new(IxgbevfHandler::new(&device)));
+        self.manager.vf = Some(Arc::new(VfHandle::new(
+            device.clone(),
+            self.pci.clone(),
+            slot,
+        )));
+        self.register("ixgbevf", "a plugged-in VF (--vf)", device);
+        Ok(())
+    }
+}
