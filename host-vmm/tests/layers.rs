@@ -50,7 +50,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "vmm",
         ],
     ),
-    ("api", &["events"]),
+    ("api", &["config", "devices", "events", "migration"]),
     (
         "control",
         &[
