@@ -16,14 +16,17 @@
 //! let stack = netstack::Stack::new(dev, net_config, now);
 //! ```
 //!
-//! `unsafe` lives only in [`hal`] (register access and the DMA buffers lent to devices).
+//! `unsafe` lives only in [`hal`] (register access and the DMA buffers lent to devices): the
+//! crate denies `unsafe_code` everywhere else.
 //! Everything a device reports (BARs, capabilities, descriptor tokens, lengths) is checked
 //! before use; a bad value is an error or a dropped frame, never a panic.
 
 #![cfg_attr(not(test), no_std)]
+#![deny(unsafe_code)]
 
 extern crate alloc;
 
+#[allow(unsafe_code)]
 pub mod hal;
 pub mod ixgbevf;
 pub mod net;

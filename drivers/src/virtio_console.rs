@@ -13,13 +13,12 @@
 //! A device that has given up (DEVICE_NEEDS_RESET) would never take them: `send` checks the
 //! status first and refuses.
 
+use crate::hal::virtio::RootAccess;
 use crate::hal::{self, Mmio, RegisterIo};
 use crate::pci::bar::{self, Bar, BarError, Window};
 use crate::pci::{self, Bdf, ConfigAccess};
 use crate::virtio_net::transport::{Notify, RoamTransport, common};
-use crate::virtio_net::{
-    Interrupt, InterruptRequest, RootAccess, Structures, region, setup_interrupts,
-};
+use crate::virtio_net::{Interrupt, InterruptRequest, Structures, region, setup_interrupts};
 use core::fmt;
 use virtio_drivers::Hal;
 use virtio_drivers::device::console::VirtIOConsole;

@@ -33,6 +33,11 @@
 // The guest-only parts need the guest target; on the host only the pure logic builds, so
 // `cargo test -p kernel` and host clippy work whatever features other crates unify.
 #![cfg_attr(not(test), no_std)]
+// `unsafe` lives only in the modules allowed below (ARCHITECTURE.md, "Where unsafe may
+// live"): the CPU (`arch`), the `sys_*` functions that take raw pointers by definition
+// (`abi`), the heap, the drivers' HAL and the one-CPU lock. Everything else is safe code
+// over them.
+#![deny(unsafe_code)]
 
 pub mod bootinfo;
 pub mod clock;
@@ -42,14 +47,18 @@ pub mod memmap;
 pub mod status;
 
 #[cfg(target_os = "none")]
+#[allow(unsafe_code)]
 mod abi;
 #[cfg(target_os = "none")]
+#[allow(unsafe_code)]
 pub mod arch;
 #[cfg(target_os = "none")]
 mod boot;
 #[cfg(target_os = "none")]
+#[allow(unsafe_code)]
 mod hal;
 #[cfg(target_os = "none")]
+#[allow(unsafe_code)]
 pub mod heap;
 #[cfg(target_os = "none")]
 mod logger;
@@ -58,6 +67,7 @@ mod net;
 #[cfg(target_os = "none")]
 mod serial;
 #[cfg(target_os = "none")]
+#[allow(unsafe_code)]
 mod sync;
 #[cfg(target_os = "none")]
 mod timer;

@@ -12,7 +12,7 @@ pinging a little longer, then prints from ping's own log:
 
   longest_gap_ms   the longest time between two consecutive echo replies, over the move's
                    window: silences ending from --lead/2 before the move to the end
-  gap_ms           that less one interval: the network downtime as ../shared/DESIGN.md
+  gap_ms           that less one interval: the network downtime as docs/measuring.md
                    defines it
   gap_from_s       when the longest gap began, seconds from the move's start (negative:
                    before it)

@@ -10,6 +10,8 @@ pub mod artifacts;
 pub mod bench;
 pub mod ctl;
 pub mod demo;
+#[cfg(test)]
+mod hygiene;
 pub mod migrate;
 pub mod net;
 pub mod pingd;

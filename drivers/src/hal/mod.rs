@@ -3,8 +3,8 @@
 //! This is the only module of the crate with `unsafe` code (ARCHITECTURE.md). It owns:
 //! - [`RegisterIo`], the small register-access trait the drivers program against, and
 //!   [`Mmio`], its implementation over a mapped device region (`mmio`);
-//! - the receive and transmit buffer rings that lend DMA memory to virtio-net's queues
-//!   (`virtio`);
+//! - the receive and transmit buffer rings that lend DMA memory to virtio-net's queues, and
+//!   the PCI configuration access handed to virtio-drivers (`virtio`);
 //! - [`dma`]: the [`Dma`] allocator and [`Delay`] traits for drivers that run their own
 //!   descriptor rings (ixgbevf), and `DmaArea`, the ring and buffers lent to such a device.
 //!

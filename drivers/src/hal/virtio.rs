@@ -1,4 +1,6 @@
-//! virtio-net's DMA edge: the receive and transmit buffers lent to `VirtIONetRaw`'s queues.
+//! The virtio devices' edge with virtio-drivers: the receive and transmit buffers lent to
+//! virtio-net's `VirtIONetRaw` queues, and [`RootAccess`], our configuration access as
+//! virtio-drivers' PCI code wants it (its trait has an `unsafe` method, hence here).
 //!
 //! [`NetQueues`] owns the device driver and two slabs of DMA memory, one slot per queue
 //! entry. A receive slot is either posted to the device, or lent to the stack between one
@@ -9,10 +11,12 @@
 //! a token it was never given is declared broken and no longer used.
 
 use crate::net::Stats;
+use crate::pci::{Bdf, ConfigAccess};
 use crate::virtio_net::transport::RoamTransport;
 use core::marker::PhantomData;
 use core::ptr::NonNull;
 use virtio_drivers::device::net::VirtIONetRaw;
+use virtio_drivers::transport::pci::bus::{ConfigurationAccess, DeviceFunction};
 use virtio_drivers::{BufferDirection, Error as VirtioError, Hal, PAGE_SIZE, PhysAddr};
 
 /// Entries per virtqueue, and buffers per direction.
@@ -22,6 +26,33 @@ pub const BUFFER_LEN: usize = 2048;
 const SLAB_PAGES: usize = QUEUE_SIZE * BUFFER_LEN / PAGE_SIZE;
 /// "No slot" in the token tables.
 const NO_SLOT: u16 = u16::MAX;
+
+/// virtio-drivers' view of our configuration access (virtio-net and virtio-console probe
+/// through its `PciRoot`).
+#[derive(Clone, Debug)]
+pub(crate) struct RootAccess<C>(pub(crate) C);
+
+impl<C: ConfigAccess + Clone> ConfigurationAccess for RootAccess<C> {
+    fn read_word(&self, df: DeviceFunction, register_offset: u8) -> u32 {
+        match Bdf::new(df.bus, df.device, df.function) {
+            Some(bdf) => self.0.read32(bdf, register_offset),
+            None => u32::MAX,
+        }
+    }
+
+    fn write_word(&mut self, df: DeviceFunction, register_offset: u8, data: u32) {
+        if let Some(bdf) = Bdf::new(df.bus, df.device, df.function) {
+            self.0.write32(bdf, register_offset, data);
+        }
+    }
+
+    /// # Safety
+    /// None needed beyond the trait's: configuration access is stateless port I/O, so a
+    /// clone is as good as the original.
+    unsafe fn unsafe_clone(&self) -> Self {
+        self.clone()
+    }
+}
 
 /// The device driver with our queue size and transport.
 pub(crate) type Raw<H> = VirtIONetRaw<H, RoamTransport, QUEUE_SIZE>;

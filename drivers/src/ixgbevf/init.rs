@@ -1,5 +1,5 @@
-//! Bring-up, top to bottom (spec §5, as Linux's ixgbevf does it, for one queue pair): stop,
-//! reset, mailbox RESET (permanent MAC), API negotiation, GET_QUEUES, transmit queue,
+//! Bring-up, top to bottom (`docs/ixgbevf.md` §5, as Linux's ixgbevf does it, for one queue pair):
+//! stop, reset, mailbox RESET (permanent MAC), API negotiation, GET_QUEUES, transmit queue,
 //! SET_LPE, receive queue, interrupt routing, SET_MAC_ADDR, GET_LINK_STATE, interrupts on.
 
 use super::regs::{
@@ -19,7 +19,7 @@ const ENABLE_POLLS: u32 = 10;
 const ENABLE_POLL_US: u32 = 1000;
 /// Polls of RXDCTL.ENABLE clearing before the ring is reprogrammed (Linux: 10 × 10 µs).
 const DISABLE_POLL_US: u32 = 10;
-/// API versions we speak, newest first: only the legacy mailbox (spec §4).
+/// API versions we speak, newest first: only the legacy mailbox (`docs/ixgbevf.md` §4).
 const APIS: [u32; 4] = [mbx::API_13, mbx::API_12, mbx::API_11, mbx::API_10];
 /// Largest frame on the wire, header and FCS included (SET_LPE at MTU 1500).
 const MAX_WIRE_FRAME: u32 = 1518;

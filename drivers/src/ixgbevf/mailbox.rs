@@ -1,4 +1,4 @@
-//! The VF side of the legacy PF↔VF mailbox (spec §3): VFMAILBOX with its read-to-clear
+//! The VF side of the legacy PF↔VF mailbox (`docs/ixgbevf.md` §3): VFMAILBOX with its read-to-clear
 //! shadow, and VFMBMEM.
 //!
 //! VFMAILBOX's PFSTS, PFACK and RSTD bits clear when read, and one read often carries several

@@ -1,5 +1,5 @@
 //! Intel 82599 SR-IOV virtual function (ixgbevf): our own driver, behind [`NetDevice`]
-//! (../shared/spec/ixgbevf.md, §5 and §9 for the driver).
+//! (`docs/ixgbevf.md`, §5 and §9 for the driver).
 //!
 //! One receive and one transmit queue (queue 0), 32 descriptors each with 2 KiB buffers,
 //! MSI-X only (entry 0: queue 0, entry 1: mailbox and link), the legacy mailbox with API 1.3
@@ -178,8 +178,8 @@ pub struct Ixgbevf<R: RegisterIo, D: Dma> {
 }
 
 impl<R: RegisterIo, D: Dma> Ixgbevf<R, D> {
-    /// Resets the VF and brings it up (spec §5): `io` is its register BAR, `dma` gives the
-    /// ring memory (two allocations of 66 KiB), `delay` paces the bounded polls of the
+    /// Resets the VF and brings it up (`docs/ixgbevf.md` §5): `io` is its register BAR, `dma` gives
+    /// the ring memory (two allocations of 66 KiB), `delay` paces the bounded polls of the
     /// bring-up. MSI-X must already be set up ([`VfFunction::enable_msix`]) for interrupts to
     /// arrive, though the driver works polled as well.
     pub fn new(
@@ -232,8 +232,8 @@ impl<R: RegisterIo, D: Dma> Ixgbevf<R, D> {
     }
 
     /// Checks the VF after its "other" interrupt, and every second or so anyway (as Linux's
-    /// watchdog does; spec §7): removal (VFSTATUS all ones), PF resets, PF messages (link
-    /// changes, clear-to-send), and VFLINKS. A few register accesses; never waits.
+    /// watchdog does; `docs/ixgbevf.md` §7): removal (VFSTATUS all ones), PF resets, PF messages
+    /// (link changes, clear-to-send), and VFLINKS. A few register accesses; never waits.
     pub fn service(&mut self) -> VfEvents {
         if self.removed {
             return VfEvents::default();
@@ -279,7 +279,7 @@ impl<R: RegisterIo, D: Dma> Ixgbevf<R, D> {
     }
 
     /// A message the PF posted: CTS means "in good standing"; without it the link is down,
-    /// and NACK without CTS asks the VF to reset (spec §7).
+    /// and NACK without CTS asks the VF to reset (`docs/ixgbevf.md` §7).
     fn pf_message(&mut self, word: u32) {
         self.pf_cts = word & mbx::CTS != 0;
         if !self.pf_cts && word & mbx::NACK != 0 {

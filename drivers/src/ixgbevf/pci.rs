@@ -1,4 +1,4 @@
-//! Finding the VF on PCI (spec §1): IDs, the register BAR, bus mastering and MSI-X.
+//! Finding the VF on PCI (`docs/ixgbevf.md` §1): IDs, the register BAR, bus mastering and MSI-X.
 //!
 //! The kernel maps what [`probe`] returns (the register region as the driver's
 //! [`RegisterIo`], the MSI-X table region for [`VfFunction::enable_msix`]), so this module

@@ -1,5 +1,5 @@
 //! The 82599 VF's register map, mailbox protocol and descriptor layout: one definition for
-//! our driver and for host-vmm's device model (../shared/spec/ixgbevf.md §1–§6).
+//! our driver and for host-vmm's device model (`docs/ixgbevf.md` §1–§6).
 //!
 //! Plain constants and small pure helpers only; nothing here touches hardware.
 
@@ -206,7 +206,7 @@ pub const TXD_POPTS_TXSM: u32 = 1 << 9;
 /// TX olinfo_status: PAYLEN shift.
 pub const TXD_PAYLEN_SHIFT: u32 = 14;
 
-/// Mailbox messages and reply flags (spec §4).
+/// Mailbox messages and reply flags (`docs/ixgbevf.md` §4).
 pub mod mbx {
     /// Reply flag: success.
     pub const ACK: u32 = 0x8000_0000;

@@ -1,4 +1,4 @@
-//! Receive queue 0: advanced one-buffer descriptors (spec §6), one 2 KiB buffer per
+//! Receive queue 0: advanced one-buffer descriptors (`docs/ixgbevf.md` §6), one 2 KiB buffer per
 //! descriptor, fixed for the ring's life (descriptor `i` always uses buffer slot `i`).
 //!
 //! Ownership around the ring, in order: the device owns `[next, tail)` (armed, some perhaps

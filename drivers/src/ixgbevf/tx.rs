@@ -1,5 +1,5 @@
-//! Transmit queue 0: one advanced data descriptor per frame (spec §6: DTYP data, DEXT, IFCS,
-//! EOP, RS; PAYLEN = frame length), one 2 KiB buffer per descriptor (descriptor `i` always
+//! Transmit queue 0: one advanced data descriptor per frame (`docs/ixgbevf.md` §6: DTYP data, DEXT,
+//! IFCS, EOP, RS; PAYLEN = frame length), one 2 KiB buffer per descriptor (descriptor `i` always
 //! uses buffer slot `i`).
 //!
 //! The driver owns `[tail, clean)` (free, always at least one descriptor so `TDH == TDT`

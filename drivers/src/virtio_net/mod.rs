@@ -14,7 +14,7 @@ pub(crate) mod transport;
 
 pub use crate::hal::virtio::QueueError;
 
-use crate::hal::virtio::{NetQueues, QUEUE_SIZE, Raw, TxQueue};
+use crate::hal::virtio::{NetQueues, QUEUE_SIZE, Raw, RootAccess, TxQueue};
 use crate::hal::{self, Mmio, RegisterIo};
 use crate::net::{Capabilities, Events, MacAddress, NetDevice, RxToken, Stats, TxToken};
 use crate::pci::bar::{self, Bar, BarError, Window};
@@ -25,7 +25,7 @@ use core::fmt;
 use transport::{Notify, RoamTransport, Vectors, common};
 use virtio_drivers::Hal;
 use virtio_drivers::transport::InterruptStatus;
-use virtio_drivers::transport::pci::bus::{ConfigurationAccess, DeviceFunction, PciRoot};
+use virtio_drivers::transport::pci::bus::{DeviceFunction, PciRoot};
 use virtio_drivers::transport::pci::{PciTransport, VirtioPciError};
 
 /// The virtio PCI vendor ID.
@@ -179,32 +179,6 @@ pub(crate) fn region(
         .flatten()
         .and_then(|b| b.region(u64::from(structure.offset), u64::from(structure.length)))
         .ok_or(ProbeError::StructureOutsideBar(name))
-}
-
-/// virtio-drivers' view of our configuration access.
-#[derive(Clone, Debug)]
-pub(crate) struct RootAccess<C>(pub(crate) C);
-
-impl<C: ConfigAccess + Clone> ConfigurationAccess for RootAccess<C> {
-    fn read_word(&self, df: DeviceFunction, register_offset: u8) -> u32 {
-        match Bdf::new(df.bus, df.device, df.function) {
-            Some(bdf) => self.0.read32(bdf, register_offset),
-            None => u32::MAX,
-        }
-    }
-
-    fn write_word(&mut self, df: DeviceFunction, register_offset: u8, data: u32) {
-        if let Some(bdf) = Bdf::new(df.bus, df.device, df.function) {
-            self.0.write32(bdf, register_offset, data);
-        }
-    }
-
-    /// # Safety
-    /// None needed beyond the trait's: configuration access is stateless port I/O, so a
-    /// clone is as good as the original.
-    unsafe fn unsafe_clone(&self) -> Self {
-        self.clone()
-    }
 }
 
 /// A virtio-net device brought up and ready to carry frames.

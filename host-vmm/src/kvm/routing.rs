@@ -1,7 +1,7 @@
 //! Interrupt routing, INTx levels and ioeventfds for devices: [`KvmVmOps`] implements
 //! [`crate::devices::VmOps`] over the VM fd.
 //!
-//! `KVM_SET_GSI_ROUTING` replaces the whole table (KVM-NOTES, gotcha 3), so this module owns
+//! `KVM_SET_GSI_ROUTING` replaces the whole table (docs/kvm.md §8.3), so this module owns
 //! the table: KVM's default routes for the irqchip (GSI 0–15 to both PICs and the IOAPIC,
 //! 16–23 to the IOAPIC only, which the serial port's GSI 4 and PCI INTx pins rely on) plus
 //! one MSI route per GSI a device asked for. Every change rewrites the lot. Nothing calls

@@ -33,7 +33,7 @@
 //! 2. `KVM_SET_FPU`, then `KVM_SET_XSAVE` (the superset wins), `KVM_SET_XCRS`,
 //!    `KVM_SET_DEBUGREGS`;
 //! 3. `KVM_SET_LAPIC` (after sregs, see above; it also resets the LAPIC timer);
-//! 4. `KVM_SET_MSRS`, after the LAPIC and sregs (KVM-NOTES gotcha 4): `IA32_TSC_DEADLINE`
+//! 4. `KVM_SET_MSRS`, after the LAPIC and sregs (docs/kvm.md §8.4): `IA32_TSC_DEADLINE`
 //!    only arms a timer once the LAPIC is in TSC-deadline mode, `IA32_TSC` goes first so the
 //!    deadline is relative to the restored TSC, and the x2APIC MSRs need the APIC mode;
 //! 5. `KVM_SET_VCPU_EVENTS` last, so nothing after it can clobber a pending event.

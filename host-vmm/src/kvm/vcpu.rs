@@ -232,7 +232,7 @@ impl Vcpu {
 
     /// Finishes a port or MMIO access KVM is still waiting to complete (the last exit was
     /// [`VcpuExit::Io`] or [`VcpuExit::Mmio`]) with `KVM_RUN` under `immediate_exit`, so that
-    /// saved state is consistent (KVM-NOTES gotcha 4); a no-op `EINTR` otherwise. Leaves
+    /// saved state is consistent (docs/kvm.md §8.4); a no-op `EINTR` otherwise. Leaves
     /// `immediate_exit` set: the vCPU stays paused.
     pub fn complete_pending_io(&mut self, pio: &Bus, mmio: &Bus) -> Result<(), KvmError> {
         self.set_immediate_exit(true);

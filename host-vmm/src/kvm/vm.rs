@@ -1,6 +1,6 @@
-//! The VM: created, given its RAM, then its in-kernel irqchip, in the order KVM-NOTES
-//! (gotcha 3) measured to be fast: `KVM_SET_USER_MEMORY_REGION` after `KVM_CREATE_IRQCHIP`
-//! stalls for milliseconds.
+//! The VM: created, given its RAM, then its in-kernel irqchip, in the order measured to be
+//! fast (docs/kvm.md §8.3): `KVM_SET_USER_MEMORY_REGION` after `KVM_CREATE_IRQCHIP` stalls
+//! for milliseconds.
 
 use super::routing::KvmVmOps;
 use super::vcpu::{Vcpu, VcpuCaps};

@@ -21,7 +21,7 @@ pub fn rdrand() -> Option<u64> {
     let value: u64;
     let ok: u8;
     // SAFETY: RDRAND writes only its destination register and CF; callers check CPUID first,
-    // so the instruction exists (it is emulated correctly here, see KVM-NOTES.md).
+    // so the instruction exists (it is emulated correctly here, see docs/kvm.md §3).
     unsafe {
         asm!("rdrand {v}", "setc {ok}", v = out(reg) value, ok = out(reg_byte) ok, options(nomem, nostack))
     };

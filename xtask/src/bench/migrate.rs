@@ -25,7 +25,7 @@ pub const DEFAULT_MOVES: u32 = 3;
 /// Guest sizes, MiB.
 pub const SIZES_MIB: [u32; 3] = [64, 256, 1024];
 /// Ping interval: 10 ms, not 1 ms, because guest code is emulated here (one echo costs the
-/// guest ~1 ms), as ../shared/DESIGN.md says to do and to say.
+/// guest ~1 ms), as docs/measuring.md §1 says to do and to say.
 pub const PING_INTERVAL: Duration = Duration::from_millis(10);
 /// Pinging before a move starts (seconds).
 const LEAD: f64 = 1.0;
@@ -155,7 +155,7 @@ pub struct MoveFigures {
 }
 
 impl MoveFigures {
-    /// The network gap: the longest silence less one ping interval (../shared/DESIGN.md).
+    /// The network gap: the longest silence less one ping interval (docs/measuring.md §1).
     pub fn gap_ms(&self) -> Option<f64> {
         self.longest_gap_ms
             .map(|g| (g - PING_INTERVAL.as_secs_f64() * 1e3).max(0.0))

@@ -1,8 +1,8 @@
-//! The VF's interrupt registers (spec §2, §7): causes map to MSI-X vectors through VTIVAR and
-//! VTIVAR_MISC; raising vector `v` sets VTEICR bit `v`, and if VTEIMS enables it the message
-//! is sent (the MSI-X table's own mask may still hold it in the PBA), after which VTEIAC
-//! clears the cause and VTEIAM the enable. A cause left pending goes out when VTEIMS enables
-//! it later.
+//! The VF's interrupt registers (`docs/ixgbevf.md` §2, §7): causes map to MSI-X vectors through
+//! VTIVAR and VTIVAR_MISC; raising vector `v` sets VTEICR bit `v`, and if VTEIMS enables it the
+//! message is sent (the MSI-X table's own mask may still hold it in the PBA), after which VTEIAC
+//! clears the cause and VTEIAM the enable. A cause left pending goes out when VTEIMS enables it
+//! later.
 //!
 //! Pure register logic: sending is a callback (`send(v)` returns whether MSI-X took it), so
 //! these rules are tested without any MSI-X state.

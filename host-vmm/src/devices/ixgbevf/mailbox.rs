@@ -1,4 +1,4 @@
-//! The VF mailbox with the PF's side played by the model (spec §3, §4).
+//! The VF mailbox with the PF's side played by the model (`docs/ixgbevf.md` §3, §4).
 //!
 //! VFMAILBOX bits: REQ and ACK are write-only strobes; VFU is the VF's lock (the PF never
 //! holds PFU here, since it answers synchronously); PFSTS, PFACK and RSTD are set by the PF

@@ -1,7 +1,7 @@
 //! An emulated Intel 82599 SR-IOV virtual function (ixgbevf), with the PF's side of the
 //! mailbox played by the model.
 //!
-//! - **82599 VF** (`host-vmm run --vf tap=NAME[,mac=MAC]`, ../shared/spec/ixgbevf.md §1–§8):
+//! - **82599 VF** (`host-vmm run --vf tap=NAME[,mac=MAC]`, `docs/ixgbevf.md` §1–§8):
 //!   8086:10ED revision 1, subsystem 8086:000C, class 02/00, no INTx (interrupt pin 0, as
 //!   on real VFs), MSI-X only. BAR 0 (16 KiB, 64-bit): the VF registers. BAR 3 (16 KiB,
 //!   64-bit): MSI-X table at 0 (3 vectors), PBA at 0x2000. One capability: MSI-X. The PF

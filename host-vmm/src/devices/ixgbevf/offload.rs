@@ -1,4 +1,4 @@
-//! Transmit offloads done in software (spec §6): IPv4 header checksum (IXSM), TCP/UDP
+//! Transmit offloads done in software (`docs/ixgbevf.md` §6): IPv4 header checksum (IXSM), TCP/UDP
 //! checksum and SCTP CRC32c (TXSM), and TCP segmentation (TSE) over IPv4 and IPv6.
 //!
 //! Offsets come from the packet's context descriptor: MACLEN, IPLEN, L4LEN, MSS, the IPv4

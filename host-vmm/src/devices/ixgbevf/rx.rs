@@ -1,4 +1,4 @@
-//! Receive: one frame into RX queue descriptors (spec §6).
+//! Receive: one frame into RX queue descriptors (`docs/ixgbevf.md` §6).
 //!
 //! The device owns [RDH, RDT). A frame takes as many descriptors as it needs at SRRCTL's
 //! packet-buffer size (2 KiB when the field is 0); each gets the advanced one-buffer

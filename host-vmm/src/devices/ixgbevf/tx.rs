@@ -1,5 +1,5 @@
 //! Transmit: walk a TX queue from TDH to TDT and send what the descriptors describe
-//! (spec §6).
+//! (`docs/ixgbevf.md` §6).
 //!
 //! Context descriptors (advanced, DTYP 0010) fill one of the queue's two context slots.
 //! Data descriptors (advanced, DTYP 0011) and legacy descriptors (DEXT clear) are gathered
