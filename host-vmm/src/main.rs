@@ -10,6 +10,7 @@ use host_vmm::vmm::Vmm;
 use host_vmm::{
     Cmdline, DeviceConfig, EXIT_NO_GUEST_STATUS, EXIT_VMM_FAILED, MemSize, Outcome, RunConfig,
 };
+use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -245,10 +246,11 @@ fn main() -> ExitCode {
     }
 }
 
-/// The control plane and, with `--api-socket`, its API server (bound first: a path in use
-/// is bad input too).
+/// The control plane and, with `--api-socket`, its API socket: bound at once (a path in
+/// use is bad input too), served from [`ControlPlane::serve`].
 struct ControlPlane {
     controller: Arc<Controller>,
+    listener: Option<(UnixListener, PathBuf)>,
     // Dropped before the controller: stops serving and removes the socket.
     server: Option<ApiServer>,
 }
@@ -264,25 +266,31 @@ impl ControlPlane {
                 .with_context(|| format!("--event-monitor {}", path.display()))?,
             None => EventMonitor::none(),
         };
-        let controller = Controller::new(mode, events);
-        let server = match api_socket {
-            Some(path) => {
-                let listener = host_vmm::api::bind(&path)?;
-                Some(ApiServer::start(
-                    listener,
-                    path,
-                    Arc::new(ApiBackend::new(controller.clone())),
-                )?)
-            }
+        let listener = match api_socket {
+            Some(path) => Some((host_vmm::api::bind(&path)?, path)),
             None => None,
         };
-        Ok(ControlPlane { controller, server })
+        Ok(ControlPlane {
+            controller: Controller::new(mode, events),
+            listener,
+            server: None,
+        })
+    }
+
+    /// Starts answering API requests.
+    fn serve(&mut self) -> anyhow::Result<()> {
+        if let Some((listener, path)) = self.listener.take() {
+            let backend = Arc::new(ApiBackend::new(self.controller.clone()));
+            self.server = Some(ApiServer::start(listener, path, backend)?);
+        }
+        Ok(())
     }
 }
 
 /// `host-vmm --api-socket PATH`: no VM until the API says so; runs until `vmm.shutdown`.
 fn serve(api_socket: PathBuf, event_monitor: Option<PathBuf>) -> anyhow::Result<Outcome> {
-    let plane = ControlPlane::start(Mode::Api, Some(api_socket), event_monitor)?;
+    let mut plane = ControlPlane::start(Mode::Api, Some(api_socket), event_monitor)?;
+    plane.serve()?;
     if let Some(server) = &plane.server {
         eprintln!("host-vmm: API on {}", server.path().display());
     }
@@ -311,9 +319,12 @@ fn run(
         cmdline,
         devices: devices.clone(),
     };
-    let plane = ControlPlane::start(Mode::Cli, api_socket, event_monitor)?;
+    let mut plane = ControlPlane::start(Mode::Cli, api_socket, event_monitor)?;
     let vmm = Vmm::new(&config, Box::new(std::io::stdout()))?;
-    let outcome = plane.controller.run(vmm, Some(config), devices, false);
+    // Served once the VM is there: a request never finds it half built.
+    let adopted = plane.controller.adopt(vmm, Some(config), devices, false);
+    plane.serve()?;
+    let outcome = adopted.run();
     drop(plane);
     outcome.map_err(|e| anyhow::anyhow!(e))
 }
@@ -345,7 +356,8 @@ fn receive(
         args.vf.as_deref(),
         api_socket.is_some(),
     )?;
-    let plane = ControlPlane::start(Mode::Cli, api_socket, event_monitor)?;
+    let mut plane = ControlPlane::start(Mode::Cli, api_socket, event_monitor)?;
+    plane.serve()?;
     let local = plane
         .controller
         .receive_migration(&listen, devices)

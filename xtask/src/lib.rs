@@ -6,6 +6,7 @@
 
 #![deny(unsafe_code)]
 
+pub mod api;
 pub mod artifacts;
 pub mod bench;
 pub mod ctl;

@@ -271,11 +271,23 @@ impl Controller {
     /// goes through the post-arrival path first.
     pub fn run(
         self: &Arc<Self>,
-        mut vmm: Vmm,
+        vmm: Vmm,
         config: Option<RunConfig>,
         devices: DeviceConfig,
         arrived: bool,
     ) -> Result<Outcome, String> {
+        self.adopt(vmm, config, devices, arrived).run()
+    }
+
+    /// Makes `vmm` the controller's VM (API requests reach it from now on); its vCPU runs
+    /// once [`Adopted::run`] is called.
+    pub fn adopt(
+        self: &Arc<Self>,
+        vmm: Vmm,
+        config: Option<RunConfig>,
+        devices: DeviceConfig,
+        arrived: bool,
+    ) -> Adopted {
         let machine = vmm.machine().clone();
         let agent = machine
             .devices
@@ -298,7 +310,21 @@ impl Controller {
         } else {
             self.events.emit("vm", "booted", &[]);
         }
-        let outcome = vmm.run().map_err(|e| e.to_string());
+        Adopted {
+            controller: self.clone(),
+            vmm,
+            config,
+            devices,
+        }
+    }
+
+    /// Records how the VM's run ended.
+    fn ended(
+        &self,
+        outcome: Result<Outcome, String>,
+        config: Option<RunConfig>,
+        devices: DeviceConfig,
+    ) -> Result<Outcome, String> {
         let what = match &outcome {
             Ok(Outcome::GuestExit(status)) => format!("guest exit {status}"),
             Ok(Outcome::GuestStopped(stop)) => stop.to_string(),
@@ -307,7 +333,6 @@ impl Controller {
             Err(e) => e.clone(),
         };
         self.events.emit("vm", "shutdown", &[("reason", what)]);
-        drop(vmm);
         let mut inner = lock(&self.inner);
         inner.slot = Slot::Ended {
             outcome: outcome.clone(),
@@ -741,6 +766,24 @@ impl Controller {
         result.map_err(|e| OpError::Conflict(e.to_string()))?;
         self.events.emit("vf", event, &[]);
         Ok(vf.state())
+    }
+}
+
+/// A VM the controller serves, ready to run on the caller's thread.
+pub struct Adopted {
+    controller: Arc<Controller>,
+    vmm: Vmm,
+    config: Option<RunConfig>,
+    devices: DeviceConfig,
+}
+
+impl Adopted {
+    /// Runs the vCPU on this thread until the guest exits, stops, moves away or is shut
+    /// down; the controller then knows how it ended.
+    pub fn run(mut self) -> Result<Outcome, String> {
+        let outcome = self.vmm.run().map_err(|e| e.to_string());
+        drop(self.vmm);
+        self.controller.ended(outcome, self.config, self.devices)
     }
 }
 
