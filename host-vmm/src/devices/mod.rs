@@ -8,8 +8,21 @@
 //! gets all-ones reads, ignored writes or a failed device, never a host crash.
 //!
 //! [`pci`] is the PCI bus (host bridge, configuration space, MSI-X); [`virtio`] the virtio
-//! 1.x PCI transport and the network device on it. [`state`] is what migration saves of
-//! them (each model's `save_state`/`restore_state`).
+//! 1.x PCI transport and the network and console devices on it; [`ixgbevf`] the emulated
+//! 82599 VF; [`serial`] COM1 and [`debug_exit`] the exit port. What migration saves of a
+//! model is its [`Persist`] state.
+//!
+//! Adding a device: a folder of its own here, laid out as the others: `mod.rs` the model,
+//! `state.rs` its saved state as plain data (the serde structs, re-exported from `mod.rs`),
+//! `tests.rs` its unit tests (`#[cfg(test)] mod tests;`), and topic files as it grows. The
+//! model implements [`Persist`], and [`BusDevice`] if it sits on the port or MMIO bus or
+//! [`pci::PciDevice`] if it is a PCI function (a virtio device implements
+//! [`virtio::VirtioDevice`] and goes behind [`virtio::pci::VirtioPci`]). Then one `add_*`
+//! method in [`crate::device_manager`], called from
+//! [`DeviceManager::build`](crate::device_manager::DeviceManager::build), attaches it (a PCI
+//! slot, or a range on a bus), gives it its interrupts (MSI-X vectors on irqfds, an INTx
+//! line), hands its handler to the I/O thread and registers it for migration under an id;
+//! saving and restoring need nothing more.
 
 pub mod bus;
 pub mod debug_exit;

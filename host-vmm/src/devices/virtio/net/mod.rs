@@ -19,10 +19,20 @@
 //! without a driver does.
 //!
 //! Migration state ([`NetState`]): the MAC (which must match the destination's), the link
-//! status and the frame held for want of a receive buffer, if any (so it is not lost).
-//! Queue positions are the transport's.
+//! status, the frame held for want of a receive buffer, if any (so it is not lost), and the
+//! frames taken from the backend while the guest was paused for the move. Queue positions
+//! are the transport's.
+//!
+//! Layout: this file is the device; `state.rs` holds [`NetState`], [`backend`] the
+//! [`NetBackend`] trait the frames go through, and `tests.rs` the unit tests.
 
 pub mod backend;
+mod state;
+
+#[cfg(test)]
+mod tests;
+
+pub use state::NetState;
 
 use super::queue::{self, Direction, Segment};
 use super::{
@@ -32,7 +42,6 @@ use super::{
 use crate::devices::DeviceStateError;
 use crate::memory::GuestMemoryMmap;
 use backend::NetBackend;
-use serde::{Deserialize, Serialize};
 use std::io;
 use std::os::fd::RawFd;
 use virtio_queue::Queue;
@@ -71,20 +80,6 @@ pub struct NetMetrics {
     pub tx_bytes: u64,
     /// Frames the backend refused.
     pub tx_dropped: u64,
-}
-
-/// virtio-net's own migration state.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NetState {
-    /// The MAC address (the destination's must be the same).
-    pub mac: [u8; 6],
-    /// Link status.
-    pub link_up: bool,
-    /// A received frame (without header) still waiting for a receive chain.
-    pub rx_pending: Option<Vec<u8>>,
-    /// Frames taken from the backend while the guest was paused for a move (see
-    /// [`Net::hold_backend_frames`]), delivered first, in order.
-    pub rx_backlog: Vec<Vec<u8>>,
 }
 
 /// Most frames a move carries from the source's backend to the destination.
@@ -479,6 +474,3 @@ impl<B: NetBackend> VirtioDevice for Net<B> {
         self.receive()
     }
 }
-
-#[cfg(test)]
-mod tests;

@@ -28,27 +28,38 @@
 //! `next_used`), plus the device's own part. Event-index use follows from the negotiated
 //! features; notification suppression (`avail_event`, the used ring's NO_NOTIFY flag) lives
 //! in guest RAM and moves with it. Whether the device runs follows from the status
-//! (DRIVER_OK without NEEDS_RESET or FAILED). [`VirtioPci::restore_state`] rebuilds the
-//! host side from those: MSI-X routes, the notify ioeventfds at the restored BAR 4 address,
-//! the INTx level, and the device's queues, checked as at DRIVER_OK.
+//! (DRIVER_OK without NEEDS_RESET or FAILED). Restoring ([`VirtioPci`]'s
+//! [`Persist::restore`]) rebuilds the host side from those: MSI-X routes, the notify
+//! ioeventfds at the restored BAR 4 address, the INTx level, and the device's queues,
+//! checked as at DRIVER_OK.
+//!
+//! Layout: this file is the transport (the PCI function and its I/O-thread handler);
+//! `state.rs` holds [`VirtioPciState`] and [`VirtqueueState`] as plain data, and `tests.rs`
+//! the unit tests.
+
+mod state;
+
+#[cfg(test)]
+mod tests;
+
+pub use state::{VirtioPciState, VirtqueueState};
 
 use super::queue::QueueRegs;
 use super::{
     GuestError, NO_VECTOR, QueueSet, STATUS_DRIVER_OK, STATUS_FAILED, STATUS_FEATURES_OK,
     STATUS_NEEDS_RESET, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VirtioDevice,
 };
-use super::{STATUS_ACKNOWLEDGE, STATUS_DRIVER, VirtioDeviceState};
+use super::{STATUS_ACKNOWLEDGE, STATUS_DRIVER};
 use crate::devices::pci::config::{
-    BarInfo, BarKind, COMMAND, COMMAND_INTX_DISABLE, ConfigSpace, ConfigSpaceState, LayoutError,
-    PciIds, STATUS, STATUS_INTERRUPT,
+    BarInfo, BarKind, COMMAND, COMMAND_INTX_DISABLE, ConfigSpace, LayoutError, PciIds, STATUS,
+    STATUS_INTERRUPT,
 };
-use crate::devices::pci::msix::{self, Msix, MsixState, MsixVector};
+use crate::devices::pci::msix::{self, Msix, MsixVector};
 use crate::devices::pci::{MMIO_WINDOW, PciDevice};
 use crate::devices::vm_ops::VmOps;
 use crate::devices::{DeviceStateError, Persist};
 use crate::io_thread::{Interest, IoHandler};
 use crate::memory::GuestMemoryMmap;
-use serde::{Deserialize, Serialize};
 use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex, PoisonError};
 use vmm_sys_util::eventfd::EventFd;
@@ -101,56 +112,6 @@ const COMMON_LEN: u64 = 0x3C;
 pub struct IntxLine {
     /// The IOAPIC pin (GSI).
     pub gsi: u8,
-}
-
-/// One queue's registers and ring positions for migration.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct VirtqueueState {
-    /// Size the driver chose.
-    pub size: u16,
-    /// MSI-X vector for used buffers.
-    pub msix_vector: u16,
-    /// queue_enable.
-    pub enabled: bool,
-    /// Descriptor table address.
-    pub desc: u64,
-    /// Driver area (available ring) address.
-    pub driver: u64,
-    /// Device area (used ring) address.
-    pub device: u64,
-    /// Next available-ring entry the device takes (0 while the device does not run).
-    pub next_avail: u16,
-    /// Next used-ring entry the device fills (0 while the device does not run).
-    pub next_used: u16,
-}
-
-/// A virtio PCI function's migration state (see the module documentation).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct VirtioPciState {
-    /// The configuration header.
-    pub config: ConfigSpaceState,
-    /// MSI-X table and pending bits.
-    pub msix: MsixState,
-    /// device_feature_select.
-    pub device_feature_select: u32,
-    /// driver_feature_select.
-    pub driver_feature_select: u32,
-    /// Features the driver accepted.
-    pub driver_features: u64,
-    /// device_status.
-    pub status: u8,
-    /// config_generation.
-    pub config_generation: u8,
-    /// config_msix_vector.
-    pub config_vector: u16,
-    /// queue_select.
-    pub queue_select: u16,
-    /// The ISR.
-    pub isr: u8,
-    /// Per queue.
-    pub queues: Vec<VirtqueueState>,
-    /// The device's own part.
-    pub device: VirtioDeviceState,
 }
 
 /// Every device status bit the specification defines.
@@ -1063,6 +1024,3 @@ impl<D: VirtioDevice> IoHandler for VirtioPciHandler<D> {
         }
     }
 }
-
-#[cfg(test)]
-mod tests;
