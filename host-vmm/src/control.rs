@@ -5,8 +5,8 @@
 //!   `vf remove|add`) and how their results print;
 //! - [`server`]: the thread serving the socket, one request per connection: guest commands
 //!   go to the guest agent, VF commands to the VF model through [`VfOperator`];
-//! - [`agent`]: the host side of the guest-agent protocol (migration-client's
-//!   `protocol`, over the virtio-console port): sequence numbers, timeout, late replies;
+//! - [`agent`]: the host side of the guest-agent protocol (`agent_proto`, over the
+//!   virtio-console port): sequence numbers, timeout, late replies;
 //! - [`client`]: `host-vmm ctl PATH COMMAND...`.
 //!
 //! ```text

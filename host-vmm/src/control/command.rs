@@ -4,7 +4,7 @@
 
 use super::VfState;
 use crate::migration::target::Address;
-use migration_client::protocol::{Nic, NicStatus, Prepared, Resumed, Status};
+use agent_proto::{Nic, NicStatus, Prepared, Resumed, Status};
 use std::fmt::{self, Write};
 
 /// The commands, as usage errors list them.

@@ -16,7 +16,7 @@ use super::{VfOpError, VfOperator};
 use crate::devices::virtio::console::HostPort;
 use crate::migration::source::{self, Agent as _};
 use crate::vmm::Machine;
-use migration_client::protocol::{Reply, Request};
+use agent_proto::{Reply, Request, Status};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileTypeExt;
@@ -392,7 +392,7 @@ impl Handler {
         }
     }
 
-    fn ask(&mut self, request: Request) -> Result<migration_client::Status, CommandError> {
+    fn ask(&mut self, request: Request) -> Result<Status, CommandError> {
         match self.agent.call(request)? {
             Reply::Status(status) => Ok(status),
             Reply::Prepared(_) => Err(CommandError::UnexpectedReply("PREPARE reply")),
@@ -455,7 +455,7 @@ mod tests {
     use super::super::test_guest::{self, FakeNics};
     use super::super::{VfState, client};
     use super::*;
-    use migration_client::protocol::{self as proto, MAX_FRAME, Nic};
+    use agent_proto::{MAX_FRAME, Nic};
     use std::sync::Mutex;
     use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -621,11 +621,7 @@ mod tests {
         let mut s = start("malformed", None, Duration::from_secs(5));
         let _guest = s.guest.take().unwrap().answer_with(|seq, _| {
             let mut f = [0u8; MAX_FRAME];
-            let n = proto::encode(
-                seq,
-                &Reply::Status(migration_client::Status::default()),
-                &mut f,
-            );
+            let n = agent_proto::encode(seq, &Reply::Status(Status::default()), &mut f);
             f[n - 1] ^= 0xFF; // the payload check
             vec![f[..n].to_vec()]
         });

@@ -10,11 +10,11 @@
 use super::{Device, Stack, vf};
 use crate::arch::{apic, pci::PortConfig};
 use crate::hal::KernelHal;
+use agent_proto::{NicStatus, Status, SwitchError};
 use drivers::pci;
 use drivers::virtio_console::{self, Console};
 use drivers::virtio_net::{Interrupt, InterruptRequest};
-use migration_client::agent::{Agent, NicControl, SwitchError};
-use migration_client::protocol::{self, NicStatus, Status};
+use migration_client::agent::{Agent, NicControl};
 use netstack::failover::{self, NicCounters};
 
 /// The channel and the agent behind it.
@@ -97,10 +97,10 @@ struct Nics<'a> {
 }
 
 impl NicControl for Nics<'_> {
-    fn switch(&mut self, nic: protocol::Nic) -> Result<(), SwitchError> {
+    fn switch(&mut self, nic: agent_proto::Nic) -> Result<(), SwitchError> {
         let nic = match nic {
-            protocol::Nic::Vf => failover::Nic::Vf,
-            protocol::Nic::Virtio => failover::Nic::Virtio,
+            agent_proto::Nic::Vf => failover::Nic::Vf,
+            agent_proto::Nic::Virtio => failover::Nic::Virtio,
         };
         match self.stack.switch_nic(nic) {
             Ok(switched) => {
@@ -124,8 +124,8 @@ impl NicControl for Nics<'_> {
         };
         Status {
             active: device.active().map(|n| match n {
-                failover::Nic::Vf => protocol::Nic::Vf,
-                failover::Nic::Virtio => protocol::Nic::Virtio,
+                failover::Nic::Vf => agent_proto::Nic::Vf,
+                failover::Nic::Virtio => agent_proto::Nic::Virtio,
             }),
             vf: nic(device.counters(failover::Nic::Vf)),
             virtio: nic(device.counters(failover::Nic::Virtio)),
