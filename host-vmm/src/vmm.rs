@@ -900,7 +900,7 @@ fn attach_console(
 }
 
 /// MSI-X vectors of the VF, as on a real 82599 VF: two queue pairs and "other".
-const VF_MSIX_VECTORS: u16 = drivers::ixgbevf::regs::MSIX_VECTORS;
+const VF_MSIX_VECTORS: u16 = ixgbevf_regs::MSIX_VECTORS;
 
 /// Puts an emulated 82599 VF on `tap` on the PCI bus with its MSI-X vectors on GSIs taken
 /// from `msi_gsis` (no INTx: VFs have none), and returns its I/O-thread handler and the

@@ -181,8 +181,8 @@ impl Watch {
     fn replug(&mut self, stack: &mut Stack<Device>, bdf: Bdf) -> bool {
         let mut access = PortConfig;
         let ids = access.read32(bdf, pci::VENDOR_DEVICE);
-        if ids as u16 != ixgbevf::regs::VENDOR_ID
-            || (ids >> 16) as u16 != ixgbevf::regs::DEVICE_ID_82599_VF
+        if ids as u16 != ixgbevf_regs::VENDOR_ID
+            || (ids >> 16) as u16 != ixgbevf_regs::DEVICE_ID_82599_VF
         {
             return false;
         }

@@ -8,7 +8,7 @@
 use super::state::SRRCTL_DEFAULT;
 use super::testing::*;
 use crate::memory::GuestMemoryMmap;
-use drivers::ixgbevf::regs as r;
+use ixgbevf_regs as r;
 use proptest::prelude::*;
 use vm_memory::GuestAddress;
 
