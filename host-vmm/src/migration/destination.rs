@@ -4,10 +4,10 @@
 
 use super::state::MachineState;
 use super::target::{Address, AddressError, Stream};
-use super::wire::{self, Message, Mode, WireError};
 use crate::config::MemSize;
 use crate::memory::{GuestRam, PAGE_SIZE};
 use crate::vmm::{self, DeviceConfig, Outcome, Vmm};
+use migration_wire::{Message, Mode, WireError, decode_state, read_message, write_message};
 use std::fs::File;
 use std::io::Write;
 use std::time::Instant;
@@ -63,7 +63,7 @@ pub fn receive(
         Err(e) => {
             // Tell the source why, so it rolls back at once (best effort: it may be gone).
             if !matches!(e, ReceiveError::Wire(WireError::PeerAborted(_))) {
-                let _ = wire::write_message(&mut stream, &Message::Failed(e.to_string()));
+                let _ = write_message(&mut stream, &Message::Failed(e.to_string()));
             }
             Err(e)
         }
@@ -77,7 +77,7 @@ fn incoming(
     console: Box<dyn Write + Send>,
 ) -> Result<Vmm, ReceiveError> {
     let start = Instant::now();
-    let hello = match wire::read_message(stream)? {
+    let hello = match read_message(stream)? {
         Message::Hello(h) => h,
         other => {
             return Err(ReceiveError::Refused(format!(
@@ -100,7 +100,7 @@ fn incoming(
     stream
         .set_read_timeout(Some(STALL_TIMEOUT))
         .map_err(WireError::Io)?;
-    wire::write_message(stream, &Message::Accept)?;
+    write_message(stream, &Message::Accept)?;
     let ram = match hello.mode {
         Mode::PreCopy => GuestRam::new(size).map_err(vmm::Error::from)?,
         Mode::ZeroCopy => {
@@ -113,7 +113,7 @@ fn incoming(
     };
     let mut vmm = Vmm::for_incoming(&config.devices, ram, console)?;
     if hello.mode == Mode::ZeroCopy {
-        wire::write_message(stream, &Message::Ready)?;
+        write_message(stream, &Message::Ready)?;
     }
     log::info!(
         "migration: VM ready for the incoming guest after {:?}",
@@ -122,7 +122,7 @@ fn incoming(
     let mut state = None;
     let mut pages = 0u64;
     loop {
-        match wire::read_message(stream)?.into_result()? {
+        match read_message(stream)?.into_result()? {
             Message::Pages(batch) => {
                 if hello.mode == Mode::ZeroCopy {
                     return Err(ReceiveError::Refused(
@@ -138,7 +138,7 @@ fn incoming(
                 pages += batch.len() as u64;
             }
             Message::State(bytes) => {
-                state = Some(wire::decode_state::<MachineState>(&bytes)?);
+                state = Some(decode_state::<MachineState>(&bytes)?);
             }
             Message::Done => break,
             other => {
@@ -161,7 +161,7 @@ fn incoming(
         .map_err(|e| ReceiveError::Refused(format!("cannot restore the guest here: {e}")))?;
     // The pages written above went through the host-write bitmap; this VM starts clean.
     vmm.machine().ram.take_host_dirty();
-    wire::write_message(stream, &Message::Running)?;
+    write_message(stream, &Message::Running)?;
     vmm.machine().resume_io();
     log::info!(
         "migration: guest received ({pages} pages) after {:?}; running",

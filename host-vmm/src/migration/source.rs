@@ -11,9 +11,11 @@
 
 use super::state::MachineState;
 use super::target::{Address, AddressError, Stream};
-use super::wire::{self, Hello, Message, Mode, WireError, kind};
 use crate::memory::PAGE_SIZE;
 use crate::vmm::{Machine, PauseError};
+use migration_wire::{
+    Hello, Message, Mode, WireError, encode_state, kind, read_message, write_message, write_pages,
+};
 use std::time::{Duration, Instant};
 use vm_memory::{Bytes, GuestAddress};
 
@@ -147,7 +149,7 @@ pub fn migrate(
             let e = match e {
                 MigrateError::Wire(WireError::Io(io)) => {
                     let _ = run.stream.set_read_timeout(Some(Duration::from_secs(1)));
-                    match wire::read_message(run.stream) {
+                    match read_message(run.stream) {
                         Ok(Message::Failed(reason)) => {
                             MigrateError::Wire(WireError::PeerFailed(reason))
                         }
@@ -157,7 +159,7 @@ pub fn migrate(
                 other => other,
             };
             let why = e.to_string();
-            let _ = wire::write_message(run.stream, &Message::Abort(why.clone()));
+            let _ = write_message(run.stream, &Message::Abort(why.clone()));
             run.stream.shutdown();
             run.roll_back(&mut agent, progress);
             Err(e)
@@ -265,7 +267,7 @@ impl Run<'_> {
             vcpu,
             devices: self.machine.devices.save_state(),
         };
-        let bytes = wire::encode_state(&state)?;
+        let bytes = encode_state(&state)?;
         self.send(&Message::State(bytes))?;
         self.send(&Message::Done)?;
         self.reply(kind::RUNNING)?;
@@ -366,7 +368,7 @@ impl Run<'_> {
         let mem = self.machine.ram.memory();
         let mut buf = Vec::new();
         for batch in pages.chunks(BATCH) {
-            wire::write_pages(self.stream, &mut buf, batch, |pfn, dst| {
+            write_pages(self.stream, &mut buf, batch, |pfn, dst| {
                 mem.read_slice(dst, GuestAddress(pfn * PAGE_SIZE))
                     .map_err(|e| WireError::Malformed(format!("page {pfn:#x}: {e}")))
             })?;
@@ -387,7 +389,7 @@ impl Run<'_> {
     /// Reads the destination's next message, which must be `expected` (its `Failed` is
     /// the error).
     fn reply(&mut self, expected: u16) -> Result<(), MigrateError> {
-        let msg = wire::read_message(self.stream).map_err(|e| match e {
+        let msg = read_message(self.stream).map_err(|e| match e {
             WireError::Truncated { .. } => WireError::Malformed(
                 "the destination closed the connection (did it exit? see its stderr)".into(),
             ),

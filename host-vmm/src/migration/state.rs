@@ -1,6 +1,6 @@
 //! The machine state that crosses during the pause: the VM's, the vCPU's and every
-//! device's, in one plain-data struct (encoded with `wire::encode_state`, which adds the
-//! state version).
+//! device's, in one plain-data struct (encoded with `migration_wire::encode_state`, which adds
+//! the state version).
 
 use crate::devices::DevicesState;
 use crate::kvm::state::{VcpuState, VmState};
