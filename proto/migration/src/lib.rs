@@ -250,9 +250,14 @@ impl FrameHeader {
 
     /// The header's bytes.
     pub fn to_bytes(self) -> [u8; HEADER_LEN] {
+        self.to_bytes_as(FORMAT_VERSION)
+    }
+
+    /// The header's bytes stamped with format `version`.
+    fn to_bytes_as(self, version: u16) -> [u8; HEADER_LEN] {
         let mut out = [0; HEADER_LEN];
         out[0..4].copy_from_slice(&MAGIC);
-        out[4..6].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        out[4..6].copy_from_slice(&version.to_le_bytes());
         out[6..8].copy_from_slice(&self.kind.to_le_bytes());
         out[8..12].copy_from_slice(&self.len.to_le_bytes());
         out
@@ -261,10 +266,21 @@ impl FrameHeader {
 
 /// Appends one frame of `kind` around `payload` to `out`.
 pub fn encode_frame(kind: u16, payload: &[u8], out: &mut Vec<u8>) -> Result<(), WireError> {
+    encode_frame_as(FORMAT_VERSION, kind, payload, out)
+}
+
+/// [`encode_frame`] stamped with format `version` instead of [`FORMAT_VERSION`], checksum
+/// and all: what an older or newer peer would send, for tests of how a reader refuses it.
+pub fn encode_frame_as(
+    version: u16,
+    kind: u16,
+    payload: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(), WireError> {
     let len = payload_len(payload.len())?;
     let start = out.len();
     out.reserve(HEADER_LEN + payload.len() + TRAILER_LEN);
-    out.extend_from_slice(&FrameHeader { kind, len }.to_bytes());
+    out.extend_from_slice(&FrameHeader { kind, len }.to_bytes_as(version));
     out.extend_from_slice(payload);
     let crc = crc32fast::hash(&out[start..]);
     out.extend_from_slice(&crc.to_le_bytes());
@@ -283,7 +299,7 @@ fn payload_len(len: usize) -> Result<u32, WireError> {
 }
 
 /// The CRC-32 a frame's trailer carries: over its header and payload.
-pub fn frame_checksum(header: &[u8; HEADER_LEN], payload: &[u8]) -> u32 {
+fn frame_checksum(header: &[u8; HEADER_LEN], payload: &[u8]) -> u32 {
     let mut hasher = crc32fast::Hasher::new();
     hasher.update(header);
     hasher.update(payload);
