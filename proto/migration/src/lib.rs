@@ -76,23 +76,23 @@ pub const TRAILER_LEN: usize = 4;
 
 /// Message kinds, the `u16` at offset 6 of a frame.
 pub mod kind {
-    /// [`Message::Hello`].
+    /// [`crate::Message::Hello`].
     pub const HELLO: u16 = 1;
-    /// [`Message::Accept`].
+    /// [`crate::Message::Accept`].
     pub const ACCEPT: u16 = 2;
-    /// [`Message::Pages`].
+    /// [`crate::Message::Pages`].
     pub const PAGES: u16 = 3;
-    /// [`Message::State`].
+    /// [`crate::Message::State`].
     pub const STATE: u16 = 4;
-    /// [`Message::Done`].
+    /// [`crate::Message::Done`].
     pub const DONE: u16 = 5;
-    /// [`Message::Ready`].
+    /// [`crate::Message::Ready`].
     pub const READY: u16 = 6;
-    /// [`Message::Running`].
+    /// [`crate::Message::Running`].
     pub const RUNNING: u16 = 7;
-    /// [`Message::Failed`].
+    /// [`crate::Message::Failed`].
     pub const FAILED: u16 = 8;
-    /// [`Message::Abort`].
+    /// [`crate::Message::Abort`].
     pub const ABORT: u16 = 9;
     /// The memfd frame of host-vmm's `migration::fd` (its data carries a file descriptor).
     pub const MEMFD: u16 = 16;
