@@ -6,7 +6,7 @@
 
 use roam_tests::{image, kvm_present, say};
 use std::time::Duration;
-use xtask::ctl::{Control, Nic, Status};
+use xtask::ctl::{self, Control, Nic, Status};
 use xtask::net::{self, GUEST_IP, Nics};
 use xtask::pingd::Pinger;
 use xtask::vm::Vmm;
@@ -30,7 +30,7 @@ fn agent(guest: &net::NetGuest, ctl: &Control, step: &str) -> (String, Status) {
         .unwrap_or_else(|e| panic!("agent {step}: {e:#}\n--- console ---\n{}", console(guest)));
     let (first, rest) = out.split_once('\n').unwrap_or((&out, ""));
     let status =
-        Status::parse(rest).unwrap_or_else(|e| panic!("agent {step} answered {out:?}: {e:#}"));
+        ctl::parse_status(rest).unwrap_or_else(|e| panic!("agent {step} answered {out:?}: {e:#}"));
     (first.to_owned(), status)
 }
 

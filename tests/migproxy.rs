@@ -1,7 +1,7 @@
 //! `migproxy`: a fault-injecting forwarder for host-vmm's migration stream, for the rollback
 //! tests. The source connects to it instead of the destination; it connects to the real
-//! `host-vmm receive` and forwards every frame both ways, reading each frame's header
-//! (magic, format version, kind, length; payload; CRC trailer) to know where the move is.
+//! `host-vmm receive` and forwards every frame both ways, reading each frame's header with
+//! the stream format's crate (`migration_wire`) to know where the move is.
 //! At the frame chosen by `--at` it does one `--fault`, once, and keeps forwarding what is
 //! left (so the destination's FAILED reaches the source, as on a direct connection):
 //!
@@ -28,6 +28,7 @@
 //! destination answered, and `migproxy: done ...` when both directions are closed. One
 //! connection only; everything is bounded in time.
 
+use migration_wire::{FrameHeader, HEADER_LEN, Message, TRAILER_LEN, kind, kind_name};
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -35,15 +36,6 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-const HEADER_LEN: usize = 12;
-const TRAILER_LEN: usize = 4;
-const MAGIC: &[u8; 4] = b"RMIG";
-/// A larger frame is not host-vmm's (its limit is 64 MiB): stop parsing, copy raw.
-const MAX_PAYLOAD: usize = 64 << 20;
-const KIND_HELLO: u16 = 1;
-const KIND_PAGES: u16 = 3;
-const KIND_STATE: u16 = 4;
-const KIND_FAILED: u16 = 8;
 /// Waiting for the source, and any one read, are bounded by this.
 const IO_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -267,13 +259,12 @@ impl Frame {
 
     /// First and last page frame numbers of a PAGES frame with at least one page.
     fn pfn_range(&self) -> Option<(u64, u64)> {
-        let p = self.payload();
-        let count = u32::from_le_bytes(p.get(0..4)?.try_into().ok()?) as usize;
-        let pfn = |i: usize| -> Option<u64> {
-            let at = 4 + i * 8;
-            Some(u64::from_le_bytes(p.get(at..at + 8)?.try_into().ok()?))
+        let Ok((Message::Pages(pages), _)) = Message::decode(&self.bytes) else {
+            return None;
         };
-        Some((pfn(0)?, pfn(count.checked_sub(1)?)?))
+        let mut pfns = pages.pfns();
+        let first = pfns.next()?;
+        Some((first, pfns.last().unwrap_or(first)))
     }
 }
 
@@ -306,14 +297,14 @@ fn next_frame(r: &mut impl Read) -> io::Result<Next> {
     if got == 0 {
         return Ok(Next::End);
     }
-    if got < HEADER_LEN || &header[..4] != MAGIC {
+    if got < HEADER_LEN {
         return Ok(Next::Raw(header[..got].to_vec()));
     }
-    let kind = u16::from_le_bytes([header[6], header[7]]);
-    let len = u32::from_le_bytes([header[8], header[9], header[10], header[11]]) as usize;
-    if len > MAX_PAYLOAD {
+    // Not host-vmm's frame (magic, format version, length over the limit): copy it raw.
+    let Ok(FrameHeader { kind, len }) = FrameHeader::parse(&header) else {
         return Ok(Next::Raw(header.to_vec()));
-    }
+    };
+    let len = len as usize;
     let mut bytes = vec![0u8; HEADER_LEN + len + TRAILER_LEN];
     bytes[..HEADER_LEN].copy_from_slice(&header);
     let got = read_upto(r, &mut bytes[HEADER_LEN..])?;
@@ -322,22 +313,6 @@ fn next_frame(r: &mut impl Read) -> io::Result<Next> {
         return Ok(Next::Raw(bytes));
     }
     Ok(Next::Frame(Frame { kind, bytes }))
-}
-
-fn kind_name(kind: u16) -> String {
-    match kind {
-        1 => "HELLO".into(),
-        2 => "ACCEPT".into(),
-        3 => "PAGES".into(),
-        4 => "STATE".into(),
-        5 => "DONE".into(),
-        6 => "READY".into(),
-        7 => "RUNNING".into(),
-        8 => "FAILED".into(),
-        9 => "ABORT".into(),
-        16 => "MEMFD".into(),
-        k => format!("kind {k}"),
-    }
 }
 
 /// Both connections, so either direction can cut both.
@@ -377,7 +352,7 @@ fn forward_source(
         // A pass sends its pages in increasing order: a batch that starts at or below the
         // last one's end opens the next pass.
         let mut opens_pass = false;
-        if frame.kind == KIND_PAGES {
+        if frame.kind == kind::PAGES {
             pages += 1;
             if let Some((first, last)) = frame.pfn_range() {
                 opens_pass = last_pfn.is_none_or(|prev| first <= prev);
@@ -389,10 +364,10 @@ fn forward_source(
             }
         }
         let here = match o.at {
-            Some(At::Hello) => frame.kind == KIND_HELLO,
-            Some(At::Pages(n)) => frame.kind == KIND_PAGES && pages == n,
+            Some(At::Hello) => frame.kind == kind::HELLO,
+            Some(At::Pages(n)) => frame.kind == kind::PAGES && pages == n,
             Some(At::Pass(n)) => opens_pass && pass == n,
-            Some(At::State) => frame.kind == KIND_STATE,
+            Some(At::State) => frame.kind == kind::STATE,
             None => false,
         };
         let mut frame = frame;
@@ -440,7 +415,7 @@ fn forward_source(
             ));
             break;
         }
-        if frame.kind == KIND_HELLO && !o.hold.is_zero() {
+        if frame.kind == kind::HELLO && !o.hold.is_zero() {
             std::thread::sleep(o.hold);
             say(&format!("held the source for {:?}", o.hold));
         }
@@ -458,7 +433,7 @@ fn forward_destination(mut from: Conn, mut to: Conn, both: &Both) -> String {
     loop {
         match next_frame(&mut from) {
             Ok(Next::Frame(f)) => {
-                if f.kind == KIND_FAILED {
+                if f.kind == kind::FAILED {
                     say(&format!(
                         "destination sent FAILED: {}",
                         String::from_utf8_lossy(f.payload())

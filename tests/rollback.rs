@@ -16,6 +16,10 @@
 //! Rejections: `host-vmm receive` fed hand-made frames (no source) answers FAILED when the
 //! connection is still open, names the problem on stderr, exits 125, and starts no guest.
 
+use migration_wire::{
+    HEADER_LEN, Hello, Message, Mode, PAGE_SIZE, PROTOCOL_VERSION, Pages, STATE_VERSION,
+    decode_frame, encode_frame_as, kind,
+};
 use roam_tests::{host_vmm, image, kvm_present, say};
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -49,68 +53,33 @@ const ECHO_BYTES: u64 = 1 << 20;
 const HOLD_MS: &str = "1500";
 
 // ---------------------------------------------------------------------------------------
-// Frames, written by hand (the layout of host-vmm's migration/wire module).
+// Frames, made and read with the stream format's own crate (`migration_wire`).
 
-const MAGIC: &[u8; 4] = b"RMIG";
-const FORMAT_VERSION: u16 = 1;
-const PROTOCOL_VERSION: u32 = 1;
-/// The machine-state layout host-vmm reads (`migration::wire::STATE_VERSION`), written out
-/// here as the stream's independent description.
-const STATE_VERSION: u32 = 2;
-const KIND_HELLO: u16 = 1;
-const KIND_ACCEPT: u16 = 2;
-const KIND_PAGES: u16 = 3;
-const KIND_STATE: u16 = 4;
-const KIND_DONE: u16 = 5;
-const KIND_FAILED: u16 = 8;
-
-/// One frame: header (magic, `version`, `kind`, length), payload, CRC-32 of both.
-fn frame_v(version: u16, kind: u16, payload: &[u8]) -> Vec<u8> {
-    let mut f = Vec::with_capacity(16 + payload.len());
-    f.extend_from_slice(MAGIC);
-    f.extend_from_slice(&version.to_le_bytes());
-    f.extend_from_slice(&kind.to_le_bytes());
-    f.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    f.extend_from_slice(payload);
-    let crc = crc32fast::hash(&f);
-    f.extend_from_slice(&crc.to_le_bytes());
-    f
-}
-
-fn frame(kind: u16, payload: &[u8]) -> Vec<u8> {
-    frame_v(FORMAT_VERSION, kind, payload)
+/// `message`'s frame.
+fn frame(message: &Message) -> Vec<u8> {
+    message.encode().expect("a small message fits a frame")
 }
 
 /// A Hello: `protocol`, pre-copy, 128 MiB, one vCPU.
 fn hello(protocol: u32) -> Vec<u8> {
-    let mut p = Vec::new();
-    p.extend_from_slice(&protocol.to_le_bytes());
-    p.push(0);
-    p.extend_from_slice(&(128u64 << 20).to_le_bytes());
-    p.extend_from_slice(&1u32.to_le_bytes());
-    frame(KIND_HELLO, &p)
+    frame(&Message::Hello(Hello {
+        protocol,
+        ..Hello::new(Mode::PreCopy, 128 << 20, 1)
+    }))
 }
 
 /// A PAGES frame of one page (frame number `pfn`) filled with `byte`.
 fn one_page(pfn: u64, byte: u8) -> Vec<u8> {
-    let mut p = Vec::new();
-    p.extend_from_slice(&1u32.to_le_bytes());
-    p.extend_from_slice(&pfn.to_le_bytes());
-    p.extend_from_slice(&[byte; 4096]);
-    frame(KIND_PAGES, &p)
+    let pages = Pages::new(&[pfn], &[byte; PAGE_SIZE]).expect("one page is a valid batch");
+    frame(&Message::Pages(pages))
 }
 
-/// The frames in `bytes` as (kind, payload); stops at the first incomplete one.
+/// The frames in `bytes` as (kind, payload); stops at the first incomplete or bad one.
 fn frames_in(mut bytes: &[u8]) -> Vec<(u16, Vec<u8>)> {
     let mut out = Vec::new();
-    while bytes.len() >= 16 && &bytes[..4] == MAGIC {
-        let kind = u16::from_le_bytes([bytes[6], bytes[7]]);
-        let len = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize;
-        let Some(payload) = bytes.get(12..12 + len) else {
-            break;
-        };
+    while let Ok((kind, payload, used)) = decode_frame(bytes) {
         out.push((kind, payload.to_vec()));
-        bytes = bytes.get(16 + len..).unwrap_or_default();
+        bytes = &bytes[used..];
     }
     out
 }
@@ -277,9 +246,9 @@ fn refuses(case: &BadStream) {
         );
     }
     let expected: &[u16] = if case.accepted {
-        &[KIND_ACCEPT, KIND_FAILED]
+        &[kind::ACCEPT, kind::FAILED]
     } else {
-        &[KIND_FAILED]
+        &[kind::FAILED]
     };
     assert_eq!(kinds, expected, "{context}");
     let reason = String::from_utf8_lossy(&frames.last().expect("a frame").1).into_owned();
@@ -309,10 +278,12 @@ fn receive_refuses_old_truncated_and_corrupt_streams_before_the_hello_is_accepte
     let mut bad_crc = hello(PROTOCOL_VERSION);
     *bad_crc.last_mut().unwrap() ^= 0x01;
     let mut truncated = hello(PROTOCOL_VERSION);
-    truncated.truncate(12 + 6);
-    let mut old = hello(PROTOCOL_VERSION);
+    truncated.truncate(HEADER_LEN + 6);
     // Format version 0, with a CRC that matches: the version alone is the problem.
-    old = frame_v(0, KIND_HELLO, &old[12..old.len() - 4]);
+    let good = hello(PROTOCOL_VERSION);
+    let (_, payload, _) = decode_frame(&good).expect("a good hello");
+    let mut old = Vec::new();
+    encode_frame_as(0, kind::HELLO, payload, &mut old).expect("a small frame");
     let cases = [
         BadStream {
             name: "format-version-0",
@@ -344,7 +315,7 @@ fn receive_refuses_old_truncated_and_corrupt_streams_before_the_hello_is_accepte
         },
         BadStream {
             name: "done-before-hello",
-            send: frame(KIND_DONE, &[]),
+            send: frame(&Message::Done),
             close_after: false,
             accepted: false,
             says: &["starts with Done instead of a hello"],
@@ -377,6 +348,7 @@ fn receive_refuses_a_corrupt_or_truncated_stream_after_the_hello_and_runs_nothin
     bad_page[mid] ^= 0x20;
     let mut cut_page = one_page(0x100, 0xab);
     cut_page.truncate(2000);
+    // The state envelope starts with its version: 0 here, then anything.
     let mut state_v0 = 0u32.to_le_bytes().to_vec();
     state_v0.extend_from_slice(&[0; 64]);
     let cases = [
@@ -403,24 +375,23 @@ fn receive_refuses_a_corrupt_or_truncated_stream_after_the_hello_and_runs_nothin
         },
         BadStream {
             name: "state-version-0",
-            send: with(&[one_page(0x100, 1), frame(KIND_STATE, &state_v0)].concat()),
+            send: with(&[one_page(0x100, 1), frame(&Message::State(state_v0))].concat()),
             close_after: false,
             accepted: true,
             says: &["machine state version 0 is not supported"],
         },
         BadStream {
             name: "state-garbage",
-            send: with(&frame(
-                KIND_STATE,
-                &[&STATE_VERSION.to_le_bytes()[..], &[0xff, 0xff, 0xff]].concat(),
-            )),
+            send: with(&frame(&Message::State(
+                [&STATE_VERSION.to_le_bytes()[..], &[0xff, 0xff, 0xff]].concat(),
+            ))),
             close_after: false,
             accepted: true,
             says: &["machine state does not decode"],
         },
         BadStream {
             name: "done-without-state",
-            send: with(&frame(KIND_DONE, &[])),
+            send: with(&frame(&Message::Done)),
             close_after: false,
             accepted: true,
             says: &["without the machine state"],

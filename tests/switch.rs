@@ -66,14 +66,14 @@ impl Guest {
     fn switch(&self, to: Nic) {
         self.check(
             self.ctl().switch(to),
-            &format!("host-vmm ctl switch {}", to.key()),
+            &format!("host-vmm ctl switch {}", to.name()),
         );
         let status = self.status();
         assert_eq!(
             status.active,
             Some(to),
             "after `switch {}` status says {status:?}\n--- guest console ---\n{}",
-            to.key(),
+            to.name(),
             self.console()
         );
     }

@@ -6,7 +6,7 @@
 //! through the operator's [`VfOperator`]. No KVM, no threads.
 
 use drivers::hal::{Dma, DmaChunk, RegisterIo};
-use drivers::ixgbevf::{self, Config, Error, InterruptRequest, Ixgbevf, MacSource, regs};
+use drivers::ixgbevf::{self, Config, Error, InterruptRequest, Ixgbevf, MacSource};
 use drivers::net::{MacAddress, NetDevice, RxToken, TxToken};
 use drivers::pci::{Bdf, ConfigAccess};
 use host_vmm::devices::BusDevice;
@@ -18,6 +18,7 @@ use host_vmm::devices::virtio::net::backend::{MemBackend, MemPeer, mem_pair};
 use host_vmm::devices::vm_ops::RecordingVmOps;
 use host_vmm::memory::GuestMemoryMmap;
 use host_vmm::memory::GuestRam;
+use ixgbevf_regs as regs;
 use std::cell::{Cell, RefCell};
 use std::ptr::NonNull;
 use std::rc::Rc;

@@ -1,5 +1,5 @@
-//! The guest side of the protocol: [`Agent`] turns the bytes host-vmm sends into calls on
-//! the kernel's [`NicControl`] and encoded replies.
+//! The guest side of the protocol (`agent_proto`): [`Agent`] turns the bytes host-vmm sends
+//! into calls on the kernel's [`NicControl`] and encoded replies.
 //!
 //! It is poll-driven and owns nothing but two fixed buffers: the kernel reads whatever the
 //! control channel has, hands it to [`Agent::on_input`], and sends each reply the agent
@@ -24,8 +24,9 @@
 //! }
 //! ```
 
-use crate::protocol::{
-    self, Decoded, ErrorCode, ErrorText, MAX_FRAME, Nic, Prepared, Reply, Request, Resumed, Status,
+use agent_proto::{
+    Decoded, ErrorCode, ErrorText, MAX_FRAME, Nic, Prepared, Reply, Request, Resumed, Status,
+    SwitchError,
 };
 use core::fmt::{self, Write};
 
@@ -57,27 +58,6 @@ pub trait NicControl {
     /// Sends a gratuitous ARP on the active NIC; whether it went out.
     fn announce(&mut self) -> bool {
         false
-    }
-}
-
-/// Why a switch was refused.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SwitchError {
-    /// The guest does not have that NIC (never probed, or removed).
-    NotPresent,
-    /// Its link is down.
-    LinkDown,
-    /// Anything else, said in a few words.
-    Failed(&'static str),
-}
-
-impl fmt::Display for SwitchError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            SwitchError::NotPresent => f.write_str("the guest has no such NIC"),
-            SwitchError::LinkDown => f.write_str("its link is down"),
-            SwitchError::Failed(why) => f.write_str(why),
-        }
     }
 }
 
@@ -160,7 +140,7 @@ impl Agent {
     fn drain(&mut self, nics: &mut impl NicControl, send: &mut impl FnMut(&[u8])) {
         let mut start = 0;
         while start < self.len {
-            match protocol::decode::<Request>(&self.buf[start..self.len]) {
+            match agent_proto::decode::<Request>(&self.buf[start..self.len]) {
                 Decoded::Incomplete => break,
                 Decoded::Frame { seq, message, len } => {
                     start += len;
@@ -249,14 +229,14 @@ impl Agent {
 
 fn reply_with(seq: u16, reply: &Reply, send: &mut impl FnMut(&[u8])) {
     let mut out = [0u8; MAX_FRAME];
-    let n = protocol::encode(seq, reply, &mut out);
+    let n = agent_proto::encode(seq, reply, &mut out);
     send(&out[..n]);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::{FrameError, HEADER_LEN, NicStatus, encode, encode_raw, kind};
+    use agent_proto::{FrameError, HEADER_LEN, NicStatus, encode, encode_raw, kind};
     use proptest::prelude::*;
 
     /// What the agent asked of the fake NICs, in order.
@@ -387,7 +367,7 @@ mod tests {
         let mut out = Vec::new();
         agent.on_input(input, nics, &mut |bytes: &[u8]| out.push(bytes.to_vec()));
         out.iter()
-            .map(|f| match protocol::decode::<Reply>(f) {
+            .map(|f| match agent_proto::decode::<Reply>(f) {
                 Decoded::Frame { seq, message, len } => {
                     assert_eq!(len, f.len(), "one frame per send");
                     (seq, message)

@@ -53,44 +53,11 @@
 //! switch needs comes from `Stack<Failover<_, _>>`'s `switch_nic`, `check_failover` and
 //! `set_vf`, which the kernel calls instead of the methods here. TCP state is never touched.
 
-use core::fmt;
+use agent_proto::{Nic, NicStatus, SwitchError};
 use drivers::net::{Capabilities, Events, MacAddress, NetDevice, RxToken, Stats, TxToken};
 
 /// Frame size assumed when no NIC is present at construction (a 1500-byte MTU).
 const DEFAULT_MAX_FRAME_LEN: usize = 1514;
-
-/// One of the two NICs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Nic {
-    /// The SR-IOV virtual function.
-    Vf,
-    /// The virtio-net card.
-    Virtio,
-}
-
-impl Nic {
-    /// The NIC's name in the agent's protocol and in logs: `vf` or `virtio`.
-    pub const fn name(self) -> &'static str {
-        match self {
-            Nic::Vf => "vf",
-            Nic::Virtio => "virtio",
-        }
-    }
-
-    /// The other NIC.
-    pub const fn other(self) -> Nic {
-        match self {
-            Nic::Vf => Nic::Virtio,
-            Nic::Virtio => Nic::Vf,
-        }
-    }
-}
-
-impl fmt::Display for Nic {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
 
 /// The outcome of a switch: the active NIC before and after.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -106,41 +73,6 @@ impl Switched {
     pub fn changed(&self) -> bool {
         self.from != Some(self.to)
     }
-}
-
-/// Why [`Failover::switch_to`] refused.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SwitchError {
-    /// The NIC is not present (never probed, or removed).
-    Absent(Nic),
-    /// The NIC's link is down.
-    LinkDown(Nic),
-}
-
-impl fmt::Display for SwitchError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            SwitchError::Absent(nic) => write!(f, "the {nic} NIC is not present"),
-            SwitchError::LinkDown(nic) => write!(f, "the {nic} NIC's link is down"),
-        }
-    }
-}
-
-/// One NIC's state and counters, as the agent's STATUS reports them.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct NicCounters {
-    /// The NIC is present.
-    pub present: bool,
-    /// The NIC is present and its link is up.
-    pub link_up: bool,
-    /// Frames received from it.
-    pub rx: u64,
-    /// Frames sent through it.
-    pub tx: u64,
-    /// Received frames it dropped (impossible lengths).
-    pub rx_errors: u64,
-    /// Frames meant for it that were dropped (no buffer, link down, too long).
-    pub tx_dropped: u64,
 }
 
 /// The VF and virtio-net under one MAC address, as one [`NetDevice`] (see the module docs
@@ -229,8 +161,8 @@ impl<V: NetDevice, W: NetDevice> Failover<V, W> {
     /// Send a gratuitous ARP after a change: `Stack::switch_nic` does both.
     pub fn switch_to(&mut self, nic: Nic) -> Result<Switched, SwitchError> {
         match self.link(nic) {
-            None => return Err(SwitchError::Absent(nic)),
-            Some(false) => return Err(SwitchError::LinkDown(nic)),
+            None => return Err(SwitchError::NotPresent),
+            Some(false) => return Err(SwitchError::LinkDown),
             Some(true) => {}
         }
         self.pinned_virtio = nic == Nic::Virtio;
@@ -308,7 +240,7 @@ impl<V: NetDevice, W: NetDevice> Failover<V, W> {
 
     /// One NIC's presence, link and counters. The VF's counters include those of VFs it
     /// replaced; `tx_dropped` includes replies the NIC had no buffer for.
-    pub fn counters(&self, nic: Nic) -> NicCounters {
+    pub fn counters(&self, nic: Nic) -> NicStatus {
         match nic {
             Nic::Vf => nic_counters(self.vf.as_ref(), self.retired_vf, self.reply_dropped[0]),
             Nic::Virtio => nic_counters(
@@ -395,9 +327,9 @@ fn add(a: Stats, b: Stats) -> Stats {
     }
 }
 
-fn nic_counters<D: NetDevice>(device: Option<&D>, base: Stats, reply_dropped: u64) -> NicCounters {
+fn nic_counters<D: NetDevice>(device: Option<&D>, base: Stats, reply_dropped: u64) -> NicStatus {
     let s = add(base, device.map_or(Stats::default(), NetDevice::stats));
-    NicCounters {
+    NicStatus {
         present: device.is_some(),
         link_up: device.is_some_and(NetDevice::link_up),
         rx: s.rx_frames,
@@ -599,8 +531,8 @@ mod tests {
         assert!(f.receive().is_none());
         assert!(f.transmit().is_none());
         assert_eq!(f.check(), None);
-        assert_eq!(f.switch_to(Nic::Vf), Err(SwitchError::Absent(Nic::Vf)));
-        assert_eq!(f.counters(Nic::Virtio), NicCounters::default());
+        assert_eq!(f.switch_to(Nic::Vf), Err(SwitchError::NotPresent));
+        assert_eq!(f.counters(Nic::Virtio), NicStatus::default());
     }
 
     #[test]
@@ -648,10 +580,7 @@ mod tests {
     fn refused_switches_change_nothing() {
         let (mut f, [vf_peer, virtio_peer]) = failover(true, true);
         virtio_peer.set_link(false);
-        assert_eq!(
-            f.switch_to(Nic::Virtio),
-            Err(SwitchError::LinkDown(Nic::Virtio))
-        );
+        assert_eq!(f.switch_to(Nic::Virtio), Err(SwitchError::LinkDown));
         assert_eq!(
             (f.active(), f.switches(), f.pinned_virtio()),
             (Some(Nic::Vf), 0, false)
@@ -659,18 +588,10 @@ mod tests {
         virtio_peer.set_link(true);
         vf_peer.set_link(false);
         assert_eq!(f.check().map(|s| s.to), Some(Nic::Virtio));
-        assert_eq!(f.switch_to(Nic::Vf), Err(SwitchError::LinkDown(Nic::Vf)));
+        assert_eq!(f.switch_to(Nic::Vf), Err(SwitchError::LinkDown));
         assert!(f.take_vf().is_some());
-        assert_eq!(f.switch_to(Nic::Vf), Err(SwitchError::Absent(Nic::Vf)));
+        assert_eq!(f.switch_to(Nic::Vf), Err(SwitchError::NotPresent));
         assert_eq!(f.active(), Some(Nic::Virtio));
-        assert_eq!(
-            SwitchError::Absent(Nic::Vf).to_string(),
-            "the vf NIC is not present"
-        );
-        assert_eq!(
-            SwitchError::LinkDown(Nic::Virtio).to_string(),
-            "the virtio NIC's link is down"
-        );
     }
 
     #[test]
@@ -705,7 +626,7 @@ mod tests {
 
         let (mut f, [_, virtio_peer]) = failover(false, true);
         assert_eq!(f.active(), Some(Nic::Virtio));
-        assert_eq!(f.switch_to(Nic::Vf), Err(SwitchError::Absent(Nic::Vf)));
+        assert_eq!(f.switch_to(Nic::Vf), Err(SwitchError::NotPresent));
         virtio_peer.set_link(false);
         assert_eq!(f.check(), None);
         assert!(!f.link_up());
@@ -780,7 +701,7 @@ mod tests {
         let after = f.counters(Nic::Vf);
         assert_eq!(
             after,
-            NicCounters {
+            NicStatus {
                 present: true,
                 link_up: true,
                 ..before

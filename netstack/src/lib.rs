@@ -38,7 +38,7 @@ pub mod socket;
 pub mod stack;
 
 pub use config::NetConfig;
-pub use failover::{Failover, Nic};
+pub use failover::Failover;
 pub use smoltcp::time::{Duration, Instant};
 pub use socket::SocketTable;
 pub use stack::Stack;

@@ -8,8 +8,9 @@
 //! the address on the new NIC each time (`switch_nic`, `check_failover`, `set_vf`).
 
 use crate::config::NetConfig;
-use crate::failover::{Failover, Nic, SwitchError, Switched};
+use crate::failover::{Failover, Switched};
 use crate::phy::PhyAdapter;
+use agent_proto::{Nic, SwitchError};
 use drivers::net::{NetDevice, TxToken};
 use smoltcp::iface::{Config, Interface, PollIngressSingleResult, PollResult, SocketSet};
 use smoltcp::time::{Duration, Instant};

@@ -585,8 +585,9 @@ mod sockets {
 /// to one peer behind a learning bridge (as the host bridges the two TAPs).
 mod failover {
     use super::*;
-    use crate::failover::{Failover, Nic, NicCounters, SwitchError, Switched};
+    use crate::failover::{Failover, Switched};
     use crate::socket::{SocketTable, Type};
+    use agent_proto::{Nic, NicStatus, SwitchError};
     use core::net::SocketAddrV4;
     use drivers::net::{Capabilities, Events, NetDevice, RxToken, Stats, TxToken};
 
@@ -869,7 +870,7 @@ mod failover {
             }
         }
 
-        fn counters(&self, nic: Nic) -> NicCounters {
+        fn counters(&self, nic: Nic) -> NicStatus {
             self.guest.device().counters(nic)
         }
 
@@ -1030,10 +1031,7 @@ mod failover {
         assert!(net.last_is_garp(Nic::Virtio));
         let old_vf = net.guest.take_vf().expect("the VF was there");
         assert!(!net.counters(Nic::Vf).present);
-        assert_eq!(
-            net.guest.switch_nic(Nic::Vf),
-            Err(SwitchError::Absent(Nic::Vf))
-        );
+        assert_eq!(net.guest.switch_nic(Nic::Vf), Err(SwitchError::NotPresent));
         net.send(2000, 2);
         net.settle(2);
         let before = net.counters(Nic::Vf);
@@ -1093,12 +1091,12 @@ mod failover {
             net.settle(1);
             assert_eq!(
                 net.guest.switch_nic(nic.other()),
-                Err(SwitchError::Absent(nic.other()))
+                Err(SwitchError::NotPresent)
             );
             assert_eq!(net.guest.check_failover(), None);
             let c = net.counters(nic);
             assert!(c.present && c.link_up && c.rx > 0 && c.tx > 0);
-            assert_eq!(net.counters(nic.other()), NicCounters::default());
+            assert_eq!(net.counters(nic.other()), NicStatus::default());
             assert_eq!(net.guest.device().switches(), 0);
         }
     }
@@ -1110,7 +1108,7 @@ mod failover {
         let sent = [Nic::Vf, Nic::Virtio].map(|n| net.guest_nic(n).sent().len());
         assert_eq!(
             net.guest.switch_nic(Nic::Virtio),
-            Err(SwitchError::LinkDown(Nic::Virtio))
+            Err(SwitchError::LinkDown)
         );
         assert_eq!(
             [Nic::Vf, Nic::Virtio].map(|n| net.guest_nic(n).sent().len()),

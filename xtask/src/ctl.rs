@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! host-vmm ctl PATH switch vf|virtio     prints active=vf|virtio
-//! host-vmm ctl PATH status               prints the four lines Status::parse reads
+//! host-vmm ctl PATH status               prints the four lines parse_status reads
 //! host-vmm ctl PATH vf link up|down      host side: the VF's link
 //! host-vmm ctl PATH vf remove|add        host side: hot-unplug / re-plug the VF
 //! ```
@@ -17,120 +17,49 @@ use std::time::{Duration, Instant};
 /// Bound on one `host-vmm ctl` call (host-vmm gives the guest agent 5 s).
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// One of the guest's two NICs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Nic {
-    /// The emulated 82599 virtual function.
-    Vf,
-    /// virtio-net.
-    Virtio,
-}
+/// The status types are the agent protocol's: `host-vmm ctl status` prints the guest's
+/// STATUS reply, and [`parse_status`] reads it back.
+pub use agent_proto::{Nic, NicStatus, Status};
 
-impl Nic {
-    /// Its name in commands and in `status` (`vf`, `virtio`).
-    pub fn key(self) -> &'static str {
-        match self {
-            Nic::Vf => "vf",
-            Nic::Virtio => "virtio",
-        }
-    }
-
-    /// The other NIC.
-    pub fn other(self) -> Nic {
-        match self {
-            Nic::Vf => Nic::Virtio,
-            Nic::Virtio => Nic::Vf,
-        }
-    }
-
-    fn from_key(key: &str) -> Option<Nic> {
-        match key {
-            "vf" => Some(Nic::Vf),
-            "virtio" => Some(Nic::Virtio),
-            _ => None,
-        }
-    }
-}
-
-/// One NIC's line of `status`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct NicStatus {
-    /// The device is there (the VF can be hot-removed).
-    pub present: bool,
-    /// Its link is up.
-    pub link_up: bool,
-    /// Frames received.
-    pub rx: u64,
-    /// Frames sent.
-    pub tx: u64,
-    /// Receive errors.
-    pub rx_errors: u64,
-    /// Frames dropped on transmit.
-    pub tx_dropped: u64,
-}
-
-/// What `host-vmm ctl PATH status` printed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Status {
-    /// The NIC transmitting now, if any.
-    pub active: Option<Nic>,
-    /// The VF's figures.
-    pub vf: NicStatus,
-    /// virtio-net's figures.
-    pub virtio: NicStatus,
-    /// Changes of active NIC so far, explicit or automatic.
-    pub switches: u64,
-}
-
-impl Status {
-    /// The figures of `nic`.
-    pub fn nic(&self, nic: Nic) -> &NicStatus {
-        match nic {
-            Nic::Vf => &self.vf,
-            Nic::Virtio => &self.virtio,
-        }
-    }
-
-    /// Parses exactly the contract's four lines (a trailing newline is fine):
-    ///
-    /// ```text
-    /// active=vf|virtio|none
-    /// vf present=yes|no link=up|down rx=N tx=N rx_errors=N tx_dropped=N
-    /// virtio present=yes|no link=up|down rx=N tx=N rx_errors=N tx_dropped=N
-    /// switches=N
-    /// ```
-    pub fn parse(text: &str) -> Result<Status> {
-        let lines: Vec<&str> = text.lines().collect();
-        let [active, vf, virtio, switches] = lines.as_slice() else {
-            bail!("status has {} lines, not 4:\n{text}", lines.len());
-        };
-        let active = match active.strip_prefix("active=") {
-            Some("none") => None,
-            Some(key) => Some(
-                Nic::from_key(key).with_context(|| format!("unknown active NIC in `{active}`"))?,
-            ),
-            None => bail!("first status line is not `active=...`: `{active}`"),
-        };
-        let switches = switches
-            .strip_prefix("switches=")
-            .and_then(|n| n.parse().ok())
-            .with_context(|| format!("last status line is not `switches=N`: `{switches}`"))?;
-        Ok(Status {
-            active,
-            vf: nic_line(vf, Nic::Vf)?,
-            virtio: nic_line(virtio, Nic::Virtio)?,
-            switches,
-        })
-    }
+/// Parses exactly the contract's four `status` lines (a trailing newline is fine):
+///
+/// ```text
+/// active=vf|virtio|none
+/// vf present=yes|no link=up|down rx=N tx=N rx_errors=N tx_dropped=N
+/// virtio present=yes|no link=up|down rx=N tx=N rx_errors=N tx_dropped=N
+/// switches=N
+/// ```
+pub fn parse_status(text: &str) -> Result<Status> {
+    let lines: Vec<&str> = text.lines().collect();
+    let [active, vf, virtio, switches] = lines.as_slice() else {
+        bail!("status has {} lines, not 4:\n{text}", lines.len());
+    };
+    let active = match active.strip_prefix("active=") {
+        Some("none") => None,
+        Some(name) => Some(
+            Nic::from_name(name).with_context(|| format!("unknown active NIC in `{active}`"))?,
+        ),
+        None => bail!("first status line is not `active=...`: `{active}`"),
+    };
+    let switches = switches
+        .strip_prefix("switches=")
+        .and_then(|n| n.parse().ok())
+        .with_context(|| format!("last status line is not `switches=N`: `{switches}`"))?;
+    Ok(Status {
+        active,
+        vf: nic_line(vf, Nic::Vf)?,
+        virtio: nic_line(virtio, Nic::Virtio)?,
+        switches,
+    })
 }
 
 /// `NAME present=.. link=.. rx=N tx=N rx_errors=N tx_dropped=N`, every key exactly once and
 /// in that order.
 fn nic_line(line: &str, nic: Nic) -> Result<NicStatus> {
-    let bad = || format!("bad {} status line `{line}`", nic.key());
+    let bad = || format!("bad {} status line `{line}`", nic.name());
     let mut words = line.split(' ');
-    if words.next() != Some(nic.key()) {
-        bail!("{}: it must start with `{}`", bad(), nic.key());
+    if words.next() != Some(nic.name()) {
+        bail!("{}: it must start with `{}`", bad(), nic.name());
     }
     let mut value = |key: &str| -> Result<&str> {
         words
@@ -217,17 +146,17 @@ impl Control {
 
     /// `status`, parsed.
     pub fn status(&self) -> Result<Status> {
-        Status::parse(&self.call(&["status"])?)
+        parse_status(&self.call(&["status"])?)
     }
 
     /// `switch vf|virtio`; fails unless host-vmm answers `active=<nic>`.
     pub fn switch(&self, nic: Nic) -> Result<()> {
-        let out = self.call(&["switch", nic.key()])?;
-        let want = format!("active={}", nic.key());
+        let out = self.call(&["switch", nic.name()])?;
+        let want = format!("active={}", nic.name());
         if out.trim() != want {
             bail!(
                 "`switch {}` answered `{}`, not `{want}`",
-                nic.key(),
+                nic.name(),
                 out.trim()
             );
         }
@@ -293,7 +222,7 @@ mod tests {
 
     #[test]
     fn status_is_parsed() {
-        let s = Status::parse(STATUS).unwrap();
+        let s = parse_status(STATUS).unwrap();
         assert_eq!(s.active, Some(Nic::Vf));
         assert_eq!(
             s.vf,
@@ -317,7 +246,7 @@ mod tests {
             vf present=no link=down rx=0 tx=0 rx_errors=0 tx_dropped=0\n\
             virtio present=yes link=down rx=1 tx=1 rx_errors=0 tx_dropped=0\n\
             switches=0";
-        let s = Status::parse(text).unwrap();
+        let s = parse_status(text).unwrap();
         assert_eq!(s.active, None);
         assert!(!s.vf.present && !s.vf.link_up);
         assert!(s.virtio.present && !s.virtio.link_up);
@@ -341,16 +270,7 @@ mod tests {
             &format!("{STATUS}trailing line\n"),
         ];
         for text in bad {
-            assert!(Status::parse(text).is_err(), "accepted:\n{text}");
-        }
-    }
-
-    #[test]
-    fn nic_names_round_trip() {
-        for nic in [Nic::Vf, Nic::Virtio] {
-            assert_eq!(Nic::from_key(nic.key()), Some(nic));
-            assert_eq!(nic.other().other(), nic);
-            assert_ne!(nic.other(), nic);
+            assert!(parse_status(text).is_err(), "accepted:\n{text}");
         }
     }
 

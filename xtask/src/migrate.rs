@@ -306,7 +306,7 @@ impl HostVmmGuest {
             Nic::Vf
         };
         self.control().wait_for(
-            &format!("the guest sending through {}", want.key()),
+            &format!("the guest sending through {}", want.name()),
             bound,
             |s| s.active == Some(want) && s.nic(want).present,
         )

@@ -2,14 +2,14 @@
 //! stop, reset, mailbox RESET (permanent MAC), API negotiation, GET_QUEUES, transmit queue,
 //! SET_LPE, receive queue, interrupt routing, SET_MAC_ADDR, GET_LINK_STATE, interrupts on.
 
-use super::regs::{
+use super::{Error, Ixgbevf, MacAddress, Mailbox, RegisterIo, VECTORS, pci, rx, tx};
+use crate::hal::dma::{Delay, Dma};
+use ixgbevf_regs::{
     DCTL_ENABLE, EICR_MASK, IVAR_VALID, MBX_RSTD, MBX_RSTI, Q_BAH, Q_BAL, Q_DCTL, Q_HEAD, Q_LEN,
     Q_TAIL, RX_SRRCTL, SRRCTL_BSIZEHDR_SHIFT, SRRCTL_DESCTYPE_ADV_ONEBUF, SRRCTL_DROP_EN, TX_WBAH,
     TX_WBAL, TXDCTL_SWFLSH, VFCTRL, VFCTRL_RST, VFLINKS, VFLINKS_UP, VFMAILBOX, VFPSRTYPE,
     VFSTATUS, VTEIAC, VTEIAM, VTEICR, VTEIMC, VTEIMS, VTIVAR_MISC, mbx, rx_queue, tx_queue, vtivar,
 };
-use super::{Error, Ixgbevf, MacAddress, Mailbox, RegisterIo, VECTORS, pci, rx, tx};
-use crate::hal::dma::{Delay, Dma};
 
 /// Polls of VFMAILBOX while RSTI/RSTD are set after VFCTRL.RST, and the pause between.
 const RESET_POLLS: u32 = 200;

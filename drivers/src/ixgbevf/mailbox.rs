@@ -9,11 +9,11 @@
 //! [`Error::MailboxTimeout`], and the mailbox then refuses requests until the next VF reset.
 
 use super::Error;
-use super::regs::{
+use crate::hal::{Delay, RegisterIo};
+use ixgbevf_regs::{
     MBX_ACK, MBX_PFACK, MBX_PFSTS, MBX_R2C_BITS, MBX_REQ, MBX_RSTD, MBX_RSTI, MBX_VFU, MBX_WORDS,
     VFMAILBOX, VFMBMEM,
 };
-use crate::hal::{Delay, RegisterIo};
 
 /// Polls per wait (lock, acknowledgement, reply).
 pub const POLL_TRIES: u32 = 2000;
@@ -182,9 +182,9 @@ impl Mailbox {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ixgbevf::regs::{MBX_PFU, mbx};
     use alloc::vec::Vec;
     use core::cell::RefCell;
+    use ixgbevf_regs::{MBX_PFU, mbx};
 
     /// A scripted PF: VFMAILBOX with hardware semantics and a reply written in place.
     #[derive(Default)]

@@ -23,7 +23,6 @@
 mod init;
 mod mailbox;
 pub mod pci;
-pub mod regs;
 mod rx;
 mod tx;
 
@@ -33,10 +32,10 @@ use crate::net::{Capabilities, Events, MacAddress, NetDevice, RxToken, Stats, Tx
 use crate::pci::bar::BarError;
 use crate::pci::msix::MsixError;
 use core::fmt;
-use mailbox::Mailbox;
-use regs::{
+use ixgbevf_regs::{
     EICR_MASK, VFCTRL, VFCTRL_RST, VFLINKS, VFLINKS_UP, VFSTATUS, VTEICR, VTEIMC, VTEIMS, mbx,
 };
+use mailbox::Mailbox;
 use rx::RxRing;
 use tx::TxRing;
 
@@ -163,7 +162,7 @@ pub struct Ixgbevf<R: RegisterIo, D: Dma> {
     requested_mac: Option<MacAddress>,
     permanent_mac: Option<MacAddress>,
     mac: MacAddress,
-    /// Negotiated mailbox API (`regs::mbx::API_*`).
+    /// Negotiated mailbox API (`ixgbevf_regs::mbx::API_*`).
     api: u32,
     /// The PF's last message or reply carried CTS.
     pf_cts: bool,
@@ -329,7 +328,7 @@ impl<R: RegisterIo, D: Dma> Ixgbevf<R, D> {
         }
     }
 
-    /// The mailbox API the PF accepted (`regs::mbx::API_*`).
+    /// The mailbox API the PF accepted (`ixgbevf_regs::mbx::API_*`).
     pub fn api_version(&self) -> u32 {
         self.api
     }

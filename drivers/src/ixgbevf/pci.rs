@@ -5,11 +5,11 @@
 //! never maps memory itself.
 
 use super::Error;
-use super::regs::{BAR_SIZE, DEVICE_ID_82599_VF, REGS_BAR, VENDOR_ID};
 use crate::hal::RegisterIo;
 use crate::pci::bar::{self, Bar, Region, Window};
 use crate::pci::msix::{MsiMessage, Msix, MsixTable};
 use crate::pci::{self, Bdf, ConfigAccess};
+use ixgbevf_regs::{BAR_SIZE, DEVICE_ID_82599_VF, REGS_BAR, VENDOR_ID};
 
 /// MSI-X table entry (and VTIVAR vector) of queue 0's receive and transmit causes.
 pub const QUEUE_ENTRY: u16 = 0;

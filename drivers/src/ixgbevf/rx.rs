@@ -8,13 +8,13 @@
 //! `tail`, so buffers are re-armed in ring order. RDT writes (one VM exit each) are batched:
 //! they happen when a poll finds the ring empty, or every [`FLUSH_AFTER`] buffers.
 
-use super::regs::{
-    DESC_LEN, Q_TAIL, RXD_ERR_FRAME, RXD_LENGTH_OFFSET, RXD_STAT_DD, RXD_STAT_EOP,
-    RXD_STATUS_OFFSET, rx_queue,
-};
 use crate::hal::RegisterIo;
 use crate::hal::dma::{Dma, DmaArea};
 use crate::net::Stats;
+use ixgbevf_regs::{
+    DESC_LEN, Q_TAIL, RXD_ERR_FRAME, RXD_LENGTH_OFFSET, RXD_STAT_DD, RXD_STAT_EOP,
+    RXD_STATUS_OFFSET, rx_queue,
+};
 
 /// Descriptors in the ring (a multiple of 8, so the ring is a multiple of 128 bytes).
 pub const ENTRIES: usize = 32;

@@ -6,13 +6,13 @@
 //! means empty); `[clean, tail)` is in flight. Finished descriptors are reclaimed lazily,
 //! only when the ring is full: a frame costs a descriptor write and one TDT write.
 
-use super::regs::{
-    DESC_LEN, Q_TAIL, TXD_CMD_DEXT, TXD_CMD_EOP, TXD_CMD_IFCS, TXD_CMD_RS, TXD_DTYP_DATA,
-    TXD_PAYLEN_SHIFT, TXD_STAT_DD, tx_queue,
-};
 use crate::hal::RegisterIo;
 use crate::hal::dma::{Dma, DmaArea};
 use crate::net::Stats;
+use ixgbevf_regs::{
+    DESC_LEN, Q_TAIL, TXD_CMD_DEXT, TXD_CMD_EOP, TXD_CMD_IFCS, TXD_CMD_RS, TXD_DTYP_DATA,
+    TXD_PAYLEN_SHIFT, TXD_STAT_DD, tx_queue,
+};
 
 /// Descriptors in the ring (a multiple of 8).
 pub const ENTRIES: usize = 32;

@@ -412,20 +412,20 @@ pub enum NicKind {
     Virtio,
 }
 
-impl From<NicKind> for migration_client::protocol::Nic {
+impl From<NicKind> for agent_proto::Nic {
     fn from(nic: NicKind) -> Self {
         match nic {
-            NicKind::Vf => migration_client::protocol::Nic::Vf,
-            NicKind::Virtio => migration_client::protocol::Nic::Virtio,
+            NicKind::Vf => agent_proto::Nic::Vf,
+            NicKind::Virtio => agent_proto::Nic::Virtio,
         }
     }
 }
 
-impl From<migration_client::protocol::Nic> for NicKind {
-    fn from(nic: migration_client::protocol::Nic) -> Self {
+impl From<agent_proto::Nic> for NicKind {
+    fn from(nic: agent_proto::Nic) -> Self {
         match nic {
-            migration_client::protocol::Nic::Vf => NicKind::Vf,
-            migration_client::protocol::Nic::Virtio => NicKind::Virtio,
+            agent_proto::Nic::Vf => NicKind::Vf,
+            agent_proto::Nic::Virtio => NicKind::Virtio,
         }
     }
 }
@@ -506,8 +506,8 @@ pub struct NicStatus {
     pub announced: Option<bool>,
 }
 
-impl From<&migration_client::NicStatus> for NicCounters {
-    fn from(s: &migration_client::NicStatus) -> Self {
+impl From<&agent_proto::NicStatus> for NicCounters {
+    fn from(s: &agent_proto::NicStatus) -> Self {
         NicCounters {
             present: s.present,
             link_up: s.link_up,
@@ -519,8 +519,8 @@ impl From<&migration_client::NicStatus> for NicCounters {
     }
 }
 
-impl From<&migration_client::Status> for NicStatus {
-    fn from(s: &migration_client::Status) -> Self {
+impl From<&agent_proto::Status> for NicStatus {
+    fn from(s: &agent_proto::Status) -> Self {
         NicStatus {
             active: s.active.map(NicKind::from),
             vf: (&s.vf).into(),

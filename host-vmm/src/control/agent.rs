@@ -6,9 +6,7 @@
 //! request is withdrawn if the guest has not taken it yet, so it is not carried out later.
 
 use crate::devices::virtio::console::{HostPort, PortFull};
-use migration_client::protocol::{
-    self, Decoded, ErrorCode, FrameError, MAX_FRAME, Prepared, Reply, Request, Resumed,
-};
+use agent_proto::{Decoded, ErrorCode, FrameError, MAX_FRAME, Prepared, Reply, Request, Resumed};
 use std::fmt;
 use std::time::{Duration, Instant};
 
@@ -148,7 +146,7 @@ impl AgentLink {
         self.seq = self.seq.wrapping_add(1);
         let seq = self.seq;
         let mut frame = [0u8; MAX_FRAME];
-        let n = protocol::encode(seq, &request, &mut frame);
+        let n = agent_proto::encode(seq, &request, &mut frame);
         self.port.send(&frame[..n])?;
         let deadline = Instant::now() + self.timeout;
         loop {
@@ -170,7 +168,7 @@ impl AgentLink {
         let mut at = 0;
         let mut found = None;
         while at < self.pending.len() && found.is_none() {
-            match protocol::decode::<Reply>(&self.pending[at..]) {
+            match agent_proto::decode::<Reply>(&self.pending[at..]) {
                 Decoded::Incomplete => break,
                 Decoded::Frame {
                     seq: got,
@@ -221,7 +219,7 @@ fn unexpected(request: Request, reply: &Reply) -> AgentError {
 mod tests {
     use super::*;
     use crate::control::test_guest::{self, FakeNics, GuestEnd};
-    use migration_client::protocol::{ErrorText, Nic, Status, encode_raw, kind};
+    use agent_proto::{ErrorText, Nic, NicStatus, Status, encode_raw, kind};
 
     /// A link over a port whose device end the test plays.
     fn link(timeout: Duration) -> (AgentLink, GuestEnd) {
@@ -339,7 +337,7 @@ mod tests {
     fn prepare_without_virtio_net_is_refused_with_the_guests_reason() {
         let (mut link, guest) = link(Duration::from_secs(5));
         let nics = FakeNics::both_up();
-        nics.lock().unwrap().status.virtio = migration_client::NicStatus::default();
+        nics.lock().unwrap().status.virtio = NicStatus::default();
         let agent = guest.run_agent(nics.clone());
         let e = link.prepare().unwrap_err();
         assert_eq!(
@@ -418,7 +416,7 @@ mod tests {
 
     fn frame(seq: u16, r: &Reply) -> Vec<u8> {
         let mut out = [0u8; MAX_FRAME];
-        let n = protocol::encode(seq, r, &mut out);
+        let n = agent_proto::encode(seq, r, &mut out);
         out[..n].to_vec()
     }
 }

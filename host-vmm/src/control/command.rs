@@ -3,7 +3,7 @@
 
 use crate::api::types::{NicCounters, NicStatus, VfStatus};
 use crate::migration::target::Address;
-use migration_client::protocol::Nic;
+use agent_proto::Nic;
 use std::fmt::{self, Write};
 
 /// The commands, as usage errors list them.

@@ -26,7 +26,7 @@ use crate::migration::target::Address;
 use crate::pause::Pause;
 use crate::vcpu_gate::Stopped;
 use crate::vmm::{Machine, Outcome, Vmm};
-use migration_client::protocol::{Nic, Prepared, Reply, Request, Resumed, Status};
+use agent_proto::{Nic, Prepared, Reply, Request, Resumed, Status};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, mpsc};
 use std::time::{Duration, Instant};

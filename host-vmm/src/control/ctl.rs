@@ -8,7 +8,7 @@ use crate::api::types::{
     MigrationProgress, MigrationState, NicAction, NicKind, NicRequest, NicStatus,
     SendMigrationData, VfAction, VfRequest, VfStatus,
 };
-use migration_client::protocol::Nic;
+use agent_proto::Nic;
 use serde::de::DeserializeOwned;
 use std::path::Path;
 use std::time::{Duration, Instant};

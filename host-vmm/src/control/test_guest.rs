@@ -4,8 +4,8 @@
 //! wants (late, malformed, in pieces).
 
 use crate::devices::virtio::console::{self, DevicePort, HostPort};
-use migration_client::agent::{Agent, NicControl, SwitchError};
-use migration_client::protocol::{self, Decoded, Nic, NicStatus, Request, Status};
+use agent_proto::{Decoded, Nic, NicStatus, Request, Status, SwitchError};
+use migration_client::agent::{Agent, NicControl};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -52,7 +52,7 @@ impl GuestEnd {
     ) -> Running {
         self.spawn(move |port, buf| {
             loop {
-                match protocol::decode::<Request>(buf) {
+                match agent_proto::decode::<Request>(buf) {
                     Decoded::Incomplete => break,
                     Decoded::Frame { seq, message, len } => {
                         buf.drain(..len);

@@ -51,7 +51,7 @@ const NET_MSIX_VECTORS: usize = 3;
 /// reclaims transmit buffers when it sends).
 const CONSOLE_MSIX_VECTORS: usize = 2;
 /// MSI-X vectors of the VF, as on a real 82599 VF: two queue pairs and "other".
-const VF_MSIX_VECTORS: usize = drivers::ixgbevf::regs::MSIX_VECTORS as usize;
+const VF_MSIX_VECTORS: usize = ixgbevf_regs::MSIX_VECTORS as usize;
 /// IOAPIC pin of device 1's INTA; device `n` gets pin 16 + (n - 1) % 8 (the pins no ISA
 /// device uses, routed to the IOAPIC only).
 const PCI_INTX_FIRST_GSI: u32 = 16;

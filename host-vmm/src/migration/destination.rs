@@ -4,10 +4,10 @@
 //! arrival (announce, VF, guest agent) is the caller's.
 
 use super::target::{Address, AddressError, Listening, Stream};
-use super::wire::{self, Message, Mode, WireError};
 use crate::config::{DeviceConfig, MemSize};
 use crate::memory::{GuestRam, PAGE_SIZE};
 use crate::vmm::{self, MachineState, Vmm};
+use migration_wire::{Message, Mode, WireError, decode_state, read_message, write_message};
 use std::fs::File;
 use std::io::Write;
 use std::time::Instant;
@@ -56,7 +56,7 @@ pub fn receive(
         Err(e) => {
             // Tell the source why, so it rolls back at once (best effort: it may be gone).
             if !matches!(e, ReceiveError::Wire(WireError::PeerAborted(_))) {
-                let _ = wire::write_message(&mut stream, &Message::Failed(e.to_string()));
+                let _ = write_message(&mut stream, &Message::Failed(e.to_string()));
             }
             Err(e)
         }
@@ -70,7 +70,7 @@ fn incoming(
     console: Box<dyn Write + Send>,
 ) -> Result<Vmm, ReceiveError> {
     let start = Instant::now();
-    let hello = match wire::read_message(stream)? {
+    let hello = match read_message(stream)? {
         Message::Hello(h) => h,
         other => {
             return Err(ReceiveError::Refused(format!(
@@ -93,7 +93,7 @@ fn incoming(
     stream
         .set_read_timeout(Some(STALL_TIMEOUT))
         .map_err(WireError::Io)?;
-    wire::write_message(stream, &Message::Accept)?;
+    write_message(stream, &Message::Accept)?;
     let ram = match hello.mode {
         Mode::PreCopy => GuestRam::new(size).map_err(vmm::Error::from)?,
         Mode::ZeroCopy => {
@@ -106,7 +106,7 @@ fn incoming(
     };
     let mut vmm = Vmm::for_incoming(devices, ram, console)?;
     if hello.mode == Mode::ZeroCopy {
-        wire::write_message(stream, &Message::Ready)?;
+        write_message(stream, &Message::Ready)?;
     }
     log::info!(
         "migration: VM ready for the incoming guest after {:?}",
@@ -115,7 +115,7 @@ fn incoming(
     let mut state = None;
     let mut pages = 0u64;
     loop {
-        match wire::read_message(stream)?.into_result()? {
+        match read_message(stream)?.into_result()? {
             Message::Pages(batch) => {
                 if hello.mode == Mode::ZeroCopy {
                     return Err(ReceiveError::Refused(
@@ -131,7 +131,7 @@ fn incoming(
                 pages += batch.len() as u64;
             }
             Message::State(bytes) => {
-                state = Some(wire::decode_state::<MachineState>(&bytes)?);
+                state = Some(decode_state::<MachineState>(&bytes)?);
             }
             Message::Done => break,
             other => {
@@ -155,7 +155,7 @@ fn incoming(
         .map_err(|e| ReceiveError::Refused(format!("cannot restore the guest here: {e}")))?;
     // The pages written above went through the host-write bitmap; this VM starts clean.
     vmm.machine().ram.take_host_dirty();
-    wire::write_message(stream, &Message::Running)?;
+    write_message(stream, &Message::Running)?;
     vmm.machine().io().resume();
     log::info!(
         "migration: guest received ({pages} pages) after {:?}; running",

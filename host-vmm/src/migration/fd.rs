@@ -1,6 +1,6 @@
 //! Passing the guest-RAM memfd over a Unix stream (SCM_RIGHTS), for zero-copy migration.
 //!
-//! The fd rides on one ordinary [`wire`] frame of kind [`wire::kind::MEMFD`] whose payload is
+//! The fd rides on one ordinary `migration_wire` frame of kind [`kind::MEMFD`] whose payload is
 //! a caller-chosen tag (e.g. what the fd is), so it is versioned and checksummed like every
 //! other message. The receiver reads exactly that frame with `recvmsg`, never beyond it, so
 //! plain frames can follow on the same stream; a frame without exactly one fd is refused (and
@@ -17,7 +17,9 @@
 //! refused and closed. Catching two needs a larger control buffer: its `unsafe`
 //! `recv_with_fds`, or a dependency with a safe `recvmsg` (rustix), both outside this module.
 
-use super::wire::{self, FrameHeader, HEADER_LEN, TRAILER_LEN, WireError, kind};
+use migration_wire::{
+    FrameHeader, HEADER_LEN, TRAILER_LEN, WireError, encode_frame, kind, kind_name, verify_checksum,
+};
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
@@ -36,7 +38,7 @@ pub fn send_fd(sock: &UnixStream, fd: BorrowedFd<'_>, tag: &[u8]) -> Result<(), 
         });
     }
     let mut frame = Vec::new();
-    wire::encode_frame(kind::MEMFD, tag, &mut frame)?;
+    encode_frame(kind::MEMFD, tag, &mut frame)?;
     let sent = loop {
         match sock.send_with_fd(frame.as_slice(), fd.as_raw_fd()) {
             Ok(n) => break n,
@@ -61,7 +63,7 @@ pub fn recv_fd(sock: &UnixStream) -> Result<(OwnedFd, Vec<u8>), WireError> {
         return Err(if fd.is_some() {
             WireError::Malformed(format!(
                 "a file descriptor came with a {} message, not a memfd message",
-                wire::kind_name(h.kind)
+                kind_name(h.kind)
             ))
         } else {
             WireError::MissingFd
@@ -79,7 +81,7 @@ pub fn recv_fd(sock: &UnixStream) -> Result<(OwnedFd, Vec<u8>), WireError> {
     let trailer: [u8; TRAILER_LEN] = trailer
         .try_into()
         .map_err(|_| WireError::Malformed("memfd frame trailer is not four bytes".into()))?;
-    wire::verify_checksum(&header, tag, &trailer)?;
+    verify_checksum(&header, tag, &trailer)?;
     let fd = fd.ok_or(WireError::MissingFd)?;
     rest.truncate(h.len as usize);
     Ok((fd.into(), rest))
@@ -125,7 +127,7 @@ fn recv_full(
 mod tests {
     use super::*;
     use crate::memory::GuestRam;
-    use crate::migration::wire::{Message, read_message, write_message};
+    use migration_wire::{Message, read_message, write_message};
     use std::os::fd::AsFd;
     use vm_memory::{Bytes, GuestAddress};
 
@@ -168,7 +170,7 @@ mod tests {
     fn a_memfd_frame_without_an_fd_is_refused() {
         let (a, b) = UnixStream::pair().unwrap();
         let mut frame = Vec::new();
-        wire::encode_frame(kind::MEMFD, b"guest-ram", &mut frame).unwrap();
+        encode_frame(kind::MEMFD, b"guest-ram", &mut frame).unwrap();
         (&a).write_all(&frame).unwrap();
         assert!(matches!(recv_fd(&b), Err(WireError::MissingFd)));
         // Any other plain message where the memfd should be is refused the same way.
@@ -181,7 +183,7 @@ mod tests {
         let (a, b) = UnixStream::pair().unwrap();
         let ram = GuestRam::new(RAM).unwrap();
         let mut frame = Vec::new();
-        wire::encode_frame(kind::MEMFD, b"x", &mut frame).unwrap();
+        encode_frame(kind::MEMFD, b"x", &mut frame).unwrap();
         let fd = ram.memfd().as_raw_fd();
         // Three, not two: see the module docs for why two cannot be seen through the safe API.
         a.send_with_fds(&[frame.as_slice()], &[fd, fd, fd]).unwrap();
@@ -198,7 +200,7 @@ mod tests {
     fn a_corrupt_or_cut_memfd_frame_is_refused() {
         let ram = GuestRam::new(RAM).unwrap();
         let mut frame = Vec::new();
-        wire::encode_frame(kind::MEMFD, b"guest-ram", &mut frame).unwrap();
+        encode_frame(kind::MEMFD, b"guest-ram", &mut frame).unwrap();
         let last = frame.len() - 1;
         frame[last] ^= 1;
         let (a, b) = UnixStream::pair().unwrap();

@@ -1,6 +1,8 @@
 //! Live migration: moving a running guest to another host-vmm.
 //!
-//! - [`wire`]: the stream format (versioned, checksummed messages) both ends speak.
+//! The stream format both ends speak (versioned, checksummed messages) is the
+//! `roam-migration-wire` crate (`migration_wire`, under `proto/migration`).
+//!
 //! - [`fd`]: passing the guest-RAM memfd to a co-located destination (SCM_RIGHTS).
 //! - [`target`]: `tcp:ADDR:PORT` / `unix:PATH` endpoints and the stream over them.
 //! - [`source`]: sending a running guest: pre-copy or zero-copy, progress, cancel, rollback.
@@ -14,4 +16,3 @@ pub mod destination;
 pub mod fd;
 pub mod source;
 pub mod target;
-pub mod wire;

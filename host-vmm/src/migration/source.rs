@@ -10,12 +10,14 @@
 //! maps it and builds its VM; only the machine state crosses during the pause.
 
 use super::target::{Address, AddressError, Stream};
-use super::wire::{self, Hello, Message, Mode, WireError, kind};
 use crate::devices::ixgbevf::VfOperator;
 use crate::memory::PAGE_SIZE;
 use crate::pause::{Pause, PauseError};
 use crate::vcpu_gate::Stopped;
 use crate::vmm::Machine;
+use migration_wire::{
+    Hello, Message, Mode, WireError, encode_state, kind, read_message, write_message, write_pages,
+};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 use vm_memory::{Bytes, GuestAddress};
@@ -262,7 +264,7 @@ pub fn migrate(
             let e = match e {
                 MigrateError::Wire(WireError::Io(io)) => {
                     let _ = run.stream.set_read_timeout(Some(Duration::from_secs(1)));
-                    match wire::read_message(run.stream) {
+                    match read_message(run.stream) {
                         Ok(Message::Failed(reason)) => {
                             MigrateError::Wire(WireError::PeerFailed(reason))
                         }
@@ -272,7 +274,7 @@ pub fn migrate(
                 other => other,
             };
             let why = e.to_string();
-            let _ = wire::write_message(run.stream, &Message::Abort(why.clone()));
+            let _ = write_message(run.stream, &Message::Abort(why.clone()));
             run.stream.shutdown();
             run.roll_back(&mut agent);
             Err(e)
@@ -394,7 +396,7 @@ impl Run<'_, '_> {
             .machine
             .save()
             .map_err(|e| MigrateError::Local(e.to_string()))?;
-        let bytes = wire::encode_state(&state)?;
+        let bytes = encode_state(&state)?;
         self.send(&Message::State(bytes))?;
         self.cancel.commit()?;
         self.step(
@@ -515,7 +517,7 @@ impl Run<'_, '_> {
             if self.paused.is_none() {
                 self.cancel.check()?;
             }
-            wire::write_pages(self.stream, &mut buf, batch, |pfn, dst| {
+            write_pages(self.stream, &mut buf, batch, |pfn, dst| {
                 mem.read_slice(dst, GuestAddress(pfn * PAGE_SIZE))
                     .map_err(|e| WireError::Malformed(format!("page {pfn:#x}: {e}")))
             })?;
@@ -536,7 +538,7 @@ impl Run<'_, '_> {
     /// Reads the destination's next message, which must be `expected` (its `Failed` is
     /// the error).
     fn reply(&mut self, expected: u16) -> Result<(), MigrateError> {
-        let msg = wire::read_message(self.stream).map_err(|e| match e {
+        let msg = read_message(self.stream).map_err(|e| match e {
             WireError::Truncated { .. } => WireError::Malformed(
                 "the destination closed the connection (did it exit? see its stderr)".into(),
             ),

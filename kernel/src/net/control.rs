@@ -10,12 +10,11 @@
 use super::{Device, Stack, vf};
 use crate::arch::{apic, pci::PortConfig};
 use crate::hal::KernelHal;
+use agent_proto::{Nic, Status, SwitchError};
 use drivers::pci;
 use drivers::virtio_console::{self, Console};
 use drivers::virtio_net::{Interrupt, InterruptRequest};
-use migration_client::agent::{Agent, NicControl, SwitchError};
-use migration_client::protocol::{self, NicStatus, Status};
-use netstack::failover::{self, NicCounters};
+use migration_client::agent::{Agent, NicControl};
 
 /// The channel and the agent behind it.
 pub struct Control {
@@ -97,38 +96,18 @@ struct Nics<'a> {
 }
 
 impl NicControl for Nics<'_> {
-    fn switch(&mut self, nic: protocol::Nic) -> Result<(), SwitchError> {
-        let nic = match nic {
-            protocol::Nic::Vf => failover::Nic::Vf,
-            protocol::Nic::Virtio => failover::Nic::Virtio,
-        };
-        match self.stack.switch_nic(nic) {
-            Ok(switched) => {
-                log::info!("control: traffic now on {nic} (from {:?})", switched.from);
-                Ok(())
-            }
-            Err(failover::SwitchError::Absent(_)) => Err(SwitchError::NotPresent),
-            Err(failover::SwitchError::LinkDown(_)) => Err(SwitchError::LinkDown),
-        }
+    fn switch(&mut self, nic: Nic) -> Result<(), SwitchError> {
+        let switched = self.stack.switch_nic(nic)?;
+        log::info!("control: traffic now on {nic} (from {:?})", switched.from);
+        Ok(())
     }
 
     fn status(&self) -> Status {
         let device = self.stack.device();
-        let nic = |c: NicCounters| NicStatus {
-            present: c.present,
-            link_up: c.link_up,
-            rx: c.rx,
-            tx: c.tx,
-            rx_errors: c.rx_errors,
-            tx_dropped: c.tx_dropped,
-        };
         Status {
-            active: device.active().map(|n| match n {
-                failover::Nic::Vf => protocol::Nic::Vf,
-                failover::Nic::Virtio => protocol::Nic::Virtio,
-            }),
-            vf: nic(device.counters(failover::Nic::Vf)),
-            virtio: nic(device.counters(failover::Nic::Virtio)),
+            active: device.active(),
+            vf: device.counters(Nic::Vf),
+            virtio: device.counters(Nic::Virtio),
             switches: device.switches(),
         }
     }

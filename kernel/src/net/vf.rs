@@ -20,7 +20,6 @@ use drivers::ixgbevf::pci::{self as vf_pci, InterruptRequest};
 use drivers::ixgbevf::{self, Ixgbevf};
 use drivers::net::{MacAddress, NetDevice};
 use drivers::pci::{self, Bdf, ConfigAccess};
-use netstack::failover;
 
 /// How long PREPARE keeps taking frames from the VF after the switch to virtio-net.
 const DRAIN_NS: u64 = 3_000_000;
@@ -92,7 +91,7 @@ impl Watch {
             stack
                 .device()
                 .active()
-                .map_or("no NIC", failover::Nic::name)
+                .map_or("no NIC", agent_proto::Nic::name)
         );
         true
     }
@@ -182,8 +181,8 @@ impl Watch {
     fn replug(&mut self, stack: &mut Stack<Device>, bdf: Bdf) -> bool {
         let mut access = PortConfig;
         let ids = access.read32(bdf, pci::VENDOR_DEVICE);
-        if ids as u16 != ixgbevf::regs::VENDOR_ID
-            || (ids >> 16) as u16 != ixgbevf::regs::DEVICE_ID_82599_VF
+        if ids as u16 != ixgbevf_regs::VENDOR_ID
+            || (ids >> 16) as u16 != ixgbevf_regs::DEVICE_ID_82599_VF
         {
             return false;
         }

@@ -206,7 +206,7 @@ fn make_active(ctl: &Control, nic: Nic) -> Result<()> {
     }
     let status = ctl.status()?;
     if status.active != Some(nic) {
-        bail!("after `switch {}` status says {status:?}", nic.key());
+        bail!("after `switch {}` status says {status:?}", nic.name());
     }
     Ok(())
 }
@@ -218,7 +218,7 @@ fn switch(ctl: &Control, to: Nic) -> Result<Switch> {
     let ended = pingd::now();
     let status = ctl.status()?;
     if status.active != Some(to) {
-        bail!("after `switch {}` status says {status:?}", to.key());
+        bail!("after `switch {}` status says {status:?}", to.name());
     }
     Ok(Switch { to, started, ended })
 }
@@ -240,7 +240,7 @@ fn switch_series(
         eprintln!(
             "switch bench: {what}: switch {}/{count} to {} took {:.1} ms",
             i + 1,
-            to.key(),
+            to.name(),
             s.ctl_ms()
         );
         done.push(s);
@@ -437,7 +437,7 @@ pub fn json(f: &SwitchFigures) -> String {
         .iter()
         .map(|p| {
             json!({
-                "to": p.switch.to.key(),
+                "to": p.switch.to.name(),
                 "ctl_ms": round(p.switch.ctl_ms()),
                 "sent": p.sent,
                 "lost": p.lost,
@@ -463,7 +463,7 @@ pub fn json(f: &SwitchFigures) -> String {
             "per_switch": ping_switches,
         },
         "final_status": {
-            "active": f.final_status.active.map(|n| n.key()),
+            "active": f.final_status.active.map(|n| n.name()),
             "switches": f.final_status.switches,
             "vf": {"rx": f.final_status.vf.rx, "tx": f.final_status.vf.tx,
                    "rx_errors": f.final_status.vf.rx_errors, "tx_dropped": f.final_status.vf.tx_dropped},
@@ -477,7 +477,7 @@ pub fn json(f: &SwitchFigures) -> String {
             .iter()
             .map(|s| {
                 json!({
-                    "to": s.switch.to.key(),
+                    "to": s.switch.to.name(),
                     "before_mbps": s.before.map(round),
                     "at_mbps": s.at.map(round),
                     "after_mbps": s.after.map(round),
@@ -527,7 +527,7 @@ pub fn table(f: &SwitchFigures) -> String {
         out.push_str(&format!(
             "{:>3} {:<7} {:>8.1} {:>6} {:>6} {:>16} {:>18}\n",
             i + 1,
-            p.switch.to.key(),
+            p.switch.to.name(),
             p.switch.ctl_ms(),
             p.sent,
             p.lost,
@@ -568,7 +568,7 @@ pub fn table(f: &SwitchFigures) -> String {
             out.push_str(&format!(
                 "{:>3} {:<7} {:>9} {:>9} {:>9} {:>12}\n",
                 i + 1,
-                s.switch.to.key(),
+                s.switch.to.name(),
                 opt(s.before, 2),
                 opt(s.at, 2),
                 opt(s.after, 2),
@@ -587,7 +587,7 @@ pub fn table(f: &SwitchFigures) -> String {
     let s = &f.final_status;
     out.push_str(&format!(
         "\nguest status at the end: active={} switches={}; vf rx={} tx={}; virtio rx={} tx={}\n",
-        s.active.map_or("none", |n| n.key()),
+        s.active.map_or("none", |n| n.name()),
         s.switches,
         s.vf.rx,
         s.vf.tx,
@@ -722,7 +722,7 @@ mod tests {
                     min: Some(4.5),
                 }],
             }],
-            final_status: Status::parse(
+            final_status: crate::ctl::parse_status(
                 "active=vf\nvf present=yes link=up rx=1 tx=2 rx_errors=0 tx_dropped=0\n\
                  virtio present=yes link=up rx=3 tx=4 rx_errors=0 tx_dropped=0\nswitches=2\n",
             )

@@ -7,7 +7,7 @@
 //! Pure register logic: sending is a callback (`send(v)` returns whether MSI-X took it), so
 //! these rules are tested without any MSI-X state.
 
-use drivers::ixgbevf::regs as r;
+use ixgbevf_regs as r;
 use serde::{Deserialize, Serialize};
 
 /// What raised an interrupt.

@@ -18,7 +18,7 @@
 //! ACK or releases VFU, the latest one winning.
 
 use crate::devices::DeviceStateError;
-use drivers::ixgbevf::regs::{self as r, mbx};
+use ixgbevf_regs::{self as r, mbx};
 use serde::{Deserialize, Serialize};
 
 /// Smallest frame SET_LPE accepts (Linux's `ETH_MIN_MTU`).
@@ -32,10 +32,6 @@ const XCAST_MULTI: u32 = 1;
 const XCAST_PROMISC: u32 = 3;
 /// Multicast filter type in the RESET reply.
 const MC_FILTER_TYPE: u32 = 0;
-/// GET_RETA and GET_RSS_KEY (API 1.2): NACKed like any unknown request.
-pub const GET_RETA: u32 = 0x0A;
-/// See [`GET_RETA`].
-pub const GET_RSS_KEY: u32 = 0x0B;
 
 /// What the PF decided for this VF (fixed for the model's life).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -473,7 +469,16 @@ mod tests {
     fn unknown_requests_are_nacked_with_cts() {
         let mut vf = Vf::new();
         vf.call(&[mbx::RESET]);
-        for id in [0u32, 7, GET_RETA, GET_RSS_KEY, 0x0D, 0x11, 0x12, 0xFFFF] {
+        for id in [
+            0u32,
+            7,
+            mbx::GET_RETA,
+            mbx::GET_RSS_KEY,
+            0x0D,
+            0x11,
+            0x12,
+            0xFFFF,
+        ] {
             assert_eq!(vf.call(&[id])[0], id | 0x6000_0000, "id {id:#x}");
         }
     }

@@ -10,7 +10,7 @@
 //! CWR only on the first, and their own TCP checksum.
 
 use super::state::TxContext;
-use drivers::ixgbevf::regs as r;
+use ixgbevf_regs as r;
 
 /// Context TUCMD: IPv4 packet.
 pub const TUCMD_IPV4: u32 = 0x400;

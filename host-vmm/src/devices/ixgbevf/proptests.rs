@@ -9,7 +9,7 @@ use super::state::SRRCTL_DEFAULT;
 use super::testing::*;
 use crate::devices::Persist;
 use crate::memory::GuestMemoryMmap;
-use drivers::ixgbevf::regs as r;
+use ixgbevf_regs as r;
 use proptest::prelude::*;
 use vm_memory::GuestAddress;
 

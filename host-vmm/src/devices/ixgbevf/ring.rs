@@ -10,7 +10,7 @@
 use super::state::QueueRegs;
 use crate::devices::virtio::queue::range_in_ram;
 use crate::memory::GuestMemoryMmap;
-use drivers::ixgbevf::regs as r;
+use ixgbevf_regs as r;
 use std::sync::atomic::Ordering;
 use vm_memory::{Bytes, GuestAddress};
 

@@ -11,7 +11,7 @@
 use super::ring::{QueueError, Ring, check_buffer};
 use super::state::QueueRegs;
 use crate::memory::GuestMemoryMmap;
-use drivers::ixgbevf::regs as r;
+use ixgbevf_regs as r;
 use vm_memory::{Bytes, GuestAddress};
 
 /// RX status: a VLAN tag was stripped into the descriptor.

@@ -8,7 +8,7 @@ use super::mailbox::Mailbox;
 use super::ring::{Ring, check_buffer};
 use crate::devices::DeviceStateError;
 use crate::memory::GuestMemoryMmap;
-use drivers::ixgbevf::regs as r;
+use ixgbevf_regs as r;
 use serde::{Deserialize, Serialize};
 
 /// Queue pairs the PF grants (GET_QUEUES) and the model serves.

@@ -8,7 +8,7 @@ use crate::devices::pci::msix::{CONTROL_ENABLE, MsixVector};
 use crate::devices::virtio::net::backend::{MemBackend, MemPeer, mem_pair};
 use crate::devices::vm_ops::RecordingVmOps;
 use crate::memory::GuestMemoryMmap;
-use drivers::ixgbevf::regs as r;
+use ixgbevf_regs as r;
 use std::sync::Arc;
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
@@ -170,7 +170,7 @@ impl Vf {
         self.write(r::VFCTRL, r::VFCTRL_RST);
         assert_ne!(self.read(r::VFSTATUS), 0xFFFF_FFFF);
         assert_eq!(self.mbx() & r::MBX_RSTI, 0);
-        let reply = self.call(&[drivers::ixgbevf::regs::mbx::RESET]);
+        let reply = self.call(&[ixgbevf_regs::mbx::RESET]);
         assert_eq!(reply[0], 0x8000_0001);
         let reply = self.call(&[0x08, 4, 0]);
         assert_eq!(reply[0], 0xA000_0008);

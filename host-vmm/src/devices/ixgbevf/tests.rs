@@ -9,7 +9,7 @@ use crate::devices::BusDevice;
 use crate::devices::Persist;
 use crate::devices::pci::{PciConfigPorts, PciMmioWindow, PciRoot};
 use crate::io_thread::IoThread;
-use drivers::ixgbevf::regs::mbx;
+use ixgbevf_regs::mbx;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use vm_memory::{Bytes, GuestAddress};

@@ -21,7 +21,7 @@ use super::ring::{QueueError, Ring, check_buffer};
 use super::state::{QueueRegs, TxContext};
 use crate::devices::virtio::queue::range_in_ram;
 use crate::memory::GuestMemoryMmap;
-use drivers::ixgbevf::regs as r;
+use ixgbevf_regs as r;
 use std::sync::atomic::Ordering;
 use vm_memory::{Bytes, GuestAddress};
 

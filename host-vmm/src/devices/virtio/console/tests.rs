@@ -555,8 +555,8 @@ fn bytes_flow_both_ways_through_the_io_thread() {
 
 #[test]
 fn an_agent_request_and_its_reply_cross_the_queues() {
-    use migration_client::protocol::{self, Decoded, MAX_FRAME, Reply, Request, Status};
-    use migration_client::{Agent, Nic, NicControl, SwitchError};
+    use agent_proto::{Decoded, MAX_FRAME, Nic, Reply, Request, Status, SwitchError};
+    use migration_client::{Agent, NicControl};
     struct Nics(Status);
     impl NicControl for Nics {
         fn switch(&mut self, nic: Nic) -> Result<(), SwitchError> {
@@ -571,7 +571,7 @@ fn an_agent_request_and_its_reply_cross_the_queues() {
     let buf = g.add_rx_buffer(4096);
     g.kick(RX);
     let mut frame = [0u8; MAX_FRAME];
-    let n = protocol::encode(77, &Request::Switch(Nic::Vf), &mut frame);
+    let n = agent_proto::encode(77, &Request::Switch(Nic::Vf), &mut frame);
     g.host.send(&frame[..n]).unwrap();
     g.host_ready();
     // The guest side: what landed in its buffer goes to the real agent.
@@ -585,7 +585,7 @@ fn an_agent_request_and_its_reply_cross_the_queues() {
     g.add_tx(&replies[0], 4096);
     g.kick(TX);
     let got = g.recv_now();
-    let Decoded::Frame { seq, message, .. } = protocol::decode::<Reply>(&got) else {
+    let Decoded::Frame { seq, message, .. } = agent_proto::decode::<Reply>(&got) else {
         panic!("{got:x?}")
     };
     assert_eq!(seq, 77);

@@ -122,6 +122,56 @@ struct TestState {
 }
 
 #[test]
+fn frames_are_pinned_on_the_wire() {
+    // Other builds of host-vmm depend on these bytes: changing them needs a new
+    // FORMAT_VERSION (the envelope) or PROTOCOL_VERSION (the messages).
+    let kinds = [
+        kind::HELLO,
+        kind::ACCEPT,
+        kind::PAGES,
+        kind::STATE,
+        kind::DONE,
+        kind::READY,
+        kind::RUNNING,
+        kind::FAILED,
+        kind::ABORT,
+        kind::MEMFD,
+    ];
+    assert_eq!(kinds, [1, 2, 3, 4, 5, 6, 7, 8, 9, 16]);
+    assert_eq!((FORMAT_VERSION, PROTOCOL_VERSION), (1, 1));
+    let done = Message::Done.encode().unwrap();
+    assert_eq!(
+        done,
+        b"RMIG\x01\x00\x05\x00\x00\x00\x00\x00\x9d\x85\x72\xf2"
+    );
+    let failed = Message::Failed("no".into()).encode().unwrap();
+    assert_eq!(
+        failed,
+        b"RMIG\x01\x00\x08\x00\x02\x00\x00\x00no\x4f\xed\x5a\xe8"
+    );
+    let hello = Message::Hello(Hello::new(Mode::ZeroCopy, 0x1122_3344_5566_7788, 3));
+    let mut want = b"RMIG\x01\x00\x01\x00\x11\x00\x00\x00".to_vec();
+    want.extend([
+        1, 0, 0, 0, 1, 0x88, 0x77, 0x66, 0x55, 0x44, 0x33, 0x22, 0x11, 3, 0, 0, 0,
+    ]);
+    want.extend(0x9c31_0991u32.to_le_bytes());
+    assert_eq!(hello.encode().unwrap(), want);
+    let pages = Message::Pages(Pages::new(&[5], &page(0xab)).unwrap());
+    let f = pages.encode().unwrap();
+    assert_eq!(&f[6..8], &[3, 0]);
+    assert_eq!(
+        &f[12..24],
+        &[1, 0, 0, 0, 5, 0, 0, 0, 0, 0, 0, 0],
+        "count, then pfns"
+    );
+    assert_eq!(&f[24..24 + PAGE_SIZE], &page(0xab)[..]);
+    // What an older peer's Done looks like: only the version differs, the CRC still matches.
+    let mut old = Vec::new();
+    encode_frame_as(0, kind::DONE, &[], &mut old).unwrap();
+    assert_eq!(old, raw_frame(0, kind::DONE, &[]));
+}
+
+#[test]
 fn every_single_bit_flip_of_every_kind_is_refused() {
     for m in samples() {
         let frame = m.encode().unwrap();
@@ -462,7 +512,7 @@ fn state_with_another_version_or_extra_bytes_is_refused() {
     assert!(decode_state::<TestState>(&hostile).is_err());
 }
 
-/// Run with `cargo test -p host-vmm --release pages_throughput -- --ignored --nocapture`.
+/// Run with `cargo test -p roam-migration-wire --release pages_throughput -- --ignored --nocapture`.
 #[test]
 #[ignore = "a measurement, not a test"]
 fn pages_throughput() {

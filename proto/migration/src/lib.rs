@@ -1,4 +1,8 @@
-//! The migration stream format both host-vmm ends speak, over any byte stream (TCP or Unix).
+//! The migration stream format both host-vmm ends speak, over any byte stream (TCP or Unix):
+//! frames, messages, the page batches and the machine-state envelope. host-vmm's migration
+//! source and destination use it, and so do the rollback tests (`tests/rollback.rs`, the
+//! fault-injecting `migproxy`), which read and forge streams. It knows nothing of KVM or of
+//! host-vmm's state structs: [`encode_state`] and [`decode_state`] take any serde type.
 //!
 //! Every message travels in one frame; all integers are little-endian:
 //!
@@ -26,23 +30,25 @@
 //! | 7    | [`Message::Running`]   | dst → src | empty                                          |
 //! | 8    | [`Message::Failed`]    | dst → src | UTF-8 reason                                   |
 //! | 9    | [`Message::Abort`]     | src → dst | UTF-8 reason                                   |
-//! | 16   | memfd ([`super::fd`])  | src → dst | opaque tag bytes; the frame's first bytes carry the guest-RAM memfd (SCM_RIGHTS) |
+//! | 16   | memfd (host-vmm's `migration::fd`) | src → dst | opaque tag bytes; the frame's first bytes carry the guest-RAM memfd (SCM_RIGHTS) |
 //!
 //! Three versions, each checked where it lives: the format version (this envelope, every
 //! frame), the protocol version (the message set and its order, in [`Hello`], the first
 //! message) and [`STATE_VERSION`] (the layout of the machine-state structs, inside
 //! [`Message::State`]). A mismatch of any of them is an error naming both numbers.
 //!
-//! The intended order (the migration driver owns it; this module only checks each frame):
+//! The intended order (the migration driver owns it; this crate only checks each frame):
 //! pre-copy: `Hello` → `Accept`, `Pages`…, (pause) `Pages`…, `State`, `Done` → `Running`;
 //! zero-copy: `Hello` → `Accept`, memfd → `Ready`, (pause) `State`, `Done` → `Running`.
 //! Either side may give up at any point: the source with `Abort`, the destination with `Failed`.
 //!
 //! Readers here never read past the frame they decode, so a Unix stream can interleave
-//! plain frames and [`super::fd`]'s memfd frame; do not wrap such a stream in a `BufReader`.
+//! plain frames and host-vmm's memfd frame; do not wrap such a stream in a `BufReader`.
 //!
 //! Pure entry points for fuzzing: [`Message::decode`] (one frame from a byte slice) and
 //! [`decode_state`]; neither panics on any input.
+
+#![deny(unsafe_code)]
 
 mod message;
 mod state;
@@ -70,25 +76,25 @@ pub const TRAILER_LEN: usize = 4;
 
 /// Message kinds, the `u16` at offset 6 of a frame.
 pub mod kind {
-    /// [`super::Message::Hello`].
+    /// [`crate::Message::Hello`].
     pub const HELLO: u16 = 1;
-    /// [`super::Message::Accept`].
+    /// [`crate::Message::Accept`].
     pub const ACCEPT: u16 = 2;
-    /// [`super::Message::Pages`].
+    /// [`crate::Message::Pages`].
     pub const PAGES: u16 = 3;
-    /// [`super::Message::State`].
+    /// [`crate::Message::State`].
     pub const STATE: u16 = 4;
-    /// [`super::Message::Done`].
+    /// [`crate::Message::Done`].
     pub const DONE: u16 = 5;
-    /// [`super::Message::Ready`].
+    /// [`crate::Message::Ready`].
     pub const READY: u16 = 6;
-    /// [`super::Message::Running`].
+    /// [`crate::Message::Running`].
     pub const RUNNING: u16 = 7;
-    /// [`super::Message::Failed`].
+    /// [`crate::Message::Failed`].
     pub const FAILED: u16 = 8;
-    /// [`super::Message::Abort`].
+    /// [`crate::Message::Abort`].
     pub const ABORT: u16 = 9;
-    /// The memfd frame of [`crate::migration::fd`] (its data carries a file descriptor).
+    /// The memfd frame of host-vmm's `migration::fd` (its data carries a file descriptor).
     pub const MEMFD: u16 = 16;
 }
 
@@ -244,9 +250,14 @@ impl FrameHeader {
 
     /// The header's bytes.
     pub fn to_bytes(self) -> [u8; HEADER_LEN] {
+        self.to_bytes_as(FORMAT_VERSION)
+    }
+
+    /// The header's bytes stamped with format `version`.
+    fn to_bytes_as(self, version: u16) -> [u8; HEADER_LEN] {
         let mut out = [0; HEADER_LEN];
         out[0..4].copy_from_slice(&MAGIC);
-        out[4..6].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        out[4..6].copy_from_slice(&version.to_le_bytes());
         out[6..8].copy_from_slice(&self.kind.to_le_bytes());
         out[8..12].copy_from_slice(&self.len.to_le_bytes());
         out
@@ -255,10 +266,21 @@ impl FrameHeader {
 
 /// Appends one frame of `kind` around `payload` to `out`.
 pub fn encode_frame(kind: u16, payload: &[u8], out: &mut Vec<u8>) -> Result<(), WireError> {
+    encode_frame_as(FORMAT_VERSION, kind, payload, out)
+}
+
+/// [`encode_frame`] stamped with format `version` instead of [`FORMAT_VERSION`], checksum
+/// and all: what an older or newer peer would send, for tests of how a reader refuses it.
+pub fn encode_frame_as(
+    version: u16,
+    kind: u16,
+    payload: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(), WireError> {
     let len = payload_len(payload.len())?;
     let start = out.len();
     out.reserve(HEADER_LEN + payload.len() + TRAILER_LEN);
-    out.extend_from_slice(&FrameHeader { kind, len }.to_bytes());
+    out.extend_from_slice(&FrameHeader { kind, len }.to_bytes_as(version));
     out.extend_from_slice(payload);
     let crc = crc32fast::hash(&out[start..]);
     out.extend_from_slice(&crc.to_le_bytes());
@@ -276,16 +298,21 @@ fn payload_len(len: usize) -> Result<u32, WireError> {
     }
 }
 
+/// The CRC-32 a frame's trailer carries: over its header and payload.
+fn frame_checksum(header: &[u8; HEADER_LEN], payload: &[u8]) -> u32 {
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(header);
+    hasher.update(payload);
+    hasher.finalize()
+}
+
 /// Checks the trailer of a frame against its header and payload.
 pub fn verify_checksum(
     header: &[u8; HEADER_LEN],
     payload: &[u8],
     trailer: &[u8; TRAILER_LEN],
 ) -> Result<(), WireError> {
-    let mut hasher = crc32fast::Hasher::new();
-    hasher.update(header);
-    hasher.update(payload);
-    let computed = hasher.finalize();
+    let computed = frame_checksum(header, payload);
     let found = u32::from_le_bytes(*trailer);
     if found != computed {
         return Err(WireError::BadChecksum { found, computed });

@@ -309,7 +309,7 @@ pub enum Message {
     Accept,
     /// Source → destination: a batch of guest pages.
     Pages(Pages),
-    /// Source → destination: the machine state ([`super::encode_state`]'s bytes).
+    /// Source → destination: the machine state ([`crate::encode_state`]'s bytes).
     State(Vec<u8>),
     /// Source → destination: nothing more follows; start the guest.
     Done,

@@ -1,5 +1,11 @@
 //! The guest-agent protocol: the one definition of what host-vmm and the guest agent say to
-//! each other over the control channel (a virtio-console port, a plain byte stream).
+//! each other over the control channel (a virtio-console port, a plain byte stream), and of
+//! the NIC vocabulary both sides share ([`Nic`], [`NicStatus`], [`Status`], [`SwitchError`]).
+//!
+//! Users: `migration-client` (the guest agent), `netstack` (its failover device reports in
+//! these types), the kernel, host-vmm (the host end of the channel) and xtask (which reads
+//! `host-vmm ctl status` into [`Status`]). `no_std`, no allocation, no dependencies: pure
+//! encode and decode functions that never panic on what the peer sends.
 //!
 //! # Frames
 //!
@@ -61,6 +67,9 @@
 //! (bad magic, corrupt header) is dropped up to the next possible magic byte, so the stream
 //! resynchronises on the next good frame. Nothing here allocates, panics or needs more than
 //! [`MAX_FRAME`] bytes of buffer.
+
+#![cfg_attr(not(test), no_std)]
+#![deny(unsafe_code)]
 
 use core::fmt;
 
@@ -138,11 +147,28 @@ impl Nic {
         }
     }
 
-    /// Its name on the operator's command line: `vf` or `virtio`.
+    /// Its name on the operator's command line, in `status` and in logs: `vf` or `virtio`.
     pub const fn name(self) -> &'static str {
         match self {
             Nic::Vf => "vf",
             Nic::Virtio => "virtio",
+        }
+    }
+
+    /// The NIC named `name` ([`Nic::name`]).
+    pub fn from_name(name: &str) -> Option<Nic> {
+        match name {
+            "vf" => Some(Nic::Vf),
+            "virtio" => Some(Nic::Virtio),
+            _ => None,
+        }
+    }
+
+    /// The other NIC.
+    pub const fn other(self) -> Nic {
+        match self {
+            Nic::Vf => Nic::Virtio,
+            Nic::Virtio => Nic::Vf,
         }
     }
 }
@@ -150,6 +176,28 @@ impl Nic {
 impl fmt::Display for Nic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
+    }
+}
+
+/// Why a switch of the active NIC was refused (the guest's failover device says it; the
+/// agent sends its text in a [`Reply::Error`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SwitchError {
+    /// The guest does not have that NIC (never probed, or removed).
+    NotPresent,
+    /// Its link is down.
+    LinkDown,
+    /// Anything else, said in a few words.
+    Failed(&'static str),
+}
+
+impl fmt::Display for SwitchError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SwitchError::NotPresent => f.write_str("the guest has no such NIC"),
+            SwitchError::LinkDown => f.write_str("its link is down"),
+            SwitchError::Failed(why) => f.write_str(why),
+        }
     }
 }
 
@@ -227,6 +275,14 @@ pub struct Status {
 const STATUS_LEN: usize = 1 + 2 * NIC_STATUS_LEN + 8;
 
 impl Status {
+    /// The state of `nic`.
+    pub fn nic(&self, nic: Nic) -> &NicStatus {
+        match nic {
+            Nic::Vf => &self.vf,
+            Nic::Virtio => &self.virtio,
+        }
+    }
+
     fn encode(&self, out: &mut [u8]) -> usize {
         out[0] = self.active.map_or(0, Nic::code);
         self.vf.encode(&mut out[1..1 + NIC_STATUS_LEN]);
@@ -1161,6 +1217,19 @@ mod tests {
             encode_raw(1, 1, 1, &[0; MAX_PAYLOAD], &mut out),
             Some(MAX_FRAME)
         );
+    }
+
+    #[test]
+    fn nic_names_round_trip() {
+        for nic in [Nic::Vf, Nic::Virtio] {
+            assert_eq!(Nic::from_name(nic.name()), Some(nic));
+            assert_eq!(nic.other().other(), nic);
+            assert_ne!(nic.other(), nic);
+        }
+        assert_eq!(Nic::from_name("eth0"), None);
+        let s = sample_status();
+        assert_eq!(s.nic(Nic::Vf), &s.vf);
+        assert_eq!(s.nic(Nic::Virtio), &s.virtio);
     }
 
     fn any_nic() -> impl Strategy<Value = Nic> {

@@ -1,7 +1,12 @@
-//! The 82599 VF's register map, mailbox protocol and descriptor layout: one definition for
-//! our driver and for host-vmm's device model (`docs/ixgbevf.md` §1–§6).
+//! The Intel 82599 SR-IOV virtual function's register map, PF↔VF mailbox messages and
+//! descriptor layout (`docs/ixgbevf.md` §1–§6): one definition for the guest driver
+//! (`drivers::ixgbevf`) and for host-vmm's device model (`devices::ixgbevf`).
 //!
-//! Plain constants and small pure helpers only; nothing here touches hardware.
+//! Plain constants and small pure helpers only; nothing here touches hardware, and the crate
+//! is `no_std` with no dependencies so the guest can use it as well as the host.
+
+#![no_std]
+#![deny(unsafe_code)]
 
 /// PCI vendor ID (Intel).
 pub const VENDOR_ID: u16 = 0x8086;
@@ -234,6 +239,10 @@ pub mod mbx {
     pub const API_NEGOTIATE: u32 = 0x08;
     /// GET_QUEUES.
     pub const GET_QUEUES: u32 = 0x09;
+    /// GET_RETA (API 1.2; host-vmm's PF NACKs it like any unknown request).
+    pub const GET_RETA: u32 = 0x0A;
+    /// GET_RSS_KEY (API 1.2; NACKed like GET_RETA).
+    pub const GET_RSS_KEY: u32 = 0x0B;
     /// UPDATE_XCAST_MODE.
     pub const UPDATE_XCAST_MODE: u32 = 0x0C;
     /// GET_LINK_STATE.

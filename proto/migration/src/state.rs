@@ -4,9 +4,10 @@ use super::WireError;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-/// The layout of the machine-state structs. Bump it whenever any struct inside the state
-/// changes shape (a field added, removed, reordered or retyped): postcard is not
-/// self-describing, so an unbumped change would decode as garbage instead of being refused.
+/// The layout of the machine-state structs (host-vmm's `migration::state::MachineState` and
+/// everything inside it). Bump it whenever any struct inside the state changes shape (a
+/// field added, removed, reordered or retyped): postcard is not self-describing, so an
+/// unbumped change would decode as garbage instead of being refused.
 pub const STATE_VERSION: u32 = 2;
 
 /// Encodes `state` as [`STATE_VERSION`] (`u32` LE) followed by its postcard bytes.
