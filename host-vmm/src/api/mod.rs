@@ -22,6 +22,8 @@ pub mod routes;
 pub mod server;
 pub mod types;
 
+#[cfg(test)]
+mod tests;
 
 pub use routes::{Endpoint, ROUTES, Route};
 pub use server::{ApiServer, BindError, ServerConfig, bind};
@@ -143,6 +145,12 @@ impl ApiRequest {
 
 /// Decodes a JSON body, naming the field that does not fit.
 fn json<T: DeserializeOwned>(endpoint: Endpoint, body: &[u8]) -> Result<T, ApiError> {
+    // serde takes an array for a struct too (fields by position): every body is an object.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiError::bad_request(format!(
+            "invalid {endpoint} body: expected a JSON object {{...}}"
+        )));
+    }
     let mut de = serde_json::Deserializer::from_slice(body);
     let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
