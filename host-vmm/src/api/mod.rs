@@ -23,6 +23,8 @@ pub mod server;
 pub mod types;
 
 #[cfg(test)]
+mod proptests;
+#[cfg(test)]
 mod tests;
 
 pub use routes::{Endpoint, ROUTES, Route};
