@@ -23,6 +23,8 @@ pub mod server;
 pub mod types;
 
 #[cfg(test)]
+mod openapi_tests;
+#[cfg(test)]
 mod proptests;
 #[cfg(test)]
 mod tests;
