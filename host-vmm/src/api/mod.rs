@@ -239,4 +239,11 @@ impl ApiError {
 pub trait Backend: Send + Sync + 'static {
     /// Carries out one request; Ok(None) = 204 No Content, Ok(Some(json)) = 200 with that body.
     fn handle(&self, request: ApiRequest) -> Result<Option<serde_json::Value>, ApiError>;
+
+    /// Called on the same thread once the answer to a request `handle` carried out has been
+    /// written (or the client is gone), with its status: where `vmm.shutdown` can end the
+    /// process without cutting its own 204 short. Does nothing by default.
+    fn answered(&self, endpoint: Endpoint, status: u16) {
+        let _ = (endpoint, status);
+    }
 }

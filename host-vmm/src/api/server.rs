@@ -9,7 +9,7 @@
 
 use super::http::{self, Poll, RequestReader, Response};
 use super::routes::{self, RouteError};
-use super::{ApiRequest, Backend};
+use super::{ApiRequest, Backend, Endpoint};
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
@@ -408,7 +408,7 @@ fn serve(conn: &UnixStream, backend: &dyn Backend, config: ServerConfig) {
                 deadline = None;
                 let keep_alive = request.keep_alive();
                 let started = Instant::now();
-                let response = respond(&request, backend);
+                let (response, handled) = respond(&request, backend);
                 log::debug!(
                     "api: {} {} -> {} ({:.1} ms)",
                     request.method,
@@ -416,7 +416,11 @@ fn serve(conn: &UnixStream, backend: &dyn Backend, config: ServerConfig) {
                     response.status,
                     started.elapsed().as_secs_f64() * 1e3
                 );
-                if !send(conn, &response.to_bytes(keep_alive, request.version)) {
+                let sent = send(conn, &response.to_bytes(keep_alive, request.version));
+                if let Some(endpoint) = handled {
+                    backend.answered(endpoint, response.status);
+                }
+                if !sent {
                     return;
                 }
                 if !keep_alive {
@@ -527,21 +531,23 @@ fn close(conn: &UnixStream, config: ServerConfig) {
     }
 }
 
-/// The answer to one request.
-fn respond(request: &http::Request, backend: &dyn Backend) -> Response {
+/// The answer to one request, and the endpoint if the backend carried it out.
+fn respond(request: &http::Request, backend: &dyn Backend) -> (Response, Option<Endpoint>) {
     let endpoint = match routes::find(&request.method, &request.path) {
         Ok(endpoint) => endpoint,
-        Err(e @ RouteError::NotFound(_)) => return Response::error(404, &e.to_string()),
+        Err(e @ RouteError::NotFound(_)) => return (Response::error(404, &e.to_string()), None),
         Err(e @ RouteError::MethodNotAllowed { allow, .. }) => {
-            return Response::error(405, &e.to_string()).with_header("Allow", allow.as_str());
+            let response =
+                Response::error(405, &e.to_string()).with_header("Allow", allow.as_str());
+            return (response, None);
         }
     };
     let api_request = match ApiRequest::parse(endpoint, request.body.as_deref()) {
         Ok(r) => r,
-        Err(e) => return Response::error(e.status, &e.message),
+        Err(e) => return (Response::error(e.status, &e.message), None),
     };
     // The backend is the VMM's code; a panic there must cost one answer, not the server.
-    match catch_unwind(AssertUnwindSafe(|| backend.handle(api_request))) {
+    let response = match catch_unwind(AssertUnwindSafe(|| backend.handle(api_request))) {
         Ok(Ok(None)) => Response::no_content(),
         Ok(Ok(Some(value))) => Response::json(200, &value),
         Ok(Err(e)) => {
@@ -563,5 +569,6 @@ fn respond(request: &http::Request, backend: &dyn Backend) -> Response {
                 &format!("host-vmm failed while handling {endpoint}; see its log"),
             )
         }
-    }
+    };
+    (response, Some(endpoint))
 }

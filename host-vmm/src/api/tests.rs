@@ -20,6 +20,7 @@ const T: Duration = Duration::from_secs(5);
 #[derive(Default)]
 struct Fake {
     seen: Mutex<Vec<ApiRequest>>,
+    answered: Mutex<Vec<(Endpoint, u16)>>,
 }
 
 impl Backend for Fake {
@@ -50,6 +51,10 @@ impl Backend for Fake {
             }
             _ => Ok(None),
         }
+    }
+
+    fn answered(&self, endpoint: Endpoint, status: u16) {
+        self.answered.lock().unwrap().push((endpoint, status));
     }
 }
 
@@ -213,6 +218,28 @@ fn the_client_pings_and_gets_json() {
     let (status, body) = client::call(s.p(), "PUT", "/api/v1/vm.boot", None, T).unwrap();
     assert_eq!((status, body), (204, None));
     assert_eq!(s.seen(), [ApiRequest::VmmPing, ApiRequest::VmBoot]);
+    // Told after each answer the backend gave (not for requests refused before it).
+    assert_eq!(
+        client::call(s.p(), "GET", "vm.nope", None, T).unwrap().0,
+        404
+    );
+    assert_eq!(
+        client::call(s.p(), "GET", "vm.info", None, T).unwrap().0,
+        404
+    );
+    // `answered` runs after the write, so it may trail the client a little.
+    let started = Instant::now();
+    while s.backend.answered.lock().unwrap().len() < 3 && started.elapsed() < T {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(
+        *s.backend.answered.lock().unwrap(),
+        [
+            (Endpoint::VmmPing, 200),
+            (Endpoint::VmBoot, 204),
+            (Endpoint::VmInfo, 404)
+        ]
+    );
 }
 
 #[test]
