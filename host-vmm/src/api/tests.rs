@@ -21,6 +21,15 @@ const T: Duration = Duration::from_secs(5);
 struct Fake {
     seen: Mutex<Vec<ApiRequest>>,
     answered: Mutex<Vec<(Endpoint, u16)>>,
+    /// Set to let `vm.migration-progress` answer.
+    gate: (Mutex<bool>, std::sync::Condvar),
+}
+
+impl Fake {
+    fn release(&self) {
+        *self.gate.0.lock().unwrap() = true;
+        self.gate.1.notify_all();
+    }
 }
 
 impl Backend for Fake {
@@ -43,8 +52,10 @@ impl Backend for Fake {
                 .unwrap(),
             )),
             ApiRequest::VmMigrationProgress => {
-                // A slow backend call (a guest-agent round trip).
-                std::thread::sleep(Duration::from_millis(300));
+                // A slow backend call (a guest-agent round trip): held until released.
+                let (released, cv) = &self.gate;
+                let guard = released.lock().unwrap();
+                let _unused = cv.wait_timeout_while(guard, T, |r| !*r).unwrap();
                 Ok(Some(
                     serde_json::to_value(MigrationProgress::default()).unwrap(),
                 ))
@@ -679,16 +690,23 @@ fn slow_clients_and_slow_calls_do_not_delay_others() {
     let mut half = s.connect();
     half.write_all(b"PUT /api/v1/vm.create HTTP/1.1\r\nContent-Length: 50\r\n\r\n{")
         .unwrap();
-    // A backend call that takes 300 ms.
+    // A backend call held until released.
     let path = s.p().to_owned();
     let slow =
         std::thread::spawn(move || client::call(&path, "GET", "vm.migration-progress", None, T));
-    std::thread::sleep(Duration::from_millis(50));
     let started = Instant::now();
+    while !s.seen().contains(&ApiRequest::VmMigrationProgress) {
+        assert!(
+            started.elapsed() < T,
+            "the slow call never reached the backend"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // With all three outstanding, another client is served.
     let (status, _) = client::call(s.p(), "GET", "vmm.ping", None, T).unwrap();
     assert_eq!(status, 200);
-    let took = started.elapsed();
-    assert!(took < Duration::from_millis(250), "ping took {took:?}");
+    assert!(!slow.is_finished(), "the slow call is still under way");
+    s.backend.release();
     assert_eq!(slow.join().unwrap().unwrap().0, 200);
 }
 
