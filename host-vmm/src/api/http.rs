@@ -615,7 +615,9 @@ impl Response {
         }
         head.push_str("\r\n");
         let mut bytes = head.into_bytes();
-        bytes.extend_from_slice(&self.body);
+        if self.status != 204 && self.status >= 200 {
+            bytes.extend_from_slice(&self.body);
+        }
         bytes
     }
 }

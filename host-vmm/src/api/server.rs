@@ -9,7 +9,7 @@
 
 use super::http::{self, Poll, RequestReader, Response};
 use super::routes::{self, RouteError};
-use super::{ApiRequest, Backend};
+use super::{ApiRequest, Backend, Endpoint};
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
@@ -253,8 +253,11 @@ fn accept_loop(
     config: ServerConfig,
 ) {
     let mut events = [EpollEvent::default(); 2];
+    let mut refused = Refused::default();
     loop {
-        let n = match epoll.wait(-1, &mut events) {
+        // Wake up to close refused connections, if any wait.
+        let timeout = if refused.0.is_empty() { -1 } else { 100 };
+        let n = match epoll.wait(timeout, &mut events) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => {
@@ -267,7 +270,7 @@ fn accept_loop(
         }
         loop {
             match listener.accept() {
-                Ok((conn, _)) => admit(conn, connections, backend, config),
+                Ok((conn, _)) => admit(conn, connections, backend, config, &mut refused),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
@@ -278,6 +281,58 @@ fn accept_loop(
                 }
             }
         }
+        refused.close_expired(Instant::now());
+    }
+}
+
+/// How long a refused connection stays open after its 503, so the client can still send
+/// its request (a write to a closed socket fails before the client reads the answer).
+const REFUSED_LINGER: Duration = Duration::from_millis(500);
+/// Most refused connections kept lingering; past that the oldest closes at once.
+const REFUSED_MAX: usize = 64;
+
+/// Connections answered 503, waiting to be closed (on the accept thread: no thread each).
+#[derive(Default)]
+struct Refused(std::collections::VecDeque<(Instant, UnixStream)>);
+
+impl Refused {
+    /// Answers 503 without waiting on the client, and keeps the connection for a while.
+    fn refuse(&mut self, conn: UnixStream, message: &str) {
+        let bytes = Response::error(503, message).to_bytes(false, http::Version::Http11);
+        // The answer fits any socket buffer; a client that does not read never stalls
+        // the accept thread.
+        let _ = conn.set_nonblocking(true);
+        let _ = (&conn).write_all(&bytes);
+        let _ = conn.shutdown(std::net::Shutdown::Write);
+        if self.0.len() >= REFUSED_MAX
+            && let Some((_, oldest)) = self.0.pop_front()
+        {
+            drain_now(&oldest);
+        }
+        self.0.push_back((Instant::now(), conn));
+    }
+
+    fn close_expired(&mut self, now: Instant) {
+        while let Some((since, conn)) = self.0.front() {
+            if now.duration_since(*since) < REFUSED_LINGER {
+                break;
+            }
+            drain_now(conn);
+            self.0.pop_front();
+        }
+    }
+}
+
+/// Takes what a (non-blocking) connection has received, so that closing it ends the
+/// client's stream cleanly instead of resetting it.
+fn drain_now(conn: &UnixStream) {
+    let mut buf = [0u8; 4096];
+    let mut left = DRAIN_MAX;
+    while left > 0 {
+        match (&*conn).read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => left = left.saturating_sub(n as u64),
+        }
     }
 }
 
@@ -287,6 +342,7 @@ fn admit(
     connections: &Arc<Connections>,
     backend: &Arc<dyn Backend>,
     config: ServerConfig,
+    refused: &mut Refused,
 ) {
     let id = connections.next.fetch_add(1, Ordering::Relaxed);
     {
@@ -297,8 +353,8 @@ fn admit(
                 "api: {} connections are open already; refusing one",
                 config.max_connections
             );
-            refuse(
-                &conn,
+            refused.refuse(
+                conn,
                 &format!(
                     "host-vmm is serving {} API connections already; retry later",
                     config.max_connections
@@ -310,7 +366,7 @@ fn admit(
             Ok(clone) => open.insert(id, clone),
             Err(e) => {
                 drop(open);
-                refuse(&conn, &format!("host-vmm cannot take the connection: {e}"));
+                refused.refuse(conn, &format!("host-vmm cannot take the connection: {e}"));
                 return;
             }
         };
@@ -333,18 +389,8 @@ fn admit(
     });
     if let Err(e) = spawned {
         log::warn!("api: cannot start a connection thread: {e}");
-        refuse(&conn, "host-vmm cannot start a thread for the connection");
+        refused.refuse(conn, "host-vmm cannot start a thread for the connection");
     }
-}
-
-/// Answers 503 and closes, without waiting on the client (the accept thread calls it).
-fn refuse(conn: &UnixStream, message: &str) {
-    let bytes = Response::error(503, message).to_bytes(false, http::Version::Http11);
-    // The answer fits any socket buffer; never let a client that does not read stall
-    // the accept thread.
-    let _ = conn.set_nonblocking(true);
-    let _ = (&*conn).write_all(&bytes);
-    let _ = conn.shutdown(std::net::Shutdown::Write);
 }
 
 /// Serves one connection until it closes.
@@ -362,7 +408,7 @@ fn serve(conn: &UnixStream, backend: &dyn Backend, config: ServerConfig) {
                 deadline = None;
                 let keep_alive = request.keep_alive();
                 let started = Instant::now();
-                let response = respond(&request, backend);
+                let (response, handled) = respond(&request, backend);
                 log::debug!(
                     "api: {} {} -> {} ({:.1} ms)",
                     request.method,
@@ -370,7 +416,11 @@ fn serve(conn: &UnixStream, backend: &dyn Backend, config: ServerConfig) {
                     response.status,
                     started.elapsed().as_secs_f64() * 1e3
                 );
-                if !send(conn, &response.to_bytes(keep_alive, request.version)) {
+                let sent = send(conn, &response.to_bytes(keep_alive, request.version));
+                if let Some(endpoint) = handled {
+                    backend.answered(endpoint, response.status);
+                }
+                if !sent {
                     return;
                 }
                 if !keep_alive {
@@ -460,28 +510,44 @@ const DRAIN_MAX: u64 = 64 * 1024;
 const DRAIN_WAIT: Duration = Duration::from_millis(500);
 
 /// Ends a connection gracefully: closing with unread input would reset it under a client
-/// still sending, before it reads the answer, so take (a bounded amount of) what is left.
+/// still sending, before it reads the answer, so take (a bounded amount of) what is left,
+/// for a bounded time.
 fn close(conn: &UnixStream, config: ServerConfig) {
     let _ = conn.shutdown(std::net::Shutdown::Write);
-    let _ = conn.set_read_timeout(Some(DRAIN_WAIT.min(config.request_timeout)));
-    let _ = io::copy(&mut conn.take(DRAIN_MAX), &mut io::sink());
+    let deadline = Instant::now() + DRAIN_WAIT.min(config.request_timeout);
+    let mut drained = 0u64;
+    let mut buf = [0u8; 4096];
+    while drained < DRAIN_MAX {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || conn.set_read_timeout(Some(left)).is_err() {
+            return;
+        }
+        match (&*conn).read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => drained += n as u64,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return,
+        }
+    }
 }
 
-/// The answer to one request.
-fn respond(request: &http::Request, backend: &dyn Backend) -> Response {
+/// The answer to one request, and the endpoint if the backend carried it out.
+fn respond(request: &http::Request, backend: &dyn Backend) -> (Response, Option<Endpoint>) {
     let endpoint = match routes::find(&request.method, &request.path) {
         Ok(endpoint) => endpoint,
-        Err(e @ RouteError::NotFound(_)) => return Response::error(404, &e.to_string()),
+        Err(e @ RouteError::NotFound(_)) => return (Response::error(404, &e.to_string()), None),
         Err(e @ RouteError::MethodNotAllowed { allow, .. }) => {
-            return Response::error(405, &e.to_string()).with_header("Allow", allow.as_str());
+            let response =
+                Response::error(405, &e.to_string()).with_header("Allow", allow.as_str());
+            return (response, None);
         }
     };
     let api_request = match ApiRequest::parse(endpoint, request.body.as_deref()) {
         Ok(r) => r,
-        Err(e) => return Response::error(e.status, &e.message),
+        Err(e) => return (Response::error(e.status, &e.message), None),
     };
     // The backend is the VMM's code; a panic there must cost one answer, not the server.
-    match catch_unwind(AssertUnwindSafe(|| backend.handle(api_request))) {
+    let response = match catch_unwind(AssertUnwindSafe(|| backend.handle(api_request))) {
         Ok(Ok(None)) => Response::no_content(),
         Ok(Ok(Some(value))) => Response::json(200, &value),
         Ok(Err(e)) => {
@@ -503,5 +569,6 @@ fn respond(request: &http::Request, backend: &dyn Backend) -> Response {
                 &format!("host-vmm failed while handling {endpoint}; see its log"),
             )
         }
-    }
+    };
+    (response, Some(endpoint))
 }

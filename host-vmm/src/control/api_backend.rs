@@ -7,7 +7,7 @@ use super::job::{JobState, JobView};
 use crate::api::types::{
     self, MigrationProgress, MigrationState, NicAction, NicStatus, VfAction, VmState,
 };
-use crate::api::{ApiError, ApiRequest, Backend};
+use crate::api::{ApiError, ApiRequest, Backend, Endpoint};
 use crate::config::RunConfig;
 use serde::Serialize;
 use std::sync::Arc;
@@ -48,6 +48,13 @@ fn checked<T>(r: Result<T, types::FieldError>) -> Result<T, ApiError> {
 }
 
 impl Backend for ApiBackend {
+    /// The process ends only once `vmm.shutdown`'s own answer is out.
+    fn answered(&self, endpoint: Endpoint, status: u16) {
+        if endpoint == Endpoint::VmmShutdown && status < 300 {
+            self.0.exit();
+        }
+    }
+
     fn handle(&self, request: ApiRequest) -> Result<Option<serde_json::Value>, ApiError> {
         let c = &self.0;
         match request {

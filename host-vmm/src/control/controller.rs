@@ -499,7 +499,8 @@ impl Controller {
         Ok(())
     }
 
-    /// `vmm.shutdown`: shuts the VM down (if any) and lets [`Controller::wait`] return.
+    /// `vmm.shutdown`: shuts the VM down, if any (a running migration is cancelled
+    /// first); [`Controller::exit`] then lets the process end.
     pub fn shutdown_vmm(&self) -> Result<(), OpError> {
         if self.live().is_ok() {
             if let Some(job) = lock(&self.inner).job.clone() {
@@ -507,11 +508,14 @@ impl Controller {
             }
             let _ = self.shutdown_vm();
         }
-        let mut inner = lock(&self.inner);
-        inner.exit = true;
-        self.changed.notify_all();
         self.events.emit("vmm", "shutdown", &[]);
         Ok(())
+    }
+
+    /// Lets [`Controller::wait`] return: the process ends.
+    pub fn exit(&self) {
+        lock(&self.inner).exit = true;
+        self.changed.notify_all();
     }
 
     /// Blocks until the process should end: in [`Mode::Api`] on `vmm.shutdown`; in
