@@ -334,4 +334,6 @@ pub fn run(config: &RunConfig) -> Result<Outcome, Error> {
 }
 
 #[cfg(test)]
+mod golden;
+#[cfg(test)]
 mod tests;

@@ -4,11 +4,11 @@ use super::WireError;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-/// The layout of the machine-state structs (host-vmm's `migration::state::MachineState` and
+/// The layout of the machine-state structs (host-vmm's `vmm::MachineState` and
 /// everything inside it). Bump it whenever any struct inside the state changes shape (a
 /// field added, removed, reordered or retyped): postcard is not self-describing, so an
 /// unbumped change would decode as garbage instead of being refused.
-pub const STATE_VERSION: u32 = 2;
+pub const STATE_VERSION: u32 = 3;
 
 /// Encodes `state` as [`STATE_VERSION`] (`u32` LE) followed by its postcard bytes.
 pub fn encode_state<T: Serialize + ?Sized>(state: &T) -> Result<Vec<u8>, WireError> {
