@@ -312,3 +312,124 @@ fn moves_by_pre_copy_and_zero_copy_are_driven_only_through_the_api() {
         assert!(status.success(), "host-vmm exited {status}");
     }
 }
+
+#[test]
+fn a_cancel_during_a_dirty_pass_rolls_back_and_a_tcp_stream_loses_no_byte() {
+    if !kvm_present("a_cancel_during_a_dirty_pass_rolls_back_and_a_tcp_stream_loses_no_byte") {
+        return;
+    }
+    roam_tests::host_vmm();
+    let hosts = TwoHosts::up("apic").expect("topology");
+    let mut a = ApiVmm::start(hosts.host_ns(Side::Source), "ca").expect("source host-vmm");
+    let b = ApiVmm::start(hosts.host_ns(Side::Destination), "cb").expect("dest host-vmm");
+    a.ok("PUT", "vm.create", Some(&vm_config("netecho")))
+        .unwrap();
+    a.ok("PUT", "vm.boot", None).unwrap();
+    wait_answers(&hosts, &mut a, "after boot");
+    wait_on_vf(&a, "after boot");
+    // Small socket buffers on the source's host (its namespace only, where migproxy runs
+    // too): a stream its reader stops reading blocks the source instead of vanishing into
+    // buffers.
+    let out = hosts
+        .exec_on(Side::Source, "sysctl")
+        .args(["-q", "-w", "net.ipv4.tcp_wmem=4096 16384 65536"])
+        .args(["-w", "net.ipv4.tcp_rmem=4096 16384 65536"])
+        .output()
+        .expect("sysctl runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let (net, vf) = nics();
+    let dst = format!("tcp:{}:7431", Side::Destination.migration_ip());
+    b.ok(
+        "PUT",
+        "vm.receive-migration",
+        Some(&json!({"receiver_url": dst, "net": net, "vf": vf})),
+    )
+    .unwrap();
+    // migproxy is a slow link (1 MB/s): every pass takes long, the guest dirties pages
+    // meanwhile, and with a 1 ms downtime target dirty passes go on: the window for the
+    // cancel.
+    let mut proxy_cmd = hosts.exec_on(Side::Source, env!("CARGO_BIN_EXE_migproxy"));
+    proxy_cmd
+        .args(["--listen", "tcp:127.0.0.1:7432", "--to", &dst])
+        .args(["--rate-kbps", "1000"]);
+    let mut proxy = xtask::proc::Background::spawn(&mut proxy_cmd).expect("migproxy");
+    proxy
+        .wait_for("listening on", Duration::from_secs(10))
+        .expect("migproxy listens");
+
+    // A TCP stream through the guest the whole time; every byte is compared.
+    let mut echo = hosts.client(env!("CARGO_BIN_EXE_netprobe"));
+    echo.args([
+        "tcp-echo",
+        &format!("{GUEST_IP}:7"),
+        &(1u64 << 20).to_string(),
+        "77",
+    ]);
+    let echo =
+        std::thread::spawn(move || xtask::proc::watch(&mut echo, "", Duration::from_secs(240)));
+    std::thread::sleep(Duration::from_millis(500));
+
+    a.ok(
+        "PUT",
+        "vm.send-migration",
+        Some(&json!({"destination_url": "tcp:127.0.0.1:7432", "downtime_ms": 1})),
+    )
+    .expect("vm.send-migration");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let in_dirty_pass = loop {
+        let p = a.ok("GET", "vm.migration-progress", None).unwrap();
+        if p["phase"] == "dirty-pass" && p["state"] == "running" {
+            break p;
+        }
+        assert!(
+            p["state"] == "running" && Instant::now() < deadline,
+            "no dirty pass to cancel in: {p}\n--- migproxy ---\n{}",
+            proxy.output()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let (code, body) = a.call("PUT", "vm.cancel-migration", None).unwrap();
+    assert_eq!(code, 204, "cancel in {in_dirty_pass}: {body}");
+    let (p, _) = a.wait_migration(MOVE).expect("the move ends");
+    assert_eq!(p["state"], "cancelled", "{p}\n{}", a.vm.output());
+    say(&format!(
+        "api: cancelled in pass {} ({} dirty pages); rolled back after {} ms",
+        in_dirty_pass["pass"], in_dirty_pass["dirty_pages"], p["total_ms"]
+    ));
+    assert_eq!(a.state().unwrap(), "Running", "the source keeps the guest");
+    assert!(
+        answers(&hosts),
+        "the guest answers at the source after the cancel"
+    );
+    let run = echo
+        .join()
+        .expect("echo thread")
+        .expect("netprobe tcp-echo ran");
+    assert!(
+        run.status.success(),
+        "the TCP stream lost or changed bytes: {}{}",
+        run.stdout,
+        run.stderr
+    );
+    assert_ne!(
+        b.state().unwrap_or_default(),
+        "Running",
+        "nothing runs at the destination"
+    );
+    let (code, _) = a.call("PUT", "vm.cancel-migration", None).unwrap();
+    assert_eq!(code, 409, "nothing left to cancel");
+    assert_has_events(
+        &a,
+        &[
+            "migration:dirty-pass",
+            "migration:cancel-requested",
+            "migration:rolled-back",
+        ],
+    );
+    drop(proxy);
+}

@@ -8,7 +8,7 @@
 //! ```text
 //! migproxy --listen tcp:ADDR:PORT|unix:PATH --to tcp:ADDR:PORT|unix:PATH
 //!          [--at hello|pages:N|pass:N|state] [--fault cut|corrupt|kill] [--pid PID]
-//!          [--hold-ms MS]
+//!          [--hold-ms MS] [--rate-kbps N]
 //!
 //! --at hello     the source's Hello (the first frame)
 //! --at pages:N   the Nth PAGES frame (1: the first pass has not delivered a page yet)
@@ -18,6 +18,8 @@
 //! --fault cut     close both connections instead of forwarding the frame
 //! --fault corrupt flip one payload byte of the frame (the CRC no longer matches) and go on
 //! --fault kill    SIGKILL the destination (--pid) instead of forwarding the frame
+//! --rate-kbps N  forward the source's frames at N kB/s at most (a slow link: every pass
+//!                takes long, the guest dirties pages meanwhile, dirty passes go on)
 //! --hold-ms MS   read nothing more from the source for MS after its Hello: with small
 //!                socket buffers the source blocks in its first pass, the guest dirties
 //!                pages meanwhile, and a dirty pass follows
@@ -61,12 +63,14 @@ struct Options {
     fault: Fault,
     pid: Option<i32>,
     hold: Duration,
+    /// Bytes per second forwarded from the source at most.
+    rate: Option<u64>,
 }
 
 fn usage() -> String {
     "usage: migproxy --listen tcp:ADDR:PORT|unix:PATH --to tcp:ADDR:PORT|unix:PATH \
      [--at hello|pages:N|pass:N|state] [--fault cut|corrupt|kill] [--pid PID] \
-     [--hold-ms MS]"
+     [--hold-ms MS] [--rate-kbps N]"
         .into()
 }
 
@@ -78,6 +82,7 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
         fault: Fault::Cut,
         pid: None,
         hold: Duration::ZERO,
+        rate: None,
     };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
@@ -115,6 +120,7 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
                 )
             }
             "--hold-ms" => o.hold = Duration::from_millis(number(value)?),
+            "--rate-kbps" => o.rate = Some(number(value)?.max(1) * 1000),
             _ => return Err(format!("unknown flag {flag}; {}", usage())),
         }
     }
@@ -153,6 +159,24 @@ impl Conn {
             Conn::Tcp(s) => s.set_read_timeout(Some(t)),
             Conn::Unix(s) => s.set_read_timeout(Some(t)),
         }
+    }
+}
+
+/// Reads at most `rate` bytes a second (a slow link), in small pieces.
+struct Throttled<'a, R> {
+    inner: &'a mut R,
+    rate: Option<u64>,
+}
+
+impl<R: Read> Read for Throttled<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let Some(rate) = self.rate else {
+            return self.inner.read(buf);
+        };
+        let end = buf.len().min(4096);
+        let n = self.inner.read(&mut buf[..end])?;
+        std::thread::sleep(Duration::from_secs_f64(n as f64 / rate as f64));
+        Ok(n)
     }
 }
 
@@ -338,6 +362,10 @@ fn forward_source(
     let (mut frames, mut pages, mut pass, mut last_pfn) = (0u64, 0u64, 0u64, None::<u64>);
     let mut struck = false;
     let mut pass1_frames = 0u64;
+    let mut from = Throttled {
+        inner: &mut from,
+        rate: o.rate,
+    };
     loop {
         let frame = match next_frame(&mut from).map_err(|e| format!("reading the source: {e}"))? {
             Next::End => break,
@@ -415,6 +443,7 @@ fn forward_source(
             ));
             break;
         }
+
         if frame.kind == kind::HELLO && !o.hold.is_zero() {
             std::thread::sleep(o.hold);
             say(&format!("held the source for {:?}", o.hold));

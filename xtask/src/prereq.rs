@@ -22,8 +22,9 @@ pub const QEMU: Package = Package {
     program: "qemu-system-x86_64",
 };
 
-/// What the network tests and commands use: namespaces, stock ping and iperf3.
-pub const NET_TOOLS: [Package; 3] = [
+/// What the network tests and commands use: namespaces, stock ping and iperf3, and curl,
+/// which drives host-vmm's API in the tests as users drive it.
+pub const NET_TOOLS: [Package; 4] = [
     Package {
         name: "iproute2",
         program: "ip",
@@ -35,6 +36,10 @@ pub const NET_TOOLS: [Package; 3] = [
     Package {
         name: "iperf3",
         program: "iperf3",
+    },
+    Package {
+        name: "curl",
+        program: "curl",
     },
 ];
 
