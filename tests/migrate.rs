@@ -481,7 +481,7 @@ fn receive_and_ctl_migrate_command_lines() {
     assert!(!sock.exists(), "a refused receive left its socket behind");
 
     // No socket is needed to reject the words: the same socket that does not exist gets
-    // the usage error, not "no control socket".
+    // the usage error, not "no API socket".
     let ctl = sock.display().to_string();
     for (words, says) in [
         (&[][..], "give the destination"),
@@ -501,7 +501,7 @@ fn receive_and_ctl_migrate_command_lines() {
     assert_error(
         &["ctl", &ctl, "migrate", &listen, "--zero-copy"],
         1,
-        &["no control socket", &ctl],
+        &["no API socket", &ctl],
     );
 }
 

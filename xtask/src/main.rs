@@ -85,6 +85,14 @@ enum NetCmd {
 
 #[derive(Subcommand)]
 enum BenchCmd {
+    /// host-vmm's HTTP API: vmm.ping and vm.info latency (median, p99 of 1,000 requests on
+    /// one keep-alive connection; vmm.ping through curl too) and the pause of moves driven
+    /// through the API against moves by the CLI path, same run.
+    Api {
+        /// Print one JSON object instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Process spawn -> app ready and -> exit, host-vmm vs QEMU microvm, same hello ELF.
     Boot {
         /// Boots per VMM.
@@ -234,6 +242,21 @@ fn run(cli: Cli) -> Result<()> {
                 println!("{}", bench::net::json(&figures));
             } else {
                 print!("{}", bench::net::table(&figures));
+            }
+            Ok(())
+        }
+        Cmd::Bench {
+            which: BenchCmd::Api { json },
+        } => {
+            prereq::ensure_kvm()?;
+            prereq::ensure_packages(&prereq::NET_TOOLS)?;
+            artifacts::build_host_vmm()?;
+            artifacts::build_images(&[bench::api::IMAGE.to_string()])?;
+            let figures = bench::api::run(&image_path(bench::api::IMAGE))?;
+            if json {
+                println!("{}", bench::api::json(&figures));
+            } else {
+                print!("{}", bench::api::table(&figures));
             }
             Ok(())
         }

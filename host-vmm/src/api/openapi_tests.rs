@@ -4,7 +4,7 @@
 
 use super::ApiRequest;
 use super::routes::{Endpoint, PREFIX, ROUTES};
-use super::types::{MigrationProgress, NicStatus, VfStatus, VmInfo, VmmPingResponse};
+use super::types::{MigrationProgress, NicAnswer, VfStatus, VmInfo, VmmPingResponse};
 use serde_json::Value;
 use std::collections::BTreeSet;
 
@@ -26,7 +26,7 @@ fn read_answer(endpoint: Endpoint, example: &Value) -> Result<(), String> {
         Endpoint::VmmPing => read::<VmmPingResponse>(example),
         Endpoint::VmInfo => read::<VmInfo>(example),
         Endpoint::VmMigrationProgress => read::<MigrationProgress>(example),
-        Endpoint::RoamNic => read::<NicStatus>(example),
+        Endpoint::RoamNic => read::<NicAnswer>(example),
         Endpoint::RoamVf => read::<VfStatus>(example),
         _ => Err("this endpoint answers 204, not 200 with a body".into()),
     }

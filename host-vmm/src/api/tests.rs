@@ -44,11 +44,11 @@ impl Backend for Fake {
             ApiRequest::VmResume => Err(ApiError::new(200, "not an error status")),
             ApiRequest::VmShutdown => panic!("the fake backend panics on vm.shutdown"),
             ApiRequest::RoamNic(_) => Ok(Some(
-                serde_json::to_value(NicStatus {
-                    active: Some(NicKind::Vf),
+                serde_json::to_value(NicAnswer::from(Status {
+                    active: Some(Nic::Vf),
                     switches: 1,
-                    ..NicStatus::default()
-                })
+                    ..Status::default()
+                }))
                 .unwrap(),
             )),
             ApiRequest::VmMigrationProgress => {
@@ -918,7 +918,7 @@ fn nic_status_comes_from_the_agents_status() {
         virtio: agent_proto::NicStatus::default(),
         switches: 7,
     };
-    let v = serde_json::to_value(NicStatus::from(&status)).unwrap();
+    let v = serde_json::to_value(NicAnswer::from(status)).unwrap();
     assert_eq!(
         v,
         json!({
@@ -928,7 +928,7 @@ fn nic_status_comes_from_the_agents_status() {
             "switches": 7
         })
     );
-    let none = NicStatus::default();
+    let none = NicAnswer::default();
     assert_eq!(serde_json::to_value(none).unwrap()["active"], Value::Null);
     let vf = VfStatus::from(crate::devices::ixgbevf::VfState {
         present: true,

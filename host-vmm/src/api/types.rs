@@ -8,7 +8,6 @@
 //! them before the backend sees the request, so a bad value is a 400 naming its field.
 
 use crate::config::{self, Cmdline, MacAddr, MemSize};
-use crate::devices::ixgbevf::VfState;
 use crate::migration::source;
 use crate::migration::target::Address;
 use serde::{Deserialize, Serialize};
@@ -402,33 +401,9 @@ pub struct MigrationProgress {
 // Roam: NICs and the VF
 // ---------------------------------------------------------------------------------------
 
-/// One of the guest's two NICs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum NicKind {
-    /// The 82599 VF.
-    Vf,
-    /// virtio-net.
-    Virtio,
-}
-
-impl From<NicKind> for agent_proto::Nic {
-    fn from(nic: NicKind) -> Self {
-        match nic {
-            NicKind::Vf => agent_proto::Nic::Vf,
-            NicKind::Virtio => agent_proto::Nic::Virtio,
-        }
-    }
-}
-
-impl From<agent_proto::Nic> for NicKind {
-    fn from(nic: agent_proto::Nic) -> Self {
-        match nic {
-            agent_proto::Nic::Vf => NicKind::Vf,
-            agent_proto::Nic::Virtio => NicKind::Virtio,
-        }
-    }
-}
+/// The guest's NICs and their status, as the guest-agent protocol defines them (one
+/// definition: `roam-agent-proto`, whose `serde` feature gives them their JSON form).
+pub use agent_proto::{Nic, NicStatus, Status};
 
 /// What `roam.nic` asks the guest agent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -451,7 +426,7 @@ pub struct NicRequest {
     pub action: NicAction,
     /// The NIC to switch to (required by `switch`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub nic: Option<NicKind>,
+    pub nic: Option<Nic>,
 }
 
 impl NicRequest {
@@ -467,34 +442,13 @@ impl NicRequest {
     }
 }
 
-/// One NIC as the guest agent reports it.
+/// `roam.nic`'s answer: the guest's NICs after the request, and for `prepare` and
+/// `resumed` what that step did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NicCounters {
-    /// The guest has this NIC (probed and not removed).
-    pub present: bool,
-    /// Its link is up.
-    pub link_up: bool,
-    /// Frames received.
-    pub rx: u64,
-    /// Frames sent.
-    pub tx: u64,
-    /// Received frames dropped as bad.
-    pub rx_errors: u64,
-    /// Frames that could not be sent.
-    pub tx_dropped: u64,
-}
-
-/// `roam.nic`'s answer (both actions): the guest's NICs after the request.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NicStatus {
-    /// The NIC transmitting now (`null`: none).
-    pub active: Option<NicKind>,
-    /// The VF.
-    pub vf: NicCounters,
-    /// virtio-net.
-    pub virtio: NicCounters,
-    /// Changes of the active NIC so far, explicit or automatic.
-    pub switches: u64,
+pub struct NicAnswer {
+    /// The active NIC, each NIC's counters, the switch count.
+    #[serde(flatten)]
+    pub status: Status,
     /// `prepare` only: whether the guest released its VF.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub released_vf: Option<bool>,
@@ -506,29 +460,11 @@ pub struct NicStatus {
     pub announced: Option<bool>,
 }
 
-impl From<&agent_proto::NicStatus> for NicCounters {
-    fn from(s: &agent_proto::NicStatus) -> Self {
-        NicCounters {
-            present: s.present,
-            link_up: s.link_up,
-            rx: s.rx,
-            tx: s.tx,
-            rx_errors: s.rx_errors,
-            tx_dropped: s.tx_dropped,
-        }
-    }
-}
-
-impl From<&agent_proto::Status> for NicStatus {
-    fn from(s: &agent_proto::Status) -> Self {
-        NicStatus {
-            active: s.active.map(NicKind::from),
-            vf: (&s.vf).into(),
-            virtio: (&s.virtio).into(),
-            switches: s.switches,
-            released_vf: None,
-            vf_attached: None,
-            announced: None,
+impl From<Status> for NicAnswer {
+    fn from(status: Status) -> Self {
+        NicAnswer {
+            status,
+            ..NicAnswer::default()
         }
     }
 }
@@ -554,23 +490,8 @@ pub struct VfRequest {
     pub action: VfAction,
 }
 
-/// `roam.vf`'s answer: the VF after the request.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct VfStatus {
-    /// Plugged into the PCI bus.
-    pub present: bool,
-    /// Link up.
-    pub link_up: bool,
-}
-
-impl From<VfState> for VfStatus {
-    fn from(s: VfState) -> Self {
-        VfStatus {
-            present: s.present,
-            link_up: s.link_up,
-        }
-    }
-}
+/// `roam.vf`'s answer: the VF's state, as the VF model defines it.
+pub use crate::devices::ixgbevf::VfState as VfStatus;
 
 // ---------------------------------------------------------------------------------------
 // vmm.ping, vm.info

@@ -2,10 +2,10 @@
 //! answers out as the API's JSON types, its refusals as HTTP statuses (400 bad request,
 //! 409 wrong state, 500 failed).
 
-use super::controller::{Controller, Info, NicAnswer, NicOp, OpError, VfOp};
+use super::controller::{Controller, Info, NicAnswer as AgentAnswer, NicOp, OpError, VfOp};
 use super::job::{JobState, JobView};
 use crate::api::types::{
-    self, MigrationProgress, MigrationState, NicAction, NicStatus, VfAction, VmState,
+    self, MigrationProgress, MigrationState, NicAction, NicAnswer, VfAction, VmState,
 };
 use crate::api::{ApiError, ApiRequest, Backend, Endpoint};
 use crate::config::RunConfig;
@@ -48,10 +48,14 @@ fn checked<T>(r: Result<T, types::FieldError>) -> Result<T, ApiError> {
 }
 
 impl Backend for ApiBackend {
-    /// The process ends only once `vmm.shutdown`'s own answer is out.
+    /// The process ends only once `vmm.shutdown`'s own answer, or a finished move's
+    /// result, is out.
     fn answered(&self, endpoint: Endpoint, status: u16) {
-        if endpoint == Endpoint::VmmShutdown && status < 300 {
-            self.0.exit();
+        match endpoint {
+            Endpoint::VmmShutdown if status < 300 => self.0.exit(),
+            // A move's result is out: a host-vmm whose guest moved away may now end.
+            Endpoint::VmMigrationProgress => self.0.progress_answered(),
+            _ => {}
         }
     }
 
@@ -104,7 +108,7 @@ impl Backend for ApiBackend {
             }
             ApiRequest::RoamNic(request) => {
                 let op = match (request.action, request.nic) {
-                    (NicAction::Switch, Some(nic)) => NicOp::Switch(nic.into()),
+                    (NicAction::Switch, Some(nic)) => NicOp::Switch(nic),
                     (NicAction::Switch, None) => {
                         return Err(ApiError::bad_request(
                             "nic: `switch` needs \"vf\" or \"virtio\"",
@@ -129,17 +133,17 @@ impl Backend for ApiBackend {
     }
 }
 
-fn nic_status(answer: NicAnswer) -> NicStatus {
+fn nic_status(answer: AgentAnswer) -> NicAnswer {
     match answer {
-        NicAnswer::Status(s) => NicStatus::from(&s),
-        NicAnswer::Prepared(p) => NicStatus {
+        AgentAnswer::Status(s) => NicAnswer::from(s),
+        AgentAnswer::Prepared(p) => NicAnswer {
             released_vf: Some(p.released_vf),
-            ..NicStatus::from(&p.status)
+            ..NicAnswer::from(p.status)
         },
-        NicAnswer::Resumed(r) => NicStatus {
+        AgentAnswer::Resumed(r) => NicAnswer {
             vf_attached: Some(r.vf_attached),
             announced: Some(r.announced),
-            ..NicStatus::from(&r.status)
+            ..NicAnswer::from(r.status)
         },
     }
 }

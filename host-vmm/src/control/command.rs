@@ -1,9 +1,9 @@
 //! Operator commands: what `host-vmm ctl` accepts and how results are printed (the `status` lines are parsed by tests: change them only with the
 //! contract).
 
-use crate::api::types::{NicCounters, NicStatus, VfStatus};
+use crate::api::types::VfStatus;
 use crate::migration::target::Address;
-use agent_proto::Nic;
+use agent_proto::{Nic, NicStatus, Status};
 use std::fmt::{self, Write};
 
 /// The commands, as usage errors list them.
@@ -200,7 +200,7 @@ pub fn format_active(active: Option<Nic>) -> String {
     format!("active={}\n", active.map_or("none", Nic::name))
 }
 
-fn format_nic(out: &mut String, name: &str, s: &NicCounters) {
+fn format_nic(out: &mut String, name: &str, s: &NicStatus) {
     let _ = writeln!(
         out,
         "{name} present={} link={} rx={} tx={} rx_errors={} tx_dropped={}",
@@ -214,8 +214,8 @@ fn format_nic(out: &mut String, name: &str, s: &NicCounters) {
 }
 
 /// The four `status` lines of the contract, each ending in a newline.
-pub fn format_status(s: &NicStatus) -> String {
-    let mut out = format_active(s.active.map(Nic::from));
+pub fn format_status(s: &Status) -> String {
+    let mut out = format_active(s.active);
     format_nic(&mut out, "vf", &s.vf);
     format_nic(&mut out, "virtio", &s.virtio);
     let _ = writeln!(out, "switches={}", s.switches);
@@ -329,9 +329,9 @@ mod tests {
 
     #[test]
     fn status_prints_the_contract_lines() {
-        let s = NicStatus {
-            active: Some(Nic::Vf.into()),
-            vf: NicCounters {
+        let s = Status {
+            active: Some(Nic::Vf),
+            vf: NicStatus {
                 present: true,
                 link_up: true,
                 rx: 120,
@@ -339,7 +339,7 @@ mod tests {
                 rx_errors: 0,
                 tx_dropped: 1,
             },
-            virtio: NicCounters {
+            virtio: NicStatus {
                 present: true,
                 link_up: false,
                 rx: 7,
@@ -348,7 +348,6 @@ mod tests {
                 tx_dropped: 0,
             },
             switches: 4,
-            ..NicStatus::default()
         };
         assert_eq!(
             format_status(&s),

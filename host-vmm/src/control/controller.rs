@@ -31,6 +31,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, mpsc};
 use std::time::{Duration, Instant};
 
+/// How long a process that is ending waits for its last move's result to be read.
+const RESULT_LINGER: Duration = Duration::from_secs(2);
 /// How long `vm.shutdown` waits for the vCPU thread to stop.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
 
@@ -528,6 +530,12 @@ impl Controller {
                 _ => None,
             };
             if inner.exit || (self.mode == Mode::Cli && ended.is_some()) {
+                // A move's result is read by polling: give the one who started it the
+                // chance to read it before the process (and its API socket) goes.
+                if let Some(job) = inner.job.clone() {
+                    drop(inner);
+                    job.wait_read(RESULT_LINGER);
+                }
                 return ended;
             }
             inner = self
@@ -642,6 +650,13 @@ impl Controller {
         lock(&self.inner).job.as_ref().map(|j| j.view())
     }
 
+    /// The answer to a `vm.migration-progress` was written (see [`Job::result_answered`]).
+    pub fn progress_answered(&self) {
+        if let Some(job) = lock(&self.inner).job.clone() {
+            job.result_answered();
+        }
+    }
+
     /// `vm.cancel-migration`: rolls a running move back (the guest keeps running here).
     pub fn cancel_migration(&self) -> Result<(), OpError> {
         let job = lock(&self.inner).job.clone();
@@ -697,7 +712,7 @@ impl Controller {
                         let _ = this.run(vmm, None, devices, true);
                     }
                     Err(e) => {
-                        eprintln!("host-vmm: no guest arrived: {e}");
+                        log::info!("migration: no guest arrived: {e}");
                         this.events.emit(
                             "migration",
                             "receive-failed",

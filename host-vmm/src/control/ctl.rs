@@ -5,8 +5,8 @@
 use super::command::{Command, format_active, format_status, format_vf};
 use crate::api::client::{self, ClientError};
 use crate::api::types::{
-    MigrationProgress, MigrationState, NicAction, NicKind, NicRequest, NicStatus,
-    SendMigrationData, VfAction, VfRequest, VfStatus,
+    MigrationProgress, MigrationState, NicAction, NicAnswer, NicRequest, SendMigrationData,
+    VfAction, VfRequest, VfStatus,
 };
 use agent_proto::Nic;
 use serde::de::DeserializeOwned;
@@ -56,10 +56,7 @@ fn decode<T: DeserializeOwned>(answer: Option<serde_json::Value>) -> Result<Opti
 }
 
 fn nic_request(action: NicAction, nic: Option<Nic>) -> serde_json::Value {
-    let request = NicRequest {
-        action,
-        nic: nic.map(NicKind::from),
-    };
+    let request = NicRequest { action, nic };
     serde_json::to_value(request).unwrap_or_default()
 }
 
@@ -74,7 +71,7 @@ pub fn run(
     command: &Command,
     progress: &mut dyn FnMut(&str),
 ) -> Result<String, CtlError> {
-    let status = |s: Option<NicStatus>| {
+    let status = |s: Option<NicAnswer>| {
         s.ok_or_else(|| CtlError::Answer("roam.nic answered no status".into()))
     };
     let vf = |s: Option<VfStatus>| {
@@ -89,13 +86,16 @@ pub fn run(
                 "roam.nic",
                 Some(nic_request(NicAction::Switch, Some(*nic))),
             )?)?;
-            format_active(s.active.map(Nic::from))
+            format_active(s.status.active)
         }
-        Command::Status => format_status(&status(put(
-            socket,
-            "roam.nic",
-            Some(nic_request(NicAction::Status, None)),
-        )?)?),
+        Command::Status => format_status(
+            &status(put(
+                socket,
+                "roam.nic",
+                Some(nic_request(NicAction::Status, None)),
+            )?)?
+            .status,
+        ),
         Command::AgentPrepare => {
             let s = status(put(
                 socket,
@@ -105,7 +105,7 @@ pub fn run(
             format!(
                 "released_vf={}\n{}",
                 yes_no(s.released_vf.unwrap_or(false)),
-                format_status(&s)
+                format_status(&s.status)
             )
         }
         Command::AgentResumed => {
@@ -118,7 +118,7 @@ pub fn run(
                 "vf_attached={} announced={}\n{}",
                 yes_no(s.vf_attached.unwrap_or(false)),
                 yes_no(s.announced.unwrap_or(false)),
-                format_status(&s)
+                format_status(&s.status)
             )
         }
         Command::VfLink { up: true } => {

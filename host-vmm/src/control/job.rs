@@ -2,7 +2,7 @@
 //! it, its cancel handle, and its result once it ended.
 
 use crate::migration::source::{Cancel, MigrateError, Options, Phase, Progress, Summary, TooLate};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -54,6 +54,10 @@ pub struct JobView {
 }
 
 struct Status {
+    /// How it ended was put in an answer ([`Job::view`]).
+    result_served: bool,
+    /// ... and that answer was written ([`Job::result_answered`]).
+    result_read: bool,
     state: JobState,
     progress: Progress,
     ended: Option<Instant>,
@@ -63,6 +67,8 @@ struct Status {
 
 /// A migration started from here.
 pub struct Job {
+    /// Signalled when the result was read.
+    read: Condvar,
     destination: String,
     mode: &'static str,
     started: Instant,
@@ -74,6 +80,7 @@ impl Job {
     /// A job for a move with `options`, just started.
     pub fn new(options: &Options) -> Job {
         Job {
+            read: Condvar::new(),
             destination: options.target.to_string(),
             mode: if options.zero_copy {
                 "zero-copy"
@@ -83,6 +90,8 @@ impl Job {
             started: Instant::now(),
             cancel: Cancel::default(),
             status: Mutex::new(Status {
+                result_served: false,
+                result_read: false,
                 state: JobState::Running,
                 progress: Progress {
                     phase: Phase::Connecting,
@@ -135,9 +144,40 @@ impl Job {
         }
     }
 
+    /// Waits (at most `bound`) until a finished job's result was read; at once if it is
+    /// still running (nobody waits for it) or was read.
+    pub fn wait_read(&self, bound: Duration) {
+        let deadline = Instant::now() + bound;
+        let mut s = lock(&self.status);
+        while s.state != JobState::Running && !s.result_read {
+            let now = Instant::now();
+            if now >= deadline {
+                return;
+            }
+            s = self
+                .read
+                .wait_timeout(s, deadline - now)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+
+    /// An answer to a progress request was written: if it carried the result, the result
+    /// has been read.
+    pub fn result_answered(&self) {
+        let mut s = lock(&self.status);
+        if s.result_served {
+            s.result_read = true;
+            self.read.notify_all();
+        }
+    }
+
     /// Where it stands now.
     pub fn view(&self) -> JobView {
-        let s = lock(&self.status);
+        let mut s = lock(&self.status);
+        if s.state != JobState::Running {
+            s.result_served = true;
+        }
         JobView {
             state: s.state,
             destination: self.destination.clone(),

@@ -122,6 +122,11 @@ pub fn check32(bytes: &[u8]) -> u32 {
 
 /// One of the guest's two NICs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(rename_all = "lowercase")
+)]
 pub enum Nic {
     /// The 82599 virtual function.
     Vf,
@@ -203,6 +208,7 @@ impl fmt::Display for SwitchError {
 
 /// One NIC's state and counters as the guest sees them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct NicStatus {
     /// The guest has this NIC (probed and not removed).
     pub present: bool,
@@ -260,6 +266,7 @@ impl NicStatus {
 
 /// What the guest reports for STATUS (and after a SWITCH).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Status {
     /// The NIC transmitting now, if any.
     pub active: Option<Nic>,

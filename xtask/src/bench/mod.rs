@@ -1,6 +1,7 @@
 //! Benchmarks: figures for host-vmm and a stock-QEMU peer measured in the same run, with
 //! ratios, printed as a table or one JSON object.
 
+pub mod api;
 pub mod boot;
 pub mod hostvmm_migrate;
 pub mod migrate;

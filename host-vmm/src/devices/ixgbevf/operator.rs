@@ -15,8 +15,8 @@ fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// The VF's state as the operator sees it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The VF's state as the operator sees it (and the API shows it).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct VfState {
     /// The VF is plugged into the PCI bus.
     pub present: bool,
