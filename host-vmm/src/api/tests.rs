@@ -930,10 +930,10 @@ fn nic_status_comes_from_the_agents_status() {
     );
     let none = NicAnswer::default();
     assert_eq!(serde_json::to_value(none).unwrap()["active"], Value::Null);
-    let vf = VfStatus::from(crate::devices::ixgbevf::VfState {
+    let vf = VfStatus {
         present: true,
         link_up: true,
-    });
+    };
     assert_eq!(
         serde_json::to_value(vf).unwrap(),
         json!({"present": true, "link_up": true})

@@ -127,7 +127,7 @@ impl Backend for ApiBackend {
                     VfAction::Remove => VfOp::Remove,
                     VfAction::Add => VfOp::Add,
                 };
-                json(&types::VfStatus::from(c.vf(op)?))
+                json(&c.vf(op)?)
             }
         }
     }
