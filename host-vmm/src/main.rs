@@ -325,6 +325,7 @@ fn run(
     let adopted = plane.controller.adopt(vmm, Some(config), devices, false);
     plane.serve()?;
     let outcome = adopted.run();
+    plane.controller.linger();
     drop(plane);
     outcome.map_err(|e| anyhow::anyhow!(e))
 }

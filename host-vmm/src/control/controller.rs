@@ -530,18 +530,32 @@ impl Controller {
                 _ => None,
             };
             if inner.exit || (self.mode == Mode::Cli && ended.is_some()) {
-                // A move's result is read by polling: give the one who started it the
-                // chance to read it before the process (and its API socket) goes.
-                if let Some(job) = inner.job.clone() {
-                    drop(inner);
-                    job.wait_read(RESULT_LINGER);
-                }
+                drop(inner);
+                self.linger();
                 return ended;
             }
             inner = self
                 .changed
                 .wait(inner)
                 .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    /// Before the process (and its API socket) goes after its guest moved away: gives the
+    /// one who started the move, who reads its result by polling, the chance to read it
+    /// (bounded).
+    pub fn linger(&self) {
+        let inner = lock(&self.inner);
+        if let (
+            Some(job),
+            Slot::Ended {
+                outcome: Ok(Outcome::MigratedAway),
+                ..
+            },
+        ) = (inner.job.clone(), &inner.slot)
+        {
+            drop(inner);
+            job.wait_read(RESULT_LINGER);
         }
     }
 

@@ -127,6 +127,7 @@ impl Job {
     /// The move's end.
     pub fn finish(&self, result: Result<Summary, MigrateError>) {
         let mut s = lock(&self.status);
+        self.read.notify_all();
         s.ended = Some(Instant::now());
         match result {
             Ok(summary) => {
@@ -144,12 +145,12 @@ impl Job {
         }
     }
 
-    /// Waits (at most `bound`) until a finished job's result was read; at once if it is
-    /// still running (nobody waits for it) or was read.
+    /// Waits (at most `bound`) until the job has ended and its result was read (the vCPU
+    /// of a guest that moved away stops just before the move reports its end).
     pub fn wait_read(&self, bound: Duration) {
         let deadline = Instant::now() + bound;
         let mut s = lock(&self.status);
-        while s.state != JobState::Running && !s.result_read {
+        while s.state == JobState::Running || !s.result_read {
             let now = Instant::now();
             if now >= deadline {
                 return;
