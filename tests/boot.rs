@@ -3,7 +3,7 @@
 use roam_tests::{Boot, GuestRun, Vmm, boot, boot_with, image, kvm_present};
 
 const APP_READY: &str = "Hello from Roam";
-/// host-vmm and our QEMU mapping: the guest's exit statuses (ARCHITECTURE.md).
+/// host-vmm and our QEMU mapping: the guest's exit statuses (docs/boot-abi.md).
 const STATUS_PANIC: i32 = 101;
 const STATUS_CPU_EXCEPTION: i32 = 102;
 

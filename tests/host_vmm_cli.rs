@@ -3,7 +3,7 @@
 use roam_tests::{TempFile, host_vmm, image, is_root, kvm_present, say};
 use std::process::{Command, Output};
 
-/// host-vmm's status for its own failures (ARCHITECTURE.md, exit statuses).
+/// host-vmm's status for its own failures (docs/boot-abi.md, exit statuses).
 const HOST_VMM_FAILED: i32 = 125;
 
 fn host_vmm_cmd() -> Command {

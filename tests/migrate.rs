@@ -1,4 +1,4 @@
-//! Live migration with host-vmm, the way a user runs it: `host-vmm run ... --control` on one
+//! Live migration with host-vmm, the way a user runs it: `host-vmm run ... --api-socket` on one
 //! host namespace of a two-host topology, `host-vmm receive --listen ...` on the other,
 //! `host-vmm ctl SRC migrate ...`, and back again (xtask::migrate). Stock tools talk to the
 //! guest from the client namespace throughout: `ping -D` every 10 ms, a kv session checking

@@ -8,10 +8,11 @@
 //! `timestamp` is the time since the monitor was opened (at host-vmm's start), as CH's
 //! `Duration`; `properties` is an object of strings, or `null` when there are none (as
 //! CH). CH pretty-prints each event over several lines; here each is one line, so a reader
-//! can split on newlines. Events use CH's names where CH has the event (`vm`: `booting`,
-//! `booted`, `pausing`, `paused`, `resuming`, `resumed`, `shutdown`, `deleted`,
-//! `migration-started`, `migration-finished`, `migration-failed`,
-//! `migration-receive-started`, ...; `vmm`: `shutdown`).
+//! can split on newlines. The events (source: names): `vm`: `created`, `booted`, `paused`,
+//! `resumed`, `shutdown`, `deleted`; `migration`: `started`, one per phase (`preparing`,
+//! `first-pass`, `dirty-pass`, `handing-over`, `paused`, `completing`), `succeeded`,
+//! `rolled-back`, `cancel-requested`, `receiving`, `receive-failed`, `arrived`; `nic`:
+//! `switched`; `vf`: `link-up`, `link-down`, `removed`, `added`; `vmm`: `shutdown`.
 //!
 //! Writing never fails the VMM: the first write error is logged, later ones are not.
 

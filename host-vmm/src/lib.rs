@@ -1,17 +1,17 @@
 //! host-vmm: the KVM VMM that boots and moves a Roam unikernel.
 //!
 //! Layers, bottom up (ARCHITECTURE.md; `tests/layers.rs` checks the imports):
-//! - [`arch`], [`config`], [`loader`], [`memory`], [`tap`], [`pause`], [`events`]: plain
-//!   pieces with no knowledge of the rest;
-//! - [`kvm`]: the VM, the vCPU and their saved state (ioctls);
+//! - [`config`], [`pause`], [`events`], [`memory`], then [`arch`], [`loader`]: plain pieces
+//!   with no knowledge of the rest; [`io_thread`] (on [`pause`]);
 //! - [`devices`]: device models, tested without KVM (they reach the VM through
-//!   [`devices::VmOps`]); [`io_thread`] serves their queues;
+//!   [`devices::VmOps`]); [`tap`], their TAP backend;
+//! - [`kvm`]: the VM, the vCPU and their saved state (ioctls);
 //! - [`device_manager`]: builds, owns, saves and restores a VM's devices;
 //! - [`vcpu_gate`] and [`vmm`]: VM assembly and the vCPU run loop;
 //! - [`migration`]: moving a running guest between two host-vmm;
-//! - [`control`]: the VM's lifecycle and operations as the API serves them (guest agent,
-//!   VF, pause, migrations with progress and cancel, the one post-arrival path);
-//! - [`api`]: the HTTP+JSON API on a Unix socket, and its client.
+//! - [`api`]: the HTTP+JSON API on a Unix socket (parsing, routing, its client);
+//! - [`control`]: the VM's lifecycle and operations behind the API (guest agent, VF,
+//!   pause, migrations with progress and cancel, the one post-arrival path).
 //!
 //! `unsafe` lives only in `kvm` (ioctls), `memory` (memfd) and `tap` (two interface ioctls).
 

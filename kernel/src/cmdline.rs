@@ -1,4 +1,4 @@
-//! The kernel command line: space-separated `key=value` words (ARCHITECTURE.md).
+//! The kernel command line: space-separated `key=value` words (docs/boot-abi.md).
 //!
 //! Only `log=` means something at boot; other keys are kept for later stages and ignored.
 

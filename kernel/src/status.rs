@@ -1,4 +1,4 @@
-//! Exit statuses written to the debug-exit port (ARCHITECTURE.md, "Exit statuses").
+//! Exit statuses written to the debug-exit port (docs/boot-abi.md, "Exit statuses").
 
 /// Largest status an app's `exit(n)` can produce.
 pub const APP_MAX: u32 = 100;

@@ -1,5 +1,5 @@
 //! Static IPv4 configuration from the kernel command line: `ip=ADDRESS/PREFIX` and
-//! optionally `gw=ADDRESS` (ARCHITECTURE.md, "Kernel command line").
+//! optionally `gw=ADDRESS` (docs/boot-abi.md, "Kernel command line").
 //!
 //! The parser is strict and says exactly what is wrong: a guest that comes up with a
 //! half-understood address is harder to debug than one that refuses to.

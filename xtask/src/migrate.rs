@@ -1,5 +1,5 @@
 //! Moving a guest between the two hosts of a [`TwoHosts`] topology with host-vmm, the way a
-//! user does: `host-vmm run ... --control SRC` on one host, `host-vmm receive --listen ...`
+//! user does: `host-vmm run ... --api-socket SRC` on one host, `host-vmm receive --listen ...`
 //! on the other, `host-vmm ctl SRC migrate ...`, then the receiver's control socket is the
 //! new source, so the guest can go back and forth.
 //!
@@ -203,7 +203,7 @@ pub struct HostVmmGuest {
 
 impl HostVmmGuest {
     /// Boots `image` with `mem_mib` MiB on the source host, both NICs on the one guest MAC
-    /// and `--control`, `extra_cmdline` after the network settings; returns once the guest
+    /// and `--api-socket`, `extra_cmdline` after the network settings; returns once the guest
     /// answers ping from the client and its agent answers `status`.
     pub fn boot(
         hosts: &TwoHosts,
@@ -340,7 +340,7 @@ impl HostVmmGuest {
         receive
             .args(["receive", "--listen", &target])
             .args(device_args(self.nics))
-            .arg("--control")
+            .arg("--api-socket")
             .arg(control.path())
             .env("RUST_LOG", "info");
         let mut receiver = Background::spawn(&mut receive)?;

@@ -62,7 +62,7 @@ pub struct Boot<'a> {
     pub qemu_tsc_leaf: bool,
     /// NICs on TAPs, if any.
     pub net: Option<NetAttach<'a>>,
-    /// host-vmm only: listen for `host-vmm ctl` on a Unix socket at this path (`--control`).
+    /// host-vmm only: listen for `host-vmm ctl` on a Unix socket at this path (`--api-socket`).
     pub control: Option<&'a Path>,
 }
 
@@ -123,7 +123,7 @@ impl Vmm {
                 }
             }
             if let Some(path) = boot.control {
-                cmd.arg("--control").arg(path);
+                cmd.arg("--api-socket").arg(path);
             }
             return;
         }
@@ -285,7 +285,10 @@ mod tests {
             has_pair(&a, "--vf", &format!("tap=tap1,mac={mac}")),
             "{a:?}"
         );
-        assert!(has_pair(&a, "--control", "/tmp/roam-ctl-x.sock"), "{a:?}");
+        assert!(
+            has_pair(&a, "--api-socket", "/tmp/roam-ctl-x.sock"),
+            "{a:?}"
+        );
 
         let vf_only = Boot {
             net: Some(NetAttach {
@@ -296,7 +299,10 @@ mod tests {
             ..both.clone()
         };
         let a = args(&Vmm::HostVmm.command(&vf_only));
-        assert!(!a.iter().any(|x| x == "--net" || x == "--control"), "{a:?}");
+        assert!(
+            !a.iter().any(|x| x == "--net" || x == "--api-socket"),
+            "{a:?}"
+        );
         assert!(
             has_pair(&a, "--vf", &format!("tap=tap1,mac={mac}")),
             "{a:?}"

@@ -360,7 +360,8 @@ pub enum MigrationState {
 pub struct MigrationProgress {
     /// Overall state.
     pub state: MigrationState,
-    /// The step under way or last reached, e.g. `connecting`, `precopy`, `paused`, `done`.
+    /// The step under way or last reached: `connecting`, `preparing`, `first-pass`, `dirty-pass`,
+    /// `handing-over`, `paused`, `completing` (`source::Phase::name`).
     pub phase: String,
     /// Memory passes so far.
     pub pass: u32,

@@ -7,7 +7,7 @@
 //! a [`crate::devices::Bus`] and returns a typed [`vcpu::VcpuExit`], and
 //! [`routing::KvmVmOps`] serves devices' requests (MSI routes, ioeventfds).
 //!
-//! For migration: [`state`] saves and restores everything KVM holds for a vCPU and the VM
+//! For migration: [`snapshot`] saves and restores everything KVM holds for a vCPU and the VM
 //! (and documents what, in which order, and why); [`vm::Vm`] switches and harvests the dirty
 //! log; a [`vcpu::VcpuKicker`] pauses a vCPU from another thread.
 

@@ -33,9 +33,9 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::Instant;
 
-/// Process exit status when the guest stopped without reporting one (ARCHITECTURE.md).
+/// Process exit status when the guest stopped without reporting one (docs/boot-abi.md).
 pub const EXIT_NO_GUEST_STATUS: u8 = 124;
-/// Process exit status when host-vmm itself failed (ARCHITECTURE.md).
+/// Process exit status when host-vmm itself failed (docs/boot-abi.md).
 pub const EXIT_VMM_FAILED: u8 = 125;
 
 /// Why host-vmm could not set up or run the VM.

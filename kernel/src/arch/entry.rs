@@ -1,4 +1,4 @@
-//! The two ways into the kernel (ARCHITECTURE.md, "Boot ABI").
+//! The two ways into the kernel (docs/boot-abi.md).
 //!
 //! - `roam_entry64` (the ELF entry, used by host-vmm): long mode and an identity map are
 //!   already on, RDI holds the `hvm_start_info` address.

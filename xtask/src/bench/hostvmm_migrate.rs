@@ -1,5 +1,5 @@
 //! host-vmm as a [`Mover`] for `cargo xtask bench migrate`: the guest boots with
-//! `host-vmm run ... --net ... --vf ... --control` (both NICs on one MAC) on the source host,
+//! `host-vmm run ... --net ... --vf ... --api-socket` (both NICs on one MAC) on the source host,
 //! and each move is `host-vmm receive --listen ...` on the other host plus
 //! `host-vmm ctl SRC migrate ... [--zero-copy]` ([`crate::migrate`]). The figures are
 //! host-vmm's own `migrated ...` summary: pause (source vCPU stop to destination vCPU run),

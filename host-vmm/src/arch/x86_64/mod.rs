@@ -1,4 +1,4 @@
-//! The x86_64 boot state of ARCHITECTURE.md's "Boot ABI": what host-vmm writes below 1 MiB
+//! The x86_64 boot state of docs/boot-abi.md: what host-vmm writes below 1 MiB
 //! (GDT, `hvm_start_info`, memory map, command line, page tables) and the vCPU state the
 //! 64-bit entry expects (long mode, flat segments, CPUID).
 //!

@@ -47,7 +47,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 pub const CONFIG_PORT_BASE: u64 = 0xCF8;
 /// The two registers, four ports each.
 pub const CONFIG_PORT_LEN: u64 = 8;
-/// Where BARs live: above the 3 GiB of RAM at most, below the IOAPIC (ARCHITECTURE.md).
+/// Where BARs live: above the 3 GiB of RAM at most, below the IOAPIC (docs/boot-abi.md).
 pub const MMIO_WINDOW: Range<u64> = 0xC000_0000..0xFEC0_0000;
 /// Device numbers on bus 0.
 pub const MAX_DEVICES: usize = 32;
