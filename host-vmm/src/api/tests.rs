@@ -284,7 +284,7 @@ fn bad_bodies_are_400_naming_the_field() {
         ),
         (
             r#"{"payload":{"kernel":"/k"},"net":[{"mac":"x"}]}"#,
-            "`net[0]`: missing field `tap`",
+            "`net[0].tap`: missing",
         ),
         (
             r#"{"payload":{"kernel":"/k"},"memory":{"size":"1G"}}"#,
@@ -402,6 +402,7 @@ fn unknown_fields_are_ignored_and_defaults_filled() {
                 memory: MemoryConfig { size: 128 << 20 },
                 net: vec![NetConfig {
                     tap: "tap0".into(),
+                    mip: false,
                     mac: None
                 }],
                 vf: None,

@@ -84,8 +84,13 @@ pub struct MemoryConfig {
 /// A NIC on a TAP (CH's `NetConfig` subset); also the shape of Roam's `vf`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetConfig {
-    /// The TAP interface (created if it does not exist).
+    /// The TAP interface (created if it does not exist); none with `mip`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub tap: String,
+    /// Roam: no TAP; the card's frames go through the tunnel to the guest's home agent
+    /// (a guest away from home; needs `mobility`). Not for `vf`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub mip: bool,
     /// The guest's MAC, e.g. `52:54:00:12:34:56` (default: derived from the TAP name; the
     /// VF's default is the virtio-net card's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -178,6 +183,7 @@ impl VmConfig {
                 net,
                 vf,
                 agent: true,
+                tunnel: None,
             },
         })
     }
@@ -199,10 +205,30 @@ fn devices(
         ));
     }
     let net = match net.first() {
+        Some(n) if n.mip => {
+            if !n.tap.is_empty() {
+                return Err(FieldError::new(
+                    "net[0].tap",
+                    "give a TAP or mip: true, not both",
+                ));
+            }
+            let mac = n
+                .mac
+                .as_deref()
+                .map(str::parse::<MacAddr>)
+                .transpose()
+                .map_err(|e| FieldError::new("net[0].mac", e))?;
+            Some(config::NetConfig {
+                tap: String::new(),
+                mip: true,
+                mac: mac.unwrap_or_else(|| MacAddr::for_tap("mip")),
+            })
+        }
         Some(n) => {
             let (tap, mac) = tap_and_mac(n, "net[0]")?;
             Some(config::NetConfig {
                 mac: mac.unwrap_or_else(|| MacAddr::for_tap(&tap)),
+                mip: false,
                 tap,
             })
         }
@@ -229,6 +255,12 @@ fn devices(
 }
 
 fn tap_and_mac(nic: &NetConfig, at: &str) -> Result<(String, Option<MacAddr>), FieldError> {
+    if nic.tap.is_empty() {
+        return Err(FieldError::new(
+            format!("{at}.tap"),
+            "missing: give the TAP's name (or, for net away from home, mip: true)",
+        ));
+    }
     if !config::valid_ifname(&nic.tap) {
         return Err(FieldError::new(
             format!("{at}.tap"),
@@ -333,6 +365,7 @@ impl ReceiveMigrationData {
                 net,
                 vf,
                 agent: true,
+                tunnel: None,
             },
         })
     }
@@ -396,6 +429,9 @@ pub struct MigrationProgress {
     /// A finished move's result line (`migrated mode=... pause_ms=...`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub summary: Option<String>,
+    /// Every step's message so far, oldest first (a poller prints those it has not seen).
+    #[serde(default)]
+    pub log: Vec<String>,
 }
 
 // ---------------------------------------------------------------------------------------

@@ -151,6 +151,7 @@ fn nic_status(answer: AgentAnswer) -> NicAnswer {
 /// A [`RunConfig`] as the API's `VmConfig` (what `vm.create` took).
 fn vm_config(config: Option<&RunConfig>, info: &Info) -> types::VmConfig {
     let nic = |tap: &str, mac: String| types::NetConfig {
+        mip: tap.is_empty(),
         tap: tap.to_owned(),
         mac: Some(mac),
     };
@@ -227,5 +228,6 @@ fn progress(job: Option<JobView>) -> MigrationProgress {
             .summary
             .as_ref()
             .map(|s| s.to_string().trim_end().to_owned()),
+        log: j.log,
     }
 }

@@ -165,13 +165,13 @@ pub fn run(
 /// Polls a migration until it ends; returns its summary line.
 fn watch(socket: &Path, progress: &mut dyn FnMut(&str)) -> Result<String, CtlError> {
     let deadline = Instant::now() + MIGRATION_WATCH;
-    let mut last = String::new();
+    let mut seen = 0;
     loop {
         let p: MigrationProgress = get(socket, "vm.migration-progress")?;
-        if !p.message.is_empty() && p.message != last {
-            progress(&format!("migration: {}", p.message));
-            last = p.message.clone();
+        for line in p.log.iter().skip(seen) {
+            progress(&format!("migration: {line}"));
         }
+        seen = seen.max(p.log.len());
         match p.state {
             MigrationState::Running | MigrationState::None => {}
             MigrationState::Succeeded => {

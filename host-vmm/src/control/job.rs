@@ -51,9 +51,15 @@ pub struct JobView {
     pub summary: Option<Summary>,
     /// Why it failed.
     pub error: Option<String>,
+    /// Every step's message so far, oldest first (at most [`MAX_LOG`]).
+    pub log: Vec<String>,
 }
 
+/// Steps kept per move (a move has at most 30 passes and a handful of other steps).
+pub const MAX_LOG: usize = 256;
+
 struct Status {
+    log: Vec<String>,
     /// How it ended was put in an answer ([`Job::view`]).
     result_served: bool,
     /// ... and that answer was written ([`Job::result_answered`]).
@@ -90,6 +96,7 @@ impl Job {
             started: Instant::now(),
             cancel: Cancel::default(),
             status: Mutex::new(Status {
+                log: Vec::new(),
                 result_served: false,
                 result_read: false,
                 state: JobState::Running,
@@ -121,7 +128,11 @@ impl Job {
 
     /// A step of the move.
     pub fn report(&self, progress: &Progress) {
-        lock(&self.status).progress = progress.clone();
+        let mut s = lock(&self.status);
+        if s.log.len() < MAX_LOG && !progress.message.is_empty() {
+            s.log.push(progress.message.clone());
+        }
+        s.progress = progress.clone();
     }
 
     /// The move's end.
@@ -187,6 +198,7 @@ impl Job {
             elapsed: s.ended.unwrap_or_else(Instant::now) - self.started,
             summary: s.summary.clone(),
             error: s.error.clone(),
+            log: s.log.clone(),
         }
     }
 }
