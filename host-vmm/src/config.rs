@@ -214,8 +214,11 @@ pub const IFNAME_MAX: usize = 15;
 /// A virtio-net card on a TAP: `--net tap=NAME[,mac=MAC]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NetConfig {
-    /// The TAP interface (created if it does not exist).
+    /// The TAP interface (created if it does not exist); empty with `mip`.
     pub tap: String,
+    /// `--net mip`: no TAP; the card's frames go through the IP-in-IP tunnel to the
+    /// guest's home agent ([`DeviceConfig::tunnel`]), for a guest away from home.
+    pub mip: bool,
     /// The guest's MAC address ([`MacAddr::for_tap`] unless given).
     pub mac: MacAddr,
 }
@@ -224,7 +227,7 @@ pub struct NetConfig {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NetConfigError {
     /// No `tap=`.
-    #[error("missing tap=NAME (use tap=NAME[,mac=MAC])")]
+    #[error("missing tap=NAME (use tap=NAME[,mac=MAC], or mip[,mac=MAC] away from home)")]
     MissingTap,
     /// A key other than `tap` or `mac`.
     #[error("unknown key `{0}` (use tap=NAME[,mac=MAC])")]
@@ -268,9 +271,27 @@ impl FromStr for NetConfig {
     type Err = NetConfigError;
 
     fn from_str(text: &str) -> Result<Self, NetConfigError> {
+        if let Some(rest) = text.strip_prefix("mip") {
+            let mac = match rest {
+                "" => None,
+                _ => match rest.strip_prefix(",mac=") {
+                    Some(mac) => Some(mac.parse()?),
+                    None => return Err(NetConfigError::Malformed(text.to_owned())),
+                },
+            };
+            return Ok(NetConfig {
+                tap: String::new(),
+                mip: true,
+                mac: mac.unwrap_or_else(|| MacAddr::for_tap("mip")),
+            });
+        }
         let (tap, mac) = parse_tap_spec(text)?;
         let mac = mac.unwrap_or_else(|| MacAddr::for_tap(&tap));
-        Ok(NetConfig { tap, mac })
+        Ok(NetConfig {
+            tap,
+            mip: false,
+            mac,
+        })
     }
 }
 
@@ -348,6 +369,17 @@ pub struct DeviceConfig {
     pub vf: Option<VfConfig>,
     /// A virtio-console for the guest agent (every VM with an API socket has one).
     pub agent: bool,
+    /// Where `--net mip` tunnels to: the guest is away from home.
+    pub tunnel: Option<TunnelEnds>,
+}
+
+/// The ends of a guest's tunnel home (from its Mobile IP setting).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TunnelEnds {
+    /// The home agent.
+    pub home_agent: std::net::Ipv4Addr,
+    /// The guest's home address.
+    pub home: std::net::Ipv4Addr,
 }
 
 #[cfg(test)]

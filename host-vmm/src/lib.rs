@@ -6,6 +6,7 @@
 //! - [`devices`]: device models, tested without KVM (they reach the VM through
 //!   [`devices::VmOps`]); [`tap`], their TAP backend;
 //! - [`kvm`]: the VM, the vCPU and their saved state (ioctls);
+//! - [`roaming`]: a guest away from home, its frames tunnelled to its home agent;
 //! - [`device_manager`]: builds, owns, saves and restores a VM's devices;
 //! - [`vcpu_gate`] and [`vmm`]: VM assembly and the vCPU run loop;
 //! - [`migration`]: moving a running guest between two host-vmm;
@@ -32,6 +33,7 @@ pub mod loader;
 pub mod memory;
 pub mod migration;
 pub mod pause;
+pub mod roaming;
 #[allow(unsafe_code)]
 pub mod tap;
 pub mod vcpu_gate;

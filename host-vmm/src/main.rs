@@ -340,7 +340,12 @@ fn devices(net: Option<&str>, vf: Option<&str>, agent: bool) -> anyhow::Result<D
         .map(|spec| VfConfig::parse(spec, net.as_ref()))
         .transpose()
         .context("--vf")?;
-    Ok(DeviceConfig { net, vf, agent })
+    Ok(DeviceConfig {
+        net,
+        vf,
+        agent,
+        tunnel: None,
+    })
 }
 
 fn receive(

@@ -16,10 +16,19 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("io_thread", &["pause"]),
     ("devices", &["config", "io_thread", "memory", "pause"]),
     ("tap", &["devices"]),
+    ("roaming", &["config", "devices"]),
     ("kvm", &["arch", "config", "devices", "memory"]),
     (
         "device_manager",
-        &["config", "devices", "io_thread", "kvm", "memory", "tap"],
+        &[
+            "config",
+            "devices",
+            "io_thread",
+            "kvm",
+            "memory",
+            "roaming",
+            "tap",
+        ],
     ),
     ("vcpu_gate", &["devices", "kvm", "pause"]),
     (

@@ -15,6 +15,7 @@
 
 pub mod announce;
 pub mod persisted;
+pub mod port;
 
 pub use persisted::{DeviceSection, DevicesState};
 
@@ -33,15 +34,17 @@ use crate::kvm::KvmError;
 use crate::kvm::routing::FIRST_MSI_GSI;
 use crate::kvm::vm::Vm;
 use crate::memory::GuestRam;
+use crate::roaming::{MipTunnel, TunnelConfig};
 use crate::tap::{Tap, TapError};
 use persisted::Persisted;
+use port::Port;
 use std::fs::File;
 use std::io::Write;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use vmm_sys_util::eventfd::EventFd;
 
-/// virtio-net on a TAP, shared between the buses and the I/O thread.
-pub type SharedNet = Arc<Mutex<VirtioPci<Net<Tap>>>>;
+/// virtio-net on its port, shared between the buses and the I/O thread.
+pub type SharedNet = Arc<Mutex<VirtioPci<Net<Port>>>>;
 /// The emulated VF on a TAP, and the operator's handle on it.
 pub type SharedVf = Arc<VfHandle<Tap>>;
 
@@ -66,6 +69,14 @@ pub enum DeviceError {
     /// A TAP could not be opened.
     #[error(transparent)]
     Tap(#[from] TapError),
+    /// The tunnel home could not be opened (`--net mip`).
+    #[error(
+        "cannot open the tunnel to the home agent (a raw IP-in-IP socket; needs CAP_NET_RAW): {0}"
+    )]
+    Tunnel(#[source] std::io::Error),
+    /// `--net mip` without a home agent to tunnel to.
+    #[error("--net mip needs the guest's Mobile IP setting (--mobility mip:ha=...,home=...)")]
+    NoTunnelEnds,
     /// An interrupt eventfd or a TAP writer could not be created.
     #[error("cannot create an eventfd: {0}")]
     EventFd(#[source] std::io::Error),
@@ -109,7 +120,7 @@ pub enum RestoreError {
 /// The devices' host resources, opened before any KVM work so bad input fails first.
 #[derive(Debug)]
 pub struct Opened {
-    tap: Option<Tap>,
+    port: Option<Port>,
     vf_tap: Option<Tap>,
 }
 
@@ -117,10 +128,29 @@ impl Opened {
     /// Opens the TAPs of `config`.
     pub fn open(config: &DeviceConfig) -> Result<Opened, DeviceError> {
         Ok(Opened {
-            tap: config.net.as_ref().map(|n| Tap::open(&n.tap)).transpose()?,
+            port: config
+                .net
+                .as_ref()
+                .map(|n| open_port(n, config))
+                .transpose()?,
             vf_tap: config.vf.as_ref().map(|v| Tap::open(&v.tap)).transpose()?,
         })
     }
+}
+
+/// Opens the host end of virtio-net: its TAP, or the tunnel home.
+fn open_port(net: &NetConfig, config: &DeviceConfig) -> Result<Port, DeviceError> {
+    if !net.mip {
+        return Ok(Port::Tap(Tap::open(&net.tap)?));
+    }
+    let ends = config.tunnel.ok_or(DeviceError::NoTunnelEnds)?;
+    let tunnel = MipTunnel::open(TunnelConfig {
+        home_agent: ends.home_agent,
+        home: ends.home,
+        guest_mac: net.mac.octets(),
+    })
+    .map_err(DeviceError::Tunnel)?;
+    Ok(Port::Mip(tunnel))
 }
 
 /// Where saving and restoring reach a device, and in which stage it is restored.
@@ -193,8 +223,8 @@ impl DeviceManager {
     ) -> Result<Built, DeviceError> {
         let mut b = Builder::platform(vm, ram, console)?;
         // Registrations, in attach (= slot) order. A new device is one line here.
-        if let (Some(net), Some(tap)) = (&config.net, opened.tap) {
-            b.add_net(net, tap)?;
+        if let (Some(net), Some(port)) = (&config.net, opened.port) {
+            b.add_net(net, port)?;
         }
         if config.agent {
             b.add_console()?;
@@ -405,13 +435,18 @@ impl<'a> Builder<'a> {
         });
     }
 
-    /// virtio-net on `tap`.
-    fn add_net(&mut self, config: &NetConfig, tap: Tap) -> Result<(), DeviceError> {
-        let writer = tap.writer().map_err(DeviceError::EventFd)?;
+    /// virtio-net on `port`.
+    fn add_net(&mut self, config: &NetConfig, port: Port) -> Result<(), DeviceError> {
+        // Announced on a TAP only: away from home nobody on this host's links needs to
+        // learn the guest's MAC.
+        if let Port::Tap(tap) = &port {
+            let writer = tap.writer().map_err(DeviceError::EventFd)?;
+            self.manager.announce.push((writer, config.mac.octets()));
+        }
         let vectors = self.msix_vectors(NET_MSIX_VECTORS)?;
         let intx = self.next_intx();
         let device = VirtioPci::new(
-            Net::new(tap, config.mac.octets()),
+            Net::new(port, config.mac.octets()),
             self.ram.memory().clone(),
             self.vm.device_ops(),
             vectors,
@@ -420,13 +455,16 @@ impl<'a> Builder<'a> {
         let device = Arc::new(Mutex::new(device));
         let slot = lock(&self.pci).add_device(device.clone())?;
         log::info!(
-            "virtio-net: PCI 00:{slot:02x}.0, MAC {}, TAP {}, INTA on GSI {}",
+            "virtio-net: PCI 00:{slot:02x}.0, MAC {}, {}, INTA on GSI {}",
             config.mac,
-            config.tap,
+            if config.mip {
+                "tunnel to the home agent".to_string()
+            } else {
+                format!("TAP {}", config.tap)
+            },
             intx.gsi
         );
         self.handlers.push(Box::new(VirtioPci::io_handler(&device)));
-        self.manager.announce.push((writer, config.mac.octets()));
         self.manager.net = Some(device.clone());
         self.register("virtio-net", "virtio-net (--net)", device);
         Ok(())
