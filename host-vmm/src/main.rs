@@ -154,6 +154,15 @@ struct ReceiveArgs {
     /// As for `run`: the emulated VF, tap=NAME[,mac=MAC].
     #[arg(long, value_name = "SPEC")]
     vf: Option<String>,
+
+    /// How the guest keeps its IPv4 address when it arrives from another subnet:
+    /// `mip:ha=ADDR,home=HOA/PREFIX,spi=N,key=@FILE[,lifetime=S]` registers it with its
+    /// Mobile IPv4 home agent (this host's address as care-of address; no acknowledgment
+    /// within 3 s and the move rolls back); with `--net mip` its traffic goes through the
+    /// home agent's tunnel, with `--net tap=...` the guest is home and the binding is
+    /// removed. Default: none.
+    #[arg(long, value_name = "SPEC", default_value = "none")]
+    mobility: String,
 }
 
 #[derive(Debug, clap::Args)]
@@ -362,11 +371,15 @@ fn receive(
         args.vf.as_deref(),
         api_socket.is_some(),
     )?;
+    let mobility = args
+        .mobility
+        .parse::<mip::Mobility>()
+        .context("--mobility")?;
     let mut plane = ControlPlane::start(Mode::Cli, api_socket, event_monitor)?;
     plane.serve()?;
     let local = plane
         .controller
-        .receive_migration(&listen, devices)
+        .receive_migration(&listen, devices, mobility)
         .map_err(|e| anyhow::anyhow!("--listen: {e}"))?;
     eprintln!("host-vmm: waiting for a guest on {local}");
     let ended = plane.controller.wait();

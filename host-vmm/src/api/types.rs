@@ -340,6 +340,11 @@ pub struct ReceiveMigrationData {
     /// Roam: the VF, as in `vm.create`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vf: Option<NetConfig>,
+    /// Roam: how the guest keeps its address after a move to another subnet, as
+    /// `host-vmm receive --mobility` takes it: `none`, or
+    /// `mip:ha=ADDR,home=HOA/PREFIX,spi=N,key=@FILE[,lifetime=S]` (Mobile IPv4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mobility: Option<String>,
 }
 
 /// What `host-vmm receive` needs, checked.
@@ -347,6 +352,8 @@ pub struct ReceiveMigrationData {
 pub struct ReceivePlan {
     /// Where to listen.
     pub listen: Address,
+    /// How the guest keeps its address if it arrives from another subnet.
+    pub mobility: mip::Mobility,
     /// This side's devices (the source's set).
     pub devices: config::DeviceConfig,
 }
@@ -359,8 +366,15 @@ impl ReceiveMigrationData {
             .parse::<Address>()
             .map_err(|e| FieldError::new("receiver_url", e))?;
         let (net, vf) = devices(&self.net, self.vf.as_ref())?;
+        let mobility = match &self.mobility {
+            Some(m) => m
+                .parse::<mip::Mobility>()
+                .map_err(|e| FieldError::new("mobility", e))?,
+            None => mip::Mobility::None,
+        };
         Ok(ReceivePlan {
             listen,
+            mobility,
             devices: config::DeviceConfig {
                 net,
                 vf,

@@ -98,7 +98,7 @@ impl Backend for ApiBackend {
             }
             ApiRequest::VmReceiveMigration(data) => {
                 let plan = checked(data.to_plan())?;
-                c.receive_migration(&plan.listen, plan.devices)?;
+                c.receive_migration(&plan.listen, plan.devices, plan.mobility)?;
                 Ok(None)
             }
             ApiRequest::VmMigrationProgress => json(&progress(c.migration_progress())),

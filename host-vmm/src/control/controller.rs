@@ -17,13 +17,14 @@
 
 use super::agent::{AGENT_TIMEOUT, AgentLink};
 use super::job::{Job, JobView};
-use crate::config::{DeviceConfig, RunConfig};
+use crate::config::{DeviceConfig, RunConfig, TunnelEnds};
 use crate::devices::ixgbevf::{VfOperator, VfState};
 use crate::events::EventMonitor;
 use crate::migration::destination;
 use crate::migration::source::{self, Options};
 use crate::migration::target::Address;
 use crate::pause::Pause;
+use crate::roaming::registration::Refresher;
 use crate::vcpu_gate::Stopped;
 use crate::vmm::{Machine, Outcome, Vmm};
 use agent_proto::{Nic, Prepared, Reply, Request, Resumed, Status};
@@ -317,6 +318,7 @@ impl Controller {
             vmm,
             config,
             devices,
+            refresher: None,
         }
     }
 
@@ -688,12 +690,25 @@ impl Controller {
     }
 
     /// `vm.receive-migration`: listens on `address` (returns once it does) and takes one
-    /// guest in on a thread of its own with `devices`; the guest then runs here.
+    /// guest in on a thread of its own with `devices` (and its `mobility`: the home agent
+    /// hears where it is); the guest then runs here.
     pub fn receive_migration(
         self: &Arc<Self>,
         address: &Address,
-        devices: DeviceConfig,
+        mut devices: DeviceConfig,
+        mobility: mip::Mobility,
     ) -> Result<String, OpError> {
+        if let mip::Mobility::Mip(s) = &mobility {
+            devices.tunnel = Some(TunnelEnds {
+                home_agent: s.home_agent,
+                home: s.home_address,
+            });
+        }
+        if devices.net.as_ref().is_some_and(|n| n.mip) && devices.tunnel.is_none() {
+            return Err(OpError::BadRequest(
+                "net mip (the tunnel to the home agent) needs a mip: mobility setting".into(),
+            ));
+        }
         let previous = {
             let mut inner = lock(&self.inner);
             match &inner.slot {
@@ -721,9 +736,12 @@ impl Controller {
         std::thread::Builder::new()
             .name("vcpu0".into())
             .spawn(move || {
-                match destination::receive(listening, &devices, Box::new(std::io::stdout())) {
-                    Ok(vmm) => {
-                        let _ = this.run(vmm, None, devices, true);
+                let console = Box::new(std::io::stdout());
+                match destination::receive(listening, &devices, &mobility, console) {
+                    Ok(arrival) => {
+                        let mut adopted = this.adopt(arrival.vmm, None, devices, true);
+                        adopted.refresher = arrival.refresher;
+                        let _ = adopted.run();
                     }
                     Err(e) => {
                         log::info!("migration: no guest arrived: {e}");
@@ -808,6 +826,8 @@ pub struct Adopted {
     vmm: Vmm,
     config: Option<RunConfig>,
     devices: DeviceConfig,
+    /// Keeps a guest's Mobile IP binding alive while it runs here.
+    refresher: Option<Refresher>,
 }
 
 impl Adopted {
@@ -815,6 +835,8 @@ impl Adopted {
     /// down; the controller then knows how it ended.
     pub fn run(mut self) -> Result<Outcome, String> {
         let outcome = self.vmm.run().map_err(|e| e.to_string());
+        // The guest left or stopped: no more refreshes from here.
+        drop(self.refresher);
         drop(self.vmm);
         self.controller.ended(outcome, self.config, self.devices)
     }

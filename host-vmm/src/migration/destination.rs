@@ -6,6 +6,7 @@
 use super::target::{Address, AddressError, Listening, Stream};
 use crate::config::{DeviceConfig, MemSize};
 use crate::memory::{GuestRam, PAGE_SIZE};
+use crate::roaming::registration::{self, Refresher, Registrar, RegistrationError};
 use crate::vmm::{self, MachineState, Vmm};
 use migration_wire::{Message, Mode, WireError, decode_state, read_message, write_message};
 use std::fs::File;
@@ -35,6 +36,22 @@ pub enum ReceiveError {
     /// Building or running the VM failed.
     #[error(transparent)]
     Vmm(#[from] vmm::Error),
+    /// The home agent did not take the guest's new location.
+    #[error("Mobile IP: {0}")]
+    Mobility(#[from] RegistrationError),
+    /// A mobility setting this host-vmm cannot carry out.
+    #[error("{0}")]
+    MobilityUnsupported(String),
+}
+
+/// A guest that arrived: its VM, ready to run, and (away from home) what keeps its binding
+/// with the home agent alive while it runs here.
+#[derive(Debug)]
+pub struct Arrival {
+    /// The VM.
+    pub vmm: Vmm,
+    /// Refreshes the Mobile IP binding; drop it when the guest stops running here.
+    pub refresher: Option<Refresher>,
 }
 
 /// Starts listening on `address` (so a source may connect as soon as this returns).
@@ -43,16 +60,18 @@ pub fn listen(address: &Address) -> Result<Listening, ReceiveError> {
 }
 
 /// Waits on `listening` for one guest and takes it in with this side's `devices` (the
-/// source's set: same NICs, same MACs; TAPs may differ); returns the VM ready to run.
+/// source's set: same NICs, same MACs; TAPs may differ); with `mobility`, tells its home
+/// agent where it is before it runs here (or that it is home). Returns the VM ready to run.
 pub fn receive(
     listening: Listening,
     devices: &DeviceConfig,
+    mobility: &mip::Mobility,
     console: Box<dyn Write + Send>,
-) -> Result<Vmm, ReceiveError> {
+) -> Result<Arrival, ReceiveError> {
     let mut stream = listening.accept().map_err(ReceiveError::Accept)?;
     drop(listening);
-    match incoming(devices, &mut stream, console) {
-        Ok(vmm) => Ok(vmm),
+    match incoming(devices, mobility, &mut stream, console) {
+        Ok(arrival) => Ok(arrival),
         Err(e) => {
             // Tell the source why, so it rolls back at once (best effort: it may be gone).
             if !matches!(e, ReceiveError::Wire(WireError::PeerAborted(_))) {
@@ -66,10 +85,22 @@ pub fn receive(
 /// Takes the guest in; returns the VM ready to run once the source was told so.
 fn incoming(
     devices: &DeviceConfig,
+    mobility: &mip::Mobility,
     stream: &mut Stream,
     console: Box<dyn Write + Send>,
-) -> Result<Vmm, ReceiveError> {
+) -> Result<Arrival, ReceiveError> {
     let start = Instant::now();
+    // Ready before the guest pauses: the key read, the socket open, the care-of known.
+    let mut registrar = match mobility {
+        mip::Mobility::None => None,
+        mip::Mobility::Mip(setting) => Some(Registrar::new(setting)?),
+        mip::Mobility::Nat(_) => {
+            return Err(ReceiveError::MobilityUnsupported(
+                "--mobility nat: is not implemented yet; use mip:... or none".into(),
+            ));
+        }
+    };
+    let away = devices.net.as_ref().is_some_and(|n| n.mip);
     let hello = match read_message(stream)? {
         Message::Hello(h) => h,
         other => {
@@ -145,6 +176,24 @@ fn incoming(
     let state = state.ok_or_else(|| {
         ReceiveError::Refused("the stream ended without the machine state".into())
     })?;
+    // The source is paused now: the home agent learns where the guest runs (or that it is
+    // home) before it runs here; no acknowledgment means no move (the source resumes it).
+    let granted = match registrar.as_mut() {
+        Some(r) if away => Some(r.register(registration::MOVE_BOUND)?),
+        Some(r) => {
+            r.deregister(registration::MOVE_BOUND)?;
+            None
+        }
+        None => None,
+    };
+    if let (Some(g), Some(r)) = (granted, &registrar) {
+        log::info!(
+            "migration: home agent binds the guest to care-of {} for {} s (took {:?})",
+            r.care_of(),
+            g.lifetime,
+            g.took
+        );
+    }
     // Device I/O stays parked from the restore until the source has let go: until then the
     // source may still resume the guest, and with zero-copy it shares these very pages.
     vmm.machine()
@@ -161,5 +210,13 @@ fn incoming(
         "migration: guest received ({pages} pages) after {:?}; running",
         start.elapsed()
     );
-    Ok(vmm)
+    // The guest runs here whatever happens now: a refresher that cannot start is a warning
+    // (the binding lasts its lifetime).
+    let refresher = match (granted, registrar) {
+        (Some(g), Some(r)) => Refresher::start(r, g)
+            .map_err(|e| log::warn!("roaming: cannot keep the binding refreshed: {e}"))
+            .ok(),
+        _ => None,
+    };
+    Ok(Arrival { vmm, refresher })
 }
