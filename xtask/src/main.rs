@@ -465,6 +465,8 @@ fn test() -> Result<()> {
     proc::run_tests(cargo().args(["test", "-p", "kernel"]), &mut counts)?;
     artifacts::build_host_vmm()?;
     artifacts::build_images(&[])?;
+    // The wide-area tests' delay line: rebuilt so they never run a stale one.
+    artifacts::build_delayline()?;
     // Integration tests: real KVM, real QEMU.
     proc::run_tests(cargo().args(["test", "-p", "roam-tests"]), &mut counts)?;
     // One closing line for people and for CI, over every test binary above.

@@ -4,20 +4,21 @@
 //! every address is in 198.18.0.0/15.
 //!
 //! ```text
-//!                 home link (L2, MTU 1500)
-//!  <p>-h1 (home host)                   <p>-sw (switch)          <p>-ha (home agent)
-//!  VM 198.18.0.10 ── tap0,tap1 ┐        br0 (no address)         home0 198.18.0.1/24
-//!                         br0 ─┴ up0 ─veth─ h1 ┘   └ ha ─veth─ home0   (the VM's gateway)
-//!  wan0 198.18.23.2/24                                           wan0 198.18.20.2/24
-//!   │ 198.18.16.0/20, 198.18.3.0/24 via .23.1                     │ default via .20.1
-//!   │                                                             │ ip_forward=1
-//!   │        <p>-wan (WAN router, ip_forward=1)                   │
-//!   └─veth── w-h1 198.18.23.1/24                w-ha 198.18.20.1/24 ──veth─┘
-//!            w-a  198.18.21.1/24 ──veth── wan0 198.18.21.2/24 <p>-fa  (site A; its CoA)
-//!            w-b  198.18.22.1/24 ──veth── wan0 198.18.22.2/24 <p>-fb  (site B; its CoA)
-//!            w-c  198.18.3.1/24  ──veth── eth0 198.18.3.2/24  <p>-cn  (correspondent)
-//!            198.18.0.0/24 via 198.18.20.2
-//!            dly0 (TUN, only with a delay): the delay line
+//!  <p>-h1 (home host)          <p>-sw (switch)           <p>-ha (home agent, ip_forward=1)
+//!  tap0, tap1 ─ br0 ─ up0 ─veth─ h1 ─ br0 ─ ha ─veth─ home0 198.18.0.1/24 (the VM's gw)
+//!  (the VM, 198.18.0.10/24)          (no address)
+//!  ····· home link: one L2 segment, MTU 1500 ·····
+//!  wan0 198.18.23.2/24                                    wan0 198.18.20.2/24
+//!   │ 198.18.16.0/20 and 198.18.3.0/24 via .23.1           │ default via .20.1
+//!   │                                                      │
+//!   │        <p>-wan (WAN router, ip_forward=1)            │
+//!   └─veth── w-h1 198.18.23.1/24        w-ha 198.18.20.1/24 ─veth─┘
+//!            w-a  198.18.21.1/24 ─veth─ wan0 198.18.21.2/24  <p>-fa (site A: its CoA)
+//!            w-b  198.18.22.1/24 ─veth─ wan0 198.18.22.2/24  <p>-fb (site B: its CoA)
+//!            w-c  198.18.3.1/24  ─veth─ eth0 198.18.3.2/24   <p>-cn (correspondent)
+//!            dly0 (TUN; only with a delay): the delay line
+//!            route 198.18.0.0/24 via 198.18.20.2 (the home agent)
+//!  ····· WAN: every veth MTU 1600 ·····
 //! ```
 //!
 //! Every WAN-side veth (both ends, and `dly0`) has MTU 1600 ([`WAN_MTU`]), so a 1500-byte
