@@ -190,8 +190,8 @@ pub(super) fn router_ns(prefix: &str) -> String {
 }
 
 /// One instance of the wide-area test network, named by a prefix. Built by [`Wan::up`];
-/// removed (its delay line killed by PID, its namespaces deleted) when dropped, also when
-/// `up` fails half-way, unless [`Wan::keep`] asked it to stay.
+/// removed (its delay line killed by PID, its namespaces deleted) when dropped, unless
+/// [`Wan::keep`] asked it to stay; removed also when `up` fails half-way, kept or not.
 #[derive(Debug)]
 pub struct Wan {
     /// The home link's switch and home host, built by the one-host topology's code.
@@ -204,6 +204,9 @@ pub struct Wan {
     keep: bool,
     /// Set once `up` starts building: only then does dropping remove anything.
     owned: bool,
+    /// Set once `up` finished: a kept topology is left up only then (a failed `up` is
+    /// removed, kept or not).
+    complete: bool,
     delayline: Option<DelayLine>,
 }
 
@@ -228,6 +231,7 @@ impl Wan {
             verbose: false,
             keep: false,
             owned: false,
+            complete: false,
             delayline: None,
         })
     }
@@ -420,6 +424,7 @@ impl Wan {
             self.namespaces().len(),
             self.delay_ms
         ));
+        self.complete = true;
         Ok(self)
     }
 
@@ -595,10 +600,11 @@ impl Wan {
                 if text.contains(&ready) {
                     break;
                 }
-                if !std::path::Path::new(&format!("/proc/{pid}")).exists()
-                    || Instant::now() >= deadline
-                {
-                    bail!("the delay line did not start within {bound:?}:\n{text}");
+                if !is_running(pid) {
+                    bail!("the delay line exited before it was ready:\n{text}");
+                }
+                if Instant::now() >= deadline {
+                    bail!("the delay line was not ready within {bound:?}:\n{text}");
                 }
                 std::thread::sleep(Duration::from_millis(10));
             }
@@ -643,6 +649,7 @@ impl Wan {
     /// router's namespace and ended by PID), then deletes every namespace of this prefix.
     /// Idempotent.
     pub fn down(&mut self) -> Result<()> {
+        self.complete = false;
         if Topology::ns_exists(&self.home.client_ns()) {
             bail!(
                 "`{}-sw` and `{0}-h1` belong to the test network `{0}` (one or two hosts), not to a wide-area one; take it down with `cargo xtask net down --prefix {0}`",
@@ -712,22 +719,28 @@ impl Wan {
     }
 }
 
-/// Whether `pid` is a live (not zombie) `delayline` process.
-fn is_delayline(pid: u32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
+/// The name and state letter of process `pid`, from /proc/PID/stat.
+fn process(pid: u32) -> Option<(String, String)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // "PID (comm) STATE ...": the name is in parentheses and may itself contain them.
-    let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
-        return false;
-    };
-    let state = stat[close + 1..].split_whitespace().next();
-    &stat[open + 1..close] == "delayline" && state != Some("Z")
+    let (open, close) = (stat.find('(')?, stat.rfind(')')?);
+    let state = stat[close + 1..].split_whitespace().next()?;
+    Some((stat[open + 1..close].to_string(), state.to_string()))
+}
+
+/// Whether `pid` is running (exists and is not a zombie).
+fn is_running(pid: u32) -> bool {
+    process(pid).is_some_and(|(_, state)| state != "Z")
+}
+
+/// Whether `pid` is a running `delayline` process.
+fn is_delayline(pid: u32) -> bool {
+    process(pid).is_some_and(|(name, state)| name == "delayline" && state != "Z")
 }
 
 impl Drop for Wan {
     fn drop(&mut self) {
-        if !self.owned || self.keep {
+        if !self.owned || (self.keep && self.complete) {
             return;
         }
         if let Err(e) = self.down() {
