@@ -6,7 +6,8 @@
 //! - a raw IPv4 socket of one protocol (IP-in-IP, protocol 4): send to an address, receive
 //!   with the sender's address;
 //! - an AF_PACKET socket that only sends (gratuitous ARP);
-//! - a TUN device (`/dev/net/tun`, `TUNSETIFF` with `IFF_TUN | IFF_NO_PI`).
+//! - a TUN device (`/dev/net/tun`, `TUNSETIFF` with `IFF_TUN | IFF_NO_PI`);
+//! - a signalfd for SIGTERM and SIGINT.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -255,4 +256,14 @@ pub(super) fn open_tun(name: &str) -> io::Result<File> {
     // above, in a zeroed array).
     check(unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETIFF, &mut req) })?;
     Ok(file)
+}
+/// A signalfd that reports SIGTERM and SIGINT. The caller must have blocked both in every
+/// thread (so they stay pending for this descriptor instead of killing the process).
+pub(super) fn termination_signals() -> io::Result<File> {
+    let set = vmm_sys_util::signal::create_sigset(&[libc::SIGTERM, libc::SIGINT])
+        .map_err(|e| io::Error::from_raw_os_error(e.errno()))?;
+    // SAFETY: `set` is a valid, initialised sigset_t that outlives the call.
+    let fd = check(unsafe { libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK) })?;
+    // SAFETY: `fd` was just returned by signalfd(2), is open and owned by nobody else.
+    Ok(unsafe { File::from_raw_fd(fd) })
 }
