@@ -1,7 +1,8 @@
 //! `netprobe`: the network tests' client, run inside the client namespace
 //! (`ip netns exec <ns> netprobe ...`). Every mode is bounded in count and time and exits 0
 //! only when every reply checked out; it prints one summary line either way. Its only
-//! `unsafe` is the raw-socket FFI of the `hostile` mode (module `raw`).
+//! `unsafe` is the raw-socket FFI of the `hostile` mode (module `raw`) and of the `ipip`
+//! modes (module `rawip`).
 //!
 //! ```text
 //! netprobe tcp-echo ADDR:PORT BYTES SEED   send BYTES pseudo-random bytes, compare the echo
@@ -13,6 +14,13 @@
 //!                                          for guests that connect out)
 //! netprobe hostile IFACE MAC IP SYNS       runts, oversize frames, bad checksums,
 //!                                          truncated TCP headers and SYNS SYNs, raw
+//! netprobe ipip-send SRC DST COUNT         COUNT IP-in-IP packets from SRC to DST through a
+//!                                          raw protocol-4 socket (the kernel adds the outer
+//!                                          header); inner: UDP 198.18.3.2 -> 198.18.0.10,
+//!                                          100 and 1500 bytes in turn (outer 120 and 1520)
+//! netprobe ipip-recv SRC DST COUNT SECONDS wait up to SECONDS for COUNT of those from SRC,
+//!                                          outer and inner headers checked; prints a
+//!                                          `ready` line once it listens
 //! ```
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -34,7 +42,11 @@ fn main() -> ExitCode {
         ["kv-for", addr, seconds] => kv_for(parse(addr), parse(seconds)),
         ["hostile", iface, mac, ip, syns] => hostile(iface, mac, parse(ip), parse(syns)),
         ["serve-echo", port, seconds] => serve_echo(parse(port), parse(seconds)),
-        _ => Err("usage: netprobe tcp-echo ADDR:PORT BYTES SEED | udp-echo ADDR:PORT COUNT SEED | kv ADDR:PORT COUNT | kv-for ADDR:PORT SECONDS".into()),
+        ["ipip-send", src, dst, count] => ipip_send(parse(src), parse(dst), parse(count)),
+        ["ipip-recv", src, dst, count, seconds] => {
+            ipip_recv(parse(src), parse(dst), parse(count), parse(seconds))
+        }
+        _ => Err("usage: netprobe tcp-echo ADDR:PORT BYTES SEED | udp-echo ADDR:PORT COUNT SEED | kv ADDR:PORT COUNT | kv-for ADDR:PORT SECONDS | serve-echo PORT SECONDS | hostile IFACE MAC IP SYNS | ipip-send SRC DST COUNT | ipip-recv SRC DST COUNT SECONDS".into()),
     };
     match result {
         Ok(summary) => {
@@ -547,6 +559,220 @@ fn hostile(
     }
     Ok(format!(
         "hostile: {sent} malformed frames sent ({refused} refused by the local kernel), including {syns} SYNs, in {:.2} s",
+        start.elapsed().as_secs_f64()
+    ))
+}
+
+/// Raw IPv4 sockets of one protocol (IP-in-IP), for the wide-area topology's tunnel checks.
+mod rawip {
+    use std::fs::File;
+    use std::io;
+    use std::net::Ipv4Addr;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+    /// IP-in-IP's protocol number (RFC 2003).
+    pub const IPPROTO_IPIP: i32 = 4;
+
+    /// An `AF_INET`/`SOCK_RAW` socket of `protocol`, bound to `local` and connected to `peer`:
+    /// writes go to `peer` (the kernel adds the outer IPv4 header), reads return whole
+    /// packets (outer header included) of that protocol from `peer` only. Needs CAP_NET_RAW.
+    pub fn open(protocol: i32, local: Ipv4Addr, peer: Ipv4Addr) -> io::Result<File> {
+        // SAFETY: plain socket(2) call; the result is checked before use.
+        let fd =
+            unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, protocol) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a descriptor we just opened and own; nothing else will close it.
+        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+        let local = sockaddr(local);
+        // SAFETY: `local` is a valid sockaddr_in of the size passed, alive for the call.
+        let bound = unsafe {
+            libc::bind(
+                owned.as_raw_fd(),
+                (&raw const local).cast(),
+                size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            )
+        };
+        if bound < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let peer = sockaddr(peer);
+        // SAFETY: as for bind: a valid sockaddr_in of the size passed, alive for the call.
+        let connected = unsafe {
+            libc::connect(
+                owned.as_raw_fd(),
+                (&raw const peer).cast(),
+                size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            )
+        };
+        if connected < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(File::from(owned))
+    }
+
+    fn sockaddr(ip: Ipv4Addr) -> libc::sockaddr_in {
+        libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: 0,
+            sin_addr: libc::in_addr {
+                s_addr: u32::from_ne_bytes(ip.octets()),
+            },
+            sin_zero: [0; 8],
+        }
+    }
+}
+
+/// The inner packets' ends: a correspondent writing to a VM's home address, as a home agent
+/// would tunnel them.
+const IPIP_INNER_SRC: [u8; 4] = [198, 18, 3, 2];
+const IPIP_INNER_DST: [u8; 4] = [198, 18, 0, 10];
+/// What starts every inner UDP payload, before the sequence number.
+const IPIP_MARK: &[u8; 9] = b"roam-ipip";
+/// Inner packet sizes, in turn: a small one and a full 1500-byte one (1520 bytes outside).
+const IPIP_SIZES: [usize; 2] = [100, 1500];
+
+/// Inner packet number `seq`: IPv4 + UDP (checksum 0, allowed over IPv4) + mark + filler.
+fn ipip_inner(seq: u32) -> Vec<u8> {
+    let len = IPIP_SIZES[seq as usize % IPIP_SIZES.len()];
+    let mut p = vec![0u8; len];
+    p[0] = 0x45;
+    p[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+    p[4..6].copy_from_slice(&(seq as u16).to_be_bytes());
+    p[8] = 64;
+    p[9] = 17;
+    p[12..16].copy_from_slice(&IPIP_INNER_SRC);
+    p[16..20].copy_from_slice(&IPIP_INNER_DST);
+    let checksum = inet_checksum(&p[..20]);
+    p[10..12].copy_from_slice(&checksum.to_be_bytes());
+    p[20..22].copy_from_slice(&4000u16.to_be_bytes());
+    p[22..24].copy_from_slice(&7u16.to_be_bytes());
+    p[24..26].copy_from_slice(&((len - 20) as u16).to_be_bytes());
+    p[28..37].copy_from_slice(IPIP_MARK);
+    p[37..41].copy_from_slice(&seq.to_be_bytes());
+    for (i, b) in p[41..].iter_mut().enumerate() {
+        *b = (i as u32).wrapping_add(seq) as u8;
+    }
+    p
+}
+
+fn ipip_send(
+    src: std::net::Ipv4Addr,
+    dst: std::net::Ipv4Addr,
+    count: u32,
+) -> Result<String, String> {
+    let start = Instant::now();
+    let mut socket = rawip::open(rawip::IPPROTO_IPIP, src, dst)
+        .map_err(|e| format!("raw IP-in-IP socket {src} -> {dst}: {e}"))?;
+    let mut bytes = 0;
+    for seq in 0..count.min(10_000) {
+        let inner = ipip_inner(seq);
+        socket
+            .write_all(&inner)
+            .map_err(|e| format!("send #{seq} ({} bytes inside): {e}", inner.len()))?;
+        bytes += inner.len();
+        // A little spacing, so a receiver's socket buffer never overflows.
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    Ok(format!(
+        "ipip-send {count} packets ({bytes} bytes inside) {src} -> {dst} in {:.2} s",
+        start.elapsed().as_secs_f64()
+    ))
+}
+
+/// Checks one received IP-in-IP packet (outer header included) and returns its sequence
+/// number and outer length.
+fn ipip_check(
+    p: &[u8],
+    src: std::net::Ipv4Addr,
+    dst: std::net::Ipv4Addr,
+) -> Result<(u32, usize), String> {
+    if p.len() < 20 || p[0] >> 4 != 4 {
+        return Err(format!("not IPv4 ({} bytes)", p.len()));
+    }
+    let outer_len = usize::from(p[0] & 0xF) * 4;
+    let total = usize::from(u16::from_be_bytes([p[2], p[3]]));
+    if p[9] != 4 || p[12..16] != src.octets() || p[16..20] != dst.octets() || total != p.len() {
+        return Err(format!(
+            "outer header: protocol {}, {}.{}.{}.{} -> {}.{}.{}.{}, length {total} of {}",
+            p[9],
+            p[12],
+            p[13],
+            p[14],
+            p[15],
+            p[16],
+            p[17],
+            p[18],
+            p[19],
+            p.len()
+        ));
+    }
+    let inner = &p[outer_len..];
+    if inner.len() < 41 || inner[0] != 0x45 || inet_checksum(&inner[..20]) != 0 {
+        return Err(format!("inner header broken ({} bytes)", inner.len()));
+    }
+    let seq = u32::from_be_bytes([inner[37], inner[38], inner[39], inner[40]]);
+    let want = ipip_inner(seq);
+    if inner != want.as_slice() {
+        return Err(format!(
+            "inner packet #{seq} differs ({} bytes, expected {})",
+            inner.len(),
+            want.len()
+        ));
+    }
+    Ok((seq, p.len()))
+}
+
+fn ipip_recv(
+    src: std::net::Ipv4Addr,
+    dst: std::net::Ipv4Addr,
+    count: u32,
+    seconds: u64,
+) -> Result<String, String> {
+    let start = Instant::now();
+    let bound = Duration::from_secs(seconds).min(TOTAL_TIMEOUT);
+    let mut socket = rawip::open(rawip::IPPROTO_IPIP, dst, src)
+        .map_err(|e| format!("raw IP-in-IP socket {dst} <- {src}: {e}"))?;
+    // Reads block; a thread does them, so the bound holds even when nothing comes.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 65_536];
+        loop {
+            let got = socket.read(&mut buf).map(|n| buf[..n].to_vec());
+            let failed = got.is_err();
+            if tx.send(got).is_err() || failed {
+                break;
+            }
+        }
+    });
+    println!("netprobe: ipip-recv ready on {dst} for {src}");
+    let mut seen = std::collections::BTreeSet::new();
+    let (mut largest, mut bad) = (0usize, Vec::new());
+    while seen.len() < count as usize {
+        let left = bound.saturating_sub(start.elapsed());
+        let packet = match rx.recv_timeout(left) {
+            Ok(Ok(p)) => p,
+            Ok(Err(e)) => return Err(format!("receive: {e}")),
+            Err(_) => {
+                return Err(format!(
+                    "{} of {count} IP-in-IP packets from {src} within {bound:?}; rejected: {bad:?}",
+                    seen.len()
+                ));
+            }
+        };
+        match ipip_check(&packet, src, dst) {
+            Ok((seq, len)) => {
+                seen.insert(seq);
+                largest = largest.max(len);
+            }
+            Err(e) if bad.len() < 5 => bad.push(e),
+            Err(_) => {}
+        }
+    }
+    Ok(format!(
+        "ipip-recv {count} IP-in-IP packets {src} -> {dst} intact, largest {largest} bytes outside, {} rejected, in {:.2} s",
+        bad.len(),
         start.elapsed().as_secs_f64()
     ))
 }

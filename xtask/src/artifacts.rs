@@ -83,3 +83,16 @@ pub fn build_host_vmm() -> Result<()> {
         "host-vmm",
     ]))
 }
+
+/// Builds the delay line binary ([`crate::delayline_path`]): a debug build, like the xtask
+/// binary it belongs to, so it shares that build's dependencies.
+pub fn build_delayline() -> Result<()> {
+    proc::run(Command::new(env!("CARGO")).current_dir(root()).args([
+        "build",
+        "--quiet",
+        "-p",
+        "xtask",
+        "--bin",
+        "delayline",
+    ]))
+}

@@ -54,3 +54,9 @@ pub fn image_path(name: &str) -> PathBuf {
 pub fn host_vmm_path() -> PathBuf {
     target_dir().join("release").join("host-vmm")
 }
+
+/// The delay line binary (`xtask/src/bin/delayline.rs`) that [`net::Wan`] runs in its WAN
+/// router, built by [`artifacts::build_delayline`].
+pub fn delayline_path() -> PathBuf {
+    target_dir().join("debug").join("delayline")
+}

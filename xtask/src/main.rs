@@ -4,7 +4,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use std::process::Command;
 use xtask::artifacts::{self, GUEST_PROFILE, GUEST_TARGET};
-use xtask::net::{self, Topology};
+use xtask::net::{self, Site, Topology, Wan};
 use xtask::vm::{Boot, Vmm};
 use xtask::{bench, image_path, prereq, proc, root};
 
@@ -77,10 +77,26 @@ enum Cmd {
 
 #[derive(Subcommand)]
 enum NetCmd {
-    /// Create it (idempotent): client, switch and host namespaces, as drawn in xtask/src/net.rs.
-    Up,
-    /// Remove it (idempotent).
-    Down,
+    /// Create it (idempotent): client, switch and host namespaces, as drawn in xtask/src/net.rs;
+    /// with --wan the wide-area topology (home agent, WAN router, sites) instead.
+    #[command(after_long_help = net::wan::HELP)]
+    Up {
+        /// The wide-area topology instead (see the table below).
+        #[arg(long)]
+        wan: bool,
+        /// One-way delay of the WAN router in ms, applied to every packet it forwards by a
+        /// user-space delay line (0: plain forwarding).
+        #[arg(long, requires = "wan", default_value_t = 0,
+              value_parser = clap::value_parser!(u32).range(0..=i64::from(net::wan::MAX_DELAY_MS)))]
+        wan_delay_ms: u32,
+    },
+    /// Remove it (idempotent); with --wan the wide-area topology and its delay line.
+    #[command(after_long_help = net::wan::HELP)]
+    Down {
+        /// The wide-area topology (see the table below).
+        #[arg(long)]
+        wan: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -188,7 +204,16 @@ fn run(cli: Cli) -> Result<()> {
             prereq::ensure_packages(&prereq::NET_TOOLS)?;
             let topology = Topology::named(&prefix)?.verbose();
             match action {
-                NetCmd::Up => {
+                NetCmd::Up {
+                    wan: true,
+                    wan_delay_ms,
+                } => wan_up(&prefix, wan_delay_ms),
+                NetCmd::Down { wan: true } => {
+                    Wan::named(&prefix)?.verbose().down()?;
+                    println!("wide-area test network `{prefix}` is down");
+                    Ok(())
+                }
+                NetCmd::Up { .. } => {
                     topology.up()?;
                     println!(
                         "test network `{prefix}` is up: client {} in namespace {}, gateway {} in {}, guests attach to {} (virtio-net) and {} (VF) in {} and use {}",
@@ -203,7 +228,12 @@ fn run(cli: Cli) -> Result<()> {
                     );
                     Ok(())
                 }
-                NetCmd::Down => {
+                NetCmd::Down { .. } => {
+                    if Wan::named(&prefix)?.router_ns_exists() {
+                        anyhow::bail!(
+                            "`{prefix}` is a wide-area test network: take it down with `cargo xtask net down --wan --prefix {prefix}`"
+                        );
+                    }
                     topology.down()?;
                     println!("test network `{prefix}` is down");
                     Ok(())
@@ -288,6 +318,41 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Test => test(),
         Cmd::Lint => lint(),
     }
+}
+
+/// `cargo xtask net up --wan`: builds the wide-area topology and leaves it up, its delay line
+/// (if any) running detached until `net down --wan`.
+fn wan_up(prefix: &str, delay_ms: u32) -> Result<()> {
+    if delay_ms > 0 {
+        // Always, so an edited delay line is rebuilt; cheap when it is up to date.
+        artifacts::build_delayline()?;
+    }
+    let wan = Wan::named(prefix)?
+        .with_delay_ms(delay_ms)
+        .verbose()
+        .keep()
+        .up()?;
+    println!(
+        "wide-area test network `{prefix}` is up: correspondent {} in {}, home agent {} (home link) / {} (WAN) in {}, sites A {} in {} and B {} in {}, home host {} with {} and {} ({}), WAN delay {delay_ms} ms one way{}",
+        net::wan::CN_IP,
+        wan.correspondent_ns(),
+        net::wan::HA_HOME_IP,
+        net::wan::HA_WAN_IP,
+        wan.home_agent_ns(),
+        Site::A.care_of(),
+        wan.ns(Site::A),
+        Site::B.care_of(),
+        wan.ns(Site::B),
+        wan.home_host_ns(),
+        net::TAP,
+        net::VF_TAP,
+        net::guest_cmdline(),
+        match (wan.delayline_pid(), wan.delayline_log()) {
+            (Some(pid), Some(log)) => format!(" (delay line PID {pid}, log {})", log.display()),
+            _ => String::new(),
+        }
+    );
+    Ok(())
 }
 
 /// `cargo xtask bench migrate`.
@@ -400,6 +465,8 @@ fn test() -> Result<()> {
     proc::run_tests(cargo().args(["test", "-p", "kernel"]), &mut counts)?;
     artifacts::build_host_vmm()?;
     artifacts::build_images(&[])?;
+    // The wide-area tests' delay line: rebuilt so they never run a stale one.
+    artifacts::build_delayline()?;
     // Integration tests: real KVM, real QEMU.
     proc::run_tests(cargo().args(["test", "-p", "roam-tests"]), &mut counts)?;
     // One closing line for people and for CI, over every test binary above.

@@ -28,10 +28,16 @@
 //! sends a gratuitous ARP through the new one). A TAP nobody opened stays down and gets
 //! nothing. Nothing here routes to anything outside the namespaces; `down` deletes them,
 //! which removes every interface.
+//!
+//! [`Wan`] (module [`wan`]) is the wide-area variant: the same home link behind a home agent,
+//! a WAN router with an optional delay line, two foreign sites and a correspondent.
 
 use crate::proc;
 use anyhow::{Context, Result, bail};
 use std::process::Command;
+
+pub mod wan;
+pub use wan::{Site, Wan};
 
 /// The guest's address and prefix on the test network.
 pub const GUEST_IP: &str = "198.18.0.10";
@@ -54,6 +60,14 @@ pub const MIGRATION_LINK: &str = "mig0";
 /// The kernel command line that puts a guest on this network.
 pub fn guest_cmdline() -> String {
     format!("ip={GUEST_IP}/{PREFIX_LEN} gw={GATEWAY_IP}")
+}
+
+/// A prefix unique to this process and call (`rt<tag>-<pid>-<n>`), for tests.
+fn unique_prefix(tag: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    format!("rt{tag}-{}-{n}", std::process::id())
 }
 
 /// One instance of the test network, named by a prefix so runs cannot collide.
@@ -83,10 +97,7 @@ impl Topology {
 
     /// A topology with a name unique to this process and call, for tests.
     pub fn unique(tag: &str) -> Result<Topology> {
-        use std::sync::atomic::{AtomicU32, Ordering};
-        static N: AtomicU32 = AtomicU32::new(0);
-        let n = N.fetch_add(1, Ordering::Relaxed);
-        Topology::named(&format!("rt{tag}-{}-{n}", std::process::id()))
+        Topology::named(&unique_prefix(tag))
     }
 
     /// Print each command as it runs (the `cargo xtask net` commands do).
@@ -113,14 +124,21 @@ impl Topology {
     fn ip(&self, args: &[&str]) -> Result<()> {
         let mut cmd = Command::new("ip");
         cmd.args(args);
+        self.run(&mut cmd)
+    }
+
+    /// Runs `cmd`, printed first when verbose; fails with its stderr unless it exits 0.
+    fn run(&self, cmd: &mut Command) -> Result<()> {
         if self.verbose {
-            proc::run(&mut cmd)
+            proc::run(cmd)
         } else {
-            let out = cmd.output()?;
+            let out = cmd
+                .output()
+                .with_context(|| format!("cannot start `{}`", proc::display(cmd)))?;
             if !out.status.success() {
                 bail!(
                     "`{}` failed: {}",
-                    proc::display(&cmd),
+                    proc::display(cmd),
                     String::from_utf8_lossy(&out.stderr).trim()
                 );
             }
@@ -144,6 +162,12 @@ impl Topology {
         if !(1..=2).contains(&hosts) {
             bail!("a topology has 1 or 2 hosts, not {hosts}");
         }
+        if Self::ns_exists(&wan::router_ns(&self.prefix)) {
+            bail!(
+                "the wide-area test network `{}` uses these names; take it down first (`cargo xtask net down --wan --prefix {0}`) or use another prefix",
+                self.prefix
+            );
+        }
         let (sw, cl) = (self.switch_ns(), self.client_ns());
         let mut all = vec![sw.clone(), cl.clone()];
         all.extend((1..=hosts).map(|n| self.host_ns(n)));
@@ -159,11 +183,7 @@ impl Topology {
         let gw = format!("{GATEWAY_IP}/{PREFIX_LEN}");
         let client = format!("{CLIENT_IP}/{PREFIX_LEN}");
         let result = (|| {
-            self.ip(&["netns", "add", &sw])?;
-            self.ip(&["-n", &sw, "link", "set", "lo", "up"])?;
-            self.ip(&["-n", &sw, "link", "add", "br0", "type", "bridge"])?;
-            self.ip(&["-n", &sw, "addr", "add", &gw, "dev", "br0"])?;
-            self.ip(&["-n", &sw, "link", "set", "br0", "up"])?;
+            self.add_switch(Some(&gw))?;
 
             self.ip(&["netns", "add", &cl])?;
             self.ip(&["-n", &cl, "link", "set", "lo", "up"])?;
@@ -188,6 +208,18 @@ impl Topology {
             let _ = self.down();
         }
         result
+    }
+
+    /// Adds the switch namespace: its bridge `br0`, with `address` (ADDRESS/PREFIX) if given.
+    fn add_switch(&self, address: Option<&str>) -> Result<()> {
+        let sw = self.switch_ns();
+        self.ip(&["netns", "add", &sw])?;
+        self.ip(&["-n", &sw, "link", "set", "lo", "up"])?;
+        self.ip(&["-n", &sw, "link", "add", "br0", "type", "bridge"])?;
+        if let Some(address) = address {
+            self.ip(&["-n", &sw, "addr", "add", address, "dev", "br0"])?;
+        }
+        self.ip(&["-n", &sw, "link", "set", "br0", "up"])
     }
 
     /// Adds host namespace `n`: a bridge joining its two TAPs (virtio-net's and the VF's) to

@@ -22,9 +22,10 @@ pub const QEMU: Package = Package {
     program: "qemu-system-x86_64",
 };
 
-/// What the network tests and commands use: namespaces, stock ping and iperf3, and curl,
-/// which drives host-vmm's API in the tests as users drive it.
-pub const NET_TOOLS: [Package; 4] = [
+/// What the network tests and commands use: namespaces, stock ping and iperf3, curl, which
+/// drives host-vmm's API in the tests as users drive it, and procps (`sysctl` sets forwarding
+/// and rp_filter in the wide-area topology's namespaces, `kill` stops its delay line).
+pub const NET_TOOLS: [Package; 5] = [
     Package {
         name: "iproute2",
         program: "ip",
@@ -40,6 +41,10 @@ pub const NET_TOOLS: [Package; 4] = [
     Package {
         name: "curl",
         program: "curl",
+    },
+    Package {
+        name: "procps",
+        program: "sysctl",
     },
 ];
 

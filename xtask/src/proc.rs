@@ -225,6 +225,8 @@ pub fn run_tests(cmd: &mut Command, counts: &mut TestCounts) -> Result<()> {
 /// its PID when dropped, so a failing test still cleans up.
 pub struct Background {
     child: Child,
+    /// The write end of the child's stdin when it was started with a lifeline.
+    lifeline: Option<std::process::ChildStdin>,
     name: String,
     output: std::sync::Arc<std::sync::Mutex<String>>,
     readers: Vec<thread::JoinHandle<()>>,
@@ -233,9 +235,24 @@ pub struct Background {
 impl Background {
     /// Spawns `cmd`, collecting its stdout and stderr.
     pub fn spawn(cmd: &mut Command) -> Result<Background> {
+        Background::start(cmd, false)
+    }
+
+    /// Like [`Background::spawn`], with the child's stdin a pipe that only this value holds:
+    /// the child sees end of file when [`Background::stop`] closes it, or when this process
+    /// dies, so a child that stops on that cannot outlive us.
+    pub fn spawn_with_lifeline(cmd: &mut Command) -> Result<Background> {
+        Background::start(cmd, true)
+    }
+
+    fn start(cmd: &mut Command, lifeline: bool) -> Result<Background> {
         let name = display(cmd);
         let mut child = cmd
-            .stdin(Stdio::null())
+            .stdin(if lifeline {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -260,6 +277,7 @@ impl Background {
             }));
         }
         Ok(Background {
+            lifeline: child.stdin.take(),
             child,
             name,
             output,
@@ -308,9 +326,32 @@ impl Background {
         self.child.try_wait().ok().flatten()
     }
 
+    /// Closes the lifeline (if any) and gives the process `grace` to exit by itself, then
+    /// kills it by its PID; returns how it ended.
+    pub fn stop(&mut self, grace: Duration) -> Option<ExitStatus> {
+        self.lifeline = None;
+        let deadline = Instant::now() + grace;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => return Some(status),
+                Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(5)),
+                _ => {
+                    kill(&mut self.child);
+                    return self.child.try_wait().ok().flatten();
+                }
+            }
+        }
+    }
+
     /// The process ID (to read /proc/<pid>/stat, for example).
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+}
+
+impl std::fmt::Debug for Background {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Background(`{}`, PID {})", self.name, self.child.id())
     }
 }
 
