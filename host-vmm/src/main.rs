@@ -480,8 +480,8 @@ fn home_agent(
     else {
         anyhow::bail!("--listen, --home-link and --keys are required");
     };
-    let listen = host_vmm::mobility::parse_listen(&listen)
-        .map_err(|e| anyhow::anyhow!("--listen {e}"))?;
+    let listen =
+        host_vmm::mobility::parse_listen(&listen).map_err(|e| anyhow::anyhow!("--listen {e}"))?;
     let keys = mip::KeyTable::load(&keys).context("--keys")?;
     let events = match &event_monitor {
         Some(path) => EventMonitor::open(path)

@@ -6,7 +6,8 @@
 //! the `--listen` address; and three sysctls: `net.ipv4.ip_forward=1` (a home agent
 //! routes), `net.ipv4.neigh.<home link>.proxy_delay=0` (the kernel otherwise answers ARP
 //! for proxied addresses after a random delay of up to 0.8 s) and
-//! `net.ipv4.conf.<tun>.rp_filter=2` (loose: decapsulated packets come from anywhere).
+//! `net.ipv4.conf.<tun>.rp_filter=2` (loose: decapsulated packets come from anywhere);
+//! IPv6 is turned off on the TUN.
 //!
 //! Per home address ([`DataPath::capture`]): the host route `HOME/32 dev <tun>`, a
 //! neighbour proxy entry for HOME on the home link (the kernel answers ARP for it with the

@@ -353,9 +353,7 @@ impl HomeAgent {
                     Bound::Replaced(old) => old.care_of.to_string(),
                 };
                 self.persist();
-                log::info!(
-                    "home agent: {home} bound to {care_of} for {lifetime} s (code {code})"
-                );
+                log::info!("home agent: {home} bound to {care_of} for {lifetime} s (code {code})");
                 self.event(
                     "registration-accepted",
                     home,
@@ -381,7 +379,11 @@ impl HomeAgent {
                 self.persist();
                 log::info!(
                     "home agent: {home} deregistered at {care_of}{}",
-                    if removed.is_some() { "" } else { " (no binding there)" }
+                    if removed.is_some() {
+                        ""
+                    } else {
+                        " (no binding there)"
+                    }
                 );
                 let (left, was) = match removed {
                     Some(b) => (b.care_of, "yes"),
@@ -429,7 +431,11 @@ impl HomeAgent {
             if let Err(e) = self.datapath.release(b.home) {
                 log::warn!("home agent: expiring {}: {e}", b.home);
             }
-            log::info!("home agent: the binding of {} to {} expired", b.home, b.care_of);
+            log::info!(
+                "home agent: the binding of {} to {} expired",
+                b.home,
+                b.care_of
+            );
             self.event("binding-expired", b.home, b.care_of, &[]);
         }
         self.persist();

@@ -179,16 +179,18 @@ pub fn decide(
                 .get(..REQUEST_LEN)
                 .and_then(|fixed| RegistrationRequest::decode(fixed).ok())
             {
-                Some(fixed) => {
-                    Decision::denied(&fixed, ReplyCode::HaPoorlyFormedRequest, None, e.to_string())
-                }
+                Some(fixed) => Decision::denied(
+                    &fixed,
+                    ReplyCode::HaPoorlyFormedRequest,
+                    None,
+                    e.to_string(),
+                ),
                 None => Decision::ignored(e.to_string()),
             };
         }
     };
-    let poorly_formed = |reason: String| {
-        Decision::denied(&request, ReplyCode::HaPoorlyFormedRequest, None, reason)
-    };
+    let poorly_formed =
+        |reason: String| Decision::denied(&request, ReplyCode::HaPoorlyFormedRequest, None, reason);
     let home = request.home_address;
     if home.is_unspecified() || home.is_multicast() || home.is_broadcast() {
         return poorly_formed(format!("home address {home} is not a unicast address"));
@@ -202,10 +204,7 @@ pub fn decide(
             ));
         }
         if !usable_care_of(request.care_of, ours) {
-            return poorly_formed(format!(
-                "{} cannot be a care-of address",
-                request.care_of
-            ));
+            return poorly_formed(format!("{} cannot be a care-of address", request.care_of));
         }
     }
 
@@ -489,7 +488,10 @@ mod tests {
         assert_eq!(code(&run(&request(300).encode(), &b)), Some(131));
         let other_spi = SecurityAssociation::new(999, KEY_BYTES.to_vec()).unwrap();
         assert_eq!(code(&run(&signed(request(300), &other_spi), &b)), Some(131));
-        let not_yours = keys().for_request(Ipv4Addr::new(198, 18, 0, 11), 257).unwrap().clone();
+        let not_yours = keys()
+            .for_request(Ipv4Addr::new(198, 18, 0, 11), 257)
+            .unwrap()
+            .clone();
         assert_eq!(code(&run(&signed(request(300), &not_yours), &b)), Some(131));
         let d = run(&signed(request(300), &wrong), &b);
         assert_eq!(code(&d), Some(131));
@@ -505,7 +507,10 @@ mod tests {
         let r = reply(&d);
         let clock = mip::ntp_from_system_time(now());
         assert_eq!(r.identification >> 32, clock >> 32);
-        assert_eq!(r.identification & 0xFFFF_FFFF, stale.identification & 0xFFFF_FFFF);
+        assert_eq!(
+            r.identification & 0xFFFF_FFFF,
+            stale.identification & 0xFFFF_FFFF
+        );
         // ... and a replay of an accepted Identification.
         let mut seen = BindingList::new();
         seen.accept_identification(HOME, request(300).identification);
