@@ -21,6 +21,16 @@
 //! netprobe ipip-recv SRC DST COUNT SECONDS wait up to SECONDS for COUNT of those from SRC,
 //!                                          outer and inner headers checked; prints a
 //!                                          `ready` line once it listens
+//! netprobe ipip-echo LOCAL PEER HOME COUNT SECONDS
+//!                                          a moved VM's stand-in at its care-of address
+//!                                          LOCAL: answer COUNT ICMP echo requests for HOME
+//!                                          that arrive IP-in-IP from PEER (the home agent)
+//!                                          with echo replies tunnelled back to PEER
+//!                                          (reverse tunnelling); prints a `ready` line
+//! netprobe udp-ask ADDR:PORT HEX SECONDS   send one datagram (the bytes HEX), wait up to
+//!                                          SECONDS for one answer and print it as
+//!                                          `reply HEX` (a test's Mobile IP client speaks
+//!                                          through it from a site's namespace)
 //! ```
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -46,7 +56,15 @@ fn main() -> ExitCode {
         ["ipip-recv", src, dst, count, seconds] => {
             ipip_recv(parse(src), parse(dst), parse(count), parse(seconds))
         }
-        _ => Err("usage: netprobe tcp-echo ADDR:PORT BYTES SEED | udp-echo ADDR:PORT COUNT SEED | kv ADDR:PORT COUNT | kv-for ADDR:PORT SECONDS | serve-echo PORT SECONDS | hostile IFACE MAC IP SYNS | ipip-send SRC DST COUNT | ipip-recv SRC DST COUNT SECONDS".into()),
+        ["ipip-echo", local, peer, home, count, seconds] => ipip_echo(
+            parse(local),
+            parse(peer),
+            parse(home),
+            parse(count),
+            parse(seconds),
+        ),
+        ["udp-ask", addr, hex, seconds] => udp_ask(parse(addr), hex, parse(seconds)),
+        _ => Err("usage: netprobe tcp-echo ADDR:PORT BYTES SEED | udp-echo ADDR:PORT COUNT SEED | kv ADDR:PORT COUNT | kv-for ADDR:PORT SECONDS | serve-echo PORT SECONDS | hostile IFACE MAC IP SYNS | ipip-send SRC DST COUNT | ipip-recv SRC DST COUNT SECONDS | ipip-echo LOCAL PEER HOME COUNT SECONDS | udp-ask ADDR:PORT HEX SECONDS".into()),
     };
     match result {
         Ok(summary) => {
@@ -775,4 +793,145 @@ fn ipip_recv(
         bad.len(),
         start.elapsed().as_secs_f64()
     ))
+}
+
+/// The IPv4 header checksum of `p`'s first `len` bytes, written in place.
+fn set_ipv4_checksum(p: &mut [u8], len: usize) {
+    p[10..12].copy_from_slice(&[0, 0]);
+    let c = inet_checksum(&p[..len]);
+    p[10..12].copy_from_slice(&c.to_be_bytes());
+}
+
+/// The echo reply to an inner ICMP echo request for `home`, or why `p` (outer header
+/// included, from `peer` to `local`) is not one.
+fn echo_reply_for(
+    p: &[u8],
+    local: std::net::Ipv4Addr,
+    peer: std::net::Ipv4Addr,
+    home: std::net::Ipv4Addr,
+) -> Result<Vec<u8>, String> {
+    if p.len() < 20 || p[0] >> 4 != 4 || p[9] != 4 {
+        return Err(format!("not IP-in-IP ({} bytes)", p.len()));
+    }
+    if p[12..16] != peer.octets() || p[16..20] != local.octets() {
+        return Err(format!(
+            "outer {}.{}.{}.{} -> {}.{}.{}.{}, expected {peer} -> {local}",
+            p[12], p[13], p[14], p[15], p[16], p[17], p[18], p[19]
+        ));
+    }
+    let inner = &p[usize::from(p[0] & 0xF) * 4..];
+    let ihl = usize::from(inner.first().copied().unwrap_or(0) & 0xF) * 4;
+    if inner.len() < ihl + 8 || inner[0] >> 4 != 4 || ihl < 20 {
+        return Err(format!("inner packet broken ({} bytes)", inner.len()));
+    }
+    if inet_checksum(&inner[..ihl]) != 0 || inner[16..20] != home.octets() {
+        return Err("inner header: bad checksum or not for the home address".into());
+    }
+    if inner[9] != 1 || inner[ihl] != 8 {
+        return Err(format!(
+            "inner protocol {} type {}: not an ICMP echo request",
+            inner[9], inner[ihl]
+        ));
+    }
+    let total = usize::from(u16::from_be_bytes([inner[2], inner[3]])).min(inner.len());
+    let mut reply = inner[..total].to_vec();
+    // From the home address back to the sender; TTL fresh; ICMP type 0 (echo reply).
+    let sender: [u8; 4] = reply[12..16].try_into().expect("four bytes");
+    reply[12..16].copy_from_slice(&home.octets());
+    reply[16..20].copy_from_slice(&sender);
+    reply[8] = 64;
+    set_ipv4_checksum(&mut reply, ihl);
+    reply[ihl] = 0;
+    reply[ihl + 2..ihl + 4].copy_from_slice(&[0, 0]);
+    let c = inet_checksum(&reply[ihl..]);
+    reply[ihl + 2..ihl + 4].copy_from_slice(&c.to_be_bytes());
+    Ok(reply)
+}
+
+/// The moved VM's stand-in at its care-of address: echo requests tunnelled from the home
+/// agent are answered through the reverse tunnel.
+fn ipip_echo(
+    local: std::net::Ipv4Addr,
+    peer: std::net::Ipv4Addr,
+    home: std::net::Ipv4Addr,
+    count: u32,
+    seconds: u64,
+) -> Result<String, String> {
+    let start = Instant::now();
+    let bound = Duration::from_secs(seconds).min(TOTAL_TIMEOUT);
+    let socket = rawip::open(rawip::IPPROTO_IPIP, local, peer)
+        .map_err(|e| format!("raw IP-in-IP socket {local} <-> {peer}: {e}"))?;
+    let mut writer = socket.try_clone().map_err(|e| e.to_string())?;
+    let mut reader = socket;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 65_536];
+        loop {
+            let got = reader.read(&mut buf).map(|n| buf[..n].to_vec());
+            let failed = got.is_err();
+            if tx.send(got).is_err() || failed {
+                break;
+            }
+        }
+    });
+    println!("netprobe: ipip-echo ready on {local} for {home} via {peer}");
+    let (mut answered, mut largest, mut bad) = (0u32, 0usize, Vec::new());
+    while answered < count {
+        let left = bound.saturating_sub(start.elapsed());
+        let packet = match rx.recv_timeout(left) {
+            Ok(Ok(p)) => p,
+            Ok(Err(e)) => return Err(format!("receive: {e}")),
+            Err(_) => {
+                return Err(format!(
+                    "{answered} of {count} echo requests for {home} arrived IP-in-IP from \
+                     {peer} within {bound:?}; rejected: {bad:?}"
+                ));
+            }
+        };
+        match echo_reply_for(&packet, local, peer, home) {
+            Ok(reply) => {
+                writer
+                    .write_all(&reply)
+                    .map_err(|e| format!("reverse-tunnelling a reply: {e}"))?;
+                answered += 1;
+                largest = largest.max(packet.len());
+            }
+            Err(e) if bad.len() < 5 => bad.push(e),
+            Err(_) => {}
+        }
+    }
+    Ok(format!(
+        "ipip-echo answered {count} echo requests for {home} tunnelled from {peer}, largest \
+         {largest} bytes outside, {} rejected, in {:.2} s",
+        bad.len(),
+        start.elapsed().as_secs_f64()
+    ))
+}
+
+/// One datagram out, one answer back, both as hex.
+fn udp_ask(addr: SocketAddr, hex: &str, seconds: u64) -> Result<String, String> {
+    let bytes = (0..hex.len())
+        .step_by(2)
+        .map(|i| {
+            hex.get(i..i + 2)
+                .and_then(|b| u8::from_str_radix(b, 16).ok())
+        })
+        .collect::<Option<Vec<u8>>>()
+        .ok_or_else(|| format!("`{hex}` is not hex"))?;
+    let socket = UdpSocket::bind("0.0.0.0:0").map_err(|e| e.to_string())?;
+    socket
+        .set_read_timeout(Some(Duration::from_secs(seconds.clamp(1, 60))))
+        .map_err(|e| e.to_string())?;
+    socket
+        .send_to(&bytes, addr)
+        .map_err(|e| format!("send to {addr}: {e}"))?;
+    let mut buf = [0u8; 2048];
+    let (n, from) = socket
+        .recv_from(&mut buf)
+        .map_err(|e| format!("no answer from {addr} within {seconds} s: {e}"))?;
+    if from != addr {
+        return Err(format!("answer from {from}, not {addr}"));
+    }
+    let reply: String = buf[..n].iter().map(|b| format!("{b:02x}")).collect();
+    Ok(format!("reply {reply}"))
 }

@@ -13,8 +13,11 @@
 //! - [`api`]: the HTTP+JSON API on a Unix socket (parsing, routing, its client);
 //! - [`control`]: the VM's lifecycle and operations behind the API (guest agent, VF,
 //!   pause, migrations with progress and cancel, the one post-arrival path).
+//! - [`mobility`]: the Mobile IPv4 home agent (`host-vmm home-agent`), beside the VMM: it
+//!   uses only [`events`].
 //!
-//! `unsafe` lives only in `kvm` (ioctls), `memory` (memfd) and `tap` (two interface ioctls).
+//! `unsafe` lives only in `kvm` (ioctls), `memory` (memfd), `tap` (two interface ioctls) and
+//! `mobility::sys` (netlink, raw and packet sockets, TUN, signalfd).
 
 #![deny(unsafe_code)]
 
@@ -32,6 +35,8 @@ pub mod loader;
 #[allow(unsafe_code)]
 pub mod memory;
 pub mod migration;
+/// The Mobile IPv4 home agent: registrations, binding list, its IP-in-IP data path.
+pub mod mobility;
 pub mod pause;
 pub mod roaming;
 #[allow(unsafe_code)]

@@ -59,6 +59,83 @@ enum Command {
     /// Wait for one guest migrated from another host-vmm, then run it.
     #[command(after_help = RECEIVE_HELP)]
     Receive(ReceiveArgs),
+    /// Be a Mobile IPv4 home agent (RFC 5944): keep moved VMs reachable at their home
+    /// addresses by tunnelling their packets (IP-in-IP) to where they run now.
+    #[command(after_help = HOME_AGENT_HELP)]
+    HomeAgent(HomeAgentArgs),
+}
+
+/// More on `host-vmm home-agent`, for its --help.
+const HOME_AGENT_HELP: &str = "\
+Registrations (UDP, port 434 by default) must carry a Mobile-Home Authentication
+Extension (HMAC-MD5) with an SPI the key file gives for the Request's home address, and
+an NTP-timestamp Identification within that association's skew of this host's clock and
+newer than the last one accepted. Checks, in order: poorly formed (134), authentication
+(131), Identification (133, answered with this host's clock to resynchronise), Home
+Agent field not one of ours (136), minimal or GRE encapsulation asked for (139). S is
+accepted as S=0 with code 1; lifetimes are capped at 600 s; lifetime 0 deregisters
+(care-of = home address: every binding of it). Requests that do not authenticate get an
+unsigned denial; Replies to the others are signed with their association.
+
+Key file, one association per line (# starts a comment):
+  spi=N home=A.B.C.D key=HEX [skew=SECONDS]
+N >= 256, at least 128-bit keys, skew 7 s unless given.
+
+For every bound home address the home agent routes HOME/32 into its TUN device (--tun,
+mip0 by default), answers ARP for it on the home link (a neighbour proxy entry;
+proxy_delay 0) and sends 3 gratuitous ARPs when it first leaves home. Packets read from
+the TUN go IP-in-IP (protocol 4, TTL 64, DF cleared) from the --listen address to the
+care-of address; IP-in-IP packets from a bound care-of address whose inner source is its
+home address (T set) are decapsulated and forwarded. The kernel configuration is made
+through rtnetlink; ip_forward is turned on.
+
+With --state FILE every change is written to FILE (atomically); on start the bindings
+in it that have not expired are applied again, and replayed Identifications are still
+refused. `host-vmm home-agent status --state FILE` prints the live bindings, one a line:
+  HOME care-of=ADDR lifetime-left=Ns identification=0x... spi=N reverse=yes|no
+
+Events (--event-monitor, source \"home-agent\"): started, registration-accepted,
+registration-denied, deregistered, binding-expired, binding-restored, shutdown.
+Runs until SIGTERM or SIGINT (exit 0; the kernel configuration is removed, the state
+file kept); exits 125 with one line on stderr if it cannot start.";
+
+#[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+struct HomeAgentArgs {
+    #[command(subcommand)]
+    action: Option<HomeAgentAction>,
+
+    /// This home agent's address, and port for registrations (434 unless given); the
+    /// source address of the tunnels.
+    #[arg(long, value_name = "ADDR[:PORT]", required = true)]
+    listen: Option<String>,
+
+    /// The home link: the interface home addresses live on (proxy ARP answers there).
+    #[arg(long, value_name = "DEV", required = true)]
+    home_link: Option<String>,
+
+    /// The security associations: lines `spi=N home=A.B.C.D key=HEX [skew=SECONDS]`.
+    #[arg(long, value_name = "FILE", required = true)]
+    keys: Option<PathBuf>,
+
+    /// Keep the bindings and Identification marks in FILE across restarts.
+    #[arg(long, value_name = "FILE")]
+    state: Option<PathBuf>,
+
+    /// The TUN device packets for bound home addresses are routed into.
+    #[arg(long, value_name = "NAME", default_value = host_vmm::mobility::DEFAULT_TUN)]
+    tun: String,
+}
+
+#[derive(Debug, Subcommand)]
+enum HomeAgentAction {
+    /// Print the live bindings of a state file (a running home agent's --state), one a
+    /// line.
+    Status {
+        /// The state file.
+        #[arg(long, value_name = "FILE")]
+        state: PathBuf,
+    },
 }
 
 /// More on `host-vmm receive`, for its --help.
@@ -227,6 +304,11 @@ fn main() -> ExitCode {
         Some(Command::Ctl(args)) => return ctl(args),
         Some(Command::Run(args)) => run(args, cli.api_socket, cli.event_monitor),
         Some(Command::Receive(args)) => receive(args, cli.api_socket, cli.event_monitor),
+        Some(Command::HomeAgent(HomeAgentArgs {
+            action: Some(HomeAgentAction::Status { state }),
+            ..
+        })) => return home_agent_status(&state),
+        Some(Command::HomeAgent(args)) => home_agent(args, cli.api_socket, cli.event_monitor),
         None => match cli.api_socket {
             Some(path) => serve(path, cli.event_monitor),
             None => {
@@ -388,6 +470,53 @@ fn receive(
         Some(outcome) => outcome.map_err(|e| anyhow::anyhow!(e)),
         None => Ok(Outcome::ShutDown),
     }
+}
+
+/// `host-vmm home-agent status --state FILE`: the live bindings on stdout.
+fn home_agent_status(state: &std::path::Path) -> ExitCode {
+    match host_vmm::mobility::status(state) {
+        Ok(lines) => {
+            for line in lines {
+                println!("{line}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&format!("--state {e}")),
+    }
+}
+
+/// `host-vmm home-agent`: runs until SIGTERM or SIGINT.
+fn home_agent(
+    args: HomeAgentArgs,
+    api_socket: Option<PathBuf>,
+    event_monitor: Option<PathBuf>,
+) -> anyhow::Result<Outcome> {
+    if api_socket.is_some() {
+        anyhow::bail!("--api-socket: the home agent has no API socket");
+    }
+    // clap makes these required when no subcommand is given.
+    let (Some(listen), Some(home_link), Some(keys)) = (args.listen, args.home_link, args.keys)
+    else {
+        anyhow::bail!("--listen, --home-link and --keys are required");
+    };
+    let listen =
+        host_vmm::mobility::parse_listen(&listen).map_err(|e| anyhow::anyhow!("--listen {e}"))?;
+    let keys = mip::KeyTable::load(&keys).context("--keys")?;
+    let events = match &event_monitor {
+        Some(path) => EventMonitor::open(path)
+            .with_context(|| format!("--event-monitor {}", path.display()))?,
+        None => EventMonitor::none(),
+    };
+    let config = host_vmm::mobility::Config {
+        listen,
+        home_link,
+        keys,
+        state: args.state,
+        tun: args.tun,
+        events,
+    };
+    host_vmm::mobility::run(config, |line| eprintln!("host-vmm: {line}"))?;
+    Ok(Outcome::ShutDown)
 }
 
 /// `host-vmm ctl`: one command to a running host-vmm; its output on stdout.

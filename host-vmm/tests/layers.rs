@@ -61,6 +61,8 @@ const ALLOWED: &[(&str, &[&str])] = &[
         ],
     ),
     ("api", &["config", "devices", "events", "migration"]),
+    // The home agent runs beside the VMM, never inside it: events only.
+    ("mobility", &["events"]),
     (
         "control",
         &[

@@ -1,0 +1,50 @@
+//! Mobile IPv4 (RFC 5944) on the host: `host-vmm home-agent`, the home agent that keeps a
+//! moved VM reachable at its home address by tunnelling its packets to wherever it runs now.
+//! The messages, their HMAC-MD5 authentication, the timestamp check and the key file are
+//! the `mip` crate's (`proto/mip`); this module is the home agent around them.
+//!
+//! ```text
+//!  correspondent ── WAN ── wan0 ┐ home agent ┌ home0 ── home link (proxy ARP for HOME)
+//!                               │  kernel: HOME/32 dev mip0
+//!                               └── mip0 (TUN) ⇄ host-vmm home-agent ⇄ raw socket, proto 4
+//!                                        IP-in-IP, outer HA → care-of ──► care-of address
+//! ```
+//!
+//! - [`registration`]: the checks a Request goes through and the Reply it gets (134, 131,
+//!   133, 136, 139 in that order; S accepted as S=0 with code 1), without I/O;
+//! - [`binding`]: the binding list (one care-of address per home address, wall-clock
+//!   lifetimes capped at 600 s) and the Identification high-water marks;
+//! - [`state`]: both on disk (`--state`), rewritten atomically on every change and
+//!   re-applied on start;
+//! - [`datapath`]: the kernel's side (TUN, host routes, neighbour proxy entries, sysctls)
+//!   over [`netlink`] (rtnetlink, no `ip`), [`tunnel`] (user-space IP-in-IP: this kernel
+//!   has no `ipip`) and [`arp`] (gratuitous ARP);
+//! - [`home_agent`]: the epoll loop that ties them together until SIGTERM;
+//! - `sys`: the only `unsafe` (sockets, TUN, signalfd), in small functions.
+
+pub mod arp;
+pub mod binding;
+pub mod datapath;
+pub mod home_agent;
+pub mod netlink;
+pub mod registration;
+pub mod state;
+#[allow(unsafe_code)]
+mod sys;
+pub mod tunnel;
+
+pub use home_agent::{Config, DEFAULT_TUN, HomeAgentError, parse_listen, run};
+
+/// `host-vmm home-agent status --state FILE`: the bindings in the state file still alive
+/// now, one line each (see [`state::status_lines`]). Unlike a starting home agent, this
+/// refuses a missing file: it is a mistyped path, since a home agent writes it at start.
+pub fn status(path: &std::path::Path) -> Result<Vec<String>, state::StateError> {
+    if let Err(error) = std::fs::metadata(path) {
+        return Err(state::StateError::Io {
+            path: path.to_owned(),
+            error,
+        });
+    }
+    let list = state::load(path)?;
+    Ok(state::status_lines(&list, std::time::SystemTime::now()))
+}
