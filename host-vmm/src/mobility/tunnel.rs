@@ -188,8 +188,10 @@ impl Tunnel {
                     continue;
                 }
             };
+            // One write is one packet: the TUN takes it whole or not at all.
             match self.tun.write(inner) {
-                Ok(_) => self.counters.decapsulated += 1,
+                Ok(n) if n == inner.len() => self.counters.decapsulated += 1,
+                Ok(_) => self.counters.errors += 1,
                 Err(e) => {
                     self.counters.errors += 1;
                     log::debug!("home agent: writing to {}: {e}", self.name);
