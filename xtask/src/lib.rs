@@ -21,6 +21,7 @@ pub mod proc;
 pub mod qmp;
 pub mod stats;
 pub mod vm;
+pub mod widearea;
 
 use std::path::{Path, PathBuf};
 
@@ -53,6 +54,11 @@ pub fn image_path(name: &str) -> PathBuf {
 /// The release host-vmm binary that xtask builds and runs.
 pub fn host_vmm_path() -> PathBuf {
     target_dir().join("release").join("host-vmm")
+}
+
+/// The `netprobe` client binary (tests/netprobe.rs), built by [`artifacts::build_netprobe`].
+pub fn netprobe_path() -> PathBuf {
+    target_dir().join("debug").join("netprobe")
 }
 
 /// The delay line binary (`xtask/src/bin/delayline.rs`) that [`net::Wan`] runs in its WAN

@@ -109,6 +109,16 @@ enum BenchCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Wide-area moves: restore time (destination resume -> first reply at the
+    /// correspondent, pinged every 2 ms), longest ping gap, lost pings and a kv session's
+    /// connection, for the same-subnet move (l2) and Mobile IPv4 at a WAN one-way delay of
+    /// 0, 5 and 25 ms; goals: restore <= one WAN round trip + 5 ms, gap <= l2's + one round
+    /// trip, nothing lost.
+    Widearea {
+        /// Print one JSON object instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Process spawn -> app ready and -> exit, host-vmm vs QEMU microvm, same hello ELF.
     Boot {
         /// Boots per VMM.
@@ -272,6 +282,23 @@ fn run(cli: Cli) -> Result<()> {
                 println!("{}", bench::net::json(&figures));
             } else {
                 print!("{}", bench::net::table(&figures));
+            }
+            Ok(())
+        }
+        Cmd::Bench {
+            which: BenchCmd::Widearea { json },
+        } => {
+            prereq::ensure_kvm()?;
+            prereq::ensure_packages(&prereq::NET_TOOLS)?;
+            artifacts::build_host_vmm()?;
+            artifacts::build_delayline()?;
+            artifacts::build_netprobe()?;
+            artifacts::build_images(&[bench::widearea::IMAGE.to_string()])?;
+            let cases = bench::widearea::run(&image_path(bench::widearea::IMAGE))?;
+            if json {
+                println!("{}", bench::widearea::json(&cases));
+            } else {
+                print!("{}", bench::widearea::table(&cases));
             }
             Ok(())
         }

@@ -206,8 +206,12 @@ fn incoming(
     vmm.machine().ram.take_host_dirty();
     write_message(stream, &Message::Running)?;
     vmm.machine().io().resume();
+    // Wall-clock seconds, so a reader can line the resume up with `ping -D` stamps.
+    let epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
     log::info!(
-        "migration: guest received ({pages} pages) after {:?}; running",
+        "migration: guest received ({pages} pages) after {:?}; running (resumed at {epoch:.6})",
         start.elapsed()
     );
     // The guest runs here whatever happens now: a refresher that cannot start is a warning

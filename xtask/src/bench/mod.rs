@@ -8,3 +8,4 @@ pub mod migrate;
 pub mod net;
 pub mod qemu_migrate;
 pub mod switch;
+pub mod widearea;
