@@ -457,6 +457,7 @@ fn lint() -> Result<()> {
 fn test() -> Result<()> {
     let mut packages = vec![prereq::QEMU];
     packages.extend(prereq::NET_TOOLS);
+    packages.extend(prereq::TEST_TOOLS);
     prereq::ensure_packages(&packages)?;
     lint()?;
     let mut counts = proc::TestCounts::default();

@@ -48,6 +48,13 @@ pub const NET_TOOLS: [Package; 5] = [
     },
 ];
 
+/// What only `cargo xtask test` needs: tshark, Wireshark's dissectors as a decoder
+/// independent of ours (proto/mip's `tests/tshark.rs` feeds it our Mobile IP messages).
+pub const TEST_TOOLS: [Package; 1] = [Package {
+    name: "tshark",
+    program: "tshark",
+}];
+
 /// Whether `program` is found on PATH (or is an existing path).
 pub fn on_path(program: &str) -> bool {
     if program.contains('/') {
@@ -91,7 +98,7 @@ pub fn ensure_packages(packages: &[Package]) -> Result<()> {
     let list = missing.join(" ");
     if !is_root() {
         bail!(
-            "missing Debian packages: {list}\n  install them with: sudo apt-get update && sudo apt-get install -y {list}"
+            "missing Debian packages: {list}\n  install them with: sudo apt-get update && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y {list}"
         );
     }
     eprintln!("Installing missing Debian packages: {list}");
