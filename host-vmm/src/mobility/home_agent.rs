@@ -175,7 +175,7 @@ pub fn run(config: Config, started: impl FnOnce(&str)) -> Result<(), HomeAgentEr
     let mut ha = HomeAgent {
         keys: config.keys,
         ours,
-        bindings: BindingList::new(),
+        bindings,
         datapath,
         udp,
         state: config.state,
@@ -188,20 +188,17 @@ pub fn run(config: Config, started: impl FnOnce(&str)) -> Result<(), HomeAgentEr
         ha.event("binding-expired", b.home, b.care_of, &[]);
     }
     let now = Instant::now();
-    for b in bindings.bindings() {
+    for b in ha.bindings.bindings() {
         ha.datapath.capture(b.home, true, now)?;
+        let left = b.left(SystemTime::now()).as_secs().to_string();
         ha.event(
             "binding-restored",
             b.home,
             b.care_of,
-            &[(
-                "lifetime-left",
-                b.left(SystemTime::now()).as_secs().to_string(),
-            )],
+            &[("lifetime-left", left)],
         );
     }
-    let restored = bindings.bindings().count();
-    ha.bindings = bindings;
+    let restored = ha.bindings.bindings().count();
 
     let epoll = Epoll::new().map_err(system("epoll"))?;
     for (fd, token) in [
