@@ -190,3 +190,87 @@ fn too_long_cmdline_is_rejected() {
     );
     assert_rejected(&out, &["command line"]);
 }
+
+#[test]
+fn home_agent_help_documents_its_flags_and_codes() {
+    let out = output(host_vmm_cmd().args(["home-agent", "--help"]));
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for word in [
+        "--listen",
+        "--home-link",
+        "--keys",
+        "--state",
+        "--tun",
+        "status",
+        "134",
+        "131",
+        "133",
+        "136",
+        "139",
+        "spi=N",
+    ] {
+        assert!(
+            help.contains(word),
+            "home-agent --help lacks {word}:\n{help}"
+        );
+    }
+}
+
+/// Bad input the home agent refuses before it touches any network configuration (so this
+/// runs in the test's own namespace).
+#[test]
+fn home_agent_bad_input_is_rejected() {
+    let good = TempFile::new(
+        "ha-keys",
+        b"spi=256 home=198.18.0.10 key=000102030405060708090a0b0c0d0e0f\n",
+    );
+    let reserved = TempFile::new(
+        "ha-keys-spi",
+        b"spi=12 home=198.18.0.10 key=000102030405060708090a0b0c0d0e0f\n",
+    );
+    let short = TempFile::new(
+        "ha-keys-short",
+        b"spi=256 home=198.18.0.10 key=0001020304\n",
+    );
+    let corrupt = TempFile::new("ha-state", b"{\"version\":1,\"bindings\":[");
+    let ha = |args: &[&str]| {
+        let mut cmd = host_vmm_cmd();
+        cmd.arg("home-agent").args(args);
+        output(&mut cmd)
+    };
+    let keys = |f: &TempFile| f.path().to_string_lossy().into_owned();
+    let out = ha(&[]);
+    assert_rejected(&out, &["--listen", "--home-link", "--keys"]);
+    for listen in ["0.0.0.0", "198.18.20.2:70000", "home-agent"] {
+        let out = ha(&[
+            "--listen",
+            listen,
+            "--home-link",
+            "home0",
+            "--keys",
+            &keys(&good),
+        ]);
+        assert_rejected(&out, &["--listen", listen]);
+    }
+    let base = ["--listen", "198.18.20.2", "--home-link", "home0", "--keys"];
+    let with = |k: &str| {
+        let mut v = base.to_vec();
+        v.push(k);
+        ha(&v)
+    };
+    assert_rejected(
+        &with("/nonexistent/roam-keys"),
+        &["--keys", "/nonexistent/roam-keys"],
+    );
+    assert_rejected(&with(&keys(&reserved)), &["--keys", ":1:", "spi 12"]);
+    assert_rejected(&with(&keys(&short)), &["--keys", "128"]);
+    let good_keys = keys(&good);
+    let mut api = base.to_vec();
+    api.extend([good_keys.as_str(), "--api-socket", "/tmp/roam-ha.sock"]);
+    assert_rejected(&ha(&api), &["--api-socket"]);
+    let out = ha(&["status", "--state", "/nonexistent/roam-state"]);
+    assert_rejected(&out, &["--state", "/nonexistent/roam-state"]);
+    let out = ha(&["status", "--state", &keys(&corrupt)]);
+    assert_rejected(&out, &["--state", "not a home-agent state file"]);
+}

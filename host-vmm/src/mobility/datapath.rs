@@ -30,7 +30,7 @@ pub enum DataPathError {
     #[error(transparent)]
     Netlink(#[from] NetlinkError),
     /// The home link is not an Ethernet link.
-    #[error("--home-link {0}: not an Ethernet link (no 6-byte MAC address)")]
+    #[error("--home-link {0}: not an Ethernet link (proxy ARP needs one)")]
     NotEthernet(String),
     /// The TUN could not be created.
     #[error("cannot create TUN device {name}: {error}")]
@@ -80,6 +80,9 @@ pub struct DataPath {
     garps: GarpSchedule,
 }
 
+/// `ifi_type` of an Ethernet link (linux/if_arp.h).
+const ARPHRD_ETHER: u16 = 1;
+
 /// Writes `value` to the sysctl file `path` unless it already holds it.
 fn sysctl(path: &str, value: &str) -> Result<(), DataPathError> {
     if std::fs::read_to_string(path).is_ok_and(|v| v.trim() == value) {
@@ -119,7 +122,9 @@ impl DataPath {
             .address
             .as_slice()
             .try_into()
-            .map_err(|_| DataPathError::NotEthernet(home_link.to_owned()))?;
+            .ok()
+            .filter(|_| link.kind == ARPHRD_ETHER)
+            .ok_or_else(|| DataPathError::NotEthernet(home_link.to_owned()))?;
         let home_addrs = netlink.ipv4_addrs(link.index)?;
         let tunnel = Tunnel::open(tun_name, local).map_err(|e| match e {
             OpenError::Tun(error) if error.raw_os_error() == Some(libc::EBUSY) => {

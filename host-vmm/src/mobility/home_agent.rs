@@ -62,7 +62,7 @@ pub enum HomeAgentError {
     #[error(transparent)]
     DataPath(#[from] DataPathError),
     /// The state file could not be read.
-    #[error("--state {0}")]
+    #[error("--state")]
     State(#[from] StateError),
     /// The loop's own machinery (epoll, signalfd) failed.
     #[error("{what}: {error}")]
@@ -167,10 +167,15 @@ pub fn run(config: Config, started: impl FnOnce(&str)) -> Result<(), HomeAgentEr
     // Bindings that ended while the home agent was away go, with what they left configured
     // (the routes went with the old TUN; the proxy entries stayed on the home link).
     let expired = bindings.expire(SystemTime::now());
+    // Written at once, before any binding is applied: a state file that cannot be written is
+    // bad input, found now rather than at the first registration.
+    if let Some(path) = &config.state {
+        state::save(&bindings, path)?;
+    }
     let mut ha = HomeAgent {
         keys: config.keys,
         ours,
-        bindings: BindingList::new(),
+        bindings,
         datapath,
         udp,
         state: config.state,
@@ -183,21 +188,17 @@ pub fn run(config: Config, started: impl FnOnce(&str)) -> Result<(), HomeAgentEr
         ha.event("binding-expired", b.home, b.care_of, &[]);
     }
     let now = Instant::now();
-    for b in bindings.bindings() {
+    for b in ha.bindings.bindings() {
         ha.datapath.capture(b.home, true, now)?;
+        let left = b.left(SystemTime::now()).as_secs().to_string();
         ha.event(
             "binding-restored",
             b.home,
             b.care_of,
-            &[(
-                "lifetime-left",
-                b.left(SystemTime::now()).as_secs().to_string(),
-            )],
+            &[("lifetime-left", left)],
         );
     }
-    let restored = bindings.bindings().count();
-    ha.bindings = bindings;
-    ha.persist();
+    let restored = ha.bindings.bindings().count();
 
     let epoll = Epoll::new().map_err(system("epoll"))?;
     for (fd, token) in [

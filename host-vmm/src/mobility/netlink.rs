@@ -323,6 +323,8 @@ impl Ack {
 /// What a link is, as `RTM_NEWLINK` says.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Link {
+    /// `ifi_type` (`ARPHRD_*`: 1 is Ethernet).
+    pub kind: u16,
     /// `ifi_index`.
     pub index: u32,
     /// `IFLA_ADDRESS` (the MAC for Ethernet; empty for a TUN).
@@ -339,6 +341,7 @@ impl Link {
         }
         let index = u32::from_ne_bytes([payload[4], payload[5], payload[6], payload[7]]);
         let mut link = Link {
+            kind: u16::from_ne_bytes([payload[2], payload[3]]),
             index,
             address: Vec::new(),
             mtu: 0,
@@ -698,6 +701,7 @@ mod tests {
     #[test]
     fn a_link_and_an_address_are_read_from_their_messages() {
         let mut link = vec![0u8; 16];
+        link[2..4].copy_from_slice(&u16s(1));
         link[4..8].copy_from_slice(&u32s(3));
         link.extend_from_slice(&u16s(10));
         link.extend_from_slice(&u16s(IFLA_ADDRESS));
@@ -706,7 +710,7 @@ mod tests {
         link.extend_from_slice(&u16s(IFLA_MTU));
         link.extend_from_slice(&u32s(1500));
         let link = Link::parse(&link).unwrap();
-        assert_eq!(link.index, 3);
+        assert_eq!((link.kind, link.index), (1, 3));
         assert_eq!(link.address, vec![2, 0, 0, 0, 0, 1]);
         assert_eq!(link.mtu, 1500);
 
