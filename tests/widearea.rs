@@ -11,7 +11,7 @@ use roam_tests::{image, kvm_present, say};
 use std::process::Command;
 use std::time::{Duration, Instant};
 use xtask::net::GUEST_IP;
-use xtask::net::wan::Site;
+use xtask::net::wan::{Site, Wan};
 use xtask::pingd::{PingLog, Pinger};
 use xtask::proc;
 use xtask::widearea::{Place, WideArea};
@@ -96,6 +96,17 @@ fn netecho_keeps_its_address_and_a_tcp_stream_home_to_a_to_b_and_home() {
         return;
     }
     let mut w = start("netecho", "wae");
+    // Wireshark's Mobile IP dissector reads what crosses the home agent's WAN link.
+    let capture = std::env::temp_dir().join(format!("roam-wa-{}.pcap", std::process::id()));
+    let mut tshark_cmd = Wan::exec_in(&w.wan.home_agent_ns(), "tshark");
+    tshark_cmd
+        .args(["-i", "wan0", "-f", "udp port 434", "-a", "duration:120", "-w"])
+        .arg(&capture);
+    let mut tshark = proc::Background::spawn(&mut tshark_cmd)
+        .expect("tshark runs (DEBIAN_FRONTEND=noninteractive apt-get install -y tshark)");
+    tshark
+        .wait_for("Capturing on", Duration::from_secs(20))
+        .expect("tshark captures");
     let pinger = pinger(&w, 60);
     let echo = client(
         &w,
@@ -118,6 +129,37 @@ fn netecho_keeps_its_address_and_a_tcp_stream_home_to_a_to_b_and_home() {
         w.ha.output()
     );
     check_pings(&w, pinger, "netecho");
+    std::thread::sleep(Duration::from_millis(300));
+    tshark.stop(Duration::from_secs(5));
+    let decoded = Command::new("tshark")
+        .args(["-r"])
+        .arg(&capture)
+        .args(["-V", "-Y", "mip"])
+        .output()
+        .expect("tshark -r runs");
+    let _ = std::fs::remove_file(&capture);
+    let text = String::from_utf8_lossy(&decoded.stdout);
+    let requests = text.matches("Registration Request (1)").count();
+    let replies = text.matches("Registration Reply (3)").count();
+    say(&format!(
+        "widearea: tshark decoded {requests} Requests and {replies} Replies on the home agent's link"
+    ));
+    assert!(
+        requests >= 3 && replies >= 3,
+        "tshark saw {requests} Requests, {replies} Replies:\n{text}"
+    );
+    for (what, needle) in [
+        ("site A's care-of address", Site::A.care_of()),
+        ("site B's care-of address", Site::B.care_of()),
+        ("the home address", GUEST_IP),
+        ("an accepted reply", "Reg Accepted"),
+    ] {
+        assert!(text.contains(needle), "tshark shows no {what} ({needle}):\n{text}");
+    }
+    assert!(
+        !text.contains("Malformed") && !text.contains("[Expert Info (Error"),
+        "tshark flags a captured message:\n{text}"
+    );
     let bindings = w.bindings().expect("home-agent status");
     assert!(
         !bindings.contains(GUEST_IP),
