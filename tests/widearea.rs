@@ -130,7 +130,12 @@ fn netecho_keeps_its_address_and_a_tcp_stream_home_to_a_to_b_and_home() {
     );
     check_pings(&w, pinger, "netecho");
     std::thread::sleep(Duration::from_millis(300));
-    tshark.stop(Duration::from_secs(5));
+    // SIGINT, as Ctrl-C: tshark stops its dumpcap and writes the file (SIGKILL would leave
+    // dumpcap capturing, holding the output pipe).
+    let _ = Command::new("sh")
+        .args(["-c", "kill -INT \"$1\"", "sh", &tshark.pid().to_string()])
+        .status();
+    tshark.stop(Duration::from_secs(10));
     let decoded = Command::new("tshark")
         .args(["-r"])
         .arg(&capture)
