@@ -321,11 +321,11 @@ fn receive_refuses_old_truncated_and_corrupt_streams_before_the_hello_is_accepte
             says: &["starts with Done instead of a hello"],
         },
         BadStream {
-            name: "protocol-version-2",
-            send: hello(2),
+            name: "protocol-version-3",
+            send: hello(PROTOCOL_VERSION + 1),
             close_after: false,
             accepted: false,
-            says: &["protocol version 2 is not supported"],
+            says: &["protocol version 3 is not supported"],
         },
     ];
     for case in &cases {

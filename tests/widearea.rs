@@ -100,7 +100,15 @@ fn netecho_keeps_its_address_and_a_tcp_stream_home_to_a_to_b_and_home() {
     let capture = std::env::temp_dir().join(format!("roam-wa-{}.pcap", std::process::id()));
     let mut tshark_cmd = Wan::exec_in(&w.wan.home_agent_ns(), "tshark");
     tshark_cmd
-        .args(["-i", "wan0", "-f", "udp port 434", "-a", "duration:120", "-w"])
+        .args([
+            "-i",
+            "wan0",
+            "-f",
+            "udp port 434",
+            "-a",
+            "duration:120",
+            "-w",
+        ])
         .arg(&capture);
     let mut tshark = proc::Background::spawn(&mut tshark_cmd)
         .expect("tshark runs (DEBIAN_FRONTEND=noninteractive apt-get install -y tshark)");
@@ -159,7 +167,10 @@ fn netecho_keeps_its_address_and_a_tcp_stream_home_to_a_to_b_and_home() {
         ("the home address", GUEST_IP),
         ("an accepted reply", "Reg Accepted"),
     ] {
-        assert!(text.contains(needle), "tshark shows no {what} ({needle}):\n{text}");
+        assert!(
+            text.contains(needle),
+            "tshark shows no {what} ({needle}):\n{text}"
+        );
     }
     assert!(
         !text.contains("Malformed") && !text.contains("[Expert Info (Error"),

@@ -164,6 +164,8 @@ fn incoming(
             Message::State(bytes) => {
                 state = Some(decode_state::<MachineState>(&bytes)?);
             }
+            // Everything before it was read: say so (the source pauses the guest next).
+            Message::Sync => write_message(stream, &Message::Synced)?,
             Message::Done => break,
             other => {
                 return Err(ReceiveError::Refused(format!(

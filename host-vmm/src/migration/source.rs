@@ -373,6 +373,13 @@ impl Run<'_, '_> {
             );
         } else {
             pending = self.precopy(options.downtime)?;
+            // Writes return once the kernel has the bytes, not once they arrived: over a
+            // long path most of the passes may still be queued. The pause starts only when
+            // the destination has everything sent so far, so it carries only its own pages.
+            let t = Instant::now();
+            self.send(&Message::Sync)?;
+            self.reply(kind::SYNCED)?;
+            log::debug!("migration: the destination caught up in {:?}", t.elapsed());
         }
         self.cancel.check()?;
         // The pause: devices first (no more DMA), then the vCPU.

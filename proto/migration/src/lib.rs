@@ -66,7 +66,7 @@ pub const MAGIC: [u8; 4] = *b"RMIG";
 /// The envelope layout this host-vmm writes and accepts.
 pub const FORMAT_VERSION: u16 = 1;
 /// The message set and sequence this host-vmm speaks (carried in [`Hello`]).
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 /// The largest payload accepted: a larger length is refused before allocating.
 pub const MAX_PAYLOAD: u32 = 64 << 20;
 /// Bytes before the payload.
@@ -94,6 +94,10 @@ pub mod kind {
     pub const FAILED: u16 = 8;
     /// [`crate::Message::Abort`].
     pub const ABORT: u16 = 9;
+    /// [`crate::Message::Sync`] (protocol version 2).
+    pub const SYNC: u16 = 10;
+    /// [`crate::Message::Synced`] (protocol version 2).
+    pub const SYNCED: u16 = 11;
     /// The memfd frame of host-vmm's `migration::fd` (its data carries a file descriptor).
     pub const MEMFD: u16 = 16;
 }

@@ -321,6 +321,11 @@ pub enum Message {
     Failed(String),
     /// Source → destination: the source rolled back, and why.
     Abort(String),
+    /// Source → destination (pre-copy, before the pause): answer once everything before
+    /// this has arrived, so the pause carries only what is sent in it.
+    Sync,
+    /// Destination → source: the answer to [`Message::Sync`].
+    Synced,
 }
 
 impl Message {
@@ -336,6 +341,8 @@ impl Message {
             Message::Running => "Running",
             Message::Failed(_) => "Failed",
             Message::Abort(_) => "Abort",
+            Message::Sync => "Sync",
+            Message::Synced => "Synced",
         }
     }
 
@@ -351,6 +358,8 @@ impl Message {
             Message::Running => kind::RUNNING,
             Message::Failed(_) => kind::FAILED,
             Message::Abort(_) => kind::ABORT,
+            Message::Sync => kind::SYNC,
+            Message::Synced => kind::SYNCED,
         }
     }
 
@@ -365,7 +374,12 @@ impl Message {
             Message::Pages(p) => &p.payload,
             Message::State(s) => s,
             Message::Failed(s) | Message::Abort(s) => s.as_bytes(),
-            Message::Accept | Message::Done | Message::Ready | Message::Running => &[],
+            Message::Accept
+            | Message::Done
+            | Message::Ready
+            | Message::Running
+            | Message::Sync
+            | Message::Synced => &[],
         };
         encode_frame(self.kind(), payload, out)
     }
@@ -407,6 +421,8 @@ impl Message {
             kind::RUNNING => empty(Message::Running),
             kind::FAILED => Ok(Message::Failed(text("Failed", payload)?)),
             kind::ABORT => Ok(Message::Abort(text("Abort", payload)?)),
+            kind::SYNC => empty(Message::Sync),
+            kind::SYNCED => empty(Message::Synced),
             kind::MEMFD => Err(WireError::Malformed(
                 "the memfd message arrived through a plain read (it must be received with \
                  migration::fd::recv_fd, which takes its file descriptor)"
@@ -453,6 +469,8 @@ pub fn kind_name(k: u16) -> &'static str {
         kind::RUNNING => "Running",
         kind::FAILED => "Failed",
         kind::ABORT => "Abort",
+        kind::SYNC => "Sync",
+        kind::SYNCED => "Synced",
         kind::MEMFD => "memfd",
         _ => "an unknown message",
     }

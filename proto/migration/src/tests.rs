@@ -135,10 +135,12 @@ fn frames_are_pinned_on_the_wire() {
         kind::RUNNING,
         kind::FAILED,
         kind::ABORT,
+        kind::SYNC,
+        kind::SYNCED,
         kind::MEMFD,
     ];
-    assert_eq!(kinds, [1, 2, 3, 4, 5, 6, 7, 8, 9, 16]);
-    assert_eq!((FORMAT_VERSION, PROTOCOL_VERSION), (1, 1));
+    assert_eq!(kinds, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 16]);
+    assert_eq!((FORMAT_VERSION, PROTOCOL_VERSION), (1, 2));
     let done = Message::Done.encode().unwrap();
     assert_eq!(
         done,
@@ -152,9 +154,9 @@ fn frames_are_pinned_on_the_wire() {
     let hello = Message::Hello(Hello::new(Mode::ZeroCopy, 0x1122_3344_5566_7788, 3));
     let mut want = b"RMIG\x01\x00\x01\x00\x11\x00\x00\x00".to_vec();
     want.extend([
-        1, 0, 0, 0, 1, 0x88, 0x77, 0x66, 0x55, 0x44, 0x33, 0x22, 0x11, 3, 0, 0, 0,
+        2, 0, 0, 0, 1, 0x88, 0x77, 0x66, 0x55, 0x44, 0x33, 0x22, 0x11, 3, 0, 0, 0,
     ]);
-    want.extend(0x9c31_0991u32.to_le_bytes());
+    want.extend(0xcfab_5215u32.to_le_bytes());
     assert_eq!(hello.encode().unwrap(), want);
     let pages = Message::Pages(Pages::new(&[5], &page(0xab)).unwrap());
     let f = pages.encode().unwrap();

@@ -561,7 +561,20 @@ impl Wan {
             self.delay_ms
         ));
         self.ip(&["-n", &wan, "tuntap", "add", DELAY_DEV, "mode", "tun"])?;
-        self.ip(&["-n", &wan, "link", "set", DELAY_DEV, "mtu", &mtu, "up"])?;
+        // A queue deep enough for a migration's burst: at the default 500 packets the TUN
+        // dropped what the delay line had not read yet, and TCP's recovery then dominated.
+        self.ip(&[
+            "-n",
+            &wan,
+            "link",
+            "set",
+            DELAY_DEV,
+            "mtu",
+            &mtu,
+            "txqueuelen",
+            "10000",
+            "up",
+        ])?;
         self.sysctl(&wan, &[format!("net.ipv4.conf.{DELAY_DEV}.rp_filter=0")])?;
 
         let delay = self.delay_ms.to_string();
