@@ -185,6 +185,9 @@ fn an_idle_host_vmm_creates_boots_pauses_resumes_and_shuts_down_a_guest() {
     api.ok("PUT", "vm.shutdown", None).expect("vm.shutdown");
     assert_eq!(api.state().unwrap(), "Shutdown");
     assert!(!answers(&hosts), "the guest answers after vm.shutdown");
+    api.ok("PUT", "vm.delete", None).expect("vm.delete");
+    let (code, _) = api.call("GET", "vm.info", None).unwrap();
+    assert_eq!(code, 409, "no VM after vm.delete");
     assert_has_events(
         &api,
         &[
@@ -193,6 +196,7 @@ fn an_idle_host_vmm_creates_boots_pauses_resumes_and_shuts_down_a_guest() {
             "vm:paused",
             "vm:resumed",
             "vm:shutdown",
+            "vm:deleted",
         ],
     );
     let status = api.shutdown().expect("vmm.shutdown");
