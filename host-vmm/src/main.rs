@@ -293,7 +293,10 @@ struct ReceiveArgs {
     #[arg(long, value_name = "ADDRESS")]
     listen: String,
 
-    /// As for `run`: the virtio-net card, tap=NAME[,mac=MAC] (the source's MAC).
+    /// As for `run`: the virtio-net card, tap=NAME[,mac=MAC] (the source's MAC). Away from
+    /// home: `mip[,mac=MAC]` (the tunnel to the home agent, with a mip: --mobility) or
+    /// `nat[,tap=NAME][,mac=MAC]` (a TAP, nat0 by default, this host routes the guest's
+    /// address into, with a nat: --mobility).
     #[arg(long, value_name = "SPEC")]
     net: Option<String>,
 
@@ -306,7 +309,12 @@ struct ReceiveArgs {
     /// Mobile IPv4 home agent (this host's address as care-of address; no acknowledgment
     /// within 3 s and the move rolls back); with `--net mip` its traffic goes through the
     /// home agent's tunnel, with `--net tap=...` the guest is home and the binding is
-    /// removed. Default: none.
+    /// removed. `nat:edge=ADDR[,edge=ADDR...],home=A/PREFIX,loc=L,spi=N,key=@FILE
+    /// [,site=ADDR][,lifetime=S]` is network paging: the site edge (`site=`, before the
+    /// guest pauses) and the client edges (`edge=`, while it is paused) map A to L, its
+    /// location address here (`host-vmm nat-edge`; no acknowledgment within 3 s and the
+    /// move rolls back); with `--net nat` this host routes A into the guest's TAP, with
+    /// `--net tap=...` the guest is home and the edges' entries are removed. Default: none.
     #[arg(long, value_name = "SPEC", default_value = "none")]
     mobility: String,
 }
@@ -510,6 +518,7 @@ fn devices(net: Option<&str>, vf: Option<&str>, agent: bool) -> anyhow::Result<D
         vf,
         agent,
         tunnel: None,
+        routed: None,
     })
 }
 
