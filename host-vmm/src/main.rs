@@ -93,7 +93,7 @@ host-vmm routes A into the VM's TAP (receive --net nat).
 With --state FILE the bindings are kept across restarts (`host-vmm nat-edge status
 --state FILE` prints them). Runs until SIGTERM or SIGINT (exit 0; the table is removed,
 the state file kept); exits 125 with one line on stderr if it cannot start. Events
-(--event-monitor, source \"nat-edge\"): started, registration-accepted (with nft-ms),
+(--event-monitor, source \"nat-edge\"): started, registration-accepted (with swap-ms),
 registration-denied, deregistered, binding-expired, binding-restored, shutdown.";
 
 #[derive(Debug, clap::Args)]

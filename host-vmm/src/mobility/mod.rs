@@ -23,7 +23,8 @@
 //!   has no `ipip`) and [`arp`] (gratuitous ARP);
 //! - [`home_agent`]: the epoll loop that ties them together until SIGTERM;
 //! - [`nat_edge`]: the translation edge: the same checks and binding list, its data path
-//!   one nftables transaction per move ([`nft`]);
+//!   one nftables transaction per move ([`nft`]: the table, as `nft -f` text;
+//!   [`nfnetlink`]: a move's batch, sent straight to nf_tables);
 //! - `sys`: the only `unsafe` (sockets, TUN, signalfd), in small functions.
 
 pub mod arp;
@@ -32,6 +33,7 @@ pub mod datapath;
 pub mod home_agent;
 pub mod nat_edge;
 pub mod netlink;
+pub mod nfnetlink;
 pub mod nft;
 pub mod registration;
 pub mod state;
