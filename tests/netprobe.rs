@@ -31,7 +31,25 @@
 //!                                          SECONDS for one answer and print it as
 //!                                          `reply HEX` (a test's Mobile IP client speaks
 //!                                          through it from a site's namespace)
+//! netprobe tap-echo TAP HOME SECONDS       a routed VM's stand-in on the existing TAP:
+//!                                          answer ARP for HOME, echo requests, UDP
+//!                                          (echoed) and TCP SYNs (RST) sent to HOME,
+//!                                          checking the IPv4 and TCP/UDP/ICMP checksums
+//!                                          of every packet for HOME; prints `ready`, and
+//!                                          stops on the UDP payload `netprobe-stop` (or
+//!                                          after SECONDS) with the counts; fails if any
+//!                                          checksum was wrong
+//! netprobe csum-check ADDR:PORT COUNT      COUNT UDP datagrams of odd and even sizes to
+//!                                          ADDR:PORT and COUNT TCP connects there (to be
+//!                                          refused), the echoes and RSTs read through raw
+//!                                          sockets with their checksums checked on the
+//!                                          bytes received; then `netprobe-stop`
 //! ```
+//!
+//! The checksum modes exist because a Linux receiver does not check what a veth hands it
+//! from a local sender (it is marked as checked, or as still to be filled in), so only
+//! bytes read from a TAP or a raw socket show whether a rewrite along the way (the
+//! network-paging edges' address translation) left TCP and UDP checksums right.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
@@ -64,7 +82,9 @@ fn main() -> ExitCode {
             parse(seconds),
         ),
         ["udp-ask", addr, hex, seconds] => udp_ask(parse(addr), hex, parse(seconds)),
-        _ => Err("usage: netprobe tcp-echo ADDR:PORT BYTES SEED | udp-echo ADDR:PORT COUNT SEED | kv ADDR:PORT COUNT | kv-for ADDR:PORT SECONDS | serve-echo PORT SECONDS | hostile IFACE MAC IP SYNS | ipip-send SRC DST COUNT | ipip-recv SRC DST COUNT SECONDS | ipip-echo LOCAL PEER HOME COUNT SECONDS | udp-ask ADDR:PORT HEX SECONDS".into()),
+        ["tap-echo", tap, home, seconds] => tap_echo(tap, parse(home), parse(seconds)),
+        ["csum-check", addr, count] => csum_check(parse(addr), parse(count)),
+        _ => Err("usage: netprobe tcp-echo ADDR:PORT BYTES SEED | udp-echo ADDR:PORT COUNT SEED | kv ADDR:PORT COUNT | kv-for ADDR:PORT SECONDS | serve-echo PORT SECONDS | hostile IFACE MAC IP SYNS | ipip-send SRC DST COUNT | ipip-recv SRC DST COUNT SECONDS | ipip-echo LOCAL PEER HOME COUNT SECONDS | udp-ask ADDR:PORT HEX SECONDS | tap-echo TAP HOME SECONDS | csum-check ADDR:PORT COUNT".into()),
     };
     match result {
         Ok(summary) => {
@@ -934,4 +954,359 @@ fn udp_ask(addr: SocketAddr, hex: &str, seconds: u64) -> Result<String, String> 
     }
     let reply: String = buf[..n].iter().map(|b| format!("{b:02x}")).collect();
     Ok(format!("reply {reply}"))
+}
+
+/// Attaching to an existing TAP (`/dev/net/tun`, `TUNSETIFF`), frames in and out.
+mod tap {
+    use std::fs::{File, OpenOptions};
+    use std::io;
+    use std::os::fd::AsRawFd;
+
+    /// Attaches to TAP `name` (made beforehand, e.g. `ip tuntap add NAME mode tap`), no
+    /// packet information header: one frame per read and write.
+    pub fn attach(name: &str) -> io::Result<File> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/net/tun")?;
+        if name.is_empty() || name.len() >= libc::IFNAMSIZ {
+            return Err(io::ErrorKind::InvalidInput.into());
+        }
+        // SAFETY: `ifreq` is plain C data for which all-zero bytes are a valid value.
+        let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+        for (dst, &src) in req.ifr_name.iter_mut().zip(name.as_bytes()) {
+            *dst = src as libc::c_char;
+        }
+        req.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short;
+        // SAFETY: `file` is an open /dev/net/tun descriptor; TUNSETIFF reads the `ifreq` on
+        // this stack frame, whose name is NUL-terminated (shorter than IFNAMSIZ, zeroed).
+        if unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETIFF, &mut req) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(file)
+    }
+}
+
+/// IPv4 protocol numbers the checksum modes know.
+const PROTO_ICMP: u8 = 1;
+const PROTO_TCP: u8 = 6;
+const PROTO_UDP: u8 = 17;
+/// What stops `tap-echo`.
+const STOP: &[u8] = b"netprobe-stop";
+/// The stand-in's MAC.
+const STANDIN_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x5e, 0x00, 0x10];
+
+/// The checksum of a TCP or UDP `segment` carried from `src` to `dst` (pseudo-header
+/// included), over the segment as it is: 0 when the segment's own checksum is right.
+fn l4_checksum(src: [u8; 4], dst: [u8; 4], protocol: u8, segment: &[u8]) -> u16 {
+    let mut data = Vec::with_capacity(12 + segment.len());
+    data.extend_from_slice(&src);
+    data.extend_from_slice(&dst);
+    data.extend_from_slice(&[0, protocol]);
+    data.extend_from_slice(&(segment.len() as u16).to_be_bytes());
+    data.extend_from_slice(segment);
+    inet_checksum(&data)
+}
+
+/// An IPv4 packet, split: header length, protocol, source, destination, payload.
+struct Ip<'a> {
+    protocol: u8,
+    src: [u8; 4],
+    dst: [u8; 4],
+    payload: &'a [u8],
+}
+
+/// Reads an IPv4 packet and checks its header checksum and its TCP, UDP or ICMP checksum
+/// (UDP checksum 0, "none", is accepted); `Err` says which one is wrong.
+fn checked_ipv4(packet: &[u8]) -> Result<Ip<'_>, String> {
+    let ihl = usize::from(packet.first().ok_or("empty")? & 0x0f) * 4;
+    if packet.len() < 20 || ihl < 20 || packet[0] >> 4 != 4 {
+        return Err("not an IPv4 packet".into());
+    }
+    let total = usize::from(u16::from_be_bytes([packet[2], packet[3]]));
+    if total < ihl || total > packet.len() {
+        return Err(format!("total length {total} of {} bytes", packet.len()));
+    }
+    if inet_checksum(&packet[..ihl]) != 0 {
+        return Err("IPv4 header checksum".into());
+    }
+    let ip = Ip {
+        protocol: packet[9],
+        src: packet[12..16].try_into().unwrap_or_default(),
+        dst: packet[16..20].try_into().unwrap_or_default(),
+        payload: &packet[ihl..total],
+    };
+    let p = ip.payload;
+    let wrong = match ip.protocol {
+        PROTO_TCP => l4_checksum(ip.src, ip.dst, PROTO_TCP, p) != 0,
+        PROTO_UDP if p.len() >= 8 && p[6..8] == [0, 0] => false,
+        PROTO_UDP => l4_checksum(ip.src, ip.dst, PROTO_UDP, p) != 0,
+        PROTO_ICMP => inet_checksum(p) != 0,
+        _ => false,
+    };
+    if wrong {
+        return Err(format!(
+            "{} checksum of a packet {} -> {}",
+            match ip.protocol {
+                PROTO_TCP => "TCP",
+                PROTO_UDP => "UDP",
+                _ => "ICMP",
+            },
+            std::net::Ipv4Addr::from(ip.src),
+            std::net::Ipv4Addr::from(ip.dst)
+        ));
+    }
+    Ok(ip)
+}
+
+/// An IPv4 packet from `src` to `dst` around `payload`, header checksum filled in.
+fn ipv4_packet(src: [u8; 4], dst: [u8; 4], protocol: u8, payload: &[u8]) -> Vec<u8> {
+    let total = (20 + payload.len()) as u16;
+    let mut ip = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, protocol, 0, 0];
+    ip[2..4].copy_from_slice(&total.to_be_bytes());
+    ip.extend_from_slice(&src);
+    ip.extend_from_slice(&dst);
+    let sum = inet_checksum(&ip);
+    ip[10..12].copy_from_slice(&sum.to_be_bytes());
+    ip.extend_from_slice(payload);
+    ip
+}
+
+/// The stand-in's answer to `ip` (for it): an echo reply, the UDP datagram back, a RST to
+/// a SYN; `None` for anything else.
+fn standin_answer(ip: &Ip<'_>) -> Option<Vec<u8>> {
+    let p = ip.payload;
+    let segment = match ip.protocol {
+        PROTO_ICMP if p.len() >= 8 && p[0] == 8 => {
+            let mut reply = p.to_vec();
+            reply[0] = 0;
+            reply[2..4].copy_from_slice(&[0, 0]);
+            let sum = inet_checksum(&reply);
+            reply[2..4].copy_from_slice(&sum.to_be_bytes());
+            reply
+        }
+        PROTO_UDP if p.len() >= 8 => {
+            let mut reply = p.to_vec();
+            reply[0..2].copy_from_slice(&p[2..4]);
+            reply[2..4].copy_from_slice(&p[0..2]);
+            reply[6..8].copy_from_slice(&[0, 0]);
+            let sum = l4_checksum(ip.dst, ip.src, PROTO_UDP, &reply);
+            reply[6..8].copy_from_slice(&(if sum == 0 { 0xFFFF } else { sum }).to_be_bytes());
+            reply
+        }
+        PROTO_TCP if p.len() >= 20 && p[13] & 0x02 != 0 => {
+            let seq = u32::from_be_bytes([p[4], p[5], p[6], p[7]]);
+            let mut rst = vec![0u8; 20];
+            rst[0..2].copy_from_slice(&p[2..4]);
+            rst[2..4].copy_from_slice(&p[0..2]);
+            rst[8..12].copy_from_slice(&seq.wrapping_add(1).to_be_bytes());
+            rst[12] = 5 << 4;
+            rst[13] = 0x14; // RST, ACK
+            let sum = l4_checksum(ip.dst, ip.src, PROTO_TCP, &rst);
+            rst[16..18].copy_from_slice(&sum.to_be_bytes());
+            rst
+        }
+        _ => return None,
+    };
+    Some(ipv4_packet(ip.dst, ip.src, ip.protocol, &segment))
+}
+
+/// A routed VM's stand-in on TAP `name` for the address `home` (see the module docs).
+fn tap_echo(name: &str, home: std::net::Ipv4Addr, seconds: u64) -> Result<String, String> {
+    let start = Instant::now();
+    let bound = Duration::from_secs(seconds).min(TOTAL_TIMEOUT);
+    let file = tap::attach(name).map_err(|e| format!("TAP {name}: {e}"))?;
+    let mut writer = file.try_clone().map_err(|e| e.to_string())?;
+    let mut reader = file;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 65_536];
+        loop {
+            let got = reader.read(&mut buf).map(|n| buf[..n].to_vec());
+            let failed = got.is_err();
+            if tx.send(got).is_err() || failed {
+                break;
+            }
+        }
+    });
+    println!("netprobe: tap-echo ready on {name} for {home}");
+    let home = home.octets();
+    let (mut icmp, mut udp, mut tcp) = (0u32, 0u32, 0u32);
+    let mut wrong: Vec<String> = Vec::new();
+    loop {
+        let left = bound.saturating_sub(start.elapsed());
+        let frame = match rx.recv_timeout(left) {
+            Ok(Ok(f)) => f,
+            Ok(Err(e)) => return Err(format!("reading {name}: {e}")),
+            Err(_) => break,
+        };
+        if frame.len() < 14 {
+            continue;
+        }
+        let asker: [u8; 6] = frame[6..12].try_into().unwrap_or_default();
+        let ethertype = [frame[12], frame[13]];
+        let body = &frame[14..];
+        // ARP requests for the stand-in's address: answered.
+        if ethertype == [0x08, 0x06] && body.len() >= 28 && body[6..8] == [0, 1] {
+            if body[24..28] == home {
+                let mut reply = asker.to_vec();
+                reply.extend_from_slice(&STANDIN_MAC);
+                reply.extend_from_slice(&[0x08, 0x06, 0, 1, 8, 0, 6, 4, 0, 2]);
+                reply.extend_from_slice(&STANDIN_MAC);
+                reply.extend_from_slice(&home);
+                reply.extend_from_slice(&body[8..18]);
+                writer.write_all(&reply).map_err(|e| e.to_string())?;
+            }
+            continue;
+        }
+        if ethertype != [0x08, 0x00] || body.len() < 20 || body[16..20] != home {
+            continue;
+        }
+        let ip = match checked_ipv4(body) {
+            Ok(ip) => ip,
+            Err(e) => {
+                if wrong.len() < 10 {
+                    wrong.push(e);
+                }
+                continue;
+            }
+        };
+        match ip.protocol {
+            PROTO_ICMP => icmp += 1,
+            PROTO_UDP => udp += 1,
+            PROTO_TCP => tcp += 1,
+            _ => {}
+        }
+        if ip.protocol == PROTO_UDP && ip.payload.get(8..) == Some(STOP) {
+            break;
+        }
+        if let Some(answer) = standin_answer(&ip) {
+            let mut out = asker.to_vec();
+            out.extend_from_slice(&STANDIN_MAC);
+            out.extend_from_slice(&[0x08, 0x00]);
+            out.extend_from_slice(&answer);
+            writer.write_all(&out).map_err(|e| e.to_string())?;
+        }
+    }
+    let counts = format!("{icmp} ICMP, {udp} UDP, {tcp} TCP packets");
+    if !wrong.is_empty() {
+        return Err(format!("tap-echo: {counts}; wrong checksums: {wrong:?}"));
+    }
+    if icmp + udp + tcp == 0 {
+        return Err(format!(
+            "tap-echo: nothing for the stand-in within {bound:?}"
+        ));
+    }
+    Ok(format!(
+        "tap-echo: {counts} for {}, every checksum right, in {:.2} s",
+        std::net::Ipv4Addr::from(home),
+        start.elapsed().as_secs_f64()
+    ))
+}
+
+/// Reads from the raw socket `raw` until a packet satisfying `wanted` comes (checksums
+/// checked on the way), or `STEP_TIMEOUT` passes.
+fn raw_wait(raw: &mut std::fs::File, wanted: impl Fn(&Ip<'_>) -> bool) -> Result<(), String> {
+    let deadline = Instant::now() + STEP_TIMEOUT;
+    let mut buf = vec![0u8; 65_536];
+    loop {
+        if Instant::now() >= deadline {
+            return Err(format!("nothing matching within {STEP_TIMEOUT:?}"));
+        }
+        let n = match raw.read(&mut buf) {
+            Ok(n) => n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                continue;
+            }
+            Err(e) => return Err(e.to_string()),
+        };
+        let ip = checked_ipv4(&buf[..n])?;
+        if wanted(&ip) {
+            return Ok(());
+        }
+    }
+}
+
+/// Sets a receive timeout on a raw socket.
+fn raw_timeout(file: &std::fs::File) -> Result<(), String> {
+    use std::os::fd::AsFd;
+    let sock = socket_from(file.as_fd())?;
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .map_err(|e| e.to_string())
+}
+
+/// A `UdpSocket` view of a raw socket's descriptor, for its socket options only.
+fn socket_from(fd: std::os::fd::BorrowedFd<'_>) -> Result<UdpSocket, String> {
+    let owned = fd.try_clone_to_owned().map_err(|e| e.to_string())?;
+    Ok(UdpSocket::from(owned))
+}
+
+/// UDP datagrams and TCP connects to `addr`, their answers checked on the bytes received.
+fn csum_check(addr: SocketAddr, count: u32) -> Result<String, String> {
+    let start = Instant::now();
+    let SocketAddr::V4(addr) = addr else {
+        return Err("an IPv4 address, please".into());
+    };
+    let peer = *addr.ip();
+    let mut raw_udp = rawip::open(i32::from(PROTO_UDP), std::net::Ipv4Addr::UNSPECIFIED, peer)
+        .map_err(|e| format!("raw UDP socket: {e}"))?;
+    let mut raw_tcp = rawip::open(i32::from(PROTO_TCP), std::net::Ipv4Addr::UNSPECIFIED, peer)
+        .map_err(|e| format!("raw TCP socket: {e}"))?;
+    raw_timeout(&raw_udp)?;
+    raw_timeout(&raw_tcp)?;
+    let udp = UdpSocket::bind("0.0.0.0:0").map_err(|e| e.to_string())?;
+    udp.set_read_timeout(Some(STEP_TIMEOUT))
+        .map_err(|e| e.to_string())?;
+    let local_port = udp.local_addr().map_err(|e| e.to_string())?.port();
+    let mut rng = Rng::new(u64::from(count));
+    let mut bytes = 0usize;
+    for i in 0..count {
+        // Odd and even lengths, up to a full packet, with a marker to recognise the echo.
+        let len = 16 + (rng.next() % 1400) as usize + (i as usize % 2);
+        let mut payload = vec![0u8; len];
+        rng.fill(&mut payload);
+        payload[..4].copy_from_slice(&i.to_be_bytes());
+        udp.send_to(&payload, addr)
+            .map_err(|e| format!("send to {addr}: {e}"))?;
+        raw_wait(&mut raw_udp, |ip| {
+            ip.payload.len() >= 8
+                && ip.payload[0..2] == addr.port().to_be_bytes()
+                && ip.payload[2..4] == local_port.to_be_bytes()
+                && ip.payload[8..] == payload[..]
+        })
+        .map_err(|e| format!("the echo of datagram {i} ({len} bytes): {e}"))?;
+        let mut echo = vec![0u8; len + 1];
+        let n = udp.recv(&mut echo).map_err(|e| format!("echo {i}: {e}"))?;
+        if echo[..n] != payload[..] {
+            return Err(format!("echo {i} differs"));
+        }
+        bytes += len;
+    }
+    let mut refused = 0;
+    for i in 0..count {
+        match TcpStream::connect_timeout(&SocketAddr::V4(addr), STEP_TIMEOUT) {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => refused += 1,
+            other => {
+                return Err(format!(
+                    "connect {i} to {addr}: {other:?} (expected a refusal)"
+                ));
+            }
+        }
+        raw_wait(&mut raw_tcp, |ip| {
+            ip.payload.len() >= 20
+                && ip.payload[0..2] == addr.port().to_be_bytes()
+                && ip.payload[13] & 0x04 != 0
+        })
+        .map_err(|e| format!("the RST to connect {i}: {e}"))?;
+    }
+    udp.send_to(STOP, addr).map_err(|e| e.to_string())?;
+    Ok(format!(
+        "csum-check: {count} UDP echoes ({bytes} bytes) and {refused} TCP RSTs from {addr} with right checksums, in {:.2} s",
+        start.elapsed().as_secs_f64()
+    ))
 }

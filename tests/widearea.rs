@@ -14,7 +14,7 @@ use xtask::net::GUEST_IP;
 use xtask::net::wan::{Site, Wan};
 use xtask::pingd::{PingLog, Pinger};
 use xtask::proc;
-use xtask::widearea::{Place, WideArea};
+use xtask::widearea::{Place, Strategy, WideArea};
 
 /// Bound for the guest to answer again after a move.
 const ANSWER: Duration = Duration::from_secs(10);
@@ -24,7 +24,7 @@ const MAX_LOST_PER_MOVE: usize = 30;
 
 fn start(image_name: &str, tag: &str) -> WideArea {
     roam_tests::host_vmm();
-    WideArea::start(&image(image_name), tag, 0)
+    WideArea::start(&image(image_name), tag, 0, Strategy::Mip)
         .unwrap_or_else(|e| panic!("wide-area start with {image_name}: {e:#}"))
 }
 
@@ -34,11 +34,11 @@ fn tour(w: &mut WideArea) {
         let t = Instant::now();
         let m = w
             .move_to(to)
-            .unwrap_or_else(|e| panic!("{e:#}\n--- home agent ---\n{}", w.ha.output()));
+            .unwrap_or_else(|e| panic!("{e:#}\n{}", w.agents_output()));
         let moved = t.elapsed();
         let back = w
             .wait_answers(ANSWER)
-            .unwrap_or_else(|e| panic!("{e:#}\n--- home agent ---\n{}", w.ha.output()));
+            .unwrap_or_else(|e| panic!("{e:#}\n{}", w.agents_output()));
         say(&format!(
             "widearea: -> {}: {}; answered {back:?} after ctl returned ({moved:?})",
             to.name(),
@@ -84,9 +84,9 @@ fn check_pings(w: &WideArea, pinger: Pinger, what: &str) {
     ));
     assert!(
         lost.len() <= 3 * MAX_LOST_PER_MOVE,
-        "{what}: {} pings lost over 3 moves\n--- home agent ---\n{}",
+        "{what}: {} pings lost over 3 moves\n{}",
         lost.len(),
-        w.ha.output()
+        w.agents_output()
     );
 }
 
@@ -131,10 +131,10 @@ fn netecho_keeps_its_address_and_a_tcp_stream_home_to_a_to_b_and_home() {
     let run = echo.join().expect("echo thread").expect("netprobe ran");
     assert!(
         run.status.success(),
-        "the TCP stream through the moves lost or changed bytes: {}{}\n--- home agent ---\n{}",
+        "the TCP stream through the moves lost or changed bytes: {}{}\n{}",
         run.stdout,
         run.stderr,
-        w.ha.output()
+        w.agents_output()
     );
     check_pings(&w, pinger, "netecho");
     std::thread::sleep(Duration::from_millis(300));
@@ -176,7 +176,7 @@ fn netecho_keeps_its_address_and_a_tcp_stream_home_to_a_to_b_and_home() {
         !text.contains("Malformed") && !text.contains("[Expert Info (Error"),
         "tshark flags a captured message:\n{text}"
     );
-    let bindings = w.bindings().expect("home-agent status");
+    let bindings = w.bindings("home agent").expect("home-agent status");
     assert!(
         !bindings.contains(GUEST_IP),
         "a binding is left after coming home: {bindings}"
@@ -249,7 +249,7 @@ fn a_move_with_the_home_agent_down_rolls_back_and_the_source_keeps_serving() {
         return;
     }
     let mut w = start("netecho", "wad");
-    w.stop_home_agent();
+    w.stop_home_agent().expect("home agent stops");
     let (mut receiver, _ctl, listen) = w
         .receiver(Place::Site(Site::A))
         .expect("host-vmm receive at site A");

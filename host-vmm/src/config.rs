@@ -211,7 +211,9 @@ impl FromStr for MacAddr {
 /// Longest interface name Linux accepts (`IFNAMSIZ` less the NUL).
 pub const IFNAME_MAX: usize = 15;
 
-/// A virtio-net card on a TAP: `--net tap=NAME[,mac=MAC]`.
+/// A virtio-net card on a TAP: `--net tap=NAME[,mac=MAC]`; away from home, `--net
+/// mip[,mac=MAC]` (the tunnel to the home agent) or `--net nat[,tap=NAME][,mac=MAC]` (a TAP
+/// the host routes the guest's address into).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NetConfig {
     /// The TAP interface (created if it does not exist); empty with `mip`.
@@ -219,6 +221,9 @@ pub struct NetConfig {
     /// `--net mip`: no TAP; the card's frames go through the IP-in-IP tunnel to the
     /// guest's home agent ([`DeviceConfig::tunnel`]), for a guest away from home.
     pub mip: bool,
+    /// `--net nat`: the TAP is routed, not bridged: this host routes the guest's address
+    /// ([`DeviceConfig::routed`]) into it (network paging, a guest away from home).
+    pub nat: bool,
     /// The guest's MAC address ([`MacAddr::for_tap`] unless given).
     pub mac: MacAddr,
 }
@@ -227,7 +232,9 @@ pub struct NetConfig {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NetConfigError {
     /// No `tap=`.
-    #[error("missing tap=NAME (use tap=NAME[,mac=MAC], or mip[,mac=MAC] away from home)")]
+    #[error(
+        "missing tap=NAME (use tap=NAME[,mac=MAC], or away from home mip[,mac=MAC] or nat[,tap=NAME][,mac=MAC])"
+    )]
     MissingTap,
     /// A key other than `tap` or `mac`.
     #[error("unknown key `{0}` (use tap=NAME[,mac=MAC])")]
@@ -282,7 +289,24 @@ impl FromStr for NetConfig {
             return Ok(NetConfig {
                 tap: String::new(),
                 mip: true,
+                nat: false,
                 mac: mac.unwrap_or_else(|| MacAddr::for_tap("mip")),
+            });
+        }
+        if let Some(rest) = text.strip_prefix("nat") {
+            let (tap, mac) = match rest {
+                "" => (None, None),
+                _ => match rest.strip_prefix(',') {
+                    Some(pairs) => parse_pairs(pairs)?,
+                    None => return Err(NetConfigError::Malformed(text.to_owned())),
+                },
+            };
+            let tap = tap.unwrap_or_else(|| DEFAULT_NAT_TAP.to_owned());
+            return Ok(NetConfig {
+                mac: mac.unwrap_or_else(|| MacAddr::for_tap(&tap)),
+                tap,
+                mip: false,
+                nat: true,
             });
         }
         let (tap, mac) = parse_tap_spec(text)?;
@@ -290,6 +314,7 @@ impl FromStr for NetConfig {
         Ok(NetConfig {
             tap,
             mip: false,
+            nat: false,
             mac,
         })
     }
@@ -322,8 +347,17 @@ impl VfConfig {
     }
 }
 
+/// The TAP of `--net nat` unless `tap=` names one.
+pub const DEFAULT_NAT_TAP: &str = "nat0";
+
 /// Parses `tap=NAME[,mac=MAC]` (the grammar of `--net` and `--vf`).
 fn parse_tap_spec(text: &str) -> Result<(String, Option<MacAddr>), NetConfigError> {
+    let (tap, mac) = parse_pairs(text)?;
+    Ok((tap.ok_or(NetConfigError::MissingTap)?, mac))
+}
+
+/// Parses `[tap=NAME][,mac=MAC]`, in any order.
+fn parse_pairs(text: &str) -> Result<(Option<String>, Option<MacAddr>), NetConfigError> {
     let mut tap = None;
     let mut mac = None;
     for part in text.split(',') {
@@ -339,12 +373,13 @@ fn parse_tap_spec(text: &str) -> Result<(String, Option<MacAddr>), NetConfigErro
             return Err(NetConfigError::Duplicate(key.to_owned()));
         }
     }
-    let tap = tap.ok_or(NetConfigError::MissingTap)?;
-    if !valid_ifname(tap) {
+    if let Some(tap) = tap
+        && !valid_ifname(tap)
+    {
         return Err(NetConfigError::BadTapName(tap.to_owned()));
     }
     let mac = mac.map(str::parse).transpose()?;
-    Ok((tap.to_owned(), mac))
+    Ok((tap.map(str::to_owned), mac))
 }
 
 /// Everything `host-vmm run` needs, already validated.
@@ -371,6 +406,8 @@ pub struct DeviceConfig {
     pub agent: bool,
     /// Where `--net mip` tunnels to: the guest is away from home.
     pub tunnel: Option<TunnelEnds>,
+    /// The guest's address `--net nat` routes into its TAP (from its `nat:` setting).
+    pub routed: Option<std::net::Ipv4Addr>,
 }
 
 /// The ends of a guest's tunnel home (from its Mobile IP setting).
@@ -503,6 +540,29 @@ mod tests {
             NotUnicast("00:00:00:00:00:00".into())
         );
         assert!(err("tap=a,foo").to_string().contains("key=value"));
+    }
+
+    #[test]
+    fn away_from_home_specs_parse() {
+        let n: NetConfig = "mip,mac=52:54:00:00:00:07".parse().unwrap();
+        assert!(n.mip && !n.nat && n.tap.is_empty());
+        let n: NetConfig = "nat".parse().unwrap();
+        assert!(n.nat && !n.mip);
+        assert_eq!((n.tap.as_str(), n.mac), ("nat0", MacAddr::for_tap("nat0")));
+        let n: NetConfig = "nat,mac=52:54:00:00:00:07,tap=vm7".parse().unwrap();
+        assert_eq!(n.tap, "vm7");
+        assert_eq!(n.mac.to_string(), "52:54:00:00:00:07");
+        let n: NetConfig = "nat,mac=52:54:00:00:00:08".parse().unwrap();
+        assert_eq!(
+            (n.tap.as_str(), n.mac.to_string().as_str()),
+            ("nat0", "52:54:00:00:00:08")
+        );
+        use NetConfigError::*;
+        let err = |s: &str| s.parse::<NetConfig>().unwrap_err();
+        assert_eq!(err("natty"), Malformed("natty".into()));
+        assert_eq!(err("nat,tap=a/b"), BadTapName("a/b".into()));
+        assert_eq!(err("nat,vhost=on"), UnknownKey("vhost".into()));
+        assert_eq!(err("nat,"), Malformed(String::new()));
     }
 
     #[test]

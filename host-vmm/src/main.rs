@@ -63,6 +63,75 @@ enum Command {
     /// addresses by tunnelling their packets (IP-in-IP) to where they run now.
     #[command(after_help = HOME_AGENT_HELP)]
     HomeAgent(HomeAgentArgs),
+    /// Be an address-translation edge of network paging: map moved VMs' addresses to their
+    /// location addresses (nftables), told by the same registrations a home agent takes.
+    #[command(after_help = NAT_EDGE_HELP)]
+    NatEdge(NatEdgeArgs),
+}
+
+/// More on `host-vmm nat-edge`, for its --help.
+const NAT_EDGE_HELP: &str = "\
+Registrations are Mobile IPv4 Registration Requests, checked as the home agent checks
+them (134, 131, 133, 136, 139; the same key file): home address = the VM's address A,
+care-of address = its location address L at the site it runs on, Home Agent = this
+edge's --listen address; lifetime 0 with care-of = A means the VM is home (its entries
+go). Two home addresses may not share a location (129). Lifetimes are capped at 600 s.
+
+An accepted registration is one nftables transaction (`nft -f -`: the old entries
+deleted and the new ones added in one batch) on table `ip roam_nat`, applied before the
+signed Reply is sent; if nft refuses, the Request is denied with 130 and nothing changes.
+The translation is stateless (payload rewrites before routing, untracked), so nothing
+is flushed from conntrack and the next packet of every flow follows the new map:
+  client edge (in front of the correspondents, --link = their side):
+    to A -> to L (prerouting), from L -> from A (postrouting, out of --link)
+  site edge (at a foreign site, --link = its WAN side):
+    to L -> to A (prerouting, in from --link), from A -> from L (postrouting, out of it)
+Without --link the rules match on every interface. The site host itself forwards
+(ip_forward=1) and answers ARP for L on its WAN link (e.g. L/32 on that interface);
+host-vmm routes A into the VM's TAP (receive --net nat).
+
+With --state FILE the bindings are kept across restarts (`host-vmm nat-edge status
+--state FILE` prints them). Runs until SIGTERM or SIGINT (exit 0; the table is removed,
+the state file kept); exits 125 with one line on stderr if it cannot start. Events
+(--event-monitor, source \"nat-edge\"): started, registration-accepted (with swap-ms),
+registration-denied, deregistered, binding-expired, binding-restored, shutdown.";
+
+#[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+struct NatEdgeArgs {
+    #[command(subcommand)]
+    action: Option<NatEdgeAction>,
+
+    /// This edge's address, and port for registrations (434 unless given).
+    #[arg(long, value_name = "ADDR[:PORT]", required = true)]
+    listen: Option<String>,
+
+    /// The security associations: lines `spi=N home=A.B.C.D key=HEX [skew=SECONDS]`.
+    #[arg(long, value_name = "FILE", required = true)]
+    keys: Option<PathBuf>,
+
+    /// `client` (in front of the correspondents) or `site` (at a foreign site).
+    #[arg(long, value_name = "ROLE", required = true)]
+    role: Option<String>,
+
+    /// The interface the translation applies on: the correspondents' side of a client
+    /// edge, the WAN side of a site edge (default: every interface).
+    #[arg(long, value_name = "DEV")]
+    link: Option<String>,
+
+    /// Keep the bindings and Identification marks in FILE across restarts.
+    #[arg(long, value_name = "FILE")]
+    state: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+enum NatEdgeAction {
+    /// Print the live bindings of a state file (a running edge's --state), one a line.
+    Status {
+        /// The state file.
+        #[arg(long, value_name = "FILE")]
+        state: PathBuf,
+    },
 }
 
 /// More on `host-vmm home-agent`, for its --help.
@@ -224,7 +293,10 @@ struct ReceiveArgs {
     #[arg(long, value_name = "ADDRESS")]
     listen: String,
 
-    /// As for `run`: the virtio-net card, tap=NAME[,mac=MAC] (the source's MAC).
+    /// As for `run`: the virtio-net card, tap=NAME[,mac=MAC] (the source's MAC). Away from
+    /// home: `mip[,mac=MAC]` (the tunnel to the home agent, with a mip: --mobility) or
+    /// `nat[,tap=NAME][,mac=MAC]` (a TAP, nat0 by default, this host routes the guest's
+    /// address into, with a nat: --mobility).
     #[arg(long, value_name = "SPEC")]
     net: Option<String>,
 
@@ -237,7 +309,12 @@ struct ReceiveArgs {
     /// Mobile IPv4 home agent (this host's address as care-of address; no acknowledgment
     /// within 3 s and the move rolls back); with `--net mip` its traffic goes through the
     /// home agent's tunnel, with `--net tap=...` the guest is home and the binding is
-    /// removed. Default: none.
+    /// removed. `nat:edge=ADDR[,edge=ADDR...],home=A/PREFIX,loc=L,spi=N,key=@FILE
+    /// [,site=ADDR][,lifetime=S]` is network paging: the site edge (`site=`, before the
+    /// guest pauses) and the client edges (`edge=`, while it is paused) map A to L, its
+    /// location address here (`host-vmm nat-edge`; no acknowledgment within 3 s and the
+    /// move rolls back); with `--net nat` this host routes A into the guest's TAP, with
+    /// `--net tap=...` the guest is home and the edges' entries are removed. Default: none.
     #[arg(long, value_name = "SPEC", default_value = "none")]
     mobility: String,
 }
@@ -309,6 +386,11 @@ fn main() -> ExitCode {
             ..
         })) => return home_agent_status(&state),
         Some(Command::HomeAgent(args)) => home_agent(args, cli.api_socket, cli.event_monitor),
+        Some(Command::NatEdge(NatEdgeArgs {
+            action: Some(NatEdgeAction::Status { state }),
+            ..
+        })) => return home_agent_status(&state),
+        Some(Command::NatEdge(args)) => nat_edge(args, cli.api_socket, cli.event_monitor),
         None => match cli.api_socket {
             Some(path) => serve(path, cli.event_monitor),
             None => {
@@ -436,6 +518,7 @@ fn devices(net: Option<&str>, vf: Option<&str>, agent: bool) -> anyhow::Result<D
         vf,
         agent,
         tunnel: None,
+        routed: None,
     })
 }
 
@@ -516,6 +599,43 @@ fn home_agent(
         events,
     };
     host_vmm::mobility::run(config, |line| eprintln!("host-vmm: {line}"))?;
+    Ok(Outcome::ShutDown)
+}
+
+/// `host-vmm nat-edge`: runs until SIGTERM or SIGINT.
+fn nat_edge(
+    args: NatEdgeArgs,
+    api_socket: Option<PathBuf>,
+    event_monitor: Option<PathBuf>,
+) -> anyhow::Result<Outcome> {
+    if api_socket.is_some() {
+        anyhow::bail!("--api-socket: the nat edge has no API socket");
+    }
+    // clap makes these required when no subcommand is given.
+    let (Some(listen), Some(keys), Some(role)) = (args.listen, args.keys, args.role) else {
+        anyhow::bail!("--listen, --keys and --role are required");
+    };
+    let listen =
+        host_vmm::mobility::parse_listen(&listen).map_err(|e| anyhow::anyhow!("--listen {e}"))?;
+    let role = role
+        .parse::<host_vmm::mobility::nft::Role>()
+        .map_err(|e| anyhow::anyhow!("--role {e}"))?;
+    let keys = mip::KeyTable::load(&keys).context("--keys")?;
+    let events = match &event_monitor {
+        Some(path) => EventMonitor::open(path)
+            .with_context(|| format!("--event-monitor {}", path.display()))?,
+        None => EventMonitor::none(),
+    };
+    let config = host_vmm::mobility::nat_edge::Config {
+        listen,
+        role,
+        link: args.link,
+        keys,
+        state: args.state,
+        events,
+        nft: host_vmm::mobility::nat_edge::NFT.to_owned(),
+    };
+    host_vmm::mobility::nat_edge::run(config, |line| eprintln!("host-vmm: {line}"))?;
     Ok(Outcome::ShutDown)
 }
 

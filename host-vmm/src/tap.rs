@@ -8,8 +8,10 @@
 //! it on and pass the header through.)
 //!
 //! [`Tap::open`] creates the device when it does not exist (and then brings its link up,
-//! since nobody else will) or attaches to an existing one. The `unsafe` here is two ioctls:
-//! `TUNSETIFF` on the tun fd and `SIOCGIFFLAGS`/`SIOCSIFFLAGS` on a socket.
+//! since nobody else will) or attaches to an existing one. The `unsafe` here is ioctls:
+//! `TUNSETIFF` on the tun fd, `SIOCGIFFLAGS`/`SIOCSIFFLAGS` and `SIOCGIFHWADDR` on a
+//! socket, and (a guest routed through the TAP, `--net nat`) `SIOCADDRT`/`SIOCDELRT` for a
+//! host route into it.
 
 use crate::devices::virtio::net::backend::NetBackend;
 use std::fs::{File, OpenOptions};
@@ -138,6 +140,74 @@ impl Tap {
     pub fn created(&self) -> bool {
         self.created
     }
+
+    /// The MAC of the host's end of the TAP (the kernel's, not the guest's).
+    pub fn host_mac(&self) -> io::Result<[u8; 6]> {
+        let sock = UnixDatagram::unbound()?;
+        let mut req = ifreq(&self.name);
+        // SAFETY: `sock` is an open socket; SIOCGIFHWADDR fills the `ifreq` on this stack
+        // frame, whose name is NUL-terminated (checked by `open`).
+        if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFHWADDR, &mut req) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: SIOCGIFHWADDR just wrote the `ifru_hwaddr` member of the union.
+        let data = unsafe { req.ifr_ifru.ifru_hwaddr.sa_data };
+        let mut mac = [0u8; 6];
+        for (m, d) in mac.iter_mut().zip(data) {
+            *m = d as u8;
+        }
+        Ok(mac)
+    }
+
+    /// Routes `addr`/32 into this TAP (`ip route replace ADDR/32 dev TAP`, as far as a
+    /// route through this TAP goes: one through another interface is an error).
+    pub fn add_host_route(&self, addr: std::net::Ipv4Addr) -> io::Result<()> {
+        // A route left through this very TAP (an earlier run) is replaced.
+        let _ = self.route(libc::SIOCDELRT, addr);
+        self.route(libc::SIOCADDRT, addr)
+    }
+
+    /// Removes the route [`Tap::add_host_route`] made.
+    pub fn delete_host_route(&self, addr: std::net::Ipv4Addr) -> io::Result<()> {
+        self.route(libc::SIOCDELRT, addr)
+    }
+
+    fn route(&self, request: libc::c_ulong, addr: std::net::Ipv4Addr) -> io::Result<()> {
+        // Route ioctls are the IPv4 socket layer's: an AF_INET socket, bound to nothing.
+        let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)?;
+        let mut dev: Vec<libc::c_char> = self
+            .name
+            .bytes()
+            .map(|b| b as libc::c_char)
+            .chain(std::iter::once(0))
+            .collect();
+        // SAFETY: `rtentry` is plain C data (integers, sockaddrs and a pointer) for which
+        // all-zero bytes are a valid value (a null `rt_dev`).
+        let mut rt: libc::rtentry = unsafe { std::mem::zeroed() };
+        rt.rt_dst = sockaddr_in(addr);
+        rt.rt_genmask = sockaddr_in(std::net::Ipv4Addr::BROADCAST);
+        rt.rt_flags = libc::RTF_UP | libc::RTF_HOST;
+        rt.rt_dev = dev.as_mut_ptr();
+        // SAFETY: `sock` is an open AF_INET socket; the route ioctls read the `rtentry` on
+        // this stack frame and the NUL-terminated device name `dev` it points at, both of
+        // which outlive the call.
+        if unsafe { libc::ioctl(sock.as_raw_fd(), request, &mut rt) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+/// `addr` as the `sockaddr` of an `AF_INET` address (port 0).
+fn sockaddr_in(addr: std::net::Ipv4Addr) -> libc::sockaddr {
+    // SAFETY: `sockaddr` is plain C data; all-zero bytes are a valid value.
+    let mut sa: libc::sockaddr = unsafe { std::mem::zeroed() };
+    sa.sa_family = libc::AF_INET as libc::sa_family_t;
+    // sockaddr_in: family (2), port (2), address (4) in network order.
+    for (d, s) in sa.sa_data[2..6].iter_mut().zip(addr.octets()) {
+        *d = s as libc::c_char;
+    }
+    sa
 }
 
 /// An `ifreq` naming `name`.

@@ -16,7 +16,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("io_thread", &["pause"]),
     ("devices", &["config", "io_thread", "memory", "pause"]),
     ("tap", &["devices"]),
-    ("roaming", &["config", "devices"]),
+    ("roaming", &["config", "devices", "tap"]),
     ("kvm", &["arch", "config", "devices", "memory"]),
     (
         "device_manager",

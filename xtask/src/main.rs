@@ -111,9 +111,9 @@ enum BenchCmd {
     },
     /// Wide-area moves: restore time (destination resume -> first reply at the
     /// correspondent, pinged every 2 ms), longest ping gap, lost pings and a kv session's
-    /// connection, for the same-subnet move (l2) and Mobile IPv4 at a WAN one-way delay of
-    /// 0, 5 and 25 ms; goals: restore <= one WAN round trip + 5 ms, gap <= l2's + one round
-    /// trip, nothing lost.
+    /// connection, for the same-subnet move (l2), Mobile IPv4 (mip) and network paging
+    /// (nat) at a WAN one-way delay of 0, 5 and 25 ms; goals: restore <= one WAN round trip
+    /// + 5 ms, gap <= l2's + one round trip, nothing lost.
     Widearea {
         /// Print one JSON object instead of the table.
         #[arg(long)]

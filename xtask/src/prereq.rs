@@ -23,9 +23,11 @@ pub const QEMU: Package = Package {
 };
 
 /// What the network tests and commands use: namespaces, stock ping and iperf3, curl, which
-/// drives host-vmm's API in the tests as users drive it, and procps (`sysctl` sets forwarding
-/// and rp_filter in the wide-area topology's namespaces, `kill` stops its delay line).
-pub const NET_TOOLS: [Package; 5] = [
+/// drives host-vmm's API in the tests as users drive it, procps (`sysctl` sets forwarding
+/// and rp_filter in the wide-area topology's namespaces, `kill` stops its delay line),
+/// nftables (`host-vmm nat-edge` applies its translation with `nft -f -`) and conntrack
+/// (the network-paging tests check that translated flows leave no conntrack entry).
+pub const NET_TOOLS: [Package; 7] = [
     Package {
         name: "iproute2",
         program: "ip",
@@ -45,6 +47,14 @@ pub const NET_TOOLS: [Package; 5] = [
     Package {
         name: "procps",
         program: "sysctl",
+    },
+    Package {
+        name: "nftables",
+        program: "nft",
+    },
+    Package {
+        name: "conntrack",
+        program: "conntrack",
     },
 ];
 

@@ -1,11 +1,20 @@
-//! Wide-area moves as a user runs them: `host-vmm home-agent` in the home agent's namespace
-//! of a [`Wan`], the guest booted on its home link, and moves by pre-copy over the WAN to a
-//! site (`host-vmm receive --net mip --mobility mip:...`) or back home (`--net tap=...
-//! --mobility mip:...`). For the tests in `tests/widearea.rs` and `cargo xtask bench
-//! widearea`.
+//! Wide-area moves as a user runs them, with either strategy ([`Strategy`]):
+//!
+//! - **Mobile IP**: `host-vmm home-agent` in the home agent's namespace of a [`Wan`]; moves
+//!   to a site are `host-vmm receive --net mip --mobility mip:...`, back home `--net
+//!   tap=... --mobility mip:...`;
+//! - **network paging**: `host-vmm nat-edge` as the client edge in the WAN router
+//!   (translating for the correspondent on `w-c`) and as each site's edge (on its `wan0`);
+//!   moves to a site are `host-vmm receive --net nat --mobility nat:edge=...,site=...,loc=...`,
+//!   back home `--net tap=... --mobility nat:edge=...`.
+//!
+//! The guest is booted on its home link either way. For the tests in `tests/widearea.rs`
+//! and `tests/widearea_nat.rs` and `cargo xtask bench widearea`.
 
 use crate::ctl::Control;
-use crate::net::wan::{H1_WAN_IP, HA_HOME_LINK, HA_WAN_IP, Site, Wan};
+use crate::net::wan::{
+    H1_WAN_IP, HA_HOME_LINK, HA_WAN_IP, ROUTER_CN_IP, ROUTER_CN_LINK, Site, WAN_LINK, Wan,
+};
 use crate::net::{GUEST_IP, GUEST_MAC, Nics, TAP};
 use crate::proc::{self, Background};
 use crate::vm::{Boot, Vmm};
@@ -22,6 +31,27 @@ pub const SPI: u32 = 300;
 const MOVE: Duration = Duration::from_secs(60);
 /// What the destination logs when the guest runs there, with the wall-clock time.
 const RESUMED_AT: &str = "(resumed at ";
+/// The client edge's address: the router's, on the correspondent's link.
+pub const CLIENT_EDGE: &str = ROUTER_CN_IP;
+
+/// How a moved guest keeps its address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Strategy {
+    /// Mobile IPv4: a home agent tunnels to the site.
+    Mip,
+    /// Network paging: address-translation edges map the address to a location address.
+    Nat,
+}
+
+impl Strategy {
+    /// Its name (`--mobility`'s prefix).
+    pub fn name(self) -> &'static str {
+        match self {
+            Strategy::Mip => "mip",
+            Strategy::Nat => "nat",
+        }
+    }
+}
 
 /// A file removed on drop.
 #[derive(Debug)]
@@ -94,51 +124,126 @@ pub struct Move {
     pub ended: f64,
 }
 
-/// A guest on a wide-area topology with its home agent running.
+/// A wide-area agent the harness runs: the home agent, or an edge.
+pub struct Agent {
+    /// What it is: `home agent`, `client edge`, `site A edge`, `site B edge`.
+    pub name: String,
+    /// The process.
+    pub process: Background,
+    cmd: Command,
+    state: TempPath,
+}
+
+impl Agent {
+    /// Starts `cmd` and waits until it serves (prints `ready`).
+    fn start(name: &str, mut cmd: Command, state: TempPath, ready: &str) -> Result<Agent> {
+        let mut process =
+            Background::spawn(&mut cmd).with_context(|| format!("starting the {name}"))?;
+        process
+            .wait_for(ready, Duration::from_secs(10))
+            .with_context(|| format!("the {name}"))?;
+        Ok(Agent {
+            name: name.to_owned(),
+            process,
+            cmd,
+            state,
+        })
+    }
+
+    /// Its state file.
+    pub fn state_file(&self) -> &Path {
+        &self.state.0
+    }
+}
+
+/// A guest on a wide-area topology with its home agent (or its edges) running.
 pub struct WideArea {
-    // Drop order: the guest's VMM, the home agent, then the topology and the files.
+    // Drop order: the guest's VMM, the agents, then the topology and the files.
     /// The VMM serving the guest now.
     pub current: Current,
-    /// The home agent.
-    pub ha: Background,
-    ha_cmd: Command,
-    mobility: String,
+    /// The home agent, or the client edge and the sites' edges.
+    pub agents: Vec<Agent>,
+    strategy: Strategy,
     /// The topology.
     pub wan: Wan,
-    files: [TempPath; 3],
+    files: [TempPath; 2],
     port: u16,
 }
 
 impl WideArea {
-    /// The topology (one-way WAN delay `delay_ms`), the home agent, and `image` booted on
-    /// its home link; returns once it answers the correspondent and its agent answers.
-    pub fn start(image: &Path, tag: &str, delay_ms: u32) -> Result<WideArea> {
+    /// The topology (one-way WAN delay `delay_ms`), the agents of `strategy`, and `image`
+    /// booted on its home link; returns once it answers the correspondent and its agent
+    /// answers.
+    pub fn start(image: &Path, tag: &str, delay_ms: u32, strategy: Strategy) -> Result<WideArea> {
         let wan = Wan::unique(tag)?.with_delay_ms(delay_ms).up()?;
         let key = key_hex();
         let keys = temp(&format!("{tag}-keys"));
         std::fs::write(&keys.0, format!("spi={SPI} home={GUEST_IP} key={key}\n"))?;
         let client_key = temp(&format!("{tag}-key"));
         std::fs::write(&client_key.0, format!("{key}\n"))?;
-        let state = temp(&format!("{tag}-state"));
-        let mobility = format!(
-            "mip:ha={HA_WAN_IP},home={GUEST_IP}/24,spi={SPI},key=@{}",
-            client_key.0.display()
-        );
-        let mut ha_cmd = Wan::exec_in(&wan.home_agent_ns(), crate::host_vmm_path());
-        ha_cmd
-            .args([
-                "home-agent",
-                "--listen",
-                HA_WAN_IP,
-                "--home-link",
-                HA_HOME_LINK,
-            ])
-            .arg("--keys")
-            .arg(&keys.0)
-            .arg("--state")
-            .arg(&state.0)
-            .env("RUST_LOG", "info");
-        let ha = Background::spawn(&mut ha_cmd).context("starting the home agent")?;
+        let agent = |ns: &str, args: &[&str], state: &TempPath| {
+            let mut cmd = Wan::exec_in(ns, crate::host_vmm_path());
+            cmd.args(args)
+                .arg("--keys")
+                .arg(&keys.0)
+                .arg("--state")
+                .arg(&state.0)
+                .env("RUST_LOG", "info");
+            cmd
+        };
+        let agents = match strategy {
+            Strategy::Mip => {
+                let state = temp(&format!("{tag}-state"));
+                let cmd = agent(
+                    &wan.home_agent_ns(),
+                    &[
+                        "home-agent",
+                        "--listen",
+                        HA_WAN_IP,
+                        "--home-link",
+                        HA_HOME_LINK,
+                    ],
+                    &state,
+                );
+                vec![Agent::start("home agent", cmd, state, "home agent on")?]
+            }
+            Strategy::Nat => {
+                let state = temp(&format!("{tag}-client-state"));
+                let cmd = agent(
+                    &wan.router_ns(),
+                    &[
+                        "nat-edge",
+                        "--listen",
+                        CLIENT_EDGE,
+                        "--role",
+                        "client",
+                        "--link",
+                        ROUTER_CN_LINK,
+                    ],
+                    &state,
+                );
+                let mut agents = vec![Agent::start("client edge", cmd, state, "nat edge (")?];
+                for site in Site::ALL {
+                    let state = temp(&format!("{tag}-{}-state", site.key()));
+                    let cmd = agent(
+                        &wan.ns(site),
+                        &[
+                            "nat-edge",
+                            "--listen",
+                            site.care_of(),
+                            "--role",
+                            "site",
+                            "--link",
+                            WAN_LINK,
+                        ],
+                        &state,
+                    );
+                    let name = format!("site {} edge", site_letter(site));
+                    agents.push(Agent::start(&name, cmd, state, "nat edge (")?);
+                }
+                agents
+            }
+        };
         let ctl = Control::unique("wa");
         let cmdline = crate::net::guest_cmdline();
         let boot = Boot {
@@ -157,11 +262,10 @@ impl WideArea {
                 ctl,
                 at: Place::Home,
             },
-            ha,
-            ha_cmd,
-            mobility,
+            agents,
+            strategy,
             wan,
-            files: [keys, client_key, state],
+            files: [keys, client_key],
             port: 7600,
         };
         w.wait_answers(Duration::from_secs(60))?;
@@ -169,25 +273,80 @@ impl WideArea {
         Ok(w)
     }
 
-    /// The `--mobility` setting every receiver gets.
-    pub fn mobility(&self) -> &str {
-        &self.mobility
+    /// The strategy.
+    pub fn strategy(&self) -> Strategy {
+        self.strategy
     }
 
-    /// The home agent's state file.
-    pub fn state_file(&self) -> &Path {
-        &self.files[2].0
+    /// The `--mobility` setting a receiver for `to` gets.
+    pub fn mobility(&self, to: Place) -> String {
+        let key = self.files[1].0.display();
+        match (self.strategy, to) {
+            (Strategy::Mip, _) => {
+                format!("mip:ha={HA_WAN_IP},home={GUEST_IP}/24,spi={SPI},key=@{key}")
+            }
+            (Strategy::Nat, Place::Home) => {
+                format!("nat:edge={CLIENT_EDGE},home={GUEST_IP}/24,spi={SPI},key=@{key}")
+            }
+            (Strategy::Nat, Place::Site(s)) => format!(
+                "nat:edge={CLIENT_EDGE},site={},home={GUEST_IP}/24,loc={},spi={SPI},key=@{key}",
+                s.care_of(),
+                s.location()
+            ),
+        }
     }
 
-    /// Stops the home agent (SIGTERM, then SIGKILL).
-    pub fn stop_home_agent(&mut self) {
-        self.ha.stop(Duration::from_secs(2));
+    /// The agent called `name`.
+    pub fn agent(&mut self, name: &str) -> Result<&mut Agent> {
+        self.agents
+            .iter_mut()
+            .find(|a| a.name == name)
+            .with_context(|| format!("no {name} in this wide-area run"))
+    }
+
+    /// What every agent printed, each under its name (for a failure's message).
+    pub fn agents_output(&self) -> String {
+        self.agents
+            .iter()
+            .map(|a| format!("--- {} ---\n{}", a.name, a.process.output()))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Stops the agent `name` as an operator would (SIGTERM, then SIGKILL after 2 s).
+    pub fn stop_agent(&mut self, name: &str) -> Result<()> {
+        let agent = self.agent(name)?;
+        let _ = Command::new("kill")
+            .args(["-TERM", &agent.process.pid().to_string()])
+            .status();
+        agent.process.stop(Duration::from_secs(2));
+        Ok(())
+    }
+
+    /// Starts the agent `name` again, with the same keys and state file.
+    pub fn restart_agent(&mut self, name: &str) -> Result<()> {
+        let agent = self.agent(name)?;
+        agent.process = Background::spawn(&mut agent.cmd)
+            .with_context(|| format!("restarting the {}", agent.name))?;
+        let ready = if name == "home agent" {
+            "home agent on"
+        } else {
+            "nat edge ("
+        };
+        agent
+            .process
+            .wait_for(ready, Duration::from_secs(10))
+            .with_context(|| format!("the {name}"))
+    }
+
+    /// Stops the home agent.
+    pub fn stop_home_agent(&mut self) -> Result<()> {
+        self.stop_agent("home agent")
     }
 
     /// Starts the home agent again, with the same keys and state file.
     pub fn restart_home_agent(&mut self) -> Result<()> {
-        self.ha = Background::spawn(&mut self.ha_cmd).context("restarting the home agent")?;
-        Ok(())
+        self.restart_agent("home agent")
     }
 
     /// Where a receiver for `to` runs, listens, and what its `--net` is.
@@ -198,7 +357,11 @@ impl WideArea {
                 H1_WAN_IP,
                 format!("tap={TAP},mac={GUEST_MAC}"),
             ),
-            Place::Site(s) => (self.wan.ns(s), s.care_of(), format!("mip,mac={GUEST_MAC}")),
+            Place::Site(s) => (
+                self.wan.ns(s),
+                s.care_of(),
+                format!("{},mac={GUEST_MAC}", self.strategy.name()),
+            ),
         }
     }
 
@@ -210,7 +373,7 @@ impl WideArea {
         let ctl = Control::unique("wa");
         let mut cmd = Wan::exec_in(&ns, crate::host_vmm_path());
         cmd.args(["receive", "--listen", &listen, "--net", &net])
-            .args(["--mobility", &self.mobility])
+            .args(["--mobility", &self.mobility(to)])
             .arg("--api-socket")
             .arg(ctl.path())
             .env("RUST_LOG", "info");
@@ -300,13 +463,33 @@ impl WideArea {
             .with_context(|| format!("at {}", self.current.at.name()))
     }
 
-    /// The home agent's bindings (`home-agent status`).
-    pub fn bindings(&self) -> Result<String> {
+    /// The bindings of the agent `name` (`home-agent status` / `nat-edge status`).
+    pub fn bindings(&mut self, name: &str) -> Result<String> {
+        let command = if name == "home agent" {
+            "home-agent"
+        } else {
+            "nat-edge"
+        };
+        let state = self.agent(name)?.state_file().to_owned();
         let out = Command::new(crate::host_vmm_path())
-            .args(["home-agent", "status", "--state"])
-            .arg(self.state_file())
+            .args([command, "status", "--state"])
+            .arg(state)
             .output()?;
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// The nftables ruleset in namespace `ns` (`nft list ruleset`).
+    pub fn ruleset(&self, ns: &str) -> Result<String> {
+        let out = Wan::exec_in(ns, "nft").args(["list", "ruleset"]).output()?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+/// `A` or `B`.
+fn site_letter(site: Site) -> &'static str {
+    match site {
+        Site::A => "A",
+        Site::B => "B",
     }
 }
 

@@ -403,6 +403,7 @@ fn unknown_fields_are_ignored_and_defaults_filled() {
                 net: vec![NetConfig {
                     tap: "tap0".into(),
                     mip: false,
+                    nat: false,
                     mac: None
                 }],
                 vf: None,
@@ -889,6 +890,51 @@ fn migration_bodies_become_options_and_plans() {
     assert_eq!(plan.listen.to_string(), "tcp:0.0.0.0:6000");
     assert_eq!(plan.devices.net.unwrap().tap, "t0");
     assert!(plan.devices.vf.is_none());
+}
+
+#[test]
+fn a_receiver_away_from_home_is_routed_with_network_paging() {
+    let body = r#"{"receiver_url":"tcp:0.0.0.0:6000",
+        "net":[{"nat":true,"mac":"52:54:00:12:34:56"}],
+        "mobility":"nat:edge=198.18.3.1,site=198.18.21.2,home=198.18.0.10/24,loc=198.18.21.10,spi=300,key=@/k"}"#;
+    let ApiRequest::VmReceiveMigration(data) = parse(Endpoint::VmReceiveMigration, body).unwrap()
+    else {
+        panic!()
+    };
+    let plan = data.to_plan().unwrap();
+    let net = plan.devices.net.unwrap();
+    assert!(net.nat && !net.mip);
+    assert_eq!(net.tap, "nat0", "the default routed TAP");
+    assert_eq!(net.mac.to_string(), "52:54:00:12:34:56");
+    let mip::Mobility::Nat(setting) = plan.mobility else {
+        panic!("{:?}", plan.mobility)
+    };
+    assert_eq!(setting.location, Some("198.18.21.10".parse().unwrap()));
+    // A TAP may be named; mip and nat together are refused, as is a bad nat: setting.
+    let named = r#"{"receiver_url":"tcp:0.0.0.0:6000","net":[{"nat":true,"tap":"vm3"}]}"#;
+    let ApiRequest::VmReceiveMigration(data) = parse(Endpoint::VmReceiveMigration, named).unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(data.to_plan().unwrap().devices.net.unwrap().tap, "vm3");
+    for (body, field) in [
+        (
+            r#"{"receiver_url":"tcp:0.0.0.0:6000","net":[{"nat":true,"mip":true}]}"#,
+            "net[0].nat",
+        ),
+        (
+            r#"{"receiver_url":"tcp:0.0.0.0:6000","mobility":"nat:home=198.18.0.10/24"}"#,
+            "mobility",
+        ),
+    ] {
+        let e = parse(Endpoint::VmReceiveMigration, body).unwrap_err();
+        assert_eq!(e.status, 400);
+        assert!(
+            e.message.contains(&format!("`{field}`")),
+            "{body}: {}",
+            e.message
+        );
+    }
 }
 
 #[test]

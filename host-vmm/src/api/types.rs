@@ -91,6 +91,11 @@ pub struct NetConfig {
     /// (a guest away from home; needs `mobility`). Not for `vf`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub mip: bool,
+    /// Roam: the TAP (`nat0` unless `tap` names one) is routed, not bridged: this host
+    /// routes the guest's address into it (network paging, a guest away from home; needs
+    /// a `nat:` `mobility`). Not for `vf`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub nat: bool,
     /// The guest's MAC, e.g. `52:54:00:12:34:56` (default: derived from the TAP name; the
     /// VF's default is the virtio-net card's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -184,6 +189,7 @@ impl VmConfig {
                 vf,
                 agent: true,
                 tunnel: None,
+                routed: None,
             },
         })
     }
@@ -205,6 +211,31 @@ fn devices(
         ));
     }
     let net = match net.first() {
+        Some(n) if n.mip && n.nat => {
+            return Err(FieldError::new(
+                "net[0].nat",
+                "give mip: true or nat: true, not both",
+            ));
+        }
+        Some(n) if n.nat => {
+            let tap = if n.tap.is_empty() {
+                config::DEFAULT_NAT_TAP.to_owned()
+            } else {
+                tap_and_mac(n, "net[0]")?.0
+            };
+            let mac = n
+                .mac
+                .as_deref()
+                .map(str::parse::<MacAddr>)
+                .transpose()
+                .map_err(|e| FieldError::new("net[0].mac", e))?;
+            Some(config::NetConfig {
+                mac: mac.unwrap_or_else(|| MacAddr::for_tap(&tap)),
+                tap,
+                mip: false,
+                nat: true,
+            })
+        }
         Some(n) if n.mip => {
             if !n.tap.is_empty() {
                 return Err(FieldError::new(
@@ -221,6 +252,7 @@ fn devices(
             Some(config::NetConfig {
                 tap: String::new(),
                 mip: true,
+                nat: false,
                 mac: mac.unwrap_or_else(|| MacAddr::for_tap("mip")),
             })
         }
@@ -229,6 +261,7 @@ fn devices(
             Some(config::NetConfig {
                 mac: mac.unwrap_or_else(|| MacAddr::for_tap(&tap)),
                 mip: false,
+                nat: false,
                 tap,
             })
         }
@@ -341,8 +374,10 @@ pub struct ReceiveMigrationData {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vf: Option<NetConfig>,
     /// Roam: how the guest keeps its address after a move to another subnet, as
-    /// `host-vmm receive --mobility` takes it: `none`, or
-    /// `mip:ha=ADDR,home=HOA/PREFIX,spi=N,key=@FILE[,lifetime=S]` (Mobile IPv4).
+    /// `host-vmm receive --mobility` takes it: `none`,
+    /// `mip:ha=ADDR,home=HOA/PREFIX,spi=N,key=@FILE[,lifetime=S]` (Mobile IPv4), or
+    /// `nat:edge=ADDR,home=A/PREFIX,loc=L,spi=N,key=@FILE[,site=ADDR][,lifetime=S]`
+    /// (network paging).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mobility: Option<String>,
 }
@@ -380,6 +415,7 @@ impl ReceiveMigrationData {
                 vf,
                 agent: true,
                 tunnel: None,
+                routed: None,
             },
         })
     }

@@ -150,8 +150,9 @@ fn nic_status(answer: AgentAnswer) -> NicAnswer {
 
 /// A [`RunConfig`] as the API's `VmConfig` (what `vm.create` took).
 fn vm_config(config: Option<&RunConfig>, info: &Info) -> types::VmConfig {
-    let nic = |tap: &str, mac: String| types::NetConfig {
+    let nic = |tap: &str, nat: bool, mac: String| types::NetConfig {
         mip: tap.is_empty(),
+        nat,
         tap: tap.to_owned(),
         mac: Some(mac),
     };
@@ -167,13 +168,13 @@ fn vm_config(config: Option<&RunConfig>, info: &Info) -> types::VmConfig {
             .devices
             .net
             .iter()
-            .map(|n| nic(&n.tap, n.mac.to_string()))
+            .map(|n| nic(&n.tap, n.nat, n.mac.to_string()))
             .collect(),
         vf: info
             .devices
             .vf
             .as_ref()
-            .map(|v| nic(&v.tap, v.mac.to_string())),
+            .map(|v| nic(&v.tap, false, v.mac.to_string())),
     }
 }
 

@@ -318,7 +318,7 @@ impl Controller {
             vmm,
             config,
             devices,
-            refresher: None,
+            refreshers: Vec::new(),
         }
     }
 
@@ -691,23 +691,40 @@ impl Controller {
 
     /// `vm.receive-migration`: listens on `address` (returns once it does) and takes one
     /// guest in on a thread of its own with `devices` (and its `mobility`: the home agent
-    /// hears where it is); the guest then runs here.
+    /// or the edges hear where it is); the guest then runs here.
     pub fn receive_migration(
         self: &Arc<Self>,
         address: &Address,
         mut devices: DeviceConfig,
         mobility: mip::Mobility,
     ) -> Result<String, OpError> {
-        if let mip::Mobility::Mip(s) = &mobility {
-            devices.tunnel = Some(TunnelEnds {
-                home_agent: s.home_agent,
-                home: s.home_address,
-            });
+        match &mobility {
+            mip::Mobility::Mip(s) => {
+                devices.tunnel = Some(TunnelEnds {
+                    home_agent: s.home_agent,
+                    home: s.home_address,
+                });
+            }
+            mip::Mobility::Nat(s) => devices.routed = Some(s.home_address),
+            mip::Mobility::None => {}
         }
-        if devices.net.as_ref().is_some_and(|n| n.mip) && devices.tunnel.is_none() {
+        let net = devices.net.as_ref();
+        if net.is_some_and(|n| n.mip) && devices.tunnel.is_none() {
             return Err(OpError::BadRequest(
                 "net mip (the tunnel to the home agent) needs a mip: mobility setting".into(),
             ));
+        }
+        if net.is_some_and(|n| n.nat) {
+            match &mobility {
+                mip::Mobility::Nat(s) if s.location.is_some() => {}
+                _ => {
+                    return Err(OpError::BadRequest(
+                        "net nat (a TAP routed to the guest at a foreign site) needs a nat: \
+                         mobility setting with loc= (its location address here)"
+                            .into(),
+                    ));
+                }
+            }
         }
         let previous = {
             let mut inner = lock(&self.inner);
@@ -740,7 +757,7 @@ impl Controller {
                 match destination::receive(listening, &devices, &mobility, console) {
                     Ok(arrival) => {
                         let mut adopted = this.adopt(arrival.vmm, None, devices, true);
-                        adopted.refresher = arrival.refresher;
+                        adopted.refreshers = arrival.refreshers;
                         let _ = adopted.run();
                     }
                     Err(e) => {
@@ -826,8 +843,8 @@ pub struct Adopted {
     vmm: Vmm,
     config: Option<RunConfig>,
     devices: DeviceConfig,
-    /// Keeps a guest's Mobile IP binding alive while it runs here.
-    refresher: Option<Refresher>,
+    /// Keep a guest's bindings (home agent, edges) alive while it runs here.
+    refreshers: Vec<Refresher>,
 }
 
 impl Adopted {
@@ -836,7 +853,7 @@ impl Adopted {
     pub fn run(mut self) -> Result<Outcome, String> {
         let outcome = self.vmm.run().map_err(|e| e.to_string());
         // The guest left or stopped: no more refreshes from here.
-        drop(self.refresher);
+        drop(self.refreshers);
         drop(self.vmm);
         self.controller.ended(outcome, self.config, self.devices)
     }

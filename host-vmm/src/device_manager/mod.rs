@@ -34,7 +34,7 @@ use crate::kvm::KvmError;
 use crate::kvm::routing::FIRST_MSI_GSI;
 use crate::kvm::vm::Vm;
 use crate::memory::GuestRam;
-use crate::roaming::{MipTunnel, TunnelConfig};
+use crate::roaming::{MipTunnel, RoutedConfig, RoutedError, RoutedPort, TunnelConfig};
 use crate::tap::{Tap, TapError};
 use persisted::Persisted;
 use port::Port;
@@ -77,6 +77,14 @@ pub enum DeviceError {
     /// `--net mip` without a home agent to tunnel to.
     #[error("--net mip needs the guest's Mobile IP setting (--mobility mip:ha=...,home=...)")]
     NoTunnelEnds,
+    /// The routed TAP could not be opened (`--net nat`).
+    #[error(transparent)]
+    Routed(#[from] RoutedError),
+    /// `--net nat` without the guest's address to route.
+    #[error(
+        "--net nat needs the guest's network-paging setting (--mobility nat:edge=...,home=...)"
+    )]
+    NoRoutedAddress,
     /// An interrupt eventfd or a TAP writer could not be created.
     #[error("cannot create an eventfd: {0}")]
     EventFd(#[source] std::io::Error),
@@ -138,8 +146,19 @@ impl Opened {
     }
 }
 
-/// Opens the host end of virtio-net: its TAP, or the tunnel home.
+/// Opens the host end of virtio-net: its TAP, the tunnel home, or a routed TAP.
 fn open_port(net: &NetConfig, config: &DeviceConfig) -> Result<Port, DeviceError> {
+    if net.nat {
+        let home = config.routed.ok_or(DeviceError::NoRoutedAddress)?;
+        let port = RoutedPort::open(
+            &net.tap,
+            RoutedConfig {
+                home,
+                guest_mac: net.mac.octets(),
+            },
+        )?;
+        return Ok(Port::Routed(port));
+    }
     if !net.mip {
         return Ok(Port::Tap(Tap::open(&net.tap)?));
     }
@@ -459,6 +478,8 @@ impl<'a> Builder<'a> {
             config.mac,
             if config.mip {
                 "tunnel to the home agent".to_string()
+            } else if config.nat {
+                format!("TAP {} (routed)", config.tap)
             } else {
                 format!("TAP {}", config.tap)
             },

@@ -1,8 +1,9 @@
 //! Where virtio-net's frames go on this host: a TAP, or (a guest away from home) the
-//! IP-in-IP tunnel to its home agent.
+//! IP-in-IP tunnel to its home agent, or a TAP this host routes the guest's address into
+//! (network paging).
 
 use crate::devices::virtio::net::backend::NetBackend;
-use crate::roaming::MipTunnel;
+use crate::roaming::{MipTunnel, RoutedPort};
 use crate::tap::Tap;
 use std::io;
 use std::os::fd::RawFd;
@@ -14,6 +15,8 @@ pub enum Port {
     Tap(Tap),
     /// The tunnel to the home agent.
     Mip(MipTunnel),
+    /// A routed TAP (`--net nat`).
+    Routed(RoutedPort),
 }
 
 impl NetBackend for Port {
@@ -21,6 +24,7 @@ impl NetBackend for Port {
         match self {
             Port::Tap(t) => t.recv(buf),
             Port::Mip(m) => m.recv(buf),
+            Port::Routed(r) => r.recv(buf),
         }
     }
 
@@ -28,6 +32,7 @@ impl NetBackend for Port {
         match self {
             Port::Tap(t) => t.send(frame),
             Port::Mip(m) => m.send(frame),
+            Port::Routed(r) => r.send(frame),
         }
     }
 
@@ -35,6 +40,7 @@ impl NetBackend for Port {
         match self {
             Port::Tap(t) => t.ready_fd(),
             Port::Mip(m) => m.ready_fd(),
+            Port::Routed(r) => r.ready_fd(),
         }
     }
 }

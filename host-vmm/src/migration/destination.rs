@@ -6,7 +6,9 @@
 use super::target::{Address, AddressError, Listening, Stream};
 use crate::config::{DeviceConfig, MemSize};
 use crate::memory::{GuestRam, PAGE_SIZE};
-use crate::roaming::registration::{self, Refresher, Registrar, RegistrationError};
+use crate::roaming::registration::{
+    self, Granted, Refresher, Registrar, RegistrationError, Target,
+};
 use crate::vmm::{self, MachineState, Vmm};
 use migration_wire::{Message, Mode, WireError, decode_state, read_message, write_message};
 use std::fs::File;
@@ -39,19 +41,129 @@ pub enum ReceiveError {
     /// The home agent did not take the guest's new location.
     #[error("Mobile IP: {0}")]
     Mobility(#[from] RegistrationError),
+    /// An edge did not take the guest's new location.
+    #[error("network paging: {0}")]
+    Paging(RegistrationError),
     /// A mobility setting this host-vmm cannot carry out.
     #[error("{0}")]
     MobilityUnsupported(String),
 }
 
-/// A guest that arrived: its VM, ready to run, and (away from home) what keeps its binding
-/// with the home agent alive while it runs here.
+/// A guest that arrived: its VM, ready to run, and (away from home) what keeps its
+/// bindings with the home agent or the edges alive while it runs here.
 #[derive(Debug)]
 pub struct Arrival {
     /// The VM.
     pub vmm: Vmm,
-    /// Refreshes the Mobile IP binding; drop it when the guest stops running here.
-    pub refresher: Option<Refresher>,
+    /// Refresh the bindings; drop them when the guest stops running here.
+    pub refreshers: Vec<Refresher>,
+}
+
+/// Who learns where the guest is, per its mobility setting.
+enum Mover {
+    /// Nobody.
+    None,
+    /// Its Mobile IP home agent.
+    Mip(Registrar),
+    /// The edges of network paging: this site's own (registered before the guest pauses;
+    /// away from home only) and the client edges (switched while it is paused).
+    Nat {
+        site: Option<Registrar>,
+        edges: Vec<Registrar>,
+    },
+}
+
+/// What a move registered before it could fail: taken back if it does.
+#[derive(Default)]
+struct Told {
+    site: Option<Registrar>,
+}
+
+impl Told {
+    /// Removes the site edge's entry of a move that did not happen (best effort, bounded:
+    /// the source already runs the guest again; an entry left expires with its lifetime).
+    fn take_back(&mut self) {
+        if let Some(mut site) = self.site.take() {
+            match site.withdraw(WITHDRAW_BOUND) {
+                Ok(_) => log::info!(
+                    "migration: the site edge {} no longer maps the guest to {}",
+                    site.target().agent,
+                    site.care_of()
+                ),
+                Err(e) => log::warn!("migration: taking the site edge's entry back: {e}"),
+            }
+        }
+    }
+}
+
+/// How long taking back a site edge's entry may take.
+const WITHDRAW_BOUND: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Runs `each` on every registrar at once (one round trip for all, not one each); the
+/// first error, if any, once all have answered or given up.
+fn all_at_once(
+    registrars: &mut [Registrar],
+    each: impl Fn(&mut Registrar) -> Result<Granted, RegistrationError> + Sync,
+) -> Result<Vec<Granted>, RegistrationError> {
+    if let [one] = registrars {
+        return each(one).map(|g| vec![g]);
+    }
+    let each = &each;
+    std::thread::scope(|s| {
+        let running: Vec<_> = registrars
+            .iter_mut()
+            .map(|r| s.spawn(move || each(r)))
+            .collect();
+        running
+            .into_iter()
+            .map(|t| {
+                t.join().unwrap_or_else(|_| {
+                    Err(RegistrationError::Socket {
+                        role: "edge",
+                        agent: std::net::Ipv4Addr::UNSPECIFIED,
+                        error: std::io::Error::other("the registration thread panicked"),
+                    })
+                })
+            })
+            .collect()
+    })
+}
+
+impl Mover {
+    /// The registrars `mobility` asks for, for a guest that will run away from home
+    /// (`away`) or at home: keys read, sockets open.
+    fn new(mobility: &mip::Mobility, away: bool) -> Result<Mover, ReceiveError> {
+        Ok(match mobility {
+            mip::Mobility::None => Mover::None,
+            mip::Mobility::Mip(setting) => Mover::Mip(Registrar::new(Target::home_agent(setting))?),
+            mip::Mobility::Nat(setting) => {
+                if away && setting.location.is_none() {
+                    return Err(ReceiveError::MobilityUnsupported(
+                        "--mobility nat: away from home needs loc= (the guest's location \
+                         address at this site)"
+                            .into(),
+                    ));
+                }
+                let open = |edge| {
+                    Registrar::new(Target::edge(setting, edge)).map_err(ReceiveError::Paging)
+                };
+                // At home, every edge named (this site's too) hears that the guest is home.
+                let (site, more) = match (away, setting.site) {
+                    (true, Some(site)) => (Some(open(site)?), None),
+                    (false, Some(site)) => (None, Some(site)),
+                    (_, None) => (None, None),
+                };
+                let edges = setting
+                    .edges
+                    .iter()
+                    .copied()
+                    .chain(more)
+                    .map(open)
+                    .collect::<Result<Vec<_>, _>>()?;
+                Mover::Nat { site, edges }
+            }
+        })
+    }
 }
 
 /// Starts listening on `address` (so a source may connect as soon as this returns).
@@ -70,13 +182,15 @@ pub fn receive(
 ) -> Result<Arrival, ReceiveError> {
     let mut stream = listening.accept().map_err(ReceiveError::Accept)?;
     drop(listening);
-    match incoming(devices, mobility, &mut stream, console) {
+    let mut told = Told::default();
+    match incoming(devices, mobility, &mut stream, console, &mut told) {
         Ok(arrival) => Ok(arrival),
         Err(e) => {
             // Tell the source why, so it rolls back at once (best effort: it may be gone).
             if !matches!(e, ReceiveError::Wire(WireError::PeerAborted(_))) {
                 let _ = write_message(&mut stream, &Message::Failed(e.to_string()));
             }
+            told.take_back();
             Err(e)
         }
     }
@@ -88,19 +202,35 @@ fn incoming(
     mobility: &mip::Mobility,
     stream: &mut Stream,
     console: Box<dyn Write + Send>,
+    told: &mut Told,
 ) -> Result<Arrival, ReceiveError> {
     let start = Instant::now();
-    // Ready before the guest pauses: the key read, the socket open, the care-of known.
-    let mut registrar = match mobility {
-        mip::Mobility::None => None,
-        mip::Mobility::Mip(setting) => Some(Registrar::new(setting)?),
-        mip::Mobility::Nat(_) => {
-            return Err(ReceiveError::MobilityUnsupported(
-                "--mobility nat: is not implemented yet; use mip:... or none".into(),
-            ));
-        }
-    };
-    let away = devices.net.as_ref().is_some_and(|n| n.mip);
+    let away = devices.net.as_ref().is_some_and(|n| n.mip || n.nat);
+    // Ready before the guest pauses: the keys read, the sockets open, the care-of known.
+    let mut mover = Mover::new(mobility, away)?;
+    // This site's edge first, while the guest still runs at the source: its entry routes
+    // nothing here until a client edge points at the location address, and a site edge
+    // that does not answer stops the move before the guest ever pauses.
+    let mut site_granted = None;
+    if let Mover::Nat {
+        site: site @ Some(_),
+        ..
+    } = &mut mover
+        && let Some(mut r) = site.take()
+    {
+        let g = r
+            .register(registration::MOVE_BOUND)
+            .map_err(ReceiveError::Paging)?;
+        log::info!(
+            "migration: the site edge {} maps {} to {} (took {:?})",
+            r.target().agent,
+            r.target().home,
+            r.care_of(),
+            g.took
+        );
+        site_granted = Some(g);
+        told.site = Some(r);
+    }
     let hello = match read_message(stream)? {
         Message::Hello(h) => h,
         other => {
@@ -178,23 +308,48 @@ fn incoming(
     let state = state.ok_or_else(|| {
         ReceiveError::Refused("the stream ended without the machine state".into())
     })?;
-    // The source is paused now: the home agent learns where the guest runs (or that it is
-    // home) before it runs here; no acknowledgment means no move (the source resumes it).
-    let granted = match registrar.as_mut() {
-        Some(r) if away => Some(r.register(registration::MOVE_BOUND)?),
-        Some(r) => {
-            r.deregister(registration::MOVE_BOUND)?;
-            None
+    // The source is paused now: the home agent or the client edges learn where the guest
+    // runs (or that it is home) before it runs here; no acknowledgment means no move (the
+    // source resumes it).
+    let mut bound = Vec::new();
+    match &mut mover {
+        Mover::None => {}
+        Mover::Mip(r) if away => {
+            let g = r.register(registration::MOVE_BOUND)?;
+            log::info!(
+                "migration: home agent binds the guest to care-of {} for {} s (took {:?})",
+                r.care_of(),
+                g.lifetime,
+                g.took
+            );
+            bound.push(g);
         }
-        None => None,
-    };
-    if let (Some(g), Some(r)) = (granted, &registrar) {
-        log::info!(
-            "migration: home agent binds the guest to care-of {} for {} s (took {:?})",
-            r.care_of(),
-            g.lifetime,
-            g.took
-        );
+        Mover::Mip(r) => {
+            r.deregister(registration::MOVE_BOUND)?;
+        }
+        Mover::Nat { edges, .. } if away => {
+            let t = Instant::now();
+            bound = all_at_once(edges, |r| r.register(registration::MOVE_BOUND))
+                .map_err(ReceiveError::Paging)?;
+            log::info!(
+                "migration: {} edge(s) map the guest to {} (took {:?})",
+                edges.len(),
+                edges
+                    .first()
+                    .map_or_else(String::new, |r| r.care_of().to_string()),
+                t.elapsed()
+            );
+        }
+        Mover::Nat { edges, .. } => {
+            let t = Instant::now();
+            all_at_once(edges, |r| r.deregister(registration::MOVE_BOUND))
+                .map_err(ReceiveError::Paging)?;
+            log::info!(
+                "migration: {} edge(s) no longer translate: the guest is home (took {:?})",
+                edges.len(),
+                t.elapsed()
+            );
+        }
     }
     // Device I/O stays parked from the restore until the source has let go: until then the
     // source may still resume the guest, and with zero-copy it shares these very pages.
@@ -218,11 +373,22 @@ fn incoming(
     );
     // The guest runs here whatever happens now: a refresher that cannot start is a warning
     // (the binding lasts its lifetime).
-    let refresher = match (granted, registrar) {
-        (Some(g), Some(r)) => Refresher::start(r, g)
-            .map_err(|e| log::warn!("roaming: cannot keep the binding refreshed: {e}"))
-            .ok(),
-        _ => None,
-    };
-    Ok(Arrival { vmm, refresher })
+    let mut registered: Vec<(Registrar, Granted)> = Vec::new();
+    match mover {
+        Mover::Mip(r) if away => registered.extend(bound.pop().map(|g| (r, g))),
+        Mover::Nat { edges, .. } if away => registered.extend(edges.into_iter().zip(bound)),
+        _ => {}
+    }
+    if let (Some(site), Some(g)) = (told.site.take(), site_granted) {
+        registered.push((site, g));
+    }
+    let refreshers = registered
+        .into_iter()
+        .filter_map(|(r, g)| {
+            Refresher::start(r, g)
+                .map_err(|e| log::warn!("roaming: cannot keep a binding refreshed: {e}"))
+                .ok()
+        })
+        .collect();
+    Ok(Arrival { vmm, refreshers })
 }

@@ -124,7 +124,7 @@ struct HomeAgent {
 
 /// Blocks SIGTERM and SIGINT in this thread (so they wait for the signalfd) and returns the
 /// signalfd.
-fn termination_signals() -> Result<File, HomeAgentError> {
+pub(super) fn termination_signals() -> Result<File, HomeAgentError> {
     for signal in [libc::SIGTERM, libc::SIGINT] {
         match vmm_sys_util::signal::block_signal(signal) {
             Ok(()) | Err(vmm_sys_util::signal::Error::SignalAlreadyBlocked(_)) => {}

@@ -1,7 +1,9 @@
-//! Mobile IPv4 (RFC 5944) on the host: `host-vmm home-agent`, the home agent that keeps a
-//! moved VM reachable at its home address by tunnelling its packets to wherever it runs now.
-//! The messages, their HMAC-MD5 authentication, the timestamp check and the key file are
-//! the `mip` crate's (`proto/mip`); this module is the home agent around them.
+//! The wide-area agents beside the VMM: `host-vmm home-agent`, the Mobile IPv4 (RFC 5944)
+//! home agent that keeps a moved VM reachable at its home address by tunnelling its
+//! packets to wherever it runs now, and `host-vmm nat-edge`, an address-translation edge of
+//! network paging that maps the VM's address to its location address instead. Both take
+//! the same Registration Requests: the messages, their HMAC-MD5 authentication, the
+//! timestamp check and the key file are the `mip` crate's (`proto/mip`).
 //!
 //! ```text
 //!  correspondent ── WAN ── wan0 ┐ home agent ┌ home0 ── home link (proxy ARP for HOME)
@@ -20,13 +22,19 @@
 //!   over [`netlink`] (rtnetlink, no `ip`), [`tunnel`] (user-space IP-in-IP: this kernel
 //!   has no `ipip`) and [`arp`] (gratuitous ARP);
 //! - [`home_agent`]: the epoll loop that ties them together until SIGTERM;
+//! - [`nat_edge`]: the translation edge: the same checks and binding list, its data path
+//!   one nftables transaction per move ([`nft`]: the table, as `nft -f` text;
+//!   [`nfnetlink`]: a move's batch, sent straight to nf_tables);
 //! - `sys`: the only `unsafe` (sockets, TUN, signalfd), in small functions.
 
 pub mod arp;
 pub mod binding;
 pub mod datapath;
 pub mod home_agent;
+pub mod nat_edge;
 pub mod netlink;
+pub mod nfnetlink;
+pub mod nft;
 pub mod registration;
 pub mod state;
 #[allow(unsafe_code)]

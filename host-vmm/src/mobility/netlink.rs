@@ -79,7 +79,7 @@ pub struct Request {
 impl Request {
     /// A request of message type `kind` with `flags` (`NLM_F_REQUEST` is always set) and the
     /// family header `header`.
-    fn new(kind: u16, flags: u16, header: &[u8]) -> Request {
+    pub(super) fn new(kind: u16, flags: u16, header: &[u8]) -> Request {
         let mut buf = vec![0u8; NLMSG_HDRLEN];
         buf[4..6].copy_from_slice(&kind.to_ne_bytes());
         buf[6..8].copy_from_slice(&(flags | NLM_F_REQUEST).to_ne_bytes());
@@ -89,7 +89,7 @@ impl Request {
     }
 
     /// Appends attribute `kind` with `value` (`rtattr`: length, type, value, padding).
-    fn attr(mut self, kind: u16, value: &[u8]) -> Request {
+    pub(super) fn attr(mut self, kind: u16, value: &[u8]) -> Request {
         let len = 4 + value.len();
         self.buf
             .extend_from_slice(&u16::try_from(len).unwrap_or(u16::MAX).to_ne_bytes());

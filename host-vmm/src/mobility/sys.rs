@@ -74,7 +74,16 @@ fn sockaddr_in(addr: Ipv4Addr) -> libc::sockaddr_in {
 /// own error text) and acknowledgements capped to the header (the request is not echoed
 /// back). Reads time out after `timeout`, so a lost answer cannot hang the caller.
 pub(super) fn netlink_route(timeout: Duration) -> io::Result<File> {
-    let fd = socket(libc::AF_NETLINK, libc::SOCK_RAW, libc::NETLINK_ROUTE)?;
+    netlink(libc::NETLINK_ROUTE, timeout)
+}
+
+/// A NETLINK_NETFILTER socket (nf_tables), set up as [`netlink_route`]'s.
+pub(super) fn netlink_netfilter(timeout: Duration) -> io::Result<File> {
+    netlink(libc::NETLINK_NETFILTER, timeout)
+}
+
+fn netlink(protocol: libc::c_int, timeout: Duration) -> io::Result<File> {
+    let fd = socket(libc::AF_NETLINK, libc::SOCK_RAW, protocol)?;
     // SAFETY: an all-zero sockaddr_nl is valid (port id 0: the kernel picks one).
     let mut local: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
     local.nl_family = libc::AF_NETLINK as libc::sa_family_t;

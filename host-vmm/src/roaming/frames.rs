@@ -81,6 +81,38 @@ pub fn from_guest(frame: &[u8], home: Ipv4Addr) -> FromGuest<'_> {
 
 /// The reply to an ARP request in `arp` (from the frame `frame`), as the gateway would give.
 fn arp_answer(frame: &[u8], arp: &[u8], home: Ipv4Addr) -> Option<Vec<u8>> {
+    if frame.len() < ETH_LEN {
+        return None;
+    }
+    let request = parse_arp_request(arp)?;
+    // The guest probing its own address (or announcing it) needs no answer.
+    if request.target_ip == home || request.target_ip == request.sender_ip {
+        return None;
+    }
+    Some(arp_reply(&request, GATEWAY_MAC))
+}
+
+/// An ARP request for an IPv4 address over Ethernet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ArpRequest {
+    /// Who asks.
+    pub sender_mac: [u8; 6],
+    /// Its address.
+    pub sender_ip: Ipv4Addr,
+    /// The address asked about.
+    pub target_ip: Ipv4Addr,
+}
+
+/// The ARP request in the Ethernet frame `frame`, if it carries one.
+pub fn arp_request(frame: &[u8]) -> Option<ArpRequest> {
+    if u16_at(frame, 12)? != ETHERTYPE_ARP {
+        return None;
+    }
+    parse_arp_request(frame.get(ETH_LEN..)?)
+}
+
+/// The request in the ARP packet `arp` (Ethernet, IPv4, operation 1).
+fn parse_arp_request(arp: &[u8]) -> Option<ArpRequest> {
     if arp.len() < ARP_LEN
         || u16_at(arp, 0)? != 1 // Ethernet
         || u16_at(arp, 2)? != ETHERTYPE_IPV4
@@ -91,24 +123,50 @@ fn arp_answer(frame: &[u8], arp: &[u8], home: Ipv4Addr) -> Option<Vec<u8>> {
     {
         return None;
     }
-    let sender_mac: [u8; 6] = arp[8..14].try_into().ok()?;
-    let sender_ip = ip_at(arp, 14)?;
-    let target_ip = ip_at(arp, 24)?;
-    // The guest probing its own address (or announcing it) needs no answer.
-    if target_ip == home || target_ip == sender_ip || frame.len() < ETH_LEN {
-        return None;
-    }
+    Some(ArpRequest {
+        sender_mac: arp[8..14].try_into().ok()?,
+        sender_ip: ip_at(arp, 14)?,
+        target_ip: ip_at(arp, 24)?,
+    })
+}
+
+/// The ARP reply to `request` saying its target address is at `mac`: an Ethernet frame to
+/// the asker, padded to the shortest frame.
+pub fn arp_reply(request: &ArpRequest, mac: [u8; 6]) -> Vec<u8> {
     let mut reply = Vec::with_capacity(MIN_FRAME);
-    reply.extend_from_slice(&sender_mac);
-    reply.extend_from_slice(&GATEWAY_MAC);
+    reply.extend_from_slice(&request.sender_mac);
+    reply.extend_from_slice(&mac);
     reply.extend_from_slice(&ETHERTYPE_ARP.to_be_bytes());
     reply.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 2]);
-    reply.extend_from_slice(&GATEWAY_MAC);
-    reply.extend_from_slice(&target_ip.octets());
-    reply.extend_from_slice(&sender_mac);
-    reply.extend_from_slice(&sender_ip.octets());
+    reply.extend_from_slice(&mac);
+    reply.extend_from_slice(&request.target_ip.octets());
+    reply.extend_from_slice(&request.sender_mac);
+    reply.extend_from_slice(&request.sender_ip.octets());
     reply.resize(MIN_FRAME, 0);
-    Some(reply)
+    reply
+}
+
+/// The IPv4 packet in the Ethernet frame `frame` (cut to its total length), if it is one.
+pub fn ipv4_in(frame: &[u8]) -> Option<&[u8]> {
+    if u16_at(frame, 12)? != ETHERTYPE_IPV4 {
+        return None;
+    }
+    ipv4_packet(frame.get(ETH_LEN..)?)
+}
+
+/// The destination address of the IPv4 packet `packet` (as [`ipv4_in`] gives it).
+pub fn ipv4_destination(packet: &[u8]) -> Option<Ipv4Addr> {
+    ip_at(packet, 16)
+}
+
+/// An Ethernet frame from `src` to `dst` carrying the IPv4 packet `packet`.
+pub fn ipv4_frame(dst: [u8; 6], src: [u8; 6], packet: &[u8]) -> Vec<u8> {
+    let mut frame = Vec::with_capacity(ETH_LEN + packet.len());
+    frame.extend_from_slice(&dst);
+    frame.extend_from_slice(&src);
+    frame.extend_from_slice(&ETHERTYPE_IPV4.to_be_bytes());
+    frame.extend_from_slice(packet);
+    frame
 }
 
 /// The frame for the guest (MAC `guest_mac`, home address `home`) carried by `packet`, an
@@ -129,12 +187,7 @@ pub fn to_guest(
     if ip_at(inner, 16)? != home {
         return None;
     }
-    let mut frame = Vec::with_capacity(ETH_LEN + inner.len());
-    frame.extend_from_slice(&guest_mac);
-    frame.extend_from_slice(&GATEWAY_MAC);
-    frame.extend_from_slice(&ETHERTYPE_IPV4.to_be_bytes());
-    frame.extend_from_slice(inner);
-    Some(frame)
+    Some(ipv4_frame(guest_mac, GATEWAY_MAC, inner))
 }
 
 #[cfg(test)]

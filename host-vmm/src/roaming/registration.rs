@@ -1,16 +1,19 @@
-//! The destination host-vmm's side of Mobile IPv4 (HyperMIP): it registers the guest's home
-//! address with the home agent, its own address as the co-located care-of address (flags D
-//! and T), authenticated with HMAC-MD5, Identification an NTP timestamp; retransmits with
-//! backoff; takes a Reply only once it is authenticated and matches the Request; follows
-//! the home agent's clock on code 133; refreshes the binding before its lifetime ends; and
-//! deregisters when the guest comes home.
+//! The destination host-vmm's registrations: with a Mobile IPv4 home agent (HyperMIP: the
+//! guest's home address, this host's own address as the co-located care-of address, flags
+//! D and T), or with the edges of network paging (the same Requests: the guest's address,
+//! its location address at this site as the care-of address, no flags). Authenticated with
+//! HMAC-MD5, Identification an NTP timestamp; retransmitted with backoff; a Reply taken
+//! only once it is authenticated and matches the Request; the agent's clock followed on
+//! code 133; the binding refreshed before its lifetime ends; deregistered when the guest
+//! comes home.
 
 use mip::{
-    Flags, Message, MipSetting, RegistrationRequest, ReplyCode, RequestClock, SecurityAssociation,
-    read_key_file, reply_matches, sign_request, verify,
+    Flags, Message, MipSetting, NatSetting, RegistrationRequest, ReplyCode, RequestClock,
+    SecurityAssociation, read_key_file, reply_matches, sign_request, verify,
 };
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
@@ -20,7 +23,8 @@ use std::time::{Duration, Instant};
 const FIRST_WAIT: Duration = Duration::from_millis(100);
 /// The longest wait for one Reply.
 const MAX_WAIT: Duration = Duration::from_secs(1);
-/// How long a move waits for the home agent's acknowledgment before it rolls back.
+/// How long a move waits for the home agent's (or an edge's) acknowledgment before it
+/// rolls back.
 pub const MOVE_BOUND: Duration = Duration::from_secs(3);
 /// Code 133 resynchronisations per registration at most.
 const MAX_RESYNC: u32 = 2;
@@ -29,35 +33,108 @@ const MAX_RESYNC: u32 = 2;
 #[derive(Debug, thiserror::Error)]
 pub enum RegistrationError {
     /// The security association's key could not be read.
-    #[error("the Mobile IP key: {0}")]
+    #[error("the registration key: {0}")]
     Key(#[from] mip::ClientKeyError),
     /// The key or SPI does not make an association.
-    #[error("the Mobile IP security association: {0}")]
+    #[error("the registration's security association: {0}")]
     Association(#[from] mip::SaError),
-    /// The UDP socket to the home agent.
-    #[error("cannot reach the home agent {home_agent}: {error}")]
+    /// The UDP socket to the agent.
+    #[error("cannot reach the {role} {agent}: {error}")]
     Socket {
-        /// The home agent.
-        home_agent: Ipv4Addr,
+        /// What the agent is ("home agent", "edge").
+        role: &'static str,
+        /// Its address.
+        agent: Ipv4Addr,
         /// What failed.
         error: io::Error,
     },
     /// No authenticated Reply in time.
-    #[error("the home agent {home_agent} did not answer the registration within {waited:?}")]
+    #[error("the {role} {agent} did not answer the registration within {waited:?}")]
     Timeout {
-        /// The home agent.
-        home_agent: Ipv4Addr,
+        /// What the agent is.
+        role: &'static str,
+        /// Its address.
+        agent: Ipv4Addr,
         /// How long it was given.
         waited: Duration,
     },
-    /// The home agent said no.
-    #[error("the home agent {home_agent} refused the registration: code {code} ({code:?})", code = code.to_u8())]
+    /// The agent said no.
+    #[error("the {role} {agent} refused the registration: code {code} ({code:?})", code = code.to_u8())]
     Denied {
-        /// The home agent.
-        home_agent: Ipv4Addr,
+        /// What the agent is.
+        role: &'static str,
+        /// Its address.
+        agent: Ipv4Addr,
         /// Its reason.
         code: ReplyCode,
     },
+}
+
+/// The care-of address a registration gives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CareOf {
+    /// This host's address on the route to the agent (Mobile IP's co-located care-of
+    /// address).
+    Local,
+    /// This address (network paging: the guest's location address at this site).
+    Given(Ipv4Addr),
+}
+
+/// Who registrations go to, and what they say.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    /// What the agent is, for messages: "home agent" or "edge".
+    pub role: &'static str,
+    /// The agent: UDP port 434 there, and the Requests' Home Agent field.
+    pub agent: Ipv4Addr,
+    /// The guest's (home) address.
+    pub home: Ipv4Addr,
+    /// Where it is while it runs here.
+    pub care_of: CareOf,
+    /// The Requests' flags.
+    pub flags: Flags,
+    /// The security association's SPI.
+    pub spi: u32,
+    /// The file holding its key.
+    pub key_file: PathBuf,
+    /// Seconds to request.
+    pub lifetime: u16,
+}
+
+impl Target {
+    /// The home agent of a `mip:` setting: this host is the co-located care-of address,
+    /// flags D and T.
+    pub fn home_agent(setting: &MipSetting) -> Target {
+        Target {
+            role: "home agent",
+            agent: setting.home_agent,
+            home: setting.home_address,
+            care_of: CareOf::Local,
+            flags: Flags {
+                decapsulation_by_mn: true,
+                reverse_tunnel: true,
+                ..Flags::default()
+            },
+            spi: setting.spi,
+            key_file: setting.key_file.clone(),
+            lifetime: setting.lifetime,
+        }
+    }
+
+    /// The edge `edge` of a `nat:` setting: the guest's location address (the home
+    /// address if none is given: only a deregistration can use that), no flags.
+    pub fn edge(setting: &NatSetting, edge: Ipv4Addr) -> Target {
+        Target {
+            role: "edge",
+            agent: edge,
+            home: setting.home_address,
+            care_of: CareOf::Given(setting.location.unwrap_or(setting.home_address)),
+            flags: Flags::default(),
+            spi: setting.spi,
+            key_file: setting.key_file.clone(),
+            lifetime: setting.lifetime,
+        }
+    }
 }
 
 /// What the home agent granted.
@@ -71,10 +148,10 @@ pub struct Granted {
     pub took: Duration,
 }
 
-/// A guest's registrations with its home agent.
+/// A guest's registrations with one agent (its home agent, or one edge).
 #[derive(Debug)]
 pub struct Registrar {
-    setting: MipSetting,
+    target: Target,
     sa: SecurityAssociation,
     socket: UdpSocket,
     care_of: Ipv4Addr,
@@ -82,28 +159,26 @@ pub struct Registrar {
 }
 
 impl Registrar {
-    /// Reads the key and opens a UDP socket toward the home agent; this host's address on
-    /// the route to it becomes the care-of address.
-    pub fn new(setting: &MipSetting) -> Result<Registrar, RegistrationError> {
-        let key = read_key_file(&setting.key_file)?;
-        let sa = SecurityAssociation::new(setting.spi, key)?;
-        let ha = setting.home_agent;
-        let fail = |error| RegistrationError::Socket {
-            home_agent: ha,
-            error,
-        };
+    /// Reads the key and opens a UDP socket toward the agent; with [`CareOf::Local`] this
+    /// host's address on the route to it becomes the care-of address.
+    pub fn new(target: Target) -> Result<Registrar, RegistrationError> {
+        let key = read_key_file(&target.key_file)?;
+        let sa = SecurityAssociation::new(target.spi, key)?;
+        let (role, agent) = (target.role, target.agent);
+        let fail = |error| RegistrationError::Socket { role, agent, error };
         let socket = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)).map_err(fail)?;
         socket
-            .connect(SocketAddrV4::new(ha, mip::MIP_PORT))
+            .connect(SocketAddrV4::new(agent, mip::MIP_PORT))
             .map_err(fail)?;
-        let care_of = match socket.local_addr().map_err(fail)? {
-            SocketAddr::V4(a) => *a.ip(),
-            SocketAddr::V6(_) => {
-                return Err(fail(io::Error::other("no IPv4 route to the home agent")));
+        let care_of = match (target.care_of, socket.local_addr().map_err(fail)?) {
+            (CareOf::Given(addr), _) => addr,
+            (CareOf::Local, SocketAddr::V4(a)) => *a.ip(),
+            (CareOf::Local, SocketAddr::V6(_)) => {
+                return Err(fail(io::Error::other("no IPv4 route to the agent")));
             }
         };
         Ok(Registrar {
-            setting: setting.clone(),
+            target,
             sa,
             socket,
             care_of,
@@ -111,32 +186,39 @@ impl Registrar {
         })
     }
 
-    /// This host's care-of address.
+    /// The care-of address it registers.
     pub fn care_of(&self) -> Ipv4Addr {
         self.care_of
     }
 
+    /// Who it registers with.
+    pub fn target(&self) -> &Target {
+        &self.target
+    }
+
     /// Binds the home address to this host (the guest runs here, away from home).
     pub fn register(&mut self, bound: Duration) -> Result<Granted, RegistrationError> {
-        self.exchange(self.setting.lifetime, self.care_of, bound)
+        self.exchange(self.target.lifetime, self.care_of, bound)
     }
 
     /// Removes every binding of the home address (the guest is home again).
     pub fn deregister(&mut self, bound: Duration) -> Result<Granted, RegistrationError> {
-        self.exchange(mip::LIFETIME_DEREGISTER, self.setting.home_address, bound)
+        self.exchange(mip::LIFETIME_DEREGISTER, self.target.home, bound)
+    }
+
+    /// Removes the binding at this care-of address only (a move that did not happen):
+    /// whatever binding another host made since stays.
+    pub fn withdraw(&mut self, bound: Duration) -> Result<Granted, RegistrationError> {
+        self.exchange(mip::LIFETIME_DEREGISTER, self.care_of, bound)
     }
 
     fn request(&mut self, lifetime: u16, care_of: Ipv4Addr) -> (u64, Vec<u8>) {
         let identification = self.clock.next_identification();
         let mut request = RegistrationRequest {
-            flags: Flags {
-                decapsulation_by_mn: true,
-                reverse_tunnel: true,
-                ..Flags::default()
-            },
+            flags: self.target.flags,
             lifetime,
-            home_address: self.setting.home_address,
-            home_agent: self.setting.home_agent,
+            home_address: self.target.home,
+            home_agent: self.target.agent,
             care_of,
             identification,
             extensions: Vec::new(),
@@ -153,20 +235,17 @@ impl Registrar {
         care_of: Ipv4Addr,
         bound: Duration,
     ) -> Result<Granted, RegistrationError> {
-        let ha = self.setting.home_agent;
+        let (role, agent) = (self.target.role, self.target.agent);
         let start = Instant::now();
         let deadline = start + bound;
-        let socket_error = |error| RegistrationError::Socket {
-            home_agent: ha,
-            error,
-        };
+        let socket_error = |error| RegistrationError::Socket { role, agent, error };
         let (mut id, mut bytes) = self.request(lifetime, care_of);
         let mut wait = FIRST_WAIT;
         let mut resyncs = 0;
         let mut buf = [0u8; 1500];
         'send: loop {
             if let Err(e) = self.socket.send(&bytes) {
-                // An unreachable home agent (ICMP error) is worth retrying until the bound.
+                // An unreachable agent (ICMP error) is worth retrying until the bound.
                 log::debug!("roaming: registration not sent: {e}");
             }
             let resend_at = Instant::now() + wait;
@@ -174,7 +253,8 @@ impl Registrar {
                 let now = Instant::now();
                 if now >= deadline {
                     return Err(RegistrationError::Timeout {
-                        home_agent: ha,
+                        role,
+                        agent,
                         waited: bound,
                     });
                 }
@@ -205,13 +285,13 @@ impl Registrar {
                     Ok(_) => continue,
                     Err(e) => {
                         log::warn!(
-                            "roaming: a reply from the home agent failed authentication: {e}"
+                            "roaming: a reply from the {role} {agent} failed authentication: {e}"
                         );
                         continue;
                     }
                 };
                 if !reply_matches(id, reply.identification)
-                    || reply.home_address != self.setting.home_address
+                    || reply.home_address != self.target.home
                 {
                     continue;
                 }
@@ -226,11 +306,12 @@ impl Registrar {
                     resyncs += 1;
                     self.clock.resync(reply.identification);
                     (id, bytes) = self.request(lifetime, care_of);
-                    log::info!("roaming: following the home agent's clock (code 133)");
+                    log::info!("roaming: following the {role} {agent}'s clock (code 133)");
                     continue 'send;
                 }
                 return Err(RegistrationError::Denied {
-                    home_agent: ha,
+                    role,
+                    agent,
                     code: reply.code,
                 });
             }

@@ -104,4 +104,6 @@ pub use message::{
     MobileHomeAuth, REPLY_LEN, REPLY_TYPE, REQUEST_LEN, REQUEST_TYPE, RegistrationReply,
     RegistrationRequest, SkippableExtension,
 };
-pub use setting::{DEFAULT_LIFETIME, MipSetting, Mobility, MobilityError};
+pub use setting::{
+    DEFAULT_LIFETIME, MAX_EDGES, MipSetting, Mobility, MobilityError, NatSetting, SettingError,
+};

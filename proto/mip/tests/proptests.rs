@@ -163,6 +163,11 @@ proptest! {
     fn setting_and_key_file_parsers_never_panic(text in "\\PC{0,80}") {
         let _ = text.parse::<Mobility>();
         let _ = format!("mip:{text}").parse::<Mobility>();
+        let _ = format!("nat:{text}").parse::<Mobility>();
+        // Whatever parses prints back to itself.
+        if let Ok(m) = format!("nat:edge=198.18.3.1,{text}").parse::<Mobility>() {
+            prop_assert_eq!(m.to_string().parse::<Mobility>(), Ok(m));
+        }
         let _ = KeyTable::parse(&text, Path::new("k"));
         let _ = KeyTable::parse(&format!("spi=300 {text}"), Path::new("k"));
     }

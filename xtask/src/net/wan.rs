@@ -13,8 +13,10 @@
 //!   │                                                      │
 //!   │        <p>-wan (WAN router, ip_forward=1)            │
 //!   └─veth── w-h1 198.18.23.1/24        w-ha 198.18.20.1/24 ─veth─┘
-//!            w-a  198.18.21.1/24 ─veth─ wan0 198.18.21.2/24  <p>-fa (site A: its CoA)
-//!            w-b  198.18.22.1/24 ─veth─ wan0 198.18.22.2/24  <p>-fb (site B: its CoA)
+//!            w-a  198.18.21.1/24 ─veth─ wan0 198.18.21.2/24  <p>-fa (site A: its CoA;
+//!                                            + 198.18.21.10/32   the VM's location there)
+//!            w-b  198.18.22.1/24 ─veth─ wan0 198.18.22.2/24  <p>-fb (site B: its CoA;
+//!                                            + 198.18.22.10/32   the VM's location there)
 //!            w-c  198.18.3.1/24  ─veth─ eth0 198.18.3.2/24   <p>-cn (correspondent)
 //!            dly0 (TUN; only with a delay): the delay line
 //!            route 198.18.0.0/24 via 198.18.20.2 (the home agent)
@@ -28,6 +30,12 @@
 //! home host's `wan0` routes only 198.18.16.0/20 (the sites and the home agent's WAN side), for
 //! the migration stream, and the correspondent's subnet, so it can answer there; no default
 //! route: its guest's traffic is bridged onto the home link and never routed by the host.
+//!
+//! **Network paging.** Each site's host also owns the VM's location address there
+//! ([`Site::location`], a /32 on its `wan0`, so it answers ARP for it) and forwards
+//! (`ip_forward=1`): a VM moved there with `--net nat` is routed through a TAP, and the
+//! site's `host-vmm nat-edge` translates between that address and the VM's own; the
+//! router's client edge translates for the correspondent on `w-c`. Mobile IP ignores both.
 //!
 //! **Delay line.** The test machines' kernel has no `netem`, so a delay of N ms (one way) is a
 //! user-space program, `delayline` (xtask/src/bin/delayline.rs), attached to a TUN device
@@ -73,6 +81,10 @@ pub const ROUTER_A_IP: &str = "198.18.21.1";
 pub const SITE_B_IP: &str = "198.18.22.2";
 /// The router's address towards site B.
 pub const ROUTER_B_IP: &str = "198.18.22.1";
+/// The VM's location address at site A (network paging), owned by site A's host.
+pub const SITE_A_LOC: &str = "198.18.21.10";
+/// The VM's location address at site B.
+pub const SITE_B_LOC: &str = "198.18.22.10";
 /// The correspondent's address (where ping, kv and iperf3 clients run).
 pub const CN_IP: &str = "198.18.3.2";
 /// The router's address towards the correspondent (its default gateway).
@@ -132,7 +144,9 @@ Wide-area topology (--wan): namespaces <p>-NAME, drawn in xtask/src/net/wan.rs
                                   w-h1        198.18.23.1/24
                                   dly0        (delay line)     only with --wan-delay-ms > 0
   <p>-fa     foreign site A       wan0        198.18.21.2/24   default via 198.18.21.1 (CoA)
+                                              198.18.21.10/32  the VM's location (ip_forward=1)
   <p>-fb     foreign site B       wan0        198.18.22.2/24   default via 198.18.22.1 (CoA)
+                                              198.18.22.10/32  the VM's location (ip_forward=1)
   <p>-cn     correspondent        eth0        198.18.3.2/24    default via 198.18.3.1
 
 WAN links have MTU 1600 (IP-in-IP fits), the home link 1500; rp_filter is 0 everywhere.
@@ -156,6 +170,14 @@ impl Site {
         match self {
             Site::A => SITE_A_IP,
             Site::B => SITE_B_IP,
+        }
+    }
+
+    /// The VM's location address at this site (network paging).
+    pub fn location(self) -> &'static str {
+        match self {
+            Site::A => SITE_A_LOC,
+            Site::B => SITE_B_LOC,
         }
     }
 
@@ -458,7 +480,8 @@ impl Wan {
             self.ip(&["-n", ns, "link", "set", "lo", "up"])?;
             // Before any interface exists, so each one inherits `default`.
             let mut settings = rp_off(&["all", "default"]);
-            if *ns == ha || *ns == wan {
+            // The sites forward for a VM routed through a TAP (network paging).
+            if *ns == ha || *ns == wan || *ns == fa || *ns == fb {
                 settings.push(forward.clone());
             }
             self.sysctl(ns, &settings)?;
@@ -495,6 +518,15 @@ impl Wan {
             self.veth(ns, link, &wan, router_link, Some(WAN_MTU))?;
             self.address(ns, link, ip, WAN_PREFIX_LEN)?;
             self.address(&wan, router_link, router_ip, WAN_PREFIX_LEN)?;
+        }
+
+        for site in Site::ALL {
+            self.step(&format!(
+                "{}: the VM's location address {}/32 on {WAN_LINK}",
+                self.ns(site),
+                site.location()
+            ));
+            self.address(&self.ns(site), WAN_LINK, site.location(), 32)?;
         }
 
         self.step(&format!("routes: the sites, the home agent and the correspondent by default via the router; the home subnet via the home agent; the home host's {H1_WAN_ROUTE} and {CN_PREFIX} via the router"));
@@ -800,6 +832,8 @@ mod tests {
     #[test]
     fn every_address_is_in_the_benchmark_range_and_in_the_help() {
         let addresses = [
+            SITE_A_LOC,
+            SITE_B_LOC,
             HA_HOME_IP,
             HA_WAN_IP,
             ROUTER_HA_IP,
@@ -867,5 +901,6 @@ mod tests {
         assert_eq!(Site::A.router_ip(), ROUTER_A_IP);
         assert_eq!(Site::B.router_link(), "w-b");
         assert_eq!(Site::ALL.map(Site::care_of), [SITE_A_IP, SITE_B_IP]);
+        assert_eq!(Site::ALL.map(Site::location), [SITE_A_LOC, SITE_B_LOC]);
     }
 }

@@ -1,0 +1,292 @@
+//! Wide-area moves with network paging (Kanada & Tarui), as a user runs them
+//! (`xtask::widearea`, `Strategy::Nat`): `host-vmm nat-edge` as the client edge in the WAN
+//! router (translating for the correspondent on `w-c`) and as each site's edge, the guest
+//! booted on its home link, moved by pre-copy over the WAN home -> site A -> site B -> home
+//! (`host-vmm receive --net nat --mobility nat:edge=...,site=...,loc=...` at the sites,
+//! `--net tap=... --mobility nat:edge=...` back home), while the correspondent pings it
+//! every 10 ms and a TCP stream, a kv session or iperf3 runs through it. The guest never
+//! changes: same address, same gateway; the correspondent only ever sees that address.
+//! Real KVM, the real Linux data path (nftables) between namespaces, stock ping and
+//! iperf3; every process is ended by PID and the topology removed, also on failure.
+
+use roam_tests::{image, kvm_present, say};
+use std::process::Command;
+use std::time::{Duration, Instant};
+use xtask::net::GUEST_IP;
+use xtask::net::wan::Site;
+use xtask::pingd::{PingLog, Pinger};
+use xtask::proc;
+use xtask::widearea::{Place, Strategy, WideArea};
+
+/// Bound for the guest to answer again after a move.
+const ANSWER: Duration = Duration::from_secs(10);
+/// Pings lost per move at most: the pause, the edges' round trips and the first packets
+/// (measured: see the figures the tests print).
+const MAX_LOST_PER_MOVE: usize = 30;
+
+fn start(image_name: &str, tag: &str) -> WideArea {
+    roam_tests::host_vmm();
+    WideArea::start(&image(image_name), tag, 0, Strategy::Nat)
+        .unwrap_or_else(|e| panic!("wide-area start with {image_name}: {e:#}"))
+}
+
+/// The moves home -> site A -> site B -> home; says what each did, and checks what the
+/// client edge translates to after each.
+fn tour(w: &mut WideArea) {
+    for to in [Place::Site(Site::A), Place::Site(Site::B), Place::Home] {
+        let t = Instant::now();
+        let m = w
+            .move_to(to)
+            .unwrap_or_else(|e| panic!("{e:#}\n{}", w.agents_output()));
+        let moved = t.elapsed();
+        let back = w
+            .wait_answers(ANSWER)
+            .unwrap_or_else(|e| panic!("{e:#}\n{}", w.agents_output()));
+        say(&format!(
+            "widearea nat: -> {}: {}; answered {back:?} after ctl returned ({moved:?})",
+            to.name(),
+            m.summary
+        ));
+        let client = w.bindings("client edge").expect("nat-edge status");
+        match to {
+            Place::Site(s) => assert!(
+                client.contains(&format!("{GUEST_IP} care-of={}", s.location())),
+                "the client edge after the move to {}: {client}",
+                to.name()
+            ),
+            Place::Home => assert!(
+                !client.contains(GUEST_IP),
+                "the client edge still translates after coming home: {client}"
+            ),
+        }
+        w.wait_agent().unwrap_or_else(|e| panic!("{e:#}"));
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// `ping -D` every 10 ms from the correspondent, bounded to `seconds`.
+fn pinger(w: &WideArea, seconds: u32) -> Pinger {
+    Pinger::start(
+        w.wan.correspondent("ping"),
+        GUEST_IP,
+        Duration::from_millis(10),
+        seconds * 100,
+    )
+    .expect("ping -D from the correspondent")
+}
+
+/// `program args` in the correspondent's namespace, in a thread, bounded.
+fn client(
+    w: &WideArea,
+    program: &str,
+    args: &[String],
+) -> std::thread::JoinHandle<anyhow::Result<proc::Watched>> {
+    let mut cmd = w.wan.correspondent(program);
+    cmd.args(args);
+    std::thread::spawn(move || proc::watch(&mut cmd, "", Duration::from_secs(240)))
+}
+
+/// Checks the pings of a tour: few lost, every reply from the guest's own address (never
+/// a location address), and says how many.
+fn check_pings(w: &WideArea, pinger: Pinger, what: &str) {
+    let output = pinger.output();
+    let log = PingLog::parse(&output);
+    drop(pinger);
+    let lost = log.lost();
+    say(&format!(
+        "widearea nat {what}: {} pings, {} lost over 3 moves, longest gap {:.1} ms",
+        log.replies.len() + lost.len(),
+        lost.len(),
+        log.longest_gap().map_or(0.0, |g| g.secs() * 1e3)
+    ));
+    for line in output.lines().filter(|l| l.contains("bytes from")) {
+        assert!(
+            line.contains(&format!("from {GUEST_IP}:")),
+            "{what}: a reply not from the guest's address: {line}"
+        );
+    }
+    assert!(
+        lost.len() <= 3 * MAX_LOST_PER_MOVE,
+        "{what}: {} pings lost over 3 moves\n{}",
+        lost.len(),
+        w.agents_output()
+    );
+}
+
+#[test]
+fn netecho_keeps_its_address_and_a_tcp_stream_home_to_a_to_b_and_home() {
+    if !kvm_present("netecho_keeps_its_address_and_a_tcp_stream_home_to_a_to_b_and_home") {
+        return;
+    }
+    let mut w = start("netecho", "wne");
+    let pinger = pinger(&w, 60);
+    let echo = client(
+        &w,
+        env!("CARGO_BIN_EXE_netprobe"),
+        &[
+            "tcp-echo".into(),
+            format!("{GUEST_IP}:7"),
+            (1u64 << 20).to_string(),
+            "5".into(),
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    tour(&mut w);
+    let run = echo.join().expect("echo thread").expect("netprobe ran");
+    assert!(
+        run.status.success(),
+        "the TCP stream through the moves lost or changed bytes: {}{}\n{}",
+        run.stdout,
+        run.stderr,
+        w.agents_output()
+    );
+    check_pings(&w, pinger, "netecho");
+    // Home again: the router translates nothing; the translated flows never made a
+    // conntrack entry there (they are untracked).
+    let router = w.wan.router_ns();
+    let ruleset = w.ruleset(&router).expect("nft list ruleset");
+    assert!(
+        !ruleset.contains(GUEST_IP),
+        "the client edge's maps still hold the guest: {ruleset}"
+    );
+    let tracked = xtask::net::wan::Wan::exec_in(&router, "conntrack")
+        .args(["-L", "-d", GUEST_IP])
+        .output()
+        .expect("conntrack -L");
+    let tracked = String::from_utf8_lossy(&tracked.stdout);
+    assert!(
+        !tracked.contains(GUEST_IP),
+        "conntrack entries for translated flows: {tracked}"
+    );
+}
+
+#[test]
+fn kv_checks_every_reply_home_to_a_to_b_and_home() {
+    if !kvm_present("kv_checks_every_reply_home_to_a_to_b_and_home") {
+        return;
+    }
+    let mut w = start("kv", "wnk");
+    let pinger = pinger(&w, 60);
+    let kv = client(
+        &w,
+        env!("CARGO_BIN_EXE_netprobe"),
+        &["kv-for".into(), format!("{GUEST_IP}:6380"), "8".into()],
+    );
+    std::thread::sleep(Duration::from_millis(800));
+    tour(&mut w);
+    let run = kv.join().expect("kv thread").expect("netprobe ran");
+    assert!(
+        run.status.success(),
+        "the kv session through the moves failed: {}{}",
+        run.stdout,
+        run.stderr
+    );
+    say(&format!("widearea nat kv: {}", run.stdout.trim()));
+    check_pings(&w, pinger, "kv");
+}
+
+#[test]
+fn iperf3_runs_home_to_a_to_b_and_home() {
+    if !kvm_present("iperf3_runs_home_to_a_to_b_and_home") {
+        return;
+    }
+    let mut w = start("iperf3", "wni");
+    let iperf = client(
+        &w,
+        "iperf3",
+        &[
+            "-c".into(),
+            GUEST_IP.into(),
+            "-t".into(),
+            "8".into(),
+            "--json".into(),
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    tour(&mut w);
+    let run = iperf.join().expect("iperf3 thread").expect("iperf3 ran");
+    let json: serde_json::Value = serde_json::from_str(&run.stdout)
+        .unwrap_or_else(|e| panic!("iperf3 --json: {e}: {}", run.stdout));
+    assert!(
+        run.status.success() && json.get("error").is_none(),
+        "iperf3 through the moves: {} {}",
+        run.status,
+        json.get("error").map_or(String::new(), |e| e.to_string())
+    );
+    let bytes = json["end"]["sum_received"]["bytes"].as_u64().unwrap_or(0);
+    say(&format!(
+        "widearea nat iperf3: {bytes} bytes received through 3 moves"
+    ));
+    assert!(bytes > 0, "iperf3 moved nothing");
+}
+
+/// A move to site A that must fail: the source keeps the guest, the receiver exits.
+fn refused_move(w: &mut WideArea, why: &str) {
+    let (mut receiver, _ctl, listen) = w
+        .receiver(Place::Site(Site::A))
+        .expect("host-vmm receive at site A");
+    let mut cmd = Command::new(roam_tests::host_vmm());
+    cmd.arg("ctl")
+        .arg(w.current.ctl.path())
+        .args(["migrate", &listen]);
+    let t = Instant::now();
+    let run = proc::watch(&mut cmd, "", Duration::from_secs(60)).expect("ctl migrate runs");
+    assert!(!run.status.success(), "a move with {why} succeeded");
+    assert!(
+        run.stderr.contains("migration failed, the guest runs here")
+            && run.stderr.contains("network paging")
+            && run.stderr.contains("edge"),
+        "the reason: {}",
+        run.stderr
+    );
+    say(&format!(
+        "widearea nat: {why}: rolled back after {:?}: {}",
+        t.elapsed(),
+        run.stderr.lines().last().unwrap_or_default()
+    ));
+    assert!(w.current.vm.running(), "the source keeps the guest");
+    w.wait_answers(ANSWER)
+        .expect("the guest answers at the source");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while receiver.running() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        !receiver.running(),
+        "the destination ran nothing and exited"
+    );
+}
+
+#[test]
+fn a_move_with_an_edge_down_rolls_back_and_the_source_keeps_serving() {
+    if !kvm_present("a_move_with_an_edge_down_rolls_back_and_the_source_keeps_serving") {
+        return;
+    }
+    let mut w = start("netecho", "wnd");
+    // The site's edge down: refused before the guest pauses.
+    w.stop_agent("site A edge").expect("site A edge stops");
+    refused_move(&mut w, "site A's edge down");
+    w.restart_agent("site A edge")
+        .expect("site A edge restarts");
+    // The client edge down: refused while the guest is paused; the site edge's entry is
+    // taken back.
+    w.stop_agent("client edge").expect("client edge stops");
+    refused_move(&mut w, "the client edge down");
+    let site = w.bindings("site A edge").expect("nat-edge status");
+    assert!(
+        !site.contains(GUEST_IP),
+        "the site edge still maps the guest after the rollback: {site}"
+    );
+    // The client edge back (same state file): the next move goes through.
+    w.restart_agent("client edge")
+        .expect("client edge restarts");
+    w.wait_agent().expect("guest agent");
+    let m = w
+        .move_to(Place::Site(Site::A))
+        .unwrap_or_else(|e| panic!("the move after the edge came back: {e:#}"));
+    w.wait_answers(ANSWER).expect("the guest answers at site A");
+    say(&format!(
+        "widearea nat: after the client edge came back: {}",
+        m.summary
+    ));
+}
