@@ -719,6 +719,12 @@ fn rolls_back_at_every_phase(fault: Fault, tag: &str) {
             );
         }
         let echo = echo.join().expect("echo thread");
+        // At least 300 ms (30 pings) of serving before the next attempt, also when the echo
+        // stream ended near the rollback.
+        let wait = back_at + 0.3 - pingd::now();
+        if wait > 0.0 {
+            std::thread::sleep(Duration::from_secs_f64(wait));
+        }
         let served_until = pingd::now();
         let echo = echo.unwrap_or_else(|e| panic!("tcp-echo: {e:#}; {}", context!()));
         assert!(
