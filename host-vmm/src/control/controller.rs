@@ -119,6 +119,18 @@ struct Live {
     config: Option<RunConfig>,
     devices: DeviceConfig,
     paused: AtomicBool,
+    /// Holds the refreshes of the guest's bindings while it is being moved on.
+    refresh_holds: Mutex<Vec<Arc<AtomicBool>>>,
+}
+
+impl Live {
+    /// Holds (or lets go) the refreshes of the guest's bindings: a refresh during a move
+    /// could point a binding back here after the next host took it.
+    fn hold_refreshes(&self, hold: bool) {
+        for h in lock(&self.refresh_holds).iter() {
+            h.store(hold, Ordering::SeqCst);
+        }
+    }
 }
 
 enum Slot {
@@ -302,6 +314,7 @@ impl Controller {
             config: config.clone(),
             devices: devices.clone(),
             paused: AtomicBool::new(false),
+            refresh_holds: Mutex::new(Vec::new()),
         });
         {
             let mut inner = lock(&self.inner);
@@ -315,6 +328,7 @@ impl Controller {
         }
         Adopted {
             controller: self.clone(),
+            live,
             vmm,
             config,
             devices,
@@ -627,6 +641,7 @@ impl Controller {
             }
             job.report(p);
         };
+        live.hold_refreshes(true);
         let result = source::migrate(
             &live.machine,
             options,
@@ -656,6 +671,8 @@ impl Controller {
                 log::warn!("control: migration failed, the guest runs here: {e}");
                 self.events
                     .emit("migration", "rolled-back", &[("reason", e.to_string())]);
+                // The guest stays here: its bindings are this host's to keep alive again.
+                live.hold_refreshes(false);
             }
         }
         job.finish(result);
@@ -757,7 +774,7 @@ impl Controller {
                 match destination::receive(listening, &devices, &mobility, console) {
                     Ok(arrival) => {
                         let mut adopted = this.adopt(arrival.vmm, None, devices, true);
-                        adopted.refreshers = arrival.refreshers;
+                        adopted.keep_refreshed(arrival.refreshers);
                         let _ = adopted.run();
                     }
                     Err(e) => {
@@ -840,6 +857,7 @@ impl Controller {
 /// A VM the controller serves, ready to run on the caller's thread.
 pub struct Adopted {
     controller: Arc<Controller>,
+    live: Arc<Live>,
     vmm: Vmm,
     config: Option<RunConfig>,
     devices: DeviceConfig,
@@ -848,6 +866,12 @@ pub struct Adopted {
 }
 
 impl Adopted {
+    /// Keeps the guest's bindings refreshed while it runs here (held during a move).
+    pub fn keep_refreshed(&mut self, refreshers: Vec<Refresher>) {
+        lock(&self.live.refresh_holds).extend(refreshers.iter().map(Refresher::holder));
+        self.refreshers.extend(refreshers);
+    }
+
     /// Runs the vCPU on this thread until the guest exits, stops, moves away or is shut
     /// down; the controller then knows how it ended.
     pub fn run(mut self) -> Result<Outcome, String> {

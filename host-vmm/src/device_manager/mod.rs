@@ -25,6 +25,7 @@ use crate::devices::ixgbevf::{Ixgbevf, IxgbevfHandler, VfError, VfHandle};
 use crate::devices::pci::msix::MsixVector;
 use crate::devices::pci::{self, PciConfigPorts, PciError, PciMmioWindow, PciRoot};
 use crate::devices::serial::{COM1_BASE, COM1_IRQ, COM1_LEN, SerialDevice};
+use crate::devices::virtio::VirtioDevice;
 use crate::devices::virtio::console::{Console, HostPort};
 use crate::devices::virtio::net::Net;
 use crate::devices::virtio::pci::{IntxLine, TransportError, VirtioPci};
@@ -219,6 +220,9 @@ pub struct Built {
     /// Device work for the I/O thread (empty: no thread needed).
     pub handlers: Vec<Box<dyn IoHandler>>,
 }
+
+/// A virtio device on the bus: the shared device, its slot, its INTA line.
+type Attached<D> = (Arc<Mutex<VirtioPci<D>>>, u8, IntxLine);
 
 /// Building state: where the next MSI-X GSI comes from, the PCI bus, the handlers.
 struct Builder<'a> {
@@ -462,17 +466,11 @@ impl<'a> Builder<'a> {
             let writer = tap.writer().map_err(DeviceError::EventFd)?;
             self.manager.announce.push((writer, config.mac.octets()));
         }
-        let vectors = self.msix_vectors(NET_MSIX_VECTORS)?;
-        let intx = self.next_intx();
-        let device = VirtioPci::new(
+        let (device, slot, intx) = self.add_virtio(
             Net::new(port, config.mac.octets()),
-            self.ram.memory().clone(),
-            self.vm.device_ops(),
-            vectors,
-            Some(intx),
+            NET_MSIX_VECTORS,
+            "virtio-net (--net)",
         )?;
-        let device = Arc::new(Mutex::new(device));
-        let slot = lock(&self.pci).add_device(device.clone())?;
         log::info!(
             "virtio-net: PCI 00:{slot:02x}.0, MAC {}, {}, INTA on GSI {}",
             config.mac,
@@ -485,19 +483,40 @@ impl<'a> Builder<'a> {
             },
             intx.gsi
         );
-        self.handlers.push(Box::new(VirtioPci::io_handler(&device)));
-        self.manager.net = Some(device.clone());
-        self.register("virtio-net", "virtio-net (--net)", device);
+        self.manager.net = Some(device);
         Ok(())
     }
 
     /// The virtio-console the guest agent talks over.
     fn add_console(&mut self) -> Result<(), DeviceError> {
-        let vectors = self.msix_vectors(CONSOLE_MSIX_VECTORS)?;
-        let intx = self.next_intx();
         let (console, port) = Console::new().map_err(DeviceError::EventFd)?;
-        let device = VirtioPci::new(
+        let (_, slot, intx) = self.add_virtio(
             console,
+            CONSOLE_MSIX_VECTORS,
+            "the guest agent's channel (an API socket)",
+        )?;
+        log::info!(
+            "virtio-console: PCI 00:{slot:02x}.0 (guest agent), INTA on GSI {}",
+            intx.gsi
+        );
+        *lock(&self.manager.agent_port) = Some(port);
+        Ok(())
+    }
+
+    /// Puts `device` on the PCI bus behind the virtio transport with `vectors` MSI-X
+    /// vectors and the next INTA line, gives the I/O thread its queues, and registers it
+    /// for migration under its virtio name; returns it, its slot and its INTA line.
+    fn add_virtio<D: VirtioDevice + Send + 'static>(
+        &mut self,
+        device: D,
+        vectors: usize,
+        what: &'static str,
+    ) -> Result<Attached<D>, DeviceError> {
+        let vectors = self.msix_vectors(vectors)?;
+        let intx = self.next_intx();
+        let id = device.name();
+        let device = VirtioPci::new(
+            device,
             self.ram.memory().clone(),
             self.vm.device_ops(),
             vectors,
@@ -505,18 +524,9 @@ impl<'a> Builder<'a> {
         )?;
         let device = Arc::new(Mutex::new(device));
         let slot = lock(&self.pci).add_device(device.clone())?;
-        log::info!(
-            "virtio-console: PCI 00:{slot:02x}.0 (guest agent), INTA on GSI {}",
-            intx.gsi
-        );
         self.handlers.push(Box::new(VirtioPci::io_handler(&device)));
-        *lock(&self.manager.agent_port) = Some(port);
-        self.register(
-            "virtio-console",
-            "the guest agent's channel (an API socket)",
-            device,
-        );
-        Ok(())
+        self.register(id, what, device.clone());
+        Ok((device, slot, intx))
     }
 
     /// The emulated 82599 VF on `tap` (MSI-X only: VFs have no INTx).

@@ -308,9 +308,18 @@ fn incoming(
     let state = state.ok_or_else(|| {
         ReceiveError::Refused("the stream ended without the machine state".into())
     })?;
-    // The source is paused now: the home agent or the client edges learn where the guest
-    // runs (or that it is home) before it runs here; no acknowledgment means no move (the
-    // source resumes it).
+    // Device I/O stays parked from the restore until the source has let go: until then the
+    // source may still resume the guest, and with zero-copy it shares these very pages.
+    vmm.machine()
+        .io()
+        .pause()
+        .map_err(|e| ReceiveError::Refused(format!("cannot pause device I/O: {e}")))?;
+    vmm.restore(&state)
+        .map_err(|e| ReceiveError::Refused(format!("cannot restore the guest here: {e}")))?;
+    // Restored first: a state this side refuses must not leave the guest's traffic pointed
+    // here. The source is paused now: the home agent or the client edges learn where the
+    // guest runs (or that it is home) before it runs here; no acknowledgment means no move
+    // (the source resumes it).
     let mut bound = Vec::new();
     match &mut mover {
         Mover::None => {}
@@ -351,14 +360,6 @@ fn incoming(
             );
         }
     }
-    // Device I/O stays parked from the restore until the source has let go: until then the
-    // source may still resume the guest, and with zero-copy it shares these very pages.
-    vmm.machine()
-        .io()
-        .pause()
-        .map_err(|e| ReceiveError::Refused(format!("cannot pause device I/O: {e}")))?;
-    vmm.restore(&state)
-        .map_err(|e| ReceiveError::Refused(format!("cannot restore the guest here: {e}")))?;
     // The pages written above went through the host-write bitmap; this VM starts clean.
     vmm.machine().ram.take_host_dirty();
     write_message(stream, &Message::Running)?;

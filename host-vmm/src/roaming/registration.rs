@@ -325,6 +325,7 @@ impl Registrar {
 #[derive(Debug)]
 pub struct Refresher {
     stop: Arc<(Mutex<bool>, Condvar)>,
+    held: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -333,6 +334,8 @@ impl Refresher {
     pub fn start(mut registrar: Registrar, granted: Granted) -> io::Result<Refresher> {
         let stop = Arc::new((Mutex::new(false), Condvar::new()));
         let stopped = stop.clone();
+        let held = Arc::new(AtomicBool::new(false));
+        let hold = held.clone();
         let failed = AtomicBool::new(false);
         let thread = std::thread::Builder::new()
             .name("mip-refresh".into())
@@ -349,6 +352,12 @@ impl Refresher {
                         return;
                     }
                     drop(guard);
+                    // While the guest is being moved on, a refresh could point the binding
+                    // back here after the next host took it: look again shortly instead.
+                    if hold.load(Ordering::SeqCst) {
+                        lifetime = 4;
+                        continue;
+                    }
                     match registrar.register(MOVE_BOUND) {
                         Ok(g) => {
                             lifetime = g.lifetime;
@@ -366,8 +375,15 @@ impl Refresher {
             })?;
         Ok(Refresher {
             stop,
+            held,
             thread: Some(thread),
         })
+    }
+
+    /// Set while the guest is being moved away: no refresh goes out until it is cleared
+    /// (the move rolled back).
+    pub fn holder(&self) -> Arc<AtomicBool> {
+        self.held.clone()
     }
 }
 

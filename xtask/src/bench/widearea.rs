@@ -76,6 +76,45 @@ fn measure(log: &PingLog, m: &Move) -> (f64, f64, usize) {
     ((restore - m.resumed_at) * 1e3, gap, window.lost.len())
 }
 
+/// What runs through the moves from a client: `ping -D` every [`PROBE`] and a kv session
+/// checking every reply, both made by `client` (a `Command` for a program in the client's
+/// namespace) and bounded to last the moves.
+struct Load {
+    pinger: Pinger,
+    kv: std::thread::JoinHandle<Result<crate::proc::Watched>>,
+}
+
+impl Load {
+    fn start(client: impl Fn(&str) -> std::process::Command, moves: u32) -> Result<Load> {
+        let pinger = Pinger::start(
+            client("ping"),
+            GUEST_IP,
+            PROBE,
+            (moves * 2 + 10) * 1000 / PROBE.as_millis() as u32,
+        )?;
+        let netprobe = crate::netprobe_path();
+        let mut kv_cmd = client(netprobe.to_str().unwrap_or("netprobe"));
+        kv_cmd.args(["kv-for", &format!("{GUEST_IP}:6380")]);
+        kv_cmd.arg((moves * 2 + 4).to_string());
+        let kv = std::thread::spawn(move || {
+            crate::proc::watch(&mut kv_cmd, "", Duration::from_secs(300))
+        });
+        std::thread::sleep(Duration::from_secs(1));
+        Ok(Load { pinger, kv })
+    }
+
+    /// Stops it; the ping log and whether the kv session kept its connection.
+    fn finish(self) -> Result<(PingLog, bool)> {
+        let kept = self
+            .kv
+            .join()
+            .map_err(|_| anyhow::anyhow!("the kv thread panicked"))??
+            .status
+            .success();
+        Ok((self.pinger.stop()?, kept))
+    }
+}
+
 /// The wide-area case of `strategy` at `delay_ms`.
 fn wide(image: &Path, strategy: Strategy, delay_ms: u32) -> Result<Case> {
     let name = strategy.name();
@@ -86,18 +125,7 @@ fn wide(image: &Path, strategy: Strategy, delay_ms: u32) -> Result<Case> {
         strategy,
     )?;
     let moves_total = TOURS * 3;
-    let pinger = Pinger::start(
-        w.wan.correspondent("ping"),
-        GUEST_IP,
-        PROBE,
-        (moves_total * 2 + 10) * 1000 / PROBE.as_millis() as u32,
-    )?;
-    let mut kv_cmd = w.wan.correspondent(crate::netprobe_path());
-    kv_cmd.args(["kv-for", &format!("{GUEST_IP}:6380")]);
-    kv_cmd.arg((moves_total * 2 + 4).to_string());
-    let kv =
-        std::thread::spawn(move || crate::proc::watch(&mut kv_cmd, "", Duration::from_secs(300)));
-    std::thread::sleep(Duration::from_secs(1));
+    let load = Load::start(|p| w.wan.correspondent(p), moves_total)?;
     let mut moves = Vec::new();
     for _ in 0..TOURS {
         for to in [Place::Site(Site::A), Place::Site(Site::B), Place::Home] {
@@ -113,12 +141,7 @@ fn wide(image: &Path, strategy: Strategy, delay_ms: u32) -> Result<Case> {
             std::thread::sleep(Duration::from_millis(500));
         }
     }
-    let kept = kv
-        .join()
-        .map_err(|_| anyhow::anyhow!("the kv thread panicked"))??
-        .status
-        .success();
-    let log = pinger.stop()?;
+    let (log, kept) = load.finish()?;
     Ok(case(name, delay_ms, &log, &moves, kept))
 }
 
@@ -145,18 +168,7 @@ fn l2(image: &Path) -> Result<Case> {
     let hosts = TwoHosts::up("bwl2")?;
     let mut guest = HostVmmGuest::boot(&hosts, image, crate::widearea::MEM_MIB, "")?;
     let moves_total = TOURS * 3;
-    let pinger = Pinger::start(
-        hosts.client("ping"),
-        GUEST_IP,
-        PROBE,
-        (moves_total * 2 + 10) * 1000 / PROBE.as_millis() as u32,
-    )?;
-    let mut kv_cmd = hosts.client(crate::netprobe_path());
-    kv_cmd.args(["kv-for", &format!("{GUEST_IP}:6380")]);
-    kv_cmd.arg((moves_total * 2 + 4).to_string());
-    let kv =
-        std::thread::spawn(move || crate::proc::watch(&mut kv_cmd, "", Duration::from_secs(300)));
-    std::thread::sleep(Duration::from_secs(1));
+    let load = Load::start(|p| hosts.client(p), moves_total)?;
     let mut moves = Vec::new();
     for _ in 0..moves_total {
         guest.wait_settled(Duration::from_secs(20))?;
@@ -177,12 +189,7 @@ fn l2(image: &Path) -> Result<Case> {
         });
         std::thread::sleep(Duration::from_millis(500));
     }
-    let kept = kv
-        .join()
-        .map_err(|_| anyhow::anyhow!("the kv thread panicked"))??
-        .status
-        .success();
-    let log = pinger.stop()?;
+    let (log, kept) = load.finish()?;
     Ok(case("l2", 0, &log, &moves, kept))
 }
 
