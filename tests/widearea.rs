@@ -1,11 +1,14 @@
-//! Wide-area moves with Mobile IPv4 (HyperMIP), as a user runs them (`xtask::widearea`):
-//! `host-vmm home-agent` in the home agent's namespace, the guest booted on its home link,
-//! moved by pre-copy over the WAN home -> site A -> site B -> home (`host-vmm receive --net
-//! mip --mobility mip:...` at the sites, `--net tap=... --mobility mip:...` back home), while
-//! the correspondent pings it every 10 ms and a TCP stream, a kv session or iperf3 runs
-//! through it. The guest never changes: same address, same gateway. Real KVM, the real
-//! Linux data path between namespaces, stock ping and iperf3; every process is ended by PID
-//! and the topology removed, also on failure.
+//! Wide-area moves as a user runs them (`xtask::widearea`), with either strategy: Mobile
+//! IPv4 (HyperMIP: `host-vmm home-agent` in the home agent's namespace; `host-vmm receive
+//! --net mip --mobility mip:...` at the sites) and network paging (Kanada & Tarui:
+//! `host-vmm nat-edge` as the client edge in the WAN router and as each site's edge;
+//! `--net nat --mobility nat:...` at the sites). The guest, booted on its home link, is
+//! moved by pre-copy over the WAN home -> site A -> site B -> home (`--net tap=...` back
+//! home) while the correspondent pings it every 10 ms and a TCP stream, a kv session or
+//! iperf3 runs through it. The guest never changes: same address, same gateway; the
+//! correspondent only ever sees that address. Real KVM, the real Linux data path
+//! (IP-in-IP, nftables) between namespaces, stock ping, iperf3 and tshark; every process is
+//! ended by PID and the topology removed, also on failure.
 
 use roam_tests::{image, kvm_present, say};
 use std::process::Command;
@@ -18,18 +21,20 @@ use xtask::widearea::{Place, Strategy, WideArea};
 
 /// Bound for the guest to answer again after a move.
 const ANSWER: Duration = Duration::from_secs(10);
-/// Pings lost per move at most: the pause, the registration's round trip and the first
-/// tunnelled packets (measured: see the figures the tests print).
+/// Pings lost per move at most: the pause, the registration's round trips and the first
+/// packets on the new path (measured: see the figures the tests print).
 const MAX_LOST_PER_MOVE: usize = 30;
 
-fn start(image_name: &str, tag: &str) -> WideArea {
+fn start(image_name: &str, tag: &str, strategy: Strategy) -> WideArea {
     roam_tests::host_vmm();
-    WideArea::start(&image(image_name), tag, 0, Strategy::Mip)
+    WideArea::start(&image(image_name), tag, 0, strategy)
         .unwrap_or_else(|e| panic!("wide-area start with {image_name}: {e:#}"))
 }
 
-/// The moves home -> site A -> site B -> home; says what each did.
+/// The moves home -> site A -> site B -> home; says what each did, and with network paging
+/// checks what the client edge translates to after each.
 fn tour(w: &mut WideArea) {
+    let name = w.strategy().name();
     for to in [Place::Site(Site::A), Place::Site(Site::B), Place::Home] {
         let t = Instant::now();
         let m = w
@@ -40,10 +45,24 @@ fn tour(w: &mut WideArea) {
             .wait_answers(ANSWER)
             .unwrap_or_else(|e| panic!("{e:#}\n{}", w.agents_output()));
         say(&format!(
-            "widearea: -> {}: {}; answered {back:?} after ctl returned ({moved:?})",
+            "widearea {name}: -> {}: {}; answered {back:?} after ctl returned ({moved:?})",
             to.name(),
             m.summary
         ));
+        if w.strategy() == Strategy::Nat {
+            let client = w.bindings("client edge").expect("nat-edge status");
+            match to {
+                Place::Site(s) => assert!(
+                    client.contains(&format!("{GUEST_IP} care-of={}", s.location())),
+                    "the client edge after the move to {}: {client}",
+                    to.name()
+                ),
+                Place::Home => assert!(
+                    !client.contains(GUEST_IP),
+                    "the client edge still translates after coming home: {client}"
+                ),
+            }
+        }
         w.wait_agent().unwrap_or_else(|e| panic!("{e:#}"));
         std::thread::sleep(Duration::from_millis(300));
     }
@@ -71,17 +90,26 @@ fn client(
     std::thread::spawn(move || proc::watch(&mut cmd, "", Duration::from_secs(240)))
 }
 
-/// Checks the pings of a tour: few lost, and says how many.
+/// Checks the pings of a tour: few lost, every reply from the guest's own address (never
+/// a care-of or location address), and says how many.
 fn check_pings(w: &WideArea, pinger: Pinger, what: &str) {
-    let log = PingLog::parse(&pinger.output());
+    let output = pinger.output();
+    let log = PingLog::parse(&output);
     drop(pinger);
     let lost = log.lost();
     say(&format!(
-        "widearea {what}: {} pings, {} lost over 3 moves, longest gap {:.1} ms",
+        "widearea {} {what}: {} pings, {} lost over 3 moves, longest gap {:.1} ms",
+        w.strategy().name(),
         log.replies.len() + lost.len(),
         lost.len(),
         log.longest_gap().map_or(0.0, |g| g.secs() * 1e3)
     ));
+    for line in output.lines().filter(|l| l.contains("bytes from")) {
+        assert!(
+            line.contains(&format!("from {GUEST_IP}:")),
+            "{what}: a reply not from the guest's address: {line}"
+        );
+    }
     assert!(
         lost.len() <= 3 * MAX_LOST_PER_MOVE,
         "{what}: {} pings lost over 3 moves\n{}",
@@ -90,12 +118,135 @@ fn check_pings(w: &WideArea, pinger: Pinger, what: &str) {
     );
 }
 
+/// A tour with a 1 MiB TCP echo through it: every byte comes back.
+fn netecho_tour(w: &mut WideArea) {
+    let pinger = pinger(w, 60);
+    let echo = client(
+        w,
+        env!("CARGO_BIN_EXE_netprobe"),
+        &[
+            "tcp-echo".into(),
+            format!("{GUEST_IP}:7"),
+            (1u64 << 20).to_string(),
+            "5".into(),
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    tour(w);
+    let run = echo.join().expect("echo thread").expect("netprobe ran");
+    assert!(
+        run.status.success(),
+        "the TCP stream through the moves lost or changed bytes: {}{}\n{}",
+        run.stdout,
+        run.stderr,
+        w.agents_output()
+    );
+    check_pings(w, pinger, "netecho");
+}
+
+/// A tour with a kv session checking every reply.
+fn kv_tour(strategy: Strategy, tag: &str) {
+    let mut w = start("kv", tag, strategy);
+    let pinger = pinger(&w, 60);
+    let kv = client(
+        &w,
+        env!("CARGO_BIN_EXE_netprobe"),
+        &["kv-for".into(), format!("{GUEST_IP}:6380"), "8".into()],
+    );
+    std::thread::sleep(Duration::from_millis(800));
+    tour(&mut w);
+    let run = kv.join().expect("kv thread").expect("netprobe ran");
+    assert!(
+        run.status.success(),
+        "the kv session through the moves failed: {}{}",
+        run.stdout,
+        run.stderr
+    );
+    say(&format!(
+        "widearea {} kv: {}",
+        strategy.name(),
+        run.stdout.trim()
+    ));
+    check_pings(&w, pinger, "kv");
+}
+
+/// A tour with `iperf3 -c` through it: it exits 0 with no error in its JSON.
+fn iperf3_tour(strategy: Strategy, tag: &str) {
+    let mut w = start("iperf3", tag, strategy);
+    let iperf = client(
+        &w,
+        "iperf3",
+        &[
+            "-c".into(),
+            GUEST_IP.into(),
+            "-t".into(),
+            "8".into(),
+            "--json".into(),
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    tour(&mut w);
+    let run = iperf.join().expect("iperf3 thread").expect("iperf3 ran");
+    let json: serde_json::Value = serde_json::from_str(&run.stdout)
+        .unwrap_or_else(|e| panic!("iperf3 --json: {e}: {}", run.stdout));
+    assert!(
+        run.status.success() && json.get("error").is_none(),
+        "iperf3 through the moves: {} {}",
+        run.status,
+        json.get("error").map_or(String::new(), |e| e.to_string())
+    );
+    let bytes = json["end"]["sum_received"]["bytes"].as_u64().unwrap_or(0);
+    say(&format!(
+        "widearea {} iperf3: {bytes} bytes received through 3 moves",
+        strategy.name()
+    ));
+    assert!(bytes > 0, "iperf3 moved nothing");
+}
+
+/// A move to site A that must fail for `why`, with a reason naming each of `says`: the
+/// source keeps the guest, the receiver runs nothing and exits.
+fn refused_move(w: &mut WideArea, why: &str, says: &[&str]) {
+    let (mut receiver, _ctl, listen) = w
+        .receiver(Place::Site(Site::A))
+        .expect("host-vmm receive at site A");
+    let mut cmd = Command::new(roam_tests::host_vmm());
+    cmd.arg("ctl")
+        .arg(w.current.ctl.path())
+        .args(["migrate", &listen]);
+    let t = Instant::now();
+    let run = proc::watch(&mut cmd, "", Duration::from_secs(60)).expect("ctl migrate runs");
+    assert!(!run.status.success(), "a move with {why} succeeded");
+    assert!(
+        run.stderr.contains("migration failed, the guest runs here")
+            && says.iter().all(|s| run.stderr.contains(s)),
+        "the reason: {}",
+        run.stderr
+    );
+    say(&format!(
+        "widearea {}: {why}: rolled back after {:?}: {}",
+        w.strategy().name(),
+        t.elapsed(),
+        run.stderr.lines().last().unwrap_or_default()
+    ));
+    assert!(w.current.vm.running(), "the source keeps the guest");
+    w.wait_answers(ANSWER)
+        .expect("the guest answers at the source");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while receiver.running() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        !receiver.running(),
+        "the destination ran nothing and exited"
+    );
+}
+
 #[test]
-fn netecho_keeps_its_address_and_a_tcp_stream_home_to_a_to_b_and_home() {
-    if !kvm_present("netecho_keeps_its_address_and_a_tcp_stream_home_to_a_to_b_and_home") {
+fn mip_netecho_keeps_its_address_and_a_tcp_stream_home_to_a_to_b_and_home() {
+    if !kvm_present("mip_netecho_keeps_its_address_and_a_tcp_stream_home_to_a_to_b_and_home") {
         return;
     }
-    let mut w = start("netecho", "wae");
+    let mut w = start("netecho", "wae", Strategy::Mip);
     // Wireshark's Mobile IP dissector reads what crosses the home agent's WAN link.
     let capture = std::env::temp_dir().join(format!("roam-wa-{}.pcap", std::process::id()));
     let mut tshark_cmd = Wan::exec_in(&w.wan.home_agent_ns(), "tshark");
@@ -115,28 +266,7 @@ fn netecho_keeps_its_address_and_a_tcp_stream_home_to_a_to_b_and_home() {
     tshark
         .wait_for("Capturing on", Duration::from_secs(20))
         .expect("tshark captures");
-    let pinger = pinger(&w, 60);
-    let echo = client(
-        &w,
-        env!("CARGO_BIN_EXE_netprobe"),
-        &[
-            "tcp-echo".into(),
-            format!("{GUEST_IP}:7"),
-            (1u64 << 20).to_string(),
-            "5".into(),
-        ],
-    );
-    std::thread::sleep(Duration::from_millis(500));
-    tour(&mut w);
-    let run = echo.join().expect("echo thread").expect("netprobe ran");
-    assert!(
-        run.status.success(),
-        "the TCP stream through the moves lost or changed bytes: {}{}\n{}",
-        run.stdout,
-        run.stderr,
-        w.agents_output()
-    );
-    check_pings(&w, pinger, "netecho");
+    netecho_tour(&mut w);
     std::thread::sleep(Duration::from_millis(300));
     // SIGINT, as Ctrl-C: tshark stops its dumpcap and writes the file (SIGKILL would leave
     // dumpcap capturing, holding the output pipe).
@@ -184,63 +314,61 @@ fn netecho_keeps_its_address_and_a_tcp_stream_home_to_a_to_b_and_home() {
 }
 
 #[test]
-fn kv_checks_every_reply_home_to_a_to_b_and_home() {
-    if !kvm_present("kv_checks_every_reply_home_to_a_to_b_and_home") {
+fn nat_netecho_keeps_its_address_and_a_tcp_stream_home_to_a_to_b_and_home() {
+    if !kvm_present("nat_netecho_keeps_its_address_and_a_tcp_stream_home_to_a_to_b_and_home") {
         return;
     }
-    let mut w = start("kv", "wak");
-    let pinger = pinger(&w, 60);
-    let kv = client(
-        &w,
-        env!("CARGO_BIN_EXE_netprobe"),
-        &["kv-for".into(), format!("{GUEST_IP}:6380"), "8".into()],
-    );
-    std::thread::sleep(Duration::from_millis(800));
-    tour(&mut w);
-    let run = kv.join().expect("kv thread").expect("netprobe ran");
+    let mut w = start("netecho", "wne", Strategy::Nat);
+    netecho_tour(&mut w);
+    // Home again: the router translates nothing; the translated flows never made a
+    // conntrack entry there (they are untracked).
+    let router = w.wan.router_ns();
+    let ruleset = w.ruleset(&router).expect("nft list ruleset");
     assert!(
-        run.status.success(),
-        "the kv session through the moves failed: {}{}",
-        run.stdout,
-        run.stderr
+        !ruleset.contains(GUEST_IP),
+        "the client edge's maps still hold the guest: {ruleset}"
     );
-    say(&format!("widearea kv: {}", run.stdout.trim()));
-    check_pings(&w, pinger, "kv");
+    let tracked = Wan::exec_in(&router, "conntrack")
+        .args(["-L", "-d", GUEST_IP])
+        .output()
+        .expect("conntrack -L");
+    let tracked = String::from_utf8_lossy(&tracked.stdout);
+    assert!(
+        !tracked.contains(GUEST_IP),
+        "conntrack entries for translated flows: {tracked}"
+    );
 }
 
 #[test]
-fn iperf3_runs_home_to_a_to_b_and_home() {
-    if !kvm_present("iperf3_runs_home_to_a_to_b_and_home") {
+fn mip_kv_checks_every_reply_home_to_a_to_b_and_home() {
+    if !kvm_present("mip_kv_checks_every_reply_home_to_a_to_b_and_home") {
         return;
     }
-    let mut w = start("iperf3", "wai");
-    let iperf = client(
-        &w,
-        "iperf3",
-        &[
-            "-c".into(),
-            GUEST_IP.into(),
-            "-t".into(),
-            "8".into(),
-            "--json".into(),
-        ],
-    );
-    std::thread::sleep(Duration::from_millis(1500));
-    tour(&mut w);
-    let run = iperf.join().expect("iperf3 thread").expect("iperf3 ran");
-    let json: serde_json::Value = serde_json::from_str(&run.stdout)
-        .unwrap_or_else(|e| panic!("iperf3 --json: {e}: {}", run.stdout));
-    assert!(
-        run.status.success() && json.get("error").is_none(),
-        "iperf3 through the moves: {} {}",
-        run.status,
-        json.get("error").map_or(String::new(), |e| e.to_string())
-    );
-    let bytes = json["end"]["sum_received"]["bytes"].as_u64().unwrap_or(0);
-    say(&format!(
-        "widearea iperf3: {bytes} bytes received through 3 moves"
-    ));
-    assert!(bytes > 0, "iperf3 moved nothing");
+    kv_tour(Strategy::Mip, "wak");
+}
+
+#[test]
+fn nat_kv_checks_every_reply_home_to_a_to_b_and_home() {
+    if !kvm_present("nat_kv_checks_every_reply_home_to_a_to_b_and_home") {
+        return;
+    }
+    kv_tour(Strategy::Nat, "wnk");
+}
+
+#[test]
+fn mip_iperf3_runs_home_to_a_to_b_and_home() {
+    if !kvm_present("mip_iperf3_runs_home_to_a_to_b_and_home") {
+        return;
+    }
+    iperf3_tour(Strategy::Mip, "wai");
+}
+
+#[test]
+fn nat_iperf3_runs_home_to_a_to_b_and_home() {
+    if !kvm_present("nat_iperf3_runs_home_to_a_to_b_and_home") {
+        return;
+    }
+    iperf3_tour(Strategy::Nat, "wni");
 }
 
 #[test]
@@ -248,40 +376,9 @@ fn a_move_with_the_home_agent_down_rolls_back_and_the_source_keeps_serving() {
     if !kvm_present("a_move_with_the_home_agent_down_rolls_back_and_the_source_keeps_serving") {
         return;
     }
-    let mut w = start("netecho", "wad");
+    let mut w = start("netecho", "wad", Strategy::Mip);
     w.stop_home_agent().expect("home agent stops");
-    let (mut receiver, _ctl, listen) = w
-        .receiver(Place::Site(Site::A))
-        .expect("host-vmm receive at site A");
-    let mut cmd = Command::new(roam_tests::host_vmm());
-    cmd.arg("ctl")
-        .arg(w.current.ctl.path())
-        .args(["migrate", &listen]);
-    let t = Instant::now();
-    let run = proc::watch(&mut cmd, "", Duration::from_secs(60)).expect("ctl migrate runs");
-    assert!(!run.status.success(), "a move with no home agent succeeded");
-    assert!(
-        run.stderr.contains("migration failed, the guest runs here")
-            && run.stderr.contains("home agent"),
-        "the reason: {}",
-        run.stderr
-    );
-    say(&format!(
-        "widearea: home agent down: rolled back after {:?}: {}",
-        t.elapsed(),
-        run.stderr.lines().last().unwrap_or_default()
-    ));
-    assert!(w.current.vm.running(), "the source keeps the guest");
-    w.wait_answers(ANSWER)
-        .expect("the guest answers at the source");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while receiver.running() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert!(
-        !receiver.running(),
-        "the destination ran nothing and exited"
-    );
+    refused_move(&mut w, "no home agent", &["home agent"]);
     // The home agent back (same state file): the next move goes through.
     w.restart_home_agent().expect("home agent restarts");
     std::thread::sleep(Duration::from_millis(300));
@@ -291,7 +388,41 @@ fn a_move_with_the_home_agent_down_rolls_back_and_the_source_keeps_serving() {
         .expect("the move after the home agent came back");
     w.wait_answers(ANSWER).expect("the guest answers at site A");
     say(&format!(
-        "widearea: after the home agent came back: {}",
+        "widearea mip: after the home agent came back: {}",
+        m.summary
+    ));
+}
+
+#[test]
+fn a_move_with_an_edge_down_rolls_back_and_the_source_keeps_serving() {
+    if !kvm_present("a_move_with_an_edge_down_rolls_back_and_the_source_keeps_serving") {
+        return;
+    }
+    let mut w = start("netecho", "wnd", Strategy::Nat);
+    // The site's edge down: refused before the guest pauses.
+    w.stop_agent("site A edge").expect("site A edge stops");
+    refused_move(&mut w, "site A's edge down", &["network paging", "edge"]);
+    w.restart_agent("site A edge")
+        .expect("site A edge restarts");
+    // The client edge down: refused while the guest is paused; the site edge's entry is
+    // taken back.
+    w.stop_agent("client edge").expect("client edge stops");
+    refused_move(&mut w, "the client edge down", &["network paging", "edge"]);
+    let site = w.bindings("site A edge").expect("nat-edge status");
+    assert!(
+        !site.contains(GUEST_IP),
+        "the site edge still maps the guest after the rollback: {site}"
+    );
+    // The client edge back (same state file): the next move goes through.
+    w.restart_agent("client edge")
+        .expect("client edge restarts");
+    w.wait_agent().expect("guest agent");
+    let m = w
+        .move_to(Place::Site(Site::A))
+        .unwrap_or_else(|e| panic!("the move after the edge came back: {e:#}"));
+    w.wait_answers(ANSWER).expect("the guest answers at site A");
+    say(&format!(
+        "widearea nat: after the client edge came back: {}",
         m.summary
     ));
 }

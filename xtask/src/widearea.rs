@@ -9,7 +9,7 @@
 //!   back home `--net tap=... --mobility nat:edge=...`.
 //!
 //! The guest is booted on its home link either way. For the tests in `tests/widearea.rs`
-//! and `tests/widearea_nat.rs` and `cargo xtask bench widearea`.
+//! (both strategies) and `cargo xtask bench widearea`.
 
 use crate::ctl::Control;
 use crate::net::wan::{
