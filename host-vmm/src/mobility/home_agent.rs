@@ -10,7 +10,8 @@
 
 use super::binding::{BindingList, Bound};
 use super::datapath::{DataPath, DataPathError};
-use super::registration::{self, Decision, Outcome};
+use super::front::{BATCH, Front};
+use super::registration::{Decision, Outcome};
 use super::state::{self, StateError};
 use super::sys;
 use crate::events::EventMonitor;
@@ -26,7 +27,6 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 /// The TUN device's name unless `--tun` says otherwise.
 pub const DEFAULT_TUN: &str = "mip0";
 /// Registrations handled per readiness before the loop looks at its other sources again.
-const BATCH: usize = 32;
 /// Where events come from, in the event monitor's `source` field.
 const SOURCE: &str = "home-agent";
 
@@ -112,14 +112,10 @@ const RAW: u64 = 3;
 
 /// The running home agent.
 struct HomeAgent {
-    keys: KeyTable,
-    /// Our addresses: the --listen one first, then the home link's.
-    ours: Vec<Ipv4Addr>,
-    bindings: BindingList,
+    /// Registrations in and out; our addresses are the --listen one first, then the home
+    /// link's.
+    front: Front,
     datapath: DataPath,
-    udp: UdpSocket,
-    state: Option<PathBuf>,
-    events: EventMonitor,
 }
 
 /// Blocks SIGTERM and SIGINT in this thread (so they wait for the signalfd) and returns the
@@ -173,37 +169,42 @@ pub fn run(config: Config, started: impl FnOnce(&str)) -> Result<(), HomeAgentEr
         state::save(&bindings, path)?;
     }
     let mut ha = HomeAgent {
-        keys: config.keys,
-        ours,
-        bindings,
+        front: Front {
+            keys: config.keys,
+            ours,
+            bindings,
+            udp,
+            state: config.state,
+            events: config.events,
+            who: "home agent",
+            source: SOURCE,
+            place: "care-of",
+        },
         datapath,
-        udp,
-        state: config.state,
-        events: config.events,
     };
     for b in &expired {
         if let Err(e) = ha.datapath.release(b.home) {
             log::warn!("home agent: removing what {} left: {e}", b.home);
         }
-        ha.event("binding-expired", b.home, b.care_of, &[]);
+        ha.front.event("binding-expired", b.home, b.care_of, &[]);
     }
     let now = Instant::now();
-    for b in ha.bindings.bindings() {
+    for b in ha.front.bindings.bindings() {
         ha.datapath.capture(b.home, true, now)?;
         let left = b.left(SystemTime::now()).as_secs().to_string();
-        ha.event(
+        ha.front.event(
             "binding-restored",
             b.home,
             b.care_of,
             &[("lifetime-left", left)],
         );
     }
-    let restored = ha.bindings.bindings().count();
+    let restored = ha.front.bindings.bindings().count();
 
     let epoll = Epoll::new().map_err(system("epoll"))?;
     for (fd, token) in [
         (signals.as_raw_fd(), SIGNAL),
-        (ha.udp.as_raw_fd(), REGISTRATION),
+        (ha.front.udp.as_raw_fd(), REGISTRATION),
         (ha.datapath.tunnel.tun_fd(), TUN),
         (ha.datapath.tunnel.raw_fd(), RAW),
     ] {
@@ -215,7 +216,7 @@ pub fn run(config: Config, started: impl FnOnce(&str)) -> Result<(), HomeAgentEr
             )
             .map_err(system("epoll"))?;
     }
-    ha.events.emit(
+    ha.front.events.emit(
         SOURCE,
         "started",
         &[
@@ -253,11 +254,11 @@ pub fn run(config: Config, started: impl FnOnce(&str)) -> Result<(), HomeAgentEr
                 }
                 REGISTRATION => ha.registrations(),
                 TUN => {
-                    let bindings = &ha.bindings;
+                    let bindings = &ha.front.bindings;
                     ha.datapath.tunnel.forward(|dst| bindings.care_of(dst));
                 }
                 RAW => {
-                    let bindings = &ha.bindings;
+                    let bindings = &ha.front.bindings;
                     ha.datapath
                         .tunnel
                         .reverse(|care_of, home| bindings.reverse_allowed(care_of, home));
@@ -271,10 +272,22 @@ pub fn run(config: Config, started: impl FnOnce(&str)) -> Result<(), HomeAgentEr
 }
 
 impl HomeAgent {
+    /// Answers the Requests waiting on the socket (up to a batch).
+    fn registrations(&mut self) {
+        for _ in 0..BATCH {
+            let Some((mut decision, from)) = self.front.next_request() else {
+                return;
+            };
+            self.carry_out(&mut decision, from);
+            self.front.reply(&decision, from);
+        }
+    }
+
     /// Milliseconds until the next binding ends or gratuitous ARP is due (-1: none), rounded
     /// up so the loop never wakes just before a deadline and spins.
     fn timeout_ms(&self, wall: SystemTime, mono: Instant) -> i32 {
         let expiry = self
+            .front
             .bindings
             .next_expiry()
             .map(|at| at.duration_since(wall).unwrap_or(Duration::ZERO));
@@ -288,74 +301,29 @@ impl HomeAgent {
         }
     }
 
-    /// Writes an event about `home` at `care_of` with `more` properties.
-    fn event(&self, name: &str, home: Ipv4Addr, care_of: Ipv4Addr, more: &[(&str, String)]) {
-        let mut props = vec![("home", home.to_string()), ("care-of", care_of.to_string())];
-        props.extend(more.iter().map(|(k, v)| (*k, v.clone())));
-        self.events.emit(SOURCE, name, &props);
-    }
-
-    /// Rewrites the state file, if there is one. A failure is logged: the bindings in
-    /// memory stay right, and the next change tries again.
-    fn persist(&self) {
-        if let Some(path) = &self.state
-            && let Err(e) = state::save(&self.bindings, path)
-        {
-            log::error!("home agent: cannot save the bindings: {e}");
-        }
-    }
-
-    /// Answers every Request waiting on the socket (up to a batch).
-    fn registrations(&mut self) {
-        let mut buf = [0u8; 2048];
-        for _ in 0..BATCH {
-            let (n, from) = match self.udp.recv_from(&mut buf) {
-                Ok(got) => got,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) => {
-                    log::warn!("home agent: receiving a registration: {e}");
-                    return;
-                }
-            };
-            let mut decision = registration::decide(
-                &buf[..n],
-                &self.keys,
-                &self.ours,
-                &self.bindings,
-                SystemTime::now(),
-            );
-            self.carry_out(&mut decision, from);
-            if let Some(reply) = decision.reply_bytes()
-                && let Err(e) = self.udp.send_to(&reply, from)
-            {
-                log::warn!("home agent: replying to {from}: {e}");
-            }
-        }
-    }
-
     /// Makes `decision` true: data path, binding list, state file, event.
     fn carry_out(&mut self, decision: &mut Decision, from: SocketAddr) {
         match decision.outcome.clone() {
             Outcome::Ignored { reason } => {
                 log::info!("home agent: ignored a datagram from {from}: {reason}");
             }
-            Outcome::Denied { .. } => self.denied(decision, from),
+            Outcome::Denied { .. } => self.front.denied(decision, from),
             Outcome::Register { binding, code } => {
                 let (home, care_of) = (binding.home, binding.care_of);
-                if self.bindings.get(home).is_none()
+                if self.front.bindings.get(home).is_none()
                     && let Err(e) = self.datapath.capture(home, true, Instant::now())
                 {
                     decision.fail(ReplyCode::HaInsufficientResources, e.to_string());
-                    return self.denied(decision, from);
+                    return self.front.denied(decision, from);
                 }
                 let lifetime = binding.lifetime;
-                let moved_from = match self.bindings.bind(binding) {
+                let moved_from = match self.front.bindings.bind(binding) {
                     Bound::Left => "home".to_owned(),
                     Bound::Replaced(old) => old.care_of.to_string(),
                 };
-                self.persist();
+                self.front.persist();
                 log::info!("home agent: {home} bound to {care_of} for {lifetime} s (code {code})");
-                self.event(
+                self.front.event(
                     "registration-accepted",
                     home,
                     care_of,
@@ -371,13 +339,16 @@ impl HomeAgent {
                 care_of,
                 identification,
             } => {
-                let removed = self.bindings.deregister(home, care_of, identification);
+                let removed = self
+                    .front
+                    .bindings
+                    .deregister(home, care_of, identification);
                 if removed.is_some()
                     && let Err(e) = self.datapath.release(home)
                 {
                     log::warn!("home agent: deregistering {home}: {e}");
                 }
-                self.persist();
+                self.front.persist();
                 log::info!(
                     "home agent: {home} deregistered at {care_of}{}",
                     if removed.is_some() {
@@ -390,41 +361,15 @@ impl HomeAgent {
                     Some(b) => (b.care_of, "yes"),
                     None => (care_of, "no"),
                 };
-                self.event("deregistered", home, left, &[("removed", was.into())]);
+                self.front
+                    .event("deregistered", home, left, &[("removed", was.into())]);
             }
         }
     }
 
-    fn denied(&self, decision: &Decision, from: SocketAddr) {
-        let Outcome::Denied {
-            code,
-            home,
-            care_of,
-            reason,
-        } = &decision.outcome
-        else {
-            return;
-        };
-        log::warn!(
-            "home agent: denied a registration from {from} with code {}: {reason}",
-            code.to_u8()
-        );
-        let unknown = || "-".to_owned();
-        self.events.emit(
-            SOURCE,
-            "registration-denied",
-            &[
-                ("code", code.to_u8().to_string()),
-                ("home", home.map_or_else(unknown, |a| a.to_string())),
-                ("care-of", care_of.map_or_else(unknown, |a| a.to_string())),
-                ("reason", reason.clone()),
-            ],
-        );
-    }
-
     /// Removes the bindings whose lifetime ended by `now`.
     fn expire(&mut self, now: SystemTime) {
-        let ended = self.bindings.expire(now);
+        let ended = self.front.bindings.expire(now);
         if ended.is_empty() {
             return;
         }
@@ -437,15 +382,15 @@ impl HomeAgent {
                 b.home,
                 b.care_of
             );
-            self.event("binding-expired", b.home, b.care_of, &[]);
+            self.front.event("binding-expired", b.home, b.care_of, &[]);
         }
-        self.persist();
+        self.front.persist();
     }
 
     /// Stops: the kernel configuration goes (the bindings stay in the state file, for the
     /// next start to re-apply).
     fn shutdown(&mut self, signal: Option<u32>) {
-        let homes: Vec<Ipv4Addr> = self.bindings.bindings().map(|b| b.home).collect();
+        let homes: Vec<Ipv4Addr> = self.front.bindings.bindings().map(|b| b.home).collect();
         for home in homes {
             if let Err(e) = self.datapath.release(home) {
                 log::warn!("home agent: releasing {home}: {e}");
@@ -462,7 +407,7 @@ impl HomeAgent {
             c.refused,
             c.errors
         );
-        self.events.emit(
+        self.front.events.emit(
             SOURCE,
             "shutdown",
             &[

@@ -30,6 +30,7 @@
 pub mod arp;
 pub mod binding;
 pub mod datapath;
+mod front;
 pub mod home_agent;
 pub mod nat_edge;
 pub mod netlink;

@@ -24,11 +24,12 @@
 //! woken otherwise only when the next binding ends.
 
 use super::binding::{BindingList, Bound};
+use super::front::{BATCH, Front};
 use super::home_agent::termination_signals;
 use super::netlink::NetlinkError;
 use super::nfnetlink::Nftables;
 use super::nft::{self, NftError, Role};
-use super::registration::{self, Decision, Outcome};
+use super::registration::{Decision, Outcome};
 use super::state::{self, StateError};
 use crate::events::EventMonitor;
 use mip::{KeyTable, ReplyCode};
@@ -43,7 +44,6 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 /// Where events come from, in the event monitor's `source` field.
 const SOURCE: &str = "nat-edge";
 /// Registrations handled per readiness before the loop looks at its signals again.
-const BATCH: usize = 32;
 /// The program that applies the batches.
 pub const NFT: &str = "nft";
 
@@ -108,12 +108,8 @@ const REGISTRATION: u64 = 1;
 /// The running edge.
 struct Edge {
     role: Role,
-    keys: KeyTable,
-    ours: Vec<Ipv4Addr>,
-    bindings: BindingList,
-    udp: UdpSocket,
-    state: Option<PathBuf>,
-    events: EventMonitor,
+    /// Registrations in and out.
+    front: Front,
     nft: String,
     /// The kernel's nf_tables, for moves (`None`: `nft -f -` does them).
     netlink: Option<Nftables>,
@@ -163,20 +159,25 @@ pub fn run(config: Config, started: impl FnOnce(&str)) -> Result<(), NatEdgeErro
         .ok();
     let edge = Edge {
         role: config.role,
-        keys: config.keys,
-        ours: vec![*config.listen.ip()],
-        bindings,
-        udp,
-        state: config.state,
-        events: config.events,
+        front: Front {
+            keys: config.keys,
+            ours: vec![*config.listen.ip()],
+            bindings,
+            udp,
+            state: config.state,
+            events: config.events,
+            who: "nat edge",
+            source: SOURCE,
+            place: "location",
+        },
         nft: config.nft,
         netlink,
     };
     for b in &expired {
-        edge.event("binding-expired", b.home, b.care_of, &[]);
+        edge.front.event("binding-expired", b.home, b.care_of, &[]);
     }
-    for b in edge.bindings.bindings() {
-        edge.event(
+    for b in edge.front.bindings.bindings() {
+        edge.front.event(
             "binding-restored",
             b.home,
             b.care_of,
@@ -186,12 +187,12 @@ pub fn run(config: Config, started: impl FnOnce(&str)) -> Result<(), NatEdgeErro
             )],
         );
     }
-    edge.persist();
+    edge.front.persist();
     let restored = pairs.len();
     let epoll = Epoll::new().map_err(system("epoll"))?;
     for (fd, token) in [
         (signals.as_raw_fd(), SIGNAL),
-        (edge.udp.as_raw_fd(), REGISTRATION),
+        (edge.front.udp.as_raw_fd(), REGISTRATION),
     ] {
         epoll
             .ctl(
@@ -202,7 +203,7 @@ pub fn run(config: Config, started: impl FnOnce(&str)) -> Result<(), NatEdgeErro
             .map_err(system("epoll"))?;
     }
     let link = config.link.as_deref().unwrap_or("every interface");
-    edge.events.emit(
+    edge.front.events.emit(
         SOURCE,
         "started",
         &[
@@ -251,60 +252,24 @@ fn serve(mut edge: Edge, epoll: &Epoll, mut signals: File) -> Result<(), NatEdge
 }
 
 impl Edge {
+    /// Answers the Requests waiting on the socket (up to a batch).
+    fn registrations(&mut self) {
+        for _ in 0..BATCH {
+            let Some((mut decision, from)) = self.front.next_request() else {
+                return;
+            };
+            self.carry_out(&mut decision, from);
+            self.front.reply(&decision, from);
+        }
+    }
+
     /// Milliseconds until the next binding ends (-1: none), rounded up.
     fn timeout_ms(&self, now: SystemTime) -> i32 {
-        match self.bindings.next_expiry() {
+        match self.front.bindings.next_expiry() {
             None => -1,
             Some(at) => {
                 let d = at.duration_since(now).unwrap_or(Duration::ZERO);
                 i32::try_from(d.as_micros().div_ceil(1000)).unwrap_or(i32::MAX)
-            }
-        }
-    }
-
-    fn event(&self, name: &str, home: Ipv4Addr, location: Ipv4Addr, more: &[(&str, String)]) {
-        let mut props = vec![
-            ("home", home.to_string()),
-            ("location", location.to_string()),
-        ];
-        props.extend(more.iter().map(|(k, v)| (*k, v.clone())));
-        self.events.emit(SOURCE, name, &props);
-    }
-
-    /// Rewrites the state file, if there is one (a failure is logged; the next change
-    /// tries again).
-    fn persist(&self) {
-        if let Some(path) = &self.state
-            && let Err(e) = state::save(&self.bindings, path)
-        {
-            log::error!("nat edge: cannot save the bindings: {e}");
-        }
-    }
-
-    /// Answers every Request waiting on the socket (up to a batch).
-    fn registrations(&mut self) {
-        let mut buf = [0u8; 2048];
-        for _ in 0..BATCH {
-            let (n, from) = match self.udp.recv_from(&mut buf) {
-                Ok(got) => got,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) => {
-                    log::warn!("nat edge: receiving a registration: {e}");
-                    return;
-                }
-            };
-            let mut decision = registration::decide(
-                &buf[..n],
-                &self.keys,
-                &self.ours,
-                &self.bindings,
-                SystemTime::now(),
-            );
-            self.carry_out(&mut decision, from);
-            if let Some(reply) = decision.reply_bytes()
-                && let Err(e) = self.udp.send_to(&reply, from)
-            {
-                log::warn!("nat edge: replying to {from}: {e}");
             }
         }
     }
@@ -349,34 +314,35 @@ impl Edge {
             Outcome::Ignored { reason } => {
                 log::info!("nat edge: ignored a datagram from {from}: {reason}");
             }
-            Outcome::Denied { .. } => self.denied(decision, from),
+            Outcome::Denied { .. } => self.front.denied(decision, from),
             Outcome::Register { binding, code } => {
                 let (home, location) = (binding.home, binding.care_of);
                 if let Some(other) = self
+                    .front
                     .bindings
                     .bindings()
                     .find(|b| b.care_of == location && b.home != home)
                 {
                     let reason = format!("location {location} is {}'s already", other.home);
                     decision.fail(ReplyCode::HaProhibited, reason);
-                    return self.denied(decision, from);
+                    return self.front.denied(decision, from);
                 }
-                let old = self.bindings.care_of(home);
+                let old = self.front.bindings.care_of(home);
                 let Some(took) = self.apply(home, old, Some(location), decision) else {
-                    return self.denied(decision, from);
+                    return self.front.denied(decision, from);
                 };
                 let lifetime = binding.lifetime;
-                let moved_from = match self.bindings.bind(binding) {
+                let moved_from = match self.front.bindings.bind(binding) {
                     Bound::Left => "home".to_owned(),
                     Bound::Replaced(old) => old.care_of.to_string(),
                 };
-                self.persist();
+                self.front.persist();
                 let ms = format!("{:.2}", took.as_secs_f64() * 1e3);
                 log::info!(
                     "nat edge: {home} at {location} for {lifetime} s (from {moved_from}; \
                      transaction {ms} ms)"
                 );
-                self.event(
+                self.front.event(
                     "registration-accepted",
                     home,
                     location,
@@ -396,15 +362,19 @@ impl Edge {
                 // What the binding list will remove: the whole binding when the VM is home
                 // (care-of = home), else only a binding at that location.
                 let bound = self
+                    .front
                     .bindings
                     .get(home)
                     .filter(|b| care_of == home || b.care_of == care_of)
                     .map(|b| b.care_of);
                 let Some(took) = self.apply(home, bound, None, decision) else {
-                    return self.denied(decision, from);
+                    return self.front.denied(decision, from);
                 };
-                let removed = self.bindings.deregister(home, care_of, identification);
-                self.persist();
+                let removed = self
+                    .front
+                    .bindings
+                    .deregister(home, care_of, identification);
+                self.front.persist();
                 let ms = format!("{:.2}", took.as_secs_f64() * 1e3);
                 log::info!(
                     "nat edge: {home} deregistered at {care_of}{} (transaction {ms} ms)",
@@ -418,7 +388,7 @@ impl Edge {
                     Some(b) => (b.care_of, "yes"),
                     None => (care_of, "no"),
                 };
-                self.event(
+                self.front.event(
                     "deregistered",
                     home,
                     left,
@@ -428,36 +398,9 @@ impl Edge {
         }
     }
 
-    fn denied(&self, decision: &Decision, from: SocketAddr) {
-        let Outcome::Denied {
-            code,
-            home,
-            care_of,
-            reason,
-        } = &decision.outcome
-        else {
-            return;
-        };
-        log::warn!(
-            "nat edge: denied a registration from {from} with code {}: {reason}",
-            code.to_u8()
-        );
-        let unknown = || "-".to_owned();
-        self.events.emit(
-            SOURCE,
-            "registration-denied",
-            &[
-                ("code", code.to_u8().to_string()),
-                ("home", home.map_or_else(unknown, |a| a.to_string())),
-                ("location", care_of.map_or_else(unknown, |a| a.to_string())),
-                ("reason", reason.clone()),
-            ],
-        );
-    }
-
     /// Removes the bindings whose lifetime ended by `now`, and their map entries.
     fn expire(&mut self, now: SystemTime) {
-        let ended = self.bindings.expire(now);
+        let ended = self.front.bindings.expire(now);
         if ended.is_empty() {
             return;
         }
@@ -470,9 +413,9 @@ impl Edge {
                 b.home,
                 b.care_of
             );
-            self.event("binding-expired", b.home, b.care_of, &[]);
+            self.front.event("binding-expired", b.home, b.care_of, &[]);
         }
-        self.persist();
+        self.front.persist();
     }
 
     /// Stops: the table goes (the bindings stay in the state file, for the next start).
@@ -483,8 +426,8 @@ impl Edge {
         log::info!(
             "nat edge: stopping on signal {}; {} binding(s) kept in the state file",
             signal.map_or_else(|| "?".to_owned(), |s| s.to_string()),
-            self.bindings.bindings().count()
+            self.front.bindings.bindings().count()
         );
-        self.events.emit(SOURCE, "shutdown", &[]);
+        self.front.events.emit(SOURCE, "shutdown", &[]);
     }
 }
