@@ -36,6 +36,29 @@ pub fn is_root() -> bool {
     xtask::prereq::is_root()
 }
 
+/// `true` when we are root; otherwise prints that `test` is skipped (network namespaces
+/// need root).
+pub fn root(test: &str) -> bool {
+    if is_root() {
+        return true;
+    }
+    say(&format!("skipped: {test}: network namespaces need root"));
+    false
+}
+
+/// Runs `cmd`, panicking with its output unless it succeeds; returns stdout.
+pub fn run(cmd: &mut std::process::Command) -> String {
+    let out = cmd.output().expect("the command starts");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\n{stdout}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
 /// The built image `name`, or a panic that says how to build it.
 pub fn image(name: &str) -> PathBuf {
     let path = xtask::image_path(name);

@@ -14,7 +14,7 @@
 //! Needs the release host-vmm (`cargo build --release -p host-vmm`).
 
 use mip::{RegistrationReply, RegistrationRequest, ReplyCode, SecurityAssociation};
-use roam_tests::{TempFile, is_root, say};
+use roam_tests::{TempFile, root, run, say};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::process::Command;
@@ -42,28 +42,6 @@ fn ip(s: &str) -> Ipv4Addr {
 
 fn sa() -> SecurityAssociation {
     SecurityAssociation::new(SPI, (0..16).collect()).unwrap()
-}
-
-/// `true` when we are root; otherwise prints that `test` is skipped.
-fn root(test: &str) -> bool {
-    if is_root() {
-        return true;
-    }
-    say(&format!("skipped: {test}: network namespaces need root"));
-    false
-}
-
-/// Runs `cmd`, panicking with its output unless it succeeds; returns stdout.
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().expect("the command starts");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed ({}):\n{stdout}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
 }
 
 /// Which edge.
