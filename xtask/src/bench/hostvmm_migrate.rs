@@ -92,8 +92,16 @@ impl HostVmmMoving {
                 bail!(
                     "host-vmm did not log both ends of the pause within {LOG_LAG:?} (`{}` on the source: {}; `(resumed at` on the destination: {}); is RUST_LOG at info?",
                     &PAUSED[2..],
-                    if stopped.is_some() { "found" } else { "missing" },
-                    if resumed.is_some() { "found" } else { "missing" },
+                    if stopped.is_some() {
+                        "found"
+                    } else {
+                        "missing"
+                    },
+                    if resumed.is_some() {
+                        "found"
+                    } else {
+                        "missing"
+                    },
                 );
             }
             std::thread::sleep(Duration::from_millis(10));
@@ -116,7 +124,10 @@ pub fn rfc3339_utc(stamp: &str) -> Option<f64> {
     let mut d = date.splitn(3, '-').map(str::parse::<i64>);
     let (y, m, day) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
     let mut t = time.splitn(3, ':');
-    let (h, min) = (t.next()?.parse::<i64>().ok()?, t.next()?.parse::<i64>().ok()?);
+    let (h, min) = (
+        t.next()?.parse::<i64>().ok()?,
+        t.next()?.parse::<i64>().ok()?,
+    );
     let sec: f64 = t.next()?.parse().ok()?;
     if !(1..=12).contains(&m) || !(1..=31).contains(&day) || h > 23 || min > 59 {
         return None;

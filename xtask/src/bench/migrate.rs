@@ -447,9 +447,10 @@ fn mmm(s: Option<Summary>, decimals: usize) -> String {
 
 /// `{"min":..,"median":..,"max":..}`, rounded to three decimals, or null.
 fn json_summary(s: Option<Summary>) -> serde_json::Value {
-    s.map_or(serde_json::Value::Null, |s| {
-        json!({ "min": round(s.min), "median": round(s.median), "max": round(s.max) })
-    })
+    s.map_or(
+        serde_json::Value::Null,
+        |s| json!({ "min": round(s.min), "median": round(s.median), "max": round(s.max) }),
+    )
 }
 
 /// How the figures are defined, for the table's head and the JSON.
@@ -464,7 +465,7 @@ pub const DEFINITIONS: [(&str, &str); 4] = [
     ),
     (
         "bytes",
-        "host-vmm: every byte of its migration stream; QEMU 7.2: query-migrate ram.transferred, its RAM sections only (pages and their headers; not the device state, which QEMU 7.2 does not count), including its RAM blocks besides guest RAM (ram_blocks: SeaBIOS, pc.rom, the -kernel loader ROM, ACPI tables; host-vmm's guest has none). The NIC's option ROM is off (virtio-net-pci romfile=)",
+        "host-vmm: every byte of its migration stream; QEMU 7.2 has no such figure: query-migrate ram.transferred counts its RAM sections (pages and their headers), not the device state and the JSON description ending the stream (~156 KiB for this guest, docs/measuring.md 4.1), and includes QEMU's RAM blocks besides guest RAM (ram_blocks: SeaBIOS, pc.rom, ACPI tables; host-vmm's guest has none). The NIC's option ROM is off (virtio-net-pci romfile=)",
     ),
     (
         "gap",
@@ -896,7 +897,12 @@ mod tests {
         assert_eq!(v["cases"][0]["pause_ms"]["max"], 9.0);
         assert_eq!(v["cases"][0]["bytes"]["median"], 1_048_576.0);
         assert_eq!(v["cases"][0]["gap_ms"]["min"], 20.0);
-        assert!(v["definitions"]["pause"].as_str().unwrap().contains("RESUME"));
+        assert!(
+            v["definitions"]["pause"]
+                .as_str()
+                .unwrap()
+                .contains("RESUME")
+        );
     }
 
     #[test]
