@@ -89,19 +89,12 @@ impl HostVmmMoving {
                 return Ok((s, r));
             }
             if Instant::now() >= deadline {
+                let said = |t: Option<f64>| if t.is_some() { "found" } else { "missing" };
                 bail!(
                     "host-vmm did not log both ends of the pause within {LOG_LAG:?} (`{}` on the source: {}; `(resumed at` on the destination: {}); is RUST_LOG at info?",
                     &PAUSED[2..],
-                    if stopped.is_some() {
-                        "found"
-                    } else {
-                        "missing"
-                    },
-                    if resumed.is_some() {
-                        "found"
-                    } else {
-                        "missing"
-                    },
+                    said(stopped),
+                    said(resumed),
                 );
             }
             std::thread::sleep(Duration::from_millis(10));

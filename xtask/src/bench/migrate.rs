@@ -1,8 +1,8 @@
 //! `cargo xtask bench migrate`: what a live move costs a guest, per VMM, mode and size.
 //!
-//! For every [`Mover`] (host-vmm's [`HostVmmMover`], then stock QEMU's [`QemuMover`]), every
-//! mode (pre-copy over TCP, zero-copy between co-located VMMs) and every size (64 MiB,
-//! 256 MiB, 1 GiB), one guest boots on the source host of a fresh [`TwoHosts`] topology and
+//! For every mode (pre-copy over TCP, zero-copy between co-located VMMs) and every size
+//! (64 MiB, 256 MiB, 1 GiB), and for each [`Mover`] in turn (host-vmm's [`HostVmmMover`],
+//! then stock QEMU's [`QemuMover`]), one guest boots on the source host of a fresh [`TwoHosts`] topology and
 //! moves back and forth `--moves` times (default 5) while the client namespace runs
 //! `ping -D` every 10 ms at it. Per move: the pause by one definition for both VMMs (source
 //! vCPU stopped to destination about to run, from their own wall-clock records;
@@ -301,11 +301,13 @@ pub fn run(image: &Path, moves: u32, sizes: &[u32]) -> Result<Vec<CaseFigures>> 
         bail!("--sizes: {bad} is not one of the benchmark's sizes {SIZES_MIB:?} (MiB)");
     }
     let mut out = Vec::new();
-    for mover in movers() {
-        for case in Case::all()
-            .into_iter()
-            .filter(|c| sizes.is_empty() || sizes.contains(&c.mem_mib))
-        {
+    // Case by case, each VMM in turn: a change in the machine's load while the benchmark
+    // runs falls on both VMMs of a case, not on whichever would have gone second.
+    for case in Case::all()
+        .into_iter()
+        .filter(|c| sizes.is_empty() || sizes.contains(&c.mem_mib))
+    {
+        for mover in movers() {
             let f = run_case(mover.as_ref(), image, case, moves)
                 .with_context(|| format!("{} {}", mover.key(), case.label()))?;
             out.push(f);
@@ -664,8 +666,12 @@ pub fn svg(all: &[CaseFigures]) -> String {
         PING_INTERVAL.as_millis()
     );
     let mut legend_x = 10.0;
-    let mut vmms: Vec<&str> = all.iter().map(|c| c.vmm).collect();
-    vmms.dedup();
+    let mut vmms: Vec<&str> = Vec::new();
+    for c in all {
+        if !vmms.contains(&c.vmm) {
+            vmms.push(c.vmm);
+        }
+    }
     for v in &vmms {
         s.push_str(&format!(
             "<rect x=\"{legend_x}\" y=\"28\" width=\"12\" height=\"4\" fill=\"{}\"/><text x=\"{}\" y=\"34\">{v}</text>\n",
