@@ -128,12 +128,16 @@ enum BenchCmd {
         #[arg(long)]
         json: bool,
     },
-    /// Ping RTT (median of 100) and iperf3 throughput both ways, host-vmm vs QEMU -M pc
-    /// (virtio-net-pci, no vhost), same image, each on its own test network.
+    /// Ping RTT (100 per run) and iperf3 throughput both ways, host-vmm vs QEMU -M pc
+    /// (virtio-net-pci, no vhost), same image, each on its own test network; the VMMs take
+    /// turns run by run; min/median/max and the ratio of the medians.
     Net {
         /// Print one JSON object instead of the table.
         #[arg(long)]
         json: bool,
+        /// Runs per VMM (each a fresh boot), alternating host-vmm and QEMU.
+        #[arg(long, default_value_t = bench::net::DEFAULT_RUNS)]
+        runs: u32,
     },
     /// Switching between the emulated 82599 VF and virtio-net under load: per switch, lost
     /// pings and the longest reply gap (ping -D every 10 ms), iperf3's 100 ms throughput
@@ -146,14 +150,15 @@ enum BenchCmd {
         #[arg(long, default_value_t = bench::switch::DEFAULT_SWITCHES)]
         switches: u32,
     },
-    /// Live migration: pause, network gap (ping -D every 10 ms), total time and bytes per
-    /// move, pre-copy and zero-copy at 64 MiB, 256 MiB and 1 GiB, stock QEMU as the peer;
-    /// writes an SVG of ping RTT around each case's first move.
+    /// Live migration: pause (source vCPU stop -> destination running, one definition for
+    /// both VMMs), network gap (ping -D every 10 ms), total time and bytes per move, pre-copy
+    /// and zero-copy at 64 MiB, 256 MiB and 1 GiB, stock QEMU as the peer; min/median/max per
+    /// case; writes an SVG of ping RTT around each case's first move.
     Migrate {
         /// Print one JSON object instead of the table.
         #[arg(long)]
         json: bool,
-        /// Moves per case (back and forth); the table gives medians.
+        /// Moves per case (back and forth); the table gives min/median/max.
         #[arg(long, default_value_t = bench::migrate::DEFAULT_MOVES)]
         moves: u32,
         /// Only these guest sizes in MiB (of 64, 256, 1024), comma-separated.
@@ -269,7 +274,7 @@ fn run(cli: Cli) -> Result<()> {
             print_boot_bench(runs, json)
         }
         Cmd::Bench {
-            which: BenchCmd::Net { json },
+            which: BenchCmd::Net { json, runs },
         } => {
             prereq::ensure_kvm()?;
             let mut packages = vec![prereq::QEMU];
@@ -277,7 +282,7 @@ fn run(cli: Cli) -> Result<()> {
             prereq::ensure_packages(&packages)?;
             artifacts::build_host_vmm()?;
             artifacts::build_images(&[bench::net::IMAGE.to_string()])?;
-            let figures = bench::net::run(&image_path(bench::net::IMAGE))?;
+            let figures = bench::net::run(&image_path(bench::net::IMAGE), runs)?;
             if json {
                 println!("{}", bench::net::json(&figures));
             } else {
