@@ -20,6 +20,7 @@ pub mod prereq;
 pub mod proc;
 pub mod qmp;
 pub mod stats;
+pub mod stdimage;
 pub mod vm;
 pub mod widearea;
 
