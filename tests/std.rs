@@ -43,6 +43,7 @@ fn std_hello_passes(vmm: Vmm) {
         "ROAM_GREETING=hi in the environment",
         "thread::sleep(20ms) took",
         "Instant never goes back",
+        "stdout's write_vectored wrote both buffers",
         "two RandomStates hash differently",
         "a thread-local starts at its initial value",
         "reading a file fails cleanly",

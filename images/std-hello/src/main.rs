@@ -1,7 +1,7 @@
 //! `std-hello`: an ordinary Rust std program, built for `x86_64-unknown-hermit` and linked
 //! with Roam's kernel by `cargo xtask image std-hello`.
 //!
-//! It prints, reads its arguments and environment, sleeps, checks `Instant` and `SystemTime`,
+//! It prints (also vectored), reads its arguments and environment, sleeps, checks `Instant` and `SystemTime`,
 //! reads random bytes through a `HashMap`'s seed and thread-locals with an initial value, and
 //! exits 0 only when every check passed (each failure prints `std-hello: FAILED: ...` and
 //! the program exits 1). Nothing in it is Roam-specific: it runs on Linux too.
@@ -11,6 +11,7 @@
 
 use std::cell::Cell;
 use std::collections::HashMap;
+use std::io::{IoSlice, Write};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 const SLEEP: Duration = Duration::from_millis(20);
@@ -77,6 +78,20 @@ fn main() {
         // Without kvmclock the realtime clock counts from boot: a note, not a failure.
         other => println!("std-hello: note: SystemTime reads {other:?}, not a plausible date"),
     }
+
+    let parts = [
+        IoSlice::new(b"std-hello: write_vectored "),
+        IoSlice::new(b"joins buffers\n"),
+    ];
+    let mut stdout = std::io::stdout().lock();
+    let wrote = stdout
+        .write_vectored(&parts)
+        .and_then(|n| stdout.flush().map(|()| n));
+    drop(stdout);
+    check(
+        matches!(wrote, Ok(40)),
+        format!("stdout's write_vectored wrote both buffers: {wrote:?}"),
+    );
 
     let mut map = HashMap::new();
     for i in 0..1000u32 {

@@ -2,7 +2,7 @@
 //! the kernel. Each is defined here with the exact C signature (checked at compile time
 //! against hermit-abi's own declarations in `check`).
 //!
-//! Implemented: console output (`io`), clocks and sleep (`time`), the heap (`alloc`), entropy
+//! Implemented: console output and vectored I/O (`io`), clocks and sleep (`time`), the heap (`alloc`), entropy
 //! (`entropy`), exit/abort/getpid and the small queries below. Everything else (files,
 //! sockets, threads, futexes...) is in `stubs` and fails cleanly with `-ENOSYS`.
 //!
