@@ -126,6 +126,67 @@ fn std_panic_exits_101_with_its_message_on_qemu_microvm() {
     }
 }
 
+/// The kernel object std programs link exports the ABI and nothing else: any other global
+/// symbol (`memcpy`, the allocator shims, the panic handler, `compiler_builtins`) could
+/// clash with std's own copy or silently replace it.
+#[test]
+fn the_kernel_object_exports_only_the_abi() {
+    let dir = xtask::target_dir().join("roam-kernel");
+    let objects: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}; run `cargo xtask image std-hello`", dir.display()))
+        .flatten()
+        .map(|e| e.path().join("roam-kernel.o"))
+        .filter(|p| p.is_file())
+        .collect();
+    assert_eq!(
+        objects.len(),
+        1,
+        "one kernel object under {}",
+        dir.display()
+    );
+    let symbols = roam_tests::run(
+        std::process::Command::new("readelf")
+            .arg("-sW")
+            .arg(&objects[0]),
+    );
+    let (mut defined, mut undefined) = (Vec::new(), Vec::new());
+    for fields in symbols
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+    {
+        // Num: Value Size Type Bind Vis Ndx Name
+        if let [_, _, _, _, bind, _, ndx, name] = fields[..]
+            && (bind == "GLOBAL" || bind == "WEAK")
+        {
+            if ndx == "UND" {
+                undefined.push(name);
+            } else {
+                defined.push(name);
+            }
+        }
+    }
+    assert!(
+        defined.contains(&"sys_write") && defined.contains(&"roam_entry64"),
+        "the ABI is missing: {defined:?}"
+    );
+    let foreign: Vec<_> = defined
+        .iter()
+        .filter(|s| !s.starts_with("sys_") && !s.starts_with("roam_"))
+        .collect();
+    assert!(
+        foreign.is_empty(),
+        "global symbols beyond the ABI: {foreign:?}"
+    );
+    let unexpected: Vec<_> = undefined
+        .iter()
+        .filter(|s| **s != "runtime_entry" && !s.starts_with("roam_") && !s.starts_with("__roam_"))
+        .collect();
+    assert!(
+        unexpected.is_empty(),
+        "the kernel needs symbols neither std nor link.ld provides: {unexpected:?}"
+    );
+}
+
 /// A crate directory under the temp directory, removed when dropped.
 struct TempCrate(PathBuf);
 
