@@ -1,5 +1,6 @@
-//! Boot, in order: descriptor tables, boot information, command line and log, page
-//! tables, heap ranges, clock, the main thread's TLS block (std programs), then the app. Both entries (arch::entry) arrive here.
+//! Boot, in order: descriptor tables, boot information, command line and log, page tables,
+//! heap ranges, clock, the main thread's TLS block (std programs), then the app. Both
+//! entries (arch::entry) arrive here.
 //!
 //! Every step is sized for a guest whose ring-0 instructions are emulated at ~0.4 µs each:
 //! no loops over tables, no logging at the default level, nothing zeroed, and the heap and

@@ -2,8 +2,9 @@
 //! the kernel. Each is defined here with the exact C signature (checked at compile time
 //! against hermit-abi's own declarations in `check`).
 //!
-//! Implemented: console output and vectored I/O (`io`), clocks and sleep (`time`), the heap (`alloc`), entropy
-//! (`entropy`), exit/abort/getpid and the small queries below. Everything else (files,
+//! Implemented: console output and vectored I/O (`io`), clocks and sleep (`time`), the heap
+//! (`alloc`), entropy (`entropy`), exit/abort/getpid, the app's arguments and environment
+//! (`args`) and the small queries below. Everything else (files,
 //! sockets, threads, futexes...) is in `stubs` and fails cleanly with `-ENOSYS`.
 //!
 //! Errors are returned directly as `-errno`, the way Rust's std for Hermit consumes them.
