@@ -13,22 +13,18 @@ pub use xtask::vm::{Boot, GuestRun, NetAttach, Vmm};
 /// Generous bound for one boot: a hung guest fails the test instead of hanging CI.
 pub const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Prints straight to the test's stderr, past libtest's capture, so a skip is always seen.
+/// Prints straight to the test's stderr, past libtest's capture, so the figures a test
+/// reports are always seen.
 pub fn say(line: &str) {
     let _ = writeln!(std::io::stderr(), "{line}");
 }
 
-/// `true` when /dev/kvm exists; otherwise prints that `test` is skipped and returns `false`.
-///
-/// Only a missing /dev/kvm skips: a /dev/kvm that exists but fails is a test failure.
+/// For a test that needs KVM: `true` when /dev/kvm is usable. When it is not, the test fails
+/// saying why and what to do, unless the run opted out (`cargo xtask test --no-kvm`): then it
+/// prints `skipped: TEST: REASON`, which the runner counts, and returns `false` (the test
+/// returns at once). The one skip the tests have (`xtask::skip`).
 pub fn kvm_present(test: &str) -> bool {
-    if Path::new("/dev/kvm").exists() {
-        return true;
-    }
-    say(&format!(
-        "skipped: {test}: /dev/kvm is not present on this machine"
-    ));
-    false
+    xtask::skip::kvm_or_skip(test)
 }
 
 /// Whether this process is root (some bad-input cases need to drop or hide privileges).
@@ -36,14 +32,22 @@ pub fn is_root() -> bool {
     xtask::prereq::is_root()
 }
 
-/// `true` when we are root; otherwise prints that `test` is skipped (network namespaces
-/// need root).
-pub fn root(test: &str) -> bool {
-    if is_root() {
-        return true;
-    }
-    say(&format!("skipped: {test}: network namespaces need root"));
-    false
+/// Fails `test` unless it runs as root (network namespaces, hiding /dev/kvm, dropping
+/// privileges need it; `cargo xtask test` checks it before it starts).
+pub fn root(test: &str) {
+    assert!(
+        is_root(),
+        "{test} needs root (network namespaces, privileges to drop): run the tests as root, e.g. `sudo -E cargo xtask test`"
+    );
+}
+
+/// `program`, after checking it is on PATH; fails saying which Debian package installs it.
+pub fn tool<'a>(program: &'a str, package: &str) -> &'a str {
+    assert!(
+        xtask::prereq::on_path(program),
+        "`{program}` is not on PATH: install the Debian package {package}"
+    );
+    program
 }
 
 /// Runs `cmd`, panicking with its output unless it succeeds; returns stdout.
