@@ -50,6 +50,71 @@ pub fn tool<'a>(program: &'a str, package: &str) -> &'a str {
     program
 }
 
+/// The longest pause a move may take (`pause_ms` in its summary: source vCPU stop to
+/// destination vCPU run). host-vmm pauses for milliseconds; the bound is generous because
+/// the tests run on nested KVM on a shared machine.
+pub const MAX_PAUSE_MS: f64 = 2000.0;
+
+/// The longest silence a move may cause in a client's traffic (the longest ping gap, the
+/// longest wait for a kv reply, the longest stretch of iperf3 intervals without a byte):
+/// the pause, the switch back to the VF and the network learning the new port, generously.
+pub const MAX_MOVE_GAP: Duration = Duration::from_secs(5);
+
+/// Fails unless `pause_ms`, a move's pause, is positive and at most [`MAX_PAUSE_MS`].
+pub fn assert_pause(what: &str, pause_ms: f64) {
+    assert!(
+        pause_ms > 0.0 && pause_ms <= MAX_PAUSE_MS,
+        "{what}: pause {pause_ms:.3} ms, expected more than 0 and at most {MAX_PAUSE_MS} ms"
+    );
+}
+
+/// Fails unless `gap_ms`, the longest silence around a move, is at most [`MAX_MOVE_GAP`].
+pub fn assert_gap(what: &str, gap_ms: f64) {
+    assert!(
+        gap_ms <= MAX_MOVE_GAP.as_secs_f64() * 1e3,
+        "{what}: traffic stopped for {gap_ms:.1} ms (bound {MAX_MOVE_GAP:?})"
+    );
+}
+
+/// The longest wait for a reply in `netprobe kv-for`'s summary line, in ms.
+pub fn kv_longest_wait_ms(summary: &str) -> f64 {
+    summary
+        .split("longest wait ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|ms| ms.parse().ok())
+        .unwrap_or_else(|| panic!("no `longest wait N ms` in the kv-for summary: {summary}"))
+}
+
+/// What stock `iperf3 --json` reported: fails on output that is not JSON, on an `"error"`
+/// key (iperf3 reports some failures there and still exits 0), and when nothing arrived.
+pub fn iperf3_report(what: &str, stdout: &str) -> serde_json::Value {
+    let json: serde_json::Value = serde_json::from_str(stdout)
+        .unwrap_or_else(|e| panic!("{what}: iperf3 printed no JSON ({e}):\n{stdout}"));
+    if let Some(error) = json.get("error") {
+        panic!("{what}: iperf3 reports an error: {error}\n{stdout}");
+    }
+    let received = json["end"]["sum_received"]["bytes"].as_f64().unwrap_or(0.0);
+    assert!(received > 0.0, "{what}: iperf3 received nothing:\n{stdout}");
+    json
+}
+
+/// The longest stretch of consecutive iperf3 intervals in which no byte moved, in ms (0 when
+/// every interval moved some): a move's or a switch's silence, at the intervals' resolution.
+pub fn iperf3_longest_silence_ms(report: &serde_json::Value) -> f64 {
+    let (mut longest, mut current) = (0.0f64, 0.0f64);
+    for interval in report["intervals"].as_array().into_iter().flatten() {
+        let sum = &interval["sum"];
+        if sum["bytes"].as_f64() == Some(0.0) {
+            current += sum["seconds"].as_f64().unwrap_or(0.0) * 1e3;
+            longest = longest.max(current);
+        } else {
+            current = 0.0;
+        }
+    }
+    longest
+}
+
 /// Runs `cmd`, panicking with its output unless it succeeds; returns stdout.
 pub fn run(cmd: &mut std::process::Command) -> String {
     let out = cmd.output().expect("the command starts");
