@@ -320,3 +320,79 @@ fn the_control_socket_lives_as_long_as_host_vmm() {
     assert!(!sock.exists(), "removed on exit");
     assert_ctl_error(&host_vmm(&["ctl", path, "status"]), "no API socket at");
 }
+
+/// Whether this test runs as root (the owner of `/proc/self` is the effective user).
+fn is_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}
+
+#[test]
+fn the_control_socket_is_the_operators_only() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let sock = socket_path("owner");
+    let _ = std::fs::remove_file(&sock);
+    let path = sock.to_str().unwrap();
+    // The loosest umask: the socket is 0600 anyway.
+    let mut child = Command::new("sh")
+        .args(["-c", "umask 000; exec \"$0\" --api-socket \"$1\"", HOST_VMM, path])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + std::time::Duration::from_secs(10);
+    while !sock.exists() {
+        assert!(Instant::now() < deadline, "no socket at {path}");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let mode = std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "socket mode {mode:o} under umask 000");
+    // The operator is served (the answer is the controller's: there is no VM).
+    assert_ctl_error(&host_vmm(&["ctl", path, "info"]), "no VM");
+    if is_root() {
+        let as_nobody = || {
+            Command::new(HOST_VMM)
+                .args(["ctl", path, "info"])
+                .uid(65534)
+                .gid(65534)
+                .output()
+                .unwrap()
+        };
+        // Another user cannot even open the file...
+        assert_ctl_error(&as_nobody(), "permission denied on the API socket");
+        // ...and if the file is opened up, the peer check closes its connection unserved.
+        std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let out = as_nobody();
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        assert!(
+            !String::from_utf8_lossy(&out.stderr).contains("no VM"),
+            "served: {out:?}"
+        );
+        // The operator still is.
+        assert_ctl_error(&host_vmm(&["ctl", path, "info"]), "no VM");
+    } else {
+        let _ = writeln!(
+            std::io::stderr(),
+            "the_control_socket_is_the_operators_only: another user's connection not tried \
+             (needs root to switch users)"
+        );
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let mut log = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut log)
+        .unwrap();
+    let _ = std::fs::remove_file(&sock);
+    if is_root() {
+        assert!(
+            log.contains("refused a connection from uid 65534"),
+            "not logged: {log}"
+        );
+    }
+}
