@@ -644,3 +644,7 @@ pub struct ErrorBody {
     /// What went wrong, in words.
     pub error: String,
 }
+
+/// `vm.counters`' answer (CH's shape): counters by device (`serial`, `virtio-net`, `vf`),
+/// then by name.
+pub type VmCounters = std::collections::BTreeMap<String, std::collections::BTreeMap<String, u64>>;

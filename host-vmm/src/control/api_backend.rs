@@ -80,6 +80,7 @@ impl Backend for ApiBackend {
                 Ok(None)
             }
             ApiRequest::VmInfo => json(&vm_info(c.info()?)),
+            ApiRequest::VmCounters => json(&c.counters()?),
             ApiRequest::VmPause => {
                 c.pause()?;
                 Ok(None)

@@ -7,7 +7,7 @@ use agent_proto::{Nic, NicStatus, Status};
 use std::fmt::{self, Write};
 
 /// The commands, as usage errors list them.
-pub const COMMANDS: &str = "switch vf|virtio, status, vf link up|down, vf remove, vf add, migrate tcp:ADDR:PORT|unix:PATH [--downtime-ms N] [--zero-copy], progress, cancel, info, pause, resume";
+pub const COMMANDS: &str = "switch vf|virtio, status, vf link up|down, vf remove, vf add, migrate tcp:ADDR:PORT|unix:PATH [--downtime-ms N] [--zero-copy], progress, cancel, info, counters, pause, resume";
 
 /// One operator command.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -40,6 +40,8 @@ pub enum Command {
     Cancel,
     /// The VM's state and configuration (`vm.info`).
     Info,
+    /// The devices' host-side counters (`vm.counters`).
+    Counters,
     /// Pause the VM (`vm.pause`).
     Pause,
     /// Resume the VM (`vm.resume`).
@@ -127,6 +129,7 @@ impl Command {
             ["progress"] => Command::Progress,
             ["cancel"] => Command::Cancel,
             ["info"] => Command::Info,
+            ["counters"] => Command::Counters,
             ["pause"] => Command::Pause,
             ["resume"] => Command::Resume,
             ["agent", "prepare"] => Command::AgentPrepare,
@@ -168,6 +171,7 @@ impl fmt::Display for Command {
             Command::Progress => f.write_str("progress"),
             Command::Cancel => f.write_str("cancel"),
             Command::Info => f.write_str("info"),
+            Command::Counters => f.write_str("counters"),
             Command::Pause => f.write_str("pause"),
             Command::Resume => f.write_str("resume"),
             Command::AgentPrepare => f.write_str("agent prepare"),
@@ -250,6 +254,7 @@ mod tests {
             "progress",
             "cancel",
             "info",
+            "counters",
             "pause",
             "resume",
         ] {

@@ -434,6 +434,11 @@ impl Controller {
         }
     }
 
+    /// `vm.counters`: the running VM's devices' host-side counters.
+    pub fn counters(&self) -> Result<crate::device_manager::Counters, OpError> {
+        Ok(self.live()?.machine.devices.counters())
+    }
+
     fn migrating(&self) -> bool {
         lock(&self.inner).job.as_ref().is_some_and(|j| j.running())
     }

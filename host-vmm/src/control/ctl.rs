@@ -132,6 +132,7 @@ pub fn run(
         Command::VfRemove => vf(put(socket, "roam.vf", Some(vf_request(VfAction::Remove)))?)?,
         Command::VfAdd => vf(put(socket, "roam.vf", Some(vf_request(VfAction::Add)))?)?,
         Command::Info => pretty(get(socket, "vm.info")?),
+        Command::Counters => pretty(get(socket, "vm.counters")?),
         Command::Progress => pretty(get(socket, "vm.migration-progress")?),
         Command::Cancel => {
             put::<serde_json::Value>(socket, "vm.cancel-migration", None)?;
