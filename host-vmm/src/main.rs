@@ -246,13 +246,16 @@ Commands:
   vf remove         Host side: hot-remove the VF (its registers read all ones, its TAP is
                     no longer served); the guest moves to virtio-net on its own.
   vf add            Host side: plug the VF back in, reset, with its link up.
-  migrate TARGET [--downtime-ms N] [--zero-copy]
+  migrate TARGET [--downtime-ms N] [--zero-copy] [--force]
                     Move the guest to a `host-vmm receive --listen TARGET`
                     (tcp:ADDR:PORT or unix:PATH). Pre-copy by default: pages are sent while
                     the guest runs, then again as they are dirtied, until the remaining
                     pause is predicted to fit N ms (default 300) at the measured rate;
                     --zero-copy (unix: only, same machine) hands guest RAM over instead.
-                    The guest agent moves traffic off the VF first (PREPARE). Progress
+                    The guest agent moves traffic off the VF first (PREPARE); a guest
+                    that refuses or does not answer within 5 s fails the move, unless
+                    --force: host-vmm then removes the VF itself (the guest survives it
+                    on virtio-net), moves it anyway and says so. Progress
                     lines go to stderr; on success it prints
                       migrated mode=... total_ms=... pause_ms=... bytes_sent=...
                       memory_bytes_copied=... passes=... pause_pages=...

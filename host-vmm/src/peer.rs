@@ -80,7 +80,11 @@ mod tests {
     fn only_the_same_user_or_root_is_allowed() {
         let me = own_uid();
         let other = if me == 65534 { 65533 } else { 65534 };
-        let with = |uid| Credentials { pid: 1, uid, gid: 0 };
+        let with = |uid| Credentials {
+            pid: 1,
+            uid,
+            gid: 0,
+        };
         assert!(allowed(with(0)));
         assert!(allowed(with(me)));
         assert!(!allowed(with(other)));

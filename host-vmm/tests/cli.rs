@@ -364,7 +364,12 @@ fn the_control_socket_is_the_operators_only() {
     let path = sock.to_str().unwrap();
     // The loosest umask: the socket is 0600 anyway.
     let mut child = Command::new("sh")
-        .args(["-c", "umask 000; exec \"$0\" --api-socket \"$1\"", HOST_VMM, path])
+        .args([
+            "-c",
+            "umask 000; exec \"$0\" --api-socket \"$1\"",
+            HOST_VMM,
+            path,
+        ])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

@@ -271,7 +271,11 @@ impl Machine {
 fn frame(dst: [u8; 6], seed: u32, len: usize) -> Vec<u8> {
     let mut f = Vec::with_capacity(len);
     f.extend_from_slice(&dst);
-    f.extend_from_slice(if dst == PEER_MAC { &PERMANENT } else { &PEER_MAC });
+    f.extend_from_slice(if dst == PEER_MAC {
+        &PERMANENT
+    } else {
+        &PEER_MAC
+    });
     f.extend_from_slice(&[0x88, 0xB5]);
     let mut x = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
     while f.len() < len {

@@ -412,6 +412,7 @@ fn unknown_fields_are_ignored_and_defaults_filled() {
                 destination_url: "unix:/tmp/m.sock".into(),
                 local: false,
                 downtime_ms: 300,
+                force: false,
             }),
         ]
     );

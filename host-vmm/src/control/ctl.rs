@@ -150,11 +150,13 @@ pub fn run(
             target,
             downtime_ms,
             zero_copy,
+            force,
         } => {
             let data = SendMigrationData {
                 destination_url: target.to_string(),
                 local: *zero_copy,
                 downtime_ms: *downtime_ms,
+                force: *force,
             };
             let body = serde_json::to_value(data).unwrap_or_default();
             put::<serde_json::Value>(socket, "vm.send-migration", Some(body))?;

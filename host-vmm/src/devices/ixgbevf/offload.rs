@@ -486,6 +486,9 @@ mod tests {
             Ok(3)
         );
         let e = segment(&f, &with_mss(2), 1518, &mut seg, &mut count).unwrap_err();
-        assert_eq!(e.to_string(), "MSS 2 is outside 88..=1460 for this frame size");
+        assert_eq!(
+            e.to_string(),
+            "MSS 2 is outside 88..=1460 for this frame size"
+        );
     }
 }

@@ -578,7 +578,10 @@ fn tso_with_an_absurd_mss_is_refused_and_counted() {
     vf.write(tx(0) + r::Q_TAIL, i);
     assert_eq!(vf.peer.take(), None, "nothing segmented");
     let m = vf.dev.metrics();
-    assert_eq!(m.tx_bad_mss, 3, "MSS 0 is refused as no segmentation at all");
+    assert_eq!(
+        m.tx_bad_mss, 3,
+        "MSS 0 is refused as no segmentation at all"
+    );
     assert_eq!(m.tx_dropped, 4);
     assert_eq!(vf.read(tx(0) + r::Q_HEAD), i, "the queue goes on");
 }

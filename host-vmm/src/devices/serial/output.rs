@@ -170,10 +170,7 @@ fn drain(shared: &Shared, mut out: Box<dyn Write + Send>) {
             s.writing = false;
             shared.progressed.notify_all();
             while s.buf.is_empty() && !s.closed {
-                s = shared
-                    .ready
-                    .wait(s)
-                    .unwrap_or_else(PoisonError::into_inner);
+                s = shared.ready.wait(s).unwrap_or_else(PoisonError::into_inner);
             }
             if s.buf.is_empty() {
                 return;
@@ -287,7 +284,10 @@ mod tests {
         let started = Instant::now();
         drop(out);
         let took = started.elapsed();
-        assert!(took >= DRAIN_AT_CLOSE / 2 && took < DRAIN_AT_CLOSE * 3, "{took:?}");
+        assert!(
+            took >= DRAIN_AT_CLOSE / 2 && took < DRAIN_AT_CLOSE * 3,
+            "{took:?}"
+        );
     }
 
     /// Fails like a closed pipe.

@@ -119,7 +119,10 @@ fn frames_from_another_source_mac_are_dropped_and_counted() {
     assert_eq!(d.used_idx(TX), 3, "every chain is returned");
     let m = d.dev.device().metrics();
     assert_eq!((m.tx_frames, m.tx_spoofed, m.tx_dropped), (1, 2, 2));
-    assert!(!needs_reset(&mut d), "a guest's spoofing is dropped, not a device error");
+    assert!(
+        !needs_reset(&mut d),
+        "a guest's spoofing is dropped, not a device error"
+    );
 }
 
 #[test]
