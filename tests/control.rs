@@ -257,11 +257,18 @@ fn a_guest_flooding_its_control_channel_cannot_hold_the_agent_past_its_deadline(
     // And the next request is answered again.
     let (code, v, _) = timed(&a, "PUT", "roam.nic", Some(&json!({"action": "status"})));
     assert_eq!(code, 200, "{v}");
+    // The guest did flood: the channel carried far more than the replies.
+    let counters = a.ok("GET", "vm.counters", None).expect("vm.counters");
+    let flooded = counters["agent-console"]["from_guest_bytes"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(flooded > 64 * 1024, "{counters}");
     hosts
         .wait_until_guest_answers(&mut a.vm, ANSWER)
         .unwrap_or_else(|e| panic!("the flooding guest answers ping: {e:#}"));
     say(&format!(
-        "flooding guest: slowest answered agent call {slowest:?}, stalled PREPARE ended after {took:?}"
+        "flooding guest: {flooded} bytes of noise, slowest answered agent call {slowest:?}, \
+         stalled PREPARE ended after {took:?}"
     ));
     let status = a.shutdown().expect("vmm.shutdown");
     assert!(status.success(), "host-vmm exited {status}");

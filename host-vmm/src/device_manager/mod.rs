@@ -211,6 +211,8 @@ pub struct DeviceManager {
     net: Option<SharedNet>,
     vf: Option<SharedVf>,
     agent_port: Mutex<Option<HostPort>>,
+    /// A handle on the same port, for its counters only.
+    agent_counters: Option<HostPort>,
     /// COM1's output counters.
     serial_output: OutputStats,
     /// In attach order.
@@ -302,7 +304,8 @@ impl DeviceManager {
     }
 
     /// Every device's host-side counters by device and name (`vm.counters`): COM1's
-    /// output, virtio-net's and the VF's frames, drops and refusals.
+    /// output, virtio-net's and the VF's frames, drops and refusals, the agent channel's
+    /// bytes.
     pub fn counters(&self) -> Counters {
         let mut all = Counters::new();
         let s = self.serial_output.get();
@@ -327,6 +330,18 @@ impl DeviceManager {
                     ("tx_dropped", m.tx_dropped),
                     ("tx_spoofed", m.tx_spoofed),
                     ("tx_bad_gso", m.tx_bad_gso),
+                ]),
+            );
+        }
+        if let Some(port) = &self.agent_counters {
+            let m = port.metrics();
+            all.insert(
+                "agent-console".into(),
+                named([
+                    ("to_guest_bytes", m.rx_bytes),
+                    ("to_guest_dropped", m.rx_dropped),
+                    ("from_guest_bytes", m.tx_bytes),
+                    ("from_guest_dropped", m.tx_dropped),
                 ]),
             );
         }
@@ -497,6 +512,7 @@ impl<'a> Builder<'a> {
                 net: None,
                 vf: None,
                 agent_port: Mutex::new(None),
+                agent_counters: None,
                 serial_output,
                 registered,
                 announce: Vec::new(),
@@ -572,6 +588,7 @@ impl<'a> Builder<'a> {
             "virtio-console: PCI 00:{slot:02x}.0 (guest agent), INTA on GSI {}",
             intx.gsi
         );
+        self.manager.agent_counters = Some(port.clone());
         *lock(&self.manager.agent_port) = Some(port);
         Ok(())
     }
