@@ -178,7 +178,7 @@ fn move_an_uncooperative_guest(knob: &str, tag: &str) -> String {
     );
     assert_eq!(
         forced_reasons(&a),
-        [forced.clone()],
+        std::slice::from_ref(&forced),
         "{knob}: one migration forced event, with the reason"
     );
     hosts
