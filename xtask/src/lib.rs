@@ -19,6 +19,7 @@ pub mod pingd;
 pub mod prereq;
 pub mod proc;
 pub mod qmp;
+pub mod skip;
 pub mod stats;
 pub mod stdimage;
 pub mod vm;

@@ -6,7 +6,7 @@ use std::process::Command;
 use xtask::artifacts::{self, GUEST_PROFILE, GUEST_TARGET};
 use xtask::net::{self, Site, Topology, Wan};
 use xtask::vm::{Boot, Vmm};
-use xtask::{bench, image_path, prereq, proc, root};
+use xtask::{bench, image_path, prereq, proc, root, skip};
 
 /// Roam's build, run, benchmark and test commands.
 #[derive(Parser)]
@@ -79,7 +79,16 @@ enum Cmd {
     /// move a pinged guest between them (pre-copy, then zero-copy), print pause and downtime.
     Demo,
     /// Everything CI runs: formatting, lints, unit tests, then the KVM and QEMU integration tests.
-    Test,
+    ///
+    /// Needs root and a usable /dev/kvm, and stops at once when either is missing. The last
+    /// line counts every test: `xtask: N passed, M failed, K skipped`.
+    Test {
+        /// For a machine without KVM: run what can run and skip (and count) the tests that
+        /// need KVM, each printing `skipped: TEST: REASON`. Without this flag a missing or
+        /// unusable /dev/kvm fails the run, and every test that needs KVM fails.
+        #[arg(long)]
+        no_kvm: bool,
+    },
     /// Formatting and clippy for host and guest crates.
     Lint,
 }
@@ -359,7 +368,7 @@ fn run(cli: Cli) -> Result<()> {
                 },
         } => bench_migrate(json, moves, &sizes, &svg),
         Cmd::Demo => demo(),
-        Cmd::Test => test(),
+        Cmd::Test { no_kvm } => test(no_kvm),
         Cmd::Lint => lint(),
     }
 }
@@ -498,23 +507,53 @@ fn lint() -> Result<()> {
     proc::run(guest.args(["--", "-D", "warnings"]))
 }
 
-fn test() -> Result<()> {
+fn test(no_kvm: bool) -> Result<()> {
+    match (prereq::kvm_unavailable(), no_kvm) {
+        (Some(why), false) => anyhow::bail!(
+            "{why}\n  `cargo xtask test` boots guests on KVM; on a machine without KVM, `cargo xtask test --no-kvm` runs the other tests and counts the skipped ones"
+        ),
+        (Some(why), true) => {
+            eprintln!("xtask: --no-kvm: {why}; the tests that need KVM are skipped and counted")
+        }
+        (None, true) => eprintln!("xtask: --no-kvm: KVM is usable here, so no test skips"),
+        (None, false) => {}
+    }
+    prereq::ensure_root(
+        "`cargo xtask test` makes network namespaces, hides /dev/kvm and drops privileges in its tests",
+    )?;
+    let mut counts = proc::TestCounts::default();
+    let result = test_steps(no_kvm, &mut counts);
+    // One closing line for people and for CI, over every test binary that ran, also when
+    // one failed.
+    println!("xtask: {}", counts.summary());
+    result
+}
+
+/// The steps of `cargo xtask test`, counting into `counts`; stops at the first failure.
+fn test_steps(no_kvm: bool, counts: &mut proc::TestCounts) -> Result<()> {
     let mut packages = vec![prereq::QEMU];
     packages.extend(prereq::NET_TOOLS);
     packages.extend(prereq::TEST_TOOLS);
     prereq::ensure_packages(&packages)?;
     lint()?;
-    let mut counts = proc::TestCounts::default();
+    // Only the flag opts out: a stray ROAM_NO_KVM in the caller's environment does not.
+    let tests = |args: &[&str]| {
+        let mut cmd = cargo();
+        cmd.args(args);
+        if no_kvm {
+            cmd.env(skip::NO_KVM_ENV, "1");
+        } else {
+            cmd.env_remove(skip::NO_KVM_ENV);
+        }
+        cmd
+    };
     // Host unit tests: what a plain `cargo test` runs, plus the kernel's pure logic.
-    proc::run_tests(cargo().arg("test"), &mut counts)?;
-    proc::run_tests(cargo().args(["test", "-p", "kernel"]), &mut counts)?;
+    proc::run_tests(&mut tests(&["test"]), counts)?;
+    proc::run_tests(&mut tests(&["test", "-p", "kernel"]), counts)?;
     artifacts::build_host_vmm()?;
     artifacts::build_images(&[])?;
     // The wide-area tests' delay line: rebuilt so they never run a stale one.
     artifacts::build_delayline()?;
     // Integration tests: real KVM, real QEMU.
-    proc::run_tests(cargo().args(["test", "-p", "roam-tests"]), &mut counts)?;
-    // One closing line for people and for CI, over every test binary above.
-    println!("xtask: {} passed, {} failed", counts.passed, counts.failed);
-    Ok(())
+    proc::run_tests(&mut tests(&["test", "-p", "roam-tests"]), counts)
 }

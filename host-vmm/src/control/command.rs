@@ -7,7 +7,7 @@ use agent_proto::{Nic, NicStatus, Status};
 use std::fmt::{self, Write};
 
 /// The commands, as usage errors list them.
-pub const COMMANDS: &str = "switch vf|virtio, status, vf link up|down, vf remove, vf add, migrate tcp:ADDR:PORT|unix:PATH [--downtime-ms N] [--zero-copy], progress, cancel, info, pause, resume";
+pub const COMMANDS: &str = "switch vf|virtio, status, vf link up|down, vf remove, vf add, migrate tcp:ADDR:PORT|unix:PATH [--downtime-ms N] [--zero-copy] [--force], progress, cancel, info, counters, pause, resume";
 
 /// One operator command.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -33,6 +33,8 @@ pub enum Command {
         downtime_ms: u64,
         /// Hand guest RAM over instead of copying it (same machine, `unix:` target).
         zero_copy: bool,
+        /// Move even if the guest agent refuses or misses PREPARE (the host removes the VF).
+        force: bool,
     },
     /// The running or last migration's progress (`vm.migration-progress`).
     Progress,
@@ -40,6 +42,8 @@ pub enum Command {
     Cancel,
     /// The VM's state and configuration (`vm.info`).
     Info,
+    /// The devices' host-side counters (`vm.counters`).
+    Counters,
     /// Pause the VM (`vm.pause`).
     Pause,
     /// Resume the VM (`vm.resume`).
@@ -70,16 +74,18 @@ pub enum UsageError {
     Migrate(String),
 }
 
-/// `migrate TARGET [--downtime-ms N] [--zero-copy]`, flags in any order.
+/// `migrate TARGET [--downtime-ms N] [--zero-copy] [--force]`, flags in any order.
 fn parse_migrate(words: &[&str]) -> Result<Command, UsageError> {
     let bad = |m: String| UsageError::Migrate(m);
     let mut target = None;
     let mut downtime_ms = crate::migration::source::DEFAULT_DOWNTIME.as_millis() as u64;
     let mut zero_copy = false;
+    let mut force = false;
     let mut it = words.iter();
     while let Some(w) = it.next() {
         match *w {
             "--zero-copy" => zero_copy = true,
+            "--force" => force = true,
             "--downtime-ms" => {
                 let v = it
                     .next()
@@ -108,6 +114,7 @@ fn parse_migrate(words: &[&str]) -> Result<Command, UsageError> {
         target,
         downtime_ms,
         zero_copy,
+        force,
     })
 }
 
@@ -127,6 +134,7 @@ impl Command {
             ["progress"] => Command::Progress,
             ["cancel"] => Command::Cancel,
             ["info"] => Command::Info,
+            ["counters"] => Command::Counters,
             ["pause"] => Command::Pause,
             ["resume"] => Command::Resume,
             ["agent", "prepare"] => Command::AgentPrepare,
@@ -168,6 +176,7 @@ impl fmt::Display for Command {
             Command::Progress => f.write_str("progress"),
             Command::Cancel => f.write_str("cancel"),
             Command::Info => f.write_str("info"),
+            Command::Counters => f.write_str("counters"),
             Command::Pause => f.write_str("pause"),
             Command::Resume => f.write_str("resume"),
             Command::AgentPrepare => f.write_str("agent prepare"),
@@ -176,10 +185,14 @@ impl fmt::Display for Command {
                 target,
                 downtime_ms,
                 zero_copy,
+                force,
             } => {
                 write!(f, "migrate {target} --downtime-ms {downtime_ms}")?;
                 if *zero_copy {
                     f.write_str(" --zero-copy")?;
+                }
+                if *force {
+                    f.write_str(" --force")?;
                 }
                 Ok(())
             }
@@ -250,6 +263,7 @@ mod tests {
             "progress",
             "cancel",
             "info",
+            "counters",
             "pause",
             "resume",
         ] {
@@ -274,15 +288,18 @@ mod tests {
                 target: "tcp:198.18.0.2:7000".parse().unwrap(),
                 downtime_ms: 300,
                 zero_copy: false,
+                force: false,
             })
         );
-        let c = Command::parse_line("migrate --zero-copy unix:/tmp/m --downtime-ms 5").unwrap();
+        let c =
+            Command::parse_line("migrate --zero-copy unix:/tmp/m --force --downtime-ms 5").unwrap();
         assert_eq!(
             c,
             Command::Migrate {
                 target: "unix:/tmp/m".parse().unwrap(),
                 downtime_ms: 5,
                 zero_copy: true,
+                force: true,
             }
         );
         // What the client sends is what the server parses.
