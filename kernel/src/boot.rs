@@ -1,5 +1,6 @@
 //! Boot, in order: descriptor tables, boot information, command line and log, page tables,
-//! heap ranges, clock, then the app. Both entries (arch::entry) arrive here.
+//! heap ranges, clock, the main thread's TLS block (std programs), then the app. Both
+//! entries (arch::entry) arrive here.
 //!
 //! Every step is sized for a guest whose ring-0 instructions are emulated at ~0.4 µs each:
 //! no loops over tables, no logging at the default level, nothing zeroed, and the heap and
@@ -30,6 +31,9 @@ pub extern "C" fn kernel_main(start_info: u64) -> ! {
     }
     if options.not_utf8 {
         log::warn!("cmdline: not UTF-8, ignored");
+    }
+    if let Some(value) = options.bad_env_value {
+        log::warn!("cmdline: `env={value}` is not NAME=VALUE; ignored");
     }
 
     // One `Ranges`, narrowed in place from RAM to the heap: copies cost emulated time.
@@ -77,6 +81,9 @@ pub extern "C" fn kernel_main(start_info: u64) -> ! {
     log::debug!("cpu: {features:?}");
     timer::init(&features);
     abi::init(&features);
+    if let Err(e) = arch::tls::init_main_thread() {
+        panic!("boot: {e}");
+    }
     log::info!(
         "boot: kernel ready after {} us; starting the app",
         timer::now_ns() / 1000

@@ -1,6 +1,9 @@
-//! The kernel command line: space-separated `key=value` words (docs/boot-abi.md).
+//! The kernel command line: space-separated `key=value` words, then optionally `--` and the
+//! app's arguments (docs/boot-abi.md).
 //!
-//! Only `log=` means something at boot; other keys are kept for later stages and ignored.
+//! Only `log=` means something at boot; `env=NAME=VALUE` words make the app's environment;
+//! other keys are kept for later stages and ignored. Everything after the first `--` word
+//! belongs to the app: its arguments, never read as kernel options.
 
 use log::LevelFilter;
 
@@ -16,6 +19,8 @@ pub struct Options<'a> {
     pub bad_log_value: Option<&'a str>,
     /// The command line was not UTF-8 and was ignored.
     pub not_utf8: bool,
+    /// An `env=` value that is not `NAME=VALUE` (the first one): reported once logging is up.
+    pub bad_env_value: Option<&'a str>,
 }
 
 /// Parses the command line bytes as copied from the boot information.
@@ -24,26 +29,56 @@ pub fn parse(bytes: &[u8]) -> Options<'_> {
         log_level: DEFAULT_LOG_LEVEL,
         bad_log_value: None,
         not_utf8: false,
+        bad_env_value: None,
     };
     let Ok(text) = core::str::from_utf8(bytes) else {
         options.not_utf8 = true;
         return options;
     };
     for (key, value) in words(text) {
-        if key == "log" {
-            match level(value) {
+        match key {
+            "log" => match level(value) {
                 Some(level) => options.log_level = level,
                 None => options.bad_log_value = Some(value),
+            },
+            "env" if env_entry(value).is_none() && options.bad_env_value.is_none() => {
+                options.bad_env_value = Some(value);
             }
+            _ => {}
         }
     }
     options
 }
 
-/// The `key=value` words of `text`; words without `=` are skipped.
-pub fn words(text: &str) -> impl Iterator<Item = (&str, &str)> {
+/// The word that ends the kernel's options; the words after it are the app's arguments.
+pub const ARGS_SEPARATOR: &str = "--";
+
+/// The `key=value` words of `text` before `--`; words without `=` are skipped.
+pub fn words(text: &str) -> impl Iterator<Item = (&str, &str)> + Clone {
     text.split_ascii_whitespace()
+        .take_while(|word| *word != ARGS_SEPARATOR)
         .filter_map(|word| word.split_once('='))
+}
+
+/// The app's arguments: the words after the first `--` (none without one). There is no
+/// quoting: an argument cannot contain white space.
+pub fn app_args(text: &str) -> impl Iterator<Item = &str> + Clone {
+    text.split_ascii_whitespace()
+        .skip_while(|word| *word != ARGS_SEPARATOR)
+        .skip(1)
+}
+
+/// The app's environment: the `NAME=VALUE` of every well-formed `env=NAME=VALUE` word
+/// before `--`, in order (a later entry for the same name wins in std).
+pub fn app_env(text: &str) -> impl Iterator<Item = &str> + Clone {
+    words(text)
+        .filter(|(key, _)| *key == "env")
+        .filter_map(|(_, value)| env_entry(value).map(|_| value))
+}
+
+/// `NAME=VALUE` with a non-empty NAME, split; `None` otherwise.
+fn env_entry(value: &str) -> Option<(&str, &str)> {
+    value.split_once('=').filter(|(name, _)| !name.is_empty())
 }
 
 /// The guest agent's test knobs, from `agent.test=KNOB[,KNOB...]` (docs/boot-abi.md):
@@ -135,6 +170,33 @@ mod tests {
         let o = parse(b"log=info \xff");
         assert!(o.not_utf8);
         assert_eq!(o.log_level, LevelFilter::Warn);
+    }
+
+    #[test]
+    fn words_after_the_separator_are_the_apps() {
+        let line = "log=info env=A=1 -- one log=error -- two";
+        assert_eq!(parse(line.as_bytes()).log_level, LevelFilter::Info);
+        let keys: Vec<_> = words(line).map(|(k, _)| k).collect();
+        assert_eq!(keys, vec!["log", "env"]);
+        let args: Vec<_> = app_args(line).collect();
+        assert_eq!(args, vec!["one", "log=error", "--", "two"]);
+        assert_eq!(app_args("log=info").count(), 0);
+        assert_eq!(app_args("log=info --").count(), 0);
+    }
+
+    #[test]
+    fn environment_takes_well_formed_env_words_before_the_separator() {
+        let line = "env=HOME=/ ip=1.2.3.4/24 env=EMPTY= env=PATH=/a=b -- env=NOT=mine";
+        let env: Vec<_> = app_env(line).collect();
+        assert_eq!(env, vec!["HOME=/", "EMPTY=", "PATH=/a=b"]);
+        assert_eq!(parse(line.as_bytes()).bad_env_value, None);
+    }
+
+    #[test]
+    fn malformed_env_words_are_skipped_and_the_first_is_reported() {
+        let line = "env=NOVALUE env==x env=OK=1 env=ALSO_BAD";
+        assert_eq!(app_env(line).collect::<Vec<_>>(), vec!["OK=1"]);
+        assert_eq!(parse(line.as_bytes()).bad_env_value, Some("NOVALUE"));
     }
 
     #[test]

@@ -45,6 +45,11 @@ pub mod cmdline;
 pub mod fault;
 pub mod memmap;
 pub mod status;
+pub mod tls;
+
+// The kernel's own heap allocations (the app's arguments).
+#[cfg(target_os = "none")]
+extern crate alloc;
 
 #[cfg(target_os = "none")]
 #[allow(unsafe_code)]

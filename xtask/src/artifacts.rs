@@ -1,6 +1,6 @@
 //! Building what the other commands run: guest images and the release host-vmm.
 
-use crate::{image_path, images_dir, proc, root, target_dir};
+use crate::{image_path, images_dir, proc, root, stdimage, target_dir};
 use anyhow::{Context, Result, bail};
 use std::process::Command;
 
@@ -16,9 +16,13 @@ pub fn image_names() -> Result<Vec<String>> {
     crates_under_images(|dir| dir.join("src").join("main.rs").is_file())
 }
 
-/// Every crate under `images/`: the images and the libraries they share (for linting).
+/// Every crate under `images/` built for the guest target: the `no_std` images and the
+/// libraries they share (for linting). Std programs are plain std crates: the host lint
+/// covers them.
 pub fn guest_crates() -> Result<Vec<String>> {
-    crates_under_images(|dir| dir.join("Cargo.toml").is_file())
+    crates_under_images(|dir| {
+        dir.join("Cargo.toml").is_file() && !stdimage::is_std_crate(dir).unwrap_or(false)
+    })
 }
 
 fn crates_under_images(keep: impl Fn(&std::path::Path) -> bool) -> Result<Vec<String>> {
@@ -34,7 +38,8 @@ fn crates_under_images(keep: impl Fn(&std::path::Path) -> bool) -> Result<Vec<St
     Ok(names)
 }
 
-/// Builds the named images (all of them when `names` is empty) into target/images/.
+/// Builds the named images (all of them when `names` is empty) into target/images/: the
+/// `no_std` ones in one cargo build, each std program with [`stdimage::build`].
 pub fn build_images(names: &[String]) -> Result<()> {
     crate::prereq::ensure_guest_target()?;
     let known = image_names()?;
@@ -50,6 +55,15 @@ pub fn build_images(names: &[String]) -> Result<()> {
                 known.join(", ")
             );
         }
+    }
+    let (std_names, names): (Vec<String>, Vec<String>) = names.into_iter().partition(|name| {
+        stdimage::is_std_crate(&root().join("images").join(name)).unwrap_or(false)
+    });
+    for name in &std_names {
+        stdimage::build(&root().join("images").join(name).join("Cargo.toml"))?;
+    }
+    if names.is_empty() {
+        return Ok(());
     }
     let mut cmd = Command::new(env!("CARGO"));
     cmd.current_dir(root()).args([

@@ -21,6 +21,7 @@ pub mod proc;
 pub mod qmp;
 pub mod skip;
 pub mod stats;
+pub mod stdimage;
 pub mod vm;
 pub mod widearea;
 

@@ -19,13 +19,22 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Build guest images into target/images/<name>.elf.
+    ///
+    /// A crate under images/ is either a `no_std` image (it links the `kernel` crate) or a std
+    /// program (`[package.metadata.roam]` with `std = true` in its Cargo.toml): an ordinary
+    /// Rust program, built with std for Hermit's OS (-Zbuild-std) and linked with Roam's
+    /// kernel. `--path` builds a std program that lives anywhere.
     Image {
         /// Images to build (directories under images/).
-        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        #[arg(required_unless_present_any = ["all", "path"], conflicts_with_all = ["all", "path"])]
         names: Vec<String>,
         /// Build every image.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "path")]
         all: bool,
+        /// A std program's crate directory (with its Cargo.toml and one binary), anywhere;
+        /// the image is target/images/<binary>.elf.
+        #[arg(long, value_name = "DIR")]
+        path: Option<std::path::PathBuf>,
     },
     /// Build an image and boot it under host-vmm; exits with the guest's status.
     Run {
@@ -188,7 +197,10 @@ fn main() {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Cmd::Image { names, all: _ } => artifacts::build_images(&names),
+        Cmd::Image {
+            path: Some(dir), ..
+        } => xtask::stdimage::build(&dir.join("Cargo.toml")).map(|_| ()),
+        Cmd::Image { names, .. } => artifacts::build_images(&names),
         Cmd::Run {
             name,
             net,

@@ -58,6 +58,13 @@ pub const NET_TOOLS: [Package; 7] = [
     },
 ];
 
+/// GNU objcopy, which narrows the kernel object of std images to its ABI symbols
+/// (`stdimage`). Present wherever rustc links host programs (gcc depends on it).
+pub const BINUTILS: Package = Package {
+    name: "binutils",
+    program: "objcopy",
+};
+
 /// What only `cargo xtask test` needs: tshark, Wireshark's dissectors as a decoder
 /// independent of ours (proto/mip's `tests/tshark.rs` feeds it our Mobile IP messages).
 pub const TEST_TOOLS: [Package; 1] = [Package {
@@ -230,6 +237,46 @@ fn guest_target_installed() -> bool {
                 .unwrap_or(false)
         })
         .unwrap_or(false)
+}
+
+/// Makes sure the pinned toolchain has the `rust-src` component, from which std programs'
+/// standard library is built (`stdimage`); installs it like [`ensure_guest_target`].
+pub fn ensure_rust_src() -> Result<()> {
+    if rust_src_installed() {
+        return Ok(());
+    }
+    if !on_path("rustup") {
+        bail!(
+            "the rust-src component is missing and rustup is not installed; install rustup, \
+             then run: rustup toolchain install (in {})",
+            crate::root().display()
+        );
+    }
+    eprintln!("Installing the toolchain components pinned in rust-toolchain.toml");
+    proc::run(
+        Command::new("rustup")
+            .args(["toolchain", "install"])
+            .env_remove("RUSTUP_TOOLCHAIN")
+            .current_dir(crate::root()),
+    )?;
+    if !rust_src_installed() {
+        bail!("`rustup toolchain install` ran but rust-src is still missing");
+    }
+    Ok(())
+}
+
+fn rust_src_installed() -> bool {
+    Command::new("rustc")
+        .args(["--print", "sysroot"])
+        .current_dir(crate::root())
+        .output()
+        .ok()
+        .filter(|out| out.status.success())
+        .is_some_and(|out| {
+            Path::new(String::from_utf8_lossy(&out.stdout).trim())
+                .join("lib/rustlib/src/rust/library/Cargo.lock")
+                .is_file()
+        })
 }
 
 #[cfg(test)]

@@ -83,7 +83,7 @@ same_signature! {
     socket::sys_bind = h::bind : unsafe extern "C" fn(i32, *const sockaddr, socklen_t) -> i32;
     socket::sys_connect = h::connect : unsafe extern "C" fn(i32, *const sockaddr, socklen_t) -> i32;
     io::sys_read = h::read : unsafe extern "C" fn(i32, *mut u8, usize) -> isize;
-    stubs::sys_readv = h::readv : unsafe extern "C" fn(i32, *const iovec, usize) -> isize;
+    io::sys_readv = h::readv : unsafe extern "C" fn(i32, *const iovec, usize) -> isize;
     stubs::sys_getdents64 = h::getdents64 : unsafe extern "C" fn(i32, *mut dirent64, usize) -> i64;
     stubs::sys_mkdir = h::mkdir : unsafe extern "C" fn(*const i8, u32) -> i32;
     entropy::sys_read_entropy = h::read_entropy : unsafe extern "C" fn(*mut u8, usize, u32) -> isize;
@@ -91,7 +91,7 @@ same_signature! {
     socket::sys_recvfrom = h::recvfrom : unsafe extern "C" fn(i32, *mut u8, usize, i32, *mut sockaddr, *mut socklen_t) -> isize;
     stubs::sys_lseek = h::lseek : unsafe extern "C" fn(i32, isize, i32) -> isize;
     io::sys_write = h::write : unsafe extern "C" fn(i32, *const u8, usize) -> isize;
-    stubs::sys_writev = h::writev : unsafe extern "C" fn(i32, *const iovec, usize) -> isize;
+    io::sys_writev = h::writev : unsafe extern "C" fn(i32, *const iovec, usize) -> isize;
     socket::sys_close = h::close : unsafe extern "C" fn(i32) -> i32;
     stubs::sys_fsync = h::fsync : unsafe extern "C" fn(i32) -> i32;
     stubs::sys_dup = h::dup : unsafe extern "C" fn(i32) -> i32;

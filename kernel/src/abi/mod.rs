@@ -2,14 +2,16 @@
 //! the kernel. Each is defined here with the exact C signature (checked at compile time
 //! against hermit-abi's own declarations in `check`).
 //!
-//! Implemented: console output (`io`), clocks and sleep (`time`), the heap (`alloc`), entropy
-//! (`entropy`), exit/abort/getpid and the small queries below. Everything else (files,
+//! Implemented: console output and vectored I/O (`io`), clocks and sleep (`time`), the heap
+//! (`alloc`), entropy (`entropy`), exit/abort/getpid, the app's arguments and environment
+//! (`args`) and the small queries below. Everything else (files,
 //! sockets, threads, futexes...) is in `stubs` and fails cleanly with `-ENOSYS`.
 //!
 //! Errors are returned directly as `-errno`, the way Rust's std for Hermit consumes them.
 //! The kernel keeps no separate errno, so `sys_errno`/`sys_get_errno` always return 0.
 
 mod alloc;
+mod args;
 mod check;
 mod entropy;
 mod io;
@@ -39,20 +41,9 @@ unsafe extern "C" {
     fn runtime_entry(argc: i32, argv: *const *const c_char, env: *const *const c_char) -> !;
 }
 
-/// A NULL-terminated pointer array that can live in a static.
-#[repr(transparent)]
-struct PointerArray<const N: usize>([*const c_char; N]);
-
-// SAFETY: the pointers point at immutable string literals; nothing writes through them.
-unsafe impl<const N: usize> Sync for PointerArray<N> {}
-
-/// argv: the program name only (the kernel command line is not split into app arguments).
-static ARGV: PointerArray<2> = PointerArray([c"roam".as_ptr(), core::ptr::null()]);
-/// An empty environment.
-static ENV: PointerArray<1> = PointerArray([core::ptr::null()]);
-
-/// Calls the app's `runtime_entry(1, ["roam"], [])`, on the guarded app stack when there
-/// is one (`stack_top`), else on the boot stack.
+/// Calls the app's `runtime_entry(argc, argv, env)` (arguments and environment from the
+/// command line, `args`), on the guarded app stack when there is one (`stack_top`), else on
+/// the boot stack.
 pub fn start_app(stack_top: Option<u64>) -> ! {
     match stack_top {
         // SAFETY: boot mapped this stack (arch::paging::map_stack): 2 MiB of RAM, writable,
@@ -63,9 +54,11 @@ pub fn start_app(stack_top: Option<u64>) -> ! {
 }
 
 extern "C" fn enter_app() -> ! {
+    let app = args::from_cmdline();
     // SAFETY: every image defines `runtime_entry` with this signature (it is the link-time
-    // contract of a Roam image); argv and env are NULL-terminated arrays of static strings.
-    unsafe { runtime_entry(1, ARGV.0.as_ptr(), ENV.0.as_ptr()) }
+    // contract of a Roam image; std defines it for std programs); argv and env are
+    // NULL-terminated arrays of NUL-terminated strings that are never freed.
+    unsafe { runtime_entry(app.argc, app.argv, app.env) }
 }
 
 /// The thread's errno: always 0, because every call returns its error directly.

@@ -5,7 +5,7 @@
 
 use super::fail;
 use core::ffi::c_char;
-use hermit_abi::{ENOSYS, NORMAL_PRIO, Tid, addrinfo, dirent64, iovec, sem_t, stat, timespec};
+use hermit_abi::{ENOSYS, NORMAL_PRIO, Tid, addrinfo, dirent64, sem_t, stat, timespec};
 
 /// Defines functions that only return `-ENOSYS` (as their integer return type).
 macro_rules! enosys {
@@ -56,11 +56,9 @@ enosys! {
     sys_stat(*const c_char, *mut stat) -> i32;
     sys_lstat(*const c_char, *mut stat) -> i32;
     sys_fstat(i32, *mut stat) -> i32;
-    sys_readv(i32, *const iovec, usize) -> isize;
     sys_getdents64(i32, *mut dirent64, usize) -> i64;
     sys_mkdir(*const i8, u32) -> i32;
     sys_lseek(i32, isize, i32) -> isize;
-    sys_writev(i32, *const iovec, usize) -> isize;
     sys_fsync(i32) -> i32;
     sys_dup(i32) -> i32;
     sys_eventfd(u64, i16) -> i32;

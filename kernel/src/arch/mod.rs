@@ -20,5 +20,6 @@ pub mod pci;
 pub mod pit;
 pub mod port;
 pub mod pvclock;
+pub mod tls;
 pub mod uart;
 pub use entry::entry_tsc;

@@ -1,0 +1,228 @@
+//! Std programs: an ordinary Rust program built with std (`cargo xtask image`, ARCHITECTURE.md
+//! "Std programs") boots under host-vmm and stock QEMU microvm from the same ELF, gets its
+//! arguments and environment from the command line, and ends with its exit status; a panic
+//! prints its message and ends the VM with a non-zero status.
+
+use roam_tests::{GuestRun, Vmm, boot, kvm_present};
+use std::path::PathBuf;
+
+const APP_READY: &str = "Hello from std on Roam";
+/// What std-hello checks for (images/std-hello/src/main.rs).
+const CMDLINE: &str = "env=ROAM_GREETING=hi -- alpha beta";
+/// A std program's panic: std prints the message, then aborts (docs/boot-abi.md §6).
+const STATUS_PANIC: i32 = 101;
+
+fn transcript(run: &GuestRun) -> String {
+    format!(
+        "status {}\n--- stdout ---\n{}--- stderr ---\n{}",
+        run.status, run.watched.stdout, run.watched.stderr
+    )
+}
+
+fn std_hello_passes(vmm: Vmm) {
+    let run = boot(vmm, "std-hello", CMDLINE, APP_READY);
+    assert_eq!(
+        run.status,
+        0,
+        "std-hello failed under {}:\n{}",
+        vmm.key(),
+        transcript(&run)
+    );
+    let out = &run.watched.stdout;
+    assert!(
+        out.lines().next() == Some(APP_READY)
+            && out.contains("std-hello: all checks passed")
+            && !out.contains("FAILED"),
+        "std-hello's output under {}:\n{}",
+        vmm.key(),
+        transcript(&run)
+    );
+    // Each check by name, so a silently skipped one fails here.
+    for check in [
+        "arguments after the program name are [alpha, beta]",
+        "ROAM_GREETING=hi in the environment",
+        "thread::sleep(20ms) took",
+        "Instant never goes back",
+        "stdout's write_vectored wrote both buffers",
+        "two RandomStates hash differently",
+        "a thread-local starts at its initial value",
+        "reading a file fails cleanly",
+    ] {
+        assert!(
+            out.contains(&format!("std-hello: ok: {check}")),
+            "no `ok: {check}` under {}:\n{}",
+            vmm.key(),
+            transcript(&run)
+        );
+    }
+}
+
+#[test]
+fn std_hello_passes_its_checks_on_host_vmm() {
+    if kvm_present("std_hello_passes_its_checks_on_host_vmm") {
+        std_hello_passes(Vmm::HostVmm);
+    }
+}
+
+#[test]
+fn std_hello_passes_its_checks_on_qemu_microvm() {
+    if kvm_present("std_hello_passes_its_checks_on_qemu_microvm") {
+        std_hello_passes(Vmm::QemuMicrovm);
+    }
+}
+
+/// The checks can fail: without its arguments and environment std-hello says so and exits 1.
+#[test]
+fn std_hello_exits_1_without_its_arguments() {
+    if !kvm_present("std_hello_exits_1_without_its_arguments") {
+        return;
+    }
+    let run = boot(Vmm::HostVmm, "std-hello", "", APP_READY);
+    assert_eq!(run.status, 1, "{}", transcript(&run));
+    assert!(
+        run.watched
+            .stdout
+            .contains("std-hello: FAILED: arguments after the program name")
+            && run
+                .watched
+                .stdout
+                .contains("std-hello: FAILED: ROAM_GREETING=hi"),
+        "{}",
+        transcript(&run)
+    );
+}
+
+fn panic_exits_nonzero_with_its_message(vmm: Vmm) {
+    let run = boot(vmm, "std-hello", "-- panic", APP_READY);
+    assert_eq!(
+        run.status,
+        STATUS_PANIC,
+        "a std panic under {}:\n{}",
+        vmm.key(),
+        transcript(&run)
+    );
+    let out = &run.watched.stdout;
+    assert!(
+        out.contains("thread 'main'")
+            && out.contains("panicked at images/std-hello/src/main.rs")
+            && out.contains("std-hello: deliberate panic (argument `panic`)"),
+        "the panic message under {}:\n{}",
+        vmm.key(),
+        transcript(&run)
+    );
+}
+
+#[test]
+fn std_panic_exits_101_with_its_message_on_host_vmm() {
+    if kvm_present("std_panic_exits_101_with_its_message_on_host_vmm") {
+        panic_exits_nonzero_with_its_message(Vmm::HostVmm);
+    }
+}
+
+#[test]
+fn std_panic_exits_101_with_its_message_on_qemu_microvm() {
+    if kvm_present("std_panic_exits_101_with_its_message_on_qemu_microvm") {
+        panic_exits_nonzero_with_its_message(Vmm::QemuMicrovm);
+    }
+}
+
+/// The kernel object std programs link exports the ABI and nothing else: any other global
+/// symbol (`memcpy`, the allocator shims, the panic handler, `compiler_builtins`) could
+/// clash with std's own copy or silently replace it.
+#[test]
+fn the_kernel_object_exports_only_the_abi() {
+    let dir = xtask::target_dir().join("roam-kernel");
+    let objects: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}; run `cargo xtask image std-hello`", dir.display()))
+        .flatten()
+        .map(|e| e.path().join("roam-kernel.o"))
+        .filter(|p| p.is_file())
+        .collect();
+    assert_eq!(
+        objects.len(),
+        1,
+        "one kernel object under {}",
+        dir.display()
+    );
+    let symbols = roam_tests::run(
+        std::process::Command::new("readelf")
+            .arg("-sW")
+            .arg(&objects[0]),
+    );
+    let (mut defined, mut undefined) = (Vec::new(), Vec::new());
+    for fields in symbols
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+    {
+        // Num: Value Size Type Bind Vis Ndx Name
+        if let [_, _, _, _, bind, _, ndx, name] = fields[..]
+            && (bind == "GLOBAL" || bind == "WEAK")
+        {
+            if ndx == "UND" {
+                undefined.push(name);
+            } else {
+                defined.push(name);
+            }
+        }
+    }
+    assert!(
+        defined.contains(&"sys_write") && defined.contains(&"roam_entry64"),
+        "the ABI is missing: {defined:?}"
+    );
+    let foreign: Vec<_> = defined
+        .iter()
+        .filter(|s| !s.starts_with("sys_") && !s.starts_with("roam_"))
+        .collect();
+    assert!(
+        foreign.is_empty(),
+        "global symbols beyond the ABI: {foreign:?}"
+    );
+    let unexpected: Vec<_> = undefined
+        .iter()
+        .filter(|s| **s != "runtime_entry" && !s.starts_with("roam_") && !s.starts_with("__roam_"))
+        .collect();
+    assert!(
+        unexpected.is_empty(),
+        "the kernel needs symbols neither std nor link.ld provides: {unexpected:?}"
+    );
+}
+
+/// A crate directory under the temp directory, removed when dropped.
+struct TempCrate(PathBuf);
+
+impl Drop for TempCrate {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// `cargo xtask image --path DIR` builds a std program that lives outside the repository,
+/// with its own workspace and nothing Roam-specific in it.
+#[test]
+fn a_std_program_outside_the_repository_builds_and_runs() {
+    if !kvm_present("a_std_program_outside_the_repository_builds_and_runs") {
+        return;
+    }
+    let dir = TempCrate(std::env::temp_dir().join(format!("roam-std-path-{}", std::process::id())));
+    std::fs::create_dir_all(dir.0.join("src")).expect("creating the crate");
+    std::fs::write(
+        dir.0.join("Cargo.toml"),
+        "[package]\nname = \"roam-path-check\"\nversion = \"0.1.0\"\nedition = \"2024\"\n\n[workspace]\n",
+    )
+    .expect("writing Cargo.toml");
+    std::fs::write(
+        dir.0.join("src/main.rs"),
+        "fn main() {\n    let n: u64 = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(0);\n    println!(\"path-check: {} squared is {}\", n, n * n);\n    std::process::exit(if n == 12 { 7 } else { 1 });\n}\n",
+    )
+    .expect("writing main.rs");
+
+    let name = xtask::stdimage::build(&dir.0.join("Cargo.toml"))
+        .unwrap_or_else(|e| panic!("building {}: {e:#}", dir.0.display()));
+    assert_eq!(name, "roam-path-check");
+    let run = boot(Vmm::HostVmm, &name, "-- 12", "path-check:");
+    assert!(
+        run.status == 7 && run.watched.stdout.contains("path-check: 12 squared is 144"),
+        "{}",
+        transcript(&run)
+    );
+}
