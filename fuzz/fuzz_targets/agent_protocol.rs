@@ -1,7 +1,8 @@
-//! The guest-agent protocol (proto/agent): the guest agent (migration-client) fed the input
-//! in pieces, every reply it emits checked to be one whole good frame; both decoders walked
-//! over the input, every step within bounds and every accepted frame canonical; and
-//! host-vmm's end (control::agent) reading the input as what a guest sent back.
+//! The guest-agent protocol (proto/agent, migration-client's agent, host-vmm's end).
+//!
+//! The guest agent is fed the input in pieces, every reply it emits checked to be one whole
+//! good frame; both decoders walk the input, every step within bounds and every accepted
+//! frame canonical; host-vmm's end (control::agent) reads the input as a guest's replies.
 
 #![no_main]
 
@@ -18,11 +19,18 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let mut agent = Agent::new();
     let mut nics = Nics::default();
     for chunk in stream.chunks(piece) {
-        agent.on_input(chunk, &mut nics, &mut |reply| match agent_proto::decode::<Reply>(reply) {
-            Decoded::Frame { len, .. } => assert_eq!(len, reply.len(), "one frame per reply"),
-            other => panic!("the agent sent a bad reply: {other:?}"),
-        });
-        assert!(agent.buffered() < MAX_FRAME, "the agent holds less than a frame");
+        agent.on_input(
+            chunk,
+            &mut nics,
+            &mut |reply| match agent_proto::decode::<Reply>(reply) {
+                Decoded::Frame { len, .. } => assert_eq!(len, reply.len(), "one frame per reply"),
+                other => panic!("the agent sent a bad reply: {other:?}"),
+            },
+        );
+        assert!(
+            agent.buffered() < MAX_FRAME,
+            "the agent holds less than a frame"
+        );
     }
     walk::<Request>(stream);
     walk::<Reply>(stream);
@@ -34,7 +42,10 @@ fn walk<M: Message + PartialEq + std::fmt::Debug>(mut buf: &[u8]) {
     loop {
         match agent_proto::decode::<M>(buf) {
             Decoded::Incomplete => {
-                assert!(buf.len() < MAX_FRAME, "waits only while a frame may still come");
+                assert!(
+                    buf.len() < MAX_FRAME,
+                    "waits only while a frame may still come"
+                );
                 return;
             }
             Decoded::Frame { seq, message, len } => {

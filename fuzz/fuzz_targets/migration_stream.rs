@@ -1,6 +1,8 @@
-//! The migration stream decoder (proto/migration): one frame from a byte slice, then the
-//! whole input read as a stream the way a destination reads it, page batches checked
-//! against guest RAM, and the state envelope over a plain serde type.
+//! The migration stream decoder (proto/migration): frames, messages, pages, the envelope.
+//!
+//! One frame from a byte slice, then the whole input read as a stream the way a destination
+//! reads it, page batches checked against guest RAM, and the state envelope over a plain
+//! serde type (host-vmm's own state is the machine_state target).
 
 #![no_main]
 
@@ -14,7 +16,12 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         assert!(used <= data.len(), "a frame is within its bytes");
         // Every accepted frame is canonical: encoding the message gives its bytes back.
         let again = message.encode().expect("a decoded message encodes");
-        assert_eq!(again, &data[..used], "{} re-encodes to its frame", message.name());
+        assert_eq!(
+            again,
+            &data[..used],
+            "{} re-encodes to its frame",
+            message.name()
+        );
         if let Message::Pages(pages) = &message {
             assert_eq!(pages.iter().count(), pages.len());
             let _ = pages.validate(128 << 20);

@@ -11,6 +11,7 @@ pub mod artifacts;
 pub mod bench;
 pub mod ctl;
 pub mod demo;
+pub mod fuzz;
 #[cfg(test)]
 mod hygiene;
 pub mod migrate;

@@ -69,6 +69,19 @@ enum Cmd {
     /// The demo: build host-vmm and netecho, start two host-vmm on two hosts of a test network,
     /// move a pinged guest between them (pre-copy, then zero-copy), print pause and downtime.
     Demo,
+    /// Run a fuzz target (fuzz/, libFuzzer with AddressSanitizer), installing cargo-fuzz if
+    /// needed; crashing inputs go to target/fuzz/artifacts/<target>/ (docs/fuzzing.md).
+    Fuzz {
+        /// The target (see --list).
+        #[arg(required_unless_present = "list", conflicts_with = "list")]
+        target: Option<String>,
+        /// How long to run it.
+        #[arg(long, default_value_t = 300)]
+        seconds: u64,
+        /// List the targets and what each fuzzes.
+        #[arg(long)]
+        list: bool,
+    },
     /// Everything CI runs: formatting, lints, unit tests, then the KVM and QEMU integration tests.
     Test,
     /// Formatting and clippy for host and guest crates.
@@ -342,6 +355,15 @@ fn run(cli: Cli) -> Result<()> {
                 },
         } => bench_migrate(json, moves, &sizes, &svg),
         Cmd::Demo => demo(),
+        Cmd::Fuzz {
+            list: true, ..
+        } => {
+            print!("{}", xtask::fuzz::list()?);
+            Ok(())
+        }
+        Cmd::Fuzz {
+            target, seconds, ..
+        } => xtask::fuzz::run_one(target.as_deref().unwrap_or_default(), seconds),
         Cmd::Test => test(),
         Cmd::Lint => lint(),
     }
@@ -445,6 +467,18 @@ fn cargo() -> Command {
     cmd
 }
 
+/// Runs each fuzz target for [`xtask::fuzz::SMOKE_SECONDS`]; a crash fails the run.
+fn fuzz_smoke(counts: &mut proc::TestCounts) -> Result<()> {
+    let runs = xtask::fuzz::smoke(xtask::fuzz::SMOKE_SECONDS)?;
+    let failed: Vec<_> = runs.iter().filter(|r| !r.ok).map(|r| r.name.as_str()).collect();
+    counts.passed += (runs.len() - failed.len()) as u64;
+    counts.failed += failed.len() as u64;
+    if !failed.is_empty() {
+        anyhow::bail!("fuzz targets found crashes: {}", failed.join(", "));
+    }
+    Ok(())
+}
+
 /// Guest crates: the kernel, every image and the libraries images share.
 fn guest_packages() -> Result<Vec<String>> {
     let mut packages = vec!["kernel".to_string()];
@@ -497,6 +531,8 @@ fn test() -> Result<()> {
     artifacts::build_delayline()?;
     // Integration tests: real KVM, real QEMU.
     proc::run_tests(cargo().args(["test", "-p", "roam-tests"]), &mut counts)?;
+    // Every fuzz target briefly (one progress line each), counted as one test each.
+    fuzz_smoke(&mut counts)?;
     // One closing line for people and for CI, over every test binary above.
     println!("xtask: {} passed, {} failed", counts.passed, counts.failed);
     Ok(())
