@@ -82,6 +82,17 @@ enum Cmd {
         #[arg(long)]
         list: bool,
     },
+    /// Move kv back and forth between two host-vmm (pre-copy and zero-copy in turn) with a kv
+    /// client checking every reply; report host-vmm's memory and open fds every 10 moves and
+    /// fail if a move fails or either keeps growing (docs/measuring.md).
+    Soak {
+        /// Number of moves.
+        #[arg(long, default_value_t = 100)]
+        moves: u32,
+        /// Print one JSON object: moves, failures, rss_growth_kib, fd_growth.
+        #[arg(long)]
+        json: bool,
+    },
     /// Everything CI runs: formatting, lints, unit tests, then the KVM and QEMU integration tests.
     Test,
     /// Formatting and clippy for host and guest crates.
@@ -364,6 +375,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Fuzz {
             target, seconds, ..
         } => xtask::fuzz::run_one(target.as_deref().unwrap_or_default(), seconds),
+        Cmd::Soak { moves, json } => soak(moves, json),
         Cmd::Test => test(),
         Cmd::Lint => lint(),
     }
@@ -467,6 +479,30 @@ fn cargo() -> Command {
     cmd
 }
 
+/// Moves in the soak `cargo xtask test` runs.
+const SMOKE_SOAK_MOVES: u32 = 6;
+
+/// `cargo xtask soak`: builds what it needs, runs, prints the report, fails on a failure or
+/// growth.
+fn soak(moves: u32, json: bool) -> Result<()> {
+    prereq::ensure_kvm()?;
+    prereq::ensure_root("the soak makes network namespaces")?;
+    prereq::ensure_packages(&prereq::NET_TOOLS)?;
+    if moves == 0 {
+        anyhow::bail!("--moves must be at least 1");
+    }
+    artifacts::build_host_vmm()?;
+    artifacts::build_netprobe()?;
+    artifacts::build_images(&[xtask::soak::IMAGE.to_string()])?;
+    let report = xtask::soak::run(&image_path(xtask::soak::IMAGE), moves)?;
+    if json {
+        println!("{}", report.json());
+    } else {
+        print!("{}", xtask::soak::table(&report));
+    }
+    report.verdict()
+}
+
 /// Runs each fuzz target for [`xtask::fuzz::SMOKE_SECONDS`]; a crash fails the run.
 fn fuzz_smoke(counts: &mut proc::TestCounts) -> Result<()> {
     let runs = xtask::fuzz::smoke(xtask::fuzz::SMOKE_SECONDS)?;
@@ -533,6 +569,9 @@ fn test() -> Result<()> {
     proc::run_tests(cargo().args(["test", "-p", "roam-tests"]), &mut counts)?;
     // Every fuzz target briefly (one progress line each), counted as one test each.
     fuzz_smoke(&mut counts)?;
+    // A short soak (a few moves of kv with a checking client), counted as one test.
+    soak(SMOKE_SOAK_MOVES, false)?;
+    counts.passed += 1;
     // One closing line for people and for CI, over every test binary above.
     println!("xtask: {} passed, {} failed", counts.passed, counts.failed);
     Ok(())

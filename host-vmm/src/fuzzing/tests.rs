@@ -43,7 +43,8 @@ fn every_seed_runs_through_its_target() {
 
 /// Every input under `fuzz/regressions/` runs through its target without a panic. Found so
 /// far: devices refusing their own saved state (a BAR the guest parked outside the MMIO
-/// window, an enabled VF queue on a ring it cannot use), so such a guest could not move.
+/// window, an enabled VF queue on a ring it cannot use, undefined virtio status bits the
+/// guest wrote), so such a guest could not move.
 #[test]
 fn every_past_crash_stays_fixed() {
     let mut ran = 0;

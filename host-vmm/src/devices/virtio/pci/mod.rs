@@ -419,7 +419,9 @@ impl<D: VirtioDevice> VirtioPci<D> {
             self.reset();
             return;
         }
-        let mut value = value & !STATUS_NEEDS_RESET;
+        // Undefined bits are dropped, not kept: a saved status holds only defined bits (the
+        // destination refuses others), so a guest that wrote some can still move.
+        let mut value = value & STATUS_BITS & !STATUS_NEEDS_RESET;
         let newly = value & !self.status;
         if newly & STATUS_FEATURES_OK != 0 && !self.features_acceptable() {
             // Left clear: the driver reads the status back and gives up (3.1.1).
