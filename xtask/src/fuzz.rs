@@ -97,11 +97,11 @@ fn ensure_cargo_fuzz() -> Result<()> {
         return Ok(());
     }
     eprintln!("xtask fuzz: cargo-fuzz is missing; installing it from crates.io (a few minutes)");
-    proc::run(
-        Command::new(env!("CARGO"))
-            .current_dir(root())
-            .args(["install", "--locked", "cargo-fuzz"]),
-    )
+    proc::run(Command::new(env!("CARGO")).current_dir(root()).args([
+        "install",
+        "--locked",
+        "cargo-fuzz",
+    ]))
     .context("installing cargo-fuzz (`cargo install --locked cargo-fuzz`)")
 }
 

@@ -366,9 +366,7 @@ fn run(cli: Cli) -> Result<()> {
                 },
         } => bench_migrate(json, moves, &sizes, &svg),
         Cmd::Demo => demo(),
-        Cmd::Fuzz {
-            list: true, ..
-        } => {
+        Cmd::Fuzz { list: true, .. } => {
             print!("{}", xtask::fuzz::list()?);
             Ok(())
         }
@@ -506,7 +504,11 @@ fn soak(moves: u32, json: bool) -> Result<()> {
 /// Runs each fuzz target for [`xtask::fuzz::SMOKE_SECONDS`]; a crash fails the run.
 fn fuzz_smoke(counts: &mut proc::TestCounts) -> Result<()> {
     let runs = xtask::fuzz::smoke(xtask::fuzz::SMOKE_SECONDS)?;
-    let failed: Vec<_> = runs.iter().filter(|r| !r.ok).map(|r| r.name.as_str()).collect();
+    let failed: Vec<_> = runs
+        .iter()
+        .filter(|r| !r.ok)
+        .map(|r| r.name.as_str())
+        .collect();
     counts.passed += (runs.len() - failed.len()) as u64;
     counts.failed += failed.len() as u64;
     if !failed.is_empty() {

@@ -190,11 +190,16 @@ struct KvSession {
 
 impl KvSession {
     fn start(hosts: &TwoHosts, tag: &str) -> Result<KvSession> {
-        let stop = std::env::temp_dir().join(format!("roam-soak-{}-{tag}.stop", std::process::id()));
+        let stop =
+            std::env::temp_dir().join(format!("roam-soak-{}-{tag}.stop", std::process::id()));
         let _ = std::fs::remove_file(&stop);
         let mut cmd = hosts.client(crate::netprobe_path());
-        cmd.args(["kv-for", &format!("{GUEST_IP}:6380"), &KV_SECONDS.to_string()])
-            .arg(&stop);
+        cmd.args([
+            "kv-for",
+            &format!("{GUEST_IP}:6380"),
+            &KV_SECONDS.to_string(),
+        ])
+        .arg(&stop);
         let bound = Duration::from_secs(u64::from(KV_SECONDS) + 30);
         let run = std::thread::spawn(move || proc::watch(&mut cmd, "", bound));
         // Connected and busy before the first move.
@@ -270,7 +275,9 @@ pub fn run(image: &Path, moves: u32) -> Result<Report> {
             Ok(line) => eprintln!("soak: {line}"),
             Err(why) => {
                 report.failures += 1;
-                report.failed.push(format!("moves {}..={done}: {why}", done - block + 1));
+                report
+                    .failed
+                    .push(format!("moves {}..={done}: {why}", done - block + 1));
                 eprintln!("soak: FAILED: {why}");
             }
         }

@@ -9,6 +9,7 @@
 use super::input::Input;
 use crate::device_manager::DevicesState;
 use crate::device_manager::persisted::Persisted;
+use crate::devices::DeviceStateError;
 use crate::devices::Persist;
 use crate::devices::ixgbevf::Ixgbevf;
 use crate::devices::pci::msix::{CONTROL_ENABLE, MsixVector};
@@ -22,7 +23,6 @@ use crate::devices::virtio::{
     STATUS_ACKNOWLEDGE, STATUS_DRIVER, STATUS_DRIVER_OK, STATUS_FEATURES_OK, VirtioDevice,
 };
 use crate::devices::vm_ops::RecordingVmOps;
-use crate::devices::DeviceStateError;
 use crate::memory::GuestMemoryMmap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -362,11 +362,7 @@ fn run_virtio<D: Fuzzed>(data: &[u8]) {
                     (MSIX_BAR, 0x1000)
                 };
                 let len = access_len(len, 8);
-                dev.write_bar(
-                    bar,
-                    u64::from(offset) % size,
-                    &value.to_le_bytes()[..len],
-                );
+                dev.write_bar(bar, u64::from(offset) % size, &value.to_le_bytes()[..len]);
             }
             Op::Read { bar, offset } => {
                 let (bar, size) = if bar % 2 == 0 {

@@ -420,7 +420,12 @@ fn ixgbevf() -> Vec<Vec<u8>> {
     });
     ops.push(reg(tq + r::Q_TAIL, 1));
     ops.push(Op::Host { bytes: frame });
-    ops.extend([Op::Drain, read(r::VTEICR), Op::Migrate, Op::Kick { queue: 0 }]);
+    ops.extend([
+        Op::Drain,
+        read(r::VTEICR),
+        Op::Migrate,
+        Op::Kick { queue: 0 },
+    ]);
     let untrusted = program(vec![0], &ops);
     ops.extend([
         Op::Operator { what: 0 },

@@ -907,7 +907,11 @@ fn an_enabled_queue_on_a_bad_ring_moves_and_stops_at_its_first_use() {
     m.dev.restore(vf.dev.save()).unwrap();
     m.peer.inject(&frame(60, 1));
     assert_eq!(m.dev.poll_backend(), 0, "nothing delivered on a bad ring");
-    assert_eq!(m.dev.metrics().queue_errors, 1, "the queue stopped at its first use");
+    assert_eq!(
+        m.dev.metrics().queue_errors,
+        1,
+        "the queue stopped at its first use"
+    );
 }
 
 #[test]

@@ -760,7 +760,11 @@ fn a_bar_at_the_top_of_the_address_space_moves_and_decodes_nothing() {
     let bar4 = 0x20;
     d.dev.write_config(bar4, &0xFFFF_C00Cu32.to_le_bytes());
     d.dev.write_config(bar4 + 4, &0xFFFF_FFFFu32.to_le_bytes());
-    assert_eq!(d.dev.notify_address(0), None, "no notify address outside the window");
+    assert_eq!(
+        d.dev.notify_address(0),
+        None,
+        "no notify address outside the window"
+    );
     let mut fresh = Driver::with_memory(d.mem.clone());
     fresh.dev.restore(d.dev.save()).unwrap();
     assert_eq!(fresh.dev.notify_address(0), None);

@@ -50,12 +50,12 @@ use super::{
     STATUS_NEEDS_RESET, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VirtioDevice,
 };
 use super::{STATUS_ACKNOWLEDGE, STATUS_DRIVER};
+use crate::devices::pci::PciDevice;
 use crate::devices::pci::config::{
     BarInfo, BarKind, COMMAND, COMMAND_INTX_DISABLE, ConfigSpace, LayoutError, PciIds, STATUS,
     STATUS_INTERRUPT,
 };
 use crate::devices::pci::msix::{self, Msix, MsixVector};
-use crate::devices::pci::PciDevice;
 use crate::devices::vm_ops::VmOps;
 use crate::devices::{DeviceStateError, Persist};
 use crate::io_thread::{Interest, IoHandler};
