@@ -334,7 +334,7 @@ fn kv_for(addr: SocketAddr, seconds: u64, stop: Option<&str>) -> Result<String, 
     };
     let mut i = 0u64;
     let stopped = || stop.is_some_and(|p| std::path::Path::new(p).exists());
-    while start.elapsed() < run_for && !(i % 16 == 0 && stopped()) {
+    while start.elapsed() < run_for && !(i.is_multiple_of(16) && stopped()) {
         let (key, value) = (
             i % KEYS,
             format!("v{i}-{:08x}", i.wrapping_mul(2_654_435_761)),

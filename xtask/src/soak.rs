@@ -144,7 +144,7 @@ impl Report {
 /// The mode of move `n` (from 1): two pre-copy, two zero-copy, and again, so each host
 /// receives both kinds.
 pub fn mode_of(n: u32) -> Mode {
-    if (n - 1) / 2 % 2 == 0 {
+    if ((n - 1) / 2).is_multiple_of(2) {
         Mode::PreCopy
     } else {
         Mode::ZeroCopy

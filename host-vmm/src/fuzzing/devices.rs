@@ -339,6 +339,16 @@ pub fn virtio_header(features: u64, queues: &[(u8, u16, u32, u32, u32)]) -> Vec<
     out
 }
 
+/// The transport's BAR an op's byte picks (even: the virtio registers, odd: MSI-X), and its
+/// size.
+fn virtio_bar(bar: u8) -> (usize, u64) {
+    if bar.is_multiple_of(2) {
+        (VIRTIO_BAR, VIRTIO_BAR_SIZE)
+    } else {
+        (MSIX_BAR, 0x1000)
+    }
+}
+
 fn run_virtio<D: Fuzzed>(data: &[u8]) {
     let mut input = Input::new(data);
     let mem = memory();
@@ -356,20 +366,12 @@ fn run_virtio<D: Fuzzed>(data: &[u8]) {
                 len,
                 value,
             } => {
-                let (bar, size) = if bar % 2 == 0 {
-                    (VIRTIO_BAR, VIRTIO_BAR_SIZE)
-                } else {
-                    (MSIX_BAR, 0x1000)
-                };
+                let (bar, size) = virtio_bar(bar);
                 let len = access_len(len, 8);
                 dev.write_bar(bar, u64::from(offset) % size, &value.to_le_bytes()[..len]);
             }
             Op::Read { bar, offset } => {
-                let (bar, size) = if bar % 2 == 0 {
-                    (VIRTIO_BAR, VIRTIO_BAR_SIZE)
-                } else {
-                    (MSIX_BAR, 0x1000)
-                };
+                let (bar, size) = virtio_bar(bar);
                 let mut b = [0u8; 4];
                 dev.read_bar(bar, u64::from(offset) % size, &mut b);
             }
@@ -436,7 +438,7 @@ pub fn ixgbevf(data: &[u8]) {
         dev.write_config(cap + 2, &CONTROL_ENABLE.to_le_bytes());
     }
     let bar_of = |bar: u8| {
-        if bar % 2 == 0 {
+        if bar.is_multiple_of(2) {
             usize::from(ixgbevf_regs::REGS_BAR)
         } else {
             usize::from(ixgbevf_regs::MSIX_BAR)
