@@ -1007,7 +1007,29 @@ fn zero_copy_rolls_back_at_every_phase(fault: Fault, tag: &str) {
         let echo = src.echo_stream(ECHO_BYTES, 2000 + i as u64);
         std::thread::sleep(Duration::from_millis(500));
         let before = src.ctl.status().expect("status before the attempt");
+        // Whether the destination ever mapped the guest's memory: so "no one but the source
+        // has it afterwards" means the destination let go, not that it never had it.
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let watcher = {
+            let (stop, dst_pid) = (stop.clone(), dst.pid());
+            std::thread::spawn(move || {
+                let maps = format!("/proc/{dst_pid}/maps");
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let text = std::fs::read_to_string(&maps).unwrap_or_default();
+                    if text.lines().any(|l| {
+                        l.contains("memfd:roam-guest-ram")
+                            && l.split_whitespace().nth(4) == Some(inode.to_string().as_str())
+                    }) {
+                        return true;
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                false
+            })
+        };
         let run = src.migrate_with(&format!("unix:{}", proxy_at.display()), &["--zero-copy"]);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let dst_mapped = watcher.join().expect("the watcher thread");
         let what = format!("zero-copy, {} at {phase:?}", fault.key());
         macro_rules! context {
             () => {
@@ -1054,6 +1076,11 @@ fn zero_copy_rolls_back_at_every_phase(fault: Fault, tag: &str) {
         assert!(
             !std::path::Path::new(&format!("/proc/{}", dst.pid())).exists(),
             "the destination's process is still there; {}",
+            context!()
+        );
+        assert!(
+            dst_mapped,
+            "the destination never mapped the guest's memory before the fault; {}",
             context!()
         );
         // The memory is the source's alone again (migproxy closed the fd it passed on).
