@@ -1,5 +1,5 @@
 //! The `host-vmm` binary end to end: exit statuses, stdout, one-line errors. Bad input needs
-//! no KVM; the boots use tiny hand-assembled guests and skip without `/dev/kvm`.
+//! no KVM; the boots use tiny hand-assembled guests and need `/dev/kvm` (`xtask::skip`).
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -66,16 +66,10 @@ impl Drop for TempFile {
     }
 }
 
+/// For a test that needs KVM: fails without a usable /dev/kvm, or skips (counted) under
+/// `cargo xtask test --no-kvm` (`xtask::skip`).
 fn kvm_available(test: &str) -> bool {
-    let ok = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_ok();
-    if !ok {
-        let _ = writeln!(std::io::stderr(), "{test}: skipped: /dev/kvm not available");
-    }
-    ok
+    xtask::skip::kvm_or_skip(test)
 }
 
 fn host_vmm(args: &[&str]) -> Output {
