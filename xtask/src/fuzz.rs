@@ -240,12 +240,7 @@ fn run_logged(mut cmd: Command, log: &Path, seconds: u64) -> Result<Smoke> {
         std::thread::sleep(Duration::from_millis(100));
     };
     let text = std::fs::read_to_string(log).unwrap_or_default();
-    let last_status = text
-        .lines()
-        .rev()
-        .find(|l| l.starts_with('#'))
-        .unwrap_or("no status line")
-        .to_string();
+    let last_status = status_line(&text);
     Ok(match status {
         Some(s) if s.success() => Smoke {
             name: String::new(),
@@ -267,6 +262,20 @@ fn run_logged(mut cmd: Command, log: &Path, seconds: u64) -> Result<Smoke> {
             }
         }
     })
+}
+
+/// libFuzzer's last status line (`#RUNS DONE cov: ... corp: ... exec/s: ...`), shortened.
+fn status_line(log: &str) -> String {
+    log.lines()
+        .rev()
+        .find(|l| {
+            l.strip_prefix('#')
+                .is_some_and(|r| r.starts_with(|c: char| c.is_ascii_digit()))
+        })
+        .map_or_else(
+            || "no status line".to_string(),
+            |l| l.split_whitespace().collect::<Vec<_>>().join(" "),
+        )
 }
 
 /// `cargo xtask fuzz --list`.
@@ -302,6 +311,9 @@ mod tests {
         let text = list().unwrap();
         assert_eq!(text.lines().count(), all.len());
         assert!(target("nope").unwrap_err().to_string().contains("ixgbevf"));
+        let log = "#1024\tpulse  cov: 10 ft: 20\n#4821\tDONE   cov: 12 ft: 30 corp: 5/1Kb\n\
+                   ###### End of recommended dictionary. ######\nDone 4821 runs in 5 second(s)\n";
+        assert_eq!(status_line(log), "#4821 DONE cov: 12 ft: 30 corp: 5/1Kb");
         let cargo = std::fs::read_to_string(fuzz_dir().join("Cargo.toml")).unwrap();
         for name in names {
             assert!(

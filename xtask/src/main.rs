@@ -73,14 +73,17 @@ enum Cmd {
     /// needed; crashing inputs go to target/fuzz/artifacts/<target>/ (docs/fuzzing.md).
     Fuzz {
         /// The target (see --list).
-        #[arg(required_unless_present = "list", conflicts_with = "list")]
+        #[arg(required_unless_present_any = ["list", "all"], conflicts_with_all = ["list", "all"])]
         target: Option<String>,
-        /// How long to run it.
+        /// How long to run it (each target with --all).
         #[arg(long, default_value_t = 300)]
         seconds: u64,
         /// List the targets and what each fuzzes.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "all")]
         list: bool,
+        /// Run every target in turn, one line each (what `cargo xtask test` does for 10 s).
+        #[arg(long)]
+        all: bool,
     },
     /// Move kv back and forth between two host-vmm (pre-copy and zero-copy in turn) with a kv
     /// client checking every reply; report host-vmm's memory and open fds every 10 moves and
@@ -385,6 +388,14 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Fuzz {
+            all: true, seconds, ..
+        } => {
+            let mut counts = proc::TestCounts::default();
+            let result = fuzz_smoke(&mut counts, seconds);
+            println!("xtask fuzz: {}", counts.summary());
+            result
+        }
+        Cmd::Fuzz {
             target, seconds, ..
         } => xtask::fuzz::run_one(target.as_deref().unwrap_or_default(), seconds),
         Cmd::Soak { moves, json } => soak(moves, json),
@@ -515,9 +526,9 @@ fn soak(moves: u32, json: bool) -> Result<()> {
     report.verdict()
 }
 
-/// Runs each fuzz target for [`xtask::fuzz::SMOKE_SECONDS`]; a crash fails the run.
-fn fuzz_smoke(counts: &mut proc::TestCounts) -> Result<()> {
-    let runs = xtask::fuzz::smoke(xtask::fuzz::SMOKE_SECONDS)?;
+/// Runs each fuzz target for `seconds`, each counted as a test; a crash fails the run.
+fn fuzz_smoke(counts: &mut proc::TestCounts, seconds: u64) -> Result<()> {
+    let runs = xtask::fuzz::smoke(seconds)?;
     let failed: Vec<_> = runs
         .iter()
         .filter(|r| !r.ok)
@@ -617,7 +628,7 @@ fn test_steps(no_kvm: bool, counts: &mut proc::TestCounts) -> Result<()> {
     // Integration tests: real KVM, real QEMU.
     proc::run_tests(&mut tests(&["test", "-p", "roam-tests"]), counts)?;
     // Every fuzz target briefly (one progress line each), counted as one test each.
-    fuzz_smoke(counts)?;
+    fuzz_smoke(counts, xtask::fuzz::SMOKE_SECONDS)?;
     // A short soak (a few moves of kv with a checking client), counted as one test.
     if no_kvm && prereq::kvm_unavailable().is_some() {
         eprintln!("skipped: soak: needs KVM (--no-kvm)");
