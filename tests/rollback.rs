@@ -806,6 +806,11 @@ fn rolls_back_at_every_phase(fault: Fault, tag: &str) {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(!src.vm.running(), "the source did not exit after the move");
+    // Its last line may still be in the pipe when it has exited: the reader drains it soon.
+    let said = Instant::now() + Duration::from_secs(2);
+    while !src.vm.output().contains("the guest moved away; exiting") && Instant::now() < said {
+        std::thread::sleep(Duration::from_millis(5));
+    }
     assert!(
         src.vm.output().contains("the guest moved away; exiting"),
         "{}",
