@@ -7,13 +7,15 @@
 //!
 //! ```text
 //! migproxy --listen tcp:ADDR:PORT|unix:PATH --to tcp:ADDR:PORT|unix:PATH
-//!          [--at hello|pages:N|pass:N|state] [--fault cut|corrupt|kill] [--pid PID]
+//!          [--at hello|pages:N|pass:N|ready|state] [--fault cut|corrupt|kill] [--pid PID]
 //!          [--hold-ms MS] [--rate-kbps N]
 //!
 //! --at hello     the source's Hello (the first frame)
 //! --at pages:N   the Nth PAGES frame (1: the first pass has not delivered a page yet)
 //! --at pass:N    the first PAGES frame of page pass N (2: the first dirty pass); passes
 //!                are told apart by the page frame numbers, increasing within a pass
+//! --at ready     the destination's READY (zero-copy: it has mapped the memfd and waits
+//!                for the pause); the fault strikes instead of forwarding it
 //! --at state     the STATE frame (the source's vCPU is paused)
 //! --fault cut     close both connections instead of forwarding the frame
 //! --fault corrupt flip one payload byte of the frame (the CRC no longer matches) and go on
@@ -28,15 +30,20 @@
 //! It prints `migproxy: listening on ...` when ready, `migproxy: fault ... at=SECONDS`
 //! (seconds since the Unix epoch, the clock of `ping -D`) when it strikes, what the
 //! destination answered, and `migproxy: done ...` when both directions are closed. One
-//! connection only; everything is bounded in time.
+//! connection only; everything is bounded in time. Between two Unix sockets the memfd
+//! frame's file descriptor is passed on with its first bytes and closed here at once, so
+//! zero-copy moves go through too.
 
 use migration_wire::{FrameHeader, HEADER_LEN, Message, TRAILER_LEN, kind, kind_name};
+use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
 /// Waiting for the source, and any one read, are bounded by this.
 const IO_TIMEOUT: Duration = Duration::from_secs(60);
@@ -46,6 +53,7 @@ enum At {
     Hello,
     Pages(u64),
     Pass(u64),
+    Ready,
     State,
 }
 
@@ -69,7 +77,7 @@ struct Options {
 
 fn usage() -> String {
     "usage: migproxy --listen tcp:ADDR:PORT|unix:PATH --to tcp:ADDR:PORT|unix:PATH \
-     [--at hello|pages:N|pass:N|state] [--fault cut|corrupt|kill] [--pid PID] \
+     [--at hello|pages:N|pass:N|ready|state] [--fault cut|corrupt|kill] [--pid PID] \
      [--hold-ms MS] [--rate-kbps N]"
         .into()
 }
@@ -100,6 +108,7 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
                 o.at = Some(match value.split_once(':') {
                     None if value == "hello" => At::Hello,
                     None if value == "state" => At::State,
+                    None if value == "ready" => At::Ready,
                     Some(("pages", n)) => At::Pages(number(n)?.max(1)),
                     Some(("pass", n)) => At::Pass(number(n)?.max(1)),
                     _ => return Err(format!("--at {value}: {}", usage())),
@@ -130,35 +139,63 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
     if o.at.is_some() && o.fault == Fault::Kill && o.pid.is_none() {
         return Err("--fault kill needs --pid".into());
     }
+    if o.at == Some(At::Ready) && o.fault == Fault::Corrupt {
+        return Err("--at ready takes --fault cut or kill (READY has no payload)".into());
+    }
     Ok(o)
 }
 
-/// A connected stream, TCP or Unix, that can be cloned for the other direction.
+/// A connected stream, TCP or Unix, that can be cloned for the other direction. A Unix one
+/// keeps the file descriptors that arrive with its bytes until they are passed on.
 enum Conn {
     Tcp(TcpStream),
-    Unix(UnixStream),
+    Unix(UnixStream, Vec<File>),
 }
 
 impl Conn {
     fn try_clone(&self) -> io::Result<Conn> {
         Ok(match self {
             Conn::Tcp(s) => Conn::Tcp(s.try_clone()?),
-            Conn::Unix(s) => Conn::Unix(s.try_clone()?),
+            Conn::Unix(s, _) => Conn::Unix(s.try_clone()?, Vec::new()),
         })
     }
 
     fn shutdown(&self, how: Shutdown) {
         let _ = match self {
             Conn::Tcp(s) => s.shutdown(how),
-            Conn::Unix(s) => s.shutdown(how),
+            Conn::Unix(s, _) => s.shutdown(how),
         };
     }
 
     fn set_read_timeout(&self, t: Duration) -> io::Result<()> {
         match self {
             Conn::Tcp(s) => s.set_read_timeout(Some(t)),
-            Conn::Unix(s) => s.set_read_timeout(Some(t)),
+            Conn::Unix(s, _) => s.set_read_timeout(Some(t)),
         }
+    }
+
+    /// The file descriptors read so far (none on TCP).
+    fn take_fds(&mut self) -> Vec<File> {
+        match self {
+            Conn::Tcp(_) => Vec::new(),
+            Conn::Unix(_, fds) => std::mem::take(fds),
+        }
+    }
+
+    /// Writes `bytes`, the first of them with `fds` attached (Unix only); the fds are
+    /// closed here afterwards, as they drop.
+    fn write_with_fds(&mut self, bytes: &[u8], fds: Vec<File>) -> io::Result<()> {
+        let sent = match (&*self, fds.as_slice()) {
+            (_, []) => 0,
+            (Conn::Unix(s, _), fds) => {
+                let raw: Vec<_> = fds.iter().map(|f| f.as_raw_fd()).collect();
+                s.send_with_fds(&[bytes], &raw).map_err(io::Error::from)?
+            }
+            (Conn::Tcp(_), _) => {
+                return Err(io::Error::other("file descriptors cannot cross TCP"));
+            }
+        };
+        self.write_all(&bytes[sent..])
     }
 }
 
@@ -184,7 +221,11 @@ impl Read for Conn {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             Conn::Tcp(s) => s.read(buf),
-            Conn::Unix(s) => s.read(buf),
+            Conn::Unix(s, fds) => {
+                let (n, fd) = s.recv_with_fd(buf).map_err(io::Error::from)?;
+                fds.extend(fd);
+                Ok(n)
+            }
         }
     }
 }
@@ -193,7 +234,7 @@ impl Write for Conn {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
             Conn::Tcp(s) => s.write(buf),
-            Conn::Unix(s) => s.write(buf),
+            Conn::Unix(s, _) => s.write(buf),
         }
     }
     fn flush(&mut self) -> io::Result<()> {
@@ -229,7 +270,9 @@ fn accept_one(addr: &str) -> Result<Conn, String> {
         say(&format!("listening on {addr}"));
         let result = loop {
             match l.accept() {
-                Ok((s, _)) => break wait(s.set_nonblocking(false)).map(|()| Conn::Unix(s)),
+                Ok((s, _)) => {
+                    break wait(s.set_nonblocking(false)).map(|()| Conn::Unix(s, Vec::new()));
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock && Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(5));
                 }
@@ -250,7 +293,9 @@ fn connect(addr: &str) -> Result<Conn, String> {
         let _ = s.set_nodelay(true);
         Ok(Conn::Tcp(s))
     } else if let Some(p) = addr.strip_prefix("unix:") {
-        UnixStream::connect(p).map(Conn::Unix).map_err(fail)
+        UnixStream::connect(p)
+            .map(|s| Conn::Unix(s, Vec::new()))
+            .map_err(fail)
     } else {
         Err(format!("`{addr}`: {}", usage()))
     }
@@ -396,11 +441,13 @@ fn forward_source(
             Some(At::Pages(n)) => frame.kind == kind::PAGES && pages == n,
             Some(At::Pass(n)) => opens_pass && pass == n,
             Some(At::State) => frame.kind == kind::STATE,
-            None => false,
+            Some(At::Ready) | None => false,
         };
         let mut frame = frame;
         if here && !struck {
             struck = true;
+            // Whatever came with the frame is not passed on.
+            drop(from.inner.take_fds());
             let at = epoch();
             let what = format!(
                 "fault {:?} at {} frame {frames} (pages frame {pages}, pass {pass}) at={at:.6}",
@@ -414,11 +461,8 @@ fn forward_source(
                     return Ok(format!("{frames} frames from the source, cut"));
                 }
                 Fault::Kill => {
-                    let pid = o.pid.unwrap_or(0);
-                    // SAFETY: kill(2) takes plain integers; the PID is the destination's,
-                    // started by the test that gave it to us.
-                    let r = unsafe { libc::kill(pid, libc::SIGKILL) };
-                    say(&format!("{what} (kill {pid}: {r})"));
+                    let r = kill(o.pid);
+                    say(&format!("{what} ({r})"));
                     // Its sockets close; the other direction sees that and closes the
                     // source's side. The frame is not forwarded.
                     continue;
@@ -436,7 +480,8 @@ fn forward_source(
                 }
             }
         }
-        if let Err(e) = to.write_all(&frame.bytes) {
+        let fds = from.inner.take_fds();
+        if let Err(e) = to.write_with_fds(&frame.bytes, fds) {
             say(&format!(
                 "the destination took no more ({e}) at {} frame {frames}",
                 kind_name(frame.kind)
@@ -456,11 +501,33 @@ fn forward_source(
     ))
 }
 
-/// Destination → source: forwarded as they come; FAILED's reason is printed.
-fn forward_destination(mut from: Conn, mut to: Conn, both: &Both) -> String {
+/// SIGKILLs the destination `pid`; what happened, for the log.
+fn kill(pid: Option<i32>) -> String {
+    let pid = pid.unwrap_or(0);
+    // SAFETY: kill(2) takes plain integers; the PID is the destination's, started by the
+    // test that gave it to us.
+    let r = unsafe { libc::kill(pid, libc::SIGKILL) };
+    format!("kill {pid}: {r}")
+}
+
+/// Destination → source: forwarded as they come; FAILED's reason is printed. With `--at
+/// ready`, the fault strikes at the destination's READY instead of forwarding it.
+fn forward_destination(mut from: Conn, mut to: Conn, both: &Both, o: &Options) -> String {
     let mut kinds = Vec::new();
     loop {
         match next_frame(&mut from) {
+            Ok(Next::Frame(f)) if o.at == Some(At::Ready) && f.kind == kind::READY => {
+                let what = format!("fault {:?} at READY at={:.6}", o.fault, epoch());
+                match o.fault {
+                    Fault::Kill => say(&format!("{what} ({})", kill(o.pid))),
+                    Fault::Cut | Fault::Corrupt => {
+                        both.cut();
+                        say(&what);
+                        break;
+                    }
+                }
+                kinds.push("READY (held back)");
+            }
             Ok(Next::Frame(f)) => {
                 if f.kind == kind::FAILED {
                     say(&format!(
@@ -501,9 +568,10 @@ fn run(o: Options) -> Result<String, String> {
         src: clone(&src)?,
         dst: clone(&dst)?,
     });
+    let o = Arc::new(o);
     let back = {
-        let (from, to, both) = (clone(&dst)?, clone(&src)?, both.clone());
-        std::thread::spawn(move || forward_destination(from, to, &both))
+        let (from, to, both, o) = (clone(&dst)?, clone(&src)?, both.clone(), o.clone());
+        std::thread::spawn(move || forward_destination(from, to, &both, &o))
     };
     let forward = forward_source(src, dst, &both, &o).unwrap_or_else(|e| e);
     let back = back

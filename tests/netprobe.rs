@@ -10,8 +10,9 @@
 //!                                          a datagram without an echo within 1 s is resent,
 //!                                          and more than 5 resends fail the run
 //! netprobe kv ADDR:PORT COUNT              SET then GET COUNT keys, then COUNT
-//! netprobe kv-for ADDR:PORT SECONDS        one session of SET/GET pairs for SECONDS, every
-//!                                          reply checked (while something else happens)
+//! netprobe kv-for ADDR:PORT SECONDS [STOP] one session of SET/GET pairs for SECONDS, every
+//!                                          reply checked (while something else happens);
+//!                                          ends early once the file STOP exists
 //! netprobe serve-echo PORT SECONDS         echo TCP and UDP on PORT for SECONDS (a peer
 //!                                          for guests that connect out)
 //! netprobe hostile IFACE MAC IP SYNS       runts, oversize frames, bad checksums,
@@ -69,7 +70,8 @@ fn main() -> ExitCode {
         ["tcp-echo", addr, bytes, seed] => tcp_echo(parse(addr), parse(bytes), parse(seed)),
         ["udp-echo", addr, count, seed] => udp_echo(parse(addr), parse(count), parse(seed)),
         ["kv", addr, count] => kv(parse(addr), parse(count)),
-        ["kv-for", addr, seconds] => kv_for(parse(addr), parse(seconds)),
+        ["kv-for", addr, seconds] => kv_for(parse(addr), parse(seconds), None),
+        ["kv-for", addr, seconds, stop] => kv_for(parse(addr), parse(seconds), Some(stop)),
         ["hostile", iface, mac, ip, syns] => hostile(iface, mac, parse(ip), parse(syns)),
         ["serve-echo", port, seconds] => serve_echo(parse(port), parse(seconds)),
         ["ipip-send", src, dst, count] => ipip_send(parse(src), parse(dst), parse(count)),
@@ -86,7 +88,7 @@ fn main() -> ExitCode {
         ["udp-ask", addr, hex, seconds] => udp_ask(parse(addr), hex, parse(seconds)),
         ["tap-echo", tap, home, seconds] => tap_echo(tap, parse(home), parse(seconds)),
         ["csum-check", addr, count] => csum_check(parse(addr), parse(count)),
-        _ => Err("usage: netprobe tcp-echo ADDR:PORT BYTES SEED | udp-echo ADDR:PORT COUNT SEED | kv ADDR:PORT COUNT | kv-for ADDR:PORT SECONDS | serve-echo PORT SECONDS | hostile IFACE MAC IP SYNS | ipip-send SRC DST COUNT | ipip-recv SRC DST COUNT SECONDS | ipip-echo LOCAL PEER HOME COUNT SECONDS | udp-ask ADDR:PORT HEX SECONDS | tap-echo TAP HOME SECONDS | csum-check ADDR:PORT COUNT".into()),
+        _ => Err("usage: netprobe tcp-echo ADDR:PORT BYTES SEED | udp-echo ADDR:PORT COUNT SEED | kv ADDR:PORT COUNT | kv-for ADDR:PORT SECONDS [STOP] | serve-echo PORT SECONDS | hostile IFACE MAC IP SYNS | ipip-send SRC DST COUNT | ipip-recv SRC DST COUNT SECONDS | ipip-echo LOCAL PEER HOME COUNT SECONDS | udp-ask ADDR:PORT HEX SECONDS | tap-echo TAP HOME SECONDS | csum-check ADDR:PORT COUNT".into()),
     };
     match result {
         Ok(summary) => {
@@ -306,9 +308,10 @@ fn kv(addr: SocketAddr, count: u32) -> Result<String, String> {
     ))
 }
 
-/// One kv session kept busy for `seconds`: SET a key, GET it back, over and over on 64 keys
-/// (so the store stays small), every reply checked; also reports the longest wait for a reply.
-fn kv_for(addr: SocketAddr, seconds: u64) -> Result<String, String> {
+/// One kv session kept busy for `seconds` (or until the file `stop` exists): SET a key, GET
+/// it back, over and over on 64 keys (so the store stays small), every reply checked; also
+/// reports the longest wait for a reply.
+fn kv_for(addr: SocketAddr, seconds: u64, stop: Option<&str>) -> Result<String, String> {
     const KEYS: u64 = 64;
     let run_for = Duration::from_secs(seconds);
     if run_for >= TOTAL_TIMEOUT {
@@ -340,7 +343,8 @@ fn kv_for(addr: SocketAddr, seconds: u64) -> Result<String, String> {
         Ok(reply.trim_end().to_string())
     };
     let mut i = 0u64;
-    while start.elapsed() < run_for {
+    let stopped = || stop.is_some_and(|p| std::path::Path::new(p).exists());
+    while start.elapsed() < run_for && !(i.is_multiple_of(16) && stopped()) {
         let (key, value) = (
             i % KEYS,
             format!("v{i}-{:08x}", i.wrapping_mul(2_654_435_761)),

@@ -13,6 +13,12 @@
 //! One guest per fault kind; the tests take a lock so only one guest runs at a time (two
 //! shared cores).
 //!
+//! Zero-copy moves are struck the same way (issue 11, item 7): migproxy sits between two Unix
+//! sockets and passes the memfd on; the destination is killed or both streams cut at its
+//! READY (memfd mapped, before the pause) and at the STATE frame (during the pause). Each
+//! attempt rolls back as above, and afterwards no process but the source maps the guest's
+//! memfd or holds a descriptor of it.
+//!
 //! Rejections: `host-vmm receive` fed hand-made frames (no source) answers FAILED when the
 //! connection is still open, names the problem on stderr, exits 125, and starts no guest.
 
@@ -512,12 +518,18 @@ impl Source {
 
     /// A fresh `host-vmm receive` on host 2 with the same devices, listening on `port`.
     fn destination(&self, port: u16, tag: &str) -> (Background, Control) {
+        let listen = format!("tcp:{}:{port}", Side::Destination.migration_ip());
+        self.destination_on(&listen, tag)
+    }
+
+    /// The same, listening on `listen` (`tcp:` or `unix:`).
+    fn destination_on(&self, listen: &str, tag: &str) -> (Background, Control) {
         let ctl = Control::unique(tag);
         let spec = |tap: &str| format!("tap={tap},mac={GUEST_MAC}");
         let mut cmd = self.net.exec_on(Side::Destination, host_vmm());
         cmd.arg("receive")
             .arg("--listen")
-            .arg(format!("tcp:{}:{port}", Side::Destination.migration_ip()))
+            .arg(listen)
             .arg("--net")
             .arg(spec(xtask::net::TAP))
             .arg("--vf")
@@ -533,10 +545,16 @@ impl Source {
 
     /// `host-vmm ctl SRC migrate TARGET --downtime-ms 1`, bounded.
     fn migrate(&self, target: &str) -> proc::Watched {
+        self.migrate_with(target, &[])
+    }
+
+    /// The same with `extra` flags (`--zero-copy`).
+    fn migrate_with(&self, target: &str, extra: &[&str]) -> proc::Watched {
         let mut cmd = Command::new(host_vmm());
         cmd.arg("ctl")
             .arg(self.ctl.path())
-            .args(["migrate", target, "--downtime-ms", DOWNTIME_MS]);
+            .args(["migrate", target, "--downtime-ms", DOWNTIME_MS])
+            .args(extra);
         proc::watch(&mut cmd, "", MIGRATE_BOUND).unwrap_or_else(|e| {
             panic!(
                 "host-vmm ctl migrate: {e:#}\n--- source ---\n{}",
@@ -788,6 +806,11 @@ fn rolls_back_at_every_phase(fault: Fault, tag: &str) {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(!src.vm.running(), "the source did not exit after the move");
+    // Its last line may still be in the pipe when it has exited: the reader drains it soon.
+    let said = Instant::now() + Duration::from_secs(2);
+    while !src.vm.output().contains("the guest moved away; exiting") && Instant::now() < said {
+        std::thread::sleep(Duration::from_millis(5));
+    }
     assert!(
         src.vm.output().contains("the guest moved away; exiting"),
         "{}",
@@ -884,4 +907,277 @@ fn killed_destination_at_each_phase_rolls_back_then_a_clean_move_succeeds() {
         return;
     }
     rolls_back_at_every_phase(Fault::Kill, "rbk");
+}
+
+// ---------------------------------------------------------------------------------------
+// Issue 11, item 7: zero-copy moves fault-injected the same way.
+
+/// Where a zero-copy move is struck (migproxy's `--at`; the memfd passes through it).
+#[derive(Clone, Copy, Debug)]
+enum ZeroCopyPhase {
+    /// The destination's READY: it has mapped the guest's memfd and built the VM; the
+    /// source has not paused yet.
+    Ready,
+    /// The STATE frame: the source's vCPU is paused.
+    Pause,
+}
+
+impl ZeroCopyPhase {
+    const ALL: [ZeroCopyPhase; 2] = [ZeroCopyPhase::Ready, ZeroCopyPhase::Pause];
+
+    fn at(self) -> &'static str {
+        match self {
+            ZeroCopyPhase::Ready => "ready",
+            ZeroCopyPhase::Pause => "state",
+        }
+    }
+}
+
+/// The guest-RAM memfd's inode, as `pid` maps it (`memfd:roam-guest-ram`).
+fn guest_ram_inode(pid: u32) -> u64 {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).expect("the source's maps");
+    maps.lines()
+        .find(|l| l.contains("memfd:roam-guest-ram"))
+        .and_then(|l| l.split_whitespace().nth(4)?.parse().ok())
+        .unwrap_or_else(|| panic!("process {pid} maps no guest-RAM memfd:\n{maps}"))
+}
+
+/// Every process that maps the memfd with `inode` or holds a descriptor of it, and how.
+fn memfd_holders(inode: u64) -> Vec<(u32, &'static str)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut holders = Vec::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return holders;
+    };
+    for entry in procs.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        // A process may end while we look: whatever cannot be read is not held.
+        let maps = std::fs::read_to_string(entry.path().join("maps")).unwrap_or_default();
+        if maps.lines().any(|l| {
+            l.contains("memfd:roam-guest-ram")
+                && l.split_whitespace().nth(4) == Some(inode.to_string().as_str())
+        }) {
+            holders.push((pid, "maps it"));
+        }
+        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            let is_it = std::fs::read_link(fd.path())
+                .is_ok_and(|t| t.to_string_lossy().contains("memfd:roam-guest-ram"))
+                && std::fs::metadata(fd.path()).is_ok_and(|m| m.ino() == inode);
+            if is_it {
+                holders.push((pid, "holds an fd"));
+                break;
+            }
+        }
+    }
+    holders
+}
+
+/// Runs a zero-copy move struck by `fault` at each phase on one source guest, then a clean
+/// zero-copy move. Each attempt must roll back as a pre-copy one does (the guest serves on,
+/// back on the VF, a TCP echo stream through the attempt intact), the destination must be
+/// gone, and the source must own its memory alone again: no other process maps the guest's
+/// memfd or holds a descriptor of it.
+fn zero_copy_rolls_back_at_every_phase(fault: Fault, tag: &str) {
+    let _one = ONE_GUEST.lock().unwrap_or_else(|e| e.into_inner());
+    let mut src = Source::start(tag);
+    let inode = guest_ram_inode(src.vm.pid());
+    let sock = |what: &str| {
+        std::env::temp_dir().join(format!("roam-{tag}-{}-{what}.sock", std::process::id()))
+    };
+    for (i, phase) in ZeroCopyPhase::ALL.into_iter().enumerate() {
+        let listen = sock(&format!("dst{i}"));
+        let (mut dst, _dst_ctl) =
+            src.destination_on(&format!("unix:{}", listen.display()), &format!("{tag}d{i}"));
+        let proxy_at = sock(&format!("proxy{i}"));
+        let mut proxy = Background::spawn(
+            Command::new(env!("CARGO_BIN_EXE_migproxy"))
+                .args(["--listen", &format!("unix:{}", proxy_at.display())])
+                .args(["--to", &format!("unix:{}", listen.display())])
+                .args(["--at", phase.at(), "--fault", fault.key()])
+                .args(["--pid", &dst.pid().to_string()]),
+        )
+        .expect("starting migproxy");
+        proxy
+            .wait_for("listening on", Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        let echo = src.echo_stream(ECHO_BYTES, 2000 + i as u64);
+        std::thread::sleep(Duration::from_millis(500));
+        let before = src.ctl.status().expect("status before the attempt");
+        // Whether the destination ever mapped the guest's memory: so "no one but the source
+        // has it afterwards" means the destination let go, not that it never had it.
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let watcher = {
+            let (stop, dst_pid) = (stop.clone(), dst.pid());
+            std::thread::spawn(move || {
+                let maps = format!("/proc/{dst_pid}/maps");
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let text = std::fs::read_to_string(&maps).unwrap_or_default();
+                    if text.lines().any(|l| {
+                        l.contains("memfd:roam-guest-ram")
+                            && l.split_whitespace().nth(4) == Some(inode.to_string().as_str())
+                    }) {
+                        return true;
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                false
+            })
+        };
+        let run = src.migrate_with(&format!("unix:{}", proxy_at.display()), &["--zero-copy"]);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let dst_mapped = watcher.join().expect("the watcher thread");
+        let what = format!("zero-copy, {} at {phase:?}", fault.key());
+        macro_rules! context {
+            () => {
+            format!(
+                "{what}: ctl exited {}\n--- ctl stderr ---\n{}--- ctl stdout ---\n{}\n--- migproxy ---\n{}\n--- destination ---\n{}\n--- source ---\n{}",
+                run.status,
+                run.stderr,
+                run.stdout,
+                proxy.output(),
+                tail(&dst.output(), 30),
+                src.console()
+            )
+            };
+        }
+        assert!(
+            proxy.output().contains("fault "),
+            "migproxy did not strike; {}",
+            context!()
+        );
+        assert_eq!(run.status.code(), Some(1), "{}", context!());
+        assert!(
+            run.stderr.contains("migration failed, the guest runs here"),
+            "{}",
+            context!()
+        );
+        // The guest serves here: back on the VF, the source process alive.
+        let (after, _) = src.on_vf(&format!("back on the VF after {what}"));
+        assert!(src.vm.running(), "the source exited; {}", context!());
+        assert!(
+            after.vf.rx > before.vf.rx,
+            "the VF received nothing after the rollback: {before:?} then {after:?}"
+        );
+        // The destination is gone (killed, or it gave up on the cut stream) and ran nothing.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while dst.running() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(!dst.running(), "the destination still runs; {}", context!());
+        assert!(
+            !dst.output().contains("; running"),
+            "the destination ran the guest; {}",
+            context!()
+        );
+        assert!(
+            !std::path::Path::new(&format!("/proc/{}", dst.pid())).exists(),
+            "the destination's process is still there; {}",
+            context!()
+        );
+        assert!(
+            dst_mapped,
+            "the destination never mapped the guest's memory before the fault; {}",
+            context!()
+        );
+        // The memory is the source's alone again (migproxy closed the fd it passed on).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut holders = memfd_holders(inode);
+        while holders.iter().any(|(pid, _)| *pid != src.vm.pid()) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+            holders = memfd_holders(inode);
+        }
+        let others: Vec<_> = holders
+            .iter()
+            .filter(|(pid, _)| *pid != src.vm.pid())
+            .collect();
+        assert!(
+            others.is_empty(),
+            "after the rollback other processes still have the guest's memory: {others:?}; {}",
+            context!()
+        );
+        assert!(
+            holders.contains(&(src.vm.pid(), "maps it")),
+            "the source no longer maps its memory: {holders:?}"
+        );
+        // A TCP stream through the whole attempt lost no byte.
+        let echo = echo
+            .join()
+            .expect("echo thread")
+            .unwrap_or_else(|e| panic!("tcp-echo: {e:#}; {}", context!()));
+        assert!(
+            echo.status.success()
+                && echo
+                    .stdout
+                    .contains(&format!("{ECHO_BYTES} bytes identical")),
+            "the TCP stream through the attempt broke: {}{}; {}",
+            echo.stdout,
+            echo.stderr,
+            context!()
+        );
+        assert!(
+            echo.exited.as_secs_f64() > run.exited.as_secs_f64() + 0.5,
+            "the echo stream ({:.1} s) did not outlast the attempt ({:.1} s): make it longer",
+            echo.exited.as_secs_f64(),
+            run.exited.as_secs_f64()
+        );
+        let error = run
+            .stderr
+            .lines()
+            .find(|l| l.starts_with("host-vmm: error: "))
+            .unwrap_or_default();
+        say(&format!(
+            "{what}: {} | memfd held by {holders:?} | echo {}",
+            error.trim_start_matches("host-vmm: error: "),
+            echo.stdout.trim()
+        ));
+        let _ = std::fs::remove_file(&listen);
+        let _ = std::fs::remove_file(&proxy_at);
+    }
+    // A clean zero-copy move to a fresh destination now succeeds and the source exits 0.
+    let listen = sock("clean");
+    let (mut dst, _dst_ctl) =
+        src.destination_on(&format!("unix:{}", listen.display()), &format!("{tag}dz"));
+    let run = src.migrate_with(&format!("unix:{}", listen.display()), &["--zero-copy"]);
+    let _ = std::fs::remove_file(&listen);
+    assert!(
+        run.status.success() && run.stdout.starts_with("migrated mode=zero-copy"),
+        "the clean zero-copy move after the rollbacks failed ({}):\n{}{}\n--- destination ---\n{}",
+        run.status,
+        run.stdout,
+        run.stderr,
+        tail(&dst.output(), 30)
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while src.vm.running() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!src.vm.running(), "the source did not exit after the move");
+    src.net
+        .wait_until_guest_answers(&mut dst, Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("the moved guest does not answer: {e:#}"));
+}
+
+#[test]
+fn zero_copy_killed_destination_before_and_during_the_pause_rolls_back() {
+    if !kvm_present("zero_copy_killed_destination_before_and_during_the_pause_rolls_back") {
+        return;
+    }
+    zero_copy_rolls_back_at_every_phase(Fault::Kill, "zck");
+}
+
+#[test]
+fn zero_copy_cut_stream_before_and_during_the_pause_rolls_back() {
+    if !kvm_present("zero_copy_cut_stream_before_and_during_the_pause_rolls_back") {
+        return;
+    }
+    zero_copy_rolls_back_at_every_phase(Fault::Cut, "zcc");
 }

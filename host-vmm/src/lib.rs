@@ -15,6 +15,8 @@
 //!   pause, migrations with progress and cancel, the one post-arrival path).
 //! - [`mobility`]: the Mobile IPv4 home agent (`host-vmm home-agent`), beside the VMM: it
 //!   uses only [`events`].
+//! - [`fuzzing`]: the fuzz targets' entry points (`fuzz/`), on top of everything; host-vmm
+//!   itself never calls them.
 //!
 //! `unsafe` lives only in `kvm` (ioctls), `memory` (memfd), `tap` (two interface ioctls),
 //! `peer` (a socket's peer credentials) and `mobility::sys` (netlink, raw and packet
@@ -29,6 +31,7 @@ pub mod control;
 pub mod device_manager;
 pub mod devices;
 pub mod events;
+pub mod fuzzing;
 pub mod io_thread;
 #[allow(unsafe_code)]
 pub mod kvm;

@@ -11,6 +11,7 @@ pub mod artifacts;
 pub mod bench;
 pub mod ctl;
 pub mod demo;
+pub mod fuzz;
 #[cfg(test)]
 mod hygiene;
 pub mod migrate;
@@ -20,6 +21,7 @@ pub mod prereq;
 pub mod proc;
 pub mod qmp;
 pub mod skip;
+pub mod soak;
 pub mod stats;
 pub mod stdimage;
 pub mod vm;

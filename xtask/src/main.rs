@@ -78,6 +78,33 @@ enum Cmd {
     /// The demo: build host-vmm and netecho, start two host-vmm on two hosts of a test network,
     /// move a pinged guest between them (pre-copy, then zero-copy), print pause and downtime.
     Demo,
+    /// Run a fuzz target (fuzz/, libFuzzer with AddressSanitizer), installing cargo-fuzz if
+    /// needed; crashing inputs go to target/fuzz/artifacts/<target>/ (docs/fuzzing.md).
+    Fuzz {
+        /// The target (see --list).
+        #[arg(required_unless_present_any = ["list", "all"], conflicts_with_all = ["list", "all"])]
+        target: Option<String>,
+        /// How long to run it (each target with --all).
+        #[arg(long, default_value_t = 300)]
+        seconds: u64,
+        /// List the targets and what each fuzzes.
+        #[arg(long, conflicts_with = "all")]
+        list: bool,
+        /// Run every target in turn, one line each (what `cargo xtask test` does for 10 s).
+        #[arg(long)]
+        all: bool,
+    },
+    /// Move kv back and forth between two host-vmm (pre-copy and zero-copy in turn) with a kv
+    /// client checking every reply; report host-vmm's memory and open fds every 10 moves and
+    /// fail if a move fails or either keeps growing (docs/measuring.md).
+    Soak {
+        /// Number of moves.
+        #[arg(long, default_value_t = 100)]
+        moves: u32,
+        /// Print one JSON object: moves, failures, rss_growth_kib, fd_growth.
+        #[arg(long)]
+        json: bool,
+    },
     /// Everything CI runs: formatting, lints, unit tests, then the KVM and QEMU integration tests.
     ///
     /// Needs root and a usable /dev/kvm, and stops at once when either is missing. The last
@@ -368,6 +395,22 @@ fn run(cli: Cli) -> Result<()> {
                 },
         } => bench_migrate(json, moves, &sizes, &svg),
         Cmd::Demo => demo(),
+        Cmd::Fuzz { list: true, .. } => {
+            print!("{}", xtask::fuzz::list()?);
+            Ok(())
+        }
+        Cmd::Fuzz {
+            all: true, seconds, ..
+        } => {
+            let mut counts = proc::TestCounts::default();
+            let result = fuzz_smoke(&mut counts, seconds);
+            println!("xtask fuzz: {}", counts.summary());
+            result
+        }
+        Cmd::Fuzz {
+            target, seconds, ..
+        } => xtask::fuzz::run_one(target.as_deref().unwrap_or_default(), seconds),
+        Cmd::Soak { moves, json } => soak(moves, json),
         Cmd::Test { no_kvm } => test(no_kvm),
         Cmd::Lint => lint(),
     }
@@ -471,6 +514,46 @@ fn cargo() -> Command {
     cmd
 }
 
+/// Moves in the soak `cargo xtask test` runs.
+const SMOKE_SOAK_MOVES: u32 = 6;
+
+/// `cargo xtask soak`: builds what it needs, runs, prints the report, fails on a failure or
+/// growth.
+fn soak(moves: u32, json: bool) -> Result<()> {
+    prereq::ensure_kvm()?;
+    prereq::ensure_root("the soak makes network namespaces")?;
+    prereq::ensure_packages(&prereq::NET_TOOLS)?;
+    if moves == 0 {
+        anyhow::bail!("--moves must be at least 1");
+    }
+    artifacts::build_host_vmm()?;
+    artifacts::build_netprobe()?;
+    artifacts::build_images(&[xtask::soak::IMAGE.to_string()])?;
+    let report = xtask::soak::run(&image_path(xtask::soak::IMAGE), moves)?;
+    if json {
+        println!("{}", report.json());
+    } else {
+        print!("{}", xtask::soak::table(&report));
+    }
+    report.verdict()
+}
+
+/// Runs each fuzz target for `seconds`, each counted as a test; a crash fails the run.
+fn fuzz_smoke(counts: &mut proc::TestCounts, seconds: u64) -> Result<()> {
+    let runs = xtask::fuzz::smoke(seconds)?;
+    let failed: Vec<_> = runs
+        .iter()
+        .filter(|r| !r.ok)
+        .map(|r| r.name.as_str())
+        .collect();
+    counts.passed += (runs.len() - failed.len()) as u64;
+    counts.failed += failed.len() as u64;
+    if !failed.is_empty() {
+        anyhow::bail!("fuzz targets found crashes: {}", failed.join(", "));
+    }
+    Ok(())
+}
+
 /// Guest crates: the kernel, every image and the libraries images share.
 fn guest_packages() -> Result<Vec<String>> {
     let mut packages = vec!["kernel".to_string()];
@@ -555,5 +638,17 @@ fn test_steps(no_kvm: bool, counts: &mut proc::TestCounts) -> Result<()> {
     // The wide-area tests' delay line: rebuilt so they never run a stale one.
     artifacts::build_delayline()?;
     // Integration tests: real KVM, real QEMU.
-    proc::run_tests(&mut tests(&["test", "-p", "roam-tests"]), counts)
+    proc::run_tests(&mut tests(&["test", "-p", "roam-tests"]), counts)?;
+    // Every fuzz target briefly (one progress line each), counted as one test each.
+    fuzz_smoke(counts, xtask::fuzz::SMOKE_SECONDS)?;
+    // A short soak (a few moves of kv with a checking client), counted as one test.
+    if no_kvm && prereq::kvm_unavailable().is_some() {
+        eprintln!("skipped: soak: needs KVM (--no-kvm)");
+        counts.passed += 1;
+        counts.skipped += 1;
+        return Ok(());
+    }
+    soak(SMOKE_SOAK_MOVES, false)?;
+    counts.passed += 1;
+    Ok(())
 }

@@ -272,6 +272,11 @@ impl HostVmmGuest {
         self.current.vm.exit_status()
     }
 
+    /// The PID of the host-vmm serving the guest now (its `/proc` entry: memory, fds).
+    pub fn pid(&self) -> u32 {
+        self.current.vm.pid()
+    }
+
     /// Moves done so far.
     pub fn moves(&self) -> u32 {
         self.moves

@@ -64,11 +64,11 @@ pub(crate) mod testing;
 #[cfg(test)]
 mod tests;
 
+use crate::devices::pci::PciDevice;
 use crate::devices::pci::config::{
     BarInfo, BarKind, ConfigSpace, ConfigSpaceState, LayoutError, PciIds,
 };
 use crate::devices::pci::msix::{self, Msix, MsixState, MsixVector};
-use crate::devices::pci::{MMIO_WINDOW, PciDevice};
 use crate::devices::virtio::net::backend::NetBackend;
 use crate::devices::vm_ops::VmOps;
 use crate::devices::{DeviceStateError, Persist};
@@ -678,9 +678,7 @@ impl<B: NetBackend> Persist for Ixgbevf<B> {
             return Err(DeviceStateError::mismatch(DEV, "trust", "differs"));
         }
         // The fresh header, not the current one: a removed VF's header is all it had.
-        let config = self
-            .pristine
-            .check_state(&state.config, DEV, &MMIO_WINDOW)?;
+        let config = self.pristine.check_state(&state.config, DEV)?;
         self.msix.check_state(&state.msix, DEV)?;
         let control = config.read_u16(self.msix_cap + 2)
             & (msix::CONTROL_ENABLE | msix::CONTROL_FUNCTION_MASK);
@@ -692,7 +690,7 @@ impl<B: NetBackend> Persist for Ixgbevf<B> {
                 "the header and the table disagree on enable or mask",
             ));
         }
-        state.regs.check(&self.mem, self.pf.trusted)?;
+        state.regs.check(self.pf.trusted)?;
         self.config = config;
         self.msix.restore_state(&state.msix);
         self.present = state.present;

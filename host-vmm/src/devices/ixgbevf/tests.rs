@@ -951,6 +951,25 @@ fn the_vf_continues_after_a_save_and_restore() {
     assert_ne!(reply[0] & mbx::ACK, 0);
 }
 
+/// A guest may enable a queue on a ring the device cannot use; the device finds out at the
+/// queue's next use. Such a state moves (found by the `ixgbevf` fuzz target: the destination
+/// refused it, so the guest could not be moved) and the queue stops at its first use there,
+/// as it would have on the source.
+#[test]
+fn an_enabled_queue_on_a_bad_ring_moves_and_stops_at_its_first_use() {
+    let mut vf = receiving(8);
+    vf.write(r::rx_queue(0) + r::Q_LEN, 100);
+    let mut m = Vf::with_memory(false, vf.mem.clone());
+    m.dev.restore(vf.dev.save()).unwrap();
+    m.peer.inject(&frame(60, 1));
+    assert_eq!(m.dev.poll_backend(), 0, "nothing delivered on a bad ring");
+    assert_eq!(
+        m.dev.metrics().queue_errors,
+        1,
+        "the queue stopped at its first use"
+    );
+}
+
 #[test]
 fn a_removed_vf_stays_removed_and_bad_vf_states_are_refused() {
     let mut vf = receiving(8);
@@ -961,7 +980,7 @@ fn a_removed_vf_stays_removed_and_bad_vf_states_are_refused() {
     assert_eq!(m.dev.save(), s);
 
     type Mutation = fn(&mut IxgbevfState);
-    let cases: [(&str, Mutation); 10] = [
+    let cases: [(&str, Mutation); 8] = [
         ("MAC", |s| s.mac[0] ^= 2),
         ("MSI-X table", |s| {
             s.msix.entries.pop();
@@ -969,8 +988,6 @@ fn a_removed_vf_stays_removed_and_bad_vf_states_are_refused() {
         ("VTEIMS", |s| s.regs.interrupts.eims = 0x8),
         ("mailbox API", |s| s.regs.mailbox.api = 0x77),
         ("mailbox max frame", |s| s.regs.mailbox.max_frame = 1 << 20),
-        ("RX queue 0 ring", |s| s.regs.rx[0].len = 100),
-        ("RX queue 0 ring", |s| s.regs.rx[0].bal = 0xFFFF_FF80),
         ("RX queue 0 head/tail", |s| s.regs.rx[0].tail = 0x1_0000),
         ("VFGORC", |s| s.regs.counters.gorc = u64::MAX),
         ("configuration byte 0x02", |s| s.config.bytes[2] = 0),

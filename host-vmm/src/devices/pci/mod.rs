@@ -418,9 +418,7 @@ impl Persist for PciRoot {
             ));
         }
         let bridge = HostBridge::new();
-        let bridge_config = bridge
-            .config
-            .check_state(&state.bridge, DEV, &MMIO_WINDOW)?;
+        let bridge_config = bridge.config.check_state(&state.bridge, DEV)?;
         for (n, (saved, slot)) in state.slots.iter().zip(&self.slots[1..]).enumerate() {
             let field = |f: &str| format!("slot {} {f}", n + 1);
             if (saved.vendor, saved.device) != slot.ids {

@@ -279,9 +279,7 @@ fn the_bus_state_survives_save_restore_save_and_decoding_follows_the_functions()
     let (fresh, fa, _fb) = two_slot_bus();
     let restored = {
         let d = fa.lock().unwrap();
-        d.config
-            .check_state(&function, "dummy", &MMIO_WINDOW)
-            .unwrap()
+        d.config.check_state(&function, "dummy").unwrap()
     };
     fa.lock().unwrap().config = restored;
     fresh.lock().unwrap().restore(saved.clone()).unwrap();

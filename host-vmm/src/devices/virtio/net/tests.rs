@@ -799,6 +799,27 @@ fn restore_fails(mutate: impl FnOnce(&mut VirtioPciState), field: &str) {
     assert_eq!(fresh.dev.save(), before, "{err}: the device is unchanged");
 }
 
+/// A guest may put its 64-bit BAR 4 at the top of the address space with decoding on (the
+/// bus then decodes nothing there). Such a state moves (the destination used to refuse it),
+/// and following the BAR neither overflows nor registers a notify ioeventfd outside the
+/// MMIO window, on the source as on the destination.
+#[test]
+fn a_bar_at_the_top_of_the_address_space_moves_and_decodes_nothing() {
+    let mut d = running();
+    let bar4 = 0x20;
+    d.dev.write_config(bar4, &0xFFFF_C00Cu32.to_le_bytes());
+    d.dev.write_config(bar4 + 4, &0xFFFF_FFFFu32.to_le_bytes());
+    assert_eq!(
+        d.dev.notify_address(0),
+        None,
+        "no notify address outside the window"
+    );
+    let mut fresh = Driver::with_memory(d.mem.clone());
+    fresh.dev.restore(d.dev.save()).unwrap();
+    assert_eq!(fresh.dev.notify_address(0), None);
+    assert!(fresh.vm.recorded().ioevents.is_empty());
+}
+
 #[test]
 fn out_of_range_states_are_refused_and_change_nothing() {
     restore_fails(|s| s.queues[RX].size = 12, "queue 0 rings");
@@ -816,16 +837,6 @@ fn out_of_range_states_are_refused_and_change_nothing() {
     restore_fails(|s| s.isr = 0x80, "ISR");
     restore_fails(|s| s.config.bytes[0] ^= 1, "configuration byte 0x00");
     restore_fails(|s| s.config.bytes.truncate(64), "configuration space");
-    restore_fails(
-        |s| {
-            // BAR 4 decoding at the top of the address space.
-            s.config.bytes[0x14..0x18].copy_from_slice(&0xD000_0000u32.to_le_bytes());
-            s.config.bytes[0x20..0x24].copy_from_slice(&0xFFFF_C00Cu32.to_le_bytes());
-            s.config.bytes[0x24..0x28].copy_from_slice(&0xFFFF_FFFFu32.to_le_bytes());
-            s.config.bytes[4] |= 2;
-        },
-        "BAR 4",
-    );
     restore_fails(
         |s| {
             if let VirtioDeviceState::Net(n) = &mut s.device {

@@ -50,12 +50,12 @@ use super::{
     STATUS_NEEDS_RESET, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VirtioDevice,
 };
 use super::{STATUS_ACKNOWLEDGE, STATUS_DRIVER};
+use crate::devices::pci::PciDevice;
 use crate::devices::pci::config::{
     BarInfo, BarKind, COMMAND, COMMAND_INTX_DISABLE, ConfigSpace, LayoutError, PciIds, STATUS,
     STATUS_INTERRUPT,
 };
 use crate::devices::pci::msix::{self, Msix, MsixVector};
-use crate::devices::pci::{MMIO_WINDOW, PciDevice};
 use crate::devices::vm_ops::VmOps;
 use crate::devices::{DeviceStateError, Persist};
 use crate::io_thread::{Interest, IoHandler};
@@ -419,7 +419,9 @@ impl<D: VirtioDevice> VirtioPci<D> {
             self.reset();
             return;
         }
-        let mut value = value & !STATUS_NEEDS_RESET;
+        // Undefined bits are dropped, not kept: a saved status holds only defined bits (the
+        // destination refuses others), so a guest that wrote some can still move.
+        let mut value = value & STATUS_BITS & !STATUS_NEEDS_RESET;
         let newly = value & !self.status;
         if newly & STATUS_FEATURES_OK != 0 && !self.features_acceptable() {
             // Left clear: the driver reads the status back and gives up (3.1.1).
@@ -479,8 +481,11 @@ impl<D: VirtioDevice> VirtioPci<D> {
             .find(|&(bar, ..)| bar == VIRTIO_BAR)
             .map(|(_, base, _)| base)
             .filter(|&base| {
+                // The guest writes the BAR: its end may lie past the address space.
                 base >= crate::devices::pci::MMIO_WINDOW.start
-                    && base + VIRTIO_BAR_SIZE <= crate::devices::pci::MMIO_WINDOW.end
+                    && base
+                        .checked_add(VIRTIO_BAR_SIZE)
+                        .is_some_and(|end| end <= crate::devices::pci::MMIO_WINDOW.end)
             });
         if want == self.notify_base {
             return;
@@ -720,7 +725,7 @@ impl<D: VirtioDevice> Persist for VirtioPci<D> {
     /// level follow the restored registers, and a running device looks at its queues once.
     fn restore(&mut self, state: VirtioPciState) -> Result<(), DeviceStateError> {
         let name = self.device.name();
-        let config = self.config.check_state(&state.config, name, &MMIO_WINDOW)?;
+        let config = self.config.check_state(&state.config, name)?;
         let status_interrupt = config.read_u16(STATUS) & STATUS_INTERRUPT != 0;
         self.msix.check_state(&state.msix, name)?;
         let control = config.read_u16(self.msix_cap + 2)
