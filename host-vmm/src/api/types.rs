@@ -9,7 +9,7 @@
 
 use crate::config::{self, Cmdline, MacAddr, MemSize};
 use crate::migration::source;
-use crate::migration::target::Address;
+use crate::migration::target::{Address, Role, Security, SecurityError};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -328,6 +328,36 @@ pub struct SendMigrationData {
     /// The pause to aim for, in ms (1 to 60000).
     #[serde(default = "default_downtime_ms")]
     pub downtime_ms: u64,
+    /// Roam: for `tcp:`, the certificate directory of mutual TLS (`ca-cert.pem`,
+    /// `client-cert.pem`, `client-key.pem` are read here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_dir: Option<PathBuf>,
+    /// Roam: for `tcp:`, send in the clear, unauthenticated (warns); refused otherwise.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub insecure_plain_tcp: bool,
+}
+
+/// The protection for `address` from a body's `tls_dir` and `insecure_plain_tcp`.
+fn security(
+    address: &Address,
+    role: Role,
+    tls_dir: Option<&PathBuf>,
+    insecure_plain_tcp: bool,
+) -> Result<Security, FieldError> {
+    Security::new(
+        address,
+        role,
+        tls_dir.map(PathBuf::as_path),
+        insecure_plain_tcp,
+    )
+    .map_err(|e| {
+        let field = match e {
+            SecurityError::Tls(_) => "tls_dir",
+            _ if insecure_plain_tcp => "insecure_plain_tcp",
+            _ => "tls_dir",
+        };
+        FieldError::new(field, e)
+    })
 }
 
 fn default_downtime_ms() -> u64 {
@@ -353,10 +383,17 @@ impl SendMigrationData {
                 format!("{} ms: give 1 to {MAX_DOWNTIME_MS} ms", self.downtime_ms),
             ));
         }
+        let security = security(
+            &target,
+            Role::Source,
+            self.tls_dir.as_ref(),
+            self.insecure_plain_tcp,
+        )?;
         Ok(source::Options {
             target,
             downtime: Duration::from_millis(self.downtime_ms),
             zero_copy: self.local,
+            security,
         })
     }
 }
@@ -380,13 +417,22 @@ pub struct ReceiveMigrationData {
     /// (network paging).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mobility: Option<String>,
+    /// Roam: for `tcp:`, the certificate directory of mutual TLS (`ca-cert.pem`,
+    /// `server-cert.pem`, `server-key.pem` are read here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_dir: Option<PathBuf>,
+    /// Roam: for `tcp:`, take the guest in the clear from anyone (warns); refused otherwise.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub insecure_plain_tcp: bool,
 }
 
 /// What `host-vmm receive` needs, checked.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct ReceivePlan {
     /// Where to listen.
     pub listen: Address,
+    /// How a connection there is authenticated.
+    pub security: Security,
     /// How the guest keeps its address if it arrives from another subnet.
     pub mobility: mip::Mobility,
     /// This side's devices (the source's set).
@@ -407,8 +453,15 @@ impl ReceiveMigrationData {
                 .map_err(|e| FieldError::new("mobility", e))?,
             None => mip::Mobility::None,
         };
+        let security = security(
+            &listen,
+            Role::Destination,
+            self.tls_dir.as_ref(),
+            self.insecure_plain_tcp,
+        )?;
         Ok(ReceivePlan {
             listen,
+            security,
             mobility,
             devices: config::DeviceConfig {
                 net,

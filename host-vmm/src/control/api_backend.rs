@@ -98,7 +98,13 @@ impl Backend for ApiBackend {
             }
             ApiRequest::VmReceiveMigration(data) => {
                 let plan = checked(data.to_plan())?;
-                c.receive_migration(&plan.listen, plan.devices, plan.mobility)?;
+                c.receive_migration(
+                    &plan.listen,
+                    plan.security,
+                    plan.devices,
+                    plan.mobility,
+                    None,
+                )?;
                 Ok(None)
             }
             ApiRequest::VmMigrationProgress => json(&progress(c.migration_progress())),

@@ -22,7 +22,7 @@ use crate::devices::ixgbevf::{VfOperator, VfState};
 use crate::events::EventMonitor;
 use crate::migration::destination;
 use crate::migration::source::{self, Options};
-use crate::migration::target::Address;
+use crate::migration::target::{Address, Security};
 use crate::pause::Pause;
 use crate::roaming::registration::Refresher;
 use crate::vcpu_gate::Stopped;
@@ -706,14 +706,17 @@ impl Controller {
         }
     }
 
-    /// `vm.receive-migration`: listens on `address` (returns once it does) and takes one
-    /// guest in on a thread of its own with `devices` (and its `mobility`: the home agent
-    /// or the edges hear where it is); the guest then runs here.
+    /// `vm.receive-migration`: listens on `address` with `security` (returns once it does)
+    /// and takes one guest of at most `max_mem` bytes in on a thread of its own with
+    /// `devices` (and its `mobility`: the home agent or the edges hear where it is); the
+    /// guest then runs here.
     pub fn receive_migration(
         self: &Arc<Self>,
         address: &Address,
+        security: Security,
         mut devices: DeviceConfig,
         mobility: mip::Mobility,
+        max_mem: Option<u64>,
     ) -> Result<String, OpError> {
         match &mobility {
             mip::Mobility::Mip(s) => {
@@ -756,7 +759,7 @@ impl Controller {
             }
             std::mem::replace(&mut inner.slot, Slot::Receiving(devices.clone()))
         };
-        let listening = match destination::listen(address) {
+        let listening = match destination::listen(address, security) {
             Ok(l) => l,
             Err(e) => {
                 lock(&self.inner).slot = previous;
@@ -771,7 +774,7 @@ impl Controller {
             .name("vcpu0".into())
             .spawn(move || {
                 let console = Box::new(std::io::stdout());
-                match destination::receive(listening, &devices, &mobility, console) {
+                match destination::receive(listening, &devices, &mobility, max_mem, console) {
                     Ok(arrival) => {
                         let mut adopted = this.adopt(arrival.vmm, None, devices, true);
                         adopted.keep_refreshed(arrival.refreshers);

@@ -149,11 +149,15 @@ pub fn run(
             target,
             downtime_ms,
             zero_copy,
+            tls_dir,
+            insecure_plain_tcp,
         } => {
             let data = SendMigrationData {
                 destination_url: target.to_string(),
                 local: *zero_copy,
                 downtime_ms: *downtime_ms,
+                tls_dir: tls_dir.clone(),
+                insecure_plain_tcp: *insecure_plain_tcp,
             };
             let body = serde_json::to_value(data).unwrap_or_default();
             put::<serde_json::Value>(socket, "vm.send-migration", Some(body))?;

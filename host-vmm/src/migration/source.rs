@@ -9,7 +9,7 @@
 //! Zero-copy (`unix:` only): the memfd is handed over while the guest runs; the destination
 //! maps it and builds its VM; only the machine state crosses during the pause.
 
-use super::target::{Address, AddressError, Stream};
+use super::target::{Address, AddressError, Security, Stream};
 use crate::devices::ixgbevf::VfOperator;
 use crate::memory::PAGE_SIZE;
 use crate::pause::{Pause, PauseError};
@@ -40,6 +40,9 @@ pub struct Options {
     pub downtime: Duration,
     /// Hand the memfd over instead of copying pages (same machine, `unix:`).
     pub zero_copy: bool,
+    /// How the stream is protected (mutual TLS, plain TCP asked for by name, or the
+    /// peer's user on `unix:`): [`Security::new`] for `target` as the source.
+    pub security: Security,
 }
 
 /// The guest's agent, when there is one (migration-client over the control channel).
@@ -237,7 +240,9 @@ pub fn migrate(
         ));
     }
     let start = Instant::now();
-    let mut stream = options.target.connect(Duration::from_secs(5))?;
+    let mut stream = options
+        .target
+        .connect(&options.security, Duration::from_secs(5))?;
     let mut run = Run {
         machine,
         stream: &mut stream,
