@@ -458,6 +458,8 @@ struct Source {
     vm: Background,
     ctl: Control,
     net: TwoHosts,
+    /// Every move's mutual TLS (migproxy ends it on both sides).
+    certs: xtask::certs::CertDir,
 }
 
 impl Source {
@@ -490,7 +492,13 @@ impl Source {
             "sysctl: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let src = Source { vm, ctl, net };
+        let certs = xtask::certs::CertDir::for_tests().expect("a TLS directory");
+        let src = Source {
+            vm,
+            ctl,
+            net,
+            certs,
+        };
         src.on_vf("the source guest boots on the VF");
         src
     }
@@ -518,6 +526,7 @@ impl Source {
         cmd.arg("receive")
             .arg("--listen")
             .arg(format!("tcp:{}:{port}", Side::Destination.migration_ip()))
+            .args(["--tls-dir", &self.certs.arg()])
             .arg("--net")
             .arg(spec(xtask::net::TAP))
             .arg("--vf")
@@ -536,7 +545,8 @@ impl Source {
         let mut cmd = Command::new(host_vmm());
         cmd.arg("ctl")
             .arg(self.ctl.path())
-            .args(["migrate", target, "--downtime-ms", DOWNTIME_MS]);
+            .args(["migrate", target, "--downtime-ms", DOWNTIME_MS])
+            .args(["--tls-dir", &self.certs.arg()]);
         proc::watch(&mut cmd, "", MIGRATE_BOUND).unwrap_or_else(|e| {
             panic!(
                 "host-vmm ctl migrate: {e:#}\n--- source ---\n{}",
@@ -621,7 +631,8 @@ fn rolls_back_at_every_phase(fault: Fault, tag: &str) {
                 &format!("tcp:{}:{port}", Side::Destination.migration_ip()),
             ])
             .args(["--at", phase.at(), "--fault", fault.key()])
-            .args(["--pid", &dst.pid().to_string()]);
+            .args(["--pid", &dst.pid().to_string()])
+            .args(["--tls-dir", &src.certs.arg()]);
         if matches!(phase, Phase::DirtyPass) {
             // The guest dirties pages while the first pass crawls: a dirty pass follows.
             proxy_cmd.args(["--hold-ms", HOLD_MS]);

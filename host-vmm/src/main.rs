@@ -210,7 +210,7 @@ enum HomeAgentAction {
 /// More on `host-vmm receive`, for its --help.
 const RECEIVE_HELP: &str = "\
 The source is a running host-vmm told to move its guest here:
-  host-vmm ctl SOURCE.sock migrate tcp:ADDR:PORT [--downtime-ms N]
+  host-vmm ctl SOURCE.sock migrate tcp:ADDR:PORT --tls-dir DIR [--downtime-ms N]
   host-vmm ctl SOURCE.sock migrate unix:PATH [--zero-copy]
 (or the API's vm.send-migration). Give this side the same devices as the source (--net,
 --vf, --api-socket for the guest agent's channel; the same MACs,
@@ -558,18 +558,15 @@ fn receive(
     api_socket: Option<PathBuf>,
     event_monitor: Option<PathBuf>,
 ) -> anyhow::Result<Outcome> {
-    use host_vmm::migration::target::{Address, Role, Security, SecurityError};
+    use host_vmm::migration::target::{Address, Protection};
     let listen = args.listen.parse::<Address>().context("--listen")?;
-    let security = Security::new(
-        &listen,
-        Role::Destination,
-        args.tls_dir.as_deref(),
-        args.insecure_plain_tcp,
-    )
-    .map_err(|e| match e {
-        SecurityError::Tls(_) => anyhow::anyhow!("--tls-dir {e}"),
-        other => anyhow::anyhow!("--listen {other}"),
-    })?;
+    let protection = Protection {
+        tls_dir: args.tls_dir,
+        insecure_plain_tcp: args.insecure_plain_tcp,
+    };
+    protection
+        .check(&listen)
+        .map_err(|e| anyhow::anyhow!("--listen {e}"))?;
     let devices = devices(
         args.net.as_deref(),
         args.vf.as_deref(),
@@ -585,7 +582,7 @@ fn receive(
         .controller
         .receive_migration(
             &listen,
-            security,
+            &protection,
             devices,
             mobility,
             args.max_mem.map(MemSize::bytes),

@@ -71,6 +71,21 @@ enum Cmd {
     Demo,
     /// Everything CI runs: formatting, lints, unit tests, then the KVM and QEMU integration tests.
     Test,
+    /// Make a certificate directory for moves over TCP (mutual TLS): a CA, and signed by it
+    /// a server certificate (the destination's, `host-vmm receive --tls-dir DIR`) and a
+    /// client certificate (the source's, `host-vmm ctl ... migrate tcp:... --tls-dir DIR`),
+    /// in the layout of Cloud Hypervisor and QEMU: ca-cert.pem, server-cert.pem,
+    /// server-key.pem, client-cert.pem, client-key.pem (keys 0600). Copy the directory to
+    /// both hosts; keep the CA's key out of it (it is not written at all).
+    Certs {
+        /// Where to write the five files (created if missing; existing files replaced).
+        dir: std::path::PathBuf,
+        /// An address the destination receives on (an IP SAN of the server certificate;
+        /// the source checks the address of `tcp:ADDR:PORT` against these). Repeat for
+        /// more; a name instead of an address becomes a DNS SAN.
+        #[arg(long = "ip", value_name = "IP", default_values_t = ["127.0.0.1".to_string()])]
+        ips: Vec<String>,
+    },
     /// Formatting and clippy for host and guest crates.
     Lint,
 }
@@ -343,6 +358,15 @@ fn run(cli: Cli) -> Result<()> {
         } => bench_migrate(json, moves, &sizes, &svg),
         Cmd::Demo => demo(),
         Cmd::Test => test(),
+        Cmd::Certs { dir, ips } => {
+            xtask::certs::make(&dir, &ips)?;
+            println!(
+                "xtask: certificates for {} in {}",
+                ips.join(", "),
+                dir.display()
+            );
+            Ok(())
+        }
         Cmd::Lint => lint(),
     }
 }

@@ -168,6 +168,8 @@ pub struct WideArea {
     pub wan: Wan,
     files: [TempPath; 2],
     port: u16,
+    /// The moves' mutual TLS.
+    certs: crate::certs::CertDir,
 }
 
 impl WideArea {
@@ -267,6 +269,7 @@ impl WideArea {
             wan,
             files: [keys, client_key],
             port: 7600,
+            certs: crate::certs::CertDir::for_tests()?,
         };
         w.wait_answers(Duration::from_secs(60))?;
         w.wait_agent()?;
@@ -373,6 +376,7 @@ impl WideArea {
         let ctl = Control::unique("wa");
         let mut cmd = Wan::exec_in(&ns, crate::host_vmm_path());
         cmd.args(["receive", "--listen", &listen, "--net", &net])
+            .args(["--tls-dir", &self.certs.arg()])
             .args(["--mobility", &self.mobility(to)])
             .arg("--api-socket")
             .arg(ctl.path())
@@ -389,7 +393,8 @@ impl WideArea {
         let mut cmd = Command::new(crate::host_vmm_path());
         cmd.arg("ctl")
             .arg(self.current.ctl.path())
-            .args(["migrate", &listen]);
+            .args(["migrate", &listen])
+            .args(["--tls-dir", &self.certs.arg()]);
         let started = crate::pingd::now();
         let run = proc::watch(&mut cmd, "", MOVE)?;
         let ended = crate::pingd::now();

@@ -9,7 +9,7 @@
 
 use crate::config::{self, Cmdline, MacAddr, MemSize};
 use crate::migration::source;
-use crate::migration::target::{Address, Role, Security, SecurityError};
+use crate::migration::target::{Address, Protection};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -337,27 +337,26 @@ pub struct SendMigrationData {
     pub insecure_plain_tcp: bool,
 }
 
-/// The protection for `address` from a body's `tls_dir` and `insecure_plain_tcp`.
-fn security(
+/// The protection for `address` from a body's `tls_dir` and `insecure_plain_tcp`, checked
+/// (the directory is read when the move starts).
+fn protection(
     address: &Address,
-    role: Role,
     tls_dir: Option<&PathBuf>,
     insecure_plain_tcp: bool,
-) -> Result<Security, FieldError> {
-    Security::new(
-        address,
-        role,
-        tls_dir.map(PathBuf::as_path),
+) -> Result<Protection, FieldError> {
+    let p = Protection {
+        tls_dir: tls_dir.cloned(),
         insecure_plain_tcp,
-    )
-    .map_err(|e| {
-        let field = match e {
-            SecurityError::Tls(_) => "tls_dir",
-            _ if insecure_plain_tcp => "insecure_plain_tcp",
-            _ => "tls_dir",
+    };
+    p.check(address).map_err(|e| {
+        let field = if insecure_plain_tcp {
+            "insecure_plain_tcp"
+        } else {
+            "tls_dir"
         };
         FieldError::new(field, e)
-    })
+    })?;
+    Ok(p)
 }
 
 fn default_downtime_ms() -> u64 {
@@ -383,17 +382,12 @@ impl SendMigrationData {
                 format!("{} ms: give 1 to {MAX_DOWNTIME_MS} ms", self.downtime_ms),
             ));
         }
-        let security = security(
-            &target,
-            Role::Source,
-            self.tls_dir.as_ref(),
-            self.insecure_plain_tcp,
-        )?;
+        let protection = protection(&target, self.tls_dir.as_ref(), self.insecure_plain_tcp)?;
         Ok(source::Options {
             target,
             downtime: Duration::from_millis(self.downtime_ms),
             zero_copy: self.local,
-            security,
+            protection,
         })
     }
 }
@@ -427,12 +421,12 @@ pub struct ReceiveMigrationData {
 }
 
 /// What `host-vmm receive` needs, checked.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReceivePlan {
     /// Where to listen.
     pub listen: Address,
     /// How a connection there is authenticated.
-    pub security: Security,
+    pub protection: Protection,
     /// How the guest keeps its address if it arrives from another subnet.
     pub mobility: mip::Mobility,
     /// This side's devices (the source's set).
@@ -453,15 +447,10 @@ impl ReceiveMigrationData {
                 .map_err(|e| FieldError::new("mobility", e))?,
             None => mip::Mobility::None,
         };
-        let security = security(
-            &listen,
-            Role::Destination,
-            self.tls_dir.as_ref(),
-            self.insecure_plain_tcp,
-        )?;
+        let protection = protection(&listen, self.tls_dir.as_ref(), self.insecure_plain_tcp)?;
         Ok(ReceivePlan {
             listen,
-            security,
+            protection,
             mobility,
             devices: config::DeviceConfig {
                 net,

@@ -100,7 +100,7 @@ impl Backend for ApiBackend {
                 let plan = checked(data.to_plan())?;
                 c.receive_migration(
                     &plan.listen,
-                    plan.security,
+                    &plan.protection,
                     plan.devices,
                     plan.mobility,
                     None,

@@ -121,6 +121,8 @@ fn parse_migrate(words: &[&str]) -> Result<Command, UsageError> {
             "--zero-copy needs a unix:PATH destination on this machine".into(),
         ));
     }
+    crate::migration::target::check_choice(&target, tls_dir.is_some(), insecure_plain_tcp)
+        .map_err(|e| bad(e.to_string()))?;
     Ok(Command::Migrate {
         target,
         downtime_ms,
@@ -296,13 +298,13 @@ mod tests {
     #[test]
     fn migrate_takes_a_target_and_its_flags_in_any_order() {
         assert_eq!(
-            Command::parse_line("migrate tcp:198.18.0.2:7000"),
+            Command::parse_line("migrate tcp:198.18.0.2:7000 --insecure-plain-tcp"),
             Ok(Command::Migrate {
                 target: "tcp:198.18.0.2:7000".parse().unwrap(),
                 downtime_ms: 300,
                 zero_copy: false,
                 tls_dir: None,
-                insecure_plain_tcp: false,
+                insecure_plain_tcp: true,
             })
         );
         let c = Command::parse_line("migrate tcp:198.18.0.2:7000 --tls-dir /etc/roam/tls").unwrap();
@@ -315,11 +317,10 @@ mod tests {
         );
         assert_eq!(Command::parse_line(&c.to_string()), Ok(c));
         // A relative directory is made absolute: the source host-vmm reads it.
-        let c =
-            Command::parse_line("migrate tcp:h:1 --tls-dir certs --insecure-plain-tcp").unwrap();
+        let c = Command::parse_line("migrate tcp:h:1 --tls-dir certs").unwrap();
         let Command::Migrate {
             tls_dir: Some(dir),
-            insecure_plain_tcp: true,
+            insecure_plain_tcp: false,
             ..
         } = &c
         else {
@@ -349,6 +350,12 @@ mod tests {
             ("migrate tcp:h:1 tcp:h:2", "unexpected"),
             ("migrate tcp:h:1 --fast", "unknown flag"),
             ("migrate tcp:h:1 --tls-dir", "needs a directory"),
+            ("migrate tcp:h:1", "--insecure-plain-tcp"),
+            (
+                "migrate tcp:h:1 --tls-dir d --insecure-plain-tcp",
+                "not both",
+            ),
+            ("migrate unix:/m --insecure-plain-tcp", "tcp: only"),
         ] {
             let e = Command::parse_line(bad).unwrap_err().to_string();
             assert!(e.starts_with("migrate: ") && e.contains(says), "{bad}: {e}");

@@ -9,7 +9,7 @@
 //! Zero-copy (`unix:` only): the memfd is handed over while the guest runs; the destination
 //! maps it and builds its VM; only the machine state crosses during the pause.
 
-use super::target::{Address, AddressError, Security, Stream};
+use super::target::{Address, AddressError, Protection, Security, Stream};
 use crate::devices::ixgbevf::VfOperator;
 use crate::memory::PAGE_SIZE;
 use crate::pause::{Pause, PauseError};
@@ -40,9 +40,9 @@ pub struct Options {
     pub downtime: Duration,
     /// Hand the memfd over instead of copying pages (same machine, `unix:`).
     pub zero_copy: bool,
-    /// How the stream is protected (mutual TLS, plain TCP asked for by name, or the
-    /// peer's user on `unix:`): [`Security::new`] for `target` as the source.
-    pub security: Security,
+    /// How a `tcp:` stream is protected (mutual TLS, or plain TCP asked for by name; a
+    /// `unix:` one checks the peer's user): loaded into the [`Security`] `migrate` takes.
+    pub protection: Protection,
 }
 
 /// The guest's agent, when there is one (migration-client over the control channel).
@@ -224,12 +224,14 @@ impl Cancel {
 /// Progress reports, at every step.
 pub type Report<'a> = &'a mut dyn FnMut(&Progress);
 
-/// Moves the guest of `machine` to `options.target`. On success the vCPU is stopped for
+/// Moves the guest of `machine` to `options.target`, the stream protected by `security`
+/// (`options.protection` loaded for the source). On success the vCPU is stopped for
 /// good ([`crate::Outcome::MigratedAway`]); on failure or `cancel` everything is as before
 /// and the error says why.
 pub fn migrate(
     machine: &Machine,
     options: &Options,
+    security: &Security,
     mut agent: Option<&mut dyn Agent>,
     cancel: &Cancel,
     report: Report<'_>,
@@ -240,9 +242,7 @@ pub fn migrate(
         ));
     }
     let start = Instant::now();
-    let mut stream = options
-        .target
-        .connect(&options.security, Duration::from_secs(5))?;
+    let mut stream = options.target.connect(security, Duration::from_secs(5))?;
     let mut run = Run {
         machine,
         stream: &mut stream,

@@ -104,15 +104,59 @@ pub enum SecurityError {
     Tls(#[from] TlsError),
 }
 
+/// What the operator asked for (a TLS directory, or plain TCP by name), checked against
+/// the address but not yet read: [`Protection::load`] makes the [`Security`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Protection {
+    /// `--tls-dir` / `tls_dir`.
+    pub tls_dir: Option<PathBuf>,
+    /// `--insecure-plain-tcp` / `insecure_plain_tcp`.
+    pub insecure_plain_tcp: bool,
+}
+
+impl Protection {
+    /// Checks the choice for `address` ([`check_choice`]).
+    pub fn check(&self, address: &Address) -> Result<(), SecurityError> {
+        check_choice(address, self.tls_dir.is_some(), self.insecure_plain_tcp)
+    }
+
+    /// Reads the TLS directory, if any, for this end ([`Security::new`]).
+    pub fn load(&self, address: &Address, role: Role) -> Result<Security, SecurityError> {
+        Security::new(
+            address,
+            role,
+            self.tls_dir.as_deref(),
+            self.insecure_plain_tcp,
+        )
+    }
+}
+
+/// Checks the choice alone (nothing read): exactly one of a TLS directory and plain TCP
+/// for `tcp:`, neither for `unix:`.
+pub fn check_choice(
+    address: &Address,
+    tls_dir: bool,
+    insecure_plain_tcp: bool,
+) -> Result<(), SecurityError> {
+    match (address, tls_dir, insecure_plain_tcp) {
+        (Address::Unix(_), false, false) => Ok(()),
+        (Address::Unix(_), _, _) => Err(SecurityError::NotTcp(address.clone())),
+        (Address::Tcp(_), true, true) => Err(SecurityError::Both(address.clone())),
+        (Address::Tcp(_), false, false) => Err(SecurityError::Unprotected(address.clone())),
+        (Address::Tcp(_), _, _) => Ok(()),
+    }
+}
+
 impl Security {
     /// The protection for `address` at this end: mutual TLS from `tls_dir`, or plain TCP if
-    /// `insecure_plain_tcp`; exactly one for `tcp:`, neither for `unix:`.
+    /// `insecure_plain_tcp`; exactly one for `tcp:`, neither for `unix:` ([`check_choice`]).
     pub fn new(
         address: &Address,
         role: Role,
         tls_dir: Option<&Path>,
         insecure_plain_tcp: bool,
     ) -> Result<Security, SecurityError> {
+        check_choice(address, tls_dir.is_some(), insecure_plain_tcp)?;
         match (address, tls_dir, insecure_plain_tcp) {
             (Address::Unix(_), None, false) => Ok(Security::PeerCredentials),
             (Address::Unix(_), _, _) => Err(SecurityError::NotTcp(address.clone())),
