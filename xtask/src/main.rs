@@ -177,6 +177,11 @@ enum BenchCmd {
         /// Where to write the SVG plot.
         #[arg(long, default_value = "target/bench/migrate-ping.svg")]
         svg: std::path::PathBuf,
+        /// Instead of the VMM comparison, what mutual TLS costs: a pre-copy move of a
+        /// 1 GiB guest with 512 MiB populated over TLS and over plain TCP, alternating,
+        /// --moves each: throughput (first pass and overall), pause, TLS / plain.
+        #[arg(long)]
+        tls: bool,
     },
 }
 
@@ -354,8 +359,18 @@ fn run(cli: Cli) -> Result<()> {
                     moves,
                     sizes,
                     svg,
+                    tls: false,
                 },
         } => bench_migrate(json, moves, &sizes, &svg),
+        Cmd::Bench {
+            which:
+                BenchCmd::Migrate {
+                    json,
+                    moves,
+                    tls: true,
+                    ..
+                },
+        } => bench_migrate_tls(json, moves),
         Cmd::Demo => demo(),
         Cmd::Test => test(),
         Cmd::Certs { dir, ips } => {
@@ -425,6 +440,20 @@ fn bench_migrate(json: bool, moves: u32, sizes: &[u32], svg: &std::path::Path) -
         println!("{}", bench::migrate::json(&figures, moves));
     } else {
         print!("{}", bench::migrate::table(&figures, moves, Some(&svg)));
+    }
+    Ok(())
+}
+
+fn bench_migrate_tls(json: bool, moves: u32) -> Result<()> {
+    prereq::ensure_kvm()?;
+    prereq::ensure_packages(&prereq::NET_TOOLS)?;
+    artifacts::build_host_vmm()?;
+    artifacts::build_images(&[bench::migrate::IMAGE.to_string()])?;
+    let figures = bench::migrate_tls::run(&image_path(bench::migrate::IMAGE), moves)?;
+    if json {
+        println!("{}", bench::migrate_tls::json(&figures, moves));
+    } else {
+        print!("{}", bench::migrate_tls::table(&figures, moves));
     }
     Ok(())
 }

@@ -288,6 +288,11 @@ impl HostVmmGuest {
         &self.current.control
     }
 
+    /// The PID of the host-vmm serving the guest now.
+    pub fn pid(&self) -> u32 {
+        self.current.vm.pid()
+    }
+
     /// Whether the host-vmm serving the guest is still running.
     pub fn running(&mut self) -> bool {
         self.current.vm.running()
