@@ -1009,8 +1009,14 @@ fn receive_over_tls_drops_strangers_garbage_and_silence_then_takes_the_real_sour
     let to = format!("tcp:{}:7410", Side::Destination.migration_ip());
     let (mut dst, _dst_ctl) = src.destination(7410, "tlsadmd");
 
-    // A stranger: a client certificate from another CA (same names, another key).
+    // A stranger: it trusts our CA (so it accepts the destination), but its client
+    // certificate comes from another CA (same names, another key).
     let other_ca = xtask::certs::CertDir::for_tests().expect("another CA");
+    std::fs::copy(
+        src.certs.path().join(migration_wire::tls::CA_CERT),
+        other_ca.path().join(migration_wire::tls::CA_CERT),
+    )
+    .expect("our CA for the stranger");
     let (_p1, path) = relay(&src, "stranger", &to, Some(&other_ca.arg()));
     let mut s = UnixStream::connect(&path).expect("the relay listens");
     s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();

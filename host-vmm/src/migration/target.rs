@@ -577,11 +577,18 @@ impl Stream {
 
 impl Read for Stream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Stream::Tcp(s) => s.read(buf),
-            Stream::Unix(s) => s.read(buf),
+        let tls = match self {
+            Stream::Tcp(s) => return s.read(buf),
+            Stream::Unix(s) => return s.read(buf),
             Stream::TlsClient(s) => s.read(buf),
             Stream::TlsServer(s) => s.read(buf),
+        };
+        match tls {
+            // A peer gone without close_notify reads as the end of the stream, as on plain
+            // TCP: frames carry their own length and checksum, so a cut stream is still
+            // refused as truncated.
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(0),
+            other => other,
         }
     }
 }
