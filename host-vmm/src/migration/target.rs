@@ -241,9 +241,62 @@ impl std::fmt::Display for Address {
 }
 
 /// A source's TLS stream.
-pub type TlsClientStream = StreamOwned<ClientConnection, TcpStream>;
+pub type TlsClientStream = StreamOwned<ClientConnection, Buffered>;
 /// A destination's TLS stream.
-pub type TlsServerStream = StreamOwned<ServerConnection, TcpStream>;
+pub type TlsServerStream = StreamOwned<ServerConnection, Buffered>;
+
+/// Bytes read from the socket at once under TLS.
+const READ_AHEAD: usize = 256 << 10;
+/// TLS output rustls may hold before a write blocks: a page batch and its frame.
+const TLS_WRITE_BUFFER: usize = 2 << 20;
+
+/// A TCP socket read in large pieces: rustls asks for a few KiB at a time, and a page
+/// stream is hundreds of MiB.
+#[derive(Debug)]
+pub struct Buffered {
+    sock: TcpStream,
+    buf: Box<[u8]>,
+    pos: usize,
+    len: usize,
+}
+
+impl Buffered {
+    fn new(sock: TcpStream) -> Buffered {
+        Buffered {
+            sock,
+            buf: vec![0; READ_AHEAD].into_boxed_slice(),
+            pos: 0,
+            len: 0,
+        }
+    }
+}
+
+impl Read for Buffered {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if self.pos == self.len {
+            self.len = self.sock.read(&mut self.buf)?;
+            self.pos = 0;
+        }
+        let n = out.len().min(self.len - self.pos);
+        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+impl Write for Buffered {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        self.sock.write(b)
+    }
+
+    fn write_vectored(&mut self, b: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        self.sock.write_vectored(b)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.sock.flush()
+    }
+}
 
 /// A connected migration stream.
 #[derive(Debug)]
@@ -259,7 +312,7 @@ pub enum Stream {
 }
 
 /// Runs a TLS handshake to its end (the socket's timeouts bound each read and write).
-fn handshake<C, S>(conn: &mut C, sock: &mut TcpStream) -> io::Result<()>
+fn handshake<C, S>(conn: &mut C, sock: &mut Buffered) -> io::Result<()>
 where
     C: std::ops::DerefMut<Target = migration_wire::tls::rustls::ConnectionCommon<S>>,
     S: migration_wire::tls::rustls::SideData,
@@ -288,7 +341,7 @@ impl Address {
                     .ok_or_else(|| {
                         AddressError::Resolve(a.clone(), io::Error::other("no address"))
                     })?;
-                let mut s = TcpStream::connect_timeout(&addr, bound).map_err(fail)?;
+                let s = TcpStream::connect_timeout(&addr, bound).map_err(fail)?;
                 // Page batches are large writes; the small replies must not wait.
                 s.set_nodelay(true).map_err(fail)?;
                 let Security::TlsClient(config) = security else {
@@ -303,7 +356,9 @@ impl Address {
                     .map_err(|e| AddressError::Tls(self.clone(), io::Error::other(e)))?;
                 s.set_read_timeout(Some(bound)).map_err(fail)?;
                 s.set_write_timeout(Some(bound)).map_err(fail)?;
+                let mut s = Buffered::new(s);
                 handshake(&mut conn, &mut s).map_err(|e| AddressError::Tls(self.clone(), e))?;
+                conn.set_buffer_limit(Some(TLS_WRITE_BUFFER));
                 Ok(Stream::TlsClient(Box::new(StreamOwned::new(conn, s))))
             }
             (Address::Unix(p), Security::PeerCredentials) => {
@@ -503,9 +558,11 @@ impl Incoming {
     /// or its user on `unix:`. Plain TCP takes anyone.
     pub fn authenticate(self) -> Result<Stream, String> {
         match self {
-            Incoming::Tcp(mut s, Security::TlsServer(config)) => {
+            Incoming::Tcp(s, Security::TlsServer(config)) => {
                 let mut conn = ServerConnection::new(config).map_err(|e| format!("TLS: {e}"))?;
+                let mut s = Buffered::new(s);
                 handshake(&mut conn, &mut s).map_err(|e| format!("TLS handshake: {e}"))?;
+                conn.set_buffer_limit(Some(TLS_WRITE_BUFFER));
                 Ok(Stream::TlsServer(Box::new(StreamOwned::new(conn, s))))
             }
             Incoming::Tcp(s, _) => Ok(Stream::Tcp(s)),
@@ -521,8 +578,8 @@ impl Stream {
     fn tcp(&self) -> Option<&TcpStream> {
         match self {
             Stream::Tcp(s) => Some(s),
-            Stream::TlsClient(s) => Some(s.get_ref()),
-            Stream::TlsServer(s) => Some(s.get_ref()),
+            Stream::TlsClient(s) => Some(&s.get_ref().sock),
+            Stream::TlsServer(s) => Some(&s.get_ref().sock),
             Stream::Unix(_) => None,
         }
     }
