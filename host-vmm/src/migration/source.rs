@@ -269,7 +269,8 @@ pub fn migrate(
             let e = match e {
                 MigrateError::Wire(WireError::Io(io)) => {
                     let _ = run.stream.set_read_timeout(Some(Duration::from_secs(1)));
-                    match read_message(run.stream) {
+                    // What is left to send is not sent first: the write just failed.
+                    match read_message(&mut run.stream.read_only()) {
                         Ok(Message::Failed(reason)) => {
                             MigrateError::Wire(WireError::PeerFailed(reason))
                         }

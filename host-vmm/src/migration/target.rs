@@ -632,6 +632,48 @@ impl Stream {
     }
 }
 
+/// Reads what the peer sent without first writing what is left to send (over TLS, rustls
+/// otherwise flushes its pending output before each read): after a failed write, the
+/// peer's last words (its Failed) can still be read.
+pub struct ReadOnly<'a>(&'a mut Stream);
+
+impl Stream {
+    /// See [`ReadOnly`].
+    pub fn read_only(&mut self) -> ReadOnly<'_> {
+        ReadOnly(self)
+    }
+}
+
+fn read_no_flush<C, S>(conn: &mut C, sock: &mut Buffered, buf: &mut [u8]) -> io::Result<usize>
+where
+    C: std::ops::DerefMut<Target = migration_wire::tls::rustls::ConnectionCommon<S>>,
+    S: migration_wire::tls::rustls::SideData,
+{
+    loop {
+        match conn.reader().read(buf) {
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
+            Err(e) => return Err(e),
+        }
+        if conn.read_tls(sock)? == 0 {
+            return Ok(0);
+        }
+        conn.process_new_packets()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    }
+}
+
+impl Read for ReadOnly<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match &mut *self.0 {
+            Stream::TlsClient(s) => read_no_flush(&mut s.conn, &mut s.sock, buf),
+            Stream::TlsServer(s) => read_no_flush(&mut s.conn, &mut s.sock, buf),
+            other => other.read(buf),
+        }
+    }
+}
+
 impl Read for Stream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let tls = match self {
