@@ -368,6 +368,11 @@ impl WideArea {
         }
     }
 
+    /// The TLS directory of the moves (for a `ctl migrate` of a test's own).
+    pub fn tls_dir(&self) -> String {
+        self.certs.arg()
+    }
+
     /// Starts `host-vmm receive` for `to`; returns it, its API socket and its address.
     pub fn receiver(&mut self, to: Place) -> Result<(Background, Control, String)> {
         let (ns, ip, net) = self.receiver_spec(to);
