@@ -219,9 +219,10 @@ zero-copy (unix: only, same machine) maps the source's guest-RAM memfd, so only 
 vCPU and device state cross during the pause. Once the guest runs here, host-vmm
 announces its MAC (RARP) on virtio-net's TAP, where the guest's traffic is until its
 agent re-attaches the VF, plugs the VF in and tells the guest agent
-(RESUMED); from then on it behaves like `host-vmm run` (same exit statuses). If the
-stream is old, truncated or corrupt, or the state does not fit this side, nothing runs
-here, the source is told why (it resumes the guest) and host-vmm exits 125.
+(RESUMED); from then on it behaves like `host-vmm run` (same exit statuses). If, once
+the source's Hello is accepted, the stream turns out truncated or corrupt, or the state
+does not fit this side, nothing runs here, the source is told why (it resumes the guest)
+and host-vmm exits 125.
 A host-vmm started with only --api-socket does the same on vm.receive-migration.
 
 Who may send: over tcp: the source must present a client certificate signed by the CA
