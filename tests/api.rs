@@ -251,6 +251,7 @@ fn moves_by_pre_copy_and_zero_copy_are_driven_only_through_the_api() {
     assert!(p["bytes_sent"].as_u64().unwrap_or(0) > 0, "{p}");
     assert!(p["pass"].as_u64().unwrap_or(0) >= 2, "{p}");
     let pause_ms = p["pause_ms"].as_f64().expect("pause_ms");
+    roam_tests::assert_pause("the pre-copy move through the API", pause_ms);
     assert!(
         p["summary"]
             .as_str()
@@ -309,6 +310,10 @@ fn moves_by_pre_copy_and_zero_copy_are_driven_only_through_the_api() {
         "api: zero-copy move: phases {phases:?}, pause {} ms",
         p["pause_ms"]
     ));
+    roam_tests::assert_pause(
+        "the zero-copy move through the API",
+        p["pause_ms"].as_f64().expect("pause_ms"),
+    );
     wait_state(&a, "Running", Duration::from_secs(10));
     wait_answers(&hosts, &mut a, "after the zero-copy move");
     let _ = std::fs::remove_file(&sock);

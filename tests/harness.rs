@@ -13,22 +13,18 @@ pub use xtask::vm::{Boot, GuestRun, NetAttach, Vmm};
 /// Generous bound for one boot: a hung guest fails the test instead of hanging CI.
 pub const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Prints straight to the test's stderr, past libtest's capture, so a skip is always seen.
+/// Prints straight to the test's stderr, past libtest's capture, so the figures a test
+/// reports are always seen.
 pub fn say(line: &str) {
     let _ = writeln!(std::io::stderr(), "{line}");
 }
 
-/// `true` when /dev/kvm exists; otherwise prints that `test` is skipped and returns `false`.
-///
-/// Only a missing /dev/kvm skips: a /dev/kvm that exists but fails is a test failure.
+/// For a test that needs KVM: `true` when /dev/kvm is usable. When it is not, the test fails
+/// saying why and what to do, unless the run opted out (`cargo xtask test --no-kvm`): then it
+/// prints `skipped: TEST: REASON`, which the runner counts, and returns `false` (the test
+/// returns at once). The one skip the tests have (`xtask::skip`).
 pub fn kvm_present(test: &str) -> bool {
-    if Path::new("/dev/kvm").exists() {
-        return true;
-    }
-    say(&format!(
-        "skipped: {test}: /dev/kvm is not present on this machine"
-    ));
-    false
+    xtask::skip::kvm_or_skip(test)
 }
 
 /// Whether this process is root (some bad-input cases need to drop or hide privileges).
@@ -36,14 +32,87 @@ pub fn is_root() -> bool {
     xtask::prereq::is_root()
 }
 
-/// `true` when we are root; otherwise prints that `test` is skipped (network namespaces
-/// need root).
-pub fn root(test: &str) -> bool {
-    if is_root() {
-        return true;
+/// Fails `test` unless it runs as root (network namespaces, hiding /dev/kvm, dropping
+/// privileges need it; `cargo xtask test` checks it before it starts).
+pub fn root(test: &str) {
+    assert!(
+        is_root(),
+        "{test} needs root (network namespaces, privileges to drop): run the tests as root, e.g. `sudo -E cargo xtask test`"
+    );
+}
+
+/// `program`, after checking it is on PATH; fails saying which Debian package installs it.
+pub fn tool<'a>(program: &'a str, package: &str) -> &'a str {
+    assert!(
+        xtask::prereq::on_path(program),
+        "`{program}` is not on PATH: install the Debian package {package}"
+    );
+    program
+}
+
+/// The longest pause a move may take (`pause_ms` in its summary: source vCPU stop to
+/// destination vCPU run). host-vmm pauses for milliseconds; the bound is generous because
+/// the tests run on nested KVM on a shared machine.
+pub const MAX_PAUSE_MS: f64 = 2000.0;
+
+/// The longest silence a move may cause in a client's traffic (the longest ping gap, the
+/// longest wait for a kv reply, the longest stretch of iperf3 intervals without a byte):
+/// the pause, the switch back to the VF and the network learning the new port, generously.
+pub const MAX_MOVE_GAP: Duration = Duration::from_secs(5);
+
+/// Fails unless `pause_ms`, a move's pause, is positive and at most [`MAX_PAUSE_MS`].
+pub fn assert_pause(what: &str, pause_ms: f64) {
+    assert!(
+        pause_ms > 0.0 && pause_ms <= MAX_PAUSE_MS,
+        "{what}: pause {pause_ms:.3} ms, expected more than 0 and at most {MAX_PAUSE_MS} ms"
+    );
+}
+
+/// Fails unless `gap_ms`, the longest silence around a move, is at most [`MAX_MOVE_GAP`].
+pub fn assert_gap(what: &str, gap_ms: f64) {
+    assert!(
+        gap_ms <= MAX_MOVE_GAP.as_secs_f64() * 1e3,
+        "{what}: traffic stopped for {gap_ms:.1} ms (bound {MAX_MOVE_GAP:?})"
+    );
+}
+
+/// The longest wait for a reply in `netprobe kv-for`'s summary line, in ms.
+pub fn kv_longest_wait_ms(summary: &str) -> f64 {
+    summary
+        .split("longest wait ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|ms| ms.parse().ok())
+        .unwrap_or_else(|| panic!("no `longest wait N ms` in the kv-for summary: {summary}"))
+}
+
+/// What stock `iperf3 --json` reported: fails on output that is not JSON, on an `"error"`
+/// key (iperf3 reports some failures there and still exits 0), and when nothing arrived.
+pub fn iperf3_report(what: &str, stdout: &str) -> serde_json::Value {
+    let json: serde_json::Value = serde_json::from_str(stdout)
+        .unwrap_or_else(|e| panic!("{what}: iperf3 printed no JSON ({e}):\n{stdout}"));
+    if let Some(error) = json.get("error") {
+        panic!("{what}: iperf3 reports an error: {error}\n{stdout}");
     }
-    say(&format!("skipped: {test}: network namespaces need root"));
-    false
+    let received = json["end"]["sum_received"]["bytes"].as_f64().unwrap_or(0.0);
+    assert!(received > 0.0, "{what}: iperf3 received nothing:\n{stdout}");
+    json
+}
+
+/// The longest stretch of consecutive iperf3 intervals in which no byte moved, in ms (0 when
+/// every interval moved some): a move's or a switch's silence, at the intervals' resolution.
+pub fn iperf3_longest_silence_ms(report: &serde_json::Value) -> f64 {
+    let (mut longest, mut current) = (0.0f64, 0.0f64);
+    for interval in report["intervals"].as_array().into_iter().flatten() {
+        let sum = &interval["sum"];
+        if sum["bytes"].as_f64() == Some(0.0) {
+            current += sum["seconds"].as_f64().unwrap_or(0.0) * 1e3;
+            longest = longest.max(current);
+        } else {
+            current = 0.0;
+        }
+    }
+    longest
 }
 
 /// Runs `cmd`, panicking with its output unless it succeeds; returns stdout.

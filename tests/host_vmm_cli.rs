@@ -1,6 +1,8 @@
 //! host-vmm's command line: `--help`, and one clear line plus exit 125 for each bad input.
 
-use roam_tests::{TempFile, host_vmm, image, is_root, kvm_present, say};
+use roam_tests::{TempFile, host_vmm, image, kvm_present, root, tool};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 /// host-vmm's status for its own failures (docs/boot-abi.md, exit statuses).
@@ -131,10 +133,8 @@ fn malformed_sizes_are_rejected() {
 
 #[test]
 fn missing_dev_kvm_is_reported() {
-    if !is_root() || !std::path::Path::new("/usr/bin/unshare").exists() {
-        say("skipped: missing_dev_kvm_is_reported: needs root and unshare(1) to hide /dev/kvm");
-        return;
-    }
+    root("missing_dev_kvm_is_reported");
+    let unshare = tool("unshare", "util-linux");
     let hello = image("hello");
     // A private mount namespace with an empty /dev: only this command sees it.
     let script = format!(
@@ -142,7 +142,7 @@ fn missing_dev_kvm_is_reported() {
         host_vmm().display(),
         hello.display()
     );
-    let out = output(Command::new("unshare").args([
+    let out = output(Command::new(unshare).args([
         "--mount",
         "--propagation",
         "private",
@@ -153,24 +153,61 @@ fn missing_dev_kvm_is_reported() {
     assert_rejected(&out, &["/dev/kvm", "not found"]);
 }
 
+/// A directory anyone may enter and read, removed with what it holds when dropped: what an
+/// unprivileged user runs must not live in the checkout, which may be private (a clone into
+/// `mktemp -d` is mode 0700).
+struct PublicDir(PathBuf);
+
+impl PublicDir {
+    fn new(tag: &str) -> PublicDir {
+        let dir = std::env::temp_dir().join(format!("roam-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).expect("creating a temp directory");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))
+            .expect("making the temp directory public");
+        PublicDir(dir)
+    }
+
+    /// Copies `file` in, readable and executable by anyone; returns the copy's path.
+    fn copy(&self, file: &Path) -> PathBuf {
+        let to = self.0.join(file.file_name().expect("a file name"));
+        std::fs::copy(file, &to).expect("copying into the temp directory");
+        std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o755))
+            .expect("making the copy public");
+        to
+    }
+}
+
+impl Drop for PublicDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 #[test]
 fn kvm_permission_denied_is_reported() {
     if !kvm_present("kvm_permission_denied_is_reported") {
         return;
     }
-    if !is_root() || !std::path::Path::new("/usr/bin/setpriv").exists() {
-        say(
-            "skipped: kvm_permission_denied_is_reported: needs root and setpriv(1) to drop privileges",
-        );
-        return;
-    }
-    let hello = image("hello");
+    root("kvm_permission_denied_is_reported");
+    let setpriv = tool("setpriv", "util-linux");
+    // `nobody` must be able to run the binary and read the image, but not open /dev/kvm.
+    let nobody = 65534;
+    let kvm = std::fs::metadata("/dev/kvm").expect("/dev/kvm");
+    assert!(
+        kvm.mode() & 0o006 != 0o006 && kvm.uid() != nobody && kvm.gid() != nobody,
+        "/dev/kvm is open to every user here (mode {:o}): nothing to deny",
+        kvm.mode() & 0o777
+    );
+    let dir = PublicDir::new("kvm-denied");
+    let (vmm, hello) = (dir.copy(&host_vmm()), dir.copy(&image("hello")));
     let out = output(
-        Command::new("setpriv")
+        Command::new(setpriv)
             .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-            .arg(host_vmm())
+            .arg(vmm)
             .arg("run")
-            .arg(&hello),
+            .arg(&hello)
+            .current_dir(&dir.0),
     );
     assert_rejected(&out, &["/dev/kvm", "permission denied"]);
 }

@@ -6,7 +6,10 @@
 //! Every test makes its own topology and removes it, and every process it starts is killed
 //! by PID, also when it fails; every wait is bounded.
 
-use roam_tests::{image, kvm_present, say};
+use roam_tests::{
+    assert_gap, assert_pause, image, iperf3_longest_silence_ms, iperf3_report, kv_longest_wait_ms,
+    kvm_present, say,
+};
 use std::process::Command;
 use std::time::Duration;
 use xtask::bench::migrate::Mode;
@@ -94,6 +97,10 @@ impl Moving {
             ),
         }
         assert!(s.bytes_sent > 0 && s.pause_ms <= s.total_ms, "{s:?}");
+        assert_pause(
+            &format!("{} move from the {} host", mode.key(), from.key()),
+            s.pause_ms,
+        );
         moved
     }
 
@@ -219,6 +226,7 @@ fn netecho_moves_back_and_forth_by_pre_copy_and_zero_copy_while_pinging() {
             i + 1,
             l.lost.len()
         );
+        assert_gap(&format!("move {}", i + 1), l.longest_gap_ms);
         total += l.lost.len();
     }
     let all_lost = log.lost().len();
@@ -260,13 +268,18 @@ fn moves_to_a_host_without_a_vf_and_back_to_one_with_a_vf() {
     m.answers_after(&pinger, &to_vf);
     m.assert_running();
     let log = m.check(pinger.stop(), "stopping ping");
+    let (plain, vf) = (loss(&log, &to_plain), loss(&log, &to_vf));
     say(&format!(
-        "to a host without a VF: pause {:.3} ms, lost {}; back to one with a VF: pause {:.3} ms, lost {}",
+        "to a host without a VF: pause {:.3} ms, lost {}, longest gap {:.1} ms; back to one with a VF: pause {:.3} ms, lost {}, longest gap {:.1} ms",
         to_plain.summary.pause_ms,
-        loss(&log, &to_plain).lost.len(),
+        plain.lost.len(),
+        plain.longest_gap_ms,
         to_vf.summary.pause_ms,
-        loss(&log, &to_vf).lost.len()
+        vf.lost.len(),
+        vf.longest_gap_ms
     ));
+    assert_gap("the move to a host without a VF", plain.longest_gap_ms);
+    assert_gap("the move back to a host with a VF", vf.longest_gap_ms);
 }
 
 #[test]
@@ -314,6 +327,8 @@ fn kv_session_checking_every_reply_survives_10_moves() {
         pauses.join(", "),
         run.stdout.trim()
     ));
+    // The session's longest wait for a reply spans the worst move.
+    assert_gap("the kv session", kv_longest_wait_ms(&run.stdout));
 }
 
 /// A stock `iperf3 -c` run (bounded by timeout, --json) through 2 pre-copy and 2 zero-copy
@@ -352,10 +367,9 @@ fn iperf3_run_survives_moves() {
         run.stderr,
         m.guest.console_tail(60)
     );
-    let json: serde_json::Value = serde_json::from_str(&run.stdout)
-        .unwrap_or_else(|e| panic!("iperf3: bad JSON ({e}):\n{}", run.stdout));
+    let json = iperf3_report("iperf3 -c through moves", &run.stdout);
     let received = json["end"]["sum_received"]["bytes"].as_f64().unwrap_or(0.0);
-    assert!(received > 0.0, "iperf3: no bytes received:\n{}", run.stdout);
+    let silence = iperf3_longest_silence_ms(&json);
     let summaries: Vec<String> = moved
         .iter()
         .map(|x| {
@@ -369,7 +383,7 @@ fn iperf3_run_survives_moves() {
         })
         .collect();
     say(&format!(
-        "iperf3 -c through {} moves ({}): {received} bytes, {:.3} Mbit/s",
+        "iperf3 -c through {} moves ({}): {received} bytes, {:.3} Mbit/s, longest silence {silence:.0} ms",
         moved.len(),
         summaries.join("; "),
         json["end"]["sum_received"]["bits_per_second"]
@@ -377,6 +391,7 @@ fn iperf3_run_survives_moves() {
             .unwrap_or(0.0)
             / 1e6
     ));
+    assert_gap("iperf3 through the moves", silence);
 }
 
 /// host-vmm's status for its own failures, `receive` included.

@@ -320,9 +320,7 @@ fn eventually(bound: Duration, mut what: impl FnMut() -> bool) -> bool {
 
 #[test]
 fn registrations_move_the_translation_and_checksums_stay_right() {
-    if !root("registrations_move_the_translation_and_checksums_stay_right") {
-        return;
-    }
+    root("registrations_move_the_translation_and_checksums_stay_right");
     let p = PagingNet::up("nek");
     let (client, site_a, site_b) = (Edge::Client, Edge::Site(Site::A), Edge::Site(Site::B));
     let table = p.table(client);
@@ -393,9 +391,7 @@ fn registrations_move_the_translation_and_checksums_stay_right() {
 
 #[test]
 fn every_refusal_leaves_the_translation_as_it_was() {
-    if !root("every_refusal_leaves_the_translation_as_it_was") {
-        return;
-    }
+    root("every_refusal_leaves_the_translation_as_it_was");
     let mut p = PagingNet::up("ner");
     let client = Edge::Client;
     assert_eq!(p.tell(client, Site::A, Some(Site::A)), ReplyCode::Accepted);
@@ -462,9 +458,7 @@ fn every_refusal_leaves_the_translation_as_it_was() {
 
 #[test]
 fn a_binding_expires_with_its_lifetime() {
-    if !root("a_binding_expires_with_its_lifetime") {
-        return;
-    }
+    root("a_binding_expires_with_its_lifetime");
     let p = PagingNet::up("nex");
     let client = Edge::Client;
     let r = signed(request(client, ip(Site::A.location()), 2, fresh_id()));

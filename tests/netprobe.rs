@@ -6,7 +6,9 @@
 //!
 //! ```text
 //! netprobe tcp-echo ADDR:PORT BYTES SEED   send BYTES pseudo-random bytes, compare the echo
-//! netprobe udp-echo ADDR:PORT COUNT SEED   COUNT datagrams of mixed sizes, each echoed intact
+//! netprobe udp-echo ADDR:PORT COUNT SEED   COUNT datagrams of mixed sizes, each echoed intact;
+//!                                          a datagram without an echo within 1 s is resent,
+//!                                          and more than 5 resends fail the run
 //! netprobe kv ADDR:PORT COUNT              SET then GET COUNT keys, then COUNT
 //! netprobe kv-for ADDR:PORT SECONDS        one session of SET/GET pairs for SECONDS, every
 //!                                          reply checked (while something else happens)
@@ -197,6 +199,9 @@ fn tcp_echo(addr: SocketAddr, bytes: usize, seed: u64) -> Result<String, String>
 
 fn udp_echo(addr: SocketAddr, count: u32, seed: u64) -> Result<String, String> {
     const TRIES: u32 = 3;
+    // A resend is a datagram lost on a quiet local path: a few are tolerated (the guest's
+    // receive queue may overflow under a burst), more mean something drops them.
+    const MAX_RESENT: u32 = 5;
     let start = Instant::now();
     let socket = UdpSocket::bind("0.0.0.0:0").map_err(|e| e.to_string())?;
     socket.connect(addr).map_err(|e| e.to_string())?;
@@ -237,6 +242,11 @@ fn udp_echo(addr: SocketAddr, count: u32, seed: u64) -> Result<String, String> {
                 break;
             }
             retries += 1;
+            if retries > MAX_RESENT {
+                return Err(format!(
+                    "datagram #{i} ({len} bytes): more than {MAX_RESENT} resends needed"
+                ));
+            }
         }
         if !echoed {
             return Err(format!(

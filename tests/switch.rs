@@ -22,6 +22,9 @@ const SWITCHES: u32 = 10;
 const SPACING: Duration = Duration::from_millis(500);
 /// Bound for the guest to act on its own (link down, removal) or come back to the VF.
 const REACT: Duration = Duration::from_secs(10);
+/// The longest failover the tests accept, from the operator's command to `status` showing
+/// the guest on the other NIC (polled): generous, for nested KVM on a shared machine.
+const MAX_FAILOVER: Duration = Duration::from_secs(3);
 
 /// A guest with both NICs (or one) and a control socket, on its own test network.
 struct Guest(net::NetGuest);
@@ -274,10 +277,8 @@ fn iperf3_runs_survive_10_switches_both_ways() {
             run.stderr,
             guest.console()
         );
-        let json: serde_json::Value = serde_json::from_str(&run.stdout)
-            .unwrap_or_else(|e| panic!("{what}: bad JSON ({e}):\n{}", run.stdout));
+        let json = roam_tests::iperf3_report(what, &run.stdout);
         let received = json["end"]["sum_received"]["bytes"].as_f64().unwrap_or(0.0);
-        assert!(received > 0.0, "{what}: no bytes received:\n{}", run.stdout);
         say(&format!(
             "{what} through {SWITCHES} switches: {received} bytes, {:.3} Mbit/s",
             json["end"]["sum_received"]["bits_per_second"]
@@ -286,6 +287,16 @@ fn iperf3_runs_survive_10_switches_both_ways() {
                 / 1e6
         ));
     }
+}
+
+/// Fails unless the failover `what` (from `from` to `to`, seconds since the epoch) took at
+/// most [`MAX_FAILOVER`].
+fn assert_failover(what: &str, from: f64, to: f64) {
+    assert!(
+        to - from <= MAX_FAILOVER.as_secs_f64(),
+        "{what} took {:.0} ms (bound {MAX_FAILOVER:?})",
+        (to - from) * 1e3
+    );
 }
 
 /// Asserts that every request sent in `[from, to)` was answered, and that there were some.
@@ -352,6 +363,8 @@ fn vf_link_down_moves_traffic_to_virtio_and_link_up_brings_it_back() {
         log.window(up_at, f64::INFINITY).lost.len(),
         gap_ms(&log)
     ));
+    assert_failover("the switch to virtio-net on link down", down_at, moved_at);
+    assert_failover("the switch back to the VF on link up", up_at, back_at);
     assert_eq!(later.active, Some(Nic::Vf), "{later:?}");
     assert!(
         later.vf.rx > back.vf.rx,
@@ -418,6 +431,8 @@ fn vf_removed_then_re_added_traffic_continues_and_returns_to_the_vf() {
         gap_ms(&log)
     ));
     assert!(!moved.vf.present, "{moved:?}");
+    assert_failover("the switch to virtio-net on removal", removed_at, moved_at);
+    assert_failover("the switch back to the re-added VF", added_at, back_at);
     assert_eq!(later.active, Some(Nic::Vf), "{later:?}");
     assert!(
         later.vf.rx > back.vf.rx,

@@ -5,7 +5,7 @@
 //! root (namespaces) but not KVM. Every test makes its own uniquely named topology, removed
 //! when the test ends, also when it fails.
 
-use roam_tests::{is_root, say};
+use roam_tests::{root, say};
 use std::process::Command;
 use std::time::Duration;
 use xtask::net::wan::{
@@ -13,15 +13,6 @@ use xtask::net::wan::{
 };
 use xtask::net::{Site, Wan};
 use xtask::proc::Background;
-
-/// `true` when we are root; otherwise prints that `test` is skipped.
-fn root(test: &str) -> bool {
-    if is_root() {
-        return true;
-    }
-    say(&format!("skipped: {test}: network namespaces need root"));
-    false
-}
 
 /// A topology for one test, named after `tag`, with a one-way WAN delay of `delay_ms`.
 fn wan(tag: &str, delay_ms: u32) -> Wan {
@@ -86,9 +77,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 #[test]
 fn up_and_down_leave_no_namespace_and_no_delay_line() {
-    if !root("up_and_down_leave_no_namespace_and_no_delay_line") {
-        return;
-    }
+    root("up_and_down_leave_no_namespace_and_no_delay_line");
     let w = Wan::unique("wud").unwrap();
     let prefix = w.prefix().to_string();
     // A half-made earlier run (one namespace left behind) is cleared by `up`.
@@ -115,9 +104,7 @@ fn up_and_down_leave_no_namespace_and_no_delay_line() {
 
 #[test]
 fn every_site_answers_the_correspondent_and_tunnelled_full_packets_fit() {
-    if !root("every_site_answers_the_correspondent_and_tunnelled_full_packets_fit") {
-        return;
-    }
+    root("every_site_answers_the_correspondent_and_tunnelled_full_packets_fit");
     let w = wan("wre", 0);
     for dst in [HA_WAN_IP, SITE_A_IP, SITE_B_IP, H1_WAN_IP, HA_HOME_IP] {
         pings(&w, dst, 3, None);
@@ -144,9 +131,7 @@ fn every_site_answers_the_correspondent_and_tunnelled_full_packets_fit() {
 
 #[test]
 fn without_delay_a_round_trip_takes_under_5_ms() {
-    if !root("without_delay_a_round_trip_takes_under_5_ms") {
-        return;
-    }
+    root("without_delay_a_round_trip_takes_under_5_ms");
     let w = wan("wd0", 0);
     let m = median(pings(&w, Site::A.care_of(), 20, None));
     say(&format!(
@@ -157,9 +142,7 @@ fn without_delay_a_round_trip_takes_under_5_ms() {
 
 #[test]
 fn a_25_ms_delay_makes_round_trips_of_50_ms_and_spares_the_router_itself() {
-    if !root("a_25_ms_delay_makes_round_trips_of_50_ms_and_spares_the_router_itself") {
-        return;
-    }
+    root("a_25_ms_delay_makes_round_trips_of_50_ms_and_spares_the_router_itself");
     let w = wan("wd25", 25);
     let m = median(pings(&w, Site::A.care_of(), 20, None));
     say(&format!(
@@ -176,9 +159,7 @@ fn a_25_ms_delay_makes_round_trips_of_50_ms_and_spares_the_router_itself() {
 
 #[test]
 fn ip_in_ip_from_the_home_agent_reaches_site_a() {
-    if !root("ip_in_ip_from_the_home_agent_reaches_site_a") {
-        return;
-    }
+    root("ip_in_ip_from_the_home_agent_reaches_site_a");
     // Through the delay line too: a packet is a packet to it, whatever its protocol.
     let w = wan("wip", 5);
     let netprobe = env!("CARGO_BIN_EXE_netprobe");

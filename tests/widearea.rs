@@ -10,7 +10,10 @@
 //! (IP-in-IP, nftables) between namespaces, stock ping, iperf3 and tshark; every process is
 //! ended by PID and the topology removed, also on failure.
 
-use roam_tests::{image, kvm_present, say};
+use roam_tests::{
+    assert_gap, assert_pause, image, iperf3_longest_silence_ms, iperf3_report, kv_longest_wait_ms,
+    kvm_present, say,
+};
 use std::process::Command;
 use std::time::{Duration, Instant};
 use xtask::net::GUEST_IP;
@@ -49,6 +52,9 @@ fn tour(w: &mut WideArea) {
             to.name(),
             m.summary
         ));
+        let summary = xtask::migrate::Summary::parse(&m.summary)
+            .unwrap_or_else(|e| panic!("the move to {}: {e:#}", to.name()));
+        assert_pause(&format!("the move to {}", to.name()), summary.pause_ms);
         if w.strategy() == Strategy::Nat {
             let client = w.bindings("client edge").expect("nat-edge status");
             match to {
@@ -116,6 +122,11 @@ fn check_pings(w: &WideArea, pinger: Pinger, what: &str) {
         lost.len(),
         w.agents_output()
     );
+    // The tour's longest silence bounds every move's.
+    assert_gap(
+        &format!("{what}: pings"),
+        log.longest_gap().map_or(0.0, |g| g.secs() * 1e3),
+    );
 }
 
 /// A tour with a 1 MiB TCP echo through it: every byte comes back.
@@ -167,6 +178,7 @@ fn kv_tour(strategy: Strategy, tag: &str) {
         strategy.name(),
         run.stdout.trim()
     ));
+    assert_gap("the kv session", kv_longest_wait_ms(&run.stdout));
     check_pings(&w, pinger, "kv");
 }
 
@@ -187,20 +199,21 @@ fn iperf3_tour(strategy: Strategy, tag: &str) {
     std::thread::sleep(Duration::from_millis(1500));
     tour(&mut w);
     let run = iperf.join().expect("iperf3 thread").expect("iperf3 ran");
-    let json: serde_json::Value = serde_json::from_str(&run.stdout)
-        .unwrap_or_else(|e| panic!("iperf3 --json: {e}: {}", run.stdout));
     assert!(
-        run.status.success() && json.get("error").is_none(),
-        "iperf3 through the moves: {} {}",
+        run.status.success(),
+        "iperf3 through the moves: {}\n{}{}",
         run.status,
-        json.get("error").map_or(String::new(), |e| e.to_string())
+        run.stdout,
+        run.stderr
     );
+    let json = iperf3_report("iperf3 through the moves", &run.stdout);
     let bytes = json["end"]["sum_received"]["bytes"].as_u64().unwrap_or(0);
+    let silence = iperf3_longest_silence_ms(&json);
     say(&format!(
-        "widearea {} iperf3: {bytes} bytes received through 3 moves",
+        "widearea {} iperf3: {bytes} bytes received through 3 moves, longest silence {silence:.0} ms",
         strategy.name()
     ));
-    assert!(bytes > 0, "iperf3 moved nothing");
+    assert_gap("iperf3 through the moves", silence);
 }
 
 /// A move to site A that must fail for `why`, with a reason naming each of `says`: the

@@ -16,8 +16,9 @@
 //! - [`mobility`]: the Mobile IPv4 home agent (`host-vmm home-agent`), beside the VMM: it
 //!   uses only [`events`].
 //!
-//! `unsafe` lives only in `kvm` (ioctls), `memory` (memfd), `tap` (two interface ioctls) and
-//! `mobility::sys` (netlink, raw and packet sockets, TUN, signalfd).
+//! `unsafe` lives only in `kvm` (ioctls), `memory` (memfd), `tap` (two interface ioctls),
+//! `peer` (a socket's peer credentials) and `mobility::sys` (netlink, raw and packet
+//! sockets, TUN, signalfd).
 
 #![deny(unsafe_code)]
 
@@ -38,6 +39,8 @@ pub mod migration;
 /// The Mobile IPv4 home agent: registrations, binding list, its IP-in-IP data path.
 pub mod mobility;
 pub mod pause;
+#[allow(unsafe_code)]
+pub mod peer;
 pub mod roaming;
 #[allow(unsafe_code)]
 pub mod tap;

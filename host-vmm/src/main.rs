@@ -24,7 +24,9 @@ use std::sync::Arc;
 /// once; `host-vmm receive --listen ADDR` waits for a migrated guest. `host-vmm ctl` talks
 /// to a running one. The API is described in host-vmm/openapi.yaml.
 ///
-/// The guest's serial console (COM1) goes to stdout. `run` and `receive` exit with the
+/// The guest's serial console (COM1) goes to stdout through a bounded buffer: the guest
+/// never waits for a slow reader; what does not fit is dropped and counted (logged at exit,
+/// `ctl PATH counters`). `run` and `receive` exit with the
 /// status the guest writes to port 0xF4, with 124 if the guest stopped without one (triple
 /// fault, KVM error), with 0 once it moved away or was shut down, and with 125 if host-vmm
 /// itself failed (bad input, no KVM). Set RUST_LOG (e.g. RUST_LOG=debug) for logs on
@@ -35,8 +37,9 @@ use std::sync::Arc;
 struct Cli {
     /// Serve the API on a Unix socket at PATH (and give the guest a virtio-console for its
     /// agent). Without a command, host-vmm starts with no VM and waits for API calls. The
-    /// socket is removed on exit; a stale one left by a killed host-vmm is replaced, a live
-    /// one is refused.
+    /// socket is the operator's only: mode 0600 whatever the umask, and a connection from
+    /// a process of another user (not root) is logged and closed unserved. It is removed
+    /// on exit; a stale one left by a killed host-vmm is replaced, a live one is refused.
     #[arg(long, value_name = "PATH", global = true, visible_alias = "control")]
     api_socket: Option<PathBuf>,
 
@@ -253,7 +256,7 @@ Commands:
   vf remove         Host side: hot-remove the VF (its registers read all ones, its TAP is
                     no longer served); the guest moves to virtio-net on its own.
   vf add            Host side: plug the VF back in, reset, with its link up.
-  migrate TARGET [--downtime-ms N] [--zero-copy] [--tls-dir DIR] [--insecure-plain-tcp]
+  migrate TARGET [--downtime-ms N] [--zero-copy] [--force] [--tls-dir DIR] [--insecure-plain-tcp]
                     Move the guest to a `host-vmm receive --listen TARGET`
                     (tcp:ADDR:PORT or unix:PATH). A tcp: move runs over mutual TLS with
                     the certificates in DIR (ca-cert.pem, client-cert.pem, client-key.pem;
@@ -264,7 +267,10 @@ Commands:
                     the guest runs, then again as they are dirtied, until the remaining
                     pause is predicted to fit N ms (default 300) at the measured rate;
                     --zero-copy (unix: only, same machine) hands guest RAM over instead.
-                    The guest agent moves traffic off the VF first (PREPARE). Progress
+                    The guest agent moves traffic off the VF first (PREPARE); a guest
+                    that refuses or does not answer within 5 s fails the move, unless
+                    --force: host-vmm then removes the VF itself (the guest survives it
+                    on virtio-net), moves it anyway and says so. Progress
                     lines go to stderr; on success it prints
                       migrated mode=... total_ms=... pause_ms=... bytes_sent=...
                       memory_bytes_copied=... passes=... pause_pages=...
@@ -275,6 +281,9 @@ Commands:
   cancel            Cancel the running migration: it rolls back and the guest runs on
                     here. Refused once the destination is taking the guest over.
   info              The VM's state and configuration, as JSON (vm.info).
+  counters          The devices' host-side counters, as JSON (vm.counters): the serial
+                    output dropped because stdout did not keep up, the frames a NIC
+                    dropped for a foreign source MAC (tx_spoofed) or an absurd TSO MSS.
   pause, resume     Pause the VM (device I/O, then the vCPU) and let it run again.
 
 Each command is one call to the host-vmm's HTTP API (host-vmm/openapi.yaml); curl

@@ -74,18 +74,11 @@ pub fn tiny_guest(code: &[u8]) -> Vec<u8> {
     elf(GUEST_BASE, &[load(GUEST_BASE, 64 + 56, len, len)], code)
 }
 
-/// Whether KVM tests can run here; prints the skip line when they cannot.
+/// For a test that needs KVM: `true` when /dev/kvm is usable; otherwise the test fails
+/// saying what to do, or, under `cargo xtask test --no-kvm`, prints its counted skip line
+/// and gets `false` (`xtask::skip`).
 pub fn kvm_available(test: &str) -> bool {
-    let usable = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_ok();
-    if !usable {
-        // Past libtest's capture, so the skip is always visible.
-        let _ = writeln!(io::stderr(), "{test}: skipped: /dev/kvm not available");
-    }
-    usable
+    xtask::skip::kvm_or_skip(test)
 }
 
 /// A console that keeps what the guest printed, for assertions.

@@ -1,5 +1,5 @@
 //! The `host-vmm` binary end to end: exit statuses, stdout, one-line errors. Bad input needs
-//! no KVM; the boots use tiny hand-assembled guests and skip without `/dev/kvm`.
+//! no KVM; the boots use tiny hand-assembled guests and need `/dev/kvm` (`xtask::skip`).
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -47,6 +47,34 @@ const HELLO: &[u8] = &[
     0xF4, // hlt (not reached)
 ];
 
+/// Writes 256 KiB to COM1 (64 `rep outsb` of 4 KiB of its own memory), then exits 42
+/// through port 0xF4 (`tail`: [`EXIT_42`]) or idles ([`IDLE`]).
+fn flood_then(tail: &[u8]) -> Vec<u8> {
+    let mut code = vec![
+        0xBA, 0xF8, 0x03, 0x00, 0x00, // mov edx, 0x3f8
+        0xBB, 0x40, 0x00, 0x00, 0x00, // mov ebx, 64
+        // loop:
+        0xBE, 0x00, 0x00, 0x10, 0x00, // mov esi, 0x100000
+        0xB9, 0x00, 0x10, 0x00, 0x00, // mov ecx, 4096
+        0xF3, 0x6E, // rep outsb
+        0xFF, 0xCB, // dec ebx
+        0x75, 0xF0, // jnz loop
+    ];
+    code.extend_from_slice(tail);
+    code
+}
+
+/// Serial bytes [`flood_then`] writes.
+const FLOOD_BYTES: u64 = 64 * 4096;
+
+/// Status 42 to port 0xF4.
+const EXIT_42: &[u8] = &[
+    0x66, 0xBA, 0xF4, 0x00, // mov dx, 0xf4
+    0xB8, 0x2A, 0x00, 0x00, 0x00, // mov eax, 42
+    0xEF, // out dx, eax
+    0xF4, // hlt (not reached)
+];
+
 /// `ud2` without an IDT: a triple fault.
 const UD2: &[u8] = &[0x0F, 0x0B];
 
@@ -66,16 +94,10 @@ impl Drop for TempFile {
     }
 }
 
+/// For a test that needs KVM: fails without a usable /dev/kvm, or skips (counted) under
+/// `cargo xtask test --no-kvm` (`xtask::skip`).
 fn kvm_available(test: &str) -> bool {
-    let ok = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_ok();
-    if !ok {
-        let _ = writeln!(std::io::stderr(), "{test}: skipped: /dev/kvm not available");
-    }
-    ok
+    xtask::skip::kvm_or_skip(test)
 }
 
 fn host_vmm(args: &[&str]) -> Output {
@@ -319,4 +341,174 @@ fn the_control_socket_lives_as_long_as_host_vmm() {
     assert_eq!(out.status.code(), Some(42), "{out:?}");
     assert!(!sock.exists(), "removed on exit");
     assert_ctl_error(&host_vmm(&["ctl", path, "status"]), "no API socket at");
+}
+
+/// Whether this test runs as root (the owner of `/proc/self` is the effective user).
+fn is_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}
+
+#[test]
+fn the_control_socket_is_the_operators_only() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let sock = socket_path("owner");
+    let _ = std::fs::remove_file(&sock);
+    let path = sock.to_str().unwrap();
+    // The loosest umask: the socket is 0600 anyway.
+    let mut child = Command::new("sh")
+        .args([
+            "-c",
+            "umask 000; exec \"$0\" --api-socket \"$1\"",
+            HOST_VMM,
+            path,
+        ])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + std::time::Duration::from_secs(10);
+    while !sock.exists() {
+        assert!(Instant::now() < deadline, "no socket at {path}");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let mode = std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "socket mode {mode:o} under umask 000");
+    // The operator is served (the answer is the controller's: there is no VM).
+    assert_ctl_error(&host_vmm(&["ctl", path, "info"]), "no VM");
+    if is_root() {
+        let as_nobody = || {
+            Command::new(HOST_VMM)
+                .args(["ctl", path, "info"])
+                .uid(65534)
+                .gid(65534)
+                .output()
+                .unwrap()
+        };
+        // Another user cannot even open the file...
+        assert_ctl_error(&as_nobody(), "permission denied on the API socket");
+        // ...and if the file is opened up, the peer check closes its connection unserved.
+        std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let out = as_nobody();
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        assert!(
+            !String::from_utf8_lossy(&out.stderr).contains("no VM"),
+            "served: {out:?}"
+        );
+        // The operator still is.
+        assert_ctl_error(&host_vmm(&["ctl", path, "info"]), "no VM");
+    } else {
+        let _ = writeln!(
+            std::io::stderr(),
+            "the_control_socket_is_the_operators_only: another user's connection not tried \
+             (needs root to switch users)"
+        );
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let mut log = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut log)
+        .unwrap();
+    let _ = std::fs::remove_file(&sock);
+    if is_root() {
+        assert!(
+            log.contains("refused a connection from uid 65534"),
+            "not logged: {log}"
+        );
+    }
+}
+
+/// Waits up to `bound` for `child` to exit; kills it and fails past that.
+fn exit_within(child: &mut std::process::Child, bound: std::time::Duration, what: &str) -> i32 {
+    let deadline = Instant::now() + bound;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code().unwrap_or(-1);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what}: host-vmm did not exit within {bound:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_stdout_nobody_reads_never_stops_the_guest() {
+    if !kvm_available("a_stdout_nobody_reads_never_stops_the_guest") {
+        return;
+    }
+    let elf = TempFile::new("flood-exit", &tiny_guest(&flood_then(EXIT_42)));
+    // stdout is a pipe kept open and never read: it fills after 64 KiB.
+    let mut child = Command::new(HOST_VMM)
+        .args(["run", elf.0.to_str().unwrap()])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let code = exit_within(
+        &mut child,
+        std::time::Duration::from_secs(60),
+        "flood then exit",
+    );
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert_eq!(code, 42, "{stderr}");
+    assert!(
+        stderr.contains("bytes of guest output were dropped: stdout did not keep up"),
+        "the drop is logged at exit: {stderr}"
+    );
+    drop(child.stdout.take());
+
+    // Still running, it answers its API, which counts the drop.
+    let sock = socket_path("flood");
+    let _ = std::fs::remove_file(&sock);
+    let path = sock.to_str().unwrap();
+    let idle = TempFile::new("flood-idle", &tiny_guest(&flood_then(IDLE)));
+    let mut child = Command::new(HOST_VMM)
+        .args(["run", idle.0.to_str().unwrap(), "--control", path])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + std::time::Duration::from_secs(60);
+    let counters = loop {
+        let out = host_vmm(&["ctl", path, "counters"]);
+        if out.status.success() {
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            if v["serial"]["out_bytes"].as_u64() == Some(FLOOD_BYTES) {
+                break v;
+            }
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the guest never finished its output: {out:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    let serial = &counters["serial"];
+    let (written, dropped) = (
+        serial["out_written"].as_u64().unwrap(),
+        serial["out_dropped"].as_u64().unwrap(),
+    );
+    // Only the pipe (64 KiB) took bytes, the buffer (64 KiB) and the chunk being written
+    // (16 KiB) hold some; the rest was dropped.
+    assert!(written <= 64 * 1024, "{counters}");
+    assert!(dropped >= FLOOD_BYTES - 144 * 1024, "{counters}");
 }

@@ -266,11 +266,16 @@ impl Machine {
     }
 }
 
-/// An Ethernet frame of `len` bytes from the peer to `dst`, its payload a pattern of `seed`.
+/// An Ethernet frame of `len` bytes to `dst`, its payload a pattern of `seed`: from the
+/// peer, or to the peer from the VF's permanent MAC (the only source the PF lets out).
 fn frame(dst: [u8; 6], seed: u32, len: usize) -> Vec<u8> {
     let mut f = Vec::with_capacity(len);
     f.extend_from_slice(&dst);
-    f.extend_from_slice(&PEER_MAC);
+    f.extend_from_slice(if dst == PEER_MAC {
+        &PERMANENT
+    } else {
+        &PEER_MAC
+    });
     f.extend_from_slice(&[0x88, 0xB5]);
     let mut x = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
     while f.len() < len {
@@ -408,8 +413,10 @@ fn frames_arrive_and_leave_byte_identical() {
     m.deliver();
     let (rx, tx) = vf.receive().unwrap();
     let reply = rx.consume(|f| {
+        // Back to the sender (the addresses swapped), the payload reversed.
         let mut r = f.to_vec();
-        r.reverse();
+        r[..12].rotate_left(6);
+        r[14..].reverse();
         r
     });
     tx.consume(reply.len(), |buf| buf.copy_from_slice(&reply));

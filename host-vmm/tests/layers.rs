@@ -11,6 +11,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("pause", &[]),
     ("events", &[]),
     ("memory", &[]),
+    ("peer", &[]),
     ("arch", &["config"]),
     ("loader", &["arch", "config", "memory"]),
     ("io_thread", &["pause"]),
@@ -60,7 +61,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "vmm",
         ],
     ),
-    ("api", &["config", "devices", "events", "migration"]),
+    ("api", &["config", "devices", "events", "migration", "peer"]),
     // The home agent runs beside the VMM, never inside it: events only.
     ("mobility", &["events"]),
     (

@@ -46,6 +46,38 @@ pub fn words(text: &str) -> impl Iterator<Item = (&str, &str)> {
         .filter_map(|word| word.split_once('='))
 }
 
+/// The guest agent's test knobs, from `agent.test=KNOB[,KNOB...]` (docs/boot-abi.md):
+/// behaviours no production guest has, for host-vmm's tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AgentTest<'a> {
+    /// `refuse-prepare`: the agent refuses PREPARE.
+    pub refuse_prepare: bool,
+    /// `stall-prepare`: the agent never answers PREPARE.
+    pub stall_prepare: bool,
+    /// `chatter`: the guest floods its control channel with bytes that are no frame.
+    pub chatter: bool,
+    /// The first knob not known, to report.
+    pub unknown: Option<&'a str>,
+}
+
+/// The agent test knobs in `text` (none for every production command line).
+pub fn agent_test(text: &str) -> AgentTest<'_> {
+    let mut knobs = AgentTest::default();
+    for (_, value) in words(text).filter(|(key, _)| *key == "agent.test") {
+        for knob in value.split(',') {
+            match knob {
+                "refuse-prepare" => knobs.refuse_prepare = true,
+                "stall-prepare" => knobs.stall_prepare = true,
+                "chatter" => knobs.chatter = true,
+                other => {
+                    knobs.unknown.get_or_insert(other);
+                }
+            }
+        }
+    }
+    knobs
+}
+
 fn level(value: &str) -> Option<LevelFilter> {
     Some(match value {
         "off" => LevelFilter::Off,
@@ -103,6 +135,19 @@ mod tests {
         let o = parse(b"log=info \xff");
         assert!(o.not_utf8);
         assert_eq!(o.log_level, LevelFilter::Warn);
+    }
+
+    #[test]
+    fn agent_test_knobs_are_off_unless_named() {
+        assert_eq!(
+            agent_test("log=info ip=198.18.0.2/24"),
+            AgentTest::default()
+        );
+        let k = agent_test("agent.test=chatter,stall-prepare log=warn");
+        assert!(k.chatter && k.stall_prepare && !k.refuse_prepare);
+        let k = agent_test("agent.test=refuse-prepare agent.test=loud");
+        assert!(k.refuse_prepare);
+        assert_eq!(k.unknown, Some("loud"));
     }
 
     #[test]

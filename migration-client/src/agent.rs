@@ -61,6 +61,20 @@ pub trait NicControl {
     }
 }
 
+/// How the agent treats PREPARE. Anything but [`OnPrepare::Obey`] is a test knob (the
+/// kernel's `agent.test=refuse-prepare|stall-prepare`, docs/boot-abi.md): a guest that will
+/// not cooperate with a move, for host-vmm's `migrate --force`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OnPrepare {
+    /// Carry it out (every production guest).
+    #[default]
+    Obey,
+    /// Refuse it, changing nothing.
+    Refuse,
+    /// Never answer it (the request is taken and dropped; later ones are answered).
+    Stall,
+}
+
 /// What the agent has done, for the kernel's debug log.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct AgentCounters {
@@ -78,6 +92,7 @@ pub struct Agent {
     buf: [u8; MAX_FRAME],
     len: usize,
     counters: AgentCounters,
+    on_prepare: OnPrepare,
 }
 
 impl Default for Agent {
@@ -97,7 +112,15 @@ impl Agent {
                 errors: 0,
                 skipped_bytes: 0,
             },
+            on_prepare: OnPrepare::Obey,
         }
+    }
+
+    /// An agent that treats PREPARE as `on_prepare` says (a test knob).
+    pub const fn with_prepare(on_prepare: OnPrepare) -> Agent {
+        let mut agent = Agent::new();
+        agent.on_prepare = on_prepare;
+        agent
     }
 
     /// What the agent has done so far.
@@ -144,6 +167,9 @@ impl Agent {
                 Decoded::Incomplete => break,
                 Decoded::Frame { seq, message, len } => {
                     start += len;
+                    if message == Request::Prepare && self.on_prepare == OnPrepare::Stall {
+                        continue;
+                    }
                     let reply = self.handle(message, nics);
                     reply_with(seq, &reply, send);
                 }
@@ -186,6 +212,9 @@ impl Agent {
     /// PREPARE: traffic to virtio-net, then the VF released. Refused, changing nothing, if
     /// virtio-net cannot carry the traffic.
     fn prepare(&mut self, nics: &mut impl NicControl) -> Reply {
+        if self.on_prepare == OnPrepare::Refuse {
+            return self.refuse(format_args!("cannot prepare: agent.test=refuse-prepare"));
+        }
         if !nics.status().virtio.present {
             return self.refuse(format_args!("cannot prepare: the guest has no virtio-net"));
         }
@@ -602,6 +631,36 @@ mod tests {
             assert_eq!(n.status.active, Some(Nic::Vf));
         }
         assert_eq!(agent.counters().errors, 2);
+    }
+
+    #[test]
+    fn the_refuse_knob_refuses_prepare_and_changes_nothing() {
+        let mut agent = Agent::with_prepare(OnPrepare::Refuse);
+        let mut nics = FakeNics::on_vf();
+        let reply = ask(&mut agent, &mut nics, 6, Request::Prepare);
+        assert!(
+            matches!(&reply, Reply::Error(ErrorCode::Refused, t) if t.as_str().contains("agent.test=refuse-prepare")),
+            "{reply:?}"
+        );
+        assert!(nics.calls.is_empty(), "{:?}", nics.calls);
+        // Everything else is answered as usual.
+        assert!(matches!(
+            ask(&mut agent, &mut nics, 7, Request::Status),
+            Reply::Status(_)
+        ));
+    }
+
+    #[test]
+    fn the_stall_knob_never_answers_prepare_but_answers_the_rest() {
+        let mut agent = Agent::with_prepare(OnPrepare::Stall);
+        let mut nics = FakeNics::on_vf();
+        let mut input = request(8, Request::Prepare);
+        input.extend(request(9, Request::Status));
+        let replies = run(&mut agent, &mut nics, &input);
+        assert_eq!(replies.len(), 1, "{replies:?}");
+        assert_eq!(replies[0].0, 9, "only STATUS is answered");
+        assert!(nics.calls.is_empty(), "PREPARE was not carried out");
+        assert_eq!(agent.buffered(), 0, "nothing left pending");
     }
 
     #[test]

@@ -15,4 +15,4 @@
 
 pub mod agent;
 
-pub use agent::{Agent, NicControl};
+pub use agent::{Agent, NicControl, OnPrepare};

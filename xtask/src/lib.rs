@@ -20,6 +20,7 @@ pub mod pingd;
 pub mod prereq;
 pub mod proc;
 pub mod qmp;
+pub mod skip;
 pub mod stats;
 pub mod vm;
 pub mod widearea;

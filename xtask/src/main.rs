@@ -6,7 +6,7 @@ use std::process::Command;
 use xtask::artifacts::{self, GUEST_PROFILE, GUEST_TARGET};
 use xtask::net::{self, Site, Topology, Wan};
 use xtask::vm::{Boot, Vmm};
-use xtask::{bench, image_path, prereq, proc, root};
+use xtask::{bench, image_path, prereq, proc, root, skip};
 
 /// Roam's build, run, benchmark and test commands.
 #[derive(Parser)]
@@ -70,7 +70,16 @@ enum Cmd {
     /// move a pinged guest between them (pre-copy, then zero-copy), print pause and downtime.
     Demo,
     /// Everything CI runs: formatting, lints, unit tests, then the KVM and QEMU integration tests.
-    Test,
+    ///
+    /// Needs root and a usable /dev/kvm, and stops at once when either is missing. The last
+    /// line counts every test: `xtask: N passed, M failed, K skipped`.
+    Test {
+        /// For a machine without KVM: run what can run and skip (and count) the tests that
+        /// need KVM, each printing `skipped: TEST: REASON`. Without this flag a missing or
+        /// unusable /dev/kvm fails the run, and every test that needs KVM fails.
+        #[arg(long)]
+        no_kvm: bool,
+    },
     /// Make a certificate directory for moves over TCP (mutual TLS): a CA, and signed by it
     /// a server certificate (the destination's, `host-vmm receive --tls-dir DIR`) and a
     /// client certificate (the source's, `host-vmm ctl ... migrate tcp:... --tls-dir DIR`),
@@ -143,12 +152,16 @@ enum BenchCmd {
         #[arg(long)]
         json: bool,
     },
-    /// Ping RTT (median of 100) and iperf3 throughput both ways, host-vmm vs QEMU -M pc
-    /// (virtio-net-pci, no vhost), same image, each on its own test network.
+    /// Ping RTT (100 per run) and iperf3 throughput both ways, host-vmm vs QEMU -M pc
+    /// (virtio-net-pci, no vhost), same image, each on its own test network; the VMMs take
+    /// turns run by run; min/median/max and the ratio of the medians.
     Net {
         /// Print one JSON object instead of the table.
         #[arg(long)]
         json: bool,
+        /// Runs per VMM (each a fresh boot), alternating host-vmm and QEMU.
+        #[arg(long, default_value_t = bench::net::DEFAULT_RUNS)]
+        runs: u32,
     },
     /// Switching between the emulated 82599 VF and virtio-net under load: per switch, lost
     /// pings and the longest reply gap (ping -D every 10 ms), iperf3's 100 ms throughput
@@ -161,14 +174,15 @@ enum BenchCmd {
         #[arg(long, default_value_t = bench::switch::DEFAULT_SWITCHES)]
         switches: u32,
     },
-    /// Live migration: pause, network gap (ping -D every 10 ms), total time and bytes per
-    /// move, pre-copy and zero-copy at 64 MiB, 256 MiB and 1 GiB, stock QEMU as the peer;
-    /// writes an SVG of ping RTT around each case's first move.
+    /// Live migration: pause (source vCPU stop -> destination running, one definition for
+    /// both VMMs), network gap (ping -D every 10 ms), total time and bytes per move, pre-copy
+    /// and zero-copy at 64 MiB, 256 MiB and 1 GiB, stock QEMU as the peer; min/median/max per
+    /// case; writes an SVG of ping RTT around each case's first move.
     Migrate {
         /// Print one JSON object instead of the table.
         #[arg(long)]
         json: bool,
-        /// Moves per case (back and forth); the table gives medians.
+        /// Moves per case (back and forth); the table gives min/median/max.
         #[arg(long, default_value_t = bench::migrate::DEFAULT_MOVES)]
         moves: u32,
         /// Only these guest sizes in MiB (of 64, 256, 1024), comma-separated.
@@ -289,7 +303,7 @@ fn run(cli: Cli) -> Result<()> {
             print_boot_bench(runs, json)
         }
         Cmd::Bench {
-            which: BenchCmd::Net { json },
+            which: BenchCmd::Net { json, runs },
         } => {
             prereq::ensure_kvm()?;
             let mut packages = vec![prereq::QEMU];
@@ -297,7 +311,7 @@ fn run(cli: Cli) -> Result<()> {
             prereq::ensure_packages(&packages)?;
             artifacts::build_host_vmm()?;
             artifacts::build_images(&[bench::net::IMAGE.to_string()])?;
-            let figures = bench::net::run(&image_path(bench::net::IMAGE))?;
+            let figures = bench::net::run(&image_path(bench::net::IMAGE), runs)?;
             if json {
                 println!("{}", bench::net::json(&figures));
             } else {
@@ -372,7 +386,7 @@ fn run(cli: Cli) -> Result<()> {
                 },
         } => bench_migrate_tls(json, moves),
         Cmd::Demo => demo(),
-        Cmd::Test => test(),
+        Cmd::Test { no_kvm } => test(no_kvm),
         Cmd::Certs { dir, ips } => {
             xtask::certs::make(&dir, &ips)?;
             println!(
@@ -534,23 +548,53 @@ fn lint() -> Result<()> {
     proc::run(guest.args(["--", "-D", "warnings"]))
 }
 
-fn test() -> Result<()> {
+fn test(no_kvm: bool) -> Result<()> {
+    match (prereq::kvm_unavailable(), no_kvm) {
+        (Some(why), false) => anyhow::bail!(
+            "{why}\n  `cargo xtask test` boots guests on KVM; on a machine without KVM, `cargo xtask test --no-kvm` runs the other tests and counts the skipped ones"
+        ),
+        (Some(why), true) => {
+            eprintln!("xtask: --no-kvm: {why}; the tests that need KVM are skipped and counted")
+        }
+        (None, true) => eprintln!("xtask: --no-kvm: KVM is usable here, so no test skips"),
+        (None, false) => {}
+    }
+    prereq::ensure_root(
+        "`cargo xtask test` makes network namespaces, hides /dev/kvm and drops privileges in its tests",
+    )?;
+    let mut counts = proc::TestCounts::default();
+    let result = test_steps(no_kvm, &mut counts);
+    // One closing line for people and for CI, over every test binary that ran, also when
+    // one failed.
+    println!("xtask: {}", counts.summary());
+    result
+}
+
+/// The steps of `cargo xtask test`, counting into `counts`; stops at the first failure.
+fn test_steps(no_kvm: bool, counts: &mut proc::TestCounts) -> Result<()> {
     let mut packages = vec![prereq::QEMU];
     packages.extend(prereq::NET_TOOLS);
     packages.extend(prereq::TEST_TOOLS);
     prereq::ensure_packages(&packages)?;
     lint()?;
-    let mut counts = proc::TestCounts::default();
+    // Only the flag opts out: a stray ROAM_NO_KVM in the caller's environment does not.
+    let tests = |args: &[&str]| {
+        let mut cmd = cargo();
+        cmd.args(args);
+        if no_kvm {
+            cmd.env(skip::NO_KVM_ENV, "1");
+        } else {
+            cmd.env_remove(skip::NO_KVM_ENV);
+        }
+        cmd
+    };
     // Host unit tests: what a plain `cargo test` runs, plus the kernel's pure logic.
-    proc::run_tests(cargo().arg("test"), &mut counts)?;
-    proc::run_tests(cargo().args(["test", "-p", "kernel"]), &mut counts)?;
+    proc::run_tests(&mut tests(&["test"]), counts)?;
+    proc::run_tests(&mut tests(&["test", "-p", "kernel"]), counts)?;
     artifacts::build_host_vmm()?;
     artifacts::build_images(&[])?;
     // The wide-area tests' delay line: rebuilt so they never run a stale one.
     artifacts::build_delayline()?;
     // Integration tests: real KVM, real QEMU.
-    proc::run_tests(cargo().args(["test", "-p", "roam-tests"]), &mut counts)?;
-    // One closing line for people and for CI, over every test binary above.
-    println!("xtask: {} passed, {} failed", counts.passed, counts.failed);
-    Ok(())
+    proc::run_tests(&mut tests(&["test", "-p", "roam-tests"]), counts)
 }

@@ -422,18 +422,46 @@ mod tests {
         assert_eq!(log.unanswered_at_end(), 2);
     }
 
+    /// Stock ping, from PATH; fails saying what to install when it is missing.
+    fn ping() -> Command {
+        assert!(
+            crate::prereq::on_path("ping"),
+            "`ping` is not on PATH: install the Debian package iputils-ping"
+        );
+        Command::new("ping")
+    }
+
+    /// The shortest interval ping allows us: 10 ms as root, 200 ms (its floor) otherwise.
+    fn allowed_interval() -> Duration {
+        if crate::prereq::is_root() {
+            Duration::from_millis(10)
+        } else {
+            Duration::from_millis(200)
+        }
+    }
+
     #[test]
     fn real_ping_output_on_loopback_parses() {
-        // Only when ping may run here (it needs a raw or ICMP socket); proves the format.
-        let Ok(out) = Command::new("ping")
-            .args(["-D", "-n", "-c", "3", "-i", "0.01", "-W", "1", "127.0.0.1"])
+        let interval = format!("{}", allowed_interval().as_secs_f64());
+        let out = ping()
+            .args([
+                "-D",
+                "-n",
+                "-c",
+                "3",
+                "-i",
+                &interval,
+                "-W",
+                "1",
+                "127.0.0.1",
+            ])
             .output()
-        else {
-            return;
-        };
-        if !out.status.success() {
-            return;
-        }
+            .expect("ping starts");
+        assert!(
+            out.status.success(),
+            "ping 127.0.0.1 failed (without root it needs ICMP sockets: sysctl net.ipv4.ping_group_range): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let log = PingLog::parse(&String::from_utf8_lossy(&out.stdout));
         assert_eq!(log.transmitted, Some(3));
         assert_eq!(log.replies.len(), 3);
@@ -443,17 +471,9 @@ mod tests {
 
     #[test]
     fn a_background_ping_stops_on_sigint_with_its_summary() {
-        if !crate::prereq::is_root() || !crate::prereq::on_path("ping") {
-            return;
-        }
-        let pinger = Pinger::start(
-            Command::new("ping"),
-            "127.0.0.1",
-            Duration::from_millis(10),
-            1000,
-        )
-        .unwrap();
-        std::thread::sleep(Duration::from_millis(300));
+        let interval = allowed_interval();
+        let pinger = Pinger::start(ping(), "127.0.0.1", interval, 1000).unwrap();
+        std::thread::sleep((interval * 8).max(Duration::from_millis(300)));
         let started = pinger.started;
         let log = pinger.stop().unwrap();
         let sent = log.transmitted.unwrap();

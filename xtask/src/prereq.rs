@@ -129,19 +129,46 @@ pub fn ensure_packages(packages: &[Package]) -> Result<()> {
     Ok(())
 }
 
-/// Why KVM cannot be used here, or `None` when /dev/kvm opens for reading and writing.
+/// The KVM device host-vmm and QEMU open.
+const KVM_DEVICE: &str = "/dev/kvm";
+
+/// What KVM_GET_API_VERSION answers on every KVM since Linux 2.6.22.
+const KVM_API_VERSION: i32 = 12;
+
+/// Why KVM cannot be used here and what to do about it (one line), or `None` when /dev/kvm
+/// opens for reading and writing and answers KVM_GET_API_VERSION with 12.
 pub fn kvm_unavailable() -> Option<String> {
-    match std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-    {
-        Ok(_) => None,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            Some("/dev/kvm not found: this needs a Linux host with KVM enabled".into())
+    kvm_unavailable_at(KVM_DEVICE)
+}
+
+fn kvm_unavailable_at(device: &str) -> Option<String> {
+    const LOAD: &str = "load the KVM module (`modprobe kvm_intel` or `modprobe kvm_amd`; in a VM, enable nested virtualization)";
+    let Ok(path) = std::ffi::CString::new(device) else {
+        return Some(format!("{device:?} is not a device path"));
+    };
+    let kvm = match kvm_ioctls::Kvm::new_with_path(&path) {
+        Ok(kvm) => kvm,
+        Err(e) => {
+            return Some(match e.errno() {
+                libc::ENOENT => format!("{device} not found: {LOAD}"),
+                libc::EACCES | libc::EPERM => format!(
+                    "cannot open {device} for reading and writing ({e}): add your user to the kvm group (`sudo usermod -aG kvm $USER`, then log in again) or run as root"
+                ),
+                libc::ENXIO | libc::ENODEV => {
+                    format!("{device} exists but no KVM driver answers ({e}): {LOAD}")
+                }
+                _ => format!("cannot open {device} ({e})"),
+            });
         }
-        Err(e) => Some(format!(
-            "cannot open /dev/kvm: {e}; run as root or add your user to the kvm group"
+    };
+    match kvm.get_api_version() {
+        KVM_API_VERSION => None,
+        v if v < 0 => Some(format!(
+            "{device} is not a KVM device (KVM_GET_API_VERSION failed: {}): {LOAD}",
+            std::io::Error::last_os_error()
+        )),
+        v => Some(format!(
+            "{device} reports KVM API version {v}, not {KVM_API_VERSION}: this kernel's KVM is not supported"
         )),
     }
 }
@@ -203,4 +230,24 @@ fn guest_target_installed() -> bool {
                 .unwrap_or(false)
         })
         .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_or_foreign_kvm_device_is_unusable_and_says_what_to_do() {
+        let missing = kvm_unavailable_at("/nonexistent/roam-kvm").unwrap();
+        assert!(
+            missing.contains("not found") && missing.contains("modprobe"),
+            "{missing}"
+        );
+        // /dev/null opens read-write but answers no KVM ioctl.
+        let foreign = kvm_unavailable_at("/dev/null").unwrap();
+        assert!(
+            foreign.contains("not a KVM device") && foreign.contains("modprobe"),
+            "{foreign}"
+        );
+    }
 }

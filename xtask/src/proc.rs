@@ -171,13 +171,16 @@ pub fn run_tee_stderr(cmd: &mut Command) -> Result<(ExitStatus, String)> {
     Ok((status, String::from_utf8_lossy(&kept).into_owned()))
 }
 
-/// Passed and failed test counts, summed over libtest's `test result:` lines.
+/// Test counts over every test binary of a run: libtest's `test result:` lines, and the
+/// `skipped: TEST: REASON` lines skipped tests print (`crate::skip`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TestCounts {
-    /// Tests that passed.
+    /// Tests libtest counted as passed; a skipped test is among them (it returned).
     pub passed: u64,
     /// Tests that failed.
     pub failed: u64,
+    /// Tests that printed a skip line.
+    pub skipped: u64,
 }
 
 impl TestCounts {
@@ -199,15 +202,48 @@ impl TestCounts {
             }
         }
     }
+
+    /// Counts one line of the tests' stderr if it is a skip line.
+    pub fn add_stderr_line(&mut self, line: &str) {
+        if crate::skip::skipped_test(line).is_some() {
+            self.skipped += 1;
+        }
+    }
+
+    /// The closing figures: `N passed, M failed, K skipped`, a skipped test not counted as
+    /// passed.
+    pub fn summary(&self) -> String {
+        format!(
+            "{} passed, {} failed, {} skipped",
+            self.passed.saturating_sub(self.skipped),
+            self.failed,
+            self.skipped
+        )
+    }
 }
 
-/// Like [`run`], for `cargo test`: stdout is shown as it comes and its results are counted.
+/// Like [`run`], for `cargo test`: stdout and stderr are shown as they come, and the results
+/// and skip lines are counted.
 pub fn run_tests(cmd: &mut Command, counts: &mut TestCounts) -> Result<()> {
     eprintln!("==> {}", display(cmd));
     let mut child = cmd
         .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .with_context(|| format!("cannot start {}", cmd.get_program().to_string_lossy()))?;
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let skips = thread::spawn(move || {
+        let mut seen = TestCounts::default();
+        let mut lines = BufReader::new(stderr);
+        let mut buf = Vec::new();
+        while matches!(lines.read_until(b'\n', &mut buf), Ok(n) if n > 0) {
+            let line = String::from_utf8_lossy(&buf);
+            eprint!("{line}");
+            seen.add_stderr_line(&line);
+            buf.clear();
+        }
+        seen.skipped
+    });
     let stdout = child.stdout.take().expect("stdout is piped");
     for line in BufReader::new(stdout).lines() {
         let line = line.unwrap_or_default();
@@ -215,6 +251,7 @@ pub fn run_tests(cmd: &mut Command, counts: &mut TestCounts) -> Result<()> {
         counts.add_line(&line);
     }
     let status = child.wait()?;
+    counts.skipped += skips.join().unwrap_or(0);
     if !status.success() {
         bail!("`{}` failed with {status}", display(cmd));
     }
@@ -369,7 +406,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn test_result_lines_are_summed() {
+    fn test_result_lines_are_summed_and_skips_are_not_passes() {
         let mut c = TestCounts::default();
         c.add_line("test result: ok. 61 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.06s");
         c.add_line(
@@ -377,12 +414,18 @@ mod tests {
         );
         c.add_line("test foo ... ok");
         c.add_line("running 3 tests");
+        c.add_stderr_line("skipped: boots_hello: /dev/kvm not found: load the KVM module\n");
+        c.add_stderr_line("skipped: moves_kv: /dev/kvm not found: load the KVM module");
+        c.add_stderr_line("     Running tests/boot.rs (target/debug/deps/boot-0123)");
+        c.add_stderr_line("skipped: not a skip line");
         assert_eq!(
             c,
             TestCounts {
                 passed: 63,
-                failed: 1
+                failed: 1,
+                skipped: 2
             }
         );
+        assert_eq!(c.summary(), "61 passed, 1 failed, 2 skipped");
     }
 }

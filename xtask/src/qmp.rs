@@ -3,7 +3,9 @@
 //!
 //! QEMU greets with `{"QMP": ...}`, waits for `qmp_capabilities`, then answers each
 //! `{"execute": ...}` with `{"return": ...}` or `{"error": {"class", "desc"}}`; events
-//! (`{"event": ...}`) may arrive between them at any time and are kept aside.
+//! (`{"event": ...}`) may arrive between them at any time and are kept aside. Each event
+//! carries `"timestamp": {"seconds", "microseconds"}`, QEMU's wall clock (CLOCK_REALTIME)
+//! when it was raised.
 
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
@@ -170,6 +172,37 @@ impl Qmp {
         }
     }
 
+    /// The timestamp (seconds since the epoch) of the last event `name` raised at or after
+    /// `after`, polling QEMU (`query-status`, which lets queued events through) until one
+    /// has come or `bound` has passed.
+    pub fn wait_for_event(&mut self, name: &str, after: f64, bound: Duration) -> Result<f64> {
+        let deadline = Instant::now() + bound;
+        loop {
+            let found = self
+                .events
+                .iter()
+                .rev()
+                .filter(|e| e["event"] == name)
+                .filter_map(event_time)
+                .find(|&t| t >= after);
+            if let Some(t) = found {
+                return Ok(t);
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "QEMU raised no {name} event within {bound:?} (events seen: {})",
+                    self.events
+                        .iter()
+                        .filter_map(|e| e["event"].as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
+            self.execute("query-status", None)?;
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     /// The guest's run state (`query-status`): `running`, `inmigrate`, `postmigrate`, ...
     pub fn run_state(&mut self) -> Result<String> {
         let ret = self.execute("query-status", None)?;
@@ -178,6 +211,12 @@ impl Qmp {
             .map(str::to_string)
             .context("query-status without status")
     }
+}
+
+/// An event's timestamp, seconds since the epoch.
+pub fn event_time(event: &Value) -> Option<f64> {
+    let t = &event["timestamp"];
+    Some(t["seconds"].as_u64()? as f64 + t["microseconds"].as_u64()? as f64 / 1e6)
 }
 
 /// What `query-migrate` reports (QEMU's `MigrationInfo`); absent fields are `None`.
@@ -268,7 +307,11 @@ mod tests {
                 match req["execute"].as_str().unwrap() {
                     "qmp_capabilities" => writeln!(out, r#"{{"return": {{}}}}"#).unwrap(),
                     "query-status" => {
-                        writeln!(out, r#"{{"event": "RESUME", "data": {{}}}}"#).unwrap();
+                        writeln!(
+                            out,
+                            r#"{{"event": "RESUME", "data": {{}}, "timestamp": {{"seconds": 1796638131, "microseconds": 250000}}}}"#
+                        )
+                        .unwrap();
                         writeln!(out, r#"{{"return": {{"status": "running"}}}}"#).unwrap();
                     }
                     _ => writeln!(
@@ -283,11 +326,23 @@ mod tests {
         let mut qmp = Qmp::connect(&path, Duration::from_secs(5)).unwrap();
         assert_eq!(qmp.run_state().unwrap(), "running");
         assert_eq!(qmp.events.len(), 1);
+        assert_eq!(event_time(&qmp.events[0]), Some(1_796_638_131.25));
+        let t = qmp
+            .wait_for_event("RESUME", 1_796_638_131.0, Duration::from_secs(5))
+            .unwrap();
+        assert_eq!(t, 1_796_638_131.25);
+        // A later bound: the next poll brings another RESUME with the same stamp, still too
+        // early, until the bound runs out.
+        let err = qmp
+            .wait_for_event("RESUME", 1_796_638_132.0, Duration::from_millis(50))
+            .unwrap_err();
+        assert!(format!("{err}").contains("no RESUME event"), "{err}");
         let err = qmp.migrate("tcp:198.19.0.2:4444").unwrap_err();
         assert!(format!("{err:#}").contains("no such thing"), "{err:#}");
         drop(qmp);
         let seen = server.join().unwrap();
-        assert_eq!(seen[2]["arguments"]["uri"], "tcp:198.19.0.2:4444");
+        let migrate = seen.iter().find(|r| r["execute"] == "migrate").unwrap();
+        assert_eq!(migrate["arguments"]["uri"], "tcp:198.19.0.2:4444");
         let _ = std::fs::remove_file(&path);
     }
 }

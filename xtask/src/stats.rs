@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-/// Minimum, median and maximum of a set of samples, in milliseconds.
+/// Minimum, median and maximum of a set of samples (milliseconds when made from durations).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Summary {
     /// Smallest sample.
@@ -16,22 +16,37 @@ pub struct Summary {
 impl Summary {
     /// Summarises `samples`; `None` when there are none.
     pub fn of(samples: &[Duration]) -> Option<Summary> {
-        let mut ms: Vec<f64> = samples.iter().map(|d| d.as_secs_f64() * 1e3).collect();
-        if ms.is_empty() {
+        let ms: Vec<f64> = samples.iter().map(|d| d.as_secs_f64() * 1e3).collect();
+        Summary::of_values(&ms)
+    }
+
+    /// Summarises plain values (any unit); `None` when there are none.
+    pub fn of_values(values: &[f64]) -> Option<Summary> {
+        let mut v = values.to_vec();
+        if v.is_empty() {
             return None;
         }
-        ms.sort_by(f64::total_cmp);
-        let mid = ms.len() / 2;
-        let median = if ms.len().is_multiple_of(2) {
-            (ms[mid - 1] + ms[mid]) / 2.0
+        v.sort_by(f64::total_cmp);
+        let mid = v.len() / 2;
+        let median = if v.len().is_multiple_of(2) {
+            (v[mid - 1] + v[mid]) / 2.0
         } else {
-            ms[mid]
+            v[mid]
         };
         Some(Summary {
-            min: ms[0],
+            min: v[0],
             median,
-            max: ms[ms.len() - 1],
+            max: v[v.len() - 1],
         })
+    }
+
+    /// Each of min, median and max through `f` (a change of unit).
+    pub fn map(self, f: impl Fn(f64) -> f64) -> Summary {
+        Summary {
+            min: f(self.min),
+            median: f(self.median),
+            max: f(self.max),
+        }
     }
 
     /// `{"min":..,"median":..,"max":..}` with three decimals.
@@ -58,6 +73,8 @@ mod tests {
         let s = Summary::of(&ms(&[4, 1, 3, 2])).unwrap();
         assert_eq!(s.median, 2.5);
         assert!(Summary::of(&[]).is_none());
+        let v = Summary::of_values(&[7.0, 2.0]).unwrap().map(|x| x * 2.0);
+        assert_eq!((v.min, v.median, v.max), (4.0, 9.0, 14.0));
     }
 
     #[test]

@@ -22,6 +22,12 @@ pub enum ClientError {
     /// The file is there but nobody listens.
     #[error("nothing is listening on {0} (host-vmm exited?); start host-vmm with --api-socket {0}")]
     Refused(String),
+    /// The socket file is another user's (it is mode 0600).
+    #[error(
+        "permission denied on the API socket {0}: it is its operator's only; run this as the \
+         user host-vmm runs as, or as root"
+    )]
+    Denied(String),
     /// Any other connection failure.
     #[error("cannot connect to the API socket {path}: {error}")]
     Connect {
@@ -164,6 +170,7 @@ fn connect(socket: &Path, shown: &str) -> Result<UnixStream, ClientError> {
             ClientError::NotASocket(shown.to_owned())
         }
         io::ErrorKind::ConnectionRefused => ClientError::Refused(shown.to_owned()),
+        io::ErrorKind::PermissionDenied => ClientError::Denied(shown.to_owned()),
         _ => ClientError::Connect {
             path: shown.to_owned(),
             error,

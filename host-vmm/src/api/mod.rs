@@ -49,6 +49,8 @@ pub enum ApiRequest {
     VmDelete,
     /// `vm.info`: answer a [`types::VmInfo`].
     VmInfo,
+    /// `vm.counters`: answer a [`types::VmCounters`].
+    VmCounters,
     /// `vm.pause`.
     VmPause,
     /// `vm.resume`.
@@ -101,6 +103,7 @@ impl ApiRequest {
             Endpoint::VmBoot => ApiRequest::VmBoot,
             Endpoint::VmDelete => ApiRequest::VmDelete,
             Endpoint::VmInfo => ApiRequest::VmInfo,
+            Endpoint::VmCounters => ApiRequest::VmCounters,
             Endpoint::VmPause => ApiRequest::VmPause,
             Endpoint::VmResume => ApiRequest::VmResume,
             Endpoint::VmShutdown => ApiRequest::VmShutdown,
@@ -134,6 +137,7 @@ impl ApiRequest {
             ApiRequest::VmBoot => Endpoint::VmBoot,
             ApiRequest::VmDelete => Endpoint::VmDelete,
             ApiRequest::VmInfo => Endpoint::VmInfo,
+            ApiRequest::VmCounters => Endpoint::VmCounters,
             ApiRequest::VmPause => Endpoint::VmPause,
             ApiRequest::VmResume => Endpoint::VmResume,
             ApiRequest::VmShutdown => Endpoint::VmShutdown,

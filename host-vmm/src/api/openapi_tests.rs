@@ -4,7 +4,7 @@
 
 use super::ApiRequest;
 use super::routes::{Endpoint, PREFIX, ROUTES};
-use super::types::{MigrationProgress, NicAnswer, VfStatus, VmInfo, VmmPingResponse};
+use super::types::{MigrationProgress, NicAnswer, VfStatus, VmCounters, VmInfo, VmmPingResponse};
 use serde_json::Value;
 use std::collections::BTreeSet;
 
@@ -25,6 +25,7 @@ fn read_answer(endpoint: Endpoint, example: &Value) -> Result<(), String> {
     match endpoint {
         Endpoint::VmmPing => read::<VmmPingResponse>(example),
         Endpoint::VmInfo => read::<VmInfo>(example),
+        Endpoint::VmCounters => read::<VmCounters>(example),
         Endpoint::VmMigrationProgress => read::<MigrationProgress>(example),
         Endpoint::RoamNic => read::<NicAnswer>(example),
         Endpoint::RoamVf => read::<VfStatus>(example),

@@ -47,6 +47,8 @@ pub enum Endpoint {
     VmDelete,
     /// `GET vm.info`: configuration and state.
     VmInfo,
+    /// `GET vm.counters`: the devices' host-side counters.
+    VmCounters,
     /// `PUT vm.pause`: stop the vCPU.
     VmPause,
     /// `PUT vm.resume`: run the paused vCPU again.
@@ -135,6 +137,7 @@ pub const ROUTES: &[Route] = &[
     route(Method::Put, "/api/v1/vm.boot", Endpoint::VmBoot),
     route(Method::Put, "/api/v1/vm.delete", Endpoint::VmDelete),
     route(Method::Get, "/api/v1/vm.info", Endpoint::VmInfo),
+    route(Method::Get, "/api/v1/vm.counters", Endpoint::VmCounters),
     route(Method::Put, "/api/v1/vm.pause", Endpoint::VmPause),
     route(Method::Put, "/api/v1/vm.resume", Endpoint::VmResume),
     route(Method::Put, "/api/v1/vm.shutdown", Endpoint::VmShutdown),
@@ -220,7 +223,7 @@ mod tests {
             assert!(paths.insert(r.path), "{} twice", r.path);
             assert_eq!(r.endpoint.route(), r);
         }
-        assert_eq!(seen.len(), 15);
+        assert_eq!(seen.len(), 16);
     }
 
     #[test]

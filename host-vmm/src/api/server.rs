@@ -6,6 +6,10 @@
 //! ([`ServerConfig::request_timeout`], 408) or stays silent between requests
 //! ([`ServerConfig::idle_timeout`], closed without an answer). A slow client or a slow
 //! backend call holds only its own connection's thread.
+//!
+//! The socket is the operator's only: [`bind`] makes the file mode 0600 whatever the umask,
+//! and every accepted connection's peer credentials (`SO_PEERCRED`) are checked before a
+//! byte is read: a process of another user (not root) is logged and closed unserved.
 
 use super::http::{self, Poll, RequestReader, Response};
 use super::routes::{self, RouteError};
@@ -13,7 +17,7 @@ use super::{ApiRequest, Backend, Endpoint};
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::FileTypeExt;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
@@ -72,9 +76,29 @@ pub enum BindError {
     },
 }
 
-/// Binds the API socket at `path`: a stale socket (nobody accepts on it, left by a killed
-/// host-vmm) is replaced; a live one, or a file that is not a socket, is refused.
+/// The API socket file's mode: the operator's user (and root) only.
+pub const SOCKET_MODE: u32 = 0o600;
+
+/// Binds the API socket at `path` with mode [`SOCKET_MODE`] (whatever the umask): a stale
+/// socket (nobody accepts on it, left by a killed host-vmm) is replaced; a live one, or a
+/// file that is not a socket, is refused.
 pub fn bind(path: &Path) -> Result<UnixListener, BindError> {
+    let listener = bind_any_mode(path)?;
+    // Before the first accept; a connection that came in the instant between bind and
+    // chmod still meets the peer check.
+    if let Err(error) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(SOCKET_MODE))
+    {
+        drop(listener);
+        remove_socket(path);
+        return Err(BindError::Bind {
+            path: path.to_owned(),
+            error,
+        });
+    }
+    Ok(listener)
+}
+
+fn bind_any_mode(path: &Path) -> Result<UnixListener, BindError> {
     let bind_error = |error| BindError::Bind {
         path: path.to_owned(),
         error,
@@ -336,6 +360,28 @@ fn drain_now(conn: &UnixStream) {
     }
 }
 
+/// Whether `conn`'s peer may use the API (same user as host-vmm, or root); a stranger's
+/// connection is logged and closed without a byte read or written.
+fn peer_allowed(conn: &UnixStream) -> bool {
+    match crate::peer::of(conn) {
+        Ok(c) if crate::peer::allowed(c) => true,
+        Ok(c) => {
+            log::warn!(
+                "api: refused a connection from uid {} (pid {}): the API serves only uid {} \
+                 (host-vmm's user) and root",
+                c.uid,
+                c.pid,
+                crate::peer::own_uid()
+            );
+            false
+        }
+        Err(e) => {
+            log::warn!("api: refused a connection whose peer is unknown: {e}");
+            false
+        }
+    }
+}
+
 /// Starts a thread for `conn`, or answers 503 when the server is full.
 fn admit(
     conn: UnixStream,
@@ -344,6 +390,10 @@ fn admit(
     config: ServerConfig,
     refused: &mut Refused,
 ) {
+    if !peer_allowed(&conn) {
+        let _ = conn.shutdown(std::net::Shutdown::Both);
+        return;
+    }
     let id = connections.next.fetch_add(1, Ordering::Relaxed);
     {
         let mut open = connections.lock();

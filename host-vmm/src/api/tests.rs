@@ -217,6 +217,17 @@ fn get(path: &str) -> Vec<u8> {
 }
 
 #[test]
+fn the_socket_file_is_its_owners_only_and_the_owner_is_served() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = start("mode");
+    let mode = std::fs::metadata(s.p()).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, super::server::SOCKET_MODE);
+    assert_eq!(mode, 0o600);
+    // This process is the socket's owner: its peer credentials pass.
+    assert_eq!(raw(&s, &get("vmm.ping")).status, 200);
+}
+
+#[test]
 fn the_client_pings_and_gets_json() {
     let s = start("ping");
     let (status, body) = client::call(s.p(), "GET", "vmm.ping", None, T).unwrap();
@@ -414,6 +425,7 @@ fn unknown_fields_are_ignored_and_defaults_filled() {
                 downtime_ms: 300,
                 tls_dir: None,
                 insecure_plain_tcp: false,
+                force: false,
             }),
         ]
     );

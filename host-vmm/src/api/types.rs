@@ -328,6 +328,10 @@ pub struct SendMigrationData {
     /// The pause to aim for, in ms (1 to 60000).
     #[serde(default = "default_downtime_ms")]
     pub downtime_ms: u64,
+    /// Roam: move even if the guest agent refuses or misses PREPARE (host-vmm removes the
+    /// VF itself); the `migration forced` event says why.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub force: bool,
     /// Roam: for `tcp:`, the certificate directory of mutual TLS (`ca-cert.pem`,
     /// `client-cert.pem`, `client-key.pem` are read here).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -388,6 +392,7 @@ impl SendMigrationData {
             downtime: Duration::from_millis(self.downtime_ms),
             zero_copy: self.local,
             protection,
+            force: self.force,
         })
     }
 }
@@ -524,6 +529,9 @@ pub struct MigrationProgress {
     /// Every step's message so far, oldest first (a poller prints those it has not seen).
     #[serde(default)]
     pub log: Vec<String>,
+    /// Roam: set when the move went on without the guest agent's PREPARE (`force`): why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forced: Option<String>,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -686,3 +694,7 @@ pub struct ErrorBody {
     /// What went wrong, in words.
     pub error: String,
 }
+
+/// `vm.counters`' answer (CH's shape): counters by device (`serial`, `virtio-net`, `vf`),
+/// then by name.
+pub type VmCounters = std::collections::BTreeMap<String, std::collections::BTreeMap<String, u64>>;

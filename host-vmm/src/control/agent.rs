@@ -153,12 +153,14 @@ impl AgentLink {
             if let Some(result) = self.take_reply(seq) {
                 return result;
             }
-            if self.port.recv_until(&mut self.pending, deadline) == 0 && Instant::now() >= deadline
-            {
+            // The deadline is checked on every pass, not only when nothing came: a guest
+            // that keeps sending bytes other than our reply must not hold us past it.
+            if Instant::now() >= deadline {
                 let withdrawn = self.port.discard_unsent();
                 log::debug!("control: request {seq} timed out ({withdrawn} bytes withdrawn)");
                 return Err(AgentError::Timeout(Wait(self.timeout)));
             }
+            self.port.recv_until(&mut self.pending, deadline);
         }
     }
 
@@ -385,6 +387,24 @@ mod tests {
         );
         let e = link.resumed().unwrap_err();
         assert!(matches!(e, AgentError::Timeout(_)), "{e}");
+    }
+
+    #[test]
+    fn a_chattering_guest_cannot_hold_the_link_past_its_deadline() {
+        let (mut link, guest) = link(Duration::from_millis(200));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let chatter = guest.chatter(stop.clone());
+        let started = Instant::now();
+        let e = link.call(Request::Status).unwrap_err();
+        let took = started.elapsed();
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let sent = chatter.join().unwrap();
+        assert!(matches!(e, AgentError::Timeout(_)), "{e}");
+        assert!(sent > 0, "the guest chattered");
+        assert!(
+            took < Duration::from_secs(2),
+            "a 200 ms deadline held for {took:?} under chatter"
+        );
     }
 
     #[test]

@@ -32,6 +32,7 @@ impl From<OpError> for ApiError {
             OpError::BadRequest(m) => ApiError::bad_request(m),
             OpError::Conflict(m) => ApiError::conflict(m),
             OpError::Failed(m) => ApiError::internal(m),
+            OpError::Busy(m) => ApiError::unavailable(m),
         }
     }
 }
@@ -80,6 +81,7 @@ impl Backend for ApiBackend {
                 Ok(None)
             }
             ApiRequest::VmInfo => json(&vm_info(c.info()?)),
+            ApiRequest::VmCounters => json(&c.counters()?),
             ApiRequest::VmPause => {
                 c.pause()?;
                 Ok(None)
@@ -236,5 +238,6 @@ fn progress(job: Option<JobView>) -> MigrationProgress {
             .as_ref()
             .map(|s| s.to_string().trim_end().to_owned()),
         log: j.log,
+        forced: p.forced.clone(),
     }
 }

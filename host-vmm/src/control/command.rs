@@ -8,7 +8,7 @@ use std::fmt::{self, Write};
 use std::path::PathBuf;
 
 /// The commands, as usage errors list them.
-pub const COMMANDS: &str = "switch vf|virtio, status, vf link up|down, vf remove, vf add, migrate tcp:ADDR:PORT|unix:PATH [--downtime-ms N] [--zero-copy] [--tls-dir DIR] [--insecure-plain-tcp], progress, cancel, info, pause, resume";
+pub const COMMANDS: &str = "switch vf|virtio, status, vf link up|down, vf remove, vf add, migrate tcp:ADDR:PORT|unix:PATH [--downtime-ms N] [--zero-copy] [--force] [--tls-dir DIR] [--insecure-plain-tcp], progress, cancel, info, counters, pause, resume";
 
 /// One operator command.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -39,6 +39,8 @@ pub enum Command {
         tls_dir: Option<PathBuf>,
         /// `tcp:` in the clear, asked for by name.
         insecure_plain_tcp: bool,
+        /// Move even if the guest agent refuses or misses PREPARE (the host removes the VF).
+        force: bool,
     },
     /// The running or last migration's progress (`vm.migration-progress`).
     Progress,
@@ -46,6 +48,8 @@ pub enum Command {
     Cancel,
     /// The VM's state and configuration (`vm.info`).
     Info,
+    /// The devices' host-side counters (`vm.counters`).
+    Counters,
     /// Pause the VM (`vm.pause`).
     Pause,
     /// Resume the VM (`vm.resume`).
@@ -76,8 +80,8 @@ pub enum UsageError {
     Migrate(String),
 }
 
-/// `migrate TARGET [--downtime-ms N] [--zero-copy] [--tls-dir DIR] [--insecure-plain-tcp]`,
-/// flags in any order.
+/// `migrate TARGET [--downtime-ms N] [--zero-copy] [--force] [--tls-dir DIR]
+/// [--insecure-plain-tcp]`, flags in any order.
 fn parse_migrate(words: &[&str]) -> Result<Command, UsageError> {
     let bad = |m: String| UsageError::Migrate(m);
     let mut target = None;
@@ -85,6 +89,7 @@ fn parse_migrate(words: &[&str]) -> Result<Command, UsageError> {
     let mut zero_copy = false;
     let mut tls_dir = None;
     let mut insecure_plain_tcp = false;
+    let mut force = false;
     let mut it = words.iter();
     while let Some(w) = it.next() {
         match *w {
@@ -97,6 +102,7 @@ fn parse_migrate(words: &[&str]) -> Result<Command, UsageError> {
                 tls_dir =
                     Some(std::path::absolute(v).map_err(|e| bad(format!("--tls-dir `{v}`: {e}")))?);
             }
+            "--force" => force = true,
             "--downtime-ms" => {
                 let v = it
                     .next()
@@ -129,6 +135,7 @@ fn parse_migrate(words: &[&str]) -> Result<Command, UsageError> {
         zero_copy,
         tls_dir,
         insecure_plain_tcp,
+        force,
     })
 }
 
@@ -148,6 +155,7 @@ impl Command {
             ["progress"] => Command::Progress,
             ["cancel"] => Command::Cancel,
             ["info"] => Command::Info,
+            ["counters"] => Command::Counters,
             ["pause"] => Command::Pause,
             ["resume"] => Command::Resume,
             ["agent", "prepare"] => Command::AgentPrepare,
@@ -189,6 +197,7 @@ impl fmt::Display for Command {
             Command::Progress => f.write_str("progress"),
             Command::Cancel => f.write_str("cancel"),
             Command::Info => f.write_str("info"),
+            Command::Counters => f.write_str("counters"),
             Command::Pause => f.write_str("pause"),
             Command::Resume => f.write_str("resume"),
             Command::AgentPrepare => f.write_str("agent prepare"),
@@ -199,6 +208,7 @@ impl fmt::Display for Command {
                 zero_copy,
                 tls_dir,
                 insecure_plain_tcp,
+                force,
             } => {
                 write!(f, "migrate {target} --downtime-ms {downtime_ms}")?;
                 if *zero_copy {
@@ -209,6 +219,9 @@ impl fmt::Display for Command {
                 }
                 if *insecure_plain_tcp {
                     f.write_str(" --insecure-plain-tcp")?;
+                }
+                if *force {
+                    f.write_str(" --force")?;
                 }
                 Ok(())
             }
@@ -279,6 +292,7 @@ mod tests {
             "progress",
             "cancel",
             "info",
+            "counters",
             "pause",
             "resume",
         ] {
@@ -305,6 +319,7 @@ mod tests {
                 zero_copy: false,
                 tls_dir: None,
                 insecure_plain_tcp: true,
+                force: false,
             })
         );
         let c = Command::parse_line("migrate tcp:198.18.0.2:7000 --tls-dir /etc/roam/tls").unwrap();
@@ -327,7 +342,8 @@ mod tests {
             panic!("{c:?}")
         };
         assert!(dir.is_absolute() && dir.ends_with("certs"), "{dir:?}");
-        let c = Command::parse_line("migrate --zero-copy unix:/tmp/m --downtime-ms 5").unwrap();
+        let c =
+            Command::parse_line("migrate --zero-copy unix:/tmp/m --force --downtime-ms 5").unwrap();
         assert_eq!(
             c,
             Command::Migrate {
@@ -336,6 +352,7 @@ mod tests {
                 zero_copy: true,
                 tls_dir: None,
                 insecure_plain_tcp: false,
+                force: true,
             }
         );
         // What the client sends is what the server parses.

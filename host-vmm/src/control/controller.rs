@@ -62,6 +62,9 @@ pub enum OpError {
     /// It was tried and failed (500), e.g. the guest agent did not answer.
     #[error("{0}")]
     Failed(String),
+    /// Not now (503): e.g. the guest agent is busy with another client's request.
+    #[error("{0}")]
+    Busy(String),
 }
 
 /// What `vm.info` reports.
@@ -434,6 +437,11 @@ impl Controller {
         }
     }
 
+    /// `vm.counters`: the running VM's devices' host-side counters.
+    pub fn counters(&self) -> Result<crate::device_manager::Counters, OpError> {
+        Ok(self.live()?.machine.devices.counters())
+    }
+
     fn migrating(&self) -> bool {
         lock(&self.inner).job.as_ref().is_some_and(|j| j.running())
     }
@@ -631,8 +639,14 @@ impl Controller {
         log::info!("control: migrate to {}", options.target);
         let mut agent = live.agent.as_ref().map(SharedAgent);
         let mut last_phase = None;
+        let mut forced = false;
         let mut report = |p: &source::Progress| {
             log::info!("migration: {}", p.message);
+            if let Some(why) = p.forced.as_ref().filter(|_| !forced) {
+                forced = true;
+                self.events
+                    .emit("migration", "forced", &[("reason", why.clone())]);
+            }
             if last_phase != Some(p.phase) {
                 last_phase = Some(p.phase);
                 self.events.emit(
@@ -825,7 +839,8 @@ impl Controller {
             NicOp::Prepare => Request::Prepare,
             NicOp::Resumed => Request::Resumed,
         };
-        let reply = lock(agent)
+        let reply = self
+            .agent_within_deadline(agent)?
             .call(request)
             .map_err(|e| OpError::Failed(e.to_string()))?;
         let answer = match reply {
@@ -846,6 +861,30 @@ impl Controller {
             );
         }
         Ok(answer)
+    }
+
+    /// The agent channel, once the request before (another client's, or a move's step)
+    /// is done; if it is not within the agent's deadline, 503: one client waiting on a
+    /// stalled guest does not queue the others behind it for longer.
+    fn agent_within_deadline<'a>(
+        &self,
+        agent: &'a Mutex<AgentLink>,
+    ) -> Result<MutexGuard<'a, AgentLink>, OpError> {
+        let deadline = Instant::now() + self.agent_timeout;
+        loop {
+            match agent.try_lock() {
+                Ok(guard) => return Ok(guard),
+                Err(std::sync::TryLockError::Poisoned(p)) => return Ok(p.into_inner()),
+                Err(std::sync::TryLockError::WouldBlock) => {}
+            }
+            if Instant::now() >= deadline {
+                return Err(OpError::Busy(format!(
+                    "the guest agent is still busy with another request after {}; retry later",
+                    super::agent::Wait(self.agent_timeout)
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     /// `roam.vf`: a host-side operation on the emulated VF.

@@ -132,6 +132,7 @@ pub fn run(
         Command::VfRemove => vf(put(socket, "roam.vf", Some(vf_request(VfAction::Remove)))?)?,
         Command::VfAdd => vf(put(socket, "roam.vf", Some(vf_request(VfAction::Add)))?)?,
         Command::Info => pretty(get(socket, "vm.info")?),
+        Command::Counters => pretty(get(socket, "vm.counters")?),
         Command::Progress => pretty(get(socket, "vm.migration-progress")?),
         Command::Cancel => {
             put::<serde_json::Value>(socket, "vm.cancel-migration", None)?;
@@ -151,6 +152,7 @@ pub fn run(
             zero_copy,
             tls_dir,
             insecure_plain_tcp,
+            force,
         } => {
             let data = SendMigrationData {
                 destination_url: target.to_string(),
@@ -158,6 +160,7 @@ pub fn run(
                 downtime_ms: *downtime_ms,
                 tls_dir: tls_dir.clone(),
                 insecure_plain_tcp: *insecure_plain_tcp,
+                force: *force,
             };
             let body = serde_json::to_value(data).unwrap_or_default();
             put::<serde_json::Value>(socket, "vm.send-migration", Some(body))?;

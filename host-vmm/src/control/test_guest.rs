@@ -69,6 +69,19 @@ impl GuestEnd {
         })
     }
 
+    /// Sends bytes that are no frame, as fast as it can, until `stop`; returns how many.
+    pub fn chatter(self, stop: Arc<AtomicBool>) -> JoinHandle<u64> {
+        std::thread::spawn(move || {
+            let noise = [b'.'; 4096];
+            let mut sent = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                self.port.deliver_from_guest(&noise);
+                sent += noise.len() as u64;
+            }
+            sent
+        })
+    }
+
     /// Runs the real guest agent over `nics`.
     pub fn run_agent(self, nics: Arc<Mutex<FakeNics>>) -> Running {
         let mut agent = Agent::new();

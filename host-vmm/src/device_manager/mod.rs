@@ -24,7 +24,9 @@ use crate::devices::debug_exit::{DEBUG_EXIT_BASE, DEBUG_EXIT_LEN, DebugExit, Exi
 use crate::devices::ixgbevf::{Ixgbevf, IxgbevfHandler, VfError, VfHandle};
 use crate::devices::pci::msix::MsixVector;
 use crate::devices::pci::{self, PciConfigPorts, PciError, PciMmioWindow, PciRoot};
-use crate::devices::serial::{COM1_BASE, COM1_IRQ, COM1_LEN, SerialDevice};
+use crate::devices::serial::{
+    COM1_BASE, COM1_IRQ, COM1_LEN, OutputStats, SerialDevice, SerialOutput,
+};
 use crate::devices::virtio::VirtioDevice;
 use crate::devices::virtio::console::{Console, HostPort};
 use crate::devices::virtio::net::Net;
@@ -39,10 +41,18 @@ use crate::roaming::{MipTunnel, RoutedConfig, RoutedError, RoutedPort, TunnelCon
 use crate::tap::{Tap, TapError};
 use persisted::Persisted;
 use port::Port;
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Write;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use vmm_sys_util::eventfd::EventFd;
+
+/// Host-side counters by device, then by name (`vm.counters`).
+pub type Counters = BTreeMap<String, BTreeMap<String, u64>>;
+
+fn named<const N: usize>(pairs: [(&str, u64); N]) -> BTreeMap<String, u64> {
+    pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
+}
 
 /// virtio-net on its port, shared between the buses and the I/O thread.
 pub type SharedNet = Arc<Mutex<VirtioPci<Net<Port>>>>;
@@ -104,6 +114,9 @@ pub enum DeviceError {
     /// The emulated VF could not be built.
     #[error(transparent)]
     Vf(#[from] VfError),
+    /// A device's helper thread could not be started.
+    #[error("cannot start a device thread: {0}")]
+    Thread(#[source] std::io::Error),
 }
 
 /// Why a migration's device states could not be applied here.
@@ -198,6 +211,10 @@ pub struct DeviceManager {
     net: Option<SharedNet>,
     vf: Option<SharedVf>,
     agent_port: Mutex<Option<HostPort>>,
+    /// A handle on the same port, for its counters only.
+    agent_counters: Option<HostPort>,
+    /// COM1's output counters.
+    serial_output: OutputStats,
     /// In attach order.
     registered: Vec<Registered>,
     /// Writers on the NICs' TAPs and the guest's MAC, for announcing the guest after a move.
@@ -279,6 +296,73 @@ impl DeviceManager {
     /// The operator's handle on the VF, when the VM has one.
     pub fn vf(&self) -> Option<&SharedVf> {
         self.vf.as_ref()
+    }
+
+    /// COM1's output counters (bytes sent, written, dropped).
+    pub fn serial_output(&self) -> OutputStats {
+        self.serial_output.clone()
+    }
+
+    /// Every device's host-side counters by device and name (`vm.counters`): COM1's
+    /// output, virtio-net's and the VF's frames, drops and refusals, the agent channel's
+    /// bytes.
+    pub fn counters(&self) -> Counters {
+        let mut all = Counters::new();
+        let s = self.serial_output.get();
+        all.insert(
+            "serial".into(),
+            named([
+                ("out_bytes", s.bytes),
+                ("out_written", s.written),
+                ("out_dropped", s.dropped),
+            ]),
+        );
+        if let Some(net) = &self.net {
+            let m = lock(net).device().metrics();
+            all.insert(
+                "virtio-net".into(),
+                named([
+                    ("rx_frames", m.rx_frames),
+                    ("rx_bytes", m.rx_bytes),
+                    ("rx_dropped", m.rx_dropped),
+                    ("tx_frames", m.tx_frames),
+                    ("tx_bytes", m.tx_bytes),
+                    ("tx_dropped", m.tx_dropped),
+                    ("tx_spoofed", m.tx_spoofed),
+                    ("tx_bad_gso", m.tx_bad_gso),
+                ]),
+            );
+        }
+        if let Some(port) = &self.agent_counters {
+            let m = port.metrics();
+            all.insert(
+                "agent-console".into(),
+                named([
+                    ("to_guest_bytes", m.rx_bytes),
+                    ("to_guest_dropped", m.rx_dropped),
+                    ("from_guest_bytes", m.tx_bytes),
+                    ("from_guest_dropped", m.tx_dropped),
+                ]),
+            );
+        }
+        if let Some(vf) = &self.vf {
+            let m = lock(vf.device()).metrics();
+            all.insert(
+                "vf".into(),
+                named([
+                    ("rx_frames", m.rx_frames),
+                    ("rx_bytes", m.rx_bytes),
+                    ("rx_dropped", m.rx_dropped),
+                    ("tx_frames", m.tx_frames),
+                    ("tx_bytes", m.tx_bytes),
+                    ("tx_dropped", m.tx_dropped),
+                    ("tx_spoofed", m.tx_spoofed),
+                    ("tx_bad_mss", m.tx_bad_mss),
+                    ("queue_errors", m.queue_errors),
+                ]),
+            );
+        }
+        all
     }
 
     /// The host end of the guest agent's console port (once: its reader takes it).
@@ -374,7 +458,10 @@ impl<'a> Builder<'a> {
         let exit_request = ExitRequest::default();
         let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(DeviceError::EventFd)?;
         vm.register_irqfd(&serial_irq, COM1_IRQ)?;
-        let serial = Arc::new(Mutex::new(SerialDevice::new(serial_irq, console)));
+        // The vCPU writes into a bounded buffer; a thread of its own waits on stdout.
+        let output = SerialOutput::spawn(console).map_err(DeviceError::Thread)?;
+        let serial_output = output.stats();
+        let serial = Arc::new(Mutex::new(SerialDevice::new(serial_irq, output)));
         let mut pio = Bus::new("pio");
         pio.insert(COM1_BASE, COM1_LEN, "serial", serial.clone())?;
         pio.insert(
@@ -425,6 +512,8 @@ impl<'a> Builder<'a> {
                 net: None,
                 vf: None,
                 agent_port: Mutex::new(None),
+                agent_counters: None,
+                serial_output,
                 registered,
                 announce: Vec::new(),
             },
@@ -499,6 +588,7 @@ impl<'a> Builder<'a> {
             "virtio-console: PCI 00:{slot:02x}.0 (guest agent), INTA on GSI {}",
             intx.gsi
         );
+        self.manager.agent_counters = Some(port.clone());
         *lock(&self.manager.agent_port) = Some(port);
         Ok(())
     }

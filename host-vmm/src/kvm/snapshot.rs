@@ -911,12 +911,15 @@ mod tests {
             vcpu.caps.msr_index.len(),
             vcpu.caps.feature_msrs
         );
-        // As if from a host whose CPU has every capability bit: this host refuses it.
-        let entry = state.msrs.iter_mut().find(|m| m.index == 0x10a);
-        let Some(entry) = entry else {
-            return;
-        };
-        entry.data = u64::MAX;
+        // As if from a host whose CPU has every capability bit: this host refuses it. A host
+        // that does not save the MSR gets it added, as if the state came from one that does.
+        match state.msrs.iter_mut().find(|m| m.index == 0x10a) {
+            Some(entry) => entry.data = u64::MAX,
+            None => state.msrs.push(MsrEntry {
+                index: 0x10a,
+                data: u64::MAX,
+            }),
+        }
         let (_vm2, fresh) = vm(&kvm, &ram, None);
         fresh.restore_state(&state).unwrap();
     }

@@ -43,6 +43,9 @@ pub struct Options {
     /// How a `tcp:` stream is protected (mutual TLS, or plain TCP asked for by name; a
     /// `unix:` one checks the peer's user): loaded into the [`Security`] `migrate` takes.
     pub protection: Protection,
+    /// Move even if the guest agent refuses or misses PREPARE: the host removes the VF
+    /// itself (as a hot-unplug) and goes on; the progress says why ([`Progress::forced`]).
+    pub force: bool,
 }
 
 /// The guest's agent, when there is one (migration-client over the control channel).
@@ -168,6 +171,9 @@ pub struct Progress {
     pub predicted_pause: Duration,
     /// This step for a person, e.g. "pass 2: 310 dirty pages, ...".
     pub message: String,
+    /// Set when the move goes on without the guest agent's PREPARE ([`Options::force`]):
+    /// what the agent answered, or that it did not answer in time.
+    pub forced: Option<String>,
 }
 
 /// Whether a move may still be cancelled, shared between the move and whoever cancels it.
@@ -352,11 +358,27 @@ impl Run<'_, '_> {
             ),
         );
         self.cancel.check()?;
-        // The guest leaves the VF before anything else: it cannot move with it.
-        if let Some(agent) = agent {
-            agent.prepare().map_err(|e| {
-                MigrateError::Local(format!("the guest agent refused PREPARE: {e}"))
-            })?;
+        // The guest leaves the VF before anything else: it cannot move with it. A guest
+        // that refuses or stalls is moved only when the operator forces it; the VF is then
+        // pulled from under it below, as a hot-unplug it survives on virtio-net.
+        if let Some(agent) = agent
+            && let Err(e) = agent.prepare()
+        {
+            if !options.force {
+                return Err(MigrateError::Local(format!(
+                    "the guest agent did not prepare the move: {e}; to move the guest anyway \
+                     (host-vmm then removes the VF itself), use --force (\"force\": true)"
+                )));
+            }
+            log::warn!("migration: forced: the guest agent did not prepare the move: {e}");
+            self.progress.forced = Some(e.clone());
+            self.step(
+                Phase::Preparing,
+                format!(
+                    "forced: the guest agent did not prepare the move ({e}); removing the VF \
+                     from the host side"
+                ),
+            );
         }
         if let Some(vf) = self.machine.devices.vf()
             && vf.state().present

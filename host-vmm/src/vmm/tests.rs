@@ -120,6 +120,8 @@ mod kvm {
         let console = Captured::default();
         let mut vmm = Vmm::new(&config, Box::new(console.clone())).unwrap();
         let outcome = vmm.run().unwrap();
+        // The serial output is flushed when the VM goes.
+        drop(vmm);
         (outcome, console.text())
     }
 

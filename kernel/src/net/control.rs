@@ -6,20 +6,55 @@
 //! Bytes arrive with an interrupt on [`apic::CONTROL_VECTOR`]; [`Control::service`] runs from
 //! the network's idle-loop work, so a request is handled between two stack polls and never
 //! in the middle of one.
+//!
+//! Test knobs (`agent.test=` on the command line, docs/boot-abi.md; production guests set
+//! none): `refuse-prepare` and `stall-prepare` make the agent refuse or never answer
+//! PREPARE ([`OnPrepare`]); `chatter` makes the guest send bytes that are no frame on every
+//! pass and come back at once ([`Control::chatters`]), a guest flooding its channel.
 
 use super::{Device, Stack, vf};
-use crate::arch::{apic, pci::PortConfig};
+use crate::arch::{apic, bootmem, pci::PortConfig};
+use crate::cmdline;
 use crate::hal::KernelHal;
 use agent_proto::{Nic, Status, SwitchError};
 use drivers::pci;
 use drivers::virtio_console::{self, Console};
 use drivers::virtio_net::{Interrupt, InterruptRequest};
-use migration_client::agent::{Agent, NicControl};
+use migration_client::agent::{Agent, NicControl, OnPrepare};
+
+/// Bytes the `chatter` knob sends per pass: no frame magic (`F7 52`) in them.
+const CHATTER: &[u8; 64] = b"chatter chatter chatter chatter chatter chatter chatter chatter\n";
+/// Copies of [`CHATTER`] per pass.
+const CHATTER_REPEAT: usize = 16;
 
 /// The channel and the agent behind it.
 pub struct Control {
     console: Console<KernelHal>,
     agent: Agent,
+    chatter: bool,
+}
+
+/// The agent and the chatter the command line's test knobs ask for.
+fn from_knobs() -> (Agent, bool) {
+    let text = core::str::from_utf8(bootmem::cmdline()).unwrap_or("");
+    let knobs = cmdline::agent_test(text);
+    if let Some(unknown) = knobs.unknown {
+        log::warn!("control: agent.test: unknown knob `{unknown}` ignored");
+    }
+    let on_prepare = if knobs.stall_prepare {
+        OnPrepare::Stall
+    } else if knobs.refuse_prepare {
+        OnPrepare::Refuse
+    } else {
+        OnPrepare::Obey
+    };
+    if on_prepare != OnPrepare::Obey || knobs.chatter {
+        log::warn!(
+            "control: test knobs: PREPARE {on_prepare:?}, chatter {}",
+            knobs.chatter
+        );
+    }
+    (Agent::with_prepare(on_prepare), knobs.chatter)
 }
 
 /// Brings up the first virtio-console on the bus, if any, with MSI-X on this CPU.
@@ -41,9 +76,11 @@ pub fn bring_up(
     match Console::probe(access, f.bdf, None, irq) {
         Ok(console) if matches!(console.interrupt(), Interrupt::Msix { .. }) => {
             log::info!("control: virtio-console at {}", f.bdf);
+            let (agent, chatter) = from_knobs();
             Some(Control {
                 console,
-                agent: Agent::new(),
+                agent,
+                chatter,
             })
         }
         Ok(_) => {
@@ -63,8 +100,25 @@ pub fn bring_up(
 }
 
 impl Control {
-    /// Reads what host-vmm sent and answers every complete request.
+    /// Whether the `chatter` knob is on: the network comes back at once after each pass.
+    pub fn chatters(&self) -> bool {
+        self.chatter
+    }
+
+    /// Reads what host-vmm sent and answers every complete request (then chatters, if the
+    /// knob says so).
     pub fn service(&mut self, stack: &mut Stack<Device>, vf: &mut vf::Watch) {
+        self.answer(stack, vf);
+        if self.chatter {
+            for _ in 0..CHATTER_REPEAT {
+                if self.console.send(CHATTER).is_err() {
+                    break;
+                }
+            }
+        }
+    }
+
+    fn answer(&mut self, stack: &mut Stack<Device>, vf: &mut vf::Watch) {
         let mut bytes = [0u8; 256];
         loop {
             let n = match self.console.recv(&mut bytes) {

@@ -380,6 +380,10 @@ pub fn service(now_ns: u64) -> Option<u64> {
     if net.polled {
         next = next.min(now_ns.saturating_add(POLL_WITHOUT_IRQ_NS));
     }
+    if net.control.as_ref().is_some_and(control::Control::chatters) {
+        // The agent.test=chatter knob: flood the control channel without pause.
+        next = now_ns;
+    }
     next = next.min(net.vf.next_check());
     net.next_poll = next;
     if let Some((tsc, rx_before)) = start {

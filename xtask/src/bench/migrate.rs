@@ -1,18 +1,22 @@
 //! `cargo xtask bench migrate`: what a live move costs a guest, per VMM, mode and size.
 //!
-//! For every [`Mover`] (host-vmm's [`HostVmmMover`], then stock QEMU's [`QemuMover`]), every
-//! mode (pre-copy over TCP, zero-copy between co-located VMMs) and every size (64 MiB,
-//! 256 MiB, 1 GiB), one guest boots on the source host of a fresh [`TwoHosts`] topology and
-//! moves back and forth `--moves` times while the client namespace runs `ping -D` every
-//! 10 ms at it. Per move: the VMM's own pause, total time and bytes sent, and from ping the
-//! requests lost and the longest silence between replies (the network gap). The table gives
-//! medians over the moves and, where host-vmm and QEMU both ran a case, their ratio; an SVG
-//! plots ping RTT around each case's first move.
+//! For every mode (pre-copy over TCP, zero-copy between co-located VMMs) and every size
+//! (64 MiB, 256 MiB, 1 GiB), and for each [`Mover`] in turn (host-vmm's [`HostVmmMover`],
+//! then stock QEMU's [`QemuMover`]), one guest boots on the source host of a fresh [`TwoHosts`] topology and
+//! moves back and forth `--moves` times (default 5) while the client namespace runs
+//! `ping -D` every 10 ms at it. Per move: the pause by one definition for both VMMs (source
+//! vCPU stopped to destination about to run, from their own wall-clock records;
+//! docs/measuring.md §3), the VMM's own pause figure beside it, total time and bytes sent,
+//! and from ping the requests lost and the longest silence between replies (the network
+//! gap). The table gives min/median/max over the moves and, where host-vmm and QEMU both
+//! ran a case, the ratio of their medians; an SVG plots ping RTT around each case's first
+//! move.
 
 use super::hostvmm_migrate::HostVmmMover;
 use super::qemu_migrate::QemuMover;
 use crate::net::{GUEST_IP, Side, TwoHosts};
 use crate::pingd::{PingLog, Pinger};
+use crate::stats::Summary;
 use anyhow::{Context, Result, bail};
 use serde_json::json;
 use std::path::Path;
@@ -20,8 +24,9 @@ use std::time::Duration;
 
 /// The image moved: the kernel answers ping, and it serves TCP/UDP echo.
 pub const IMAGE: &str = "netecho";
-/// Moves per case unless `--moves` says otherwise (alternating direction).
-pub const DEFAULT_MOVES: u32 = 3;
+/// Moves per case unless `--moves` says otherwise (alternating direction): enough for a
+/// min/median/max (docs/measuring.md §4).
+pub const DEFAULT_MOVES: u32 = 5;
 /// Guest sizes, MiB.
 pub const SIZES_MIB: [u32; 3] = [64, 256, 1024];
 /// Ping interval: 10 ms, not 1 ms, because guest code is emulated here (one echo costs the
@@ -88,11 +93,20 @@ fn size_label(mib: u32) -> String {
     }
 }
 
-/// What the VMM itself reports about one move (`None`: it does not say).
+/// What the VMMs report about one move (`None`: they do not say).
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct MoveReport {
-    /// Guest paused: source vCPU stop to destination vCPU run (QEMU: its `downtime`), ms.
+    /// The pause, one definition for every VMM (docs/measuring.md §3): the source's record
+    /// of its vCPU stopping to the destination's record of starting to run it, both on the
+    /// wall clock (the VMMs share one host), ms. See [`pause_between`].
     pub pause_ms: Option<f64>,
+    /// The VMM's own pause figure, which each VMM defines its own way (host-vmm: `pause_ms`,
+    /// I/O parked to Running back at the source; QEMU: `downtime`, vCPU stop to the end of
+    /// the stream on the source), ms.
+    pub vmm_pause_ms: Option<f64>,
+    /// QEMU: bytes of the RAM blocks it migrates besides guest RAM (firmware, ROMs, ACPI
+    /// tables), which host-vmm's guest does not have.
+    pub ram_blocks_bytes: Option<u64>,
     /// The whole move as the VMM counts it, ms.
     pub total_ms: Option<f64>,
     /// Bytes sent on the migration stream.
@@ -188,37 +202,67 @@ pub struct CaseFigures {
     pub trace: Trace,
 }
 
+/// The pause from the source's stamp `stopped` to the destination's `resumed` (seconds since
+/// the epoch), ms; both must fall in the move, `started` to `ended` as the harness saw it.
+pub fn pause_between(stopped: f64, resumed: f64, started: f64, ended: f64) -> Result<f64> {
+    // The harness's own stamps are taken around the VMMs' (and a reader thread may see a
+    // line late), so allow a little slack at the end.
+    const SLACK: f64 = 0.5;
+    if !(started <= stopped && stopped <= resumed && resumed <= ended + SLACK) {
+        bail!(
+            "inconsistent pause stamps: move {started:.6}..{ended:.6}, source stopped at {stopped:.6}, destination resumed at {resumed:.6} (seconds since the epoch)"
+        );
+    }
+    Ok((resumed - stopped) * 1e3)
+}
+
+/// Min/median/max of the values present.
+pub fn summary(values: impl IntoIterator<Item = Option<f64>>) -> Option<Summary> {
+    let v: Vec<f64> = values.into_iter().flatten().collect();
+    Summary::of_values(&v)
+}
+
 /// Median of the values present.
 pub fn median(values: impl IntoIterator<Item = Option<f64>>) -> Option<f64> {
-    let mut v: Vec<f64> = values.into_iter().flatten().collect();
-    if v.is_empty() {
-        return None;
-    }
-    v.sort_by(f64::total_cmp);
-    let mid = v.len() / 2;
-    Some(if v.len().is_multiple_of(2) {
-        (v[mid - 1] + v[mid]) / 2.0
-    } else {
-        v[mid]
-    })
+    summary(values).map(|s| s.median)
 }
 
 impl CaseFigures {
+    /// Pause (one definition for both VMMs), ms.
+    pub fn pause(&self) -> Option<Summary> {
+        summary(self.moves.iter().map(|m| m.report.pause_ms))
+    }
+    /// The VMM's own pause figure, ms.
+    pub fn vmm_pause(&self) -> Option<Summary> {
+        summary(self.moves.iter().map(|m| m.report.vmm_pause_ms))
+    }
+    /// Network gap, ms.
+    pub fn gap(&self) -> Option<Summary> {
+        summary(self.moves.iter().map(|m| m.gap_ms()))
+    }
+    /// Total time, ms.
+    pub fn total(&self) -> Option<Summary> {
+        summary(self.moves.iter().map(|m| m.report.total_ms))
+    }
+    /// Bytes sent.
+    pub fn sent(&self) -> Option<Summary> {
+        summary(self.moves.iter().map(|m| m.report.bytes.map(|b| b as f64)))
+    }
     /// Median pause, ms.
     pub fn pause_ms(&self) -> Option<f64> {
-        median(self.moves.iter().map(|m| m.report.pause_ms))
+        self.pause().map(|s| s.median)
     }
     /// Median network gap, ms.
     pub fn gap_ms(&self) -> Option<f64> {
-        median(self.moves.iter().map(|m| m.gap_ms()))
+        self.gap().map(|s| s.median)
     }
     /// Median total time, ms.
     pub fn total_ms(&self) -> Option<f64> {
-        median(self.moves.iter().map(|m| m.report.total_ms))
+        self.total().map(|s| s.median)
     }
     /// Median bytes sent.
     pub fn bytes(&self) -> Option<f64> {
-        median(self.moves.iter().map(|m| m.report.bytes.map(|b| b as f64)))
+        self.sent().map(|s| s.median)
     }
     /// Median guest-memory bytes copied.
     pub fn memory_copied(&self) -> Option<f64> {
@@ -226,6 +270,14 @@ impl CaseFigures {
             self.moves
                 .iter()
                 .map(|m| m.report.memory_copied_bytes.map(|b| b as f64)),
+        )
+    }
+    /// Median bytes of RAM blocks besides guest RAM (QEMU).
+    pub fn ram_blocks(&self) -> Option<f64> {
+        median(
+            self.moves
+                .iter()
+                .map(|m| m.report.ram_blocks_bytes.map(|b| b as f64)),
         )
     }
     /// Pings lost over all moves.
@@ -240,15 +292,22 @@ pub fn run(image: &Path, moves: u32, sizes: &[u32]) -> Result<Vec<CaseFigures>> 
     if moves == 0 {
         bail!("--moves must be at least 1");
     }
+    if moves < DEFAULT_MOVES {
+        eprintln!(
+            "migrate bench: warning: {moves} moves per case; min/median/max need at least {DEFAULT_MOVES} to mean much"
+        );
+    }
     if let Some(bad) = sizes.iter().find(|s| !SIZES_MIB.contains(s)) {
         bail!("--sizes: {bad} is not one of the benchmark's sizes {SIZES_MIB:?} (MiB)");
     }
     let mut out = Vec::new();
-    for mover in movers() {
-        for case in Case::all()
-            .into_iter()
-            .filter(|c| sizes.is_empty() || sizes.contains(&c.mem_mib))
-        {
+    // Case by case, each VMM in turn: a change in the machine's load while the benchmark
+    // runs falls on both VMMs of a case, not on whichever would have gone second.
+    for case in Case::all()
+        .into_iter()
+        .filter(|c| sizes.is_empty() || sizes.contains(&c.mem_mib))
+    {
+        for mover in movers() {
             let f = run_case(mover.as_ref(), image, case, moves)
                 .with_context(|| format!("{} {}", mover.key(), case.label()))?;
             out.push(f);
@@ -278,12 +337,13 @@ fn run_case(mover: &dyn Mover, image: &Path, case: Case, moves: u32) -> Result<C
             ))
         })?;
         eprintln!(
-            "migrate bench: {} {}: move {}/{moves} to {}: pause {} ms, gap {} ms, lost {}, total {} ms, {} bytes",
+            "migrate bench: {} {}: move {}/{moves} to {}: pause {} ms (VMM's own {} ms), gap {} ms, lost {}, total {} ms, {} bytes",
             mover.key(),
             case.label(),
             i + 1,
             m.to.key(),
             opt(m.report.pause_ms, 1),
+            opt(m.report.vmm_pause_ms, 1),
             opt(m.gap_ms(), 1),
             m.lost,
             opt(m.report.total_ms, 0),
@@ -377,33 +437,86 @@ fn mib(bytes: f64) -> f64 {
     bytes / f64::from(1u32 << 20)
 }
 
+/// `min/median/max` of `s`, or `-`.
+fn mmm(s: Option<Summary>, decimals: usize) -> String {
+    s.map_or("-".to_string(), |s| {
+        format!(
+            "{:.decimals$}/{:.decimals$}/{:.decimals$}",
+            s.min, s.median, s.max
+        )
+    })
+}
+
+/// `{"min":..,"median":..,"max":..}`, rounded to three decimals, or null.
+fn json_summary(s: Option<Summary>) -> serde_json::Value {
+    s.map_or(
+        serde_json::Value::Null,
+        |s| json!({ "min": round(s.min), "median": round(s.median), "max": round(s.max) }),
+    )
+}
+
+/// How the figures are defined, for the table's head and the JSON.
+pub const DEFINITIONS: [(&str, &str); 4] = [
+    (
+        "pause",
+        "source vCPU stopped -> destination about to run it, from the two VMMs' own wall-clock (CLOCK_REALTIME) records on this one host: host-vmm's source log line `migration: guest paused` (env_logger stamp) and its receiver's `running (resumed at EPOCH)`; QEMU's QMP STOP event on the source and RESUME event on the destination (event timestamps)",
+    ),
+    (
+        "vmm_pause",
+        "each VMM's own figure, defined its own way: host-vmm's summary pause_ms (I/O parked -> Running back at the source), QEMU's query-migrate downtime (vCPU stop -> end of the stream, on the source)",
+    ),
+    (
+        "bytes",
+        "host-vmm: every byte of its migration stream; QEMU 7.2 has no such figure: query-migrate ram.transferred counts its RAM sections (pages and their headers), not the device state and the JSON description ending the stream (~156 KiB for this guest, docs/measuring.md 4.1), and includes QEMU's RAM blocks besides guest RAM (ram_blocks: SeaBIOS, pc.rom, ACPI tables; host-vmm's guest has none). The NIC's option ROM is off (virtio-net-pci romfile=)",
+    ),
+    (
+        "gap",
+        "longest silence between ping replies around the move, less one ping interval",
+    ),
+];
+
 /// The human-readable table.
 pub fn table(all: &[CaseFigures], moves: u32, svg: Option<&Path>) -> String {
     let mut out = format!(
-        "migrate benchmark: image {IMAGE}, medians of {moves} moves per case (back and forth between two host namespaces on one L2)\n\
+        "migrate benchmark: image {IMAGE}, min/median/max of {moves} moves per case (back and forth between two host namespaces on one L2)\n\
          ping -D every {} ms from the client namespace (10 ms, not 1 ms, because guest code is emulated here)\n\
-         pause = the VMM's own figure (QEMU: query-migrate `downtime`); gap = longest reply silence - one interval; lost* = pings lost over all moves\n\
          host-vmm: virtio-net + emulated VF on one MAC (the agent moves traffic off the VF for the move), default --downtime-ms 300, no throttle; zero-copy = the guest-RAM memfd over a Unix socket\n\
-         QEMU: -M pc, virtio-net-pci on a TAP, max-bandwidth {} GiB/s, downtime-limit 300 ms; zero-copy = shared /dev/shm RAM + x-ignore-shared over a Unix socket\n\n",
+         QEMU: -M pc, virtio-net-pci on a TAP without option ROM, max-bandwidth {} GiB/s, downtime-limit 300 ms; zero-copy = shared /dev/shm RAM + x-ignore-shared over a Unix socket\n",
         PING_INTERVAL.as_millis(),
         super::qemu_migrate::MAX_BANDWIDTH >> 30
     );
+    for (name, text) in DEFINITIONS {
+        out.push_str(&format!("{name}: {text}\n"));
+    }
+    out.push_str("lost*: pings lost over all moves; own: median vmm_pause; copied: median guest-memory MiB copied; ram_blocks: median KiB of QEMU's RAM blocks besides guest RAM\n\n");
     out.push_str(&format!(
-        "{:<10} {:>5} {:<9} {:>9} {:>8} {:>5} {:>10} {:>11} {:>11}\n",
-        "mode", "size", "vmm", "pause ms", "gap ms", "lost*", "total ms", "sent MiB", "copied MiB"
+        "{:<10} {:>5} {:<9} {:>20} {:>8} {:>20} {:>5} {:>20} {:>24} {:>8} {:>10}\n",
+        "mode",
+        "size",
+        "vmm",
+        "pause ms",
+        "own ms",
+        "gap ms",
+        "lost*",
+        "total ms",
+        "sent MiB",
+        "copied",
+        "ram_blocks"
     ));
     for c in all {
         out.push_str(&format!(
-            "{:<10} {:>5} {:<9} {:>9} {:>8} {:>5} {:>10} {:>11} {:>11}\n",
+            "{:<10} {:>5} {:<9} {:>20} {:>8} {:>20} {:>5} {:>20} {:>24} {:>8} {:>10}\n",
             c.case.mode.key(),
             size_label(c.case.mem_mib),
             c.vmm,
-            opt(c.pause_ms(), 1),
-            opt(c.gap_ms(), 1),
+            mmm(c.pause(), 1),
+            opt(c.vmm_pause().map(|s| s.median), 1),
+            mmm(c.gap(), 1),
             c.lost(),
-            opt(c.total_ms(), 0),
-            opt(c.bytes().map(mib), 2),
+            mmm(c.total(), 0),
+            mmm(c.sent().map(|s| s.map(mib)), 2),
             opt(c.memory_copied().map(mib), 2),
+            opt(c.ram_blocks().map(|b| b / 1024.0), 0),
         ));
     }
     let mut ratios = String::new();
@@ -429,7 +542,7 @@ pub fn table(all: &[CaseFigures], moves: u32, svg: Option<&Path>) -> String {
         out.push_str("\nratios host_vmm/qemu: none yet (host-vmm's mover is not in this run)\n");
     } else {
         out.push_str(&format!(
-            "\nratios host_vmm/qemu (lower is better)\n{:<16} {:>9} {:>8} {:>10} {:>11}\n{ratios}",
+            "\nratios host_vmm/qemu of the medians (lower is better)\n{:<16} {:>9} {:>8} {:>10} {:>11}\n{ratios}",
             "case", "pause", "gap", "total", "bytes"
         ));
     }
@@ -454,9 +567,11 @@ pub fn json(all: &[CaseFigures], moves: u32) -> String {
                     json!({
                         "to": m.to.key(),
                         "pause_ms": m.report.pause_ms.map(round),
+                        "vmm_pause_ms": m.report.vmm_pause_ms.map(round),
                         "total_ms": m.report.total_ms.map(round),
                         "bytes": m.report.bytes,
                         "memory_copied_bytes": m.report.memory_copied_bytes,
+                        "ram_blocks_bytes": m.report.ram_blocks_bytes,
                         "passes": m.report.passes,
                         "ping_sent": m.sent,
                         "ping_lost": m.lost,
@@ -469,11 +584,17 @@ pub fn json(all: &[CaseFigures], moves: u32) -> String {
                 "vmm": c.vmm,
                 "mode": c.case.mode.key(),
                 "mem_mib": c.case.mem_mib,
+                "pause_ms": json_summary(c.pause()),
+                "vmm_pause_ms": json_summary(c.vmm_pause()),
+                "gap_ms": json_summary(c.gap()),
+                "total_ms": json_summary(c.total()),
+                "bytes": json_summary(c.sent()),
                 "median_pause_ms": c.pause_ms().map(round),
                 "median_gap_ms": c.gap_ms().map(round),
                 "median_total_ms": c.total_ms().map(round),
                 "median_bytes": c.bytes().map(|b| b.round()),
                 "median_memory_copied_bytes": c.memory_copied().map(|b| b.round()),
+                "median_ram_blocks_bytes": c.ram_blocks().map(|b| b.round()),
                 "ping_lost": c.lost(),
                 "moves": per_move,
             })
@@ -498,6 +619,10 @@ pub fn json(all: &[CaseFigures], moves: u32) -> String {
                 })
         })
         .collect();
+    let definitions: serde_json::Map<String, serde_json::Value> = DEFINITIONS
+        .iter()
+        .map(|(k, v)| (k.to_string(), json!(v)))
+        .collect();
     json!({
         "bench": "migrate",
         "image": IMAGE,
@@ -505,6 +630,7 @@ pub fn json(all: &[CaseFigures], moves: u32) -> String {
         "ping_interval_ms": PING_INTERVAL.as_millis() as u64,
         "ping_interval_note": "10 ms because guest code is emulated here",
         "qemu_max_bandwidth_bytes_per_s": super::qemu_migrate::MAX_BANDWIDTH,
+        "definitions": definitions,
         "cases": cases,
         "ratios_host_vmm_over_qemu": ratios,
     })
@@ -540,8 +666,12 @@ pub fn svg(all: &[CaseFigures]) -> String {
         PING_INTERVAL.as_millis()
     );
     let mut legend_x = 10.0;
-    let mut vmms: Vec<&str> = all.iter().map(|c| c.vmm).collect();
-    vmms.dedup();
+    let mut vmms: Vec<&str> = Vec::new();
+    for c in all {
+        if !vmms.contains(&c.vmm) {
+            vmms.push(c.vmm);
+        }
+    }
     for v in &vmms {
         s.push_str(&format!(
             "<rect x=\"{legend_x}\" y=\"28\" width=\"12\" height=\"4\" fill=\"{}\"/><text x=\"{}\" y=\"34\">{v}</text>\n",
@@ -649,6 +779,8 @@ mod tests {
     fn report(started: f64, ended: f64, pause: f64) -> MoveReport {
         MoveReport {
             pause_ms: Some(pause),
+            vmm_pause_ms: Some(pause / 2.0),
+            ram_blocks_bytes: None,
             total_ms: Some((ended - started) * 1e3),
             bytes: Some(1 << 20),
             memory_copied_bytes: Some(1 << 19),
@@ -732,6 +864,51 @@ mod tests {
         assert!(plot.starts_with("<svg") && plot.trim_end().ends_with("</svg>"));
         assert_eq!(plot.matches("<polyline").count(), 2);
         assert_eq!(plot.matches("<path").count(), 4, "two crosses per VMM");
+    }
+
+    #[test]
+    fn the_pause_runs_from_the_source_stop_to_the_destination_run() {
+        let p = pause_between(100.25, 100.3, 100.0, 101.0).unwrap();
+        assert!((p - 50.0).abs() < 1e-6, "{p}");
+        // Stamps out of order or outside the move are refused, not turned into a figure.
+        assert!(pause_between(100.3, 100.25, 100.0, 101.0).is_err());
+        assert!(pause_between(99.0, 100.3, 100.0, 101.0).is_err());
+        assert!(pause_between(100.25, 103.0, 100.0, 101.0).is_err());
+    }
+
+    #[test]
+    fn several_moves_give_min_median_max() {
+        let case = Case {
+            mode: Mode::PreCopy,
+            mem_mib: 64,
+        };
+        let l = log(400, 140..=141);
+        let moves = [5.0, 1.0, 3.0, 9.0, 2.0]
+            .iter()
+            .map(|&p| move_figures(&l, report(101.0, 101.5, p), Side::Destination).unwrap())
+            .collect();
+        let c = CaseFigures {
+            vmm: "host_vmm",
+            case,
+            moves,
+            trace: Trace::default(),
+        };
+        let p = c.pause().unwrap();
+        assert_eq!((p.min, p.median, p.max), (1.0, 3.0, 9.0));
+        assert_eq!(c.vmm_pause().unwrap().median, 1.5);
+        let t = table(std::slice::from_ref(&c), 5, None);
+        assert!(t.contains("1.0/3.0/9.0"), "{t}");
+        assert!(t.contains("1.00/1.00/1.00"), "sent MiB: {t}");
+        let v: serde_json::Value = serde_json::from_str(&json(&[c], 5)).unwrap();
+        assert_eq!(v["cases"][0]["pause_ms"]["max"], 9.0);
+        assert_eq!(v["cases"][0]["bytes"]["median"], 1_048_576.0);
+        assert_eq!(v["cases"][0]["gap_ms"]["min"], 20.0);
+        assert!(
+            v["definitions"]["pause"]
+                .as_str()
+                .unwrap()
+                .contains("RESUME")
+        );
     }
 
     #[test]

@@ -9,11 +9,18 @@
 //!   carries only device state and QEMU's small ROM blocks. This is QEMU's nearest equivalent
 //!   of passing host-vmm's memfd.
 //!
+//! The pause compared with host-vmm's is taken from QMP events, on the wall clock both QEMUs
+//! share: the source's STOP (raised once its vCPU has stopped for the last part of the move)
+//! to the destination's RESUME (raised just before its vCPU runs). QEMU's own `downtime`
+//! ends on the source, when the stream is done, before the destination has loaded the
+//! state; it is kept as the VMM's own figure. The NIC has no option ROM (`romfile=`): the
+//! guest never runs it, and it would be one more RAM block to migrate.
+//!
 //! QEMU throttles migration to 32 MiB/s by default; the peer raises `max-bandwidth` to
 //! [`MAX_BANDWIDTH`] so it is not handicapped against host-vmm, which does not throttle. The
 //! downtime limit stays at QEMU's default (300 ms, as host-vmm's `--downtime-ms`).
 
-use super::migrate::{Case, Mode, MoveReport, Mover, Moving};
+use super::migrate::{Case, Mode, MoveReport, Mover, Moving, pause_between};
 use crate::net::{Nics, Side, TwoHosts};
 use crate::pingd;
 use crate::proc::Background;
@@ -36,6 +43,8 @@ const POLL: Duration = Duration::from_millis(5);
 const MOVE_TIMEOUT: Duration = Duration::from_secs(120);
 /// Bound on a boot until the guest answers ping (SeaBIOS takes ~2 s here).
 const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
+/// Bound for a STOP or RESUME event to reach us once the move has ended.
+const EVENT_LAG: Duration = Duration::from_secs(5);
 
 /// A path in the temp directory (or /dev/shm) removed when dropped.
 struct TempPath(PathBuf);
@@ -96,6 +105,9 @@ impl QemuVm {
         // no frequency leaf either, so the kernel calibrates its TSC against the PIT (-M pc
         // has one). Both QEMUs of a move get the same CPU.
         cmd.args(["-cpu", MIGRATABLE_CPU]);
+        // No option ROM on the NIC (the guest boots by -kernel and never runs it): one RAM
+        // block fewer to migrate, which host-vmm's guest does not have either.
+        cmd.args(["-global", "virtio-net-pci.romfile="]);
         let qmp_path = TempPath::unique(&std::env::temp_dir(), "qmp.sock");
         cmd.arg("-qmp")
             .arg(format!("unix:{},server=on,wait=off", qmp_path.0.display()));
@@ -150,6 +162,10 @@ pub struct QemuMoved {
     pub ended: f64,
     /// When the destination reported `running`.
     pub running_at: f64,
+    /// The source's STOP event (seconds since the epoch, QEMU's stamp).
+    pub stopped_at: f64,
+    /// The destination's RESUME event (seconds since the epoch, QEMU's stamp).
+    pub resumed_at: f64,
 }
 
 /// A guest under QEMU on one host of a two-host topology, movable to the other. Fields drop in
@@ -258,6 +274,15 @@ impl QemuMigration {
             std::thread::sleep(Duration::from_millis(1));
         }
         let running_at = pingd::now();
+        let stopped_at = self
+            .current
+            .qmp()
+            .wait_for_event("STOP", started, EVENT_LAG)
+            .context("the source QEMU's STOP")?;
+        let resumed_at = dest
+            .qmp()
+            .wait_for_event("RESUME", started, EVENT_LAG)
+            .context("the destination QEMU's RESUME")?;
         // The old source is done (QEMU's postmigrate state): end it, as host-vmm's source exits.
         self.current = dest;
         Ok(QemuMoved {
@@ -265,6 +290,8 @@ impl QemuMigration {
             started,
             ended,
             running_at,
+            stopped_at,
+            resumed_at,
         })
     }
 }
@@ -290,8 +317,20 @@ impl Moving for QemuMigration {
 
     fn move_once(&mut self, hosts: &TwoHosts) -> Result<MoveReport> {
         let m = self.move_to_other(hosts)?;
+        // Under x-ignore-shared, `ram.total` leaves the shared guest RAM out.
+        let guest_ram = match self.mode {
+            Mode::PreCopy => u64::from(self.spec.mem_mib) << 20,
+            Mode::ZeroCopy => 0,
+        };
         Ok(MoveReport {
-            pause_ms: m.info.downtime_ms.map(|d| d as f64),
+            pause_ms: Some(pause_between(
+                m.stopped_at,
+                m.resumed_at,
+                m.started,
+                m.running_at,
+            )?),
+            vmm_pause_ms: m.info.downtime_ms.map(|d| d as f64),
+            ram_blocks_bytes: m.info.ram_total_bytes.map(|t| t.saturating_sub(guest_ram)),
             total_ms: m.info.total_time_ms.map(|t| t as f64),
             bytes: m.info.transferred_bytes,
             memory_copied_bytes: m.info.normal_bytes,

@@ -121,8 +121,14 @@ pub struct VfMetrics {
     pub tx_frames: u64,
     /// Their bytes.
     pub tx_bytes: u64,
-    /// Frames not sent (link down, backend refused, offload request did not fit).
+    /// Frames not sent (link down, backend refused, offload request did not fit; the
+    /// anti-spoofing and MSS drops below are counted here too).
     pub tx_dropped: u64,
+    /// Frames dropped because their source MAC is not the VF's (anti-spoofing), or that
+    /// are too short to have one.
+    pub tx_spoofed: u64,
+    /// TSO packets refused for an absurd MSS (below the minimum, or beyond the frame size).
+    pub tx_bad_mss: u64,
     /// Queues stopped for a bad ring, index or buffer.
     pub queue_errors: u64,
 }
@@ -339,11 +345,20 @@ impl<B: NetBackend> Ixgbevf<B> {
             return;
         }
         let link_up = self.state.link_up;
+        // The one source address a careful PF lets out: the MAC the VF was granted (the
+        // permanent one unless it is trusted and changed it).
+        let own_mac = self.state.mailbox.mac;
+        let max_frame = self.state.mailbox.max_frame as usize;
         let backend = &mut self.backend;
         let counters = &mut self.state.counters;
         let metrics = &mut self.metrics;
         let mut send = |frame: &[u8]| {
             if !link_up {
+                metrics.tx_dropped += 1;
+                return;
+            }
+            if frame.get(6..12) != Some(&own_mac[..]) {
+                metrics.tx_spoofed += 1;
                 metrics.tx_dropped += 1;
                 return;
             }
@@ -363,12 +378,14 @@ impl<B: NetBackend> Ixgbevf<B> {
             &mut self.state.tx[qi],
             &mut self.state.tx_contexts[qi],
             &self.mem,
+            max_frame,
             &mut self.tx,
             &mut send,
         );
         match result {
             Ok(pass) => {
                 self.metrics.tx_dropped += u64::from(pass.bad_offloads);
+                self.metrics.tx_bad_mss += u64::from(pass.bad_mss);
                 if pass.reported {
                     self.raise(Cause::Tx(qi));
                 }

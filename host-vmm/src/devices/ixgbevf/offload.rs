@@ -8,6 +8,11 @@
 //! incrementing IPv4 ID and a fresh header checksum (or the IPv6 payload length), the TCP
 //! sequence number advanced by MSS per segment, FIN and PSH only on the last segment and
 //! CWR only on the first, and their own TCP checksum.
+//!
+//! A careful PF refuses absurd segmentation requests before doing any work: an MSS below
+//! [`MIN_MSS`] (a 64 KiB packet would become thousands of frames) or one whose segments
+//! would not fit the VF's largest frame (SET_LPE, 1518 bytes by default) is
+//! [`OffloadError::Mss`], and the packet is dropped and counted.
 
 use super::state::TxContext;
 use ixgbevf_regs as r;
@@ -16,6 +21,11 @@ use ixgbevf_regs as r;
 pub const TUCMD_IPV4: u32 = 0x400;
 /// Context TUCMD: L4 type field shift (00 UDP, 01 TCP, 10 SCTP).
 pub const TUCMD_L4T_SHIFT: u32 = 11;
+/// Bytes of the Ethernet FCS the frame size counts (the device adds it on the wire).
+const FCS_LEN: usize = 4;
+/// Smallest MSS segmented (Linux's `TCP_MIN_MSS`): it bounds a 64 KiB packet to ~750
+/// segments.
+pub const MIN_MSS: usize = 88;
 /// TCP flags the device rewrites per segment.
 const TCP_FIN: u8 = 0x01;
 const TCP_PSH: u8 = 0x08;
@@ -69,6 +79,14 @@ pub enum OffloadError {
     /// Segmentation of something other than TCP, or with MSS 0, or with no payload.
     #[error("segmentation needs TCP, a nonzero MSS and a payload")]
     Segmentation,
+    /// An MSS below [`MIN_MSS`], or whose segments exceed the largest frame.
+    #[error("MSS {mss} is outside {MIN_MSS}..={max} for this frame size")]
+    Mss {
+        /// The MSS asked for.
+        mss: usize,
+        /// The largest that fits the VF's frame size with these headers.
+        max: usize,
+    },
 }
 
 impl Offload {
@@ -187,10 +205,12 @@ pub fn checksum(frame: &mut [u8], o: &Offload) -> Result<(), OffloadError> {
 }
 
 /// Splits a TSO packet into segments built in `seg` (which must hold the headers plus one
-/// MSS) and hands each to `emit`. Returns the number of segments.
+/// MSS) and hands each to `emit`; each segment is at most `max_frame` bytes with its FCS
+/// (the VF's SET_LPE size). Returns the number of segments.
 pub fn segment(
     frame: &[u8],
     o: &Offload,
+    max_frame: usize,
     seg: &mut [u8],
     emit: &mut dyn FnMut(&[u8]),
 ) -> Result<usize, OffloadError> {
@@ -203,6 +223,11 @@ pub fn segment(
     let min_ip = if o.ipv4 { 20 } else { 40 };
     if o.iplen < min_ip || o.l4len < 20 || hdr + o.mss > seg.len() {
         return Err(OffloadError::Headers);
+    }
+    // A segment and its FCS within the frame size (MACLEN excludes a tag the device adds).
+    let max = max_frame.saturating_sub(hdr + FCS_LEN);
+    if o.mss < MIN_MSS || o.mss > max {
+        return Err(OffloadError::Mss { mss: o.mss, max });
     }
     let id = get16(frame, ip + 4);
     let seq = u32::from_be_bytes([
@@ -352,7 +377,7 @@ mod tests {
         let o = Offload::advanced(r::TXD_CMD_TSE, r::TXD_POPTS_IXSM | r::TXD_POPTS_TXSM, &c);
         let mut seg = vec![0u8; 4096];
         let mut out = Vec::new();
-        let n = segment(&f, &o, &mut seg, &mut |s| out.push(s.to_vec())).unwrap();
+        let n = segment(&f, &o, 1518, &mut seg, &mut |s| out.push(s.to_vec())).unwrap();
         assert_eq!(n, 3);
         let mut joined = Vec::new();
         for (k, s) in out.iter().enumerate() {
@@ -379,16 +404,16 @@ mod tests {
 
     #[test]
     fn tso_over_ipv6_sets_the_payload_length() {
-        let mut f = vec![0u8; 14 + 40 + 20 + 30];
+        let mut f = vec![0u8; 14 + 40 + 20 + 130];
         f[14] = 0x60;
         f[14 + 6] = 6;
         f[54 + 12] = 5 << 4;
-        let c = ctx(14, 40, 1 << TUCMD_L4T_SHIFT, 20, 16);
+        let c = ctx(14, 40, 1 << TUCMD_L4T_SHIFT, 20, 100);
         let o = Offload::advanced(r::TXD_CMD_TSE, r::TXD_POPTS_TXSM, &c);
         let mut seg = vec![0u8; 4096];
         let mut lens = Vec::new();
-        segment(&f, &o, &mut seg, &mut |s| lens.push(get16(s, 18))).unwrap();
-        assert_eq!(lens, vec![36, 34]);
+        segment(&f, &o, 1518, &mut seg, &mut |s| lens.push(get16(s, 18))).unwrap();
+        assert_eq!(lens, vec![120, 50]);
     }
 
     #[test]
@@ -398,24 +423,72 @@ mod tests {
         let mut emit = |_: &[u8]| panic!("nothing to send");
         let udp = Offload::advanced(r::TXD_CMD_TSE, 0, &ctx(14, 20, TUCMD_IPV4, 8, 100));
         assert_eq!(
-            segment(&f, &udp, &mut seg, &mut emit),
+            segment(&f, &udp, 1518, &mut seg, &mut emit),
             Err(OffloadError::Segmentation)
         );
         let tcp = 1 << TUCMD_L4T_SHIFT | TUCMD_IPV4;
         let no_mss = Offload::advanced(r::TXD_CMD_TSE, 0, &ctx(14, 20, tcp, 20, 0));
         assert_eq!(
-            segment(&f, &no_mss, &mut seg, &mut emit),
+            segment(&f, &no_mss, 1518, &mut seg, &mut emit),
             Err(OffloadError::Segmentation)
         );
         let no_payload = Offload::advanced(r::TXD_CMD_TSE, 0, &ctx(14, 20, tcp, 30, 8));
         assert_eq!(
-            segment(&f, &no_payload, &mut seg, &mut emit),
+            segment(&f, &no_payload, 1518, &mut seg, &mut emit),
             Err(OffloadError::Segmentation)
         );
         let huge_mss = Offload::advanced(r::TXD_CMD_TSE, 0, &ctx(14, 20, tcp, 20, 9000));
         assert_eq!(
-            segment(&f, &huge_mss, &mut seg, &mut emit),
+            segment(&f, &huge_mss, 1518, &mut seg, &mut emit),
             Err(OffloadError::Headers)
+        );
+    }
+
+    #[test]
+    fn an_mss_too_small_or_beyond_the_frame_size_is_refused() {
+        let f = tcp4(&[0; 3000], 0x10);
+        let mut seg = vec![0u8; 16 * 1024];
+        let tcp = 1 << TUCMD_L4T_SHIFT | TUCMD_IPV4;
+        let with_mss = |mss| Offload::advanced(r::TXD_CMD_TSE, 0, &ctx(14, 20, tcp, 20, mss));
+        let sent = std::cell::Cell::new(0);
+        let mut count = |_: &[u8]| sent.set(sent.get() + 1);
+        // 1 byte per segment would be 3000 frames: refused before any.
+        for mss in [1, 40, MIN_MSS as u32 - 1] {
+            assert_eq!(
+                segment(&f, &with_mss(mss), 1518, &mut seg, &mut count),
+                Err(OffloadError::Mss {
+                    mss: mss as usize,
+                    max: 1460
+                }),
+                "MSS {mss}"
+            );
+        }
+        // 1518-byte frames hold 1460 bytes of TCP payload behind 54 bytes of headers.
+        assert_eq!(
+            segment(&f, &with_mss(1461), 1518, &mut seg, &mut count),
+            Err(OffloadError::Mss {
+                mss: 1461,
+                max: 1460
+            })
+        );
+        // A larger frame size (SET_LPE) allows more.
+        assert_eq!(
+            segment(&f, &with_mss(8000), 9018, &mut seg, &mut count),
+            Ok(1)
+        );
+        assert_eq!(sent.get(), 1, "nothing sent for a refused request");
+        assert_eq!(
+            segment(&f, &with_mss(MIN_MSS as u32), 1518, &mut seg, &mut count),
+            Ok(3000usize.div_ceil(MIN_MSS))
+        );
+        assert_eq!(
+            segment(&f, &with_mss(1460), 1518, &mut seg, &mut count),
+            Ok(3)
+        );
+        let e = segment(&f, &with_mss(2), 1518, &mut seg, &mut count).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "MSS 2 is outside 88..=1460 for this frame size"
         );
     }
 }

@@ -534,6 +534,59 @@ fn a_bad_offload_request_drops_the_packet_and_the_queue_goes_on() {
 }
 
 #[test]
+fn frames_from_another_source_mac_are_dropped_and_counted() {
+    let mut vf = Vf::new();
+    vf.bring_up();
+    vf.setup_tx(0, 8);
+    let own = frame(60, 0);
+    let mut spoofed = frame(60, 1);
+    spoofed[6..12].copy_from_slice(&[0x52, 0x54, 0x00, 0xBA, 0xD0, 0x01]);
+    let runt = frame(10, 2);
+    let last = r::TXD_CMD_EOP | r::TXD_CMD_RS;
+    for (i, f) in [&spoofed, &own, &runt].into_iter().enumerate() {
+        let at = TX_BUFS + 0x1000 * i as u64;
+        vf.mem.write_slice(f, GuestAddress(at)).unwrap();
+        vf.put_desc(tx_ring(0), i as u32, data_desc(at, f.len(), last, 0));
+    }
+    vf.write(tx(0) + r::Q_TAIL, 3);
+    assert_eq!(vf.peer.take(), Some(own), "only the VF's own frame");
+    assert_eq!(vf.peer.take(), None);
+    let m = vf.dev.metrics();
+    assert_eq!((m.tx_spoofed, m.tx_dropped, m.tx_frames), (2, 2, 1));
+    assert_eq!(vf.read(tx(0) + r::Q_HEAD), 3, "the queue goes on");
+    assert_eq!(vf.desc(tx_ring(0), 0)[3] & r::TXD_STAT_DD, 1, "completed");
+}
+
+#[test]
+fn tso_with_an_absurd_mss_is_refused_and_counted() {
+    let mut vf = Vf::new();
+    vf.bring_up();
+    vf.setup_tx(0, 16);
+    let payload = vec![7u8; 3000];
+    let f = tcp_packet(&payload);
+    vf.mem.write_slice(&f, GuestAddress(TX_BUFS)).unwrap();
+    let tcp4 = offload::TUCMD_IPV4 | 1 << offload::TUCMD_L4T_SHIFT;
+    let olinfo = r::TXD_OLINFO_CC | 3000 << r::TXD_PAYLEN_SHIFT;
+    let cmd = r::TXD_CMD_TSE | r::TXD_CMD_EOP | r::TXD_CMD_RS;
+    // MSS 0, 1, below the minimum, beyond a 1518-byte frame: four packets, none sent.
+    let mut i = 0;
+    for mss in [0, 1, 87, 1461] {
+        vf.put_desc(tx_ring(0), i, ctx_desc(14, 20, tcp4, 20, mss, 0));
+        vf.put_desc(tx_ring(0), i + 1, data_desc(TX_BUFS, f.len(), cmd, olinfo));
+        i += 2;
+    }
+    vf.write(tx(0) + r::Q_TAIL, i);
+    assert_eq!(vf.peer.take(), None, "nothing segmented");
+    let m = vf.dev.metrics();
+    assert_eq!(
+        m.tx_bad_mss, 3,
+        "MSS 0 is refused as no segmentation at all"
+    );
+    assert_eq!(m.tx_dropped, 4);
+    assert_eq!(vf.read(tx(0) + r::Q_HEAD), i, "the queue goes on");
+}
+
+#[test]
 fn interrupt_causes_masks_auto_clear_and_auto_mask() {
     let mut vf = Vf::new();
     vf.enable_interrupts();
@@ -672,6 +725,9 @@ fn bad_tx_rings_and_buffers_stop_the_queue_without_touching_memory() {
     let mut vf = Vf::new();
     vf.bring_up();
     vf.setup_tx(0, 8);
+    vf.mem
+        .write_slice(&frame(64, 0), GuestAddress(TX_BUFS))
+        .unwrap();
     vf.write(tx(0) + r::TX_WBAL, RAM as u32 | 1);
     vf.put_desc(tx_ring(0), 0, data_desc(TX_BUFS, 64, r::TXD_CMD_EOP, 0));
     vf.write(tx(0) + r::Q_TAIL, 1);

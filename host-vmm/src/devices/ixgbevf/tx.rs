@@ -14,7 +14,8 @@
 //!
 //! A descriptor with a buffer outside guest RAM, of an unknown type, or a packet over
 //! [`TX_MAX`] bytes is a [`QueueError`]: the caller stops the queue. A packet whose offload
-//! request does not fit it is dropped (counted), and the queue goes on.
+//! request does not fit it is dropped (counted), and the queue goes on; an absurd TSO MSS
+//! ([`offload::OffloadError::Mss`]) is counted apart.
 
 use super::offload::{self, Offload};
 use super::ring::{QueueError, Ring, check_buffer};
@@ -66,6 +67,8 @@ pub struct TxPass {
     pub reported: bool,
     /// Packets dropped because their offload request did not fit them.
     pub bad_offloads: u32,
+    /// Of those, TSO packets refused for their MSS (too small, or beyond the frame size).
+    pub bad_mss: u32,
 }
 
 /// The first data descriptor of a packet.
@@ -75,11 +78,13 @@ struct First {
     olinfo: u32,
 }
 
-/// Sends everything from TDH to TDT on queue `q`, handing frames to `send`.
+/// Sends everything from TDH to TDT on queue `q`, handing frames to `send`; TSO segments
+/// are at most `max_frame` bytes with their FCS (the VF's SET_LPE size).
 pub fn process(
     q: &mut QueueRegs,
     contexts: &mut [TxContext; 2],
     mem: &GuestMemoryMmap,
+    max_frame: usize,
     scratch: &mut TxScratch,
     send: &mut dyn FnMut(&[u8]),
 ) -> Result<TxPass, QueueError> {
@@ -128,8 +133,13 @@ pub fn process(
         if cmd & r::TXD_CMD_EOP == 0 {
             continue;
         }
-        if finish(packet_first, len, contexts, scratch, send).is_err() {
-            pass.bad_offloads += 1;
+        match finish(packet_first, len, contexts, max_frame, scratch, send) {
+            Ok(()) => {}
+            Err(offload::OffloadError::Mss { .. }) => {
+                pass.bad_offloads += 1;
+                pass.bad_mss += 1;
+            }
+            Err(_) => pass.bad_offloads += 1,
         }
         for &(i, dword3) in &scratch.report {
             ring.write_dword3(mem, i, dword3 | r::TXD_STAT_DD)?;
@@ -156,6 +166,7 @@ fn finish(
     first: First,
     len: usize,
     contexts: &[TxContext; 2],
+    max_frame: usize,
     scratch: &mut TxScratch,
     send: &mut dyn FnMut(&[u8]),
 ) -> Result<(), offload::OffloadError> {
@@ -175,7 +186,9 @@ fn finish(
     let ctx = &contexts[((first.olinfo >> 4) & 1) as usize];
     let o = Offload::advanced(first.cmd, first.olinfo, ctx);
     if o.tse {
-        offload::segment(frame, &o, segment, &mut |s| emit(s, o.vlan, tagged, send))?;
+        offload::segment(frame, &o, max_frame, segment, &mut |s| {
+            emit(s, o.vlan, tagged, send);
+        })?;
     } else {
         offload::checksum(frame, &o)?;
         emit(frame, o.vlan, tagged, send);

@@ -1,9 +1,11 @@
 //! COM1: a 16550 UART (vm-superio's model) whose transmitter writes to host-vmm's stdout.
 //!
-//! Each byte is written and flushed at once, so whoever reads stdout sees a line the moment
-//! the guest finishes it. The guest already pays a VM exit per byte, so a `write(2)` per byte
-//! adds little. If stdout goes away (`EPIPE`) or fails, output is dropped and the guest keeps
-//! running: its exit status still matters.
+//! The vCPU never waits on stdout: the VM's transmitter writes into an [`output`]
+//! ([`SerialOutput`]), a bounded buffer a writer thread drains and flushes, so whoever reads
+//! stdout still sees a line the moment the guest finishes it, and a stdout nobody reads
+//! costs the guest its output (dropped and counted), never its progress. If stdout goes away
+//! (`EPIPE`) or fails, output is dropped and the guest keeps running: its exit status still
+//! matters.
 //!
 //! Migration state ([`SerialState`]): vm-superio's register file (divisor latch, IER, IIR,
 //! LCR, LSR, MCR, MSR, scratch) and the receive FIFO (always empty here: the guest gets no
@@ -13,14 +15,17 @@
 //! the IIR has an enabled cause pending (vm-superio's rule), which a driver tolerates as it
 //! reads the IIR first.
 //!
-//! Layout: this file is the UART on the port bus and its output; `state.rs` holds
-//! [`SerialState`] and the checks a saved one passes, and `tests.rs` the unit tests.
+//! Layout: this file is the UART on the port bus; `output.rs` its way to stdout;
+//! `state.rs` holds [`SerialState`] and the checks a saved one passes, and `tests.rs` the
+//! unit tests.
 
+pub mod output;
 mod state;
 
 #[cfg(test)]
 mod tests;
 
+pub use output::{OutputCounters, OutputStats, SerialOutput};
 pub use state::SerialState;
 
 use super::{BusDevice, DeviceStateError, Persist};

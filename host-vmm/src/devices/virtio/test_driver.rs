@@ -244,13 +244,16 @@ impl Driver {
 
     /// Makes `frame` available on the transmit queue as two descriptors (header, frame).
     pub fn add_tx_frame(&mut self, frame: &[u8]) {
+        self.add_tx_frame_with_header(&[0u8; HEADER_LEN], frame);
+    }
+
+    /// [`Driver::add_tx_frame`] with a header of the test's choosing.
+    pub fn add_tx_frame_with_header(&mut self, header: &[u8; HEADER_LEN], frame: &[u8]) {
         let d0 = self.take_desc(TX);
         let d1 = self.take_desc(TX);
         let hdr = BUFFERS + 0x4_0000 + 0x2000 * u64::from(d0);
         let body = hdr + 0x100;
-        self.mem
-            .write_slice(&[0u8; HEADER_LEN], GuestAddress(hdr))
-            .unwrap();
+        self.mem.write_slice(header, GuestAddress(hdr)).unwrap();
         self.mem.write_slice(frame, GuestAddress(body)).unwrap();
         self.write_desc(TX, d0, hdr, HEADER_LEN as u32, 1, d1);
         self.write_desc(TX, d1, body, frame.len() as u32, 0, 0);

@@ -15,7 +15,9 @@
 //! - Guest to host: every transmit chain is taken at once (a driver that waits for its
 //!   buffer back, as virtio-drivers' console does, is never held up), its bytes appended to
 //!   a bounded buffer, oldest bytes dropped first when the host does not read, and a
-//!   [`HostPort::recv_until`] waiting for them is woken.
+//!   [`HostPort::recv_until`] waiting for them is woken. At most [`TX_BUDGET`] chains are
+//!   taken per wake: a guest that keeps its transmit queue full (a chattering console) gets
+//!   the rest served on the device's second event fd, after the I/O thread's other work.
 //!
 //! A receive chain is never returned with length 0 (virtio-drivers' driver asserts on that):
 //! zero-length receive chains are a guest error, like every other bad descriptor, which sets
@@ -64,6 +66,12 @@ pub const TO_GUEST_CAPACITY: usize = 16 * 1024;
 pub const FROM_GUEST_CAPACITY: usize = 64 * 1024;
 /// Longest transmit chain accepted.
 pub const MAX_TX_CHAIN: usize = 64 * 1024;
+/// Most transmit chains taken in one wake of the I/O thread (one full queue).
+pub const TX_BUDGET: usize = QUEUE_SIZE as usize;
+/// [`VirtioDevice::event_fds`] index of "bytes for the guest were queued".
+const EVENT_TO_GUEST: usize = 0;
+/// [`VirtioDevice::event_fds`] index of "transmit chains were left for the next wake".
+const EVENT_TX_MORE: usize = 1;
 
 /// What went through the port (plain counters).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -213,6 +221,10 @@ struct Active {
 pub struct Console {
     link: Arc<Link>,
     active: Option<Active>,
+    /// Written when a wake left transmit chains behind ([`TX_BUDGET`]).
+    tx_more: EventFd,
+    /// Chains taken per wake ([`TX_BUDGET`]; smaller in tests).
+    tx_budget: usize,
     /// A transmit chain's bytes (reused).
     tx_buf: Box<[u8]>,
     /// The current chain's buffers (reused).
@@ -231,17 +243,25 @@ impl Console {
     /// A console and the host's end of its port.
     pub fn new() -> io::Result<(Console, HostPort)> {
         let (device, host) = port()?;
-        Ok((Console::with_port(device), host))
+        Ok((Console::with_port(device)?, host))
     }
 
     /// A console serving the device end of a port.
-    pub fn with_port(port: DevicePort) -> Console {
-        Console {
+    pub fn with_port(port: DevicePort) -> io::Result<Console> {
+        Ok(Console {
             link: port.link,
             active: None,
+            tx_more: EventFd::new(libc::EFD_NONBLOCK)?,
+            tx_budget: TX_BUDGET,
             tx_buf: vec![0u8; MAX_TX_CHAIN].into_boxed_slice(),
             segments: Vec::with_capacity(usize::from(QUEUE_SIZE)),
-        }
+        })
+    }
+
+    /// Takes at most `chains` transmit chains per wake (tests of the budget).
+    #[cfg(test)]
+    pub(crate) fn set_tx_budget(&mut self, chains: usize) {
+        self.tx_budget = chains.max(1);
     }
 
     /// The port's counters.
@@ -300,7 +320,9 @@ impl Console {
         Ok(signal)
     }
 
-    /// Takes every chain the driver made available on the transmit queue.
+    /// Takes the chains the driver made available on the transmit queue, at most
+    /// `tx_budget` of them; if more wait, [`EVENT_TX_MORE`] brings the I/O thread back for
+    /// them (notifications stay off until then).
     fn transmit(&mut self) -> Result<QueueSet, GuestError> {
         let Some(active) = self.active.as_mut() else {
             return Ok(QueueSet::default());
@@ -308,9 +330,13 @@ impl Console {
         let mem = &active.mem;
         let mut used = false;
         let mut arrived = false;
+        let mut budget = self.tx_budget;
         loop {
             queue::disable_notification(&mut active.tx, TX, mem)?;
-            while let Some(head) = queue::pop_head(&mut active.tx, TX, mem)? {
+            while budget > 0
+                && let Some(head) = queue::pop_head(&mut active.tx, TX, mem)?
+            {
+                budget -= 1;
                 let total = queue::walk_chain(
                     &active.tx,
                     TX,
@@ -329,6 +355,11 @@ impl Console {
                     arrived = true;
                 }
                 // (Not `DevicePort::deliver_from_guest`: one wake-up per batch, not per chain.)
+            }
+            if budget == 0 {
+                // Bounded work per wake: the rest, if any, on the next one.
+                let _ = self.tx_more.write(1);
+                break;
             }
             if !queue::enable_notification(&mut active.tx, TX, mem)? {
                 break;
@@ -474,12 +505,22 @@ impl VirtioDevice for Console {
     }
 
     fn event_fds(&self) -> Vec<RawFd> {
-        vec![self.link.kick.as_raw_fd()]
+        // In the order of EVENT_TO_GUEST and EVENT_TX_MORE.
+        vec![self.link.kick.as_raw_fd(), self.tx_more.as_raw_fd()]
     }
 
-    fn device_event(&mut self, _index: usize) -> Result<QueueSet, GuestError> {
-        // Reset the counter first: bytes queued after this point kick again.
-        let _ = self.link.kick.read();
-        self.receive()
+    fn device_event(&mut self, index: usize) -> Result<QueueSet, GuestError> {
+        match index {
+            EVENT_TO_GUEST => {
+                // Reset the counter first: bytes queued after this point kick again.
+                let _ = self.link.kick.read();
+                self.receive()
+            }
+            EVENT_TX_MORE => {
+                let _ = self.tx_more.read();
+                self.transmit()
+            }
+            _ => Ok(QueueSet::default()),
+        }
     }
 }

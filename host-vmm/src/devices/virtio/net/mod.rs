@@ -2,10 +2,14 @@
 //! link status, over a [`NetBackend`].
 //!
 //! Offered features: VERSION_1, MAC, STATUS and EVENT_IDX, nothing else: no offloads (so
-//! every header the device writes is zero but for `num_buffers` = 1, and the header the
-//! driver sends is ignored), no mergeable buffers (each receive chain holds a whole frame;
+//! every header the device writes is zero but for `num_buffers` = 1), no mergeable buffers (each receive chain holds a whole frame;
 //! the specification asks drivers for 1526-byte buffers), no control queue, no indirect
 //! descriptors (fewer guest instructions per packet, and one less thing to check).
+//!
+//! Transmit is checked as a careful PF checks a VF's: a frame whose source MAC is not the
+//! device's (or too short to have one) is dropped and counted (`tx_spoofed`), and so is one
+//! whose header asks for segmentation (`gso_type` not NONE, `tx_bad_gso`): GSO is never
+//! offered, so such a request (with whatever `gso_size`) is refused, never carried out.
 //!
 //! Frames pass through one preallocated bounce buffer per direction: a whole frame is read
 //! from the backend (one syscall) before a receive chain is chosen, so its length is known
@@ -78,9 +82,17 @@ pub struct NetMetrics {
     pub tx_frames: u64,
     /// Their bytes, without headers.
     pub tx_bytes: u64,
-    /// Frames the backend refused.
+    /// Frames not sent: the backend refused them, or one of the checks below (counted
+    /// there too).
     pub tx_dropped: u64,
+    /// Frames whose source MAC is not the device's, or too short to have one.
+    pub tx_spoofed: u64,
+    /// Frames whose header asked for segmentation (GSO is not offered).
+    pub tx_bad_gso: u64,
 }
+
+/// `virtio_net_hdr.gso_type`: no segmentation.
+const GSO_NONE: u8 = 0;
 
 /// Most frames a move carries from the source's backend to the destination.
 pub const MAX_BACKLOG: usize = 256;
@@ -279,8 +291,23 @@ impl<B: NetBackend> Net<B> {
                     &mut self.segments,
                 )? as usize;
                 queue::read_segments(mem, &self.segments, &mut self.tx_buf[..total], TX)?;
-                // The header carries nothing without offloads: it is not looked at.
+                let gso_type = self.tx_buf[1];
                 let frame = &self.tx_buf[HEADER_LEN..total];
+                let checked = if gso_type != GSO_NONE {
+                    self.metrics.tx_bad_gso += 1;
+                    Err(())
+                } else if frame.get(6..12) != Some(&self.mac[..]) {
+                    self.metrics.tx_spoofed += 1;
+                    Err(())
+                } else {
+                    Ok(())
+                };
+                if checked.is_err() {
+                    self.metrics.tx_dropped += 1;
+                    queue::add_used(&mut active.tx, TX, mem, head, 0)?;
+                    used = true;
+                    continue;
+                }
                 match self.backend.send(frame) {
                     Ok(()) => {
                         self.metrics.tx_frames += 1;

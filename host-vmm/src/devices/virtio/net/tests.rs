@@ -18,8 +18,17 @@ use vm_memory::{Address, Bytes, GuestAddress};
 
 const FEATURES: u64 = VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MAC | VIRTIO_NET_F_STATUS;
 
+/// The test driver's device MAC.
+const MAC: [u8; 6] = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
+
+/// A frame of `len` bytes from the device's MAC (when it is long enough to have one), the
+/// rest a counting pattern.
 fn frame(len: usize, seed: u8) -> Vec<u8> {
-    (0..len).map(|i| seed.wrapping_add(i as u8)).collect()
+    let mut f: Vec<u8> = (0..len).map(|i| seed.wrapping_add(i as u8)).collect();
+    if len >= 12 {
+        f[6..12].copy_from_slice(&MAC);
+    }
+    f
 }
 
 fn running() -> Driver {
@@ -94,6 +103,46 @@ fn a_tx_chain_reaches_the_backend_without_its_header() {
     assert_eq!(d.used(TX, 1), (2, 0));
     assert!(d.fired(1));
     assert_eq!(d.dev.device().metrics().tx_frames, 2);
+}
+
+#[test]
+fn frames_from_another_source_mac_are_dropped_and_counted() {
+    let mut d = running();
+    let mut spoofed = frame(60, 1);
+    spoofed[6..12].copy_from_slice(&[0x52, 0x54, 0, 0xBA, 0xD0, 0x01]);
+    d.add_tx_frame(&spoofed);
+    d.add_tx_frame(&frame(60, 2));
+    d.add_tx_frame(&[0x52; 8]); // too short to have a source MAC
+    d.kick(TX);
+    assert_eq!(d.peer.take(), Some(frame(60, 2)), "only the device's own");
+    assert_eq!(d.peer.take(), None);
+    assert_eq!(d.used_idx(TX), 3, "every chain is returned");
+    let m = d.dev.device().metrics();
+    assert_eq!((m.tx_frames, m.tx_spoofed, m.tx_dropped), (1, 2, 2));
+    assert!(
+        !needs_reset(&mut d),
+        "a guest's spoofing is dropped, not a device error"
+    );
+}
+
+#[test]
+fn a_gso_request_is_refused_whatever_its_size() {
+    let mut d = running();
+    let f = frame(3000, 4);
+    // gso_type TCPV4 (1) with MSS 0, 1 and 65535: never negotiated, never carried out.
+    for gso_size in [0u16, 1, u16::MAX] {
+        let mut header = [0u8; HEADER_LEN];
+        header[1] = 1;
+        header[4..6].copy_from_slice(&gso_size.to_le_bytes());
+        d.add_tx_frame_with_header(&header, &f);
+    }
+    d.add_tx_frame(&frame(100, 5));
+    d.kick(TX);
+    assert_eq!(d.peer.take(), Some(frame(100, 5)));
+    assert_eq!(d.peer.take(), None);
+    let m = d.dev.device().metrics();
+    assert_eq!((m.tx_frames, m.tx_bad_gso, m.tx_dropped), (1, 3, 3));
+    assert!(!needs_reset(&mut d));
 }
 
 #[test]
