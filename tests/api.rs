@@ -224,10 +224,11 @@ fn moves_by_pre_copy_and_zero_copy_are_driven_only_through_the_api() {
     // Pre-copy, A -> B over TCP.
     let (net, vf) = nics();
     let url = format!("tcp:{}:7411", Side::Destination.migration_ip());
+    let certs = xtask::certs::CertDir::for_tests().expect("a TLS directory");
     b.ok(
         "PUT",
         "vm.receive-migration",
-        Some(&json!({"receiver_url": url, "net": net, "vf": vf})),
+        Some(&json!({"receiver_url": url, "net": net, "vf": vf, "tls_dir": certs.arg()})),
     )
     .expect("vm.receive-migration");
     assert_eq!(b.state().unwrap(), "Receiving");
@@ -236,7 +237,7 @@ fn moves_by_pre_copy_and_zero_copy_are_driven_only_through_the_api() {
         .ok(
             "PUT",
             "vm.send-migration",
-            Some(&json!({"destination_url": url, "downtime_ms": 300})),
+            Some(&json!({"destination_url": url, "downtime_ms": 300, "tls_dir": certs.arg()})),
         )
         .expect("vm.send-migration");
     assert!(
@@ -353,10 +354,11 @@ fn a_cancel_during_a_dirty_pass_rolls_back_and_a_tcp_stream_loses_no_byte() {
 
     let (net, vf) = nics();
     let dst = format!("tcp:{}:7431", Side::Destination.migration_ip());
+    let certs = xtask::certs::CertDir::for_tests().expect("a TLS directory");
     b.ok(
         "PUT",
         "vm.receive-migration",
-        Some(&json!({"receiver_url": dst, "net": net, "vf": vf})),
+        Some(&json!({"receiver_url": dst, "net": net, "vf": vf, "tls_dir": certs.arg()})),
     )
     .unwrap();
     // migproxy is a slow link (1 MB/s): every pass takes long, the guest dirties pages
@@ -365,7 +367,7 @@ fn a_cancel_during_a_dirty_pass_rolls_back_and_a_tcp_stream_loses_no_byte() {
     let mut proxy_cmd = hosts.exec_on(Side::Source, env!("CARGO_BIN_EXE_migproxy"));
     proxy_cmd
         .args(["--listen", "tcp:127.0.0.1:7432", "--to", &dst])
-        .args(["--rate-kbps", "1000"]);
+        .args(["--rate-kbps", "1000", "--tls-dir", &certs.arg()]);
     let mut proxy = xtask::proc::Background::spawn(&mut proxy_cmd).expect("migproxy");
     proxy
         .wait_for("listening on", Duration::from_secs(10))
@@ -386,7 +388,7 @@ fn a_cancel_during_a_dirty_pass_rolls_back_and_a_tcp_stream_loses_no_byte() {
     a.ok(
         "PUT",
         "vm.send-migration",
-        Some(&json!({"destination_url": "tcp:127.0.0.1:7432", "downtime_ms": 1})),
+        Some(&json!({"destination_url": "tcp:127.0.0.1:7432", "downtime_ms": 1, "tls_dir": certs.arg()})),
     )
     .expect("vm.send-migration");
     let deadline = Instant::now() + Duration::from_secs(30);

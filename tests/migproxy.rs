@@ -8,7 +8,7 @@
 //! ```text
 //! migproxy --listen tcp:ADDR:PORT|unix:PATH --to tcp:ADDR:PORT|unix:PATH
 //!          [--at hello|pages:N|pass:N|ready|state] [--fault cut|corrupt|kill] [--pid PID]
-//!          [--hold-ms MS] [--rate-kbps N]
+//!          [--hold-ms MS] [--rate-kbps N] [--tls-dir DIR]
 //!
 //! --at hello     the source's Hello (the first frame)
 //! --at pages:N   the Nth PAGES frame (1: the first pass has not delivered a page yet)
@@ -25,6 +25,9 @@
 //! --hold-ms MS   read nothing more from the source for MS after its Hello: with small
 //!                socket buffers the source blocks in its first pass, the guest dirties
 //!                pages meanwhile, and a dirty pass follows
+//! --tls-dir DIR  tcp: on both sides is mutual TLS with the certificates in DIR: migproxy
+//!                is the server to the source (server-cert.pem) and the client to the
+//!                destination (client-cert.pem), and sees the frames in between
 //! ```
 //!
 //! It prints `migproxy: listening on ...` when ready, `migproxy: fault ... at=SECONDS`
@@ -34,7 +37,8 @@
 //! frame's file descriptor is passed on with its first bytes and closed here at once, so
 //! zero-copy moves go through too.
 
-use migration_wire::{FrameHeader, HEADER_LEN, Message, TRAILER_LEN, kind, kind_name};
+use migration_wire::tls::rustls::{ClientConnection, Connection, ServerConnection};
+use migration_wire::{FrameHeader, HEADER_LEN, Message, TRAILER_LEN, kind, kind_name, tls};
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -73,12 +77,14 @@ struct Options {
     hold: Duration,
     /// Bytes per second forwarded from the source at most.
     rate: Option<u64>,
+    /// Mutual TLS on the tcp: sides, from this certificate directory.
+    tls_dir: Option<std::path::PathBuf>,
 }
 
 fn usage() -> String {
     "usage: migproxy --listen tcp:ADDR:PORT|unix:PATH --to tcp:ADDR:PORT|unix:PATH \
      [--at hello|pages:N|pass:N|ready|state] [--fault cut|corrupt|kill] [--pid PID] \
-     [--hold-ms MS] [--rate-kbps N]"
+     [--hold-ms MS] [--rate-kbps N] [--tls-dir DIR]"
         .into()
 }
 
@@ -91,6 +97,7 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
         pid: None,
         hold: Duration::ZERO,
         rate: None,
+        tls_dir: None,
     };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
@@ -130,6 +137,7 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
             }
             "--hold-ms" => o.hold = Duration::from_millis(number(value)?),
             "--rate-kbps" => o.rate = Some(number(value)?.max(1) * 1000),
+            "--tls-dir" => o.tls_dir = Some(value.into()),
             _ => return Err(format!("unknown flag {flag}; {}", usage())),
         }
     }
@@ -298,6 +306,140 @@ fn connect(addr: &str) -> Result<Conn, String> {
             .map_err(fail)
     } else {
         Err(format!("`{addr}`: {}", usage()))
+    }
+}
+
+/// Plaintext bytes held for the plain side at most (then the TLS side is not read: the
+/// peer feels the back-pressure as it would on a direct link).
+const BRIDGE_HELD: usize = 64 << 10;
+
+/// Ends `tcp`'s TLS `conn` here: returns a plain stream whose bytes are the connection's
+/// plaintext, both ways, moved by a thread of its own (one thread, so the one rustls
+/// connection is never shared). End of stream travels both ways (close_notify and FIN).
+fn bridge(conn: Connection, tcp: TcpStream) -> Result<Conn, String> {
+    let (near, far) = UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
+    std::thread::spawn(move || {
+        if let Err(e) = bridge_loop(conn, &tcp, &far) {
+            say(&format!("TLS: {e}"));
+        }
+        let _ = tcp.shutdown(Shutdown::Both);
+        let _ = far.shutdown(Shutdown::Both);
+    });
+    Ok(Conn::Unix(near, Vec::new()))
+}
+
+fn bridge_loop(mut conn: Connection, tcp: &TcpStream, plain: &UnixStream) -> io::Result<()> {
+    tcp.set_nonblocking(true)?;
+    plain.set_nonblocking(true)?;
+    // Back-pressure is this loop's (plain is read only once the TLS output is written).
+    conn.set_buffer_limit(None);
+    let (mut tcp, mut plain) = (tcp, plain);
+    let mut held: Vec<u8> = Vec::new();
+    let mut buf = vec![0u8; 64 << 10];
+    let (mut tls_ended, mut plain_ended, mut plain_shut, mut tcp_shut) =
+        (false, false, false, false);
+    let deadline_idle = IO_TIMEOUT;
+    let mut last = Instant::now();
+    loop {
+        let read_tls = !tls_ended && held.len() < BRIDGE_HELD;
+        let read_plain = !plain_ended && !conn.wants_write();
+        let mut fds = [
+            libc::pollfd {
+                fd: std::os::fd::AsRawFd::as_raw_fd(tcp),
+                events: (if read_tls { libc::POLLIN } else { 0 })
+                    | (if conn.wants_write() { libc::POLLOUT } else { 0 }),
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: std::os::fd::AsRawFd::as_raw_fd(plain),
+                events: (if read_plain { libc::POLLIN } else { 0 })
+                    | (if held.is_empty() { 0 } else { libc::POLLOUT }),
+                revents: 0,
+            },
+        ];
+        if fds.iter().all(|f| f.events == 0) && tls_ended && plain_ended {
+            return Ok(());
+        }
+        // SAFETY: poll(2) on two pollfd structs this function owns, for their length.
+        let r = unsafe { libc::poll(fds.as_mut_ptr(), 2, 100) };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if r == 0 {
+            if last.elapsed() > deadline_idle {
+                return Err(io::Error::other("idle too long"));
+            }
+            continue;
+        }
+        last = Instant::now();
+        let would_block = |e: &io::Error| e.kind() == io::ErrorKind::WouldBlock;
+        if read_tls && fds[0].revents != 0 {
+            match conn.read_tls(&mut tcp) {
+                Ok(0) => tls_ended = true,
+                Ok(_) => {
+                    let state = conn
+                        .process_new_packets()
+                        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+                    let mut n = state.plaintext_bytes_to_read();
+                    while n > 0 {
+                        let take = n.min(buf.len());
+                        let got = conn.reader().read(&mut buf[..take])?;
+                        if got == 0 {
+                            break;
+                        }
+                        held.extend_from_slice(&buf[..got]);
+                        n -= got.min(n);
+                    }
+                    if state.peer_has_closed() {
+                        tls_ended = true;
+                    }
+                }
+                Err(e) if would_block(&e) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if !held.is_empty() {
+            match plain.write(&held) {
+                Ok(n) => {
+                    held.drain(..n);
+                }
+                Err(e) if would_block(&e) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if tls_ended && held.is_empty() && !plain_shut {
+            let _ = plain.shutdown(Shutdown::Write);
+            plain_shut = true;
+        }
+        if read_plain && fds[1].revents != 0 {
+            match plain.read(&mut buf) {
+                Ok(0) => {
+                    plain_ended = true;
+                    conn.send_close_notify();
+                }
+                Ok(n) => conn.writer().write_all(&buf[..n])?,
+                Err(e) if would_block(&e) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        while conn.wants_write() {
+            match conn.write_tls(&mut tcp) {
+                Ok(_) => {}
+                Err(e) if would_block(&e) => break,
+                Err(e) => return Err(e),
+            }
+        }
+        if plain_ended && !conn.wants_write() && !tcp_shut {
+            let _ = tcp.shutdown(Shutdown::Write);
+            tcp_shut = true;
+        }
+        if tls_ended && plain_ended && held.is_empty() && !conn.wants_write() {
+            return Ok(());
+        }
     }
 }
 
@@ -556,8 +698,28 @@ fn forward_destination(mut from: Conn, mut to: Conn, both: &Both, o: &Options) -
 }
 
 fn run(o: Options) -> Result<String, String> {
-    let src = accept_one(&o.listen)?;
-    let dst = connect(&o.to)?;
+    let mut src = accept_one(&o.listen)?;
+    let mut dst = connect(&o.to)?;
+    if let Some(dir) = &o.tls_dir {
+        let fail = |e: tls::TlsError| format!("--tls-dir: {e}");
+        if let Conn::Tcp(s) = src {
+            let conn = ServerConnection::new(tls::server_config(dir).map_err(fail)?)
+                .map_err(|e| format!("TLS: {e}"))?;
+            src = bridge(Connection::Server(conn), s)?;
+        }
+        if let Conn::Tcp(s) = dst {
+            let host =
+                o.to.trim_start_matches("tcp:")
+                    .rsplit_once(':')
+                    .map_or("", |(h, _)| h);
+            let conn = ClientConnection::new(
+                tls::client_config(dir).map_err(fail)?,
+                tls::server_name(host).map_err(fail)?,
+            )
+            .map_err(|e| format!("TLS: {e}"))?;
+            dst = bridge(Connection::Client(conn), s)?;
+        }
+    }
     say(&format!("source connected; forwarding to {}", o.to));
     for c in [&src, &dst] {
         c.set_read_timeout(IO_TIMEOUT)

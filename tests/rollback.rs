@@ -20,7 +20,12 @@
 //! memfd or holds a descriptor of it.
 //!
 //! Rejections: `host-vmm receive` fed hand-made frames (no source) answers FAILED when the
-//! connection is still open, names the problem on stderr, exits 125, and starts no guest.
+//! connection is still open and starts no guest. Before a Hello is accepted it logs the
+//! problem and keeps waiting for the real source; after, it names the problem on stderr
+//! and exits 125. Over TLS a stranger's certificate, garbage and a silent peer are dropped
+//! (the silent one within the 10 s admission deadline) and a real move then succeeds on
+//! the same receiver; a guest larger than `--max-mem` is refused before anything is
+//! allocated and stays where it runs.
 
 use migration_wire::{
     HEADER_LEN, Hello, Message, Mode, PAGE_SIZE, PROTOCOL_VERSION, Pages, STATE_VERSION,
@@ -279,6 +284,54 @@ fn refuses(case: &BadStream) {
     ));
 }
 
+/// Feeds `case` to `rx`, which must answer FAILED, log why, and keep waiting.
+fn refuses_and_waits(rx: &mut Receiver, case: &BadStream) {
+    let started = Instant::now();
+    let mut s = rx.connect();
+    s.write_all(&case.send).expect("sending the stream");
+    if case.close_after {
+        s.shutdown(std::net::Shutdown::Write).expect("shutdown");
+    }
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    let took = started.elapsed();
+    let frames = frames_in(&answer);
+    let kinds: Vec<u16> = frames.iter().map(|f| f.0).collect();
+    let context = format!(
+        "{}: after {took:?}, answered kinds {kinds:?}\n--- stderr ---\n{}",
+        case.name,
+        rx.stderr_now()
+    );
+    assert_eq!(kinds, [kind::FAILED], "{context}");
+    let reason = String::from_utf8_lossy(&frames[0].1).into_owned();
+    for word in case.says {
+        assert!(
+            reason.contains(word),
+            "the FAILED frame's reason `{reason}` does not say `{word}`; {context}"
+        );
+    }
+    // Logged (a warning naming the problem), and still waiting.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !rx
+        .stderr_now()
+        .lines()
+        .any(|l| l.contains("dropped") && case.says.iter().all(|w| l.contains(w)))
+    {
+        assert!(Instant::now() < deadline, "not logged; {context}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        matches!(rx.child.try_wait(), Ok(None)),
+        "receive stopped waiting; {context}"
+    );
+    assert!(took < Duration::from_secs(10), "{context}");
+    say(&format!(
+        "answered `{}` in {:.0} ms and kept waiting: {reason}",
+        case.name,
+        took.as_secs_f64() * 1e3
+    ));
+}
+
 #[test]
 fn receive_refuses_old_truncated_and_corrupt_streams_before_the_hello_is_accepted() {
     let mut bad_crc = hello(PROTOCOL_VERSION);
@@ -334,9 +387,13 @@ fn receive_refuses_old_truncated_and_corrupt_streams_before_the_hello_is_accepte
             says: &["protocol version 3 is not supported"],
         },
     ];
+    // One receiver for all: none of them is the source, so it waits on.
+    let mut rx = Receiver::start("prehello");
     for case in &cases {
-        refuses(case);
+        refuses_and_waits(&mut rx, case);
     }
+    let err = rx.stderr_now();
+    assert!(!err.contains("; running"), "a guest ran:\n{err}");
 }
 
 #[test]
@@ -464,6 +521,8 @@ struct Source {
     vm: Background,
     ctl: Control,
     net: TwoHosts,
+    /// Every move's mutual TLS (migproxy ends it on both sides).
+    certs: xtask::certs::CertDir,
 }
 
 impl Source {
@@ -496,7 +555,13 @@ impl Source {
             "sysctl: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let src = Source { vm, ctl, net };
+        let certs = xtask::certs::CertDir::for_tests().expect("a TLS directory");
+        let src = Source {
+            vm,
+            ctl,
+            net,
+            certs,
+        };
         src.on_vf("the source guest boots on the VF");
         src
     }
@@ -519,23 +584,31 @@ impl Source {
     /// A fresh `host-vmm receive` on host 2 with the same devices, listening on `port`.
     fn destination(&self, port: u16, tag: &str) -> (Background, Control) {
         let listen = format!("tcp:{}:{port}", Side::Destination.migration_ip());
-        self.destination_on(&listen, tag)
+        self.destination_on(&listen, tag, &[])
     }
 
-    /// The same, listening on `listen` (`tcp:` or `unix:`).
-    fn destination_on(&self, listen: &str, tag: &str) -> (Background, Control) {
+    /// [`Source::destination`] with `extra` flags for `receive`.
+    fn destination_with(&self, port: u16, tag: &str, extra: &[&str]) -> (Background, Control) {
+        let listen = format!("tcp:{}:{port}", Side::Destination.migration_ip());
+        self.destination_on(&listen, tag, extra)
+    }
+
+    /// The same, listening on `listen` (`tcp:` with this source's TLS directory, or `unix:`).
+    fn destination_on(&self, listen: &str, tag: &str, extra: &[&str]) -> (Background, Control) {
         let ctl = Control::unique(tag);
         let spec = |tap: &str| format!("tap={tap},mac={GUEST_MAC}");
         let mut cmd = self.net.exec_on(Side::Destination, host_vmm());
         cmd.arg("receive")
             .arg("--listen")
             .arg(listen)
+            .args(self.tls_args(listen))
             .arg("--net")
             .arg(spec(xtask::net::TAP))
             .arg("--vf")
             .arg(spec(xtask::net::VF_TAP))
             .arg("--control")
             .arg(ctl.path())
+            .args(extra)
             .env("RUST_LOG", "info");
         let mut dst = Background::spawn(&mut cmd).expect("starting host-vmm receive");
         dst.wait_for("waiting for a guest", Duration::from_secs(10))
@@ -554,6 +627,7 @@ impl Source {
         cmd.arg("ctl")
             .arg(self.ctl.path())
             .args(["migrate", target, "--downtime-ms", DOWNTIME_MS])
+            .args(self.tls_args(target))
             .args(extra);
         proc::watch(&mut cmd, "", MIGRATE_BOUND).unwrap_or_else(|e| {
             panic!(
@@ -561,6 +635,15 @@ impl Source {
                 self.console()
             )
         })
+    }
+
+    /// `--tls-dir` with this source's certificates for a `tcp:` address; nothing for `unix:`.
+    fn tls_args(&self, address: &str) -> Vec<String> {
+        if address.starts_with("tcp:") {
+            vec!["--tls-dir".into(), self.certs.arg()]
+        } else {
+            Vec::new()
+        }
     }
 
     /// `netprobe tcp-echo` of `bytes` from the client, in a thread.
@@ -639,7 +722,8 @@ fn rolls_back_at_every_phase(fault: Fault, tag: &str) {
                 &format!("tcp:{}:{port}", Side::Destination.migration_ip()),
             ])
             .args(["--at", phase.at(), "--fault", fault.key()])
-            .args(["--pid", &dst.pid().to_string()]);
+            .args(["--pid", &dst.pid().to_string()])
+            .args(["--tls-dir", &src.certs.arg()]);
         if matches!(phase, Phase::DirtyPass) {
             // The guest dirties pages while the first pass crawls: a dirty pass follows.
             proxy_cmd.args(["--hold-ms", HOLD_MS]);
@@ -995,8 +1079,11 @@ fn zero_copy_rolls_back_at_every_phase(fault: Fault, tag: &str) {
     };
     for (i, phase) in ZeroCopyPhase::ALL.into_iter().enumerate() {
         let listen = sock(&format!("dst{i}"));
-        let (mut dst, _dst_ctl) =
-            src.destination_on(&format!("unix:{}", listen.display()), &format!("{tag}d{i}"));
+        let (mut dst, _dst_ctl) = src.destination_on(
+            &format!("unix:{}", listen.display()),
+            &format!("{tag}d{i}"),
+            &[],
+        );
         let proxy_at = sock(&format!("proxy{i}"));
         let mut proxy = Background::spawn(
             Command::new(env!("CARGO_BIN_EXE_migproxy"))
@@ -1144,8 +1231,11 @@ fn zero_copy_rolls_back_at_every_phase(fault: Fault, tag: &str) {
     }
     // A clean zero-copy move to a fresh destination now succeeds and the source exits 0.
     let listen = sock("clean");
-    let (mut dst, _dst_ctl) =
-        src.destination_on(&format!("unix:{}", listen.display()), &format!("{tag}dz"));
+    let (mut dst, _dst_ctl) = src.destination_on(
+        &format!("unix:{}", listen.display()),
+        &format!("{tag}dz"),
+        &[],
+    );
     let run = src.migrate_with(&format!("unix:{}", listen.display()), &["--zero-copy"]);
     let _ = std::fs::remove_file(&listen);
     assert!(
@@ -1180,4 +1270,151 @@ fn zero_copy_cut_stream_before_and_during_the_pause_rolls_back() {
         return;
     }
     zero_copy_rolls_back_at_every_phase(Fault::Cut, "zcc");
+}
+
+// ---------------------------------------------------------------------------------------
+// Who may send: TLS admission and the memory cap.
+
+/// A `migproxy` on host 1 from a Unix socket here to `to`: with `tls`, a TLS client with
+/// that directory's client certificate; without, raw bytes. Returns it and its socket.
+fn relay(src: &Source, tag: &str, to: &str, tls: Option<&str>) -> (Background, std::path::PathBuf) {
+    let path = std::env::temp_dir().join(format!("roam-relay-{tag}-{}.sock", std::process::id()));
+    let mut cmd = src
+        .net
+        .exec_on(Side::Source, env!("CARGO_BIN_EXE_migproxy"));
+    cmd.args(["--listen", &format!("unix:{}", path.display()), "--to", to]);
+    if let Some(dir) = tls {
+        cmd.args(["--tls-dir", dir]);
+    }
+    let mut p = Background::spawn(&mut cmd).expect("starting migproxy");
+    p.wait_for("listening on", Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    (p, path)
+}
+
+/// Waits (bounded) until `dst` has logged `n` dropped peers; returns its output.
+fn dropped(dst: &Background, n: usize, bound: Duration) -> String {
+    let deadline = Instant::now() + bound;
+    loop {
+        let out = dst.output();
+        if out.lines().filter(|l| l.contains("dropped")).count() >= n {
+            return out;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{n} dropped peers not logged within {bound:?}:\n{}",
+            tail(&out, 30)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn receive_over_tls_drops_strangers_garbage_and_silence_then_takes_the_real_source() {
+    if !kvm_present(
+        "receive_over_tls_drops_strangers_garbage_and_silence_then_takes_the_real_source",
+    ) {
+        return;
+    }
+    let _one = ONE_GUEST.lock().unwrap_or_else(|e| e.into_inner());
+    let mut src = Source::start("tlsadm");
+    let to = format!("tcp:{}:7410", Side::Destination.migration_ip());
+    let (mut dst, _dst_ctl) = src.destination(7410, "tlsadmd");
+
+    // A stranger: it trusts our CA (so it accepts the destination), but its client
+    // certificate comes from another CA (same names, another key).
+    let other_ca = xtask::certs::CertDir::for_tests().expect("another CA");
+    std::fs::copy(
+        src.certs.path().join(migration_wire::tls::CA_CERT),
+        other_ca.path().join(migration_wire::tls::CA_CERT),
+    )
+    .expect("our CA for the stranger");
+    let (_p1, path) = relay(&src, "stranger", &to, Some(&other_ca.arg()));
+    let mut s = UnixStream::connect(&path).expect("the relay listens");
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    let _ = s.write_all(&hello(PROTOCOL_VERSION));
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    assert!(
+        !frames_in(&answer).iter().any(|f| f.0 == kind::ACCEPT),
+        "a stranger was accepted"
+    );
+    let out = dropped(&dst, 1, Duration::from_secs(10));
+    assert!(
+        out.contains("invalid peer certificate"),
+        "{}",
+        tail(&out, 20)
+    );
+
+    // Garbage where the TLS handshake should be.
+    let (_p2, path) = relay(&src, "garbage", &to, None);
+    let mut s = UnixStream::connect(&path).expect("the relay listens");
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    let _ = s.write_all(b"GET / HTTP/1.1\r\nHost: roam\r\n\r\n");
+    let _ = s.read_to_end(&mut Vec::new());
+    dropped(&dst, 2, Duration::from_secs(10));
+
+    // A peer that connects and says nothing: dropped at the 10 s admission deadline.
+    let (_p3, path) = relay(&src, "silent", &to, None);
+    let t = Instant::now();
+    let _silent = UnixStream::connect(&path).expect("the relay listens");
+    let out = dropped(&dst, 3, Duration::from_secs(20));
+    let waited = t.elapsed();
+    assert!(
+        out.contains("no TLS handshake within 10 s"),
+        "{}",
+        tail(&out, 20)
+    );
+    assert!(
+        waited >= Duration::from_secs(9) && waited < Duration::from_secs(15),
+        "the silent peer was dropped after {waited:?}"
+    );
+    assert!(
+        dst.running(),
+        "receive stopped waiting:\n{}",
+        tail(&out, 20)
+    );
+
+    // A receiver capped below this guest's RAM refuses it before allocating anything; the
+    // guest runs on at the source and that receiver keeps waiting.
+    let capped = format!("tcp:{}:7411", Side::Destination.migration_ip());
+    let (mut small, _small_ctl) = src.destination_with(7411, "tlsadmm", &["--max-mem", "32M"]);
+    let run = src.migrate(&capped);
+    assert_eq!(run.status.code(), Some(1), "{}{}", run.stdout, run.stderr);
+    assert!(
+        run.stderr.contains("--max-mem") && run.stderr.contains("the guest runs here"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        small.running(),
+        "the capped receiver gave up:\n{}",
+        small.output()
+    );
+    src.on_vf("the guest runs on at the source after the refusal");
+
+    // The real source, on the receiver that dropped the three.
+    let run = src.migrate(&to);
+    assert!(
+        run.status.success() && run.stdout.starts_with("migrated mode=pre-copy"),
+        "the real move failed ({}):\n{}{}\n--- destination ---\n{}",
+        run.status,
+        run.stdout,
+        run.stderr,
+        tail(&dst.output(), 30)
+    );
+    src.net
+        .wait_until_guest_answers(&mut dst, Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("the guest at the destination: {e:#}"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while src.vm.running() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!src.vm.running(), "the source did not exit after the move");
+    say(&format!(
+        "TLS admission: a stranger, garbage and a silent peer (dropped after {:.1} s) refused, \
+         a guest over --max-mem refused, then the real source moved: {}",
+        waited.as_secs_f64(),
+        run.stdout.trim()
+    ));
 }

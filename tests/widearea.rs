@@ -225,7 +225,7 @@ fn refused_move(w: &mut WideArea, why: &str, says: &[&str]) {
     let mut cmd = Command::new(roam_tests::host_vmm());
     cmd.arg("ctl")
         .arg(w.current.ctl.path())
-        .args(["migrate", &listen]);
+        .args(["migrate", &listen, "--tls-dir", &w.tls_dir()]);
     let t = Instant::now();
     let run = proc::watch(&mut cmd, "", Duration::from_secs(60)).expect("ctl migrate runs");
     assert!(!run.status.success(), "a move with {why} succeeded");

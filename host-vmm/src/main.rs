@@ -213,7 +213,7 @@ enum HomeAgentAction {
 /// More on `host-vmm receive`, for its --help.
 const RECEIVE_HELP: &str = "\
 The source is a running host-vmm told to move its guest here:
-  host-vmm ctl SOURCE.sock migrate tcp:ADDR:PORT [--downtime-ms N]
+  host-vmm ctl SOURCE.sock migrate tcp:ADDR:PORT --tls-dir DIR [--downtime-ms N]
   host-vmm ctl SOURCE.sock migrate unix:PATH [--zero-copy]
 (or the API's vm.send-migration). Give this side the same devices as the source (--net,
 --vf, --api-socket for the guest agent's channel; the same MACs,
@@ -222,10 +222,20 @@ zero-copy (unix: only, same machine) maps the source's guest-RAM memfd, so only 
 vCPU and device state cross during the pause. Once the guest runs here, host-vmm
 announces its MAC (RARP) on virtio-net's TAP, where the guest's traffic is until its
 agent re-attaches the VF, plugs the VF in and tells the guest agent
-(RESUMED); from then on it behaves like `host-vmm run` (same exit statuses). If the
-stream is old, truncated or corrupt, or the state does not fit this side, nothing runs
-here, the source is told why (it resumes the guest) and host-vmm exits 125.
-A host-vmm started with only --api-socket does the same on vm.receive-migration.";
+(RESUMED); from then on it behaves like `host-vmm run` (same exit statuses). If, once
+the source's Hello is accepted, the stream turns out truncated or corrupt, or the state
+does not fit this side, nothing runs here, the source is told why (it resumes the guest)
+and host-vmm exits 125.
+A host-vmm started with only --api-socket does the same on vm.receive-migration.
+
+Who may send: over tcp: the source must present a client certificate signed by the CA
+of --tls-dir (mutual TLS 1.3; the source checks this side's server certificate against
+the same CA and the address it connects to); over unix: it must run as this user or as
+root. Plain TCP (--insecure-plain-tcp) takes anyone and is for trusted networks only.
+Every connection must finish its handshake and send its Hello within 10 s; one that
+fails to authenticate, sends garbage, stays silent or asks for more than --max-mem is
+dropped (told why when it got that far, logged as a warning), and host-vmm keeps
+waiting for the real source.";
 
 /// The commands of `host-vmm ctl`, for its --help.
 const CTL_HELP: &str = "\
@@ -246,9 +256,14 @@ Commands:
   vf remove         Host side: hot-remove the VF (its registers read all ones, its TAP is
                     no longer served); the guest moves to virtio-net on its own.
   vf add            Host side: plug the VF back in, reset, with its link up.
-  migrate TARGET [--downtime-ms N] [--zero-copy] [--force]
+  migrate TARGET [--downtime-ms N] [--zero-copy] [--force] [--tls-dir DIR] [--insecure-plain-tcp]
                     Move the guest to a `host-vmm receive --listen TARGET`
-                    (tcp:ADDR:PORT or unix:PATH). Pre-copy by default: pages are sent while
+                    (tcp:ADDR:PORT or unix:PATH). A tcp: move runs over mutual TLS with
+                    the certificates in DIR (ca-cert.pem, client-cert.pem, client-key.pem;
+                    `cargo xtask certs DIR` makes a directory): the destination's
+                    certificate must be signed by the CA and name ADDR (an IP SAN for an
+                    address, a DNS SAN for a name). Plain TCP only with
+                    --insecure-plain-tcp (trusted networks; warns). Pre-copy by default: pages are sent while
                     the guest runs, then again as they are dirtied, until the remaining
                     pause is predicted to fit N ms (default 300) at the measured rate;
                     --zero-copy (unix: only, same machine) hands guest RAM over instead.
@@ -298,9 +313,26 @@ struct CtlArgs {
 #[derive(Debug, clap::Args)]
 struct ReceiveArgs {
     /// Where to wait for the source: tcp:ADDR:PORT (pre-copy) or unix:PATH (pre-copy or
-    /// zero-copy).
+    /// zero-copy). A stale socket at PATH (nobody listening) is replaced; a live one, or
+    /// any other kind of file, is refused.
     #[arg(long, value_name = "ADDRESS")]
     listen: String,
+
+    /// For tcp:, mutual TLS with the certificates in DIR (ca-cert.pem, server-cert.pem,
+    /// server-key.pem; the layout of Cloud Hypervisor and QEMU; `cargo xtask certs DIR`
+    /// makes one): the source must present a client certificate signed by the CA.
+    #[arg(long, value_name = "DIR")]
+    tls_dir: Option<PathBuf>,
+
+    /// For tcp:, take the guest in the clear from anyone who connects: no authentication,
+    /// no encryption (a warning is logged). Without this or --tls-dir, tcp: is refused.
+    #[arg(long)]
+    insecure_plain_tcp: bool,
+
+    /// The largest guest RAM taken in (same syntax as run's --mem); a source asking for
+    /// more is refused before anything is allocated. Default: any size run accepts.
+    #[arg(long, value_name = "SIZE", allow_hyphen_values = true)]
+    max_mem: Option<MemSize>,
 
     /// As for `run`: the virtio-net card, tap=NAME[,mac=MAC] (the source's MAC). Away from
     /// home: `mip[,mac=MAC]` (the tunnel to the home agent, with a mip: --mobility) or
@@ -536,10 +568,15 @@ fn receive(
     api_socket: Option<PathBuf>,
     event_monitor: Option<PathBuf>,
 ) -> anyhow::Result<Outcome> {
-    let listen = args
-        .listen
-        .parse::<host_vmm::migration::target::Address>()
-        .context("--listen")?;
+    use host_vmm::migration::target::{Address, Protection};
+    let listen = args.listen.parse::<Address>().context("--listen")?;
+    let protection = Protection {
+        tls_dir: args.tls_dir,
+        insecure_plain_tcp: args.insecure_plain_tcp,
+    };
+    protection
+        .check(&listen)
+        .map_err(|e| anyhow::anyhow!("--listen {e}"))?;
     let devices = devices(
         args.net.as_deref(),
         args.vf.as_deref(),
@@ -553,7 +590,13 @@ fn receive(
     plane.serve()?;
     let local = plane
         .controller
-        .receive_migration(&listen, devices, mobility)
+        .receive_migration(
+            &listen,
+            &protection,
+            devices,
+            mobility,
+            args.max_mem.map(MemSize::bytes),
+        )
         .map_err(|e| anyhow::anyhow!("--listen: {e}"))?;
     eprintln!("host-vmm: waiting for a guest on {local}");
     let ended = plane.controller.wait();

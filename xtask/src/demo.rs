@@ -1,7 +1,9 @@
 //! `cargo xtask demo`: Roam's main job in one command. Two host-vmm on two hosts (network
 //! namespaces on one L2, 198.18.0.0/15), netecho booted on the first with the VF and
 //! virtio-net on one MAC, a client pinging it every 10 ms; the guest moves to the second
-//! host by pre-copy, then back by zero-copy, and each move's pause (host-vmm's figure) and
+//! host by pre-copy (over mutual TLS, with a certificate directory made for the demo as
+//! `cargo xtask certs` makes one), then back by zero-copy (a Unix socket, the peer's user
+//! checked), and each move's pause (host-vmm's figure) and
 //! network downtime (the longest gap between ping replies, less the interval) is printed.
 
 use crate::bench::migrate::{Mode, PING_INTERVAL};
@@ -28,6 +30,10 @@ pub fn run(image: &Path) -> Result<()> {
     let hosts = TwoHosts::up("demo").context("creating the demo network")?;
     println!("Booting netecho under host-vmm on the source host (VF + virtio-net, one MAC) ...");
     let mut guest = HostVmmGuest::boot(&hosts, image, MEM_MIB, "")?;
+    println!(
+        "Pre-copy moves run over mutual TLS (certificates in {}); zero-copy over a Unix socket.",
+        guest.certs().path().display()
+    );
     println!(
         "\n{:<10} {:>5} {:>9} {:>9} {:>12} {:>13} {:>6} {:>11}",
         "move", "to", "pause ms", "total ms", "bytes sent", "memory copied", "lost", "downtime ms"

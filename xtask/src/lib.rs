@@ -9,6 +9,7 @@
 pub mod api;
 pub mod artifacts;
 pub mod bench;
+pub mod certs;
 pub mod ctl;
 pub mod demo;
 pub mod fuzz;

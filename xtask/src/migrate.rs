@@ -4,7 +4,9 @@
 //! new source, so the guest can go back and forth.
 //!
 //! - **Pre-copy**: the stream runs over TCP on the hosts' migration link
-//!   (`tcp:198.19.0.X:PORT`, a fresh port per move).
+//!   (`tcp:198.19.0.X:PORT`, a fresh port per move), inside mutual TLS with a certificate
+//!   directory the guest's helper makes ([`CertDir`]); plain TCP only when a benchmark asks
+//!   for it ([`Transport::InsecurePlainTcp`]).
 //! - **Zero-copy**: over a Unix socket under the temp directory (both host namespaces share
 //!   the filesystem), with `--zero-copy`, so guest RAM is handed over as a memfd.
 //!
@@ -12,6 +14,7 @@
 //! file named here is removed.
 
 use crate::bench::migrate::Mode;
+use crate::certs::CertDir;
 use crate::ctl::{Control, Nic, Status};
 use crate::net::{GUEST_MAC, Nics, Side, TAP, TwoHosts, VF_TAP};
 use crate::pingd;
@@ -193,12 +196,33 @@ fn device_args(nics: Nics) -> Vec<String> {
     args
 }
 
+/// How a pre-copy move's TCP stream is protected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// Mutual TLS (`--tls-dir`), what users run.
+    Tls,
+    /// Plain TCP (`--insecure-plain-tcp`), for measuring what TLS costs.
+    InsecurePlainTcp,
+}
+
+impl Transport {
+    /// Its name in tables: `tls`, `plain-tcp`.
+    pub fn key(self) -> &'static str {
+        match self {
+            Transport::Tls => "tls",
+            Transport::InsecurePlainTcp => "plain-tcp",
+        }
+    }
+}
+
 /// A guest under host-vmm on one host of a [`TwoHosts`] topology, movable to the other.
 pub struct HostVmmGuest {
     current: Instance,
     nics: Nics,
     history: String,
     moves: u32,
+    certs: CertDir,
+    transport: Transport,
 }
 
 impl HostVmmGuest {
@@ -245,6 +269,8 @@ impl HostVmmGuest {
             nics,
             history: String::new(),
             moves: 0,
+            certs: CertDir::for_tests()?,
+            transport: Transport::Tls,
         };
         guest
             .wait_for_agent()
@@ -317,6 +343,25 @@ impl HostVmmGuest {
         )
     }
 
+    /// Protects the next pre-copy moves' streams with `transport` (TLS by default).
+    pub fn set_transport(&mut self, transport: Transport) {
+        self.transport = transport;
+    }
+
+    /// The certificate directory the moves use (for a proxy in between).
+    pub fn certs(&self) -> &CertDir {
+        &self.certs
+    }
+
+    /// The flags that protect a move to `target` (none for `unix:`).
+    fn security_args(&self, target: &str) -> Vec<String> {
+        match (target.starts_with("tcp:"), self.transport) {
+            (false, _) => Vec::new(),
+            (true, Transport::Tls) => vec!["--tls-dir".into(), self.certs.arg()],
+            (true, Transport::InsecurePlainTcp) => vec!["--insecure-plain-tcp".into()],
+        }
+    }
+
     /// Gives the next receivers `nics` (and makes [`HostVmmGuest::wait_settled`] expect
     /// them): a move to a host without a VF leaves the guest on virtio-net, a move to one
     /// with a VF gives it one back.
@@ -344,6 +389,7 @@ impl HostVmmGuest {
         let mut receive = hosts.exec_on(to, crate::host_vmm_path());
         receive
             .args(["receive", "--listen", &target])
+            .args(self.security_args(&target))
             .args(device_args(self.nics))
             .arg("--api-socket")
             .arg(control.path())
@@ -356,7 +402,8 @@ impl HostVmmGuest {
         let mut ctl = Command::new(crate::host_vmm_path());
         ctl.arg("ctl")
             .arg(self.current.control.path())
-            .args(["migrate", &target]);
+            .args(["migrate", &target])
+            .args(self.security_args(&target));
         if mode == Mode::ZeroCopy {
             ctl.arg("--zero-copy");
         }

@@ -168,6 +168,8 @@ pub struct WideArea {
     pub wan: Wan,
     files: [TempPath; 2],
     port: u16,
+    /// The moves' mutual TLS.
+    certs: crate::certs::CertDir,
 }
 
 impl WideArea {
@@ -267,6 +269,7 @@ impl WideArea {
             wan,
             files: [keys, client_key],
             port: 7600,
+            certs: crate::certs::CertDir::for_tests()?,
         };
         w.wait_answers(Duration::from_secs(60))?;
         w.wait_agent()?;
@@ -365,6 +368,11 @@ impl WideArea {
         }
     }
 
+    /// The TLS directory of the moves (for a `ctl migrate` of a test's own).
+    pub fn tls_dir(&self) -> String {
+        self.certs.arg()
+    }
+
     /// Starts `host-vmm receive` for `to`; returns it, its API socket and its address.
     pub fn receiver(&mut self, to: Place) -> Result<(Background, Control, String)> {
         let (ns, ip, net) = self.receiver_spec(to);
@@ -373,6 +381,7 @@ impl WideArea {
         let ctl = Control::unique("wa");
         let mut cmd = Wan::exec_in(&ns, crate::host_vmm_path());
         cmd.args(["receive", "--listen", &listen, "--net", &net])
+            .args(["--tls-dir", &self.certs.arg()])
             .args(["--mobility", &self.mobility(to)])
             .arg("--api-socket")
             .arg(ctl.path())
@@ -389,7 +398,8 @@ impl WideArea {
         let mut cmd = Command::new(crate::host_vmm_path());
         cmd.arg("ctl")
             .arg(self.current.ctl.path())
-            .args(["migrate", &listen]);
+            .args(["migrate", &listen])
+            .args(["--tls-dir", &self.certs.arg()]);
         let started = crate::pingd::now();
         let run = proc::watch(&mut cmd, "", MOVE)?;
         let ended = crate::pingd::now();

@@ -358,7 +358,7 @@ fn bad_bodies_are_400_naming_the_field() {
         ),
         (
             "vm.receive-migration",
-            r#"{"receiver_url":"tcp:0.0.0.0:6000","vf":{"tap":"bad/name"}}"#,
+            r#"{"receiver_url":"tcp:0.0.0.0:6000","insecure_plain_tcp":true,"vf":{"tap":"bad/name"}}"#,
             "`vf.tap`",
         ),
         ("roam.nic", r#"{"action":"switch"}"#, "`nic`"),
@@ -399,7 +399,7 @@ fn unknown_fields_are_ignored_and_defaults_filled() {
     });
     let (status, _) = client::call(s.p(), "PUT", "vm.create", Some(&body), T).unwrap();
     assert_eq!(status, 204);
-    let body = json!({"destination_url": "unix:/tmp/m.sock", "tls_dir": "/x"});
+    let body = json!({"destination_url": "unix:/tmp/m.sock", "compression": "none"});
     let (status, _) = client::call(s.p(), "PUT", "vm.send-migration", Some(&body), T).unwrap();
     assert_eq!(status, 204);
     assert_eq!(
@@ -423,6 +423,8 @@ fn unknown_fields_are_ignored_and_defaults_filled() {
                 destination_url: "unix:/tmp/m.sock".into(),
                 local: false,
                 downtime_ms: 300,
+                tls_dir: None,
+                insecure_plain_tcp: false,
                 force: false,
             }),
         ]
@@ -893,20 +895,46 @@ fn migration_bodies_become_options_and_plans() {
     assert_eq!(o.target.to_string(), "unix:/tmp/dst.sock");
     let ApiRequest::VmReceiveMigration(data) = parse(
         Endpoint::VmReceiveMigration,
-        r#"{"receiver_url":"tcp:0.0.0.0:6000","net":[{"tap":"t0"}]}"#,
+        r#"{"receiver_url":"tcp:0.0.0.0:6000","net":[{"tap":"t0"}],"insecure_plain_tcp":true}"#,
     )
     .unwrap() else {
         panic!()
     };
     let plan = data.to_plan().unwrap();
+    assert!(plan.protection.insecure_plain_tcp);
     assert_eq!(plan.listen.to_string(), "tcp:0.0.0.0:6000");
     assert_eq!(plan.devices.net.unwrap().tap, "t0");
     assert!(plan.devices.vf.is_none());
+    // TCP is TLS unless plain TCP is asked for by name; TLS needs a readable directory;
+    // unix: takes neither.
+    for (body, field, says) in [
+        (
+            r#"{"destination_url":"tcp:198.18.0.2:7000"}"#,
+            "tls_dir",
+            "insecure_plain_tcp",
+        ),
+        (
+            r#"{"destination_url":"tcp:198.18.0.2:7000","tls_dir":"/x","insecure_plain_tcp":true}"#,
+            "insecure_plain_tcp",
+            "not both",
+        ),
+        (
+            r#"{"destination_url":"unix:/tmp/m","insecure_plain_tcp":true}"#,
+            "insecure_plain_tcp",
+            "tcp: only",
+        ),
+    ] {
+        let e = parse(Endpoint::VmSendMigration, body).unwrap_err();
+        assert!(
+            e.message.contains(&format!("`{field}`")) && e.message.contains(says),
+            "{body}: {e:?}"
+        );
+    }
 }
 
 #[test]
 fn a_receiver_away_from_home_is_routed_with_network_paging() {
-    let body = r#"{"receiver_url":"tcp:0.0.0.0:6000",
+    let body = r#"{"receiver_url":"tcp:0.0.0.0:6000","insecure_plain_tcp":true,
         "net":[{"nat":true,"mac":"52:54:00:12:34:56"}],
         "mobility":"nat:edge=198.18.3.1,site=198.18.21.2,home=198.18.0.10/24,loc=198.18.21.10,spi=300,key=@/k"}"#;
     let ApiRequest::VmReceiveMigration(data) = parse(Endpoint::VmReceiveMigration, body).unwrap()
@@ -923,7 +951,7 @@ fn a_receiver_away_from_home_is_routed_with_network_paging() {
     };
     assert_eq!(setting.location, Some("198.18.21.10".parse().unwrap()));
     // A TAP may be named; mip and nat together are refused, as is a bad nat: setting.
-    let named = r#"{"receiver_url":"tcp:0.0.0.0:6000","net":[{"nat":true,"tap":"vm3"}]}"#;
+    let named = r#"{"receiver_url":"tcp:0.0.0.0:6000","insecure_plain_tcp":true,"net":[{"nat":true,"tap":"vm3"}]}"#;
     let ApiRequest::VmReceiveMigration(data) = parse(Endpoint::VmReceiveMigration, named).unwrap()
     else {
         panic!()
@@ -931,11 +959,11 @@ fn a_receiver_away_from_home_is_routed_with_network_paging() {
     assert_eq!(data.to_plan().unwrap().devices.net.unwrap().tap, "vm3");
     for (body, field) in [
         (
-            r#"{"receiver_url":"tcp:0.0.0.0:6000","net":[{"nat":true,"mip":true}]}"#,
+            r#"{"receiver_url":"tcp:0.0.0.0:6000","insecure_plain_tcp":true,"net":[{"nat":true,"mip":true}]}"#,
             "net[0].nat",
         ),
         (
-            r#"{"receiver_url":"tcp:0.0.0.0:6000","mobility":"nat:home=198.18.0.10/24"}"#,
+            r#"{"receiver_url":"tcp:0.0.0.0:6000","insecure_plain_tcp":true,"mobility":"nat:home=198.18.0.10/24"}"#,
             "mobility",
         ),
     ] {

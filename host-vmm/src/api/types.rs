@@ -9,7 +9,7 @@
 
 use crate::config::{self, Cmdline, MacAddr, MemSize};
 use crate::migration::source;
-use crate::migration::target::Address;
+use crate::migration::target::{Address, Protection};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -332,6 +332,35 @@ pub struct SendMigrationData {
     /// VF itself); the `migration forced` event says why.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub force: bool,
+    /// Roam: for `tcp:`, the certificate directory of mutual TLS (`ca-cert.pem`,
+    /// `client-cert.pem`, `client-key.pem` are read here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_dir: Option<PathBuf>,
+    /// Roam: for `tcp:`, send in the clear, unauthenticated (warns); refused otherwise.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub insecure_plain_tcp: bool,
+}
+
+/// The protection for `address` from a body's `tls_dir` and `insecure_plain_tcp`, checked
+/// (the directory is read when the move starts).
+fn protection(
+    address: &Address,
+    tls_dir: Option<&PathBuf>,
+    insecure_plain_tcp: bool,
+) -> Result<Protection, FieldError> {
+    let p = Protection {
+        tls_dir: tls_dir.cloned(),
+        insecure_plain_tcp,
+    };
+    p.check(address).map_err(|e| {
+        let field = if insecure_plain_tcp {
+            "insecure_plain_tcp"
+        } else {
+            "tls_dir"
+        };
+        FieldError::new(field, e)
+    })?;
+    Ok(p)
 }
 
 fn default_downtime_ms() -> u64 {
@@ -357,10 +386,12 @@ impl SendMigrationData {
                 format!("{} ms: give 1 to {MAX_DOWNTIME_MS} ms", self.downtime_ms),
             ));
         }
+        let protection = protection(&target, self.tls_dir.as_ref(), self.insecure_plain_tcp)?;
         Ok(source::Options {
             target,
             downtime: Duration::from_millis(self.downtime_ms),
             zero_copy: self.local,
+            protection,
             force: self.force,
         })
     }
@@ -385,6 +416,13 @@ pub struct ReceiveMigrationData {
     /// (network paging).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mobility: Option<String>,
+    /// Roam: for `tcp:`, the certificate directory of mutual TLS (`ca-cert.pem`,
+    /// `server-cert.pem`, `server-key.pem` are read here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_dir: Option<PathBuf>,
+    /// Roam: for `tcp:`, take the guest in the clear from anyone (warns); refused otherwise.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub insecure_plain_tcp: bool,
 }
 
 /// What `host-vmm receive` needs, checked.
@@ -392,6 +430,8 @@ pub struct ReceiveMigrationData {
 pub struct ReceivePlan {
     /// Where to listen.
     pub listen: Address,
+    /// How a connection there is authenticated.
+    pub protection: Protection,
     /// How the guest keeps its address if it arrives from another subnet.
     pub mobility: mip::Mobility,
     /// This side's devices (the source's set).
@@ -412,8 +452,10 @@ impl ReceiveMigrationData {
                 .map_err(|e| FieldError::new("mobility", e))?,
             None => mip::Mobility::None,
         };
+        let protection = protection(&listen, self.tls_dir.as_ref(), self.insecure_plain_tcp)?;
         Ok(ReceivePlan {
             listen,
+            protection,
             mobility,
             devices: config::DeviceConfig {
                 net,

@@ -100,7 +100,13 @@ impl Backend for ApiBackend {
             }
             ApiRequest::VmReceiveMigration(data) => {
                 let plan = checked(data.to_plan())?;
-                c.receive_migration(&plan.listen, plan.devices, plan.mobility)?;
+                c.receive_migration(
+                    &plan.listen,
+                    &plan.protection,
+                    plan.devices,
+                    plan.mobility,
+                    None,
+                )?;
                 Ok(None)
             }
             ApiRequest::VmMigrationProgress => json(&progress(c.migration_progress())),

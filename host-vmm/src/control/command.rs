@@ -5,9 +5,10 @@ use crate::api::types::VfStatus;
 use crate::migration::target::Address;
 use agent_proto::{Nic, NicStatus, Status};
 use std::fmt::{self, Write};
+use std::path::PathBuf;
 
 /// The commands, as usage errors list them.
-pub const COMMANDS: &str = "switch vf|virtio, status, vf link up|down, vf remove, vf add, migrate tcp:ADDR:PORT|unix:PATH [--downtime-ms N] [--zero-copy] [--force], progress, cancel, info, counters, pause, resume";
+pub const COMMANDS: &str = "switch vf|virtio, status, vf link up|down, vf remove, vf add, migrate tcp:ADDR:PORT|unix:PATH [--downtime-ms N] [--zero-copy] [--force] [--tls-dir DIR] [--insecure-plain-tcp], progress, cancel, info, counters, pause, resume";
 
 /// One operator command.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -33,6 +34,11 @@ pub enum Command {
         downtime_ms: u64,
         /// Hand guest RAM over instead of copying it (same machine, `unix:` target).
         zero_copy: bool,
+        /// `tcp:` with mutual TLS from this certificate directory (made absolute: the
+        /// host-vmm reading it may run elsewhere).
+        tls_dir: Option<PathBuf>,
+        /// `tcp:` in the clear, asked for by name.
+        insecure_plain_tcp: bool,
         /// Move even if the guest agent refuses or misses PREPARE (the host removes the VF).
         force: bool,
     },
@@ -74,17 +80,28 @@ pub enum UsageError {
     Migrate(String),
 }
 
-/// `migrate TARGET [--downtime-ms N] [--zero-copy] [--force]`, flags in any order.
+/// `migrate TARGET [--downtime-ms N] [--zero-copy] [--force] [--tls-dir DIR]
+/// [--insecure-plain-tcp]`, flags in any order.
 fn parse_migrate(words: &[&str]) -> Result<Command, UsageError> {
     let bad = |m: String| UsageError::Migrate(m);
     let mut target = None;
     let mut downtime_ms = crate::migration::source::DEFAULT_DOWNTIME.as_millis() as u64;
     let mut zero_copy = false;
+    let mut tls_dir = None;
+    let mut insecure_plain_tcp = false;
     let mut force = false;
     let mut it = words.iter();
     while let Some(w) = it.next() {
         match *w {
             "--zero-copy" => zero_copy = true,
+            "--insecure-plain-tcp" => insecure_plain_tcp = true,
+            "--tls-dir" => {
+                let v = it
+                    .next()
+                    .ok_or_else(|| bad("--tls-dir needs a directory".into()))?;
+                tls_dir =
+                    Some(std::path::absolute(v).map_err(|e| bad(format!("--tls-dir `{v}`: {e}")))?);
+            }
             "--force" => force = true,
             "--downtime-ms" => {
                 let v = it
@@ -110,10 +127,14 @@ fn parse_migrate(words: &[&str]) -> Result<Command, UsageError> {
             "--zero-copy needs a unix:PATH destination on this machine".into(),
         ));
     }
+    crate::migration::target::check_choice(&target, tls_dir.is_some(), insecure_plain_tcp)
+        .map_err(|e| bad(e.to_string()))?;
     Ok(Command::Migrate {
         target,
         downtime_ms,
         zero_copy,
+        tls_dir,
+        insecure_plain_tcp,
         force,
     })
 }
@@ -185,11 +206,19 @@ impl fmt::Display for Command {
                 target,
                 downtime_ms,
                 zero_copy,
+                tls_dir,
+                insecure_plain_tcp,
                 force,
             } => {
                 write!(f, "migrate {target} --downtime-ms {downtime_ms}")?;
                 if *zero_copy {
                     f.write_str(" --zero-copy")?;
+                }
+                if let Some(dir) = tls_dir {
+                    write!(f, " --tls-dir {}", dir.display())?;
+                }
+                if *insecure_plain_tcp {
+                    f.write_str(" --insecure-plain-tcp")?;
                 }
                 if *force {
                     f.write_str(" --force")?;
@@ -283,14 +312,36 @@ mod tests {
     #[test]
     fn migrate_takes_a_target_and_its_flags_in_any_order() {
         assert_eq!(
-            Command::parse_line("migrate tcp:198.18.0.2:7000"),
+            Command::parse_line("migrate tcp:198.18.0.2:7000 --insecure-plain-tcp"),
             Ok(Command::Migrate {
                 target: "tcp:198.18.0.2:7000".parse().unwrap(),
                 downtime_ms: 300,
                 zero_copy: false,
+                tls_dir: None,
+                insecure_plain_tcp: true,
                 force: false,
             })
         );
+        let c = Command::parse_line("migrate tcp:198.18.0.2:7000 --tls-dir /etc/roam/tls").unwrap();
+        let Command::Migrate { tls_dir, .. } = &c else {
+            panic!("{c:?}")
+        };
+        assert_eq!(
+            tls_dir.as_deref(),
+            Some(std::path::Path::new("/etc/roam/tls"))
+        );
+        assert_eq!(Command::parse_line(&c.to_string()), Ok(c));
+        // A relative directory is made absolute: the source host-vmm reads it.
+        let c = Command::parse_line("migrate tcp:h:1 --tls-dir certs").unwrap();
+        let Command::Migrate {
+            tls_dir: Some(dir),
+            insecure_plain_tcp: false,
+            ..
+        } = &c
+        else {
+            panic!("{c:?}")
+        };
+        assert!(dir.is_absolute() && dir.ends_with("certs"), "{dir:?}");
         let c =
             Command::parse_line("migrate --zero-copy unix:/tmp/m --force --downtime-ms 5").unwrap();
         assert_eq!(
@@ -299,6 +350,8 @@ mod tests {
                 target: "unix:/tmp/m".parse().unwrap(),
                 downtime_ms: 5,
                 zero_copy: true,
+                tls_dir: None,
+                insecure_plain_tcp: false,
                 force: true,
             }
         );
@@ -313,6 +366,13 @@ mod tests {
             ("migrate tcp:h:1 --zero-copy", "unix:PATH destination"),
             ("migrate tcp:h:1 tcp:h:2", "unexpected"),
             ("migrate tcp:h:1 --fast", "unknown flag"),
+            ("migrate tcp:h:1 --tls-dir", "needs a directory"),
+            ("migrate tcp:h:1", "--insecure-plain-tcp"),
+            (
+                "migrate tcp:h:1 --tls-dir d --insecure-plain-tcp",
+                "not both",
+            ),
+            ("migrate unix:/m --insecure-plain-tcp", "tcp: only"),
         ] {
             let e = Command::parse_line(bad).unwrap_err().to_string();
             assert!(e.starts_with("migrate: ") && e.contains(says), "{bad}: {e}");

@@ -22,7 +22,7 @@ use crate::devices::ixgbevf::{VfOperator, VfState};
 use crate::events::EventMonitor;
 use crate::migration::destination;
 use crate::migration::source::{self, Options};
-use crate::migration::target::Address;
+use crate::migration::target::{Address, Protection, Role, Security};
 use crate::pause::Pause;
 use crate::roaming::registration::Refresher;
 use crate::vcpu_gate::Stopped;
@@ -597,6 +597,11 @@ impl Controller {
                 "zero-copy (local) needs a unix:PATH destination on this machine".into(),
             ));
         }
+        // Read now: a directory that cannot be used is the request's fault.
+        let security = options
+            .protection
+            .load(&options.target, Role::Source)
+            .map_err(|e| OpError::BadRequest(e.to_string()))?;
         let job = {
             let mut inner = lock(&self.inner);
             if inner.job.as_ref().is_some_and(|j| j.running()) {
@@ -625,12 +630,12 @@ impl Controller {
         let this = self.clone();
         std::thread::Builder::new()
             .name("migration".into())
-            .spawn(move || this.migrate(&live, &job, &options))
+            .spawn(move || this.migrate(&live, &job, &options, &security))
             .map_err(|e| OpError::Failed(format!("cannot start the migration thread: {e}")))?;
         Ok(())
     }
 
-    fn migrate(&self, live: &Live, job: &Job, options: &Options) {
+    fn migrate(&self, live: &Live, job: &Job, options: &Options, security: &Security) {
         log::info!("control: migrate to {}", options.target);
         let mut agent = live.agent.as_ref().map(SharedAgent);
         let mut last_phase = None;
@@ -659,6 +664,7 @@ impl Controller {
         let result = source::migrate(
             &live.machine,
             options,
+            security,
             agent.as_mut().map(|a| a as &mut dyn source::Agent),
             job.cancel_handle(),
             &mut report,
@@ -720,14 +726,18 @@ impl Controller {
         }
     }
 
-    /// `vm.receive-migration`: listens on `address` (returns once it does) and takes one
-    /// guest in on a thread of its own with `devices` (and its `mobility`: the home agent
-    /// or the edges hear where it is); the guest then runs here.
+    /// `vm.receive-migration`: listens on `address` with `protection` (its TLS directory
+    /// read now; returns once it listens)
+    /// and takes one guest of at most `max_mem` bytes in on a thread of its own with
+    /// `devices` (and its `mobility`: the home agent or the edges hear where it is); the
+    /// guest then runs here.
     pub fn receive_migration(
         self: &Arc<Self>,
         address: &Address,
+        protection: &Protection,
         mut devices: DeviceConfig,
         mobility: mip::Mobility,
+        max_mem: Option<u64>,
     ) -> Result<String, OpError> {
         match &mobility {
             mip::Mobility::Mip(s) => {
@@ -757,6 +767,9 @@ impl Controller {
                 }
             }
         }
+        let security = protection
+            .load(address, Role::Destination)
+            .map_err(|e| OpError::BadRequest(e.to_string()))?;
         let previous = {
             let mut inner = lock(&self.inner);
             match &inner.slot {
@@ -770,7 +783,7 @@ impl Controller {
             }
             std::mem::replace(&mut inner.slot, Slot::Receiving(devices.clone()))
         };
-        let listening = match destination::listen(address) {
+        let listening = match destination::listen(address, security) {
             Ok(l) => l,
             Err(e) => {
                 lock(&self.inner).slot = previous;
@@ -785,7 +798,7 @@ impl Controller {
             .name("vcpu0".into())
             .spawn(move || {
                 let console = Box::new(std::io::stdout());
-                match destination::receive(listening, &devices, &mobility, console) {
+                match destination::receive(listening, &devices, &mobility, max_mem, console) {
                     Ok(arrival) => {
                         let mut adopted = this.adopt(arrival.vmm, None, devices, true);
                         adopted.keep_refreshed(arrival.refreshers);

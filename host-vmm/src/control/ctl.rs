@@ -150,12 +150,16 @@ pub fn run(
             target,
             downtime_ms,
             zero_copy,
+            tls_dir,
+            insecure_plain_tcp,
             force,
         } => {
             let data = SendMigrationData {
                 destination_url: target.to_string(),
                 local: *zero_copy,
                 downtime_ms: *downtime_ms,
+                tls_dir: tls_dir.clone(),
+                insecure_plain_tcp: *insecure_plain_tcp,
                 force: *force,
             };
             let body = serde_json::to_value(data).unwrap_or_default();

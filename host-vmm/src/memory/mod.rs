@@ -5,14 +5,20 @@
 //! long as the mapping lives. Nothing here touches the pages: the kernel allocates each one on
 //! its first write, so a large, mostly unused guest costs nothing at start-up.
 //!
+//! The memfd is sealed against shrinking and growing (F_SEAL_SHRINK | F_SEAL_GROW) as soon
+//! as it has its size: a peer it is handed to cannot cut the pages from under this
+//! process's mapping (SIGBUS), and a memfd received from a peer is mapped only if it
+//! carries those seals and has exactly the size expected.
+//!
 //! Every write host-vmm itself makes through the mapping (device models filling receive
 //! buffers, writing back descriptors, moving ring indexes) is recorded in a per-page bitmap
 //! ([`GuestMemoryMmap`] carries vm-memory's `AtomicBitmap`): KVM's dirty log sees only the
 //! vCPU's writes, and a pre-copy migration needs both.
 
+use rustix::fs::SealFlags;
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::sync::Arc;
 use vm_memory::bitmap::AtomicBitmap;
 use vm_memory::mmap::MmapRegionError;
@@ -48,6 +54,15 @@ pub enum MemoryError {
         /// Guest RAM's size.
         expected: u64,
     },
+    /// Sealing failed.
+    #[error("cannot seal the guest RAM memfd")]
+    Seal(#[source] io::Error),
+    /// A memfd from elsewhere could be shrunk or grown under the mapping.
+    #[error(
+        "the guest RAM memfd is not sealed against shrinking and growing ({0}); the source \
+         must seal it (F_SEAL_SHRINK | F_SEAL_GROW) before handing it over"
+    )]
+    NotSealed(String),
     /// vm-memory refused the region layout (cannot happen for one region at 0).
     #[error("cannot build the guest memory map")]
     Layout,
@@ -64,18 +79,23 @@ pub struct GuestRam {
 }
 
 impl GuestRam {
-    /// Creates a memfd of `size` bytes and maps it shared, without touching its pages.
+    /// Creates a memfd of `size` bytes, sealed at that size, and maps it shared, without
+    /// touching its pages.
     pub fn new(size: u64) -> Result<Self, MemoryError> {
         let memfd = create_memfd()?;
         memfd
             .set_len(size)
             .map_err(|e| MemoryError::Truncate(size, e))?;
+        rustix::fs::fcntl_add_seals(&memfd, SIZE_SEALS).map_err(|e| MemoryError::Seal(e.into()))?;
         Self::map(memfd, size)
     }
 
     /// Maps guest RAM that another host-vmm created (a zero-copy migration's memfd, passed
-    /// over a Unix socket): the file must be exactly `size` bytes.
+    /// over a Unix socket): it must be sealed against shrinking and growing and be exactly
+    /// `size` bytes.
     pub fn from_memfd(memfd: File, size: u64) -> Result<Self, MemoryError> {
+        check_sealed(&memfd)?;
+        // After the seals: the size can no longer change from here on.
         let len = memfd.metadata().map_err(MemoryError::Memfd)?.len();
         if len != size {
             return Err(MemoryError::SizeMismatch {
@@ -168,16 +188,30 @@ impl GuestRam {
     }
 }
 
-/// `memfd_create("roam-guest-ram", MFD_CLOEXEC)`.
+/// The seals guest RAM carries: its size is fixed for good.
+const SIZE_SEALS: SealFlags = SealFlags::SHRINK.union(SealFlags::GROW);
+
+/// `memfd_create("roam-guest-ram", MFD_CLOEXEC | MFD_ALLOW_SEALING)`.
 fn create_memfd() -> Result<File, MemoryError> {
-    // SAFETY: the name is a NUL-terminated C string literal and the flags are valid; the call
-    // only creates a new file descriptor.
-    let fd = unsafe { libc::memfd_create(c"roam-guest-ram".as_ptr(), libc::MFD_CLOEXEC) };
-    if fd < 0 {
-        return Err(MemoryError::Memfd(io::Error::last_os_error()));
+    use rustix::fs::MemfdFlags;
+    let fd = rustix::fs::memfd_create(
+        "roam-guest-ram",
+        MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
+    )
+    .map_err(|e| MemoryError::Memfd(e.into()))?;
+    Ok(File::from(fd))
+}
+
+/// Refuses a file that is not a memfd sealed against shrinking and growing.
+fn check_sealed(file: &File) -> Result<(), MemoryError> {
+    let seals = rustix::fs::fcntl_get_seals(file).map_err(|e| {
+        MemoryError::NotSealed(format!("it takes no seals, so it is not a memfd: {e}"))
+    })?;
+    if seals.contains(SIZE_SEALS) {
+        Ok(())
+    } else {
+        Err(MemoryError::NotSealed(format!("its seals: {seals:?}")))
     }
-    // SAFETY: `fd` was just returned by memfd_create, is open, and nothing else owns it.
-    Ok(unsafe { File::from_raw_fd(fd) })
 }
 
 #[cfg(test)]
@@ -243,6 +277,51 @@ mod tests {
         let fd = File::from(ram.memfd().try_clone_to_owned().unwrap());
         let err = GuestRam::from_memfd(fd, 32 << 20).unwrap_err();
         assert!(err.to_string().contains("expected 33554432"), "{err}");
+    }
+
+    #[test]
+    fn guest_ram_is_sealed_at_its_size() {
+        let ram = GuestRam::new(16 << 20).unwrap();
+        let file = File::from(ram.memfd().try_clone_to_owned().unwrap());
+        let seals = rustix::fs::fcntl_get_seals(&file).unwrap();
+        assert!(seals.contains(SIZE_SEALS), "{seals:?}");
+        // Neither a peer nor this process can change its size under the mapping.
+        assert!(file.set_len(4096).is_err());
+        assert!(file.set_len(32 << 20).is_err());
+        assert_eq!(file.metadata().unwrap().len(), 16 << 20);
+    }
+
+    #[test]
+    fn an_unsealed_memfd_or_another_file_is_refused() {
+        // A memfd of the right size that could still be shrunk.
+        let fd = rustix::fs::memfd_create("unsealed", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+        let unsealed = File::from(fd);
+        unsealed.set_len(16 << 20).unwrap();
+        let err = GuestRam::from_memfd(unsealed, 16 << 20).unwrap_err();
+        assert!(matches!(err, MemoryError::NotSealed(_)), "{err}");
+        assert!(err.to_string().contains("F_SEAL_SHRINK"), "{err}");
+        // Sealed against shrinking only.
+        let fd = rustix::fs::memfd_create(
+            "half",
+            rustix::fs::MemfdFlags::CLOEXEC | rustix::fs::MemfdFlags::ALLOW_SEALING,
+        )
+        .unwrap();
+        let half = File::from(fd);
+        half.set_len(16 << 20).unwrap();
+        rustix::fs::fcntl_add_seals(&half, SealFlags::SHRINK).unwrap();
+        assert!(matches!(
+            GuestRam::from_memfd(half, 16 << 20),
+            Err(MemoryError::NotSealed(_))
+        ));
+        // Not a memfd at all.
+        let path = std::env::temp_dir().join(format!("roam-notmemfd-{}", std::process::id()));
+        let plain = File::create(&path).unwrap();
+        plain.set_len(16 << 20).unwrap();
+        let _ = std::fs::remove_file(&path);
+        assert!(matches!(
+            GuestRam::from_memfd(plain, 16 << 20),
+            Err(MemoryError::NotSealed(_))
+        ));
     }
 
     #[test]

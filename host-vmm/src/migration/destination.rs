@@ -3,14 +3,15 @@
 //! the source the guest runs here, and hand the VM back ready to run. What follows the
 //! arrival (announce, VF, guest agent) is the caller's.
 
-use super::target::{Address, AddressError, Listening, Stream};
+use super::admission::{self, Admitted};
+use super::target::{Address, AddressError, Listening, Security, Stream};
 use crate::config::{DeviceConfig, MemSize};
 use crate::memory::{GuestRam, PAGE_SIZE};
 use crate::roaming::registration::{
     self, Granted, Refresher, Registrar, RegistrationError, Target,
 };
 use crate::vmm::{self, MachineState, Vmm};
-use migration_wire::{Message, Mode, WireError, decode_state, read_message, write_message};
+use migration_wire::{Hello, Message, Mode, WireError, decode_state, read_message, write_message};
 use std::fs::File;
 use std::io::Write;
 use std::time::Instant;
@@ -166,30 +167,60 @@ impl Mover {
     }
 }
 
-/// Starts listening on `address` (so a source may connect as soon as this returns).
-pub fn listen(address: &Address) -> Result<Listening, ReceiveError> {
-    Ok(address.listen()?)
+/// Starts listening on `address`, protected by `security` (so a source may connect as soon
+/// as this returns).
+pub fn listen(address: &Address, security: Security) -> Result<Listening, ReceiveError> {
+    Ok(address.listen(security)?)
 }
 
-/// Waits on `listening` for one guest and takes it in with this side's `devices` (the
-/// source's set: same NICs, same MACs; TAPs may differ); with `mobility`, tells its home
-/// agent where it is before it runs here (or that it is home). Returns the VM ready to run.
+/// Checks a Hello: a valid RAM size, at most `max_mem` bytes if given, one vCPU. Returns
+/// the RAM size. Nothing is allocated before this passes.
+pub fn check_hello(hello: &Hello, max_mem: Option<u64>) -> Result<u64, String> {
+    let size = MemSize::new(hello.ram_size).map_err(|e| format!("the source's RAM size: {e}"))?;
+    if let Some(max) = max_mem
+        && size.bytes() > max
+    {
+        return Err(format!(
+            "the guest has {size} of RAM; this destination takes at most {max} bytes (--max-mem)"
+        ));
+    }
+    if hello.vcpus != 1 {
+        return Err(format!(
+            "the source has {} vCPUs; host-vmm runs one",
+            hello.vcpus
+        ));
+    }
+    Ok(size.bytes())
+}
+
+/// Waits on `listening` for the source (see [`admission`]: peers that fail to
+/// authenticate, send garbage, stay silent or send a Hello [`check_hello`] refuses, with
+/// `max_mem`, are dropped and the wait goes on) and takes its guest in with this side's
+/// `devices` (the source's set: same NICs, same MACs; TAPs may differ); with `mobility`,
+/// tells its home agent where it is before it runs here (or that it is home). Returns the
+/// VM ready to run.
 pub fn receive(
     listening: Listening,
     devices: &DeviceConfig,
     mobility: &mip::Mobility,
+    max_mem: Option<u64>,
     console: Box<dyn Write + Send>,
 ) -> Result<Arrival, ReceiveError> {
-    let mut stream = listening.accept().map_err(ReceiveError::Accept)?;
+    let Admitted {
+        mut stream, hello, ..
+    } = admission::admit(&listening, move |h| check_hello(h, max_mem).map(|_| ()))
+        .map_err(ReceiveError::Accept)?;
     drop(listening);
     let mut told = Told::default();
-    match incoming(devices, mobility, &mut stream, console, &mut told) {
+    match incoming(devices, mobility, &mut stream, &hello, console, &mut told) {
         Ok(arrival) => Ok(arrival),
         Err(e) => {
             // Tell the source why, so it rolls back at once (best effort: it may be gone).
             if !matches!(e, ReceiveError::Wire(WireError::PeerAborted(_))) {
                 let _ = write_message(&mut stream, &Message::Failed(e.to_string()));
+                let _ = stream.flush();
             }
+            stream.shutdown();
             told.take_back();
             Err(e)
         }
@@ -201,6 +232,7 @@ fn incoming(
     devices: &DeviceConfig,
     mobility: &mip::Mobility,
     stream: &mut Stream,
+    hello: &Hello,
     console: Box<dyn Write + Send>,
     told: &mut Told,
 ) -> Result<Arrival, ReceiveError> {
@@ -231,30 +263,14 @@ fn incoming(
         site_granted = Some(g);
         told.site = Some(r);
     }
-    let hello = match read_message(stream)? {
-        Message::Hello(h) => h,
-        other => {
-            return Err(ReceiveError::Refused(format!(
-                "the stream starts with {} instead of a hello",
-                other.name()
-            )));
-        }
-    };
-    let size = MemSize::new(hello.ram_size)
-        .map_err(|e| ReceiveError::Refused(format!("the source's RAM size: {e}")))?
-        .bytes();
-    if hello.vcpus != 1 {
-        return Err(ReceiveError::Refused(format!(
-            "the source has {} vCPUs; host-vmm runs one",
-            hello.vcpus
-        )));
-    }
-    // Waiting for a source has no bound; a source that goes quiet mid-move does: no frame
-    // for this long and the move is given up (nothing runs here).
+    let size = check_hello(hello, None).map_err(ReceiveError::Refused)?;
+    // Admitted within its deadline; from now on a source that goes quiet mid-move is given
+    // up after this long without a frame (nothing runs here).
     stream
         .set_read_timeout(Some(STALL_TIMEOUT))
         .map_err(WireError::Io)?;
     write_message(stream, &Message::Accept)?;
+    stream.flush().map_err(WireError::Io)?;
     let ram = match hello.mode {
         Mode::PreCopy => GuestRam::new(size).map_err(vmm::Error::from)?,
         Mode::ZeroCopy => {
@@ -268,6 +284,7 @@ fn incoming(
     let mut vmm = Vmm::for_incoming(devices, ram, console)?;
     if hello.mode == Mode::ZeroCopy {
         write_message(stream, &Message::Ready)?;
+        stream.flush().map_err(WireError::Io)?;
     }
     log::info!(
         "migration: VM ready for the incoming guest after {:?}",
@@ -295,7 +312,10 @@ fn incoming(
                 state = Some(decode_state::<MachineState>(&bytes)?);
             }
             // Everything before it was read: say so (the source pauses the guest next).
-            Message::Sync => write_message(stream, &Message::Synced)?,
+            Message::Sync => {
+                write_message(stream, &Message::Synced)?;
+                stream.flush().map_err(WireError::Io)?;
+            }
             Message::Done => break,
             other => {
                 return Err(ReceiveError::Refused(format!(
@@ -363,6 +383,7 @@ fn incoming(
     // The pages written above went through the host-write bitmap; this VM starts clean.
     vmm.machine().ram.take_host_dirty();
     write_message(stream, &Message::Running)?;
+    stream.flush().map_err(WireError::Io)?;
     vmm.machine().io().resume();
     // Wall-clock seconds, so a reader can line the resume up with `ping -D` stamps.
     let epoch = std::time::SystemTime::now()

@@ -4,30 +4,29 @@
 //! a caller-chosen tag (e.g. what the fd is), so it is versioned and checksummed like every
 //! other message. The receiver reads exactly that frame with `recvmsg`, never beyond it, so
 //! plain frames can follow on the same stream; a frame without exactly one fd is refused (and
-//! any fds that did come are closed).
+//! any fds that did come are closed: every fd a read brings is owned at once, and fds
+//! beyond the room of the control buffer are discarded by the kernel, MSG_CTRUNC).
 //!
 //! Linux delivers a stream's file descriptors with the first bytes of the write that carried
 //! them and never merges later data into that read, but it may merge earlier, unread bytes
 //! in front: send the memfd only when the peer has consumed everything before it (after its
 //! `Accept`), as the protocol does.
-//!
-//! Known gap: vmm-sys-util 0.15's safe `recv_with_fd` sizes its control buffer for one fd,
-//! which on x86_64 has room for exactly two; when two arrive it hands back the first and
-//! neither reports nor closes the second (it stays open, unowned). Three or more are
-//! refused and closed. Catching two needs a larger control buffer: its `unsafe`
-//! `recv_with_fds`, or a dependency with a safe `recvmsg` (rustix), both outside this module.
 
 use migration_wire::{
     FrameHeader, HEADER_LEN, TRAILER_LEN, WireError, encode_frame, kind, kind_name, verify_checksum,
 };
-use std::fs::File;
-use std::io::{self, Write};
+use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags};
+use std::io::{IoSliceMut, Write};
+use std::mem::MaybeUninit;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
 /// The longest tag accepted with a memfd.
 pub const MAX_TAG: usize = 4096;
+/// Room for this many fds in one read's control buffer: a sender that attaches more gets
+/// refused all the same (the kernel discards the rest and says so).
+const FD_ROOM: usize = 4;
 
 /// Sends `fd` with `tag` as one memfd frame.
 pub fn send_fd(sock: &UnixStream, fd: BorrowedFd<'_>, tag: &[u8]) -> Result<(), WireError> {
@@ -55,7 +54,7 @@ pub fn send_fd(sock: &UnixStream, fd: BorrowedFd<'_>, tag: &[u8]) -> Result<(), 
 /// Receives one memfd frame: the fd and its tag. Refuses a frame that came without a file
 /// descriptor or with more than one, or that is not a memfd frame.
 pub fn recv_fd(sock: &UnixStream) -> Result<(OwnedFd, Vec<u8>), WireError> {
-    let mut fd: Option<File> = None;
+    let mut fd: Option<OwnedFd> = None;
     let mut header = [0; HEADER_LEN];
     recv_full(sock, &mut header, &mut fd, "a memfd frame header")?;
     let h = FrameHeader::parse(&header)?;
@@ -84,41 +83,53 @@ pub fn recv_fd(sock: &UnixStream) -> Result<(OwnedFd, Vec<u8>), WireError> {
     verify_checksum(&header, tag, &trailer)?;
     let fd = fd.ok_or(WireError::MissingFd)?;
     rest.truncate(h.len as usize);
-    Ok((fd.into(), rest))
+    Ok((fd, rest))
 }
 
-/// Fills `buf` with `recvmsg`, taking at most one fd over all the reads.
+/// Fills `buf` with `recvmsg`, taking at most one fd over all the reads; any more is an
+/// error (every fd received is closed as it drops).
 fn recv_full(
     sock: &UnixStream,
     buf: &mut [u8],
-    fd: &mut Option<File>,
+    fd: &mut Option<OwnedFd>,
     what: &'static str,
 ) -> Result<(), WireError> {
     let mut got = 0;
     while got < buf.len() {
-        match sock.recv_with_fd(&mut buf[got..]) {
-            Ok((0, _)) => {
-                return Err(WireError::Truncated {
-                    what,
-                    needed: buf.len(),
-                    got,
-                });
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(FD_ROOM))];
+        let mut control = RecvAncillaryBuffer::new(&mut space);
+        let r = rustix::net::recvmsg(
+            sock,
+            &mut [IoSliceMut::new(&mut buf[got..])],
+            &mut control,
+            RecvFlags::CMSG_CLOEXEC,
+        );
+        let msg = match r {
+            Ok(m) => m,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(WireError::Io(e.into())),
+        };
+        let mut came: Vec<OwnedFd> = Vec::new();
+        for m in control.drain() {
+            if let RecvAncillaryMessage::ScmRights(fds) = m {
+                came.extend(fds);
             }
-            Ok((n, new)) => {
-                got += n;
-                if let Some(f) = new {
-                    if fd.is_some() {
-                        // Both are closed as they drop.
-                        return Err(WireError::ExtraFds);
-                    }
-                    *fd = Some(f);
-                }
-            }
-            Err(e) if e.errno() == libc::EINTR => {}
-            // vmm-sys-util's answer to more fds than asked for (it closes them all).
-            Err(e) if e.errno() == libc::ENOBUFS => return Err(WireError::ExtraFds),
-            Err(e) => return Err(WireError::Io(io::Error::from(e))),
         }
+        if msg.flags.contains(ReturnFlags::CTRUNC) || came.len() + usize::from(fd.is_some()) > 1 {
+            // `came` and `fd` close as they drop.
+            return Err(WireError::ExtraFds);
+        }
+        if let Some(f) = came.pop() {
+            *fd = Some(f);
+        }
+        if msg.bytes == 0 {
+            return Err(WireError::Truncated {
+                what,
+                needed: buf.len(),
+                got,
+            });
+        }
+        got += msg.bytes;
     }
     Ok(())
 }
@@ -146,7 +157,7 @@ mod tests {
 
         let (fd, tag) = recv_fd(&b).unwrap();
         assert_eq!(tag, b"guest-ram 1048576");
-        let there = GuestRam::from_memfd(File::from(fd), RAM).unwrap();
+        let there = GuestRam::from_memfd(std::fs::File::from(fd), RAM).unwrap();
         let mut seen = [0; 15];
         there
             .memory()
@@ -180,15 +191,29 @@ mod tests {
 
     #[test]
     fn two_fds_or_an_fd_on_another_message_are_refused() {
-        let (a, b) = UnixStream::pair().unwrap();
         let ram = GuestRam::new(RAM).unwrap();
         let mut frame = Vec::new();
         encode_frame(kind::MEMFD, b"x", &mut frame).unwrap();
         let fd = ram.memfd().as_raw_fd();
-        // Three, not two: see the module docs for why two cannot be seen through the safe API.
-        a.send_with_fds(&[frame.as_slice()], &[fd, fd, fd]).unwrap();
-        let r = recv_fd(&b);
-        assert!(matches!(r, Err(WireError::ExtraFds)), "{r:?}");
+        // Two, or more than the control buffer has room for: refused, and all closed. The
+        // fds sent are copies of one end of a probe pair: once every copy is closed, its
+        // other end reads end of stream; one left open would keep it waiting.
+        for n in [2, 3, 9] {
+            let (a, b) = UnixStream::pair().unwrap();
+            let (probe, far) = UnixStream::pair().unwrap();
+            a.send_with_fds(&[frame.as_slice()], &vec![probe.as_raw_fd(); n])
+                .unwrap();
+            drop(probe);
+            let r = recv_fd(&b);
+            assert!(matches!(r, Err(WireError::ExtraFds)), "{n}: {r:?}");
+            drop(a);
+            drop(b);
+            far.set_read_timeout(Some(std::time::Duration::from_secs(2)))
+                .unwrap();
+            let mut byte = [0];
+            let end = std::io::Read::read(&mut &far, &mut byte);
+            assert!(matches!(end, Ok(0)), "{n} fds sent, one left open: {end:?}");
+        }
 
         let (a, b) = UnixStream::pair().unwrap();
         let done = Message::Done.encode().unwrap();

@@ -4,7 +4,10 @@
 //! `roam-migration-wire` crate (`migration_wire`, under `proto/migration`).
 //!
 //! - [`fd`]: passing the guest-RAM memfd to a co-located destination (SCM_RIGHTS).
-//! - [`target`]: `tcp:ADDR:PORT` / `unix:PATH` endpoints and the stream over them.
+//! - [`target`]: `tcp:ADDR:PORT` / `unix:PATH` endpoints, their protection (mutual TLS,
+//!   plain TCP asked for by name, the peer's user on `unix:`) and the stream over them.
+//! - [`admission`]: the destination's wait for the real source: each peer authenticated
+//!   and its Hello read within a deadline, the others dropped.
 //! - [`source`]: sending a running guest: pre-copy or zero-copy, progress, cancel, rollback.
 //! - [`destination`]: taking one guest in and handing back a VM ready to run.
 //!
@@ -12,6 +15,7 @@
 //! arrives (announce, VF, guest agent) is the caller's, so both ends stay below the control
 //! plane.
 
+pub mod admission;
 pub mod destination;
 pub mod fd;
 pub mod source;

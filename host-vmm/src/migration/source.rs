@@ -9,7 +9,7 @@
 //! Zero-copy (`unix:` only): the memfd is handed over while the guest runs; the destination
 //! maps it and builds its VM; only the machine state crosses during the pause.
 
-use super::target::{Address, AddressError, Stream};
+use super::target::{Address, AddressError, Protection, Security, Stream};
 use crate::devices::ixgbevf::VfOperator;
 use crate::memory::PAGE_SIZE;
 use crate::pause::{Pause, PauseError};
@@ -40,6 +40,9 @@ pub struct Options {
     pub downtime: Duration,
     /// Hand the memfd over instead of copying pages (same machine, `unix:`).
     pub zero_copy: bool,
+    /// How a `tcp:` stream is protected (mutual TLS, or plain TCP asked for by name; a
+    /// `unix:` one checks the peer's user): loaded into the [`Security`] `migrate` takes.
+    pub protection: Protection,
     /// Move even if the guest agent refuses or misses PREPARE: the host removes the VF
     /// itself (as a hot-unplug) and goes on; the progress says why ([`Progress::forced`]).
     pub force: bool,
@@ -227,12 +230,14 @@ impl Cancel {
 /// Progress reports, at every step.
 pub type Report<'a> = &'a mut dyn FnMut(&Progress);
 
-/// Moves the guest of `machine` to `options.target`. On success the vCPU is stopped for
+/// Moves the guest of `machine` to `options.target`, the stream protected by `security`
+/// (`options.protection` loaded for the source). On success the vCPU is stopped for
 /// good ([`crate::Outcome::MigratedAway`]); on failure or `cancel` everything is as before
 /// and the error says why.
 pub fn migrate(
     machine: &Machine,
     options: &Options,
+    security: &Security,
     mut agent: Option<&mut dyn Agent>,
     cancel: &Cancel,
     report: Report<'_>,
@@ -243,7 +248,7 @@ pub fn migrate(
         ));
     }
     let start = Instant::now();
-    let mut stream = options.target.connect(Duration::from_secs(5))?;
+    let mut stream = options.target.connect(security, Duration::from_secs(5))?;
     let mut run = Run {
         machine,
         stream: &mut stream,
@@ -270,7 +275,8 @@ pub fn migrate(
             let e = match e {
                 MigrateError::Wire(WireError::Io(io)) => {
                     let _ = run.stream.set_read_timeout(Some(Duration::from_secs(1)));
-                    match read_message(run.stream) {
+                    // What is left to send is not sent first: the write just failed.
+                    match read_message(&mut run.stream.read_only()) {
                         Ok(Message::Failed(reason)) => {
                             MigrateError::Wire(WireError::PeerFailed(reason))
                         }

@@ -45,6 +45,9 @@
 //! Readers here never read past the frame they decode, so a Unix stream can interleave
 //! plain frames and host-vmm's memfd frame; do not wrap such a stream in a `BufReader`.
 //!
+//! Over TCP the stream runs inside mutual TLS ([`tls`]: the certificate directory, both
+//! ends' configurations, and making a directory).
+//!
 //! Pure entry points for fuzzing: [`Message::decode`] (one frame from a byte slice) and
 //! [`decode_state`]; neither panics on any input.
 
@@ -54,6 +57,7 @@ mod message;
 mod state;
 #[cfg(test)]
 mod tests;
+pub mod tls;
 
 pub use message::{Hello, MAX_BATCH_PAGES, Message, Mode, PAGE_SIZE, Pages, kind_name};
 pub use message::{encode_pages, encode_pages_from_slice, write_pages};

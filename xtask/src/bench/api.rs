@@ -174,6 +174,7 @@ pub fn run(image: &Path) -> Result<Figures> {
         let b = ApiVmm::start(hosts.host_ns(Side::Destination), "bb")?;
         let nets = json!([{ "tap": TAP, "mac": GUEST_MAC }]);
         let vf = json!({ "tap": VF_TAP, "mac": GUEST_MAC });
+        let certs = crate::certs::CertDir::for_tests()?;
         a.ok(
             "PUT",
             "vm.create",
@@ -207,12 +208,12 @@ pub fn run(image: &Path) -> Result<Figures> {
             to.ok(
                 "PUT",
                 "vm.receive-migration",
-                Some(&json!({"receiver_url": url, "net": nets, "vf": vf})),
+                Some(&json!({"receiver_url": url, "net": nets, "vf": vf, "tls_dir": certs.arg()})),
             )?;
             from.ok(
                 "PUT",
                 "vm.send-migration",
-                Some(&json!({"destination_url": url})),
+                Some(&json!({"destination_url": url, "tls_dir": certs.arg()})),
             )?;
             let (p, _) = from.wait_migration(Duration::from_secs(120))?;
             if p["state"] != "succeeded" {
