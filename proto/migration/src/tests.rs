@@ -513,38 +513,3 @@ fn state_with_another_version_or_extra_bytes_is_refused() {
     hostile.extend([0xff, 0xff, 0xff, 0xff, 0x0f]);
     assert!(decode_state::<TestState>(&hostile).is_err());
 }
-
-/// Run with `cargo test -p roam-migration-wire --release pages_throughput -- --ignored --nocapture`.
-#[test]
-#[ignore = "a measurement, not a test"]
-fn pages_throughput() {
-    const PAGES: usize = 256; // 1 MiB
-    let ram: Vec<u8> = (0..PAGES * 2 * PAGE_SIZE)
-        .map(|i| (i * 7 + i / 4096) as u8)
-        .collect();
-    let pfns: Vec<u64> = (0..PAGES as u64).map(|p| p * 2).collect();
-    let mut buf = Vec::new();
-    encode_pages_from_slice(&mut buf, &pfns, &ram).unwrap();
-    let rounds = 2000;
-    let t = std::time::Instant::now();
-    for _ in 0..rounds {
-        encode_pages_from_slice(&mut buf, &pfns, &ram).unwrap();
-        std::hint::black_box(&buf);
-    }
-    let enc = t.elapsed();
-    let t = std::time::Instant::now();
-    for _ in 0..rounds {
-        let mut r = Cursor::new(&buf);
-        let m = read_message(&mut r).unwrap();
-        std::hint::black_box(&m);
-    }
-    let dec = t.elapsed();
-    let mib = rounds as f64 * (PAGES * PAGE_SIZE) as f64 / (1 << 20) as f64;
-    println!(
-        "1 MiB Pages batch: encode+CRC {:.1} µs ({:.2} GiB/s), read+CRC+decode {:.1} µs ({:.2} GiB/s)",
-        enc.as_secs_f64() * 1e6 / rounds as f64,
-        mib / 1024.0 / enc.as_secs_f64(),
-        dec.as_secs_f64() * 1e6 / rounds as f64,
-        mib / 1024.0 / dec.as_secs_f64(),
-    );
-}
