@@ -616,6 +616,9 @@ fn guest_packages() -> Result<Vec<String>> {
 
 fn lint() -> Result<()> {
     proc::run(cargo().args(["fmt", "--all", "--", "--check"]))?;
+    // The fuzz crate sits outside the workspace (it builds with libFuzzer's flags); its
+    // formatting is checked here, its code by `cargo xtask fuzz`'s build.
+    proc::run(cargo().args(["fmt", "--manifest-path", "fuzz/Cargo.toml", "--", "--check"]))?;
     // Host side: every workspace member, so a crate added later is linted without a change
     // here. Guest crates build on the host too (the kernel's pure logic and its unit tests;
     // the images as stubs), so nothing needs excluding.
