@@ -212,6 +212,48 @@ fn write_mem(mem: &GuestMemoryMmap, addr: u32, bytes: &[u8]) {
     let _ = mem.write_slice(&bytes[..n], GuestAddress(start));
 }
 
+/// Runs `op` if every device takes it alike (a guest memory write, a register or
+/// configuration-space access); hands any other op back. `bar_of` maps an op's BAR byte to
+/// the device's BAR and its size.
+fn guest_access(
+    dev: &mut impl PciDevice,
+    mem: &GuestMemoryMmap,
+    op: Op,
+    bar_of: impl Fn(u8) -> (usize, u64),
+) -> Option<Op> {
+    match op {
+        Op::Mem { addr, bytes } => write_mem(mem, addr, &bytes),
+        Op::Bar {
+            bar,
+            offset,
+            len,
+            value,
+        } => {
+            let (bar, size) = bar_of(bar);
+            let len = access_len(len, 8);
+            dev.write_bar(bar, u64::from(offset) % size, &value.to_le_bytes()[..len]);
+        }
+        Op::Read { bar, offset } => {
+            let (bar, size) = bar_of(bar);
+            let mut b = [0u8; 4];
+            dev.read_bar(bar, u64::from(offset) % size, &mut b);
+        }
+        Op::Config { offset, len, value } => {
+            let len = access_len(len, 4);
+            dev.write_config(usize::from(offset), &value.to_le_bytes()[..len]);
+        }
+        other => return Some(other),
+    }
+    None
+}
+
+/// Turns MSI-X on with every vector unmasked, as a driver does first.
+fn enable_msix(dev: &mut impl PciDevice) {
+    if let Some(cap) = capability(dev, 0x11) {
+        dev.write_config(cap + 2, &CONTROL_ENABLE.to_le_bytes());
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // virtio-net and virtio-console behind the PCI transport.
 
@@ -284,10 +326,7 @@ fn common_write(dev: &mut VirtioPci<impl VirtioDevice>, offset: u64, value: u64,
 /// Bring-up follows the specification's order (virtio 1.x, 3.1.1), so an input spends its
 /// bytes on rings and descriptors, not on rediscovering the init sequence.
 fn bring_up<D: VirtioDevice>(dev: &mut VirtioPci<D>, input: &mut Input<'_>) {
-    // MSI-X on, every vector unmasked.
-    if let Some(cap) = capability(dev, 0x11) {
-        dev.write_config(cap + 2, &CONTROL_ENABLE.to_le_bytes());
-    }
+    enable_msix(dev);
     let features = input.u64();
     common_write(dev, 0x14, u64::from(STATUS_ACKNOWLEDGE | STATUS_DRIVER), 1);
     common_write(dev, 0x08, 0, 4);
@@ -358,27 +397,12 @@ fn run_virtio<D: Fuzzed>(data: &[u8]) {
         let Some(op) = Op::decode(&mut input) else {
             break;
         };
+        let Some(op) = guest_access(&mut dev, &mem, op, virtio_bar) else {
+            continue;
+        };
         match op {
-            Op::Mem { addr, bytes } => write_mem(&mem, addr, &bytes),
-            Op::Bar {
-                bar,
-                offset,
-                len,
-                value,
-            } => {
-                let (bar, size) = virtio_bar(bar);
-                let len = access_len(len, 8);
-                dev.write_bar(bar, u64::from(offset) % size, &value.to_le_bytes()[..len]);
-            }
-            Op::Read { bar, offset } => {
-                let (bar, size) = virtio_bar(bar);
-                let mut b = [0u8; 4];
-                dev.read_bar(bar, u64::from(offset) % size, &mut b);
-            }
-            Op::Config { offset, len, value } => {
-                let len = access_len(len, 4);
-                dev.write_config(usize::from(offset), &value.to_le_bytes()[..len]);
-            }
+            // Run by `guest_access` above.
+            Op::Mem { .. } | Op::Bar { .. } | Op::Read { .. } | Op::Config { .. } => {}
             Op::Kick { queue } => dev.queue_notified(usize::from(queue % 3)),
             Op::Host { bytes } => {
                 D::host_input(&host, &bytes);
@@ -434,41 +458,26 @@ pub fn ixgbevf(data: &[u8]) {
     let trusted = input.u8() & 1 != 0;
     let mem = memory();
     let (mut dev, mut peer) = vf(&mem, trusted);
-    if let Some(cap) = capability(&mut dev, 0x11) {
-        dev.write_config(cap + 2, &CONTROL_ENABLE.to_le_bytes());
-    }
+    enable_msix(&mut dev);
+    // Even: the registers, odd: MSI-X; both span the registers' BAR size.
     let bar_of = |bar: u8| {
-        if bar.is_multiple_of(2) {
-            usize::from(ixgbevf_regs::REGS_BAR)
+        let bar = if bar.is_multiple_of(2) {
+            ixgbevf_regs::REGS_BAR
         } else {
-            usize::from(ixgbevf_regs::MSIX_BAR)
-        }
+            ixgbevf_regs::MSIX_BAR
+        };
+        (usize::from(bar), ixgbevf_regs::BAR_SIZE)
     };
     for _ in 0..MAX_OPS {
         let Some(op) = Op::decode(&mut input) else {
             break;
         };
+        let Some(op) = guest_access(&mut dev, &mem, op, bar_of) else {
+            continue;
+        };
         match op {
-            Op::Mem { addr, bytes } => write_mem(&mem, addr, &bytes),
-            Op::Bar {
-                bar,
-                offset,
-                len,
-                value,
-            } => {
-                let len = access_len(len, 8);
-                let offset = u64::from(offset) % ixgbevf_regs::BAR_SIZE;
-                dev.write_bar(bar_of(bar), offset, &value.to_le_bytes()[..len]);
-            }
-            Op::Read { bar, offset } => {
-                let mut b = [0u8; 4];
-                let offset = u64::from(offset) % ixgbevf_regs::BAR_SIZE;
-                dev.read_bar(bar_of(bar), offset, &mut b);
-            }
-            Op::Config { offset, len, value } => {
-                let len = access_len(len, 4);
-                dev.write_config(usize::from(offset), &value.to_le_bytes()[..len]);
-            }
+            // Run by `guest_access` above.
+            Op::Mem { .. } | Op::Bar { .. } | Op::Read { .. } | Op::Config { .. } => {}
             Op::Kick { .. } => {
                 dev.poll_backend();
             }
