@@ -186,6 +186,11 @@ impl Op {
     }
 }
 
+/// The ops of `input`, at most [`MAX_OPS`].
+fn ops<'a>(input: &'a mut Input<'_>) -> impl Iterator<Item = Op> + 'a {
+    std::iter::from_fn(|| Op::decode(input)).take(MAX_OPS)
+}
+
 /// 1, 2, 4 or 8 from any byte.
 fn access_len(len: u8, max: usize) -> usize {
     (1usize << (len % 4)).min(max)
@@ -393,10 +398,7 @@ fn run_virtio<D: Fuzzed>(data: &[u8]) {
     let mem = memory();
     let (mut dev, mut host) = transport::<D>(&mem);
     bring_up(&mut dev, &mut input);
-    for _ in 0..MAX_OPS {
-        let Some(op) = Op::decode(&mut input) else {
-            break;
-        };
+    for op in ops(&mut input) {
         let Some(op) = guest_access(&mut dev, &mem, op, virtio_bar) else {
             continue;
         };
@@ -468,10 +470,7 @@ pub fn ixgbevf(data: &[u8]) {
         };
         (usize::from(bar), ixgbevf_regs::BAR_SIZE)
     };
-    for _ in 0..MAX_OPS {
-        let Some(op) = Op::decode(&mut input) else {
-            break;
-        };
+    for op in ops(&mut input) {
         let Some(op) = guest_access(&mut dev, &mem, op, bar_of) else {
             continue;
         };
