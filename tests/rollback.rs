@@ -777,6 +777,24 @@ fn echo_intact(
     Ok(echo)
 }
 
+/// The clean `mode` move `run` to `dst` after the rollbacks succeeded and the source exited
+/// (within 10 s).
+fn moved_clean(src: &mut Source, run: &proc::Watched, dst: &Background, mode: &str) {
+    assert!(
+        run.status.success() && run.stdout.starts_with(&format!("migrated mode={mode}")),
+        "the clean {mode} move after the rollbacks failed ({}):\n{}{}\n--- destination ---\n{}",
+        run.status,
+        run.stdout,
+        run.stderr,
+        tail(&dst.output(), 30)
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while src.vm.running() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!src.vm.running(), "the source did not exit after the move");
+}
+
 /// Runs the three phases of `fault` on one source guest, then a clean move.
 fn rolls_back_at_every_phase(fault: Fault, tag: &str) {
     let _one = ONE_GUEST.lock().unwrap_or_else(|e| e.into_inner());
@@ -916,19 +934,7 @@ fn rolls_back_at_every_phase(fault: Fault, tag: &str) {
     // A clean move to a fresh destination now succeeds and the source exits 0.
     let (mut dst, _dst_ctl) = src.destination(7300, &format!("{tag}dz"));
     let run = src.migrate(&format!("tcp:{}:7300", Side::Destination.migration_ip()));
-    assert!(
-        run.status.success() && run.stdout.starts_with("migrated mode=pre-copy"),
-        "the clean move after the rollbacks failed ({}):\n{}{}\n--- destination ---\n{}",
-        run.status,
-        run.stdout,
-        run.stderr,
-        tail(&dst.output(), 30)
-    );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while src.vm.running() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert!(!src.vm.running(), "the source did not exit after the move");
+    moved_clean(&mut src, &run, &dst, "pre-copy");
     // Its last line may still be in the pipe when it has exited: the reader drains it soon.
     let said = Instant::now() + Duration::from_secs(2);
     while !src.vm.output().contains("the guest moved away; exiting") && Instant::now() < said {
@@ -1238,19 +1244,7 @@ fn zero_copy_rolls_back_at_every_phase(fault: Fault, tag: &str) {
     );
     let run = src.migrate_with(&format!("unix:{}", listen.display()), &["--zero-copy"]);
     let _ = std::fs::remove_file(&listen);
-    assert!(
-        run.status.success() && run.stdout.starts_with("migrated mode=zero-copy"),
-        "the clean zero-copy move after the rollbacks failed ({}):\n{}{}\n--- destination ---\n{}",
-        run.status,
-        run.stdout,
-        run.stderr,
-        tail(&dst.output(), 30)
-    );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while src.vm.running() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert!(!src.vm.running(), "the source did not exit after the move");
+    moved_clean(&mut src, &run, &dst, "zero-copy");
     src.net
         .wait_until_guest_answers(&mut dst, Duration::from_secs(20))
         .unwrap_or_else(|e| panic!("the moved guest does not answer: {e:#}"));
