@@ -699,6 +699,102 @@ fn reason_says_why(fault: Fault, error: &str) -> bool {
     }
 }
 
+/// What a failed attempt left, for its assertions: `ctl migrate`'s run, migproxy, the
+/// destination and the source's console.
+fn attempt_context(
+    what: &str,
+    run: &proc::Watched,
+    proxy: &Background,
+    dst: &Background,
+    src: &Source,
+) -> String {
+    format!(
+        "{what}: ctl exited {}\n--- ctl stderr ---\n{}--- ctl stdout ---\n{}\n--- migproxy ---\n{}\n--- destination ---\n{}\n--- source ---\n{}",
+        run.status,
+        run.stderr,
+        run.stdout,
+        proxy.output(),
+        tail(&dst.output(), 30),
+        src.console()
+    )
+}
+
+/// After the failed attempt `what`, the guest serves on the source: back on the VF, the
+/// source process alive, the VF receiving again since `before`. Returns when it was back
+/// (seconds since the epoch).
+fn serving_again(src: &mut Source, before: &Status, what: &str) -> Result<f64, String> {
+    let (after, _) = src.on_vf(&format!("back on the VF after {what}"));
+    let back_at = pingd::now();
+    if !src.vm.running() {
+        return Err("the source exited".into());
+    }
+    if after.vf.rx <= before.vf.rx {
+        return Err(format!(
+            "the VF received nothing after the rollback: {before:?} then {after:?}"
+        ));
+    }
+    Ok(back_at)
+}
+
+/// The destination of a failed attempt ends (within 10 s) and never ran the guest.
+fn destination_gave_up(dst: &mut Background) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while dst.running() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if dst.running() {
+        return Err("the destination still runs".into());
+    }
+    if dst.output().contains("; running") {
+        return Err("the destination ran the guest".into());
+    }
+    Ok(())
+}
+
+/// The TCP echo stream through the attempt `run` got every byte back and outlasted it.
+fn echo_intact(
+    echo: anyhow::Result<proc::Watched>,
+    run: &proc::Watched,
+) -> Result<proc::Watched, String> {
+    let echo = echo.map_err(|e| format!("tcp-echo: {e:#}"))?;
+    if !(echo.status.success()
+        && echo
+            .stdout
+            .contains(&format!("{ECHO_BYTES} bytes identical")))
+    {
+        return Err(format!(
+            "the TCP stream through the attempt broke: {}{}",
+            echo.stdout, echo.stderr
+        ));
+    }
+    if echo.exited.as_secs_f64() <= run.exited.as_secs_f64() + 0.5 {
+        return Err(format!(
+            "the echo stream ({:.1} s) did not outlast the attempt ({:.1} s): make it longer",
+            echo.exited.as_secs_f64(),
+            run.exited.as_secs_f64()
+        ));
+    }
+    Ok(echo)
+}
+
+/// The clean `mode` move `run` to `dst` after the rollbacks succeeded and the source exited
+/// (within 10 s).
+fn moved_clean(src: &mut Source, run: &proc::Watched, dst: &Background, mode: &str) {
+    assert!(
+        run.status.success() && run.stdout.starts_with(&format!("migrated mode={mode}")),
+        "the clean {mode} move after the rollbacks failed ({}):\n{}{}\n--- destination ---\n{}",
+        run.status,
+        run.stdout,
+        run.stderr,
+        tail(&dst.output(), 30)
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while src.vm.running() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!src.vm.running(), "the source did not exit after the move");
+}
+
 /// Runs the three phases of `fault` on one source guest, then a clean move.
 fn rolls_back_at_every_phase(fault: Fault, tag: &str) {
     let _one = ONE_GUEST.lock().unwrap_or_else(|e| e.into_inner());
@@ -742,15 +838,7 @@ fn rolls_back_at_every_phase(fault: Fault, tag: &str) {
         let what = format!("{} at {phase:?}", fault.key());
         macro_rules! context {
             () => {
-            format!(
-                "{what}: ctl exited {} \n--- ctl stderr ---\n{}--- ctl stdout ---\n{}\n--- migproxy ---\n{}\n--- destination ---\n{}\n--- source ---\n{}",
-                run.status,
-                run.stderr,
-                run.stdout,
-                proxy.output(),
-                tail(&dst.output(), 30),
-                src.console()
-            )
+                attempt_context(&what, &run, &proxy, &dst, &src)
             };
         }
         let fault_at = proxy
@@ -794,25 +882,10 @@ fn rolls_back_at_every_phase(fault: Fault, tag: &str) {
                 context!()
             );
         }
-        // The guest serves here: back on the VF, the source process alive.
-        let (after, _) = src.on_vf(&format!("back on the VF after {what}"));
-        let back_at = pingd::now();
-        assert!(src.vm.running(), "the source exited; {}", context!());
-        assert!(
-            after.vf.rx > before.vf.rx,
-            "the VF received nothing after the rollback: {before:?} then {after:?}"
-        );
-        // The destination gave up (or was killed) and ran nothing.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while dst.running() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        assert!(!dst.running(), "the destination still runs; {}", context!());
-        assert!(
-            !dst.output().contains("; running"),
-            "the destination ran the guest; {}",
-            context!()
-        );
+        let back_at = serving_again(&mut src, &before, &what)
+            .unwrap_or_else(|e| panic!("{e}; {}", context!()));
+        // The destination gave up (or was killed).
+        destination_gave_up(&mut dst).unwrap_or_else(|e| panic!("{e}; {}", context!()));
         if fault == Fault::Corrupt {
             assert!(
                 dst.output().contains("checksum"),
@@ -828,23 +901,7 @@ fn rolls_back_at_every_phase(fault: Fault, tag: &str) {
             std::thread::sleep(Duration::from_secs_f64(wait));
         }
         let served_until = pingd::now();
-        let echo = echo.unwrap_or_else(|e| panic!("tcp-echo: {e:#}; {}", context!()));
-        assert!(
-            echo.status.success()
-                && echo
-                    .stdout
-                    .contains(&format!("{ECHO_BYTES} bytes identical")),
-            "the TCP stream through the attempt broke: {}{}; {}",
-            echo.stdout,
-            echo.stderr,
-            context!()
-        );
-        assert!(
-            echo.exited.as_secs_f64() > run.exited.as_secs_f64() + 0.5,
-            "the echo stream ({:.1} s) did not outlast the attempt ({:.1} s): make it longer",
-            echo.exited.as_secs_f64(),
-            run.exited.as_secs_f64()
-        );
+        let echo = echo_intact(echo, &run).unwrap_or_else(|e| panic!("{e}; {}", context!()));
         say(&format!(
             "{what}: {} | echo {}",
             error.trim_start_matches("host-vmm: error: "),
@@ -877,19 +934,7 @@ fn rolls_back_at_every_phase(fault: Fault, tag: &str) {
     // A clean move to a fresh destination now succeeds and the source exits 0.
     let (mut dst, _dst_ctl) = src.destination(7300, &format!("{tag}dz"));
     let run = src.migrate(&format!("tcp:{}:7300", Side::Destination.migration_ip()));
-    assert!(
-        run.status.success() && run.stdout.starts_with("migrated mode=pre-copy"),
-        "the clean move after the rollbacks failed ({}):\n{}{}\n--- destination ---\n{}",
-        run.status,
-        run.stdout,
-        run.stderr,
-        tail(&dst.output(), 30)
-    );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while src.vm.running() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert!(!src.vm.running(), "the source did not exit after the move");
+    moved_clean(&mut src, &run, &dst, "pre-copy");
     // Its last line may still be in the pipe when it has exited: the reader drains it soon.
     let said = Instant::now() + Duration::from_secs(2);
     while !src.vm.output().contains("the guest moved away; exiting") && Instant::now() < said {
@@ -1026,6 +1071,14 @@ fn guest_ram_inode(pid: u32) -> u64 {
         .unwrap_or_else(|| panic!("process {pid} maps no guest-RAM memfd:\n{maps}"))
 }
 
+/// Whether a `/proc/PID/maps` text maps the guest-RAM memfd with `inode`.
+fn maps_guest_ram(maps: &str, inode: u64) -> bool {
+    maps.lines().any(|l| {
+        l.contains("memfd:roam-guest-ram")
+            && l.split_whitespace().nth(4) == Some(inode.to_string().as_str())
+    })
+}
+
 /// Every process that maps the memfd with `inode` or holds a descriptor of it, and how.
 fn memfd_holders(inode: u64) -> Vec<(u32, &'static str)> {
     use std::os::unix::fs::MetadataExt;
@@ -1043,10 +1096,7 @@ fn memfd_holders(inode: u64) -> Vec<(u32, &'static str)> {
         };
         // A process may end while we look: whatever cannot be read is not held.
         let maps = std::fs::read_to_string(entry.path().join("maps")).unwrap_or_default();
-        if maps.lines().any(|l| {
-            l.contains("memfd:roam-guest-ram")
-                && l.split_whitespace().nth(4) == Some(inode.to_string().as_str())
-        }) {
+        if maps_guest_ram(&maps, inode) {
             holders.push((pid, "maps it"));
         }
         let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
@@ -1108,10 +1158,7 @@ fn zero_copy_rolls_back_at_every_phase(fault: Fault, tag: &str) {
                 let maps = format!("/proc/{dst_pid}/maps");
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     let text = std::fs::read_to_string(&maps).unwrap_or_default();
-                    if text.lines().any(|l| {
-                        l.contains("memfd:roam-guest-ram")
-                            && l.split_whitespace().nth(4) == Some(inode.to_string().as_str())
-                    }) {
+                    if maps_guest_ram(&text, inode) {
                         return true;
                     }
                     std::thread::sleep(Duration::from_millis(1));
@@ -1125,15 +1172,7 @@ fn zero_copy_rolls_back_at_every_phase(fault: Fault, tag: &str) {
         let what = format!("zero-copy, {} at {phase:?}", fault.key());
         macro_rules! context {
             () => {
-            format!(
-                "{what}: ctl exited {}\n--- ctl stderr ---\n{}--- ctl stdout ---\n{}\n--- migproxy ---\n{}\n--- destination ---\n{}\n--- source ---\n{}",
-                run.status,
-                run.stderr,
-                run.stdout,
-                proxy.output(),
-                tail(&dst.output(), 30),
-                src.console()
-            )
+                attempt_context(&what, &run, &proxy, &dst, &src)
             };
         }
         assert!(
@@ -1147,24 +1186,9 @@ fn zero_copy_rolls_back_at_every_phase(fault: Fault, tag: &str) {
             "{}",
             context!()
         );
-        // The guest serves here: back on the VF, the source process alive.
-        let (after, _) = src.on_vf(&format!("back on the VF after {what}"));
-        assert!(src.vm.running(), "the source exited; {}", context!());
-        assert!(
-            after.vf.rx > before.vf.rx,
-            "the VF received nothing after the rollback: {before:?} then {after:?}"
-        );
-        // The destination is gone (killed, or it gave up on the cut stream) and ran nothing.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while dst.running() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        assert!(!dst.running(), "the destination still runs; {}", context!());
-        assert!(
-            !dst.output().contains("; running"),
-            "the destination ran the guest; {}",
-            context!()
-        );
+        serving_again(&mut src, &before, &what).unwrap_or_else(|e| panic!("{e}; {}", context!()));
+        // The destination is gone (killed, or it gave up on the cut stream).
+        destination_gave_up(&mut dst).unwrap_or_else(|e| panic!("{e}; {}", context!()));
         assert!(
             !std::path::Path::new(&format!("/proc/{}", dst.pid())).exists(),
             "the destination's process is still there; {}",
@@ -1196,26 +1220,8 @@ fn zero_copy_rolls_back_at_every_phase(fault: Fault, tag: &str) {
             "the source no longer maps its memory: {holders:?}"
         );
         // A TCP stream through the whole attempt lost no byte.
-        let echo = echo
-            .join()
-            .expect("echo thread")
-            .unwrap_or_else(|e| panic!("tcp-echo: {e:#}; {}", context!()));
-        assert!(
-            echo.status.success()
-                && echo
-                    .stdout
-                    .contains(&format!("{ECHO_BYTES} bytes identical")),
-            "the TCP stream through the attempt broke: {}{}; {}",
-            echo.stdout,
-            echo.stderr,
-            context!()
-        );
-        assert!(
-            echo.exited.as_secs_f64() > run.exited.as_secs_f64() + 0.5,
-            "the echo stream ({:.1} s) did not outlast the attempt ({:.1} s): make it longer",
-            echo.exited.as_secs_f64(),
-            run.exited.as_secs_f64()
-        );
+        let echo = echo_intact(echo.join().expect("echo thread"), &run)
+            .unwrap_or_else(|e| panic!("{e}; {}", context!()));
         let error = run
             .stderr
             .lines()
@@ -1238,19 +1244,7 @@ fn zero_copy_rolls_back_at_every_phase(fault: Fault, tag: &str) {
     );
     let run = src.migrate_with(&format!("unix:{}", listen.display()), &["--zero-copy"]);
     let _ = std::fs::remove_file(&listen);
-    assert!(
-        run.status.success() && run.stdout.starts_with("migrated mode=zero-copy"),
-        "the clean zero-copy move after the rollbacks failed ({}):\n{}{}\n--- destination ---\n{}",
-        run.status,
-        run.stdout,
-        run.stderr,
-        tail(&dst.output(), 30)
-    );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while src.vm.running() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert!(!src.vm.running(), "the source did not exit after the move");
+    moved_clean(&mut src, &run, &dst, "zero-copy");
     src.net
         .wait_until_guest_answers(&mut dst, Duration::from_secs(20))
         .unwrap_or_else(|e| panic!("the moved guest does not answer: {e:#}"));

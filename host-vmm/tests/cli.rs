@@ -189,13 +189,7 @@ fn a_closed_stdout_does_not_stop_the_guest() {
         .spawn()
         .unwrap();
     drop(child.stdout.take()); // the reader goes away before the guest prints
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
+    let stderr = stderr_of(&mut child);
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(42), "{stderr}");
     assert!(stderr.is_empty(), "{stderr}");
@@ -299,6 +293,27 @@ fn ctl_help_explains_every_command() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("--api-socket <PATH>"));
 }
 
+/// Waits (up to 10 s) until a host-vmm just started has created its socket `sock`.
+fn wait_for_socket(sock: &std::path::Path) {
+    let deadline = Instant::now() + std::time::Duration::from_secs(10);
+    while !sock.exists() {
+        assert!(Instant::now() < deadline, "no socket at {}", sock.display());
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// All `child` writes to its piped stderr (read to the end, which comes when it exits).
+fn stderr_of(child: &mut std::process::Child) -> String {
+    let mut text = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut text)
+        .unwrap();
+    text
+}
+
 /// `cli; hlt; jmp back`: a guest that runs until killed.
 const IDLE: &[u8] = &[0xFA, 0xF4, 0xEB, 0xFD];
 
@@ -317,11 +332,7 @@ fn the_control_socket_lives_as_long_as_host_vmm() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + std::time::Duration::from_secs(10);
-    while !sock.exists() {
-        assert!(Instant::now() < deadline, "no socket at {path}");
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    wait_for_socket(&sock);
     // Served: the VF commands answer at once (no VF here), a second host-vmm is refused.
     assert_ctl_error(
         &host_vmm(&["ctl", path, "vf", "link", "down"]),
@@ -369,11 +380,7 @@ fn the_control_socket_is_the_operators_only() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + std::time::Duration::from_secs(10);
-    while !sock.exists() {
-        assert!(Instant::now() < deadline, "no socket at {path}");
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    wait_for_socket(&sock);
     let mode = std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "socket mode {mode:o} under umask 000");
     // The operator is served (the answer is the controller's: there is no VM).
@@ -408,13 +415,7 @@ fn the_control_socket_is_the_operators_only() {
     }
     child.kill().unwrap();
     child.wait().unwrap();
-    let mut log = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut log)
-        .unwrap();
+    let log = stderr_of(&mut child);
     let _ = std::fs::remove_file(&sock);
     if is_root() {
         assert!(
@@ -459,13 +460,7 @@ fn a_stdout_nobody_reads_never_stops_the_guest() {
         std::time::Duration::from_secs(60),
         "flood then exit",
     );
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
+    let stderr = stderr_of(&mut child);
     assert_eq!(code, 42, "{stderr}");
     assert!(
         stderr.contains("bytes of guest output were dropped: stdout did not keep up"),

@@ -189,31 +189,40 @@ pub fn ensure_kvm() -> Result<()> {
 }
 
 /// Makes sure the guest target's standard library is installed for the pinned toolchain.
+pub fn ensure_guest_target() -> Result<()> {
+    install_pinned(
+        &format!("the Rust standard library for {GUEST_TARGET}"),
+        guest_target_installed,
+    )
+}
+
+/// Unless `installed()`, runs `rustup toolchain install`, which installs what
+/// rust-toolchain.toml pins, and fails if `missing` (what `installed` looks for) still is.
 ///
 /// rustup installs what rust-toolchain.toml lists only when auto-install is on; with
 /// `RUSTUP_AUTO_INSTALL=0` (as on our CI machines) `rustup toolchain install` does it. Cargo
 /// runs us with `RUSTUP_TOOLCHAIN` set, which makes rustup ignore the file's `targets`, so
 /// the variable is removed for that one command.
-pub fn ensure_guest_target() -> Result<()> {
-    if guest_target_installed() {
+fn install_pinned(missing: &str, installed: fn() -> bool) -> Result<()> {
+    if installed() {
         return Ok(());
     }
     if !on_path("rustup") {
         bail!(
-            "the Rust standard library for {GUEST_TARGET} is missing and rustup is not installed; \
-             install rustup, then run: rustup toolchain install (in {})",
+            "{missing} is missing and rustup is not installed; install rustup, then run: \
+             rustup toolchain install (in {})",
             crate::root().display()
         );
     }
-    eprintln!("Installing the toolchain and targets pinned in rust-toolchain.toml");
+    eprintln!("Installing what rust-toolchain.toml pins: {missing} is missing");
     proc::run(
         Command::new("rustup")
             .args(["toolchain", "install"])
             .env_remove("RUSTUP_TOOLCHAIN")
             .current_dir(crate::root()),
     )?;
-    if !guest_target_installed() {
-        bail!("`rustup toolchain install` ran but {GUEST_TARGET} is still missing");
+    if !installed() {
+        bail!("`rustup toolchain install` ran but {missing} is still missing");
     }
     Ok(())
 }
@@ -242,27 +251,7 @@ fn guest_target_installed() -> bool {
 /// Makes sure the pinned toolchain has the `rust-src` component, from which std programs'
 /// standard library is built (`stdimage`); installs it like [`ensure_guest_target`].
 pub fn ensure_rust_src() -> Result<()> {
-    if rust_src_installed() {
-        return Ok(());
-    }
-    if !on_path("rustup") {
-        bail!(
-            "the rust-src component is missing and rustup is not installed; install rustup, \
-             then run: rustup toolchain install (in {})",
-            crate::root().display()
-        );
-    }
-    eprintln!("Installing the toolchain components pinned in rust-toolchain.toml");
-    proc::run(
-        Command::new("rustup")
-            .args(["toolchain", "install"])
-            .env_remove("RUSTUP_TOOLCHAIN")
-            .current_dir(crate::root()),
-    )?;
-    if !rust_src_installed() {
-        bail!("`rustup toolchain install` ran but rust-src is still missing");
-    }
-    Ok(())
+    install_pinned("the rust-src component", rust_src_installed)
 }
 
 fn rust_src_installed() -> bool {

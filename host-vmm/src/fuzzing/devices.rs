@@ -186,6 +186,11 @@ impl Op {
     }
 }
 
+/// The ops of `input`, at most [`MAX_OPS`].
+fn ops<'a>(input: &'a mut Input<'_>) -> impl Iterator<Item = Op> + 'a {
+    std::iter::from_fn(|| Op::decode(input)).take(MAX_OPS)
+}
+
 /// 1, 2, 4 or 8 from any byte.
 fn access_len(len: u8, max: usize) -> usize {
     (1usize << (len % 4)).min(max)
@@ -210,6 +215,48 @@ fn write_mem(mem: &GuestMemoryMmap, addr: u32, bytes: &[u8]) {
     let start = u64::from(addr) % RAM;
     let n = bytes.len().min((RAM - start) as usize);
     let _ = mem.write_slice(&bytes[..n], GuestAddress(start));
+}
+
+/// Runs `op` if every device takes it alike (a guest memory write, a register or
+/// configuration-space access); hands any other op back. `bar_of` maps an op's BAR byte to
+/// the device's BAR and its size.
+fn guest_access(
+    dev: &mut impl PciDevice,
+    mem: &GuestMemoryMmap,
+    op: Op,
+    bar_of: impl Fn(u8) -> (usize, u64),
+) -> Option<Op> {
+    match op {
+        Op::Mem { addr, bytes } => write_mem(mem, addr, &bytes),
+        Op::Bar {
+            bar,
+            offset,
+            len,
+            value,
+        } => {
+            let (bar, size) = bar_of(bar);
+            let len = access_len(len, 8);
+            dev.write_bar(bar, u64::from(offset) % size, &value.to_le_bytes()[..len]);
+        }
+        Op::Read { bar, offset } => {
+            let (bar, size) = bar_of(bar);
+            let mut b = [0u8; 4];
+            dev.read_bar(bar, u64::from(offset) % size, &mut b);
+        }
+        Op::Config { offset, len, value } => {
+            let len = access_len(len, 4);
+            dev.write_config(usize::from(offset), &value.to_le_bytes()[..len]);
+        }
+        other => return Some(other),
+    }
+    None
+}
+
+/// Turns MSI-X on with every vector unmasked, as a driver does first.
+fn enable_msix(dev: &mut impl PciDevice) {
+    if let Some(cap) = capability(dev, 0x11) {
+        dev.write_config(cap + 2, &CONTROL_ENABLE.to_le_bytes());
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -284,10 +331,7 @@ fn common_write(dev: &mut VirtioPci<impl VirtioDevice>, offset: u64, value: u64,
 /// Bring-up follows the specification's order (virtio 1.x, 3.1.1), so an input spends its
 /// bytes on rings and descriptors, not on rediscovering the init sequence.
 fn bring_up<D: VirtioDevice>(dev: &mut VirtioPci<D>, input: &mut Input<'_>) {
-    // MSI-X on, every vector unmasked.
-    if let Some(cap) = capability(dev, 0x11) {
-        dev.write_config(cap + 2, &CONTROL_ENABLE.to_le_bytes());
-    }
+    enable_msix(dev);
     let features = input.u64();
     common_write(dev, 0x14, u64::from(STATUS_ACKNOWLEDGE | STATUS_DRIVER), 1);
     common_write(dev, 0x08, 0, 4);
@@ -354,31 +398,13 @@ fn run_virtio<D: Fuzzed>(data: &[u8]) {
     let mem = memory();
     let (mut dev, mut host) = transport::<D>(&mem);
     bring_up(&mut dev, &mut input);
-    for _ in 0..MAX_OPS {
-        let Some(op) = Op::decode(&mut input) else {
-            break;
+    for op in ops(&mut input) {
+        let Some(op) = guest_access(&mut dev, &mem, op, virtio_bar) else {
+            continue;
         };
         match op {
-            Op::Mem { addr, bytes } => write_mem(&mem, addr, &bytes),
-            Op::Bar {
-                bar,
-                offset,
-                len,
-                value,
-            } => {
-                let (bar, size) = virtio_bar(bar);
-                let len = access_len(len, 8);
-                dev.write_bar(bar, u64::from(offset) % size, &value.to_le_bytes()[..len]);
-            }
-            Op::Read { bar, offset } => {
-                let (bar, size) = virtio_bar(bar);
-                let mut b = [0u8; 4];
-                dev.read_bar(bar, u64::from(offset) % size, &mut b);
-            }
-            Op::Config { offset, len, value } => {
-                let len = access_len(len, 4);
-                dev.write_config(usize::from(offset), &value.to_le_bytes()[..len]);
-            }
+            // Run by `guest_access` above.
+            Op::Mem { .. } | Op::Bar { .. } | Op::Read { .. } | Op::Config { .. } => {}
             Op::Kick { queue } => dev.queue_notified(usize::from(queue % 3)),
             Op::Host { bytes } => {
                 D::host_input(&host, &bytes);
@@ -434,41 +460,23 @@ pub fn ixgbevf(data: &[u8]) {
     let trusted = input.u8() & 1 != 0;
     let mem = memory();
     let (mut dev, mut peer) = vf(&mem, trusted);
-    if let Some(cap) = capability(&mut dev, 0x11) {
-        dev.write_config(cap + 2, &CONTROL_ENABLE.to_le_bytes());
-    }
+    enable_msix(&mut dev);
+    // Even: the registers, odd: MSI-X; both span the registers' BAR size.
     let bar_of = |bar: u8| {
-        if bar.is_multiple_of(2) {
-            usize::from(ixgbevf_regs::REGS_BAR)
+        let bar = if bar.is_multiple_of(2) {
+            ixgbevf_regs::REGS_BAR
         } else {
-            usize::from(ixgbevf_regs::MSIX_BAR)
-        }
+            ixgbevf_regs::MSIX_BAR
+        };
+        (usize::from(bar), ixgbevf_regs::BAR_SIZE)
     };
-    for _ in 0..MAX_OPS {
-        let Some(op) = Op::decode(&mut input) else {
-            break;
+    for op in ops(&mut input) {
+        let Some(op) = guest_access(&mut dev, &mem, op, bar_of) else {
+            continue;
         };
         match op {
-            Op::Mem { addr, bytes } => write_mem(&mem, addr, &bytes),
-            Op::Bar {
-                bar,
-                offset,
-                len,
-                value,
-            } => {
-                let len = access_len(len, 8);
-                let offset = u64::from(offset) % ixgbevf_regs::BAR_SIZE;
-                dev.write_bar(bar_of(bar), offset, &value.to_le_bytes()[..len]);
-            }
-            Op::Read { bar, offset } => {
-                let mut b = [0u8; 4];
-                let offset = u64::from(offset) % ixgbevf_regs::BAR_SIZE;
-                dev.read_bar(bar_of(bar), offset, &mut b);
-            }
-            Op::Config { offset, len, value } => {
-                let len = access_len(len, 4);
-                dev.write_config(usize::from(offset), &value.to_le_bytes()[..len]);
-            }
+            // Run by `guest_access` above.
+            Op::Mem { .. } | Op::Bar { .. } | Op::Read { .. } | Op::Config { .. } => {}
             Op::Kick { .. } => {
                 dev.poll_backend();
             }

@@ -363,6 +363,18 @@ fn mailbox(words: &[u32]) -> Vec<Op> {
     ops
 }
 
+/// Places the VF queue whose registers start at `queue` on a ring of 8 descriptors at `at`,
+/// head and tail at 0.
+fn ring_of_8(queue: usize, at: u32) -> [Op; 5] {
+    [
+        reg(queue + r::Q_BAL, at),
+        reg(queue + r::Q_BAH, 0),
+        reg(queue + r::Q_LEN, 8 * 16),
+        reg(queue + r::Q_HEAD, 0),
+        reg(queue + r::Q_TAIL, 0),
+    ]
+}
+
 /// The driver's probe (reset, RESET and API 1.3 over the mailbox), MSI-X, one RX ring of 8
 /// and one TX ring of 8, a frame each way.
 fn ixgbevf() -> Vec<Vec<u8>> {
@@ -385,25 +397,15 @@ fn ixgbevf() -> Vec<Vec<u8>> {
         bytes: rx_table,
     });
     let rq = r::rx_queue(0);
+    ops.extend(ring_of_8(rq, rx_ring));
     ops.extend([
-        reg(rq + r::Q_BAL, rx_ring),
-        reg(rq + r::Q_BAH, 0),
-        reg(rq + r::Q_LEN, 8 * 16),
-        reg(rq + r::Q_HEAD, 0),
-        reg(rq + r::Q_TAIL, 0),
         reg(rq + r::RX_SRRCTL, 2),
         reg(rq + r::Q_DCTL, r::DCTL_ENABLE),
         reg(rq + r::Q_TAIL, 7),
     ]);
     let tq = r::tx_queue(0);
-    ops.extend([
-        reg(tq + r::Q_BAL, tx_ring),
-        reg(tq + r::Q_BAH, 0),
-        reg(tq + r::Q_LEN, 8 * 16),
-        reg(tq + r::Q_HEAD, 0),
-        reg(tq + r::Q_TAIL, 0),
-        reg(tq + r::Q_DCTL, r::DCTL_ENABLE | 8 << 16 | 1 << 8 | 32),
-    ]);
+    ops.extend(ring_of_8(tq, tx_ring));
+    ops.extend([reg(tq + r::Q_DCTL, r::DCTL_ENABLE | 8 << 16 | 1 << 8 | 32)]);
     let frame: Vec<u8> = [&[0xFFu8; 6][..], &MAC, &[0x08, 0x00], &[0x45; 46]].concat();
     let payload = bufs + 0x6000;
     ops.push(Op::Mem {
