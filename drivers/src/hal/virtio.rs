@@ -9,10 +9,16 @@
 //! or in flight until the device hands its token back. Tokens and lengths the device reports
 //! are checked against this bookkeeping before any buffer is touched; a device that returns
 //! a token it was never given is declared broken and no longer used.
+//!
+//! Receive buffers go back to the device in batches ([`RX_BATCH`] of them, or fewer when the
+//! used ring runs dry, i.e. at the end of a burst), with at most one kick a batch
+//! ([`RxKick`]); the transport holds virtio-drivers' per-buffer kicks meanwhile.
 
 use crate::net::Stats;
 use crate::pci::{Bdf, ConfigAccess};
-use crate::virtio_net::transport::RoamTransport;
+use crate::hal::{Mmio, RegisterIo};
+use crate::virtio_net::transport::{HeldKicks, RECEIVE_QUEUE, RoamTransport};
+use alloc::sync::Arc;
 use core::marker::PhantomData;
 use core::ptr::NonNull;
 use virtio_drivers::device::net::VirtIONetRaw;
@@ -26,6 +32,9 @@ pub const BUFFER_LEN: usize = 2048;
 const SLAB_PAGES: usize = QUEUE_SIZE * BUFFER_LEN / PAGE_SIZE;
 /// "No slot" in the token tables.
 const NO_SLOT: u16 = u16::MAX;
+/// Receive buffers returned before they are posted again together: a quarter of the ring, so
+/// the device never has fewer than three quarters to fill.
+pub const RX_BATCH: usize = QUEUE_SIZE / 4;
 
 /// virtio-drivers' view of our configuration access (virtio-net and virtio-console probe
 /// through its `PciRoot`).
@@ -112,11 +121,25 @@ impl<H: Hal> Drop for DmaSlab<H> {
     }
 }
 
-/// Receive buffers: which slot each posted token uses, and the slot lent to the stack.
+/// Receive buffers: which slot each posted token uses, the slot lent to the stack, and
+/// the slots waiting to be posted again.
 struct RxRing<H: Hal> {
     slab: DmaSlab<H>,
     slot_of: [u16; QUEUE_SIZE],
     lent: Option<u16>,
+    returned: [u16; QUEUE_SIZE],
+    returned_len: usize,
+}
+
+/// The receive queue's notify register, written once per batch of posted buffers while the
+/// transport holds the per-buffer kicks.
+pub(crate) struct RxKick {
+    /// A view of the notify region.
+    pub io: Mmio,
+    /// The receive queue's register in it.
+    pub offset: usize,
+    /// The transport's switch for the receive queue's kicks.
+    pub held: Arc<HeldKicks>,
 }
 
 /// Transmit buffers: free slots, and the slot and length of each token in flight.
@@ -157,13 +180,15 @@ pub(crate) struct NetQueues<H: Hal> {
     raw: Raw<H>,
     rx: RxRing<H>,
     tx: TxRing<H>,
+    rx_kick: RxKick,
     stats: Stats,
     broken: Option<QueueError>,
 }
 
 impl<H: Hal> NetQueues<H> {
-    /// Takes over the driver, allocates the buffers and posts every receive buffer.
-    pub fn new(raw: Raw<H>) -> Result<NetQueues<H>, QueueError> {
+    /// Takes over the driver, allocates the buffers and posts every receive buffer (one
+    /// kick, through `rx_kick`).
+    pub fn new(raw: Raw<H>, rx_kick: RxKick) -> Result<NetQueues<H>, QueueError> {
         let rx = DmaSlab::new(BufferDirection::DeviceToDriver).ok_or(QueueError::NoMemory)?;
         let tx = DmaSlab::new(BufferDirection::DriverToDevice).ok_or(QueueError::NoMemory)?;
         let mut free = [0; QUEUE_SIZE];
@@ -176,6 +201,8 @@ impl<H: Hal> NetQueues<H> {
                 slab: rx,
                 slot_of: [NO_SLOT; QUEUE_SIZE],
                 lent: None,
+                returned: free,
+                returned_len: QUEUE_SIZE,
             },
             tx: TxRing {
                 slab: tx,
@@ -184,12 +211,11 @@ impl<H: Hal> NetQueues<H> {
                 free,
                 free_len: QUEUE_SIZE,
             },
+            rx_kick,
             stats: Stats::default(),
             broken: None,
         };
-        for slot in 0..QUEUE_SIZE as u16 {
-            queues.post_rx(slot);
-        }
+        queues.post_returned();
         match queues.broken {
             Some(e) => Err(e),
             None => Ok(queues),
@@ -230,18 +256,48 @@ impl<H: Hal> NetQueues<H> {
         }
     }
 
-    /// Posts the slot the previous `receive` lent out, if any.
-    fn repost_lent(&mut self) {
+    /// Queues receive slot `slot` (not posted, not lent) to be posted with the next batch.
+    fn return_rx(&mut self, slot: u16) {
+        if let Some(entry) = self.rx.returned.get_mut(self.rx.returned_len) {
+            *entry = slot;
+            self.rx.returned_len += 1;
+        }
+    }
+
+    /// Posts every returned slot, with at most one kick.
+    fn post_returned(&mut self) {
+        if self.rx.returned_len == 0 {
+            return;
+        }
+        self.rx_kick.held.hold();
+        for i in 0..core::mem::take(&mut self.rx.returned_len) {
+            self.post_rx(self.rx.returned[i]);
+        }
+        if self.rx_kick.held.release() {
+            self.rx_kick.io.write16(self.rx_kick.offset, RECEIVE_QUEUE);
+        }
+    }
+
+    /// Returns the slot the previous `receive` lent out, if any; posts the returned slots
+    /// once a batch is full.
+    fn return_lent(&mut self) {
         if let Some(slot) = self.rx.lent.take() {
-            self.post_rx(slot);
+            self.return_rx(slot);
+        }
+        if self.rx.returned_len >= RX_BATCH {
+            self.post_returned();
         }
     }
 
     /// The next received frame and a transmit queue to answer it with. Frames with
-    /// impossible lengths are dropped (and counted) on the way.
+    /// impossible lengths are dropped (and counted) on the way. When none is left, the
+    /// returned buffers go back to the device.
     pub fn receive(&mut self) -> Option<(&[u8], TxQueue<'_, H>)> {
-        self.repost_lent();
-        let (slot, start, len) = self.next_rx()?;
+        self.return_lent();
+        let Some((slot, start, len)) = self.next_rx() else {
+            self.post_returned();
+            return None;
+        };
         self.rx.lent = Some(slot);
         self.stats.rx_frames += 1;
         // SAFETY: the slot came back from the device (`receive_complete` succeeded) and is
@@ -286,7 +342,7 @@ impl<H: Hal> NetQueues<H> {
                 // the buffer: drop the frame, post the buffer again.
                 Ok(_) | Err(VirtioError::IoError) => {
                     self.stats.rx_errors += 1;
-                    self.post_rx(slot);
+                    self.return_rx(slot);
                 }
                 Err(e) => {
                     self.fail(QueueError::Driver(e));
@@ -300,7 +356,7 @@ impl<H: Hal> NetQueues<H> {
     /// A transmit queue, if a buffer is free (after taking back the ones the device has
     /// sent).
     pub fn transmit(&mut self) -> Option<TxQueue<'_, H>> {
-        self.repost_lent();
+        self.return_lent();
         if self.broken.is_some() {
             return None;
         }

@@ -14,7 +14,7 @@ pub(crate) mod transport;
 
 pub use crate::hal::virtio::QueueError;
 
-use crate::hal::virtio::{NetQueues, QUEUE_SIZE, Raw, RootAccess, TxQueue};
+use crate::hal::virtio::{NetQueues, QUEUE_SIZE, Raw, RootAccess, RxKick, TxQueue};
 use crate::hal::{self, Mmio, RegisterIo};
 use crate::net::{Capabilities, Events, MacAddress, NetDevice, RxToken, Stats, TxToken};
 use crate::pci::bar::{self, Bar, BarError, Window};
@@ -237,8 +237,9 @@ impl<H: Hal> VirtioNet<H> {
         // to check afterwards that the device took them.
         let mut check = hal::map::<H>(common_region);
         let common_io = hal::map::<H>(common_region);
+        let notify_region = region(&bars, notify, "notify")?;
         let notify = Notify {
-            io: hal::map::<H>(region(&bars, notify, "notify")?),
+            io: hal::map::<H>(notify_region),
             multiplier,
         };
         check.write32(common::DEVICE_FEATURE_SELECT, 0);
@@ -259,7 +260,13 @@ impl<H: Hal> VirtioNet<H> {
         let mut root = PciRoot::new(RootAccess(access.clone()));
         let inner = PciTransport::new::<H, _>(&mut root, df).map_err(ProbeError::Transport)?;
         let transport = RoamTransport::new(inner, common_io, notify, vectors);
+        let held = transport.rx_kicks();
         let raw = Raw::<H>::new(transport).map_err(ProbeError::Driver)?;
+        let rx_kick = RxKick {
+            io: hal::map::<H>(notify_region),
+            offset: receive_notify_offset(&mut check, multiplier, notify_region.len())?,
+            held,
+        };
 
         if let (Some(msix), Interrupt::Msix { .. }) = (msix, interrupt) {
             check.write16(common::QUEUE_SELECT, 0);
@@ -272,7 +279,7 @@ impl<H: Hal> VirtioNet<H> {
             }
         }
 
-        let mut queues = NetQueues::new(raw).map_err(ProbeError::Queues)?;
+        let mut queues = NetQueues::new(raw, rx_kick).map_err(ProbeError::Queues)?;
         let mac = MacAddress(queues.raw().mac_address());
         Ok(VirtioNet {
             queues,
@@ -286,6 +293,19 @@ impl<H: Hal> VirtioNet<H> {
     pub fn interrupt(&self) -> Interrupt {
         self.interrupt
     }
+}
+
+/// Where the receive queue's notify register is in the notify region (`len` bytes).
+fn receive_notify_offset(
+    common: &mut Mmio,
+    multiplier: u32,
+    len: usize,
+) -> Result<usize, ProbeError> {
+    common.write16(common::QUEUE_SELECT, transport::RECEIVE_QUEUE);
+    usize::from(common.read16(common::QUEUE_NOTIFY_OFF))
+        .checked_mul(multiplier as usize)
+        .filter(|offset| offset.checked_add(2).is_some_and(|end| end <= len))
+        .ok_or(ProbeError::StructureOutsideBar("notify"))
 }
 
 /// Programs MSI-X when the device has a usable capability; else reports INTx.
