@@ -15,6 +15,7 @@
 //! ([`RxKick`]); the transport holds virtio-drivers' per-buffer kicks meanwhile.
 
 use crate::net::Stats;
+use crate::pci::bar::{BAR_COUNT, BAR0, Bar};
 use crate::pci::{Bdf, ConfigAccess};
 use crate::hal::{Mmio, RegisterIo};
 use crate::virtio_net::transport::{HeldKicks, RECEIVE_QUEUE, RoamTransport};
@@ -37,21 +38,89 @@ const NO_SLOT: u16 = u16::MAX;
 pub const RX_BATCH: usize = QUEUE_SIZE / 4;
 
 /// virtio-drivers' view of our configuration access (virtio-net and virtio-console probe
-/// through its `PciRoot`).
+/// through its `PciRoot`), with the probed function's BARs answered from the sizes read once
+/// (`bars`): `PciTransport::new` sizes the BAR of each virtio structure again (four times
+/// BAR 4, each with decoding off), and here those writes stay in this value (a pending
+/// all-ones write makes the register read back its size mask) instead of reaching the device.
 #[derive(Clone, Debug)]
-pub(crate) struct RootAccess<C>(pub(crate) C);
+pub(crate) struct RootAccess<C> {
+    access: C,
+    bdf: Bdf,
+    bars: [Option<Bar>; BAR_COUNT as usize],
+    /// The BAR register last written with all ones (sizing), until written again.
+    sizing: Option<u8>,
+}
+
+impl<C> RootAccess<C> {
+    /// `access` for virtio-drivers, with function `bdf`'s BARs known to be `bars`.
+    pub(crate) fn new(access: C, bdf: Bdf, bars: [Option<Bar>; BAR_COUNT as usize]) -> Self {
+        RootAccess {
+            access,
+            bdf,
+            bars,
+            sizing: None,
+        }
+    }
+
+    /// BAR register `reg` (0x10..0x28) as the device would answer: its value, or the size
+    /// mask while it is being sized.
+    fn bar_register(&self, reg: u8) -> u32 {
+        let index = usize::from((reg - BAR0) / 4);
+        let sizing = self.sizing == Some(reg);
+        // The upper half of a 64-bit memory BAR.
+        if let Some(Some(Bar::Memory {
+            address,
+            size,
+            is_64: true,
+            ..
+        })) = index.checked_sub(1).map(|i| self.bars[i])
+        {
+            let value = if sizing { !size.wrapping_sub(1) } else { address };
+            return (value >> 32) as u32;
+        }
+        match self.bars[index] {
+            Some(Bar::Memory {
+                address,
+                size,
+                is_64,
+                prefetchable,
+            }) => {
+                let flags = if is_64 { 0b100 } else { 0 } | if prefetchable { 0b1000 } else { 0 };
+                let value = if sizing { !size.wrapping_sub(1) } else { address };
+                (value as u32 & !0xF) | flags
+            }
+            Some(Bar::Io { port, size }) => {
+                (if sizing { !size.wrapping_sub(1) } else { port } & !0b11) | 1
+            }
+            None => 0,
+        }
+    }
+}
+
+/// Whether `reg` is a BAR register of a type-0 header.
+fn is_bar_register(reg: u8) -> bool {
+    (BAR0..BAR0 + 4 * BAR_COUNT).contains(&reg)
+}
 
 impl<C: ConfigAccess + Clone> ConfigurationAccess for RootAccess<C> {
     fn read_word(&self, df: DeviceFunction, register_offset: u8) -> u32 {
         match Bdf::new(df.bus, df.device, df.function) {
-            Some(bdf) => self.0.read32(bdf, register_offset),
+            Some(bdf) if bdf == self.bdf && is_bar_register(register_offset & !3) => {
+                self.bar_register(register_offset & !3)
+            }
+            Some(bdf) => self.access.read32(bdf, register_offset),
             None => u32::MAX,
         }
     }
 
     fn write_word(&mut self, df: DeviceFunction, register_offset: u8, data: u32) {
-        if let Some(bdf) = Bdf::new(df.bus, df.device, df.function) {
-            self.0.write32(bdf, register_offset, data);
+        match Bdf::new(df.bus, df.device, df.function) {
+            Some(bdf) if bdf == self.bdf && is_bar_register(register_offset & !3) => {
+                // Sizing writes all ones, then the value it read: neither changes the BAR.
+                self.sizing = (data == u32::MAX).then_some(register_offset & !3);
+            }
+            Some(bdf) => self.access.write32(bdf, register_offset, data),
+            None => {}
         }
     }
 
