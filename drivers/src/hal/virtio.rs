@@ -14,10 +14,10 @@
 //! used ring runs dry, i.e. at the end of a burst), with at most one kick a batch
 //! ([`RxKick`]); the transport holds virtio-drivers' per-buffer kicks meanwhile.
 
+use crate::hal::{Mmio, RegisterIo};
 use crate::net::Stats;
 use crate::pci::bar::{BAR_COUNT, BAR0, Bar};
 use crate::pci::{Bdf, ConfigAccess};
-use crate::hal::{Mmio, RegisterIo};
 use crate::virtio_net::transport::{HeldKicks, RECEIVE_QUEUE, RoamTransport};
 use alloc::sync::Arc;
 use core::marker::PhantomData;
@@ -75,7 +75,11 @@ impl<C> RootAccess<C> {
             ..
         })) = index.checked_sub(1).map(|i| self.bars[i])
         {
-            let value = if sizing { !size.wrapping_sub(1) } else { address };
+            let value = if sizing {
+                !size.wrapping_sub(1)
+            } else {
+                address
+            };
             return (value >> 32) as u32;
         }
         match self.bars[index] {
@@ -86,7 +90,11 @@ impl<C> RootAccess<C> {
                 prefetchable,
             }) => {
                 let flags = if is_64 { 0b100 } else { 0 } | if prefetchable { 0b1000 } else { 0 };
-                let value = if sizing { !size.wrapping_sub(1) } else { address };
+                let value = if sizing {
+                    !size.wrapping_sub(1)
+                } else {
+                    address
+                };
                 (value as u32 & !0xF) | flags
             }
             Some(Bar::Io { port, size }) => {

@@ -154,9 +154,14 @@ pub struct NetReadyFigures {
     pub network_init: Summary,
 }
 
+/// The line netecho prints once its network is up and its sockets listen.
+const NETECHO_LISTENING: &str = "netecho: listening";
+
 /// Boots netecho `image` `runs` times under each of [`NET_VMMS`] (alternating) on one test
-/// network and times spawn -> first ping reply: the client pings every 2 ms with the
-/// guest's MAC in its neighbour table, so no ARP retry (1 s) hides the guest's own time.
+/// network and times spawn -> first ping reply. The client starts pinging (every 2 ms, the
+/// guest's MAC in its neighbour table, so no ARP retry, 1 s apart, hides the guest's time)
+/// as soon as netecho says it listens: pings sent earlier would queue on the TAP while
+/// QEMU's firmware runs and land inside the guest's `network_init`, which is measured too.
 pub fn net_ready(image: &Path, runs: usize) -> Result<Vec<NetReadyFigures>> {
     use crate::net::{self, Topology, TopologyGuard};
     if runs == 0 {
@@ -180,7 +185,11 @@ pub fn net_ready(image: &Path, runs: usize) -> Result<Vec<NetReadyFigures>> {
     let cmdline = net::guest_cmdline();
     let boot = Boot {
         cmdline: &cmdline,
-        net: Some(crate::vm::NetAttach::virtio(&host_ns, net::TAP, net::GUEST_MAC)),
+        net: Some(crate::vm::NetAttach::virtio(
+            &host_ns,
+            net::TAP,
+            net::GUEST_MAC,
+        )),
         ..Boot::new(image)
     };
     let mut ready = vec![Vec::with_capacity(runs); NET_VMMS.len()];
@@ -190,14 +199,32 @@ pub fn net_ready(image: &Path, runs: usize) -> Result<Vec<NetReadyFigures>> {
         let _ = std::io::stderr().flush();
         for (i, vmm) in NET_VMMS.iter().enumerate() {
             let context = || format!("run {run} under {}", vmm.key());
-            let mut ping = Topology::exec_in(&client_ns, "ping");
-            ping.args(["-n", "-q", "-c", "1", "-i", "0.002", "-w"])
-                .arg(NET_READY_TIMEOUT_S.to_string())
-                .arg(net::GUEST_IP);
-            let spawned = std::time::Instant::now();
-            let mut vm = crate::proc::Background::spawn(&mut vmm.command(&boot))
+            // Started before the VMM and waiting on its stdin, so that entering the
+            // namespace and starting a shell are not part of the figure.
+            let mut ping = Topology::exec_in(&client_ns, "sh")
+                .arg("-c")
+                .arg(format!(
+                    "read go && exec ping -n -q -c 1 -i 0.002 -w {NET_READY_TIMEOUT_S} {}",
+                    net::GUEST_IP
+                ))
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
                 .with_context(context)?;
-            let answered = ping.output().with_context(context)?;
+            let spawned = std::time::Instant::now();
+            let mut vm =
+                crate::proc::Background::spawn(&mut vmm.command(&boot)).with_context(context)?;
+            while !vm.output().contains(NETECHO_LISTENING) {
+                if !vm.running() || spawned.elapsed().as_secs() >= NET_READY_TIMEOUT_S.into() {
+                    bail!("{}: netecho never listened\n{}", context(), vm.output());
+                }
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            if let Some(mut go) = ping.stdin.take() {
+                go.write_all(b"go\n").with_context(context)?;
+            }
+            let answered = ping.wait_with_output().with_context(context)?;
             let took = spawned.elapsed();
             if !answered.status.success() {
                 bail!(
@@ -206,10 +233,12 @@ pub fn net_ready(image: &Path, runs: usize) -> Result<Vec<NetReadyFigures>> {
                     vm.output()
                 );
             }
-            vm.wait_for("network_init took", Duration::from_secs(5))
-                .with_context(context)?;
             let Some(us) = network_init_us(&vm.output()) else {
-                bail!("{}: no `network_init took N us` line\n{}", context(), vm.output());
+                bail!(
+                    "{}: no `network_init took N us` line\n{}",
+                    context(),
+                    vm.output()
+                );
             };
             ready[i].push(took);
             init[i].push(Duration::from_micros(us));
