@@ -37,7 +37,7 @@ pub struct KvmVmOps {
     /// MSI routes by GSI.
     msi: Mutex<BTreeMap<u32, MsiMessage>>,
     /// `KVM_IOEVENTFD` calls made (adds and removes, failed ones too), for `vm.counters`:
-    /// each one costs an SRCU grace period in KVM, so churn shows up as boot time.
+    /// one may wait for an SRCU grace period in KVM, so churn shows up as boot time.
     ioeventfd_calls: AtomicU64,
 }
 

@@ -13,8 +13,8 @@
 //! its notify address, so a guest kick never exits to the VMM; the registration follows the
 //! BAR if the guest moves it or turns decoding off while the device runs. Not before
 //! DRIVER_OK: a driver sizes BARs (decoding off, all ones written, restored) several times
-//! while it probes, and each `KVM_IOEVENTFD` costs an SRCU grace period in KVM (~1 ms
-//! nested), so following every flip cost tens of milliseconds of boot; before DRIVER_OK a
+//! while it probes, and a `KVM_IOEVENTFD` may wait for an SRCU grace period in KVM (up to
+//! 12 ms measured here), so following every flip cost ~200 ms of boot; before DRIVER_OK a
 //! kick does nothing anyway. A kick that does reach the VMM (no ioeventfd) writes the same
 //! eventfd, so all queue work happens on the I/O thread ([`VirtioPciHandler`]).
 //!
