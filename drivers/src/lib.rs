@@ -12,7 +12,8 @@
 //!
 //! ```ignore
 //! let nic = pci::enumerate(&config).into_iter().find(virtio_net::matches)?;
-//! let dev = VirtioNet::<KernelHal>::probe(&mut config, nic.bdf, Some(&mut window), irq)?;
+//! let bars = pci::bar::read_assigned(&mut config, nic.bdf, Some(&mut window))?; // sized once
+//! let dev = VirtioNet::<KernelHal>::probe(&mut config, nic.bdf, &bars, irq)?;
 //! let stack = netstack::Stack::new(dev, net_config, now);
 //! ```
 //!

@@ -15,7 +15,7 @@
 
 use crate::hal::virtio::RootAccess;
 use crate::hal::{self, Mmio, RegisterIo};
-use crate::pci::bar::{self, Bar, BarError, Window};
+use crate::pci::bar::{self, Bar, BarError};
 use crate::pci::{self, Bdf, ConfigAccess};
 use crate::virtio_net::transport::{Notify, RoamTransport, common};
 use crate::virtio_net::{Interrupt, InterruptRequest, Structures, region, setup_interrupts};
@@ -119,28 +119,19 @@ pub struct Console<H: Hal> {
 }
 
 impl<H: Hal> Console<H> {
-    /// Brings up the virtio-console function `bdf`. Memory BARs without an address get one
-    /// from `window` when given. Interrupts go to `irq` through MSI-X when the device has it
-    /// (`queue_vector`: bytes arrived; `config_vector`: configuration changes), else through
-    /// INTx (see [`Console::interrupt`]).
+    /// Brings up the virtio-console function `bdf`, whose BARs are `bars` (sized and
+    /// assigned once, by [`bar::read_assigned`]; nothing sizes them again). Interrupts go to
+    /// `irq` through MSI-X when the device has it (`queue_vector`: bytes arrived;
+    /// `config_vector`: configuration changes), else through INTx (see
+    /// [`Console::interrupt`]).
     pub fn probe<C: ConfigAccess + Clone>(
         access: &mut C,
         bdf: Bdf,
-        window: Option<&mut Window>,
+        bars: &[Option<Bar>; 6],
         irq: InterruptRequest,
     ) -> Result<Console<H>, Error> {
         check_ids(access, bdf)?;
-
-        let mut bars = bar::read_all(access, bdf);
-        if let Some(window) = window {
-            for index in 0..bar::BAR_COUNT {
-                if let Some(Bar::Memory { address: 0, .. }) = bars[usize::from(index)] {
-                    let assigned = bar::assign(access, bdf, index, window).map_err(Error::Bar)?;
-                    log::info!("pci {bdf}: BAR {index} assigned: {assigned}");
-                    bars[usize::from(index)] = Some(assigned);
-                }
-            }
-        }
+        let bars = *bars;
         let command = pci::command(access, bdf);
         pci::set_command(
             access,
@@ -165,7 +156,7 @@ impl<H: Hal> Console<H> {
             device: bdf.device,
             function: bdf.function,
         };
-        let mut root = PciRoot::new(RootAccess(access.clone()));
+        let mut root = PciRoot::new(RootAccess::new(access.clone(), bdf, bars));
         let inner = PciTransport::new::<H, _>(&mut root, df).map_err(Error::Transport)?;
         let transport = RoamTransport::new(inner, common_io, notify, vectors);
         let inner = VirtIOConsole::<H, _>::new(transport).map_err(Error::Driver)?;

@@ -283,7 +283,8 @@ Commands:
   info              The VM's state and configuration, as JSON (vm.info).
   counters          The devices' host-side counters, as JSON (vm.counters): the serial
                     output dropped because stdout did not keep up, the frames a NIC
-                    dropped for a foreign source MAC (tx_spoofed) or an absurd TSO MSS.
+                    dropped for a foreign source MAC (tx_spoofed) or an absurd TSO MSS,
+                    the KVM_IOEVENTFD calls of the virtio devices (kvm.ioeventfd_calls).
   pause, resume     Pause the VM (device I/O, then the vCPU) and let it run again.
 
 Each command is one call to the host-vmm's HTTP API (host-vmm/openapi.yaml); curl

@@ -179,7 +179,10 @@ enum BenchCmd {
         #[arg(long)]
         json: bool,
     },
-    /// Process spawn -> app ready and -> exit, host-vmm vs QEMU microvm, same hello ELF.
+    /// Process spawn -> app ready and -> exit, host-vmm vs QEMU microvm, same hello ELF;
+    /// then network-ready: spawn -> first ping reply from netecho (pinged every 2 ms) and
+    /// the guest's own network_init time, host-vmm vs QEMU -M pc (microvm has no PCI where
+    /// the guest looks). Needs root (test network namespaces).
     Boot {
         /// Boots per VMM.
         #[arg(long, default_value_t = 20)]
@@ -536,18 +539,24 @@ fn exit_with(cmd: &mut Command, vmm: Vmm) -> Result<()> {
 
 fn prepare_boot_bench() -> Result<()> {
     prereq::ensure_kvm()?;
+    prereq::ensure_root("the network-ready figure makes network namespaces")?;
     prereq::ensure_packages(&[prereq::QEMU])?;
     artifacts::build_host_vmm()?;
-    artifacts::build_images(&["hello".to_string()])
+    artifacts::build_images(&["hello".to_string(), "netecho".to_string()])
 }
 
 fn print_boot_bench(runs: usize, json: bool) -> Result<()> {
     let image = image_path("hello");
     let figures = bench::boot::run(&image, runs)?;
+    let netecho = image_path("netecho");
+    let net = bench::boot::net_ready(&netecho, runs)?;
     if json {
-        println!("{}", bench::boot::json(&figures, runs));
+        let boot = bench::boot::json(&figures, runs);
+        let boot = boot.strip_suffix('}').unwrap_or(&boot);
+        println!("{boot},{}}}", bench::boot::net_json(&net));
     } else {
         print!("{}", bench::boot::table(&figures, runs, &image));
+        print!("{}", bench::boot::net_table(&net, runs, &netecho));
     }
     Ok(())
 }

@@ -9,10 +9,17 @@
 //! or in flight until the device hands its token back. Tokens and lengths the device reports
 //! are checked against this bookkeeping before any buffer is touched; a device that returns
 //! a token it was never given is declared broken and no longer used.
+//!
+//! Receive buffers go back to the device in batches ([`RX_BATCH`] of them, or fewer when the
+//! used ring runs dry, i.e. at the end of a burst), with at most one kick a batch
+//! ([`RxKick`]); the transport holds virtio-drivers' per-buffer kicks meanwhile.
 
+use crate::hal::{Mmio, RegisterIo};
 use crate::net::Stats;
+use crate::pci::bar::{BAR_COUNT, BAR0, Bar};
 use crate::pci::{Bdf, ConfigAccess};
-use crate::virtio_net::transport::RoamTransport;
+use crate::virtio_net::transport::{HeldKicks, RECEIVE_QUEUE, RoamTransport};
+use alloc::sync::Arc;
 use core::marker::PhantomData;
 use core::ptr::NonNull;
 use virtio_drivers::device::net::VirtIONetRaw;
@@ -26,23 +33,102 @@ pub const BUFFER_LEN: usize = 2048;
 const SLAB_PAGES: usize = QUEUE_SIZE * BUFFER_LEN / PAGE_SIZE;
 /// "No slot" in the token tables.
 const NO_SLOT: u16 = u16::MAX;
+/// Receive buffers returned before they are posted again together: a quarter of the ring, so
+/// the device never has fewer than three quarters to fill.
+pub const RX_BATCH: usize = QUEUE_SIZE / 4;
 
 /// virtio-drivers' view of our configuration access (virtio-net and virtio-console probe
-/// through its `PciRoot`).
+/// through its `PciRoot`), with the probed function's BARs answered from the sizes read once
+/// (`bars`): `PciTransport::new` sizes the BAR of each virtio structure again (four times
+/// BAR 4, each with decoding off), and here those writes stay in this value (a pending
+/// all-ones write makes the register read back its size mask) instead of reaching the device.
 #[derive(Clone, Debug)]
-pub(crate) struct RootAccess<C>(pub(crate) C);
+pub(crate) struct RootAccess<C> {
+    access: C,
+    bdf: Bdf,
+    bars: [Option<Bar>; BAR_COUNT as usize],
+    /// The BAR register last written with all ones (sizing), until written again.
+    sizing: Option<u8>,
+}
+
+impl<C> RootAccess<C> {
+    /// `access` for virtio-drivers, with function `bdf`'s BARs known to be `bars`.
+    pub(crate) fn new(access: C, bdf: Bdf, bars: [Option<Bar>; BAR_COUNT as usize]) -> Self {
+        RootAccess {
+            access,
+            bdf,
+            bars,
+            sizing: None,
+        }
+    }
+
+    /// BAR register `reg` (0x10..0x28) as the device would answer: its value, or the size
+    /// mask while it is being sized.
+    fn bar_register(&self, reg: u8) -> u32 {
+        let index = usize::from((reg - BAR0) / 4);
+        let sizing = self.sizing == Some(reg);
+        // The upper half of a 64-bit memory BAR.
+        if let Some(Some(Bar::Memory {
+            address,
+            size,
+            is_64: true,
+            ..
+        })) = index.checked_sub(1).map(|i| self.bars[i])
+        {
+            let value = if sizing {
+                !size.wrapping_sub(1)
+            } else {
+                address
+            };
+            return (value >> 32) as u32;
+        }
+        match self.bars[index] {
+            Some(Bar::Memory {
+                address,
+                size,
+                is_64,
+                prefetchable,
+            }) => {
+                let flags = if is_64 { 0b100 } else { 0 } | if prefetchable { 0b1000 } else { 0 };
+                let value = if sizing {
+                    !size.wrapping_sub(1)
+                } else {
+                    address
+                };
+                (value as u32 & !0xF) | flags
+            }
+            Some(Bar::Io { port, size }) => {
+                (if sizing { !size.wrapping_sub(1) } else { port } & !0b11) | 1
+            }
+            None => 0,
+        }
+    }
+}
+
+/// Whether `reg` is a BAR register of a type-0 header.
+fn is_bar_register(reg: u8) -> bool {
+    (BAR0..BAR0 + 4 * BAR_COUNT).contains(&reg)
+}
 
 impl<C: ConfigAccess + Clone> ConfigurationAccess for RootAccess<C> {
     fn read_word(&self, df: DeviceFunction, register_offset: u8) -> u32 {
         match Bdf::new(df.bus, df.device, df.function) {
-            Some(bdf) => self.0.read32(bdf, register_offset),
+            Some(bdf) if bdf == self.bdf && is_bar_register(register_offset & !3) => {
+                self.bar_register(register_offset & !3)
+            }
+            Some(bdf) => self.access.read32(bdf, register_offset),
             None => u32::MAX,
         }
     }
 
     fn write_word(&mut self, df: DeviceFunction, register_offset: u8, data: u32) {
-        if let Some(bdf) = Bdf::new(df.bus, df.device, df.function) {
-            self.0.write32(bdf, register_offset, data);
+        match Bdf::new(df.bus, df.device, df.function) {
+            Some(bdf) if bdf == self.bdf && is_bar_register(register_offset & !3) => {
+                // Sizing writes all ones, then the value it read: neither changes the BAR.
+                self.sizing = (data == u32::MAX).then_some(register_offset & !3);
+            }
+            Some(bdf) => self.access.write32(bdf, register_offset, data),
+            None => {}
         }
     }
 
@@ -112,11 +198,25 @@ impl<H: Hal> Drop for DmaSlab<H> {
     }
 }
 
-/// Receive buffers: which slot each posted token uses, and the slot lent to the stack.
+/// Receive buffers: which slot each posted token uses, the slot lent to the stack, and
+/// the slots waiting to be posted again.
 struct RxRing<H: Hal> {
     slab: DmaSlab<H>,
     slot_of: [u16; QUEUE_SIZE],
     lent: Option<u16>,
+    returned: [u16; QUEUE_SIZE],
+    returned_len: usize,
+}
+
+/// The receive queue's notify register, written once per batch of posted buffers while the
+/// transport holds the per-buffer kicks.
+pub(crate) struct RxKick {
+    /// A view of the notify region.
+    pub io: Mmio,
+    /// The receive queue's register in it.
+    pub offset: usize,
+    /// The transport's switch for the receive queue's kicks.
+    pub held: Arc<HeldKicks>,
 }
 
 /// Transmit buffers: free slots, and the slot and length of each token in flight.
@@ -157,13 +257,15 @@ pub(crate) struct NetQueues<H: Hal> {
     raw: Raw<H>,
     rx: RxRing<H>,
     tx: TxRing<H>,
+    rx_kick: RxKick,
     stats: Stats,
     broken: Option<QueueError>,
 }
 
 impl<H: Hal> NetQueues<H> {
-    /// Takes over the driver, allocates the buffers and posts every receive buffer.
-    pub fn new(raw: Raw<H>) -> Result<NetQueues<H>, QueueError> {
+    /// Takes over the driver, allocates the buffers and posts every receive buffer (one
+    /// kick, through `rx_kick`).
+    pub fn new(raw: Raw<H>, rx_kick: RxKick) -> Result<NetQueues<H>, QueueError> {
         let rx = DmaSlab::new(BufferDirection::DeviceToDriver).ok_or(QueueError::NoMemory)?;
         let tx = DmaSlab::new(BufferDirection::DriverToDevice).ok_or(QueueError::NoMemory)?;
         let mut free = [0; QUEUE_SIZE];
@@ -176,6 +278,8 @@ impl<H: Hal> NetQueues<H> {
                 slab: rx,
                 slot_of: [NO_SLOT; QUEUE_SIZE],
                 lent: None,
+                returned: free,
+                returned_len: QUEUE_SIZE,
             },
             tx: TxRing {
                 slab: tx,
@@ -184,12 +288,11 @@ impl<H: Hal> NetQueues<H> {
                 free,
                 free_len: QUEUE_SIZE,
             },
+            rx_kick,
             stats: Stats::default(),
             broken: None,
         };
-        for slot in 0..QUEUE_SIZE as u16 {
-            queues.post_rx(slot);
-        }
+        queues.post_returned();
         match queues.broken {
             Some(e) => Err(e),
             None => Ok(queues),
@@ -230,18 +333,48 @@ impl<H: Hal> NetQueues<H> {
         }
     }
 
-    /// Posts the slot the previous `receive` lent out, if any.
-    fn repost_lent(&mut self) {
+    /// Queues receive slot `slot` (not posted, not lent) to be posted with the next batch.
+    fn return_rx(&mut self, slot: u16) {
+        if let Some(entry) = self.rx.returned.get_mut(self.rx.returned_len) {
+            *entry = slot;
+            self.rx.returned_len += 1;
+        }
+    }
+
+    /// Posts every returned slot, with at most one kick.
+    fn post_returned(&mut self) {
+        if self.rx.returned_len == 0 {
+            return;
+        }
+        self.rx_kick.held.hold();
+        for i in 0..core::mem::take(&mut self.rx.returned_len) {
+            self.post_rx(self.rx.returned[i]);
+        }
+        if self.rx_kick.held.release() {
+            self.rx_kick.io.write16(self.rx_kick.offset, RECEIVE_QUEUE);
+        }
+    }
+
+    /// Returns the slot the previous `receive` lent out, if any; posts the returned slots
+    /// once a batch is full.
+    fn return_lent(&mut self) {
         if let Some(slot) = self.rx.lent.take() {
-            self.post_rx(slot);
+            self.return_rx(slot);
+        }
+        if self.rx.returned_len >= RX_BATCH {
+            self.post_returned();
         }
     }
 
     /// The next received frame and a transmit queue to answer it with. Frames with
-    /// impossible lengths are dropped (and counted) on the way.
+    /// impossible lengths are dropped (and counted) on the way. When none is left, the
+    /// returned buffers go back to the device.
     pub fn receive(&mut self) -> Option<(&[u8], TxQueue<'_, H>)> {
-        self.repost_lent();
-        let (slot, start, len) = self.next_rx()?;
+        self.return_lent();
+        let Some((slot, start, len)) = self.next_rx() else {
+            self.post_returned();
+            return None;
+        };
         self.rx.lent = Some(slot);
         self.stats.rx_frames += 1;
         // SAFETY: the slot came back from the device (`receive_complete` succeeded) and is
@@ -286,7 +419,7 @@ impl<H: Hal> NetQueues<H> {
                 // the buffer: drop the frame, post the buffer again.
                 Ok(_) | Err(VirtioError::IoError) => {
                     self.stats.rx_errors += 1;
-                    self.post_rx(slot);
+                    self.return_rx(slot);
                 }
                 Err(e) => {
                     self.fail(QueueError::Driver(e));
@@ -300,7 +433,7 @@ impl<H: Hal> NetQueues<H> {
     /// A transmit queue, if a buffer is free (after taking back the ones the device has
     /// sent).
     pub fn transmit(&mut self) -> Option<TxQueue<'_, H>> {
-        self.repost_lent();
+        self.return_lent();
         if self.broken.is_some() {
             return None;
         }

@@ -6,7 +6,7 @@
 
 use super::Error;
 use crate::hal::RegisterIo;
-use crate::pci::bar::{self, Bar, Region, Window};
+use crate::pci::bar::{self, Region, Window};
 use crate::pci::msix::{MsiMessage, Msix, MsixTable};
 use crate::pci::{self, Bdf, ConfigAccess};
 use ixgbevf_regs::{BAR_SIZE, DEVICE_ID_82599_VF, REGS_BAR, VENDOR_ID};
@@ -58,15 +58,7 @@ pub fn probe(
     if vendor != VENDOR_ID || device != DEVICE_ID_82599_VF {
         return Err(Error::NotAVf(vendor, device));
     }
-    let mut bars = bar::read_all(access, bdf);
-    if let Some(window) = window {
-        for index in 0..bar::BAR_COUNT {
-            if let Some(Bar::Memory { address: 0, .. }) = bars[usize::from(index)] {
-                bars[usize::from(index)] =
-                    Some(bar::assign(access, bdf, index, window).map_err(Error::Bar)?);
-            }
-        }
-    }
+    let bars = bar::read_assigned(access, bdf, window).map_err(Error::Bar)?;
     let registers = bars[usize::from(REGS_BAR)]
         .and_then(|b| b.region(0, BAR_SIZE))
         .ok_or(Error::BadBar(REGS_BAR))?;

@@ -240,6 +240,26 @@ pub fn read_all(access: &mut impl ConfigAccess, bdf: Bdf) -> [Option<Bar>; BAR_C
     bars
 }
 
+/// Sizes every BAR of `bdf` once ([`read_all`]) and, with a `window`, gives the unassigned
+/// memory BARs addresses from it: the BARs a driver's probe takes, so that nothing sizes them
+/// again (each sizing turns decoding off and on, exits to the VMM several times, and made
+/// host-vmm move its ioeventfds before it learnt better).
+pub fn read_assigned(
+    access: &mut impl ConfigAccess,
+    bdf: Bdf,
+    window: Option<&mut Window>,
+) -> Result<[Option<Bar>; BAR_COUNT as usize], BarError> {
+    let mut bars = read_all(access, bdf);
+    if let Some(window) = window {
+        for (index, slot) in bars.iter_mut().enumerate() {
+            if let Some(b @ Bar::Memory { address: 0, .. }) = *slot {
+                *slot = Some(assign(access, bdf, index as u8, b, window)?);
+            }
+        }
+    }
+    Ok(bars)
+}
+
 /// A range of physical address space from which unassigned memory BARs get addresses (for
 /// machines without firmware that assigns them).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -269,15 +289,19 @@ impl Window {
     }
 }
 
-/// Gives memory BAR `index` of `bdf` an address from `window` if it has none, and returns the
-/// BAR as it now is. A 32-bit BAR only takes addresses below 4 GiB.
+/// Gives memory BAR `index` of `bdf`, as [`read`] sized it (`bar`), an address from `window`
+/// if it has none, and returns the BAR as it now is. A 32-bit BAR only takes addresses below
+/// 4 GiB. Nothing is sized again.
 pub fn assign(
     access: &mut impl ConfigAccess,
     bdf: Bdf,
     index: u8,
+    bar: Bar,
     window: &mut Window,
 ) -> Result<Bar, BarError> {
-    let bar = read(access, bdf, index)?.ok_or(BarError::BadIndex(index))?;
+    if index >= BAR_COUNT {
+        return Err(BarError::BadIndex(index));
+    }
     let Bar::Memory {
         address,
         size,
@@ -402,9 +426,10 @@ mod tests {
         config.function(NIC).set_bar(1, 0x1000, 0, 0);
         config.function(NIC).set_bar(4, 0x4000, 0b1100, 0);
         let mut window = Window::new(0xC000_0800, 0xC001_0000);
-        let b1 = assign(&mut config, NIC, 1, &mut window).unwrap();
+        let bars = read_all(&mut config, NIC);
+        let b1 = assign(&mut config, NIC, 1, bars[1].unwrap(), &mut window).unwrap();
         assert_eq!(b1.memory(), Some((0xC000_1000, 0x1000)));
-        let b4 = assign(&mut config, NIC, 4, &mut window).unwrap();
+        let b4 = assign(&mut config, NIC, 4, bars[4].unwrap(), &mut window).unwrap();
         assert_eq!(b4.memory(), Some((0xC000_4000, 0x4000)));
         assert_eq!(
             read(&mut config, NIC, 4).unwrap().unwrap().memory(),
@@ -412,16 +437,19 @@ mod tests {
         );
         // Assigned BARs keep their address; I/O BARs are refused; a full window is an error.
         assert_eq!(
-            assign(&mut config, NIC, 1, &mut window).unwrap().memory(),
+            assign(&mut config, NIC, 1, b1, &mut window)
+                .unwrap()
+                .memory(),
             Some((0xC000_1000, 0x1000))
         );
         assert_eq!(
-            assign(&mut config, NIC, 0, &mut window),
+            assign(&mut config, NIC, 0, bars[0].unwrap(), &mut window),
             Err(BarError::NotMemory(0))
         );
         config.function(NIC).set_bar(1, 0x10_0000, 0, 0);
+        let big = read(&mut config, NIC, 1).unwrap().unwrap();
         assert_eq!(
-            assign(&mut config, NIC, 1, &mut window),
+            assign(&mut config, NIC, 1, big, &mut window),
             Err(BarError::WindowFull(1))
         );
     }
@@ -447,8 +475,9 @@ mod tests {
         let mut config = nic();
         config.function(NIC).set_bar(1, 0x1000, 0, 0);
         let mut window = Window::new(0x1_0000_0000, 0x2_0000_0000);
+        let b1 = read(&mut config, NIC, 1).unwrap().unwrap();
         assert_eq!(
-            assign(&mut config, NIC, 1, &mut window),
+            assign(&mut config, NIC, 1, b1, &mut window),
             Err(BarError::WindowFull(1))
         );
         assert_eq!(window, Window::new(0x1_0000_0000, 0x2_0000_0000));

@@ -14,10 +14,10 @@ pub(crate) mod transport;
 
 pub use crate::hal::virtio::QueueError;
 
-use crate::hal::virtio::{NetQueues, QUEUE_SIZE, Raw, RootAccess, TxQueue};
+use crate::hal::virtio::{NetQueues, QUEUE_SIZE, Raw, RootAccess, RxKick, TxQueue};
 use crate::hal::{self, Mmio, RegisterIo};
 use crate::net::{Capabilities, Events, MacAddress, NetDevice, RxToken, Stats, TxToken};
-use crate::pci::bar::{self, Bar, BarError, Window};
+use crate::pci::bar::{self, Bar, BarError};
 use crate::pci::capability::{self, ID_VENDOR};
 use crate::pci::msix::{MsiMessage, Msix, MsixError, MsixTable};
 use crate::pci::{self, Bdf, ConfigAccess, Intx};
@@ -191,13 +191,14 @@ pub struct VirtioNet<H: Hal> {
 }
 
 impl<H: Hal> VirtioNet<H> {
-    /// Brings up the virtio-net function `bdf`. Memory BARs without an address get one from
-    /// `window` when given. Interrupts go to `irq` through MSI-X when the device has it,
-    /// else through INTx (see [`VirtioNet::interrupt`]).
+    /// Brings up the virtio-net function `bdf`, whose BARs are `bars` (sized and assigned
+    /// once, by [`bar::read_assigned`]; nothing sizes them again). Interrupts go to `irq`
+    /// through MSI-X when the device has it, else through INTx (see
+    /// [`VirtioNet::interrupt`]).
     pub fn probe<C: ConfigAccess + Clone>(
         access: &mut C,
         bdf: Bdf,
-        window: Option<&mut Window>,
+        bars: &[Option<Bar>; 6],
         irq: InterruptRequest,
     ) -> Result<VirtioNet<H>, ProbeError> {
         let ids = access.read32(bdf, pci::VENDOR_DEVICE);
@@ -206,17 +207,7 @@ impl<H: Hal> VirtioNet<H> {
             return Err(ProbeError::NotVirtioNet(vendor, device));
         }
 
-        let mut bars = bar::read_all(access, bdf);
-        if let Some(window) = window {
-            for index in 0..bar::BAR_COUNT {
-                if let Some(Bar::Memory { address: 0, .. }) = bars[usize::from(index)] {
-                    let assigned =
-                        bar::assign(access, bdf, index, window).map_err(ProbeError::Bar)?;
-                    log::info!("pci {bdf}: BAR {index} assigned: {assigned}");
-                    bars[usize::from(index)] = Some(assigned);
-                }
-            }
-        }
+        let bars = *bars;
         let command = pci::command(access, bdf);
         pci::set_command(
             access,
@@ -237,8 +228,9 @@ impl<H: Hal> VirtioNet<H> {
         // to check afterwards that the device took them.
         let mut check = hal::map::<H>(common_region);
         let common_io = hal::map::<H>(common_region);
+        let notify_region = region(&bars, notify, "notify")?;
         let notify = Notify {
-            io: hal::map::<H>(region(&bars, notify, "notify")?),
+            io: hal::map::<H>(notify_region),
             multiplier,
         };
         check.write32(common::DEVICE_FEATURE_SELECT, 0);
@@ -256,10 +248,16 @@ impl<H: Hal> VirtioNet<H> {
             device: bdf.device,
             function: bdf.function,
         };
-        let mut root = PciRoot::new(RootAccess(access.clone()));
+        let mut root = PciRoot::new(RootAccess::new(access.clone(), bdf, bars));
         let inner = PciTransport::new::<H, _>(&mut root, df).map_err(ProbeError::Transport)?;
         let transport = RoamTransport::new(inner, common_io, notify, vectors);
+        let held = transport.rx_kicks();
         let raw = Raw::<H>::new(transport).map_err(ProbeError::Driver)?;
+        let rx_kick = RxKick {
+            io: hal::map::<H>(notify_region),
+            offset: receive_notify_offset(&mut check, multiplier, notify_region.len())?,
+            held,
+        };
 
         if let (Some(msix), Interrupt::Msix { .. }) = (msix, interrupt) {
             check.write16(common::QUEUE_SELECT, 0);
@@ -272,7 +270,7 @@ impl<H: Hal> VirtioNet<H> {
             }
         }
 
-        let mut queues = NetQueues::new(raw).map_err(ProbeError::Queues)?;
+        let mut queues = NetQueues::new(raw, rx_kick).map_err(ProbeError::Queues)?;
         let mac = MacAddress(queues.raw().mac_address());
         Ok(VirtioNet {
             queues,
@@ -286,6 +284,19 @@ impl<H: Hal> VirtioNet<H> {
     pub fn interrupt(&self) -> Interrupt {
         self.interrupt
     }
+}
+
+/// Where the receive queue's notify register is in the notify region (`len` bytes).
+fn receive_notify_offset(
+    common: &mut Mmio,
+    multiplier: u32,
+    len: usize,
+) -> Result<usize, ProbeError> {
+    common.write16(common::QUEUE_SELECT, transport::RECEIVE_QUEUE);
+    usize::from(common.read16(common::QUEUE_NOTIFY_OFF))
+        .checked_mul(multiplier as usize)
+        .filter(|offset| offset.checked_add(2).is_some_and(|end| end <= len))
+        .ok_or(ProbeError::StructureOutsideBar("notify"))
 }
 
 /// Programs MSI-X when the device has a usable capability; else reports INTx.
@@ -415,6 +426,53 @@ mod tests {
         device: 3,
         function: 0,
     };
+
+    /// A shared, clonable [`FakeConfig`] that counts writes to BAR registers.
+    #[derive(Clone)]
+    struct Counted(
+        std::rc::Rc<core::cell::RefCell<FakeConfig>>,
+        std::rc::Rc<core::cell::Cell<usize>>,
+    );
+
+    impl ConfigAccess for Counted {
+        fn read32(&self, bdf: Bdf, offset: u8) -> u32 {
+            self.0.borrow().read32(bdf, offset)
+        }
+
+        fn write32(&mut self, bdf: Bdf, offset: u8, value: u32) {
+            if (0x10..0x28).contains(&(offset & !3)) {
+                self.1.set(self.1.get() + 1);
+            }
+            self.0.borrow_mut().write32(bdf, offset, value)
+        }
+    }
+
+    /// virtio-drivers' `PciTransport` sizes BARs again; through `RootAccess` it gets the
+    /// sizes read once and nothing it writes reaches a BAR register.
+    #[test]
+    fn virtio_drivers_sizing_is_answered_from_the_bars_read_once() {
+        let mut config = qemu_nic();
+        let bars = bar::read_all(&mut config, NIC);
+        let counted = Counted(Default::default(), Default::default());
+        *counted.0.borrow_mut() = config;
+        let mut root = PciRoot::new(RootAccess::new(counted.clone(), NIC, bars));
+        let df = DeviceFunction {
+            bus: 0,
+            device: 3,
+            function: 0,
+        };
+        for (index, expected) in [(1, (0xFEBD_1000, 0x1000)), (4, (0xFE00_0000, 0x4000))] {
+            let info = root.bar_info(df, index).unwrap().unwrap();
+            assert_eq!(info.memory_address_size(), Some(expected), "BAR {index}");
+        }
+        assert_eq!(root.bar_info(df, 2).unwrap(), None);
+        assert_eq!(counted.1.get(), 0, "BAR writes reached the device");
+        assert_eq!(
+            bar::read_all(&mut *counted.0.borrow_mut(), NIC),
+            bars,
+            "the BARs are as they were"
+        );
+    }
 
     /// QEMU's virtio-net-pci capability chain (modern, `disable-legacy=on`).
     fn qemu_nic() -> FakeConfig {

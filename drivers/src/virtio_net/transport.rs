@@ -7,12 +7,21 @@
 //! - A cheaper notify: `PciTransport::notify` selects the queue and reads its notify offset
 //!   on every call (three exits); here the address is computed once per queue, so a notify
 //!   is one write.
+//! - Batched receive kicks ([`HeldKicks`]): virtio-drivers decides per buffer whether to
+//!   notify, and with event indices its test (`avail_idx > avail_event`) says yes for every
+//!   buffer once the device has passed `avail_event`, which host-vmm's device moves only when
+//!   it waits for buffers: every receive buffer posted again cost a kick (an exit). While the
+//!   queue owner holds the receive queue's kicks, they are recorded, and it sends one at the
+//!   end of the batch if any was asked for: never fewer kicks than the device wanted (the
+//!   batch's last index is published before that one kick), at most one per batch.
 //!
 //! Everything else is delegated unchanged.
 
 use crate::hal::{Mmio, RegisterIo};
+use alloc::sync::Arc;
 use core::fmt::Debug;
 use core::ops::BitAnd;
+use core::sync::atomic::{AtomicBool, Ordering};
 use virtio_drivers::transport::pci::PciTransport;
 use virtio_drivers::transport::{DeviceStatus, DeviceType, InterruptStatus, Transport};
 use virtio_drivers::{Error, PhysAddr};
@@ -65,6 +74,40 @@ pub struct Notify {
     pub multiplier: u32,
 }
 
+/// The receive queue's index (receiveq1 for virtio-net, receiveq0 for the console).
+pub const RECEIVE_QUEUE: u16 = 0;
+
+/// Kicks of the receive queue held back while its owner posts a batch of buffers: shared by
+/// the transport, which records them, and the owner, which sends one when the batch is in.
+#[derive(Debug, Default)]
+pub struct HeldKicks {
+    holding: AtomicBool,
+    wanted: AtomicBool,
+}
+
+impl HeldKicks {
+    /// From now on kicks are recorded, not sent.
+    pub fn hold(&self) {
+        self.wanted.store(false, Ordering::Relaxed);
+        self.holding.store(true, Ordering::Relaxed);
+    }
+
+    /// Stops holding; whether a kick was asked for meanwhile (the caller sends one).
+    pub fn release(&self) -> bool {
+        self.holding.store(false, Ordering::Relaxed);
+        self.wanted.swap(false, Ordering::Relaxed)
+    }
+
+    /// Records a kick if they are held; whether it was.
+    fn record(&self) -> bool {
+        let held = self.holding.load(Ordering::Relaxed);
+        if held {
+            self.wanted.store(true, Ordering::Relaxed);
+        }
+        held
+    }
+}
+
 /// virtio-drivers' PCI transport with MSI-X vector setup and one-write notifies.
 pub struct RoamTransport {
     inner: PciTransport,
@@ -73,6 +116,8 @@ pub struct RoamTransport {
     /// Offset of each queue's notify register in `notify.io`, once known.
     notify_offset: [Option<usize>; 2],
     vectors: Vectors,
+    /// The receive queue's kicks, when its owner batches them.
+    rx_kicks: Arc<HeldKicks>,
 }
 
 impl RoamTransport {
@@ -90,7 +135,13 @@ impl RoamTransport {
             notify,
             notify_offset: [None; 2],
             vectors,
+            rx_kicks: Arc::new(HeldKicks::default()),
         }
+    }
+
+    /// The receive queue's kick switch, for the queue's owner to batch kicks.
+    pub fn rx_kicks(&self) -> Arc<HeldKicks> {
+        self.rx_kicks.clone()
     }
 
     fn write_vector(&mut self, register: usize, vector: u16) {
@@ -121,6 +172,9 @@ impl Transport for RoamTransport {
     }
 
     fn notify(&mut self, queue: u16) {
+        if queue == RECEIVE_QUEUE && self.rx_kicks.record() {
+            return;
+        }
         match self
             .notify_offset
             .get(usize::from(queue))

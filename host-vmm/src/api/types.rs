@@ -695,6 +695,6 @@ pub struct ErrorBody {
     pub error: String,
 }
 
-/// `vm.counters`' answer (CH's shape): counters by device (`serial`, `virtio-net`, `vf`),
+/// `vm.counters`' answer (CH's shape): counters by device (`kvm`, `serial`, `virtio-net`, `vf`),
 /// then by name.
 pub type VmCounters = std::collections::BTreeMap<String, std::collections::BTreeMap<String, u64>>;

@@ -34,7 +34,7 @@ use crate::devices::virtio::pci::{IntxLine, TransportError, VirtioPci};
 use crate::devices::{Bus, BusError, DeviceStateError};
 use crate::io_thread::IoHandler;
 use crate::kvm::KvmError;
-use crate::kvm::routing::FIRST_MSI_GSI;
+use crate::kvm::routing::{FIRST_MSI_GSI, KvmVmOps};
 use crate::kvm::vm::Vm;
 use crate::memory::GuestRam;
 use crate::roaming::{MipTunnel, RoutedConfig, RoutedError, RoutedPort, TunnelConfig};
@@ -215,6 +215,8 @@ pub struct DeviceManager {
     agent_counters: Option<HostPort>,
     /// COM1's output counters.
     serial_output: OutputStats,
+    /// The devices' VM services, for their `KVM_IOEVENTFD` count.
+    vm_ops: Arc<KvmVmOps>,
     /// In attach order.
     registered: Vec<Registered>,
     /// Writers on the NICs' TAPs and the guest's MAC, for announcing the guest after a move.
@@ -305,9 +307,13 @@ impl DeviceManager {
 
     /// Every device's host-side counters by device and name (`vm.counters`): COM1's
     /// output, virtio-net's and the VF's frames, drops and refusals, the agent channel's
-    /// bytes.
+    /// bytes, and the `KVM_IOEVENTFD` calls the virtio devices made (`kvm`).
     pub fn counters(&self) -> Counters {
         let mut all = Counters::new();
+        all.insert(
+            "kvm".into(),
+            named([("ioeventfd_calls", self.vm_ops.ioeventfd_calls())]),
+        );
         let s = self.serial_output.get();
         all.insert(
             "serial".into(),
@@ -514,6 +520,7 @@ impl<'a> Builder<'a> {
                 agent_port: Mutex::new(None),
                 agent_counters: None,
                 serial_output,
+                vm_ops: vm.device_ops(),
                 registered,
                 announce: Vec::new(),
             },

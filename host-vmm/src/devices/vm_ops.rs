@@ -51,6 +51,8 @@ pub struct Recorded {
     pub route_updates: usize,
     /// Registered ioevent addresses, sorted.
     pub ioevents: Vec<u64>,
+    /// Number of ioevent registrations and removals asked for.
+    pub ioevent_calls: usize,
     /// IOAPIC pins currently high.
     pub lines_high: Vec<u32>,
     /// Number of line level changes asked for.
@@ -77,6 +79,7 @@ impl VmOps for RecordingVmOps {
 
     fn register_ioevent(&self, _event: &EventFd, addr: u64) -> io::Result<()> {
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        s.ioevent_calls += 1;
         if s.ioevents.contains(&addr) {
             return Err(io::Error::from_raw_os_error(libc::EEXIST));
         }
@@ -87,6 +90,7 @@ impl VmOps for RecordingVmOps {
 
     fn unregister_ioevent(&self, _event: &EventFd, addr: u64) -> io::Result<()> {
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        s.ioevent_calls += 1;
         let before = s.ioevents.len();
         s.ioevents.retain(|&a| a != addr);
         if s.ioevents.len() == before {

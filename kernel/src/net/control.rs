@@ -64,16 +64,19 @@ pub fn bring_up(
     apic_id: u8,
 ) -> Option<Control> {
     let f = functions.iter().find(|f| virtio_console::matches(f))?;
-    if let Err(e) = super::map_bars(access, f.bdf) {
-        log::error!("control: virtio-console at {}: {e}", f.bdf);
-        return None;
-    }
+    let bars = match super::map_bars(access, f.bdf) {
+        Ok(bars) => bars,
+        Err(e) => {
+            log::error!("control: virtio-console at {}: {e}", f.bdf);
+            return None;
+        }
+    };
     let irq = InterruptRequest {
         apic_id,
         queue_vector: apic::CONTROL_VECTOR,
         config_vector: apic::CONTROL_VECTOR,
     };
-    match Console::probe(access, f.bdf, None, irq) {
+    match Console::probe(access, f.bdf, &bars, irq) {
         Ok(console) if matches!(console.interrupt(), Interrupt::Msix { .. }) => {
             log::info!("control: virtio-console at {}", f.bdf);
             let (agent, chatter) = from_knobs();

@@ -266,13 +266,13 @@ fn probe_virtio(
     apic_id: u8,
 ) -> Result<(Virtio, VirtioMode), InitError> {
     log::info!("net: virtio-net at {bdf}");
-    map_bars(access, bdf)?;
+    let bars = map_bars(access, bdf)?;
     let irq = InterruptRequest {
         apic_id,
         queue_vector: apic::NET_QUEUE_VECTOR,
         config_vector: apic::NET_CONFIG_VECTOR,
     };
-    let mut device = Virtio::probe(access, bdf, None, irq).map_err(|e| {
+    let mut device = Virtio::probe(access, bdf, &bars, irq).map_err(|e| {
         log::error!("pci {bdf}: {e}");
         InitError::DeviceFailed
     })?;
@@ -294,20 +294,20 @@ fn probe_virtio(
     Ok((device, mode))
 }
 
-/// Assigns addresses to unassigned memory BARs of `bdf` and maps every memory BAR uncached,
-/// so the drivers' HAL only ever finds them mapped.
-pub(crate) fn map_bars(access: &mut PortConfig, bdf: Bdf) -> Result<(), InitError> {
+/// Sizes the BARs of `bdf` (once: the driver's probe takes them from here), assigns
+/// addresses to unassigned memory BARs and maps every memory BAR uncached, so the drivers'
+/// HAL only ever finds them mapped.
+pub(crate) fn map_bars(
+    access: &mut PortConfig,
+    bdf: Bdf,
+) -> Result<[Option<bar::Bar>; bar::BAR_COUNT as usize], InitError> {
     let mut window = BAR_WINDOW;
-    let bars = bar::read_all(access, bdf);
+    let bars = bar::read_assigned(access, bdf, Some(&mut window)).map_err(|e| {
+        log::error!("pci {bdf}: {e}");
+        InitError::DeviceFailed
+    })?;
     for (index, b) in bars.iter().enumerate() {
-        let Some(mut b) = *b else { continue };
-        if let Some((0, _)) = b.memory() {
-            b = bar::assign(access, bdf, index as u8, &mut window).map_err(|e| {
-                log::error!("pci {bdf}: {e}");
-                InitError::DeviceFailed
-            })?;
-            log::info!("pci {bdf}: BAR {index} assigned: {b}");
-        }
+        let Some(b) = *b else { continue };
         let Some((address, size)) = b.memory() else {
             continue;
         };
@@ -317,7 +317,7 @@ pub(crate) fn map_bars(access: &mut PortConfig, bdf: Bdf) -> Result<(), InitErro
             return Err(InitError::DeviceFailed);
         }
     }
-    Ok(())
+    Ok(bars)
 }
 
 /// Does the network's pending work (called by the idle loop each time it wakes, with the

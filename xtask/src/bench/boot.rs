@@ -1,4 +1,5 @@
-//! `cargo xtask bench boot`: host-vmm against stock QEMU microvm on the same hello ELF.
+//! `cargo xtask bench boot`: host-vmm against stock QEMU microvm on the same hello ELF,
+//! and network-ready (spawn -> first ping reply from netecho) against stock QEMU.
 
 use crate::stats::Summary;
 use crate::vm::{Boot, Vmm};
@@ -131,4 +132,212 @@ pub fn table(figures: &[BootFigures], runs: usize, image: &Path) -> String {
         ratio(figures)
     ));
     out
+}
+
+/// The VMMs compared for network-ready. QEMU's microvm has no PCI at port 0xCF8 (only
+/// virtio-mmio, or PCIe behind an ECAM), where the guest looks for its NIC, so its
+/// network-ready is measured on `-M pc` (SeaBIOS included, ~2 s); the guest's own
+/// `network_init` figure compares the NIC bring-up like for like.
+const NET_VMMS: [Vmm; 2] = [Vmm::HostVmm, Vmm::QemuPc];
+
+/// How long one guest may take to answer its first ping.
+const NET_READY_TIMEOUT_S: u32 = 30;
+
+/// Per-VMM results of the network-ready benchmark.
+#[derive(Debug)]
+pub struct NetReadyFigures {
+    /// Which VMM.
+    pub vmm: Vmm,
+    /// Spawn -> first ping reply in the client namespace.
+    pub ready: Summary,
+    /// The guest's own `network_init` time (netecho prints it), in ms.
+    pub network_init: Summary,
+}
+
+/// The line netecho prints once its network is up and its sockets listen.
+const NETECHO_LISTENING: &str = "netecho: listening";
+
+/// Boots netecho `image` `runs` times under each of [`NET_VMMS`] (alternating) on one test
+/// network and times spawn -> first ping reply. The client starts pinging (every 2 ms, the
+/// guest's MAC in its neighbour table, so no ARP retry, 1 s apart, hides the guest's time)
+/// as soon as netecho says it listens: pings sent earlier would queue on the TAP while
+/// QEMU's firmware runs and land inside the guest's `network_init`, which is measured too.
+pub fn net_ready(image: &Path, runs: usize) -> Result<Vec<NetReadyFigures>> {
+    use crate::net::{self, Topology, TopologyGuard};
+    if runs == 0 {
+        bail!("--runs must be at least 1");
+    }
+    let topo = TopologyGuard(Topology::unique("nr")?);
+    topo.0.up()?;
+    let client_ns = topo.0.client_ns();
+    crate::proc::run(Topology::exec_in(&client_ns, "ip").args([
+        "neigh",
+        "replace",
+        net::GUEST_IP,
+        "lladdr",
+        net::GUEST_MAC,
+        "dev",
+        "eth0",
+        "nud",
+        "permanent",
+    ]))?;
+    let host_ns = topo.0.host_ns(1);
+    let cmdline = net::guest_cmdline();
+    let boot = Boot {
+        cmdline: &cmdline,
+        net: Some(crate::vm::NetAttach::virtio(
+            &host_ns,
+            net::TAP,
+            net::GUEST_MAC,
+        )),
+        ..Boot::new(image)
+    };
+    let mut ready = vec![Vec::with_capacity(runs); NET_VMMS.len()];
+    let mut init = vec![Vec::with_capacity(runs); NET_VMMS.len()];
+    for run in 1..=runs {
+        eprint!("\rnetwork-ready bench: run {run}/{runs}");
+        let _ = std::io::stderr().flush();
+        for (i, vmm) in NET_VMMS.iter().enumerate() {
+            let context = || format!("run {run} under {}", vmm.key());
+            // Started before the VMM and waiting on its stdin, so that entering the
+            // namespace and starting a shell are not part of the figure.
+            let mut ping = Topology::exec_in(&client_ns, "sh")
+                .arg("-c")
+                .arg(format!(
+                    "read go && exec ping -n -q -c 1 -i 0.002 -w {NET_READY_TIMEOUT_S} {}",
+                    net::GUEST_IP
+                ))
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .with_context(context)?;
+            let spawned = std::time::Instant::now();
+            let mut vm =
+                crate::proc::Background::spawn(&mut vmm.command(&boot)).with_context(context)?;
+            while !vm.output().contains(NETECHO_LISTENING) {
+                if !vm.running() || spawned.elapsed().as_secs() >= NET_READY_TIMEOUT_S.into() {
+                    bail!("{}: netecho never listened\n{}", context(), vm.output());
+                }
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            if let Some(mut go) = ping.stdin.take() {
+                go.write_all(b"go\n").with_context(context)?;
+            }
+            let answered = ping.wait_with_output().with_context(context)?;
+            let took = spawned.elapsed();
+            if !answered.status.success() {
+                bail!(
+                    "{}: no ping reply within {NET_READY_TIMEOUT_S} s\n{}",
+                    context(),
+                    vm.output()
+                );
+            }
+            let Some(us) = network_init_us(&vm.output()) else {
+                bail!(
+                    "{}: no `network_init took N us` line\n{}",
+                    context(),
+                    vm.output()
+                );
+            };
+            ready[i].push(took);
+            init[i].push(Duration::from_micros(us));
+        }
+    }
+    eprintln!();
+    Ok(NET_VMMS
+        .iter()
+        .enumerate()
+        .map(|(i, &vmm)| NetReadyFigures {
+            vmm,
+            ready: Summary::of(&ready[i]).expect("runs >= 1"),
+            network_init: Summary::of(&init[i]).expect("runs >= 1"),
+        })
+        .collect())
+}
+
+/// The microseconds in netecho's `network_init took N us`.
+fn network_init_us(output: &str) -> Option<u64> {
+    let rest = output.split("network_init took ").nth(1)?;
+    rest.split_whitespace().next()?.parse().ok()
+}
+
+/// QEMU's median over host-vmm's, for network-ready and for `network_init`.
+pub fn net_ratios(figures: &[NetReadyFigures]) -> (f64, f64) {
+    let median = |vmm, f: fn(&NetReadyFigures) -> f64| {
+        figures
+            .iter()
+            .find(|x| x.vmm == vmm)
+            .map(f)
+            .unwrap_or(f64::NAN)
+    };
+    let ready = |x: &NetReadyFigures| x.ready.median;
+    let init = |x: &NetReadyFigures| x.network_init.median;
+    (
+        median(Vmm::QemuPc, ready) / median(Vmm::HostVmm, ready),
+        median(Vmm::QemuPc, init) / median(Vmm::HostVmm, init),
+    )
+}
+
+/// The network-ready part of the `--json` object (a member, without braces).
+pub fn net_json(figures: &[NetReadyFigures]) -> String {
+    let mut out = String::from("\"network_ready\":{");
+    for f in figures {
+        out.push_str(&format!(
+            "\"{}\":{{\"ready_ms\":{},\"network_init_ms\":{}}},",
+            f.vmm.key(),
+            f.ready.json(),
+            f.network_init.json()
+        ));
+    }
+    let (ready, init) = net_ratios(figures);
+    out.push_str(&format!(
+        "\"ratio_ready\":{ready:.3},\"ratio_network_init\":{init:.3}}}"
+    ));
+    out
+}
+
+/// The network-ready table.
+pub fn net_table(figures: &[NetReadyFigures], runs: usize, image: &Path) -> String {
+    let mut out = format!(
+        "network-ready: {} ({runs} runs per VMM, virtio-net on a TAP; ms)\n",
+        image.display()
+    );
+    out.push_str(&format!(
+        "{:<14} {:>26}   {:>26}\n",
+        "", "spawn -> first ping reply", "guest network_init"
+    ));
+    out.push_str(&format!(
+        "{:<14} {:>8} {:>8} {:>8}   {:>8} {:>8} {:>8}\n",
+        "vmm", "min", "median", "max", "min", "median", "max"
+    ));
+    for f in figures {
+        out.push_str(&format!(
+            "{:<14} {:>8.2} {:>8.2} {:>8.2}   {:>8.2} {:>8.2} {:>8.2}\n",
+            f.vmm.key(),
+            f.ready.min,
+            f.ready.median,
+            f.ready.max,
+            f.network_init.min,
+            f.network_init.median,
+            f.network_init.max
+        ));
+    }
+    let (ready, init) = net_ratios(figures);
+    out.push_str(&format!(
+        "ratio (qemu_pc median / host_vmm median): network ready {ready:.1}x, network_init {init:.1}x\n"
+    ));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::network_init_us;
+
+    #[test]
+    fn network_init_is_read_from_netecho_s_line() {
+        let out = "boot\nnetecho: listening on port 7 (TCP and UDP); network_init took 41234 us\n";
+        assert_eq!(network_init_us(out), Some(41234));
+        assert_eq!(network_init_us("netecho: network_init took"), None);
+    }
 }

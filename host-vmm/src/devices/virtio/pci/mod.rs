@@ -8,11 +8,15 @@
 //! | BAR 4 | 16 KiB, 64-bit prefetchable: common config 0x0000, ISR 0x1000, device config 0x2000, notify 0x3000 (multiplier 4, queue N at 0x3000 + 4N) |
 //! | capabilities | MSI-X, then the vendor capabilities common, ISR, device, notify and PCI-config access |
 //!
-//! Queue notifications: every queue has an eventfd. When BAR 4 decodes, each is registered
-//! as an ioeventfd on its notify address, so a guest kick never exits to the VMM; the
-//! registration follows the BAR when the guest moves it or turns decoding off. A kick that
-//! does reach the VMM (no ioeventfd yet) writes the same eventfd, so all queue work happens
-//! on the I/O thread ([`VirtioPciHandler`]).
+//! Queue notifications: every queue has an eventfd. While the device runs (DRIVER_OK
+//! accepted) and BAR 4 decodes inside the MMIO window, each is registered as an ioeventfd on
+//! its notify address, so a guest kick never exits to the VMM; the registration follows the
+//! BAR if the guest moves it or turns decoding off while the device runs. Not before
+//! DRIVER_OK: a driver sizes BARs (decoding off, all ones written, restored) several times
+//! while it probes, and a `KVM_IOEVENTFD` may wait for an SRCU grace period in KVM (up to
+//! 12 ms measured here), so following every flip cost ~200 ms of boot; before DRIVER_OK a
+//! kick does nothing anyway. A kick that does reach the VMM (no ioeventfd) writes the same
+//! eventfd, so all queue work happens on the I/O thread ([`VirtioPciHandler`]).
 //!
 //! Interrupts: with MSI-X enabled, queue N raises its `queue_msix_vector` and configuration
 //! changes raise `config_msix_vector` (NO_VECTOR: nothing). With MSI-X disabled the device
@@ -387,6 +391,7 @@ impl<D: VirtioDevice> VirtioPci<D> {
         log::warn!("{}: {error}; the device needs a reset", self.device.name());
         self.device.reset();
         self.running = false;
+        self.sync_notify();
         self.status |= STATUS_NEEDS_RESET;
         if self.status & STATUS_DRIVER_OK != 0 {
             self.signal_config();
@@ -398,6 +403,7 @@ impl<D: VirtioDevice> VirtioPci<D> {
     fn reset(&mut self) {
         self.device.reset();
         self.running = false;
+        self.sync_notify();
         self.device_feature_select = 0;
         self.driver_feature_select = 0;
         self.driver_features = 0;
@@ -436,12 +442,14 @@ impl<D: VirtioDevice> VirtioPci<D> {
         if newly & STATUS_FAILED != 0 {
             self.device.reset();
             self.running = false;
+            self.sync_notify();
         }
         if newly & STATUS_DRIVER_OK != 0 && self.status & (STATUS_NEEDS_RESET | STATUS_FAILED) == 0
         {
             match self.activate() {
                 Ok(()) => {
                     self.running = true;
+                    self.sync_notify();
                     // Look at the queues and the backend once: work may be waiting already.
                     for evt in &self.notify {
                         let _ = evt.write(1);
@@ -473,7 +481,8 @@ impl<D: VirtioDevice> VirtioPci<D> {
             .activate(self.mem.clone(), self.driver_features, queues)
     }
 
-    /// Registers, moves or removes the notify ioeventfds to follow BAR 4.
+    /// Registers, moves or removes the notify ioeventfds to follow BAR 4 while the device
+    /// runs (none otherwise: see the module's notes).
     fn sync_notify(&mut self) {
         let want = self
             .config
@@ -482,7 +491,8 @@ impl<D: VirtioDevice> VirtioPci<D> {
             .map(|(_, base, _)| base)
             .filter(|&base| {
                 // The guest writes the BAR: its end may lie past the address space.
-                base >= crate::devices::pci::MMIO_WINDOW.start
+                self.running
+                    && base >= crate::devices::pci::MMIO_WINDOW.start
                     && base
                         .checked_add(VIRTIO_BAR_SIZE)
                         .is_some_and(|end| end <= crate::devices::pci::MMIO_WINDOW.end)

@@ -247,21 +247,27 @@ fn reset_returns_everything_to_its_initial_value() {
     assert_eq!(d.status(), 0x0F);
 }
 
+/// Config writes through the ports, as a driver on bus 0, slot 1 makes them.
+fn config_writer(root: &Arc<Mutex<PciRoot>>) -> impl FnMut(u32, u32) {
+    let mut ports = PciConfigPorts(root.clone());
+    move |reg: u32, value: u32| {
+        ports.write(0, &(0x8000_0800u32 | reg).to_le_bytes());
+        ports.write(4, &value.to_le_bytes());
+    }
+}
+
 #[test]
-fn notify_ioeventfds_follow_bar_4() {
+fn notify_ioeventfds_follow_bar_4_while_running() {
     let root = Arc::new(Mutex::new(PciRoot::new()));
-    let d = Driver::new();
+    let mut d = Driver::new();
+    d.init(FEATURES);
     let vm = d.vm.clone();
     let dev = Arc::new(Mutex::new(d.dev));
     root.lock().unwrap().add_device(dev.clone()).unwrap();
     let base = dev.lock().unwrap().config().bar_address(4).unwrap();
     assert_eq!(vm.recorded().ioevents, vec![base + 0x3000, base + 0x3004]);
     assert_eq!(dev.lock().unwrap().notify_address(1), Some(base + 0x3004));
-    let mut ports = PciConfigPorts(root.clone());
-    let mut write = |reg: u32, value: u32| {
-        ports.write(0, &(0x8000_0800u32 | reg).to_le_bytes());
-        ports.write(4, &value.to_le_bytes());
-    };
+    let mut write = config_writer(&root);
     // Decoding off: nothing registered. Moved and back on: registered at the new place.
     write(0x04, 0);
     assert!(vm.recorded().ioevents.is_empty());
@@ -275,7 +281,38 @@ fn notify_ioeventfds_follow_bar_4() {
     assert!(vm.recorded().ioevents.is_empty());
     write(0x24, 0);
     assert_eq!(vm.recorded().ioevents.len(), 2);
+    // A reset stops the device: its ioeventfds go.
+    dev.lock().unwrap().write_bar(VIRTIO_BAR, 0x14, &[0]);
+    assert!(vm.recorded().ioevents.is_empty());
+    assert_eq!(dev.lock().unwrap().notify_address(0), None);
     let _ = pci::MMIO_WINDOW;
+}
+
+/// A probing driver sizes BARs again and again (decoding off, all ones, restore, decoding
+/// on): none of that may reach KVM. Each queue's ioeventfd is registered once, at
+/// DRIVER_OK, so the boot costs one `KVM_IOEVENTFD` per queue.
+#[test]
+fn bar_sizing_before_driver_ok_costs_no_ioeventfd_calls() {
+    let mut d = Driver::new();
+    let base: u64 = 0xD000_0000;
+    let mut write = |reg: usize, value: u32| d.dev.write_config(reg, &value.to_le_bytes());
+    write(0x20, base as u32);
+    write(0x24, 0);
+    for _ in 0..14 {
+        write(0x04, 0);
+        write(0x20, 0xFFFF_FFFF);
+        write(0x20, base as u32);
+        write(0x24, 0xFFFF_FFFF);
+        write(0x24, 0);
+        write(0x04, u32::from(COMMAND_MEMORY));
+    }
+    assert_eq!(d.dev.config().bar_address(4), Some(base));
+    assert_eq!(d.vm.recorded().ioevent_calls, 0);
+    assert_eq!(d.dev.notify_address(0), None);
+    d.init(FEATURES);
+    let recorded = d.vm.recorded();
+    assert_eq!(recorded.ioevents, vec![base + 0x3000, base + 0x3004]);
+    assert_eq!(recorded.ioevent_calls, 2, "one per queue");
 }
 
 #[test]
