@@ -1,8 +1,7 @@
 //! host-vmm's command line: `--help`, and one clear line plus exit 125 for each bad input.
 
 use roam_tests::{TempFile, host_vmm, image, kvm_present, root, tool};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::MetadataExt;
 use std::process::{Command, Output};
 use xtask::public_dir::PublicDir;
 
@@ -177,7 +176,7 @@ fn kvm_permission_denied_is_reported() {
             .arg(vmm)
             .arg("run")
             .arg(&hello)
-            .current_dir(&dir.0),
+            .current_dir(dir.path()),
     );
     assert_rejected(&out, &["/dev/kvm", "permission denied"]);
 }

@@ -20,6 +20,11 @@ impl PublicDir {
         PublicDir(dir)
     }
 
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
     /// Copies `file` in, readable and executable by anyone; returns the copy's path.
     pub fn copy(&self, file: &Path) -> PathBuf {
         let to = self.0.join(file.file_name().expect("a file name"));
