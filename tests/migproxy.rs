@@ -45,7 +45,7 @@ use std::net::{Shutdown, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
@@ -312,20 +312,28 @@ fn connect(addr: &str) -> Result<Conn, String> {
 /// Plaintext bytes held for the plain side at most (then the TLS side is not read: the
 /// peer feels the back-pressure as it would on a direct link).
 const BRIDGE_HELD: usize = 64 << 10;
+/// How long the process waits for a bridge to pass on what is left before it exits.
+const BRIDGE_DRAIN: Duration = Duration::from_secs(10);
 
 /// Ends `tcp`'s TLS `conn` here: returns a plain stream whose bytes are the connection's
 /// plaintext, both ways, moved by a thread of its own (one thread, so the one rustls
 /// connection is never shared). End of stream travels both ways (close_notify and FIN).
-fn bridge(conn: Connection, tcp: TcpStream) -> Result<Conn, String> {
+/// A bridge thread's end: the process must not exit before it (its last words, a
+/// destination's FAILED, would die with it).
+type BridgeDone = mpsc::Receiver<()>;
+
+fn bridge(conn: Connection, tcp: TcpStream) -> Result<(Conn, BridgeDone), String> {
     let (near, far) = UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
+    let (done, finished) = mpsc::channel();
     std::thread::spawn(move || {
         if let Err(e) = bridge_loop(conn, &tcp, &far) {
             say(&format!("TLS: {e}"));
         }
         let _ = tcp.shutdown(Shutdown::Both);
         let _ = far.shutdown(Shutdown::Both);
+        let _ = done.send(());
     });
-    Ok(Conn::Unix(near, Vec::new()))
+    Ok((Conn::Unix(near, Vec::new()), finished))
 }
 
 fn bridge_loop(mut conn: Connection, tcp: &TcpStream, plain: &UnixStream) -> io::Result<()> {
@@ -338,16 +346,20 @@ fn bridge_loop(mut conn: Connection, tcp: &TcpStream, plain: &UnixStream) -> io:
     let mut buf = vec![0u8; 64 << 10];
     let (mut tls_ended, mut plain_ended, mut plain_shut, mut tcp_shut) =
         (false, false, false, false);
+    // The TLS peer stopped taking data: what is left for it is dropped, but what it sent
+    // (a destination's FAILED) is still read and passed on.
+    let mut tcp_broken = false;
     let deadline_idle = IO_TIMEOUT;
     let mut last = Instant::now();
     loop {
         let read_tls = !tls_ended && held.len() < BRIDGE_HELD;
-        let read_plain = !plain_ended && !conn.wants_write();
+        let wants_write = !tcp_broken && conn.wants_write();
+        let read_plain = !plain_ended && !wants_write;
         let mut fds = [
             libc::pollfd {
                 fd: std::os::fd::AsRawFd::as_raw_fd(tcp),
                 events: (if read_tls { libc::POLLIN } else { 0 })
-                    | (if conn.wants_write() { libc::POLLOUT } else { 0 }),
+                    | (if wants_write { libc::POLLOUT } else { 0 }),
                 revents: 0,
             },
             libc::pollfd {
@@ -408,7 +420,13 @@ fn bridge_loop(mut conn: Connection, tcp: &TcpStream, plain: &UnixStream) -> io:
                     held.drain(..n);
                 }
                 Err(e) if would_block(&e) => {}
-                Err(e) => return Err(e),
+                // The forwarder stopped reading (the other side is gone): what the TLS peer
+                // sends now goes nowhere, but what the forwarder already wrote the other way
+                // (a destination's FAILED) must still reach the TLS peer, so keep draining.
+                Err(_) => {
+                    held.clear();
+                    tls_ended = true;
+                }
             }
         }
         if tls_ended && held.is_empty() && !plain_shut {
@@ -426,18 +444,23 @@ fn bridge_loop(mut conn: Connection, tcp: &TcpStream, plain: &UnixStream) -> io:
                 Err(e) => return Err(e),
             }
         }
-        while conn.wants_write() {
+        while !tcp_broken && conn.wants_write() {
             match conn.write_tls(&mut tcp) {
                 Ok(_) => {}
                 Err(e) if would_block(&e) => break,
-                Err(e) => return Err(e),
+                Err(_) => {
+                    tcp_broken = true;
+                    plain_ended = true;
+                    tcp_shut = true;
+                }
             }
         }
-        if plain_ended && !conn.wants_write() && !tcp_shut {
+        let wants_write = !tcp_broken && conn.wants_write();
+        if plain_ended && !wants_write && !tcp_shut {
             let _ = tcp.shutdown(Shutdown::Write);
             tcp_shut = true;
         }
-        if tls_ended && plain_ended && held.is_empty() && !conn.wants_write() {
+        if tls_ended && plain_ended && held.is_empty() && !wants_write {
             return Ok(());
         }
     }
@@ -699,13 +722,16 @@ fn forward_destination(mut from: Conn, mut to: Conn, both: &Both, o: &Options) -
 
 fn run(o: Options) -> Result<String, String> {
     let mut src = accept_one(&o.listen)?;
+    let mut bridges = Vec::new();
     let mut dst = connect(&o.to)?;
     if let Some(dir) = &o.tls_dir {
         let fail = |e: tls::TlsError| format!("--tls-dir: {e}");
         if let Conn::Tcp(s) = src {
             let conn = ServerConnection::new(tls::server_config(dir).map_err(fail)?)
                 .map_err(|e| format!("TLS: {e}"))?;
-            src = bridge(Connection::Server(conn), s)?;
+            let (c, done) = bridge(Connection::Server(conn), s)?;
+            src = c;
+            bridges.push(done);
         }
         if let Conn::Tcp(s) = dst {
             let host =
@@ -717,7 +743,9 @@ fn run(o: Options) -> Result<String, String> {
                 tls::server_name(host).map_err(fail)?,
             )
             .map_err(|e| format!("TLS: {e}"))?;
-            dst = bridge(Connection::Client(conn), s)?;
+            let (c, done) = bridge(Connection::Client(conn), s)?;
+            dst = c;
+            bridges.push(done);
         }
     }
     say(&format!("source connected; forwarding to {}", o.to));
@@ -739,6 +767,11 @@ fn run(o: Options) -> Result<String, String> {
     let back = back
         .join()
         .unwrap_or_else(|_| "destination thread panicked".into());
+    // The bridges see their plain side end once the last of its descriptors is gone.
+    drop(both);
+    for done in bridges {
+        let _ = done.recv_timeout(BRIDGE_DRAIN);
+    }
     Ok(format!("done: {forward}; {back}"))
 }
 
