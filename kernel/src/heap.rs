@@ -117,10 +117,16 @@ unsafe impl RawMutex for HeapLock {
     }
 
     fn try_lock(&self) -> bool {
-        !self.0.swap(true, Ordering::Acquire)
+        let taken = !self.0.swap(true, Ordering::Acquire);
+        if taken {
+            // No thread is preempted while it holds the heap (crate::sync).
+            crate::sync::acquired();
+        }
+        taken
     }
 
     unsafe fn unlock(&self) {
         self.0.store(false, Ordering::Release);
+        crate::sync::released();
     }
 }

@@ -174,6 +174,8 @@ fn stepped_back(rebased: TscClock, read: u64, last: u64) -> u64 {
 pub fn after_move() -> u64 {
     let now = now_ns();
     REALTIME_STATE.store(REALTIME_UNKNOWN, Ordering::Relaxed);
+    // The restored deadline was computed against another TSC: re-arm whatever is asked next.
+    ARMED_NS.store(0, Ordering::Relaxed);
     let steps = STEPS_BACK.load(Ordering::Relaxed);
     if steps > 0 {
         log::info!(
@@ -218,14 +220,24 @@ fn read_realtime_base() -> u64 {
 /// Sleeps until monotonic time `deadline_ns`, halting the CPU in between (and doing the
 /// network's work whenever it wakes).
 pub fn sleep_until(deadline_ns: u64) {
-    idle(Some(deadline_ns), || false);
+    if crate::sched::active() {
+        crate::sched::sleep_until(deadline_ns);
+    } else {
+        idle(Some(deadline_ns), || false);
+    }
 }
 
 /// The idle loop: halts until `done` holds or monotonic time `deadline_ns` passes (never,
 /// with `None`). Every wake-up (timer, NIC) first runs the network's pending work, then asks
 /// `done`. The LAPIC timer is armed for the earlier of the deadline and the network's next
 /// poll, so the CPU never spins. Returns whether `done` held.
+///
+/// Once threads exist the calling thread blocks instead and the idle thread does the
+/// network's work (`sched::wait`).
 pub fn idle(deadline_ns: Option<u64>, mut done: impl FnMut() -> bool) -> bool {
+    if crate::sched::active() {
+        return crate::sched::wait(deadline_ns, done);
+    }
     prepare_interrupts();
     loop {
         // Under sustained load the loop can go seconds without halting (there is always a
@@ -271,8 +283,23 @@ pub fn halted_ticks() -> u64 {
     HALTED_TICKS.load(Ordering::Relaxed)
 }
 
+/// What the LAPIC timer was last armed for (monotonic ns; `u64::MAX`: disarmed; 0: unknown).
+static ARMED_NS: AtomicU64 = AtomicU64::new(0);
+
+/// Arms the LAPIC timer for monotonic time `at_ns` (or disarms it), unless it is already
+/// armed for exactly that and it has not fired yet: the scheduler asks for the same tick
+/// on every switch, and each write is an MSR or MMIO exit.
+pub fn arm_at(at_ns: Option<u64>) {
+    let at = at_ns.unwrap_or(u64::MAX);
+    if at == ARMED_NS.load(Ordering::Relaxed) && (at == u64::MAX || now_ns() < at) {
+        return;
+    }
+    arm(&tsc_clock(), at_ns);
+}
+
 /// Arms the LAPIC timer to fire at monotonic time `at_ns`, or disarms it.
 fn arm(c: &TscClock, at_ns: Option<u64>) {
+    ARMED_NS.store(at_ns.unwrap_or(u64::MAX), Ordering::Relaxed);
     if ONE_SHOT.load(Ordering::Relaxed) {
         let ticks = match at_ns {
             Some(at) => {

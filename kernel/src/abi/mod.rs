@@ -14,11 +14,13 @@ mod alloc;
 mod args;
 mod check;
 mod entropy;
+mod futex;
 mod io;
 mod net;
 mod process;
 mod socket;
 mod stubs;
+mod thread;
 mod time;
 
 pub(crate) use entropy::random_u64;
