@@ -26,7 +26,7 @@ pub extern "C" fn sys_spawn2(
     match sched::spawn(func, arg, stack_size) {
         Ok(tid) => tid,
         Err(e) => {
-            log::warn!("sys_spawn2: {e}");
+            log::info!("sys_spawn2: {e}");
             0
         }
     }
