@@ -1,10 +1,14 @@
 //! Std programs: an ordinary Rust program built with std (`cargo xtask image`, ARCHITECTURE.md
 //! "Std programs") boots under host-vmm and stock QEMU microvm from the same ELF, gets its
-//! arguments and environment from the command line, and ends with its exit status; a panic
-//! prints its message and ends the VM with a non-zero status.
+//! arguments and environment from the command line, runs threads (mutexes, channels,
+//! condition variables, preemption), and ends with its exit status; a panic prints its
+//! message and ends the VM with a non-zero status. A thread spinning forever starves
+//! neither the network nor the main thread.
 
-use roam_tests::{GuestRun, Vmm, boot, kvm_present};
+use roam_tests::{GuestRun, Vmm, boot, image, kvm_present};
 use std::path::PathBuf;
+use std::time::Duration;
+use xtask::net::{self, NetGuest};
 
 const APP_READY: &str = "Hello from std on Roam";
 /// What std-hello checks for (images/std-hello/src/main.rs).
@@ -46,6 +50,21 @@ fn std_hello_passes(vmm: Vmm) {
         "stdout's write_vectored wrote both buffers",
         "two RandomStates hash differently",
         "a thread-local starts at its initial value",
+        "4 threads ran, sent over a channel and joined",
+        "4 threads x 500 increments of one Mutex: 2000",
+        "each thread's thread-local starts from the template",
+        "Instant::now in other threads is not before the spawn",
+        "thread-local destructors ran once per thread: 4",
+        "a Condvar is notified by a thread",
+        "an unnotified Condvar wait times out",
+        "a parked thread is unparked",
+        "a OnceLock is initialised once by 4 racing threads",
+        "an RwLock is read by 3 threads at once, then written",
+        "50 round trips over two rendezvous channels",
+        "main sleeps 20ms and wakes while a thread spins without yielding",
+        "a sleeping thread wakes while main spins without yielding",
+        "a thread with a 1 TiB stack fails with an io::Error",
+        "available_parallelism is 1",
         "reading a file fails cleanly",
     ] {
         assert!(
@@ -124,6 +143,56 @@ fn std_panic_exits_101_with_its_message_on_qemu_microvm() {
     if kvm_present("std_panic_exits_101_with_its_message_on_qemu_microvm") {
         panic_exits_nonzero_with_its_message(Vmm::QemuMicrovm);
     }
+}
+
+/// `std-hello spin`: one thread spins forever without yielding. The guest still answers
+/// every ping (the idle thread gets the CPU on the NIC's interrupts and the timer's ticks)
+/// and the main thread's 200 ms heartbeat goes on while the spinner keeps counting.
+#[test]
+fn a_spinning_thread_starves_neither_ping_nor_the_main_thread_on_host_vmm() {
+    if !kvm_present("a_spinning_thread_starves_neither_ping_nor_the_main_thread_on_host_vmm") {
+        return;
+    }
+    let mut guest = NetGuest::start(Vmm::HostVmm, &image("std-hello"), "spin", "-- spin")
+        .unwrap_or_else(|e| panic!("starting std-hello spin: {e:#}"));
+    guest
+        .vm
+        .wait_for("std-hello: main thread beat 1,", Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("no heartbeat while a thread spins: {e:#}"));
+    let before = last_beat(&guest.vm.output());
+
+    let out = guest
+        .client("ping")
+        .args(["-c", "50", "-i", "0.05", "-W", "2", net::GUEST_IP])
+        .output()
+        .expect("ping runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("50 packets transmitted, 50 received, 0% packet loss"),
+        "ping while a thread spins:\n{text}\n--- guest console ---\n{}",
+        guest.vm.output()
+    );
+
+    let after = last_beat(&guest.vm.output());
+    assert!(
+        after.0 > before.0 && after.1 > before.1,
+        "the heartbeat (beat, spinner count) went from {before:?} to {after:?} over 50 pings:\n{}",
+        guest.vm.output()
+    );
+    assert!(guest.vm.running(), "the VMM died:\n{}", guest.vm.output());
+}
+
+/// The last `main thread beat N, spinner at S` line's (N, S).
+fn last_beat(console: &str) -> (u64, u64) {
+    console
+        .lines()
+        .filter_map(|l| l.strip_prefix("std-hello: main thread beat "))
+        .filter_map(|rest| {
+            let (beat, spins) = rest.split_once(", spinner at ")?;
+            Some((beat.parse().ok()?, spins.trim().parse().ok()?))
+        })
+        .last()
+        .unwrap_or((0, 0))
 }
 
 /// The kernel object std programs link exports the ABI and nothing else: any other global
