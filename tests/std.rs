@@ -186,12 +186,12 @@ fn a_spinning_thread_starves_neither_ping_nor_the_main_thread_on_host_vmm() {
 fn last_beat(console: &str) -> (u64, u64) {
     console
         .lines()
+        .rev()
         .filter_map(|l| l.strip_prefix("std-hello: main thread beat "))
-        .filter_map(|rest| {
+        .find_map(|rest| {
             let (beat, spins) = rest.split_once(", spinner at ")?;
             Some((beat.parse().ok()?, spins.trim().parse().ok()?))
         })
-        .last()
         .unwrap_or((0, 0))
 }
 
