@@ -17,8 +17,9 @@
 //!   starts at 0, with one warning.
 //! - Sleeping arms the LAPIC timer (TSC-deadline mode when the CPU has it, else one-shot at
 //!   the bus frequency) and halts until its interrupt. Interrupts are set up on first sleep
-//!   (or network bring-up): both 8259 PICs masked, the LAPIC enabled. They are only enabled
-//!   inside the halt.
+//!   (or network bring-up): both 8259 PICs masked, the LAPIC enabled. Until the app has
+//!   threads they are only enabled inside the halt; then app threads run with them on, the
+//!   timer is also the scheduler's tick, and the idle thread (`sched`) runs this idle work.
 
 use crate::arch::apic::{self, TimerMode};
 use crate::arch::cpuid::Features;

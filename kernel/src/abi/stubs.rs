@@ -63,19 +63,19 @@ enosys! {
 }
 
 no_op! {
-    /// No scheduler: there is no other task to switch to.
+    /// Hermit's older task-blocking call (std uses futexes): does nothing.
     sys_block_current_task();
-    /// No scheduler: there is no other task to switch to.
+    /// Hermit's older task-blocking call (std uses futexes): does nothing.
     sys_block_current_task_with_timeout(u64);
-    /// No scheduler: there is no other task to wake.
+    /// Hermit's older task wake-up (std uses futexes): does nothing.
     sys_wakeup_taskt(Tid);
     /// `sys_getaddrinfo` never returns a list, so there is nothing to free.
     sys_freeaddrinfo(*mut addrinfo);
-    /// One thread and no scheduler: priorities do nothing.
+    /// One priority for every thread: does nothing.
     sys_set_priority(Tid, u8);
 }
 
-/// One thread at the normal priority.
+/// Every thread runs at the normal priority.
 #[unsafe(no_mangle)]
 pub extern "C" fn sys_get_priority() -> u8 {
     NORMAL_PRIO.into()

@@ -40,8 +40,8 @@ pub fn wait_for_interrupt() {
     unsafe { asm!("sti", "hlt", "cli", options(nomem, nostack)) };
 }
 
-/// Lets interrupts that are already pending in: the kernel runs with interrupts disabled and
-/// opens them only here and in [`wait_for_interrupt`]. `sti` takes effect after the next
+/// Lets interrupts that are already pending in: the one-thread kernel (and the idle thread)
+/// runs with interrupts disabled and opens them only here and in [`wait_for_interrupt`]. `sti` takes effect after the next
 /// instruction, so the `nop` is the one boundary where they are delivered.
 #[inline]
 pub fn accept_interrupts() {

@@ -10,6 +10,9 @@
 //! CPU turns into #NP with the vector in the error code, and that is reported like any
 //! other exception.
 //!
+//! The timer and device stubs send EOI (devices also record their event); once the app has
+//! threads they then call the scheduler ([`interrupt_entry`]), which may switch threads.
+//!
 //! Every exception is fatal: the stub pushes the vector (and a zero error code where the CPU
 //! pushes none) and calls [`exception_entry`], which hands a copy of the frame to
 //! [`crate::fault`]. No general registers are saved because nothing returns.

@@ -103,7 +103,7 @@ static SCHED: IrqCell<Sched> = IrqCell::new(Sched {
 static ACTIVE: AtomicBool = AtomicBool::new(false);
 /// An interrupt wanted to switch while the running thread held a kernel lock.
 static PENDING: AtomicBool = AtomicBool::new(false);
-/// The running thread's id, for `sys_getpid` without touching the scheduler.
+/// The running thread's id (0: the idle thread), readable without the scheduler's state.
 static CURRENT_TID: AtomicU32 = AtomicU32::new(MAIN_TID);
 
 /// Whether threads exist: until then the kernel runs the one-thread idle loop.
@@ -240,7 +240,7 @@ fn block(wait: Wait, deadline: u64) -> Woken {
 /// else asks for the switch at its last unlock. The idle thread is never preempted: it
 /// looks at what woke it itself.
 pub fn on_interrupt() {
-    if SCHED.with(|s| s.queue.current().is_none()) {
+    if current_tid() == 0 {
         return;
     }
     if !sync::preemptible() {
