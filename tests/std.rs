@@ -173,6 +173,9 @@ fn a_spinning_thread_starves_neither_ping_nor_the_main_thread_on_host_vmm() {
         guest.vm.output()
     );
 
+    if let Some(rtt) = text.lines().find(|l| l.starts_with("rtt ")) {
+        roam_tests::say(&format!("ping while a thread spins: {rtt}"));
+    }
     let after = last_beat(&guest.vm.output());
     assert!(
         after.0 > before.0 && after.1 > before.1,

@@ -35,7 +35,8 @@ const KVM_APIC_BUS_HZ: u64 = 1_000_000_000;
 const FALLBACK_TSC_HZ: u64 = 1_000_000_000;
 
 // The clock, set by `init`; `ORIGIN` and `BASE_NS` move only if the TSC steps back (one CPU,
-// never read in interrupt handlers: relaxed is enough).
+// read with interrupts off, by threads and the scheduler's interrupt path alike: relaxed is
+// enough).
 static ORIGIN: AtomicU64 = AtomicU64::new(0);
 static BASE_NS: AtomicU64 = AtomicU64::new(0);
 /// The last monotonic reading handed out: no later reading is below it.
@@ -145,16 +146,21 @@ fn tsc_clock() -> TscClock {
 /// Nanoseconds since kernel entry (time the guest spent paused for a move may or may not
 /// count, depending on the VMM); never less than an earlier reading.
 pub fn now_ns() -> u64 {
+    // With threads, a switch between reading the TSC and `LAST_NS` would let another
+    // thread's later reading look like the TSC going back: read with interrupts off.
+    let interrupts = cpu::disable_interrupts();
     let clock = tsc_clock();
     let tsc = cpu::rdtsc();
     let last = LAST_NS.load(Ordering::Relaxed);
-    match clock.read_at_least(tsc, last) {
+    let ns = match clock.read_at_least(tsc, last) {
         Ok(ns) => {
             LAST_NS.store(ns, Ordering::Relaxed);
             ns
         }
         Err(rebased) => stepped_back(rebased, clock.ns_at(tsc), last),
-    }
+    };
+    cpu::restore_interrupts(interrupts);
+    ns
 }
 
 /// The TSC went back: count on from `last` (no log here: the logger may read the clock).
