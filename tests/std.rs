@@ -148,13 +148,9 @@ fn std_panic_exits_101_with_its_message_on_qemu_microvm() {
 /// `std-hello spin`: one thread spins forever without yielding. The guest still answers
 /// every ping (the idle thread gets the CPU on the NIC's interrupts and the timer's ticks)
 /// and the main thread's 200 ms heartbeat goes on while the spinner keeps counting.
-#[test]
-fn a_spinning_thread_starves_neither_ping_nor_the_main_thread_on_host_vmm() {
-    if !kvm_present("a_spinning_thread_starves_neither_ping_nor_the_main_thread_on_host_vmm") {
-        return;
-    }
-    let mut guest = NetGuest::start(Vmm::HostVmm, &image("std-hello"), "spin", "-- spin")
-        .unwrap_or_else(|e| panic!("starting std-hello spin: {e:#}"));
+fn spinning_thread_starves_nothing(vmm: Vmm) {
+    let mut guest = NetGuest::start(vmm, &image("std-hello"), "spin", "-- spin")
+        .unwrap_or_else(|e| panic!("starting std-hello spin under {}: {e:#}", vmm.key()));
     guest
         .vm
         .wait_for("std-hello: main thread beat 1,", Duration::from_secs(30))
@@ -169,20 +165,39 @@ fn a_spinning_thread_starves_neither_ping_nor_the_main_thread_on_host_vmm() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.contains("50 packets transmitted, 50 received, 0% packet loss"),
-        "ping while a thread spins:\n{text}\n--- guest console ---\n{}",
+        "ping while a thread spins under {}:\n{text}\n--- guest console ---\n{}",
+        vmm.key(),
         guest.vm.output()
     );
-
     if let Some(rtt) = text.lines().find(|l| l.starts_with("rtt ")) {
-        roam_tests::say(&format!("ping while a thread spins: {rtt}"));
+        roam_tests::say(&format!(
+            "ping while a thread spins under {}: {rtt}",
+            vmm.key()
+        ));
     }
     let after = last_beat(&guest.vm.output());
     assert!(
         after.0 > before.0 && after.1 > before.1,
-        "the heartbeat (beat, spinner count) went from {before:?} to {after:?} over 50 pings:\n{}",
+        "the heartbeat (beat, spinner count) went from {before:?} to {after:?} over 50 pings under {}:\n{}",
+        vmm.key(),
         guest.vm.output()
     );
     assert!(guest.vm.running(), "the VMM died:\n{}", guest.vm.output());
+}
+
+#[test]
+fn a_spinning_thread_starves_neither_ping_nor_the_main_thread_on_host_vmm() {
+    if kvm_present("a_spinning_thread_starves_neither_ping_nor_the_main_thread_on_host_vmm") {
+        spinning_thread_starves_nothing(Vmm::HostVmm);
+    }
+}
+
+/// The same on QEMU's own virtio-net-pci (`-M pc`: microvm has no PCI bus for it).
+#[test]
+fn a_spinning_thread_starves_neither_ping_nor_the_main_thread_on_qemu_pc() {
+    if kvm_present("a_spinning_thread_starves_neither_ping_nor_the_main_thread_on_qemu_pc") {
+        spinning_thread_starves_nothing(Vmm::QemuPc);
+    }
 }
 
 /// The last `main thread beat N, spinner at S` line's (N, S).
