@@ -69,6 +69,8 @@ pub struct Thread {
     pub tp: u64,
     /// Its stack's (lowest address, size); (0, 0) for the main thread's boot-time stack.
     pub stack: (u64, u64),
+    /// The network's progress count its last socket call saw (its wait starts from there).
+    pub net_seen: u64,
 }
 
 impl Thread {
@@ -80,6 +82,7 @@ impl Thread {
         rsp: 0,
         tp: 0,
         stack: (0, 0),
+        net_seen: 0,
     };
 }
 
@@ -175,6 +178,7 @@ impl RunQueue {
             rsp,
             tp,
             stack,
+            net_seen: 0,
         };
         self.used |= 1 << i;
         self.ready |= 1 << i;
@@ -219,6 +223,11 @@ impl RunQueue {
             self.ready &= !(1 << i);
             self.next_deadline = self.next_deadline.min(deadline);
         }
+    }
+
+    /// The running app thread's record.
+    pub fn current_mut(&mut self) -> Option<&mut Thread> {
+        self.current.map(|i| &mut self.threads[i])
     }
 
     /// How the running thread's last wait ended.

@@ -25,10 +25,17 @@ pub fn preemptible() -> bool {
     HELD.load(Ordering::Relaxed) == 0
 }
 
-/// A kernel lock (or [`PreemptOff`]) was taken.
+/// A kernel lock (or [`PreemptOff`]) is about to be taken: counted first, so no interrupt
+/// between taking it and counting it finds the thread preemptible.
 #[inline]
-pub fn acquired() {
+pub fn acquiring() {
     HELD.fetch_add(1, Ordering::Relaxed);
+}
+
+/// [`acquiring`] was for a lock that turned out taken (the caller panics next).
+#[inline]
+pub fn not_acquired() {
+    HELD.fetch_sub(1, Ordering::Relaxed);
 }
 
 /// A kernel lock (or [`PreemptOff`]) was released: the last one lets a switch that an
@@ -47,7 +54,7 @@ pub struct PreemptOff(());
 impl PreemptOff {
     /// No preemption until the guard drops.
     pub fn new() -> Self {
-        acquired();
+        acquiring();
         PreemptOff(())
     }
 }
@@ -75,9 +82,10 @@ unsafe impl RawMutex for OneCpuLock {
     }
 
     fn try_lock(&self) -> bool {
+        acquiring();
         let taken = !self.0.swap(true, Ordering::Acquire);
-        if taken {
-            acquired();
+        if !taken {
+            not_acquired();
         }
         taken
     }

@@ -448,6 +448,7 @@ pub fn with_sockets<R>(
     let net = guard.as_mut().ok_or(InitError::DeviceFailed)?;
     let result = f(&mut net.sockets, &mut net.stack);
     poll_now(net);
+    crate::sched::remember_net_progress(PROGRESS.load(Ordering::Relaxed));
     Ok(result)
 }
 
@@ -459,7 +460,9 @@ pub fn query_sockets<R>(
     init()?;
     let mut guard = NET.lock();
     let net = guard.as_mut().ok_or(InitError::DeviceFailed)?;
-    Ok(f(&mut net.sockets, &mut net.stack))
+    let result = f(&mut net.sockets, &mut net.stack);
+    crate::sched::remember_net_progress(PROGRESS.load(Ordering::Relaxed));
+    Ok(result)
 }
 
 /// Asks for a stack poll at the idle loop's next wake: after a receive took data, so a
@@ -507,6 +510,9 @@ pub fn is_up() -> bool {
 /// Halts until the stack has been polled again (something may have changed for a blocked
 /// socket call) or until monotonic time `deadline_ns`; `false` on timeout.
 pub fn wait_for_progress(deadline_ns: Option<u64>) -> bool {
-    let seen = PROGRESS.load(Ordering::Relaxed);
+    // With threads, from what the thread's last socket call saw: the network may have moved
+    // since (the idle thread, or another thread's call), and that must not be missed.
+    let seen =
+        crate::sched::net_progress_seen().unwrap_or_else(|| PROGRESS.load(Ordering::Relaxed));
     timer::idle(deadline_ns, || PROGRESS.load(Ordering::Relaxed) != seen)
 }

@@ -381,6 +381,28 @@ pub fn wait(deadline: Option<u64>, mut done: impl FnMut() -> bool) -> bool {
     }
 }
 
+/// Remembers, for the running thread, the network's progress count its socket call just
+/// saw under the network's lock. Its next [`net_progress_seen`] starts from there: another
+/// thread (or the idle thread) may move the network between the call and the wait.
+pub fn remember_net_progress(progress: u64) {
+    if active() {
+        SCHED.with(|s| {
+            if let Some(t) = s.queue.current_mut() {
+                t.net_seen = progress;
+            }
+        });
+    }
+}
+
+/// What [`remember_net_progress`] last recorded for the running thread (`None` without
+/// threads: then nothing moves between a call and its wait).
+pub fn net_progress_seen() -> Option<u64> {
+    if !active() {
+        return None;
+    }
+    SCHED.with(|s| s.queue.current_mut().map(|t| t.net_seen))
+}
+
 /// Waits on the futex word `word` while it holds `expected`, until a [`futex_wake`] on it
 /// or until `deadline` (monotonic ns).
 pub fn futex_wait(
