@@ -146,8 +146,9 @@ fn std_panic_exits_101_with_its_message_on_qemu_microvm() {
 }
 
 /// `std-hello spin`: one thread spins forever without yielding. The guest still answers
-/// every ping (the idle thread gets the CPU on the NIC's interrupts and the timer's ticks)
-/// and the main thread's 200 ms heartbeat goes on while the spinner keeps counting.
+/// every ping (the idle thread gets the CPU on the NIC's interrupts and the timer's ticks),
+/// a thread blocked in `recv_from` echoes 200 UDP datagrams, and the main thread's 200 ms
+/// heartbeat goes on while the spinner keeps counting.
 fn spinning_thread_starves_nothing(vmm: Vmm) {
     let mut guest = NetGuest::start(vmm, &image("std-hello"), "spin", "-- spin")
         .unwrap_or_else(|e| panic!("starting std-hello spin under {}: {e:#}", vmm.key()));
@@ -175,10 +176,30 @@ fn spinning_thread_starves_nothing(vmm: Vmm) {
             vmm.key()
         ));
     }
+    // A thread blocked in recv_from is woken for each datagram despite the spinner
+    // (netprobe fails after more than 5 resends).
+    let echo = guest
+        .client(env!("CARGO_BIN_EXE_netprobe"))
+        .args(["udp-echo", &format!("{}:7", net::GUEST_IP), "200", "7"])
+        .output()
+        .expect("netprobe runs");
+    let summary = String::from_utf8_lossy(&echo.stdout);
+    assert!(
+        echo.status.success(),
+        "UDP echo while a thread spins under {}:\n{summary}{}\n--- guest console ---\n{}",
+        vmm.key(),
+        String::from_utf8_lossy(&echo.stderr),
+        guest.vm.output()
+    );
+    roam_tests::say(&format!(
+        "UDP echo while a thread spins under {}: {}",
+        vmm.key(),
+        summary.trim()
+    ));
     let after = last_beat(&guest.vm.output());
     assert!(
         after.0 > before.0 && after.1 > before.1,
-        "the heartbeat (beat, spinner count) went from {before:?} to {after:?} over 50 pings under {}:\n{}",
+        "the heartbeat (beat, spinner count) went from {before:?} to {after:?} over 50 pings and 200 datagrams under {}:\n{}",
         vmm.key(),
         guest.vm.output()
     );

@@ -9,9 +9,9 @@
 //!
 //! Expected invocation (tests/std.rs): arguments `alpha beta`, environment `ROAM_GREETING=hi`.
 //! `std-hello panic` panics instead, to show a panic's message and non-zero exit.
-//! `std-hello spin` brings the network up, starts a thread that spins forever without
-//! yielding and prints a heartbeat from the main thread every 200 ms, for good: the guest
-//! must still answer ping and the heartbeat must go on.
+//! `std-hello spin` starts a UDP echo thread on port 7 and a thread that spins forever
+//! without yielding, and prints a heartbeat from the main thread every 200 ms, for good: the
+//! guest must still answer ping and echo, and the heartbeat must go on.
 
 mod threads;
 
@@ -141,16 +141,25 @@ fn main() {
     }
 }
 
-/// `std-hello spin`: a thread spins forever while the main thread beats every 200 ms; the
-/// network is up (a bound UDP socket) so the host can ping the guest meanwhile.
+/// `std-hello spin`: a thread spins forever while the main thread beats every 200 ms and
+/// another thread echoes UDP on port 7, so the host can ping and echo meanwhile.
 fn spin_forever() -> ! {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicU64, Ordering};
-    let socket = std::net::UdpSocket::bind("0.0.0.0:9");
-    println!(
-        "std-hello: network up: {:?}",
-        socket.as_ref().map(|s| s.local_addr())
-    );
+    // UDP echo on port 7 from its own thread, blocked in recv_from between datagrams.
+    match std::net::UdpSocket::bind("0.0.0.0:7") {
+        Ok(socket) => {
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 2048];
+                while let Ok((n, from)) = socket.recv_from(&mut buf) {
+                    let _ = socket.send_to(&buf[..n], from);
+                }
+                eprintln!("std-hello: FAILED: the UDP echo socket stopped");
+            });
+            println!("std-hello: UDP echo on port 7");
+        }
+        Err(e) => eprintln!("std-hello: FAILED: binding UDP port 7: {e}"),
+    }
     let spins = Arc::new(AtomicU64::new(0));
     let theirs = Arc::clone(&spins);
     std::thread::spawn(move || {
