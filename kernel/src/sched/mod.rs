@@ -33,8 +33,9 @@ use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 /// Preemption tick while app threads run: 10 ms, 100 interrupts a second at most.
 pub const TICK_NS: u64 = 10_000_000;
-/// The idle thread's stack: it runs the network (smoltcp, drivers, the control channel).
-const IDLE_STACK: usize = 256 * 1024;
+/// The idle thread's stack: it runs the network (smoltcp, drivers, the control channel and
+/// the guest agent), which ran on the app's 2 MiB stack before threads.
+const IDLE_STACK: usize = 512 * 1024;
 /// Smallest stack a thread gets.
 const MIN_STACK: usize = 64 * 1024;
 /// Largest stack a thread may ask for: more is refused rather than draining the heap.
@@ -86,6 +87,8 @@ struct Sched {
     queue: RunQueue,
     /// The idle thread's saved stack pointer.
     idle_rsp: u64,
+    /// The idle thread's stack (lowest address), for its canary.
+    idle_stack: u64,
     /// The FS base loaded now.
     loaded_tp: u64,
     /// The network progress count the idle thread last woke network waiters for.
@@ -95,6 +98,7 @@ struct Sched {
 static SCHED: IrqCell<Sched> = IrqCell::new(Sched {
     queue: RunQueue::new(),
     idle_rsp: 0,
+    idle_stack: 0,
     loaded_tp: 0,
     net_seen: 0,
 });
@@ -142,13 +146,20 @@ impl Sched {
             Some(_) if self.idle_due(now) => None,
             _ => self.queue.pick(),
         };
-        if let Some(i) = from {
-            let (base, size) = self.queue.thread(i).stack;
-            if size != 0 && !switch::canary_intact(base) {
-                panic!(
-                    "thread {} overflowed its {size}-byte stack",
-                    self.queue.thread(i).tid
-                );
+        match from {
+            Some(i) => {
+                let (base, size) = self.queue.thread(i).stack;
+                if size != 0 && !switch::canary_intact(base) {
+                    panic!(
+                        "thread {} overflowed its {size}-byte stack",
+                        self.queue.thread(i).tid
+                    );
+                }
+            }
+            None => {
+                if !switch::canary_intact(self.idle_stack) {
+                    panic!("the idle thread overflowed its {IDLE_STACK}-byte stack");
+                }
             }
         }
         if to == from {
@@ -273,6 +284,7 @@ fn activate() -> Result<(), SpawnError> {
     timer::prepare_interrupts();
     SCHED.with(|s| {
         s.idle_rsp = idle.rsp;
+        s.idle_stack = idle.base;
         let main_tp = tls::main_thread_pointer();
         s.queue.thread_mut(0).tp = main_tp;
         s.loaded_tp = main_tp;
