@@ -3,12 +3,14 @@
 //! arguments and environment from the command line, runs threads (mutexes, channels,
 //! condition variables, preemption), and ends with its exit status; a panic prints its
 //! message and ends the VM with a non-zero status. A thread spinning forever starves
-//! neither the network nor the main thread.
+//! neither the network nor the main thread, and a threaded program moves with its threads.
 
 use roam_tests::{GuestRun, Vmm, boot, image, kvm_present};
 use std::path::PathBuf;
 use std::time::Duration;
-use xtask::net::{self, NetGuest};
+use xtask::bench::migrate::Mode;
+use xtask::migrate::HostVmmGuest;
+use xtask::net::{self, NetGuest, TwoHosts};
 
 const APP_READY: &str = "Hello from std on Roam";
 /// What std-hello checks for (images/std-hello/src/main.rs).
@@ -218,6 +220,84 @@ fn a_spinning_thread_starves_neither_ping_nor_the_main_thread_on_host_vmm() {
 fn a_spinning_thread_starves_neither_ping_nor_the_main_thread_on_qemu_pc() {
     if kvm_present("a_spinning_thread_starves_neither_ping_nor_the_main_thread_on_qemu_pc") {
         spinning_thread_starves_nothing(Vmm::QemuPc);
+    }
+}
+
+/// A std program's threads move with it: `std-hello spin` (a thread spinning, one blocked
+/// in `recv_from`, the main thread sleeping between heartbeats) moves by pre-copy and
+/// zero-copy, back and forth, and after each move still echoes UDP, answers ping, beats and
+/// spins.
+#[test]
+fn a_threaded_std_program_moves_with_all_its_threads() {
+    if !kvm_present("a_threaded_std_program_moves_with_all_its_threads") {
+        return;
+    }
+    roam_tests::host_vmm();
+    let hosts = TwoHosts::up("stm").expect("two-host topology");
+    let mut guest = HostVmmGuest::boot(&hosts, &image("std-hello"), 64, "-- spin")
+        .unwrap_or_else(|e| panic!("booting std-hello spin: {e:#}"));
+    let settle = Duration::from_secs(30);
+    guest
+        .wait_settled(settle)
+        .unwrap_or_else(|e| panic!("after boot: {e:#}\n{}", guest.console_tail(40)));
+    let mut before = last_beat(&guest.console());
+    for (k, mode) in [Mode::PreCopy, Mode::ZeroCopy, Mode::PreCopy, Mode::ZeroCopy]
+        .into_iter()
+        .enumerate()
+    {
+        let moved = guest.move_to_other(&hosts, mode, None).unwrap_or_else(|e| {
+            panic!(
+                "move {k} ({}): {e:#}\n{}",
+                mode.key(),
+                guest.console_tail(40)
+            )
+        });
+        guest
+            .wait_settled(settle)
+            .unwrap_or_else(|e| panic!("after move {k}: {e:#}\n{}", guest.console_tail(40)));
+        let echo = hosts
+            .client(env!("CARGO_BIN_EXE_netprobe"))
+            .args([
+                "udp-echo",
+                &format!("{}:7", net::GUEST_IP),
+                "50",
+                &k.to_string(),
+            ])
+            .output()
+            .expect("netprobe runs");
+        assert!(
+            echo.status.success(),
+            "UDP echo after move {k} ({}):\n{}{}\n{}",
+            mode.key(),
+            String::from_utf8_lossy(&echo.stdout),
+            String::from_utf8_lossy(&echo.stderr),
+            guest.console_tail(40)
+        );
+        let ping = hosts
+            .client("ping")
+            .args(["-c", "10", "-i", "0.05", "-W", "2", net::GUEST_IP])
+            .output()
+            .expect("ping runs");
+        assert!(
+            String::from_utf8_lossy(&ping.stdout).contains("10 received, 0% packet loss"),
+            "ping after move {k} ({}):\n{}",
+            mode.key(),
+            String::from_utf8_lossy(&ping.stdout)
+        );
+        let after = last_beat(&guest.console());
+        assert!(
+            after.0 > before.0 && after.1 > before.1,
+            "heartbeat (beat, spinner count) {before:?} -> {after:?} around move {k} ({}):\n{}",
+            mode.key(),
+            guest.console_tail(40)
+        );
+        roam_tests::say(&format!(
+            "std-hello spin move {k} {}: pause {:.2} ms, total {:.1} ms; heartbeat {after:?}",
+            mode.key(),
+            moved.summary.pause_ms,
+            moved.summary.total_ms
+        ));
+        before = after;
     }
 }
 
