@@ -13,7 +13,9 @@
 //!   has come, or a finished thread's stack is to be freed.
 //! - **Ticks.** While an app thread runs, the LAPIC timer is armed for the next multiple of
 //!   [`TICK_NS`] of monotonic time (or an earlier deadline or network poll). The deadline
-//!   only moves once per tick, so most switches write no MSR.
+//!   only moves once per tick, so most switches write no MSR. A thread once switched in runs
+//!   at least [`MIN_RUN_NS`] before an interrupt takes the CPU back, so a network flood
+//!   (the idle thread due on every interrupt) still leaves the app its turns.
 //! - **Preemption and the kernel's locks.** An interrupt switches threads only if the
 //!   running thread holds no kernel lock (`sync::preemptible`); otherwise the switch happens
 //!   when it releases the last one ([`preempt_point`]). So no kernel lock is ever found
@@ -33,6 +35,10 @@ use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 /// Preemption tick while app threads run: 10 ms, 100 interrupts a second at most.
 pub const TICK_NS: u64 = 10_000_000;
+/// An app thread runs at least this long before an interrupt takes the CPU back (unless it
+/// blocks or yields first): under a flood the network would otherwise be due on every
+/// interrupt and leave the app no time to take in what arrived.
+const MIN_RUN_NS: u64 = 1_000_000;
 /// The idle thread's stack: it runs the network (smoltcp, drivers, the control channel and
 /// the guest agent), which ran on the app's 2 MiB stack before threads.
 const IDLE_STACK: usize = 512 * 1024;
@@ -93,6 +99,8 @@ struct Sched {
     loaded_tp: u64,
     /// The network progress count the idle thread last woke network waiters for.
     net_seen: u64,
+    /// When the running app thread was switched in (monotonic ns).
+    switched_in: u64,
 }
 
 static SCHED: IrqCell<Sched> = IrqCell::new(Sched {
@@ -101,6 +109,7 @@ static SCHED: IrqCell<Sched> = IrqCell::new(Sched {
     idle_stack: 0,
     loaded_tp: 0,
     net_seen: 0,
+    switched_in: 0,
 });
 
 /// Whether threads exist (the first spawn happened).
@@ -138,10 +147,19 @@ impl Sched {
     }
 
     /// Decides who runs next, after the running thread's state was updated (ready,
-    /// blocked, exited). `None` when the running thread goes on.
-    fn choose(&mut self) -> Option<Switch> {
+    /// blocked, exited; `preempted` by an interrupt). `None` when the running thread goes on.
+    fn choose(&mut self, preempted: bool) -> Option<Switch> {
         let now = timer::now_ns();
         let from = self.queue.current();
+        if let Some(i) = from
+            && preempted
+            && now < self.switched_in.saturating_add(MIN_RUN_NS)
+        {
+            // Too soon: it goes on, and the timer comes back when its minimum is up.
+            self.queue.run(i);
+            timer::arm_at(Some(self.switched_in.saturating_add(MIN_RUN_NS)));
+            return None;
+        }
         let to = match from {
             Some(_) if self.idle_due(now) => None,
             _ => self.queue.pick(),
@@ -176,6 +194,7 @@ impl Sched {
         let (rsp, tp) = match to {
             Some(i) => {
                 self.queue.run(i);
+                self.switched_in = now;
                 self.arm_tick(now);
                 let t = self.queue.thread(i);
                 CURRENT_TID.store(t.tid, Ordering::Relaxed);
@@ -211,12 +230,17 @@ impl Sched {
 /// reschedule; then the CPU switches to whoever runs next. Returns after this thread runs
 /// again, with `prepare`'s answer.
 fn schedule(prepare: impl FnOnce(&mut Sched) -> bool) -> bool {
+    reschedule(false, prepare)
+}
+
+/// [`schedule`], saying whether an interrupt (rather than the thread itself) asks.
+fn reschedule(preempted: bool, prepare: impl FnOnce(&mut Sched) -> bool) -> bool {
     let was = cpu::disable_interrupts();
     let mut switch_to = None;
     let went = SCHED.with(|s| {
         let go = prepare(s);
         if go {
-            switch_to = s.choose();
+            switch_to = s.choose(preempted);
         }
         go
     });
@@ -258,7 +282,12 @@ pub fn on_interrupt() {
         PENDING.store(true, Ordering::Relaxed);
         return;
     }
-    schedule(|s| {
+    preempt();
+}
+
+/// The running app thread is preempted: it stays ready, and someone else may run.
+fn preempt() {
+    reschedule(true, |s| {
         s.queue.yield_current();
         true
     });
@@ -269,7 +298,7 @@ pub fn on_interrupt() {
 pub fn preempt_point() {
     if PENDING.load(Ordering::Relaxed) && active() && cpu::interrupts_enabled() {
         PENDING.store(false, Ordering::Relaxed);
-        yield_now();
+        preempt();
     }
 }
 
