@@ -294,11 +294,11 @@ pub fn halted_ticks() -> u64 {
 static ARMED_NS: AtomicU64 = AtomicU64::new(0);
 
 /// Arms the LAPIC timer for monotonic time `at_ns` (or disarms it), unless it is already
-/// armed for exactly that and it has not fired yet: the scheduler asks for the same tick
-/// on every switch, and each write is an MSR or MMIO exit.
-pub fn arm_at(at_ns: Option<u64>) {
+/// armed for exactly that and it has not fired yet (`now_ns` is the caller's reading): the
+/// scheduler asks for the same tick on every switch, and each write is an MSR or MMIO exit.
+pub fn arm_at(at_ns: Option<u64>, now_ns: u64) {
     let at = at_ns.unwrap_or(u64::MAX);
-    if at == ARMED_NS.load(Ordering::Relaxed) && (at == u64::MAX || now_ns() < at) {
+    if at == ARMED_NS.load(Ordering::Relaxed) && (at == u64::MAX || now_ns < at) {
         return;
     }
     arm(&tsc_clock(), at_ns);

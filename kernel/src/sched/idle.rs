@@ -44,7 +44,8 @@ pub(super) extern "C" fn run(_: usize) {
                 .with(|s| s.queue.next_deadline())
                 .min(network)
                 .min(crate::net::next_poll_ns());
-            timer::arm_at((wake != NEVER).then_some(wake));
+            // A fresh reading: a deadline that passed during the service above must be re-armed.
+            timer::arm_at((wake != NEVER).then_some(wake), timer::now_ns());
             cpu::wait_for_interrupt();
         }
     }

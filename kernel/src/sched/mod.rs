@@ -157,7 +157,7 @@ impl Sched {
         {
             // Too soon: it goes on, and the timer comes back when its minimum is up.
             self.queue.run(i);
-            timer::arm_at(Some(self.switched_in.saturating_add(MIN_RUN_NS)));
+            timer::arm_at(Some(self.switched_in.saturating_add(MIN_RUN_NS)), now);
             return None;
         }
         let to = match from {
@@ -222,7 +222,7 @@ impl Sched {
         let at = tick
             .min(self.queue.next_deadline())
             .min(crate::net::next_poll_ns());
-        timer::arm_at(Some(at));
+        timer::arm_at(Some(at), now);
     }
 }
 
