@@ -2,39 +2,69 @@
 //!
 //! [`SocketTable`] maps descriptors (from [`FIRST_FD`]) to TCP and UDP sockets and gives
 //! them POSIX semantics smoltcp does not have by itself: `bind` with port checks and
-//! ephemeral ports, `listen` with a backlog (a few smoltcp sockets listening on the same
-//! port; `accept` takes an established one and puts a fresh listener in its place),
-//! `connect` whose outcome is observed later, half-close, readiness for `poll`, and the
-//! options the ABI supports. Every call is non-blocking and returns
-//! [`Error::WouldBlock`] when it would wait; blocking, timeouts and errno values are the
-//! kernel's business.
+//! ephemeral ports, `listen` with a backlog, `accept`, `connect` whose outcome is observed
+//! later, half-close, readiness for `poll`, and the options the ABI supports. Every call is
+//! non-blocking and returns [`Error::WouldBlock`] when it would wait; blocking, timeouts and
+//! errno values are the kernel's business.
 //!
-//! Closed TCP sockets stay in smoltcp's set until their FIN handshake is done
-//! ([`SocketTable::reap`], called after every poll, removes them).
+//! **The table grows with demand**: descriptors up to [`MAX_SOCKETS`], each new socket only
+//! if its buffers can be allocated with [`HEADROOM`] to spare. Out of memory (or
+//! descriptors), a new connection is refused; an established one is never touched.
+//!
+//! **Listeners.** smoltcp has no listen queue: a socket in Listen takes one SYN and becomes
+//! that connection. A listener here owns its pending connections, up to its backlog
+//! (`listen(fd, n)`: n, at most [`MAX_BACKLOG`]), and after every frame
+//! ([`SocketTable::update`], run by [`SocketTable::poll`]) keeps one more socket in Listen,
+//! so the next SYN always finds one:
+//! - a handshake that completes waits for `accept` (oldest first);
+//! - a handshake that fails (RST) or times out ([`HANDSHAKE_TIMEOUT`]) frees its place;
+//! - when the backlog is full and some of it is half-open, the oldest half-open handshake
+//!   is dropped (silently; its peer gets RST if it ever answers) and its socket listens
+//!   again. A SYN flood, spoofed or not, thus only ever churns half-open entries, while a
+//!   real client, whose handshake completes in one round trip, gets through: its entry
+//!   would have to survive `backlog` later SYNs, not `HANDSHAKE_TIMEOUT`. Linux gets the
+//!   same from SYN cookies; smoltcp has none;
+//! - when the backlog is full of connections nobody accepted, there is no socket in Listen:
+//!   SYNs are dropped (the client retries), as Linux does with a full accept queue.
+//!
+//! Closed TCP sockets stay in the stack until their FIN handshake is done; the stack
+//! reports every state change, and [`SocketTable::update`] frees them then.
 
-use crate::stack::Stack;
+use crate::demux::TcpHandle;
+use crate::stack::{Polled, Stack};
+use alloc::collections::{BTreeMap, BinaryHeap, VecDeque};
 use alloc::vec;
 use alloc::vec::Vec;
+use core::cmp::Reverse;
 use core::fmt;
 use core::net::{Ipv4Addr, SocketAddrV4};
 use drivers::net::NetDevice;
 use smoltcp::iface::SocketHandle;
 use smoltcp::socket::{tcp, udp};
-use smoltcp::time::Duration;
+use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{IpAddress, IpEndpoint, IpListenEndpoint};
 
 /// The first socket descriptor (0, 1, 2 are the console).
 pub const FIRST_FD: i32 = 3;
-/// Most sockets open at once.
-pub const MAX_SOCKETS: usize = 64;
+/// Most descriptors open at once (memory permitting: see [`HEADROOM`]).
+pub const MAX_SOCKETS: usize = 65_536;
+/// Heap a new socket must leave free beyond its own buffers, so the app and the kernel
+/// still find memory when sockets have taken the rest.
+pub const HEADROOM: usize = 1 << 20;
 /// Bytes of TCP buffer per direction.
 pub const TCP_BUFFER: usize = 16 * 1024;
 /// Bytes of UDP payload buffer per direction.
 pub const UDP_BUFFER: usize = 16 * 1024;
 /// Datagrams each UDP buffer holds.
 pub const UDP_PACKETS: usize = 16;
-/// Most pending connections a listener holds.
-pub const MAX_BACKLOG: usize = 4;
+/// Most pending connections (handshakes under way or done, not accepted yet) a listener
+/// holds: `listen`'s backlog is capped here (Linux's traditional `SOMAXCONN`).
+pub const MAX_BACKLOG: usize = 128;
+/// A passive handshake (SYN received, SYN-ACK sent) gives up after this long without an
+/// answer: the SYN-ACK is sent three times (after 1 s and 3 s) before that.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Sockets a listener keeps in Listen beyond its pending connections.
+const SPARES: usize = 1;
 /// Largest UDP payload over IPv4.
 const MAX_UDP_PAYLOAD: usize = 65_507;
 /// First ephemeral port (IANA dynamic range, 49152..=65535).
@@ -146,16 +176,43 @@ pub enum Opt {
 enum Tcp {
     /// Created, maybe bound; no smoltcp socket yet.
     Fresh { bound: Option<SocketAddrV4> },
-    /// Listening: smoltcp sockets waiting for connections.
-    Listening {
-        local: SocketAddrV4,
-        queue: Vec<SocketHandle>,
-    },
+    /// Listening: its pending connections and sockets in Listen.
+    Listening(Listener),
     /// Connecting or connected.
-    Stream {
-        handle: SocketHandle,
-        connecting: bool,
-    },
+    Stream { handle: TcpHandle, connecting: bool },
+}
+
+/// A listening socket's sockets (see the module docs).
+#[derive(Debug)]
+struct Listener {
+    local: SocketAddrV4,
+    backlog: usize,
+    /// In Listen.
+    spares: Vec<TcpHandle>,
+    /// Half-open, oldest first; entries that moved on are skipped (see [`Owner`]).
+    half_open: VecDeque<TcpHandle>,
+    /// Handshake done, oldest first, waiting for `accept`; likewise.
+    ready: VecDeque<TcpHandle>,
+    /// Live entries of `half_open` and `ready`.
+    half_open_count: usize,
+    ready_count: usize,
+}
+
+/// Where a listener's socket is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Spare,
+    HalfOpen,
+    Ready,
+}
+
+/// Who holds a TCP socket that is not (or no longer) an app's connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Owner {
+    /// A listener's, in `phase`.
+    Member { fd: i32, phase: Phase },
+    /// Closed by the app: freed once its closing handshake is over.
+    Closing,
 }
 
 #[derive(Debug)]
@@ -189,8 +246,14 @@ struct Socket {
 #[derive(Debug)]
 pub struct SocketTable {
     slots: Vec<Option<Socket>>,
-    /// Closed TCP sockets finishing their handshake.
-    closing: Vec<SocketHandle>,
+    /// Free slots below `slots.len()`, lowest first (POSIX hands out the lowest).
+    free: BinaryHeap<Reverse<usize>>,
+    /// Descriptors open.
+    open: usize,
+    /// Most descriptors open at once.
+    limit: usize,
+    /// TCP sockets held by listeners or closing (app connections are in `slots`).
+    owners: BTreeMap<TcpHandle, Owner>,
     next_port: u16,
 }
 
@@ -218,34 +281,58 @@ fn v4_listen(endpoint: IpListenEndpoint) -> SocketAddrV4 {
     SocketAddrV4::new(ip, endpoint.port)
 }
 
-fn new_tcp() -> tcp::Socket<'static> {
+/// `len` zeroed bytes, or `None` when the heap cannot spare them and [`HEADROOM`] more.
+fn buffer(len: usize) -> Option<Vec<u8>> {
+    let mut probe: Vec<u8> = Vec::new();
+    probe.try_reserve_exact(len + HEADROOM).ok()?;
+    drop(probe);
+    let mut v = Vec::new();
+    v.try_reserve_exact(len).ok()?;
+    v.resize(len, 0);
+    Some(v)
+}
+
+/// A TCP socket with its buffers, or `None` without memory for them.
+fn new_tcp(no_delay: bool, keep_alive: bool) -> Option<tcp::Socket<'static>> {
     let mut socket = tcp::Socket::new(
-        tcp::SocketBuffer::new(vec![0; TCP_BUFFER]),
-        tcp::SocketBuffer::new(vec![0; TCP_BUFFER]),
+        tcp::SocketBuffer::new(buffer(TCP_BUFFER)?),
+        tcp::SocketBuffer::new(buffer(TCP_BUFFER)?),
     );
     socket.set_timeout(Some(TCP_TIMEOUT));
-    socket
+    socket.set_nagle_enabled(!no_delay);
+    socket.set_keep_alive(keep_alive.then_some(KEEP_ALIVE));
+    Some(socket)
 }
 
-fn new_udp() -> udp::Socket<'static> {
-    udp::Socket::new(
+/// A UDP socket with its buffers, or `None` without memory for them.
+fn new_udp() -> Option<udp::Socket<'static>> {
+    Some(udp::Socket::new(
         udp::PacketBuffer::new(
             vec![udp::PacketMetadata::EMPTY; UDP_PACKETS],
-            vec![0; UDP_BUFFER],
+            buffer(UDP_BUFFER)?,
         ),
         udp::PacketBuffer::new(
             vec![udp::PacketMetadata::EMPTY; UDP_PACKETS],
-            vec![0; UDP_BUFFER],
+            buffer(UDP_BUFFER)?,
         ),
-    )
+    ))
 }
 
-/// A listening TCP socket is ready to be accepted once its handshake is done.
+/// A listener's socket is ready to be accepted once its handshake is done.
 fn accept_ready(state: tcp::State) -> bool {
     !matches!(
         state,
-        tcp::State::Listen | tcp::State::SynReceived | tcp::State::Closed
+        tcp::State::Listen | tcp::State::SynReceived | tcp::State::Closed | tcp::State::TimeWait
     )
+}
+
+/// The TCP socket `h`, to change it, or [`Error::NotConnected`] if the stack no longer
+/// has it.
+fn tcp_mut<D: NetDevice>(
+    stack: &mut Stack<D>,
+    h: TcpHandle,
+) -> Result<&mut tcp::Socket<'static>, Error> {
+    stack.tcp_mut().get_mut(h).ok_or(Error::NotConnected)
 }
 
 impl Default for SocketTable {
@@ -257,12 +344,267 @@ impl Default for SocketTable {
 impl SocketTable {
     /// An empty table; `seed` picks where ephemeral ports start.
     pub fn new(seed: u64) -> SocketTable {
+        SocketTable::with_limit(seed, MAX_SOCKETS)
+    }
+
+    /// An empty table with at most `limit` descriptors open (at most [`MAX_SOCKETS`]).
+    pub fn with_limit(seed: u64, limit: usize) -> SocketTable {
         let span = u64::from(u16::MAX - EPHEMERAL_FIRST) + 1;
         SocketTable {
             slots: Vec::new(),
-            closing: Vec::new(),
+            free: BinaryHeap::new(),
+            open: 0,
+            limit: limit.min(MAX_SOCKETS),
+            owners: BTreeMap::new(),
             next_port: EPHEMERAL_FIRST + (seed % span) as u16,
         }
+    }
+
+    /// Takes in at most `budget` frames, keeping every listener armed after each one
+    /// ([`SocketTable::update`]), then sends what sockets queued: what the kernel's idle loop
+    /// runs.
+    pub fn poll<D: NetDevice>(&mut self, stack: &mut Stack<D>, now: Instant, budget: usize) -> Polled {
+        stack.poll_maintenance(now);
+        let mut polled = Polled {
+            changed: false,
+            more: true,
+        };
+        for _ in 0..budget {
+            match stack.poll_ingress_one(now) {
+                None => {
+                    polled.more = false;
+                    break;
+                }
+                Some(changed) => {
+                    polled.changed |= changed;
+                    if changed {
+                        self.update(stack);
+                    }
+                }
+            }
+        }
+        polled.changed |= stack.poll_egress(now);
+        self.update(stack);
+        polled
+    }
+
+    /// Acts on the TCP state changes the stack reported: a listener's handshakes moving on
+    /// (and its sockets in Listen topped up, see the module docs), closed sockets freed.
+    /// Costs nothing when nothing changed.
+    pub fn update<D: NetDevice>(&mut self, stack: &mut Stack<D>) {
+        let changed = stack.tcp_mut().take_changed();
+        if changed.is_empty() {
+            stack.tcp_mut().give_back(changed);
+            return;
+        }
+        let mut listeners: Vec<i32> = Vec::new();
+        for &h in &changed {
+            let state = stack.tcp().get(h).map(tcp::Socket::state);
+            match self.owners.get(&h).copied() {
+                Some(Owner::Closing) => {
+                    if matches!(
+                        state,
+                        None | Some(tcp::State::Closed | tcp::State::TimeWait)
+                    ) {
+                        stack.tcp_mut().remove(h);
+                        self.owners.remove(&h);
+                    }
+                }
+                Some(Owner::Member { fd, phase }) => {
+                    self.member_changed(stack, fd, h, phase, state);
+                    if !listeners.contains(&fd) {
+                        listeners.push(fd);
+                    }
+                }
+                None => {}
+            }
+        }
+        stack.tcp_mut().give_back(changed);
+        for fd in listeners {
+            self.refill(stack, fd);
+        }
+    }
+
+    fn listener_mut(&mut self, fd: i32) -> Option<&mut Listener> {
+        match &mut self.get_mut(fd).ok()?.kind {
+            Kind::Tcp(Tcp::Listening(l)) => Some(l),
+            _ => None,
+        }
+    }
+
+    /// Listener `fd`'s socket `h`, last seen in `phase`, is in `state` now.
+    fn member_changed<D: NetDevice>(
+        &mut self,
+        stack: &mut Stack<D>,
+        fd: i32,
+        h: TcpHandle,
+        phase: Phase,
+        state: Option<tcp::State>,
+    ) {
+        let new = match state {
+            Some(tcp::State::Listen) => Some(Phase::Spare),
+            Some(tcp::State::SynReceived) => Some(Phase::HalfOpen),
+            Some(s) if accept_ready(s) => Some(Phase::Ready),
+            _ => None,
+        };
+        if new == Some(phase) {
+            return;
+        }
+        let Some(l) = self.listener_mut(fd) else {
+            return;
+        };
+        match phase {
+            Phase::Spare => l.spares.retain(|&s| s != h),
+            Phase::HalfOpen => l.half_open_count -= 1,
+            Phase::Ready => l.ready_count -= 1,
+        }
+        match new {
+            Some(Phase::Spare) => l.spares.push(h),
+            Some(Phase::HalfOpen) => {
+                l.half_open_count += 1;
+                l.half_open.push_back(h);
+            }
+            Some(Phase::Ready) => {
+                l.ready_count += 1;
+                l.ready.push_back(h);
+            }
+            None => {
+                // Reset or timed out: its place is free.
+                self.owners.remove(&h);
+                stack.tcp_mut().remove(h);
+                return;
+            }
+        }
+        if let Some(phase) = new {
+            self.owners.insert(h, Owner::Member { fd, phase });
+        }
+        if new == Some(Phase::Ready)
+            && let Some(s) = stack.tcp_mut().get_mut(h)
+        {
+            // The handshake's bound no longer applies.
+            s.set_timeout(Some(TCP_TIMEOUT));
+        }
+    }
+
+    /// The oldest live half-open handshake of listener `fd`, taken off its queue.
+    fn take_oldest_half_open(&mut self, fd: i32) -> Option<TcpHandle> {
+        let owners = &self.owners;
+        let l = match &mut self.slots.get_mut(Self::index(fd)?)?.as_mut()?.kind {
+            Kind::Tcp(Tcp::Listening(l)) => l,
+            _ => return None,
+        };
+        while let Some(h) = l.half_open.pop_front() {
+            if owners.get(&h)
+                == Some(&Owner::Member {
+                    fd,
+                    phase: Phase::HalfOpen,
+                })
+            {
+                return Some(h);
+            }
+        }
+        None
+    }
+
+    /// Keeps listener `fd` within its backlog and ready for the next SYN: over the backlog
+    /// (a SYN came while it was full), the oldest half-open handshake is dropped and its
+    /// socket listens again; then [`SPARES`] sockets stay in Listen as long as a SYN could
+    /// be admitted (room in the backlog, or a half-open entry to drop for it).
+    fn refill<D: NetDevice>(&mut self, stack: &mut Stack<D>, fd: i32) {
+        let Ok(socket) = self.get(fd) else { return };
+        let (no_delay, keep_alive) = (socket.no_delay, socket.keep_alive);
+        loop {
+            let Some(l) = self.listener_mut(fd) else {
+                return;
+            };
+            let (local, pending, half_open) = (
+                l.local,
+                l.half_open_count + l.ready_count,
+                l.half_open_count,
+            );
+            if pending > l.backlog {
+                let Some(oldest) = self.take_oldest_half_open(fd) else {
+                    return;
+                };
+                self.evict(stack, fd, oldest, local);
+                continue;
+            }
+            if pending >= l.backlog && half_open == 0 {
+                // Full of connections nobody accepted: no socket listens, new SYNs are
+                // dropped until the app accepts.
+                for h in core::mem::take(&mut l.spares) {
+                    self.owners.remove(&h);
+                    stack.tcp_mut().remove(h);
+                }
+                return;
+            }
+            if l.spares.len() >= SPARES {
+                return;
+            }
+            match Self::listen_socket(stack, local, no_delay, keep_alive) {
+                Some(h) => {
+                    self.owners.insert(
+                        h,
+                        Owner::Member {
+                            fd,
+                            phase: Phase::Spare,
+                        },
+                    );
+                    if let Some(l) = self.listener_mut(fd) {
+                        l.spares.push(h);
+                    }
+                }
+                // Out of memory: SYNs are dropped until a socket is freed.
+                None => return,
+            }
+        }
+    }
+
+    /// Drops listener `fd`'s half-open handshake `h` (off its queue already) without a RST
+    /// (a spoofed peer would never read one, a real one gets RST when its ACK finds no
+    /// connection); its socket listens again as a spare.
+    fn evict<D: NetDevice>(
+        &mut self,
+        stack: &mut Stack<D>,
+        fd: i32,
+        h: TcpHandle,
+        local: SocketAddrV4,
+    ) {
+        let relisten = stack.tcp_mut().get_mut(h).is_some_and(|s| {
+            s.abort();
+            s.set_timeout(Some(HANDSHAKE_TIMEOUT));
+            s.listen(listen_endpoint(local)).is_ok()
+        });
+        let Some(l) = self.listener_mut(fd) else {
+            return;
+        };
+        l.half_open_count -= 1;
+        if relisten {
+            l.spares.push(h);
+            self.owners.insert(
+                h,
+                Owner::Member {
+                    fd,
+                    phase: Phase::Spare,
+                },
+            );
+        } else {
+            self.owners.remove(&h);
+            stack.tcp_mut().remove(h);
+        }
+    }
+
+    /// A new socket in Listen on `local`, in the stack; `None` without memory.
+    fn listen_socket<D: NetDevice>(
+        stack: &mut Stack<D>,
+        local: SocketAddrV4,
+        no_delay: bool,
+        keep_alive: bool,
+    ) -> Option<TcpHandle> {
+        let mut s = new_tcp(no_delay, keep_alive)?;
+        s.set_timeout(Some(HANDSHAKE_TIMEOUT));
+        s.listen(listen_endpoint(local)).ok()?;
+        stack.tcp_mut().add(s)
     }
 
     fn index(fd: i32) -> Option<usize> {
@@ -289,15 +631,21 @@ impl SocketTable {
     }
 
     fn insert(&mut self, socket: Socket) -> Result<i32, Error> {
-        let index = match self.slots.iter().position(Option::is_none) {
-            Some(i) => i,
-            None if self.slots.len() < MAX_SOCKETS => {
+        if self.open >= self.limit {
+            return Err(Error::TooManySockets);
+        }
+        let index = match self.free.pop() {
+            Some(Reverse(i)) => i,
+            None => {
+                self.slots
+                    .try_reserve(1)
+                    .map_err(|_| Error::NoBuffers)?;
                 self.slots.push(None);
                 self.slots.len() - 1
             }
-            None => return Err(Error::TooManySockets),
         };
         self.slots[index] = Some(socket);
+        self.open += 1;
         // index < MAX_SOCKETS, so this cannot overflow.
         Ok(FIRST_FD + index as i32)
     }
@@ -309,13 +657,13 @@ impl SocketTable {
         ty: Type,
         nonblocking: bool,
     ) -> Result<i32, Error> {
-        if self.slots.iter().flatten().count() >= MAX_SOCKETS {
+        if self.open >= self.limit {
             return Err(Error::TooManySockets);
         }
         let kind = match ty {
             Type::Stream => Kind::Tcp(Tcp::Fresh { bound: None }),
             Type::Datagram => Kind::Udp(Udp {
-                handle: stack.sockets_mut().add(new_udp()),
+                handle: stack.sockets_mut().add(new_udp().ok_or(Error::NoBuffers)?),
                 bound: false,
                 peer: None,
             }),
@@ -338,22 +686,28 @@ impl SocketTable {
     /// connection's local end, closing ones included).
     fn port_in_use<D: NetDevice>(&self, stack: &Stack<D>, port: u16, tcp: bool) -> bool {
         let sockets = stack.sockets();
-        let tcp_port = |h: SocketHandle| {
-            sockets
-                .get::<tcp::Socket>(h)
-                .local_endpoint()
+        let tcp_port = |h: TcpHandle| {
+            stack
+                .tcp()
+                .get(h)
+                .and_then(|s| s.local_endpoint())
                 .is_some_and(|e| e.port == port)
         };
         let in_table = self.slots.iter().flatten().any(|s| match (&s.kind, tcp) {
             (Kind::Tcp(Tcp::Fresh { bound }), true) => bound.is_some_and(|b| b.port() == port),
-            (Kind::Tcp(Tcp::Listening { local, .. }), true) => local.port() == port,
+            (Kind::Tcp(Tcp::Listening(l)), true) => l.local.port() == port,
             (Kind::Tcp(Tcp::Stream { handle, .. }), true) => tcp_port(*handle),
             (Kind::Udp(u), false) => {
                 u.bound && sockets.get::<udp::Socket>(u.handle).endpoint().port == port
             }
             _ => false,
         });
-        in_table || (tcp && self.closing.iter().any(|h| tcp_port(*h)))
+        in_table
+            || (tcp
+                && self
+                    .owners
+                    .iter()
+                    .any(|(h, o)| *o == Owner::Closing && tcp_port(*h)))
     }
 
     /// Bound ports for listening conflict only with other bound or listening sockets.
@@ -362,7 +716,7 @@ impl SocketTable {
             FIRST_FD + i as i32 != except
                 && match s.as_ref().map(|s| &s.kind) {
                     Some(Kind::Tcp(Tcp::Fresh { bound: Some(b) })) => b.port() == port,
-                    Some(Kind::Tcp(Tcp::Listening { local, .. })) => local.port() == port,
+                    Some(Kind::Tcp(Tcp::Listening(l))) => l.local.port() == port,
                     _ => false,
                 }
         })
@@ -436,79 +790,90 @@ impl SocketTable {
     }
 
     /// Starts listening on `fd` (binding an ephemeral port if unbound) with room for
-    /// `backlog` pending connections (1 to [`MAX_BACKLOG`]).
+    /// `backlog` pending connections: 1 to [`MAX_BACKLOG`], a larger backlog is capped there
+    /// and a smaller one is 1 (as Linux does with 0).
     pub fn listen<D: NetDevice>(
         &mut self,
         stack: &mut Stack<D>,
         fd: i32,
         backlog: i32,
     ) -> Result<(), Error> {
-        let want = usize::try_from(backlog).unwrap_or(0).clamp(1, MAX_BACKLOG);
-        let local = match &self.get(fd)?.kind {
+        let backlog = usize::try_from(backlog).unwrap_or(0).clamp(1, MAX_BACKLOG);
+        let local = match &mut self.get_mut(fd)?.kind {
             Kind::Udp(_) => return Err(Error::NotSupported),
             Kind::Tcp(Tcp::Stream { .. }) => return Err(Error::Invalid),
-            Kind::Tcp(Tcp::Listening { .. }) => return Ok(()),
+            Kind::Tcp(Tcp::Listening(l)) => {
+                // Linux lets `listen` again change the backlog.
+                l.backlog = backlog;
+                return Ok(());
+            }
             Kind::Tcp(Tcp::Fresh { bound: Some(b) }) => *b,
             Kind::Tcp(Tcp::Fresh { bound: None }) => {
                 SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, self.ephemeral_port(stack, true)?)
             }
         };
         let socket = self.get(fd)?;
-        let (no_delay, keep_alive) = (socket.no_delay, socket.keep_alive);
-        let mut queue = Vec::with_capacity(want);
-        for _ in 0..want {
-            let mut s = new_tcp();
-            s.set_nagle_enabled(!no_delay);
-            s.set_keep_alive(keep_alive.then_some(KEEP_ALIVE));
-            if s.listen(listen_endpoint(local)).is_err() {
-                for h in queue {
-                    stack.sockets_mut().remove(h);
-                }
-                return Err(Error::Invalid);
-            }
-            queue.push(stack.sockets_mut().add(s));
-        }
-        self.get_mut(fd)?.kind = Kind::Tcp(Tcp::Listening { local, queue });
+        let first = Self::listen_socket(stack, local, socket.no_delay, socket.keep_alive)
+            .ok_or(Error::NoBuffers)?;
+        self.owners.insert(
+            first,
+            Owner::Member {
+                fd,
+                phase: Phase::Spare,
+            },
+        );
+        stack.tcp_mut().listen_port(local.port());
+        self.get_mut(fd)?.kind = Kind::Tcp(Tcp::Listening(Listener {
+            local,
+            backlog,
+            spares: vec![first],
+            half_open: VecDeque::new(),
+            ready: VecDeque::new(),
+            half_open_count: 0,
+            ready_count: 0,
+        }));
         Ok(())
     }
 
-    /// Takes an established connection from listener `fd`: its new descriptor and the
-    /// peer's address.
+    /// Takes an established connection from listener `fd` (the oldest): its new descriptor
+    /// and the peer's address.
     pub fn accept<D: NetDevice>(
         &mut self,
         stack: &mut Stack<D>,
         fd: i32,
     ) -> Result<(i32, SocketAddrV4), Error> {
-        let socket = self.get_mut(fd)?;
+        self.update(stack);
+        if self.open >= self.limit {
+            // Leave the connection queued: a descriptor may be closed meanwhile.
+            return Err(Error::TooManySockets);
+        }
+        let socket = self.get(fd)?;
         let (no_delay, keep_alive) = (socket.no_delay, socket.keep_alive);
-        let Kind::Tcp(Tcp::Listening { local, queue }) = &mut socket.kind else {
+        let owners = &mut self.owners;
+        let Some(Some(Socket {
+            kind: Kind::Tcp(Tcp::Listening(l)),
+            ..
+        })) = Self::index(fd).and_then(|i| self.slots.get_mut(i))
+        else {
             return Err(Error::Invalid);
         };
-        let local = *local;
-        let sockets = stack.sockets_mut();
-        let mut ready = None;
-        for (i, &h) in queue.iter().enumerate() {
-            let s = sockets.get_mut::<tcp::Socket>(h);
-            if accept_ready(s.state()) {
-                ready = Some(i);
-                break;
+        let ready = Owner::Member {
+            fd,
+            phase: Phase::Ready,
+        };
+        let handle = loop {
+            let h = l.ready.pop_front().ok_or(Error::WouldBlock)?;
+            if owners.get(&h) == Some(&ready) {
+                break h;
             }
-            if s.state() == tcp::State::Closed {
-                // A handshake that was reset: listen again.
-                let _ = s.listen(listen_endpoint(local));
-            }
-        }
-        let i = ready.ok_or(Error::WouldBlock)?;
-        let mut fresh = new_tcp();
-        fresh.set_nagle_enabled(!no_delay);
-        fresh.set_keep_alive(keep_alive.then_some(KEEP_ALIVE));
-        fresh
-            .listen(listen_endpoint(local))
-            .map_err(|_| Error::Invalid)?;
-        let fresh = sockets.add(fresh);
-        let handle = core::mem::replace(&mut queue[i], fresh);
-        let peer = sockets
-            .get::<tcp::Socket>(handle)
+        };
+        owners.remove(&handle);
+        l.ready_count -= 1;
+        self.refill(stack, fd);
+        let s = stack.tcp_mut().get_mut(handle).ok_or(Error::WouldBlock)?;
+        s.set_nagle_enabled(!no_delay);
+        s.set_keep_alive(keep_alive.then_some(KEEP_ALIVE));
+        let peer = s
             .remote_endpoint()
             .map(v4)
             .unwrap_or(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));
@@ -530,8 +895,10 @@ impl SocketTable {
         match self.insert(new) {
             Ok(new_fd) => Ok((new_fd, peer)),
             Err(e) => {
-                stack.sockets_mut().get_mut::<tcp::Socket>(handle).abort();
-                self.closing.push(handle);
+                if let Some(s) = stack.tcp_mut().get_mut(handle) {
+                    s.abort();
+                }
+                self.owners.insert(handle, Owner::Closing);
                 Err(e)
             }
         }
@@ -571,13 +938,15 @@ impl SocketTable {
             Kind::Tcp(Tcp::Fresh { bound: Some(b) }) => *b,
             _ => SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, self.ephemeral_port(stack, true)?),
         };
-        let mut s = new_tcp();
-        s.set_nagle_enabled(!no_delay);
-        s.set_keep_alive(keep_alive.then_some(KEEP_ALIVE));
-        let (iface, sockets) = stack.iface_and_sockets();
-        s.connect(iface.context(), endpoint(addr), listen_endpoint(local))
-            .map_err(|_| Error::Unreachable)?;
-        let handle = sockets.add(s);
+        let s = new_tcp(no_delay, keep_alive).ok_or(Error::NoBuffers)?;
+        let handle = stack.tcp_mut().add(s).ok_or(Error::NoBuffers)?;
+        if stack
+            .tcp_connect(handle, endpoint(addr), listen_endpoint(local))
+            .is_err()
+        {
+            stack.tcp_mut().remove(handle);
+            return Err(Error::Unreachable);
+        }
         self.get_mut(fd)?.kind = Kind::Tcp(Tcp::Stream {
             handle,
             connecting: true,
@@ -617,10 +986,10 @@ impl SocketTable {
         else {
             return Ok(());
         };
-        match stack.sockets().get::<tcp::Socket>(handle).state() {
-            tcp::State::SynSent | tcp::State::SynReceived => {}
-            tcp::State::Closed => {
-                stack.sockets_mut().remove(handle);
+        match stack.tcp().get(handle).map(tcp::Socket::state) {
+            Some(tcp::State::SynSent | tcp::State::SynReceived) => {}
+            None | Some(tcp::State::Closed) => {
+                stack.tcp_mut().remove(handle);
                 socket.kind = Kind::Tcp(Tcp::Fresh { bound: None });
                 socket.error = Some(Error::ConnectionRefused);
             }
@@ -653,7 +1022,7 @@ impl SocketTable {
                 if *connecting {
                     return Err(Error::WouldBlock);
                 }
-                let s = stack.sockets_mut().get_mut::<tcp::Socket>(*handle);
+                let s = tcp_mut(stack, *handle)?;
                 if s.can_recv() {
                     let n = if peek {
                         s.peek_slice(buf)
@@ -702,7 +1071,7 @@ impl SocketTable {
                 if *connecting {
                     return Err(Error::WouldBlock);
                 }
-                let s = stack.sockets_mut().get_mut::<tcp::Socket>(*handle);
+                let s = tcp_mut(stack, *handle).map_err(|_| Error::BrokenPipe)?;
                 if !s.may_send() {
                     return Err(Error::BrokenPipe);
                 }
@@ -757,8 +1126,10 @@ impl SocketTable {
         if matches!(how, Shutdown::Read | Shutdown::Both) {
             socket.shut_read = true;
         }
-        if let (Some(h), Shutdown::Write | Shutdown::Both) = (handle, how) {
-            stack.sockets_mut().get_mut::<tcp::Socket>(h).close();
+        if let (Some(h), Shutdown::Write | Shutdown::Both) = (handle, how)
+            && let Some(s) = stack.tcp_mut().get_mut(h)
+        {
+            s.close();
         }
         Ok(())
     }
@@ -772,24 +1143,30 @@ impl SocketTable {
             .get_mut(index)
             .and_then(Option::take)
             .ok_or(Error::BadFd)?;
+        self.open -= 1;
+        self.free.push(Reverse(index));
         match socket.kind {
             Kind::Tcp(Tcp::Fresh { .. }) => {}
-            Kind::Tcp(Tcp::Listening { queue, .. }) => {
-                for h in queue {
-                    stack.sockets_mut().get_mut::<tcp::Socket>(h).abort();
-                    self.closing.push(h);
+            Kind::Tcp(Tcp::Listening(l)) => {
+                stack.tcp_mut().unlisten_port(l.local.port());
+                let members: Vec<TcpHandle> = l
+                    .spares
+                    .iter()
+                    .chain(l.half_open.iter())
+                    .chain(l.ready.iter())
+                    .copied()
+                    .filter(|h| matches!(self.owners.get(h), Some(Owner::Member { fd: f, .. }) if *f == fd))
+                    .collect();
+                for h in members {
+                    self.owners.remove(&h);
+                    self.close_tcp(stack, h, true);
                 }
             }
             Kind::Tcp(Tcp::Stream { handle, .. }) => {
-                let tcp = stack.sockets_mut().get_mut::<tcp::Socket>(handle);
                 // Data the app never read: reset, as Linux does (RFC 1122 4.2.2.13). A FIN
                 // would leave the peer pushing into a window nobody opens again.
-                if tcp.recv_queue() > 0 {
-                    tcp.abort();
-                } else {
-                    tcp.close();
-                }
-                self.closing.push(handle);
+                let unread = stack.tcp().get(handle).is_some_and(|s| s.recv_queue() > 0);
+                self.close_tcp(stack, handle, unread);
             }
             Kind::Udp(u) => {
                 stack.sockets_mut().remove(u.handle);
@@ -798,21 +1175,27 @@ impl SocketTable {
         Ok(())
     }
 
-    /// Frees closed TCP sockets whose handshake is over (call after each poll).
-    pub fn reap<D: NetDevice>(&mut self, stack: &mut Stack<D>) {
-        if self.closing.is_empty() {
+    /// Closes (or with `reset`, aborts) TCP socket `h`; it is freed once closed.
+    fn close_tcp<D: NetDevice>(&mut self, stack: &mut Stack<D>, h: TcpHandle, reset: bool) {
+        let Some(s) = stack.tcp_mut().get_mut(h) else {
+            return;
+        };
+        if matches!(s.state(), tcp::State::Closed | tcp::State::TimeWait | tcp::State::Listen) {
+            // Nothing left to say to the peer (a socket in Listen has none).
+            stack.tcp_mut().remove(h);
             return;
         }
-        self.closing.retain(|&h| {
-            let done = matches!(
-                stack.sockets().get::<tcp::Socket>(h).state(),
-                tcp::State::Closed | tcp::State::TimeWait
-            );
-            if done {
-                stack.sockets_mut().remove(h);
-            }
-            !done
-        });
+        if reset {
+            s.abort();
+        } else {
+            s.close();
+        }
+        self.owners.insert(h, Owner::Closing);
+    }
+
+    /// TCP sockets held, in any state (listeners' and closing ones included).
+    pub fn tcp_sockets<D: NetDevice>(stack: &Stack<D>) -> usize {
+        stack.tcp().len()
     }
 
     /// What `fd` is ready for.
@@ -822,6 +1205,9 @@ impl SocketTable {
         fd: i32,
     ) -> Result<Readiness, Error> {
         self.refresh(stack, fd)?;
+        if matches!(self.get(fd)?.kind, Kind::Tcp(Tcp::Listening(_))) {
+            self.update(stack);
+        }
         let socket = self.get(fd)?;
         let error = socket.error.is_some();
         let sockets = stack.sockets();
@@ -832,24 +1218,27 @@ impl SocketTable {
                 error,
                 ..Readiness::default()
             },
-            Kind::Tcp(Tcp::Listening { queue, .. }) => Readiness {
-                readable: queue
-                    .iter()
-                    .any(|&h| accept_ready(sockets.get::<tcp::Socket>(h).state())),
+            Kind::Tcp(Tcp::Listening(l)) => Readiness {
+                readable: l.ready_count > 0,
                 ..Readiness::default()
             },
             Kind::Tcp(Tcp::Stream {
                 connecting: true, ..
             }) => Readiness::default(),
-            Kind::Tcp(Tcp::Stream { handle, .. }) => {
-                let s = sockets.get::<tcp::Socket>(*handle);
-                Readiness {
+            Kind::Tcp(Tcp::Stream { handle, .. }) => match stack.tcp().get(*handle) {
+                Some(s) => Readiness {
                     readable: s.can_recv() || !s.may_recv() || socket.shut_read,
                     writable: s.can_send(),
                     hangup: s.state() == tcp::State::Closed,
                     error,
-                }
-            }
+                },
+                None => Readiness {
+                    readable: true,
+                    hangup: true,
+                    error,
+                    ..Readiness::default()
+                },
+            },
             Kind::Udp(u) => {
                 let s = sockets.get::<udp::Socket>(u.handle);
                 Readiness {
@@ -872,11 +1261,11 @@ impl SocketTable {
         let unbound = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0);
         Ok(match &self.get(fd)?.kind {
             Kind::Tcp(Tcp::Fresh { bound }) => bound.unwrap_or(unbound),
-            Kind::Tcp(Tcp::Listening { local, .. }) => *local,
+            Kind::Tcp(Tcp::Listening(l)) => l.local,
             Kind::Tcp(Tcp::Stream { handle, .. }) => stack
-                .sockets()
-                .get::<tcp::Socket>(*handle)
-                .local_endpoint()
+                .tcp()
+                .get(*handle)
+                .and_then(tcp::Socket::local_endpoint)
                 .map_or(unbound, v4),
             Kind::Udp(u) => v4_listen(stack.sockets().get::<udp::Socket>(u.handle).endpoint()),
         })
@@ -894,9 +1283,9 @@ impl SocketTable {
                 handle,
                 connecting: false,
             }) => stack
-                .sockets()
-                .get::<tcp::Socket>(*handle)
-                .remote_endpoint()
+                .tcp()
+                .get(*handle)
+                .and_then(tcp::Socket::remote_endpoint)
                 .map(v4)
                 .ok_or(Error::NotConnected),
             Kind::Udp(Udp { peer: Some(p), .. }) => Ok(*p),
@@ -913,9 +1302,10 @@ impl SocketTable {
         on: bool,
     ) -> Result<(), Error> {
         let socket = self.get_mut(fd)?;
-        let tcp_handles: Vec<SocketHandle> = match &socket.kind {
+        // A listener's options reach its sockets in Listen now, the others at `accept`.
+        let tcp_handles: Vec<TcpHandle> = match &socket.kind {
             Kind::Tcp(Tcp::Stream { handle, .. }) => vec![*handle],
-            Kind::Tcp(Tcp::Listening { queue, .. }) => queue.clone(),
+            Kind::Tcp(Tcp::Listening(l)) => l.spares.clone(),
             _ => Vec::new(),
         };
         let is_tcp = matches!(socket.kind, Kind::Tcp(_));
@@ -925,19 +1315,17 @@ impl SocketTable {
             Opt::NoDelay if is_tcp => {
                 socket.no_delay = on;
                 for h in tcp_handles {
-                    stack
-                        .sockets_mut()
-                        .get_mut::<tcp::Socket>(h)
-                        .set_nagle_enabled(!on);
+                    if let Some(s) = stack.tcp_mut().get_mut(h) {
+                        s.set_nagle_enabled(!on);
+                    }
                 }
             }
             Opt::KeepAlive if is_tcp => {
                 socket.keep_alive = on;
                 for h in tcp_handles {
-                    stack
-                        .sockets_mut()
-                        .get_mut::<tcp::Socket>(h)
-                        .set_keep_alive(on.then_some(KEEP_ALIVE));
+                    if let Some(s) = stack.tcp_mut().get_mut(h) {
+                        s.set_keep_alive(on.then_some(KEEP_ALIVE));
+                    }
                 }
             }
             Opt::NoDelay | Opt::KeepAlive => return Err(Error::NotSupported),

@@ -220,15 +220,14 @@ mod sockets {
         )
     }
 
-    /// Runs both hosts (polls, reaping closed sockets) over simulated time `ms`.
+    /// Runs both hosts (polls, listeners re-armed, closed sockets freed) over simulated
+    /// time `ms`.
     fn run(a: &mut Host, b: &mut Host, ms: &mut i64) {
         for _ in 0..8 {
             *ms += 1;
             let now = Instant::from_millis(*ms);
-            a.stack.poll(now);
-            b.stack.poll(now);
-            a.table.reap(&mut a.stack);
-            b.table.reap(&mut b.stack);
+            a.table.poll(&mut a.stack, now, 64);
+            b.table.poll(&mut b.stack, now, 64);
         }
     }
 
@@ -359,7 +358,7 @@ mod sockets {
         run(&mut a, &mut b, &mut ms);
         // Everything closed is eventually freed (TIME-WAIT is dropped at once).
         run_until(&mut a, &mut b, &mut ms, |a, b| {
-            a.stack.sockets().iter().count() == 0 && b.stack.sockets().iter().count() == 0
+            a.stack.tcp().is_empty() && b.stack.tcp().is_empty()
         });
     }
 
@@ -375,12 +374,12 @@ mod sockets {
         run_until(&mut a, &mut b, &mut ms, |a, _| {
             a.table.readiness(&mut a.stack, server).unwrap().readable
         });
-        let open = a.stack.sockets().iter().count();
+        let open = a.stack.tcp().len();
         a.table.close(&mut a.stack, server).unwrap();
         // A reset frees the guest's socket at once; a FIN would leave it in FIN-WAIT
         // while the peer keeps its end open.
         run_until(&mut a, &mut b, &mut ms, |a, _| {
-            a.stack.sockets().iter().count() == open - 1
+            a.stack.tcp().len() == open - 1
         });
         let mut buf = [0u8; 16];
         run_until(&mut a, &mut b, &mut ms, |_, b| {

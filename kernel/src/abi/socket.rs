@@ -285,7 +285,8 @@ pub unsafe extern "C" fn sys_bind(s: i32, name: *const sockaddr, namelen: sockle
     ret(on_socket(|t, st| t.bind(st, s, addr)).map(|()| 0))
 }
 
-/// Makes socket `s` listen, with up to `backlog` pending connections (at most 4).
+/// Makes socket `s` listen, with up to `backlog` pending connections (capped at
+/// `netstack::socket::MAX_BACKLOG`, 128).
 #[unsafe(no_mangle)]
 pub extern "C" fn sys_listen(s: i32, backlog: i32) -> i32 {
     ret(on_socket(|t, st| t.listen(st, s, backlog)).map(|()| 0))
