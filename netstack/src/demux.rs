@@ -342,12 +342,22 @@ impl TcpSockets {
         None
     }
 
-    /// After smoltcp worked on socket `index`: its indexes, a state change, its timer.
-    fn settle(&mut self, index: u32, iface: &mut Interface, now: Instant) -> bool {
+    /// Indexes the sockets touched since the last egress as they are now (a socket that
+    /// listens again after an eviction takes the next SYN): called before routing a frame.
+    pub(crate) fn reindex_touched(&mut self) {
+        for k in 0..self.dirty.len() {
+            let index = self.dirty[k];
+            self.reindex(index);
+        }
+    }
+
+    /// Puts socket `index` in the indexes its state calls for, and reports a state change
+    /// (also one an app call made); returns whether there was one.
+    fn reindex(&mut self, index: u32) -> bool {
         let Some(Some(slot)) = self.slots.get_mut(index as usize) else {
             return false;
         };
-        let socket = slot.socket();
+        let socket = slot.set.get::<tcp::Socket>(slot.handle);
         let state = socket.state();
         let indexed = match state {
             tcp::State::Listen => {
@@ -369,23 +379,31 @@ impl TcpSockets {
         };
         let changed = state != slot.state;
         slot.state = state;
-        let generation = slot.generation;
-        let due = iface
-            .poll_at(now, &slot.set)
-            .map(|t| t.total_micros().max(0));
-        let old = slot.indexed;
-        if due != slot.due {
-            slot.due = due;
-            if let Some(at) = due {
-                self.timers.push(Reverse((at, index)));
-            }
-        }
+        let (old, generation) = (slot.indexed, slot.generation);
         if old != indexed {
             self.unindex(index, old);
             self.index(index, indexed);
         }
         if changed {
             self.changed.push(TcpHandle { index, generation });
+        }
+        changed
+    }
+
+    /// After smoltcp worked on socket `index`: its indexes, a state change, its timer.
+    fn settle(&mut self, index: u32, iface: &mut Interface, now: Instant) -> bool {
+        let changed = self.reindex(index);
+        let Some(Some(slot)) = self.slots.get_mut(index as usize) else {
+            return false;
+        };
+        let due = iface
+            .poll_at(now, &slot.set)
+            .map(|t| t.total_micros().max(0));
+        if due != slot.due {
+            slot.due = due;
+            if let Some(at) = due {
+                self.timers.push(Reverse((at, index)));
+            }
         }
         self.compact_timers();
         changed

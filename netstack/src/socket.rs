@@ -813,8 +813,12 @@ impl SocketTable {
             }
         };
         let socket = self.get(fd)?;
-        let first = Self::listen_socket(stack, local, socket.no_delay, socket.keep_alive)
-            .ok_or(Error::NoBuffers)?;
+        stack.tcp_mut().listen_port(local.port());
+        let Some(first) = Self::listen_socket(stack, local, socket.no_delay, socket.keep_alive)
+        else {
+            stack.tcp_mut().unlisten_port(local.port());
+            return Err(Error::NoBuffers);
+        };
         self.owners.insert(
             first,
             Owner::Member {
@@ -822,7 +826,6 @@ impl SocketTable {
                 phase: Phase::Spare,
             },
         );
-        stack.tcp_mut().listen_port(local.port());
         self.get_mut(fd)?.kind = Kind::Tcp(Tcp::Listening(Listener {
             local,
             backlog,

@@ -132,6 +132,7 @@ impl<D: NetDevice> Stack<D> {
         } = self;
         let (device, caps) = device.split();
         let (rx, tx) = device.receive()?;
+        tcp.reindex_touched();
         Some(rx.consume(|frame| match tcp.route(frame) {
             Route::Drop => false,
             Route::Tcp(index) => tcp.ingress(index, iface, now, frame, tx, caps),
