@@ -58,6 +58,8 @@ struct Slot {
     dirty: bool,
     /// The state last seen.
     state: tcp::State,
+    /// The owner's word about it ([`TcpSockets::set_tag`]).
+    tag: u64,
 }
 
 impl Slot {
@@ -101,9 +103,17 @@ pub struct TcpSockets {
     listening: BTreeMap<u16, Vec<u32>>,
     timers: BinaryHeap<Reverse<(i64, u32)>>,
     dirty: Vec<u32>,
+    /// How much of `dirty` [`TcpSockets::reindex_touched`] has seen.
+    reindexed: usize,
     changed: Vec<TcpHandle>,
     open: usize,
+    /// Freed sockets kept for reuse (at most [`POOL`]): a new socket's 32 KiB of buffers
+    /// cost more to allocate and clear here than a whole handshake.
+    pool: Vec<SocketSet<'static>>,
 }
+
+/// Freed sockets kept for reuse.
+pub const POOL: usize = 64;
 
 impl TcpSockets {
     /// Sockets held (in any state).
@@ -120,6 +130,21 @@ impl TcpSockets {
     pub fn add(&mut self, socket: tcp::Socket<'static>) -> Option<TcpHandle> {
         let mut storage = Vec::new();
         storage.try_reserve_exact(1).ok()?;
+        let mut set = SocketSet::new(storage);
+        let handle = set.add(socket);
+        self.install(set, handle)
+    }
+
+    /// A freed socket again, if one is kept: closed, with its buffers and its options as
+    /// they were (`listen` and `connect` clear its state and buffers).
+    pub fn reuse(&mut self) -> Option<TcpHandle> {
+        let mut set = self.pool.pop()?;
+        let handle = set.iter().next().map(|(h, _)| h)?;
+        set.get_mut::<tcp::Socket>(handle).abort();
+        self.install(set, handle)
+    }
+
+    fn install(&mut self, set: SocketSet<'static>, handle: SocketHandle) -> Option<TcpHandle> {
         let index = match self.free.pop() {
             Some(i) => i,
             None => {
@@ -133,9 +158,7 @@ impl TcpSockets {
         };
         let generation = self.generations[index as usize].wrapping_add(1);
         self.generations[index as usize] = generation;
-        let state = socket.state();
-        let mut set = SocketSet::new(storage);
-        let handle = set.add(socket);
+        let state = set.get::<tcp::Socket>(handle).state();
         self.slots[index as usize] = Some(Slot {
             generation,
             set,
@@ -144,6 +167,7 @@ impl TcpSockets {
             due: None,
             dirty: false,
             state,
+            tag: 0,
         });
         self.open += 1;
         self.touch(index);
@@ -192,7 +216,11 @@ impl TcpSockets {
         let Some(slot) = self.slot(h) else { return };
         let indexed = slot.indexed;
         self.unindex(h.index, indexed);
-        self.slots[h.index as usize] = None;
+        if let Some(slot) = self.slots[h.index as usize].take()
+            && self.pool.len() < POOL
+        {
+            self.pool.push(slot.set);
+        }
         self.free.push(h.index);
         self.open -= 1;
     }
@@ -214,17 +242,32 @@ impl TcpSockets {
         }
     }
 
-    /// Sockets whose state changed since the last call, in order.
-    pub fn take_changed(&mut self) -> Vec<TcpHandle> {
-        core::mem::take(&mut self.changed)
+    /// Whether a socket's state changed since the last [`TcpSockets::swap_changed`].
+    pub fn has_changed(&self) -> bool {
+        !self.changed.is_empty()
     }
 
-    /// Gives back the (drained) vector from [`TcpSockets::take_changed`], to keep its room.
-    pub fn give_back(&mut self, mut v: Vec<TcpHandle>) {
-        if self.changed.is_empty() {
-            v.clear();
-            self.changed = v;
+    /// Swaps the sockets whose state changed (in order) with `into`, which must be empty:
+    /// two vectors take turns, so reporting never allocates once they have grown.
+    pub fn swap_changed(&mut self, into: &mut Vec<TcpHandle>) {
+        core::mem::swap(&mut self.changed, into);
+    }
+
+    /// The owner's word about `h` (0 until set, and for a freed socket).
+    pub fn tag(&self, h: TcpHandle) -> u64 {
+        self.slot(h).map_or(0, |s| s.tag)
+    }
+
+    /// Records the owner's word about `h` (the socket table: who holds it).
+    pub fn set_tag(&mut self, h: TcpHandle, tag: u64) {
+        if let Some(s) = self.slot_mut(h) {
+            s.tag = tag;
         }
+    }
+
+    /// Whether any socket satisfies `f` (given its tag): a walk over all of them.
+    pub fn any(&self, f: impl Fn(u64, &tcp::Socket<'static>) -> bool) -> bool {
+        self.slots.iter().flatten().any(|s| f(s.tag, s.socket()))
     }
 
     /// Where a received Ethernet frame goes.
@@ -286,6 +329,7 @@ impl TcpSockets {
         now: Instant,
     ) -> bool {
         let mut work = core::mem::take(&mut self.dirty);
+        self.reindexed = 0;
         let now_us = now.total_micros();
         while let Some(&Reverse((at, i))) = self.timers.peek() {
             if at > now_us {
@@ -345,8 +389,9 @@ impl TcpSockets {
     /// Indexes the sockets touched since the last egress as they are now (a socket that
     /// listens again after an eviction takes the next SYN): called before routing a frame.
     pub(crate) fn reindex_touched(&mut self) {
-        for k in 0..self.dirty.len() {
-            let index = self.dirty[k];
+        while self.reindexed < self.dirty.len() {
+            let index = self.dirty[self.reindexed];
+            self.reindexed += 1;
             self.reindex(index);
         }
     }

@@ -32,7 +32,7 @@
 
 use crate::demux::TcpHandle;
 use crate::stack::{Polled, Stack};
-use alloc::collections::{BTreeMap, BinaryHeap, VecDeque};
+use alloc::collections::{BinaryHeap, VecDeque};
 use alloc::vec;
 use alloc::vec::Vec;
 use core::cmp::Reverse;
@@ -206,13 +206,57 @@ enum Phase {
     Ready,
 }
 
-/// Who holds a TCP socket that is not (or no longer) an app's connection.
+/// Who holds a TCP socket that is not (or no longer) an app's connection: kept in the
+/// stack beside the socket (its tag), so a state change finds its owner at once.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Owner {
     /// A listener's, in `phase`.
     Member { fd: i32, phase: Phase },
     /// Closed by the app: freed once its closing handshake is over.
     Closing,
+}
+
+impl Owner {
+    fn tag(owner: Option<Owner>) -> u64 {
+        match owner {
+            None => 0,
+            Some(Owner::Closing) => 1,
+            Some(Owner::Member { fd, phase }) => {
+                let phase = match phase {
+                    Phase::Spare => 0,
+                    Phase::HalfOpen => 1,
+                    Phase::Ready => 2,
+                };
+                // Descriptors are never negative.
+                2 + phase + 4 * u64::from(fd.unsigned_abs())
+            }
+        }
+    }
+
+    fn from_tag(tag: u64) -> Option<Owner> {
+        match tag {
+            0 => None,
+            1 => Some(Owner::Closing),
+            t => Some(Owner::Member {
+                fd: i32::try_from((t - 2) / 4).ok()?,
+                phase: match (t - 2) % 4 {
+                    0 => Phase::Spare,
+                    1 => Phase::HalfOpen,
+                    _ => Phase::Ready,
+                },
+            }),
+        }
+    }
+}
+
+/// Who holds `h` (see [`Owner`]).
+fn owner<D: NetDevice>(stack: &Stack<D>, h: TcpHandle) -> Option<Owner> {
+    Owner::from_tag(stack.tcp().tag(h))
+}
+
+/// Records who holds `h`.
+fn set_owner<D: NetDevice>(stack: &mut Stack<D>, h: TcpHandle, o: Option<Owner>) {
+    stack.tcp_mut().set_tag(h, Owner::tag(o));
 }
 
 #[derive(Debug)]
@@ -252,8 +296,8 @@ pub struct SocketTable {
     open: usize,
     /// Most descriptors open at once.
     limit: usize,
-    /// TCP sockets held by listeners or closing (app connections are in `slots`).
-    owners: BTreeMap<TcpHandle, Owner>,
+    /// The stack's changed sockets, taken in turns ([`TcpSockets::swap_changed`]).
+    changed: Vec<TcpHandle>,
     next_port: u16,
 }
 
@@ -286,22 +330,28 @@ fn buffer(len: usize) -> Option<Vec<u8>> {
     let mut probe: Vec<u8> = Vec::new();
     probe.try_reserve_exact(len + HEADROOM).ok()?;
     drop(probe);
-    let mut v = Vec::new();
-    v.try_reserve_exact(len).ok()?;
-    v.resize(len, 0);
-    Some(v)
+    Some(vec![0; len])
 }
 
-/// A TCP socket with its buffers, or `None` without memory for them.
-fn new_tcp(no_delay: bool, keep_alive: bool) -> Option<tcp::Socket<'static>> {
-    let mut socket = tcp::Socket::new(
-        tcp::SocketBuffer::new(buffer(TCP_BUFFER)?),
-        tcp::SocketBuffer::new(buffer(TCP_BUFFER)?),
-    );
+/// A TCP socket in the stack (a freed one again if the stack kept one), closed, with the
+/// options given; `None` without memory for a new one.
+fn new_tcp<D: NetDevice>(
+    stack: &mut Stack<D>,
+    no_delay: bool,
+    keep_alive: bool,
+) -> Option<TcpHandle> {
+    let h = match stack.tcp_mut().reuse() {
+        Some(h) => h,
+        None => stack.tcp_mut().add(tcp::Socket::new(
+            tcp::SocketBuffer::new(buffer(TCP_BUFFER)?),
+            tcp::SocketBuffer::new(buffer(TCP_BUFFER)?),
+        ))?,
+    };
+    let socket = stack.tcp_mut().get_mut(h)?;
     socket.set_timeout(Some(TCP_TIMEOUT));
     socket.set_nagle_enabled(!no_delay);
     socket.set_keep_alive(keep_alive.then_some(KEEP_ALIVE));
-    Some(socket)
+    Some(h)
 }
 
 /// A UDP socket with its buffers, or `None` without memory for them.
@@ -355,7 +405,7 @@ impl SocketTable {
             free: BinaryHeap::new(),
             open: 0,
             limit: limit.min(MAX_SOCKETS),
-            owners: BTreeMap::new(),
+            changed: Vec::new(),
             next_port: EPHEMERAL_FIRST + (seed % span) as u16,
         }
     }
@@ -392,36 +442,29 @@ impl SocketTable {
     /// (and its sockets in Listen topped up, see the module docs), closed sockets freed.
     /// Costs nothing when nothing changed.
     pub fn update<D: NetDevice>(&mut self, stack: &mut Stack<D>) {
-        let changed = stack.tcp_mut().take_changed();
-        if changed.is_empty() {
-            stack.tcp_mut().give_back(changed);
-            return;
-        }
-        let mut listeners: Vec<i32> = Vec::new();
-        for &h in &changed {
-            let state = stack.tcp().get(h).map(tcp::Socket::state);
-            match self.owners.get(&h).copied() {
-                Some(Owner::Closing) => {
-                    if matches!(
-                        state,
-                        None | Some(tcp::State::Closed | tcp::State::TimeWait)
-                    ) {
-                        stack.tcp_mut().remove(h);
-                        self.owners.remove(&h);
+        while stack.tcp().has_changed() {
+            let mut changed = core::mem::take(&mut self.changed);
+            stack.tcp_mut().swap_changed(&mut changed);
+            for &h in &changed {
+                let state = stack.tcp().get(h).map(tcp::Socket::state);
+                match owner(stack, h) {
+                    Some(Owner::Closing) => {
+                        if matches!(
+                            state,
+                            None | Some(tcp::State::Closed | tcp::State::TimeWait)
+                        ) {
+                            stack.tcp_mut().remove(h);
+                        }
                     }
-                }
-                Some(Owner::Member { fd, phase }) => {
-                    self.member_changed(stack, fd, h, phase, state);
-                    if !listeners.contains(&fd) {
-                        listeners.push(fd);
+                    Some(Owner::Member { fd, phase }) => {
+                        self.member_changed(stack, fd, h, phase, state);
+                        self.refill(stack, fd);
                     }
+                    None => {}
                 }
-                None => {}
             }
-        }
-        stack.tcp_mut().give_back(changed);
-        for fd in listeners {
-            self.refill(stack, fd);
+            changed.clear();
+            self.changed = changed;
         }
     }
 
@@ -470,13 +513,12 @@ impl SocketTable {
             }
             None => {
                 // Reset or timed out: its place is free.
-                self.owners.remove(&h);
                 stack.tcp_mut().remove(h);
                 return;
             }
         }
         if let Some(phase) = new {
-            self.owners.insert(h, Owner::Member { fd, phase });
+            set_owner(stack, h, Some(Owner::Member { fd, phase }));
         }
         if new == Some(Phase::Ready)
             && let Some(s) = stack.tcp_mut().get_mut(h)
@@ -487,19 +529,18 @@ impl SocketTable {
     }
 
     /// The oldest live half-open handshake of listener `fd`, taken off its queue.
-    fn take_oldest_half_open(&mut self, fd: i32) -> Option<TcpHandle> {
-        let owners = &self.owners;
-        let l = match &mut self.slots.get_mut(Self::index(fd)?)?.as_mut()?.kind {
-            Kind::Tcp(Tcp::Listening(l)) => l,
-            _ => return None,
-        };
+    fn take_oldest_half_open<D: NetDevice>(
+        &mut self,
+        stack: &Stack<D>,
+        fd: i32,
+    ) -> Option<TcpHandle> {
+        let l = self.listener_mut(fd)?;
+        let half_open = Some(Owner::Member {
+            fd,
+            phase: Phase::HalfOpen,
+        });
         while let Some(h) = l.half_open.pop_front() {
-            if owners.get(&h)
-                == Some(&Owner::Member {
-                    fd,
-                    phase: Phase::HalfOpen,
-                })
-            {
+            if owner(stack, h) == half_open {
                 return Some(h);
             }
         }
@@ -523,7 +564,7 @@ impl SocketTable {
                 l.half_open_count,
             );
             if pending > l.backlog {
-                let Some(oldest) = self.take_oldest_half_open(fd) else {
+                let Some(oldest) = self.take_oldest_half_open(stack, fd) else {
                     return;
                 };
                 self.evict(stack, fd, oldest, local);
@@ -533,7 +574,6 @@ impl SocketTable {
                 // Full of connections nobody accepted: no socket listens, new SYNs are
                 // dropped until the app accepts.
                 for h in core::mem::take(&mut l.spares) {
-                    self.owners.remove(&h);
                     stack.tcp_mut().remove(h);
                 }
                 return;
@@ -543,12 +583,13 @@ impl SocketTable {
             }
             match Self::listen_socket(stack, local, no_delay, keep_alive) {
                 Some(h) => {
-                    self.owners.insert(
+                    set_owner(
+                        stack,
                         h,
-                        Owner::Member {
+                        Some(Owner::Member {
                             fd,
                             phase: Phase::Spare,
-                        },
+                        }),
                     );
                     if let Some(l) = self.listener_mut(fd) {
                         l.spares.push(h);
@@ -581,15 +622,15 @@ impl SocketTable {
         l.half_open_count -= 1;
         if relisten {
             l.spares.push(h);
-            self.owners.insert(
+            set_owner(
+                stack,
                 h,
-                Owner::Member {
+                Some(Owner::Member {
                     fd,
                     phase: Phase::Spare,
-                },
+                }),
             );
         } else {
-            self.owners.remove(&h);
             stack.tcp_mut().remove(h);
         }
     }
@@ -601,10 +642,14 @@ impl SocketTable {
         no_delay: bool,
         keep_alive: bool,
     ) -> Option<TcpHandle> {
-        let mut s = new_tcp(no_delay, keep_alive)?;
+        let h = new_tcp(stack, no_delay, keep_alive)?;
+        let s = stack.tcp_mut().get_mut(h)?;
         s.set_timeout(Some(HANDSHAKE_TIMEOUT));
-        s.listen(listen_endpoint(local)).ok()?;
-        stack.tcp_mut().add(s)
+        if s.listen(listen_endpoint(local)).is_err() {
+            stack.tcp_mut().remove(h);
+            return None;
+        }
+        Some(h)
     }
 
     fn index(fd: i32) -> Option<usize> {
@@ -704,10 +749,10 @@ impl SocketTable {
         });
         in_table
             || (tcp
-                && self
-                    .owners
-                    .iter()
-                    .any(|(h, o)| *o == Owner::Closing && tcp_port(*h)))
+                && stack.tcp().any(|tag, s| {
+                    Owner::from_tag(tag) == Some(Owner::Closing)
+                        && s.local_endpoint().is_some_and(|e| e.port == port)
+                }))
     }
 
     /// Bound ports for listening conflict only with other bound or listening sockets.
@@ -819,12 +864,13 @@ impl SocketTable {
             stack.tcp_mut().unlisten_port(local.port());
             return Err(Error::NoBuffers);
         };
-        self.owners.insert(
+        set_owner(
+            stack,
             first,
-            Owner::Member {
+            Some(Owner::Member {
                 fd,
                 phase: Phase::Spare,
-            },
+            }),
         );
         self.get_mut(fd)?.kind = Kind::Tcp(Tcp::Listening(Listener {
             local,
@@ -852,26 +898,19 @@ impl SocketTable {
         }
         let socket = self.get(fd)?;
         let (no_delay, keep_alive) = (socket.no_delay, socket.keep_alive);
-        let owners = &mut self.owners;
-        let Some(Some(Socket {
-            kind: Kind::Tcp(Tcp::Listening(l)),
-            ..
-        })) = Self::index(fd).and_then(|i| self.slots.get_mut(i))
-        else {
-            return Err(Error::Invalid);
-        };
-        let ready = Owner::Member {
+        let l = self.listener_mut(fd).ok_or(Error::Invalid)?;
+        let ready = Some(Owner::Member {
             fd,
             phase: Phase::Ready,
-        };
+        });
         let handle = loop {
             let h = l.ready.pop_front().ok_or(Error::WouldBlock)?;
-            if owners.get(&h) == Some(&ready) {
+            if owner(stack, h) == ready {
                 break h;
             }
         };
-        owners.remove(&handle);
         l.ready_count -= 1;
+        set_owner(stack, handle, None);
         self.refill(stack, fd);
         let s = stack.tcp_mut().get_mut(handle).ok_or(Error::WouldBlock)?;
         s.set_nagle_enabled(!no_delay);
@@ -901,7 +940,7 @@ impl SocketTable {
                 if let Some(s) = stack.tcp_mut().get_mut(handle) {
                     s.abort();
                 }
-                self.owners.insert(handle, Owner::Closing);
+                set_owner(stack, handle, Some(Owner::Closing));
                 Err(e)
             }
         }
@@ -941,8 +980,7 @@ impl SocketTable {
             Kind::Tcp(Tcp::Fresh { bound: Some(b) }) => *b,
             _ => SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, self.ephemeral_port(stack, true)?),
         };
-        let s = new_tcp(no_delay, keep_alive).ok_or(Error::NoBuffers)?;
-        let handle = stack.tcp_mut().add(s).ok_or(Error::NoBuffers)?;
+        let handle = new_tcp(stack, no_delay, keep_alive).ok_or(Error::NoBuffers)?;
         if stack
             .tcp_connect(handle, endpoint(addr), listen_endpoint(local))
             .is_err()
@@ -1158,10 +1196,10 @@ impl SocketTable {
                     .chain(l.half_open.iter())
                     .chain(l.ready.iter())
                     .copied()
-                    .filter(|h| matches!(self.owners.get(h), Some(Owner::Member { fd: f, .. }) if *f == fd))
+                    .filter(|&h| matches!(owner(stack, h), Some(Owner::Member { fd: f, .. }) if f == fd))
                     .collect();
                 for h in members {
-                    self.owners.remove(&h);
+                    set_owner(stack, h, None);
                     self.close_tcp(stack, h, true);
                 }
             }
@@ -1193,7 +1231,7 @@ impl SocketTable {
         } else {
             s.close();
         }
-        self.owners.insert(h, Owner::Closing);
+        set_owner(stack, h, Some(Owner::Closing));
     }
 
     /// TCP sockets held, in any state (listeners' and closing ones included).

@@ -730,6 +730,12 @@ mod sockets {
         let mut ms = 0;
         let l = listener(&mut a, 80, 16);
         let mut all = Vec::new();
+        let mut servers = Vec::new();
+        let take = |a: &mut Host, servers: &mut Vec<i32>| {
+            while let Ok((fd, _)) = a.table.accept(&mut a.stack, l) {
+                servers.push(fd);
+            }
+        };
         for round in 0..20u16 {
             // 50 SYNs from never-answering addresses, in and out of the subnet, between
             // two steps, then a real client.
@@ -738,29 +744,74 @@ mod sockets {
                 let from = if n % 2 == 0 {
                     Ipv4Addr::new(198, 18, 0, 77)
                 } else {
-                    Ipv4Addr::new(198, 18, 0, 200 + (n % 50) as u8)
+                    Ipv4Addr::new(198, 19, 0, 200 + (n % 50) as u8)
                 };
                 inject_syn(&mut b, from, 1024 + n, 80);
             }
             all.extend(clients(&mut b, 80, 1));
             run(&mut a, &mut b, &mut ms);
-            accept_all(&mut a, l);
+            take(&mut a, &mut servers);
             // The listener never holds more than its backlog and its one spare.
             assert!(a.stack.tcp().len() <= 16 + 1 + all.len(), "{}", a.stack.tcp().len());
         }
         run_until(&mut a, &mut b, &mut ms, |a, b| {
-            accept_all(a, l);
+            take(a, &mut servers);
             connected_count(b, &all) == all.len()
+        });
+        assert_eq!(servers.len(), all.len());
+        // Every connection carries data both ways.
+        for &c in &all {
+            assert_eq!(b.table.send(&mut b.stack, c, b"ping", None), Ok(4));
+        }
+        let mut got = 0;
+        run_until(&mut a, &mut b, &mut ms, |a, _| {
+            for &s in &servers {
+                let mut buf = [0u8; 8];
+                if let Ok((4, _)) = a.table.recv(&mut a.stack, s, &mut buf, false) {
+                    got += 1;
+                    assert_eq!(a.table.send(&mut a.stack, s, b"pong", None), Ok(4));
+                }
+            }
+            got == servers.len()
         });
         // After the handshake timeout only the accepted connections and a spare are left.
         let timeout = HANDSHAKE_TIMEOUT.total_millis() as i64;
         run_for(&mut a, &mut b, &mut ms, timeout + 1000);
         assert_eq!(a.stack.tcp().len(), all.len() + 1);
+        for &c in &all {
+            let mut buf = [0u8; 8];
+            assert_eq!(b.table.recv(&mut b.stack, c, &mut buf, false), Ok((4, None)));
+        }
         let late = clients(&mut b, 80, 16);
         run_until(&mut a, &mut b, &mut ms, |a, b| {
             accept_all(a, l);
             connected_count(b, &late) == 16
         });
+    }
+
+    #[test]
+    #[ignore = "a measurement, not a check"]
+    fn flood_cost() {
+        let (mut a, mut b) = hosts();
+        let mut ms = 0;
+        let _l = listener(&mut a, 80, 128);
+        let t = std::time::Instant::now();
+        for n in 0..20_000u32 {
+            let from = if n % 2 == 0 {
+                Ipv4Addr::new(198, 18, 0, 70 + (n % 10) as u8)
+            } else {
+                Ipv4Addr::new(198, 19, (n >> 8) as u8, n as u8)
+            };
+            inject_syn(&mut b, from, 1024 + (n % 60000) as u16, 80);
+            if n % 16 == 15 {
+                ms += 1;
+                a.table.poll(&mut a.stack, Instant::from_millis(ms), 16);
+                while b.stack.device_mut().waiting() > 0 {
+                    let _ = drivers::net::NetDevice::receive(b.stack.device_mut()).map(|(rx, _)| drivers::net::RxToken::consume(rx, |_| ()));
+                }
+            }
+        }
+        eprintln!("{:?} per SYN, {} sockets", t.elapsed() / 20_000, a.stack.tcp().len());
     }
 
     #[test]
