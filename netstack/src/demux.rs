@@ -60,6 +60,8 @@ struct Slot {
     state: tcp::State,
     /// The owner's word about it ([`TcpSockets::set_tag`]).
     tag: u64,
+    /// In `woken` already.
+    woken: bool,
 }
 
 impl Slot {
@@ -106,6 +108,9 @@ pub struct TcpSockets {
     /// How much of `dirty` [`TcpSockets::reindex_touched`] has seen.
     reindexed: usize,
     changed: Vec<TcpHandle>,
+    /// Sockets smoltcp worked on (a frame, a timer, an egress pass) since the last
+    /// [`TcpSockets::take_woken`]: whose readiness may have changed.
+    woken: Vec<TcpHandle>,
     open: usize,
     /// Freed sockets kept for reuse (at most [`POOL`]): a new socket's 32 KiB of buffers
     /// cost more to allocate and clear here than a whole handshake.
@@ -168,6 +173,7 @@ impl TcpSockets {
             dirty: false,
             state,
             tag: 0,
+            woken: false,
         });
         self.open += 1;
         self.touch(index);
@@ -251,6 +257,18 @@ impl TcpSockets {
     /// two vectors take turns, so reporting never allocates once they have grown.
     pub fn swap_changed(&mut self, into: &mut Vec<TcpHandle>) {
         core::mem::swap(&mut self.changed, into);
+    }
+
+    /// Moves the sockets smoltcp worked on since the last call into `into` (each once).
+    pub fn take_woken(&mut self, into: &mut Vec<TcpHandle>) {
+        for h in self.woken.drain(..) {
+            if let Some(Some(slot)) = self.slots.get_mut(h.index as usize)
+                && slot.generation == h.generation
+            {
+                slot.woken = false;
+                into.push(h);
+            }
+        }
     }
 
     /// The owner's word about `h` (0 until set, and for a freed socket).
@@ -435,12 +453,23 @@ impl TcpSockets {
         changed
     }
 
-    /// After smoltcp worked on socket `index`: its indexes, a state change, its timer.
+    /// After smoltcp worked on socket `index`: its indexes (its tuple appears and goes
+    /// with a change of state), a state change, its readiness, its timer.
     fn settle(&mut self, index: u32, iface: &mut Interface, now: Instant) -> bool {
-        let changed = self.reindex(index);
+        let changed = match self.slots.get(index as usize) {
+            Some(Some(slot)) if slot.socket().state() != slot.state => self.reindex(index),
+            _ => false,
+        };
         let Some(Some(slot)) = self.slots.get_mut(index as usize) else {
             return false;
         };
+        if !slot.woken {
+            slot.woken = true;
+            self.woken.push(TcpHandle {
+                index,
+                generation: slot.generation,
+            });
+        }
         let due = iface
             .poll_at(now, &slot.set)
             .map(|t| t.total_micros().max(0));

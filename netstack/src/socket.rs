@@ -69,7 +69,7 @@ const SPARES: usize = 1;
 const MAX_UDP_PAYLOAD: usize = 65_507;
 /// First ephemeral port (IANA dynamic range, 49152..=65535).
 const EPHEMERAL_FIRST: u16 = 49152;
-/// A connection attempt, or unacknowledged data, gives up after this long.
+/// An active connection attempt gives up after this long without an answer.
 const TCP_TIMEOUT: Duration = Duration::from_secs(60);
 /// Keep-alive interval when `SO_KEEPALIVE` is on.
 const KEEP_ALIVE: Duration = Duration::from_secs(75);
@@ -214,10 +214,13 @@ enum Owner {
     Member { fd: i32, phase: Phase },
     /// Closed by the app: freed once its closing handshake is over.
     Closing,
+    /// The app's connection `fd` (for [`SocketTable::woken`]).
+    App(i32),
 }
 
 impl Owner {
     fn tag(owner: Option<Owner>) -> u64 {
+        // Descriptors are never negative.
         match owner {
             None => 0,
             Some(Owner::Closing) => 1,
@@ -227,9 +230,9 @@ impl Owner {
                     Phase::HalfOpen => 1,
                     Phase::Ready => 2,
                 };
-                // Descriptors are never negative.
                 2 + phase + 4 * u64::from(fd.unsigned_abs())
             }
+            Some(Owner::App(fd)) => 2 + 3 + 4 * u64::from(fd.unsigned_abs()),
         }
     }
 
@@ -237,14 +240,16 @@ impl Owner {
         match tag {
             0 => None,
             1 => Some(Owner::Closing),
-            t => Some(Owner::Member {
-                fd: i32::try_from((t - 2) / 4).ok()?,
-                phase: match (t - 2) % 4 {
+            t => {
+                let fd = i32::try_from((t - 2) / 4).ok()?;
+                let phase = match (t - 2) % 4 {
                     0 => Phase::Spare,
                     1 => Phase::HalfOpen,
-                    _ => Phase::Ready,
-                },
-            }),
+                    2 => Phase::Ready,
+                    _ => return Some(Owner::App(fd)),
+                };
+                Some(Owner::Member { fd, phase })
+            }
         }
     }
 }
@@ -298,6 +303,8 @@ pub struct SocketTable {
     limit: usize,
     /// The stack's changed sockets, taken in turns ([`TcpSockets::swap_changed`]).
     changed: Vec<TcpHandle>,
+    /// Scratch for [`SocketTable::woken`].
+    woken: Vec<TcpHandle>,
     next_port: u16,
 }
 
@@ -368,6 +375,14 @@ fn new_udp() -> Option<udp::Socket<'static>> {
     ))
 }
 
+/// The timeout of an established connection: none, unless keep-alives are on (then a peer
+/// silent for three keep-alive intervals is gone). smoltcp's timeout counts from the last
+/// segment received, so it would also end a connection that is merely idle; Linux gives
+/// up only on data left unacknowledged for many minutes.
+fn established_timeout(keep_alive: bool) -> Option<Duration> {
+    keep_alive.then_some(KEEP_ALIVE * 3)
+}
+
 /// A listener's socket is ready to be accepted once its handshake is done.
 fn accept_ready(state: tcp::State) -> bool {
     !matches!(
@@ -406,6 +421,7 @@ impl SocketTable {
             open: 0,
             limit: limit.min(MAX_SOCKETS),
             changed: Vec::new(),
+            woken: Vec::new(),
             next_port: EPHEMERAL_FIRST + (seed % span) as u16,
         }
     }
@@ -460,12 +476,39 @@ impl SocketTable {
                         self.member_changed(stack, fd, h, phase, state);
                         self.refill(stack, fd);
                     }
+                    Some(Owner::App(fd)) => {
+                        // A connect that completed: its timeout changes now, not when the
+                        // app next looks.
+                        let _ = self.refresh(stack, fd);
+                    }
                     None => {}
                 }
             }
             changed.clear();
             self.changed = changed;
         }
+    }
+
+    /// Puts in `fds` the descriptors whose readiness may have changed since the last call
+    /// (a listener for its pending connections), each at most once, in no order; `false`
+    /// when any descriptor may have changed (a datagram socket was worked on): look at all.
+    /// What lets a `poll` over 1,000 connections look at one or two per frame.
+    pub fn woken<D: NetDevice>(&mut self, stack: &mut Stack<D>, fds: &mut Vec<i32>) -> bool {
+        self.update(stack);
+        let mut handles = core::mem::take(&mut self.woken);
+        let others = stack.take_woken(&mut handles);
+        for &h in &handles {
+            let fd = match owner(stack, h) {
+                Some(Owner::App(fd) | Owner::Member { fd, .. }) => fd,
+                Some(Owner::Closing) | None => continue,
+            };
+            if fds.last() != Some(&fd) {
+                fds.push(fd);
+            }
+        }
+        handles.clear();
+        self.woken = handles;
+        !others
     }
 
     fn listener_mut(&mut self, fd: i32) -> Option<&mut Listener> {
@@ -523,8 +566,8 @@ impl SocketTable {
         if new == Some(Phase::Ready)
             && let Some(s) = stack.tcp_mut().get_mut(h)
         {
-            // The handshake's bound no longer applies.
-            s.set_timeout(Some(TCP_TIMEOUT));
+            // The handshake's bound no longer applies (`accept` sets the connection's).
+            s.set_timeout(None);
         }
     }
 
@@ -915,6 +958,7 @@ impl SocketTable {
         let s = stack.tcp_mut().get_mut(handle).ok_or(Error::WouldBlock)?;
         s.set_nagle_enabled(!no_delay);
         s.set_keep_alive(keep_alive.then_some(KEEP_ALIVE));
+        s.set_timeout(established_timeout(keep_alive));
         let peer = s
             .remote_endpoint()
             .map(v4)
@@ -935,7 +979,10 @@ impl SocketTable {
             send_timeout_ns: None,
         };
         match self.insert(new) {
-            Ok(new_fd) => Ok((new_fd, peer)),
+            Ok(new_fd) => {
+                set_owner(stack, handle, Some(Owner::App(new_fd)));
+                Ok((new_fd, peer))
+            }
             Err(e) => {
                 if let Some(s) = stack.tcp_mut().get_mut(handle) {
                     s.abort();
@@ -988,6 +1035,7 @@ impl SocketTable {
             stack.tcp_mut().remove(handle);
             return Err(Error::Unreachable);
         }
+        set_owner(stack, handle, Some(Owner::App(fd)));
         self.get_mut(fd)?.kind = Kind::Tcp(Tcp::Stream {
             handle,
             connecting: true,
@@ -1038,7 +1086,11 @@ impl SocketTable {
                 socket.kind = Kind::Tcp(Tcp::Stream {
                     handle,
                     connecting: false,
-                })
+                });
+                let keep_alive = socket.keep_alive;
+                if let Some(s) = stack.tcp_mut().get_mut(handle) {
+                    s.set_timeout(established_timeout(keep_alive));
+                }
             }
         }
         Ok(())
@@ -1366,6 +1418,9 @@ impl SocketTable {
                 for h in tcp_handles {
                     if let Some(s) = stack.tcp_mut().get_mut(h) {
                         s.set_keep_alive(on.then_some(KEEP_ALIVE));
+                        if s.state() != tcp::State::Listen && s.state() != tcp::State::SynSent {
+                            s.set_timeout(established_timeout(on));
+                        }
                     }
                 }
             }

@@ -14,6 +14,7 @@ use crate::failover::{Failover, Switched};
 use crate::phy::{OneFrame, PhyAdapter};
 use agent_proto::{Nic, SwitchError};
 use drivers::net::{NetDevice, RxToken, TxToken};
+use alloc::vec::Vec;
 use smoltcp::iface::{Config, Interface, PollIngressSingleResult, PollResult, SocketSet};
 use smoltcp::socket::tcp;
 use smoltcp::time::{Duration, Instant};
@@ -41,6 +42,8 @@ pub struct Stack<D: NetDevice> {
     /// Datagram sockets (UDP; ICMP in tests): few, so smoltcp's scan of them is cheap.
     sockets: SocketSet<'static>,
     tcp: TcpSockets,
+    /// A datagram socket (or ARP, ping) was worked on since [`Stack::take_woken`].
+    datagrams_woken: bool,
     config: NetConfig,
     link_up: bool,
 }
@@ -68,6 +71,7 @@ impl<D: NetDevice> Stack<D> {
             device,
             sockets: SocketSet::new(alloc::vec::Vec::new()),
             tcp: TcpSockets::default(),
+            datagrams_woken: false,
             config,
             link_up: false,
         }
@@ -128,6 +132,7 @@ impl<D: NetDevice> Stack<D> {
             device,
             sockets,
             tcp,
+            datagrams_woken,
             ..
         } = self;
         let (device, caps) = device.split();
@@ -137,6 +142,7 @@ impl<D: NetDevice> Stack<D> {
             Route::Drop => false,
             Route::Tcp(index) => tcp.ingress(index, iface, now, frame, tx, caps),
             Route::Other => {
+                *datagrams_woken = true;
                 let mut one = OneFrame::new(frame, tx, caps);
                 iface.poll_ingress_single(now, &mut one, sockets)
                     == PollIngressSingleResult::SocketStateChanged
@@ -153,8 +159,16 @@ impl<D: NetDevice> Stack<D> {
             == PollResult::SocketStateChanged
         {
             sent = true;
+            self.datagrams_woken = true;
         }
         sent | self.tcp.egress(&mut self.iface, &mut self.device, now)
+    }
+
+    /// Moves the TCP sockets worked on since the last call into `into`; `true` if anything
+    /// else (a datagram socket) may have changed too.
+    pub fn take_woken(&mut self, into: &mut Vec<TcpHandle>) -> bool {
+        self.tcp.take_woken(into);
+        core::mem::take(&mut self.datagrams_woken)
     }
 
     /// When [`Stack::poll`] must run next even if the device stays quiet (TCP timers,

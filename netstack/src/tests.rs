@@ -815,6 +815,21 @@ mod sockets {
     }
 
     #[test]
+    fn an_idle_connection_is_never_timed_out() {
+        let (mut a, mut b) = hosts();
+        let mut ms = 0;
+        let (_listener, server, client) = connected(&mut a, &mut b, &mut ms);
+        // Twice the old 60 s timeout without a segment either way.
+        run_for(&mut a, &mut b, &mut ms, 130_000);
+        assert_eq!(b.table.send(&mut b.stack, client, b"late", None), Ok(4));
+        run_until(&mut a, &mut b, &mut ms, |a, _| {
+            a.table.readiness(&mut a.stack, server).unwrap().readable
+        });
+        let mut buf = [0u8; 8];
+        assert_eq!(a.table.recv(&mut a.stack, server, &mut buf, false), Ok((4, None)));
+    }
+
+    #[test]
     fn out_of_descriptors_refuses_new_connections_and_keeps_established_ones() {
         let (guest, peer) = stacks();
         let mut a = Host {
@@ -830,13 +845,19 @@ mod sockets {
         let c = clients(&mut b, 80, 4);
         run_until(&mut a, &mut b, &mut ms, |_, b| connected_count(b, &c) == 4);
         // Listener plus two connections fill the table: the others stay queued.
-        let (s1, _) = a.table.accept(&mut a.stack, l).unwrap();
-        let (s2, _) = a.table.accept(&mut a.stack, l).unwrap();
+        let (s1, p1) = a.table.accept(&mut a.stack, l).unwrap();
+        let (s2, p2) = a.table.accept(&mut a.stack, l).unwrap();
         assert_eq!(
             a.table.accept(&mut a.stack, l),
             Err(Error::TooManySockets)
         );
-        for (server, client) in [(s1, c[0]), (s2, c[1])] {
+        let client_of = |b: &Host, peer: SocketAddrV4| {
+            *c.iter()
+                .find(|&&x| b.table.local_addr(&b.stack, x).unwrap() == peer)
+                .unwrap()
+        };
+        let pairs = [(s1, client_of(&b, p1)), (s2, client_of(&b, p2))];
+        for (server, client) in pairs {
             assert_eq!(b.table.send(&mut b.stack, client, b"still here", None), Ok(10));
             run_until(&mut a, &mut b, &mut ms, |a, _| {
                 a.table.readiness(&mut a.stack, server).unwrap().readable
