@@ -12,20 +12,20 @@
 //! descriptors), a new connection is refused; an established one is never touched.
 //!
 //! **Listeners.** smoltcp has no listen queue: a socket in Listen takes one SYN and becomes
-//! that connection. A listener here owns its pending connections, up to its backlog
-//! (`listen(fd, n)`: n, at most [`MAX_BACKLOG`]), and after every frame
-//! ([`SocketTable::update`], run by [`SocketTable::poll`]) keeps one more socket in Listen,
-//! so the next SYN always finds one:
+//! that connection. A listener here owns its pending connections, as Linux does in two
+//! queues of `listen`'s backlog n each (at most [`MAX_BACKLOG`]): handshakes under way, and
+//! connections waiting for `accept`. After every frame ([`SocketTable::update`], run by
+//! [`SocketTable::poll`]) it keeps one more socket in Listen, so the next SYN finds one:
 //! - a handshake that completes waits for `accept` (oldest first);
 //! - a handshake that fails (RST) or times out ([`HANDSHAKE_TIMEOUT`]) frees its place;
-//! - when the backlog is full and some of it is half-open, the oldest half-open handshake
-//!   is dropped (silently; its peer gets RST if it ever answers) and its socket listens
-//!   again. A SYN flood, spoofed or not, thus only ever churns half-open entries, while a
-//!   real client, whose handshake completes in one round trip, gets through: its entry
-//!   would have to survive `backlog` later SYNs, not `HANDSHAKE_TIMEOUT`. Linux gets the
-//!   same from SYN cookies; smoltcp has none;
-//! - when the backlog is full of connections nobody accepted, there is no socket in Listen:
-//!   SYNs are dropped (the client retries), as Linux does with a full accept queue.
+//! - a SYN that finds n handshakes under way drops the oldest (silently: its peer gets RST
+//!   if it ever answers), whose socket listens again. A SYN flood, spoofed or not, thus
+//!   only ever churns half-open entries, while a real client, whose handshake completes in
+//!   one round trip, gets through: its entry has to survive the n SYNs that come after it,
+//!   not [`HANDSHAKE_TIMEOUT`]. Linux gets the same from SYN cookies; smoltcp has none.
+//!   Refusing the new SYN instead would hand the listener to whoever sends SYNs fastest;
+//! - with n connections nobody accepted, no socket listens: SYNs are dropped (the client
+//!   sends them again), as Linux does with a full accept queue.
 //!
 //! Closed TCP sockets stay in the stack until their FIN handshake is done; the stack
 //! reports every state change, and [`SocketTable::update`] frees them then.
@@ -57,8 +57,8 @@ pub const TCP_BUFFER: usize = 16 * 1024;
 pub const UDP_BUFFER: usize = 16 * 1024;
 /// Datagrams each UDP buffer holds.
 pub const UDP_PACKETS: usize = 16;
-/// Most pending connections (handshakes under way or done, not accepted yet) a listener
-/// holds: `listen`'s backlog is capped here (Linux's traditional `SOMAXCONN`).
+/// `listen`'s backlog is capped here (Linux's traditional `SOMAXCONN`): at most this many
+/// handshakes under way and this many connections waiting for `accept`, per listener.
 pub const MAX_BACKLOG: usize = 128;
 /// A passive handshake (SYN received, SYN-ACK sent) gives up after this long without an
 /// answer: the SYN-ACK is sent three times (after 1 s and 3 s) before that.
@@ -590,10 +590,10 @@ impl SocketTable {
         None
     }
 
-    /// Keeps listener `fd` within its backlog and ready for the next SYN: over the backlog
-    /// (a SYN came while it was full), the oldest half-open handshake is dropped and its
-    /// socket listens again; then [`SPARES`] sockets stay in Listen as long as a SYN could
-    /// be admitted (room in the backlog, or a half-open entry to drop for it).
+    /// Keeps listener `fd` within its backlog and ready for the next SYN: with more
+    /// handshakes under way than the backlog (a SYN came while it was full of them), the
+    /// oldest is dropped and its socket listens again; then [`SPARES`] sockets stay in
+    /// Listen unless the backlog is full of connections nobody accepted.
     fn refill<D: NetDevice>(&mut self, stack: &mut Stack<D>, fd: i32) {
         let Ok(socket) = self.get(fd) else { return };
         let (no_delay, keep_alive) = (socket.no_delay, socket.keep_alive);
@@ -601,19 +601,15 @@ impl SocketTable {
             let Some(l) = self.listener_mut(fd) else {
                 return;
             };
-            let (local, pending, half_open) = (
-                l.local,
-                l.half_open_count + l.ready_count,
-                l.half_open_count,
-            );
-            if pending > l.backlog {
+            let local = l.local;
+            if l.half_open_count > l.backlog {
                 let Some(oldest) = self.take_oldest_half_open(stack, fd) else {
                     return;
                 };
                 self.evict(stack, fd, oldest, local);
                 continue;
             }
-            if pending >= l.backlog && half_open == 0 {
+            if l.ready_count >= l.backlog {
                 // Full of connections nobody accepted: no socket listens, new SYNs are
                 // dropped until the app accepts.
                 for h in core::mem::take(&mut l.spares) {
@@ -878,8 +874,8 @@ impl SocketTable {
     }
 
     /// Starts listening on `fd` (binding an ephemeral port if unbound) with room for
-    /// `backlog` pending connections: 1 to [`MAX_BACKLOG`], a larger backlog is capped there
-    /// and a smaller one is 1 (as Linux does with 0).
+    /// `backlog` connections waiting for `accept` (and as many handshakes under way): 1 to
+    /// [`MAX_BACKLOG`], a larger backlog is capped there and a smaller one is 1.
     pub fn listen<D: NetDevice>(
         &mut self,
         stack: &mut Stack<D>,

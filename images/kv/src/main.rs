@@ -2,8 +2,9 @@
 //! state and no byte is lost when the guest moves.
 //!
 //! Listens on port 6380 (backlog 128) with one `poll` loop over non-blocking sockets, up to
-//! 1,023 clients at once (the kernel's `poll` takes 1,024 descriptors) (memory permitting: the kernel refuses connections it has no
-//! memory for); its first line, `kv: listening on port 6380`, tells tests it is ready.
+//! 1,023 clients at once (one `poll` call takes 1,024 descriptors; the kernel refuses
+//! connections it has no memory for); its first line, `kv: listening on port 6380`, tells
+//! tests it is ready.
 
 #![cfg_attr(target_os = "none", no_std, no_main)]
 
