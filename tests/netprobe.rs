@@ -674,7 +674,13 @@ fn hostile(
     for i in 0..syns {
         let from = [198, 19, (i >> 8) as u8, i as u8];
         let port = if i % 2 == 0 { 7 } else { 9 };
-        let tcp = tcp_syn(from, target.dst_ip, 1024 + (i % 60000) as u16, port, rng.next() as u32);
+        let tcp = tcp_syn(
+            from,
+            target.dst_ip,
+            1024 + (i % 60000) as u16,
+            port,
+            rng.next() as u32,
+        );
         send(&target.ipv4(from, 6, &tcp, 40, false));
         if start.elapsed() > TOTAL_TIMEOUT {
             return Err(format!("timed out after {i} SYNs"));
@@ -741,7 +747,13 @@ fn syn_flood(
         } else {
             [198, 19, (i >> 8) as u8, i as u8]
         };
-        let tcp = tcp_syn(from, target.dst_ip, 1024 + (i % 60000) as u16, port, rng.next() as u32);
+        let tcp = tcp_syn(
+            from,
+            target.dst_ip,
+            1024 + (i % 60000) as u16,
+            port,
+            rng.next() as u32,
+        );
         match socket.send(&target.ipv4(from, PROTO_TCP, &tcp, 40, false)) {
             Ok(()) => sent += 1,
             Err(_) => refused += 1,
@@ -768,7 +780,10 @@ fn syn_flood(
 /// The value client `c` stores in round `round` (so a reply from another connection or round
 /// shows).
 fn kv_value(c: usize, round: u64) -> String {
-    format!("c{c}-r{round}-{:08x}", (c as u64 ^ round).wrapping_mul(2_654_435_761) as u32)
+    format!(
+        "c{c}-r{round}-{:08x}",
+        (c as u64 ^ round).wrapping_mul(2_654_435_761) as u32
+    )
 }
 
 /// `count` kv clients that connect at the same moment, each checking one SET and one GET.
@@ -828,7 +843,12 @@ fn kv_burst(addr: SocketAddr, count: usize, seconds: u64) -> Result<String, Stri
         return Err(format!(
             "kv-burst: {} of {count} clients failed: {}",
             errors.len(),
-            errors.iter().take(5).cloned().collect::<Vec<_>>().join("; ")
+            errors
+                .iter()
+                .take(5)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("; ")
         ));
     }
     Ok(format!(
@@ -913,7 +933,10 @@ fn kv_many(addr: SocketAddr, conns: usize, seconds: u64, stop: &str) -> Result<S
         .collect();
     let mut streams = Vec::new();
     for t in threads {
-        streams.extend(t.join().map_err(|_| "a connect thread panicked".to_string())??);
+        streams.extend(
+            t.join()
+                .map_err(|_| "a connect thread panicked".to_string())??,
+        );
     }
     let mut all: Vec<KvConn> = Vec::with_capacity(conns);
     for (c, stream) in streams.into_iter().enumerate() {
@@ -954,7 +977,10 @@ fn kv_many(addr: SocketAddr, conns: usize, seconds: u64, stop: &str) -> Result<S
             break;
         }
         if start.elapsed() > bound {
-            let behind = all.iter().filter(|k| k.at_stop.is_none_or(|r| k.rounds <= r)).count();
+            let behind = all
+                .iter()
+                .filter(|k| k.at_stop.is_none_or(|r| k.rounds <= r))
+                .count();
             return Err(format!(
                 "kv-many: still running after {bound:?} ({requests} replies checked, {behind} connections behind)"
             ));
@@ -982,17 +1008,30 @@ fn kv_many(addr: SocketAddr, conns: usize, seconds: u64, stop: &str) -> Result<S
                 match (&k.stream).write(&k.out[k.sent..]) {
                     Ok(n) => k.sent += n,
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                    Err(e) => return Err(format!("connection {c} after {} rounds: send: {e}", k.rounds)),
+                    Err(e) => {
+                        return Err(format!(
+                            "connection {c} after {} rounds: send: {e}",
+                            k.rounds
+                        ));
+                    }
                 }
                 continue;
             }
             match (&k.stream).read(&mut buf) {
                 Ok(0) => {
-                    return Err(format!("connection {c} closed by the guest after {} rounds", k.rounds));
+                    return Err(format!(
+                        "connection {c} closed by the guest after {} rounds",
+                        k.rounds
+                    ));
                 }
                 Ok(n) => k.input.extend_from_slice(&buf[..n]),
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(format!("connection {c} after {} rounds: receive: {e}", k.rounds)),
+                Err(e) => {
+                    return Err(format!(
+                        "connection {c} after {} rounds: receive: {e}",
+                        k.rounds
+                    ));
+                }
             }
             let Some(end) = k.input.iter().position(|&b| b == b'\n') else {
                 continue;

@@ -40,7 +40,12 @@ fn must_pass(cmd: &mut Command, bound: Duration, context: impl Fn() -> String) -
 /// `count` kv clients connecting at once, every reply checked, within `seconds`.
 fn burst(guest: &net::NetGuest, count: usize, seconds: u64) -> String {
     let mut cmd = guest.client(env!("CARGO_BIN_EXE_netprobe"));
-    cmd.args(["kv-burst", &kv_addr(), &count.to_string(), &seconds.to_string()]);
+    cmd.args([
+        "kv-burst",
+        &kv_addr(),
+        &count.to_string(),
+        &seconds.to_string(),
+    ]);
     must_pass(&mut cmd, Duration::from_secs(seconds + 30), || {
         format!("--- guest console ---\n{}", guest.vm.output())
     })
@@ -75,7 +80,8 @@ fn a_syn_flood_from_silent_sources_leaves_kv_accepting() {
         &SYNS.to_string(),
         &RATE.to_string(),
     ]);
-    let flooding = std::thread::spawn(move || proc::watch(&mut flood, "", Duration::from_secs(120)));
+    let flooding =
+        std::thread::spawn(move || proc::watch(&mut flood, "", Duration::from_secs(120)));
     std::thread::sleep(Duration::from_secs(8));
     let during = burst(&guest, 16, 60);
     assert!(
@@ -87,7 +93,12 @@ fn a_syn_flood_from_silent_sources_leaves_kv_accepting() {
         .join()
         .expect("flood thread")
         .unwrap_or_else(|e| panic!("syn-flood: {e:#}"));
-    assert!(run.status.success(), "syn-flood failed: {}{}", run.stdout, run.stderr);
+    assert!(
+        run.status.success(),
+        "syn-flood failed: {}{}",
+        run.stdout,
+        run.stderr
+    );
     let flood_summary = run.stdout.trim().to_string();
     // Its SYNs reached the guest's TCP: it tried to answer the silent sources.
     let asked: u32 = flood_summary
@@ -96,7 +107,10 @@ fn a_syn_flood_from_silent_sources_leaves_kv_accepting() {
         .and_then(|t| t.split_whitespace().next())
         .and_then(|n| n.parse().ok())
         .unwrap_or(0);
-    assert!(asked > 0, "the guest never answered a flood SYN: {flood_summary}");
+    assert!(
+        asked > 0,
+        "the guest never answered a flood SYN: {flood_summary}"
+    );
     let after = burst(&guest, 16, 60);
     std::thread::sleep(HANDSHAKE_TIMEOUT + Duration::from_secs(2));
     let past_timeout = burst(&guest, 16, 60);
@@ -163,7 +177,11 @@ fn a_thousand_kv_connections_survive_ten_moves() {
     let connected_after = started.elapsed();
     let mut moves = Vec::new();
     for i in 0..10 {
-        let mode = if i % 2 == 0 { Mode::PreCopy } else { Mode::ZeroCopy };
+        let mode = if i % 2 == 0 {
+            Mode::PreCopy
+        } else {
+            Mode::ZeroCopy
+        };
         guest
             .wait_settled(Duration::from_secs(60))
             .unwrap_or_else(|e| panic!("settling before move {}: {e:#}\n{}", i + 1, tail(&guest)));
@@ -208,4 +226,34 @@ fn a_thousand_kv_connections_survive_ten_moves() {
         connected_after.as_secs_f64(),
         started.elapsed().as_secs_f64()
     ));
+}
+
+#[test]
+#[ignore]
+fn scratch_many() {
+    let guest = start_kv("sm");
+    let stop = roam_tests::TempFile::new("kv-many-stop", b"");
+    let stop_path = stop.path().to_path_buf();
+    std::fs::remove_file(&stop_path).unwrap();
+    let n: String = std::env::var("SCRATCH_N").unwrap_or("300".into());
+    let mut cmd = guest.client(env!("CARGO_BIN_EXE_netprobe"));
+    cmd.args([
+        "kv-many",
+        &kv_addr(),
+        &n,
+        "300",
+        &stop_path.display().to_string(),
+    ]);
+    let t = Instant::now();
+    let mut clients = Background::spawn(&mut cmd).unwrap();
+    let r = clients.wait_for("connected", Duration::from_secs(200));
+    say(&format!("{r:?} after {:?}", t.elapsed()));
+    std::fs::write(&stop_path, b"x").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while clients.running() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    say(&clients.output());
+    say(&format!("total {:?}", t.elapsed()));
+    say(&guest.vm.output());
 }

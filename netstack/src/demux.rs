@@ -56,6 +56,8 @@ struct Slot {
     due: Option<i64>,
     /// In `dirty` already.
     dirty: bool,
+    /// In `unindexed` already.
+    unindexed: bool,
     /// The state last seen.
     state: tcp::State,
     /// The owner's word about it ([`TcpSockets::set_tag`]).
@@ -105,8 +107,11 @@ pub struct TcpSockets {
     listening: BTreeMap<u16, Vec<u32>>,
     timers: BinaryHeap<Reverse<(i64, u32)>>,
     dirty: Vec<u32>,
-    /// How much of `dirty` [`TcpSockets::reindex_touched`] has seen.
-    reindexed: usize,
+    /// Sockets changed by their owner since [`TcpSockets::reindex_touched`] last ran.
+    unindexed: Vec<u32>,
+    /// An ARP frame came in: sockets with a timer get an egress pass (one waiting for that
+    /// neighbour would otherwise wait for smoltcp's 1 s of silence to end).
+    recheck: bool,
     changed: Vec<TcpHandle>,
     /// Sockets smoltcp worked on (a frame, a timer, an egress pass) since the last
     /// [`TcpSockets::take_woken`]: whose readiness may have changed.
@@ -144,9 +149,21 @@ impl TcpSockets {
     /// they were (`listen` and `connect` clear its state and buffers).
     pub fn reuse(&mut self) -> Option<TcpHandle> {
         let mut set = self.pool.pop()?;
-        let handle = set.iter().next().map(|(h, _)| h)?;
+        let old = set.iter().next().map(|(h, _)| h)?;
+        let socket = set.remove(old);
+        let handle = set.add(socket);
         set.get_mut::<tcp::Socket>(handle).abort();
         self.install(set, handle)
+    }
+
+    /// Forgets what smoltcp remembers beside socket `h` about its last peer (a neighbour it
+    /// could not resolve makes it wait up to 1 s before sending again): for a socket that
+    /// starts over with another peer.
+    pub fn forget_peer(&mut self, h: TcpHandle) {
+        if let Some(slot) = self.slot_mut(h) {
+            let socket = slot.set.remove(slot.handle);
+            slot.handle = slot.set.add(socket);
+        }
     }
 
     fn install(&mut self, set: SocketSet<'static>, handle: SocketHandle) -> Option<TcpHandle> {
@@ -171,6 +188,7 @@ impl TcpSockets {
             indexed: Indexed::Nothing,
             due: None,
             dirty: false,
+            unindexed: false,
             state,
             tag: 0,
             woken: false,
@@ -209,11 +227,15 @@ impl TcpSockets {
     }
 
     fn touch(&mut self, index: u32) {
-        if let Some(Some(slot)) = self.slots.get_mut(index as usize)
-            && !slot.dirty
-        {
-            slot.dirty = true;
-            self.dirty.push(index);
+        if let Some(Some(slot)) = self.slots.get_mut(index as usize) {
+            if !slot.dirty {
+                slot.dirty = true;
+                self.dirty.push(index);
+            }
+            if !slot.unindexed {
+                slot.unindexed = true;
+                self.unindexed.push(index);
+            }
         }
     }
 
@@ -293,8 +315,7 @@ impl TcpSockets {
         let (Some(ethertype), Some(ip)) = (frame.get(12..14), frame.get(14..)) else {
             return Route::Other;
         };
-        if ethertype != ETHERTYPE_IPV4 || ip.len() < 20 || ip[0] >> 4 != 4 || ip[9] != PROTO_TCP
-        {
+        if ethertype != ETHERTYPE_IPV4 || ip.len() < 20 || ip[0] >> 4 != 4 || ip[9] != PROTO_TCP {
             return Route::Other;
         }
         // Fragments are smoltcp's to drop (no reassembly here).
@@ -335,7 +356,17 @@ impl TcpSockets {
         };
         let mut one = OneFrame::new(frame, tx, caps);
         iface.poll_ingress_single(now, &mut one, &mut slot.set);
+        // What the socket has to send now (a SYN-ACK, an ACK smoltcp did not send as a
+        // reply) leaves through the frame's transmit token if it is still unused, instead of
+        // waiting for the egress pass after the batch.
+        iface.poll_egress(now, &mut one, &mut slot.set);
         self.settle(index, iface, now)
+    }
+
+    /// Sockets with a timer get an egress pass on the next [`TcpSockets::egress`] (a walk
+    /// over all of them, after an ARP frame only).
+    pub(crate) fn neighbor_learned(&mut self) {
+        self.recheck = true;
     }
 
     /// Sends what touched sockets and those with a due timer have to send. Returns
@@ -347,7 +378,17 @@ impl TcpSockets {
         now: Instant,
     ) -> bool {
         let mut work = core::mem::take(&mut self.dirty);
-        self.reindexed = 0;
+        if core::mem::take(&mut self.recheck) {
+            for (i, slot) in self.slots.iter_mut().enumerate() {
+                if let Some(slot) = slot
+                    && slot.due.is_some()
+                    && !slot.dirty
+                {
+                    slot.dirty = true;
+                    work.push(i as u32);
+                }
+            }
+        }
         let now_us = now.total_micros();
         while let Some(&Reverse((at, i))) = self.timers.peek() {
             if at > now_us {
@@ -407,9 +448,10 @@ impl TcpSockets {
     /// Indexes the sockets touched since the last egress as they are now (a socket that
     /// listens again after an eviction takes the next SYN): called before routing a frame.
     pub(crate) fn reindex_touched(&mut self) {
-        while self.reindexed < self.dirty.len() {
-            let index = self.dirty[self.reindexed];
-            self.reindexed += 1;
+        while let Some(index) = self.unindexed.pop() {
+            if let Some(Some(slot)) = self.slots.get_mut(index as usize) {
+                slot.unindexed = false;
+            }
             self.reindex(index);
         }
     }
@@ -527,9 +569,9 @@ impl TcpSockets {
             return;
         }
         let slots = &self.slots;
-        self.timers.retain(|&Reverse((at, i))| {
-            matches!(slots.get(i as usize), Some(Some(s)) if s.due == Some(at))
-        });
+        self.timers.retain(
+            |&Reverse((at, i))| matches!(slots.get(i as usize), Some(Some(s)) if s.due == Some(at)),
+        );
     }
 }
 

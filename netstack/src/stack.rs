@@ -13,8 +13,8 @@ use crate::demux::{Route, TcpHandle, TcpSockets};
 use crate::failover::{Failover, Switched};
 use crate::phy::{OneFrame, PhyAdapter};
 use agent_proto::{Nic, SwitchError};
-use drivers::net::{NetDevice, RxToken, TxToken};
 use alloc::vec::Vec;
+use drivers::net::{NetDevice, RxToken, TxToken};
 use smoltcp::iface::{Config, Interface, PollIngressSingleResult, PollResult, SocketSet};
 use smoltcp::socket::tcp;
 use smoltcp::time::{Duration, Instant};
@@ -143,6 +143,10 @@ impl<D: NetDevice> Stack<D> {
             Route::Tcp(index) => tcp.ingress(index, iface, now, frame, tx, caps),
             Route::Other => {
                 *datagrams_woken = true;
+                if frame.get(12..14) == Some(&[0x08, 0x06]) {
+                    // A neighbour may have been learned: sockets waiting for one go now.
+                    tcp.neighbor_learned();
+                }
                 let mut one = OneFrame::new(frame, tx, caps);
                 iface.poll_ingress_single(now, &mut one, sockets)
                     == PollIngressSingleResult::SocketStateChanged
@@ -155,7 +159,9 @@ impl<D: NetDevice> Stack<D> {
     /// anything went out.
     pub fn poll_egress(&mut self, now: Instant) -> bool {
         let mut sent = false;
-        while self.iface.poll_egress(now, &mut self.device, &mut self.sockets)
+        while self
+            .iface
+            .poll_egress(now, &mut self.device, &mut self.sockets)
             == PollResult::SocketStateChanged
         {
             sent = true;
@@ -183,13 +189,8 @@ impl<D: NetDevice> Stack<D> {
 
     /// [`Stack::poll_at`] as a delay from `now`.
     pub fn poll_delay(&mut self, now: Instant) -> Option<Duration> {
-        self.poll_at(now).map(|t| {
-            if t > now {
-                t - now
-            } else {
-                Duration::ZERO
-            }
-        })
+        self.poll_at(now)
+            .map(|t| if t > now { t - now } else { Duration::ZERO })
     }
 
     /// Reads the link state; when it went up (the first call counts), announces the address

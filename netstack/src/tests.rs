@@ -609,7 +609,8 @@ mod sockets {
         frame.extend_from_slice(&[0x08, 0x00]);
         frame.extend_from_slice(&ip);
         frame.extend_from_slice(&tcp);
-        let token = drivers::net::NetDevice::transmit(b.stack.device_mut()).expect("a memory card has room");
+        let token = drivers::net::NetDevice::transmit(b.stack.device_mut())
+            .expect("a memory card has room");
         drivers::net::TxToken::consume(token, frame.len(), |buf| buf.copy_from_slice(&frame));
     }
 
@@ -677,7 +678,10 @@ mod sockets {
         run_for(&mut a, &mut b, &mut ms, 500);
         assert_eq!(connected_count(&mut b, &more), 0);
         for &m in &more {
-            assert_eq!(b.table.connect_result(&mut b.stack, m), Err(Error::WouldBlock));
+            assert_eq!(
+                b.table.connect_result(&mut b.stack, m),
+                Err(Error::WouldBlock)
+            );
         }
         // ...and they get in once the app accepts.
         assert_eq!(accept_all(&mut a, l), MAX_BACKLOG);
@@ -685,7 +689,8 @@ mod sockets {
             accept_all(a, l);
             connected_count(b, &more) == 2
         });
-        assert!(MAX_SOCKETS > 64 + MAX_BACKLOG, "the table outgrows the old 64");
+        // 130 connections at once: the table outgrew the old 64 sockets.
+        assert!(a.stack.tcp().len() > 128, "{}", a.stack.tcp().len());
     }
 
     #[test]
@@ -693,11 +698,12 @@ mod sockets {
         let (mut a, mut b) = hosts();
         let mut ms = 0;
         let l = listener(&mut a, 80, 0);
-        let c = clients(&mut b, 80, 3);
-        run_until(&mut a, &mut b, &mut ms, |_, b| connected_count(b, &c) == 1);
-        run_for(&mut a, &mut b, &mut ms, 300);
-        assert_eq!(connected_count(&mut b, &c), 1);
+        // Three SYNs at once: each evicts the handshake before it, the last completes.
+        let _c = clients(&mut b, 80, 3);
+        run_for(&mut a, &mut b, &mut ms, 1000);
         assert_eq!(accept_all(&mut a, l), 1);
+        run_for(&mut a, &mut b, &mut ms, 3000);
+        assert_eq!(accept_all(&mut a, l), 0);
     }
 
     #[test]
@@ -752,13 +758,21 @@ mod sockets {
             run(&mut a, &mut b, &mut ms);
             take(&mut a, &mut servers);
             // The listener never holds more than its backlog and its one spare.
-            assert!(a.stack.tcp().len() <= 16 + 1 + all.len(), "{}", a.stack.tcp().len());
+            assert!(
+                a.stack.tcp().len() <= 16 + 1 + all.len(),
+                "{}",
+                a.stack.tcp().len()
+            );
         }
+        let flood_end = ms;
         run_until(&mut a, &mut b, &mut ms, |a, b| {
             take(a, &mut servers);
             connected_count(b, &all) == all.len()
         });
         assert_eq!(servers.len(), all.len());
+        // None of them had to send its SYN again (the first resend is 1 s later): no SYN
+        // found the listener without a socket in Listen.
+        assert!(ms - flood_end < 500, "{} ms", ms - flood_end);
         // Every connection carries data both ways.
         for &c in &all {
             assert_eq!(b.table.send(&mut b.stack, c, b"ping", None), Ok(4));
@@ -780,38 +794,16 @@ mod sockets {
         assert_eq!(a.stack.tcp().len(), all.len() + 1);
         for &c in &all {
             let mut buf = [0u8; 8];
-            assert_eq!(b.table.recv(&mut b.stack, c, &mut buf, false), Ok((4, None)));
+            assert_eq!(
+                b.table.recv(&mut b.stack, c, &mut buf, false),
+                Ok((4, None))
+            );
         }
         let late = clients(&mut b, 80, 16);
         run_until(&mut a, &mut b, &mut ms, |a, b| {
             accept_all(a, l);
             connected_count(b, &late) == 16
         });
-    }
-
-    #[test]
-    #[ignore = "a measurement, not a check"]
-    fn flood_cost() {
-        let (mut a, mut b) = hosts();
-        let mut ms = 0;
-        let _l = listener(&mut a, 80, 128);
-        let t = std::time::Instant::now();
-        for n in 0..20_000u32 {
-            let from = if n % 2 == 0 {
-                Ipv4Addr::new(198, 18, 0, 70 + (n % 10) as u8)
-            } else {
-                Ipv4Addr::new(198, 19, (n >> 8) as u8, n as u8)
-            };
-            inject_syn(&mut b, from, 1024 + (n % 60000) as u16, 80);
-            if n % 16 == 15 {
-                ms += 1;
-                a.table.poll(&mut a.stack, Instant::from_millis(ms), 16);
-                while b.stack.device_mut().waiting() > 0 {
-                    let _ = drivers::net::NetDevice::receive(b.stack.device_mut()).map(|(rx, _)| drivers::net::RxToken::consume(rx, |_| ()));
-                }
-            }
-        }
-        eprintln!("{:?} per SYN, {} sockets", t.elapsed() / 20_000, a.stack.tcp().len());
     }
 
     #[test]
@@ -826,7 +818,10 @@ mod sockets {
             a.table.readiness(&mut a.stack, server).unwrap().readable
         });
         let mut buf = [0u8; 8];
-        assert_eq!(a.table.recv(&mut a.stack, server, &mut buf, false), Ok((4, None)));
+        assert_eq!(
+            a.table.recv(&mut a.stack, server, &mut buf, false),
+            Ok((4, None))
+        );
     }
 
     #[test]
@@ -847,10 +842,7 @@ mod sockets {
         // Listener plus two connections fill the table: the others stay queued.
         let (s1, p1) = a.table.accept(&mut a.stack, l).unwrap();
         let (s2, p2) = a.table.accept(&mut a.stack, l).unwrap();
-        assert_eq!(
-            a.table.accept(&mut a.stack, l),
-            Err(Error::TooManySockets)
-        );
+        assert_eq!(a.table.accept(&mut a.stack, l), Err(Error::TooManySockets));
         let client_of = |b: &Host, peer: SocketAddrV4| {
             *c.iter()
                 .find(|&&x| b.table.local_addr(&b.stack, x).unwrap() == peer)
@@ -858,7 +850,10 @@ mod sockets {
         };
         let pairs = [(s1, client_of(&b, p1)), (s2, client_of(&b, p2))];
         for (server, client) in pairs {
-            assert_eq!(b.table.send(&mut b.stack, client, b"still here", None), Ok(10));
+            assert_eq!(
+                b.table.send(&mut b.stack, client, b"still here", None),
+                Ok(10)
+            );
             run_until(&mut a, &mut b, &mut ms, |a, _| {
                 a.table.readiness(&mut a.stack, server).unwrap().readable
             });

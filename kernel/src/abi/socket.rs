@@ -12,11 +12,11 @@
 use super::fail;
 use crate::net::{self, Device, InitError};
 use crate::timer;
+use alloc::vec;
+use alloc::vec::Vec;
 use core::ffi::c_void;
 use core::mem::size_of;
 use core::net::{Ipv4Addr, SocketAddrV4};
-use alloc::vec;
-use alloc::vec::Vec;
 use core::ptr;
 use hermit_abi::{
     AF_INET, AF_INET6, EADDRINUSE, EADDRNOTAVAIL, EAFNOSUPPORT, EAGAIN, EALREADY, EBADF,
