@@ -356,10 +356,6 @@ impl TcpSockets {
         };
         let mut one = OneFrame::new(frame, tx, caps);
         iface.poll_ingress_single(now, &mut one, &mut slot.set);
-        // What the socket has to send now (a SYN-ACK, an ACK smoltcp did not send as a
-        // reply) leaves through the frame's transmit token if it is still unused, instead of
-        // waiting for the egress pass after the batch.
-        iface.poll_egress(now, &mut one, &mut slot.set);
         self.settle(index, iface, now)
     }
 

@@ -44,9 +44,8 @@ impl<D: NetDevice> PhyAdapter<D> {
 
 /// One received frame, already taken from the device, as a smoltcp `phy::Device` that
 /// yields it once: the stack looks at a frame's addresses first (which socket it is for)
-/// and then lets smoltcp process it against that socket alone. One frame can leave, through
-/// the transmit token that came with the received one: smoltcp's direct reply, or else what
-/// the socket sends right after (a SYN-ACK is sent by an egress pass, not as a reply).
+/// and then lets smoltcp process it against that socket alone. Its replies leave through
+/// the transmit token that came with the frame; it has no other transmit buffer.
 pub struct OneFrame<'f, T> {
     frame: Option<&'f [u8]>,
     tx: Option<T>,
@@ -73,38 +72,24 @@ impl phy::RxToken for SliceRx<'_> {
     }
 }
 
-/// The transmit token of a [`OneFrame`], lent: it stays there unless used.
-pub struct LentTx<'a, T>(&'a mut Option<T>);
-
-impl<T: net::TxToken> phy::TxToken for LentTx<'_, T> {
-    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
-        match self.0.take() {
-            Some(tx) => tx.consume(len, f),
-            // Never: a `LentTx` is only lent while the token is there. The frame is lost.
-            None => f(&mut alloc::vec![0; len]),
-        }
-    }
-}
-
 impl<'f, T: net::TxToken> phy::Device for OneFrame<'f, T> {
     type RxToken<'a>
         = SliceRx<'a>
     where
         Self: 'a;
     type TxToken<'a>
-        = LentTx<'a, T>
+        = TxToken<T>
     where
         Self: 'a;
 
-    fn receive(&mut self, _timestamp: Instant) -> Option<(SliceRx<'_>, LentTx<'_, T>)> {
+    fn receive(&mut self, _timestamp: Instant) -> Option<(SliceRx<'_>, TxToken<T>)> {
         let frame = self.frame.take()?;
-        self.tx.as_ref()?;
-        Some((SliceRx(frame), LentTx(&mut self.tx)))
+        let tx = self.tx.take()?;
+        Some((SliceRx(frame), TxToken(tx)))
     }
 
-    fn transmit(&mut self, _timestamp: Instant) -> Option<LentTx<'_, T>> {
-        self.tx.as_ref()?;
-        Some(LentTx(&mut self.tx))
+    fn transmit(&mut self, _timestamp: Instant) -> Option<TxToken<T>> {
+        None
     }
 
     fn capabilities(&self) -> DeviceCapabilities {
