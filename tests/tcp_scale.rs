@@ -227,33 +227,3 @@ fn a_thousand_kv_connections_survive_ten_moves() {
         started.elapsed().as_secs_f64()
     ));
 }
-
-#[test]
-#[ignore]
-fn scratch_many() {
-    let guest = start_kv("sm");
-    let stop = roam_tests::TempFile::new("kv-many-stop", b"");
-    let stop_path = stop.path().to_path_buf();
-    std::fs::remove_file(&stop_path).unwrap();
-    let n: String = std::env::var("SCRATCH_N").unwrap_or("300".into());
-    let mut cmd = guest.client(env!("CARGO_BIN_EXE_netprobe"));
-    cmd.args([
-        "kv-many",
-        &kv_addr(),
-        &n,
-        "300",
-        &stop_path.display().to_string(),
-    ]);
-    let t = Instant::now();
-    let mut clients = Background::spawn(&mut cmd).unwrap();
-    let r = clients.wait_for("connected", Duration::from_secs(200));
-    say(&format!("{r:?} after {:?}", t.elapsed()));
-    std::fs::write(&stop_path, b"x").unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while clients.running() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    say(&clients.output());
-    say(&format!("total {:?}", t.elapsed()));
-    say(&guest.vm.output());
-}
