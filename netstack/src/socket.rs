@@ -676,9 +676,16 @@ impl SocketTable {
             if l.ready_count >= l.backlog {
                 // Full of connections nobody accepted: no socket listens, new SYNs are
                 // dropped until the app accepts.
-                for h in core::mem::take(&mut l.spares) {
-                    stack.tcp_mut().remove(h);
-                }
+                // A spare that took a SYN since the last update is a handshake now, not a
+                // spare: its change, still queued, makes it one.
+                l.spares.retain(|&h| {
+                    let listening = stack.tcp().get(h).map(tcp::Socket::state)
+                        == Some(tcp::State::Listen);
+                    if listening {
+                        stack.tcp_mut().remove(h);
+                    }
+                    !listening
+                });
                 return;
             }
             if l.spares.len() >= SPARES {

@@ -811,6 +811,60 @@ mod sockets {
     }
 
     #[test]
+    fn a_thousand_connections_25_at_a_time_with_a_slow_accept_all_get_in_and_work() {
+        let (mut a, mut b) = hosts();
+        let mut ms = 0;
+        let l = listener(&mut a, 80, 128);
+        let mut pending: Vec<i32> = Vec::new();
+        let mut done: Vec<i32> = Vec::new();
+        let mut servers = Vec::new();
+        let mut step = 0u64;
+        while done.len() + pending.len() < 1000 || !pending.is_empty() {
+            while pending.len() < 25 && done.len() + pending.len() < 1000 {
+                pending.extend(clients(&mut b, 80, 1));
+            }
+            run(&mut a, &mut b, &mut ms);
+            step += 1;
+            // The app accepts only every 20th step, a burst at a time.
+            if step % 20 == 0 {
+                while let Ok((fd, _)) = a.table.accept(&mut a.stack, l) {
+                    servers.push(fd);
+                }
+            }
+            pending.retain(|&c| match b.table.connect_result(&mut b.stack, c) {
+                Ok(()) => {
+                    done.push(c);
+                    false
+                }
+                Err(Error::WouldBlock) => true,
+                Err(e) => panic!("client {c}: {e:?} after {} connected", done.len()),
+            });
+            assert!(ms < 600_000, "{} connected after {ms} ms", done.len());
+        }
+        run_until(&mut a, &mut b, &mut ms, |a, _| {
+            while let Ok((fd, _)) = a.table.accept(&mut a.stack, l) {
+                servers.push(fd);
+            }
+            servers.len() == 1000
+        });
+        // 20 s later (past the handshake timeout) every connection still carries data.
+        run_for(&mut a, &mut b, &mut ms, 20_000);
+        for &c in &done {
+            assert_eq!(b.table.send(&mut b.stack, c, b"x", None), Ok(1), "client {c}");
+        }
+        let mut got = 0;
+        run_until(&mut a, &mut b, &mut ms, |a, _| {
+            for &s in &servers {
+                let mut buf = [0u8; 4];
+                if let Ok((1, _)) = a.table.recv(&mut a.stack, s, &mut buf, false) {
+                    got += 1;
+                }
+            }
+            got == 1000
+        });
+    }
+
+    #[test]
     fn an_idle_connection_is_never_timed_out() {
         let (mut a, mut b) = hosts();
         let mut ms = 0;
