@@ -912,7 +912,7 @@ fn raise_fd_limit() -> Result<(), String> {
 /// docs), multiplexed with poll(2) on non-blocking sockets.
 fn kv_many(addr: SocketAddr, conns: usize, seconds: u64, stop: &str) -> Result<String, String> {
     use std::os::fd::AsRawFd;
-    const CONNECTORS: usize = 25;
+    const CONNECTORS: usize = 8;
     let start = Instant::now();
     let bound = Duration::from_secs(seconds).min(Duration::from_secs(3600));
     raise_fd_limit()?;
