@@ -966,6 +966,9 @@ fn kv_many(addr: SocketAddr, conns: usize, seconds: u64, stop: &str) -> Result<S
     let mut stopped = false;
     let mut buf = [0u8; 4096];
     let mut fds: Vec<libc::pollfd> = Vec::with_capacity(all.len());
+    // A progress line now and then, so a slow run shows where it stands.
+    const REPORT_EVERY: Duration = Duration::from_secs(30);
+    let mut last_report = Instant::now();
     loop {
         if !stopped && std::path::Path::new(stop).exists() {
             stopped = true;
@@ -984,6 +987,18 @@ fn kv_many(addr: SocketAddr, conns: usize, seconds: u64, stop: &str) -> Result<S
             return Err(format!(
                 "kv-many: still running after {bound:?} ({requests} replies checked, {behind} connections behind)"
             ));
+        }
+        if last_report.elapsed() >= REPORT_EVERY {
+            last_report = Instant::now();
+            let idle = all.iter().filter(|k| k.rounds == 0).count();
+            let behind = all
+                .iter()
+                .filter(|k| k.at_stop.is_some_and(|r| k.rounds <= r))
+                .count();
+            println!(
+                "netprobe: kv-many: {requests} replies after {:.0} s; {idle} connections without a round yet, {behind} behind the stop",
+                start.elapsed().as_secs_f64()
+            );
         }
         fds.clear();
         fds.extend(all.iter().map(|k| libc::pollfd {

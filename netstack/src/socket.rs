@@ -679,8 +679,8 @@ impl SocketTable {
                 // A spare that took a SYN since the last update is a handshake now, not a
                 // spare: its change, still queued, makes it one.
                 l.spares.retain(|&h| {
-                    let listening = stack.tcp().get(h).map(tcp::Socket::state)
-                        == Some(tcp::State::Listen);
+                    let listening =
+                        stack.tcp().get(h).map(tcp::Socket::state) == Some(tcp::State::Listen);
                     if listening {
                         stack.tcp_mut().remove(h);
                     }

@@ -850,7 +850,11 @@ mod sockets {
         // 20 s later (past the handshake timeout) every connection still carries data.
         run_for(&mut a, &mut b, &mut ms, 20_000);
         for &c in &done {
-            assert_eq!(b.table.send(&mut b.stack, c, b"x", None), Ok(1), "client {c}");
+            assert_eq!(
+                b.table.send(&mut b.stack, c, b"x", None),
+                Ok(1),
+                "client {c}"
+            );
         }
         let mut got = 0;
         run_until(&mut a, &mut b, &mut ms, |a, _| {
