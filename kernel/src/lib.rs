@@ -39,6 +39,10 @@
 // over them.
 #![deny(unsafe_code)]
 
+// The heap's collections (`poll`'s descriptor index); the global allocator is `heap`.
+#[cfg(target_os = "none")]
+extern crate alloc;
+
 pub mod bootinfo;
 pub mod clock;
 pub mod cmdline;
