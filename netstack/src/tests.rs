@@ -826,7 +826,7 @@ mod sockets {
             run(&mut a, &mut b, &mut ms);
             step += 1;
             // The app accepts only every 20th step, a burst at a time.
-            if step % 20 == 0 {
+            if step.is_multiple_of(20) {
                 while let Ok((fd, _)) = a.table.accept(&mut a.stack, l) {
                     servers.push(fd);
                 }
