@@ -39,7 +39,8 @@
 // over them.
 #![deny(unsafe_code)]
 
-// The heap's collections (`poll`'s descriptor index); the global allocator is `heap`.
+// The heap's collections (`poll`'s descriptor index, the app's arguments); the global
+// allocator is `heap`.
 #[cfg(target_os = "none")]
 extern crate alloc;
 
@@ -50,10 +51,6 @@ pub mod fault;
 pub mod memmap;
 pub mod status;
 pub mod tls;
-
-// The kernel's own heap allocations (the app's arguments).
-#[cfg(target_os = "none")]
-extern crate alloc;
 
 #[cfg(target_os = "none")]
 #[allow(unsafe_code)]
