@@ -924,6 +924,30 @@ fn raise_fd_limit() -> Result<(), String> {
     Ok(())
 }
 
+/// The local ports of up to 20 connections behind the stop (or without a round when there
+/// is no stop yet) and how far each got, to find them in a capture or the guest's log.
+fn laggards(all: &[KvConn]) -> String {
+    let late: Vec<String> = all
+        .iter()
+        .filter(|k| k.at_stop.map_or(k.rounds == 0, |r| k.rounds <= r))
+        .take(20)
+        .map(|k| {
+            let port = k.stream.local_addr().map_or(0, |a| a.port());
+            format!(
+                "{port} (round {}, {} of {} bytes sent, {} received)",
+                k.rounds,
+                k.sent,
+                k.out.len(),
+                k.input.len()
+            )
+        })
+        .collect();
+    if late.is_empty() {
+        return String::new();
+    }
+    format!("; late, by client port: {}", late.join(", "))
+}
+
 /// `conns` kv connections at once, each a SET/GET loop with every reply checked (module
 /// docs), multiplexed with poll(2) on non-blocking sockets.
 fn kv_many(addr: SocketAddr, conns: usize, seconds: u64, stop: &str) -> Result<String, String> {
@@ -1008,7 +1032,8 @@ fn kv_many(addr: SocketAddr, conns: usize, seconds: u64, stop: &str) -> Result<S
                 .filter(|k| k.at_stop.is_none_or(|r| k.rounds <= r))
                 .count();
             return Err(format!(
-                "kv-many: still running after {bound:?} ({requests} replies checked, {behind} connections behind)"
+                "kv-many: still running after {bound:?} ({requests} replies checked, {behind} connections behind){}",
+                laggards(&all)
             ));
         }
         if last_report.elapsed() >= REPORT_EVERY {
@@ -1019,8 +1044,9 @@ fn kv_many(addr: SocketAddr, conns: usize, seconds: u64, stop: &str) -> Result<S
                 .filter(|k| k.at_stop.is_some_and(|r| k.rounds <= r))
                 .count();
             println!(
-                "netprobe: kv-many: {requests} replies after {:.0} s; {idle} connections without a round yet, {behind} behind the stop",
-                start.elapsed().as_secs_f64()
+                "netprobe: kv-many: {requests} replies after {:.0} s; {idle} connections without a round yet, {behind} behind the stop{}",
+                start.elapsed().as_secs_f64(),
+                laggards(&all)
             );
         }
         fds.clear();
