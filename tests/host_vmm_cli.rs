@@ -1,9 +1,9 @@
 //! host-vmm's command line: `--help`, and one clear line plus exit 125 for each bad input.
 
 use roam_tests::{TempFile, host_vmm, image, kvm_present, root, tool};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::MetadataExt;
 use std::process::{Command, Output};
+use xtask::public_dir::PublicDir;
 
 /// host-vmm's status for its own failures (docs/boot-abi.md, exit statuses).
 const HOST_VMM_FAILED: i32 = 125;
@@ -153,37 +153,6 @@ fn missing_dev_kvm_is_reported() {
     assert_rejected(&out, &["/dev/kvm", "not found"]);
 }
 
-/// A directory anyone may enter and read, removed with what it holds when dropped: what an
-/// unprivileged user runs must not live in the checkout, which may be private (a clone into
-/// `mktemp -d` is mode 0700).
-struct PublicDir(PathBuf);
-
-impl PublicDir {
-    fn new(tag: &str) -> PublicDir {
-        let dir = std::env::temp_dir().join(format!("roam-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir(&dir).expect("creating a temp directory");
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))
-            .expect("making the temp directory public");
-        PublicDir(dir)
-    }
-
-    /// Copies `file` in, readable and executable by anyone; returns the copy's path.
-    fn copy(&self, file: &Path) -> PathBuf {
-        let to = self.0.join(file.file_name().expect("a file name"));
-        std::fs::copy(file, &to).expect("copying into the temp directory");
-        std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o755))
-            .expect("making the copy public");
-        to
-    }
-}
-
-impl Drop for PublicDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 #[test]
 fn kvm_permission_denied_is_reported() {
     if !kvm_present("kvm_permission_denied_is_reported") {
@@ -207,7 +176,7 @@ fn kvm_permission_denied_is_reported() {
             .arg(vmm)
             .arg("run")
             .arg(&hello)
-            .current_dir(&dir.0),
+            .current_dir(dir.path()),
     );
     assert_rejected(&out, &["/dev/kvm", "permission denied"]);
 }

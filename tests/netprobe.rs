@@ -1305,20 +1305,10 @@ fn ipip_recv(
 ) -> Result<String, String> {
     let start = Instant::now();
     let bound = Duration::from_secs(seconds).min(TOTAL_TIMEOUT);
-    let mut socket = rawip::open(rawip::IPPROTO_IPIP, dst, src)
+    let socket = rawip::open(rawip::IPPROTO_IPIP, dst, src)
         .map_err(|e| format!("raw IP-in-IP socket {dst} <- {src}: {e}"))?;
     // Reads block; a thread does them, so the bound holds even when nothing comes.
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut buf = vec![0u8; 65_536];
-        loop {
-            let got = socket.read(&mut buf).map(|n| buf[..n].to_vec());
-            let failed = got.is_err();
-            if tx.send(got).is_err() || failed {
-                break;
-            }
-        }
-    });
+    let rx = read_in_thread(socket);
     println!("netprobe: ipip-recv ready on {dst} for {src}");
     let mut seen = std::collections::BTreeSet::new();
     let (mut largest, mut bad) = (0usize, Vec::new());
@@ -1417,18 +1407,7 @@ fn ipip_echo(
     let socket = rawip::open(rawip::IPPROTO_IPIP, local, peer)
         .map_err(|e| format!("raw IP-in-IP socket {local} <-> {peer}: {e}"))?;
     let mut writer = socket.try_clone().map_err(|e| e.to_string())?;
-    let mut reader = socket;
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut buf = vec![0u8; 65_536];
-        loop {
-            let got = reader.read(&mut buf).map(|n| buf[..n].to_vec());
-            let failed = got.is_err();
-            if tx.send(got).is_err() || failed {
-                break;
-            }
-        }
-    });
+    let rx = read_in_thread(socket);
     println!("netprobe: ipip-echo ready on {local} for {home} via {peer}");
     let (mut answered, mut largest, mut bad) = (0u32, 0usize, Vec::new());
     while answered < count {
@@ -1646,24 +1625,32 @@ fn standin_answer(ip: &Ip<'_>) -> Option<Vec<u8>> {
     Some(ipv4_packet(ip.dst, ip.src, ip.protocol, &segment))
 }
 
-/// A routed VM's stand-in on TAP `name` for the address `home` (see the module docs).
-fn tap_echo(name: &str, home: std::net::Ipv4Addr, seconds: u64) -> Result<String, String> {
-    let start = Instant::now();
-    let bound = Duration::from_secs(seconds).min(TOTAL_TIMEOUT);
-    let file = tap::attach(name).map_err(|e| format!("TAP {name}: {e}"))?;
-    let mut writer = file.try_clone().map_err(|e| e.to_string())?;
-    let mut reader = file;
+/// Reads `source` on a thread of its own, each read's bytes (or its error, the last) sent on
+/// the returned channel: reads block, so the caller's time bound holds when nothing comes.
+fn read_in_thread(
+    mut source: impl Read + Send + 'static,
+) -> std::sync::mpsc::Receiver<std::io::Result<Vec<u8>>> {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let mut buf = vec![0u8; 65_536];
         loop {
-            let got = reader.read(&mut buf).map(|n| buf[..n].to_vec());
+            let got = source.read(&mut buf).map(|n| buf[..n].to_vec());
             let failed = got.is_err();
             if tx.send(got).is_err() || failed {
                 break;
             }
         }
     });
+    rx
+}
+
+/// A routed VM's stand-in on TAP `name` for the address `home` (see the module docs).
+fn tap_echo(name: &str, home: std::net::Ipv4Addr, seconds: u64) -> Result<String, String> {
+    let start = Instant::now();
+    let bound = Duration::from_secs(seconds).min(TOTAL_TIMEOUT);
+    let file = tap::attach(name).map_err(|e| format!("TAP {name}: {e}"))?;
+    let mut writer = file.try_clone().map_err(|e| e.to_string())?;
+    let rx = read_in_thread(file);
     println!("netprobe: tap-echo ready on {name} for {home}");
     let home = home.octets();
     let (mut icmp, mut udp, mut tcp) = (0u32, 0u32, 0u32);

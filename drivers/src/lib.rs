@@ -10,7 +10,7 @@
 //! The kernel enumerates PCI, probes the NIC and hands the resulting device to netstack,
 //! which sees only [`net::NetDevice`]:
 //!
-//! ```ignore
+//! ```text
 //! let nic = pci::enumerate(&config).into_iter().find(virtio_net::matches)?;
 //! let bars = pci::bar::read_assigned(&mut config, nic.bdf, Some(&mut window))?; // sized once
 //! let dev = VirtioNet::<KernelHal>::probe(&mut config, nic.bdf, &bars, irq)?;

@@ -8,7 +8,7 @@
 //! An image links it like this (the kernel brings the entry points, panic handler and
 //! allocator; `kernel/image-build.rs` brings the linker script):
 //!
-//! ```ignore
+//! ```text
 //! #![no_std]
 //! #![no_main]
 //! use kernel as _;

@@ -17,7 +17,7 @@
 //!   so the L2 learns the new port even without a VF. Asked again, it keeps the VF it has
 //!   and announces once more.
 //!
-//! ```ignore
+//! ```text
 //! let n = console.recv(&mut bytes);
 //! if n > 0 {
 //!     agent.on_input(&bytes[..n], &mut nics, &mut |reply| { let _ = console.send(reply); });

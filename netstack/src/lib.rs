@@ -18,7 +18,7 @@
 //! It never touches registers or DMA; everything below the `NetDevice` trait is the
 //! drivers' business.
 //!
-//! ```ignore
+//! ```text
 //! let config = netstack::config::parse(cmdline_words)?.expect("ip= given");
 //! let mut stack = netstack::Stack::new(device, config, seed, now);
 //! stack.check_link(); // announces the address once the link is up

@@ -5,7 +5,7 @@
 //! MSI-X only (entry 0: queue 0, entry 1: mailbox and link), the legacy mailbox with API 1.3
 //! down to 1.0. What the kernel does:
 //!
-//! ```ignore
+//! ```text
 //! let f = pci::enumerate(&config).into_iter().find(ixgbevf::pci::matches)?;
 //! let vf = ixgbevf::pci::probe(&mut config, f.bdf, None)?;          // IDs, BARs, bus master
 //! vf.enable_msix(&mut config, map(vf.msix_table), irq)?;            // entries 0 and 1

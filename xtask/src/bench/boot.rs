@@ -107,26 +107,10 @@ pub fn table(figures: &[BootFigures], runs: usize, image: &Path) -> String {
         "boot benchmark: {} ({runs} runs per VMM, 128 MiB guest; times in ms from process spawn)\n",
         image.display()
     );
-    out.push_str(&format!(
-        "{:<14} {:>26}   {:>26}\n",
-        "", "spawn -> app ready", "spawn -> exit"
+    out.push_str(&pair_table(
+        ("spawn -> app ready", "spawn -> exit"),
+        figures.iter().map(|f| (f.vmm, &f.app_ready, &f.exit)),
     ));
-    out.push_str(&format!(
-        "{:<14} {:>8} {:>8} {:>8}   {:>8} {:>8} {:>8}\n",
-        "vmm", "min", "median", "max", "min", "median", "max"
-    ));
-    for f in figures {
-        out.push_str(&format!(
-            "{:<14} {:>8.2} {:>8.2} {:>8.2}   {:>8.2} {:>8.2} {:>8.2}\n",
-            f.vmm.key(),
-            f.app_ready.min,
-            f.app_ready.median,
-            f.app_ready.max,
-            f.exit.min,
-            f.exit.median,
-            f.exit.max
-        ));
-    }
     out.push_str(&format!(
         "ratio app ready (qemu_microvm median / host_vmm median): {:.1}x\n",
         ratio(figures)
@@ -303,26 +287,10 @@ pub fn net_table(figures: &[NetReadyFigures], runs: usize, image: &Path) -> Stri
         "network-ready: {} ({runs} runs per VMM, virtio-net on a TAP; ms)\n",
         image.display()
     );
-    out.push_str(&format!(
-        "{:<14} {:>26}   {:>26}\n",
-        "", "spawn -> first ping reply", "guest network_init"
+    out.push_str(&pair_table(
+        ("spawn -> first ping reply", "guest network_init"),
+        figures.iter().map(|f| (f.vmm, &f.ready, &f.network_init)),
     ));
-    out.push_str(&format!(
-        "{:<14} {:>8} {:>8} {:>8}   {:>8} {:>8} {:>8}\n",
-        "vmm", "min", "median", "max", "min", "median", "max"
-    ));
-    for f in figures {
-        out.push_str(&format!(
-            "{:<14} {:>8.2} {:>8.2} {:>8.2}   {:>8.2} {:>8.2} {:>8.2}\n",
-            f.vmm.key(),
-            f.ready.min,
-            f.ready.median,
-            f.ready.max,
-            f.network_init.min,
-            f.network_init.median,
-            f.network_init.max
-        ));
-    }
     let (ready, init) = net_ratios(figures);
     out.push_str(&format!(
         "ratio (qemu_pc median / host_vmm median): network ready {ready:.1}x, network_init {init:.1}x\n"
@@ -330,9 +298,61 @@ pub fn net_table(figures: &[NetReadyFigures], runs: usize, image: &Path) -> Stri
     out
 }
 
+/// Two min/median/max column groups headed `heads`, one row per VMM.
+fn pair_table<'a>(
+    heads: (&str, &str),
+    rows: impl Iterator<Item = (Vmm, &'a Summary, &'a Summary)>,
+) -> String {
+    let mut out = format!("{:<14} {:>26}   {:>26}\n", "", heads.0, heads.1);
+    out.push_str(&format!(
+        "{:<14} {:>8} {:>8} {:>8}   {:>8} {:>8} {:>8}\n",
+        "vmm", "min", "median", "max", "min", "median", "max"
+    ));
+    for (vmm, a, b) in rows {
+        out.push_str(&format!(
+            "{:<14} {:>8.2} {:>8.2} {:>8.2}   {:>8.2} {:>8.2} {:>8.2}\n",
+            vmm.key(),
+            a.min,
+            a.median,
+            a.max,
+            b.min,
+            b.median,
+            b.max
+        ));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
-    use super::network_init_us;
+    use super::{Summary, Vmm, network_init_us, pair_table};
+
+    #[test]
+    fn a_pair_table_has_both_heads_and_one_row_per_vmm() {
+        let a = Summary {
+            min: 1.0,
+            median: 2.0,
+            max: 3.0,
+        };
+        let b = Summary {
+            min: 10.0,
+            median: 20.5,
+            max: 30.0,
+        };
+        let t = pair_table(("left", "right"), [(Vmm::HostVmm, &a, &b)].into_iter());
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 3, "{t}");
+        assert!(
+            lines[0].contains("left") && lines[0].contains("right"),
+            "{t}"
+        );
+        let row: Vec<&str> = lines[2].split_whitespace().collect();
+        assert_eq!(
+            row[1..],
+            ["1.00", "2.00", "3.00", "10.00", "20.50", "30.00"],
+            "{t}"
+        );
+    }
 
     #[test]
     fn network_init_is_read_from_netecho_s_line() {

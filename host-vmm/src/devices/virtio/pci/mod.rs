@@ -426,8 +426,10 @@ impl<D: VirtioDevice> VirtioPci<D> {
             return;
         }
         // Undefined bits are dropped, not kept: a saved status holds only defined bits (the
-        // destination refuses others), so a guest that wrote some can still move.
-        let mut value = value & STATUS_BITS & !STATUS_NEEDS_RESET;
+        // destination refuses others), so a guest that wrote some can still move. A driver
+        // never clears a bit but by reset (virtio 1.2, 2.1.2): one that tries keeps the bits
+        // it had, so a running device never shows DRIVER_OK without FEATURES_OK.
+        let mut value = (value | self.status) & STATUS_BITS & !STATUS_NEEDS_RESET;
         let newly = value & !self.status;
         if newly & STATUS_FEATURES_OK != 0 && !self.features_acceptable() {
             // Left clear: the driver reads the status back and gives up (3.1.1).
