@@ -868,6 +868,92 @@ mod sockets {
         });
     }
 
+    /// Whether `fd` is ready for `want` as `poll` sees it: after a first full look, only
+    /// the descriptors the stack woke are looked at again (the kernel's `sys_poll`).
+    fn poll_sees(h: &mut Host, fd: i32, readable: bool) -> bool {
+        let mut woken = Vec::new();
+        h.table.woken(&mut h.stack, &mut woken);
+        let r = h.table.readiness(&mut h.stack, fd).unwrap();
+        if readable { r.readable } else { r.writable }
+    }
+
+    #[test]
+    fn a_megabyte_echoed_through_a_poll_loop_arrives_whole() {
+        megabyte_echo(0);
+    }
+
+    #[test]
+    fn a_megabyte_echoed_over_a_lossy_link_arrives_whole() {
+        megabyte_echo(97);
+    }
+
+    /// netecho's loop on `a` (send what is pending when writable, else receive when
+    /// readable) and a client on `b` that writes 1 MiB and checks every byte it reads back;
+    /// each end loses every `lose_every`th frame it sends (0: none; the two ends differ).
+    /// Hosts poll only as the kernel does: when a frame waits or `poll_at` is due, so a
+    /// stack that forgets a timer or a waiting frame stalls here.
+    fn megabyte_echo(lose_every: usize) {
+        let (mut a, mut b) = hosts();
+        let mut ms = 0;
+        let (_l, server, client) = connected(&mut a, &mut b, &mut ms);
+        a.stack.device_mut().lose_every(lose_every);
+        b.stack
+            .device_mut()
+            .lose_every(if lose_every == 0 { 0 } else { lose_every + 4 });
+        let data: Vec<u8> = (0..1u32 << 20).map(|i| (i * 7 + i / 251) as u8).collect();
+        let (mut sent, mut got) = (0usize, 0usize);
+        let mut buf = vec![0u8; 2048];
+        let (mut start, mut end) = (0usize, 0usize);
+        let mut back = vec![0u8; 4096];
+        let mut idle = 0;
+        while got < data.len() {
+            let before = (sent, got);
+            if sent < data.len()
+                && let Ok(n) = b.table.send(
+                    &mut b.stack,
+                    client,
+                    &data[sent..(sent + 1460 * 4).min(data.len())],
+                    None,
+                )
+            {
+                sent += n;
+            }
+            // netecho: send what is pending when writable, else receive when readable.
+            if start < end {
+                if poll_sees(&mut a, server, false) {
+                    if let Ok(n) = a.table.send(&mut a.stack, server, &buf[start..end], None) {
+                        start += n;
+                    }
+                }
+            } else if poll_sees(&mut a, server, true) {
+                if let Ok((n, _)) = a.table.recv(&mut a.stack, server, &mut buf, false) {
+                    (start, end) = (0, n);
+                }
+            }
+            while let Ok((n, _)) = b.table.recv(&mut b.stack, client, &mut back, false) {
+                assert!(n > 0);
+                assert_eq!(&back[..n], &data[got..got + n], "at {got}");
+                got += n;
+            }
+            for _ in 0..8 {
+                ms += 1;
+                let now = Instant::from_millis(ms);
+                for h in [&mut a, &mut b] {
+                    let due = h.stack.poll_at(now).is_some_and(|t| t <= now);
+                    if due || h.stack.device_mut().waiting() > 0 {
+                        h.table.poll(&mut h.stack, now, 64);
+                    }
+                }
+            }
+            idle = if (sent, got) == before { idle + 1 } else { 0 };
+            assert!(
+                idle < 7500,
+                "stalled: sent {sent}, echoed {got}, server pending {}",
+                end - start
+            );
+        }
+    }
+
     #[test]
     fn an_idle_connection_is_never_timed_out() {
         let (mut a, mut b) = hosts();

@@ -471,10 +471,13 @@ fn poll_now(net: &mut Net) {
     net.stack.poll_egress(instant(now_ns));
     net.sockets.update(&mut net.stack);
     PROGRESS.fetch_add(1, Ordering::Relaxed);
-    // Timers the operation started (retransmission, say) count from now.
-    net.next_poll = net.stack.poll_at(instant(now_ns)).map_or(u64::MAX, |t| {
+    // Timers the operation started (retransmission, say) count from now. Never later than
+    // already asked for: `service` may have left frames waiting (its budget ran out, or the
+    // VF's vectors are still masked), and their interrupt has already been taken.
+    let due = net.stack.poll_at(instant(now_ns)).map_or(u64::MAX, |t| {
         instant_ns(t).max(now_ns.saturating_add(MIN_REPOLL_NS))
     });
+    net.next_poll = net.next_poll.min(due);
 }
 
 /// Whether the network is up (socket calls on a machine without one fail fast).
