@@ -1,14 +1,16 @@
 //! The guest's TCP at scale, against `kv` (docs/network.md §1, "Listeners and the socket
 //! table"): a SYN flood with valid checksums from sources that never answer, 100 clients
-//! connecting at once. The clients are `netprobe`
+//! connecting at once, and 1,000 connections through 10 moves. The clients are `netprobe`
 //! in the client namespace; every test makes its own topology and removes it, and its VMs,
 //! also when it fails; every wait is bounded.
 
 use roam_tests::{image, kvm_present, say};
 use std::process::Command;
 use std::time::{Duration, Instant};
-use xtask::net::{self, GUEST_IP, GUEST_MAC};
-use xtask::proc::{self, Watched};
+use xtask::bench::migrate::Mode;
+use xtask::migrate::HostVmmGuest;
+use xtask::net::{self, GUEST_IP, GUEST_MAC, TwoHosts};
+use xtask::proc::{self, Background, Watched};
 
 /// kv's port.
 const KV_PORT: u16 = 6380;
@@ -132,6 +134,96 @@ fn a_hundred_clients_connecting_at_once_all_get_in() {
     assert!(guest.vm.running(), "the VMM died:\n{}", guest.vm.output());
     say(&format!(
         "{summary} (test {:.1} s)",
+        started.elapsed().as_secs_f64()
+    ));
+}
+
+/// Guest RAM for the 1,000 connections: each holds 32 KiB of socket buffers in the guest.
+const MANY_MEM_MIB: u32 = 256;
+/// Connections kept open through the moves.
+const CONNS: usize = 1_000;
+
+/// 1,000 kv connections, each checking every reply, through 10 moves (pre-copy and
+/// zero-copy in turn): every connection answers correctly after the last move.
+#[test]
+fn a_thousand_kv_connections_survive_ten_moves() {
+    if !kvm_present("a_thousand_kv_connections_survive_ten_moves") {
+        return;
+    }
+    let started = Instant::now();
+    roam_tests::host_vmm();
+    let hosts = TwoHosts::up("tm").expect("two-host topology");
+    let mut guest = HostVmmGuest::boot(&hosts, &image("kv"), MANY_MEM_MIB, "")
+        .unwrap_or_else(|e| panic!("booting kv: {e:#}"));
+    let tail = |g: &HostVmmGuest| format!("--- host-vmm output ---\n{}", g.console_tail(60));
+    guest
+        .wait_settled(Duration::from_secs(15))
+        .unwrap_or_else(|e| panic!("settling: {e:#}\n{}", tail(&guest)));
+    let stop = roam_tests::TempFile::new("kv-many-stop", b"");
+    let stop_path = stop.path().to_path_buf();
+    std::fs::remove_file(&stop_path).expect("the stop file starts absent");
+    let mut cmd = hosts.client(env!("CARGO_BIN_EXE_netprobe"));
+    cmd.args([
+        "kv-many",
+        &kv_addr(),
+        &CONNS.to_string(),
+        "900",
+        &stop_path.display().to_string(),
+    ]);
+    let mut clients = Background::spawn(&mut cmd).expect("starting netprobe kv-many");
+    clients
+        .wait_for("connected", Duration::from_secs(180))
+        .unwrap_or_else(|e| panic!("{e:#}\n{}\n{}", clients.output(), tail(&guest)));
+    let connected_after = started.elapsed();
+    let mut moves = Vec::new();
+    for i in 0..10 {
+        let mode = if i % 2 == 0 {
+            Mode::PreCopy
+        } else {
+            Mode::ZeroCopy
+        };
+        guest
+            .wait_settled(Duration::from_secs(60))
+            .unwrap_or_else(|e| panic!("settling before move {}: {e:#}\n{}", i + 1, tail(&guest)));
+        let moved = guest
+            .move_to_other(&hosts, mode, None)
+            .unwrap_or_else(|e| panic!("move {} ({}): {e:#}\n{}", i + 1, mode.key(), tail(&guest)));
+        assert!(
+            clients.running(),
+            "kv-many ended during move {}:\n{}\n{}",
+            i + 1,
+            clients.output(),
+            tail(&guest)
+        );
+        moves.push(format!(
+            "{} pause {:.1} ms",
+            mode.key(),
+            moved.summary.pause_ms
+        ));
+    }
+    // Every connection completes one more checked round after the last move.
+    std::fs::write(&stop_path, b"stop").expect("writing the stop file");
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while clients.running() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = clients.output();
+    let status = clients.exit_status();
+    let _ = std::fs::remove_file(&stop_path);
+    assert!(
+        status.is_some_and(|s| s.success()) && out.contains("every reply correct"),
+        "kv-many failed ({status:?}):\n{out}\n{}",
+        tail(&guest)
+    );
+    let summary = out
+        .lines()
+        .find(|l| l.contains("every reply correct"))
+        .unwrap_or_default()
+        .to_string();
+    say(&format!(
+        "1,000 connections through 10 moves ({}): {summary}; all connected after {:.1} s, whole test {:.1} s",
+        moves.join(", "),
+        connected_after.as_secs_f64(),
         started.elapsed().as_secs_f64()
     ));
 }
