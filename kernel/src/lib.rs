@@ -40,6 +40,11 @@
 // them.
 #![deny(unsafe_code)]
 
+// The heap's collections (`poll`'s descriptor index, the app's arguments); the global
+// allocator is `heap`.
+#[cfg(target_os = "none")]
+extern crate alloc;
+
 pub mod bootinfo;
 pub mod clock;
 pub mod cmdline;
@@ -48,10 +53,6 @@ pub mod memmap;
 pub mod runqueue;
 pub mod status;
 pub mod tls;
-
-// The kernel's own heap allocations (the app's arguments).
-#[cfg(target_os = "none")]
-extern crate alloc;
 
 #[cfg(target_os = "none")]
 #[allow(unsafe_code)]

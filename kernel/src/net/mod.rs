@@ -366,8 +366,9 @@ pub fn service(now_ns: u64) -> Option<u64> {
         control.service(&mut net.stack, &mut net.vf);
     }
     let now = instant(now_ns);
-    let polled = net.stack.poll_bounded(now, INGRESS_BUDGET);
-    net.sockets.reap(&mut net.stack);
+    // Listeners are re-armed after every frame (SocketTable::poll), so a SYN always finds
+    // a socket in Listen while the backlog has room.
+    let polled = net.sockets.poll(&mut net.stack, now, INGRESS_BUDGET);
     PROGRESS.fetch_add(1, Ordering::Relaxed);
     let mut next = net.stack.poll_at(now).map_or(u64::MAX, |t| {
         instant_ns(t).max(now_ns.saturating_add(MIN_REPOLL_NS))
@@ -478,7 +479,7 @@ pub fn poll_soon() {
 fn poll_now(net: &mut Net) {
     let now_ns = timer::now_ns();
     net.stack.poll_egress(instant(now_ns));
-    net.sockets.reap(&mut net.stack);
+    net.sockets.update(&mut net.stack);
     PROGRESS.fetch_add(1, Ordering::Relaxed);
     // Timers the operation started (retransmission, say) count from now. Never later than
     // already asked for: `service` may have left frames waiting (its budget ran out, or the
