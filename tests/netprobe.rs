@@ -6,6 +6,11 @@
 //!
 //! ```text
 //! netprobe tcp-echo ADDR:PORT BYTES SEED   send BYTES pseudo-random bytes, compare the echo
+//! netprobe tcp-echo-for ADDR:PORT SECONDS SEED
+//!                                          one connection kept busy for SECONDS: chunks of
+//!                                          1 to 16 KiB of pseudo-random bytes, each read
+//!                                          back and compared before the next (while
+//!                                          something else happens, e.g. a move)
 //! netprobe udp-echo ADDR:PORT COUNT SEED   COUNT datagrams of mixed sizes, each echoed intact;
 //!                                          a datagram without an echo within 1 s is resent,
 //!                                          and more than 5 resends fail the run
@@ -87,6 +92,9 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
         ["tcp-echo", addr, bytes, seed] => tcp_echo(parse(addr), parse(bytes), parse(seed)),
+        ["tcp-echo-for", addr, seconds, seed] => {
+            tcp_echo_for(parse(addr), parse(seconds), parse(seed))
+        }
         ["udp-echo", addr, count, seed] => udp_echo(parse(addr), parse(count), parse(seed)),
         ["kv", addr, count] => kv(parse(addr), parse(count)),
         ["kv-for", addr, seconds] => kv_for(parse(addr), parse(seconds), None),
@@ -119,7 +127,7 @@ fn main() -> ExitCode {
         ["udp-ask", addr, hex, seconds] => udp_ask(parse(addr), hex, parse(seconds)),
         ["tap-echo", tap, home, seconds] => tap_echo(tap, parse(home), parse(seconds)),
         ["csum-check", addr, count] => csum_check(parse(addr), parse(count)),
-        _ => Err("usage: netprobe tcp-echo ADDR:PORT BYTES SEED | udp-echo ADDR:PORT COUNT SEED | kv ADDR:PORT COUNT | kv-for ADDR:PORT SECONDS [STOP] | serve-echo PORT SECONDS | hostile IFACE MAC IP SYNS | syn-flood IFACE MAC IP PORT COUNT RATE | kv-burst ADDR:PORT COUNT SECONDS | kv-many ADDR:PORT CONNS SECONDS STOPFILE | ipip-send SRC DST COUNT | ipip-recv SRC DST COUNT SECONDS | ipip-echo LOCAL PEER HOME COUNT SECONDS | udp-ask ADDR:PORT HEX SECONDS | tap-echo TAP HOME SECONDS | csum-check ADDR:PORT COUNT".into()),
+        _ => Err("usage: netprobe tcp-echo ADDR:PORT BYTES SEED | tcp-echo-for ADDR:PORT SECONDS SEED | udp-echo ADDR:PORT COUNT SEED | kv ADDR:PORT COUNT | kv-for ADDR:PORT SECONDS [STOP] | serve-echo PORT SECONDS | hostile IFACE MAC IP SYNS | syn-flood IFACE MAC IP PORT COUNT RATE | kv-burst ADDR:PORT COUNT SECONDS | kv-many ADDR:PORT CONNS SECONDS STOPFILE | ipip-send SRC DST COUNT | ipip-recv SRC DST COUNT SECONDS | ipip-echo LOCAL PEER HOME COUNT SECONDS | udp-ask ADDR:PORT HEX SECONDS | tap-echo TAP HOME SECONDS | csum-check ADDR:PORT COUNT".into()),
     };
     match result {
         Ok(summary) => {
@@ -227,6 +235,49 @@ fn tcp_echo(addr: SocketAddr, bytes: usize, seed: u64) -> Result<String, String>
     Ok(format!(
         "tcp-echo {bytes} bytes identical (hash {hash:016x}) in {:.2} s",
         start.elapsed().as_secs_f64()
+    ))
+}
+
+/// One echo connection kept busy for `seconds`: a chunk of pseudo-random bytes (1 to 16 KiB)
+/// is sent and read back whole, compared byte for byte, before the next; also reports the
+/// longest wait for a chunk's echo.
+fn tcp_echo_for(addr: SocketAddr, seconds: u64, seed: u64) -> Result<String, String> {
+    const MAX_CHUNK: usize = 16 * 1024;
+    let run_for = Duration::from_secs(seconds);
+    if run_for >= TOTAL_TIMEOUT {
+        return Err(format!("tcp-echo-for is bounded to {TOTAL_TIMEOUT:?}"));
+    }
+    let start = Instant::now();
+    let mut stream = connect(addr)?;
+    let mut rng = Rng::new(seed);
+    let (mut sent, mut back) = ([0u8; MAX_CHUNK], [0u8; MAX_CHUNK]);
+    let (mut total, mut chunks, mut longest) = (0usize, 0u64, Duration::ZERO);
+    while start.elapsed() < run_for {
+        let len = 1 + (rng.next() as usize % MAX_CHUNK);
+        rng.fill(&mut sent[..len]);
+        let at = Instant::now();
+        // A chunk fits the socket buffers both ways, so writing it whole before reading
+        // cannot deadlock against an echo server.
+        stream
+            .write_all(&sent[..len])
+            .map_err(|e| format!("send of chunk {chunks} after {total} bytes: {e}"))?;
+        stream.read_exact(&mut back[..len]).map_err(|e| {
+            format!("echo of chunk {chunks} ({len} bytes) after {total} bytes: {e}")
+        })?;
+        if back[..len] != sent[..len] {
+            let first = (0..len).find(|&i| back[i] != sent[i]).unwrap_or(0);
+            return Err(format!(
+                "chunk {chunks} ({len} bytes, after {total}) came back altered from byte {first}"
+            ));
+        }
+        longest = longest.max(at.elapsed());
+        total += len;
+        chunks += 1;
+    }
+    Ok(format!(
+        "tcp-echo-for {total} bytes in {chunks} chunks in {:.2} s, every byte identical, longest wait {:.1} ms",
+        start.elapsed().as_secs_f64(),
+        longest.as_secs_f64() * 1e3
     ))
 }
 

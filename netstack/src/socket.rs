@@ -32,7 +32,7 @@
 
 use crate::demux::TcpHandle;
 use crate::stack::{Polled, Stack};
-use alloc::collections::{BinaryHeap, VecDeque};
+use alloc::collections::{BTreeMap, BinaryHeap, VecDeque};
 use alloc::vec;
 use alloc::vec::Vec;
 use core::cmp::Reverse;
@@ -294,6 +294,10 @@ struct Socket {
     cached: Option<(u64, Readiness)>,
     /// In the table's `woken_fds`.
     in_woken: bool,
+    /// Descriptors open on it: its own and its duplicates ([`SocketTable::dup`]).
+    fds: u32,
+    /// Its own descriptor is open (else only duplicates keep it).
+    own_fd_open: bool,
 }
 
 impl Socket {
@@ -311,6 +315,8 @@ impl Socket {
             send_timeout_ns: None,
             cached: None,
             in_woken: false,
+            fds: 1,
+            own_fd_open: true,
         }
     }
 }
@@ -331,6 +337,9 @@ pub struct SocketTable {
     woken: Vec<TcpHandle>,
     /// Descriptors whose readiness may have changed, for [`SocketTable::woken`].
     woken_fds: Vec<i32>,
+    /// Duplicated descriptors ([`SocketTable::dup`]) and the descriptor whose socket each
+    /// shares; their slots stay empty and reserved until they are closed.
+    dups: BTreeMap<i32, i32>,
     /// Anything may have changed (a datagram socket was worked on) since
     /// [`SocketTable::woken`] last said.
     all_woken: bool,
@@ -454,6 +463,7 @@ impl SocketTable {
             changed: Vec::new(),
             woken: Vec::new(),
             woken_fds: Vec::new(),
+            dups: BTreeMap::new(),
             all_woken: false,
             epoch: 0,
             next_port: EPHEMERAL_FIRST + (seed % span) as u16,
@@ -540,6 +550,14 @@ impl SocketTable {
                 s.in_woken = false;
             }
             fds.push(fd);
+        }
+        if !self.dups.is_empty() {
+            let woken = fds.len();
+            for (&dup, &fd) in &self.dups {
+                if fds[..woken].contains(&fd) {
+                    fds.push(dup);
+                }
+            }
         }
         !core::mem::take(&mut self.all_woken)
     }
@@ -783,10 +801,34 @@ impl SocketTable {
 
     /// Whether `fd` is a socket of this table.
     pub fn is_socket(&self, fd: i32) -> bool {
-        self.get(fd).is_ok()
+        self.resolve(fd).is_ok()
     }
 
-    fn insert(&mut self, socket: Socket) -> Result<i32, Error> {
+    /// The descriptor that holds `fd`'s socket: `fd` itself, or the one it duplicates.
+    fn resolve(&self, fd: i32) -> Result<i32, Error> {
+        if let Some(&own) = self.dups.get(&fd) {
+            return Ok(own);
+        }
+        match self.get(fd) {
+            Ok(s) if s.own_fd_open => Ok(fd),
+            _ => Err(Error::BadFd),
+        }
+    }
+
+    /// A new descriptor for `fd`'s socket (`dup`): both work alike (one socket, one set of
+    /// options), and the socket is closed when the last of them is.
+    pub fn dup(&mut self, fd: i32) -> Result<i32, Error> {
+        let own = self.resolve(fd)?;
+        let index = self.reserve()?;
+        // index < MAX_SOCKETS, so this cannot overflow.
+        let dup = FIRST_FD + index as i32;
+        self.dups.insert(dup, own);
+        self.get_mut(own)?.fds += 1;
+        Ok(dup)
+    }
+
+    /// An empty slot's index, counted as open (the lowest free one).
+    fn reserve(&mut self) -> Result<usize, Error> {
         if self.open >= self.limit {
             return Err(Error::TooManySockets);
         }
@@ -798,8 +840,13 @@ impl SocketTable {
                 self.slots.len() - 1
             }
         };
-        self.slots[index] = Some(socket);
         self.open += 1;
+        Ok(index)
+    }
+
+    fn insert(&mut self, socket: Socket) -> Result<i32, Error> {
+        let index = self.reserve()?;
+        self.slots[index] = Some(socket);
         // index < MAX_SOCKETS, so this cannot overflow.
         Ok(FIRST_FD + index as i32)
     }
@@ -897,6 +944,7 @@ impl SocketTable {
         fd: i32,
         addr: SocketAddrV4,
     ) -> Result<(), Error> {
+        let fd = self.resolve(fd)?;
         self.invalidate(fd);
         Self::check_local_address(stack, addr.ip())?;
         let socket = self.get(fd)?;
@@ -942,6 +990,7 @@ impl SocketTable {
         fd: i32,
         backlog: i32,
     ) -> Result<(), Error> {
+        let fd = self.resolve(fd)?;
         self.invalidate(fd);
         let backlog = usize::try_from(backlog).unwrap_or(0).clamp(1, MAX_BACKLOG);
         let local = match &mut self.get_mut(fd)?.kind {
@@ -991,6 +1040,7 @@ impl SocketTable {
         stack: &mut Stack<D>,
         fd: i32,
     ) -> Result<(i32, SocketAddrV4), Error> {
+        let fd = self.resolve(fd)?;
         self.invalidate(fd);
         self.update(stack);
         if self.open >= self.limit {
@@ -1053,6 +1103,7 @@ impl SocketTable {
         fd: i32,
         addr: SocketAddrV4,
     ) -> Result<(), Error> {
+        let fd = self.resolve(fd)?;
         self.invalidate(fd);
         if addr.ip().is_unspecified() || addr.port() == 0 {
             return Err(Error::AddressNotAvailable);
@@ -1104,6 +1155,7 @@ impl SocketTable {
         stack: &mut Stack<D>,
         fd: i32,
     ) -> Result<(), Error> {
+        let fd = self.resolve(fd)?;
         self.refresh(stack, fd)?;
         let socket = self.get_mut(fd)?;
         if let Some(e) = socket.error.take() {
@@ -1160,6 +1212,7 @@ impl SocketTable {
         buf: &mut [u8],
         peek: bool,
     ) -> Result<(usize, Option<SocketAddrV4>), Error> {
+        let fd = self.resolve(fd)?;
         self.invalidate(fd);
         self.refresh(stack, fd)?;
         let socket = self.get(fd)?;
@@ -1214,6 +1267,7 @@ impl SocketTable {
         data: &[u8],
         to: Option<SocketAddrV4>,
     ) -> Result<usize, Error> {
+        let fd = self.resolve(fd)?;
         self.invalidate(fd);
         self.refresh(stack, fd)?;
         match &self.get(fd)?.kind {
@@ -1263,6 +1317,7 @@ impl SocketTable {
         fd: i32,
         how: Shutdown,
     ) -> Result<(), Error> {
+        let fd = self.resolve(fd)?;
         self.invalidate(fd);
         self.refresh(stack, fd)?;
         let socket = self.get_mut(fd)?;
@@ -1287,7 +1342,35 @@ impl SocketTable {
 
     /// Closes `fd`. A TCP connection finishes its FIN handshake in the background, or is
     /// reset if received data was left unread; pending connections of a listener are reset.
+    /// With duplicates ([`SocketTable::dup`]), only the last descriptor's close closes the
+    /// socket.
     pub fn close<D: NetDevice>(&mut self, stack: &mut Stack<D>, fd: i32) -> Result<(), Error> {
+        let own = match self.dups.remove(&fd) {
+            Some(own) => {
+                let index = Self::index(fd).ok_or(Error::BadFd)?;
+                self.open -= 1;
+                self.free.push(Reverse(index));
+                own
+            }
+            None => {
+                let s = self.get_mut(fd)?;
+                if !s.own_fd_open {
+                    return Err(Error::BadFd);
+                }
+                s.own_fd_open = false;
+                fd
+            }
+        };
+        let s = self.get_mut(own)?;
+        s.fds -= 1;
+        if s.fds > 0 {
+            return Ok(());
+        }
+        self.close_socket(stack, own)
+    }
+
+    /// Closes the socket in `fd`'s slot and frees the slot.
+    fn close_socket<D: NetDevice>(&mut self, stack: &mut Stack<D>, fd: i32) -> Result<(), Error> {
         let index = Self::index(fd).ok_or(Error::BadFd)?;
         let socket = self
             .slots
@@ -1355,6 +1438,7 @@ impl SocketTable {
         stack: &mut Stack<D>,
         fd: i32,
     ) -> Result<Readiness, Error> {
+        let fd = self.resolve(fd)?;
         self.refresh(stack, fd)?;
         if matches!(self.get(fd)?.kind, Kind::Tcp(Tcp::Listening(_))) {
             self.update(stack);
@@ -1416,6 +1500,7 @@ impl SocketTable {
         stack: &Stack<D>,
         fd: i32,
     ) -> Result<SocketAddrV4, Error> {
+        let fd = self.resolve(fd)?;
         let unbound = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0);
         Ok(match &self.get(fd)?.kind {
             Kind::Tcp(Tcp::Fresh { bound }) => bound.unwrap_or(unbound),
@@ -1435,6 +1520,7 @@ impl SocketTable {
         stack: &mut Stack<D>,
         fd: i32,
     ) -> Result<SocketAddrV4, Error> {
+        let fd = self.resolve(fd)?;
         self.refresh(stack, fd)?;
         match &self.get(fd)?.kind {
             Kind::Tcp(Tcp::Stream {
@@ -1459,6 +1545,7 @@ impl SocketTable {
         opt: Opt,
         on: bool,
     ) -> Result<(), Error> {
+        let fd = self.resolve(fd)?;
         let socket = self.get_mut(fd)?;
         // A listener's options reach its sockets in Listen now, the others at `accept`.
         let tcp_handles: Vec<TcpHandle> = match &socket.kind {
@@ -1496,6 +1583,7 @@ impl SocketTable {
 
     /// Reads an option.
     pub fn option(&self, fd: i32, opt: Opt) -> Result<bool, Error> {
+        let fd = self.resolve(fd)?;
         let socket = self.get(fd)?;
         let is_tcp = matches!(socket.kind, Kind::Tcp(_));
         Ok(match opt {
@@ -1509,12 +1597,14 @@ impl SocketTable {
 
     /// Takes the pending error (`SO_ERROR`), if any.
     pub fn take_error(&mut self, fd: i32) -> Result<Option<Error>, Error> {
+        let fd = self.resolve(fd)?;
         self.invalidate(fd);
         Ok(self.get_mut(fd)?.error.take())
     }
 
     /// The socket type of `fd`.
     pub fn socket_type(&self, fd: i32) -> Result<Type, Error> {
+        let fd = self.resolve(fd)?;
         Ok(match self.get(fd)?.kind {
             Kind::Tcp(_) => Type::Stream,
             Kind::Udp(_) => Type::Datagram,
@@ -1523,23 +1613,27 @@ impl SocketTable {
 
     /// Whether calls on `fd` return [`Error::WouldBlock`] instead of waiting.
     pub fn nonblocking(&self, fd: i32) -> Result<bool, Error> {
+        let fd = self.resolve(fd)?;
         Ok(self.get(fd)?.nonblocking)
     }
 
     /// Sets non-blocking mode.
     pub fn set_nonblocking(&mut self, fd: i32, on: bool) -> Result<(), Error> {
+        let fd = self.resolve(fd)?;
         self.get_mut(fd)?.nonblocking = on;
         Ok(())
     }
 
     /// Receive and send timeouts in ns (`None` waits forever).
     pub fn timeouts(&self, fd: i32) -> Result<(Option<u64>, Option<u64>), Error> {
+        let fd = self.resolve(fd)?;
         let s = self.get(fd)?;
         Ok((s.recv_timeout_ns, s.send_timeout_ns))
     }
 
     /// Sets the receive (`recv == true`) or send timeout.
     pub fn set_timeout(&mut self, fd: i32, recv: bool, ns: Option<u64>) -> Result<(), Error> {
+        let fd = self.resolve(fd)?;
         let s = self.get_mut(fd)?;
         if recv {
             s.recv_timeout_ns = ns;
@@ -1551,6 +1645,7 @@ impl SocketTable {
 
     /// Buffer size in bytes of `fd` in one direction (`SO_RCVBUF`, `SO_SNDBUF`).
     pub fn buffer_size(&self, fd: i32) -> Result<usize, Error> {
+        let fd = self.resolve(fd)?;
         Ok(match self.get(fd)?.kind {
             Kind::Tcp(_) => TCP_BUFFER,
             Kind::Udp(_) => UDP_BUFFER,

@@ -365,6 +365,80 @@ mod sockets {
         });
     }
 
+    /// A duplicated descriptor (std's `try_clone`) shares the socket: data sent on one is
+    /// echoed back to the other, the socket outlives the first close, and the connection
+    /// ends (the peer reads end of stream) only when the last descriptor is closed.
+    #[test]
+    fn a_duplicated_descriptor_shares_the_socket_until_the_last_close() {
+        let (mut a, mut b) = hosts();
+        let mut ms = 0;
+        let (listener, server, client) = connected(&mut a, &mut b, &mut ms);
+        let twin = a.table.dup(server).unwrap();
+        assert_ne!(twin, server);
+        assert!(a.table.is_socket(twin));
+        assert_eq!(a.table.dup(999), Err(Error::BadFd));
+        // One set of options: what one descriptor sets, the other sees.
+        a.table.set_nonblocking(twin, true).unwrap();
+        assert_eq!(a.table.nonblocking(server), Ok(true));
+
+        assert_eq!(b.table.send(&mut b.stack, client, b"ping", None), Ok(4));
+        run_until(&mut a, &mut b, &mut ms, |a, _| {
+            a.table.readiness(&mut a.stack, twin).unwrap().readable
+        });
+        let mut buf = [0u8; 16];
+        assert_eq!(
+            a.table.recv(&mut a.stack, twin, &mut buf, false),
+            Ok((4, None))
+        );
+        a.table.close(&mut a.stack, twin).unwrap();
+        assert_eq!(a.table.close(&mut a.stack, twin), Err(Error::BadFd));
+        assert!(!a.table.is_socket(twin));
+        // The original still works after its duplicate closed.
+        assert_eq!(a.table.send(&mut a.stack, server, &buf[..4], None), Ok(4));
+        run_until(&mut a, &mut b, &mut ms, |_, b| {
+            b.table.readiness(&mut b.stack, client).unwrap().readable
+        });
+        assert_eq!(
+            b.table.recv(&mut b.stack, client, &mut buf, false),
+            Ok((4, None))
+        );
+
+        // Now the other way round: the original closes first, its duplicate keeps the
+        // connection open until it closes too.
+        let twin = a.table.dup(server).unwrap();
+        a.table.close(&mut a.stack, server).unwrap();
+        assert!(!a.table.is_socket(server));
+        assert_eq!(
+            a.table.send(&mut a.stack, server, b"x", None),
+            Err(Error::BadFd)
+        );
+        run(&mut a, &mut b, &mut ms);
+        assert_eq!(
+            b.table.recv(&mut b.stack, client, &mut buf, false),
+            Err(Error::WouldBlock),
+            "the peer saw the connection end while a duplicate was open"
+        );
+        assert_eq!(a.table.send(&mut a.stack, twin, b"late", None), Ok(4));
+        a.table.close(&mut a.stack, twin).unwrap();
+        let mut got = Vec::new();
+        run_until(&mut a, &mut b, &mut ms, |_, b| {
+            match b.table.recv(&mut b.stack, client, &mut buf, false) {
+                Ok((0, _)) => true,
+                Ok((n, _)) => {
+                    got.extend_from_slice(&buf[..n]);
+                    false
+                }
+                Err(_) => false,
+            }
+        });
+        assert_eq!(got, b"late");
+        // Both descriptors are free again: the next sockets get them, lowest first.
+        let next = a.table.socket(&mut a.stack, Type::Datagram, false).unwrap();
+        let after = a.table.socket(&mut a.stack, Type::Datagram, false).unwrap();
+        assert_eq!((next, after), (server, twin));
+        assert!(a.table.is_socket(listener));
+    }
+
     #[test]
     fn closing_with_unread_data_resets_the_connection() {
         let (mut a, mut b) = hosts();

@@ -182,7 +182,8 @@ enum BenchCmd {
     /// Process spawn -> app ready and -> exit, host-vmm vs QEMU microvm, same hello ELF;
     /// then network-ready: spawn -> first ping reply from netecho (pinged every 2 ms) and
     /// the guest's own network_init time, host-vmm vs QEMU -M pc (microvm has no PCI where
-    /// the guest looks). Needs root (test network namespaces).
+    /// the guest looks); then what std costs: spawn -> app ready of std-hello against hello
+    /// on both VMMs, taking turns. Needs root (test network namespaces).
     Boot {
         /// Boots per VMM.
         #[arg(long, default_value_t = 20)]
@@ -193,7 +194,9 @@ enum BenchCmd {
     },
     /// Ping RTT (100 per run) and iperf3 throughput both ways, host-vmm vs QEMU -M pc
     /// (virtio-net-pci, no vhost), same image, each on its own test network; the VMMs take
-    /// turns run by run; min/median/max and the ratio of the medians.
+    /// turns run by run; min/median/max and the ratio of the medians. Then what std costs:
+    /// ping RTT and 1 MiB TCP echo throughput of std-echo against netecho under host-vmm,
+    /// taking turns, `--runs` each.
     Net {
         /// Print one JSON object instead of the table.
         #[arg(long)]
@@ -352,12 +355,24 @@ fn run(cli: Cli) -> Result<()> {
             packages.extend(prereq::NET_TOOLS);
             prereq::ensure_packages(&packages)?;
             artifacts::build_host_vmm()?;
-            artifacts::build_images(&[bench::net::IMAGE.to_string()])?;
+            let mut images = vec![bench::net::IMAGE.to_string()];
+            images.extend(bench::stdapps::NET_IMAGES.map(String::from));
+            artifacts::build_images(&images)?;
+            artifacts::build_netprobe()?;
             let figures = bench::net::run(&image_path(bench::net::IMAGE), runs)?;
+            let std_images = bench::stdapps::NET_IMAGES.map(image_path);
+            let std = bench::stdapps::net(
+                [&std_images[0], &std_images[1]],
+                &xtask::netprobe_path(),
+                runs,
+            )?;
             if json {
-                println!("{}", bench::net::json(&figures));
+                let net = bench::net::json(&figures);
+                let net = net.strip_suffix('}').unwrap_or(&net);
+                println!("{net},{}}}", bench::stdapps::net_json(&std));
             } else {
                 print!("{}", bench::net::table(&figures));
+                print!("{}", bench::stdapps::net_table(&std, runs));
             }
             Ok(())
         }
@@ -542,7 +557,9 @@ fn prepare_boot_bench() -> Result<()> {
     prereq::ensure_root("the network-ready figure makes network namespaces")?;
     prereq::ensure_packages(&[prereq::QEMU])?;
     artifacts::build_host_vmm()?;
-    artifacts::build_images(&["hello".to_string(), "netecho".to_string()])
+    let mut images = vec!["hello".to_string(), "netecho".to_string()];
+    images.extend(bench::stdapps::BOOT_IMAGES.map(String::from));
+    artifacts::build_images(&images)
 }
 
 fn print_boot_bench(runs: usize, json: bool) -> Result<()> {
@@ -550,13 +567,20 @@ fn print_boot_bench(runs: usize, json: bool) -> Result<()> {
     let figures = bench::boot::run(&image, runs)?;
     let netecho = image_path("netecho");
     let net = bench::boot::net_ready(&netecho, runs)?;
+    let std_images = bench::stdapps::BOOT_IMAGES.map(image_path);
+    let std = bench::stdapps::boot([&std_images[0], &std_images[1]], runs)?;
     if json {
         let boot = bench::boot::json(&figures, runs);
         let boot = boot.strip_suffix('}').unwrap_or(&boot);
-        println!("{boot},{}}}", bench::boot::net_json(&net));
+        println!(
+            "{boot},{},{}}}",
+            bench::boot::net_json(&net),
+            bench::stdapps::boot_json(&std)
+        );
     } else {
         print!("{}", bench::boot::table(&figures, runs, &image));
         print!("{}", bench::boot::net_table(&net, runs, &netecho));
+        print!("{}", bench::stdapps::boot_table(&std, runs));
     }
     Ok(())
 }

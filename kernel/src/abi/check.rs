@@ -94,7 +94,7 @@ same_signature! {
     io::sys_writev = h::writev : unsafe extern "C" fn(i32, *const iovec, usize) -> isize;
     socket::sys_close = h::close : unsafe extern "C" fn(i32) -> i32;
     stubs::sys_fsync = h::fsync : unsafe extern "C" fn(i32) -> i32;
-    stubs::sys_dup = h::dup : unsafe extern "C" fn(i32) -> i32;
+    socket::sys_dup = h::dup : unsafe extern "C" fn(i32) -> i32;
     socket::sys_getpeername = h::getpeername : unsafe extern "C" fn(i32, *mut sockaddr, *mut socklen_t) -> i32;
     socket::sys_getsockname = h::getsockname : unsafe extern "C" fn(i32, *mut sockaddr, *mut socklen_t) -> i32;
     socket::sys_getsockopt = h::getsockopt : unsafe extern "C" fn(i32, i32, i32, *mut c_void, *mut socklen_t) -> i32;

@@ -501,6 +501,13 @@ pub extern "C" fn sys_close(fd: i32) -> i32 {
     ret(on_socket(|t, st| t.close(st, fd)).map(|()| 0))
 }
 
+/// A second descriptor for socket `fd` (std's `try_clone`): one socket, closed with the
+/// last of its descriptors. Anything else (the console): `-EBADF`.
+#[unsafe(no_mangle)]
+pub extern "C" fn sys_dup(fd: i32) -> i32 {
+    ret(on_socket(|t, _| t.dup(fd)))
+}
+
 /// The local address of socket `s`.
 ///
 /// # Safety

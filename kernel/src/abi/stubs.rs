@@ -55,7 +55,6 @@ enosys! {
     sys_mkdir(*const i8, u32) -> i32;
     sys_lseek(i32, isize, i32) -> isize;
     sys_fsync(i32) -> i32;
-    sys_dup(i32) -> i32;
     sys_eventfd(u64, i16) -> i32;
     // Network.
     sys_getaddrbyname(*const c_char, *mut u8, usize) -> i32;

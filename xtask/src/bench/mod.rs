@@ -8,5 +8,6 @@ pub mod migrate;
 pub mod migrate_tls;
 pub mod net;
 pub mod qemu_migrate;
+pub mod stdapps;
 pub mod switch;
 pub mod widearea;
