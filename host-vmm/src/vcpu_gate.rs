@@ -122,7 +122,12 @@ impl VcpuGate {
         if !self.throttle.due.swap(false, Ordering::SeqCst) {
             return;
         }
-        let percent = u32::from(self.throttle.percent.load(Ordering::Relaxed).min(MAX_THROTTLE));
+        let percent = u32::from(
+            self.throttle
+                .percent
+                .load(Ordering::Relaxed)
+                .min(MAX_THROTTLE),
+        );
         if percent == 0 {
             return;
         }
