@@ -174,6 +174,8 @@ pub struct QemuMigration {
     current: QemuVm,
     spec: QemuSpec,
     mode: Mode,
+    auto_converge: bool,
+    move_bound: Duration,
     _shared_ram: Option<TempPath>,
 }
 
@@ -203,8 +205,22 @@ impl QemuMigration {
             current,
             spec,
             mode,
+            auto_converge: false,
+            move_bound: MOVE_TIMEOUT,
             _shared_ram: shared_ram,
         })
+    }
+
+    /// Turns QEMU's `auto-converge` capability on or off for the next moves (off by default):
+    /// it throttles the vCPU (20 %, then +10 points) when passes do not shrink.
+    pub fn set_auto_converge(&mut self, on: bool) {
+        self.auto_converge = on;
+    }
+
+    /// How long a move may run before it is cancelled (the guest runs on here) and counts as
+    /// failed; two minutes by default.
+    pub fn set_move_bound(&mut self, bound: Duration) {
+        self.move_bound = bound;
     }
 
     /// The host the guest runs on now.
@@ -218,7 +234,10 @@ impl QemuMigration {
     }
 
     fn capabilities(&self) -> Vec<(&'static str, bool)> {
-        vec![("x-ignore-shared", self.mode == Mode::ZeroCopy)]
+        vec![
+            ("x-ignore-shared", self.mode == Mode::ZeroCopy),
+            ("auto-converge", self.auto_converge),
+        ]
     }
 
     /// Moves the guest to the other host: a destination QEMU waits there, the source sends,
@@ -248,10 +267,12 @@ impl QemuMigration {
             .set_parameters(json!({ "max-bandwidth": MAX_BANDWIDTH }))?;
         let started = pingd::now();
         src.qmp().migrate(&uri)?;
-        let info = src
-            .qmp()
-            .wait_for_migration(POLL, MOVE_TIMEOUT)
-            .with_context(|| {
+        let waited = src.qmp().wait_for_migration(POLL, self.move_bound);
+        if waited.is_err() {
+            // Still going (or failed): the guest stays here, as after a rollback.
+            let _ = src.qmp().execute("migrate_cancel", None);
+        }
+        let info = waited.with_context(|| {
                 format!(
                     "moving to the {} host; destination QEMU said:\n{}",
                     to.key(),
