@@ -275,6 +275,8 @@ impl Drop for Throttle {
         {
             log::warn!("vcpu: the throttle's ticker panicked");
         }
+        // A kick not yet taken must not make a later throttle sleep early.
+        self.shared.due.store(false, Ordering::SeqCst);
     }
 }
 
