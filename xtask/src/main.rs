@@ -549,7 +549,8 @@ fn bench_migrate(
         std::fs::write(&svg, bench::migrate::svg(&figures))?;
     }
     if json {
-        let mut v: serde_json::Value = serde_json::from_str(&bench::migrate::json(&figures, moves))?;
+        let mut v: serde_json::Value =
+            serde_json::from_str(&bench::migrate::json(&figures, moves))?;
         v["memtouch"] = migrate_load::json(&load);
         println!("{v}");
     } else {

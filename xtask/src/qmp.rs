@@ -244,6 +244,8 @@ pub struct MigrationInfo {
     pub ram_total_bytes: Option<u64>,
     /// Dirty-page passes over RAM (`ram.dirty-sync-count`).
     pub dirty_sync_count: Option<u64>,
+    /// RAM still to send, bytes (`ram.remaining`).
+    pub remaining_bytes: Option<u64>,
     /// QEMU's reason on failure (`error-desc`).
     pub error: Option<String>,
     /// The vCPU throttle auto-converge applies, percent (`cpu-throttle-percentage`, while
@@ -265,6 +267,7 @@ impl MigrationInfo {
             zero_pages: ram["duplicate"].as_u64(),
             ram_total_bytes: ram["total"].as_u64(),
             dirty_sync_count: ram["dirty-sync-count"].as_u64(),
+            remaining_bytes: ram["remaining"].as_u64(),
             error: v["error-desc"].as_str().map(str::to_string),
             cpu_throttle_percentage: v["cpu-throttle-percentage"].as_u64(),
         }

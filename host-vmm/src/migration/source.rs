@@ -656,12 +656,35 @@ fn rate_of(pages: usize, took: Duration) -> f64 {
     bytes / took.as_secs_f64().max(1e-6)
 }
 
-/// The first pass's rate, not counting tiny passes that measure only latency.
+/// Pages a first pass needs for its rate to be the link's: below, it measures latency.
+const RATE_PAGES: usize = 1024;
+
+/// The first pass's rate: as measured over at least [`RATE_PAGES`] (a floor of 100 MB/s
+/// would make a slow link's predictions several times too short), else at least 100 MB/s.
 fn rate(pages: usize, took: Duration) -> f64 {
-    rate_of(pages, took).max(100e6)
+    let measured = rate_of(pages, took);
+    if pages >= RATE_PAGES {
+        measured
+    } else {
+        measured.max(100e6)
+    }
 }
 
 /// The next estimate: the last pass's rate weighted in (small passes say little).
 fn rate_blend(old: f64, new: f64) -> f64 {
     (old + new) / 2.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_big_first_pass_measures_the_link_and_a_small_one_is_floored() {
+        // 64 MiB in 2.684 s: a 25 MB/s link, as measured.
+        let r = rate(16384, Duration::from_millis(2684));
+        assert!((r - 25e6).abs() < 0.1e6, "{r}");
+        // 10 pages in 1 ms says how long a round trip is, not how fast the link is.
+        assert_eq!(rate(10, Duration::from_millis(1)), 100e6);
+    }
 }

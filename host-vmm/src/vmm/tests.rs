@@ -220,7 +220,10 @@ mod kvm {
         std::thread::sleep(Duration::from_millis(50));
         let again = counted();
         machine.gate.stop(Stopped::ShutDown);
-        assert_eq!(runner.join().unwrap().unwrap(), Outcome::ShutDown.exit_status());
+        assert_eq!(
+            runner.join().unwrap().unwrap(),
+            Outcome::ShutDown.exit_status()
+        );
         assert!(free > 0, "the guest did not count");
         // 10 % of the time, give or take the machine's load: well under half.
         assert!(

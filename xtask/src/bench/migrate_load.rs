@@ -90,6 +90,11 @@ pub struct LoadFigures {
     pub throttle_percent: Option<u64>,
     /// Full checks memtouch finished clean at the destination.
     pub sweeps_after: u64,
+    /// For a move that did not converge: what was still to send when it was cancelled, MiB.
+    pub remaining_mib: Option<f64>,
+    /// Of the pages memtouch should have dirtied before the move, the share it did, percent
+    /// (its last sweep line: `dirtied / (dirtied + behind)`): how close it came to its rate.
+    pub kept_up_percent: Option<f64>,
 }
 
 /// The last `memtouch: sweep N` in `console`, and how many sweep lines it has.
@@ -105,6 +110,22 @@ fn sweeps(console: &str) -> (u64, u64) {
         numbers.iter().copied().max().unwrap_or(0),
         numbers.len() as u64,
     )
+}
+
+/// `dirtied / (dirtied + behind)` of the last sweep line in `console`, percent.
+fn kept_up(console: &str) -> Option<f64> {
+    let line = console
+        .lines()
+        .rev()
+        .find(|l| l.contains("memtouch: sweep "))?;
+    let field = |name: &str| -> Option<f64> {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(name))?
+            .parse()
+            .ok()
+    };
+    let (done, behind) = (field("dirtied=")?, field("behind=")?);
+    (done + behind > 0.0).then(|| done * 100.0 / (done + behind))
 }
 
 /// Waits until `done(console)`; fails at a corruption or when the guest stops.
@@ -173,6 +194,7 @@ fn host_vmm(image: &Path, mib: u32) -> Result<LoadFigures> {
         |o| sweeps(o).0 >= 1,
     )?;
     hosts.limit_migration_link(LINK_MBIT)?;
+    let kept_up_percent = kept_up(&guest.console());
     let m = guest.move_to_other(&hosts, Mode::PreCopy, None)?;
     let (stopped, resumed) = pause_stamps(&guest, m.started)?;
     let throttle = m
@@ -199,6 +221,8 @@ fn host_vmm(image: &Path, mib: u32) -> Result<LoadFigures> {
         passes: Some(m.summary.passes),
         throttle_percent: Some(throttle.unwrap_or(0)),
         sweeps_after: sweeps(&guest.console()).0 - after,
+        remaining_mib: None,
+        kept_up_percent,
     })
 }
 
@@ -222,17 +246,19 @@ fn qemu(image: &Path, mib: u32, vmm: Vmm) -> Result<LoadFigures> {
     hosts.limit_migration_link(LINK_MBIT)?;
     m.set_auto_converge(vmm == Vmm::QemuAutoConverge);
     // One first pass at the link's rate is `mib` MiB at LINK_MBIT / 8 MB/s.
-    let first_pass = Duration::from_secs_f64(f64::from(mib) * 1.048_576 * 8.0 / f64::from(LINK_MBIT));
+    let first_pass =
+        Duration::from_secs_f64(f64::from(mib) * 1.048_576 * 8.0 / f64::from(LINK_MBIT));
     let bound = match vmm {
         Vmm::QemuPlain => first_pass * PLAIN_BOUND_PASSES,
         _ => MOVE_BOUND,
     };
     m.set_move_bound(bound);
+    let kept_up_percent = kept_up(&m.current().vm.output());
     let started = Instant::now();
     let moved = match m.move_to_other(&hosts) {
         Ok(moved) => moved,
         Err(e) if vmm == Vmm::QemuPlain => {
-            let info = m.current().qmp().query_migrate().unwrap_or_default();
+            let info = m.cancelled().cloned().unwrap_or_default();
             eprintln!("migrate bench: QEMU's plain pre-copy did not converge: {e:#}");
             return Ok(LoadFigures {
                 vmm,
@@ -244,6 +270,10 @@ fn qemu(image: &Path, mib: u32, vmm: Vmm) -> Result<LoadFigures> {
                 passes: info.dirty_sync_count,
                 throttle_percent: None,
                 sweeps_after: 0,
+                remaining_mib: info
+                    .remaining_bytes
+                    .map(|b| b as f64 / f64::from(1u32 << 20)),
+                kept_up_percent,
             });
         }
         Err(e) => return Err(e),
@@ -276,6 +306,8 @@ fn qemu(image: &Path, mib: u32, vmm: Vmm) -> Result<LoadFigures> {
         passes: moved.info.dirty_sync_count,
         throttle_percent: Some(moved.info.cpu_throttle_percentage.unwrap_or(0)),
         sweeps_after,
+        remaining_mib: None,
+        kept_up_percent,
     })
 }
 
@@ -288,19 +320,29 @@ pub fn table(all: &[LoadFigures]) -> String {
     let mut out = format!(
         "\nmemtouch cases: one pre-copy move each of a guest dirtying {DIRTY_MIB_S} MiB/s ({:.1} MB/s) over a migration link capped at {LINK_MBIT} Mbit/s ({:.1} MB/s, tbf on mig0 for both VMMs), where plain pre-copy cannot converge; pause target 300 ms on both\n\
          host_vmm: auto-converge (throttles the vCPU 20%, +10% every two passes that dirty over half what they sent, docs/migration.md 4.1); qemu: plain pre-copy, cancelled after {PLAIN_BOUND_PASSES}x the first pass's time; qemu+auto-converge: QEMU's auto-converge capability on (its defaults, the same rule), for a fair comparison\n\
-         pause: source vCPU stopped -> destination about to run (as above); own: the VMM's own pause; check: full memtouch checks clean at the destination after the move\n\n",
+         kept up: of the pages memtouch should have dirtied before the move, the share it did; pause: source vCPU stopped -> destination about to run (as above); own: the VMM's own pause; check: full memtouch checks clean at the destination after the move\n\n",
         f64::from(DIRTY_MIB_S) * 1.048_576,
         f64::from(LINK_MBIT) / 8.0
     );
     out.push_str(&format!(
-        "{:>9} {:<19} {:>10} {:>9} {:>8} {:>9} {:>7} {:>10} {:>6}\n",
-        "populated", "vmm", "converged", "pause ms", "own ms", "total s", "passes", "throttle%", "check"
+        "{:>9} {:<19} {:>8} {:>10} {:>9} {:>8} {:>9} {:>7} {:>10} {:>6}\n",
+        "populated",
+        "vmm",
+        "kept up%",
+        "converged",
+        "pause ms",
+        "own ms",
+        "total s",
+        "passes",
+        "throttle%",
+        "check"
     ));
     for f in all {
         out.push_str(&format!(
-            "{:>9} {:<19} {:>10} {:>9} {:>8} {:>9.1} {:>7} {:>10} {:>6}\n",
+            "{:>9} {:<19} {:>8} {:>10} {:>9} {:>8} {:>9.1} {:>7} {:>10} {:>6}\n",
             format!("{}M", f.populated_mib),
             f.vmm.key(),
+            opt(f.kept_up_percent, 0),
             if f.converged { "yes" } else { "no" },
             opt(f.pause_ms, 1),
             opt(f.vmm_pause_ms, 1),
@@ -311,7 +353,7 @@ pub fn table(all: &[LoadFigures]) -> String {
             if f.converged {
                 format!("{} ok", f.sweeps_after)
             } else {
-                "-".to_string()
+                format!("- (cancelled, {} MiB left)", opt(f.remaining_mib, 0))
             },
         ));
     }
@@ -336,6 +378,8 @@ pub fn json(all: &[LoadFigures]) -> serde_json::Value {
             "passes": f.passes,
             "max_throttle_percent": f.throttle_percent,
             "clean_sweeps_after": f.sweeps_after,
+            "remaining_mib_at_cancel": f.remaining_mib,
+            "kept_up_percent": f.kept_up_percent,
         })).collect::<Vec<_>>(),
     })
 }
@@ -348,6 +392,8 @@ mod tests {
     fn sweep_lines_are_counted() {
         let out = "memtouch: ready mib=256 rate=32\nmemtouch: sweep 3 clean dirtied=1 checked=2 behind=0\nnoise\nmemtouch: sweep 4 clean dirtied=1 checked=2 behind=0\n";
         assert_eq!(sweeps(out), (4, 2));
+        let behind = "memtouch: sweep 9 clean dirtied=300 checked=2 behind=100\n";
+        assert_eq!(kept_up(behind), Some(75.0));
         assert_eq!(sweeps(""), (0, 0));
     }
 
@@ -363,9 +409,14 @@ mod tests {
             passes: Some(5),
             throttle_percent: None,
             sweeps_after: 0,
+            remaining_mib: Some(200.0),
+            kept_up_percent: Some(99.0),
         };
         let t = table(&[f]);
         assert!(t.contains("qemu") && t.contains(" no "), "{t}");
-        assert_eq!(json(&[]).get("cases").map(|c| c.as_array().map(Vec::len)), Some(Some(0)));
+        assert_eq!(
+            json(&[]).get("cases").map(|c| c.as_array().map(Vec::len)),
+            Some(Some(0))
+        );
     }
 }

@@ -176,6 +176,8 @@ pub struct QemuMigration {
     mode: Mode,
     auto_converge: bool,
     move_bound: Duration,
+    /// The source's `query-migrate` just before the last move was cancelled.
+    cancelled: Option<MigrationInfo>,
     _shared_ram: Option<TempPath>,
 }
 
@@ -207,6 +209,7 @@ impl QemuMigration {
             mode,
             auto_converge: false,
             move_bound: MOVE_TIMEOUT,
+            cancelled: None,
             _shared_ram: shared_ram,
         })
     }
@@ -221,6 +224,11 @@ impl QemuMigration {
     /// failed; two minutes by default.
     pub fn set_move_bound(&mut self, bound: Duration) {
         self.move_bound = bound;
+    }
+
+    /// Where the last move stood when it was cancelled for running past its bound.
+    pub fn cancelled(&self) -> Option<&MigrationInfo> {
+        self.cancelled.as_ref()
     }
 
     /// The host the guest runs on now.
@@ -270,15 +278,16 @@ impl QemuMigration {
         let waited = src.qmp().wait_for_migration(POLL, self.move_bound);
         if waited.is_err() {
             // Still going (or failed): the guest stays here, as after a rollback.
+            self.cancelled = src.qmp().query_migrate().ok();
             let _ = src.qmp().execute("migrate_cancel", None);
         }
         let info = waited.with_context(|| {
-                format!(
-                    "moving to the {} host; destination QEMU said:\n{}",
-                    to.key(),
-                    dest.vm.output()
-                )
-            })?;
+            format!(
+                "moving to the {} host; destination QEMU said:\n{}",
+                to.key(),
+                dest.vm.output()
+            )
+        })?;
         let ended = pingd::now();
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
