@@ -188,6 +188,7 @@ pub fn run(image: &Path, populated: &[u32]) -> Result<Vec<LoadFigures>> {
 fn host_vmm(image: &Path, mib: u32) -> Result<LoadFigures> {
     let hosts = TwoHosts::up("bl")?;
     let mut guest = HostVmmGuest::boot(&hosts, image, mib + HEADROOM_MIB, &cmdline(mib))?;
+    guest.set_move_timeout(MOVE_BOUND);
     wait_for(
         "first sweep",
         || (guest.console(), guest.running()),
