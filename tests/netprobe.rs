@@ -16,7 +16,26 @@
 //! netprobe serve-echo PORT SECONDS         echo TCP and UDP on PORT for SECONDS (a peer
 //!                                          for guests that connect out)
 //! netprobe hostile IFACE MAC IP SYNS       runts, oversize frames, bad checksums,
-//!                                          truncated TCP headers and SYNS SYNs, raw
+//!                                          truncated TCP headers and SYNS SYNs (valid
+//!                                          checksums), raw
+//! netprobe syn-flood IFACE MAC IP PORT COUNT RATE
+//!                                          COUNT SYNs with valid checksums to IP:PORT,
+//!                                          RATE a second, from addresses that never
+//!                                          answer: half from 198.18.0.70-79 (in the
+//!                                          subnet: the guest's ARP goes unanswered),
+//!                                          half from 198.19.x.y (routed nowhere)
+//! netprobe kv-burst ADDR:PORT COUNT SECONDS
+//!                                          COUNT kv clients connect at once (a barrier)
+//!                                          and each checks a SET and a GET; all within
+//!                                          SECONDS (SYNs retried by the kernel)
+//! netprobe kv-many ADDR:PORT CONNS SECONDS STOPFILE
+//!                                          CONNS kv connections multiplexed with poll(2),
+//!                                          each a loop of SET/GET on its own key with
+//!                                          every reply checked; prints `kv-many: N
+//!                                          connected` once all are in, stops when
+//!                                          STOPFILE exists (each connection then
+//!                                          completes one more round) or fails after
+//!                                          SECONDS
 //! netprobe ipip-send SRC DST COUNT         COUNT IP-in-IP packets from SRC to DST through a
 //!                                          raw protocol-4 socket (the kernel adds the outer
 //!                                          header); inner: UDP 198.18.3.2 -> 198.18.0.10,
@@ -73,6 +92,18 @@ fn main() -> ExitCode {
         ["kv-for", addr, seconds] => kv_for(parse(addr), parse(seconds), None),
         ["kv-for", addr, seconds, stop] => kv_for(parse(addr), parse(seconds), Some(stop)),
         ["hostile", iface, mac, ip, syns] => hostile(iface, mac, parse(ip), parse(syns)),
+        ["syn-flood", iface, mac, ip, port, count, rate] => syn_flood(
+            iface,
+            mac,
+            parse(ip),
+            parse(port),
+            parse(count),
+            parse(rate),
+        ),
+        ["kv-burst", addr, count, seconds] => kv_burst(parse(addr), parse(count), parse(seconds)),
+        ["kv-many", addr, conns, seconds, stop] => {
+            kv_many(parse(addr), parse(conns), parse(seconds), stop)
+        }
         ["serve-echo", port, seconds] => serve_echo(parse(port), parse(seconds)),
         ["ipip-send", src, dst, count] => ipip_send(parse(src), parse(dst), parse(count)),
         ["ipip-recv", src, dst, count, seconds] => {
@@ -88,7 +119,7 @@ fn main() -> ExitCode {
         ["udp-ask", addr, hex, seconds] => udp_ask(parse(addr), hex, parse(seconds)),
         ["tap-echo", tap, home, seconds] => tap_echo(tap, parse(home), parse(seconds)),
         ["csum-check", addr, count] => csum_check(parse(addr), parse(count)),
-        _ => Err("usage: netprobe tcp-echo ADDR:PORT BYTES SEED | udp-echo ADDR:PORT COUNT SEED | kv ADDR:PORT COUNT | kv-for ADDR:PORT SECONDS [STOP] | serve-echo PORT SECONDS | hostile IFACE MAC IP SYNS | ipip-send SRC DST COUNT | ipip-recv SRC DST COUNT SECONDS | ipip-echo LOCAL PEER HOME COUNT SECONDS | udp-ask ADDR:PORT HEX SECONDS | tap-echo TAP HOME SECONDS | csum-check ADDR:PORT COUNT".into()),
+        _ => Err("usage: netprobe tcp-echo ADDR:PORT BYTES SEED | udp-echo ADDR:PORT COUNT SEED | kv ADDR:PORT COUNT | kv-for ADDR:PORT SECONDS [STOP] | serve-echo PORT SECONDS | hostile IFACE MAC IP SYNS | syn-flood IFACE MAC IP PORT COUNT RATE | kv-burst ADDR:PORT COUNT SECONDS | kv-many ADDR:PORT CONNS SECONDS STOPFILE | ipip-send SRC DST COUNT | ipip-recv SRC DST COUNT SECONDS | ipip-echo LOCAL PEER HOME COUNT SECONDS | udp-ask ADDR:PORT HEX SECONDS | tap-echo TAP HOME SECONDS | csum-check ADDR:PORT COUNT".into()),
     };
     match result {
         Ok(summary) => {
@@ -438,6 +469,57 @@ mod raw {
             })
         }
 
+        /// Opens a raw socket on `iface` that receives its ARP frames, without blocking.
+        pub fn open_arp(iface: &str) -> io::Result<RawSocket> {
+            const ETH_P_ARP: u16 = 0x0806;
+            let name = CString::new(iface).map_err(|_| io::ErrorKind::InvalidInput)?;
+            // SAFETY: `name` is a valid NUL-terminated string for the duration of the call.
+            let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+            if ifindex == 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let protocol = i32::from(ETH_P_ARP.to_be());
+            // SAFETY: plain socket(2) call; the result is checked below.
+            let fd = unsafe {
+                libc::socket(
+                    libc::AF_PACKET,
+                    libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                    protocol,
+                )
+            };
+            if fd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let socket = RawSocket {
+                fd,
+                ifindex: ifindex as i32,
+            };
+            // SAFETY: an all-zero sockaddr_ll is valid; the fields that matter are set next.
+            let mut at: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+            at.sll_family = libc::AF_PACKET as u16;
+            at.sll_protocol = ETH_P_ARP.to_be();
+            at.sll_ifindex = socket.ifindex;
+            // SAFETY: `at` is a valid sockaddr_ll of the size passed, alive for the call.
+            let bound = unsafe {
+                libc::bind(
+                    socket.fd,
+                    (&raw const at).cast(),
+                    std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+                )
+            };
+            if bound < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(socket)
+        }
+
+        /// One received frame into `buf`, if one is waiting.
+        pub fn try_recv(&self, buf: &mut [u8]) -> Option<usize> {
+            // SAFETY: `buf` is valid for writes of its length.
+            let n = unsafe { libc::recv(self.fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+            usize::try_from(n).ok()
+        }
+
         /// Sends one frame; the kernel may refuse some (e.g. shorter than a header).
         pub fn send(&self, frame: &[u8]) -> io::Result<()> {
             // SAFETY: an all-zero sockaddr_ll is valid; the fields that matter are set next.
@@ -535,8 +617,9 @@ impl Target {
     }
 }
 
-/// A TCP SYN to `dst_port` (checksum left zero: the guest must drop or answer it, not crash).
-fn tcp_syn(src_port: u16, dst_port: u16, seq: u32) -> Vec<u8> {
+/// A TCP SYN from `src` to `dst_port` at `dst`, checksum right (a SYN with a wrong one is
+/// dropped before TCP sees it: it would test nothing).
+fn tcp_syn(src: [u8; 4], dst: [u8; 4], src_port: u16, dst_port: u16, seq: u32) -> Vec<u8> {
     let mut tcp = vec![0u8; 20];
     tcp[0..2].copy_from_slice(&src_port.to_be_bytes());
     tcp[2..4].copy_from_slice(&dst_port.to_be_bytes());
@@ -544,6 +627,8 @@ fn tcp_syn(src_port: u16, dst_port: u16, seq: u32) -> Vec<u8> {
     tcp[12] = 5 << 4;
     tcp[13] = 0x02;
     tcp[14..16].copy_from_slice(&8192u16.to_be_bytes());
+    let sum = l4_checksum(src, dst, PROTO_TCP, &tcp);
+    tcp[16..18].copy_from_slice(&sum.to_be_bytes());
     tcp
 }
 
@@ -595,7 +680,7 @@ fn hostile(
     }
     // Truncated TCP headers: 1 to 19 bytes of header where 20 are due, and lying lengths.
     for len in 1..20 {
-        let tcp = tcp_syn(40000 + len as u16, 7, 1);
+        let tcp = tcp_syn(src_ip, target.dst_ip, 40000 + len as u16, 7, 1);
         send(&target.ipv4(src_ip, 6, &tcp[..len], 20 + len as u16, false));
         send(&target.ipv4(src_ip, 6, &tcp[..len], 60, false));
     }
@@ -603,7 +688,13 @@ fn hostile(
     for i in 0..syns {
         let from = [198, 19, (i >> 8) as u8, i as u8];
         let port = if i % 2 == 0 { 7 } else { 9 };
-        let tcp = tcp_syn(1024 + (i % 60000) as u16, port, rng.next() as u32);
+        let tcp = tcp_syn(
+            from,
+            target.dst_ip,
+            1024 + (i % 60000) as u16,
+            port,
+            rng.next() as u32,
+        );
         send(&target.ipv4(from, 6, &tcp, 40, false));
         if start.elapsed() > TOTAL_TIMEOUT {
             return Err(format!("timed out after {i} SYNs"));
@@ -611,6 +702,436 @@ fn hostile(
     }
     Ok(format!(
         "hostile: {sent} malformed frames sent ({refused} refused by the local kernel), including {syns} SYNs, in {:.2} s",
+        start.elapsed().as_secs_f64()
+    ))
+}
+
+/// `count` SYNs with valid checksums to `dst_ip:port`, `rate` a second, from sources that
+/// never answer the SYN-ACK (see the module docs), through a raw socket on `iface`.
+fn syn_flood(
+    iface: &str,
+    dst_mac: &str,
+    dst_ip: std::net::Ipv4Addr,
+    port: u16,
+    count: u32,
+    rate: u32,
+) -> Result<String, String> {
+    let start = Instant::now();
+    let socket = raw::RawSocket::open(iface).map_err(|e| format!("raw socket on {iface}: {e}"))?;
+    let src_mac = std::fs::read_to_string(format!("/sys/class/net/{iface}/address"))
+        .map_err(|e| format!("MAC of {iface}: {e}"))?;
+    let target = Target {
+        dst_mac: parse_mac(dst_mac)?,
+        src_mac: parse_mac(&src_mac)?,
+        dst_ip: dst_ip.octets(),
+    };
+    // The guest's ARP requests for the silent sources prove its TCP took the SYNs (it
+    // answers each with a SYN-ACK it must first resolve an address for).
+    let arp = raw::RawSocket::open_arp(iface).map_err(|e| format!("ARP socket on {iface}: {e}"))?;
+    let mut asked = 0u32;
+    let mut frame = [0u8; 1600];
+    let mut count_arp = |asked: &mut u32| {
+        while let Some(n) = arp.try_recv(&mut frame) {
+            let a = &frame[..n];
+            if n >= 42
+                && a[12..14] == [0x08, 0x06]
+                && a[20..22] == [0, 1]
+                && a[28..32] == target.dst_ip
+                && a[38..41] == [198, 18, 0]
+                && (70..80).contains(&a[41])
+            {
+                *asked += 1;
+            }
+        }
+    };
+    let mut rng = Rng::new(u64::from(count) ^ u64::from(port));
+    let rate = rate.max(1);
+    let (mut sent, mut refused) = (0u32, 0u32);
+    for i in 0..count {
+        if i % 64 == 0 {
+            count_arp(&mut asked);
+        }
+        // Pace: SYN i leaves at i / rate seconds.
+        let due = Duration::from_secs_f64(f64::from(i) / f64::from(rate));
+        if let Some(wait) = due.checked_sub(start.elapsed()) {
+            std::thread::sleep(wait);
+        }
+        let from = if i % 2 == 0 {
+            [198, 18, 0, 70 + (i / 2 % 10) as u8]
+        } else {
+            [198, 19, (i >> 8) as u8, i as u8]
+        };
+        let tcp = tcp_syn(
+            from,
+            target.dst_ip,
+            1024 + (i % 60000) as u16,
+            port,
+            rng.next() as u32,
+        );
+        match socket.send(&target.ipv4(from, PROTO_TCP, &tcp, 40, false)) {
+            Ok(()) => sent += 1,
+            Err(_) => refused += 1,
+        }
+        if start.elapsed() > TOTAL_TIMEOUT {
+            return Err(format!("timed out after {i} SYNs"));
+        }
+    }
+    if sent == 0 {
+        return Err(format!("no SYN left: the local kernel refused all {count}"));
+    }
+    let took = start.elapsed();
+    let drain = Instant::now();
+    while drain.elapsed() < Duration::from_secs(2) {
+        count_arp(&mut asked);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(format!(
+        "syn-flood: {sent} SYNs with valid checksums sent to {dst_ip}:{port} ({refused} refused by the local kernel) in {:.2} s; the guest asked for a silent source's MAC {asked} times",
+        took.as_secs_f64()
+    ))
+}
+
+/// The value client `c` stores in round `round` (so a reply from another connection or round
+/// shows).
+fn kv_value(c: usize, round: u64) -> String {
+    format!(
+        "c{c}-r{round}-{:08x}",
+        (c as u64 ^ round).wrapping_mul(2_654_435_761) as u32
+    )
+}
+
+/// `count` kv clients that connect at the same moment, each checking one SET and one GET.
+fn kv_burst(addr: SocketAddr, count: usize, seconds: u64) -> Result<String, String> {
+    let start = Instant::now();
+    let bound = Duration::from_secs(seconds).min(TOTAL_TIMEOUT);
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(count));
+    let threads: Vec<_> = (0..count)
+        .map(|c| {
+            let barrier = barrier.clone();
+            std::thread::spawn(move || -> Result<Duration, String> {
+                barrier.wait();
+                let t = Instant::now();
+                // The kernel resends a dropped SYN; the whole burst shares one bound.
+                let stream = TcpStream::connect_timeout(&addr, bound)
+                    .map_err(|e| format!("client {c}: connect: {e}"))?;
+                let took = t.elapsed();
+                stream
+                    .set_read_timeout(Some(bound))
+                    .map_err(|e| e.to_string())?;
+                let mut writer = stream.try_clone().map_err(|e| e.to_string())?;
+                let mut reader = BufReader::new(stream);
+                let value = kv_value(c, 0);
+                for (line, want) in [
+                    (format!("SET burst{c} {value}\n"), "OK".to_string()),
+                    (format!("GET burst{c}\n"), format!("VALUE {value}")),
+                ] {
+                    writer
+                        .write_all(line.as_bytes())
+                        .map_err(|e| format!("client {c}: send: {e}"))?;
+                    let mut reply = String::new();
+                    reader
+                        .read_line(&mut reply)
+                        .map_err(|e| format!("client {c}: reply to `{}`: {e}", line.trim()))?;
+                    if reply.trim_end() != want {
+                        return Err(format!(
+                            "client {c}: `{}` got `{}`, expected `{want}`",
+                            line.trim(),
+                            reply.trim_end()
+                        ));
+                    }
+                }
+                Ok(took)
+            })
+        })
+        .collect();
+    let mut errors = Vec::new();
+    let mut slowest = Duration::ZERO;
+    for t in threads {
+        match t.join() {
+            Ok(Ok(took)) => slowest = slowest.max(took),
+            Ok(Err(e)) => errors.push(e),
+            Err(_) => errors.push("a client thread panicked".into()),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(format!(
+            "kv-burst: {} of {count} clients failed: {}",
+            errors.len(),
+            errors
+                .iter()
+                .take(5)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("; ")
+        ));
+    }
+    Ok(format!(
+        "kv-burst: {count} clients connected at once, every reply correct; slowest connect {:.2} s, all in {:.2} s",
+        slowest.as_secs_f64(),
+        start.elapsed().as_secs_f64()
+    ))
+}
+
+/// One of `kv-many`'s connections: its socket, what it sent and waits for, its bytes.
+struct KvConn {
+    stream: TcpStream,
+    /// Bytes of the pending request not written yet.
+    out: Vec<u8>,
+    sent: usize,
+    /// Bytes of the reply so far.
+    input: Vec<u8>,
+    /// The reply expected to the pending request.
+    want: String,
+    /// Rounds (SET + GET) completed, and the round of the pending request.
+    rounds: u64,
+    get: bool,
+    /// Rounds completed when the stop file appeared.
+    at_stop: Option<u64>,
+    /// When the next round may start (rounds are paced, see `kv_many`).
+    next_round: Instant,
+}
+
+impl KvConn {
+    fn request(&mut self, c: usize) {
+        let value = kv_value(c, self.rounds);
+        let (line, want) = if self.get {
+            (format!("GET many{c}\n"), format!("VALUE {value}"))
+        } else {
+            (format!("SET many{c} {value}\n"), "OK".to_string())
+        };
+        self.out = line.into_bytes();
+        self.sent = 0;
+        self.want = want;
+    }
+}
+
+/// Raises this process's open-file limit to its hard limit (1,000 sockets are more than
+/// the usual soft limit leaves room for).
+fn raise_fd_limit() -> Result<(), String> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid rlimit for getrlimit to fill.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(std::io::Error::last_os_error().to_string());
+    }
+    lim.rlim_cur = lim.rlim_max;
+    // SAFETY: `lim` is a valid rlimit, read by setrlimit.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+        return Err(std::io::Error::last_os_error().to_string());
+    }
+    Ok(())
+}
+
+/// The local ports of up to 20 connections behind the stop (or without a round when there
+/// is no stop yet) and how far each got, to find them in a capture or the guest's log.
+fn laggards(all: &[KvConn]) -> String {
+    let late: Vec<String> = all
+        .iter()
+        .filter(|k| k.at_stop.map_or(k.rounds == 0, |r| k.rounds <= r))
+        .take(20)
+        .map(|k| {
+            let port = k.stream.local_addr().map_or(0, |a| a.port());
+            format!(
+                "{port} (round {}, {} of {} bytes sent, {} received)",
+                k.rounds,
+                k.sent,
+                k.out.len(),
+                k.input.len()
+            )
+        })
+        .collect();
+    if late.is_empty() {
+        return String::new();
+    }
+    format!("; late, by client port: {}", late.join(", "))
+}
+
+/// `conns` kv connections at once, each a SET/GET loop with every reply checked (module
+/// docs), multiplexed with poll(2) on non-blocking sockets.
+fn kv_many(addr: SocketAddr, conns: usize, seconds: u64, stop: &str) -> Result<String, String> {
+    use std::os::fd::AsRawFd;
+    const CONNECTORS: usize = 8;
+    // A connection starts a round (SET, GET) at most this often: 1,000 connections then ask
+    // for ~65 replies a second, below what the guest answers here (~85). Unpaced, the
+    // fastest connections keep the guest's queue full and the others' segments are dropped
+    // and resent with ever longer timeouts.
+    const PACE: Duration = Duration::from_secs(30);
+    let start = Instant::now();
+    let bound = Duration::from_secs(seconds).min(Duration::from_secs(3600));
+    raise_fd_limit()?;
+    // Connect from a few threads (each connect may wait for a SYN to be resent).
+    let per = conns.div_ceil(CONNECTORS);
+    let threads: Vec<_> = (0..CONNECTORS)
+        .map(|t| {
+            std::thread::spawn(move || -> Result<Vec<TcpStream>, String> {
+                let mut v = Vec::new();
+                for i in t * per..((t + 1) * per).min(conns) {
+                    let s = TcpStream::connect_timeout(&addr, Duration::from_secs(60))
+                        .map_err(|e| format!("connection {i}: connect: {e}"))?;
+                    v.push(s);
+                }
+                Ok(v)
+            })
+        })
+        .collect();
+    let mut streams = Vec::new();
+    for t in threads {
+        streams.extend(
+            t.join()
+                .map_err(|_| "a connect thread panicked".to_string())??,
+        );
+    }
+    let mut all: Vec<KvConn> = Vec::with_capacity(conns);
+    for (c, stream) in streams.into_iter().enumerate() {
+        stream.set_nonblocking(true).map_err(|e| e.to_string())?;
+        let _ = stream.set_nodelay(true);
+        let mut k = KvConn {
+            stream,
+            out: Vec::new(),
+            sent: 0,
+            input: Vec::new(),
+            want: String::new(),
+            rounds: 0,
+            get: false,
+            at_stop: None,
+            // Spread the first requests over one pace.
+            next_round: Instant::now() + PACE.mul_f64(c as f64 / conns.max(1) as f64),
+        };
+        k.request(c);
+        all.push(k);
+    }
+    println!(
+        "netprobe: kv-many: {} connected in {:.2} s",
+        all.len(),
+        start.elapsed().as_secs_f64()
+    );
+    let mut requests = 0u64;
+    let mut longest = Duration::ZERO;
+    let mut last_progress = Instant::now();
+    let mut stopped = false;
+    let mut buf = [0u8; 4096];
+    let mut fds: Vec<libc::pollfd> = Vec::with_capacity(all.len());
+    // A progress line now and then, so a slow run shows where it stands.
+    const REPORT_EVERY: Duration = Duration::from_secs(30);
+    let mut last_report = Instant::now();
+    loop {
+        if !stopped && std::path::Path::new(stop).exists() {
+            stopped = true;
+            for k in &mut all {
+                k.at_stop = Some(k.rounds);
+            }
+        }
+        if stopped && all.iter().all(|k| k.at_stop.is_some_and(|r| k.rounds > r)) {
+            break;
+        }
+        if start.elapsed() > bound {
+            let behind = all
+                .iter()
+                .filter(|k| k.at_stop.is_none_or(|r| k.rounds <= r))
+                .count();
+            return Err(format!(
+                "kv-many: still running after {bound:?} ({requests} replies checked, {behind} connections behind){}",
+                laggards(&all)
+            ));
+        }
+        if last_report.elapsed() >= REPORT_EVERY {
+            last_report = Instant::now();
+            let idle = all.iter().filter(|k| k.rounds == 0).count();
+            let behind = all
+                .iter()
+                .filter(|k| k.at_stop.is_some_and(|r| k.rounds <= r))
+                .count();
+            println!(
+                "netprobe: kv-many: {requests} replies after {:.0} s; {idle} connections without a round yet, {behind} behind the stop{}",
+                start.elapsed().as_secs_f64(),
+                laggards(&all)
+            );
+        }
+        fds.clear();
+        let now = Instant::now();
+        fds.extend(all.iter().map(|k| libc::pollfd {
+            fd: k.stream.as_raw_fd(),
+            events: if k.sent < k.out.len() {
+                if k.get || now >= k.next_round {
+                    libc::POLLOUT
+                } else {
+                    0
+                }
+            } else {
+                libc::POLLIN
+            },
+            revents: 0,
+        }));
+        // SAFETY: `fds` is a valid array of `fds.len()` pollfd entries for the call.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 100) };
+        if n < 0 {
+            return Err(format!("poll: {}", std::io::Error::last_os_error()));
+        }
+        for (c, (k, fd)) in all.iter_mut().zip(&fds).enumerate() {
+            if fd.revents == 0 {
+                continue;
+            }
+            if k.sent < k.out.len() {
+                match (&k.stream).write(&k.out[k.sent..]) {
+                    Ok(n) => k.sent += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(e) => {
+                        return Err(format!(
+                            "connection {c} after {} rounds: send: {e}",
+                            k.rounds
+                        ));
+                    }
+                }
+                continue;
+            }
+            match (&k.stream).read(&mut buf) {
+                Ok(0) => {
+                    return Err(format!(
+                        "connection {c} closed by the guest after {} rounds",
+                        k.rounds
+                    ));
+                }
+                Ok(n) => k.input.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => {
+                    return Err(format!(
+                        "connection {c} after {} rounds: receive: {e}",
+                        k.rounds
+                    ));
+                }
+            }
+            let Some(end) = k.input.iter().position(|&b| b == b'\n') else {
+                continue;
+            };
+            let reply = String::from_utf8_lossy(&k.input[..end]).into_owned();
+            if reply != k.want || end + 1 != k.input.len() {
+                return Err(format!(
+                    "connection {c}, round {}: expected `{}`, got `{}` ({} bytes)",
+                    k.rounds,
+                    k.want,
+                    reply,
+                    k.input.len()
+                ));
+            }
+            k.input.clear();
+            requests += 1;
+            longest = longest.max(last_progress.elapsed());
+            last_progress = Instant::now();
+            if k.get {
+                k.rounds += 1;
+                k.next_round = Instant::now() + PACE;
+            }
+            k.get = !k.get;
+            k.request(c);
+        }
+    }
+    let rounds: u64 = all.iter().map(|k| k.rounds).sum();
+    Ok(format!(
+        "kv-many: {} connections, {requests} replies ({rounds} SET+GET rounds), every reply correct, longest wait between replies {:.2} s, in {:.2} s",
+        all.len(),
+        longest.as_secs_f64(),
         start.elapsed().as_secs_f64()
     ))
 }

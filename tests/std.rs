@@ -1,10 +1,16 @@
 //! Std programs: an ordinary Rust program built with std (`cargo xtask image`, ARCHITECTURE.md
 //! "Std programs") boots under host-vmm and stock QEMU microvm from the same ELF, gets its
-//! arguments and environment from the command line, and ends with its exit status; a panic
-//! prints its message and ends the VM with a non-zero status.
+//! arguments and environment from the command line, runs threads (mutexes, channels,
+//! condition variables, preemption), and ends with its exit status; a panic prints its
+//! message and ends the VM with a non-zero status. A thread spinning forever starves
+//! neither the network nor the main thread, and a threaded program moves with its threads.
 
-use roam_tests::{GuestRun, Vmm, boot, kvm_present};
+use roam_tests::{GuestRun, Vmm, boot, image, kvm_present};
 use std::path::PathBuf;
+use std::time::Duration;
+use xtask::bench::migrate::Mode;
+use xtask::migrate::HostVmmGuest;
+use xtask::net::{self, NetGuest, TwoHosts};
 
 const APP_READY: &str = "Hello from std on Roam";
 /// What std-hello checks for (images/std-hello/src/main.rs).
@@ -46,6 +52,21 @@ fn std_hello_passes(vmm: Vmm) {
         "stdout's write_vectored wrote both buffers",
         "two RandomStates hash differently",
         "a thread-local starts at its initial value",
+        "4 threads ran, sent over a channel and joined",
+        "4 threads x 500 increments of one Mutex: 2000",
+        "each thread's thread-local starts from the template",
+        "Instant::now in other threads is not before the spawn",
+        "thread-local destructors ran once per thread: 4",
+        "a Condvar is notified by a thread",
+        "an unnotified Condvar wait times out",
+        "a parked thread is unparked",
+        "a OnceLock is initialised once by 4 racing threads",
+        "an RwLock is read by 3 threads at once, then written",
+        "50 round trips over two rendezvous channels",
+        "main sleeps 20ms and wakes while a thread spins without yielding",
+        "a sleeping thread wakes while main spins without yielding",
+        "a thread with a 1 TiB stack fails with an io::Error",
+        "available_parallelism is 1",
         "reading a file fails cleanly",
     ] {
         assert!(
@@ -124,6 +145,173 @@ fn std_panic_exits_101_with_its_message_on_qemu_microvm() {
     if kvm_present("std_panic_exits_101_with_its_message_on_qemu_microvm") {
         panic_exits_nonzero_with_its_message(Vmm::QemuMicrovm);
     }
+}
+
+/// `std-hello spin`: one thread spins forever without yielding. The guest still answers
+/// every ping (the idle thread gets the CPU on the NIC's interrupts and the timer's ticks),
+/// a thread blocked in `recv_from` echoes 200 UDP datagrams, and the main thread's 200 ms
+/// heartbeat goes on while the spinner keeps counting.
+fn spinning_thread_starves_nothing(vmm: Vmm) {
+    let mut guest = NetGuest::start(vmm, &image("std-hello"), "spin", "-- spin")
+        .unwrap_or_else(|e| panic!("starting std-hello spin under {}: {e:#}", vmm.key()));
+    guest
+        .vm
+        .wait_for("std-hello: main thread beat 1,", Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("no heartbeat while a thread spins: {e:#}"));
+    let before = last_beat(&guest.vm.output());
+
+    let out = guest
+        .client("ping")
+        .args(["-c", "50", "-i", "0.05", "-W", "2", net::GUEST_IP])
+        .output()
+        .expect("ping runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("50 packets transmitted, 50 received, 0% packet loss"),
+        "ping while a thread spins under {}:\n{text}\n--- guest console ---\n{}",
+        vmm.key(),
+        guest.vm.output()
+    );
+    if let Some(rtt) = text.lines().find(|l| l.starts_with("rtt ")) {
+        roam_tests::say(&format!(
+            "ping while a thread spins under {}: {rtt}",
+            vmm.key()
+        ));
+    }
+    // A thread blocked in recv_from is woken for each datagram despite the spinner
+    // (netprobe fails after more than 5 resends).
+    let echo = guest
+        .client(env!("CARGO_BIN_EXE_netprobe"))
+        .args(["udp-echo", &format!("{}:7", net::GUEST_IP), "200", "7"])
+        .output()
+        .expect("netprobe runs");
+    let summary = String::from_utf8_lossy(&echo.stdout);
+    assert!(
+        echo.status.success(),
+        "UDP echo while a thread spins under {}:\n{summary}{}\n--- guest console ---\n{}",
+        vmm.key(),
+        String::from_utf8_lossy(&echo.stderr),
+        guest.vm.output()
+    );
+    roam_tests::say(&format!(
+        "UDP echo while a thread spins under {}: {}",
+        vmm.key(),
+        summary.trim()
+    ));
+    let after = last_beat(&guest.vm.output());
+    assert!(
+        after.0 > before.0 && after.1 > before.1,
+        "the heartbeat (beat, spinner count) went from {before:?} to {after:?} over 50 pings and 200 datagrams under {}:\n{}",
+        vmm.key(),
+        guest.vm.output()
+    );
+    assert!(guest.vm.running(), "the VMM died:\n{}", guest.vm.output());
+}
+
+#[test]
+fn a_spinning_thread_starves_neither_ping_nor_the_main_thread_on_host_vmm() {
+    if kvm_present("a_spinning_thread_starves_neither_ping_nor_the_main_thread_on_host_vmm") {
+        spinning_thread_starves_nothing(Vmm::HostVmm);
+    }
+}
+
+/// The same on QEMU's own virtio-net-pci (`-M pc`: microvm has no PCI bus for it).
+#[test]
+fn a_spinning_thread_starves_neither_ping_nor_the_main_thread_on_qemu_pc() {
+    if kvm_present("a_spinning_thread_starves_neither_ping_nor_the_main_thread_on_qemu_pc") {
+        spinning_thread_starves_nothing(Vmm::QemuPc);
+    }
+}
+
+/// A std program's threads move with it: `std-hello spin` (a thread spinning, one blocked
+/// in `recv_from`, the main thread sleeping between heartbeats) moves by pre-copy and
+/// zero-copy, back and forth, and after each move still echoes UDP, answers ping, beats and
+/// spins.
+#[test]
+fn a_threaded_std_program_moves_with_all_its_threads() {
+    if !kvm_present("a_threaded_std_program_moves_with_all_its_threads") {
+        return;
+    }
+    roam_tests::host_vmm();
+    let hosts = TwoHosts::up("stm").expect("two-host topology");
+    let mut guest = HostVmmGuest::boot(&hosts, &image("std-hello"), 64, "-- spin")
+        .unwrap_or_else(|e| panic!("booting std-hello spin: {e:#}"));
+    let settle = Duration::from_secs(30);
+    guest
+        .wait_settled(settle)
+        .unwrap_or_else(|e| panic!("after boot: {e:#}\n{}", guest.console_tail(40)));
+    let mut before = last_beat(&guest.console());
+    for (k, mode) in [Mode::PreCopy, Mode::ZeroCopy, Mode::PreCopy, Mode::ZeroCopy]
+        .into_iter()
+        .enumerate()
+    {
+        let moved = guest.move_to_other(&hosts, mode, None).unwrap_or_else(|e| {
+            panic!(
+                "move {k} ({}): {e:#}\n{}",
+                mode.key(),
+                guest.console_tail(40)
+            )
+        });
+        guest
+            .wait_settled(settle)
+            .unwrap_or_else(|e| panic!("after move {k}: {e:#}\n{}", guest.console_tail(40)));
+        let echo = hosts
+            .client(env!("CARGO_BIN_EXE_netprobe"))
+            .args([
+                "udp-echo",
+                &format!("{}:7", net::GUEST_IP),
+                "50",
+                &k.to_string(),
+            ])
+            .output()
+            .expect("netprobe runs");
+        assert!(
+            echo.status.success(),
+            "UDP echo after move {k} ({}):\n{}{}\n{}",
+            mode.key(),
+            String::from_utf8_lossy(&echo.stdout),
+            String::from_utf8_lossy(&echo.stderr),
+            guest.console_tail(40)
+        );
+        let ping = hosts
+            .client("ping")
+            .args(["-c", "10", "-i", "0.05", "-W", "2", net::GUEST_IP])
+            .output()
+            .expect("ping runs");
+        assert!(
+            String::from_utf8_lossy(&ping.stdout).contains("10 received, 0% packet loss"),
+            "ping after move {k} ({}):\n{}",
+            mode.key(),
+            String::from_utf8_lossy(&ping.stdout)
+        );
+        let after = last_beat(&guest.console());
+        assert!(
+            after.0 > before.0 && after.1 > before.1,
+            "heartbeat (beat, spinner count) {before:?} -> {after:?} around move {k} ({}):\n{}",
+            mode.key(),
+            guest.console_tail(40)
+        );
+        roam_tests::say(&format!(
+            "std-hello spin move {k} {}: pause {:.2} ms, total {:.1} ms; heartbeat {after:?}",
+            mode.key(),
+            moved.summary.pause_ms,
+            moved.summary.total_ms
+        ));
+        before = after;
+    }
+}
+
+/// The last `main thread beat N, spinner at S` line's (N, S).
+fn last_beat(console: &str) -> (u64, u64) {
+    console
+        .lines()
+        .rev()
+        .filter_map(|l| l.strip_prefix("std-hello: main thread beat "))
+        .find_map(|rest| {
+            let (beat, spins) = rest.split_once(", spinner at ")?;
+            Some((beat.parse().ok()?, spins.trim().parse().ok()?))
+        })
+        .unwrap_or((0, 0))
 }
 
 /// The kernel object std programs link exports the ABI and nothing else: any other global

@@ -117,10 +117,18 @@ unsafe impl RawMutex for HeapLock {
     }
 
     fn try_lock(&self) -> bool {
-        !self.0.swap(true, Ordering::Acquire)
+        // No thread is preempted while it holds the heap (crate::sync): counted before it
+        // is taken, so no interrupt in between sees a preemptible thread holding it.
+        crate::sync::acquiring();
+        let taken = !self.0.swap(true, Ordering::Acquire);
+        if !taken {
+            crate::sync::not_acquired();
+        }
+        taken
     }
 
     unsafe fn unlock(&self) {
         self.0.store(false, Ordering::Release);
+        crate::sync::released();
     }
 }

@@ -35,21 +35,24 @@
 #![cfg_attr(not(test), no_std)]
 // `unsafe` lives only in the modules allowed below (ARCHITECTURE.md, "Where unsafe may
 // live"): the CPU (`arch`), the `sys_*` functions that take raw pointers by definition
-// (`abi`), the heap, the drivers' HAL and the one-CPU lock. Everything else is safe code
-// over them.
+// (`abi`), the heap, the drivers' HAL, the one-CPU lock and the scheduler (the context
+// switch's caller, and freeing finished threads' stacks). Everything else is safe code over
+// them.
 #![deny(unsafe_code)]
+
+// The heap's collections (`poll`'s descriptor index, the app's arguments); the global
+// allocator is `heap`.
+#[cfg(target_os = "none")]
+extern crate alloc;
 
 pub mod bootinfo;
 pub mod clock;
 pub mod cmdline;
 pub mod fault;
 pub mod memmap;
+pub mod runqueue;
 pub mod status;
 pub mod tls;
-
-// The kernel's own heap allocations (the app's arguments).
-#[cfg(target_os = "none")]
-extern crate alloc;
 
 #[cfg(target_os = "none")]
 #[allow(unsafe_code)]
@@ -69,6 +72,9 @@ pub mod heap;
 mod logger;
 #[cfg(target_os = "none")]
 mod net;
+#[cfg(target_os = "none")]
+#[allow(unsafe_code)]
+mod sched;
 #[cfg(target_os = "none")]
 mod serial;
 #[cfg(target_os = "none")]

@@ -17,8 +17,9 @@
 //!   starts at 0, with one warning.
 //! - Sleeping arms the LAPIC timer (TSC-deadline mode when the CPU has it, else one-shot at
 //!   the bus frequency) and halts until its interrupt. Interrupts are set up on first sleep
-//!   (or network bring-up): both 8259 PICs masked, the LAPIC enabled. They are only enabled
-//!   inside the halt.
+//!   (or network bring-up): both 8259 PICs masked, the LAPIC enabled. Until the app has
+//!   threads they are only enabled inside the halt; then app threads run with them on, the
+//!   timer is also the scheduler's tick, and the idle thread (`sched`) runs this idle work.
 
 use crate::arch::apic::{self, TimerMode};
 use crate::arch::cpuid::Features;
@@ -34,7 +35,8 @@ const KVM_APIC_BUS_HZ: u64 = 1_000_000_000;
 const FALLBACK_TSC_HZ: u64 = 1_000_000_000;
 
 // The clock, set by `init`; `ORIGIN` and `BASE_NS` move only if the TSC steps back (one CPU,
-// never read in interrupt handlers: relaxed is enough).
+// read with interrupts off, by threads and the scheduler's interrupt path alike: relaxed is
+// enough).
 static ORIGIN: AtomicU64 = AtomicU64::new(0);
 static BASE_NS: AtomicU64 = AtomicU64::new(0);
 /// The last monotonic reading handed out: no later reading is below it.
@@ -144,16 +146,21 @@ fn tsc_clock() -> TscClock {
 /// Nanoseconds since kernel entry (time the guest spent paused for a move may or may not
 /// count, depending on the VMM); never less than an earlier reading.
 pub fn now_ns() -> u64 {
+    // With threads, a switch between reading the TSC and `LAST_NS` would let another
+    // thread's later reading look like the TSC going back: read with interrupts off.
+    let interrupts = cpu::disable_interrupts();
     let clock = tsc_clock();
     let tsc = cpu::rdtsc();
     let last = LAST_NS.load(Ordering::Relaxed);
-    match clock.read_at_least(tsc, last) {
+    let ns = match clock.read_at_least(tsc, last) {
         Ok(ns) => {
             LAST_NS.store(ns, Ordering::Relaxed);
             ns
         }
         Err(rebased) => stepped_back(rebased, clock.ns_at(tsc), last),
-    }
+    };
+    cpu::restore_interrupts(interrupts);
+    ns
 }
 
 /// The TSC went back: count on from `last` (no log here: the logger may read the clock).
@@ -174,6 +181,8 @@ fn stepped_back(rebased: TscClock, read: u64, last: u64) -> u64 {
 pub fn after_move() -> u64 {
     let now = now_ns();
     REALTIME_STATE.store(REALTIME_UNKNOWN, Ordering::Relaxed);
+    // The restored deadline was computed against another TSC: re-arm whatever is asked next.
+    ARMED_NS.store(0, Ordering::Relaxed);
     let steps = STEPS_BACK.load(Ordering::Relaxed);
     if steps > 0 {
         log::info!(
@@ -218,14 +227,24 @@ fn read_realtime_base() -> u64 {
 /// Sleeps until monotonic time `deadline_ns`, halting the CPU in between (and doing the
 /// network's work whenever it wakes).
 pub fn sleep_until(deadline_ns: u64) {
-    idle(Some(deadline_ns), || false);
+    if crate::sched::active() {
+        crate::sched::sleep_until(deadline_ns);
+    } else {
+        idle(Some(deadline_ns), || false);
+    }
 }
 
 /// The idle loop: halts until `done` holds or monotonic time `deadline_ns` passes (never,
 /// with `None`). Every wake-up (timer, NIC) first runs the network's pending work, then asks
 /// `done`. The LAPIC timer is armed for the earlier of the deadline and the network's next
 /// poll, so the CPU never spins. Returns whether `done` held.
+///
+/// Once threads exist the calling thread blocks instead and the idle thread does the
+/// network's work (`sched::wait`).
 pub fn idle(deadline_ns: Option<u64>, mut done: impl FnMut() -> bool) -> bool {
+    if crate::sched::active() {
+        return crate::sched::wait(deadline_ns, done);
+    }
     prepare_interrupts();
     loop {
         // Under sustained load the loop can go seconds without halting (there is always a
@@ -271,8 +290,23 @@ pub fn halted_ticks() -> u64 {
     HALTED_TICKS.load(Ordering::Relaxed)
 }
 
+/// What the LAPIC timer was last armed for (monotonic ns; `u64::MAX`: disarmed; 0: unknown).
+static ARMED_NS: AtomicU64 = AtomicU64::new(0);
+
+/// Arms the LAPIC timer for monotonic time `at_ns` (or disarms it), unless it is already
+/// armed for exactly that and it has not fired yet (`now_ns` is the caller's reading): the
+/// scheduler asks for the same tick on every switch, and each write is an MSR or MMIO exit.
+pub fn arm_at(at_ns: Option<u64>, now_ns: u64) {
+    let at = at_ns.unwrap_or(u64::MAX);
+    if at == ARMED_NS.load(Ordering::Relaxed) && (at == u64::MAX || now_ns < at) {
+        return;
+    }
+    arm(&tsc_clock(), at_ns);
+}
+
 /// Arms the LAPIC timer to fire at monotonic time `at_ns`, or disarms it.
 fn arm(c: &TscClock, at_ns: Option<u64>) {
+    ARMED_NS.store(at_ns.unwrap_or(u64::MAX), Ordering::Relaxed);
     if ONE_SHOT.load(Ordering::Relaxed) {
         let ticks = match at_ns {
             Some(at) => {

@@ -5,6 +5,8 @@
 //! - [`phy`] adapts a `NetDevice` to smoltcp's `phy::Device` without copying frames.
 //! - [`stack`] runs the interface: ARP and ICMP echo (smoltcp), gratuitous ARP on link up
 //!   and on every NIC switch.
+//! - [`demux`] keeps each TCP socket in a set of its own and picks a frame's socket from
+//!   its headers, so per-frame work does not grow with the number of connections.
 //! - [`failover`] is a `NetDevice` over two NICs under one MAC (an SR-IOV VF and
 //!   virtio-net): transmit on the active one, receive from both, explicit and automatic
 //!   switching, per-NIC counters.
@@ -32,6 +34,7 @@
 extern crate alloc;
 
 pub mod config;
+pub mod demux;
 pub mod failover;
 pub mod phy;
 pub mod socket;

@@ -35,6 +35,66 @@ impl<D: NetDevice> PhyAdapter<D> {
     pub fn device_mut(&mut self) -> &mut D {
         &mut self.device
     }
+
+    /// The device and the capabilities smoltcp sees, at once (for [`OneFrame`]).
+    pub fn split(&mut self) -> (&mut D, &DeviceCapabilities) {
+        (&mut self.device, &self.caps)
+    }
+}
+
+/// One received frame, already taken from the device, as a smoltcp `phy::Device` that
+/// yields it once: the stack looks at a frame's addresses first (which socket it is for)
+/// and then lets smoltcp process it against that socket alone. Its replies leave through
+/// the transmit token that came with the frame; it has no other transmit buffer.
+pub struct OneFrame<'f, T> {
+    frame: Option<&'f [u8]>,
+    tx: Option<T>,
+    caps: &'f DeviceCapabilities,
+}
+
+impl<'f, T: net::TxToken> OneFrame<'f, T> {
+    /// `frame` with the transmit token `tx` the device gave with it.
+    pub fn new(frame: &'f [u8], tx: T, caps: &'f DeviceCapabilities) -> OneFrame<'f, T> {
+        OneFrame {
+            frame: Some(frame),
+            tx: Some(tx),
+            caps,
+        }
+    }
+}
+
+/// smoltcp's receive token over a frame already in hand.
+pub struct SliceRx<'a>(&'a [u8]);
+
+impl phy::RxToken for SliceRx<'_> {
+    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+        f(self.0)
+    }
+}
+
+impl<'f, T: net::TxToken> phy::Device for OneFrame<'f, T> {
+    type RxToken<'a>
+        = SliceRx<'a>
+    where
+        Self: 'a;
+    type TxToken<'a>
+        = TxToken<T>
+    where
+        Self: 'a;
+
+    fn receive(&mut self, _timestamp: Instant) -> Option<(SliceRx<'_>, TxToken<T>)> {
+        let frame = self.frame.take()?;
+        let tx = self.tx.take()?;
+        Some((SliceRx(frame), TxToken(tx)))
+    }
+
+    fn transmit(&mut self, _timestamp: Instant) -> Option<TxToken<T>> {
+        None
+    }
+
+    fn capabilities(&self) -> DeviceCapabilities {
+        self.caps.clone()
+    }
 }
 
 /// smoltcp's receive token over the device's.

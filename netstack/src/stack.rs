@@ -1,5 +1,6 @@
 //! [`Stack`]: one smoltcp `Interface` (one MAC, one IPv4 address) over one [`NetDevice`],
-//! with its sockets.
+//! with its sockets: TCP sockets each in a set of their own ([`TcpSockets`], which picks a
+//! frame's socket itself), the few datagram sockets (UDP, ICMP) in one shared set.
 //!
 //! The caller owns time and waiting: it calls [`Stack::poll`] when the device signalled or
 //! when [`Stack::poll_at`] says so, and sleeps in between. ARP and ICMP echo are smoltcp's;
@@ -8,15 +9,18 @@
 //! the address on the new NIC each time (`switch_nic`, `check_failover`, `set_vf`).
 
 use crate::config::NetConfig;
+use crate::demux::{Route, TcpHandle, TcpSockets};
 use crate::failover::{Failover, Switched};
-use crate::phy::PhyAdapter;
+use crate::phy::{OneFrame, PhyAdapter};
 use agent_proto::{Nic, SwitchError};
-use drivers::net::{NetDevice, TxToken};
+use alloc::vec::Vec;
+use drivers::net::{NetDevice, RxToken, TxToken};
 use smoltcp::iface::{Config, Interface, PollIngressSingleResult, PollResult, SocketSet};
+use smoltcp::socket::tcp;
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{
     ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol,
-    EthernetRepr, HardwareAddress, IpCidr,
+    EthernetRepr, HardwareAddress, IpCidr, IpEndpoint, IpListenEndpoint,
 };
 
 /// Length of a gratuitous ARP frame: Ethernet header and ARP payload, no padding.
@@ -35,7 +39,11 @@ pub struct Polled {
 pub struct Stack<D: NetDevice> {
     iface: Interface,
     device: PhyAdapter<D>,
+    /// Datagram sockets (UDP; ICMP in tests): few, so smoltcp's scan of them is cheap.
     sockets: SocketSet<'static>,
+    tcp: TcpSockets,
+    /// A datagram socket (or ARP, ping) was worked on since [`Stack::take_woken`].
+    datagrams_woken: bool,
     config: NetConfig,
     link_up: bool,
 }
@@ -62,6 +70,8 @@ impl<D: NetDevice> Stack<D> {
             iface,
             device,
             sockets: SocketSet::new(alloc::vec::Vec::new()),
+            tcp: TcpSockets::default(),
+            datagrams_woken: false,
             config,
             link_up: false,
         }
@@ -75,13 +85,19 @@ impl<D: NetDevice> Stack<D> {
     /// Receives and answers everything the device has, and sends what sockets queued.
     /// Returns whether any socket may have changed state.
     pub fn poll(&mut self, now: Instant) -> bool {
-        self.iface.poll(now, &mut self.device, &mut self.sockets) == PollResult::SocketStateChanged
+        self.iface.poll_maintenance(now);
+        let mut changed = false;
+        while let Some(c) = self.poll_ingress_one(now) {
+            changed |= c;
+        }
+        self.poll_egress(now) | changed
     }
 
     /// Like [`Stack::poll`], but takes in at most `budget` frames before sending what sockets
     /// queued, so one call is bounded work however fast frames arrive. A guest without
     /// preemption needs that: the app, the control channel and pending interrupts get their
-    /// turn between two calls. [`Polled::more`] says frames may still be waiting.
+    /// turn between two calls. [`Polled::more`] says frames may still be waiting. The socket
+    /// table's own poll (`SocketTable::poll`) also re-arms listeners after every frame.
     pub fn poll_bounded(&mut self, now: Instant, budget: usize) -> Polled {
         self.iface.poll_maintenance(now);
         let mut polled = Polled {
@@ -89,42 +105,92 @@ impl<D: NetDevice> Stack<D> {
             more: true,
         };
         for _ in 0..budget {
-            match self
-                .iface
-                .poll_ingress_single(now, &mut self.device, &mut self.sockets)
-            {
-                PollIngressSingleResult::None => {
+            match self.poll_ingress_one(now) {
+                None => {
                     polled.more = false;
                     break;
                 }
-                PollIngressSingleResult::PacketProcessed => {}
-                PollIngressSingleResult::SocketStateChanged => polled.changed = true,
+                Some(changed) => polled.changed |= changed,
             }
         }
-        // Egress is bounded by what the sockets hold; ACKs for what came in go out now.
-        while self.poll_egress(now) {
-            polled.changed = true;
-        }
+        // ACKs for what came in go out now.
+        polled.changed |= self.poll_egress(now);
         polled
     }
 
-    /// Sends what sockets queued, without looking at the device's receive side (cheaper
-    /// than [`Stack::poll`] right after a socket call that queued data).
+    /// Expires what the interface keeps on its own (no socket's business).
+    pub fn poll_maintenance(&mut self, now: Instant) {
+        self.iface.poll_maintenance(now);
+    }
+
+    /// Takes in one frame, if the device has one, and lets smoltcp process it against the
+    /// socket it is for (see [`crate::demux`]). `None` when no frame was waiting, else
+    /// whether a socket may have changed state.
+    pub fn poll_ingress_one(&mut self, now: Instant) -> Option<bool> {
+        let Stack {
+            iface,
+            device,
+            sockets,
+            tcp,
+            datagrams_woken,
+            ..
+        } = self;
+        let (device, caps) = device.split();
+        let (rx, tx) = device.receive()?;
+        tcp.reindex_touched();
+        Some(rx.consume(|frame| match tcp.route(frame) {
+            Route::Drop => false,
+            Route::Tcp(index) => tcp.ingress(index, iface, now, frame, tx, caps),
+            Route::Other => {
+                *datagrams_woken = true;
+                if frame.get(12..14) == Some(&[0x08, 0x06]) {
+                    // A neighbour may have been learned: sockets waiting for one go now.
+                    tcp.neighbor_learned();
+                }
+                let mut one = OneFrame::new(frame, tx, caps);
+                iface.poll_ingress_single(now, &mut one, sockets)
+                    == PollIngressSingleResult::SocketStateChanged
+            }
+        }))
+    }
+
+    /// Sends what sockets queued: the datagram sockets, and the TCP sockets that were
+    /// touched or whose timer is due (never a walk over every connection). Returns whether
+    /// anything went out.
     pub fn poll_egress(&mut self, now: Instant) -> bool {
-        self.iface
+        let mut sent = false;
+        while self
+            .iface
             .poll_egress(now, &mut self.device, &mut self.sockets)
             == PollResult::SocketStateChanged
+        {
+            sent = true;
+            self.datagrams_woken = true;
+        }
+        sent | self.tcp.egress(&mut self.iface, &mut self.device, now)
+    }
+
+    /// Moves the TCP sockets worked on since the last call into `into`; `true` if anything
+    /// else (a datagram socket) may have changed too.
+    pub fn take_woken(&mut self, into: &mut Vec<TcpHandle>) -> bool {
+        self.tcp.take_woken(into);
+        core::mem::take(&mut self.datagrams_woken)
     }
 
     /// When [`Stack::poll`] must run next even if the device stays quiet (TCP timers,
     /// pending ARP); `None` when only the device can make work. A past instant means now.
     pub fn poll_at(&mut self, now: Instant) -> Option<Instant> {
-        self.iface.poll_at(now, &self.sockets)
+        let datagrams = self.iface.poll_at(now, &self.sockets);
+        match (datagrams, self.tcp.poll_at()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// [`Stack::poll_at`] as a delay from `now`.
     pub fn poll_delay(&mut self, now: Instant) -> Option<Duration> {
-        self.iface.poll_delay(now, &self.sockets)
+        self.poll_at(now)
+            .map(|t| if t > now { t - now } else { Duration::ZERO })
     }
 
     /// Reads the link state; when it went up (the first call counts), announces the address
@@ -168,19 +234,37 @@ impl<D: NetDevice> Stack<D> {
         self.device.device_mut()
     }
 
-    /// The sockets.
+    /// The datagram sockets (UDP, ICMP). TCP sockets live in [`Stack::tcp`].
     pub fn sockets(&self) -> &SocketSet<'static> {
         &self.sockets
     }
 
-    /// The sockets, mutably.
+    /// The datagram sockets, mutably.
     pub fn sockets_mut(&mut self) -> &mut SocketSet<'static> {
         &mut self.sockets
     }
 
-    /// The interface and the sockets together (what TCP `connect` needs).
-    pub fn iface_and_sockets(&mut self) -> (&mut Interface, &mut SocketSet<'static>) {
-        (&mut self.iface, &mut self.sockets)
+    /// The TCP sockets.
+    pub fn tcp(&self) -> &TcpSockets {
+        &self.tcp
+    }
+
+    /// The TCP sockets, mutably.
+    pub fn tcp_mut(&mut self) -> &mut TcpSockets {
+        &mut self.tcp
+    }
+
+    /// Starts connecting TCP socket `h` (what `connect` needs the interface for).
+    pub fn tcp_connect(
+        &mut self,
+        h: TcpHandle,
+        remote: IpEndpoint,
+        local: IpListenEndpoint,
+    ) -> Result<(), tcp::ConnectError> {
+        let Some(socket) = self.tcp.get_mut(h) else {
+            return Err(tcp::ConnectError::InvalidState);
+        };
+        socket.connect(self.iface.context(), remote, local)
     }
 }
 

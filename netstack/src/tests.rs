@@ -197,7 +197,10 @@ fn nothing_to_do_means_no_deadline() {
 
 mod sockets {
     use super::*;
-    use crate::socket::{Error, FIRST_FD, MAX_SOCKETS, Opt, Shutdown, SocketTable, Type};
+    use crate::socket::{
+        Error, FIRST_FD, HANDSHAKE_TIMEOUT, MAX_BACKLOG, MAX_SOCKETS, Opt, Shutdown, SocketTable,
+        Type,
+    };
     use core::net::SocketAddrV4;
 
     /// One host: its stack and its socket table.
@@ -220,15 +223,14 @@ mod sockets {
         )
     }
 
-    /// Runs both hosts (polls, reaping closed sockets) over simulated time `ms`.
+    /// Runs both hosts (polls, listeners re-armed, closed sockets freed) over simulated
+    /// time `ms`.
     fn run(a: &mut Host, b: &mut Host, ms: &mut i64) {
         for _ in 0..8 {
             *ms += 1;
             let now = Instant::from_millis(*ms);
-            a.stack.poll(now);
-            b.stack.poll(now);
-            a.table.reap(&mut a.stack);
-            b.table.reap(&mut b.stack);
+            a.table.poll(&mut a.stack, now, 64);
+            b.table.poll(&mut b.stack, now, 64);
         }
     }
 
@@ -359,7 +361,7 @@ mod sockets {
         run(&mut a, &mut b, &mut ms);
         // Everything closed is eventually freed (TIME-WAIT is dropped at once).
         run_until(&mut a, &mut b, &mut ms, |a, b| {
-            a.stack.sockets().iter().count() == 0 && b.stack.sockets().iter().count() == 0
+            a.stack.tcp().is_empty() && b.stack.tcp().is_empty()
         });
     }
 
@@ -375,12 +377,12 @@ mod sockets {
         run_until(&mut a, &mut b, &mut ms, |a, _| {
             a.table.readiness(&mut a.stack, server).unwrap().readable
         });
-        let open = a.stack.sockets().iter().count();
+        let open = a.stack.tcp().len();
         a.table.close(&mut a.stack, server).unwrap();
         // A reset frees the guest's socket at once; a FIN would leave it in FIN-WAIT
         // while the peer keeps its end open.
         run_until(&mut a, &mut b, &mut ms, |a, _| {
-            a.stack.sockets().iter().count() == open - 1
+            a.stack.tcp().len() == open - 1
         });
         let mut buf = [0u8; 16];
         run_until(&mut a, &mut b, &mut ms, |_, b| {
@@ -566,6 +568,451 @@ mod sockets {
         assert_eq!(t.close(s, udp), Err(Error::BadFd));
         // The lowest free descriptor is reused.
         assert_eq!(t.socket(s, Type::Datagram, false), Ok(udp));
+    }
+
+    /// The Internet checksum of `data`.
+    fn checksum(data: &[u8]) -> u16 {
+        let mut sum: u32 = data
+            .chunks(2)
+            .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+            .sum();
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        !(sum as u16)
+    }
+
+    /// Puts a SYN with valid checksums from `from:port` to the guest's `to_port` on the
+    /// wire, as a raw socket would: nobody at `from` ever answers the SYN-ACK.
+    fn inject_syn(b: &mut Host, from: Ipv4Addr, port: u16, to_port: u16) {
+        let mut tcp = [0u8; 20];
+        tcp[0..2].copy_from_slice(&port.to_be_bytes());
+        tcp[2..4].copy_from_slice(&to_port.to_be_bytes());
+        tcp[4..8].copy_from_slice(&u32::from(port).wrapping_mul(2_654_435_761).to_be_bytes());
+        tcp[12] = 5 << 4;
+        tcp[13] = 0x02;
+        tcp[14..16].copy_from_slice(&8192u16.to_be_bytes());
+        let mut pseudo = Vec::new();
+        pseudo.extend_from_slice(&from.octets());
+        pseudo.extend_from_slice(&GUEST_IP.octets());
+        pseudo.extend_from_slice(&[0, 6, 0, 20]);
+        pseudo.extend_from_slice(&tcp);
+        let sum = checksum(&pseudo);
+        tcp[16..18].copy_from_slice(&sum.to_be_bytes());
+        let mut ip = vec![0x45, 0, 0, 40, 0, 0, 0x40, 0, 64, 6, 0, 0];
+        ip.extend_from_slice(&from.octets());
+        ip.extend_from_slice(&GUEST_IP.octets());
+        let sum = checksum(&ip);
+        ip[10..12].copy_from_slice(&sum.to_be_bytes());
+        let mut frame = GUEST_MAC.0.to_vec();
+        frame.extend_from_slice(&PEER_MAC.0);
+        frame.extend_from_slice(&[0x08, 0x00]);
+        frame.extend_from_slice(&ip);
+        frame.extend_from_slice(&tcp);
+        let token = drivers::net::NetDevice::transmit(b.stack.device_mut())
+            .expect("a memory card has room");
+        drivers::net::TxToken::consume(token, frame.len(), |buf| buf.copy_from_slice(&frame));
+    }
+
+    /// A listener on `a`:`port` with `backlog`.
+    fn listener(a: &mut Host, port: u16, backlog: i32) -> i32 {
+        let l = a.table.socket(&mut a.stack, Type::Stream, true).unwrap();
+        a.table
+            .bind(&mut a.stack, l, addr(Ipv4Addr::UNSPECIFIED, port))
+            .unwrap();
+        a.table.listen(&mut a.stack, l, backlog).unwrap();
+        l
+    }
+
+    /// `n` client sockets on `b` connecting to the guest's `port`.
+    fn clients(b: &mut Host, port: u16, n: usize) -> Vec<i32> {
+        (0..n)
+            .map(|_| {
+                let c = b.table.socket(&mut b.stack, Type::Stream, true).unwrap();
+                assert_eq!(
+                    b.table.connect(&mut b.stack, c, addr(GUEST_IP, port)),
+                    Err(Error::InProgress)
+                );
+                c
+            })
+            .collect()
+    }
+
+    fn connected_count(b: &mut Host, clients: &[i32]) -> usize {
+        clients
+            .iter()
+            .filter(|&&c| b.table.connect_result(&mut b.stack, c).is_ok())
+            .count()
+    }
+
+    /// Accepts everything waiting on `l`; returns how many.
+    fn accept_all(a: &mut Host, l: i32) -> usize {
+        let mut n = 0;
+        while a.table.accept(&mut a.stack, l).is_ok() {
+            n += 1;
+        }
+        n
+    }
+
+    /// Runs simulated time (8 ms a step) for `ms` milliseconds at least.
+    fn run_for(a: &mut Host, b: &mut Host, ms: &mut i64, span: i64) {
+        let until = *ms + span;
+        while *ms < until {
+            run(a, b, ms);
+        }
+    }
+
+    #[test]
+    fn a_backlog_of_128_keeps_128_pending_connections_and_larger_ones_are_capped() {
+        let (mut a, mut b) = hosts();
+        let mut ms = 0;
+        let l = listener(&mut a, 80, 1000);
+        let c = clients(&mut b, 80, MAX_BACKLOG);
+        // Nobody accepts: the whole backlog completes its handshake.
+        run_until(&mut a, &mut b, &mut ms, |_, b| {
+            connected_count(b, &c) == MAX_BACKLOG
+        });
+        assert!(a.table.readiness(&mut a.stack, l).unwrap().readable);
+        // Two more while it is full: not refused, their SYNs are dropped (nothing listens)...
+        let more = clients(&mut b, 80, 2);
+        run_for(&mut a, &mut b, &mut ms, 500);
+        assert_eq!(connected_count(&mut b, &more), 0);
+        for &m in &more {
+            assert_eq!(
+                b.table.connect_result(&mut b.stack, m),
+                Err(Error::WouldBlock)
+            );
+        }
+        // ...and they get in once the app accepts.
+        assert_eq!(accept_all(&mut a, l), MAX_BACKLOG);
+        run_until(&mut a, &mut b, &mut ms, |a, b| {
+            accept_all(a, l);
+            connected_count(b, &more) == 2
+        });
+        // 130 connections at once: the table outgrew the old 64 sockets.
+        assert!(a.stack.tcp().len() > 128, "{}", a.stack.tcp().len());
+    }
+
+    #[test]
+    fn a_small_backlog_is_honoured_and_zero_means_one() {
+        let (mut a, mut b) = hosts();
+        let mut ms = 0;
+        let l = listener(&mut a, 80, 0);
+        let c = clients(&mut b, 80, 3);
+        // Nobody accepts for 3 s: one connection waits, the others' SYNs are not taken.
+        run_for(&mut a, &mut b, &mut ms, 3000);
+        assert_eq!(accept_all(&mut a, l), 1);
+        // Once the app accepts, their resent SYNs get in.
+        let mut accepted = 1;
+        run_until(&mut a, &mut b, &mut ms, |a, b| {
+            accepted += accept_all(a, l);
+            accepted == 3 && connected_count(b, &c) == 3
+        });
+    }
+
+    #[test]
+    fn half_open_handshakes_time_out_and_the_listener_keeps_accepting() {
+        let (mut a, mut b) = hosts();
+        let mut ms = 0;
+        let l = listener(&mut a, 80, 4);
+        // Four SYNs from an address in the subnet that never answers: the backlog is full
+        // of half-open handshakes (the guest cannot even resolve the address).
+        let silent = Ipv4Addr::new(198, 18, 0, 77);
+        for port in 1000..1004 {
+            inject_syn(&mut b, silent, port, 80);
+        }
+        run_for(&mut a, &mut b, &mut ms, 100);
+        // Listener's own sockets: four half-open, one in Listen.
+        assert_eq!(a.stack.tcp().len(), 5);
+        let timeout = HANDSHAKE_TIMEOUT.total_millis() as i64;
+        run_for(&mut a, &mut b, &mut ms, timeout + 1000);
+        // Every half-open socket was freed; one still listens.
+        assert_eq!(a.stack.tcp().len(), 1);
+        let c = clients(&mut b, 80, 4);
+        run_until(&mut a, &mut b, &mut ms, |_, b| connected_count(b, &c) == 4);
+        assert_eq!(accept_all(&mut a, l), 4);
+    }
+
+    #[test]
+    fn a_syn_flood_evicts_half_open_entries_and_real_clients_get_in() {
+        const FLOOD_PER_ROUND: u16 = 50;
+        let (mut a, mut b) = hosts();
+        let mut ms = 0;
+        let l = listener(&mut a, 80, 16);
+        let mut all = Vec::new();
+        let mut servers = Vec::new();
+        let take = |a: &mut Host, servers: &mut Vec<i32>| {
+            while let Ok((fd, _)) = a.table.accept(&mut a.stack, l) {
+                servers.push(fd);
+            }
+        };
+        for round in 0..20u16 {
+            // 50 SYNs from never-answering addresses, in and out of the subnet, between
+            // two steps, then a real client.
+            for i in 0..FLOOD_PER_ROUND {
+                let n = round * 50 + i;
+                let from = if n % 2 == 0 {
+                    Ipv4Addr::new(198, 18, 0, 77)
+                } else {
+                    Ipv4Addr::new(198, 19, 0, 200 + (n % 50) as u8)
+                };
+                inject_syn(&mut b, from, 1024 + n, 80);
+            }
+            all.extend(clients(&mut b, 80, 1));
+            run(&mut a, &mut b, &mut ms);
+            take(&mut a, &mut servers);
+            // The listener never holds more than its backlog and its one spare.
+            assert!(
+                a.stack.tcp().len() <= 16 + 1 + all.len(),
+                "{}",
+                a.stack.tcp().len()
+            );
+        }
+        let flood_end = ms;
+        run_until(&mut a, &mut b, &mut ms, |a, b| {
+            take(a, &mut servers);
+            connected_count(b, &all) == all.len()
+        });
+        assert_eq!(servers.len(), all.len());
+        // None of them had to send its SYN again (the first resend is 1 s later): no SYN
+        // found the listener without a socket in Listen.
+        assert!(ms - flood_end < 500, "{} ms", ms - flood_end);
+        // Every connection carries data both ways.
+        for &c in &all {
+            assert_eq!(b.table.send(&mut b.stack, c, b"ping", None), Ok(4));
+        }
+        let mut got = 0;
+        run_until(&mut a, &mut b, &mut ms, |a, _| {
+            for &s in &servers {
+                let mut buf = [0u8; 8];
+                if let Ok((4, _)) = a.table.recv(&mut a.stack, s, &mut buf, false) {
+                    got += 1;
+                    assert_eq!(a.table.send(&mut a.stack, s, b"pong", None), Ok(4));
+                }
+            }
+            got == servers.len()
+        });
+        // After the handshake timeout only the accepted connections and a spare are left.
+        let timeout = HANDSHAKE_TIMEOUT.total_millis() as i64;
+        run_for(&mut a, &mut b, &mut ms, timeout + 1000);
+        assert_eq!(a.stack.tcp().len(), all.len() + 1);
+        for &c in &all {
+            let mut buf = [0u8; 8];
+            assert_eq!(
+                b.table.recv(&mut b.stack, c, &mut buf, false),
+                Ok((4, None))
+            );
+        }
+        let late = clients(&mut b, 80, 16);
+        run_until(&mut a, &mut b, &mut ms, |a, b| {
+            accept_all(a, l);
+            connected_count(b, &late) == 16
+        });
+    }
+
+    #[test]
+    fn a_thousand_connections_25_at_a_time_with_a_slow_accept_all_get_in_and_work() {
+        let (mut a, mut b) = hosts();
+        let mut ms = 0;
+        let l = listener(&mut a, 80, 128);
+        let mut pending: Vec<i32> = Vec::new();
+        let mut done: Vec<i32> = Vec::new();
+        let mut servers = Vec::new();
+        let mut step = 0u64;
+        while done.len() + pending.len() < 1000 || !pending.is_empty() {
+            while pending.len() < 25 && done.len() + pending.len() < 1000 {
+                pending.extend(clients(&mut b, 80, 1));
+            }
+            run(&mut a, &mut b, &mut ms);
+            step += 1;
+            // The app accepts only every 20th step, a burst at a time.
+            if step.is_multiple_of(20) {
+                while let Ok((fd, _)) = a.table.accept(&mut a.stack, l) {
+                    servers.push(fd);
+                }
+            }
+            pending.retain(|&c| match b.table.connect_result(&mut b.stack, c) {
+                Ok(()) => {
+                    done.push(c);
+                    false
+                }
+                Err(Error::WouldBlock) => true,
+                Err(e) => panic!("client {c}: {e:?} after {} connected", done.len()),
+            });
+            assert!(ms < 600_000, "{} connected after {ms} ms", done.len());
+        }
+        run_until(&mut a, &mut b, &mut ms, |a, _| {
+            while let Ok((fd, _)) = a.table.accept(&mut a.stack, l) {
+                servers.push(fd);
+            }
+            servers.len() == 1000
+        });
+        // 20 s later (past the handshake timeout) every connection still carries data.
+        run_for(&mut a, &mut b, &mut ms, 20_000);
+        for &c in &done {
+            assert_eq!(
+                b.table.send(&mut b.stack, c, b"x", None),
+                Ok(1),
+                "client {c}"
+            );
+        }
+        let mut got = 0;
+        run_until(&mut a, &mut b, &mut ms, |a, _| {
+            for &s in &servers {
+                let mut buf = [0u8; 4];
+                if let Ok((1, _)) = a.table.recv(&mut a.stack, s, &mut buf, false) {
+                    got += 1;
+                }
+            }
+            got == 1000
+        });
+    }
+
+    /// Whether `fd` is ready for `want` as `poll` sees it: after a first full look, only
+    /// the descriptors the stack woke are looked at again (the kernel's `sys_poll`).
+    fn poll_sees(h: &mut Host, fd: i32, readable: bool) -> bool {
+        let mut woken = Vec::new();
+        h.table.woken(&mut h.stack, &mut woken);
+        let r = h.table.readiness(&mut h.stack, fd).unwrap();
+        if readable { r.readable } else { r.writable }
+    }
+
+    #[test]
+    fn a_megabyte_echoed_through_a_poll_loop_arrives_whole() {
+        megabyte_echo(0);
+    }
+
+    #[test]
+    fn a_megabyte_echoed_over_a_lossy_link_arrives_whole() {
+        megabyte_echo(97);
+    }
+
+    /// netecho's loop on `a` (send what is pending when writable, else receive when
+    /// readable) and a client on `b` that writes 1 MiB and checks every byte it reads back;
+    /// each end loses every `lose_every`th frame it sends (0: none; the two ends differ).
+    /// Hosts poll only as the kernel does: when a frame waits or `poll_at` is due, so a
+    /// stack that forgets a timer or a waiting frame stalls here.
+    fn megabyte_echo(lose_every: usize) {
+        let (mut a, mut b) = hosts();
+        let mut ms = 0;
+        let (_l, server, client) = connected(&mut a, &mut b, &mut ms);
+        a.stack.device_mut().lose_every(lose_every);
+        b.stack
+            .device_mut()
+            .lose_every(if lose_every == 0 { 0 } else { lose_every + 4 });
+        let data: Vec<u8> = (0..1u32 << 20).map(|i| (i * 7 + i / 251) as u8).collect();
+        let (mut sent, mut got) = (0usize, 0usize);
+        let mut buf = vec![0u8; 2048];
+        let (mut start, mut end) = (0usize, 0usize);
+        let mut back = vec![0u8; 4096];
+        let mut idle = 0;
+        while got < data.len() {
+            let before = (sent, got);
+            if sent < data.len()
+                && let Ok(n) = b.table.send(
+                    &mut b.stack,
+                    client,
+                    &data[sent..(sent + 1460 * 4).min(data.len())],
+                    None,
+                )
+            {
+                sent += n;
+            }
+            // netecho: send what is pending when writable, else receive when readable.
+            if start < end {
+                if poll_sees(&mut a, server, false)
+                    && let Ok(n) = a.table.send(&mut a.stack, server, &buf[start..end], None)
+                {
+                    start += n;
+                }
+            } else if poll_sees(&mut a, server, true)
+                && let Ok((n, _)) = a.table.recv(&mut a.stack, server, &mut buf, false)
+            {
+                (start, end) = (0, n);
+            }
+            while let Ok((n, _)) = b.table.recv(&mut b.stack, client, &mut back, false) {
+                assert!(n > 0);
+                assert_eq!(&back[..n], &data[got..got + n], "at {got}");
+                got += n;
+            }
+            for _ in 0..8 {
+                ms += 1;
+                let now = Instant::from_millis(ms);
+                for h in [&mut a, &mut b] {
+                    let due = h.stack.poll_at(now).is_some_and(|t| t <= now);
+                    if due || h.stack.device_mut().waiting() > 0 {
+                        h.table.poll(&mut h.stack, now, 64);
+                    }
+                }
+            }
+            idle = if (sent, got) == before { idle + 1 } else { 0 };
+            assert!(
+                idle < 7500,
+                "stalled: sent {sent}, echoed {got}, server pending {}",
+                end - start
+            );
+        }
+    }
+
+    #[test]
+    fn an_idle_connection_is_never_timed_out() {
+        let (mut a, mut b) = hosts();
+        let mut ms = 0;
+        let (_listener, server, client) = connected(&mut a, &mut b, &mut ms);
+        // Twice the old 60 s timeout without a segment either way.
+        run_for(&mut a, &mut b, &mut ms, 130_000);
+        assert_eq!(b.table.send(&mut b.stack, client, b"late", None), Ok(4));
+        run_until(&mut a, &mut b, &mut ms, |a, _| {
+            a.table.readiness(&mut a.stack, server).unwrap().readable
+        });
+        let mut buf = [0u8; 8];
+        assert_eq!(
+            a.table.recv(&mut a.stack, server, &mut buf, false),
+            Ok((4, None))
+        );
+    }
+
+    #[test]
+    fn out_of_descriptors_refuses_new_connections_and_keeps_established_ones() {
+        let (guest, peer) = stacks();
+        let mut a = Host {
+            stack: guest,
+            table: SocketTable::with_limit(1, 3),
+        };
+        let mut b = Host {
+            stack: peer,
+            table: SocketTable::new(2),
+        };
+        let mut ms = 0;
+        let l = listener(&mut a, 80, 8);
+        let c = clients(&mut b, 80, 4);
+        run_until(&mut a, &mut b, &mut ms, |_, b| connected_count(b, &c) == 4);
+        // Listener plus two connections fill the table: the others stay queued.
+        let (s1, p1) = a.table.accept(&mut a.stack, l).unwrap();
+        let (s2, p2) = a.table.accept(&mut a.stack, l).unwrap();
+        assert_eq!(a.table.accept(&mut a.stack, l), Err(Error::TooManySockets));
+        let client_of = |b: &Host, peer: SocketAddrV4| {
+            *c.iter()
+                .find(|&&x| b.table.local_addr(&b.stack, x).unwrap() == peer)
+                .unwrap()
+        };
+        let pairs = [(s1, client_of(&b, p1)), (s2, client_of(&b, p2))];
+        for (server, client) in pairs {
+            assert_eq!(
+                b.table.send(&mut b.stack, client, b"still here", None),
+                Ok(10)
+            );
+            run_until(&mut a, &mut b, &mut ms, |a, _| {
+                a.table.readiness(&mut a.stack, server).unwrap().readable
+            });
+            let mut buf = [0u8; 16];
+            assert_eq!(
+                a.table.recv(&mut a.stack, server, &mut buf, false),
+                Ok((10, None))
+            );
+        }
+        a.table.close(&mut a.stack, s1).unwrap();
+        assert!(a.table.accept(&mut a.stack, l).is_ok());
     }
 
     #[test]

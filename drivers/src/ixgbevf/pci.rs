@@ -45,20 +45,36 @@ pub struct VfFunction {
     pub msix_table: Region,
 }
 
-/// Checks that `bdf` is an 82599 VF, gives unassigned memory BARs addresses from `window`
-/// when given, finds its register BAR and MSI-X table, and turns on memory decoding and bus
-/// mastering (INTx off: VFs have none).
+/// Checks that `bdf` is an 82599 VF, sizes its BARs (giving unassigned memory BARs addresses
+/// from `window` when given) and goes on as [`probe_sized`].
 pub fn probe(
     access: &mut impl ConfigAccess,
     bdf: Bdf,
     window: Option<&mut Window>,
 ) -> Result<VfFunction, Error> {
+    check_ids(access, bdf)?;
+    let bars = bar::read_assigned(access, bdf, window).map_err(Error::Bar)?;
+    probe_sized(access, bdf, &bars)
+}
+
+fn check_ids(access: &impl ConfigAccess, bdf: Bdf) -> Result<(), Error> {
     let ids = access.read32(bdf, pci::VENDOR_DEVICE);
     let (vendor, device) = (ids as u16, (ids >> 16) as u16);
     if vendor != VENDOR_ID || device != DEVICE_ID_82599_VF {
         return Err(Error::NotAVf(vendor, device));
     }
-    let bars = bar::read_assigned(access, bdf, window).map_err(Error::Bar)?;
+    Ok(())
+}
+
+/// [`probe`] with the BARs the caller already sized ([`bar::read_assigned`], when it had to
+/// map them anyway), so nothing sizes them twice: checks the IDs, finds the register BAR and
+/// the MSI-X table, and turns on memory decoding and bus mastering (INTx off: VFs have none).
+pub fn probe_sized(
+    access: &mut impl ConfigAccess,
+    bdf: Bdf,
+    bars: &[Option<bar::Bar>; bar::BAR_COUNT as usize],
+) -> Result<VfFunction, Error> {
+    check_ids(access, bdf)?;
     let registers = bars[usize::from(REGS_BAR)]
         .and_then(|b| b.region(0, BAR_SIZE))
         .ok_or(Error::BadBar(REGS_BAR))?;
@@ -166,6 +182,23 @@ mod tests {
         assert_eq!(
             command & (pci::COMMAND_MEMORY | pci::COMMAND_BUS_MASTER | pci::COMMAND_INTX_DISABLE),
             pci::COMMAND_MEMORY | pci::COMMAND_BUS_MASTER | pci::COMMAND_INTX_DISABLE
+        );
+    }
+
+    #[test]
+    fn probe_sized_takes_the_callers_bars_and_sizes_none() {
+        let mut c = vf(3);
+        let bars = bar::read_assigned(&mut c, VF, None).unwrap();
+        let sized = c.bar_sizings(VF);
+        assert!(sized > 0, "reading the BARs sizes them");
+        let found = probe_sized(&mut c, VF, &bars).unwrap();
+        assert_eq!(c.bar_sizings(VF), sized, "probe_sized sized again");
+        assert_eq!(found, probe(&mut vf(3), VF, None).unwrap());
+        let mut other = vf(3);
+        other.add(VF, FakeFunction::new(VENDOR_ID, 0x10FB, 0x02, 0x00));
+        assert_eq!(
+            probe_sized(&mut other, VF, &bars),
+            Err(Error::NotAVf(0x8086, 0x10FB))
         );
     }
 

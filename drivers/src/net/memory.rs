@@ -22,6 +22,8 @@ struct Shared {
     removed: [bool; 2],
     /// Per end: what an interrupt signalled and `ack_interrupt` has not yet returned.
     pending: [Events; 2],
+    /// Per end: every how many frames it sends one is lost on the way (0: none).
+    lose_every: [usize; 2],
 }
 
 /// One end of an in-memory link.
@@ -40,6 +42,7 @@ pub fn pair(a: MacAddress, b: MacAddress) -> (MemoryNic, MemoryNic) {
         link_up: true,
         removed: [false; 2],
         pending: [Events::default(); 2],
+        lose_every: [0; 2],
     }));
     let nic = |side, mac| MemoryNic {
         shared: Rc::clone(&shared),
@@ -73,6 +76,12 @@ impl MemoryNic {
         let pending = &mut self.shared.borrow_mut().pending[self.side];
         pending.queue |= events.queue;
         pending.config |= events.config;
+    }
+
+    /// Loses every `n`th frame this end sends from now on (0: none), as a congested
+    /// path would: for tests of recovery by retransmission.
+    pub fn lose_every(&self, n: usize) {
+        self.shared.borrow_mut().lose_every[self.side] = n;
     }
 
     /// Whether this end is unplugged.
@@ -115,7 +124,10 @@ impl TxToken for MemoryTx<'_> {
         let side = self.nic.side;
         if s.link_up && !s.removed[side] {
             // A frame to an unplugged card goes out but is lost on the way.
-            let deliver = !s.removed[1 - side];
+            let every = s.lose_every[side];
+            let wire = &mut s.wires[side];
+            let lost = every != 0 && (wire.log.len() + 1).is_multiple_of(every);
+            let deliver = !s.removed[1 - side] && !lost;
             let wire = &mut s.wires[side];
             wire.log.push(frame.clone());
             if deliver {

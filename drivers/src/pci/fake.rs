@@ -87,6 +87,8 @@ pub struct FakeConfig {
     functions: BTreeMap<Bdf, FakeFunction>,
     reads: RefCell<BTreeMap<Bdf, usize>>,
     writes: BTreeMap<Bdf, (u8, u32)>,
+    /// All-ones writes to a BAR register (a sizing), per function.
+    sizings: BTreeMap<Bdf, usize>,
 }
 
 impl FakeConfig {
@@ -103,6 +105,11 @@ impl FakeConfig {
     /// How many reads `bdf` has seen.
     pub fn reads_of(&self, bdf: Bdf) -> usize {
         self.reads.borrow().get(&bdf).copied().unwrap_or(0)
+    }
+
+    /// How many times a BAR of `bdf` was sized (all ones written to it).
+    pub fn bar_sizings(&self, bdf: Bdf) -> usize {
+        self.sizings.get(&bdf).copied().unwrap_or(0)
     }
 
     /// The last write to `bdf`: offset and value.
@@ -127,6 +134,9 @@ impl ConfigAccess for FakeConfig {
         };
         match offset {
             0x10..=0x27 => {
+                if value == u32::MAX {
+                    *self.sizings.entry(bdf).or_default() += 1;
+                }
                 let index = usize::from((offset - 0x10) / 4);
                 let mask = f.bar_masks[index];
                 let kept = f.dword(offset) & !mask;

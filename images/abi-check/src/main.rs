@@ -2,8 +2,8 @@
 //!
 //! Every `sys_*` symbol that hermit-abi declares must link, and every one the kernel does not
 //! implement yet must fail cleanly (`-ENOSYS`, or nothing for calls that return nothing),
-//! never crash. The implemented calls' error paths are checked too, the socket calls among
-//! them: this guest boots without `ip=`, so there is no network and no socket, and every
+//! never crash. The implemented calls' error paths are checked too, the thread, futex and
+//! socket calls among them: this guest boots without `ip=`, so there is no network and no socket, and every
 //! call must say so with the right errno after checking its arguments. Prints one line per
 //! mismatch and a summary; exits 0 only when everything held.
 
@@ -73,16 +73,11 @@ mod guest {
         enosys!("mmap", sys::mmap(4096, 0, &mut out));
         enosys!("munmap", sys::munmap(null_mut(), 4096));
         enosys!("mprotect", sys::mprotect(null_mut(), 4096, 0));
-        enosys!("futex_wait", sys::futex_wait(null_mut(), 0, null(), 0));
-        enosys!("futex_wake", sys::futex_wake(null_mut(), 1));
         enosys!("sem_init", sys::sem_init(null_mut(), 0, 0));
         enosys!("sem_destroy", sys::sem_destroy(null_mut()));
         enosys!("sem_post", sys::sem_post(null_mut()));
         enosys!("sem_trywait", sys::sem_trywait(null_mut()));
         enosys!("sem_timedwait", sys::sem_timedwait(null_mut(), null()));
-        let mut tid = 0;
-        enosys!("spawn", sys::spawn(&mut tid, never_run, 0, 2, -1));
-        enosys!("join", sys::join(1));
         enosys!("open", sys::open(c"/x".as_ptr(), 0, 0));
         enosys!("opendir", sys::opendir(c"/".as_ptr()));
         enosys!("unlink", sys::unlink(c"/x".as_ptr()));
@@ -114,7 +109,6 @@ mod guest {
         // Calls whose return type cannot carry an errno: they must return, and do nothing.
         // SAFETY: as above; these stubs ignore their arguments.
         unsafe {
-            sys::yield_now();
             sys::block_current_task();
             sys::block_current_task_with_timeout(0);
             sys::wakeup_task(1);
@@ -122,9 +116,111 @@ mod guest {
             sys::set_priority(1, sys::NORMAL_PRIO);
             let _ = sys::get_priority();
         }
-        // SAFETY: as above.
-        let tid = unsafe { sys::spawn2(never_run, 0, 2, 0, -1) };
-        c.expect("spawn2 (no thread created)", tid.into(), 0);
+    }
+
+    /// The futex word `waker` sets to 1 before waking the main thread.
+    static WORD: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(0);
+
+    extern "C" fn waker(_: usize) {
+        WORD.store(1, core::sync::atomic::Ordering::Release);
+        // SAFETY: WORD is a live static u32.
+        unsafe { sys::futex_wake(WORD.as_ptr(), 1) };
+    }
+
+    /// Threads and futexes: argument errors, timeouts, and a thread that wakes this one.
+    fn thread_calls(c: &mut Checker) {
+        let neg = |e: i32| -i64::from(e);
+        let word = WORD.as_ptr();
+        let ms = sys::timespec {
+            tv_sec: 0,
+            tv_nsec: 1_000_000,
+        };
+        let negative = sys::timespec {
+            tv_sec: -1,
+            tv_nsec: 0,
+        };
+        macro_rules! expect {
+            ($name:literal, $call:expr, $want:expr) => {{
+                // SAFETY: every pointer passed is null or points at a live local or static
+                // of the type the call takes.
+                let got = unsafe { $call } as i64;
+                c.expect($name, got, $want);
+            }};
+        }
+        expect!(
+            "futex_wait (null)",
+            sys::futex_wait(null_mut(), 0, null(), 0),
+            neg(sys::EINVAL)
+        );
+        expect!(
+            "futex_wake (null)",
+            sys::futex_wake(null_mut(), 1),
+            neg(sys::EINVAL)
+        );
+        expect!(
+            "futex_wake (count -1)",
+            sys::futex_wake(word, -1),
+            neg(sys::EINVAL)
+        );
+        expect!(
+            "futex_wait (unknown flag)",
+            sys::futex_wait(word, 0, &ms, 2),
+            neg(sys::EINVAL)
+        );
+        expect!(
+            "futex_wait (negative timeout)",
+            sys::futex_wait(word, 0, &negative, sys::FUTEX_RELATIVE_TIMEOUT),
+            neg(sys::EINVAL)
+        );
+        expect!(
+            "futex_wait (value differs)",
+            sys::futex_wait(word, 1, null(), 0),
+            neg(sys::EAGAIN)
+        );
+        expect!(
+            "futex_wait (1 ms, one thread)",
+            sys::futex_wait(word, 0, &ms, sys::FUTEX_RELATIVE_TIMEOUT),
+            neg(sys::ETIMEDOUT)
+        );
+        expect!("futex_wake (nobody waits)", sys::futex_wake(word, 1), 0);
+        expect!(
+            "join (itself)",
+            sys::join(sys::getpid() as sys::Tid),
+            neg(sys::EDEADLK)
+        );
+        expect!(
+            "join (never spawned)",
+            sys::join(1_000_000),
+            neg(sys::ESRCH)
+        );
+        expect!(
+            "spawn2 (1 TiB stack)",
+            sys::spawn2(never_run, 0, 2, 1 << 40, -1),
+            0
+        );
+
+        let mut tid = 0;
+        expect!("spawn", sys::spawn(&mut tid, never_run, 0, 2, -1), 0);
+        c.expect("spawn (a new thread id)", i64::from(tid > 1), 1);
+        expect!("join (spawn's thread)", sys::join(tid), 0);
+        expect!("join (again: finished)", sys::join(tid), 0);
+        // SAFETY: yield takes no arguments.
+        unsafe { sys::yield_now() };
+
+        // SAFETY: `waker` only touches WORD.
+        let tid = unsafe { sys::spawn2(waker, 0, 2, 64 * 1024, -1) };
+        c.expect("spawn2 (a new thread id)", i64::from(tid > 1), 1);
+        // Woken by the thread (0); -EAGAIN if a tick let it run before this wait began.
+        // SAFETY: WORD is a live static u32.
+        let waited = unsafe { sys::futex_wait(word, 0, null(), 0) };
+        let woken = i64::from(waited == 0 || waited == -sys::EAGAIN);
+        c.expect("futex_wait (woken by another thread)", woken, 1);
+        c.expect(
+            "futex word set by the other thread",
+            WORD.load(core::sync::atomic::Ordering::Acquire).into(),
+            1,
+        );
+        expect!("join (spawn2's thread)", sys::join(tid), 0);
     }
 
     /// Socket calls without a network: argument errors first, then `-ENETDOWN` for calls
@@ -441,6 +537,7 @@ mod guest {
             failed: 0,
         };
         unimplemented_calls(&mut c);
+        thread_calls(&mut c);
         implemented_calls(&mut c);
         socket_calls(&mut c);
         let _ = writeln!(

@@ -2,12 +2,18 @@
 //! with Roam's kernel by `cargo xtask image std-hello`.
 //!
 //! It prints (also vectored), reads its arguments and environment, sleeps, checks `Instant` and `SystemTime`,
-//! reads random bytes through a `HashMap`'s seed and thread-locals with an initial value, and
-//! exits 0 only when every check passed (each failure prints `std-hello: FAILED: ...` and
-//! the program exits 1). Nothing in it is Roam-specific: it runs on Linux too.
+//! reads random bytes through a `HashMap`'s seed and thread-locals with an initial value,
+//! runs threads that share a `Mutex`, talk over channels and wait on each other (`threads`),
+//! and exits 0 only when every check passed (each failure prints `std-hello: FAILED: ...`
+//! and the program exits 1). Nothing in it is Roam-specific: it runs on Linux too.
 //!
 //! Expected invocation (tests/std.rs): arguments `alpha beta`, environment `ROAM_GREETING=hi`.
 //! `std-hello panic` panics instead, to show a panic's message and non-zero exit.
+//! `std-hello spin` starts a UDP echo thread on port 7 and a thread that spins forever
+//! without yielding, and prints a heartbeat from the main thread every 200 ms, for good: the
+//! guest must still answer ping and echo, and the heartbeat must go on.
+
+mod threads;
 
 use std::cell::Cell;
 use std::collections::HashMap;
@@ -26,8 +32,10 @@ thread_local! {
 fn main() {
     println!("Hello from std on Roam");
     let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) == Some("panic") {
-        panic!("std-hello: deliberate panic (argument `panic`)");
+    match args.get(1).map(String::as_str) {
+        Some("panic") => panic!("std-hello: deliberate panic (argument `panic`)"),
+        Some("spin") => spin_forever(),
+        _ => {}
     }
 
     let mut failures = Vec::new();
@@ -117,11 +125,7 @@ fn main() {
         format!("a thread-local starts at its initial value 0x5eed: {before:#x}"),
     );
 
-    let spawned = std::thread::Builder::new().spawn(|| 1);
-    match spawned {
-        Ok(handle) => println!("std-hello: note: threads run: {:?}", handle.join()),
-        Err(e) => println!("std-hello: note: no threads yet: {e}"),
-    }
+    threads::run(&mut check);
 
     let read = std::fs::read("/etc/hostname");
     check(
@@ -135,4 +139,41 @@ fn main() {
         eprintln!("std-hello: {} checks FAILED", failures.len());
         std::process::exit(1);
     }
+}
+
+/// `std-hello spin`: a thread spins forever while the main thread beats every 200 ms and
+/// another thread echoes UDP on port 7, so the host can ping and echo meanwhile.
+fn spin_forever() -> ! {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    // UDP echo on port 7 from its own thread, blocked in recv_from between datagrams.
+    match std::net::UdpSocket::bind("0.0.0.0:7") {
+        Ok(socket) => {
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 2048];
+                while let Ok((n, from)) = socket.recv_from(&mut buf) {
+                    let _ = socket.send_to(&buf[..n], from);
+                }
+                eprintln!("std-hello: FAILED: the UDP echo socket stopped");
+            });
+            println!("std-hello: UDP echo on port 7");
+        }
+        Err(e) => eprintln!("std-hello: FAILED: binding UDP port 7: {e}"),
+    }
+    let spins = Arc::new(AtomicU64::new(0));
+    let theirs = Arc::clone(&spins);
+    std::thread::spawn(move || {
+        loop {
+            theirs.fetch_add(1, Ordering::Relaxed);
+        }
+    });
+    println!("std-hello: spinning");
+    for beat in 1u64.. {
+        std::thread::sleep(Duration::from_millis(200));
+        println!(
+            "std-hello: main thread beat {beat}, spinner at {}",
+            spins.load(Ordering::Relaxed)
+        );
+    }
+    unreachable!("the heartbeat never ends")
 }

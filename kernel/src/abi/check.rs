@@ -13,7 +13,7 @@
 // point here.
 #![allow(deprecated)]
 
-use super::{alloc, entropy, io, net, process, socket, stubs, time};
+use super::{alloc, entropy, futex, io, net, process, socket, stubs, thread, time};
 use core::ffi::{c_char, c_void};
 use hermit_abi as h;
 use hermit_abi::{
@@ -37,8 +37,8 @@ same_signature! {
     stubs::sys_mmap = h::mmap : unsafe extern "C" fn(usize, u32, &mut *mut u8) -> i32;
     stubs::sys_munmap = h::munmap : unsafe extern "C" fn(*mut u8, usize) -> i32;
     stubs::sys_mprotect = h::mprotect : unsafe extern "C" fn(*mut u8, usize, u32) -> i32;
-    stubs::sys_futex_wait = h::futex_wait : unsafe extern "C" fn(*mut u32, u32, *const timespec, u32) -> i32;
-    stubs::sys_futex_wake = h::futex_wake : unsafe extern "C" fn(*mut u32, i32) -> i32;
+    futex::sys_futex_wait = h::futex_wait : unsafe extern "C" fn(*mut u32, u32, *const timespec, u32) -> i32;
+    futex::sys_futex_wake = h::futex_wake : unsafe extern "C" fn(*mut u32, i32) -> i32;
     stubs::sys_sem_init = h::sem_init : unsafe extern "C" fn(*mut sem_t, i32, u32) -> i32;
     stubs::sys_sem_destroy = h::sem_destroy : unsafe extern "C" fn(*mut sem_t) -> i32;
     stubs::sys_sem_post = h::sem_post : unsafe extern "C" fn(*mut sem_t) -> i32;
@@ -49,10 +49,10 @@ same_signature! {
     process::sys_abort = h::abort : unsafe extern "C" fn() -> !;
     time::sys_usleep = h::usleep : unsafe extern "C" fn(u64);
     time::sys_nanosleep = h::nanosleep : unsafe extern "C" fn(*const timespec) -> i32;
-    stubs::sys_spawn = h::spawn : unsafe extern "C" fn(*mut Tid, extern "C" fn(usize), usize, u8, isize) -> i32;
-    stubs::sys_spawn2 = h::spawn2 : unsafe extern "C" fn(extern "C" fn(usize), usize, u8, usize, isize) -> Tid;
-    stubs::sys_join = h::join : unsafe extern "C" fn(Tid) -> i32;
-    stubs::sys_yield = h::yield_now : Fn0<()>;
+    thread::sys_spawn = h::spawn : unsafe extern "C" fn(*mut Tid, extern "C" fn(usize), usize, u8, isize) -> i32;
+    thread::sys_spawn2 = h::spawn2 : unsafe extern "C" fn(extern "C" fn(usize), usize, u8, usize, isize) -> Tid;
+    thread::sys_join = h::join : unsafe extern "C" fn(Tid) -> i32;
+    thread::sys_yield = h::yield_now : Fn0<()>;
     time::sys_clock_gettime = h::clock_gettime : unsafe extern "C" fn(clockid_t, *mut timespec) -> i32;
     stubs::sys_open = h::open : unsafe extern "C" fn(*const c_char, i32, i32) -> i32;
     stubs::sys_opendir = h::opendir : unsafe extern "C" fn(*const c_char) -> i32;

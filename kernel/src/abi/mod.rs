@@ -3,9 +3,10 @@
 //! against hermit-abi's own declarations in `check`).
 //!
 //! Implemented: console output and vectored I/O (`io`), clocks and sleep (`time`), the heap
-//! (`alloc`), entropy (`entropy`), exit/abort/getpid, the app's arguments and environment
-//! (`args`) and the small queries below. Everything else (files,
-//! sockets, threads, futexes...) is in `stubs` and fails cleanly with `-ENOSYS`.
+//! (`alloc`), entropy (`entropy`), exit/abort/getpid (`process`), the app's arguments and
+//! environment (`args`), sockets (`net`, `socket`), threads (`thread`), futexes (`futex`)
+//! and the small queries below. Everything else (files, name resolution, semaphores...) is
+//! in `stubs` and fails cleanly with `-ENOSYS`.
 //!
 //! Errors are returned directly as `-errno`, the way Rust's std for Hermit consumes them.
 //! The kernel keeps no separate errno, so `sys_errno`/`sys_get_errno` always return 0.
@@ -14,11 +15,13 @@ mod alloc;
 mod args;
 mod check;
 mod entropy;
+mod futex;
 mod io;
 mod net;
 mod process;
 mod socket;
 mod stubs;
+mod thread;
 mod time;
 
 pub(crate) use entropy::random_u64;

@@ -1,4 +1,4 @@
-//! Exit, abort and the process id.
+//! Exit, abort and the thread id.
 
 use crate::{fault, serial, status};
 
@@ -16,8 +16,8 @@ pub extern "C" fn sys_abort() -> ! {
     fault::exit(status::PANIC)
 }
 
-/// The one process: 1.
+/// The calling thread's id, as hermit-abi defines it: 1 for the main thread.
 #[unsafe(no_mangle)]
 pub extern "C" fn sys_getpid() -> hermit_abi::pid_t {
-    1
+    crate::sched::current_tid() as hermit_abi::pid_t
 }

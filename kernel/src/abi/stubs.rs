@@ -1,5 +1,5 @@
 //! Every `sys_*` function hermit-abi declares that Roam does not support yet (files, name
-//! resolution, threads, futexes, semaphores, mmap...). Each has its exact C signature and fails cleanly:
+//! resolution, semaphores, mmap...). Each has its exact C signature and fails cleanly:
 //! `-ENOSYS` where it returns an error code, a no-op where it returns nothing, and an
 //! explicit neutral value otherwise. None dereferences its pointer arguments.
 
@@ -32,9 +32,7 @@ enosys! {
     sys_mmap(usize, u32, &mut *mut u8) -> i32;
     sys_munmap(*mut u8, usize) -> i32;
     sys_mprotect(*mut u8, usize, u32) -> i32;
-    // Futexes, semaphores, wait queues.
-    sys_futex_wait(*mut u32, u32, *const timespec, u32) -> i32;
-    sys_futex_wake(*mut u32, i32) -> i32;
+    // Semaphores, wait queues.
     sys_sem_init(*mut sem_t, i32, u32) -> i32;
     sys_sem_destroy(*mut sem_t) -> i32;
     sys_sem_post(*mut sem_t) -> i32;
@@ -45,9 +43,6 @@ enosys! {
     sys_wait(usize) -> i32;
     sys_init_queue(usize) -> i32;
     sys_destroy_queue(usize) -> i32;
-    // Threads.
-    sys_spawn(*mut Tid, extern "C" fn(usize), usize, u8, isize) -> i32;
-    sys_join(Tid) -> i32;
     // Files and directories.
     sys_open(*const c_char, i32, i32) -> i32;
     sys_opendir(*const c_char) -> i32;
@@ -68,28 +63,19 @@ enosys! {
 }
 
 no_op! {
-    /// One thread: yielding has nobody to yield to.
-    sys_yield();
-    /// No scheduler: there is no other task to switch to.
+    /// Hermit's older task-blocking call (std uses futexes): does nothing.
     sys_block_current_task();
-    /// No scheduler: there is no other task to switch to.
+    /// Hermit's older task-blocking call (std uses futexes): does nothing.
     sys_block_current_task_with_timeout(u64);
-    /// No scheduler: there is no other task to wake.
+    /// Hermit's older task wake-up (std uses futexes): does nothing.
     sys_wakeup_taskt(Tid);
     /// `sys_getaddrinfo` never returns a list, so there is nothing to free.
     sys_freeaddrinfo(*mut addrinfo);
-    /// One thread and no scheduler: priorities do nothing.
+    /// One priority for every thread: does nothing.
     sys_set_priority(Tid, u8);
 }
 
-/// Threads are not supported: returns 0, which is no thread id, and sets errno to ENOSYS.
-#[unsafe(no_mangle)]
-pub extern "C" fn sys_spawn2(_: extern "C" fn(usize), _: usize, _: u8, _: usize, _: isize) -> Tid {
-    fail(ENOSYS);
-    0
-}
-
-/// One thread at the normal priority.
+/// Every thread runs at the normal priority.
 #[unsafe(no_mangle)]
 pub extern "C" fn sys_get_priority() -> u8 {
     NORMAL_PRIO.into()

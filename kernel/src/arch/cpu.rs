@@ -40,14 +40,43 @@ pub fn wait_for_interrupt() {
     unsafe { asm!("sti", "hlt", "cli", options(nomem, nostack)) };
 }
 
-/// Lets interrupts that are already pending in: the kernel runs with interrupts disabled and
-/// opens them only here and in [`wait_for_interrupt`]. `sti` takes effect after the next
+/// Lets interrupts that are already pending in: the one-thread kernel (and the idle thread)
+/// runs with interrupts disabled and opens them only here and in [`wait_for_interrupt`]. `sti` takes effect after the next
 /// instruction, so the `nop` is the one boundary where they are delivered.
 #[inline]
 pub fn accept_interrupts() {
     // SAFETY: as for `wait_for_interrupt`: every vector that can arrive has a handler that
     // preserves all registers and only records an event.
     unsafe { asm!("sti", "nop", "cli", options(nomem, nostack)) };
+}
+
+/// Whether interrupts are enabled (RFLAGS.IF): threads run with them on once the scheduler
+/// is active, the kernel's idle path and the scheduler itself with them off.
+#[inline]
+pub fn interrupts_enabled() -> bool {
+    let flags: u64;
+    // SAFETY: PUSHFQ/POP only read RFLAGS through the stack slot they use.
+    unsafe { asm!("pushfq", "pop {}", out(reg) flags, options(nomem, preserves_flags)) };
+    flags & (1 << 9) != 0
+}
+
+/// Disables interrupts; returns whether they were enabled, for [`restore_interrupts`].
+#[inline]
+pub fn disable_interrupts() -> bool {
+    let was = interrupts_enabled();
+    // SAFETY: CLI only masks maskable interrupts; nothing else changes.
+    unsafe { asm!("cli", options(nomem, nostack)) };
+    was
+}
+
+/// Enables interrupts again if `enabled` (from [`disable_interrupts`]).
+#[inline]
+pub fn restore_interrupts(enabled: bool) {
+    if enabled {
+        // SAFETY: every vector that can arrive has a handler (as for `wait_for_interrupt`);
+        // this only returns to the state the caller had before `disable_interrupts`.
+        unsafe { asm!("sti", options(nomem, nostack)) };
+    }
 }
 
 /// Reads CR2, the address of the last page fault.

@@ -10,6 +10,9 @@
 //! CPU turns into #NP with the vector in the error code, and that is reported like any
 //! other exception.
 //!
+//! The timer and device stubs send EOI (devices also record their event); once the app has
+//! threads they then call the scheduler ([`interrupt_entry`]), which may switch threads.
+//!
 //! Every exception is fatal: the stub pushes the vector (and a zero error code where the CPU
 //! pushes none) and calls [`exception_entry`], which hands a copy of the frame to
 //! [`crate::fault`]. No general registers are saved because nothing returns.
@@ -46,6 +49,21 @@ pub fn take_net_events() -> u8 {
 #[inline]
 pub fn net_events_pending() -> bool {
     NET_EVENTS.load(Ordering::Relaxed) != 0
+}
+
+/// Nonzero once threads run: the timer and device stubs then call [`interrupt_entry`].
+static THREADS: AtomicU8 = AtomicU8::new(0);
+
+/// From now on every timer and device interrupt goes through the scheduler
+/// (`crate::sched::on_interrupt`), which may switch threads.
+pub fn enable_preemption() {
+    THREADS.store(1, Ordering::Relaxed);
+}
+
+/// Called by the timer and device stubs once threads run, on the interrupted thread's stack
+/// with interrupts off, after the EOI.
+extern "C" fn interrupt_entry() {
+    crate::sched::on_interrupt();
 }
 
 /// What the stubs and the CPU leave on the stack, lowest address first.
@@ -113,27 +131,21 @@ roam_exception_common:
     call {exception_entry}
     ud2
 
-    /* LAPIC timer: it only has to wake the HLT in `cpu::wait_for_interrupt`, so all it does
-       is the EOI (a write to LAPIC register 0xB0; MOVABS because the address does not fit
-       a sign-extended 32-bit displacement). */
+    /* LAPIC timer: with one thread it only has to wake the HLT in
+       `cpu::wait_for_interrupt`, so all it does is the EOI (a write to LAPIC register 0xB0;
+       MOVABS because the address does not fit a sign-extended 32-bit displacement). Once
+       threads run it is also the scheduler's tick (roam_isr_schedule). */
     .globl roam_isr_timer
 roam_isr_timer:
-    push rax
-    xor eax, eax
-    movabs dword ptr [{eoi}], eax
-    pop rax
-    iretq
+    jmp roam_eoi_return
 
     /* NIC interrupts (MSI-X, or INTx through the IOAPIC): record the event for the idle
-       loop, EOI, return. Nothing else runs at interrupt time. */
+       loop, EOI, return. Nothing else runs at interrupt time: with threads, the scheduler
+       may switch to the idle thread, which does the network's work. */
     .globl roam_isr_net_queue
 roam_isr_net_queue:
     or byte ptr [rip + {net_events}], {queue_event}
-    push rax
-    xor eax, eax
-    movabs dword ptr [{eoi}], eax
-    pop rax
-    iretq
+    jmp roam_eoi_return
 
     .globl roam_isr_net_config
 roam_isr_net_config:
@@ -157,6 +169,33 @@ roam_eoi_return:
     push rax
     xor eax, eax
     movabs dword ptr [{eoi}], eax
+    cmp byte ptr [rip + {threads}], 0
+    jne roam_isr_schedule
+    pop rax
+    iretq
+
+    /* Threads run (`enable_preemption`): save the registers a call may clobber (RAX is
+       already pushed) and let the scheduler switch threads. The CPU aligned RSP to 16 before
+       its 5-word frame; with these 9 pushes the CALL sees it aligned again. The EOI came
+       first, so the next tick arrives whichever thread runs when this one resumes. */
+roam_isr_schedule:
+    push rcx
+    push rdx
+    push rsi
+    push rdi
+    push r8
+    push r9
+    push r10
+    push r11
+    call {interrupt_entry}
+    pop r11
+    pop r10
+    pop r9
+    pop r8
+    pop rdi
+    pop rsi
+    pop rdx
+    pop rcx
     pop rax
     iretq
 
@@ -168,6 +207,8 @@ roam_isr_spurious:
     .popsection
     "#,
     exception_entry = sym exception_entry,
+    interrupt_entry = sym interrupt_entry,
+    threads = sym THREADS,
     eoi = const super::apic::EOI_ADDRESS,
     net_events = sym NET_EVENTS,
     queue_event = const NET_QUEUE_EVENT,

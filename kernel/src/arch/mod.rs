@@ -20,6 +20,7 @@ pub mod pci;
 pub mod pit;
 pub mod port;
 pub mod pvclock;
+pub mod switch;
 pub mod tls;
 pub mod uart;
 pub use entry::entry_tsc;

@@ -9,6 +9,7 @@ use super::msr;
 use crate::heap::HEAP;
 use crate::tls::{self, Block};
 use core::alloc::{GlobalAlloc, Layout};
+use core::sync::atomic::{AtomicU64, Ordering};
 
 /// `IA32_FS_BASE`: the FS segment's base, the thread pointer.
 const IA32_FS_BASE: u32 = 0xC000_0100;
@@ -83,6 +84,28 @@ pub fn new_block() -> Result<Option<u64>, TlsError> {
     }
 }
 
+/// Frees a block [`new_block`] made, given its thread pointer (a finished thread's).
+///
+/// # Safety
+/// `tp` came from [`new_block`], no thread uses the block any more, and it is freed once.
+pub unsafe fn free_block(tp: u64) {
+    let Some(block) = layout() else { return };
+    let Ok(layout) = Layout::from_size_align(block.size, block.align) else {
+        return;
+    };
+    // SAFETY: the caller guarantees `tp` is `new_block`'s allocation plus `block.tp`, made
+    // with this layout, and unused.
+    unsafe { HEAP.dealloc((tp as usize - block.tp) as *mut u8, layout) };
+}
+
+/// The main thread's thread pointer (0 without thread-locals).
+static MAIN_TP: AtomicU64 = AtomicU64::new(0);
+
+/// The main thread's thread pointer, for the scheduler (0 without thread-locals).
+pub fn main_thread_pointer() -> u64 {
+    MAIN_TP.load(Ordering::Relaxed)
+}
+
 /// Makes `tp` (from [`new_block`]) the running thread's thread pointer.
 pub fn set_thread_pointer(tp: u64) {
     // SAFETY: FS base only changes what FS-relative accesses reach; the kernel makes none,
@@ -94,6 +117,7 @@ pub fn set_thread_pointer(tp: u64) {
 pub fn init_main_thread() -> Result<(), TlsError> {
     if let Some(tp) = new_block()? {
         set_thread_pointer(tp);
+        MAIN_TP.store(tp, Ordering::Relaxed);
     }
     Ok(())
 }

@@ -95,6 +95,10 @@ static NET: Mutex<Option<Net>> = Mutex::new(None);
 /// Counts stack polls: a blocked socket call waits for it to move, then tries again.
 static PROGRESS: AtomicU64 = AtomicU64::new(0);
 
+/// `Net::next_poll`, readable without the lock (the scheduler decides from it whether the
+/// idle thread is due).
+static NEXT_POLL: AtomicU64 = AtomicU64::new(u64::MAX);
+
 /// Where bring-up stands: not tried, up, or failed (and why: `InitError as u8 + FAILED`).
 const NOT_STARTED: u8 = 0;
 const UP: u8 = 1;
@@ -145,9 +149,12 @@ pub fn init() -> Result<(), InitError> {
         s if s == FAILED + InitError::NoDevice as u8 => return Err(InitError::NoDevice),
         _ => return Err(InitError::DeviceFailed),
     }
+    // Threads: nobody else may start a second bring-up meanwhile.
+    let _alone = crate::sync::PreemptOff::new();
     let started = timer::now_ns();
     match bring_up() {
         Ok(net) => {
+            NEXT_POLL.store(net.next_poll, Ordering::Relaxed);
             *NET.lock() = Some(net);
             STATE.store(UP, Ordering::Relaxed);
             log::info!("net: up after {} us", (timer::now_ns() - started) / 1000);
@@ -359,8 +366,9 @@ pub fn service(now_ns: u64) -> Option<u64> {
         control.service(&mut net.stack, &mut net.vf);
     }
     let now = instant(now_ns);
-    let polled = net.stack.poll_bounded(now, INGRESS_BUDGET);
-    net.sockets.reap(&mut net.stack);
+    // Listeners are re-armed after every frame (SocketTable::poll), so a SYN always finds
+    // a socket in Listen while the backlog has room.
+    let polled = net.sockets.poll(&mut net.stack, now, INGRESS_BUDGET);
     PROGRESS.fetch_add(1, Ordering::Relaxed);
     let mut next = net.stack.poll_at(now).map_or(u64::MAX, |t| {
         instant_ns(t).max(now_ns.saturating_add(MIN_REPOLL_NS))
@@ -385,7 +393,7 @@ pub fn service(now_ns: u64) -> Option<u64> {
         next = now_ns;
     }
     next = next.min(net.vf.next_check());
-    net.next_poll = next;
+    set_next_poll(net, next);
     if let Some((tsc, rx_before)) = start {
         let ticks = cpu::rdtsc().wrapping_sub(tsc);
         let stats = net.stack.device_mut().stats();
@@ -441,6 +449,7 @@ pub fn with_sockets<R>(
     let net = guard.as_mut().ok_or(InitError::DeviceFailed)?;
     let result = f(&mut net.sockets, &mut net.stack);
     poll_now(net);
+    crate::sched::remember_net_progress(PROGRESS.load(Ordering::Relaxed));
     Ok(result)
 }
 
@@ -452,7 +461,9 @@ pub fn query_sockets<R>(
     init()?;
     let mut guard = NET.lock();
     let net = guard.as_mut().ok_or(InitError::DeviceFailed)?;
-    Ok(f(&mut net.sockets, &mut net.stack))
+    let result = f(&mut net.sockets, &mut net.stack);
+    crate::sched::remember_net_progress(PROGRESS.load(Ordering::Relaxed));
+    Ok(result)
 }
 
 /// Asks for a stack poll at the idle loop's next wake: after a receive took data, so a
@@ -460,7 +471,7 @@ pub fn query_sockets<R>(
 /// costs one egress pass, not two.
 pub fn poll_soon() {
     if let Some(net) = NET.lock().as_mut() {
-        net.next_poll = 0;
+        set_next_poll(net, 0);
     }
 }
 
@@ -468,12 +479,31 @@ pub fn poll_soon() {
 fn poll_now(net: &mut Net) {
     let now_ns = timer::now_ns();
     net.stack.poll_egress(instant(now_ns));
-    net.sockets.reap(&mut net.stack);
+    net.sockets.update(&mut net.stack);
     PROGRESS.fetch_add(1, Ordering::Relaxed);
-    // Timers the operation started (retransmission, say) count from now.
-    net.next_poll = net.stack.poll_at(instant(now_ns)).map_or(u64::MAX, |t| {
+    // Timers the operation started (retransmission, say) count from now. Never later than
+    // already asked for: `service` may have left frames waiting (its budget ran out, or the
+    // VF's vectors are still masked), and their interrupt has already been taken.
+    let due = net.stack.poll_at(instant(now_ns)).map_or(u64::MAX, |t| {
         instant_ns(t).max(now_ns.saturating_add(MIN_REPOLL_NS))
     });
+    let next = net.next_poll.min(due);
+    set_next_poll(net, next);
+}
+
+fn set_next_poll(net: &mut Net, at: u64) {
+    net.next_poll = at;
+    NEXT_POLL.store(at, Ordering::Relaxed);
+}
+
+/// When the stack next wants [`service`] (monotonic ns; `u64::MAX`: not before an event).
+pub fn next_poll_ns() -> u64 {
+    NEXT_POLL.load(Ordering::Relaxed)
+}
+
+/// Stack polls so far: the idle thread wakes threads blocked on the network when it moves.
+pub fn progress() -> u64 {
+    PROGRESS.load(Ordering::Relaxed)
 }
 
 /// Whether the network is up (socket calls on a machine without one fail fast).
@@ -484,6 +514,9 @@ pub fn is_up() -> bool {
 /// Halts until the stack has been polled again (something may have changed for a blocked
 /// socket call) or until monotonic time `deadline_ns`; `false` on timeout.
 pub fn wait_for_progress(deadline_ns: Option<u64>) -> bool {
-    let seen = PROGRESS.load(Ordering::Relaxed);
+    // With threads, from what the thread's last socket call saw: the network may have moved
+    // since (the idle thread, or another thread's call), and that must not be missed.
+    let seen =
+        crate::sched::net_progress_seen().unwrap_or_else(|| PROGRESS.load(Ordering::Relaxed));
     timer::idle(deadline_ns, || PROGRESS.load(Ordering::Relaxed) != seen)
 }

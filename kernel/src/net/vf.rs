@@ -8,8 +8,9 @@
 //!
 //! Around a move the agent drives it instead: [`Watch::release`] (PREPARE) resets the VF and
 //! frees it, and the watchdog then leaves the slot alone (the source's VF must stay unused
-//! during the move); [`Watch::reattach`] (RESUMED) scans the whole bus, since the
-//! destination may have its VF at another slot or none, and brings up what it finds.
+//! during the move); [`Watch::reattach`] (RESUMED) looks at the VF's last slot, and scans
+//! the whole bus only when it is not there (the destination may have its VF at another slot
+//! or none), and brings up what it finds.
 
 use super::{Device, InitError, Stack, map_bars};
 use crate::arch::{apic, pci::PortConfig};
@@ -96,10 +97,10 @@ impl Watch {
         true
     }
 
-    /// RESUMED: keeps a VF in use that still answers; otherwise scans the bus for one and
-    /// brings it up with the failover device's MAC. Lifts the virtio-net pin PREPARE set,
+    /// RESUMED: keeps a VF in use that still answers; otherwise looks for one (its last slot
+    /// first, then the bus) and brings it up with the failover device's MAC. Lifts the virtio-net pin PREPARE set,
     /// so traffic returns to the VF now if its link is up, or when it comes up. Returns
-    /// whether a VF is in use. Bounded: one bus scan and the driver's bounded bring-up.
+    /// whether a VF is in use. Bounded: at most one bus scan and the driver's bounded bring-up.
     pub fn reattach(&mut self, stack: &mut Stack<Device>, now_ns: u64) -> bool {
         self.released = false;
         self.next = now_ns.saturating_add(WATCH_NS);
@@ -114,10 +115,14 @@ impl Watch {
         }
         if !present {
             let mut access = PortConfig;
-            let found = pci::enumerate(&access)
-                .iter()
-                .find(|f| vf_pci::matches(f))
-                .map(|f| f.bdf);
+            // Its last slot first (one read, and where host-vmm puts it back); the whole bus
+            // only when the VF is not there (another machine may place it elsewhere).
+            let found = self.bdf.filter(|&bdf| is_vf(&access, bdf)).or_else(|| {
+                pci::enumerate(&access)
+                    .iter()
+                    .find(|f| vf_pci::matches(f))
+                    .map(|f| f.bdf)
+            });
             if let Some(bdf) = found {
                 if Some(bdf) != self.bdf {
                     log::info!(
@@ -180,10 +185,7 @@ impl Watch {
     /// Brings the VF back if its slot answers again.
     fn replug(&mut self, stack: &mut Stack<Device>, bdf: Bdf) -> bool {
         let mut access = PortConfig;
-        let ids = access.read32(bdf, pci::VENDOR_DEVICE);
-        if ids as u16 != ixgbevf_regs::VENDOR_ID
-            || (ids >> 16) as u16 != ixgbevf_regs::DEVICE_ID_82599_VF
-        {
+        if !is_vf(&access, bdf) {
             return false;
         }
         let mac = stack.device().mac_address();
@@ -196,6 +198,12 @@ impl Watch {
             None => false,
         }
     }
+}
+
+/// Whether an 82599 VF answers at `bdf`.
+fn is_vf(access: &PortConfig, bdf: Bdf) -> bool {
+    let ids = access.read32(bdf, pci::VENDOR_DEVICE);
+    ids as u16 == ixgbevf_regs::VENDOR_ID && (ids >> 16) as u16 == ixgbevf_regs::DEVICE_ID_82599_VF
 }
 
 /// A slot that may be unknown, for logs.
@@ -250,8 +258,9 @@ fn try_bring_up(
     apic_id: u8,
 ) -> Result<Vf, VfError> {
     log::info!("net: 82599 VF at {bdf}");
-    map_bars(access, bdf).map_err(VfError::Map)?;
-    let function = vf_pci::probe(access, bdf, None).map_err(VfError::Driver)?;
+    // Sized once: the mapping reads them, the probe takes what it read.
+    let bars = map_bars(access, bdf).map_err(VfError::Map)?;
+    let function = vf_pci::probe_sized(access, bdf, &bars).map_err(VfError::Driver)?;
     let irq = InterruptRequest {
         apic_id,
         queue_vector: apic::VF_QUEUE_VECTOR,

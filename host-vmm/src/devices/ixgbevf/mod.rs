@@ -133,6 +133,14 @@ pub struct VfMetrics {
     pub queue_errors: u64,
 }
 
+/// A frame read from the backend, in `rx_buf[start..end]`, ready for RX queue 0.
+#[derive(Clone, Copy, Debug)]
+struct HeldFrame {
+    start: usize,
+    end: usize,
+    vlan: Option<u16>,
+}
+
 /// The VF's migration state (see the module documentation).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IxgbevfState {
@@ -168,6 +176,10 @@ pub struct Ixgbevf<B: NetBackend> {
     state: DeviceState,
     metrics: VfMetrics,
     rx_buf: Box<[u8]>,
+    /// The frame in `rx_buf[start..end]` (its VLAN tag already stripped) waits for free RX
+    /// descriptors: the backend is not read again until it is delivered (see
+    /// [`Ixgbevf::poll_backend`]).
+    rx_held: Option<HeldFrame>,
     rx_addrs: Vec<u64>,
     tx: TxScratch,
     /// An unknown register was already reported.
@@ -242,6 +254,7 @@ impl<B: NetBackend> Ixgbevf<B> {
             state: DeviceState::new(mac),
             metrics: VfMetrics::default(),
             rx_buf: vec![0; MAX_RX_FRAME].into_boxed_slice(),
+            rx_held: None,
             rx_addrs: Vec::new(),
             tx: TxScratch::default(),
             warned_unknown: false,
@@ -278,13 +291,25 @@ impl<B: NetBackend> Ixgbevf<B> {
         &self.backend
     }
 
-    /// Moves every frame waiting in the backend into RX queue 0 (or drops it: VF removed,
-    /// link down, queue off or full) and raises RX queue 0's interrupt if any arrived.
-    /// Returns the number of frames delivered. The I/O thread calls this when the backend
-    /// is readable; tests call it directly.
+    /// Moves the frames waiting in the backend into RX queue 0 and raises its interrupt if
+    /// any arrived; returns how many. A frame that finds too few free descriptors is kept,
+    /// and the backend left unread behind it, until the driver moves RDT: a real 82599
+    /// holds such frames in its on-chip packet buffer while the driver refills, and here
+    /// the TAP's queue plays that part (dropping only past its own length, as a wire
+    /// would). Frames are dropped only while the VF is removed, its link down or the queue
+    /// off, or when the whole ring could never hold one. The I/O thread calls this when the
+    /// backend is readable, the RDT write when a frame is held; tests call it directly.
     pub fn poll_backend(&mut self) -> usize {
         let mut delivered = 0;
         loop {
+            if let Some(held) = self.rx_held {
+                match self.offer(held) {
+                    rx::Delivery::Delivered => delivered += 1,
+                    rx::Delivery::Full => break,
+                    rx::Delivery::Unfit => self.metrics.rx_dropped += 1,
+                }
+                self.rx_held = None;
+            }
             let len = match self.backend.recv(&mut self.rx_buf) {
                 Ok(len) => len,
                 Err(e) if e.kind() == stdio::ErrorKind::WouldBlock => break,
@@ -294,10 +319,17 @@ impl<B: NetBackend> Ixgbevf<B> {
                     break;
                 }
             };
-            if self.receive(len) {
-                delivered += 1;
-            } else {
+            let Some(held) = self.take_in(len) else {
                 self.metrics.rx_dropped += 1;
+                continue;
+            };
+            match self.offer(held) {
+                rx::Delivery::Delivered => delivered += 1,
+                rx::Delivery::Full => {
+                    self.rx_held = Some(held);
+                    break;
+                }
+                rx::Delivery::Unfit => self.metrics.rx_dropped += 1,
             }
         }
         if delivered > 0 {
@@ -306,35 +338,51 @@ impl<B: NetBackend> Ixgbevf<B> {
         delivered
     }
 
-    /// Delivers the `len`-byte frame in `rx_buf` to RX queue 0; `false` if it was dropped.
-    fn receive(&mut self, len: usize) -> bool {
-        let q = &mut self.state.rx[0];
+    /// Readies the `len`-byte frame just read into `rx_buf` for RX queue 0 (its VLAN tag
+    /// stripped when RXDCTL asks); `None` if the queue cannot take frames at all.
+    fn take_in(&mut self, len: usize) -> Option<HeldFrame> {
+        let q = &self.state.rx[0];
         if !self.present || !self.state.link_up || !q.active() || len == 0 {
-            return false;
+            return None;
         }
         let buf = &mut self.rx_buf[..len];
-        let strip = q.dctl & r::RXDCTL_VME != 0 && len >= 18 && buf[12..14] == [0x81, 0x00];
-        let (start, vlan) = if strip {
+        if q.dctl & r::RXDCTL_VME != 0 && len >= 18 && buf[12..14] == [0x81, 0x00] {
             let tag = u16::from_be_bytes([buf[14], buf[15]]);
             buf.copy_within(0..12, 4);
-            (4, Some(tag))
-        } else {
-            (0, None)
-        };
-        let frame = &self.rx_buf[start..len];
-        match rx::deliver(q, &self.mem, frame, vlan, &mut self.rx_addrs) {
-            Ok(true) => {
+            return Some(HeldFrame {
+                start: 4,
+                end: len,
+                vlan: Some(tag),
+            });
+        }
+        Some(HeldFrame {
+            start: 0,
+            end: len,
+            vlan: None,
+        })
+    }
+
+    /// Offers the frame in `rx_buf` to RX queue 0 (a queue that went off or broke meanwhile
+    /// makes it [`rx::Delivery::Unfit`]).
+    fn offer(&mut self, f: HeldFrame) -> rx::Delivery {
+        let q = &mut self.state.rx[0];
+        if !self.present || !self.state.link_up || !q.active() {
+            return rx::Delivery::Unfit;
+        }
+        let frame = &self.rx_buf[f.start..f.end];
+        match rx::deliver(q, &self.mem, frame, f.vlan, &mut self.rx_addrs) {
+            Ok(rx::Delivery::Delivered) => {
                 self.state.counters.received(frame);
                 self.metrics.rx_frames += 1;
                 self.metrics.rx_bytes += frame.len() as u64;
-                true
+                rx::Delivery::Delivered
             }
-            Ok(false) => false,
+            Ok(other) => other,
             Err(e) => {
                 q.stopped = true;
                 self.metrics.queue_errors += 1;
                 log::warn!("ixgbevf: RX queue 0: {e}; the queue stops until it is set up again");
-                false
+                rx::Delivery::Unfit
             }
         }
     }
@@ -503,6 +551,15 @@ impl<B: NetBackend> Ixgbevf<B> {
 
     /// A 32-bit register write at `offset` in BAR 0.
     fn write_reg(&mut self, offset: usize, value: u32) {
+        let mut rx_tail_moved = false;
+        self.write_reg_inner(offset, value, &mut rx_tail_moved);
+        // Free descriptors for a frame that waited for them (and those behind it).
+        if rx_tail_moved && self.rx_held.is_some() {
+            self.poll_backend();
+        }
+    }
+
+    fn write_reg_inner(&mut self, offset: usize, value: u32, rx_tail_moved: &mut bool) {
         let msix = &mut self.msix;
         let mut send = |v: u16| msix.notify(v);
         let s = &mut self.state;
@@ -549,7 +606,10 @@ impl<B: NetBackend> Ixgbevf<B> {
                     r::Q_DCA => q.dca = value,
                     r::Q_HEAD => q.head = value & 0xFFFF,
                     r::RX_SRRCTL => q.srrctl = value,
-                    r::Q_TAIL => q.tail = value & 0xFFFF,
+                    r::Q_TAIL => {
+                        q.tail = value & 0xFFFF;
+                        *rx_tail_moved = true;
+                    }
                     r::Q_DCTL => {
                         q.dctl = value;
                         q.stopped = false;

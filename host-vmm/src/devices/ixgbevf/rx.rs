@@ -5,7 +5,9 @@
 //! write-back, all 16 bytes: packet info and RSS hash 0, status DD (and EOP on the last;
 //! VP there too when a VLAN tag was stripped), no error bits, this buffer's length, the tag.
 //! Only qword 0 of a descriptor (the buffer address) is read, before it is overwritten. A
-//! frame that does not fit the free descriptors is not written at all; the caller drops it.
+//! frame that does not fit the free descriptors is not written at all: the caller keeps it
+//! until the driver frees descriptors (RDT moves), or drops it if the whole ring could never
+//! hold it.
 //! Every descriptor type is treated as advanced one-buffer (what Linux and our driver use).
 
 use super::ring::{QueueError, Ring, check_buffer};
@@ -27,8 +29,18 @@ pub fn buffer_size(srrctl: u32) -> u64 {
     }
 }
 
-/// Writes `frame` (a VLAN tag already stripped into `vlan`) into queue `q`. Returns `false`
-/// when the free descriptors cannot hold it or it is empty (nothing was written). `addrs` is
+/// What became of a frame offered to an RX queue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Delivery {
+    /// Written, descriptors handed back.
+    Delivered,
+    /// Not enough free descriptors now; nothing written (it may fit once RDT moves).
+    Full,
+    /// Empty, or more than the whole ring could ever hold: nothing written.
+    Unfit,
+}
+
+/// Writes `frame` (a VLAN tag already stripped into `vlan`) into queue `q`. `addrs` is
 /// scratch space.
 pub fn deliver(
     q: &mut QueueRegs,
@@ -36,16 +48,20 @@ pub fn deliver(
     frame: &[u8],
     vlan: Option<u16>,
     addrs: &mut Vec<u64>,
-) -> Result<bool, QueueError> {
+) -> Result<Delivery, QueueError> {
     let ring = Ring::check(q, mem)?;
     if frame.is_empty() {
-        return Ok(false);
+        return Ok(Delivery::Unfit);
     }
     let bsize = buffer_size(q.srrctl);
     let len = frame.len() as u64;
     let need = len.div_ceil(bsize);
+    // The device owns at most count - 1 descriptors (RDH == RDT means none).
+    if need >= u64::from(ring.count) {
+        return Ok(Delivery::Unfit);
+    }
     if need > u64::from(ring.distance(q.head, q.tail)) {
-        return Ok(false);
+        return Ok(Delivery::Full);
     }
     // Read and check every buffer address before writing anything.
     addrs.clear();
@@ -75,5 +91,5 @@ pub fn deliver(
         index = ring.next(index);
     }
     q.head = index;
-    Ok(true)
+    Ok(Delivery::Delivered)
 }

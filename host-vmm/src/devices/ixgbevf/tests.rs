@@ -227,11 +227,11 @@ fn a_frame_is_written_back_into_the_first_free_descriptor() {
 }
 
 #[test]
-fn rx_wraps_round_the_ring_and_drops_when_no_descriptor_is_free() {
+fn rx_wraps_round_the_ring_and_a_frame_without_descriptors_waits_for_rdt() {
     let mut vf = receiving(8);
     vf.write(RX + r::Q_HEAD, 6);
     vf.write(RX + r::Q_TAIL, 2);
-    for i in 0..5 {
+    for i in 0..6 {
         vf.peer.inject(&frame(60 + i, i as u8));
     }
     assert_eq!(vf.dev.poll_backend(), 4);
@@ -244,15 +244,24 @@ fn rx_wraps_round_the_ring_and_drops_when_no_descriptor_is_free() {
     }
     assert_eq!(
         vf.dev.metrics().rx_dropped,
-        1,
-        "the fifth had no descriptor"
+        0,
+        "nothing lost for want of a descriptor"
     );
-    assert_eq!(vf.peer.waiting(), 0, "it is not kept for later");
+    assert_eq!(
+        vf.peer.waiting(),
+        1,
+        "the sixth stays in the backend behind the fifth"
+    );
+    // The driver frees three descriptors: the fifth and sixth go in at once, in order.
     vf.write(RX + r::Q_TAIL, 5);
-    assert_eq!(vf.dev.poll_backend(), 0);
+    assert_eq!(vf.read(RX + r::Q_HEAD), 4);
+    assert_eq!(vf.desc(RX_RING, 2)[3], 64);
+    assert_eq!(vf.desc(RX_RING, 3)[3], 65);
+    assert_eq!(vf.peer.waiting(), 0);
     vf.peer.inject(&frame(70, 9));
     assert_eq!(vf.dev.poll_backend(), 1);
-    assert_eq!(vf.desc(RX_RING, 2)[3], 70);
+    assert_eq!(vf.desc(RX_RING, 4)[3], 70);
+    assert_eq!(vf.dev.metrics().rx_frames, 7);
 }
 
 #[test]
@@ -273,11 +282,25 @@ fn a_long_frame_spans_descriptors_with_eop_on_the_last() {
     }
     assert_eq!(got, f);
     assert_eq!(vf.read(RX + r::Q_HEAD), 3);
-    // A frame needing more descriptors than are free is dropped whole.
+    // A frame needing more descriptors than are free waits, unwritten.
     vf.peer.inject(&frame(5000, 2));
     assert_eq!(vf.dev.poll_backend(), 0);
     assert_eq!(vf.read(RX + r::Q_HEAD), 3);
     assert_eq!(vf.desc(RX_RING, 3)[2], 0xDEAD_BEEF);
+    assert_eq!(vf.dev.metrics().rx_dropped, 0);
+    // One more than the whole ring could ever hold is dropped, and the next one goes in.
+    vf.write(RX + r::Q_TAIL, 2);
+    assert_eq!(
+        vf.read(RX + r::Q_HEAD),
+        0,
+        "the 5 KiB frame took descriptors 3..=7"
+    );
+    vf.peer.inject(&frame(8 * 1024, 3));
+    vf.peer.inject(&frame(60, 4));
+    vf.write(RX + r::Q_TAIL, 1);
+    vf.dev.poll_backend();
+    assert_eq!(vf.dev.metrics().rx_dropped, 1);
+    assert_eq!(vf.desc(RX_RING, 0)[3], 60);
 }
 
 #[test]
