@@ -299,10 +299,12 @@ fn qemu(image: &Path, mib: u32, vmm: Vmm) -> Result<LoadFigures> {
             moved.started,
             moved.running_at,
         )?),
-        vmm_pause_ms: moved.info.downtime_ms.map(|d| d as f64),
+        // QEMU 7.2 was seen to report 0 for both after a long throttled move: no figure.
+        vmm_pause_ms: moved.info.downtime_ms.filter(|&d| d > 0).map(|d| d as f64),
         total_ms: moved
             .info
             .total_time_ms
+            .filter(|&t| t > 0)
             .map_or((moved.ended - moved.started) * 1e3, |t| t as f64),
         passes: moved.info.dirty_sync_count,
         throttle_percent: Some(moved.info.cpu_throttle_percentage.unwrap_or(0)),
