@@ -17,8 +17,10 @@
 //! guest never runs it, and it would be one more RAM block to migrate.
 //!
 //! QEMU throttles migration to 32 MiB/s by default; the peer raises `max-bandwidth` to
-//! [`MAX_BANDWIDTH`] so it is not handicapped against host-vmm, which does not throttle. The
-//! downtime limit stays at QEMU's default (300 ms, as host-vmm's `--downtime-ms`).
+//! [`MAX_BANDWIDTH`] so it is not handicapped against host-vmm, which has no bandwidth cap.
+//! The downtime limit stays at QEMU's default (300 ms, as host-vmm's `--downtime-ms`).
+//! `auto-converge` is off unless a case turns it on ([`QemuMigration::set_auto_converge`]:
+//! the memtouch cases, to compare with host-vmm's own auto-converge).
 
 use super::migrate::{Case, Mode, MoveReport, Mover, Moving, pause_between};
 use crate::net::{Nics, Side, TwoHosts};
