@@ -84,16 +84,19 @@ pub fn admit(
             let tx = tx.clone();
             let check = check.clone();
             let who = peer.clone();
+            // One instant for both sides of the deadline: the thread tells a peer this loop
+            // shut at the deadline from one that failed by itself.
+            let since = Instant::now();
             let spawned = std::thread::Builder::new()
                 .name("admission".into())
                 .spawn(move || {
-                    let r = admit_one(incoming, &check);
+                    let r = admit_one(incoming, &check, since);
                     let _ = tx.send((id, who, r));
                 });
             match spawned {
                 Ok(_) => pending.push(Pending {
                     id,
-                    since: Instant::now(),
+                    since,
                     closer,
                     closed: false,
                 }),
@@ -134,13 +137,13 @@ pub fn admit(
     }
 }
 
-/// One connection: authenticated, its Hello read and checked; a refused Hello (or a
-/// stream that is not a migration stream) is answered with Failed.
+/// One connection, accepted at `start`: authenticated, its Hello read and checked; a refused
+/// Hello (or a stream that is not a migration stream) is answered with Failed.
 fn admit_one(
     incoming: super::target::Incoming,
     check: &impl Fn(&Hello) -> Result<(), String>,
+    start: Instant,
 ) -> Result<(Stream, Hello), Refusal> {
-    let start = Instant::now();
     let late = |what: &str| {
         Refusal::Auth(format!(
             "no {what} within {} s",
@@ -342,7 +345,7 @@ mod tests {
             std::thread::sleep(Duration::from_millis(5));
         };
         incoming.set_timeouts(Duration::from_millis(200)).unwrap();
-        let e = admit_one(incoming, &check).unwrap_err();
+        let e = admit_one(incoming, &check, Instant::now()).unwrap_err();
         assert!(e.to_string().contains("no Hello"), "{e}");
     }
 
