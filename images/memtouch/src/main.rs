@@ -1,8 +1,8 @@
 //! `memtouch`: a guest that dirties memory while it moves, and checks that none was lost.
 //!
 //! Arguments (the words after `--`): `MIB RATE`: populate `MIB` MiB, then dirty `RATE` MiB/s
-//! of it (a page counts as dirtied whole; `0` only checks). It fills every page with a
-//! pattern, then loops: it rewrites pages in turn at the set rate, paced by the monotonic
+//! of it (a page counts as dirtied whole; `0` only checks). It writes its pattern into every
+//! page (the checked words only: RAM is never cleared), then loops: it rewrites pages in turn at the set rate, paced by the monotonic
 //! clock, and checks pages in turn in between, forever. With `ip=` on the command line it
 //! brings the network up (ping, the guest agent a move talks to) and sleeps 1 ms every
 //! 10 ms so the kernel serves it. Here (nested KVM) it dirties at most about 100 MiB/s.
