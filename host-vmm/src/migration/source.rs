@@ -409,13 +409,9 @@ impl Run<'_, '_> {
             );
         } else {
             pending = self.precopy(options.downtime)?;
-            // Writes return once the kernel has the bytes, not once they arrived: over a
-            // long path most of the passes may still be queued. The pause starts only when
-            // the destination has everything sent so far, so it carries only its own pages.
-            let t = Instant::now();
-            self.send(&Message::Sync)?;
-            self.reply(kind::SYNCED)?;
-            log::debug!("migration: the destination caught up in {:?}", t.elapsed());
+            // The pause starts only when the destination has everything sent so far, so it
+            // carries only its own pages (a round trip when `precopy` caught up already).
+            self.catch_up()?;
         }
         self.cancel.check()?;
         // The pause: devices first (no more DMA), then the vCPU.
@@ -502,10 +498,15 @@ impl Run<'_, '_> {
         );
         let mut converge = AutoConverge::default();
         let mut sent = first.len();
+        // Pages of a harvest that fitted, kept while the destination caught up.
+        let mut fitted: Option<Vec<u64>> = None;
         loop {
-            let dirty = self.take_dirty(Vec::new())?;
+            let rechecked = fitted.is_some();
+            let dirty = self.take_dirty(fitted.take().unwrap_or_default())?;
             let predicted = Duration::from_secs_f64(dirty.len() as f64 * PAGE_SIZE as f64 / rate);
-            if let Some(percent) = converge.after_pass(sent, dirty.len(), predicted > downtime) {
+            if !rechecked
+                && let Some(percent) = converge.after_pass(sent, dirty.len(), predicted > downtime)
+            {
                 self.throttle(percent)?;
             }
             self.progress.dirty_pages = dirty.len() as u64;
@@ -526,8 +527,16 @@ impl Run<'_, '_> {
                     }
                 ),
             );
-            if predicted <= downtime || self.passes >= MAX_PASSES {
+            if (predicted <= downtime && rechecked) || self.passes >= MAX_PASSES {
                 return Ok(dirty);
+            }
+            if predicted <= downtime {
+                // What the guest dirties while the destination catches up (the queued
+                // passes, seconds on a slow link) is in the pause too: catch up, then
+                // predict again with those pages.
+                self.catch_up()?;
+                fitted = Some(dirty);
+                continue;
             }
             self.cancel.check()?;
             let t = Instant::now();
@@ -536,6 +545,17 @@ impl Run<'_, '_> {
             sent = dirty.len();
             rate = rate_blend(rate, rate_of(dirty.len(), t.elapsed()));
         }
+    }
+
+    /// Waits until the destination has everything sent so far (Sync, Synced). Writes
+    /// return once the kernel has the bytes, not once they arrived: over a long or slow
+    /// path most of the passes may still be queued.
+    fn catch_up(&mut self) -> Result<(), MigrateError> {
+        let t = Instant::now();
+        self.send(&Message::Sync)?;
+        self.reply(kind::SYNCED)?;
+        log::debug!("migration: the destination caught up in {:?}", t.elapsed());
+        Ok(())
     }
 
     /// Sleeps the vCPU `percent` % of the time from now on (auto-converge).
