@@ -219,7 +219,10 @@ enum BenchCmd {
     /// Live migration: pause (source vCPU stop -> destination running, one definition for
     /// both VMMs), network gap (ping -D every 10 ms), total time and bytes per move, pre-copy
     /// and zero-copy at 64 MiB, 256 MiB and 1 GiB, stock QEMU as the peer; min/median/max per
-    /// case; writes an SVG of ping RTT around each case's first move.
+    /// case; writes an SVG of ping RTT around each case's first move. Then the memtouch
+    /// cases: one pre-copy move of a guest with 256 MiB or 1 GiB populated that dirties
+    /// 32 MiB/s over a migration link capped at 200 Mbit/s, where plain pre-copy cannot
+    /// converge: host-vmm (auto-converge), QEMU plain, QEMU with auto-converge.
     Migrate {
         /// Print one JSON object instead of the table.
         #[arg(long)]
@@ -227,9 +230,16 @@ enum BenchCmd {
         /// Moves per case (back and forth); the table gives min/median/max.
         #[arg(long, default_value_t = bench::migrate::DEFAULT_MOVES)]
         moves: u32,
-        /// Only these guest sizes in MiB (of 64, 256, 1024), comma-separated.
+        /// Only these guest sizes in MiB (of 64, 256, 1024), comma-separated; for the memtouch
+        /// cases, the populated sizes (of 256, 1024).
         #[arg(long, value_delimiter = ',')]
         sizes: Vec<u32>,
+        /// Only the memtouch cases (pre-copy of a guest dirtying memory under load).
+        #[arg(long, conflicts_with = "no_memtouch")]
+        memtouch_only: bool,
+        /// Without the memtouch cases.
+        #[arg(long)]
+        no_memtouch: bool,
         /// Where to write the SVG plot.
         #[arg(long, default_value = "target/bench/migrate-ping.svg")]
         svg: std::path::PathBuf,
@@ -431,8 +441,10 @@ fn run(cli: Cli) -> Result<()> {
                     sizes,
                     svg,
                     tls: false,
+                    memtouch_only,
+                    no_memtouch,
                 },
-        } => bench_migrate(json, moves, &sizes, &svg),
+        } => bench_migrate(json, moves, &sizes, &svg, memtouch_only, no_memtouch),
         Cmd::Bench {
             which:
                 BenchCmd::Migrate {
@@ -509,24 +521,60 @@ fn wan_up(prefix: &str, delay_ms: u32) -> Result<()> {
 }
 
 /// `cargo xtask bench migrate`.
-fn bench_migrate(json: bool, moves: u32, sizes: &[u32], svg: &std::path::Path) -> Result<()> {
+fn bench_migrate(
+    json: bool,
+    moves: u32,
+    sizes: &[u32],
+    svg: &std::path::Path,
+    memtouch_only: bool,
+    no_memtouch: bool,
+) -> Result<()> {
+    use bench::migrate_load;
     prereq::ensure_kvm()?;
     let mut packages = vec![prereq::QEMU];
     packages.extend(prereq::NET_TOOLS);
     prereq::ensure_packages(&packages)?;
     // host-vmm's Mover runs the release build, like every other bench.
     artifacts::build_host_vmm()?;
-    artifacts::build_images(&[bench::migrate::IMAGE.to_string()])?;
-    let figures = bench::migrate::run(&image_path(bench::migrate::IMAGE), moves, sizes)?;
-    let svg = root().join(svg);
-    if let Some(dir) = svg.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    std::fs::write(&svg, bench::migrate::svg(&figures))?;
-    if json {
-        println!("{}", bench::migrate::json(&figures, moves));
+    artifacts::build_images(&[
+        bench::migrate::IMAGE.to_string(),
+        migrate_load::IMAGE.to_string(),
+    ])?;
+    let figures = if memtouch_only {
+        Vec::new()
     } else {
-        print!("{}", bench::migrate::table(&figures, moves, Some(&svg)));
+        bench::migrate::run(&image_path(bench::migrate::IMAGE), moves, sizes)?
+    };
+    // --sizes picks the memtouch cases by what they populate; sizes of none skip them all.
+    let load_sizes: Vec<u32> = sizes
+        .iter()
+        .copied()
+        .filter(|s| migrate_load::POPULATED_MIB.contains(s))
+        .collect();
+    let load = if no_memtouch || (!sizes.is_empty() && load_sizes.is_empty()) {
+        Vec::new()
+    } else {
+        migrate_load::run(&image_path(migrate_load::IMAGE), &load_sizes)?
+    };
+    let svg = root().join(svg);
+    if !figures.is_empty() {
+        if let Some(dir) = svg.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(&svg, bench::migrate::svg(&figures))?;
+    }
+    if json {
+        let mut v: serde_json::Value =
+            serde_json::from_str(&bench::migrate::json(&figures, moves))?;
+        v["memtouch"] = migrate_load::json(&load);
+        println!("{v}");
+    } else {
+        if !figures.is_empty() {
+            print!("{}", bench::migrate::table(&figures, moves, Some(&svg)));
+        }
+        if !load.is_empty() {
+            print!("{}", migrate_load::table(&load));
+        }
     }
     Ok(())
 }

@@ -223,6 +223,7 @@ pub struct HostVmmGuest {
     moves: u32,
     certs: CertDir,
     transport: Transport,
+    move_timeout: Duration,
 }
 
 impl HostVmmGuest {
@@ -271,6 +272,7 @@ impl HostVmmGuest {
             moves: 0,
             certs: CertDir::for_tests()?,
             transport: Transport::Tls,
+            move_timeout: MOVE_TIMEOUT,
         };
         guest
             .wait_for_agent()
@@ -343,6 +345,12 @@ impl HostVmmGuest {
         )
     }
 
+    /// Bounds each later `host-vmm ctl ... migrate` by `bound` ([`MOVE_TIMEOUT`] unless set):
+    /// a move over a slow link takes minutes.
+    pub fn set_move_timeout(&mut self, bound: Duration) {
+        self.move_timeout = bound;
+    }
+
     /// Protects the next pre-copy moves' streams with `transport` (TLS by default).
     pub fn set_transport(&mut self, transport: Transport) {
         self.transport = transport;
@@ -411,7 +419,7 @@ impl HostVmmGuest {
             ctl.args(["--downtime-ms", &ms.to_string()]);
         }
         let started = pingd::now();
-        let run = proc::watch(&mut ctl, "", MOVE_TIMEOUT);
+        let run = proc::watch(&mut ctl, "", self.move_timeout);
         let ended = pingd::now();
         // Whether either side died during the move, and how (a signal says it was killed).
         let ended_how = |s: Option<std::process::ExitStatus>| {

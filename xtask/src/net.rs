@@ -423,6 +423,26 @@ impl TwoHosts {
         }
     }
 
+    /// Caps the migration link at `mbit` Mbit/s both ways (a `tbf` qdisc on each host's
+    /// `mig0`): a link slower than the guest dirties memory, where plain pre-copy cannot
+    /// converge (the memtouch cases). Both VMMs' streams go through it alike.
+    pub fn limit_migration_link(&self, mbit: u32) -> Result<()> {
+        for side in [Side::Source, Side::Destination] {
+            let mut tc = self.exec_on(side, "tc");
+            tc.args(["qdisc", "replace", "dev", MIGRATION_LINK, "root", "tbf"])
+                .args([
+                    "rate",
+                    &format!("{mbit}mbit"),
+                    "burst",
+                    "64kb",
+                    "latency",
+                    "100ms",
+                ]);
+            crate::proc::run(&mut tc)?;
+        }
+        Ok(())
+    }
+
     /// A command that runs `program` on host `side` (e.g. `host-vmm receive ...`).
     pub fn exec_on(&self, side: Side, program: impl AsRef<std::ffi::OsStr>) -> Command {
         Topology::exec_in(self.host_ns(side), program)

@@ -150,8 +150,11 @@ impl Qmp {
         bound: Duration,
     ) -> Result<MigrationInfo> {
         let deadline = Instant::now() + bound;
+        let mut throttle = None;
         loop {
-            let info = self.query_migrate()?;
+            let mut info = self.query_migrate()?;
+            throttle = throttle.max(info.cpu_throttle_percentage);
+            info.cpu_throttle_percentage = throttle;
             match info.status.as_str() {
                 "completed" => return Ok(info),
                 "failed" | "cancelled" => bail!(
@@ -241,8 +244,13 @@ pub struct MigrationInfo {
     pub ram_total_bytes: Option<u64>,
     /// Dirty-page passes over RAM (`ram.dirty-sync-count`).
     pub dirty_sync_count: Option<u64>,
+    /// RAM still to send, bytes (`ram.remaining`).
+    pub remaining_bytes: Option<u64>,
     /// QEMU's reason on failure (`error-desc`).
     pub error: Option<String>,
+    /// The vCPU throttle auto-converge applies, percent (`cpu-throttle-percentage`, while
+    /// active); [`Qmp::wait_for_migration`] keeps the highest it saw.
+    pub cpu_throttle_percentage: Option<u64>,
 }
 
 impl MigrationInfo {
@@ -259,7 +267,9 @@ impl MigrationInfo {
             zero_pages: ram["duplicate"].as_u64(),
             ram_total_bytes: ram["total"].as_u64(),
             dirty_sync_count: ram["dirty-sync-count"].as_u64(),
+            remaining_bytes: ram["remaining"].as_u64(),
             error: v["error-desc"].as_str().map(str::to_string),
+            cpu_throttle_percentage: v["cpu-throttle-percentage"].as_u64(),
         }
     }
 }

@@ -505,6 +505,9 @@ pub struct MigrationProgress {
     pub rate_mbps: f64,
     /// The pause the dirty pages would take now, in ms.
     pub predicted_pause_ms: f64,
+    /// Share of its time the vCPU sleeps so pre-copy converges (auto-converge), percent.
+    #[serde(default)]
+    pub throttle_percent: u8,
     /// Start to finish, once finished.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub total_ms: Option<f64>,

@@ -221,6 +221,7 @@ fn progress(job: Option<JobView>) -> MigrationProgress {
         dirty_pages: p.dirty_pages,
         rate_mbps: p.rate / 1e6,
         predicted_pause_ms: p.predicted_pause.as_secs_f64() * 1e3,
+        throttle_percent: p.throttle_percent,
         total_ms: Some(
             j.summary
                 .as_ref()

@@ -640,8 +640,17 @@ impl Controller {
         let mut agent = live.agent.as_ref().map(SharedAgent);
         let mut last_phase = None;
         let mut forced = false;
+        let mut throttle = 0;
         let mut report = |p: &source::Progress| {
             log::info!("migration: {}", p.message);
+            if p.throttle_percent != throttle {
+                throttle = p.throttle_percent;
+                self.events.emit(
+                    "migration",
+                    "throttle",
+                    &[("percent", throttle.to_string())],
+                );
+            }
             if let Some(why) = p.forced.as_ref().filter(|_| !forced) {
                 forced = true;
                 self.events

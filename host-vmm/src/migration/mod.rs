@@ -9,6 +9,8 @@
 //! - [`admission`]: the destination's wait for the real source: each peer authenticated
 //!   and its Hello read within a deadline, the others dropped.
 //! - [`source`]: sending a running guest: pre-copy or zero-copy, progress, cancel, rollback.
+//! - [`converge`]: auto-converge, when to throttle the vCPU of a guest pre-copy cannot
+//!   catch up with.
 //! - [`destination`]: taking one guest in and handing back a VM ready to run.
 //!
 //! The state that crosses is [`crate::vmm::MachineState`]; what happens after the guest
@@ -16,6 +18,7 @@
 //! plane.
 
 pub mod admission;
+pub mod converge;
 pub mod destination;
 pub mod fd;
 pub mod source;

@@ -5,15 +5,18 @@
 //! Pre-copy: dirty logging on (KVM's log for the vCPU's writes, the RAM bitmap for
 //! host-vmm's own), a first pass over every populated page, then passes over the pages
 //! dirtied meanwhile until the estimated pause (dirty bytes at the measured bandwidth) fits
-//! `downtime` or `max_passes` is reached; then the pause.
+//! `downtime` or `max_passes` is reached; then the pause. A guest that dirties pages as fast
+//! as they are sent is throttled until it fits (auto-converge, [`super::converge`]); the
+//! throttle ends once the vCPU is paused for the last pages, or at a rollback.
 //! Zero-copy (`unix:` only): the memfd is handed over while the guest runs; the destination
 //! maps it and builds its VM; only the machine state crosses during the pause.
 
+use super::converge::AutoConverge;
 use super::target::{Address, AddressError, Protection, Security, Stream};
 use crate::devices::ixgbevf::VfOperator;
 use crate::memory::PAGE_SIZE;
 use crate::pause::{Pause, PauseError};
-use crate::vcpu_gate::Stopped;
+use crate::vcpu_gate::{Stopped, Throttle};
 use crate::vmm::Machine;
 use migration_wire::{
     Hello, Message, Mode, WireError, encode_state, kind, read_message, write_message, write_pages,
@@ -169,6 +172,8 @@ pub struct Progress {
     pub rate: f64,
     /// The pause the dirty pages would take at that rate.
     pub predicted_pause: Duration,
+    /// Share of its time the vCPU is made to sleep (auto-converge), percent; 0: none.
+    pub throttle_percent: u8,
     /// This step for a person, e.g. "pass 2: 310 dirty pages, ...".
     pub message: String,
     /// Set when the move goes on without the guest agent's PREPARE ([`Options::force`]):
@@ -263,6 +268,7 @@ pub fn migrate(
         vf_removed: false,
         dirty_logging: false,
         io_paused: false,
+        throttle: None,
     };
     let result = run.go(options, &mut agent);
     match result {
@@ -310,6 +316,8 @@ struct Run<'a, 'r> {
     vf_removed: bool,
     dirty_logging: bool,
     io_paused: bool,
+    /// The vCPU's throttle while auto-converge holds one.
+    throttle: Option<Throttle>,
 }
 
 impl Run<'_, '_> {
@@ -401,13 +409,9 @@ impl Run<'_, '_> {
             );
         } else {
             pending = self.precopy(options.downtime)?;
-            // Writes return once the kernel has the bytes, not once they arrived: over a
-            // long path most of the passes may still be queued. The pause starts only when
-            // the destination has everything sent so far, so it carries only its own pages.
-            let t = Instant::now();
-            self.send(&Message::Sync)?;
-            self.reply(kind::SYNCED)?;
-            log::debug!("migration: the destination caught up in {:?}", t.elapsed());
+            // The pause starts only when the destination has everything sent so far, so it
+            // carries only its own pages (a round trip when `precopy` caught up already).
+            self.catch_up()?;
         }
         self.cancel.check()?;
         // The pause: devices first (no more DMA), then the vCPU.
@@ -417,6 +421,9 @@ impl Run<'_, '_> {
         // Marked before asking: a pause that times out must still be undone.
         self.paused = Some(paused_at);
         self.machine.gate.pause()?;
+        // Paused, the vCPU sleeps anyway; it runs unthrottled wherever it runs next.
+        self.throttle = None;
+        self.progress.throttle_percent = 0;
         self.step(Phase::Paused, "guest paused".into());
         // Frames that reach the TAP from here on would die with it: they travel too.
         let held = self.machine.devices.hold_net_frames();
@@ -489,32 +496,82 @@ impl Run<'_, '_> {
                 rate / 1e6
             ),
         );
+        let mut converge = AutoConverge::default();
+        let mut sent = first.len();
+        // Pages of a harvest that fitted, kept while the destination caught up.
+        let mut fitted: Option<Vec<u64>> = None;
         loop {
-            let dirty = self.take_dirty(Vec::new())?;
+            let rechecked = fitted.is_some();
+            let dirty = self.take_dirty(fitted.take().unwrap_or_default())?;
             let predicted = Duration::from_secs_f64(dirty.len() as f64 * PAGE_SIZE as f64 / rate);
+            if !rechecked
+                && let Some(percent) = converge.after_pass(sent, dirty.len(), predicted > downtime)
+            {
+                self.throttle(percent)?;
+            }
             self.progress.dirty_pages = dirty.len() as u64;
             self.progress.rate = rate;
             self.progress.predicted_pause = predicted;
             self.step(
                 Phase::DirtyPass,
                 format!(
-                    "pass {}: {} dirty pages, {} bytes sent, {:.0} MB/s, predicted pause {:.3} ms",
+                    "pass {}: {} dirty pages, {} bytes sent, {:.0} MB/s, predicted pause {:.3} ms{}",
                     self.passes + 1,
                     dirty.len(),
                     self.sent,
                     rate / 1e6,
-                    predicted.as_secs_f64() * 1e3
+                    predicted.as_secs_f64() * 1e3,
+                    match self.progress.throttle_percent {
+                        0 => String::new(),
+                        p => format!(", vCPU throttled {p}%"),
+                    }
                 ),
             );
-            if predicted <= downtime || self.passes >= MAX_PASSES {
+            if (predicted <= downtime && rechecked) || self.passes >= MAX_PASSES {
                 return Ok(dirty);
+            }
+            if predicted <= downtime {
+                // What the guest dirties while the destination catches up (the queued
+                // passes, seconds on a slow link) is in the pause too: catch up, then
+                // predict again with those pages.
+                self.catch_up()?;
+                fitted = Some(dirty);
+                continue;
             }
             self.cancel.check()?;
             let t = Instant::now();
             self.send_pages(&dirty)?;
             self.passes += 1;
+            sent = dirty.len();
             rate = rate_blend(rate, rate_of(dirty.len(), t.elapsed()));
         }
+    }
+
+    /// Waits until the destination has everything sent so far (Sync, Synced). Writes
+    /// return once the kernel has the bytes, not once they arrived: over a long or slow
+    /// path most of the passes may still be queued.
+    fn catch_up(&mut self) -> Result<(), MigrateError> {
+        let t = Instant::now();
+        self.send(&Message::Sync)?;
+        self.reply(kind::SYNCED)?;
+        log::debug!("migration: the destination caught up in {:?}", t.elapsed());
+        Ok(())
+    }
+
+    /// Sleeps the vCPU `percent` % of the time from now on (auto-converge).
+    fn throttle(&mut self, percent: u8) -> Result<(), MigrateError> {
+        if self.throttle.is_none() {
+            let throttle = self.machine.gate.throttle().map_err(|e| {
+                MigrateError::Local(format!("cannot start the vCPU throttle's thread: {e}"))
+            })?;
+            self.throttle = Some(throttle);
+        }
+        if let Some(throttle) = &self.throttle {
+            throttle.set(percent);
+            self.progress.throttle_percent = throttle.percent();
+        }
+        log::info!("migration: auto-converge: vCPU throttled {percent}%");
+        Ok(())
     }
 
     /// The pages dirtied since the last call by the vCPU or by host-vmm, with `also`,
@@ -585,6 +642,8 @@ impl Run<'_, '_> {
 
     /// Undoes what this move did, newest first, and lets the guest run on here.
     fn roll_back(&mut self, agent: &mut Option<&mut dyn Agent>) {
+        self.throttle = None;
+        self.progress.throttle_percent = 0;
         if self.paused.take().is_some() {
             self.machine.gate.resume();
         }
@@ -617,12 +676,35 @@ fn rate_of(pages: usize, took: Duration) -> f64 {
     bytes / took.as_secs_f64().max(1e-6)
 }
 
-/// The first pass's rate, not counting tiny passes that measure only latency.
+/// Pages a first pass needs for its rate to be the link's: below, it measures latency.
+const RATE_PAGES: usize = 1024;
+
+/// The first pass's rate: as measured over at least [`RATE_PAGES`] (a floor of 100 MB/s
+/// would make a slow link's predictions several times too short), else at least 100 MB/s.
 fn rate(pages: usize, took: Duration) -> f64 {
-    rate_of(pages, took).max(100e6)
+    let measured = rate_of(pages, took);
+    if pages >= RATE_PAGES {
+        measured
+    } else {
+        measured.max(100e6)
+    }
 }
 
 /// The next estimate: the last pass's rate weighted in (small passes say little).
 fn rate_blend(old: f64, new: f64) -> f64 {
     (old + new) / 2.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_big_first_pass_measures_the_link_and_a_small_one_is_floored() {
+        // 64 MiB in 2.684 s: a 25 MB/s link, as measured.
+        let r = rate(16384, Duration::from_millis(2684));
+        assert!((r - 25e6).abs() < 0.1e6, "{r}");
+        // 10 pages in 1 ms says how long a round trip is, not how fast the link is.
+        assert_eq!(rate(10, Duration::from_millis(1)), 100e6);
+    }
 }

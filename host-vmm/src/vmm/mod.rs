@@ -314,9 +314,15 @@ impl Vmm {
                 }
                 VcpuExit::Io { write: false, .. } | VcpuExit::Mmio => {}
                 VcpuExit::Interrupted => {
-                    // A kick without a pause (one that raced a resume): go on.
+                    // A kick without a pause (the throttle's, or one that raced a resume):
+                    // sleep if the throttle asks, then go on.
                     if !machine.gate.requested() {
                         self.vcpu.clear_immediate_exit();
+                        machine.gate.throttle_wait();
+                        // A pause asked meanwhile may have had its kick cleared above.
+                        if machine.gate.requested() {
+                            self.vcpu.set_immediate_exit(true);
+                        }
                     }
                 }
                 stop => {

@@ -167,6 +167,79 @@ mod kvm {
         assert_eq!(boot(MMIO, "").0, Outcome::GuestExit(0xFE));
     }
 
+    /// Counts forever: `inc qword [0x200000]` in a loop.
+    const COUNT: &[u8] = &[
+        0x48, 0xC7, 0xC3, 0x00, 0x00, 0x20, 0x00, // mov rbx, 0x200000
+        0x48, 0xFF, 0x03, // 1: inc qword [rbx]
+        0xEB, 0xFB, // jmp 1b
+    ];
+
+    #[test]
+    fn a_throttled_vcpu_runs_its_share_and_pauses_at_once() {
+        use crate::pause::Pause;
+        use std::time::Duration;
+        use vm_memory::{Bytes, GuestAddress};
+        if !kvm_available("a_throttled_vcpu_runs_its_share_and_pauses_at_once") {
+            return;
+        }
+        let image = TempFile::new("count", &tiny_guest(COUNT));
+        let config = RunConfig {
+            image: image.0.clone(),
+            mem: MemSize::new(16 << 20).unwrap(),
+            cmdline: Cmdline::new("").unwrap(),
+            devices: DeviceConfig::default(),
+        };
+        let mut vmm = Vmm::new(&config, Box::new(Captured::default())).unwrap();
+        let machine = vmm.machine().clone();
+        let runner = std::thread::spawn(move || vmm.run().map(|o| o.exit_status()));
+        let count = || {
+            machine
+                .ram
+                .memory()
+                .read_obj::<u64>(GuestAddress(0x20_0000))
+                .unwrap()
+        };
+        // Counts over 300 ms, free and then throttled at 90 %.
+        let counted = || {
+            let before = count();
+            std::thread::sleep(Duration::from_millis(300));
+            count() - before
+        };
+        std::thread::sleep(Duration::from_millis(50));
+        let free = counted();
+        let throttle = machine.gate.throttle().unwrap();
+        throttle.set(90);
+        std::thread::sleep(Duration::from_millis(120));
+        let throttled = counted();
+        // A pause is not held up by the throttle's sleep (up to 90 ms a period here).
+        let asked = std::time::Instant::now();
+        machine.gate.pause().unwrap();
+        let pause_took = asked.elapsed();
+        machine.gate.resume();
+        drop(throttle);
+        std::thread::sleep(Duration::from_millis(50));
+        let again = counted();
+        machine.gate.stop(Stopped::ShutDown);
+        assert_eq!(
+            runner.join().unwrap().unwrap(),
+            Outcome::ShutDown.exit_status()
+        );
+        assert!(free > 0, "the guest did not count");
+        // 10 % of the time, give or take the machine's load: well under half.
+        assert!(
+            throttled * 3 < free,
+            "throttled at 90 % the guest counted {throttled} against {free} free"
+        );
+        assert!(
+            again * 3 > free,
+            "after the throttle the guest counted {again} against {free} before"
+        );
+        assert!(
+            pause_took < Duration::from_millis(50),
+            "pausing a throttled vCPU took {pause_took:?}"
+        );
+    }
+
     #[test]
     fn string_port_io_is_split_into_single_accesses() {
         if !kvm_available("string_port_io_is_split_into_single_accesses") {

@@ -82,6 +82,24 @@ pub fn fail(app: &str, what: fmt::Arguments<'_>) -> ! {
     exit(1)
 }
 
+/// The app's arguments after `argv[0]` (the words after `--` on the kernel command line,
+/// docs/boot-abi.md §8); a word that is not UTF-8 comes out empty.
+///
+/// # Safety
+///
+/// `argc` and `argv` must be what `runtime_entry` was given: `argc` NUL-terminated strings
+/// that live for good (the kernel leaks them).
+pub unsafe fn args(argc: i32, argv: *const *const u8) -> impl Iterator<Item = &'static str> {
+    let n = usize::try_from(argc).unwrap_or(0);
+    (1..n).map(move |i| {
+        // SAFETY: the caller promises `argc` valid entries; `i < argc`.
+        let word = unsafe { *argv.add(i) };
+        // SAFETY: each entry is a NUL-terminated string that lives for good.
+        let bytes = unsafe { core::ffi::CStr::from_ptr(word.cast()) }.to_bytes();
+        core::str::from_utf8(bytes).unwrap_or("")
+    })
+}
+
 /// Microseconds on the monotonic clock.
 pub fn monotonic_us() -> u64 {
     let mut now = abi::timespec::default();

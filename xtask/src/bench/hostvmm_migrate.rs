@@ -7,8 +7,8 @@
 //! benchmark compares is measured as QEMU's is (docs/measuring.md §3): from the source's
 //! log line `migration: guest paused` (written once its vCPU has stopped; env_logger's
 //! wall-clock stamp) to the destination's own record `running (resumed at EPOCH)` (wall
-//! clock, just before its vCPU runs). host-vmm does not throttle, and runs with its default
-//! `--downtime-ms` (300, as QEMU's downtime limit).
+//! clock, just before its vCPU runs). host-vmm runs with its default `--downtime-ms` (300, as
+//! QEMU's downtime limit); its auto-converge never throttles netecho, which dirties little.
 
 use super::migrate::{Case, MoveReport, Mover, Moving, pause_between};
 use crate::migrate::HostVmmGuest;
@@ -56,7 +56,7 @@ impl Moving for HostVmmMoving {
         self.guest.wait_settled(SETTLE)?;
         let m = self.guest.move_to_other(hosts, self.case.mode, None)?;
         let s = m.summary;
-        let (stopped, resumed) = self.stamps(m.started)?;
+        let (stopped, resumed) = pause_stamps(&self.guest, m.started)?;
         Ok(MoveReport {
             pause_ms: Some(pause_between(stopped, resumed, m.started, m.ended)?),
             vmm_pause_ms: Some(s.pause_ms),
@@ -75,30 +75,28 @@ impl Moving for HostVmmMoving {
     }
 }
 
-impl HostVmmMoving {
-    /// (source vCPU stopped, destination about to run), seconds since the epoch, of the move
-    /// started at `started`: the last such lines of the VMMs' output, waited for a little
-    /// (the pipes are read by threads).
-    fn stamps(&self, started: f64) -> Result<(f64, f64)> {
-        let deadline = Instant::now() + LOG_LAG;
-        loop {
-            let out = self.guest.console();
-            let stopped = paused_at_last(&out).filter(|&t| t >= started);
-            let resumed = crate::widearea::resumed_at_last(&out).filter(|&t| t >= started);
-            if let (Some(s), Some(r)) = (stopped, resumed) {
-                return Ok((s, r));
-            }
-            if Instant::now() >= deadline {
-                let said = |t: Option<f64>| if t.is_some() { "found" } else { "missing" };
-                bail!(
-                    "host-vmm did not log both ends of the pause within {LOG_LAG:?} (`{}` on the source: {}; `(resumed at` on the destination: {}); is RUST_LOG at info?",
-                    &PAUSED[2..],
-                    said(stopped),
-                    said(resumed),
-                );
-            }
-            std::thread::sleep(Duration::from_millis(10));
+/// (source vCPU stopped, destination about to run), seconds since the epoch, of the move of
+/// `guest` started at `started`: the last such lines of the VMMs' output, waited for a
+/// little (the pipes are read by threads).
+pub fn pause_stamps(guest: &HostVmmGuest, started: f64) -> Result<(f64, f64)> {
+    let deadline = Instant::now() + LOG_LAG;
+    loop {
+        let out = guest.console();
+        let stopped = paused_at_last(&out).filter(|&t| t >= started);
+        let resumed = crate::widearea::resumed_at_last(&out).filter(|&t| t >= started);
+        if let (Some(s), Some(r)) = (stopped, resumed) {
+            return Ok((s, r));
         }
+        if Instant::now() >= deadline {
+            let said = |t: Option<f64>| if t.is_some() { "found" } else { "missing" };
+            bail!(
+                "host-vmm did not log both ends of the pause within {LOG_LAG:?} (`{}` on the source: {}; `(resumed at` on the destination: {}); is RUST_LOG at info?",
+                &PAUSED[2..],
+                said(stopped),
+                said(resumed),
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 

@@ -480,7 +480,7 @@ pub fn table(all: &[CaseFigures], moves: u32, svg: Option<&Path>) -> String {
     let mut out = format!(
         "migrate benchmark: image {IMAGE}, min/median/max of {moves} moves per case (back and forth between two host namespaces on one L2)\n\
          ping -D every {} ms from the client namespace (10 ms, not 1 ms, because guest code is emulated here)\n\
-         host-vmm: virtio-net + emulated VF on one MAC (the agent moves traffic off the VF for the move), default --downtime-ms 300, no throttle; zero-copy = the guest-RAM memfd over a Unix socket\n\
+         host-vmm: virtio-net + emulated VF on one MAC (the agent moves traffic off the VF for the move), default --downtime-ms 300, no bandwidth cap (auto-converge never throttles netecho, which dirties little); zero-copy = the guest-RAM memfd over a Unix socket\n\
          QEMU: -M pc, virtio-net-pci on a TAP without option ROM, max-bandwidth {} GiB/s, downtime-limit 300 ms; zero-copy = shared /dev/shm RAM + x-ignore-shared over a Unix socket\n",
         PING_INTERVAL.as_millis(),
         super::qemu_migrate::MAX_BANDWIDTH >> 30

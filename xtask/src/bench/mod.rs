@@ -5,6 +5,7 @@ pub mod api;
 pub mod boot;
 pub mod hostvmm_migrate;
 pub mod migrate;
+pub mod migrate_load;
 pub mod migrate_tls;
 pub mod net;
 pub mod qemu_migrate;

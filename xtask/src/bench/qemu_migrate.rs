@@ -17,8 +17,10 @@
 //! guest never runs it, and it would be one more RAM block to migrate.
 //!
 //! QEMU throttles migration to 32 MiB/s by default; the peer raises `max-bandwidth` to
-//! [`MAX_BANDWIDTH`] so it is not handicapped against host-vmm, which does not throttle. The
-//! downtime limit stays at QEMU's default (300 ms, as host-vmm's `--downtime-ms`).
+//! [`MAX_BANDWIDTH`] so it is not handicapped against host-vmm, which has no bandwidth cap.
+//! The downtime limit stays at QEMU's default (300 ms, as host-vmm's `--downtime-ms`).
+//! `auto-converge` is off unless a case turns it on ([`QemuMigration::set_auto_converge`]:
+//! the memtouch cases, to compare with host-vmm's own auto-converge).
 
 use super::migrate::{Case, Mode, MoveReport, Mover, Moving, pause_between};
 use crate::net::{Nics, Side, TwoHosts};
@@ -174,6 +176,10 @@ pub struct QemuMigration {
     current: QemuVm,
     spec: QemuSpec,
     mode: Mode,
+    auto_converge: bool,
+    move_bound: Duration,
+    /// The source's `query-migrate` just before the last move was cancelled.
+    cancelled: Option<MigrationInfo>,
     _shared_ram: Option<TempPath>,
 }
 
@@ -203,8 +209,28 @@ impl QemuMigration {
             current,
             spec,
             mode,
+            auto_converge: false,
+            move_bound: MOVE_TIMEOUT,
+            cancelled: None,
             _shared_ram: shared_ram,
         })
+    }
+
+    /// Turns QEMU's `auto-converge` capability on or off for the next moves (off by default):
+    /// it throttles the vCPU (20 %, then +10 points) when passes do not shrink.
+    pub fn set_auto_converge(&mut self, on: bool) {
+        self.auto_converge = on;
+    }
+
+    /// How long a move may run before it is cancelled (the guest runs on here) and counts as
+    /// failed; two minutes by default.
+    pub fn set_move_bound(&mut self, bound: Duration) {
+        self.move_bound = bound;
+    }
+
+    /// Where the last move stood when it was cancelled for running past its bound.
+    pub fn cancelled(&self) -> Option<&MigrationInfo> {
+        self.cancelled.as_ref()
     }
 
     /// The host the guest runs on now.
@@ -218,7 +244,10 @@ impl QemuMigration {
     }
 
     fn capabilities(&self) -> Vec<(&'static str, bool)> {
-        vec![("x-ignore-shared", self.mode == Mode::ZeroCopy)]
+        vec![
+            ("x-ignore-shared", self.mode == Mode::ZeroCopy),
+            ("auto-converge", self.auto_converge),
+        ]
     }
 
     /// Moves the guest to the other host: a destination QEMU waits there, the source sends,
@@ -248,16 +277,19 @@ impl QemuMigration {
             .set_parameters(json!({ "max-bandwidth": MAX_BANDWIDTH }))?;
         let started = pingd::now();
         src.qmp().migrate(&uri)?;
-        let info = src
-            .qmp()
-            .wait_for_migration(POLL, MOVE_TIMEOUT)
-            .with_context(|| {
-                format!(
-                    "moving to the {} host; destination QEMU said:\n{}",
-                    to.key(),
-                    dest.vm.output()
-                )
-            })?;
+        let waited = src.qmp().wait_for_migration(POLL, self.move_bound);
+        if waited.is_err() {
+            // Still going (or failed): the guest stays here, as after a rollback.
+            self.cancelled = src.qmp().query_migrate().ok();
+            let _ = src.qmp().execute("migrate_cancel", None);
+        }
+        let info = waited.with_context(|| {
+            format!(
+                "moving to the {} host; destination QEMU said:\n{}",
+                to.key(),
+                dest.vm.output()
+            )
+        })?;
         let ended = pingd::now();
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
