@@ -52,16 +52,11 @@ impl NetGuest {
 /// `count` pings 20 ms apart, every one answered.
 fn ping_count(guest: &mut NetGuest, count: u32) {
     let mut cmd = guest.client("ping");
-    let n = count.to_string();
-    cmd.args(["-c", &n, "-i", "0.02", "-W", "2", net::GUEST_IP]);
+    cmd.args(roam_tests::ping_args(count, 0.02))
+        .arg(net::GUEST_IP);
     let out = guest.run_client(&mut cmd);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        text.contains(&format!(
-            "{count} packets transmitted, {count} received, 0% packet loss"
-        )),
-        "{text}"
-    );
+    roam_tests::assert_pings_answered("ping", &text, count);
 }
 
 fn ping_100(guest: &mut NetGuest) {

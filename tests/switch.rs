@@ -466,15 +466,15 @@ fn boots_and_serves(nics: Nics, tag: &str) {
     let out = guest
         .0
         .client("ping")
-        .args(["-c", "20", "-i", "0.02", "-W", "2", GUEST_IP])
+        .args(roam_tests::ping_args(20, 0.02))
+        .arg(GUEST_IP)
         .output()
         .expect("ping runs");
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        text.contains("20 packets transmitted, 20 received, 0% packet loss"),
-        "{}: {text}\n--- guest console ---\n{}",
-        nics.key(),
-        guest.console()
+    roam_tests::assert_pings_answered(
+        &format!("{}\n--- guest console ---\n{}", nics.key(), guest.console()),
+        &text,
+        20,
     );
     let out = guest
         .0
