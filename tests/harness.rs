@@ -114,6 +114,34 @@ pub fn assert_pings_answered(what: &str, text: &str, count: u32) {
     );
 }
 
+/// A file whose creation tells netprobe sessions to end; removed on drop.
+pub struct StopFile(std::path::PathBuf);
+
+impl StopFile {
+    /// A stop file for the test `tag`, not there yet.
+    pub fn new(tag: &str) -> StopFile {
+        let path = std::env::temp_dir().join(format!("roam-stop-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        StopFile(path)
+    }
+
+    /// Its path, for a command line.
+    pub fn path(&self) -> String {
+        self.0.display().to_string()
+    }
+
+    /// Creates it: the sessions end.
+    pub fn signal(&self) {
+        std::fs::write(&self.0, b"stop").expect("stop file written");
+    }
+}
+
+impl Drop for StopFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 /// The longest wait for a reply in `netprobe kv-for`'s summary line, in ms.
 pub fn kv_longest_wait_ms(summary: &str) -> f64 {
     summary

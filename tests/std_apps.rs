@@ -279,31 +279,6 @@ impl Moving {
     }
 }
 
-/// A file whose creation tells netprobe sessions to end; removed on drop.
-struct StopFile(std::path::PathBuf);
-
-impl StopFile {
-    fn new(tag: &str) -> StopFile {
-        let path = std::env::temp_dir().join(format!("roam-stop-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_file(&path);
-        StopFile(path)
-    }
-
-    fn path(&self) -> String {
-        self.0.display().to_string()
-    }
-
-    fn signal(&self) {
-        std::fs::write(&self.0, b"stop").expect("stop file written");
-    }
-}
-
-impl Drop for StopFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
 /// std-echo moves four times (pre-copy, zero-copy, back and forth) while two clients keep
 /// one TCP connection each busy (every chunk read back and compared): both connections
 /// survive every move with every byte intact, and after each move ping and UDP echo answer.
@@ -315,7 +290,7 @@ fn std_echo_moves_with_its_threads_and_connections() {
     // The sessions run until told to stop once the moves are done (a busy machine makes the
     // moves slow); SESSION_SECS only bounds them.
     const SESSION_SECS: u64 = 180;
-    let stop = StopFile::new("sem");
+    let stop = roam_tests::StopFile::new("sem");
     let mut m = Moving::start("std-echo", "sem", ECHO_READY);
     let sessions: Vec<_> = (0..2u64)
         .map(|k| {
