@@ -33,4 +33,5 @@ pub mod ixgbevf;
 pub mod net;
 pub mod pci;
 pub mod virtio_console;
+pub mod virtio_mmio;
 pub mod virtio_net;
