@@ -115,7 +115,10 @@ fn ping_and_tcp_echo_on_qemu_microvm_virtio_mmio() {
     }
     let mut guest = NetGuest::start(Vmm::QemuMicrovm, "netecho", "m");
     assert!(
-        guest.vm.output().contains("virtio-net virtio-mmio, level line"),
+        guest
+            .vm
+            .output()
+            .contains("virtio-net virtio-mmio, level line"),
         "{}",
         guest.vm.output()
     );

@@ -141,18 +141,16 @@ pub fn is_param(word: &str) -> bool {
 
 /// A C-style unsigned number: `0x`/`0X` hex, a leading `0` octal, else decimal.
 fn number(text: &str) -> Option<u64> {
-    let (digits, radix) = if let Some(hex) = text
-        .strip_prefix("0x")
-        .or_else(|| text.strip_prefix("0X"))
-    {
-        (hex, 16)
-    } else if text.len() > 1
-        && let Some(octal) = text.strip_prefix('0')
-    {
-        (octal, 8)
-    } else {
-        (text, 10)
-    };
+    let (digits, radix) =
+        if let Some(hex) = text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+            (hex, 16)
+        } else if text.len() > 1
+            && let Some(octal) = text.strip_prefix('0')
+        {
+            (octal, 8)
+        } else {
+            (text, 10)
+        };
     // `from_str_radix` takes a sign; Linux's does not.
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
@@ -231,7 +229,10 @@ mod tests {
             ("512@0:1", ParamError::Base(0)),
             ("512@0x1002:1", ParamError::Base(0x1002)),
             ("512@0xfffffe04:1", ParamError::Base(0xFFFF_FE04)),
-            ("512@0xffffffffffffff00:1", ParamError::Base(0xFFFF_FFFF_FFFF_FF00)),
+            (
+                "512@0xffffffffffffff00:1",
+                ParamError::Base(0xFFFF_FFFF_FFFF_FF00),
+            ),
             ("512@0x1000:256", ParamError::Irq(256)),
             ("512@0x1000:08", ParamError::Number("irq")),
         ] {

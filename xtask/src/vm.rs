@@ -341,7 +341,11 @@ mod tests {
         );
         let a = args(&Vmm::QemuMicrovm.command(&virtio));
         assert!(
-            has_pair(&a, "-device", &format!("virtio-net-device,netdev=n0,mac={mac}")),
+            has_pair(
+                &a,
+                "-device",
+                &format!("virtio-net-device,netdev=n0,mac={mac}")
+            ),
             "{a:?}"
         );
         assert!(

@@ -18,7 +18,6 @@ pub use dma::{Delay, Dma, DmaChunk};
 pub use mmio::{Mmio, RegisterIo};
 
 use crate::pci::bar::Region;
-use core::ptr::NonNull;
 use virtio_drivers::Hal;
 use virtio_drivers::transport::mmio::{MmioError, MmioTransport, VirtIOHeader};
 
@@ -46,5 +45,5 @@ pub fn mmio_transport<H: Hal>(region: Region) -> Result<MmioTransport<'static>, 
     // SAFETY: `header` is aligned (checked) and points at `region.len()` bytes of mapped
     // device registers (the header, then the device configuration) that nothing else
     // references and that stay mapped for `'static`; `new` checks the length covers the header.
-    unsafe { MmioTransport::new(NonNull::from(header), region.len()) }
+    unsafe { MmioTransport::new(header, region.len()) }
 }

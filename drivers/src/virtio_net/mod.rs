@@ -27,14 +27,14 @@ use crate::pci::bar::{self, Bar, BarError, Region};
 use crate::pci::capability::{self, ID_VENDOR};
 use crate::pci::msix::{MsiMessage, Msix, MsixError, MsixTable};
 use crate::pci::{self, Bdf, ConfigAccess, Intx};
+use crate::virtio_mmio::{self, MmioDevice};
 use core::fmt;
 use transport::{Notify, RoamTransport, Vectors, common};
 use virtio_drivers::Hal;
-use crate::virtio_mmio::{self, MmioDevice};
 use virtio_drivers::transport::mmio::MmioError;
-use virtio_drivers::transport::{DeviceType, InterruptStatus, Transport};
 use virtio_drivers::transport::pci::bus::{DeviceFunction, PciRoot};
 use virtio_drivers::transport::pci::{PciTransport, VirtioPciError};
+use virtio_drivers::transport::{DeviceType, InterruptStatus, Transport};
 
 /// The virtio PCI vendor ID.
 pub const VENDOR_ID: u16 = 0x1AF4;
@@ -129,7 +129,9 @@ impl fmt::Display for ProbeError {
             ProbeError::Driver(e) => write!(f, "virtio-net setup: {e}"),
             ProbeError::Queues(e) => write!(f, "{e}"),
             ProbeError::Mmio(e) => write!(f, "virtio-mmio transport: {e}"),
-            ProbeError::NotNetwork(t) => write!(f, "virtio-mmio device is a {t:?}, not a network card"),
+            ProbeError::NotNetwork(t) => {
+                write!(f, "virtio-mmio device is a {t:?}, not a network card")
+            }
         }
     }
 }

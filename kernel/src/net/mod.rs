@@ -356,7 +356,12 @@ fn probe_virtio_mmio(text: &str, apic_id: u8) -> Result<Option<(Virtio, VirtioMo
         // The stub must know the device before the line can fire; level-triggered, a line
         // already up is delivered as soon as the entry is unmasked.
         idt::set_net_line(mmio.base);
-        if !ioapic::route(mmio.irq, apic::NET_LINE_VECTOR, apic_id, ioapic::Trigger::Level) {
+        if !ioapic::route(
+            mmio.irq,
+            apic::NET_LINE_VECTOR,
+            apic_id,
+            ioapic::Trigger::Level,
+        ) {
             log::warn!(
                 "net: the IOAPIC has no input {}; polling every 10 ms",
                 mmio.irq

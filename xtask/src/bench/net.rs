@@ -341,14 +341,7 @@ mod tests {
     fn the_vmms_take_turns() {
         assert_eq!(
             schedule(3),
-            [
-                Vmm::HostVmm,
-                QEMU,
-                Vmm::HostVmm,
-                QEMU,
-                Vmm::HostVmm,
-                QEMU
-            ]
+            [Vmm::HostVmm, QEMU, Vmm::HostVmm, QEMU, Vmm::HostVmm, QEMU]
         );
     }
 
