@@ -231,6 +231,13 @@ fn bring_up() -> Result<Net, InitError> {
         .map(|f| f.bdf);
     let vf = vf_bdf.and_then(|bdf| vf::bring_up(&mut access, bdf, mac, apic_id));
     if virtio.is_none() && vf.is_none() {
+        if functions.is_empty() && virtio_mmio::devices(text).next().is_none() {
+            // The likely mistake: QEMU microvm with ACPI on lists its devices only there.
+            log::error!(
+                "net: no PCI bus and no {}= on the command line (QEMU microvm appends it only with `-M microvm,acpi=off`)",
+                virtio_mmio::PARAM
+            );
+        }
         return Err(if vf_bdf.is_some() || virtio_failed {
             InitError::DeviceFailed
         } else {
