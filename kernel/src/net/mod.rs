@@ -335,7 +335,8 @@ fn probe_virtio(
 
 /// Probes the first virtio-net device among the virtio-mmio transports the command line
 /// `text` names, with its line on this CPU; `Ok(None)` when it names none (or only other
-/// devices), an error when the first virtio-net among them fails.
+/// devices, or ranges without a virtio device), an error when the first virtio-net among
+/// them fails.
 fn probe_virtio_mmio(text: &str, apic_id: u8) -> Result<Option<(Virtio, VirtioMode)>, InitError> {
     for entry in virtio_mmio::devices(text) {
         let mmio = match entry {
@@ -354,6 +355,11 @@ fn probe_virtio_mmio(text: &str, apic_id: u8) -> Result<Option<(Virtio, VirtioMo
         let device = match Virtio::probe_mmio(&mmio) {
             Ok(device) => device,
             Err(virtio_net::ProbeError::NotNetwork(_)) => continue,
+            // No virtio device there (bad magic or version, device ID 0): not ours either.
+            Err(e @ virtio_net::ProbeError::Mmio(_)) => {
+                log::warn!("net: virtio-mmio {mmio}: {e}; skipped");
+                continue;
+            }
             Err(e) => {
                 log::error!("net: virtio-mmio {mmio}: {e}");
                 return Err(InitError::DeviceFailed);
