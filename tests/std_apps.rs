@@ -128,11 +128,11 @@ fn std_echo_serves_tcp_and_udp_on_host_vmm() {
     }
 }
 
-/// The same ELF on QEMU's own virtio-net-pci (`-M pc`: microvm has no PCI bus for it).
+/// The same ELF on stock QEMU microvm, its NIC QEMU's virtio-net-device (virtio-mmio).
 #[test]
-fn std_echo_serves_tcp_and_udp_on_qemu_pc() {
-    if kvm_present("std_echo_serves_tcp_and_udp_on_qemu_pc") {
-        std_echo_serves(roam_tests::Vmm::QemuPc, "sq");
+fn std_echo_serves_tcp_and_udp_on_qemu_microvm() {
+    if kvm_present("std_echo_serves_tcp_and_udp_on_qemu_microvm") {
+        std_echo_serves(roam_tests::Vmm::QemuMicrovm, "sq");
     }
 }
 
@@ -187,10 +187,11 @@ fn std_http_serves_curl_on_host_vmm() {
     }
 }
 
+/// The same ELF on stock QEMU microvm (virtio-mmio).
 #[test]
-fn std_http_serves_curl_on_qemu_pc() {
-    if kvm_present("std_http_serves_curl_on_qemu_pc") {
-        std_http_serves(roam_tests::Vmm::QemuPc, "sp");
+fn std_http_serves_curl_on_qemu_microvm() {
+    if kvm_present("std_http_serves_curl_on_qemu_microvm") {
+        std_http_serves(roam_tests::Vmm::QemuMicrovm, "sp");
     }
 }
 
