@@ -209,7 +209,7 @@ fn bring_up() -> Result<Net, InitError> {
         .iter()
         .find(|f| drivers::ixgbevf::pci::matches(f))
         .map(|f| f.bdf);
-    let vf = vf_bdf.and_then(|bdf| vf::bring_up(&mut access, bdf, mac, apic_id));
+    let vf = vf_bdf.and_then(|bdf| vf::bring_up(&mut access, bdf, mac, apic_id, &mut None));
     if virtio.is_none() && vf.is_none() {
         return Err(if vf_bdf.is_some() || mac.is_some() {
             InitError::DeviceFailed
