@@ -229,7 +229,7 @@ fn bring_up() -> Result<Net, InitError> {
         .iter()
         .find(|f| drivers::ixgbevf::pci::matches(f))
         .map(|f| f.bdf);
-    let vf = vf_bdf.and_then(|bdf| vf::bring_up(&mut access, bdf, mac, apic_id));
+    let vf = vf_bdf.and_then(|bdf| vf::bring_up(&mut access, bdf, mac, apic_id, &mut None));
     if virtio.is_none() && vf.is_none() {
         if functions.is_empty() && virtio_mmio::devices(text).next().is_none() {
             // The likely mistake: QEMU microvm with ACPI on lists its devices only there.
