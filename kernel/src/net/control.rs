@@ -187,6 +187,10 @@ impl NicControl for Nics<'_> {
         present
     }
 
+    fn announcements(&self) -> u64 {
+        self.stack.announcements()
+    }
+
     fn announce(&mut self) -> bool {
         let sent = self.stack.announce();
         if sent {
