@@ -13,7 +13,7 @@
 use crate::arch::x86_64::IMAGE_MIN_ADDR;
 use crate::config::MemSize;
 use std::fs::File;
-use std::io;
+use std::io::{self, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryError};
@@ -140,6 +140,25 @@ pub trait ImageSource {
     fn size(&self) -> u64;
     /// Fills `buf` from `offset`; the caller has checked the range against [`Self::size`].
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+    /// Copies `len` bytes from `offset` straight into guest memory at `addr`; the caller has
+    /// checked both ranges. No staging buffer: its fresh pages cost a page fault each, which
+    /// on nested KVM made loading take about twice as long.
+    fn copy_into<M: Bytes<GuestAddress, E = GuestMemoryError>>(
+        &self,
+        mem: &M,
+        addr: GuestAddress,
+        offset: u64,
+        len: usize,
+    ) -> Result<(), CopyError>;
+}
+
+/// Why [`ImageSource::copy_into`] failed.
+#[derive(Debug)]
+pub enum CopyError {
+    /// The source could not be read.
+    Read(io::Error),
+    /// Guest memory refused the write.
+    Write(GuestMemoryError),
 }
 
 impl ImageSource for [u8] {
@@ -155,6 +174,20 @@ impl ImageSource for [u8] {
         let bytes = self.get(start..end).ok_or(io::ErrorKind::UnexpectedEof)?;
         buf.copy_from_slice(bytes);
         Ok(())
+    }
+
+    fn copy_into<M: Bytes<GuestAddress, E = GuestMemoryError>>(
+        &self,
+        mem: &M,
+        addr: GuestAddress,
+        offset: u64,
+        len: usize,
+    ) -> Result<(), CopyError> {
+        let bytes = usize::try_from(offset)
+            .ok()
+            .and_then(|start| self.get(start..start.checked_add(len)?))
+            .ok_or(CopyError::Read(io::ErrorKind::UnexpectedEof.into()))?;
+        mem.write_slice(bytes, addr).map_err(CopyError::Write)
     }
 }
 
@@ -172,6 +205,20 @@ impl ImageSource for ImageFile {
 
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         FileExt::read_exact_at(&self.file, buf, offset)
+    }
+
+    fn copy_into<M: Bytes<GuestAddress, E = GuestMemoryError>>(
+        &self,
+        mem: &M,
+        addr: GuestAddress,
+        offset: u64,
+        len: usize,
+    ) -> Result<(), CopyError> {
+        let mut file = &self.file;
+        file.seek(SeekFrom::Start(offset))
+            .map_err(CopyError::Read)?;
+        mem.read_exact_volatile_from(addr, &mut file, len)
+            .map_err(CopyError::Write)
     }
 }
 
@@ -354,24 +401,15 @@ where
     S: ImageSource + ?Sized,
     M: Bytes<GuestAddress, E = GuestMemoryError>,
 {
-    // Copied through a bounded buffer, so a large image never needs as much host memory
-    // again; small images (the usual case) take one read per segment.
-    const CHUNK: u64 = 1 << 20;
-    let mut buf = Vec::new();
     for seg in &image.segments {
-        let mut done = 0;
-        while done < seg.filesz {
-            // At most CHUNK, so the conversion to usize cannot truncate.
-            let len = (seg.filesz - done).min(CHUNK) as usize;
-            buf.resize(len, 0);
-            src.read_exact_at(&mut buf, seg.offset + done)
-                .map_err(|e| LoadSegmentError::Read(seg.index, e))?;
-            // parse() checked that the segment lies inside the file and inside guest RAM, so
-            // neither sum can overflow.
-            mem.write_slice(&buf, GuestAddress(seg.paddr + done))
-                .map_err(|e| LoadSegmentError::Copy(seg.index, e))?;
-            done += len as u64;
-        }
+        // parse() checked that the segment lies inside the file and inside guest RAM.
+        let len = usize::try_from(seg.filesz)
+            .map_err(|_| LoadSegmentError::Read(seg.index, io::ErrorKind::FileTooLarge.into()))?;
+        src.copy_into(mem, GuestAddress(seg.paddr), seg.offset, len)
+            .map_err(|e| match e {
+                CopyError::Read(e) => LoadSegmentError::Read(seg.index, e),
+                CopyError::Write(e) => LoadSegmentError::Copy(seg.index, e),
+            })?;
     }
     Ok(())
 }
@@ -521,8 +559,49 @@ mod tests {
         assert_eq!(seen, [0xF4, 1, 2, 3, 4, 5, 6, 7, 0]);
     }
 
+    /// From a file, straight into guest memory: two segments land whole; a file cut short
+    /// after it was checked is an error naming the segment, not a crash.
     #[test]
-    fn segments_larger_than_the_copy_buffer_load_whole() {
+    fn image_files_load_straight_into_guest_memory() {
+        let first: Vec<u8> = (0..5000u32).map(|i| (i % 253) as u8).collect();
+        let second = [9u8; 300];
+        let mut payload = first.clone();
+        payload.extend_from_slice(&second);
+        let at = 64 + 2 * 56;
+        let bytes = elf(
+            0x10_0000,
+            &[
+                load(0x10_0000, at, 5000, 0x2000),
+                load(0x20_0000, at + 5000, 300, 300),
+            ],
+            &payload,
+        );
+        let path = std::env::temp_dir().join(format!("roam-loader-{}.elf", std::process::id()));
+        std::fs::write(&path, &bytes).unwrap();
+        let image = Image::open(&path, mem(64)).unwrap();
+        let guest: GuestMemoryMmap =
+            GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 64 << 20)]).unwrap();
+        image.load_into(&guest).unwrap();
+        let mut seen = vec![0u8; 5000];
+        guest
+            .read_slice(&mut seen, GuestAddress(0x10_0000))
+            .unwrap();
+        assert!(seen == first);
+        let mut seen = [0u8; 300];
+        guest
+            .read_slice(&mut seen, GuestAddress(0x20_0000))
+            .unwrap();
+        assert_eq!(seen, second);
+
+        std::fs::write(&path, &bytes[..bytes.len() - 100]).unwrap();
+        let err = image.load_into(&guest).unwrap_err();
+        let _ = std::fs::remove_file(&path);
+        let text = format!("{:#}", anyhow::Error::from(err));
+        assert!(text.contains("segment 1"), "{text}");
+    }
+
+    #[test]
+    fn large_segments_load_whole() {
         let payload: Vec<u8> = (0..(2 << 20) + 123).map(|i| (i % 251) as u8).collect();
         let len = payload.len() as u64;
         let bytes = elf(0x10_0000, &[load(0x10_0000, 120, len, len)], &payload);
