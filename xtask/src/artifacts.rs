@@ -98,8 +98,6 @@ pub fn build_host_vmm() -> Result<()> {
     ]))
 }
 
-/// Builds the delay line binary ([`crate::delayline_path`]): a debug build, like the xtask
-/// binary it belongs to, so it shares that build's dependencies.
 /// Builds `netprobe` (the client the tests run in namespaces), for benchmarks that use it.
 pub fn build_netprobe() -> Result<()> {
     proc::run(Command::new(env!("CARGO")).current_dir(root()).args([
@@ -112,6 +110,8 @@ pub fn build_netprobe() -> Result<()> {
     ]))
 }
 
+/// Builds the delay line binary ([`crate::delayline_path`]): a debug build, like the xtask
+/// binary it belongs to, so it shares that build's dependencies.
 pub fn build_delayline() -> Result<()> {
     proc::run(Command::new(env!("CARGO")).current_dir(root()).args([
         "build",
