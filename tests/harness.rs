@@ -76,6 +76,72 @@ pub fn assert_gap(what: &str, gap_ms: f64) {
     );
 }
 
+/// ping's arguments for `count` echoes `interval` seconds apart, each to be answered (see
+/// [`unanswered_pings`]): `-c` with a deadline (`-w`), so ping waits for late replies until
+/// the deadline. With `-W` instead, ping stops waiting two round trips after its last
+/// request, and a reply delayed by a busy guest would count as lost. With a deadline, ping
+/// goes on sending past `count` until it has `count` replies; those extra requests are not
+/// checked.
+pub fn ping_args(count: u32, interval: f64) -> Vec<String> {
+    let deadline = (f64::from(count) * interval).ceil() as u64 + 5;
+    vec![
+        "-c".into(),
+        count.to_string(),
+        "-i".into(),
+        interval.to_string(),
+        "-w".into(),
+        deadline.to_string(),
+    ]
+}
+
+/// The sequence numbers among the first `count` of a ping run (`text`, its stdout) that got
+/// no reply.
+pub fn unanswered_pings(text: &str, count: u32) -> Vec<u32> {
+    let answered: std::collections::BTreeSet<u32> = text
+        .lines()
+        .filter(|l| l.contains(" bytes from "))
+        .filter_map(|l| l.split("icmp_seq=").nth(1)?.split(' ').next()?.parse().ok())
+        .collect();
+    (1..=count).filter(|k| !answered.contains(k)).collect()
+}
+
+/// Fails unless the first `count` requests of the ping run `text` were all answered.
+pub fn assert_pings_answered(what: &str, text: &str, count: u32) {
+    let missing = unanswered_pings(text, count);
+    assert!(
+        missing.is_empty(),
+        "{what}: no reply to ping(s) {missing:?} of {count}:\n{text}"
+    );
+}
+
+/// A file whose creation tells netprobe sessions to end; removed on drop.
+pub struct StopFile(std::path::PathBuf);
+
+impl StopFile {
+    /// A stop file for the test `tag`, not there yet.
+    pub fn new(tag: &str) -> StopFile {
+        let path = std::env::temp_dir().join(format!("roam-stop-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        StopFile(path)
+    }
+
+    /// Its path, for a command line.
+    pub fn path(&self) -> String {
+        self.0.display().to_string()
+    }
+
+    /// Creates it: the sessions end.
+    pub fn signal(&self) {
+        std::fs::write(&self.0, b"stop").expect("stop file written");
+    }
+}
+
+impl Drop for StopFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 /// The longest wait for a reply in `netprobe kv-for`'s summary line, in ms.
 pub fn kv_longest_wait_ms(summary: &str) -> f64 {
     summary
@@ -196,5 +262,24 @@ impl TempFile {
 impl Drop for TempFile {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unanswered_pings_lists_the_missing_among_the_first_count() {
+        let text = "PING 198.18.0.10 (198.18.0.10) 56(84) bytes of data.\n\
+            64 bytes from 198.18.0.10: icmp_seq=1 ttl=64 time=1.48 ms\n\
+            64 bytes from 198.18.0.10: icmp_seq=3 ttl=64 time=4.55 ms\n\
+            64 bytes from 198.18.0.10: icmp_seq=3 ttl=64 time=4.60 ms (DUP!)\n\
+            64 bytes from 198.18.0.10: icmp_seq=5 ttl=64 time=1.67 ms\n\
+            --- 198.18.0.10 ping statistics ---\n\
+            5 packets transmitted, 4 received, 20% packet loss, time 191ms\n";
+        assert_eq!(unanswered_pings(text, 4), vec![2, 4]);
+        assert_eq!(unanswered_pings(text, 1), Vec::<u32>::new());
+        assert_eq!(unanswered_pings("", 2), vec![1, 2]);
     }
 }

@@ -6,11 +6,12 @@
 //!
 //! ```text
 //! netprobe tcp-echo ADDR:PORT BYTES SEED   send BYTES pseudo-random bytes, compare the echo
-//! netprobe tcp-echo-for ADDR:PORT SECONDS SEED
+//! netprobe tcp-echo-for ADDR:PORT SECONDS SEED [STOP]
 //!                                          one connection kept busy for SECONDS: chunks of
 //!                                          1 to 16 KiB of pseudo-random bytes, each read
 //!                                          back and compared before the next (while
-//!                                          something else happens, e.g. a move)
+//!                                          something else happens, e.g. a move); ends
+//!                                          early once the file STOP exists
 //! netprobe udp-echo ADDR:PORT COUNT SEED   COUNT datagrams of mixed sizes, each echoed intact;
 //!                                          a datagram without an echo within 1 s is resent,
 //!                                          and more than 5 resends fail the run
@@ -96,7 +97,10 @@ fn main() -> ExitCode {
     let result = match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
         ["tcp-echo", addr, bytes, seed] => tcp_echo(parse(addr), parse(bytes), parse(seed)),
         ["tcp-echo-for", addr, seconds, seed] => {
-            tcp_echo_for(parse(addr), parse(seconds), parse(seed))
+            tcp_echo_for(parse(addr), parse(seconds), parse(seed), None)
+        }
+        ["tcp-echo-for", addr, seconds, seed, stop] => {
+            tcp_echo_for(parse(addr), parse(seconds), parse(seed), Some(stop))
         }
         ["udp-echo", addr, count, seed] => udp_echo(parse(addr), parse(count), parse(seed)),
         ["kv", addr, count] => kv(parse(addr), parse(count)),
@@ -130,7 +134,7 @@ fn main() -> ExitCode {
         ["udp-ask", addr, hex, seconds] => udp_ask(parse(addr), hex, parse(seconds)),
         ["tap-echo", tap, home, seconds] => tap_echo(tap, parse(home), parse(seconds)),
         ["csum-check", addr, count] => csum_check(parse(addr), parse(count)),
-        _ => Err("usage: netprobe tcp-echo ADDR:PORT BYTES SEED | tcp-echo-for ADDR:PORT SECONDS SEED | udp-echo ADDR:PORT COUNT SEED | kv ADDR:PORT COUNT | kv-for ADDR:PORT SECONDS [STOP] | serve-echo PORT SECONDS | hostile IFACE MAC IP SYNS | syn-flood IFACE MAC IP PORT COUNT RATE | kv-burst ADDR:PORT COUNT SECONDS | kv-many ADDR:PORT CONNS SECONDS STOPFILE | ipip-send SRC DST COUNT | ipip-recv SRC DST COUNT SECONDS | ipip-echo LOCAL PEER HOME COUNT SECONDS | udp-ask ADDR:PORT HEX SECONDS | tap-echo TAP HOME SECONDS | csum-check ADDR:PORT COUNT".into()),
+        _ => Err("usage: netprobe tcp-echo ADDR:PORT BYTES SEED | tcp-echo-for ADDR:PORT SECONDS SEED [STOP] | udp-echo ADDR:PORT COUNT SEED | kv ADDR:PORT COUNT | kv-for ADDR:PORT SECONDS [STOP] | serve-echo PORT SECONDS | hostile IFACE MAC IP SYNS | syn-flood IFACE MAC IP PORT COUNT RATE | kv-burst ADDR:PORT COUNT SECONDS | kv-many ADDR:PORT CONNS SECONDS STOPFILE | ipip-send SRC DST COUNT | ipip-recv SRC DST COUNT SECONDS | ipip-echo LOCAL PEER HOME COUNT SECONDS | udp-ask ADDR:PORT HEX SECONDS | tap-echo TAP HOME SECONDS | csum-check ADDR:PORT COUNT".into()),
     };
     match result {
         Ok(summary) => {
@@ -241,10 +245,15 @@ fn tcp_echo(addr: SocketAddr, bytes: usize, seed: u64) -> Result<String, String>
     ))
 }
 
-/// One echo connection kept busy for `seconds`: a chunk of pseudo-random bytes (1 to 16 KiB)
-/// is sent and read back whole, compared byte for byte, before the next; also reports the
-/// longest wait for a chunk's echo.
-fn tcp_echo_for(addr: SocketAddr, seconds: u64, seed: u64) -> Result<String, String> {
+/// One echo connection kept busy for `seconds` (or until the file `stop` exists): a chunk of
+/// pseudo-random bytes (1 to 16 KiB) is sent and read back whole, compared byte for byte,
+/// before the next; also reports the longest wait for a chunk's echo.
+fn tcp_echo_for(
+    addr: SocketAddr,
+    seconds: u64,
+    seed: u64,
+    stop: Option<&str>,
+) -> Result<String, String> {
     const MAX_CHUNK: usize = 16 * 1024;
     let run_for = Duration::from_secs(seconds);
     if run_for >= TOTAL_TIMEOUT {
@@ -255,7 +264,8 @@ fn tcp_echo_for(addr: SocketAddr, seconds: u64, seed: u64) -> Result<String, Str
     let mut rng = Rng::new(seed);
     let (mut sent, mut back) = ([0u8; MAX_CHUNK], [0u8; MAX_CHUNK]);
     let (mut total, mut chunks, mut longest) = (0usize, 0u64, Duration::ZERO);
-    while start.elapsed() < run_for {
+    let stopped = || stop.is_some_and(|p| std::path::Path::new(p).exists());
+    while start.elapsed() < run_for && !(chunks.is_multiple_of(16) && stopped()) {
         let len = 1 + (rng.next() as usize % MAX_CHUNK);
         rng.fill(&mut sent[..len]);
         let at = Instant::now();

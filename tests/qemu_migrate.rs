@@ -74,7 +74,8 @@ fn qemu_moves_netecho_by_pre_copy_while_pinging() {
     // And it still answers a fresh client afterwards.
     let out = hosts
         .client("ping")
-        .args(["-c", "3", "-i", "0.2", "-W", "2", GUEST_IP])
+        .args(roam_tests::ping_args(3, 0.2))
+        .arg(GUEST_IP)
         .output()
         .unwrap();
     assert!(

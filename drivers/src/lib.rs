@@ -1,4 +1,5 @@
-//! Roam's device drivers: PCI, MSI-X, virtio-net and the Intel 82599 VF ([`ixgbevf`]),
+//! Roam's device drivers: PCI, MSI-X, virtio-mmio's command-line entries
+//! ([`virtio_mmio`]), virtio-net over either bus and the Intel 82599 VF ([`ixgbevf`]),
 //! behind the [`net::NetDevice`] trait.
 //!
 //! The crate is `no_std` (with `alloc`) and depends on none of Roam's other crates. It
@@ -15,6 +16,9 @@
 //! let bars = pci::bar::read_assigned(&mut config, nic.bdf, Some(&mut window))?; // sized once
 //! let dev = VirtioNet::<KernelHal>::probe(&mut config, nic.bdf, &bars, irq)?;
 //! let stack = netstack::Stack::new(dev, net_config, now);
+//! // Without PCI (QEMU microvm): the transports the command line names.
+//! let mmio = virtio_mmio::devices(cmdline).find_map(Result::ok)?; // its range mapped
+//! let dev = VirtioNet::<KernelHal>::probe_mmio(&mmio)?; // Interrupt::Line(mmio.irq)
 //! ```
 //!
 //! `unsafe` lives only in [`hal`] (register access and the DMA buffers lent to devices): the
@@ -33,4 +37,5 @@ pub mod ixgbevf;
 pub mod net;
 pub mod pci;
 pub mod virtio_console;
+pub mod virtio_mmio;
 pub mod virtio_net;

@@ -671,6 +671,55 @@ fn removal_is_detected_and_the_driver_stops_touching_the_device() {
     assert_eq!(drain(&mut vf), [frame(PERMANENT, 2, 60)]);
 }
 
+/// Around a move: detach stops the VF (reset, nothing delivered into the rings), and attach
+/// brings it up again through a fresh probe on the same rings and buffers: no DMA memory is
+/// allocated or freed, and frames flow both ways. The same after a removal and re-add.
+#[test]
+fn detach_and_attach_keep_the_rings() {
+    let m = Machine::new(false);
+    let mut vf = m.driver(MacAddress(PERMANENT)).unwrap();
+    let rings = m.dma.live.borrow().clone();
+    let bump = m.dma.next.get();
+    assert_eq!(rings.len(), 2, "two DMA areas: {rings:?}");
+
+    vf.detach();
+    assert!(!vf.link_up());
+    assert!(vf.receive().is_none() && vf.transmit().is_none());
+    m.peer.inject(&frame(PERMANENT, 1, 60));
+    assert_eq!(m.deliver(), 0, "a detached VF receives nothing");
+
+    for round in 0..2u32 {
+        let mut config = m.config();
+        let function = drivers::pci::enumerate(&config)
+            .into_iter()
+            .find(ixgbevf::pci::matches)
+            .unwrap();
+        let found = ixgbevf::pci::probe(&mut config, function.bdf, None).unwrap();
+        found
+            .enable_msix(&mut config, m.mmio(found.msix_table), IRQ)
+            .unwrap();
+        vf.attach(m.mmio(found.registers), &mut |_| {}).unwrap();
+        assert!(vf.link_up(), "round {round}");
+        assert_eq!(*m.dma.live.borrow(), rings, "round {round}: same DMA areas");
+        assert_eq!(m.dma.next.get(), bump, "round {round}: nothing allocated");
+
+        let incoming = frame(PERMANENT, 10 + round, 200);
+        m.peer.inject(&incoming);
+        assert_eq!(m.deliver(), 1);
+        assert_eq!(drain(&mut vf), [incoming], "round {round}");
+        let outgoing = frame(PEER_MAC, 20 + round, 300);
+        assert!(send(&mut vf, &outgoing));
+        assert_eq!(sent(&m.peer), [outgoing], "round {round}");
+
+        // Second round: the VF was hot-removed and plugged back in meanwhile.
+        m.operator.remove().unwrap();
+        assert!(vf.service().removed);
+        m.operator.add().unwrap();
+    }
+    drop(vf);
+    assert!(m.dma.live.borrow().is_empty(), "the rings were freed");
+}
+
 #[test]
 fn bring_up_fails_cleanly_when_the_vf_is_gone() {
     let m = Machine::new(false);

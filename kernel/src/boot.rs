@@ -31,6 +31,12 @@ pub extern "C" fn kernel_main(start_info: u64) -> ! {
     }
     if options.not_utf8 {
         log::warn!("cmdline: not UTF-8, ignored");
+    } else if log::log_enabled!(log::Level::Debug) {
+        // What the VMM really passed: QEMU microvm appends its virtio-mmio devices here.
+        log::debug!(
+            "cmdline: {}",
+            core::str::from_utf8(bootmem::cmdline()).unwrap_or("")
+        );
     }
     if let Some(value) = options.bad_env_value {
         log::warn!("cmdline: `env={value}` is not NAME=VALUE; ignored");

@@ -59,6 +59,11 @@ pub trait NicControl {
     fn announce(&mut self) -> bool {
         false
     }
+    /// Gratuitous ARPs sent so far, by [`NicControl::announce`] or by a change of active
+    /// NIC (which announces on its own): RESUMED sends one only when nothing else did.
+    fn announcements(&self) -> u64 {
+        0
+    }
 }
 
 /// How the agent treats PREPARE. Anything but [`OnPrepare::Obey`] is a test knob (the
@@ -229,9 +234,10 @@ impl Agent {
         })
     }
 
-    /// RESUMED: clock, VF, switch back, announce. Never refused: whatever the destination
-    /// has, the guest runs on it and says how.
+    /// RESUMED: clock, VF, switch back, announce (once: a switch back announced already).
+    /// Never refused: whatever the destination has, the guest runs on it and says how.
     fn resumed(&mut self, nics: &mut impl NicControl) -> Reply {
+        let before = nics.announcements();
         nics.after_move();
         let vf_attached = nics.reattach_vf();
         if vf_attached && nics.status().vf.link_up {
@@ -239,7 +245,7 @@ impl Agent {
             // the failover device moves it once the link is back: nothing to report.
             let _ = nics.switch(Nic::Vf);
         }
-        let announced = nics.announce();
+        let announced = nics.announcements() != before || nics.announce();
         self.counters.requests += 1;
         Reply::Resumed(Resumed {
             vf_attached,
@@ -288,7 +294,9 @@ mod tests {
         bus_vf: Option<bool>,
         /// Released, and not re-attached since.
         released: bool,
-        announcements: u32,
+        /// Gratuitous ARPs: from `announce` and from switches that changed the active NIC
+        /// (as the kernel's stack announces on a switch).
+        announcements: u64,
     }
 
     impl FakeNics {
@@ -344,6 +352,7 @@ mod tests {
             if self.status.active != Some(nic) {
                 self.status.active = Some(nic);
                 self.status.switches += 1;
+                self.announcements += 1;
             }
             Ok(())
         }
@@ -382,6 +391,10 @@ mod tests {
             self.calls.push(Call::Announce);
             self.announcements += 1;
             self.status.active.is_some()
+        }
+
+        fn announcements(&self) -> u64 {
+            self.announcements
         }
     }
 
@@ -664,22 +677,19 @@ mod tests {
     }
 
     #[test]
-    fn resumed_reattaches_a_vf_switches_back_and_announces() {
+    fn resumed_reattaches_a_vf_switches_back_and_announces_once() {
         let mut nics = FakeNics::on_vf();
         let mut agent = Agent::new();
         ask(&mut agent, &mut nics, 1, Request::Prepare);
         nics.calls.clear();
+        let before = nics.announcements;
         let reply = ask(&mut agent, &mut nics, 2, Request::Resumed);
         assert_eq!(
             nics.calls,
-            vec![
-                Call::AfterMove,
-                Call::Reattach,
-                Call::Switch(Nic::Vf),
-                Call::Announce
-            ],
-            "clock first, announce last (on the NIC traffic ends up on)"
+            vec![Call::AfterMove, Call::Reattach, Call::Switch(Nic::Vf)],
+            "clock first; the switch back to the VF announced, so no second ARP"
         );
+        assert_eq!(nics.announcements, before + 1, "one gratuitous ARP");
         let Reply::Resumed(r) = reply else {
             panic!("{reply:?}")
         };
@@ -692,7 +702,8 @@ mod tests {
             matches!(again, Reply::Resumed(a) if a.vf_attached && a.status == r.status),
             "{again:?}"
         );
-        assert_eq!(nics.announcements, 2);
+        assert_eq!(nics.calls.last(), Some(&Call::Announce));
+        assert_eq!(nics.announcements, before + 2);
     }
 
     #[test]
@@ -702,6 +713,7 @@ mod tests {
             let mut nics = FakeNics::on_vf();
             nics.bus_vf = bus_vf;
             ask(&mut agent, &mut nics, 1, Request::Prepare);
+            let before = nics.announcements;
             let reply = ask(&mut agent, &mut nics, 2, Request::Resumed);
             let Reply::Resumed(r) = reply else {
                 panic!("{reply:?}")
@@ -710,7 +722,7 @@ mod tests {
             assert!(r.announced, "announced even without the VF");
             assert_eq!(r.status.active, Some(Nic::Virtio));
             assert_eq!(nics.switches(), vec![Nic::Virtio], "no switch back");
-            assert_eq!(nics.announcements, 1);
+            assert_eq!(nics.announcements, before + 1, "RESUMED's own ARP, once");
         }
     }
 

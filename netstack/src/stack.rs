@@ -46,6 +46,8 @@ pub struct Stack<D: NetDevice> {
     datagrams_woken: bool,
     config: NetConfig,
     link_up: bool,
+    /// Gratuitous ARPs sent.
+    announcements: u64,
 }
 
 impl<D: NetDevice> Stack<D> {
@@ -74,6 +76,7 @@ impl<D: NetDevice> Stack<D> {
             datagrams_woken: false,
             config,
             link_up: false,
+            announcements: 0,
         }
     }
 
@@ -221,7 +224,13 @@ impl<D: NetDevice> Stack<D> {
         token.consume(GARP_LEN, |buffer| {
             write_garp(buffer, EthernetAddress(mac.0), address)
         });
+        self.announcements += 1;
         true
+    }
+
+    /// Gratuitous ARPs sent so far (by [`Stack::announce`], on link up or a NIC switch).
+    pub fn announcements(&self) -> u64 {
+        self.announcements
     }
 
     /// The device (to read its counters and state).

@@ -1453,6 +1453,7 @@ mod failover {
             assert!(in_flight > 0);
             stragglers += in_flight;
             let garps = net.garps(to);
+            let announced = net.guest.announcements();
             let from_rx = net.counters(from).rx;
             let switched = net.guest.switch_nic(to).unwrap();
             assert_eq!(
@@ -1463,6 +1464,7 @@ mod failover {
                 }
             );
             assert_eq!(net.garps(to), garps + 1, "one gratuitous ARP per switch");
+            assert_eq!(net.guest.announcements(), announced + 1, "and counted");
             assert!(net.last_is_garp(to), "sent at once, before any other frame");
             let from_tx = net.counters(from).tx;
             let ms = net.settle(round);

@@ -181,8 +181,8 @@ enum BenchCmd {
     },
     /// Process spawn -> app ready and -> exit, host-vmm vs QEMU microvm, same hello ELF;
     /// then network-ready: spawn -> first ping reply from netecho (pinged every 2 ms) and
-    /// the guest's own network_init time, host-vmm vs QEMU -M pc (microvm has no PCI where
-    /// the guest looks); then what std costs: spawn -> app ready of std-hello against hello
+    /// the guest's own network_init time, host-vmm vs QEMU microvm (virtio-net on
+    /// virtio-mmio), same ELF; then what std costs: spawn -> app ready of std-hello against hello
     /// on both VMMs, taking turns. Needs root (test network namespaces).
     Boot {
         /// Boots per VMM.
@@ -192,8 +192,8 @@ enum BenchCmd {
         #[arg(long)]
         json: bool,
     },
-    /// Ping RTT (100 per run) and iperf3 throughput both ways, host-vmm vs QEMU -M pc
-    /// (virtio-net-pci, no vhost), same image, each on its own test network; the VMMs take
+    /// Ping RTT (100 per run) and iperf3 throughput both ways, host-vmm vs QEMU microvm
+    /// (virtio-net-device on virtio-mmio, no vhost), same image, each on its own test network; the VMMs take
     /// turns run by run; min/median/max and the ratio of the medians. Then what std costs:
     /// ping RTT and 1 MiB TCP echo throughput of std-echo against netecho under host-vmm,
     /// taking turns, `--runs` each.

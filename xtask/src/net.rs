@@ -546,6 +546,29 @@ impl NetGuest {
         nics: Nics,
         control: bool,
     ) -> Result<NetGuest> {
+        NetGuest::boot(vmm, image, tag, extra_cmdline, nics, control, false)
+    }
+
+    /// Like [`NetGuest::start`] under QEMU microvm, its NIC's virtio-mmio transport in the
+    /// legacy form (QEMU 7.2's default) instead of the modern one.
+    pub fn start_qemu_legacy_virtio(
+        image: &std::path::Path,
+        tag: &str,
+        extra_cmdline: &str,
+    ) -> Result<NetGuest> {
+        let vmm = crate::vm::Vmm::QemuMicrovm;
+        NetGuest::boot(vmm, image, tag, extra_cmdline, Nics::Virtio, false, true)
+    }
+
+    fn boot(
+        vmm: crate::vm::Vmm,
+        image: &std::path::Path,
+        tag: &str,
+        extra_cmdline: &str,
+        nics: Nics,
+        control: bool,
+        qemu_legacy_virtio: bool,
+    ) -> Result<NetGuest> {
         if vmm != crate::vm::Vmm::HostVmm && (nics != Nics::Virtio || control) {
             bail!("the VF and the control socket exist only under host-vmm");
         }
@@ -563,6 +586,7 @@ impl NetGuest {
                 mac: GUEST_MAC,
             }),
             control: control.as_ref().map(|c| c.path()),
+            qemu_legacy_virtio,
             ..crate::vm::Boot::new(image)
         };
         let vm = crate::proc::Background::spawn(&mut vmm.command(&boot))?;

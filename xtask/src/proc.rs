@@ -258,6 +258,9 @@ pub fn run_tests(cmd: &mut Command, counts: &mut TestCounts) -> Result<()> {
     Ok(())
 }
 
+/// How long [`Background::wait_for`] lets the readers of an exited process finish its output.
+const PIPE_DRAIN: Duration = Duration::from_secs(1);
+
 /// A process left running while the caller works (a guest serving the network), killed by
 /// its PID when dropped, so a failing test still cleans up.
 pub struct Background {
@@ -335,6 +338,11 @@ impl Background {
                 return Ok(());
             }
             if let Some(status) = self.child.try_wait()? {
+                // Its last lines may still be in the pipes: read them before judging.
+                self.drain_pipes(PIPE_DRAIN);
+                if self.output().contains(text) {
+                    return Ok(());
+                }
                 bail!(
                     "`{}` exited ({status}) before printing `{text}`:\n{}",
                     self.name,
@@ -349,6 +357,15 @@ impl Background {
                 );
             }
             thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Waits up to `bound` for the output readers of an exited process to reach the end of
+    /// its pipes (bounded: a child it left behind may hold them open).
+    fn drain_pipes(&self, bound: Duration) {
+        let deadline = Instant::now() + bound;
+        while !self.readers.iter().all(|r| r.is_finished()) && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(2));
         }
     }
 
@@ -404,6 +421,27 @@ impl Drop for Background {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A process that prints its line last and exits at once: found, though the readers may
+    /// still be busy with the bytes before it when the exit is seen (a race seen in CI).
+    #[test]
+    fn wait_for_reads_the_last_lines_of_a_process_that_exited() {
+        for _ in 0..20 {
+            let mut cmd = Command::new("sh");
+            cmd.args([
+                "-c",
+                "head -c 200000 /dev/zero | tr '\\0' x; echo; echo done",
+            ]);
+            let mut bg = Background::spawn(&mut cmd).unwrap();
+            while bg.running() {
+                thread::sleep(Duration::from_millis(1));
+            }
+            bg.wait_for("done", Duration::from_secs(5)).unwrap();
+        }
+        let mut bg = Background::spawn(Command::new("true").arg("quiet")).unwrap();
+        let err = bg.wait_for("never", Duration::from_secs(5)).unwrap_err();
+        assert!(err.to_string().contains("exited"), "{err}");
+    }
 
     #[test]
     fn test_result_lines_are_summed_and_skips_are_not_passes() {

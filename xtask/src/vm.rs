@@ -15,10 +15,15 @@ pub const STATUS_NO_GUEST_STATUS: i32 = 124;
 pub enum Vmm {
     /// Roam's own VMM (release build).
     HostVmm,
-    /// Stock `qemu-system-x86_64 -M microvm`, booting the same ELF through its PVH note.
+    /// Stock `qemu-system-x86_64 -M microvm,acpi=off`, booting the same ELF through its PVH
+    /// note; a NIC is QEMU's `virtio-net-device` (virtio-mmio, modern unless
+    /// [`Boot::qemu_legacy_virtio`]; no vhost), which QEMU announces by appending
+    /// `virtio_mmio.device=` to the command line (only without ACPI). The peer for network
+    /// tests and benchmarks.
     QemuMicrovm,
-    /// Stock `qemu-system-x86_64 -M pc`: PCI at 0xCF8 and QEMU's own virtio-net-pci (no vhost),
-    /// the peer for network tests and benchmarks. SeaBIOS makes it boot in ~2 s.
+    /// Stock `qemu-system-x86_64 -M pc`: PCI at 0xCF8 and QEMU's own virtio-net-pci (no
+    /// vhost). SeaBIOS makes it boot in ~2 s; kept where a case needs PCI: our PCI driver
+    /// against QEMU's device (tests/net.rs), and the QEMU migration peer.
     QemuPc,
 }
 
@@ -60,6 +65,9 @@ pub struct Boot<'a> {
     /// QEMU only: expose the TSC frequency leaf (0x40000010) as host-vmm does. Without it
     /// QEMU also gets a PIT, so the kernel's PIT calibration path runs.
     pub qemu_tsc_leaf: bool,
+    /// QEMU microvm only: the NIC's virtio-mmio transport in its legacy (version 1) form,
+    /// QEMU 7.2's default, instead of the modern one.
+    pub qemu_legacy_virtio: bool,
     /// NICs on TAPs, if any.
     pub net: Option<NetAttach<'a>>,
     /// host-vmm only: listen for `host-vmm ctl` on a Unix socket at this path (`--api-socket`).
@@ -74,6 +82,7 @@ impl<'a> Boot<'a> {
             mem_mib: 128,
             cmdline: "",
             qemu_tsc_leaf: true,
+            qemu_legacy_virtio: false,
             net: None,
             control: None,
         }
@@ -144,9 +153,13 @@ impl Vmm {
         } else {
             "host,+invtsc,vmware-cpuid-freq=off,-arch-capabilities"
         };
+        // microvm: `acpi=off`, because only then does QEMU append its virtio-mmio devices to
+        // the command line (with ACPI it describes them in tables the kernel does not read).
         let machine = match (self, boot.qemu_tsc_leaf) {
-            (Vmm::QemuMicrovm, true) => "microvm,x-option-roms=off,rtc=off,pit=off,pic=off",
-            (Vmm::QemuMicrovm, false) => "microvm,x-option-roms=off,rtc=off,pic=off",
+            (Vmm::QemuMicrovm, true) => {
+                "microvm,acpi=off,x-option-roms=off,rtc=off,pit=off,pic=off"
+            }
+            (Vmm::QemuMicrovm, false) => "microvm,acpi=off,x-option-roms=off,rtc=off,pic=off",
             _ => "pc",
         };
         cmd.args([
@@ -175,11 +188,18 @@ impl Vmm {
                 .arg(format!(
                     "tap,id=n0,ifname={tap},script=no,downscript=no,vhost=off"
                 ))
-                .arg("-device")
-                .arg(format!(
+                .arg("-device");
+            if self == Vmm::QemuMicrovm {
+                cmd.arg(format!("virtio-net-device,netdev=n0,mac={}", net.mac));
+                if !boot.qemu_legacy_virtio {
+                    cmd.args(["-global", "virtio-mmio.force-legacy=false"]);
+                }
+            } else {
+                cmd.arg(format!(
                     "virtio-net-pci,netdev=n0,disable-legacy=on,mac={}",
                     net.mac
                 ));
+            }
         }
     }
 
@@ -319,6 +339,29 @@ mod tests {
             a.iter().any(|x| x.starts_with("tap,id=n0,ifname=tap0,")),
             "{a:?}"
         );
+        let a = args(&Vmm::QemuMicrovm.command(&virtio));
+        assert!(
+            has_pair(
+                &a,
+                "-device",
+                &format!("virtio-net-device,netdev=n0,mac={mac}")
+            ),
+            "{a:?}"
+        );
+        assert!(
+            has_pair(&a, "-global", "virtio-mmio.force-legacy=false"),
+            "{a:?}"
+        );
+        assert!(
+            a.iter().any(|x| x.starts_with("microvm,acpi=off,")),
+            "QEMU appends virtio_mmio.device= only without ACPI: {a:?}"
+        );
+        let legacy = Boot {
+            qemu_legacy_virtio: true,
+            ..virtio.clone()
+        };
+        let a = args(&Vmm::QemuMicrovm.command(&legacy));
+        assert!(!a.iter().any(|x| x == "-global"), "{a:?}");
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub use mmio::{Mmio, RegisterIo};
 
 use crate::pci::bar::Region;
 use virtio_drivers::Hal;
+use virtio_drivers::transport::mmio::{MmioError, MmioTransport, VirtIOHeader};
 
 /// Maps a device region through the HAL (uncached, for as long as the kernel runs) and
 /// returns register access to it.
@@ -29,4 +30,20 @@ pub fn map<H: Hal>(region: Region) -> Mmio {
     // SAFETY: the HAL's implementation contract makes `base..base + len` valid, uncached
     // device memory that no Rust reference aliases, mapped for as long as the kernel runs.
     unsafe { Mmio::new(base, region.len()) }
+}
+
+/// virtio-drivers' MMIO transport over `region` (a checked command-line entry, which the
+/// caller has mapped): refused unless the registers say virtio (magic, version, device ID).
+pub fn mmio_transport<H: Hal>(region: Region) -> Result<MmioTransport<'static>, MmioError> {
+    // SAFETY: as in `map`: the region is device memory the HAL may map, for as long as the
+    // kernel runs.
+    let base = unsafe { H::mmio_phys_to_virt(region.phys(), region.len()) };
+    let header = base.cast::<VirtIOHeader>();
+    if !header.as_ptr().is_aligned() {
+        return Err(MmioError::MmioRegionTooSmall);
+    }
+    // SAFETY: `header` is aligned (checked) and points at `region.len()` bytes of mapped
+    // device registers (the header, then the device configuration) that nothing else
+    // references and that stay mapped for `'static`; `new` checks the length covers the header.
+    unsafe { MmioTransport::new(header, region.len()) }
 }

@@ -215,6 +215,8 @@ pub(crate) struct RxKick {
     pub io: Mmio,
     /// The receive queue's register in it.
     pub offset: usize,
+    /// Written as 32 bits (virtio-mmio's `QueueNotify`), else 16 (PCI's notify region).
+    pub wide: bool,
     /// The transport's switch for the receive queue's kicks.
     pub held: Arc<HeldKicks>,
 }
@@ -351,7 +353,12 @@ impl<H: Hal> NetQueues<H> {
             self.post_rx(self.rx.returned[i]);
         }
         if self.rx_kick.held.release() {
-            self.rx_kick.io.write16(self.rx_kick.offset, RECEIVE_QUEUE);
+            let kick = &mut self.rx_kick;
+            if kick.wide {
+                kick.io.write32(kick.offset, u32::from(RECEIVE_QUEUE));
+            } else {
+                kick.io.write16(kick.offset, RECEIVE_QUEUE);
+            }
         }
     }
 

@@ -13,6 +13,8 @@
 //! // After either vector: `dev.service()` if it was "other" (also every second or so),
 //! // poll the stack, then `dev.rearm_interrupts()` (poll again if it says a frame waits).
 //! // On `VfEvents::reset_needed`: `dev.reinit(&mut delay)`, at most every second or so.
+//! // Around a move: `dev.detach()`; later `dev.attach(map(registers), &mut delay)` brings
+//! // it up on the rings it has (no allocation, no clearing of 132 KiB of buffers).
 //! ```
 //!
 //! Nothing the device reports can make the driver panic or loop: waits are bounded, lengths
@@ -209,6 +211,36 @@ impl<R: RegisterIo, D: Dma> Ixgbevf<R, D> {
         // On failure `vf` is dropped, which resets the VF before its rings are freed.
         vf.reinit(delay)?;
         Ok(vf)
+    }
+
+    /// Stops the VF (interrupts masked, VFCTRL.RST: no more DMA) and keeps its rings and
+    /// buffers for [`Ixgbevf::attach`]: what a guest does when the VF goes away for a move.
+    /// A removed VF is not touched. Afterwards the driver carries nothing.
+    pub fn detach(&mut self) {
+        if !self.removed {
+            self.io.write32(VTEIMC, EICR_MASK);
+            self.io.write32(VFCTRL, VFCTRL_RST);
+        }
+        self.ready = false;
+        self.link_up = false;
+    }
+
+    /// Brings the VF up again through `io`, its register BAR now (the same VF or another
+    /// one, after [`Ixgbevf::detach`] or removal), on the rings and buffers it already has:
+    /// nothing is allocated or cleared but the descriptors. Counters are kept. MSI-X must be
+    /// set up again first, as for [`Ixgbevf::new`].
+    pub fn attach(&mut self, io: R, delay: &mut dyn Delay) -> Result<(), Error> {
+        // What the last VF told us says nothing about this one.
+        self.io = io;
+        self.mbx = Mailbox::new();
+        self.permanent_mac = None;
+        self.mac = self.requested_mac.unwrap_or_default();
+        self.api = mbx::API_10;
+        self.pf_cts = false;
+        self.link_enabled = true;
+        self.removed = false;
+        self.reset_needed = false;
+        self.reinit(delay)
     }
 
     /// Resets the VF and runs the whole bring-up again (after [`VfEvents::reset_needed`]).

@@ -52,8 +52,9 @@ impl Bar {
     }
 }
 
-/// A range of device memory inside an assigned memory BAR: the only thing the HAL maps
-/// (`hal::map`). Made only by [`Bar::region`], which checks the bounds.
+/// A range of device memory: the only thing the HAL maps (`hal::map`). Made only by
+/// [`Bar::region`] (inside an assigned memory BAR) and by a checked virtio-mmio command-line
+/// entry (`virtio_mmio::MmioDevice::region`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Region {
     phys: u64,
@@ -61,6 +62,11 @@ pub struct Region {
 }
 
 impl Region {
+    /// `len` bytes at `phys`; callers vouch that the range is device memory.
+    pub(crate) fn new(phys: u64, len: usize) -> Region {
+        Region { phys, len }
+    }
+
     /// Physical address of the first byte.
     pub fn phys(&self) -> u64 {
         self.phys

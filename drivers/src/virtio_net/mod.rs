@@ -1,7 +1,13 @@
-//! virtio-net over PCI (virtio 1.x devices, modern or transitional): probe, interrupt
-//! setup, and [`VirtioNet`], the [`NetDevice`] adapter over virtio-drivers' `VirtIONetRaw`.
+//! virtio-net over PCI (virtio 1.x devices, modern or transitional) or virtio-mmio (legacy
+//! or modern): probe, interrupt setup, and [`VirtioNet`], the [`NetDevice`] adapter over
+//! virtio-drivers' `VirtIONetRaw`. Both buses share everything after the transport
+//! ([`RoamTransport`], `hal::virtio`'s queues).
 //!
-//! Probing, in order: give unassigned memory BARs addresses (machines without firmware),
+//! virtio-mmio ([`VirtioNet::probe_mmio`]): the transport a `virtio_mmio.device=` entry names
+//! (`crate::virtio_mmio`), checked to be virtio-net; it signals on one level-triggered line
+//! ([`Interrupt::Line`]) the caller routes and acknowledges.
+//!
+//! PCI probing, in order: give unassigned memory BARs addresses (machines without firmware),
 //! turn on memory decoding and bus mastering, find the virtio structures (virtio 1.1,
 //! 4.1.4), set up MSI-X (entry 0 = the receive queue, entry 1 = configuration changes; the
 //! transmit queue gets no vector: finished buffers are reclaimed when the next frame goes
@@ -17,16 +23,18 @@ pub use crate::hal::virtio::QueueError;
 use crate::hal::virtio::{NetQueues, QUEUE_SIZE, Raw, RootAccess, RxKick, TxQueue};
 use crate::hal::{self, Mmio, RegisterIo};
 use crate::net::{Capabilities, Events, MacAddress, NetDevice, RxToken, Stats, TxToken};
-use crate::pci::bar::{self, Bar, BarError};
+use crate::pci::bar::{self, Bar, BarError, Region};
 use crate::pci::capability::{self, ID_VENDOR};
 use crate::pci::msix::{MsiMessage, Msix, MsixError, MsixTable};
 use crate::pci::{self, Bdf, ConfigAccess, Intx};
+use crate::virtio_mmio::{self, MmioDevice};
 use core::fmt;
 use transport::{Notify, RoamTransport, Vectors, common};
 use virtio_drivers::Hal;
-use virtio_drivers::transport::InterruptStatus;
+use virtio_drivers::transport::mmio::MmioError;
 use virtio_drivers::transport::pci::bus::{DeviceFunction, PciRoot};
 use virtio_drivers::transport::pci::{PciTransport, VirtioPciError};
+use virtio_drivers::transport::{DeviceType, InterruptStatus, Transport};
 
 /// The virtio PCI vendor ID.
 pub const VENDOR_ID: u16 = 0x1AF4;
@@ -79,6 +87,10 @@ pub enum Interrupt {
     },
     /// Legacy INTx: route it, and call [`NetDevice::ack_interrupt`] when it fires.
     Intx(Intx),
+    /// virtio-mmio's interrupt line, this IOAPIC input (global system interrupt): route it
+    /// level-triggered, and acknowledge the device's interrupt status when it fires
+    /// (`virtio_mmio::reg::INTERRUPT_ACK`, or [`NetDevice::ack_interrupt`]).
+    Line(u8),
     /// No interrupt at all: the caller must poll.
     None,
 }
@@ -100,6 +112,10 @@ pub enum ProbeError {
     Driver(virtio_drivers::Error),
     /// The packet buffers could not be set up.
     Queues(QueueError),
+    /// virtio-drivers' MMIO transport refused the registers.
+    Mmio(MmioError),
+    /// The virtio-mmio transport holds another kind of device.
+    NotNetwork(DeviceType),
 }
 
 impl fmt::Display for ProbeError {
@@ -112,6 +128,10 @@ impl fmt::Display for ProbeError {
             ProbeError::Transport(e) => write!(f, "PCI transport: {e}"),
             ProbeError::Driver(e) => write!(f, "virtio-net setup: {e}"),
             ProbeError::Queues(e) => write!(f, "{e}"),
+            ProbeError::Mmio(e) => write!(f, "virtio-mmio transport: {e}"),
+            ProbeError::NotNetwork(t) => {
+                write!(f, "virtio-mmio device is a {t:?}, not a network card")
+            }
         }
     }
 }
@@ -256,6 +276,7 @@ impl<H: Hal> VirtioNet<H> {
         let rx_kick = RxKick {
             io: hal::map::<H>(notify_region),
             offset: receive_notify_offset(&mut check, multiplier, notify_region.len())?,
+            wide: false,
             held,
         };
 
@@ -280,7 +301,46 @@ impl<H: Hal> VirtioNet<H> {
         })
     }
 
-    /// How the device signals (MSI-X, INTx, or not at all).
+    /// Brings up the virtio-net device behind the virtio-mmio transport `device` (its
+    /// registers mapped by the caller). It signals on `device.irq` ([`Interrupt::Line`]).
+    pub fn probe_mmio(device: &MmioDevice) -> Result<VirtioNet<H>, ProbeError> {
+        let region = device.region();
+        let transport = hal::mmio_transport::<H>(region).map_err(ProbeError::Mmio)?;
+        match transport.device_type() {
+            DeviceType::Network => {}
+            other => return Err(ProbeError::NotNetwork(other)),
+        }
+        let mut check = hal::map::<H>(region);
+        check.write32(virtio_mmio::reg::DEVICE_FEATURES_SEL, 0);
+        let reports_link = check.read32(virtio_mmio::reg::DEVICE_FEATURES) & F_STATUS != 0;
+        let config_len = region.len().saturating_sub(virtio_mmio::reg::CONFIG);
+        // The device configuration: `status` at the same offset as on PCI.
+        let link = (reports_link && config_len >= 8).then(|| {
+            hal::map::<H>(Region::new(
+                region.phys() + virtio_mmio::reg::CONFIG as u64,
+                config_len,
+            ))
+        });
+        let transport = RoamTransport::mmio(transport);
+        let held = transport.rx_kicks();
+        let raw = Raw::<H>::new(transport).map_err(ProbeError::Driver)?;
+        let rx_kick = RxKick {
+            io: check,
+            offset: virtio_mmio::reg::QUEUE_NOTIFY,
+            wide: true,
+            held,
+        };
+        let mut queues = NetQueues::new(raw, rx_kick).map_err(ProbeError::Queues)?;
+        let mac = MacAddress(queues.raw().mac_address());
+        Ok(VirtioNet {
+            queues,
+            link,
+            mac,
+            interrupt: Interrupt::Line(device.irq),
+        })
+    }
+
+    /// How the device signals (MSI-X, INTx, a line, or not at all).
     pub fn interrupt(&self) -> Interrupt {
         self.interrupt
     }
@@ -400,7 +460,7 @@ impl<H: Hal> NetDevice for VirtioNet<H> {
     }
 
     fn ack_interrupt(&mut self) -> Events {
-        if !matches!(self.interrupt, Interrupt::Intx(_)) {
+        if !matches!(self.interrupt, Interrupt::Intx(_) | Interrupt::Line(_)) {
             return Events::default();
         }
         let status = self.queues.raw().ack_interrupt();

@@ -1,12 +1,18 @@
-//! [`RoamTransport`]: virtio-drivers' `PciTransport` plus the two things it leaves out.
+//! [`RoamTransport`]: one virtio transport for both buses, virtio-drivers' `PciTransport`
+//! (with the things it leaves out, below) or its `MmioTransport` (virtio-mmio, legacy or
+//! modern, as QEMU microvm offers it) unchanged. virtio-net and the console drive either
+//! through the same queue code; only a `match` per call tells them apart.
 //!
+//! What PCI gets on top of virtio-drivers:
 //! - MSI-X vectors: it never writes `msix_config` or `queue_msix_vector`, so a device with
 //!   MSI-X enabled would signal nothing. They are written here at the points the virtio spec
 //!   (4.1.5.1.2) asks: the configuration vector after the reset that starts initialisation,
 //!   each queue's vector before the queue is enabled.
 //! - A cheaper notify: `PciTransport::notify` selects the queue and reads its notify offset
 //!   on every call (three exits); here the address is computed once per queue, so a notify
-//!   is one write.
+//!   is one write. (virtio-mmio's notify is one write already.)
+//!
+//! Both buses:
 //! - Batched receive kicks ([`HeldKicks`]): virtio-drivers decides per buffer whether to
 //!   notify, and with event indices its test (`avail_idx > avail_event`) says yes for every
 //!   buffer once the device has passed `avail_event`, which host-vmm's device moves only when
@@ -22,6 +28,7 @@ use alloc::sync::Arc;
 use core::fmt::Debug;
 use core::ops::BitAnd;
 use core::sync::atomic::{AtomicBool, Ordering};
+use virtio_drivers::transport::mmio::MmioTransport;
 use virtio_drivers::transport::pci::PciTransport;
 use virtio_drivers::transport::{DeviceStatus, DeviceType, InterruptStatus, Transport};
 use virtio_drivers::{Error, PhysAddr};
@@ -108,16 +115,38 @@ impl HeldKicks {
     }
 }
 
-/// virtio-drivers' PCI transport with MSI-X vector setup and one-write notifies.
+/// virtio-drivers' PCI transport with MSI-X vector setup and one-write notifies, or its
+/// virtio-mmio transport; receive kicks held in batches on both.
 pub struct RoamTransport {
+    bus: Bus,
+    /// The receive queue's kicks, when its owner batches them.
+    rx_kicks: Arc<HeldKicks>,
+}
+
+/// The transport proper.
+enum Bus {
+    Pci(Pci),
+    Mmio(MmioTransport<'static>),
+}
+
+/// PCI: virtio-drivers' transport and the registers it does not write.
+struct Pci {
     inner: PciTransport,
     common: Mmio,
     notify: Notify,
     /// Offset of each queue's notify register in `notify.io`, once known.
     notify_offset: [Option<usize>; 2],
     vectors: Vectors,
-    /// The receive queue's kicks, when its owner batches them.
-    rx_kicks: Arc<HeldKicks>,
+}
+
+/// Calls `$method` on whichever transport `$bus` holds.
+macro_rules! delegate {
+    ($bus:expr, $t:ident => $call:expr) => {
+        match $bus {
+            Bus::Pci(Pci { inner: $t, .. }) => $call,
+            Bus::Mmio($t) => $call,
+        }
+    };
 }
 
 impl RoamTransport {
@@ -130,11 +159,21 @@ impl RoamTransport {
         vectors: Vectors,
     ) -> RoamTransport {
         RoamTransport {
-            inner,
-            common,
-            notify,
-            notify_offset: [None; 2],
-            vectors,
+            bus: Bus::Pci(Pci {
+                inner,
+                common,
+                notify,
+                notify_offset: [None; 2],
+                vectors,
+            }),
+            rx_kicks: Arc::new(HeldKicks::default()),
+        }
+    }
+
+    /// Wraps a virtio-mmio transport (it signals on one interrupt line; no vectors).
+    pub fn mmio(inner: MmioTransport<'static>) -> RoamTransport {
+        RoamTransport {
+            bus: Bus::Mmio(inner),
             rx_kicks: Arc::new(HeldKicks::default()),
         }
     }
@@ -143,7 +182,9 @@ impl RoamTransport {
     pub fn rx_kicks(&self) -> Arc<HeldKicks> {
         self.rx_kicks.clone()
     }
+}
 
+impl Pci {
     fn write_vector(&mut self, register: usize, vector: u16) {
         if vector == NO_VECTOR && self.vectors == Vectors::NONE {
             return;
@@ -152,29 +193,8 @@ impl RoamTransport {
         // they did not stick.
         self.common.write16(register, vector);
     }
-}
-
-impl Transport for RoamTransport {
-    fn device_type(&self) -> DeviceType {
-        self.inner.device_type()
-    }
-
-    fn read_device_features(&mut self) -> u64 {
-        self.inner.read_device_features()
-    }
-
-    fn write_driver_features(&mut self, driver_features: u64) {
-        self.inner.write_driver_features(driver_features)
-    }
-
-    fn max_queue_size(&mut self, queue: u16) -> u32 {
-        self.inner.max_queue_size(queue)
-    }
 
     fn notify(&mut self, queue: u16) {
-        if queue == RECEIVE_QUEUE && self.rx_kicks.record() {
-            return;
-        }
         match self
             .notify_offset
             .get(usize::from(queue))
@@ -184,22 +204,6 @@ impl Transport for RoamTransport {
             Some(offset) => self.notify.io.write16(offset, queue),
             None => self.inner.notify(queue),
         }
-    }
-
-    fn get_status(&self) -> DeviceStatus {
-        self.inner.get_status()
-    }
-
-    fn set_status(&mut self, status: DeviceStatus) {
-        self.inner.set_status(status)
-    }
-
-    fn set_guest_page_size(&mut self, guest_page_size: u32) {
-        self.inner.set_guest_page_size(guest_page_size)
-    }
-
-    fn requires_legacy_layout(&self) -> bool {
-        self.inner.requires_legacy_layout()
     }
 
     fn queue_set(
@@ -232,35 +236,99 @@ impl Transport for RoamTransport {
             *slot = Some(offset);
         }
     }
+}
+
+impl Transport for RoamTransport {
+    fn device_type(&self) -> DeviceType {
+        delegate!(&self.bus, t => t.device_type())
+    }
+
+    fn read_device_features(&mut self) -> u64 {
+        delegate!(&mut self.bus, t => t.read_device_features())
+    }
+
+    fn write_driver_features(&mut self, driver_features: u64) {
+        delegate!(&mut self.bus, t => t.write_driver_features(driver_features))
+    }
+
+    fn max_queue_size(&mut self, queue: u16) -> u32 {
+        delegate!(&mut self.bus, t => t.max_queue_size(queue))
+    }
+
+    fn notify(&mut self, queue: u16) {
+        if queue == RECEIVE_QUEUE && self.rx_kicks.record() {
+            return;
+        }
+        match &mut self.bus {
+            Bus::Pci(pci) => pci.notify(queue),
+            Bus::Mmio(t) => t.notify(queue),
+        }
+    }
+
+    fn get_status(&self) -> DeviceStatus {
+        delegate!(&self.bus, t => t.get_status())
+    }
+
+    fn set_status(&mut self, status: DeviceStatus) {
+        delegate!(&mut self.bus, t => t.set_status(status))
+    }
+
+    fn set_guest_page_size(&mut self, guest_page_size: u32) {
+        delegate!(&mut self.bus, t => t.set_guest_page_size(guest_page_size))
+    }
+
+    fn requires_legacy_layout(&self) -> bool {
+        delegate!(&self.bus, t => t.requires_legacy_layout())
+    }
+
+    fn queue_set(
+        &mut self,
+        queue: u16,
+        size: u32,
+        descriptors: PhysAddr,
+        driver_area: PhysAddr,
+        device_area: PhysAddr,
+    ) {
+        match &mut self.bus {
+            Bus::Pci(pci) => pci.queue_set(queue, size, descriptors, driver_area, device_area),
+            Bus::Mmio(t) => t.queue_set(queue, size, descriptors, driver_area, device_area),
+        }
+    }
 
     fn queue_unset(&mut self, queue: u16) {
-        self.inner.queue_unset(queue)
+        delegate!(&mut self.bus, t => t.queue_unset(queue))
     }
 
     fn queue_used(&mut self, queue: u16) -> bool {
-        self.inner.queue_used(queue)
+        delegate!(&mut self.bus, t => t.queue_used(queue))
     }
 
     fn ack_interrupt(&mut self) -> InterruptStatus {
-        self.inner.ack_interrupt()
+        delegate!(&mut self.bus, t => t.ack_interrupt())
     }
 
     fn begin_init<F: bitflags::Flags<Bits = u64> + BitAnd<Output = F> + Debug>(
         &mut self,
         supported_features: F,
     ) -> F {
-        let negotiated = self.inner.begin_init(supported_features);
-        // After the reset at the start of `begin_init`, which clears every vector.
-        self.write_vector(common::MSIX_CONFIG, self.vectors.config);
-        negotiated
+        match &mut self.bus {
+            Bus::Pci(pci) => {
+                let negotiated = pci.inner.begin_init(supported_features);
+                // After the reset at the start of `begin_init`, which clears every vector.
+                let config = pci.vectors.config;
+                pci.write_vector(common::MSIX_CONFIG, config);
+                negotiated
+            }
+            Bus::Mmio(t) => t.begin_init(supported_features),
+        }
     }
 
     fn read_config_generation(&self) -> u32 {
-        self.inner.read_config_generation()
+        delegate!(&self.bus, t => t.read_config_generation())
     }
 
     fn read_config_space<T: FromBytes + IntoBytes>(&self, offset: usize) -> Result<T, Error> {
-        self.inner.read_config_space(offset)
+        delegate!(&self.bus, t => t.read_config_space(offset))
     }
 
     fn write_config_space<T: IntoBytes + Immutable>(
@@ -268,6 +336,6 @@ impl Transport for RoamTransport {
         offset: usize,
         value: T,
     ) -> Result<(), Error> {
-        self.inner.write_config_space(offset, value)
+        delegate!(&mut self.bus, t => t.write_config_space(offset, value))
     }
 }

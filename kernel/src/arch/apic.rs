@@ -24,6 +24,9 @@ pub const VF_QUEUE_VECTOR: u8 = 35;
 pub const VF_OTHER_VECTOR: u8 = 36;
 /// Vector of the control channel (virtio-console) to host-vmm.
 pub const CONTROL_VECTOR: u8 = 37;
+/// Vector of virtio-net's virtio-mmio interrupt line (level-triggered through the IOAPIC;
+/// its stub acknowledges the device, [`super::idt::set_net_line`]).
+pub const NET_LINE_VECTOR: u8 = 38;
 /// Spurious-interrupt vector (its gate is built in link.ld).
 pub const SPURIOUS_VECTOR: u8 = 255;
 

@@ -5,7 +5,8 @@
 //! LAPIC timer ([`super::apic::TIMER_VECTOR`]), virtio-net's two vectors
 //! ([`super::apic::NET_QUEUE_VECTOR`], [`super::apic::NET_CONFIG_VECTOR`]), the VF's two
 //! ([`super::apic::VF_QUEUE_VECTOR`], [`super::apic::VF_OTHER_VECTOR`]), the control
-//! channel's ([`super::apic::CONTROL_VECTOR`]) and the spurious
+//! channel's ([`super::apic::CONTROL_VECTOR`]), virtio-net's virtio-mmio line
+//! ([`super::apic::NET_LINE_VECTOR`]) and the spurious
 //! vector ([`super::apic::SPURIOUS_VECTOR`]). Any other vector hits a not-present gate, which the
 //! CPU turns into #NP with the vector in the error code, and that is reported like any
 //! other exception.
@@ -21,7 +22,7 @@ use super::cpu;
 use super::paging::{PAGE_2M, STACK_BASE};
 use crate::fault::{self, Exception};
 use core::arch::{asm, global_asm};
-use core::sync::atomic::{AtomicU8, Ordering};
+use core::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 
 /// Set by the NIC's "frames arrived" interrupt.
 pub const NET_QUEUE_EVENT: u8 = 1 << 0;
@@ -49,6 +50,19 @@ pub fn take_net_events() -> u8 {
 #[inline]
 pub fn net_events_pending() -> bool {
     NET_EVENTS.load(Ordering::Relaxed) != 0
+}
+
+/// virtio-net's virtio-mmio register base, for the line's stub to acknowledge the device
+/// (0 until [`set_net_line`]).
+static NET_LINE_BASE: AtomicU64 = AtomicU64::new(0);
+
+/// Points the virtio-mmio line's stub at the device whose registers (mapped uncached) start
+/// at `base`; call before routing the line. The stub reads `InterruptStatus` (bit 0: used
+/// buffers, bit 1: configuration change, the same bits as [`NET_QUEUE_EVENT`] and
+/// [`NET_CONFIG_EVENT`]), writes them to `InterruptAck`, which lowers the line, records them
+/// and sends EOI: two MMIO accesses per interrupt, nothing left for the idle loop to ack.
+pub fn set_net_line(base: u64) {
+    NET_LINE_BASE.store(base, Ordering::Relaxed);
 }
 
 /// Nonzero once threads run: the timer and device stubs then call [`interrupt_entry`].
@@ -162,6 +176,25 @@ roam_isr_vf_other:
     or byte ptr [rip + {net_events}], {vf_other_event}
     jmp roam_eoi_return
 
+    /* virtio-net's virtio-mmio line (level-triggered): acknowledge the device first, so
+       the line is low again at the EOI unless a new event came meanwhile (then the IOAPIC
+       delivers once more). Status bits 0 and 1 are NET_QUEUE_EVENT and NET_CONFIG_EVENT. */
+    .globl roam_isr_net_line
+roam_isr_net_line:
+    push rax
+    push rcx
+    mov rcx, qword ptr [rip + {net_line_base}]
+    test rcx, rcx
+    jz 2f
+    mov eax, dword ptr [rcx + {interrupt_status}]
+    mov dword ptr [rcx + {interrupt_ack}], eax
+    and al, {queue_event} | {config_event}
+    or byte ptr [rip + {net_events}], al
+2:
+    pop rcx
+    pop rax
+    jmp roam_eoi_return
+
     .globl roam_isr_control
 roam_isr_control:
     or byte ptr [rip + {net_events}], {control_event}
@@ -216,6 +249,9 @@ roam_isr_spurious:
     vf_queue_event = const VF_QUEUE_EVENT,
     vf_other_event = const VF_OTHER_EVENT,
     control_event = const CONTROL_EVENT,
+    net_line_base = sym NET_LINE_BASE,
+    interrupt_status = const drivers::virtio_mmio::reg::INTERRUPT_STATUS,
+    interrupt_ack = const drivers::virtio_mmio::reg::INTERRUPT_ACK,
 );
 
 /// Called by the exception stubs with the frame they built; never returns.

@@ -1,10 +1,14 @@
-//! The IOAPIC, for the one thing the kernel uses it for: routing a PCI INTx line to a
-//! vector when a NIC has no usable MSI-X (the documented fallback).
+//! The IOAPIC, for the one thing the kernel uses it for: routing a NIC's interrupt line to a
+//! vector, a PCI INTx line when the NIC has no usable MSI-X (the documented fallback) or a
+//! virtio-mmio line (QEMU microvm).
 //!
-//! The entry is programmed edge-triggered, active-high. The NIC handler only sets a flag and
+//! INTx is programmed edge-triggered, active-high: the NIC handler only sets a flag and
 //! sends EOI (no masking); the line stays asserted until the idle loop reads the device's
-//! ISR, which lowers it, so every new event is a fresh rising edge. Under QEMU (in-kernel
-//! IOAPIC) PCI lines are active-high.
+//! ISR, which lowers it, so every new event is a fresh rising edge. virtio-mmio is
+//! level-triggered, active-high: its handler acknowledges the device (which lowers the line)
+//! before the EOI, and an event that came in between keeps the line up, so the IOAPIC
+//! delivers it again after the EOI (an edge would be lost: virtio-mmio's status is read and
+//! acknowledged in two accesses). Under QEMU the lines are active-high.
 
 use core::ptr;
 
@@ -32,10 +36,22 @@ fn read(reg: u32) -> u32 {
     }
 }
 
+/// How an input signals.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Trigger {
+    /// A rising edge per event (PCI INTx as the kernel uses it).
+    Edge,
+    /// Asserted while the device has an event (virtio-mmio).
+    Level,
+}
+
+/// Redirection entry bit: level-triggered.
+const LEVEL: u32 = 1 << 15;
+
 /// Routes input `gsi` to `vector` on the local APIC `apic_id`: fixed delivery, physical
-/// destination, edge-triggered, active-high, unmasked. `false` if the IOAPIC has no such
-/// input.
-pub fn route(gsi: u8, vector: u8, apic_id: u8) -> bool {
+/// destination, active-high, unmasked, triggered as `trigger` says. `false` if the IOAPIC
+/// has no such input.
+pub fn route(gsi: u8, vector: u8, apic_id: u8, trigger: Trigger) -> bool {
     let inputs = ((read(REG_VERSION) >> 16) & 0xFF) + 1;
     if u32::from(gsi) >= inputs {
         return false;
@@ -43,6 +59,10 @@ pub fn route(gsi: u8, vector: u8, apic_id: u8) -> bool {
     let reg = REG_REDIRECTION + 2 * u32::from(gsi);
     // High half (destination) first, so the entry is never live with a stale destination.
     write(reg + 1, u32::from(apic_id) << 24);
-    write(reg, u32::from(vector));
+    let mode = match trigger {
+        Trigger::Edge => 0,
+        Trigger::Level => LEVEL,
+    };
+    write(reg, u32::from(vector) | mode);
     true
 }

@@ -178,7 +178,17 @@ impl NicControl for Nics<'_> {
     }
 
     fn reattach_vf(&mut self) -> bool {
-        self.vf.reattach(self.stack, crate::timer::now_ns())
+        let start = crate::timer::now_ns();
+        let present = self.vf.reattach(self.stack, start);
+        log::debug!(
+            "control: VF re-attach took {} us (the network waited)",
+            crate::timer::now_ns().saturating_sub(start) / 1000
+        );
+        present
+    }
+
+    fn announcements(&self) -> u64 {
+        self.stack.announcements()
     }
 
     fn announce(&mut self) -> bool {

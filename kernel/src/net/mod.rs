@@ -2,7 +2,11 @@
 //! network work from the idle loop ([`service`]), never in interrupt handlers.
 //!
 //! Bring-up: parse `ip=`/`gw=` from the command line, enumerate PCI, and take the first
-//! virtio-net function and the first 82599 VF (either may be missing, not both); give their
+//! virtio-net function and the first 82599 VF (either may be missing, not both); on a
+//! machine without PCI (QEMU microvm) virtio-net is the first virtio-mmio transport that
+//! the command line's `virtio_mmio.device=` words name and that holds one
+//! ([`probe_virtio_mmio`]: its line level-triggered through the IOAPIC on
+//! [`apic::NET_LINE_VECTOR`], acknowledged by its interrupt stub). Give PCI functions'
 //! unassigned memory BARs addresses (machines without firmware), map every memory BAR
 //! uncached, probe them with MSI-X (virtio-net on [`apic::NET_QUEUE_VECTOR`] /
 //! [`apic::NET_CONFIG_VECTOR`], INTx through the IOAPIC if MSI-X is not usable; the VF on
@@ -27,6 +31,7 @@ use core::fmt;
 use core::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use drivers::net::NetDevice;
 use drivers::pci::{self, Bdf, bar};
+use drivers::virtio_mmio;
 use drivers::virtio_net::{self, Interrupt, InterruptRequest, VirtioNet};
 use netstack::{Failover, Instant, SocketTable, Stack};
 
@@ -111,7 +116,7 @@ static STATE: AtomicU8 = AtomicU8::new(NOT_STARTED);
 pub enum InitError {
     /// No `ip=` on the command line, or a bad one (reported in the log).
     NotConfigured,
-    /// Neither a virtio-net device nor a VF on the PCI bus.
+    /// Neither a virtio-net device (PCI or virtio-mmio) nor a VF.
     NoDevice,
     /// The device would not come up (reported in the log).
     DeviceFailed,
@@ -121,7 +126,9 @@ impl fmt::Display for InitError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             InitError::NotConfigured => "no usable ip= on the command line",
-            InitError::NoDevice => "no network device (virtio-net or 82599 VF)",
+            InitError::NoDevice => {
+                "no network device (virtio-net on PCI or virtio-mmio, or an 82599 VF)"
+            }
             InitError::DeviceFailed => "the network device failed to start",
         })
     }
@@ -195,13 +202,26 @@ fn bring_up() -> Result<Net, InitError> {
 
     let mut virtio = None;
     let (mut intx, mut polled, mut config_shared) = (false, false, false);
+    let mut virtio_failed = false;
     if let Some(nic) = functions.iter().find(|f| virtio_net::matches(f)) {
         match probe_virtio(&mut access, nic.bdf, apic_id) {
             Ok((device, mode)) => {
                 (intx, polled, config_shared) = mode;
                 virtio = Some(device);
             }
-            Err(e) => log::error!("net: virtio-net at {}: {e}", nic.bdf),
+            Err(e) => {
+                log::error!("net: virtio-net at {}: {e}", nic.bdf);
+                virtio_failed = true;
+            }
+        }
+    } else {
+        match probe_virtio_mmio(text, apic_id) {
+            Ok(Some((device, mode))) => {
+                (intx, polled, config_shared) = mode;
+                virtio = Some(device);
+            }
+            Ok(None) => {}
+            Err(_) => virtio_failed = true,
         }
     }
     let mac = virtio.as_ref().map(|v| v.mac_address());
@@ -209,9 +229,16 @@ fn bring_up() -> Result<Net, InitError> {
         .iter()
         .find(|f| drivers::ixgbevf::pci::matches(f))
         .map(|f| f.bdf);
-    let vf = vf_bdf.and_then(|bdf| vf::bring_up(&mut access, bdf, mac, apic_id));
+    let vf = vf_bdf.and_then(|bdf| vf::bring_up(&mut access, bdf, mac, apic_id, &mut None));
     if virtio.is_none() && vf.is_none() {
-        return Err(if vf_bdf.is_some() || mac.is_some() {
+        if functions.is_empty() && virtio_mmio::devices(text).next().is_none() {
+            // The likely mistake: QEMU microvm with ACPI on lists its devices only there.
+            log::error!(
+                "net: no PCI bus and no {}= on the command line (QEMU microvm appends it only with `-M microvm,acpi=off`)",
+                virtio_mmio::PARAM
+            );
+        }
+        return Err(if vf_bdf.is_some() || virtio_failed {
             InitError::DeviceFailed
         } else {
             InitError::NoDevice
@@ -226,14 +253,12 @@ fn bring_up() -> Result<Net, InitError> {
         config.address.address(),
         config.address.prefix_len(),
         config.gateway,
-        if device.virtio().is_none() {
-            "absent"
-        } else if intx {
-            "INTx"
-        } else if polled {
-            "polled"
-        } else {
-            "MSI-X"
+        match device.virtio().map(|v| v.interrupt()) {
+            None => "absent",
+            Some(Interrupt::Line(_)) => "virtio-mmio, level line",
+            Some(Interrupt::Intx(_)) if intx => "INTx",
+            Some(_) if polled => "polled",
+            Some(_) => "MSI-X",
         },
         if device.vf().is_some() {
             "MSI-X"
@@ -285,7 +310,14 @@ fn probe_virtio(
     })?;
     let mode = match device.interrupt() {
         Interrupt::Msix { config_shared } => (false, false, config_shared),
-        Interrupt::Intx(line) if ioapic::route(line.line, apic::NET_QUEUE_VECTOR, apic_id) => {
+        Interrupt::Intx(line)
+            if ioapic::route(
+                line.line,
+                apic::NET_QUEUE_VECTOR,
+                apic_id,
+                ioapic::Trigger::Edge,
+            ) =>
+        {
             // The entry is edge-triggered: if the line went up before it was programmed, no
             // edge would ever come. Reading the ISR lowers it; from now on every event is an
             // edge the IOAPIC sees.
@@ -299,6 +331,59 @@ fn probe_virtio(
         }
     };
     Ok((device, mode))
+}
+
+/// Probes the first virtio-net device among the virtio-mmio transports the command line
+/// `text` names, with its line on this CPU; `Ok(None)` when it names none (or only other
+/// devices, or ranges without a virtio device), an error when the first virtio-net among
+/// them fails.
+fn probe_virtio_mmio(text: &str, apic_id: u8) -> Result<Option<(Virtio, VirtioMode)>, InitError> {
+    for entry in virtio_mmio::devices(text) {
+        let mmio = match entry {
+            Ok(mmio) => mmio,
+            Err(e) => {
+                log::error!("cmdline: {}=: {e}; ignored", virtio_mmio::PARAM);
+                continue;
+            }
+        };
+        // Mapped here, so a range the page tables refuse (RAM, say) is an error, not the
+        // HAL's panic.
+        if let Err(e) = paging::map_mmio(mmio.base, mmio.size) {
+            log::error!("net: virtio-mmio {mmio}: cannot map it: {e}");
+            continue;
+        }
+        let device = match Virtio::probe_mmio(&mmio) {
+            Ok(device) => device,
+            Err(virtio_net::ProbeError::NotNetwork(_)) => continue,
+            // No virtio device there (bad magic or version, device ID 0): not ours either.
+            Err(e @ virtio_net::ProbeError::Mmio(_)) => {
+                log::warn!("net: virtio-mmio {mmio}: {e}; skipped");
+                continue;
+            }
+            Err(e) => {
+                log::error!("net: virtio-mmio {mmio}: {e}");
+                return Err(InitError::DeviceFailed);
+            }
+        };
+        log::info!("net: virtio-net on virtio-mmio {mmio}");
+        // The stub must know the device before the line can fire; level-triggered, a line
+        // already up is delivered as soon as the entry is unmasked.
+        idt::set_net_line(mmio.base);
+        if !ioapic::route(
+            mmio.irq,
+            apic::NET_LINE_VECTOR,
+            apic_id,
+            ioapic::Trigger::Level,
+        ) {
+            log::warn!(
+                "net: the IOAPIC has no input {}; polling every 10 ms",
+                mmio.irq
+            );
+            return Ok(Some((device, (false, true, true))));
+        }
+        return Ok(Some((device, (false, false, false))));
+    }
+    Ok(None)
 }
 
 /// Sizes the BARs of `bdf` (once: the driver's probe takes them from here), assigns
