@@ -10,15 +10,17 @@
 //!   connection with that 4-tuple (an ordered map), else, for a SYN, a socket in Listen on
 //!   that port; smoltcp then processes the frame against that one socket's set. A SYN for
 //!   a port that is listened on but has no socket in Listen right now is dropped (the
-//!   client sends it again), as Linux drops SYNs when its queues are full; any other
-//!   segment without a socket gets smoltcp's RST.
+//!   client sends it again), as Linux drops SYNs when its queues are full; a SYN for a
+//!   listener whose handshake queue is full is dropped unless it is a resend
+//!   ([`crate::synguard`]); any other segment without a socket gets smoltcp's RST.
 //! - **Egress** runs only for sockets that something touched (an app call, a frame) and
 //!   for those whose timer is due (a min-heap of `poll_at` instants).
 //! - **State changes** (every socket touched is compared with the state last seen) are
 //!   queued for the socket table, which re-arms listeners and frees closed sockets.
 
 use crate::phy::OneFrame;
-use alloc::collections::{BTreeMap, BinaryHeap};
+use crate::synguard::SynGuard;
+use alloc::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use alloc::vec::Vec;
 use core::cmp::Reverse;
 use drivers::net::TxToken;
@@ -86,7 +88,8 @@ pub(crate) enum Route {
     Other,
     /// This TCP socket's set.
     Tcp(u32),
-    /// A SYN for a listened-on port with no socket in Listen: dropped.
+    /// A SYN for a listened-on port with no socket in Listen, or a first SYN while its
+    /// listener's handshake queue is full: dropped.
     Drop,
 }
 
@@ -105,6 +108,9 @@ pub struct TcpSockets {
     conns: BTreeMap<u64, u32>,
     /// Listened-on ports and their sockets in Listen.
     listening: BTreeMap<u16, Vec<u32>>,
+    /// Listened-on ports whose handshake queue is full: SYNs pass [`SynGuard`] first.
+    full: BTreeSet<u16>,
+    guard: SynGuard,
     timers: BinaryHeap<Reverse<(i64, u32)>>,
     dirty: Vec<u32>,
     /// Sockets changed by their owner since [`TcpSockets::reindex_touched`] last ran.
@@ -261,6 +267,7 @@ impl TcpSockets {
 
     /// Nobody listens on `port` any more: SYNs for it get RST.
     pub fn unlisten_port(&mut self, port: u16) {
+        self.full.remove(&port);
         if let Some(spares) = self.listening.remove(&port) {
             for i in spares {
                 if let Some(Some(slot)) = self.slots.get_mut(i as usize) {
@@ -268,6 +275,21 @@ impl TcpSockets {
                 }
             }
         }
+    }
+
+    /// Whether `port`'s listener has as many handshakes under way as its backlog: new SYNs
+    /// are then taken only when resent ([`crate::synguard`]).
+    pub fn set_handshakes_full(&mut self, port: u16, full: bool) {
+        if full {
+            self.full.insert(port);
+        } else {
+            self.full.remove(&port);
+        }
+    }
+
+    /// First SYNs dropped because their listener's handshake queue was full.
+    pub fn first_syns_dropped(&self) -> u64 {
+        self.guard.dropped()
     }
 
     /// Whether a socket's state changed since the last [`TcpSockets::swap_changed`].
@@ -310,8 +332,8 @@ impl TcpSockets {
         self.slots.iter().flatten().any(|s| f(s.tag, s.socket()))
     }
 
-    /// Where a received Ethernet frame goes.
-    pub(crate) fn route(&self, frame: &[u8]) -> Route {
+    /// Where a received Ethernet frame goes, at `now`.
+    pub(crate) fn route(&mut self, frame: &[u8], now: Instant) -> Route {
         let (Some(ethertype), Some(ip)) = (frame.get(12..14), frame.get(14..)) else {
             return Route::Other;
         };
@@ -335,7 +357,15 @@ impl TcpSockets {
         if tcp[13] & (SYN | ACK | RST) == SYN
             && let Some(spares) = self.listening.get(&local_port)
         {
-            return spares.last().map_or(Route::Drop, |&i| Route::Tcp(i));
+            let Some(&spare) = spares.last() else {
+                return Route::Drop;
+            };
+            let seq = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]);
+            let key = conn_key(remote, remote_port, local_port);
+            if self.full.contains(&local_port) && !self.guard.admit(key, seq, now.total_millis()) {
+                return Route::Drop;
+            }
+            return Route::Tcp(spare);
         }
         Route::Other
     }
@@ -591,22 +621,51 @@ mod tests {
     fn frames_are_routed_by_4_tuple_then_listened_port() {
         let mut t = TcpSockets::default();
         let syn = frame([198, 18, 0, 2], 40000, 80, SYN);
-        assert_eq!(t.route(&syn), Route::Other, "nobody listens: RST");
+        assert_eq!(
+            t.route(&syn, Instant::ZERO),
+            Route::Other,
+            "nobody listens: RST"
+        );
         t.listen_port(80);
-        assert_eq!(t.route(&syn), Route::Drop, "listened on, no spare: dropped");
+        assert_eq!(
+            t.route(&syn, Instant::ZERO),
+            Route::Drop,
+            "listened on, no spare: dropped"
+        );
         t.listening.get_mut(&80).unwrap().push(7);
-        assert_eq!(t.route(&syn), Route::Tcp(7));
+        assert_eq!(t.route(&syn, Instant::ZERO), Route::Tcp(7));
+        t.set_handshakes_full(80, true);
+        assert_eq!(
+            t.route(&syn, Instant::ZERO),
+            Route::Drop,
+            "full: a first SYN is dropped"
+        );
+        let later = Instant::from_millis(1000);
+        assert_eq!(t.route(&syn, later), Route::Tcp(7), "and its resend taken");
+        t.set_handshakes_full(80, false);
         let ack = frame([198, 18, 0, 2], 40000, 80, ACK);
-        assert_eq!(t.route(&ack), Route::Other, "only a SYN goes to a listener");
+        assert_eq!(
+            t.route(&ack, Instant::ZERO),
+            Route::Other,
+            "only a SYN goes to a listener"
+        );
         t.conns.insert(conn_key(0xC612_0002, 40000, 80), 3);
-        assert_eq!(t.route(&ack), Route::Tcp(3));
-        assert_eq!(t.route(&syn), Route::Tcp(3), "a connection's own SYN");
+        assert_eq!(t.route(&ack, Instant::ZERO), Route::Tcp(3));
+        assert_eq!(
+            t.route(&syn, Instant::ZERO),
+            Route::Tcp(3),
+            "a connection's own SYN"
+        );
         let mut fragment = syn.clone();
         fragment[14 + 6] = 0x20;
-        assert_eq!(t.route(&fragment), Route::Other);
-        assert_eq!(t.route(&syn[..40]), Route::Other, "truncated");
+        assert_eq!(t.route(&fragment, Instant::ZERO), Route::Other);
+        assert_eq!(
+            t.route(&syn[..40], Instant::ZERO),
+            Route::Other,
+            "truncated"
+        );
         let mut udp = syn;
         udp[14 + 9] = 17;
-        assert_eq!(t.route(&udp), Route::Other);
+        assert_eq!(t.route(&udp, Instant::ZERO), Route::Other);
     }
 }

@@ -10,6 +10,7 @@
 //! - [`failover`] is a `NetDevice` over two NICs under one MAC (an SR-IOV VF and
 //!   virtio-net): transmit on the active one, receive from both, explicit and automatic
 //!   switching, per-NIC counters.
+//! - [`synguard`] lets a listener whose handshake queue is full take only resent SYNs.
 //! - [`socket`] gives TCP and UDP sockets POSIX semantics (descriptors, bind, listen
 //!   backlog, accept, connect, half-close, readiness) for the kernel's socket calls.
 //!
@@ -39,6 +40,7 @@ pub mod failover;
 pub mod phy;
 pub mod socket;
 pub mod stack;
+pub mod synguard;
 
 pub use config::NetConfig;
 pub use failover::Failover;

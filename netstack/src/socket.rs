@@ -18,12 +18,18 @@
 //! [`SocketTable::poll`]) it keeps one more socket in Listen, so the next SYN finds one:
 //! - a handshake that completes waits for `accept` (oldest first);
 //! - a handshake that fails (RST) or times out ([`HANDSHAKE_TIMEOUT`]) frees its place;
-//! - a SYN that finds n handshakes under way drops the oldest (silently: its peer gets RST
-//!   if it ever answers), whose socket listens again. A SYN flood, spoofed or not, thus
-//!   only ever churns half-open entries, while a real client, whose handshake completes in
-//!   one round trip, gets through: its entry has to survive the n SYNs that come after it,
-//!   not [`HANDSHAKE_TIMEOUT`]. Linux gets the same from SYN cookies; smoltcp has none.
-//!   Refusing the new SYN instead would hand the listener to whoever sends SYNs fastest;
+//! - while n handshakes are under way, a SYN is taken only when it is a resend
+//!   ([`crate::synguard`]): a spoofed flood's SYNs, each sent once, are dropped before
+//!   smoltcp sees them, so the guest keeps up with it and a real client (which resends
+//!   after 1 s) finds its final ACK answered at once rather than queued behind hundreds
+//!   of SYNs;
+//! - a SYN that is taken while n handshakes are under way drops the oldest (silently: its
+//!   peer gets RST if it ever answers), whose socket listens again. A flood that resends
+//!   its SYNs thus only ever churns half-open entries, while a real client, whose
+//!   handshake completes in one round trip, gets through: its entry has to survive the
+//!   SYNs taken after it, not [`HANDSHAKE_TIMEOUT`]. Linux gets this from SYN cookies;
+//!   smoltcp has none. Refusing every new SYN instead would hand the listener to whoever
+//!   sends SYNs fastest;
 //! - with n connections nobody accepted, no socket listens: SYNs are dropped (the client
 //!   sends them again), as Linux does with a full accept queue.
 //!
@@ -672,11 +678,21 @@ impl SocketTable {
         None
     }
 
-    /// Keeps listener `fd` within its backlog and ready for the next SYN: with more
-    /// handshakes under way than the backlog (a SYN came while it was full of them), the
-    /// oldest is dropped and its socket listens again; then [`SPARES`] sockets stay in
-    /// Listen unless the backlog is full of connections nobody accepted.
+    /// Keeps listener `fd` within its backlog and ready for the next SYN
+    /// ([`SocketTable::rebalance`]), and tells the stack whether its handshake queue is
+    /// full (new SYNs are then taken only when resent, [`crate::synguard`]).
     fn refill<D: NetDevice>(&mut self, stack: &mut Stack<D>, fd: i32) {
+        self.rebalance(stack, fd);
+        if let Some(l) = self.listener_mut(fd) {
+            let (port, full) = (l.local.port(), l.half_open_count >= l.backlog);
+            stack.tcp_mut().set_handshakes_full(port, full);
+        }
+    }
+
+    /// With more handshakes under way than the backlog (a SYN came while it was full of
+    /// them), the oldest is dropped and its socket listens again; then [`SPARES`] sockets
+    /// stay in Listen unless the backlog is full of connections nobody accepted.
+    fn rebalance<D: NetDevice>(&mut self, stack: &mut Stack<D>, fd: i32) {
         let Ok(socket) = self.get(fd) else { return };
         let (no_delay, keep_alive) = (socket.no_delay, socket.keep_alive);
         loop {

@@ -141,7 +141,7 @@ impl<D: NetDevice> Stack<D> {
         let (device, caps) = device.split();
         let (rx, tx) = device.receive()?;
         tcp.reindex_touched();
-        Some(rx.consume(|frame| match tcp.route(frame) {
+        Some(rx.consume(|frame| match tcp.route(frame, now) {
             Route::Drop => false,
             Route::Tcp(index) => tcp.ingress(index, iface, now, frame, tx, caps),
             Route::Other => {
