@@ -4,7 +4,7 @@
 //!
 //! Both are NULL-terminated arrays of NUL-terminated strings that live for good, as
 //! `runtime_entry` expects. Without arguments or environment they are static and the heap is
-//! not touched; otherwise one allocation holds the strings and two hold the arrays.
+//! not touched; otherwise one allocation holds the strings and one both arrays.
 
 use crate::arch::bootmem;
 use crate::cmdline;
@@ -48,30 +48,40 @@ pub fn from_cmdline() -> AppArgs {
             env: ENV.0.as_ptr(),
         };
     }
-    let argv_words = core::iter::once(PROGRAM).chain(args.map(str::as_bytes));
-    let env_words = env.map(str::as_bytes);
-
-    // All strings, NUL-terminated, in one buffer that is never freed.
-    let mut strings = Vec::new();
-    let mut starts = Vec::new();
-    for word in argv_words.clone().chain(env_words) {
-        starts.push(strings.len());
+    // Sized once from the command line (a word and its NUL take at most the text and one
+    // byte; at most half the text are words), so the words are copied once and nothing
+    // grows: every instruction is emulated here, and growing vectors cost milliseconds.
+    let mut strings: Vec<u8> = Vec::with_capacity(PROGRAM.len() + 1 + text.len() + 1);
+    let mut offsets: Vec<usize> = Vec::with_capacity(1 + text.len().div_ceil(2));
+    for word in core::iter::once(PROGRAM).chain(args.map(str::as_bytes)) {
+        offsets.push(strings.len());
+        strings.extend_from_slice(word);
+        strings.push(0);
+    }
+    let argc = offsets.len();
+    for word in env.map(str::as_bytes) {
+        offsets.push(strings.len());
         strings.extend_from_slice(word);
         strings.push(0);
     }
     let strings: &'static [u8] = strings.leak();
-    let mut pointers = starts
-        .into_iter()
-        .map(|start| strings[start..].as_ptr().cast::<c_char>());
-    let argc = argv_words.count();
-    let mut argv: Vec<*const c_char> = pointers.by_ref().take(argc).collect();
-    argv.push(core::ptr::null());
-    let mut envp: Vec<*const c_char> = pointers.collect();
-    envp.push(core::ptr::null());
+    // argv, its NULL, then the environment and its NULL, in one array.
+    let mut pointers: Vec<*const c_char> = Vec::with_capacity(offsets.len() + 2);
+    for (i, &at) in offsets.iter().enumerate() {
+        if i == argc {
+            pointers.push(core::ptr::null());
+        }
+        pointers.push(strings[at..].as_ptr().cast::<c_char>());
+    }
+    if argc == offsets.len() {
+        pointers.push(core::ptr::null());
+    }
+    pointers.push(core::ptr::null());
+    let pointers: &'static [*const c_char] = pointers.leak();
     AppArgs {
         // At most 2048 words fit in the 4 KiB command line.
         argc: i32::try_from(argc).unwrap_or(i32::MAX),
-        argv: argv.leak().as_ptr(),
-        env: envp.leak().as_ptr(),
+        argv: pointers.as_ptr(),
+        env: pointers[argc + 1..].as_ptr(),
     }
 }
