@@ -291,14 +291,7 @@ impl<H: Hal> VirtioNet<H> {
             }
         }
 
-        let mut queues = NetQueues::new(raw, rx_kick).map_err(ProbeError::Queues)?;
-        let mac = MacAddress(queues.raw().mac_address());
-        Ok(VirtioNet {
-            queues,
-            link,
-            mac,
-            interrupt,
-        })
+        VirtioNet::start(raw, rx_kick, link, interrupt)
     }
 
     /// Brings up the virtio-net device behind the virtio-mmio transport `device` (its
@@ -330,13 +323,24 @@ impl<H: Hal> VirtioNet<H> {
             wide: true,
             held,
         };
+        VirtioNet::start(raw, rx_kick, link, Interrupt::Line(device.irq))
+    }
+
+    /// The queues set up and filled over `raw`, whichever the transport: the end of both
+    /// probes.
+    fn start(
+        raw: Raw<H>,
+        rx_kick: RxKick,
+        link: Option<Mmio>,
+        interrupt: Interrupt,
+    ) -> Result<VirtioNet<H>, ProbeError> {
         let mut queues = NetQueues::new(raw, rx_kick).map_err(ProbeError::Queues)?;
         let mac = MacAddress(queues.raw().mac_address());
         Ok(VirtioNet {
             queues,
             link,
             mac,
-            interrupt: Interrupt::Line(device.irq),
+            interrupt,
         })
     }
 
