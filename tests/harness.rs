@@ -114,34 +114,6 @@ pub fn assert_pings_answered(what: &str, text: &str, count: u32) {
     );
 }
 
-/// A file whose creation tells netprobe sessions to end; removed on drop.
-pub struct StopFile(std::path::PathBuf);
-
-impl StopFile {
-    /// A stop file for the test `tag`, not there yet.
-    pub fn new(tag: &str) -> StopFile {
-        let path = std::env::temp_dir().join(format!("roam-stop-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_file(&path);
-        StopFile(path)
-    }
-
-    /// Its path, for a command line.
-    pub fn path(&self) -> String {
-        self.0.display().to_string()
-    }
-
-    /// Creates it: the sessions end.
-    pub fn signal(&self) {
-        std::fs::write(&self.0, b"stop").expect("stop file written");
-    }
-}
-
-impl Drop for StopFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
 /// The longest wait for a reply in `netprobe kv-for`'s summary line, in ms.
 pub fn kv_longest_wait_ms(summary: &str) -> f64 {
     summary
@@ -245,12 +217,25 @@ pub struct TempFile(PathBuf);
 impl TempFile {
     /// Creates `roam-<tag>-<pid>-<n>` with `contents`.
     pub fn new(tag: &str, contents: &[u8]) -> TempFile {
+        let file = TempFile::reserve(tag);
+        file.write(contents);
+        file
+    }
+
+    /// Names `roam-<tag>-<pid>-<n>` without creating it: a stop file, say, whose creation
+    /// (`write`) tells a `netprobe` session to end.
+    pub fn reserve(tag: &str) -> TempFile {
         use std::sync::atomic::{AtomicU32, Ordering};
         static N: AtomicU32 = AtomicU32::new(0);
         let n = N.fetch_add(1, Ordering::Relaxed);
         let path = std::env::temp_dir().join(format!("roam-{tag}-{}-{n}", std::process::id()));
-        std::fs::write(&path, contents).expect("writing a temp file");
+        let _ = std::fs::remove_file(&path);
         TempFile(path)
+    }
+
+    /// Writes `contents` to it, creating it.
+    pub fn write(&self, contents: &[u8]) {
+        std::fs::write(&self.0, contents).expect("writing a temp file");
     }
 
     /// Its path.

@@ -290,14 +290,14 @@ fn kv_session_checking_every_reply_survives_10_moves() {
     // The session runs until told to stop once the work is done (slow on a busy
     // machine); SESSION_SECS only bounds it.
     const SESSION_SECS: u64 = 180;
-    let stop = roam_tests::StopFile::new("mk");
+    let stop = roam_tests::TempFile::reserve("mk-stop");
     let mut m = Moving::start("kv", "mk");
     let mut probe = m.hosts.client(env!("CARGO_BIN_EXE_netprobe"));
     probe.args([
         "kv-for",
         &format!("{GUEST_IP}:6380"),
         &SESSION_SECS.to_string(),
-        &stop.path(),
+        &stop.path().display().to_string(),
     ]);
     let session = m.beside(probe, Duration::from_secs(SESSION_SECS + 60));
     std::thread::sleep(Duration::from_secs(1));
@@ -312,7 +312,7 @@ fn kv_session_checking_every_reply_survives_10_moves() {
         !session.is_finished(),
         "the kv session ended before the moves were done"
     );
-    stop.signal();
+    stop.write(b"stop");
     let run = session.join().expect("kv thread");
     let run = m.check(run, "netprobe kv-for");
     m.assert_running();

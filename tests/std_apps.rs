@@ -291,7 +291,7 @@ fn std_echo_moves_with_its_threads_and_connections() {
     // The sessions run until told to stop once the moves are done (a busy machine makes the
     // moves slow); SESSION_SECS only bounds them.
     const SESSION_SECS: u64 = 180;
-    let stop = roam_tests::StopFile::new("sem");
+    let stop = roam_tests::TempFile::reserve("sem-stop");
     let mut m = Moving::start("std-echo", "sem", ECHO_READY);
     let sessions: Vec<_> = (0..2u64)
         .map(|k| {
@@ -301,7 +301,7 @@ fn std_echo_moves_with_its_threads_and_connections() {
                 &echo_addr(),
                 &SESSION_SECS.to_string(),
                 &(7 + k).to_string(),
-                &stop.path(),
+                &stop.path().display().to_string(),
             ]);
             m.beside(cmd, Duration::from_secs(SESSION_SECS + 60))
         })
@@ -322,7 +322,7 @@ fn std_echo_moves_with_its_threads_and_connections() {
             "echo session {k} ended before the moves were done"
         );
     }
-    stop.signal();
+    stop.write(b"stop");
     for (k, s) in sessions.into_iter().enumerate() {
         let run = s
             .join()

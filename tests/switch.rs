@@ -209,7 +209,7 @@ fn kv_session_checking_every_reply_survives_10_switches() {
     // The session runs until told to stop once the work is done (slow on a busy
     // machine); SESSION_SECS only bounds it.
     const SESSION_SECS: u64 = 180;
-    let stop = roam_tests::StopFile::new("wk");
+    let stop = roam_tests::TempFile::reserve("wk-stop");
     let mut guest = Guest::start("kv", "wk", Nics::Both);
     guest.on_vf();
     let mut probe = guest.0.client(env!("CARGO_BIN_EXE_netprobe"));
@@ -217,7 +217,7 @@ fn kv_session_checking_every_reply_survives_10_switches() {
         "kv-for",
         &format!("{GUEST_IP}:6380"),
         &SESSION_SECS.to_string(),
-        &stop.path(),
+        &stop.path().display().to_string(),
     ]);
     let session = beside(probe, Duration::from_secs(SESSION_SECS + 60));
     std::thread::sleep(Duration::from_secs(1));
@@ -226,7 +226,7 @@ fn kv_session_checking_every_reply_survives_10_switches() {
         !session.is_finished(),
         "the kv session ended before the switches were done"
     );
-    stop.signal();
+    stop.write(b"stop");
     let run = session.join().expect("kv thread");
     let run = guest.check(run, "netprobe kv-for");
     guest.assert_running();

@@ -162,16 +162,14 @@ fn a_thousand_kv_connections_survive_ten_moves() {
     guest
         .wait_settled(Duration::from_secs(15))
         .unwrap_or_else(|e| panic!("settling: {e:#}\n{}", tail(&guest)));
-    let stop = roam_tests::TempFile::new("kv-many-stop", b"");
-    let stop_path = stop.path().to_path_buf();
-    std::fs::remove_file(&stop_path).expect("the stop file starts absent");
+    let stop = roam_tests::TempFile::reserve("kv-many-stop");
     let mut cmd = hosts.client(env!("CARGO_BIN_EXE_netprobe"));
     cmd.args([
         "kv-many",
         &kv_addr(),
         &CONNS.to_string(),
         "900",
-        &stop_path.display().to_string(),
+        &stop.path().display().to_string(),
     ]);
     let mut clients = Background::spawn(&mut cmd).expect("starting netprobe kv-many");
     clients
@@ -211,14 +209,13 @@ fn a_thousand_kv_connections_survive_ten_moves() {
         ));
     }
     // Every connection completes one more checked round after the last move.
-    std::fs::write(&stop_path, b"stop").expect("writing the stop file");
+    stop.write(b"stop");
     let deadline = Instant::now() + Duration::from_secs(300);
     while clients.running() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
     }
     let out = clients.output();
     let status = clients.exit_status();
-    let _ = std::fs::remove_file(&stop_path);
     assert!(
         status.is_some_and(|s| s.success()) && out.contains("every reply correct"),
         "kv-many failed ({status:?}):\n{out}\n{}",
