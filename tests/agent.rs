@@ -89,6 +89,19 @@ fn prepare_releases_the_vf_and_resumed_brings_it_back_while_ping_loses_nothing()
         .unwrap_or_else(|e| panic!("{e:#}\n--- console ---\n{}", console(&guest)));
     let (first, _) = agent(&guest, ctl, "resumed");
     assert_eq!(first, "vf_attached=yes announced=yes", "a retried RESUMED");
+    // PREPARE waited out its drain and RESUMED found and brought up the VF in steps, the
+    // network served in between; the retries had nothing to wait for.
+    let service = ctl
+        .service()
+        .expect("status")
+        .expect("the agent reports its service figures");
+    assert_eq!(service.deferred, 2, "{service:?}");
+    assert!(service.steps >= 6, "{service:?}");
+    say(&format!(
+        "agent: longest step {} us over {} steps",
+        service.longest_step_ns / 1000,
+        service.steps
+    ));
     std::thread::sleep(Duration::from_millis(500));
     let after = ctl.status().expect("status");
     assert_eq!(after.active, Some(Nic::Vf));

@@ -9,7 +9,7 @@
 use agent_proto::{
     Decoded, MAX_FRAME, Message, Nic, NicStatus, Reply, Request, Status, SwitchError,
 };
-use migration_client::{Agent, NicControl};
+use migration_client::{Agent, NicControl, Step};
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let Some((&piece, stream)) = data.split_first() else {
@@ -18,19 +18,27 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let piece = usize::from(piece).max(1);
     let mut agent = Agent::new();
     let mut nics = Nics::default();
-    for chunk in stream.chunks(piece) {
-        agent.on_input(
-            chunk,
-            &mut nics,
-            &mut |reply| match agent_proto::decode::<Reply>(reply) {
-                Decoded::Frame { len, .. } => assert_eq!(len, reply.len(), "one frame per reply"),
-                other => panic!("the agent sent a bad reply: {other:?}"),
-            },
-        );
-        assert!(
-            agent.buffered() < MAX_FRAME,
-            "the agent holds less than a frame"
-        );
+    let mut send = |reply: &[u8]| match agent_proto::decode::<Reply>(reply) {
+        Decoded::Frame { len, .. } => assert_eq!(len, reply.len(), "one frame per reply"),
+        other => panic!("the agent sent a bad reply: {other:?}"),
+    };
+    for mut chunk in stream.chunks(piece) {
+        // As the kernel feeds it: jobs advanced to their end, no more than it has room for.
+        loop {
+            while agent.busy() {
+                agent.advance(&mut nics, &mut send);
+            }
+            assert!(
+                agent.buffered() < MAX_FRAME,
+                "an idle agent holds less than a frame"
+            );
+            if chunk.is_empty() {
+                break;
+            }
+            let n = agent.room().min(chunk.len());
+            assert_eq!(agent.on_input(&chunk[..n], &mut nics, &mut send), n);
+            chunk = &chunk[n..];
+        }
     }
     walk::<Request>(stream);
     walk::<Reply>(stream);
@@ -93,14 +101,14 @@ impl NicControl for Nics {
         }
     }
 
-    fn release_vf(&mut self) -> bool {
+    fn release_vf(&mut self) -> Step<bool> {
         let had = !self.vf_released;
         self.vf_released = true;
-        had
+        Step::Done(had)
     }
 
-    fn reattach_vf(&mut self) -> bool {
+    fn reattach_vf(&mut self) -> Step<bool> {
         self.vf_released = false;
-        true
+        Step::Done(true)
     }
 }

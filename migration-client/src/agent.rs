@@ -3,8 +3,11 @@
 //!
 //! It is poll-driven and owns nothing but two fixed buffers: the kernel reads whatever the
 //! control channel has, hands it to [`Agent::on_input`], and sends each reply the agent
-//! emits. No thread, no allocation, no blocking; a request is answered within the call that
-//! completes it (so a reply to PREPARE means the VF is already released).
+//! emits. No thread, no allocation, no blocking. PREPARE and RESUMED wait on devices (a
+//! drain, the VF's bring-up), so they are jobs: each [`Agent::advance`] takes one bounded
+//! step, and the kernel polls its network between steps. The reply goes out with the last
+//! step (so a reply to PREPARE still means the VF is already released); requests that
+//! arrive meanwhile stay buffered and are answered in order afterwards.
 //!
 //! What each request does through [`NicControl`]:
 //! - SWITCH: `switch`, then the status.
@@ -17,18 +20,32 @@
 //!   so the L2 learns the new port even without a VF. Asked again, it keeps the VF it has
 //!   and announces once more.
 //!
+//! - SERVICE: the figures of [`Agent::service`].
+//!
 //! ```text
-//! let n = console.recv(&mut bytes);
-//! if n > 0 {
-//!     agent.on_input(&bytes[..n], &mut nics, &mut |reply| { let _ = console.send(reply); });
+//! if agent.busy() {
+//!     agent.advance(&mut nics, &mut send);
+//! } else {
+//!     let n = console.recv(&mut bytes[..agent.room()]);
+//!     agent.on_input(&bytes[..n], &mut nics, &mut send);
 //! }
+//! agent.record_step(time_spent_above);
 //! ```
 
 use agent_proto::{
-    Decoded, ErrorCode, ErrorText, MAX_FRAME, Nic, Prepared, Reply, Request, Resumed, Status,
-    SwitchError,
+    Decoded, ErrorCode, ErrorText, MAX_FRAME, Nic, Prepared, Reply, Request, Resumed, Service,
+    Status, SwitchError,
 };
 use core::fmt::{self, Write};
+
+/// Where a piece of work that waits on a device stands after one step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step<T> {
+    /// Not done: call again after the network has had its pass.
+    Pending,
+    /// Done, with its result.
+    Done(T),
+}
 
 /// What the agent needs from the kernel: the failover device's controls.
 pub trait NicControl {
@@ -39,21 +56,23 @@ pub trait NicControl {
     // The move hooks below have defaults for controllers with no VF life cycle and no way
     // to send (test doubles); the kernel implements them all.
 
-    /// Stops using the VF before a move: resets it through its driver (no more DMA), frees
-    /// its rings and buffers, and keeps it absent (no automatic re-probe, no switch back)
-    /// until [`NicControl::reattach_vf`]. Returns whether a VF was in use. Bounded in time.
-    fn release_vf(&mut self) -> bool {
-        false
+    /// One step of stopping the VF before a move: frames on their way to it are taken in,
+    /// then it is reset through its driver (no more DMA) and kept absent (no automatic
+    /// re-probe, no switch back) until [`NicControl::reattach_vf`]. Called until it is done;
+    /// the result says whether a VF was in use. Each step is short.
+    fn release_vf(&mut self) -> Step<bool> {
+        Step::Done(false)
     }
     /// First thing after a move: the kernel checks its clock and re-arms its timers (the
     /// host's TSC and the restored timer deadline may be off).
     fn after_move(&mut self) {}
-    /// After a move: keeps a VF in use if it still answers, else scans the PCI bus for one
-    /// (the destination may have one at any slot, or none) and brings it up; from now on
-    /// traffic may return to the VF automatically once its link is up. Returns whether a VF
-    /// is in use. Bounded in time.
-    fn reattach_vf(&mut self) -> bool {
-        self.status().vf.present
+    /// One step of bringing the VF back after a move: keeps a VF in use if it still
+    /// answers, else looks for one on the PCI bus (the destination may have one at any slot,
+    /// or none) and brings it up; from then on traffic may return to the VF automatically
+    /// once its link is up. Called until it is done; the result says whether a VF is in
+    /// use. Each step is short.
+    fn reattach_vf(&mut self) -> Step<bool> {
+        Step::Done(self.status().vf.present)
     }
     /// Sends a gratuitous ARP on the active NIC; whether it went out.
     fn announce(&mut self) -> bool {
@@ -91,6 +110,25 @@ pub struct AgentCounters {
     pub skipped_bytes: u64,
 }
 
+/// A request that waits on devices, between its first and last step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Job {
+    /// The request's sequence number, for the reply.
+    seq: u16,
+    /// Steps that ended pending so far.
+    waited: u32,
+    what: JobKind,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum JobKind {
+    /// PREPARE: traffic is on virtio-net; the VF is being released.
+    Prepare,
+    /// RESUMED: the clock is checked; the VF is being brought back. `announcements` is the
+    /// count before the request (announce only if nothing else did).
+    Resumed { announcements: u64 },
+}
+
 /// The guest agent: a frame decoder over a fixed buffer, and the request handler.
 #[derive(Clone, Debug)]
 pub struct Agent {
@@ -98,6 +136,8 @@ pub struct Agent {
     len: usize,
     counters: AgentCounters,
     on_prepare: OnPrepare,
+    job: Option<Job>,
+    service: Service,
 }
 
 impl Default for Agent {
@@ -118,6 +158,12 @@ impl Agent {
                 skipped_bytes: 0,
             },
             on_prepare: OnPrepare::Obey,
+            job: None,
+            service: Service {
+                longest_step_ns: 0,
+                steps: 0,
+                deferred: 0,
+            },
         }
     }
 
@@ -133,41 +179,102 @@ impl Agent {
         self.counters
     }
 
-    /// Bytes of an incomplete frame held for the next call.
+    /// Bytes held for the next call: an incomplete frame, or requests waiting behind a job.
     pub fn buffered(&self) -> usize {
         self.len
     }
 
-    /// Takes bytes from the control channel: every complete request is carried out on
-    /// `nics` and its reply passed to `send` (one whole frame per call), in order.
+    /// Bytes [`Agent::on_input`] takes now (read no more from the channel than this).
+    pub fn room(&self) -> usize {
+        MAX_FRAME - self.len
+    }
+
+    /// Whether a request is under way: call [`Agent::advance`] after each network pass.
+    pub fn busy(&self) -> bool {
+        self.job.is_some()
+    }
+
+    /// How the agent's work shared the CPU with the network so far.
+    pub fn service(&self) -> Service {
+        self.service
+    }
+
+    /// Records how long one call into the agent kept the network waiting (the kernel
+    /// times [`Agent::on_input`] and [`Agent::advance`]); SERVICE reports the longest.
+    pub fn record_step(&mut self, ns: u64) {
+        self.service.steps += 1;
+        self.service.longest_step_ns = self.service.longest_step_ns.max(ns);
+    }
+
+    /// Takes bytes from the control channel, as many as fit (the return value): every
+    /// complete request is carried out on `nics` and its reply passed to `send` (one whole
+    /// frame per call), in order. A request that waits on devices starts a job
+    /// ([`Agent::busy`]); what follows it waits in the buffer.
     pub fn on_input(
         &mut self,
-        mut input: &[u8],
+        input: &[u8],
         nics: &mut impl NicControl,
         send: &mut impl FnMut(&[u8]),
-    ) {
+    ) -> usize {
+        let mut taken = 0;
         loop {
-            let n = (MAX_FRAME - self.len).min(input.len());
-            self.buf[self.len..self.len + n].copy_from_slice(&input[..n]);
+            let n = self.room().min(input.len() - taken);
+            self.buf[self.len..self.len + n].copy_from_slice(&input[taken..taken + n]);
             self.len += n;
-            input = &input[n..];
+            taken += n;
             self.drain(nics, send);
-            if self.len == MAX_FRAME {
+            if self.len == MAX_FRAME && !self.busy() {
                 // Cannot happen (the decoder never waits on a full frame buffer); never
                 // stall on it either.
                 self.counters.skipped_bytes += self.len as u64;
                 self.len = 0;
             }
-            if input.is_empty() {
-                return;
+            if taken == input.len() || self.room() == 0 {
+                return taken;
             }
         }
     }
 
-    /// Decodes and handles every complete frame in the buffer; keeps the incomplete rest.
+    /// One step of the request under way; with its last step its reply goes out, and the
+    /// requests buffered behind it are carried out (up to the next job).
+    pub fn advance(&mut self, nics: &mut impl NicControl, send: &mut impl FnMut(&[u8])) {
+        let Some(job) = self.job.as_mut() else {
+            return;
+        };
+        let reply = match job.what {
+            JobKind::Prepare => match nics.release_vf() {
+                Step::Pending => None,
+                Step::Done(released_vf) => Some(Reply::Prepared(Prepared {
+                    released_vf,
+                    status: nics.status(),
+                })),
+            },
+            JobKind::Resumed { announcements } => match nics.reattach_vf() {
+                Step::Pending => None,
+                Step::Done(vf_attached) => {
+                    Some(Self::resumed_with(nics, vf_attached, announcements))
+                }
+            },
+        };
+        let Some(reply) = reply else {
+            job.waited += 1;
+            return;
+        };
+        let (seq, waited) = (job.seq, job.waited);
+        self.job = None;
+        self.counters.requests += 1;
+        if waited > 0 {
+            self.service.deferred += 1;
+        }
+        reply_with(seq, &reply, send);
+        self.drain(nics, send);
+    }
+
+    /// Decodes and handles every complete frame in the buffer up to the first job; keeps
+    /// the rest.
     fn drain(&mut self, nics: &mut impl NicControl, send: &mut impl FnMut(&[u8])) {
         let mut start = 0;
-        while start < self.len {
+        while start < self.len && self.job.is_none() {
             match agent_proto::decode::<Request>(&self.buf[start..self.len]) {
                 Decoded::Incomplete => break,
                 Decoded::Frame { seq, message, len } => {
@@ -175,8 +282,9 @@ impl Agent {
                     if message == Request::Prepare && self.on_prepare == OnPrepare::Stall {
                         continue;
                     }
-                    let reply = self.handle(message, nics);
-                    reply_with(seq, &reply, send);
+                    if let Some(reply) = self.handle(seq, message, nics) {
+                        reply_with(seq, &reply, send);
+                    }
                 }
                 Decoded::Invalid { error, seq, skip } => {
                     start += skip;
@@ -196,57 +304,70 @@ impl Agent {
         self.len -= start;
     }
 
-    fn handle(&mut self, request: Request, nics: &mut impl NicControl) -> Reply {
+    /// Carries out `request` (sequence number `seq`): its reply, or `None` when it became
+    /// the job under way.
+    fn handle(&mut self, seq: u16, request: Request, nics: &mut impl NicControl) -> Option<Reply> {
         match request {
             Request::Status => {
                 self.counters.requests += 1;
-                Reply::Status(nics.status())
+                Some(Reply::Status(nics.status()))
             }
-            Request::Switch(nic) => match nics.switch(nic) {
+            Request::Switch(nic) => Some(match nics.switch(nic) {
                 Ok(()) => {
                     self.counters.requests += 1;
                     Reply::Status(nics.status())
                 }
                 Err(e) => self.refuse(format_args!("cannot switch to {nic}: {e}")),
-            },
-            Request::Prepare => self.prepare(nics),
-            Request::Resumed => self.resumed(nics),
+            }),
+            Request::Prepare => self.prepare(seq, nics),
+            Request::Resumed => {
+                // Clock and timers first: everything after runs on the destination's time.
+                let announcements = nics.announcements();
+                nics.after_move();
+                self.job = Some(Job {
+                    seq,
+                    waited: 0,
+                    what: JobKind::Resumed { announcements },
+                });
+                None
+            }
+            Request::Service => {
+                self.counters.requests += 1;
+                Some(Reply::Service(self.service))
+            }
         }
     }
 
-    /// PREPARE: traffic to virtio-net, then the VF released. Refused, changing nothing, if
-    /// virtio-net cannot carry the traffic.
-    fn prepare(&mut self, nics: &mut impl NicControl) -> Reply {
+    /// PREPARE's first step: traffic to virtio-net; the job then releases the VF. Refused,
+    /// changing nothing, if virtio-net cannot carry the traffic.
+    fn prepare(&mut self, seq: u16, nics: &mut impl NicControl) -> Option<Reply> {
         if self.on_prepare == OnPrepare::Refuse {
-            return self.refuse(format_args!("cannot prepare: agent.test=refuse-prepare"));
+            return Some(self.refuse(format_args!("cannot prepare: agent.test=refuse-prepare")));
         }
         if !nics.status().virtio.present {
-            return self.refuse(format_args!("cannot prepare: the guest has no virtio-net"));
+            return Some(self.refuse(format_args!("cannot prepare: the guest has no virtio-net")));
         }
         if let Err(e) = nics.switch(Nic::Virtio) {
-            return self.refuse(format_args!("cannot prepare: virtio-net: {e}"));
+            return Some(self.refuse(format_args!("cannot prepare: virtio-net: {e}")));
         }
-        let released_vf = nics.release_vf();
-        self.counters.requests += 1;
-        Reply::Prepared(Prepared {
-            released_vf,
-            status: nics.status(),
-        })
+        self.job = Some(Job {
+            seq,
+            waited: 0,
+            what: JobKind::Prepare,
+        });
+        None
     }
 
-    /// RESUMED: clock, VF, switch back, announce (once: a switch back announced already).
-    /// Never refused: whatever the destination has, the guest runs on it and says how.
-    fn resumed(&mut self, nics: &mut impl NicControl) -> Reply {
-        let before = nics.announcements();
-        nics.after_move();
-        let vf_attached = nics.reattach_vf();
+    /// RESUMED's last step, once the VF is back or known absent: switch back, announce (once:
+    /// a switch back announced already). Never refused: whatever the destination has, the
+    /// guest runs on it and says how.
+    fn resumed_with(nics: &mut impl NicControl, vf_attached: bool, before: u64) -> Reply {
         if vf_attached && nics.status().vf.link_up {
             // A refusal (the link went down in between) leaves traffic on virtio-net, and
             // the failover device moves it once the link is back: nothing to report.
             let _ = nics.switch(Nic::Vf);
         }
         let announced = nics.announcements() != before || nics.announce();
-        self.counters.requests += 1;
         Reply::Resumed(Resumed {
             vf_attached,
             announced,
@@ -297,6 +418,11 @@ mod tests {
         /// Gratuitous ARPs: from `announce` and from switches that changed the active NIC
         /// (as the kernel's stack announces on a switch).
         announcements: u64,
+        /// Steps each release or re-attach stays pending before it does its work (a VF
+        /// that drains, a mailbox that answers later).
+        waits: u32,
+        /// Steps left pending in the one under way.
+        waiting: Option<u32>,
     }
 
     impl FakeNics {
@@ -323,6 +449,17 @@ mod tests {
             let mut nics = FakeNics::both_up();
             nics.status.active = Some(Nic::Vf);
             nics
+        }
+
+        /// Whether this step of a release or re-attach is still pending.
+        fn pending(&mut self) -> bool {
+            let left = self.waiting.get_or_insert(self.waits);
+            if *left > 0 {
+                *left -= 1;
+                return true;
+            }
+            self.waiting = None;
+            false
         }
 
         fn switches(&self) -> Vec<Nic> {
@@ -361,21 +498,27 @@ mod tests {
             self.status
         }
 
-        fn release_vf(&mut self) -> bool {
+        fn release_vf(&mut self) -> Step<bool> {
+            if self.pending() {
+                return Step::Pending;
+            }
             self.calls.push(Call::Release);
             assert_ne!(self.status.active, Some(Nic::Vf), "released while in use");
             let had = self.status.vf.present;
             self.status.vf.present = false;
             self.status.vf.link_up = false;
             self.released = true;
-            had
+            Step::Done(had)
         }
 
         fn after_move(&mut self) {
             self.calls.push(Call::AfterMove);
         }
 
-        fn reattach_vf(&mut self) -> bool {
+        fn reattach_vf(&mut self) -> Step<bool> {
+            if self.pending() {
+                return Step::Pending;
+            }
             self.calls.push(Call::Reattach);
             self.released = false;
             if !self.status.vf.present
@@ -384,7 +527,7 @@ mod tests {
                 self.status.vf.present = true;
                 self.status.vf.link_up = link_up;
             }
-            self.status.vf.present
+            Step::Done(self.status.vf.present)
         }
 
         fn announce(&mut self) -> bool {
@@ -404,10 +547,30 @@ mod tests {
         out[..n].to_vec()
     }
 
-    /// Feeds `input` in one call; returns the decoded replies.
-    fn run(agent: &mut Agent, nics: &mut FakeNics, input: &[u8]) -> Vec<(u16, Reply)> {
+    /// Feeds `input` as the kernel does (no more than the agent has room for, each job
+    /// advanced to its end before more is read); returns the decoded replies.
+    fn run(agent: &mut Agent, nics: &mut FakeNics, mut input: &[u8]) -> Vec<(u16, Reply)> {
         let mut out = Vec::new();
-        agent.on_input(input, nics, &mut |bytes: &[u8]| out.push(bytes.to_vec()));
+        let mut send = |bytes: &[u8]| out.push(bytes.to_vec());
+        let mut steps = 0;
+        loop {
+            if agent.busy() {
+                agent.advance(nics, &mut send);
+                steps += 1;
+                assert!(steps < 10_000, "a job never ended");
+                continue;
+            }
+            if input.is_empty() {
+                break;
+            }
+            let n = agent.room().min(input.len());
+            assert_eq!(agent.on_input(&input[..n], nics, &mut send), n);
+            input = &input[n..];
+        }
+        decode_replies(&out)
+    }
+
+    fn decode_replies(out: &[Vec<u8>]) -> Vec<(u16, Reply)> {
         out.iter()
             .map(|f| match agent_proto::decode::<Reply>(f) {
                 Decoded::Frame { seq, message, len } => {
@@ -727,13 +890,77 @@ mod tests {
     }
 
     #[test]
+    fn a_job_that_waits_is_answered_after_its_last_step_and_requests_behind_it_wait() {
+        let mut nics = FakeNics::on_vf();
+        nics.waits = 3;
+        let mut agent = Agent::new();
+        let mut input = request(1, Request::Prepare);
+        input.extend(request(2, Request::Status));
+        let mut out = Vec::new();
+        let mut send = |bytes: &[u8]| out.push(bytes.to_vec());
+        assert_eq!(agent.on_input(&input, &mut nics, &mut send), input.len());
+        assert!(agent.busy(), "PREPARE is under way");
+        assert!(agent.buffered() > 0, "STATUS waits behind it");
+        for _ in 0..3 {
+            agent.advance(&mut nics, &mut send);
+            assert!(agent.busy());
+        }
+        assert_eq!(
+            nics.calls,
+            vec![Call::Switch(Nic::Virtio)],
+            "not released yet"
+        );
+        agent.advance(&mut nics, &mut send);
+        assert!(!agent.busy());
+        let replies = decode_replies(&out);
+        assert!(
+            matches!(&replies[..], [(1, Reply::Prepared(p)), (2, Reply::Status(s))] if p.released_vf && !s.vf.present),
+            "{replies:?}"
+        );
+        assert_eq!(agent.buffered(), 0);
+        agent.record_step(5_000);
+        agent.record_step(2_000);
+        let service = agent.service();
+        assert_eq!(
+            (service.deferred, service.steps, service.longest_step_ns),
+            (1, 2, 5_000)
+        );
+        assert_eq!(
+            ask(&mut agent, &mut nics, 3, Request::Service),
+            Reply::Service(service)
+        );
+    }
+
+    #[test]
+    fn a_busy_agent_takes_no_more_than_it_can_hold() {
+        let mut nics = FakeNics::on_vf();
+        nics.waits = 1;
+        let mut agent = Agent::new();
+        let mut input = request(1, Request::Resumed);
+        for seq in 2..40 {
+            input.extend(request(seq, Request::Status));
+        }
+        let mut out = Vec::new();
+        let taken = agent.on_input(&input, &mut nics, &mut |b: &[u8]| out.push(b.to_vec()));
+        assert!(taken < input.len(), "took {taken} of {}", input.len());
+        assert_eq!(agent.room(), 0);
+        assert!(out.is_empty(), "nothing answered before RESUMED");
+        // Nothing was dropped: the rest, fed as room frees up, is answered in order.
+        let mut replies = run(&mut agent, &mut nics, &[]);
+        replies.extend(run(&mut agent, &mut nics, &input[taken..]));
+        let seqs: Vec<u16> = replies.iter().map(|(s, _)| *s).collect();
+        assert_eq!(seqs, (1..40).collect::<Vec<u16>>());
+        assert_eq!(agent.counters().skipped_bytes, 0);
+    }
+
+    #[test]
     fn an_agent_answers_a_kind_it_does_not_know_with_unknown_kind() {
         // What an agent from before PREPARE and RESUMED did, and what this one does for
         // the next kinds: an error reply, never silence.
         let mut nics = FakeNics::both_up();
         let mut agent = Agent::new();
         let mut out = [0u8; MAX_FRAME];
-        for (seq, k) in [(1, 0x05), (2, 0x7F), (3, kind::REPLY_PREPARED)] {
+        for (seq, k) in [(1, 0x06), (2, 0x7F), (3, kind::REPLY_PREPARED)] {
             let n = encode_raw(1, k, seq, &[], &mut out).unwrap();
             let replies = run(&mut agent, &mut nics, &out[..n]);
             assert!(

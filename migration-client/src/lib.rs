@@ -15,4 +15,4 @@
 
 pub mod agent;
 
-pub use agent::{Agent, NicControl, OnPrepare};
+pub use agent::{Agent, NicControl, OnPrepare, Step};

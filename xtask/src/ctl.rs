@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! host-vmm ctl PATH switch vf|virtio     prints active=vf|virtio
-//! host-vmm ctl PATH status               prints the four lines parse_status reads
+//! host-vmm ctl PATH status               prints the lines parse_status (and parse_service) read
 //! host-vmm ctl PATH vf link up|down      host side: the VF's link
 //! host-vmm ctl PATH vf remove|add        host side: hot-unplug / re-plug the VF
 //! ```
@@ -19,21 +19,28 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// The status types are the agent protocol's: `host-vmm ctl status` prints the guest's
 /// STATUS reply, and [`parse_status`] reads it back.
-pub use agent_proto::{Nic, NicStatus, Status};
+pub use agent_proto::{Nic, NicStatus, Service, Status};
 
-/// Parses exactly the contract's four `status` lines (a trailing newline is fine):
+/// Parses exactly the contract's four `status` lines and the optional fifth (a trailing
+/// newline is fine; [`parse_service`] reads the fifth):
 ///
 /// ```text
 /// active=vf|virtio|none
 /// vf present=yes|no link=up|down rx=N tx=N rx_errors=N tx_dropped=N
 /// virtio present=yes|no link=up|down rx=N tx=N rx_errors=N tx_dropped=N
 /// switches=N
+/// agent longest_step_us=N steps=N deferred=N
 /// ```
 pub fn parse_status(text: &str) -> Result<Status> {
     let lines: Vec<&str> = text.lines().collect();
-    let [active, vf, virtio, switches] = lines.as_slice() else {
-        bail!("status has {} lines, not 4:\n{text}", lines.len());
+    let [active, vf, virtio, switches, rest @ ..] = lines.as_slice() else {
+        bail!("status has {} lines, not 4 or 5:\n{text}", lines.len());
     };
+    match rest {
+        [] => {}
+        [agent] if agent.starts_with("agent ") => {}
+        _ => bail!("status has lines after `switches=` other than one `agent ...`:\n{text}"),
+    }
     let active = match active.strip_prefix("active=") {
         Some("none") => None,
         Some(name) => Some(
@@ -51,6 +58,30 @@ pub fn parse_status(text: &str) -> Result<Status> {
         virtio: nic_line(virtio, Nic::Virtio)?,
         switches,
     })
+}
+
+/// The `agent longest_step_us=N steps=N deferred=N` line of `status`, if the guest sent
+/// one (its agent predates SERVICE otherwise); `longest_step_ns` at µs resolution.
+pub fn parse_service(text: &str) -> Result<Option<Service>> {
+    let Some(line) = text.lines().find(|l| l.starts_with("agent ")) else {
+        return Ok(None);
+    };
+    let mut words = line.split(' ').skip(1);
+    let mut value = |key: &str| -> Result<u64> {
+        words
+            .next()
+            .and_then(|w| w.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
+            .with_context(|| format!("bad agent status line `{line}`: expected `{key}=N` next"))
+    };
+    let service = Service {
+        longest_step_ns: value("longest_step_us")?.saturating_mul(1000),
+        steps: value("steps")?,
+        deferred: value("deferred")?,
+    };
+    if words.next().is_some() {
+        bail!("bad agent status line `{line}`: more after `deferred=`");
+    }
+    Ok(Some(service))
 }
 
 /// `NAME present=.. link=.. rx=N tx=N rx_errors=N tx_dropped=N`, every key exactly once and
@@ -149,6 +180,13 @@ impl Control {
         parse_status(&self.call(&["status"])?)
     }
 
+    /// `status`'s agent line: how the guest's agent work shared its CPU with the network.
+    pub fn service(&self) -> Result<Option<Service>> {
+        let out = self.call(&["status"])?;
+        parse_status(&out)?;
+        parse_service(&out)
+    }
+
     /// `switch vf|virtio`; fails unless host-vmm answers `active=<nic>`.
     pub fn switch(&self, nic: Nic) -> Result<()> {
         let out = self.call(&["switch", nic.name()])?;
@@ -238,6 +276,29 @@ mod tests {
         assert_eq!(s.nic(Nic::Virtio).rx, 7);
         assert_eq!(s.virtio.rx_errors, 2);
         assert_eq!(s.switches, 4);
+    }
+
+    #[test]
+    fn the_agent_line_is_parsed_and_checked() {
+        let with = format!("{STATUS}agent longest_step_us=812 steps=40 deferred=2\n");
+        assert_eq!(parse_status(&with).unwrap(), parse_status(STATUS).unwrap());
+        assert_eq!(
+            parse_service(&with).unwrap(),
+            Some(Service {
+                longest_step_ns: 812_000,
+                steps: 40,
+                deferred: 2
+            })
+        );
+        assert_eq!(parse_service(STATUS).unwrap(), None, "an older guest");
+        for bad in [
+            "agent longest_step_us=x steps=1 deferred=0\n",
+            "agent steps=1 longest_step_us=1 deferred=0\n",
+            "agent longest_step_us=1 steps=1 deferred=0 more=1\n",
+        ] {
+            assert!(parse_service(&format!("{STATUS}{bad}")).is_err(), "{bad}");
+        }
+        assert!(parse_status(&format!("{STATUS}other=1\n")).is_err());
     }
 
     #[test]

@@ -266,6 +266,32 @@ pub fn read_assigned(
     Ok(bars)
 }
 
+/// Whether `bdf`'s BAR registers still hold the addresses `bars` records (as
+/// [`read_assigned`] left them): one or two config reads per BAR and no sizing, so a driver
+/// that brings the same function up again skips the decode flips sizing costs.
+pub fn unchanged(
+    access: &impl ConfigAccess,
+    bdf: Bdf,
+    bars: &[Option<Bar>; BAR_COUNT as usize],
+) -> bool {
+    bars.iter().zip(0..BAR_COUNT).all(|(bar, index)| {
+        let reg = register(index);
+        match *bar {
+            None => true,
+            Some(Bar::Io { port, .. }) => access.read32(bdf, reg) & !0b11 == port,
+            Some(Bar::Memory { address, is_64, .. }) => {
+                let low = u64::from(access.read32(bdf, reg) & !0xF);
+                let high = if is_64 {
+                    u64::from(access.read32(bdf, reg + 4)) << 32
+                } else {
+                    0
+                };
+                low | high == address
+            }
+        }
+    })
+}
+
 /// A range of physical address space from which unassigned memory BARs get addresses (for
 /// machines without firmware that assigns them).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -366,6 +392,26 @@ mod tests {
         let mut config = FakeConfig::default();
         config.add(NIC, f);
         config
+    }
+
+    #[test]
+    fn unchanged_bars_are_recognised_without_sizing_and_a_moved_one_is_not() {
+        let mut config = nic();
+        let bars = read_all(&mut config, NIC);
+        let (sizings, last) = (config.bar_sizings(NIC), config.last_write(NIC));
+        assert!(unchanged(&config, NIC, &bars));
+        assert_eq!(
+            (config.bar_sizings(NIC), config.last_write(NIC)),
+            (sizings, last),
+            "nothing written: no sizing"
+        );
+        // The high half of the 64-bit BAR moved.
+        config.write32(NIC, 0x24, 9);
+        assert!(!unchanged(&config, NIC, &bars));
+        // Another function (or none) at the slot: its registers do not match.
+        let mut empty = FakeConfig::default();
+        empty.add(NIC, FakeFunction::new(0x1af4, 0x1041, 0x02, 0x00));
+        assert!(!unchanged(&empty, NIC, &bars));
     }
 
     #[test]

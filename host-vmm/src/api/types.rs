@@ -543,7 +543,7 @@ pub struct MigrationProgress {
 
 /// The guest's NICs and their status, as the guest-agent protocol defines them (one
 /// definition: `roam-agent-proto`, whose `serde` feature gives them their JSON form).
-pub use agent_proto::{Nic, NicStatus, Status};
+pub use agent_proto::{Nic, NicStatus, Service, Status};
 
 /// What `roam.nic` asks the guest agent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -598,6 +598,10 @@ pub struct NicAnswer {
     /// `resumed` only: whether the guest announced its address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub announced: Option<bool>,
+    /// `status` only: how the guest agent's work shared the CPU with the network (absent
+    /// from a guest whose agent predates it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<Service>,
 }
 
 impl From<Status> for NicAnswer {

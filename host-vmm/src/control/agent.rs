@@ -76,6 +76,7 @@ fn request_name(request: Request) -> &'static str {
         Request::Status => "STATUS",
         Request::Prepare => "PREPARE",
         Request::Resumed => "RESUMED",
+        Request::Service => "SERVICE",
     }
 }
 
@@ -85,6 +86,7 @@ fn reply_name(reply: &Reply) -> &'static str {
         Reply::Status(_) => "STATUS",
         Reply::Prepared(_) => "PREPARE",
         Reply::Resumed(_) => "RESUMED",
+        Reply::Service(_) => "SERVICE",
         Reply::Error(..) => "error",
     }
 }

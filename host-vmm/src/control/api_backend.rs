@@ -143,7 +143,10 @@ impl Backend for ApiBackend {
 
 fn nic_status(answer: AgentAnswer) -> NicAnswer {
     match answer {
-        AgentAnswer::Status(s) => NicAnswer::from(s),
+        AgentAnswer::Status(s, service) => NicAnswer {
+            service,
+            ..NicAnswer::from(s)
+        },
         AgentAnswer::Prepared(p) => NicAnswer {
             released_vf: Some(p.released_vf),
             ..NicAnswer::from(p.status)

@@ -3,7 +3,7 @@
 
 use crate::api::types::VfStatus;
 use crate::migration::target::Address;
-use agent_proto::{Nic, NicStatus, Status};
+use agent_proto::{Nic, NicStatus, Service, Status};
 use std::fmt::{self, Write};
 use std::path::PathBuf;
 
@@ -264,6 +264,18 @@ pub fn format_status(s: &Status) -> String {
     out
 }
 
+/// `status`'s fifth line, from a guest that reports it: the longest time one step of agent
+/// work kept the guest's network loop waiting (µs), the steps, the requests answered after
+/// more than one step.
+pub fn format_service(s: &Service) -> String {
+    format!(
+        "agent longest_step_us={} steps={} deferred={}\n",
+        s.longest_step_ns / 1000,
+        s.steps,
+        s.deferred
+    )
+}
+
 /// The VF's state after a host-side command: `vf present=yes|no link=up|down`.
 pub fn format_vf(s: VfStatus) -> String {
     format!(
@@ -402,6 +414,16 @@ mod tests {
             panic!()
         };
         assert_eq!(quoted.len(), QUOTE_MAX + 3);
+    }
+
+    #[test]
+    fn the_service_line_is_in_microseconds() {
+        let line = format_service(&Service {
+            longest_step_ns: 1_234_999,
+            steps: 12,
+            deferred: 2,
+        });
+        assert_eq!(line, "agent longest_step_us=1234 steps=12 deferred=2\n");
     }
 
     #[test]

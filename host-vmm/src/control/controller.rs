@@ -27,7 +27,7 @@ use crate::pause::Pause;
 use crate::roaming::registration::Refresher;
 use crate::vcpu_gate::Stopped;
 use crate::vmm::{Machine, Outcome, Vmm};
-use agent_proto::{Nic, Prepared, Reply, Request, Resumed, Status};
+use agent_proto::{Nic, Prepared, Reply, Request, Resumed, Service, Status};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, mpsc};
 use std::time::{Duration, Instant};
@@ -96,8 +96,9 @@ pub enum NicOp {
 /// What the guest agent answered.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum NicAnswer {
-    /// Status (after a switch or a status request).
-    Status(Status),
+    /// Status (after a switch or a status request), and for a status request the agent's
+    /// service figures (`None` from a guest whose agent predates SERVICE).
+    Status(Status, Option<Service>),
     /// PREPARE's answer.
     Prepared(Prepared),
     /// RESUMED's answer.
@@ -848,21 +849,23 @@ impl Controller {
             NicOp::Prepare => Request::Prepare,
             NicOp::Resumed => Request::Resumed,
         };
-        let reply = self
-            .agent_within_deadline(agent)?
+        let mut link = self.agent_within_deadline(agent)?;
+        let reply = link
             .call(request)
             .map_err(|e| OpError::Failed(e.to_string()))?;
         let answer = match reply {
-            Reply::Status(s) => NicAnswer::Status(s),
+            Reply::Status(s) if op == NicOp::Status => NicAnswer::Status(s, service(&mut link)),
+            Reply::Status(s) => NicAnswer::Status(s, None),
             Reply::Prepared(p) => NicAnswer::Prepared(p),
             Reply::Resumed(r) => NicAnswer::Resumed(r),
-            Reply::Error(..) => {
+            Reply::Service(_) | Reply::Error(..) => {
                 return Err(OpError::Failed(
-                    "the guest agent answered with an unexpected error".into(),
+                    "the guest agent answered with an unexpected reply".into(),
                 ));
             }
         };
-        if let (NicOp::Switch(_), NicAnswer::Status(s)) = (op, &answer) {
+        drop(link);
+        if let (NicOp::Switch(_), NicAnswer::Status(s, _)) = (op, &answer) {
             self.events.emit(
                 "nic",
                 "switched",
@@ -963,5 +966,21 @@ impl source::Agent for SharedAgent<'_> {
             r.announced
         );
         Ok(())
+    }
+}
+
+/// The agent's service figures, asked right after a STATUS on the same link; `None` (logged)
+/// when the agent cannot tell: a guest from before SERVICE answers UnknownKind.
+fn service(link: &mut AgentLink) -> Option<Service> {
+    match link.call(Request::Service) {
+        Ok(Reply::Service(s)) => Some(s),
+        Ok(other) => {
+            log::warn!("control: the guest agent answered SERVICE with {other:?}");
+            None
+        }
+        Err(e) => {
+            log::info!("control: no service figures from the guest: {e}");
+            None
+        }
     }
 }

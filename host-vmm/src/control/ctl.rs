@@ -2,7 +2,7 @@
 //! (a migration also polls its progress until it ends); the answer prints as the text
 //! lines the command has always printed (tests and scripts parse them).
 
-use super::command::{Command, format_active, format_status, format_vf};
+use super::command::{Command, format_active, format_service, format_status, format_vf};
 use crate::api::client::{self, ClientError};
 use crate::api::types::{
     MigrationProgress, MigrationState, NicAction, NicAnswer, NicRequest, SendMigrationData,
@@ -88,14 +88,18 @@ pub fn run(
             )?)?;
             format_active(s.status.active)
         }
-        Command::Status => format_status(
-            &status(put(
+        Command::Status => {
+            let s = status(put(
                 socket,
                 "roam.nic",
                 Some(nic_request(NicAction::Status, None)),
-            )?)?
-            .status,
-        ),
+            )?)?;
+            let mut out = format_status(&s.status);
+            if let Some(service) = s.service {
+                out.push_str(&format_service(&service));
+            }
+            out
+        }
         Command::AgentPrepare => {
             let s = status(put(
                 socket,

@@ -5,7 +5,7 @@
 
 use crate::devices::virtio::console::{self, DevicePort, HostPort};
 use agent_proto::{Decoded, Nic, NicStatus, Request, Status, SwitchError};
-use migration_client::agent::{Agent, NicControl};
+use migration_client::agent::{Agent, NicControl, Step};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -87,10 +87,20 @@ impl GuestEnd {
         let mut agent = Agent::new();
         self.spawn(move |port, buf| {
             let mut nics = nics.lock().unwrap();
-            agent.on_input(buf, &mut *nics, &mut |reply: &[u8]| {
-                port.deliver_from_guest(reply)
-            });
-            buf.clear();
+            let mut send = |reply: &[u8]| port.deliver_from_guest(reply);
+            // As the kernel does: a job runs to its end before more is read, and no more
+            // is read than the agent has room for.
+            loop {
+                while agent.busy() {
+                    agent.advance(&mut *nics, &mut send);
+                }
+                if buf.is_empty() {
+                    break;
+                }
+                let n = agent.room().min(buf.len());
+                agent.on_input(&buf[..n], &mut *nics, &mut send);
+                buf.drain(..n);
+            }
         })
     }
 
@@ -179,25 +189,25 @@ impl NicControl for FakeNics {
         self.status
     }
 
-    fn release_vf(&mut self) -> bool {
+    fn release_vf(&mut self) -> Step<bool> {
         let had = self.status.vf.present;
         self.status.vf.present = false;
         self.status.vf.link_up = false;
-        had
+        Step::Done(had)
     }
 
     fn after_move(&mut self) {
         self.moves += 1;
     }
 
-    fn reattach_vf(&mut self) -> bool {
+    fn reattach_vf(&mut self) -> Step<bool> {
         if !self.status.vf.present
             && let Some(link_up) = self.bus_vf
         {
             self.status.vf.present = true;
             self.status.vf.link_up = link_up;
         }
-        self.status.vf.present
+        Step::Done(self.status.vf.present)
     }
 
     fn announce(&mut self) -> bool {

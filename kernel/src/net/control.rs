@@ -5,7 +5,10 @@
 //!
 //! Bytes arrive with an interrupt on [`apic::CONTROL_VECTOR`]; [`Control::service`] runs from
 //! the network's idle-loop work, so a request is handled between two stack polls and never
-//! in the middle of one.
+//! in the middle of one. PREPARE and RESUMED wait on the VF (a drain, its bring-up): the
+//! agent takes one step of them per pass ([`Control::next_step`] says when), and the network
+//! is served in between. Every pass that did agent work is timed; SERVICE reports the
+//! longest.
 //!
 //! Test knobs (`agent.test=` on the command line, docs/boot-abi.md; production guests set
 //! none): `refuse-prepare` and `stall-prepare` make the agent refuse or never answer
@@ -20,7 +23,7 @@ use agent_proto::{Nic, Status, SwitchError};
 use drivers::pci;
 use drivers::virtio_console::{self, Console};
 use drivers::virtio_net::{Interrupt, InterruptRequest};
-use migration_client::agent::{Agent, NicControl, OnPrepare};
+use migration_client::agent::{Agent, NicControl, OnPrepare, Step};
 
 /// Bytes the `chatter` knob sends per pass: no frame magic (`F7 52`) in them.
 const CHATTER: &[u8; 64] = b"chatter chatter chatter chatter chatter chatter chatter chatter\n";
@@ -108,10 +111,23 @@ impl Control {
         self.chatter
     }
 
-    /// Reads what host-vmm sent and answers every complete request (then chatters, if the
-    /// knob says so).
+    /// Takes one step of the request under way, or reads what host-vmm sent and answers
+    /// every complete request (then chatters, if the knob says so).
     pub fn service(&mut self, stack: &mut Stack<Device>, vf: &mut vf::Watch) {
-        self.answer(stack, vf);
+        let start = crate::timer::now_ns();
+        if self.answer(stack, vf) {
+            let took = crate::timer::now_ns().saturating_sub(start);
+            self.agent.record_step(took);
+            log::debug!(
+                "control: agent step took {} us{}",
+                took / 1000,
+                if self.agent.busy() {
+                    " (more to come)"
+                } else {
+                    ""
+                }
+            );
+        }
         if self.chatter {
             for _ in 0..CHATTER_REPEAT {
                 if self.console.send(CHATTER).is_err() {
@@ -121,27 +137,51 @@ impl Control {
         }
     }
 
-    fn answer(&mut self, stack: &mut Stack<Device>, vf: &mut vf::Watch) {
-        let mut bytes = [0u8; 256];
-        loop {
-            let n = match self.console.recv(&mut bytes) {
-                Ok(0) => return,
+    /// When the request under way wants its next step (monotonic ns), if one is.
+    pub fn next_step(&self, vf: &vf::Watch, now_ns: u64) -> Option<u64> {
+        self.agent.busy().then(|| vf.step_due(now_ns))
+    }
+
+    /// One step of the job under way, else what the channel has: whether the agent did
+    /// any work.
+    fn answer(&mut self, stack: &mut Stack<Device>, vf: &mut vf::Watch) -> bool {
+        let mut nics = Nics { stack, vf };
+        if self.agent.busy() {
+            // Requests that came meanwhile wait in the channel: one step per pass.
+            self.agent
+                .advance(&mut nics, &mut sender(&mut self.console));
+            return true;
+        }
+        let mut bytes = [0u8; agent_proto::MAX_FRAME];
+        let mut worked = false;
+        while !self.agent.busy() {
+            let room = self.agent.room();
+            let n = match self.console.recv(&mut bytes[..room]) {
+                Ok(0) => break,
                 Ok(n) => n,
                 Err(e) => {
                     log::warn!("control: receive failed: {e}");
-                    return;
+                    break;
                 }
             };
-            let console = &mut self.console;
-            self.agent.on_input(
-                &bytes[..n],
-                &mut Nics { stack, vf },
-                &mut |reply: &[u8]| {
-                    if let Err(e) = console.send(reply) {
-                        log::warn!("control: reply lost: {e}");
-                    }
-                },
-            );
+            worked = true;
+            self.agent
+                .on_input(&bytes[..n], &mut nics, &mut sender(&mut self.console));
+        }
+        if self.agent.busy() {
+            // The job's first step in the same pass: usually its only one.
+            self.agent
+                .advance(&mut nics, &mut sender(&mut self.console));
+        }
+        worked
+    }
+}
+
+/// Sends the agent's replies on the channel; a reply that cannot go is logged.
+fn sender(console: &mut Console<KernelHal>) -> impl FnMut(&[u8]) + '_ {
+    |reply: &[u8]| {
+        if let Err(e) = console.send(reply) {
+            log::warn!("control: reply lost: {e}");
         }
     }
 }
@@ -169,22 +209,16 @@ impl NicControl for Nics<'_> {
         }
     }
 
-    fn release_vf(&mut self) -> bool {
-        self.vf.release(self.stack)
+    fn release_vf(&mut self) -> Step<bool> {
+        self.vf.release(self.stack, crate::timer::now_ns())
     }
 
     fn after_move(&mut self) {
         crate::timer::after_move();
     }
 
-    fn reattach_vf(&mut self) -> bool {
-        let start = crate::timer::now_ns();
-        let present = self.vf.reattach(self.stack, start);
-        log::debug!(
-            "control: VF re-attach took {} us (the network waited)",
-            crate::timer::now_ns().saturating_sub(start) / 1000
-        );
-        present
+    fn reattach_vf(&mut self) -> Step<bool> {
+        self.vf.reattach(self.stack, crate::timer::now_ns())
     }
 
     fn announcements(&self) -> u64 {

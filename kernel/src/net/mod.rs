@@ -229,7 +229,9 @@ fn bring_up() -> Result<Net, InitError> {
         .iter()
         .find(|f| drivers::ixgbevf::pci::matches(f))
         .map(|f| f.bdf);
-    let vf = vf_bdf.and_then(|bdf| vf::bring_up(&mut access, bdf, mac, apic_id, &mut None));
+    let mut vf_bars = None;
+    let vf = vf_bdf
+        .and_then(|bdf| vf::bring_up(&mut access, bdf, mac, apic_id, &mut None, &mut vf_bars));
     if virtio.is_none() && vf.is_none() {
         if functions.is_empty() && virtio_mmio::devices(text).next().is_none() {
             // The likely mistake: QEMU microvm with ACPI on lists its devices only there.
@@ -278,7 +280,7 @@ fn bring_up() -> Result<Net, InitError> {
     Ok(Net {
         stack,
         sockets: SocketTable::new(crate::abi::random_u64()),
-        vf: vf::Watch::new(vf_bdf, now),
+        vf: vf::Watch::new(vf_bdf, vf_bars, now),
         control,
         intx,
         polled,
@@ -478,6 +480,14 @@ pub fn service(now_ns: u64) -> Option<u64> {
         next = now_ns;
     }
     next = next.min(net.vf.next_check());
+    if let Some(at) = net
+        .control
+        .as_ref()
+        .and_then(|c| c.next_step(&net.vf, now_ns))
+    {
+        // A request under way (PREPARE, RESUMED): its next step after this pass.
+        next = next.min(at);
+    }
     set_next_poll(net, next);
     if let Some((tsc, rx_before)) = start {
         let ticks = cpu::rdtsc().wrapping_sub(tsc);

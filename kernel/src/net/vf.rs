@@ -6,11 +6,13 @@
 //! virtio-net, and the watchdog instead reads the slot's IDs every [`REPROBE_NS`]; when a VF
 //! answers there again it is brought up afresh and handed back to the failover device.
 //!
-//! Around a move the agent drives it instead: [`Watch::release`] (PREPARE) resets the VF and
+//! Around a move the agent drives it instead, one step per network pass ([`Phase`]):
+//! [`Watch::release`] (PREPARE) lets frames on their way in arrive, then resets the VF and
 //! parks the driver, and the watchdog then leaves the slot alone (the source's VF must stay
 //! unused during the move); [`Watch::reattach`] (RESUMED) looks at the VF's last slot, and
 //! scans the whole bus only when it is not there (the destination may have its VF at another
-//! slot or none), and brings up what it finds on the parked driver's rings and buffers.
+//! slot or none), and brings up what it finds on the parked driver's rings and buffers. The
+//! watchdog stays off while either is under way.
 //! Those are allocated once, at boot: clearing 132 KiB of fresh DMA memory costs ~6 ms of
 //! emulated guest code here, all of it time the network would not be served.
 
@@ -22,7 +24,8 @@ use drivers::hal::Mmio;
 use drivers::ixgbevf::pci::{self as vf_pci, InterruptRequest};
 use drivers::ixgbevf::{self, Ixgbevf};
 use drivers::net::{MacAddress, NetDevice};
-use drivers::pci::{self, Bdf, ConfigAccess};
+use drivers::pci::{self, Bdf, ConfigAccess, bar};
+use migration_client::agent::Step;
 
 /// How long PREPARE keeps taking frames from the VF after the switch to virtio-net.
 const DRAIN_NS: u64 = 3_000_000;
@@ -35,53 +38,89 @@ const WATCH_NS: u64 = 100_000_000;
 /// How often an unplugged VF's slot is looked at.
 const REPROBE_NS: u64 = 500_000_000;
 
+/// Who looks after the VF now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// The watchdog (and its re-probe once the VF is gone).
+    Watching,
+    /// PREPARE: traffic is on virtio-net; frames already on their way to the VF are taken
+    /// in by the network passes until `until`, then it is released.
+    Draining { until: u64 },
+    /// Released for a move: neither watched nor re-probed until RESUMED.
+    Released,
+    /// RESUMED, since `started`: bringing a VF back, one stage per step.
+    Attaching { started: u64, stage: Attach },
+}
+
+/// RESUMED's stages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Attach {
+    /// Is the VF in use still there?
+    Check,
+    /// Where is a VF: its last slot, else the bus.
+    Find,
+    /// Bring up the VF found here.
+    BringUp(Bdf),
+}
+
 /// The VF's slot and when to look at it next.
 #[derive(Debug)]
 pub struct Watch {
     /// Where the VF was last found (`None`: there never was one).
     bdf: Option<Bdf>,
     next: u64,
-    /// Released for a move (PREPARE): neither watched nor re-probed until RESUMED.
-    released: bool,
+    phase: Phase,
     /// The driver of a VF that was released or went away: stopped, its rings and buffers
     /// kept for the next VF ([`Ixgbevf::attach`]).
     parked: Option<Vf>,
+    /// The BARs of the VF at `bdf` as its last bring-up sized and mapped them: a VF that
+    /// comes back with the same addresses is not sized again (each sizing flips the
+    /// function's decoding off and on, exits to the VMM several times per BAR, and was
+    /// measured at ~14 ms of a re-attach here).
+    bars: Option<Bars>,
 }
 
+/// A function's BARs as [`map_bars`] found them.
+pub type Bars = [Option<bar::Bar>; bar::BAR_COUNT as usize];
+
 impl Watch {
-    /// Watches the VF at `bdf`, if there is one.
-    pub fn new(bdf: Option<Bdf>, now_ns: u64) -> Watch {
+    /// Watches the VF at `bdf`, if there is one (brought up with `bars`).
+    pub fn new(bdf: Option<Bdf>, bars: Option<Bars>, now_ns: u64) -> Watch {
         Watch {
+            bars,
             bdf,
             next: now_ns.saturating_add(WATCH_NS),
-            released: false,
+            phase: Phase::Watching,
             parked: None,
         }
     }
 
-    /// PREPARE: stops using the VF. Bus mastering off first (no DMA can follow, even from a
-    /// misbehaving device), then the driver masks its interrupts and resets it, and is
-    /// parked with its rings. From now on the failover device has no VF and the watchdog does
-    /// not bring it back. Returns whether a VF was in use. A few register writes: no waiting.
-    pub fn release(&mut self, stack: &mut Stack<Device>) -> bool {
-        self.released = true;
-        if stack.device_mut().vf_mut().is_none() {
-            return false;
-        }
-        // Frames already on their way to the VF (sent before the switch's gratuitous ARP
-        // reached the bridge) are taken in before it goes: traffic is on virtio-net now, so
-        // their answers leave there. Measured: without this a ping every 10 ms lost one
-        // request in about one move of three.
-        let until = timer::now_ns().saturating_add(DRAIN_NS);
-        loop {
-            let now = timer::now_ns();
-            if now >= until {
-                break;
+    /// One step of PREPARE's release (traffic is on virtio-net already). First step: frames
+    /// already on their way to the VF (sent before the switch's gratuitous ARP reached the
+    /// bridge) are let in for [`DRAIN_NS`] by the network passes; their answers leave on
+    /// virtio-net. Measured: without this a ping every 10 ms lost one request in about one
+    /// move of three. Last step: bus mastering off (no DMA can follow, even from a
+    /// misbehaving device), the driver masks its interrupts and resets the VF and is parked
+    /// with its rings; the failover device has no VF and the watchdog does not bring it
+    /// back. Done with whether a VF was in use.
+    pub fn release(&mut self, stack: &mut Stack<Device>, now_ns: u64) -> Step<bool> {
+        match self.phase {
+            Phase::Draining { until } if now_ns < until => return Step::Pending,
+            Phase::Draining { .. } => {}
+            _ if stack.device_mut().vf_mut().is_none() => {
+                self.phase = Phase::Released;
+                return Step::Done(false);
             }
-            stack.poll_bounded(super::instant(now), 16);
+            _ => {
+                self.phase = Phase::Draining {
+                    until: now_ns.saturating_add(DRAIN_NS),
+                };
+                return Step::Pending;
+            }
         }
+        self.phase = Phase::Released;
         let Some(mut vf) = stack.take_vf() else {
-            return false;
+            return Step::Done(false);
         };
         if let Some(bdf) = self.bdf
             && !vf.is_removed()
@@ -100,63 +139,112 @@ impl Watch {
                 .active()
                 .map_or("no NIC", agent_proto::Nic::name)
         );
-        true
+        Step::Done(true)
     }
 
-    /// RESUMED: keeps a VF in use that still answers; otherwise looks for one (its last slot
-    /// first, then the bus) and brings it up with the failover device's MAC. Lifts the virtio-net pin PREPARE set,
-    /// so traffic returns to the VF now if its link is up, or when it comes up. Returns
-    /// whether a VF is in use. Bounded: at most one bus scan and the driver's bounded bring-up.
-    pub fn reattach(&mut self, stack: &mut Stack<Device>, now_ns: u64) -> bool {
-        self.released = false;
-        self.next = now_ns.saturating_add(WATCH_NS);
-        let mut present = false;
-        if let Some(vf) = stack.device_mut().vf_mut() {
-            let events = vf.service();
-            if events.removed || vf.is_removed() {
-                self.parked = stack.take_vf();
-            } else {
-                present = true;
+    /// One step of RESUMED: keeps a VF in use that still answers; otherwise looks for one
+    /// (its last slot first, then the bus) and brings it up with the failover device's MAC.
+    /// Done: lifts the virtio-net pin PREPARE set, so traffic returns to the VF now if its
+    /// link is up, or when it comes up; the result says whether a VF is in use.
+    pub fn reattach(&mut self, stack: &mut Stack<Device>, now_ns: u64) -> Step<bool> {
+        let (started, stage) = match self.phase {
+            Phase::Attaching { started, stage } => (started, stage),
+            _ => (now_ns, Attach::Check),
+        };
+        let next = match stage {
+            Attach::Check => {
+                let answers = stack
+                    .device_mut()
+                    .vf_mut()
+                    .map(|vf| !vf.service().removed && !vf.is_removed());
+                match answers {
+                    Some(true) => return self.attached(stack, true, started, now_ns),
+                    Some(false) => self.parked = stack.take_vf(),
+                    None => {}
+                }
+                Attach::Find
             }
-        }
-        if !present {
-            let mut access = PortConfig;
-            // Its last slot first (one read, and where host-vmm puts it back); the whole bus
-            // only when the VF is not there (another machine may place it elsewhere).
-            let found = self.bdf.filter(|&bdf| is_vf(&access, bdf)).or_else(|| {
-                pci::enumerate(&access)
-                    .iter()
-                    .find(|f| vf_pci::matches(f))
-                    .map(|f| f.bdf)
-            });
-            if let Some(bdf) = found {
+            Attach::Find => {
+                let access = PortConfig;
+                // Its last slot first (one read, and where host-vmm puts it back); the whole
+                // bus only when the VF is not there (another machine may place it elsewhere).
+                let found = self.bdf.filter(|&bdf| is_vf(&access, bdf)).or_else(|| {
+                    pci::enumerate(&access)
+                        .iter()
+                        .find(|f| vf_pci::matches(f))
+                        .map(|f| f.bdf)
+                });
+                let Some(bdf) = found else {
+                    log::info!("net: no VF on this machine; traffic stays on virtio-net");
+                    return self.attached(stack, false, started, now_ns);
+                };
                 if Some(bdf) != self.bdf {
                     log::info!(
                         "net: the VF is now at {bdf} (was {})",
                         DisplaySlot(self.bdf)
                     );
+                    self.bars = None;
                 }
                 self.bdf = Some(bdf);
-                let mac = stack.device().mac_address();
-                if let Some(vf) =
-                    bring_up(&mut access, bdf, Some(mac), apic::id(), &mut self.parked)
-                {
-                    stack.set_vf(Some(vf));
-                    present = true;
-                }
-            } else {
-                log::info!("net: no VF on this machine; traffic stays on virtio-net");
+                Attach::BringUp(bdf)
             }
-        }
+            Attach::BringUp(bdf) => {
+                let mut access = PortConfig;
+                let mac = stack.device().mac_address();
+                let vf = bring_up(
+                    &mut access,
+                    bdf,
+                    Some(mac),
+                    apic::id(),
+                    &mut self.parked,
+                    &mut self.bars,
+                );
+                let present = vf.is_some();
+                if present {
+                    stack.set_vf(vf);
+                }
+                return self.attached(stack, present, started, now_ns);
+            }
+        };
+        self.phase = Phase::Attaching {
+            started,
+            stage: next,
+        };
+        Step::Pending
+    }
+
+    /// RESUMED's end: the watchdog takes over again and traffic may return to the VF.
+    fn attached(
+        &mut self,
+        stack: &mut Stack<Device>,
+        present: bool,
+        started: u64,
+        now_ns: u64,
+    ) -> Step<bool> {
+        self.phase = Phase::Watching;
+        self.next = now_ns.saturating_add(WATCH_NS);
         if let Some(switched) = stack.unpin_virtio() {
             log::info!("net: traffic now on {} (VF back)", switched.to);
         }
-        present
+        log::debug!(
+            "control: VF re-attach took {} us, the network served between its steps",
+            timer::now_ns().saturating_sub(started) / 1000
+        );
+        Step::Done(present)
+    }
+
+    /// When the release or re-attach under way wants its next step: at the drain's end, or
+    /// at the next pass.
+    pub fn step_due(&self, now_ns: u64) -> u64 {
+        match self.phase {
+            Phase::Draining { until } => until,
+            _ => now_ns,
+        }
     }
 
     /// When [`Watch::service`] next has work even without an interrupt.
     pub fn next_check(&self) -> u64 {
-        if self.bdf.is_some() && !self.released {
+        if self.bdf.is_some() && self.phase == Phase::Watching {
             self.next
         } else {
             u64::MAX
@@ -169,7 +257,7 @@ impl Watch {
         let Some(bdf) = self.bdf else {
             return false;
         };
-        if self.released || (!signalled && now_ns < self.next) {
+        if self.phase != Phase::Watching || (!signalled && now_ns < self.next) {
             return false;
         }
         let Some(vf) = stack.device_mut().vf_mut() else {
@@ -197,7 +285,14 @@ impl Watch {
             return false;
         }
         let mac = stack.device().mac_address();
-        match bring_up(&mut access, bdf, Some(mac), apic::id(), &mut self.parked) {
+        match bring_up(
+            &mut access,
+            bdf,
+            Some(mac),
+            apic::id(),
+            &mut self.parked,
+            &mut self.bars,
+        ) {
             Some(vf) => {
                 log::info!("net: the VF at {bdf} is back");
                 stack.set_vf(Some(vf));
@@ -229,15 +324,18 @@ impl core::fmt::Display for DisplaySlot {
 /// Brings up the VF at `bdf` with MAC `mac` (the failover device's; `None` keeps the one the
 /// PF assigned) and its two MSI-X vectors on this CPU: on the `parked` driver's rings if
 /// there is one (taken on success, left parked and stopped on failure), else on new ones.
-/// Failures are logged: the network then runs without the VF.
+/// `bars`: what the last bring-up at `bdf` found, reused if the BARs still hold those
+/// addresses, else sized and mapped again (and recorded). Failures are logged: the network
+/// then runs without the VF.
 pub fn bring_up(
     access: &mut PortConfig,
     bdf: Bdf,
     mac: Option<MacAddress>,
     apic_id: u8,
     parked: &mut Option<Vf>,
+    bars: &mut Option<Bars>,
 ) -> Option<Vf> {
-    match try_bring_up(access, bdf, mac, apic_id, parked) {
+    match try_bring_up(access, bdf, mac, apic_id, parked, bars) {
         Ok(vf) => Some(vf),
         Err(e) => {
             log::error!("net: VF at {bdf}: {e}");
@@ -267,10 +365,16 @@ fn try_bring_up(
     mac: Option<MacAddress>,
     apic_id: u8,
     parked: &mut Option<Vf>,
+    known: &mut Option<Bars>,
 ) -> Result<Vf, VfError> {
     log::info!("net: 82599 VF at {bdf}");
-    // Sized once: the mapping reads them, the probe takes what it read.
-    let bars = map_bars(access, bdf).map_err(VfError::Map)?;
+    // Sized once: the mapping reads them, the probe takes what it read; a VF brought up
+    // again with the same addresses (mapped already) is not sized at all.
+    let bars = match known.filter(|b| bar::unchanged(access, bdf, b)) {
+        Some(bars) => bars,
+        None => map_bars(access, bdf).map_err(VfError::Map)?,
+    };
+    *known = Some(bars);
     let function = vf_pci::probe_sized(access, bdf, &bars).map_err(VfError::Driver)?;
     let irq = InterruptRequest {
         apic_id,

@@ -53,10 +53,15 @@
 //! | 0x02 | STATUS | none | [`Reply::Status`] |
 //! | 0x03 | PREPARE | none | [`Reply::Prepared`] once traffic is on virtio-net and the VF released |
 //! | 0x04 | RESUMED | none | [`Reply::Resumed`] once the VF is re-probed, the NIC chosen, the address announced |
+//! | 0x05 | SERVICE | none | [`Reply::Service`]: how the agent's work shared the CPU with the network |
 //!
 //! PREPARE and RESUMED are idempotent: the agent can be asked again after a lost reply.
+//! They run in bounded steps between the guest's network passes, and their reply comes when
+//! the last step is done; requests sent meanwhile wait their turn. SERVICE came after
+//! version 1's STATUS, so by rule 2 it is a kind of its own: an agent that predates it
+//! answers UnknownKind.
 //! Replies: 0x82 status ([`Status`], 74 bytes), 0x83 prepared and 0x84 resumed (one flags
-//! byte, then a [`Status`]), 0xFF error (an [`ErrorCode`] byte and up to
+//! byte, then a [`Status`]), 0x85 service ([`Service`], 24 bytes), 0xFF error (an [`ErrorCode`] byte and up to
 //! [`MAX_ERROR_TEXT`] bytes of UTF-8).
 //!
 //! # Errors and resynchronisation
@@ -98,12 +103,16 @@ pub mod kind {
     pub const PREPARE: u8 = 0x03;
     /// Request: after a move, re-probe the VF, switch back to it, announce. No payload.
     pub const RESUMED: u8 = 0x04;
+    /// Request: report how agent work shared the CPU with the network. No payload.
+    pub const SERVICE: u8 = 0x05;
     /// Reply: the NICs' state ([`super::Status`]), to SWITCH and STATUS.
     pub const REPLY_STATUS: u8 = 0x82;
     /// Reply to PREPARE ([`super::Prepared`]).
     pub const REPLY_PREPARED: u8 = 0x83;
     /// Reply to RESUMED ([`super::Resumed`]).
     pub const REPLY_RESUMED: u8 = 0x84;
+    /// Reply to SERVICE ([`super::Service`]).
+    pub const REPLY_SERVICE: u8 = 0x85;
     /// Reply: the request failed ([`super::ErrorCode`] and a short text).
     pub const REPLY_ERROR: u8 = 0xFF;
 }
@@ -340,6 +349,43 @@ pub struct Resumed {
     pub status: Status,
 }
 
+/// How the agent's work shared the guest's CPU with the network, since boot.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct Service {
+    /// The longest time one agent step kept the network loop from polling the stack, in
+    /// nanoseconds of the guest's clock.
+    pub longest_step_ns: u64,
+    /// Agent steps taken (a request takes one step, or several when it waits on a device).
+    pub steps: u64,
+    /// Requests answered after more than one step (the network was served in between).
+    pub deferred: u64,
+}
+
+/// Bytes of an encoded [`Service`].
+const SERVICE_LEN: usize = 24;
+
+impl Service {
+    fn encode(&self, out: &mut [u8]) -> usize {
+        out[..8].copy_from_slice(&self.longest_step_ns.to_le_bytes());
+        out[8..16].copy_from_slice(&self.steps.to_le_bytes());
+        out[16..24].copy_from_slice(&self.deferred.to_le_bytes());
+        SERVICE_LEN
+    }
+
+    fn decode(payload: &[u8]) -> Result<Service, FrameError> {
+        if payload.len() != SERVICE_LEN {
+            return Err(FrameError::BadPayload);
+        }
+        let field = |at| le64(payload, at).ok_or(FrameError::BadPayload);
+        Ok(Service {
+            longest_step_ns: field(0)?,
+            steps: field(8)?,
+            deferred: field(16)?,
+        })
+    }
+}
+
 /// [`Prepared`] and [`Resumed`] flag bits (the others must be zero).
 const FLAG_RELEASED_VF: u8 = 1;
 const FLAG_VF_ATTACHED: u8 = 1;
@@ -503,6 +549,9 @@ pub enum Request {
     /// After a move: re-probe the VF, switch back to it, announce; answered with
     /// [`Reply::Resumed`] when done.
     Resumed,
+    /// Report how agent work shared the CPU with the network; answered with
+    /// [`Reply::Service`].
+    Service,
 }
 
 /// What the agent answers.
@@ -514,6 +563,8 @@ pub enum Reply {
     Prepared(Prepared),
     /// RESUMED is done.
     Resumed(Resumed),
+    /// The agent's service figures.
+    Service(Service),
     /// The request failed.
     Error(ErrorCode, ErrorText),
 }
@@ -587,6 +638,7 @@ impl Message for Request {
             Request::Status => kind::STATUS,
             Request::Prepare => kind::PREPARE,
             Request::Resumed => kind::RESUMED,
+            Request::Service => kind::SERVICE,
         }
     }
 
@@ -596,7 +648,7 @@ impl Message for Request {
                 out[0] = nic.code();
                 1
             }
-            Request::Status | Request::Prepare | Request::Resumed => 0,
+            Request::Status | Request::Prepare | Request::Resumed | Request::Service => 0,
         }
     }
 
@@ -608,7 +660,8 @@ impl Message for Request {
             (kind::STATUS, []) => Ok(Request::Status),
             (kind::PREPARE, []) => Ok(Request::Prepare),
             (kind::RESUMED, []) => Ok(Request::Resumed),
-            (kind::SWITCH | kind::STATUS | kind::PREPARE | kind::RESUMED, _) => {
+            (kind::SERVICE, []) => Ok(Request::Service),
+            (kind::SWITCH | kind::STATUS | kind::PREPARE | kind::RESUMED | kind::SERVICE, _) => {
                 Err(FrameError::BadPayload)
             }
             (other, _) => Err(FrameError::UnknownKind(other)),
@@ -622,6 +675,7 @@ impl Message for Reply {
             Reply::Status(_) => kind::REPLY_STATUS,
             Reply::Prepared(_) => kind::REPLY_PREPARED,
             Reply::Resumed(_) => kind::REPLY_RESUMED,
+            Reply::Service(_) => kind::REPLY_SERVICE,
             Reply::Error(..) => kind::REPLY_ERROR,
         }
     }
@@ -644,6 +698,7 @@ impl Message for Reply {
                 out[0] = flags;
                 1 + r.status.encode(&mut out[1..])
             }
+            Reply::Service(s) => s.encode(out),
             Reply::Error(code, text) => {
                 let text = text.as_str().as_bytes();
                 out[0] = code.to_u8();
@@ -671,6 +726,7 @@ impl Message for Reply {
                     status,
                 }))
             }
+            kind::REPLY_SERVICE => Ok(Reply::Service(Service::decode(payload)?)),
             kind::REPLY_ERROR => {
                 let (&code, text) = payload.split_first().ok_or(FrameError::BadPayload)?;
                 let text = ErrorText::from_wire(text).ok_or(FrameError::BadPayload)?;
@@ -902,6 +958,7 @@ mod tests {
             Request::Status,
             Request::Prepare,
             Request::Resumed,
+            Request::Service,
         ] {
             let f = frame(7, &r);
             assert!(
@@ -927,6 +984,11 @@ mod tests {
                 vf_attached: false,
                 announced: true,
                 status: Status::default(),
+            }),
+            Reply::Service(Service {
+                longest_step_ns: 1_234_567,
+                steps: u64::MAX,
+                deferred: 3,
             }),
             Reply::Error(ErrorCode::Refused, text),
             Reply::Error(ErrorCode::Other(200), ErrorText::empty()),
@@ -969,6 +1031,31 @@ mod tests {
         );
         assert_eq!((f[3], f[6], f[HEADER_LEN]), (0x84, 1 + STATUS_LEN as u8, 3));
         assert_eq!(f[HEADER_LEN + 1], Nic::Vf.code(), "then the status");
+    }
+
+    #[test]
+    fn service_is_pinned_on_the_wire_and_refuses_other_lengths() {
+        let f = frame(9, &Request::Service);
+        assert_eq!(&f[..8], &[0xF7, b'R', 1, 0x05, 9, 0, 0, 0]);
+        let reply = Reply::Service(Service {
+            longest_step_ns: 0x0102,
+            steps: 7,
+            deferred: 2,
+        });
+        let f = frame(9, &reply);
+        assert_eq!((f[3], f[6]), (0x85, SERVICE_LEN as u8));
+        assert_eq!(&f[HEADER_LEN..HEADER_LEN + 9], &[2, 1, 0, 0, 0, 0, 0, 0, 7]);
+        for len in [0, SERVICE_LEN - 1, SERVICE_LEN + 1] {
+            assert_eq!(
+                Reply::decode_payload(kind::REPLY_SERVICE, &vec![0; len]),
+                Err(FrameError::BadPayload),
+                "{len} bytes"
+            );
+        }
+        assert_eq!(
+            Request::decode_payload(kind::SERVICE, &[0]),
+            Err(FrameError::BadPayload)
+        );
     }
 
     #[test]
@@ -1295,6 +1382,13 @@ mod tests {
                     status
                 })
             ),
+            (any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
+                |(longest_step_ns, steps, deferred)| Reply::Service(Service {
+                    longest_step_ns,
+                    steps,
+                    deferred
+                })
+            ),
             (any::<u8>(), ".{0,80}").prop_map(|(code, text)| Reply::Error(
                 ErrorCode::from_u8(code),
                 ErrorText::new(&text)
@@ -1308,6 +1402,7 @@ mod tests {
             Just(Request::Status),
             Just(Request::Prepare),
             Just(Request::Resumed),
+            Just(Request::Service),
         ]
     }
 
