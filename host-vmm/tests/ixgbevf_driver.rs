@@ -721,6 +721,67 @@ fn detach_and_attach_keep_the_rings() {
 }
 
 #[test]
+fn a_stepped_attach_never_waits_and_each_step_is_a_few_accesses() {
+    let m = Machine::new(false);
+    let mut vf = m.driver(MacAddress(PERMANENT)).unwrap();
+    vf.detach();
+    let mut config = m.config();
+    let function = drivers::pci::enumerate(&config)
+        .into_iter()
+        .find(ixgbevf::pci::matches)
+        .unwrap();
+    let found = ixgbevf::pci::probe(&mut config, function.bdf, None).unwrap();
+    found
+        .enable_msix(&mut config, m.mmio(found.msix_table), IRQ)
+        .unwrap();
+    vf.begin_attach(m.mmio(found.registers));
+    assert!(vf.bringing_up() && !vf.link_up());
+    // The clock stands still: this PF answers in place, so no step may need to wait.
+    let (mut steps, mut most, mut waits) = (0, 0, 0);
+    let result = loop {
+        let before = m.accesses.get();
+        let progress = vf.step(0);
+        most = most.max(m.accesses.get() - before);
+        steps += 1;
+        assert!(steps < 100, "the bring-up never ended");
+        match progress {
+            ixgbevf::Progress::Ready => {}
+            ixgbevf::Progress::Waiting { .. } => waits += 1,
+            ixgbevf::Progress::Done(result) => break result,
+        }
+    };
+    result.unwrap();
+    assert!(vf.link_up() && !vf.bringing_up());
+    assert!(steps >= 10, "one stage per step: {steps} steps");
+    // The largest: a mailbox exchange's last look and the transmit queue's programming
+    // (~24 accesses, a fraction of a millisecond of exits; the whole attach makes ~130 in
+    // 12 steps).
+    assert!(most <= 32, "a step made {most} register accesses");
+    // Only the reset waits (the model clears RSTD on the first read after it).
+    assert!(waits <= 1, "{waits} waits");
+    let incoming = frame(PERMANENT, 7, 100);
+    m.peer.inject(&incoming);
+    assert_eq!(m.deliver(), 1);
+    assert_eq!(drain(&mut vf), [incoming]);
+
+    // A VF that goes away in the middle ends the bring-up with an error, not a hang.
+    vf.detach();
+    vf.begin_attach(m.mmio(found.registers));
+    assert_eq!(vf.step(0), ixgbevf::Progress::Ready);
+    m.operator.remove().unwrap();
+    let mut steps = 0;
+    let end = loop {
+        steps += 1;
+        assert!(steps < 100, "the bring-up never ended");
+        if let ixgbevf::Progress::Done(result) = vf.step(1_000 * steps) {
+            break result;
+        }
+    };
+    assert_eq!(end, Err(Error::Removed));
+    assert!(vf.is_removed() && !vf.bringing_up());
+}
+
+#[test]
 fn bring_up_fails_cleanly_when_the_vf_is_gone() {
     let m = Machine::new(false);
     let mut config = m.config();

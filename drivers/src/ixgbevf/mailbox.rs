@@ -4,20 +4,25 @@
 //! VFMAILBOX's PFSTS, PFACK and RSTD bits clear when read, and one read often carries several
 //! of them (host-vmm's PF answers a request in place and sets PFACK and PFSTS together). So
 //! every read is OR-ed into a software shadow and each bit is consumed from the shadow, never
-//! from the read itself (Linux's `vf_mailbox`). Every wait is bounded: a PF that stays silent
-//! for [`POLL_TRIES`] × [`POLL_US`] µs (1 s, Linux's budget) makes the request fail with
-//! [`Error::MailboxTimeout`], and the mailbox then refuses requests until the next VF reset.
+//! from the read itself (Linux's `vf_mailbox`).
+//!
+//! Nothing here waits. A request and its reply are an [`Exchange`] that
+//! [`Mailbox::exchange`] advances as far as the PF lets it and then returns; the caller
+//! (the driver's bring-up) looks again later and holds the deadline: a PF silent for
+//! [`WAIT_NS`] (1 s, Linux's budget) fails the request ([`Mailbox::give_up`]), and the
+//! mailbox then refuses requests until the next VF reset.
 
 use super::Error;
-use crate::hal::{Delay, RegisterIo};
+use crate::hal::RegisterIo;
 use ixgbevf_regs::{
     MBX_ACK, MBX_PFACK, MBX_PFSTS, MBX_R2C_BITS, MBX_REQ, MBX_RSTD, MBX_RSTI, MBX_VFU, MBX_WORDS,
     VFMAILBOX, VFMBMEM,
 };
 
-/// Polls per wait (lock, acknowledgement, reply).
-pub const POLL_TRIES: u32 = 2000;
-/// Microseconds between polls.
+/// How long each phase of an exchange may wait on the PF (taking the buffer, its
+/// acknowledgement, its reply).
+pub const WAIT_NS: u64 = 1_000_000_000;
+/// How often a blocking caller looks again, in microseconds.
 pub const POLL_US: u32 = 500;
 
 /// What the PF signalled (see [`Mailbox::poll`]).
@@ -27,6 +32,20 @@ pub struct Signals {
     pub reset: bool,
     /// The PF posted a message (link change, or "not clear to send").
     pub message: bool,
+}
+
+/// Where one request and its reply stand.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Exchange {
+    /// Taking the buffer to write the request.
+    #[default]
+    Lock,
+    /// The request is posted; waiting for the PF's acknowledgement.
+    AwaitAck,
+    /// Acknowledged; waiting for the PF's reply.
+    AwaitReply,
+    /// The reply is there; taking the buffer to read it.
+    Fetch,
 }
 
 /// The VF's mailbox state.
@@ -85,76 +104,18 @@ impl Mailbox {
         self.timed_out
     }
 
-    /// Takes the buffer: write VFU, read it back set (the PF may hold the buffer meanwhile).
-    fn lock(
-        &mut self,
-        io: &mut impl RegisterIo,
-        delay: &mut dyn Delay,
-        tries: u32,
-    ) -> Result<(), Error> {
-        for attempt in 0..tries {
-            if attempt > 0 {
-                delay.delay_us(POLL_US);
-            }
-            io.write32(VFMAILBOX, MBX_VFU);
-            if self.read(io)? & MBX_VFU != 0 {
-                return Ok(());
-            }
-        }
-        Err(Error::MailboxBusy)
+    /// One attempt to take the buffer: write VFU, read it back set (the PF may hold it).
+    fn try_lock(&mut self, io: &mut impl RegisterIo) -> Result<bool, Error> {
+        io.write32(VFMAILBOX, MBX_VFU);
+        Ok(self.read(io)? & MBX_VFU != 0)
     }
 
-    /// Polls until `bit` appears in the shadow; consumes it.
-    fn wait(
-        &mut self,
-        io: &mut impl RegisterIo,
-        delay: &mut dyn Delay,
-        bit: u32,
-    ) -> Result<(), Error> {
-        for attempt in 0..POLL_TRIES {
-            if attempt > 0 {
-                delay.delay_us(POLL_US);
-            }
-            if self.take(io, bit)? {
-                return Ok(());
-            }
+    /// Copies the PF's message into `out` (at most 16 words) and acknowledges it, if the
+    /// buffer can be taken at once; `Ok(false)` if the PF holds it.
+    pub fn fetch(&mut self, io: &mut impl RegisterIo, out: &mut [u32]) -> Result<bool, Error> {
+        if !self.try_lock(io)? {
+            return Ok(false);
         }
-        self.timed_out = true;
-        Err(Error::MailboxTimeout)
-    }
-
-    /// Sends `message` (at most 16 words) and waits for the PF's acknowledgement.
-    pub fn post(
-        &mut self,
-        io: &mut impl RegisterIo,
-        delay: &mut dyn Delay,
-        message: &[u32],
-    ) -> Result<(), Error> {
-        if self.timed_out {
-            return Err(Error::MailboxTimeout);
-        }
-        self.lock(io, delay, POLL_TRIES)?;
-        // Whatever the PF signalled before this request is stale now: its buffer is about to
-        // be overwritten (the lock's read already moved those bits into the shadow).
-        self.shadow &= !(MBX_PFSTS | MBX_PFACK);
-        for (i, word) in message.iter().take(MBX_WORDS).enumerate() {
-            io.write32(VFMBMEM + 4 * i, *word);
-        }
-        // REQ alone: this also releases VFU.
-        io.write32(VFMAILBOX, MBX_REQ);
-        self.wait(io, delay, MBX_PFACK)
-    }
-
-    /// Copies the PF's message into `out` (at most 16 words) and acknowledges it. `tries`
-    /// bounds the attempts to take the buffer.
-    pub fn fetch(
-        &mut self,
-        io: &mut impl RegisterIo,
-        delay: &mut dyn Delay,
-        tries: u32,
-        out: &mut [u32],
-    ) -> Result<(), Error> {
-        self.lock(io, delay, tries)?;
         // A message flag seen up to the lock is for what is in the buffer now: this copy.
         self.shadow &= !MBX_PFSTS;
         for (i, word) in out.iter_mut().take(MBX_WORDS).enumerate() {
@@ -162,20 +123,71 @@ impl Mailbox {
         }
         // ACK alone: tells the PF the buffer is read, and releases VFU.
         io.write32(VFMAILBOX, MBX_ACK);
-        Ok(())
+        Ok(true)
     }
 
-    /// Sends `message`, waits for the PF's reply and copies it into `reply`.
-    pub fn request(
+    /// Advances the exchange `at` of `message` (at most 16 words) as far as the PF lets it
+    /// without waiting: the request is posted once the buffer is ours, the PF's
+    /// acknowledgement and reply are looked for once each, and the reply is copied into
+    /// `reply`. `Ok(true)`: done; `Ok(false)`: the PF has not got that far yet (call again,
+    /// or [`Mailbox::give_up`] past the deadline).
+    pub fn exchange(
         &mut self,
         io: &mut impl RegisterIo,
-        delay: &mut dyn Delay,
+        at: &mut Exchange,
         message: &[u32],
         reply: &mut [u32],
-    ) -> Result<(), Error> {
-        self.post(io, delay, message)?;
-        self.wait(io, delay, MBX_PFSTS)?;
-        self.fetch(io, delay, POLL_TRIES, reply)
+    ) -> Result<bool, Error> {
+        if self.timed_out {
+            return Err(Error::MailboxTimeout);
+        }
+        loop {
+            match at {
+                Exchange::Lock => {
+                    if !self.try_lock(io)? {
+                        return Ok(false);
+                    }
+                    // Whatever the PF signalled before this request is stale now: its buffer
+                    // is about to be overwritten (the lock's read moved those bits into the
+                    // shadow).
+                    self.shadow &= !(MBX_PFSTS | MBX_PFACK);
+                    for (i, word) in message.iter().take(MBX_WORDS).enumerate() {
+                        io.write32(VFMBMEM + 4 * i, *word);
+                    }
+                    // REQ alone: this also releases VFU.
+                    io.write32(VFMAILBOX, MBX_REQ);
+                    *at = Exchange::AwaitAck;
+                }
+                Exchange::AwaitAck => {
+                    if !self.take(io, MBX_PFACK)? {
+                        return Ok(false);
+                    }
+                    *at = Exchange::AwaitReply;
+                }
+                Exchange::AwaitReply => {
+                    // The read that carried PFACK often carried PFSTS too: the shadow has it.
+                    let seen = self.shadow & MBX_PFSTS != 0 || self.take(io, MBX_PFSTS)?;
+                    self.shadow &= !MBX_PFSTS;
+                    if !seen {
+                        return Ok(false);
+                    }
+                    *at = Exchange::Fetch;
+                }
+                Exchange::Fetch => return self.fetch(io, reply),
+            }
+        }
+    }
+
+    /// The error for an exchange that waited at `at` past its deadline: the PF held the
+    /// buffer, or never answered (then no more requests until the next reset).
+    pub fn give_up(&mut self, at: Exchange) -> Error {
+        match at {
+            Exchange::Lock | Exchange::Fetch => Error::MailboxBusy,
+            Exchange::AwaitAck | Exchange::AwaitReply => {
+                self.timed_out = true;
+                Error::MailboxTimeout
+            }
+        }
     }
 }
 
@@ -256,8 +268,22 @@ mod tests {
         }
     }
 
-    fn no_delay() -> impl FnMut(u32) {
-        |_| {}
+    /// Drives one exchange to its end, looking at most `looks` times: how many looks it
+    /// took, or the error (past the last look: what `give_up` says).
+    fn request(
+        m: &mut Mailbox,
+        pf: &mut FakePf,
+        message: &[u32],
+        reply: &mut [u32],
+        looks: u32,
+    ) -> Result<u32, Error> {
+        let mut at = Exchange::Lock;
+        for look in 1..=looks {
+            if m.exchange(pf, &mut at, message, reply)? {
+                return Ok(look);
+            }
+        }
+        Err(m.give_up(at))
     }
 
     #[test]
@@ -268,8 +294,8 @@ mod tests {
         };
         let mut m = Mailbox::new();
         let mut reply = [0; 2];
-        m.request(&mut pf, &mut no_delay(), &[mbx::SET_LPE, 1518], &mut reply)
-            .unwrap();
+        let looks = request(&mut m, &mut pf, &[mbx::SET_LPE, 1518], &mut reply, 1).unwrap();
+        assert_eq!(looks, 1, "a PF that answers at once: done in one look");
         assert_eq!(reply[0], mbx::SET_LPE | mbx::ACK | mbx::CTS);
         assert_eq!(pf.requests, [mbx::SET_LPE]);
         assert_eq!(pf.acks, 1);
@@ -279,44 +305,74 @@ mod tests {
     }
 
     #[test]
+    fn a_late_pf_is_looked_at_again_without_waiting_and_then_answered() {
+        let mut pf = FakePf::default();
+        let mut m = Mailbox::new();
+        let mut at = Exchange::Lock;
+        let mut reply = [0; 1];
+        assert!(
+            !m.exchange(&mut pf, &mut at, &[mbx::SET_LPE], &mut reply)
+                .unwrap()
+        );
+        assert_eq!(at, Exchange::AwaitAck, "posted, no acknowledgement yet");
+        assert!(
+            !m.exchange(&mut pf, &mut at, &[mbx::SET_LPE], &mut reply)
+                .unwrap()
+        );
+        assert_eq!(pf.requests, [mbx::SET_LPE], "posted once");
+        // The PF acknowledges, then replies a look later.
+        *pf.status.borrow_mut() |= MBX_PFACK;
+        assert!(
+            !m.exchange(&mut pf, &mut at, &[mbx::SET_LPE], &mut reply)
+                .unwrap()
+        );
+        assert_eq!(at, Exchange::AwaitReply);
+        pf.mem[0] = mbx::SET_LPE | mbx::ACK;
+        *pf.status.borrow_mut() |= MBX_PFSTS;
+        assert!(
+            m.exchange(&mut pf, &mut at, &[mbx::SET_LPE], &mut reply)
+                .unwrap()
+        );
+        assert_eq!(reply, [mbx::SET_LPE | mbx::ACK]);
+        assert_eq!(pf.acks, 1);
+    }
+
+    #[test]
     fn stale_bits_are_flushed_before_a_request() {
         // A PF message nobody fetched, then a PF that never answers.
         let mut pf = FakePf::default();
         *pf.status.borrow_mut() = MBX_PFSTS | MBX_PFACK;
         let mut m = Mailbox::new();
-        let mut waited = 0;
-        let mut delay = |us| waited += us;
-        let r = m.request(&mut pf, &mut delay, &[mbx::GET_QUEUES], &mut [0; 5]);
+        let r = request(&mut m, &mut pf, &[mbx::GET_QUEUES], &mut [0; 5], 50);
         assert_eq!(r, Err(Error::MailboxTimeout));
-        assert_eq!(waited, (POLL_TRIES - 1) * POLL_US);
         // After a timeout the mailbox refuses work until reset, without touching the device.
         assert!(m.timed_out());
         let before = pf.requests.len();
         assert_eq!(
-            m.post(&mut pf, &mut no_delay(), &[mbx::SET_LPE]),
+            request(&mut m, &mut pf, &[mbx::SET_LPE], &mut [0], 5),
             Err(Error::MailboxTimeout)
         );
         assert_eq!(pf.requests.len(), before);
     }
 
     #[test]
-    fn lock_waits_for_the_pf_to_release_the_buffer() {
+    fn the_buffer_is_taken_once_the_pf_releases_it() {
         let mut pf = FakePf {
             pf_holds: 3,
             reply: Some((mbx::RESET | mbx::ACK, MBX_PFACK | MBX_PFSTS)),
             ..FakePf::default()
         };
         let mut m = Mailbox::new();
-        let mut polls = 0;
-        m.request(&mut pf, &mut |_| polls += 1, &[mbx::RESET], &mut [0; 4])
-            .unwrap();
-        assert_eq!(polls, 3);
-        // A PF that never lets go: bounded, and reported as busy.
+        let looks = request(&mut m, &mut pf, &[mbx::RESET], &mut [0; 4], 10).unwrap();
+        assert_eq!(looks, 4, "three looks while the PF held it");
+        // A PF that never lets go: reported as busy, and the mailbox stays usable.
         pf.pf_holds = u32::MAX;
         assert_eq!(
-            m.fetch(&mut pf, &mut no_delay(), 5, &mut [0; 1]),
+            request(&mut m, &mut pf, &[mbx::RESET], &mut [0; 4], 5),
             Err(Error::MailboxBusy)
         );
+        assert!(!m.timed_out());
+        assert_eq!(m.fetch(&mut pf, &mut [0; 1]), Ok(false));
     }
 
     #[test]
@@ -334,12 +390,12 @@ mod tests {
         *pf.status.borrow_mut() = MBX_PFSTS;
         pf.mem[0] = mbx::PF_CONTROL_MSG;
         let mut word = [0];
-        m.fetch(&mut pf, &mut no_delay(), 1, &mut word).unwrap();
+        assert_eq!(m.fetch(&mut pf, &mut word), Ok(true));
         assert_eq!(word, [mbx::PF_CONTROL_MSG]);
         assert!(!m.poll(&pf).unwrap().message);
         // A reset seen by a lock read is kept for `poll`.
         *pf.status.borrow_mut() = MBX_RSTD;
-        m.fetch(&mut pf, &mut no_delay(), 1, &mut word).unwrap();
+        assert_eq!(m.fetch(&mut pf, &mut word), Ok(true));
         assert!(m.poll(&pf).unwrap().reset);
         m.keep_message();
         assert!(m.poll(&pf).unwrap().message);
@@ -350,7 +406,7 @@ mod tests {
         pf.removed = true;
         assert_eq!(m.poll(&pf), Err(Error::Removed));
         assert_eq!(
-            m.request(&mut pf, &mut no_delay(), &[1], &mut [0]),
+            request(&mut m, &mut pf, &[1], &mut [0], 1),
             Err(Error::Removed)
         );
     }

@@ -14,7 +14,9 @@
 //! // poll the stack, then `dev.rearm_interrupts()` (poll again if it says a frame waits).
 //! // On `VfEvents::reset_needed`: `dev.reinit(&mut delay)`, at most every second or so.
 //! // Around a move: `dev.detach()`; later `dev.attach(map(registers), &mut delay)` brings
-//! // it up on the rings it has (no allocation, no clearing of 132 KiB of buffers).
+//! // it up on the rings it has (no allocation, no clearing of 132 KiB of buffers), or,
+//! // without blocking, `dev.begin_attach(map(registers))` and then `dev.step(now)` between
+//! // network passes until it says `Progress::Done`.
 //! ```
 //!
 //! Nothing the device reports can make the driver panic or loop: waits are bounded, lengths
@@ -34,6 +36,7 @@ use crate::net::{Capabilities, Events, MacAddress, NetDevice, RxToken, Stats, Tx
 use crate::pci::bar::BarError;
 use crate::pci::msix::MsixError;
 use core::fmt;
+use init::BringUp;
 use ixgbevf_regs::{
     EICR_MASK, VFCTRL, VFCTRL_RST, VFLINKS, VFLINKS_UP, VFSTATUS, VTEICR, VTEIMC, VTEIMS, mbx,
 };
@@ -41,6 +44,7 @@ use mailbox::Mailbox;
 use rx::RxRing;
 use tx::TxRing;
 
+pub use init::Progress;
 pub use pci::{InterruptRequest, VfFunction};
 
 /// Largest frame handed to or taken from the stack (1500-byte MTU, no FCS).
@@ -148,13 +152,6 @@ pub struct VfEvents {
 const QUEUE_VECTOR: u32 = 1 << pci::QUEUE_ENTRY;
 const VECTORS: u32 = QUEUE_VECTOR | (1 << pci::OTHER_ENTRY);
 
-/// A delay that does not wait (for single-attempt polls outside bring-up).
-struct NoDelay;
-
-impl Delay for NoDelay {
-    fn delay_us(&mut self, _us: u32) {}
-}
-
 /// An 82599 VF, brought up and carrying frames.
 pub struct Ixgbevf<R: RegisterIo, D: Dma> {
     io: R,
@@ -174,6 +171,8 @@ pub struct Ixgbevf<R: RegisterIo, D: Dma> {
     reset_needed: bool,
     /// Bring-up finished: the rings may be used.
     ready: bool,
+    /// The bring-up under way, if any ([`Ixgbevf::step`]).
+    bring_up: Option<BringUp>,
     removed: bool,
     stats: Stats,
 }
@@ -205,6 +204,7 @@ impl<R: RegisterIo, D: Dma> Ixgbevf<R, D> {
             link_up: false,
             reset_needed: false,
             ready: false,
+            bring_up: None,
             removed: false,
             stats: Stats::default(),
         };
@@ -223,13 +223,22 @@ impl<R: RegisterIo, D: Dma> Ixgbevf<R, D> {
         }
         self.ready = false;
         self.link_up = false;
+        self.bring_up = None;
     }
 
     /// Brings the VF up again through `io`, its register BAR now (the same VF or another
     /// one, after [`Ixgbevf::detach`] or removal), on the rings and buffers it already has:
     /// nothing is allocated or cleared but the descriptors. Counters are kept. MSI-X must be
-    /// set up again first, as for [`Ixgbevf::new`].
+    /// set up again first, as for [`Ixgbevf::new`]. Blocks, pausing with `delay`, until
+    /// done; [`Ixgbevf::begin_attach`] does the same in steps.
     pub fn attach(&mut self, io: R, delay: &mut dyn Delay) -> Result<(), Error> {
+        self.begin_attach(io);
+        self.finish(delay)
+    }
+
+    /// Starts what [`Ixgbevf::attach`] does, without waiting: [`Ixgbevf::step`] then
+    /// carries it out, one stage per call.
+    pub fn begin_attach(&mut self, io: R) {
         // What the last VF told us says nothing about this one.
         self.io = io;
         self.mbx = Mailbox::new();
@@ -240,7 +249,12 @@ impl<R: RegisterIo, D: Dma> Ixgbevf<R, D> {
         self.link_enabled = true;
         self.removed = false;
         self.reset_needed = false;
-        self.reinit(delay)
+        self.begin();
+    }
+
+    /// Whether a bring-up is under way ([`Ixgbevf::step`] has more to do).
+    pub fn bringing_up(&self) -> bool {
+        self.bring_up.is_some()
     }
 
     /// Resets the VF and runs the whole bring-up again (after [`VfEvents::reset_needed`]).
@@ -249,17 +263,19 @@ impl<R: RegisterIo, D: Dma> Ixgbevf<R, D> {
         if self.removed {
             return Err(Error::Removed);
         }
-        let result = self.bring_up(delay);
-        match result {
-            Ok(()) => {}
-            Err(Error::Removed) => self.mark_removed(),
-            Err(e) => {
-                log::warn!("ixgbevf: bring-up failed: {e}");
-                // `service` keeps asking for another try.
-                self.reset_needed = true;
-            }
+        self.begin();
+        self.finish(delay)
+    }
+
+    /// A bring-up ended in `error`.
+    fn failed(&mut self, error: Error) {
+        if error == Error::Removed {
+            self.mark_removed();
+        } else {
+            log::warn!("ixgbevf: bring-up failed: {error}");
+            // `service` keeps asking for another try.
+            self.reset_needed = true;
         }
-        result
     }
 
     /// Checks the VF after its "other" interrupt, and every second or so anyway (as Linux's
@@ -290,11 +306,11 @@ impl<R: RegisterIo, D: Dma> Ixgbevf<R, D> {
         }
         if signals.message {
             let mut word = [0];
-            match self.mbx.fetch(&mut self.io, &mut NoDelay, 1, &mut word) {
-                Ok(()) => self.pf_message(word[0]),
+            if self.mbx.fetch(&mut self.io, &mut word)? {
+                self.pf_message(word[0]);
+            } else {
                 // The PF is busy with the buffer: look again next time.
-                Err(Error::MailboxBusy) => self.mbx.keep_message(),
-                Err(e) => return Err(e),
+                self.mbx.keep_message();
             }
         }
         let links = self.io.read32(VFLINKS);

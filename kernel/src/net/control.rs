@@ -195,7 +195,9 @@ struct Nics<'a> {
 impl NicControl for Nics<'_> {
     fn switch(&mut self, nic: Nic) -> Result<(), SwitchError> {
         let switched = self.stack.switch_nic(nic)?;
-        log::info!("control: traffic now on {nic} (from {:?})", switched.from);
+        // The failover device logs a change of NIC itself; a line costs milliseconds of
+        // emulated serial output here, inside the agent's step.
+        log::debug!("control: traffic now on {nic} (from {:?})", switched.from);
         Ok(())
     }
 
@@ -228,7 +230,7 @@ impl NicControl for Nics<'_> {
     fn announce(&mut self) -> bool {
         let sent = self.stack.announce();
         if sent {
-            log::info!(
+            log::debug!(
                 "control: announced {} after the move",
                 self.stack.config().address.address()
             );

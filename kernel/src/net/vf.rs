@@ -61,6 +61,8 @@ enum Attach {
     Find,
     /// Bring up the VF found here.
     BringUp(Bdf),
+    /// The parked driver's bring-up on it, one stage per step ([`Ixgbevf::step`]).
+    Driver,
 }
 
 /// The VF's slot and when to look at it next.
@@ -131,7 +133,7 @@ impl Watch {
         }
         vf.detach();
         self.parked = Some(vf);
-        log::info!(
+        log::debug!(
             "net: VF at {} released for a move; traffic on {}",
             DisplaySlot(self.bdf),
             stack
@@ -188,7 +190,9 @@ impl Watch {
                 self.bdf = Some(bdf);
                 Attach::BringUp(bdf)
             }
-            Attach::BringUp(bdf) => {
+            Attach::BringUp(bdf) if self.parked.is_none() => {
+                // No driver to reuse (no VF since boot): a fresh one, rings allocated and
+                // cleared, in one go.
                 let mut access = PortConfig;
                 let mac = stack.device().mac_address();
                 let vf = bring_up(
@@ -204,6 +208,40 @@ impl Watch {
                     stack.set_vf(vf);
                 }
                 return self.attached(stack, present, started, now_ns);
+            }
+            Attach::BringUp(bdf) => {
+                let mut access = PortConfig;
+                match (
+                    open(&mut access, bdf, apic::id(), &mut self.bars),
+                    &mut self.parked,
+                ) {
+                    (Ok(registers), Some(vf)) => vf.begin_attach(registers),
+                    (Err(e), _) => {
+                        log::error!("net: VF at {bdf}: {e}");
+                        return self.attached(stack, false, started, now_ns);
+                    }
+                    (Ok(_), None) => return self.attached(stack, false, started, now_ns),
+                }
+                Attach::Driver
+            }
+            Attach::Driver => {
+                let Some(vf) = self.parked.as_mut() else {
+                    return self.attached(stack, false, started, now_ns);
+                };
+                match vf.step(now_ns) {
+                    ixgbevf::Progress::Ready | ixgbevf::Progress::Waiting { .. } => Attach::Driver,
+                    ixgbevf::Progress::Done(Ok(())) => {
+                        check_mac(Some(stack.device().mac_address()), vf);
+                        stack.set_vf(self.parked.take());
+                        return self.attached(stack, true, started, now_ns);
+                    }
+                    ixgbevf::Progress::Done(Err(e)) => {
+                        // Stopped again: nothing of a half brought-up VF may run.
+                        vf.detach();
+                        log::error!("net: VF at {}: {e}", DisplaySlot(self.bdf));
+                        return self.attached(stack, false, started, now_ns);
+                    }
+                }
             }
         };
         self.phase = Phase::Attaching {
@@ -224,7 +262,7 @@ impl Watch {
         self.phase = Phase::Watching;
         self.next = now_ns.saturating_add(WATCH_NS);
         if let Some(switched) = stack.unpin_virtio() {
-            log::info!("net: traffic now on {} (VF back)", switched.to);
+            log::debug!("net: traffic now on {} (VF back)", switched.to);
         }
         log::debug!(
             "control: VF re-attach took {} us, the network served between its steps",
@@ -367,7 +405,37 @@ fn try_bring_up(
     parked: &mut Option<Vf>,
     known: &mut Option<Bars>,
 ) -> Result<Vf, VfError> {
-    log::info!("net: 82599 VF at {bdf}");
+    let registers = open(access, bdf, apic_id, known)?;
+    let vf = match parked {
+        Some(vf) => {
+            if let Err(e) = vf.attach(registers, &mut spin_us) {
+                // Stopped again: nothing of a half brought-up VF may run.
+                vf.detach();
+                return Err(VfError::Driver(e));
+            }
+            parked
+                .take()
+                .ok_or(VfError::Driver(ixgbevf::Error::Removed))?
+        }
+        None => {
+            let config = ixgbevf::Config { mac };
+            Ixgbevf::new(registers, KernelDma, &mut spin_us, config).map_err(VfError::Driver)?
+        }
+    };
+    check_mac(mac, &vf);
+    Ok(vf)
+}
+
+/// The VF function at `bdf` made ready for its driver: BARs mapped (`known`: what the last
+/// bring-up there found, reused if the BARs kept those addresses, else sized and recorded),
+/// IDs checked, MSI-X on this CPU's vectors. Returns its register window.
+fn open(
+    access: &mut PortConfig,
+    bdf: Bdf,
+    apic_id: u8,
+    known: &mut Option<Bars>,
+) -> Result<Mmio, VfError> {
+    log::debug!("net: 82599 VF at {bdf}");
     // Sized once: the mapping reads them, the probe takes what it read; a VF brought up
     // again with the same addresses (mapped already) is not sized at all.
     let bars = match known.filter(|b| bar::unchanged(access, bdf, b)) {
@@ -385,23 +453,11 @@ fn try_bring_up(
     function
         .enable_msix(access, table, irq)
         .map_err(VfError::Driver)?;
-    let registers = drivers::hal::map::<KernelHal>(function.registers);
-    let vf = match parked {
-        Some(vf) => {
-            if let Err(e) = vf.attach(registers, &mut spin_us) {
-                // Stopped again: nothing of a half brought-up VF may run.
-                vf.detach();
-                return Err(VfError::Driver(e));
-            }
-            parked
-                .take()
-                .ok_or(VfError::Driver(ixgbevf::Error::Removed))?
-        }
-        None => {
-            let config = ixgbevf::Config { mac };
-            Ixgbevf::new(registers, KernelDma, &mut spin_us, config).map_err(VfError::Driver)?
-        }
-    };
+    Ok(drivers::hal::map::<KernelHal>(function.registers))
+}
+
+/// Logs a MAC the PF did not let the VF take.
+fn check_mac(mac: Option<MacAddress>, vf: &Vf) {
     if mac.is_some_and(|m| m != vf.mac_address()) {
         log::warn!(
             "net: the PF refused MAC {}; the VF keeps {}",
@@ -409,7 +465,6 @@ fn try_bring_up(
             vf.mac_address()
         );
     }
-    Ok(vf)
 }
 
 /// Waits `us` microseconds by watching the clock (VF bring-up polls only).
