@@ -619,7 +619,21 @@ fn a_pf_side_reset_is_reported_and_reinit_recovers() {
         "the PF does not consider the VF clear to send"
     );
 
-    vf.reinit(&mut |_| {}).unwrap();
+    // In steps, as the kernel's watchdog does it: frames wait until it is done.
+    vf.begin_reinit().unwrap();
+    let mut steps = 0;
+    loop {
+        assert!(
+            vf.receive().is_none(),
+            "a VF being brought up carries nothing"
+        );
+        steps += 1;
+        assert!(steps < 100, "the bring-up never ended");
+        if let ixgbevf::Progress::Done(result) = vf.step(0) {
+            result.unwrap();
+            break;
+        }
+    }
     assert!(vf.link_up());
     assert!(!vf.service().reset_needed);
     m.peer.inject(&frame(PERMANENT, 1, 300));

@@ -12,7 +12,8 @@
 //! let mut dev = Ixgbevf::new(map(vf.registers), KernelDma, &mut delay, Config { mac })?;
 //! // After either vector: `dev.service()` if it was "other" (also every second or so),
 //! // poll the stack, then `dev.rearm_interrupts()` (poll again if it says a frame waits).
-//! // On `VfEvents::reset_needed`: `dev.reinit(&mut delay)`, at most every second or so.
+//! // On `VfEvents::reset_needed`: `dev.reinit(&mut delay)` (or `dev.begin_reinit()` and
+//! // `dev.step(now)` between network passes), at most every second or so.
 //! // Around a move: `dev.detach()`; later `dev.attach(map(registers), &mut delay)` brings
 //! // it up on the rings it has (no allocation, no clearing of 132 KiB of buffers), or,
 //! // without blocking, `dev.begin_attach(map(registers))` and then `dev.step(now)` between
@@ -260,11 +261,18 @@ impl<R: RegisterIo, D: Dma> Ixgbevf<R, D> {
     /// Resets the VF and runs the whole bring-up again (after [`VfEvents::reset_needed`]).
     /// Counters are kept. Until it succeeds the device carries no frames.
     pub fn reinit(&mut self, delay: &mut dyn Delay) -> Result<(), Error> {
+        self.begin_reinit()?;
+        self.finish(delay)
+    }
+
+    /// Starts what [`Ixgbevf::reinit`] does, without waiting: [`Ixgbevf::step`] then carries
+    /// it out. Until it is done the device carries no frames.
+    pub fn begin_reinit(&mut self) -> Result<(), Error> {
         if self.removed {
             return Err(Error::Removed);
         }
         self.begin();
-        self.finish(delay)
+        Ok(())
     }
 
     /// A bring-up ended in `error`.

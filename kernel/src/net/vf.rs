@@ -48,8 +48,13 @@ enum Phase {
     Draining { until: u64 },
     /// Released for a move: neither watched nor re-probed until RESUMED.
     Released,
-    /// RESUMED, since `started`: bringing a VF back, one stage per step.
-    Attaching { started: u64, stage: Attach },
+    /// Bringing a VF back since `started`, one stage per network pass: for RESUMED
+    /// (`agent`: the agent steps it), or after a re-plug (the watchdog does).
+    Attaching {
+        started: u64,
+        stage: Attach,
+        agent: bool,
+    },
 }
 
 /// RESUMED's stages.
@@ -149,9 +154,13 @@ impl Watch {
     /// Done: lifts the virtio-net pin PREPARE set, so traffic returns to the VF now if its
     /// link is up, or when it comes up; the result says whether a VF is in use.
     pub fn reattach(&mut self, stack: &mut Stack<Device>, now_ns: u64) -> Step<bool> {
-        let (started, stage) = match self.phase {
-            Phase::Attaching { started, stage } => (started, stage),
-            _ => (now_ns, Attach::Check),
+        let (started, stage, agent) = match self.phase {
+            Phase::Attaching {
+                started,
+                stage,
+                agent,
+            } => (started, stage, agent),
+            _ => (now_ns, Attach::Check, true),
         };
         let next = match stage {
             Attach::Check => {
@@ -247,6 +256,7 @@ impl Watch {
         self.phase = Phase::Attaching {
             started,
             stage: next,
+            agent,
         };
         Step::Pending
     }
@@ -282,6 +292,10 @@ impl Watch {
 
     /// When [`Watch::service`] next has work even without an interrupt.
     pub fn next_check(&self) -> u64 {
+        if let Phase::Attaching { agent: false, .. } = self.phase {
+            // A re-plugged VF coming up: its next stage at the next pass.
+            return 0;
+        }
         if self.bdf.is_some() && self.phase == Phase::Watching {
             self.next
         } else {
@@ -295,49 +309,62 @@ impl Watch {
         let Some(bdf) = self.bdf else {
             return false;
         };
+        if let Phase::Attaching { agent: false, .. } = self.phase {
+            return self.reattach(stack, now_ns) != Step::Pending;
+        }
         if self.phase != Phase::Watching || (!signalled && now_ns < self.next) {
             return false;
         }
         let Some(vf) = stack.device_mut().vf_mut() else {
             self.next = now_ns.saturating_add(REPROBE_NS);
-            return self.replug(stack, bdf);
+            return self.replug(stack, bdf, now_ns);
         };
         self.next = now_ns.saturating_add(WATCH_NS);
-        let events = vf.service();
-        if events.reset_needed && vf.reinit(&mut spin_us).is_err() {
-            log::warn!("net: the VF did not come back from its reset");
+        if !vf.bringing_up() {
+            // (Not during a bring-up: its mailbox exchange reads the same signals.)
+            let events = vf.service();
+            if events.removed || vf.is_removed() {
+                // It never touches the device again; its rings wait for the VF's return.
+                self.parked = stack.take_vf();
+                log::warn!("net: the VF at {bdf} is gone; traffic stays on virtio-net");
+                return true;
+            }
+            if !events.reset_needed {
+                return events.link_changed;
+            }
+            // The PF reset it (or asked for a reset): the bring-up again, in steps between
+            // network passes like RESUMED's; the VF carries nothing meanwhile.
+            if vf.begin_reinit().is_err() {
+                return true;
+            }
         }
-        if events.removed || vf.is_removed() {
-            // It never touches the device again; its rings wait for the VF's return.
-            self.parked = stack.take_vf();
-            log::warn!("net: the VF at {bdf} is gone; traffic stays on virtio-net");
-            return true;
-        }
-        events.link_changed || events.reset_needed
-    }
-
-    /// Brings the VF back if its slot answers again.
-    fn replug(&mut self, stack: &mut Stack<Device>, bdf: Bdf) -> bool {
-        let mut access = PortConfig;
-        if !is_vf(&access, bdf) {
-            return false;
-        }
-        let mac = stack.device().mac_address();
-        match bring_up(
-            &mut access,
-            bdf,
-            Some(mac),
-            apic::id(),
-            &mut self.parked,
-            &mut self.bars,
-        ) {
-            Some(vf) => {
-                log::info!("net: the VF at {bdf} is back");
-                stack.set_vf(Some(vf));
+        match vf.step(now_ns) {
+            ixgbevf::Progress::Ready | ixgbevf::Progress::Waiting { .. } => {
+                self.next = now_ns;
+                false
+            }
+            ixgbevf::Progress::Done(Ok(())) => true,
+            ixgbevf::Progress::Done(Err(e)) => {
+                // It asks again (`reset_needed`) at the next look.
+                log::warn!("net: the VF did not come back from its reset: {e}");
                 true
             }
-            None => false,
         }
+    }
+
+    /// Brings the VF back if its slot answers again: the same stages as RESUMED's, stepped
+    /// by the watchdog.
+    fn replug(&mut self, stack: &mut Stack<Device>, bdf: Bdf, now_ns: u64) -> bool {
+        if !is_vf(&PortConfig, bdf) {
+            return false;
+        }
+        log::info!("net: the VF at {bdf} is back");
+        self.phase = Phase::Attaching {
+            started: now_ns,
+            stage: Attach::BringUp(bdf),
+            agent: false,
+        };
+        self.reattach(stack, now_ns) != Step::Pending
     }
 }
 
