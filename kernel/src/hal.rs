@@ -75,13 +75,14 @@ unsafe impl Hal for KernelHal {
     unsafe fn unshare(_paddr: PhysAddr, _buffer: NonNull<[u8]>, _direction: BufferDirection) {}
 }
 
-/// The kernel's DMA allocator for drivers that run their own rings (the VF): zeroed heap
-/// memory, identity-mapped, so the CPU and device addresses are the same number.
+/// The kernel's DMA allocator for drivers that run their own rings (the VF): heap memory
+/// (zeroed, except receive buffers the device writes first), identity-mapped, so the CPU and
+/// device addresses are the same number.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct KernelDma;
 
-// SAFETY: `alloc_zeroed` returns a fresh zeroed heap block of `len` bytes aligned to `align`
-// that nothing else references until `free`; the heap is identity-mapped (virtual ==
+// SAFETY: `alloc_zeroed` and `alloc` return a fresh heap block of `len` bytes aligned to
+// `align` (zeroed by `alloc_zeroed`) that nothing else references until `free`; the heap is identity-mapped (virtual ==
 // physical) and x86 DMA without an IOMMU is cache-coherent, so the device reaches the same
 // bytes at the same address.
 unsafe impl drivers::hal::Dma for KernelDma {
@@ -91,6 +92,18 @@ unsafe impl drivers::hal::Dma for KernelDma {
             .filter(|l| l.size() > 0)?;
         // SAFETY: the layout has a nonzero size.
         let cpu = NonNull::new(unsafe { HEAP.alloc_zeroed(layout) })?;
+        Some(drivers::hal::DmaChunk {
+            cpu,
+            device: cpu.as_ptr() as u64,
+        })
+    }
+
+    fn alloc(&mut self, len: usize, align: usize) -> Option<drivers::hal::DmaChunk> {
+        let layout = Layout::from_size_align(len, align)
+            .ok()
+            .filter(|l| l.size() > 0)?;
+        // SAFETY: the layout has a nonzero size.
+        let cpu = NonNull::new(unsafe { HEAP.alloc(layout) })?;
         Some(drivers::hal::DmaChunk {
             cpu,
             device: cpu.as_ptr() as u64,

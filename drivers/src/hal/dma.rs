@@ -1,8 +1,9 @@
 //! DMA memory for drivers that run their own descriptor rings (ixgbevf), and bounded waits.
 //!
 //! The kernel implements two small traits:
-//! - [`Dma`]: allocate and free zeroed, physically contiguous, aligned memory, giving both the
-//!   CPU's and the device's address of it;
+//! - [`Dma`]: allocate and free physically contiguous, aligned memory (zeroed, or as it is
+//!   for buffers the device writes first), giving both the CPU's and the device's address of
+//!   it;
 //! - [`Delay`]: wait a number of microseconds (bring-up polls only, never the data path).
 //!
 //! [`DmaArea`] owns one allocation and splits it into a descriptor ring, which is only ever
@@ -30,10 +31,11 @@ pub struct DmaChunk {
 /// allocation it keeps, and frees each allocation through its own clone.
 ///
 /// # Implementation safety
-/// For every `Some(chunk)` that `alloc_zeroed(len, align)` returns:
-/// - `chunk.cpu .. chunk.cpu + len` is valid for reads and writes, zeroed, aligned to `align`,
-///   and used by nothing else (no other allocation, no Rust reference) until it is given to
-///   [`Dma::free`], or for ever if it never is;
+/// For every `Some(chunk)` that `alloc_zeroed(len, align)` or `alloc(len, align)` returns:
+/// - `chunk.cpu .. chunk.cpu + len` is valid for reads and writes, zeroed (`alloc_zeroed`;
+///   `alloc`'s bytes are whatever the memory held), aligned to `align`, and used by nothing
+///   else (no other allocation, no Rust reference) until it is given to [`Dma::free`], or for
+///   ever if it never is;
 /// - the device reaches the same bytes at `chunk.device .. chunk.device + len`: physically
 ///   contiguous and coherent with the CPU's caches (as all x86 DMA is), so no flush or bounce
 ///   copy is needed between CPU and device accesses.
@@ -42,12 +44,19 @@ pub unsafe trait Dma: Clone {
     /// of two, at most 4096); `None` when there is none.
     fn alloc_zeroed(&mut self, len: usize, align: usize) -> Option<DmaChunk>;
 
-    /// Gives back memory that [`Dma::alloc_zeroed`] returned.
+    /// Like [`Dma::alloc_zeroed`] without the clearing: for memory the device writes before
+    /// anyone reads it (receive buffers). Clearing costs ~0.4 µs per 8 bytes where guest
+    /// code is emulated; allocators that clear anyway need not override this.
+    fn alloc(&mut self, len: usize, align: usize) -> Option<DmaChunk> {
+        self.alloc_zeroed(len, align)
+    }
+
+    /// Gives back memory that [`Dma::alloc_zeroed`] or [`Dma::alloc`] returned.
     ///
     /// # Safety
-    /// `chunk` came from `alloc_zeroed(len, align)` of this allocator or a clone of it, with the
-    /// same `len` and `align`; it is freed once; and neither the CPU nor the device uses it any
-    /// more (the device was reset or is gone).
+    /// `chunk` came from `alloc_zeroed(len, align)` or `alloc(len, align)` of this allocator or
+    /// a clone of it, with the same `len` and `align`; it is freed once; and neither the CPU
+    /// nor the device uses it any more (the device was reset or is gone).
     unsafe fn free(&mut self, chunk: DmaChunk, len: usize, align: usize);
 }
 
@@ -84,7 +93,29 @@ impl<D: Dma> DmaArea<D> {
     /// Allocates a ring of `ring_len` bytes and `slots` buffers of `slot_len` bytes. The ring
     /// is padded to a multiple of `slot_len`, so with a power-of-two `slot_len` every buffer is
     /// aligned to it. `None` when sizes overflow or the allocator has no memory.
-    pub fn new(mut dma: D, ring_len: usize, slots: usize, slot_len: usize) -> Option<DmaArea<D>> {
+    pub fn new(dma: D, ring_len: usize, slots: usize, slot_len: usize) -> Option<DmaArea<D>> {
+        Self::allocate(dma, ring_len, slots, slot_len, false)
+    }
+
+    /// Like [`DmaArea::new`] with only the ring cleared: for receive buffers, which the
+    /// device writes before the driver reads them (it reads only the length the device
+    /// reported). Saves clearing 64 KiB per 32 × 2 KiB ring (~3 ms of emulated guest code).
+    pub fn for_receive(
+        dma: D,
+        ring_len: usize,
+        slots: usize,
+        slot_len: usize,
+    ) -> Option<DmaArea<D>> {
+        Self::allocate(dma, ring_len, slots, slot_len, true)
+    }
+
+    fn allocate(
+        mut dma: D,
+        ring_len: usize,
+        slots: usize,
+        slot_len: usize,
+        device_writes_first: bool,
+    ) -> Option<DmaArea<D>> {
         if slot_len == 0 {
             return None;
         }
@@ -93,7 +124,15 @@ impl<D: Dma> DmaArea<D> {
             .checked_mul(slot_len)?
             .checked_add(ring_len_padded)?
             .max(1);
-        let chunk = dma.alloc_zeroed(len, AREA_ALIGN)?;
+        let chunk = if device_writes_first {
+            let chunk = dma.alloc(len, AREA_ALIGN)?;
+            // SAFETY: the `Dma` contract makes `len` bytes from `chunk.cpu` valid for writes,
+            // and `ring_len <= len`; nothing else references the fresh block yet.
+            unsafe { chunk.cpu.as_ptr().write_bytes(0, ring_len.min(len)) };
+            chunk
+        } else {
+            dma.alloc_zeroed(len, AREA_ALIGN)?
+        };
         Some(DmaArea {
             dma,
             chunk: Some(chunk),
@@ -334,5 +373,44 @@ pub(crate) mod tests {
         assert!(DmaArea::new(dma.clone(), 512, usize::MAX, 2048).is_none());
         assert!(DmaArea::new(dma.clone(), 512, 1, 0).is_none());
         assert_eq!(dma.live(), 0);
+    }
+
+    /// An allocator whose `alloc` hands out memory full of stale bytes (0xA5), as reused
+    /// heap memory may be.
+    #[derive(Clone, Default)]
+    struct StaleDma(HeapDma);
+
+    // SAFETY: as HeapDma's; `alloc` only fills the block it got before handing it out.
+    unsafe impl Dma for StaleDma {
+        fn alloc_zeroed(&mut self, len: usize, align: usize) -> Option<DmaChunk> {
+            self.0.alloc_zeroed(len, align)
+        }
+
+        fn alloc(&mut self, len: usize, align: usize) -> Option<DmaChunk> {
+            let chunk = self.0.alloc_zeroed(len, align)?;
+            // SAFETY: `len` bytes of the fresh block are ours to write.
+            unsafe { chunk.cpu.as_ptr().write_bytes(0xA5, len) };
+            Some(chunk)
+        }
+
+        unsafe fn free(&mut self, chunk: DmaChunk, len: usize, align: usize) {
+            // SAFETY: forwarded unchanged from our caller.
+            unsafe { self.0.free(chunk, len, align) }
+        }
+    }
+
+    #[test]
+    fn a_receive_area_clears_its_ring_and_leaves_the_buffers_to_the_device() {
+        let area = DmaArea::for_receive(StaleDma::default(), 512, 4, 2048).unwrap();
+        for offset in (0..512).step_by(4) {
+            assert_eq!(area.ring_read32(offset), 0, "ring dword at {offset}");
+        }
+        assert_eq!(area.slot(3, 4), Some(&[0xA5; 4][..]), "not cleared");
+        let area = DmaArea::new(StaleDma::default(), 512, 4, 2048).unwrap();
+        assert_eq!(
+            area.slot(3, 4),
+            Some(&[0; 4][..]),
+            "a transmit area is cleared"
+        );
     }
 }

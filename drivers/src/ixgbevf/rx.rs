@@ -46,7 +46,7 @@ impl<D: Dma> RxRing<D> {
     /// Allocates the ring and its buffers; `None` without DMA memory.
     pub fn new(dma: D) -> Option<RxRing<D>> {
         Some(RxRing {
-            area: DmaArea::new(dma, ENTRIES * DESC_LEN, ENTRIES, BUFFER_LEN)?,
+            area: DmaArea::for_receive(dma, ENTRIES * DESC_LEN, ENTRIES, BUFFER_LEN)?,
             next: 0,
             tail: 0,
             unflushed: 0,
