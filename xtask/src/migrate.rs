@@ -57,10 +57,15 @@ pub struct Summary {
     pub passes: u64,
     /// Pages sent during the pause.
     pub pause_pages: u64,
+    /// Frames for the guest carried in the state (they reached the source during the pause).
+    pub frames_carried: u64,
+    /// Frames for the guest forwarded to the destination after the state (the hand-over
+    /// window).
+    pub frames_forwarded: u64,
 }
 
 /// The summary's keys, in the order host-vmm prints them.
-const SUMMARY_KEYS: [&str; 7] = [
+const SUMMARY_KEYS: [&str; 9] = [
     "mode",
     "total_ms",
     "pause_ms",
@@ -68,6 +73,8 @@ const SUMMARY_KEYS: [&str; 7] = [
     "memory_bytes_copied",
     "passes",
     "pause_pages",
+    "frames_carried",
+    "frames_forwarded",
 ];
 
 impl Summary {
@@ -125,6 +132,8 @@ impl Summary {
             memory_bytes_copied: int(4)?,
             passes: int(5)?,
             pause_pages: int(6)?,
+            frames_carried: int(7)?,
+            frames_forwarded: int(8)?,
         })
     }
 }
@@ -533,7 +542,7 @@ fn tail(text: &str, lines: usize) -> String {
 mod tests {
     use super::*;
 
-    const LINE: &str = "migrated mode=pre-copy total_ms=812.250 pause_ms=0.840 bytes_sent=134742016 memory_bytes_copied=134217728 passes=3 pause_pages=12\n";
+    const LINE: &str = "migrated mode=pre-copy total_ms=812.250 pause_ms=0.840 bytes_sent=134742016 memory_bytes_copied=134217728 passes=3 pause_pages=12 frames_carried=2 frames_forwarded=5\n";
 
     #[test]
     fn the_summary_is_parsed() {
@@ -548,6 +557,8 @@ mod tests {
                 memory_bytes_copied: 134_217_728,
                 passes: 3,
                 pause_pages: 12,
+                frames_carried: 2,
+                frames_forwarded: 5,
             }
         );
         let z = Summary::parse(&LINE.replace("pre-copy", "zero-copy")).unwrap();
@@ -566,6 +577,7 @@ mod tests {
             LINE.replace("pause_ms=0.840", "pause_ms=NaN"),
             LINE.replace("pause_ms=0.840", "pause_ms"),
             LINE.replace("pause_pages=12", "pause_pages=12 extra=1"),
+            LINE.replace(" frames_forwarded=5", ""),
         ];
         for text in bad {
             assert!(Summary::parse(&text).is_err(), "accepted: {text}");

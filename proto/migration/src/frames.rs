@@ -102,7 +102,10 @@ fn take_u32<'a>(p: &'a [u8], short: &str) -> Result<(u32, &'a [u8]), WireError> 
     let b = p
         .get(..COUNT_LEN)
         .ok_or_else(|| WireError::Malformed(short.into()))?;
-    Ok((u32::from_le_bytes([b[0], b[1], b[2], b[3]]), &p[COUNT_LEN..]))
+    Ok((
+        u32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+        &p[COUNT_LEN..],
+    ))
 }
 
 fn check_count(count: usize) -> Result<(), WireError> {
