@@ -233,6 +233,7 @@ pub struct HostVmmGuest {
     certs: CertDir,
     transport: Transport,
     move_timeout: Duration,
+    receiver_env: Vec<(String, String)>,
 }
 
 impl HostVmmGuest {
@@ -282,6 +283,7 @@ impl HostVmmGuest {
             certs: CertDir::for_tests()?,
             transport: Transport::Tls,
             move_timeout: MOVE_TIMEOUT,
+            receiver_env: Vec::new(),
         };
         guest
             .wait_for_agent()
@@ -379,6 +381,13 @@ impl HostVmmGuest {
         }
     }
 
+    /// Sets `key=value` in the environment of the next receivers (`host-vmm receive`), e.g.
+    /// a test knob of host-vmm's.
+    pub fn set_receiver_env(&mut self, key: &str, value: &str) {
+        self.receiver_env.retain(|(k, _)| k != key);
+        self.receiver_env.push((key.into(), value.into()));
+    }
+
     /// Gives the next receivers `nics` (and makes [`HostVmmGuest::wait_settled`] expect
     /// them): a move to a host without a VF leaves the guest on virtio-net, a move to one
     /// with a VF gives it one back.
@@ -410,7 +419,8 @@ impl HostVmmGuest {
             .args(device_args(self.nics))
             .arg("--api-socket")
             .arg(control.path())
-            .env("RUST_LOG", "info");
+            .env("RUST_LOG", "info")
+            .envs(self.receiver_env.iter().map(|(k, v)| (k, v)));
         let mut receiver = Background::spawn(&mut receive)?;
         receiver
             .wait_for("waiting for a guest", LISTEN_TIMEOUT)

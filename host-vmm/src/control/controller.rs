@@ -192,6 +192,29 @@ impl std::fmt::Debug for Controller {
     }
 }
 
+/// A test knob: how long a received guest waits, restored and not yet announced nor
+/// running, before the post-arrival path goes on (milliseconds, at most
+/// [`MAX_ARRIVAL_HOLD`]). It keeps a move's hand-over window open so that tests see the
+/// source forward frames; unset (or invalid, with a warning) it is 0.
+pub const HOLD_ARRIVAL_VAR: &str = "ROAM_TEST_HOLD_ARRIVAL_MS";
+/// The longest hold [`HOLD_ARRIVAL_VAR`] may ask for.
+const MAX_ARRIVAL_HOLD: Duration = Duration::from_secs(1);
+
+/// The hold [`HOLD_ARRIVAL_VAR`] asks for, if any.
+fn test_arrival_hold() -> Option<Duration> {
+    let v = std::env::var(HOLD_ARRIVAL_VAR).ok()?;
+    match v.parse::<u64>().map(Duration::from_millis) {
+        Ok(d) if d <= MAX_ARRIVAL_HOLD => Some(d).filter(|d| !d.is_zero()),
+        _ => {
+            log::warn!(
+                "{HOLD_ARRIVAL_VAR}={v} ignored: milliseconds up to {} expected",
+                MAX_ARRIVAL_HOLD.as_millis()
+            );
+            None
+        }
+    }
+}
+
 fn no_vm(state: &str) -> OpError {
     OpError::Conflict(format!(
         "no VM is running (state: {state}); create and boot one, or receive one"
@@ -369,6 +392,13 @@ impl Controller {
     /// the source so and delivers the frames it forwarded until then (`handover`), and
     /// plugs this side's VF in and tells the guest agent it has moved (RESUMED).
     fn after_arrival(self: &Arc<Self>, live: &Arc<Live>, handover: Handover) {
+        if let Some(hold) = test_arrival_hold() {
+            log::warn!(
+                "migration: holding the arrival for {hold:?} before announcing the guest \
+                 ({HOLD_ARRIVAL_VAR}, for tests: the source forwards meanwhile)"
+            );
+            std::thread::sleep(hold);
+        }
         let sent = live.machine.devices.announce();
         log::info!("migration: announced the guest's MAC ({sent} frames)");
         self.events

@@ -209,8 +209,8 @@ pub struct DeviceManager {
     mmio: Bus,
     exit_request: ExitRequest,
     net: Option<SharedNet>,
-    /// virtio-net's port, for a migration's hand-over window.
-    net_port: Option<PortHandle>,
+    /// virtio-net's port and the guest's MAC, for a migration's hand-over window.
+    net_port: Option<(PortHandle, [u8; 6])>,
     vf: Option<SharedVf>,
     agent_port: Mutex<Option<HostPort>>,
     /// A handle on the same port, for its counters only.
@@ -436,10 +436,12 @@ impl DeviceManager {
 
     /// In a move's hand-over window, device I/O parked: the frames waiting for the guest
     /// on virtio-net's port (its TAP, tunnel or routed TAP), oldest first, at most `max`.
+    /// A frame from the guest's own MAC is not for it (its announcement from the other
+    /// host, flooded back here): it is read and dropped.
     pub fn take_net_frames(&self, max: usize) -> Vec<Vec<u8>> {
-        self.net_port
-            .as_ref()
-            .map_or_else(Vec::new, |p| p.take_waiting(max))
+        self.net_port.as_ref().map_or_else(Vec::new, |(port, mac)| {
+            port.take_waiting(max, |f| f.get(6..12) != Some(&mac[..]))
+        })
     }
 
     /// Frames the other end of a move forwarded: virtio-net delivers them to the guest
@@ -447,7 +449,7 @@ impl DeviceManager {
     /// [`port::MAX_INBOX`] waiting; more are dropped). Returns how many were dropped (all
     /// of them without virtio-net).
     pub fn deliver_net_frames(&self, frames: Vec<Vec<u8>>) -> u64 {
-        let Some(port) = &self.net_port else {
+        let Some((port, _)) = &self.net_port else {
             return frames.len() as u64;
         };
         let dropped = port.deliver(frames);
@@ -586,7 +588,7 @@ impl<'a> Builder<'a> {
             let writer = writer.map_err(DeviceError::EventFd)?;
             self.manager.announce.push((writer, config.mac.octets()));
         }
-        self.manager.net_port = Some(port.handle());
+        self.manager.net_port = Some((port.handle(), config.mac.octets()));
         let (device, slot, intx) = self.add_virtio(
             Net::new(port, config.mac.octets()),
             NET_MSIX_VECTORS,

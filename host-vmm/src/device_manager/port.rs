@@ -163,16 +163,17 @@ impl NetBackend for Port {
 pub struct PortHandle(Arc<Shared>);
 
 impl PortHandle {
-    /// The frames waiting for the guest, oldest first, at most `max` (never blocks). Call
-    /// with device I/O parked, or the device may take some first (they reach the guest
-    /// then, which is fine, but not in this list).
-    pub fn take_waiting(&self, max: usize) -> Vec<Vec<u8>> {
+    /// The frames waiting on the port that `keep` accepts, oldest first, at most `max`
+    /// (the others are read and dropped; never blocks). Call with device I/O parked, or the
+    /// device may take some first (they reach the guest then, which is fine, but not in
+    /// this list).
+    pub fn take_waiting(&self, max: usize, keep: impl Fn(&[u8]) -> bool) -> Vec<Vec<u8>> {
         let mut out = Vec::new();
         let mut buf = vec![0u8; crate::devices::virtio::net::MAX_FRAME];
         while out.len() < max {
             match self.0.recv(&mut buf) {
-                Ok(0) => {}
-                Ok(n) => out.push(buf[..n].to_vec()),
+                Ok(n) if n > 0 && keep(&buf[..n]) => out.push(buf[..n].to_vec()),
+                Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => break,
             }
