@@ -300,7 +300,10 @@ fn no_ping_is_lost_in_the_hand_over_window() {
     say(&format!(
         "hand-over: {} moves, {} frames forwarded, {} of {} pings lost, {} duplicates",
         moves.len(),
-        moves.iter().map(|m| m.summary.frames_forwarded).sum::<u64>(),
+        moves
+            .iter()
+            .map(|m| m.summary.frames_forwarded)
+            .sum::<u64>(),
         lost.len(),
         log.transmitted.unwrap_or(0),
         log.duplicates

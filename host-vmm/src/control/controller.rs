@@ -752,6 +752,8 @@ impl Controller {
                             "total_ms",
                             format!("{:.3}", summary.total.as_secs_f64() * 1e3),
                         ),
+                        ("frames_carried", summary.frames_carried.to_string()),
+                        ("frames_forwarded", summary.frames_forwarded.to_string()),
                     ],
                 );
             }

@@ -65,7 +65,8 @@ pub trait Agent {
 pub struct Summary {
     /// Pre-copy or zero-copy.
     pub mode: Mode,
-    /// From the start to the destination's "running".
+    /// From the start to the destination's "running" (the hand-over window after it is
+    /// not counted).
     pub total: Duration,
     /// From this vCPU's stop to the destination's "running".
     pub pause: Duration,
@@ -469,6 +470,7 @@ impl Run<'_, '_> {
             })?
             .expect(kind::RUNNING)?;
         let pause = paused_at.elapsed();
+        let total = self.start.elapsed();
         self.forwarder.commit();
         if held > 0 {
             log::info!("migration: {held} frames for the guest carried in the state");
@@ -491,7 +493,7 @@ impl Run<'_, '_> {
         );
         Ok(Summary {
             mode,
-            total: self.start.elapsed(),
+            total,
             pause,
             bytes_sent: self.sent,
             memory_bytes: self.memory,
