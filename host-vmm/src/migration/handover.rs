@@ -33,6 +33,26 @@ pub const HANDOVER_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often the source looks at its port while it waits for the destination.
 const POLL: Duration = Duration::from_millis(1);
 
+/// Where the hand-over window reads and delivers the guest's frames: virtio-net's port
+/// ([`DeviceManager`]).
+pub trait GuestFrames {
+    /// The frames waiting for the guest, oldest first, at most `max` (never blocks).
+    fn take(&self, max: usize) -> Vec<Vec<u8>>;
+    /// Queues `frames` for the guest after those queued before; returns how many were
+    /// dropped.
+    fn deliver(&self, frames: Vec<Vec<u8>>) -> u64;
+}
+
+impl GuestFrames for DeviceManager {
+    fn take(&self, max: usize) -> Vec<Vec<u8>> {
+        self.take_net_frames(max)
+    }
+
+    fn deliver(&self, frames: Vec<Vec<u8>>) -> u64 {
+        self.deliver_net_frames(frames)
+    }
+}
+
 /// What the hand-over window moved, on one side.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counts {
@@ -44,7 +64,7 @@ pub struct Counts {
 
 /// The source's side: forwards what its port receives while it waits for the destination.
 pub struct Forwarder<'a> {
-    devices: &'a DeviceManager,
+    devices: &'a dyn GuestFrames,
     /// Whether Done went out: from then on what arrives for the guest is forwarded.
     open: bool,
     /// Copies of what went before Running (delivered here after a rollback).
@@ -57,8 +77,8 @@ pub struct Forwarder<'a> {
 }
 
 impl<'a> Forwarder<'a> {
-    /// A forwarder on `devices`' virtio-net port, closed until [`Forwarder::open`].
-    pub fn new(devices: &'a DeviceManager) -> Self {
+    /// A forwarder on `devices` (virtio-net's port), closed until [`Forwarder::open`].
+    pub fn new(devices: &'a dyn GuestFrames) -> Self {
         Forwarder {
             devices,
             open: false,
@@ -82,7 +102,7 @@ impl<'a> Forwarder<'a> {
     /// Sends what waits on the port, up to the cap (beyond it, read and dropped).
     fn pump(&mut self, stream: &mut Stream) -> Result<(), WireError> {
         loop {
-            let frames = self.devices.take_net_frames(MAX_FRAMES_PER_MESSAGE);
+            let frames = self.devices.take(MAX_FRAMES_PER_MESSAGE);
             if frames.is_empty() {
                 return Ok(());
             }
@@ -197,7 +217,7 @@ impl<'a> Forwarder<'a> {
         }
         Counts {
             frames: n,
-            dropped: self.devices.deliver_net_frames(frames),
+            dropped: self.devices.deliver(frames),
         }
     }
 }
@@ -219,14 +239,14 @@ impl Handover {
     /// frame the source forwards to the guest (through `devices`, after those the state
     /// carried) until its Forwarded, at most [`HANDOVER_TIMEOUT`]. Returns what was
     /// delivered and dropped; an error says why it stopped early (the guest runs anyway).
-    pub fn finish(mut self, devices: &DeviceManager) -> Result<Counts, (Counts, WireError)> {
+    pub fn finish(mut self, devices: &dyn GuestFrames) -> Result<Counts, (Counts, WireError)> {
         let mut counts = Counts::default();
         let r = self.deliver(devices, &mut counts);
         self.stream.shutdown();
         r.map(|()| counts).map_err(|e| (counts, e))
     }
 
-    fn deliver(&mut self, devices: &DeviceManager, counts: &mut Counts) -> Result<(), WireError> {
+    fn deliver(&mut self, devices: &dyn GuestFrames, counts: &mut Counts) -> Result<(), WireError> {
         let s = &mut self.stream;
         s.set_read_timeout(Some(HANDOVER_TIMEOUT))?;
         s.write_all(&Message::Announced.encode()?)?;
@@ -248,7 +268,7 @@ impl Handover {
                         )));
                     }
                     let n = f.len() as u64;
-                    let dropped = devices.deliver_net_frames(f.into_frames());
+                    let dropped = devices.deliver(f.into_frames());
                     counts.frames += n - dropped;
                     counts.dropped += dropped;
                 }
@@ -289,5 +309,206 @@ pub fn send_back(stream: &mut Stream, frames: Vec<Vec<u8>>) {
             "migration: {} frames for the guest sent back to the source",
             n.min(MAX_FORWARDED)
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use migration_wire::write_message;
+    use std::collections::VecDeque;
+    use std::os::unix::net::UnixStream;
+    use std::sync::Mutex;
+
+    /// virtio-net's port as the window sees it: frames waiting, frames delivered.
+    #[derive(Default)]
+    struct Port {
+        waiting: Mutex<VecDeque<Vec<u8>>>,
+        delivered: Mutex<Vec<Vec<u8>>>,
+    }
+
+    impl Port {
+        fn arrive(&self, tags: impl IntoIterator<Item = u8>) {
+            let mut w = self.waiting.lock().unwrap();
+            w.extend(tags.into_iter().map(|t| vec![t; 60]));
+        }
+
+        fn delivered_tags(&self) -> Vec<u8> {
+            self.delivered
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|f| f[0])
+                .collect()
+        }
+    }
+
+    impl GuestFrames for Port {
+        fn take(&self, max: usize) -> Vec<Vec<u8>> {
+            let mut w = self.waiting.lock().unwrap();
+            let n = w.len().min(max);
+            w.drain(..n).collect()
+        }
+
+        fn deliver(&self, frames: Vec<Vec<u8>>) -> u64 {
+            self.delivered.lock().unwrap().extend(frames);
+            0
+        }
+    }
+
+    fn pair() -> (Stream, Stream) {
+        let (a, b) = UnixStream::pair().unwrap();
+        for s in [&a, &b] {
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        }
+        (Stream::Unix(a), Stream::Unix(b))
+    }
+
+    #[test]
+    fn forwarded_frames_reach_the_guest_in_order_and_are_counted() {
+        let (src_port, dst_port) = (Port::default(), Port::default());
+        let (mut src, mut dst) = pair();
+        src_port.arrive([1, 2, 3]);
+        std::thread::scope(|s| {
+            let source = s.spawn(|| {
+                let mut f = Forwarder::new(&src_port);
+                f.open();
+                let m = f.next_message(&mut src, Duration::from_secs(5)).unwrap();
+                assert_eq!(m, Message::Running);
+                f.commit();
+                f.until_announced(&mut src).unwrap()
+            });
+            // More arrive while the destination restores, then after its Running.
+            std::thread::sleep(Duration::from_millis(20));
+            src_port.arrive([4]);
+            std::thread::sleep(Duration::from_millis(20));
+            write_message(&mut dst, &Message::Running).unwrap();
+            src_port.arrive([5, 6]);
+            let got = Handover::new(dst).finish(&dst_port).unwrap();
+            assert_eq!(
+                got,
+                Counts {
+                    frames: 6,
+                    dropped: 0
+                }
+            );
+            assert_eq!(
+                source.join().unwrap(),
+                Counts {
+                    frames: 6,
+                    dropped: 0
+                }
+            );
+        });
+        assert_eq!(dst_port.delivered_tags(), [1, 2, 3, 4, 5, 6]);
+        assert!(src_port.delivered_tags().is_empty());
+    }
+
+    #[test]
+    fn the_source_forwards_at_most_its_cap_and_counts_the_rest() {
+        let (src_port, dst_port) = (Port::default(), Port::default());
+        let (mut src, mut dst) = pair();
+        src_port.arrive((0..MAX_FORWARDED + 10).map(|i| i as u8));
+        std::thread::scope(|s| {
+            let source = s.spawn(|| {
+                let mut f = Forwarder::new(&src_port);
+                f.open();
+                let m = f.next_message(&mut src, Duration::from_secs(5)).unwrap();
+                assert_eq!(m, Message::Running);
+                f.commit();
+                f.until_announced(&mut src).unwrap()
+            });
+            std::thread::sleep(Duration::from_millis(20));
+            write_message(&mut dst, &Message::Running).unwrap();
+            let got = Handover::new(dst).finish(&dst_port).unwrap();
+            let sent = source.join().unwrap();
+            assert_eq!(
+                sent,
+                Counts {
+                    frames: MAX_FORWARDED as u64,
+                    dropped: 10
+                }
+            );
+            assert_eq!(got.frames, MAX_FORWARDED as u64);
+        });
+    }
+
+    #[test]
+    fn after_a_failure_the_forwarded_copies_and_the_frames_sent_back_reach_the_guest_here() {
+        let (src_port, dst_port) = (Port::default(), Port::default());
+        let (mut src, mut dst) = pair();
+        src_port.arrive([1, 2]);
+        dst_port.arrive([9]);
+        std::thread::scope(|s| {
+            let source = s.spawn(|| {
+                let mut f = Forwarder::new(&src_port);
+                f.open();
+                let e = f.next_message(&mut src, Duration::from_secs(5));
+                let e = e.and_then(|m| m.into_result()).unwrap_err();
+                assert!(matches!(&e, WireError::PeerFailed(r) if r == "no"), "{e}");
+                f.give_back()
+            });
+            // The destination fails once the source forwarded: its own frames go back.
+            let first = read_message(&mut dst).unwrap();
+            assert!(matches!(first, Message::Frames(_)), "{first:?}");
+            send_back(&mut dst, dst_port.take(MAX_FORWARDED));
+            write_message(&mut dst, &Message::Failed("no".into())).unwrap();
+            assert_eq!(
+                source.join().unwrap(),
+                Counts {
+                    frames: 3,
+                    dropped: 0
+                }
+            );
+        });
+        assert_eq!(src_port.delivered_tags(), [1, 2, 9]);
+    }
+
+    /// A source that lies or sends garbage ends the forwarding with an error, never a panic
+    /// or more than the cap delivered.
+    #[test]
+    fn a_hostile_source_gets_an_error() {
+        let frames = |n: usize| {
+            Message::Frames(Frames::new(vec![vec![7; 60]; n]).unwrap())
+                .encode()
+                .unwrap()
+        };
+        let mut corrupt = frames(2);
+        corrupt[20] ^= 1;
+        let too_many: Vec<u8> = (0..MAX_FORWARDED / MAX_FRAMES_PER_MESSAGE + 1)
+            .flat_map(|_| frames(MAX_FRAMES_PER_MESSAGE))
+            .collect();
+        let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+            (
+                "a wrong count",
+                [frames(2), Message::Forwarded(3).encode().unwrap()].concat(),
+                "forwarded 3 frames; 2 arrived",
+            ),
+            ("a corrupt frame", corrupt, "checksum"),
+            ("more than the cap", too_many, "more than 1024 frames"),
+            (
+                "a message out of place",
+                Message::Done.encode().unwrap(),
+                "unexpected",
+            ),
+            ("the stream cut", frames(1)[..30].to_vec(), "ended early"),
+        ];
+        for (what, bytes, says) in cases {
+            let port = Port::default();
+            let (mut src, dst) = UnixStream::pair().unwrap();
+            src.write_all(&bytes).unwrap();
+            src.shutdown(std::net::Shutdown::Write).unwrap();
+            let r = Handover::new(Stream::Unix(dst)).finish(&port);
+            let (counts, e) = r.expect_err(what);
+            assert!(counts.frames <= MAX_FORWARDED as u64, "{what}: {counts:?}");
+            assert!(
+                port.delivered.lock().unwrap().len() <= MAX_FORWARDED,
+                "{what}"
+            );
+            assert!(e.to_string().contains(says), "{what}: {e}");
+            // It said Announced first.
+            let said = read_message(&mut Stream::Unix(src)).unwrap();
+            assert_eq!(said, Message::Announced, "{what}");
+        }
     }
 }
