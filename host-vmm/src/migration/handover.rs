@@ -21,7 +21,9 @@
 
 use super::target::Stream;
 use crate::device_manager::DeviceManager;
-use migration_wire::{Frames, MAX_FRAMES_PER_MESSAGE, Message, WireError, kind, read_message};
+use migration_wire::{
+    Frames, MAX_FRAME_LEN, MAX_FRAMES_PER_MESSAGE, Message, WireError, kind, read_message,
+};
 use std::io::Write;
 use std::time::{Duration, Instant};
 
@@ -32,6 +34,8 @@ pub const MAX_FORWARDED: usize = 1024;
 pub const HANDOVER_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often the source looks at its port while it waits for the destination.
 const POLL: Duration = Duration::from_millis(1);
+/// Batches of frames the source reads from its port at most per look.
+const PUMP_BATCHES: usize = 4;
 
 /// Where the hand-over window reads and delivers the guest's frames: virtio-net's port
 /// ([`DeviceManager`]).
@@ -99,16 +103,22 @@ impl<'a> Forwarder<'a> {
         self.counts
     }
 
-    /// Sends what waits on the port, up to the cap (beyond it, read and dropped).
+    /// Sends what waits on the port, up to the cap (beyond it, read and dropped); a few
+    /// batches at most a call, so a flood cannot hold the caller past its deadline.
     fn pump(&mut self, stream: &mut Stream) -> Result<(), WireError> {
-        loop {
+        for _ in 0..PUMP_BATCHES {
             let frames = self.devices.take(MAX_FRAMES_PER_MESSAGE);
             if frames.is_empty() {
                 return Ok(());
             }
             let room = MAX_FORWARDED.saturating_sub(self.counts.frames as usize);
             let n = frames.len();
-            let frames: Vec<Vec<u8>> = frames.into_iter().take(room).collect();
+            // A frame the wire cannot carry is dropped, not a reason to fail the move.
+            let frames: Vec<Vec<u8>> = frames
+                .into_iter()
+                .filter(|f| (1..=MAX_FRAME_LEN).contains(&f.len()))
+                .take(room)
+                .collect();
             self.counts.dropped += (n - frames.len()) as u64;
             if frames.is_empty() {
                 continue;
@@ -119,6 +129,7 @@ impl<'a> Forwarder<'a> {
             self.counts.frames += frames.len() as u64;
             stream.write_all(&Message::Frames(Frames::new(frames)?).encode()?)?;
         }
+        Ok(())
     }
 
     /// The destination's next message other than `Frames` (which are kept for a
@@ -196,8 +207,10 @@ impl<'a> Forwarder<'a> {
             }
         }
         // The L2 sends the guest's frames to the destination now; what it sent here before
-        // is on the port already.
-        self.pump(stream)?;
+        // is on the port already (up to the cap: a few looks).
+        for _ in 0..=MAX_FORWARDED / (PUMP_BATCHES * MAX_FRAMES_PER_MESSAGE) {
+            self.pump(stream)?;
+        }
         stream.write_all(&Message::Forwarded(self.counts.frames).encode()?)?;
         stream.flush()?;
         Ok(self.counts)
