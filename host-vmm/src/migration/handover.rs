@@ -78,6 +78,8 @@ pub struct Forwarder<'a> {
     /// What the destination sent back before its Failed.
     returned: Vec<Vec<u8>>,
     counts: Counts,
+    /// Bytes written to the stream.
+    bytes: u64,
 }
 
 impl<'a> Forwarder<'a> {
@@ -90,6 +92,7 @@ impl<'a> Forwarder<'a> {
             committed: false,
             returned: Vec::new(),
             counts: Counts::default(),
+            bytes: 0,
         }
     }
 
@@ -101,6 +104,18 @@ impl<'a> Forwarder<'a> {
     /// What was forwarded so far.
     pub fn counts(&self) -> Counts {
         self.counts
+    }
+
+    /// Bytes it wrote to the stream so far (frames and Forwarded).
+    pub fn bytes_sent(&self) -> u64 {
+        self.bytes
+    }
+
+    fn send(&mut self, stream: &mut Stream, msg: &Message) -> Result<(), WireError> {
+        let bytes = msg.encode()?;
+        stream.write_all(&bytes)?;
+        self.bytes += bytes.len() as u64;
+        Ok(())
     }
 
     /// Sends what waits on the port, up to the cap (beyond it, read and dropped); a few
@@ -127,7 +142,7 @@ impl<'a> Forwarder<'a> {
                 self.kept.extend(frames.iter().cloned());
             }
             self.counts.frames += frames.len() as u64;
-            stream.write_all(&Message::Frames(Frames::new(frames)?).encode()?)?;
+            self.send(stream, &Message::Frames(Frames::new(frames)?))?;
         }
         Ok(())
     }
@@ -211,7 +226,7 @@ impl<'a> Forwarder<'a> {
         for _ in 0..=MAX_FORWARDED / (PUMP_BATCHES * MAX_FRAMES_PER_MESSAGE) {
             self.pump(stream)?;
         }
-        stream.write_all(&Message::Forwarded(self.counts.frames).encode()?)?;
+        self.send(stream, &Message::Forwarded(self.counts.frames))?;
         stream.flush()?;
         Ok(self.counts)
     }

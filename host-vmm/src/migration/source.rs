@@ -495,7 +495,7 @@ impl Run<'_, '_> {
             mode,
             total,
             pause,
-            bytes_sent: self.sent,
+            bytes_sent: self.sent + self.forwarder.bytes_sent(),
             memory_bytes: self.memory,
             passes: self.passes,
             pause_pages,
