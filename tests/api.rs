@@ -279,7 +279,14 @@ fn moves_by_pre_copy_and_zero_copy_are_driven_only_through_the_api() {
             "migration:succeeded",
         ],
     );
-    assert_has_events(&b, &["migration:receiving", "migration:arrived"]);
+    assert_has_events(
+        &b,
+        &[
+            "migration:receiving",
+            "migration:arrived",
+            "migration:handed-over",
+        ],
+    );
 
     // Zero-copy, B -> A: A (whose guest moved away) takes it back over a Unix socket.
     let sock = std::env::temp_dir().join(format!("roam-api-zc-{}.sock", std::process::id()));

@@ -380,11 +380,14 @@ fn receive_refuses_old_truncated_and_corrupt_streams_before_the_hello_is_accepte
             says: &["starts with Done instead of a hello"],
         },
         BadStream {
-            name: "protocol-version-3",
+            name: "protocol-version-4",
             send: hello(PROTOCOL_VERSION + 1),
             close_after: false,
             accepted: false,
-            says: &["protocol version 3 is not supported"],
+            says: &[
+                "protocol version 4 is not supported",
+                "speaks protocol version 3",
+            ],
         },
     ];
     // One receiver for all: none of them is the source, so it waits on.

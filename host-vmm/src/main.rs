@@ -274,6 +274,7 @@ Commands:
                     lines go to stderr; on success it prints
                       migrated mode=... total_ms=... pause_ms=... bytes_sent=...
                       memory_bytes_copied=... passes=... pause_pages=...
+                      frames_carried=... frames_forwarded=...
                     and the source host-vmm exits 0. On any failure before the destination
                     runs the guest, the guest runs on here and the error says why.
   progress          The running or last migration's progress, as JSON: state, phase,
@@ -537,7 +538,7 @@ fn run(
     let mut plane = ControlPlane::start(Mode::Cli, api_socket, event_monitor)?;
     let vmm = Vmm::new(&config, Box::new(std::io::stdout()))?;
     // Served once the VM is there: a request never finds it half built.
-    let adopted = plane.controller.adopt(vmm, Some(config), devices, false);
+    let adopted = plane.controller.adopt(vmm, Some(config), devices, None);
     plane.serve()?;
     let outcome = adopted.run();
     plane.controller.linger();

@@ -57,10 +57,15 @@ pub struct Summary {
     pub passes: u64,
     /// Pages sent during the pause.
     pub pause_pages: u64,
+    /// Frames for the guest carried in the state (they reached the source during the pause).
+    pub frames_carried: u64,
+    /// Frames for the guest forwarded to the destination after the state (the hand-over
+    /// window).
+    pub frames_forwarded: u64,
 }
 
 /// The summary's keys, in the order host-vmm prints them.
-const SUMMARY_KEYS: [&str; 7] = [
+const SUMMARY_KEYS: [&str; 9] = [
     "mode",
     "total_ms",
     "pause_ms",
@@ -68,6 +73,8 @@ const SUMMARY_KEYS: [&str; 7] = [
     "memory_bytes_copied",
     "passes",
     "pause_pages",
+    "frames_carried",
+    "frames_forwarded",
 ];
 
 impl Summary {
@@ -125,6 +132,8 @@ impl Summary {
             memory_bytes_copied: int(4)?,
             passes: int(5)?,
             pause_pages: int(6)?,
+            frames_carried: int(7)?,
+            frames_forwarded: int(8)?,
         })
     }
 }
@@ -224,6 +233,7 @@ pub struct HostVmmGuest {
     certs: CertDir,
     transport: Transport,
     move_timeout: Duration,
+    receiver_env: Vec<(String, String)>,
 }
 
 impl HostVmmGuest {
@@ -273,6 +283,7 @@ impl HostVmmGuest {
             certs: CertDir::for_tests()?,
             transport: Transport::Tls,
             move_timeout: MOVE_TIMEOUT,
+            receiver_env: Vec::new(),
         };
         guest
             .wait_for_agent()
@@ -370,6 +381,13 @@ impl HostVmmGuest {
         }
     }
 
+    /// Sets `key=value` in the environment of the next receivers (`host-vmm receive`), e.g.
+    /// a test knob of host-vmm's.
+    pub fn set_receiver_env(&mut self, key: &str, value: &str) {
+        self.receiver_env.retain(|(k, _)| k != key);
+        self.receiver_env.push((key.into(), value.into()));
+    }
+
     /// Gives the next receivers `nics` (and makes [`HostVmmGuest::wait_settled`] expect
     /// them): a move to a host without a VF leaves the guest on virtio-net, a move to one
     /// with a VF gives it one back.
@@ -401,7 +419,8 @@ impl HostVmmGuest {
             .args(device_args(self.nics))
             .arg("--api-socket")
             .arg(control.path())
-            .env("RUST_LOG", "info");
+            .env("RUST_LOG", "info")
+            .envs(self.receiver_env.iter().map(|(k, v)| (k, v)));
         let mut receiver = Background::spawn(&mut receive)?;
         receiver
             .wait_for("waiting for a guest", LISTEN_TIMEOUT)
@@ -533,7 +552,7 @@ fn tail(text: &str, lines: usize) -> String {
 mod tests {
     use super::*;
 
-    const LINE: &str = "migrated mode=pre-copy total_ms=812.250 pause_ms=0.840 bytes_sent=134742016 memory_bytes_copied=134217728 passes=3 pause_pages=12\n";
+    const LINE: &str = "migrated mode=pre-copy total_ms=812.250 pause_ms=0.840 bytes_sent=134742016 memory_bytes_copied=134217728 passes=3 pause_pages=12 frames_carried=2 frames_forwarded=5\n";
 
     #[test]
     fn the_summary_is_parsed() {
@@ -548,6 +567,8 @@ mod tests {
                 memory_bytes_copied: 134_217_728,
                 passes: 3,
                 pause_pages: 12,
+                frames_carried: 2,
+                frames_forwarded: 5,
             }
         );
         let z = Summary::parse(&LINE.replace("pre-copy", "zero-copy")).unwrap();
@@ -566,6 +587,7 @@ mod tests {
             LINE.replace("pause_ms=0.840", "pause_ms=NaN"),
             LINE.replace("pause_ms=0.840", "pause_ms"),
             LINE.replace("pause_pages=12", "pause_pages=12 extra=1"),
+            LINE.replace(" frames_forwarded=5", ""),
         ];
         for text in bad {
             assert!(Summary::parse(&text).is_err(), "accepted: {text}");

@@ -21,6 +21,7 @@ use crate::config::{DeviceConfig, RunConfig, TunnelEnds};
 use crate::devices::ixgbevf::{VfOperator, VfState};
 use crate::events::EventMonitor;
 use crate::migration::destination;
+use crate::migration::handover::Handover;
 use crate::migration::source::{self, Options};
 use crate::migration::target::{Address, Protection, Role, Security};
 use crate::pause::Pause;
@@ -192,6 +193,29 @@ impl std::fmt::Debug for Controller {
     }
 }
 
+/// A test knob: how long a received guest waits, restored and not yet announced nor
+/// running, before the post-arrival path goes on (milliseconds, at most
+/// [`MAX_ARRIVAL_HOLD`]). It keeps a move's hand-over window open so that tests see the
+/// source forward frames; unset (or invalid, with a warning) it is 0.
+pub const HOLD_ARRIVAL_VAR: &str = "ROAM_TEST_HOLD_ARRIVAL_MS";
+/// The longest hold [`HOLD_ARRIVAL_VAR`] may ask for.
+const MAX_ARRIVAL_HOLD: Duration = Duration::from_secs(1);
+
+/// The hold [`HOLD_ARRIVAL_VAR`] asks for, if any.
+fn test_arrival_hold() -> Option<Duration> {
+    let v = std::env::var(HOLD_ARRIVAL_VAR).ok()?;
+    match v.parse::<u64>().map(Duration::from_millis) {
+        Ok(d) if d <= MAX_ARRIVAL_HOLD => Some(d).filter(|d| !d.is_zero()),
+        _ => {
+            log::warn!(
+                "{HOLD_ARRIVAL_VAR}={v} ignored: milliseconds up to {} expected",
+                MAX_ARRIVAL_HOLD.as_millis()
+            );
+            None
+        }
+    }
+}
+
 fn no_vm(state: &str) -> OpError {
     OpError::Conflict(format!(
         "no VM is running (state: {state}); create and boot one, or receive one"
@@ -268,7 +292,7 @@ impl Controller {
                     Ok(vmm) => {
                         let _ = tx.send(Ok(()));
                         let devices = thread_config.devices.clone();
-                        let _ = this.run(vmm, Some(thread_config), devices, false);
+                        let _ = this.run(vmm, Some(thread_config), devices);
                     }
                     Err(e) => {
                         let _ = tx.send(Err(e.to_string()));
@@ -286,26 +310,25 @@ impl Controller {
     }
 
     /// Runs `vmm` on this thread until it ends, as the controller's VM (`host-vmm run`, the
-    /// vCPU thread of `vm.boot`, a received guest). `arrived`: it came by migration and
-    /// goes through the post-arrival path first.
+    /// vCPU thread of `vm.boot`).
     pub fn run(
         self: &Arc<Self>,
         vmm: Vmm,
         config: Option<RunConfig>,
         devices: DeviceConfig,
-        arrived: bool,
     ) -> Result<Outcome, String> {
-        self.adopt(vmm, config, devices, arrived).run()
+        self.adopt(vmm, config, devices, None).run()
     }
 
     /// Makes `vmm` the controller's VM (API requests reach it from now on); its vCPU runs
-    /// once [`Adopted::run`] is called.
+    /// once [`Adopted::run`] is called. `arrived`: it came by migration (the source still
+    /// forwarding its frames on this stream) and goes through the post-arrival path first.
     pub fn adopt(
         self: &Arc<Self>,
         vmm: Vmm,
         config: Option<RunConfig>,
         devices: DeviceConfig,
-        arrived: bool,
+        arrived: Option<Handover>,
     ) -> Adopted {
         let machine = vmm.machine().clone();
         let agent = machine
@@ -325,8 +348,8 @@ impl Controller {
             inner.slot = Slot::Live(live.clone());
             self.changed.notify_all();
         }
-        if arrived {
-            self.after_arrival(&live);
+        if let Some(handover) = arrived {
+            self.after_arrival(&live, handover);
         } else {
             self.events.emit("vm", "booted", &[]);
         }
@@ -366,13 +389,49 @@ impl Controller {
     }
 
     /// The one post-arrival path: a migrated guest runs here now. Announces its MAC on the
-    /// TAP it arrives on, then (on a thread of its own, as the guest must run to answer)
+    /// TAP it arrives on; then, on threads of their own as the guest runs meanwhile, tells
+    /// the source so and delivers the frames it forwarded until then (`handover`), and
     /// plugs this side's VF in and tells the guest agent it has moved (RESUMED).
-    fn after_arrival(self: &Arc<Self>, live: &Arc<Live>) {
+    fn after_arrival(self: &Arc<Self>, live: &Arc<Live>, handover: Handover) {
+        if let Some(hold) = test_arrival_hold() {
+            log::warn!(
+                "migration: holding the arrival for {hold:?} before announcing the guest \
+                 ({HOLD_ARRIVAL_VAR}, for tests: the source forwards meanwhile)"
+            );
+            std::thread::sleep(hold);
+        }
         let sent = live.machine.devices.announce();
         log::info!("migration: announced the guest's MAC ({sent} frames)");
         self.events
             .emit("migration", "arrived", &[("announced", sent.to_string())]);
+        let (this, on) = (self.clone(), live.clone());
+        let spawned = std::thread::Builder::new()
+            .name("handover".into())
+            .spawn(move || {
+                let (counts, error) = match handover.finish(&on.machine.devices) {
+                    Ok(c) => (c, None),
+                    Err((c, e)) => (c, Some(e)),
+                };
+                log::info!(
+                    "migration: {} frames forwarded by the source delivered to the guest ({} dropped)",
+                    counts.frames,
+                    counts.dropped
+                );
+                if let Some(e) = &error {
+                    log::warn!("migration: the source's forwarding ended early: {e}");
+                }
+                this.events.emit(
+                    "migration",
+                    "handed-over",
+                    &[
+                        ("frames", counts.frames.to_string()),
+                        ("dropped", counts.dropped.to_string()),
+                    ],
+                );
+            });
+        if let Err(e) = spawned {
+            log::warn!("migration: cannot take the source's forwarded frames: {e}");
+        }
         let live = live.clone();
         let spawned = std::thread::Builder::new()
             .name("arrival".into())
@@ -694,6 +753,8 @@ impl Controller {
                             "total_ms",
                             format!("{:.3}", summary.total.as_secs_f64() * 1e3),
                         ),
+                        ("frames_carried", summary.frames_carried.to_string()),
+                        ("frames_forwarded", summary.frames_forwarded.to_string()),
                     ],
                 );
             }
@@ -810,7 +871,8 @@ impl Controller {
                 let console = Box::new(std::io::stdout());
                 match destination::receive(listening, &devices, &mobility, max_mem, console) {
                     Ok(arrival) => {
-                        let mut adopted = this.adopt(arrival.vmm, None, devices, true);
+                        let mut adopted =
+                            this.adopt(arrival.vmm, None, devices, Some(arrival.handover));
                         adopted.keep_refreshed(arrival.refreshers);
                         let _ = adopted.run();
                     }

@@ -40,7 +40,7 @@ use crate::memory::GuestRam;
 use crate::roaming::{MipTunnel, RoutedConfig, RoutedError, RoutedPort, TunnelConfig};
 use crate::tap::{Tap, TapError};
 use persisted::Persisted;
-use port::Port;
+use port::{Link, Port, PortHandle};
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Write;
@@ -171,10 +171,10 @@ fn open_port(net: &NetConfig, config: &DeviceConfig) -> Result<Port, DeviceError
                 guest_mac: net.mac.octets(),
             },
         )?;
-        return Ok(Port::Routed(port));
+        return Ok(Port::new(Link::Routed(port)));
     }
     if !net.mip {
-        return Ok(Port::Tap(Tap::open(&net.tap)?));
+        return Ok(Port::new(Link::Tap(Tap::open(&net.tap)?)));
     }
     let ends = config.tunnel.ok_or(DeviceError::NoTunnelEnds)?;
     let tunnel = MipTunnel::open(TunnelConfig {
@@ -183,7 +183,7 @@ fn open_port(net: &NetConfig, config: &DeviceConfig) -> Result<Port, DeviceError
         guest_mac: net.mac.octets(),
     })
     .map_err(DeviceError::Tunnel)?;
-    Ok(Port::Mip(tunnel))
+    Ok(Port::new(Link::Mip(tunnel)))
 }
 
 /// Where saving and restoring reach a device, and in which stage it is restored.
@@ -209,6 +209,8 @@ pub struct DeviceManager {
     mmio: Bus,
     exit_request: ExitRequest,
     net: Option<SharedNet>,
+    /// virtio-net's port and the guest's MAC, for a migration's hand-over window.
+    net_port: Option<(PortHandle, [u8; 6])>,
     vf: Option<SharedVf>,
     agent_port: Mutex<Option<HostPort>>,
     /// A handle on the same port, for its counters only.
@@ -432,6 +434,29 @@ impl DeviceManager {
             .map_or(0, |n| lock(n).device_mut().hold_backend_frames())
     }
 
+    /// In a move's hand-over window, device I/O parked: the frames waiting for the guest
+    /// on virtio-net's port (its TAP, tunnel or routed TAP), oldest first, at most `max`.
+    /// A frame from the guest's own MAC is not for it (its announcement from the other
+    /// host, flooded back here): it is read and dropped.
+    pub fn take_net_frames(&self, max: usize) -> Vec<Vec<u8>> {
+        self.net_port.as_ref().map_or_else(Vec::new, |(port, mac)| {
+            port.take_waiting(max, |f| f.get(6..12) != Some(&mac[..]))
+        })
+    }
+
+    /// Frames the other end of a move forwarded: virtio-net delivers them to the guest
+    /// after what it holds and before anything newer from its port, in order (at most
+    /// [`port::MAX_INBOX`] waiting; more are dropped). Returns how many were dropped (all
+    /// of them without virtio-net).
+    pub fn deliver_net_frames(&self, frames: Vec<Vec<u8>>) -> u64 {
+        let Some((port, _)) = &self.net_port else {
+            return frames.len() as u64;
+        };
+        let dropped = port.deliver(frames);
+        self.kick_net();
+        dropped
+    }
+
     /// After a rolled-back move: lets virtio-net deliver what it held.
     pub fn kick_net(&self) {
         if let Some(n) = &self.net {
@@ -516,6 +541,7 @@ impl<'a> Builder<'a> {
                 mmio,
                 exit_request,
                 net: None,
+                net_port: None,
                 vf: None,
                 agent_port: Mutex::new(None),
                 agent_counters: None,
@@ -558,10 +584,11 @@ impl<'a> Builder<'a> {
     fn add_net(&mut self, config: &NetConfig, port: Port) -> Result<(), DeviceError> {
         // Announced on a TAP only: away from home nobody on this host's links needs to
         // learn the guest's MAC.
-        if let Port::Tap(tap) = &port {
-            let writer = tap.writer().map_err(DeviceError::EventFd)?;
+        if let Some(writer) = port.announce_writer() {
+            let writer = writer.map_err(DeviceError::EventFd)?;
             self.manager.announce.push((writer, config.mac.octets()));
         }
+        self.manager.net_port = Some((port.handle(), config.mac.octets()));
         let (device, slot, intx) = self.add_virtio(
             Net::new(port, config.mac.octets()),
             NET_MSIX_VECTORS,

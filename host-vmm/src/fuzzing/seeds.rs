@@ -9,7 +9,7 @@ use crate::vmm::MachineState;
 use agent_proto::{MAX_FRAME, Nic, NicStatus, Prepared, Reply, Request, Resumed, Status};
 use ixgbevf_regs as r;
 use kvm_bindings::{kvm_clock_data, kvm_regs};
-use migration_wire::{Hello, Message, Mode, PAGE_SIZE, Pages, encode_state};
+use migration_wire::{Frames, Hello, Message, Mode, PAGE_SIZE, Pages, encode_state};
 
 /// Every fuzz target, as `fuzz/fuzz_targets/<name>.rs` names it.
 pub const TARGETS: [&str; 7] = [
@@ -84,6 +84,7 @@ fn frame(m: &Message) -> Vec<u8> {
 /// Each message alone, then a whole pre-copy and a whole zero-copy stream.
 fn migration_stream() -> Vec<Vec<u8>> {
     let pages = Pages::new(&[0, 7], &[0x5a; 2 * PAGE_SIZE]).expect("two pages");
+    let frames = Frames::new(vec![vec![0xff; 60], vec![0x52; 98]]).expect("two frames");
     let singles = [
         Message::Hello(Hello::new(Mode::PreCopy, 128 << 20, 1)),
         Message::Hello(Hello::new(Mode::ZeroCopy, 64 << 20, 1)),
@@ -97,6 +98,9 @@ fn migration_stream() -> Vec<Vec<u8>> {
         Message::Abort("cancelled".into()),
         Message::Sync,
         Message::Synced,
+        Message::Frames(frames.clone()),
+        Message::Announced,
+        Message::Forwarded(2),
     ];
     let mut out: Vec<Vec<u8>> = singles.iter().map(frame).collect();
     let pre = [
@@ -105,6 +109,8 @@ fn migration_stream() -> Vec<Vec<u8>> {
         Message::Sync,
         Message::State(machine_state()),
         Message::Done,
+        Message::Frames(frames),
+        Message::Forwarded(2),
     ];
     out.push(pre.iter().flat_map(frame).collect());
     let zero = [

@@ -4,6 +4,7 @@
 //! arrival (announce, VF, guest agent) is the caller's.
 
 use super::admission::{self, Admitted};
+use super::handover::{self, Handover, MAX_FORWARDED};
 use super::target::{Address, AddressError, Listening, Security, Stream};
 use crate::config::{DeviceConfig, MemSize};
 use crate::memory::{GuestRam, PAGE_SIZE};
@@ -50,14 +51,17 @@ pub enum ReceiveError {
     MobilityUnsupported(String),
 }
 
-/// A guest that arrived: its VM, ready to run, and (away from home) what keeps its
-/// bindings with the home agent or the edges alive while it runs here.
+/// A guest that arrived: its VM, ready to run, (away from home) what keeps its bindings
+/// with the home agent or the edges alive while it runs here, and the stream the source
+/// forwards the guest's frames on until the guest is announced here.
 #[derive(Debug)]
 pub struct Arrival {
     /// The VM.
     pub vmm: Vmm,
     /// Refresh the bindings; drop them when the guest stops running here.
     pub refreshers: Vec<Refresher>,
+    /// Finish it once the guest is announced ([`Handover::finish`]).
+    pub handover: Handover,
 }
 
 /// Who learns where the guest is, per its mobility setting.
@@ -78,6 +82,8 @@ enum Mover {
 #[derive(Default)]
 struct Told {
     site: Option<Registrar>,
+    /// Frames for the guest read here after the state came: the source's, if it fails.
+    frames: Vec<Vec<u8>>,
 }
 
 impl Told {
@@ -213,10 +219,16 @@ pub fn receive(
     drop(listening);
     let mut told = Told::default();
     match incoming(devices, mobility, &mut stream, &hello, console, &mut told) {
-        Ok(arrival) => Ok(arrival),
+        Ok((vmm, refreshers)) => Ok(Arrival {
+            vmm,
+            refreshers,
+            handover: Handover::new(stream),
+        }),
         Err(e) => {
-            // Tell the source why, so it rolls back at once (best effort: it may be gone).
+            // Tell the source why, so it rolls back at once (best effort: it may be gone),
+            // after the frames read here for the guest, which it delivers after the rollback.
             if !matches!(e, ReceiveError::Wire(WireError::PeerAborted(_))) {
+                handover::send_back(&mut stream, std::mem::take(&mut told.frames));
                 let _ = write_message(&mut stream, &Message::Failed(e.to_string()));
                 let _ = stream.flush();
             }
@@ -227,7 +239,8 @@ pub fn receive(
     }
 }
 
-/// Takes the guest in; returns the VM ready to run once the source was told so.
+/// Takes the guest in; returns the VM ready to run once the source was told so, and
+/// what keeps its bindings refreshed.
 fn incoming(
     devices: &DeviceConfig,
     mobility: &mip::Mobility,
@@ -235,7 +248,7 @@ fn incoming(
     hello: &Hello,
     console: Box<dyn Write + Send>,
     told: &mut Told,
-) -> Result<Arrival, ReceiveError> {
+) -> Result<(Vmm, Vec<Refresher>), ReceiveError> {
     let start = Instant::now();
     let away = devices.net.as_ref().is_some_and(|n| n.mip || n.nat);
     // Ready before the guest pauses: the keys read, the sockets open, the care-of known.
@@ -328,20 +341,68 @@ fn incoming(
     let state = state.ok_or_else(|| {
         ReceiveError::Refused("the stream ended without the machine state".into())
     })?;
+    let mut bound = match take_over(&mut vmm, &state, &mut mover, away, stream) {
+        Ok(bound) => bound,
+        Err(e) => {
+            // The source resumes the guest: what reached this side for it goes back.
+            told.frames = vmm.machine().devices.take_net_frames(MAX_FORWARDED);
+            return Err(e);
+        }
+    };
+    // Wall-clock seconds, so a reader can line the resume up with `ping -D` stamps.
+    let epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    log::info!(
+        "migration: guest received ({pages} pages) after {:?}; running (resumed at {epoch:.6})",
+        start.elapsed()
+    );
+    // The guest runs here whatever happens now: a refresher that cannot start is a warning
+    // (the binding lasts its lifetime).
+    let mut registered: Vec<(Registrar, Granted)> = Vec::new();
+    match mover {
+        Mover::Mip(r) if away => registered.extend(bound.pop().map(|g| (r, g))),
+        Mover::Nat { edges, .. } if away => registered.extend(edges.into_iter().zip(bound)),
+        _ => {}
+    }
+    if let (Some(site), Some(g)) = (told.site.take(), site_granted) {
+        registered.push((site, g));
+    }
+    let refreshers = registered
+        .into_iter()
+        .filter_map(|(r, g)| {
+            Refresher::start(r, g)
+                .map_err(|e| log::warn!("roaming: cannot keep a binding refreshed: {e}"))
+                .ok()
+        })
+        .collect();
+    Ok((vmm, refreshers))
+}
+
+/// Restores `state` into `vmm`, tells the home agent or the edges where the guest runs
+/// (per `mover`; `away` from home or not), sends Running and resumes device I/O. Returns
+/// the bindings granted.
+fn take_over(
+    vmm: &mut Vmm,
+    state: &MachineState,
+    mover: &mut Mover,
+    away: bool,
+    stream: &mut Stream,
+) -> Result<Vec<Granted>, ReceiveError> {
     // Device I/O stays parked from the restore until the source has let go: until then the
     // source may still resume the guest, and with zero-copy it shares these very pages.
     vmm.machine()
         .io()
         .pause()
         .map_err(|e| ReceiveError::Refused(format!("cannot pause device I/O: {e}")))?;
-    vmm.restore(&state)
+    vmm.restore(state)
         .map_err(|e| ReceiveError::Refused(format!("cannot restore the guest here: {e}")))?;
     // Restored first: a state this side refuses must not leave the guest's traffic pointed
     // here. The source is paused now: the home agent or the client edges learn where the
     // guest runs (or that it is home) before it runs here; no acknowledgment means no move
     // (the source resumes it).
     let mut bound = Vec::new();
-    match &mut mover {
+    match mover {
         Mover::None => {}
         Mover::Mip(r) if away => {
             let g = r.register(registration::MOVE_BOUND)?;
@@ -385,32 +446,5 @@ fn incoming(
     write_message(stream, &Message::Running)?;
     stream.flush().map_err(WireError::Io)?;
     vmm.machine().io().resume();
-    // Wall-clock seconds, so a reader can line the resume up with `ping -D` stamps.
-    let epoch = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64());
-    log::info!(
-        "migration: guest received ({pages} pages) after {:?}; running (resumed at {epoch:.6})",
-        start.elapsed()
-    );
-    // The guest runs here whatever happens now: a refresher that cannot start is a warning
-    // (the binding lasts its lifetime).
-    let mut registered: Vec<(Registrar, Granted)> = Vec::new();
-    match mover {
-        Mover::Mip(r) if away => registered.extend(bound.pop().map(|g| (r, g))),
-        Mover::Nat { edges, .. } if away => registered.extend(edges.into_iter().zip(bound)),
-        _ => {}
-    }
-    if let (Some(site), Some(g)) = (told.site.take(), site_granted) {
-        registered.push((site, g));
-    }
-    let refreshers = registered
-        .into_iter()
-        .filter_map(|(r, g)| {
-            Refresher::start(r, g)
-                .map_err(|e| log::warn!("roaming: cannot keep a binding refreshed: {e}"))
-                .ok()
-        })
-        .collect();
-    Ok(Arrival { vmm, refreshers })
+    Ok(bound)
 }

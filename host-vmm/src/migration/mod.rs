@@ -12,6 +12,8 @@
 //! - [`converge`]: auto-converge, when to throttle the vCPU of a guest pre-copy cannot
 //!   catch up with.
 //! - [`destination`]: taking one guest in and handing back a VM ready to run.
+//! - [`handover`]: the hand-over window: the guest's frames forwarded from the source's
+//!   port to the destination until it announces the guest (and back after a rollback).
 //!
 //! The state that crosses is [`crate::vmm::MachineState`]; what happens after the guest
 //! arrives (announce, VF, guest agent) is the caller's, so both ends stay below the control
@@ -21,5 +23,6 @@ pub mod admission;
 pub mod converge;
 pub mod destination;
 pub mod fd;
+pub mod handover;
 pub mod source;
 pub mod target;

@@ -12,6 +12,7 @@
 //! maps it and builds its VM; only the machine state crosses during the pause.
 
 use super::converge::AutoConverge;
+use super::handover::Forwarder;
 use super::target::{Address, AddressError, Protection, Security, Stream};
 use crate::devices::ixgbevf::VfOperator;
 use crate::memory::PAGE_SIZE;
@@ -64,7 +65,8 @@ pub trait Agent {
 pub struct Summary {
     /// Pre-copy or zero-copy.
     pub mode: Mode,
-    /// From the start to the destination's "running".
+    /// From the start to the destination's "running" (the hand-over window after it is
+    /// not counted).
     pub total: Duration,
     /// From this vCPU's stop to the destination's "running".
     pub pause: Duration,
@@ -76,13 +78,19 @@ pub struct Summary {
     pub passes: u32,
     /// Pages sent during the pause.
     pub pause_pages: u64,
+    /// Frames for the guest that reached this side's port during the pause and travelled
+    /// in the state.
+    pub frames_carried: u64,
+    /// Frames for the guest that reached this side's port after the state was sent,
+    /// forwarded to the destination until it announced the guest.
+    pub frames_forwarded: u64,
 }
 
 impl std::fmt::Display for Summary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(
             f,
-            "migrated mode={} total_ms={:.3} pause_ms={:.3} bytes_sent={} memory_bytes_copied={} passes={} pause_pages={}",
+            "migrated mode={} total_ms={:.3} pause_ms={:.3} bytes_sent={} memory_bytes_copied={} passes={} pause_pages={} frames_carried={} frames_forwarded={}",
             match self.mode {
                 Mode::PreCopy => "pre-copy",
                 Mode::ZeroCopy => "zero-copy",
@@ -92,7 +100,9 @@ impl std::fmt::Display for Summary {
             self.bytes_sent,
             self.memory_bytes,
             self.passes,
-            self.pause_pages
+            self.pause_pages,
+            self.frames_carried,
+            self.frames_forwarded
         )
     }
 }
@@ -269,6 +279,7 @@ pub fn migrate(
         dirty_logging: false,
         io_paused: false,
         throttle: None,
+        forwarder: Forwarder::new(&machine.devices),
     };
     let result = run.go(options, &mut agent);
     match result {
@@ -278,15 +289,12 @@ pub fn migrate(
         }
         Err(e) => {
             // A write that failed because the destination gave up: its FAILED says why.
+            // (and the frames it read for the guest before, which go back to the guest here).
             let e = match e {
                 MigrateError::Wire(WireError::Io(io)) => {
-                    let _ = run.stream.set_read_timeout(Some(Duration::from_secs(1)));
-                    // What is left to send is not sent first: the write just failed.
-                    match read_message(&mut run.stream.read_only()) {
-                        Ok(Message::Failed(reason)) => {
-                            MigrateError::Wire(WireError::PeerFailed(reason))
-                        }
-                        _ => MigrateError::Wire(WireError::Io(io)),
+                    match run.forwarder.last_words(run.stream, Duration::from_secs(1)) {
+                        Some(reason) => MigrateError::Wire(WireError::PeerFailed(reason)),
+                        None => MigrateError::Wire(WireError::Io(io)),
                     }
                 }
                 other => other,
@@ -318,6 +326,8 @@ struct Run<'a, 'r> {
     io_paused: bool,
     /// The vCPU's throttle while auto-converge holds one.
     throttle: Option<Throttle>,
+    /// The hand-over window's frames (see [`super::handover`]).
+    forwarder: Forwarder<'a>,
 }
 
 impl Run<'_, '_> {
@@ -446,19 +456,51 @@ impl Run<'_, '_> {
             "machine state sent; the destination takes over".into(),
         );
         self.send(&Message::Done)?;
-        self.reply(kind::RUNNING)?;
+        // From here until the destination has announced the guest, what reaches this
+        // side's port for it is forwarded (before Running, the destination's Frames are
+        // the ones it read for the guest: kept for a rollback).
+        self.forwarder.open();
+        self.forwarder
+            .next_message(self.stream, REPLY_TIMEOUT)
+            .map_err(|e| match e {
+                WireError::Truncated { .. } => WireError::Malformed(
+                    "the destination closed the connection (did it exit? see its stderr)".into(),
+                ),
+                other => other,
+            })?
+            .expect(kind::RUNNING)?;
         let pause = paused_at.elapsed();
+        let total = self.start.elapsed();
+        self.forwarder.commit();
         if held > 0 {
             log::info!("migration: {held} frames for the guest carried in the state");
         }
+        // Committed: the guest runs there whatever happens to the forwarding.
+        let forwarded = match self.forwarder.until_announced(self.stream) {
+            Ok(c) => c,
+            Err(e) => {
+                log::warn!("migration: forwarding the guest's frames ended early: {e}");
+                self.forwarder.counts()
+            }
+        };
+        log::info!(
+            "migration: {} frames for the guest forwarded to the destination after the state{}",
+            forwarded.frames,
+            match forwarded.dropped {
+                0 => String::new(),
+                d => format!(" ({d} dropped beyond {})", super::handover::MAX_FORWARDED),
+            }
+        );
         Ok(Summary {
             mode,
-            total: self.start.elapsed(),
+            total,
             pause,
-            bytes_sent: self.sent,
+            bytes_sent: self.sent + self.forwarder.bytes_sent(),
             memory_bytes: self.memory,
             passes: self.passes,
             pause_pages,
+            frames_carried: held as u64,
+            frames_forwarded: forwarded.frames,
         })
     }
 
@@ -648,6 +690,16 @@ impl Run<'_, '_> {
             self.machine.gate.resume();
         }
         if self.io_paused {
+            // What went to the destination before it failed, and what it sent back, reach
+            // the guest here after the frames it held, before anything newer.
+            let back = self.forwarder.give_back();
+            if back.frames > 0 {
+                log::info!(
+                    "migration: {} frames for the guest delivered here again after the rollback ({} dropped)",
+                    back.frames,
+                    back.dropped
+                );
+            }
             self.machine.io().resume();
             self.machine.devices.kick_net();
         }

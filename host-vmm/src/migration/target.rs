@@ -632,6 +632,47 @@ impl Stream {
     }
 }
 
+impl Stream {
+    /// Whether a read would find something within `timeout`: bytes TLS already took off
+    /// the socket (a record read ahead, or plaintext not yet consumed), else the socket
+    /// becoming readable (or closed) within `timeout`. Lets one thread wait for the peer
+    /// while it does other work between polls.
+    pub fn wait_readable(&mut self, timeout: Duration) -> io::Result<bool> {
+        let buffered = |b: &Buffered| b.pos < b.len;
+        let tls_has = |state: Result<migration_wire::tls::rustls::IoState, _>| match state {
+            Ok(s) => Ok(s.plaintext_bytes_to_read() > 0),
+            Err(e) => Err(io::Error::new(io::ErrorKind::InvalidData, e)),
+        };
+        let ready = match self {
+            Stream::TlsClient(s) => buffered(&s.sock) || tls_has(s.conn.process_new_packets())?,
+            Stream::TlsServer(s) => buffered(&s.sock) || tls_has(s.conn.process_new_packets())?,
+            _ => false,
+        };
+        if ready {
+            return Ok(true);
+        }
+        let timeout = rustix::event::Timespec {
+            tv_sec: timeout.as_secs() as _,
+            tv_nsec: timeout.subsec_nanos() as _,
+        };
+        let flags = rustix::event::PollFlags::IN;
+        let n = match (&*self, self.tcp()) {
+            (_, Some(s)) => {
+                rustix::event::poll(&mut [rustix::event::PollFd::new(s, flags)], Some(&timeout))
+            }
+            (Stream::Unix(s), None) => {
+                rustix::event::poll(&mut [rustix::event::PollFd::new(s, flags)], Some(&timeout))
+            }
+            _ => Ok(0),
+        };
+        match n {
+            Ok(n) => Ok(n > 0),
+            Err(rustix::io::Errno::INTR) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
 /// Reads what the peer sent without first writing what is left to send (over TLS, rustls
 /// otherwise flushes its pending output before each read): after a failed write, the
 /// peer's last words (its Failed) can still be read.

@@ -30,6 +30,11 @@
 //! | 7    | [`Message::Running`]   | dst → src | empty                                          |
 //! | 8    | [`Message::Failed`]    | dst → src | UTF-8 reason                                   |
 //! | 9    | [`Message::Abort`]     | src → dst | UTF-8 reason                                   |
+//! | 10   | [`Message::Sync`]      | src → dst | empty                                          |
+//! | 11   | [`Message::Synced`]    | dst → src | empty                                          |
+//! | 12   | [`Message::Frames`]    | both      | count `u32` (1..=64), then per frame its length `u32` (1..=65550) and bytes ([`Frames`]) |
+//! | 13   | [`Message::Announced`] | dst → src | empty                                          |
+//! | 14   | [`Message::Forwarded`] | src → dst | frames forwarded in all, `u64`                 |
 //! | 16   | memfd (host-vmm's `migration::fd`) | src → dst | opaque tag bytes; the frame's first bytes carry the guest-RAM memfd (SCM_RIGHTS) |
 //!
 //! Three versions, each checked where it lives: the format version (this envelope, every
@@ -38,9 +43,13 @@
 //! [`Message::State`]). A mismatch of any of them is an error naming both numbers.
 //!
 //! The intended order (the migration driver owns it; this crate only checks each frame):
-//! pre-copy: `Hello` → `Accept`, `Pages`…, (pause) `Pages`…, `State`, `Done` → `Running`;
-//! zero-copy: `Hello` → `Accept`, memfd → `Ready`, (pause) `State`, `Done` → `Running`.
-//! Either side may give up at any point: the source with `Abort`, the destination with `Failed`.
+//! pre-copy: `Hello` → `Accept`, `Pages`…, `Sync` → `Synced`, (pause) `Pages`…, `State`,
+//! `Done` → `Running`; zero-copy: `Hello` → `Accept`, memfd → `Ready`, (pause) `State`,
+//! `Done` → `Running`. Then, both modes, the hand-over window: the source sends `Frames`
+//! from `Done` on, the destination answers `Announced` once the guest runs there, the
+//! source ends with `Forwarded`. Either side may give up at any point before `Running`:
+//! the source with `Abort`, the destination with `Failed` (after the state, preceded by
+//! the `Frames` it read for the guest).
 //!
 //! Readers here never read past the frame they decode, so a Unix stream can interleave
 //! plain frames and host-vmm's memfd frame; do not wrap such a stream in a `BufReader`.
@@ -53,12 +62,14 @@
 
 #![deny(unsafe_code)]
 
+mod frames;
 mod message;
 mod state;
 #[cfg(test)]
 mod tests;
 pub mod tls;
 
+pub use frames::{Frames, MAX_FRAME_LEN, MAX_FRAMES_PER_MESSAGE};
 pub use message::{Hello, MAX_BATCH_PAGES, Message, Mode, PAGE_SIZE, Pages, kind_name};
 pub use message::{encode_pages, encode_pages_from_slice, write_pages};
 pub use state::{STATE_VERSION, decode_state, encode_state};
@@ -70,7 +81,7 @@ pub const MAGIC: [u8; 4] = *b"RMIG";
 /// The envelope layout this host-vmm writes and accepts.
 pub const FORMAT_VERSION: u16 = 1;
 /// The message set and sequence this host-vmm speaks (carried in [`Hello`]).
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 /// The largest payload accepted: a larger length is refused before allocating.
 pub const MAX_PAYLOAD: u32 = 64 << 20;
 /// Bytes before the payload.
@@ -102,6 +113,12 @@ pub mod kind {
     pub const SYNC: u16 = 10;
     /// [`crate::Message::Synced`] (protocol version 2).
     pub const SYNCED: u16 = 11;
+    /// [`crate::Message::Frames`] (protocol version 3).
+    pub const FRAMES: u16 = 12;
+    /// [`crate::Message::Announced`] (protocol version 3).
+    pub const ANNOUNCED: u16 = 13;
+    /// [`crate::Message::Forwarded`] (protocol version 3).
+    pub const FORWARDED: u16 = 14;
     /// The memfd frame of host-vmm's `migration::fd` (its data carries a file descriptor).
     pub const MEMFD: u16 = 16;
 }

@@ -4,6 +4,7 @@ use super::{
     FrameHeader, HEADER_LEN, MAX_PAYLOAD, PROTOCOL_VERSION, TRAILER_LEN, WireError, decode_frame,
     encode_frame, kind, payload_len,
 };
+use crate::frames::{Frames, decode_forwarded, encode_forwarded};
 use std::io::Write;
 
 /// The guest page size pages travel in.
@@ -326,6 +327,17 @@ pub enum Message {
     Sync,
     /// Destination → source: the answer to [`Message::Sync`].
     Synced,
+    /// Either way, in the hand-over window: guest frames one end's TAP received. Source →
+    /// destination from Done until Forwarded (delivered there after the frames the state
+    /// carried); destination → source before its Failed, once it has the state (delivered
+    /// at the source after the rollback).
+    Frames(Frames),
+    /// Destination → source (after Running): the guest runs here and its announcement went
+    /// out; stop forwarding.
+    Announced,
+    /// Source → destination (after Announced): the last forwarded frame has gone; how many
+    /// frames were forwarded in all.
+    Forwarded(u64),
 }
 
 impl Message {
@@ -343,6 +355,9 @@ impl Message {
             Message::Abort(_) => "Abort",
             Message::Sync => "Sync",
             Message::Synced => "Synced",
+            Message::Frames(_) => "Frames",
+            Message::Announced => "Announced",
+            Message::Forwarded(_) => "Forwarded",
         }
     }
 
@@ -360,13 +375,26 @@ impl Message {
             Message::Abort(_) => kind::ABORT,
             Message::Sync => kind::SYNC,
             Message::Synced => kind::SYNCED,
+            Message::Frames(_) => kind::FRAMES,
+            Message::Announced => kind::ANNOUNCED,
+            Message::Forwarded(_) => kind::FORWARDED,
         }
     }
 
     /// Appends its frame to `out`.
     pub fn encode_into(&self, out: &mut Vec<u8>) -> Result<(), WireError> {
         let mut hello = [0; HELLO_LEN];
+        let frames;
+        let forwarded;
         let payload: &[u8] = match self {
+            Message::Frames(f) => {
+                frames = f.encode();
+                &frames
+            }
+            Message::Forwarded(n) => {
+                forwarded = encode_forwarded(*n);
+                &forwarded
+            }
             Message::Hello(h) => {
                 h.encode(&mut hello);
                 &hello
@@ -379,7 +407,8 @@ impl Message {
             | Message::Ready
             | Message::Running
             | Message::Sync
-            | Message::Synced => &[],
+            | Message::Synced
+            | Message::Announced => &[],
         };
         encode_frame(self.kind(), payload, out)
     }
@@ -423,6 +452,9 @@ impl Message {
             kind::ABORT => Ok(Message::Abort(text("Abort", payload)?)),
             kind::SYNC => empty(Message::Sync),
             kind::SYNCED => empty(Message::Synced),
+            kind::FRAMES => Ok(Message::Frames(Frames::decode(&payload)?)),
+            kind::ANNOUNCED => empty(Message::Announced),
+            kind::FORWARDED => Ok(Message::Forwarded(decode_forwarded(&payload)?)),
             kind::MEMFD => Err(WireError::Malformed(
                 "the memfd message arrived through a plain read (it must be received with \
                  migration::fd::recv_fd, which takes its file descriptor)"
@@ -471,6 +503,9 @@ pub fn kind_name(k: u16) -> &'static str {
         kind::ABORT => "Abort",
         kind::SYNC => "Sync",
         kind::SYNCED => "Synced",
+        kind::FRAMES => "Frames",
+        kind::ANNOUNCED => "Announced",
+        kind::FORWARDED => "Forwarded",
         kind::MEMFD => "memfd",
         _ => "an unknown message",
     }

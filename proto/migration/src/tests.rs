@@ -22,6 +22,11 @@ fn samples() -> Vec<Message> {
         Message::Running,
         Message::Failed("cannot map the memfd".into()),
         Message::Abort("source resumed".into()),
+        Message::Sync,
+        Message::Synced,
+        Message::Frames(Frames::new(vec![vec![1; 60], vec![2; 1514]]).unwrap()),
+        Message::Announced,
+        Message::Forwarded(7),
     ]
 }
 
@@ -60,7 +65,98 @@ fn arb_message() -> impl Strategy<Value = Message> {
         Just(Message::Running),
         ".{0,64}".prop_map(Message::Failed),
         ".{0,64}".prop_map(Message::Abort),
+        arb_frames().prop_map(Message::Frames),
+        Just(Message::Announced),
+        any::<u64>().prop_map(Message::Forwarded),
     ]
+}
+
+fn arb_frames() -> impl Strategy<Value = Frames> {
+    prop::collection::vec(prop::collection::vec(any::<u8>(), 1..200), 1..8)
+        .prop_map(|f| Frames::new(f).unwrap())
+}
+
+/// A Frames payload from raw parts: a count, then (claimed length, bytes) per frame.
+fn frames_payload(count: u32, frames: &[(u32, Vec<u8>)]) -> Vec<u8> {
+    let mut p = count.to_le_bytes().to_vec();
+    for (len, bytes) in frames {
+        p.extend_from_slice(&len.to_le_bytes());
+        p.extend_from_slice(bytes);
+    }
+    p
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    /// Any payload bytes under a valid envelope: Frames decodes or is refused, never
+    /// panics; what decodes is within the bounds and encodes back to the same bytes.
+    #[test]
+    fn frames_payloads_decode_within_bounds_or_are_refused(payload in prop::collection::vec(any::<u8>(), 0..600)) {
+        let frame = raw_frame(FORMAT_VERSION, kind::FRAMES, &payload);
+        if let Ok((Message::Frames(f), used)) = Message::decode(&frame) {
+            prop_assert_eq!(used, frame.len());
+            prop_assert!((1..=MAX_FRAMES_PER_MESSAGE).contains(&f.len()));
+            prop_assert!(f.frames().iter().all(|b| (1..=MAX_FRAME_LEN).contains(&b.len())));
+            prop_assert_eq!(Message::Frames(f).encode().unwrap(), frame);
+        }
+    }
+
+    /// A well-formed Frames payload with a lying count or a lying length (too long, too
+    /// short, zero, over the limit), or bytes cut or added: refused as malformed.
+    #[test]
+    fn frames_with_lying_counts_or_lengths_are_refused(
+        f in arb_frames(),
+        which in any::<prop::sample::Index>(),
+        lie in prop_oneof![Just(0u32), Just(1), Just(u32::MAX), Just(MAX_FRAME_LEN as u32 + 1)],
+        cut in 1usize..4,
+    ) {
+        let parts: Vec<(u32, Vec<u8>)> = f.frames().iter().map(|b| (b.len() as u32, b.clone())).collect();
+        let n = parts.len() as u32;
+        let mut bad = Vec::new();
+        // The count lies (one more, one less, zero, over the limit).
+        for count in [n + 1, n - 1, 0, MAX_FRAMES_PER_MESSAGE as u32 + 1] {
+            if count != n {
+                bad.push(frames_payload(count, &parts));
+            }
+        }
+        // One frame's length lies.
+        let i = which.index(parts.len());
+        let mut lying = parts.clone();
+        let real = lying[i].0;
+        lying[i].0 = match lie { 1 => real + 1, l => l };
+        if lying[i].0 != real {
+            bad.push(frames_payload(n, &lying));
+        }
+        // Bytes missing at the end, or left over.
+        let good = frames_payload(n, &parts);
+        bad.push(good[..good.len() - cut.min(good.len())].to_vec());
+        let mut longer = good.clone();
+        longer.extend(std::iter::repeat_n(0u8, cut));
+        bad.push(longer);
+        for payload in bad {
+            let frame = raw_frame(FORMAT_VERSION, kind::FRAMES, &payload);
+            let r = Message::decode(&frame);
+            prop_assert!(matches!(r, Err(WireError::Malformed(_))), "{:?} from {:02x?}", r, &payload[..payload.len().min(16)]);
+        }
+        // The honest one decodes to the frames.
+        let frame = raw_frame(FORMAT_VERSION, kind::FRAMES, &good);
+        prop_assert_eq!(Message::decode(&frame).unwrap().0, Message::Frames(f));
+    }
+}
+
+#[test]
+fn frames_beyond_the_bounds_are_not_built() {
+    assert!(Frames::new(Vec::new()).is_err());
+    assert!(Frames::new(vec![Vec::new()]).is_err());
+    assert!(Frames::new(vec![vec![0; MAX_FRAME_LEN + 1]]).is_err());
+    assert!(Frames::new(vec![vec![0; 60]; MAX_FRAMES_PER_MESSAGE + 1]).is_err());
+    assert!(Frames::new(vec![vec![0; MAX_FRAME_LEN]; MAX_FRAMES_PER_MESSAGE]).is_ok());
+    let forwarded = raw_frame(FORMAT_VERSION, kind::FORWARDED, &[1, 2, 3]);
+    assert!(matches!(
+        Message::decode(&forwarded),
+        Err(WireError::Malformed(_))
+    ));
 }
 
 proptest! {
@@ -137,10 +233,20 @@ fn frames_are_pinned_on_the_wire() {
         kind::ABORT,
         kind::SYNC,
         kind::SYNCED,
+        kind::FRAMES,
+        kind::ANNOUNCED,
+        kind::FORWARDED,
         kind::MEMFD,
     ];
-    assert_eq!(kinds, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 16]);
-    assert_eq!((FORMAT_VERSION, PROTOCOL_VERSION), (1, 2));
+    assert_eq!(kinds, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 16]);
+    assert_eq!((FORMAT_VERSION, PROTOCOL_VERSION), (1, 3));
+    let frames = Message::Frames(Frames::new(vec![vec![0xab, 0xcd]]).unwrap())
+        .encode()
+        .unwrap();
+    assert_eq!(
+        &frames[..HEADER_LEN + 10],
+        b"RMIG\x01\x00\x0c\x00\x0a\x00\x00\x00\x01\x00\x00\x00\x02\x00\x00\x00\xab\xcd"
+    );
     let done = Message::Done.encode().unwrap();
     assert_eq!(
         done,
@@ -154,9 +260,9 @@ fn frames_are_pinned_on_the_wire() {
     let hello = Message::Hello(Hello::new(Mode::ZeroCopy, 0x1122_3344_5566_7788, 3));
     let mut want = b"RMIG\x01\x00\x01\x00\x11\x00\x00\x00".to_vec();
     want.extend([
-        2, 0, 0, 0, 1, 0x88, 0x77, 0x66, 0x55, 0x44, 0x33, 0x22, 0x11, 3, 0, 0, 0,
+        3, 0, 0, 0, 1, 0x88, 0x77, 0x66, 0x55, 0x44, 0x33, 0x22, 0x11, 3, 0, 0, 0,
     ]);
-    want.extend(0xcfab_5215u32.to_le_bytes());
+    want.extend(0x480d_9956u32.to_le_bytes());
     assert_eq!(hello.encode().unwrap(), want);
     let pages = Message::Pages(Pages::new(&[5], &page(0xab)).unwrap());
     let f = pages.encode().unwrap();
