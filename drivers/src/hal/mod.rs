@@ -5,6 +5,7 @@
 //!   [`Mmio`], its implementation over a mapped device region (`mmio`);
 //! - the receive and transmit buffer rings that lend DMA memory to virtio-net's queues, and
 //!   the PCI configuration access handed to virtio-drivers (`virtio`);
+//! - `virtqueue`: a virtqueue with its own buffers, lent and taken back safely (the console);
 //! - [`dma`]: the [`Dma`] allocator and [`Delay`] traits for drivers that run their own
 //!   descriptor rings (ixgbevf), and `DmaArea`, the ring and buffers lent to such a device.
 //!
@@ -13,6 +14,7 @@
 pub mod dma;
 mod mmio;
 pub(crate) mod virtio;
+pub(crate) mod virtqueue;
 
 pub use dma::{Delay, Dma, DmaChunk};
 pub use mmio::{Mmio, RegisterIo};
