@@ -40,6 +40,9 @@ pub struct TxRing<D: Dma> {
     tail: usize,
     /// Oldest descriptor in flight.
     clean: usize,
+    /// Descriptor 0 holds the checksum context (no buffer, never written back) and the
+    /// device may not have read it yet.
+    context_in_flight: bool,
 }
 
 impl<D: Dma> TxRing<D> {
@@ -49,6 +52,7 @@ impl<D: Dma> TxRing<D> {
             area: DmaArea::new(dma, ENTRIES * DESC_LEN, ENTRIES, BUFFER_LEN)?,
             tail: 0,
             clean: 0,
+            context_in_flight: false,
         })
     }
 
@@ -64,8 +68,8 @@ impl<D: Dma> TxRing<D> {
 
     /// Starts over after a device reset (which stopped all DMA): everything is free but
     /// descriptor 0, the TCP checksum context (see the module docs), which the device reads
-    /// before the first frame. It never gets a write-back; it counts as reclaimed at once
-    /// (the device is past it before any later descriptor is done).
+    /// before the first frame. It never gets a write-back: it is reclaimed when the frame
+    /// after it is (the device works in ring order).
     pub fn start(&mut self) {
         self.area.reclaim_all();
         for d in (0..ENTRIES * DESC_LEN).step_by(8) {
@@ -79,7 +83,8 @@ impl<D: Dma> TxRing<D> {
             TXD_TUCMD_IPV4 | TXD_TUCMD_L4T_TCP | TXD_DTYP_CTXT | TXD_CMD_DEXT,
         );
         self.tail = 1;
-        self.clean = 1;
+        self.clean = 0;
+        self.context_in_flight = true;
     }
 
     fn free(&self) -> usize {
@@ -89,11 +94,21 @@ impl<D: Dma> TxRing<D> {
     /// Takes back every descriptor the device has written back (DD), oldest first.
     fn reclaim(&mut self) {
         while self.clean != self.tail {
-            let status = self.area.ring_read32(self.clean * DESC_LEN + 12);
+            let context = self.context_in_flight && self.clean == 0;
+            // The context's own status is its parameters: look at the frame after it.
+            let done = if context { 1 } else { self.clean };
+            if done == self.tail {
+                break;
+            }
+            let status = self.area.ring_read32(done * DESC_LEN + 12);
             if status & TXD_STAT_DD == 0 {
                 break;
             }
-            self.area.reclaim(self.clean);
+            if context {
+                self.context_in_flight = false;
+            } else {
+                self.area.reclaim(self.clean);
+            }
             self.clean = (self.clean + 1) % ENTRIES;
         }
     }

@@ -3,6 +3,7 @@
 //! (network paging).
 
 use crate::devices::virtio::net::backend::NetBackend;
+use crate::devices::virtio::net::checksum::{Partial, RxChecksum};
 use crate::roaming::{MipTunnel, RoutedPort};
 use crate::tap::Tap;
 use std::io;
@@ -41,6 +42,30 @@ impl NetBackend for Port {
             Port::Tap(t) => t.ready_fd(),
             Port::Mip(m) => m.ready_fd(),
             Port::Routed(r) => r.ready_fd(),
+        }
+    }
+
+    fn recv_checksum(&mut self, buf: &mut [u8]) -> io::Result<(usize, RxChecksum)> {
+        match self {
+            Port::Tap(t) => t.recv_checksum(buf),
+            Port::Mip(m) => m.recv_checksum(buf),
+            Port::Routed(r) => r.recv_checksum(buf),
+        }
+    }
+
+    fn send_partial(&mut self, frame: &mut [u8], partial: Partial) -> io::Result<()> {
+        match self {
+            Port::Tap(t) => t.send_partial(frame, partial),
+            Port::Mip(m) => m.send_partial(frame, partial),
+            Port::Routed(r) => r.send_partial(frame, partial),
+        }
+    }
+
+    fn set_checksum_offload(&mut self, on: bool) -> io::Result<()> {
+        match self {
+            Port::Tap(t) => t.set_checksum_offload(on),
+            Port::Mip(m) => m.set_checksum_offload(on),
+            Port::Routed(r) => r.set_checksum_offload(on),
         }
     }
 }
