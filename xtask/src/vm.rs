@@ -69,8 +69,8 @@ pub struct Boot<'a> {
     /// QEMU 7.2's default, instead of the modern one.
     pub qemu_legacy_virtio: bool,
     /// QEMU only: TCG with `-icount shift=0` instead of KVM, so the guest's TSC counts its
-    /// instructions (deterministic; the TSC leaf says 1 GHz, one tick per nanosecond of
-    /// virtual time).
+    /// instructions (deterministic; one tick per nanosecond of virtual time, the 1 GHz the
+    /// kernel assumes without a TSC frequency leaf).
     pub qemu_tcg_icount: bool,
     /// NICs on TAPs, if any.
     pub net: Option<NetAttach<'a>>,
@@ -154,9 +154,9 @@ impl Vmm {
         // (measured on Linux 6.18 kvm_pvm: "failed to set MSR 0x10a to 0x69"). Our guest
         // never reads that MSR.
         let cpu = match (boot.qemu_tcg_icount, boot.qemu_tsc_leaf) {
-            // TCG has no host CPU to copy and no TSC frequency of its own: under icount a
-            // tick is a virtual nanosecond.
-            (true, _) => "max,+invtsc,vmware-cpuid-freq=on,tsc-frequency=1000000000",
+            // TCG has no host CPU to copy and no TSC frequency leaf: the kernel then assumes
+            // 1 GHz, which is right under icount (a tick is a virtual nanosecond).
+            (true, _) => "max",
             (false, true) => "host,+invtsc,vmware-cpuid-freq=on,-arch-capabilities",
             (false, false) => "host,+invtsc,vmware-cpuid-freq=off,-arch-capabilities",
         };
