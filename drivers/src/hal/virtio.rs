@@ -270,7 +270,7 @@ impl Offloads {
 enum RxChecksum {
     /// Nothing: the stack checks as usual.
     Unknown,
-    /// A TCP checksum the device vouches for.
+    /// Checksums the device vouches for (`DATA_VALID`, or a TCP one left partial).
     Vouched,
     /// Impossible offsets: the frame is dropped.
     Bad,
@@ -280,17 +280,18 @@ enum RxChecksum {
 /// checksum the stack would otherwise reject.
 fn rx_checksum(buffer: &mut [u8], header: usize, len: usize) -> RxChecksum {
     let flags = buffer.first().copied().unwrap_or(0);
-    if flags & (HDR_F_NEEDS_CSUM | HDR_F_DATA_VALID) == 0 {
-        return RxChecksum::Unknown;
+    if flags & HDR_F_NEEDS_CSUM == 0 {
+        // DATA_VALID vouches for every checksum; the stack relies on it for TCP only.
+        return match flags & HDR_F_DATA_VALID {
+            0 => RxChecksum::Unknown,
+            _ => RxChecksum::Vouched,
+        };
     }
     let Some(frame) = buffer.get_mut(header..header + len) else {
         return RxChecksum::Bad;
     };
     if checksum::tcp_segment(frame).is_some() {
         return RxChecksum::Vouched;
-    }
-    if flags & HDR_F_NEEDS_CSUM == 0 {
-        return RxChecksum::Unknown;
     }
     let field = |at: usize| usize::from(u16::from_le_bytes([buffer[at], buffer[at + 1]]));
     let (start, offset) = (field(HDR_CSUM_START), field(HDR_CSUM_OFFSET));
@@ -673,5 +674,57 @@ impl<H: Hal> TxQueue<'_, H> {
         self.stats.tx_dropped += 1;
         let mut scratch = alloc::vec![0; len];
         f(&mut scratch)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HEADER: usize = 12;
+
+    /// A buffer: a header with `flags`, `csum_start` and `csum_offset`, then a 60-byte
+    /// IPv4 frame of protocol `proto` (TCP 6 has a segment the checksum code accepts).
+    fn buffer(flags: u8, start: u16, offset: u16, proto: u8) -> alloc::vec::Vec<u8> {
+        let mut b = alloc::vec![0u8; HEADER + 60];
+        b[0] = flags;
+        b[HDR_CSUM_START..HDR_CSUM_START + 2].copy_from_slice(&start.to_le_bytes());
+        b[HDR_CSUM_OFFSET..HDR_CSUM_OFFSET + 2].copy_from_slice(&offset.to_le_bytes());
+        let f = &mut b[HEADER..];
+        f[12..14].copy_from_slice(&[0x08, 0x00]);
+        f[14] = 0x45;
+        f[16..18].copy_from_slice(&46u16.to_be_bytes());
+        f[23] = proto;
+        f[46] = 5 << 4;
+        b
+    }
+
+    #[test]
+    fn the_devices_checksum_flags_are_read_and_checked() {
+        let check = |b: &mut alloc::vec::Vec<u8>| rx_checksum(b, HEADER, 60);
+        assert_eq!(check(&mut buffer(0, 0, 0, 6)), RxChecksum::Unknown);
+        assert_eq!(
+            check(&mut buffer(HDR_F_DATA_VALID, 0, 0, 17)),
+            RxChecksum::Vouched
+        );
+        assert_eq!(
+            check(&mut buffer(HDR_F_NEEDS_CSUM, 34, 16, 6)),
+            RxChecksum::Vouched,
+            "a partial TCP checksum from the host's own stack"
+        );
+        // Another protocol left partial is completed here, for the stack to check.
+        let mut udp = buffer(HDR_F_NEEDS_CSUM, 34, 6, 17);
+        udp[HEADER + 40..HEADER + 42].copy_from_slice(&0x1234u16.to_be_bytes());
+        assert_eq!(check(&mut udp), RxChecksum::Unknown);
+        assert_ne!(&udp[HEADER + 40..HEADER + 42], &[0x12, 0x34], "completed");
+        // A field outside the frame drops it.
+        assert_eq!(
+            check(&mut buffer(HDR_F_NEEDS_CSUM, 34, 30, 17)),
+            RxChecksum::Bad
+        );
+        assert_eq!(
+            check(&mut buffer(HDR_F_NEEDS_CSUM, u16::MAX, u16::MAX, 17)),
+            RxChecksum::Bad
+        );
     }
 }
