@@ -425,14 +425,25 @@ mod tests {
         let all = [host, qemu];
         let (ping, rx, tx) = ratios(&all);
         assert_eq!((ping, rx, tx), (2.0, 2.0, 2.0));
-        let t = table(&all);
+        let counted = Instructions {
+            per_icmp_echo: Some(2400),
+            per_tcp_segment: None,
+        };
+        let t = table(&all, &counted);
         assert!(t.contains("100.0/200.0/300.0"), "{t}");
         assert!(t.contains("3 runs per VMM"), "{t}");
-        let v: serde_json::Value = serde_json::from_str(&json(&all)).unwrap();
+        assert!(
+            t.contains("per ICMP echo 2400, per received TCP segment -"),
+            "{t}"
+        );
+        let v: serde_json::Value = serde_json::from_str(&json(&all, &counted)).unwrap();
         assert_eq!(v["host_vmm"]["iperf3_rx_mbps"]["median"], 200.0);
         assert_eq!(v[QEMU.key()]["runs"].as_array().unwrap().len(), 3);
         assert_eq!(v["ratio_tx"], 2.0);
-        let lone: serde_json::Value = serde_json::from_str(&json(&all[..1])).unwrap();
+        assert_eq!(v["guest_instructions_per_icmp_echo"], 2400);
+        assert!(v["guest_instructions_per_tcp_segment"].is_null());
+        let lone: serde_json::Value =
+            serde_json::from_str(&json(&all[..1], &Instructions::default())).unwrap();
         assert!(lone["ratio_rx"].is_null());
     }
 
