@@ -334,3 +334,42 @@ fn boot_registers_each_queue_ioeventfd_once_on_host_vmm() {
         guest.vm.output()
     );
 }
+
+/// TCP data through each NIC leaves its checksums to the NIC both ways: host-vmm's counters
+/// of frames the guest sent with a partial checksum (`tx_csum`) and of frames delivered
+/// with a checksum the NIC vouched for (`rx_csum`) grow on the NIC that carried the echo, and
+/// every byte comes back intact (the host's TCP checks what the NIC completed).
+#[test]
+fn tcp_checksums_are_offloaded_on_each_nic_on_host_vmm() {
+    if !kvm_present("tcp_checksums_are_offloaded_on_each_nic_on_host_vmm") {
+        return;
+    }
+    for (nics, device, tag) in [
+        (net::Nics::Virtio, "virtio-net", "cv"),
+        (net::Nics::Vf, "vf", "cf"),
+    ] {
+        let mut guest = NetGuest(
+            net::NetGuest::start_with(Vmm::HostVmm, &image("netecho"), tag, "", nics, true)
+                .unwrap_or_else(|e| panic!("starting netecho on {device}: {e:#}")),
+        );
+        let summary = guest.netprobe(&["tcp-echo", &echo_addr(), "131072", "20261207"]);
+        assert!(summary.contains("131072 bytes identical"), "{summary}");
+        let text = guest
+            .ctl()
+            .and_then(|c| c.call(&["counters"]))
+            .unwrap_or_else(|e| panic!("counters: {e:#}\n{}", guest.vm.output()));
+        let counters: serde_json::Value = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("counters are not JSON ({e}): {text}"));
+        let count = |name: &str| {
+            counters[device][name]
+                .as_u64()
+                .unwrap_or_else(|| panic!("no {device}.{name} in {text}"))
+        };
+        // 128 KiB each way is ~90 full segments: most of them offloaded, both directions.
+        assert!(count("tx_csum") >= 60, "{device}: {text}");
+        assert!(count("rx_csum") >= 60, "{device}: {text}");
+        if device == "virtio-net" {
+            assert_eq!(count("tx_bad_csum"), 0, "{text}");
+        }
+    }
+}

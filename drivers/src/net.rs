@@ -27,6 +27,9 @@ pub struct Capabilities {
     pub max_frame_len: usize,
     /// Most frames it can take in one burst (its free transmit buffers), if limited.
     pub max_burst: Option<usize>,
+    /// It completes the TCP checksum of the frames it sends (see
+    /// [`TxToken::checksum_offload`]).
+    pub tx_checksum: bool,
 }
 
 /// What a device's interrupt signalled (see [`NetDevice::ack_interrupt`]).
@@ -55,6 +58,12 @@ pub struct Stats {
 pub trait RxToken {
     /// Calls `f` with the frame (Ethernet header first).
     fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R;
+    /// Whether the NIC vouches for the frame's TCP checksum (it checked it, or the frame
+    /// comes from the host's own stack with the checksum left to the NIC): the stack need
+    /// not verify it. `false` unless the NIC says so.
+    fn checksum_valid(&self) -> bool {
+        false
+    }
 }
 
 /// The right to send one frame, lent to a closure once.
@@ -63,6 +72,13 @@ pub trait TxToken {
     /// then sends it. A `len` beyond [`Capabilities::max_frame_len`], or a device that has
     /// no buffer after all, still runs `f` (on a scratch buffer) but drops the frame.
     fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R;
+    /// Whether the NIC completes the TCP checksum of a frame sent with this token: the
+    /// stack then leaves the field alone and the driver writes the pseudo-header sum
+    /// ([`checksum::write_pseudo_header`]) and asks the NIC for the rest. `false` unless the
+    /// NIC can.
+    fn checksum_offload(&self) -> bool {
+        false
+    }
 }
 
 /// A network card as netstack sees it.
@@ -93,5 +109,6 @@ pub trait NetDevice {
     fn stats(&self) -> Stats;
 }
 
+pub mod checksum;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod memory;

@@ -1,21 +1,27 @@
 //! A Linux TAP device as a [`NetBackend`]: `/dev/net/tun` opened non-blocking with
 //! `IFF_TAP | IFF_NO_PI`, one frame per `read`/`write`.
 //!
-//! No `IFF_VNET_HDR`: the virtio-net model offers no offloads, so the header would only
-//! ever say "nothing to do" in both directions; without it the TAP never hands over frames
-//! with partial checksums the guest did not agree to, and a TAP someone else created works
-//! whatever flags they used. (Offering checksum or segmentation offloads later would turn
-//! it on and pass the header through.)
+//! virtio-net's TAP ([`Tap::open_with_vnet_header`]) also has `IFF_VNET_HDR` with the
+//! 12-byte `virtio_net_hdr` (`TUNSETVNETHDRSZ`) in front of every frame, read and written
+//! with the frame in one `readv`/`writev`: the guest's partial checksums go to the host
+//! kernel as they are, and once the guest takes them (`TUNSETOFFLOAD` with `TUN_F_CSUM`,
+//! [`NetBackend::set_checksum_offload`]) the kernel's checksum status comes back (checked,
+//! or left partial by the host's own stack). Without `TUN_F_CSUM` the kernel completes
+//! every checksum before the TAP, so plain `recv` (which completes any partial one itself)
+//! returns what a TAP without the header would. The VF's TAP stays plain: the VF model does
+//! its offloads itself.
 //!
 //! [`Tap::open`] creates the device when it does not exist (and then brings its link up,
 //! since nobody else will) or attaches to an existing one. The `unsafe` here is ioctls:
-//! `TUNSETIFF` on the tun fd, `SIOCGIFFLAGS`/`SIOCSIFFLAGS` and `SIOCGIFHWADDR` on a
+//! `TUNSETIFF`, `TUNSETVNETHDRSZ` and `TUNSETOFFLOAD` on the tun fd, `SIOCGIFFLAGS`/`SIOCSIFFLAGS` and `SIOCGIFHWADDR` on a
 //! socket, and (a guest routed through the TAP, `--net nat`) `SIOCADDRT`/`SIOCDELRT` for a
 //! host route into it.
 
+use crate::devices::virtio::net::HEADER_LEN;
 use crate::devices::virtio::net::backend::NetBackend;
+use crate::devices::virtio::net::checksum::{self, F_DATA_VALID, Partial, RxChecksum};
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, IoSlice, IoSliceMut, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixDatagram;
@@ -72,11 +78,52 @@ pub struct Tap {
     file: File,
     name: String,
     created: bool,
+    /// Frames carry a `virtio_net_hdr` ([`HEADER_LEN`] bytes) in front.
+    vnet: bool,
+}
+
+/// A second descriptor on a TAP's queue, for frames host-vmm itself sends.
+#[derive(Debug)]
+pub struct TapWriter {
+    file: File,
+    vnet: bool,
+}
+
+impl TapWriter {
+    /// Sends one frame (a header saying "nothing to do" in front, on a vnet TAP).
+    pub fn send(&self, frame: &[u8]) -> io::Result<()> {
+        write_frame(&self.file, self.vnet, None, frame)
+    }
+}
+
+/// Writes one frame, with a header asking for `partial` in front on a vnet TAP.
+fn write_frame(
+    mut file: &File,
+    vnet: bool,
+    partial: Option<Partial>,
+    frame: &[u8],
+) -> io::Result<()> {
+    // One write is one frame; a full TAP queue drops it (the kernel reports success).
+    if !vnet {
+        return file.write(frame).map(|_| ());
+    }
+    let header = checksum::tx_header(partial);
+    file.write_vectored(&[IoSlice::new(&header), IoSlice::new(frame)])
+        .map(|_| ())
 }
 
 impl Tap {
     /// Creates TAP `name`, or attaches to it if it exists; a created TAP is brought up.
     pub fn open(name: &str) -> Result<Tap, TapError> {
+        Tap::open_flags(name, false)
+    }
+
+    /// [`Tap::open`] with a vnet header on every frame (see the module docs).
+    pub fn open_with_vnet_header(name: &str) -> Result<Tap, TapError> {
+        Tap::open_flags(name, true)
+    }
+
+    fn open_flags(name: &str, vnet: bool) -> Result<Tap, TapError> {
         if name.is_empty() || name.len() > MAX_NAME_LEN || name.contains('\0') {
             return Err(TapError::BadName(name.to_owned()));
         }
@@ -88,7 +135,7 @@ impl Tap {
                 .open("/dev/net/tun")
                 .map_err(TapError::Open)
         };
-        let base = libc::IFF_TAP | libc::IFF_NO_PI;
+        let base = libc::IFF_TAP | libc::IFF_NO_PI | if vnet { libc::IFF_VNET_HDR } else { 0 };
         // IFF_TUN_EXCL tells creating from attaching without a racy existence check.
         let file = open()?;
         let (file, created) = match set_iff(&file, name, base | libc::IFF_TUN_EXCL) {
@@ -108,6 +155,12 @@ impl Tap {
                 });
             }
         };
+        if vnet {
+            set_vnet_header_len(&file).map_err(|error| TapError::Attach {
+                name: name.to_owned(),
+                error,
+            })?;
+        }
         if created {
             link_up(name).map_err(|error| TapError::LinkUp {
                 name: name.to_owned(),
@@ -122,13 +175,17 @@ impl Tap {
             file,
             name: name.to_owned(),
             created,
+            vnet,
         })
     }
 
     /// A second descriptor on the same TAP queue, for frames host-vmm itself sends (the
     /// announcement after a migration) while the device owns the TAP.
-    pub fn writer(&self) -> io::Result<File> {
-        self.file.try_clone()
+    pub fn writer(&self) -> io::Result<TapWriter> {
+        Ok(TapWriter {
+            file: self.file.try_clone()?,
+            vnet: self.vnet,
+        })
     }
 
     /// The interface name.
@@ -221,6 +278,36 @@ fn ifreq(name: &str) -> libc::ifreq {
     req
 }
 
+/// Makes the vnet header [`HEADER_LEN`] bytes (the kernel's default is the 10-byte legacy
+/// one, without `num_buffers`).
+fn set_vnet_header_len(file: &File) -> io::Result<()> {
+    let len = HEADER_LEN as libc::c_int;
+    // SAFETY: `file` is an open /dev/net/tun descriptor; TUNSETVNETHDRSZ reads the int `len`
+    // on this stack frame, which outlives the call.
+    if unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETVNETHDRSZ, &len) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `TUNSETOFFLOAD`: with `TUN_F_CSUM` the kernel may hand over checked and partial frames.
+fn set_offload(file: &File, csum: bool) -> io::Result<()> {
+    let flags = if csum { libc::TUN_F_CSUM } else { 0 };
+    // SAFETY: `file` is an open /dev/net/tun descriptor; TUNSETOFFLOAD takes its argument by
+    // value (an unsigned long of flags) and touches no memory of ours.
+    if unsafe {
+        libc::ioctl(
+            file.as_raw_fd(),
+            libc::TUNSETOFFLOAD,
+            libc::c_ulong::from(flags),
+        )
+    } < 0
+    {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 fn set_iff(file: &File, name: &str, flags: libc::c_int) -> io::Result<()> {
     let mut req = ifreq(name);
     req.ifr_ifru.ifru_flags = flags as libc::c_short;
@@ -254,16 +341,57 @@ fn link_up(name: &str) -> io::Result<()> {
 
 impl NetBackend for Tap {
     fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.file.read(buf)
+        let (len, status) = self.recv_checksum(buf)?;
+        if let RxChecksum::Partial(p) = status {
+            // Only with TUN_F_CSUM set; the kernel's offsets always fit.
+            p.complete(&mut buf[..len]);
+        }
+        Ok(len)
     }
 
     fn send(&mut self, frame: &[u8]) -> io::Result<()> {
-        // One write is one frame; a full TAP queue drops it (the kernel reports success).
-        self.file.write(frame).map(|_| ())
+        write_frame(&self.file, self.vnet, None, frame)
     }
 
     fn ready_fd(&self) -> RawFd {
         self.file.as_raw_fd()
+    }
+
+    fn recv_checksum(&mut self, buf: &mut [u8]) -> io::Result<(usize, RxChecksum)> {
+        if !self.vnet {
+            return self.file.read(buf).map(|len| (len, RxChecksum::Unknown));
+        }
+        let mut header = [0u8; HEADER_LEN];
+        let n = self
+            .file
+            .read_vectored(&mut [IoSliceMut::new(&mut header), IoSliceMut::new(buf)])?;
+        let Some(len) = n.checked_sub(HEADER_LEN) else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "TAP read shorter than its vnet header",
+            ));
+        };
+        let status = match checksum::header_partial(&header) {
+            Some(p) => RxChecksum::Partial(p),
+            None if header[0] & F_DATA_VALID != 0 => RxChecksum::Valid,
+            None => RxChecksum::Unknown,
+        };
+        Ok((len, status))
+    }
+
+    fn send_partial(&mut self, frame: &mut [u8], partial: Partial) -> io::Result<()> {
+        if !self.vnet {
+            partial.complete(frame);
+            return self.send(frame);
+        }
+        write_frame(&self.file, true, Some(partial), frame)
+    }
+
+    fn set_checksum_offload(&mut self, on: bool) -> io::Result<()> {
+        if self.vnet {
+            set_offload(&self.file, on)?;
+        }
+        Ok(())
     }
 }
 

@@ -481,8 +481,9 @@ fn rings_wrap_around_many_times() {
         assert!(send(&mut vf, f));
     }
     assert_eq!(sent(&m.peer), outgoing);
+    // The checksum context took the first descriptor.
     let tx = m.model().state().tx[0];
-    assert_eq!((tx.head, tx.tail), (150 % 32, 150 % 32));
+    assert_eq!((tx.head, tx.tail), (151 % 32, 151 % 32));
     assert_eq!(vf.stats().tx_frames, 150);
 }
 
@@ -494,7 +495,8 @@ fn a_full_transmit_ring_refuses_tokens_until_the_device_catches_up() {
     let txdctl = regs::tx_queue(0) + regs::Q_DCTL;
     let enabled = m.model().state().tx[0].dctl;
     m.poke(txdctl, 0);
-    let frames: Vec<_> = (0..31).map(|i| frame(PEER_MAC, i, 80)).collect();
+    // 30, behind the checksum context the driver put first.
+    let frames: Vec<_> = (0..30).map(|i| frame(PEER_MAC, i, 80)).collect();
     for f in &frames {
         assert!(send(&mut vf, f));
     }
@@ -864,4 +866,67 @@ fn impossible_write_backs_are_dropped_and_counted() {
         assert_eq!(drain(&mut vf), frames);
     }
     assert_eq!(vf.stats().rx_errors, 4);
+}
+
+/// An IPv4 TCP segment from `src` to `dst` with `payload`, its checksum zero (as the stack
+/// leaves it for a NIC with offload).
+fn tcp_frame(dst: [u8; 6], src: [u8; 6], payload: &[u8]) -> Vec<u8> {
+    let mut f = vec![0u8; 54 + payload.len()];
+    f[..6].copy_from_slice(&dst);
+    f[6..12].copy_from_slice(&src);
+    f[12..14].copy_from_slice(&[0x08, 0x00]);
+    f[14] = 0x45;
+    f[16..18].copy_from_slice(&((40 + payload.len()) as u16).to_be_bytes());
+    f[22] = 64;
+    f[23] = 6;
+    f[26..30].copy_from_slice(&[198, 18, 0, 1]);
+    f[30..34].copy_from_slice(&[198, 18, 0, 2]);
+    f[34..36].copy_from_slice(&7u16.to_be_bytes());
+    f[36..38].copy_from_slice(&40000u16.to_be_bytes());
+    f[46] = 5 << 4;
+    f[54..].copy_from_slice(payload);
+    let mut sum = 0u32;
+    for w in f[14..34].chunks(2) {
+        sum += u32::from(u16::from_be_bytes([w[0], w[1]]));
+    }
+    while sum > 0xFFFF {
+        sum = (sum & 0xFFFF) + (sum >> 16);
+    }
+    f[24..26].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    f
+}
+
+#[test]
+fn tcp_checksums_are_left_to_the_vf_and_its_verdict_reaches_the_stack() {
+    use drivers::net::checksum::{fill_tcp, tcp_segment, verify_tcp};
+    let m = Machine::new(false);
+    let mut vf = m.driver(MacAddress(PERMANENT)).unwrap();
+    assert!(vf.capabilities().tx_checksum);
+    // Transmit: the driver leaves the pseudo-header sum, the VF completes it.
+    let out = tcp_frame(PEER_MAC, PERMANENT, b"offloaded to the VF");
+    let tx = vf.transmit().unwrap();
+    assert!(tx.checksum_offload());
+    tx.consume(out.len(), |buf| buf.copy_from_slice(&out));
+    let wire = sent(&m.peer);
+    assert_eq!(wire.len(), 1);
+    let seg = tcp_segment(&wire[0]).unwrap();
+    assert!(verify_tcp(&wire[0], &seg), "the VF's checksum is right");
+    assert_eq!(m.model().metrics().tx_csum, 1);
+    // Receive: a right checksum is vouched for, a wrong one or a non-TCP frame is not.
+    let mut good = tcp_frame(PERMANENT, PEER_MAC, b"checked by the VF");
+    let good_seg = tcp_segment(&good).unwrap();
+    fill_tcp(&mut good, &good_seg);
+    let mut bad = good.clone();
+    *bad.last_mut().unwrap() ^= 1;
+    for f in [&good, &bad, &frame(PERMANENT, 5, 80)] {
+        m.peer.inject(f);
+    }
+    m.deliver();
+    let mut verdicts = Vec::new();
+    while let Some((rx, _)) = vf.receive() {
+        verdicts.push(rx.checksum_valid());
+        rx.consume(|_| ());
+    }
+    assert_eq!(verdicts, [true, false, false]);
+    assert_eq!(m.model().metrics().rx_csum, 1);
 }

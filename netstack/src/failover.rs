@@ -17,6 +17,12 @@
 //!   one (it takes the active NIC's transmit buffer only when a reply is actually built).
 //! - Per frame this costs a branch on the active NIC and one empty receive on the other NIC:
 //!   no allocation, no logging.
+//! - **Checksums** are decided per frame, by the NIC that carries it, never per interface:
+//!   a received frame says whether its own NIC vouched for its TCP checksum
+//!   (`RxToken::checksum_valid`), a transmit token whether its own NIC completes it
+//!   (`TxToken::checksum_offload`; a reply token asks the active NIC, which sends it). So a
+//!   frame is checked or summed in software exactly when the NIC it crosses did not, on
+//!   either NIC and across a switch (`Stack` does the software part).
 //!
 //! # MAC address
 //!
@@ -118,10 +124,13 @@ impl<V: NetDevice, W: NetDevice> Failover<V, W> {
                 (Some(x), Some(y)) => Some(x.min(y)),
                 (x, y) => x.or(y),
             },
+            // Per frame, each token says whether its own NIC does it.
+            tx_checksum: a.tx_checksum && b.tx_checksum,
         })
         .unwrap_or(Capabilities {
             max_frame_len: DEFAULT_MAX_FRAME_LEN,
             max_burst: None,
+            tx_checksum: false,
         });
         let mut failover = Failover {
             vf,
@@ -354,6 +363,14 @@ impl<'a, V: NetDevice + 'a, W: NetDevice + 'a> RxToken for FailoverRx<'a, V, W> 
             FailoverRx::Virtio(token) => token.consume(f),
         }
     }
+
+    /// What the NIC the frame came from says.
+    fn checksum_valid(&self) -> bool {
+        match self {
+            FailoverRx::Vf(token) => token.checksum_valid(),
+            FailoverRx::Virtio(token) => token.checksum_valid(),
+        }
+    }
 }
 
 /// The right to send one frame, always on the NIC that was active when it was handed out.
@@ -377,6 +394,16 @@ impl<'a, V: NetDevice + 'a, W: NetDevice + 'a> TxToken for FailoverTx<'a, V, W> 
             FailoverTx::ReplyVirtio(reply) => reply.consume(len, f),
         }
     }
+
+    /// What the NIC that will send the frame says (the active one for a reply).
+    fn checksum_offload(&self) -> bool {
+        match self {
+            FailoverTx::Vf(token) => token.checksum_offload(),
+            FailoverTx::Virtio(token) => token.checksum_offload(),
+            FailoverTx::ReplyVf(reply) => reply.checksum_offload(),
+            FailoverTx::ReplyVirtio(reply) => reply.checksum_offload(),
+        }
+    }
 }
 
 /// A reply on the active NIC to a frame that came from the other one: the active NIC's
@@ -387,6 +414,11 @@ pub struct Reply<'a, D> {
 }
 
 impl<D: NetDevice> TxToken for Reply<'_, D> {
+    /// The sending NIC's capability (its token is taken only in `consume`).
+    fn checksum_offload(&self) -> bool {
+        self.device.capabilities().tx_checksum
+    }
+
     fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
         match self.device.transmit() {
             Some(token) => token.consume(len, f),

@@ -3,9 +3,17 @@
 //! The adapter adds nothing to the data path: smoltcp's tokens wrap the device's tokens, so
 //! a frame goes from the device's receive buffer to smoltcp, and from smoltcp into the
 //! device's transmit buffer, without a copy.
+//!
+//! TCP checksums are not smoltcp's: it fixes its checksum capabilities once per interface,
+//! but here they are a property of the NIC each frame crosses (a [`crate::Failover`] has
+//! two, one of which may lack offloads). smoltcp is told to neither compute nor verify TCP
+//! checksums; the transmit token computes one in software when its NIC does not
+//! ([`drivers::net::TxToken::checksum_offload`]), and [`crate::Stack`] verifies a received
+//! one when its NIC did not vouch for it. IPv4 header, UDP and ICMP checksums stay
+//! smoltcp's (small, and the NICs here offer nothing for them on receive).
 
-use drivers::net::{self, NetDevice};
-use smoltcp::phy::{self, DeviceCapabilities, Medium};
+use drivers::net::{self, NetDevice, checksum};
+use smoltcp::phy::{self, Checksum, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
 
 /// A [`NetDevice`] as smoltcp's `phy::Device`.
@@ -23,6 +31,8 @@ impl<D: NetDevice> PhyAdapter<D> {
         caps.medium = Medium::Ethernet;
         caps.max_transmission_unit = c.max_frame_len;
         caps.max_burst_size = c.max_burst;
+        // Per frame instead (see the module docs).
+        caps.checksum.tcp = Checksum::None;
         PhyAdapter { device, caps }
     }
 
@@ -111,7 +121,16 @@ pub struct TxToken<T>(T);
 
 impl<T: net::TxToken> phy::TxToken for TxToken<T> {
     fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
-        self.0.consume(len, f)
+        if self.0.checksum_offload() {
+            return self.0.consume(len, f);
+        }
+        self.0.consume(len, |frame| {
+            let r = f(frame);
+            if let Some(segment) = checksum::tcp_segment(frame) {
+                checksum::fill_tcp(frame, &segment);
+            }
+            r
+        })
     }
 }
 

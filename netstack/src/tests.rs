@@ -968,6 +968,63 @@ mod sockets {
         megabyte_echo(97);
     }
 
+    /// With checksum offload on `a`'s NIC, `a` computes and checks no TCP checksum itself,
+    /// and what it leaves to the NIC still checks out at `b` (which has no offload).
+    #[test]
+    fn with_checksum_offload_the_stack_sums_nothing_and_the_peer_finds_every_sum_right() {
+        let (mut a, mut b) = hosts();
+        a.stack.device_mut().set_checksum_offload(true);
+        let mut ms = 0;
+        let (_l, server, client) = connected(&mut a, &mut b, &mut ms);
+        let data: Vec<u8> = (0..64 * 1024u32).map(|i| (i * 13) as u8).collect();
+        let mut sent = 0;
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 8192];
+        run_until(&mut a, &mut b, &mut ms, |a, b| {
+            if let Ok(n) = b.table.send(&mut b.stack, client, &data[sent..], None) {
+                sent += n;
+            }
+            if let Ok((n, _)) = a.table.recv(&mut a.stack, server, &mut buf, false) {
+                let echoed = a.table.send(&mut a.stack, server, &buf[..n], None);
+                assert_eq!(echoed, Ok(n), "the echo fits the send buffer");
+            }
+            while let Ok((n, _)) = b.table.recv(&mut b.stack, client, &mut buf, false) {
+                got.extend_from_slice(&buf[..n]);
+            }
+            got.len() == data.len()
+        });
+        assert_eq!(got, data);
+        assert_eq!(a.stack.software_checksums().checked, 0, "the NIC vouched");
+        let peer = b.stack.software_checksums();
+        assert!(peer.checked > 40, "{peer:?}");
+        assert_eq!(peer.bad, 0, "every sum the NIC completed is right");
+    }
+
+    /// A segment corrupted on the wire is dropped whether or not the receiving NIC has
+    /// offloads (it does not vouch for a wrong sum), and TCP sends it again.
+    #[test]
+    fn a_corrupted_segment_is_dropped_when_no_nic_vouched_for_it() {
+        for offload in [false, true] {
+            let (mut a, mut b) = hosts();
+            a.stack.device_mut().set_checksum_offload(offload);
+            let mut ms = 0;
+            let (_l, server, client) = connected(&mut a, &mut b, &mut ms);
+            b.stack.device_mut().corrupt_next();
+            assert_eq!(b.table.send(&mut b.stack, client, b"precious", None), Ok(8));
+            let mut buf = [0u8; 16];
+            let mut n = 0;
+            run_until(&mut a, &mut b, &mut ms, |a, _| {
+                if let Ok((got, _)) = a.table.recv(&mut a.stack, server, &mut buf, false) {
+                    n = got;
+                }
+                n > 0
+            });
+            assert_eq!(&buf[..n], b"precious", "offload {offload}: resent intact");
+            let c = a.stack.software_checksums();
+            assert_eq!(c.bad, 1, "offload {offload}: {c:?}");
+        }
+    }
+
     /// netecho's loop on `a` (send what is pending when writable, else receive when
     /// readable) and a client on `b` that writes 1 MiB and checks every byte it reads back;
     /// each end loses every `lose_every`th frame it sends (0: none; the two ends differ).
@@ -1185,6 +1242,7 @@ mod failover {
             Capabilities {
                 max_frame_len: 1514,
                 max_burst: None,
+                tx_checksum: false,
             }
         }
 
@@ -1245,6 +1303,8 @@ mod failover {
     fn net(vf: bool, virtio: bool) -> Net {
         let (guest_vf, bridge_vf) = memory::pair(GUEST_MAC, PEER_MAC);
         let (guest_virtio, bridge_virtio) = memory::pair(GUEST_MAC, PEER_MAC);
+        // As on host-vmm with a plain virtio-net: the VF offloads checksums, virtio-net not.
+        guest_vf.set_checksum_offload(true);
         let failover = Failover::new(vf.then_some(guest_vf), virtio.then_some(guest_virtio));
         let bridge = Bridge {
             ports: [bridge_vf, bridge_virtio],
@@ -1479,6 +1539,13 @@ mod failover {
             assert_eq!(net.peer.device().learned, Some(port(to)));
         }
         assert!(stragglers >= 10);
+        // Checksums were right whichever NIC (offloading or not) carried a segment, replies
+        // across NICs included, and the guest summed in software only what virtio-net
+        // brought in.
+        assert_eq!(net.peer.software_checksums().bad, 0);
+        let guest = net.guest.software_checksums();
+        assert_eq!(guest.bad, 0);
+        assert!(guest.checked > 0 && guest.checked <= net.counters(Nic::Virtio).rx);
         let f = net.guest.device();
         assert_eq!(f.switches(), 10);
         assert_eq!(

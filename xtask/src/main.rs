@@ -194,7 +194,9 @@ enum BenchCmd {
     },
     /// Ping RTT (100 per run) and iperf3 throughput both ways, host-vmm vs QEMU microvm
     /// (virtio-net-device on virtio-mmio, no vhost), same image, each on its own test network; the VMMs take
-    /// turns run by run; min/median/max and the ratio of the medians. Then what std costs:
+    /// turns run by run; min/median/max and the ratio of the medians. Then the guest's
+    /// instructions per ICMP echo and per received TCP segment, counted in one boot under
+    /// QEMU TCG with `-icount shift=0`. Then what std costs:
     /// ping RTT and 1 MiB TCP echo throughput of std-echo against netecho under host-vmm,
     /// taking turns, `--runs` each.
     Net {
@@ -370,6 +372,7 @@ fn run(cli: Cli) -> Result<()> {
             artifacts::build_images(&images)?;
             artifacts::build_netprobe()?;
             let figures = bench::net::run(&image_path(bench::net::IMAGE), runs)?;
+            let instructions = bench::net::instructions(&image_path(bench::net::IMAGE))?;
             let std_images = bench::stdapps::NET_IMAGES.map(image_path);
             let std = bench::stdapps::net(
                 [&std_images[0], &std_images[1]],
@@ -377,11 +380,11 @@ fn run(cli: Cli) -> Result<()> {
                 runs,
             )?;
             if json {
-                let net = bench::net::json(&figures);
+                let net = bench::net::json(&figures, &instructions);
                 let net = net.strip_suffix('}').unwrap_or(&net);
                 println!("{net},{}}}", bench::stdapps::net_json(&std));
             } else {
-                print!("{}", bench::net::table(&figures));
+                print!("{}", bench::net::table(&figures, &instructions));
                 print!("{}", bench::stdapps::net_table(&std, runs));
             }
             Ok(())

@@ -491,6 +491,17 @@ fn wait_for_ping(
 /// The MAC every test and benchmark guest uses on its own topology.
 pub const GUEST_MAC: &str = "52:54:00:12:34:56";
 
+/// How QEMU runs a guest (ignored under host-vmm).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Qemu {
+    /// KVM, modern virtio-mmio.
+    Default,
+    /// KVM, legacy virtio-mmio.
+    LegacyVirtio,
+    /// TCG with `-icount shift=0`.
+    TcgIcount,
+}
+
 /// Which NICs a guest gets on its host's TAPs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Nics {
@@ -546,7 +557,7 @@ impl NetGuest {
         nics: Nics,
         control: bool,
     ) -> Result<NetGuest> {
-        NetGuest::boot(vmm, image, tag, extra_cmdline, nics, control, false)
+        NetGuest::boot(vmm, image, tag, extra_cmdline, nics, control, Qemu::Default)
     }
 
     /// Like [`NetGuest::start`] under QEMU microvm, its NIC's virtio-mmio transport in the
@@ -557,7 +568,34 @@ impl NetGuest {
         extra_cmdline: &str,
     ) -> Result<NetGuest> {
         let vmm = crate::vm::Vmm::QemuMicrovm;
-        NetGuest::boot(vmm, image, tag, extra_cmdline, Nics::Virtio, false, true)
+        NetGuest::boot(
+            vmm,
+            image,
+            tag,
+            extra_cmdline,
+            Nics::Virtio,
+            false,
+            Qemu::LegacyVirtio,
+        )
+    }
+
+    /// Like [`NetGuest::start`] under QEMU microvm with TCG and `-icount shift=0`: the
+    /// guest's TSC counts its instructions.
+    pub fn start_qemu_icount(
+        image: &std::path::Path,
+        tag: &str,
+        extra_cmdline: &str,
+    ) -> Result<NetGuest> {
+        let vmm = crate::vm::Vmm::QemuMicrovm;
+        NetGuest::boot(
+            vmm,
+            image,
+            tag,
+            extra_cmdline,
+            Nics::Virtio,
+            false,
+            Qemu::TcgIcount,
+        )
     }
 
     fn boot(
@@ -567,7 +605,7 @@ impl NetGuest {
         extra_cmdline: &str,
         nics: Nics,
         control: bool,
-        qemu_legacy_virtio: bool,
+        qemu: Qemu,
     ) -> Result<NetGuest> {
         if vmm != crate::vm::Vmm::HostVmm && (nics != Nics::Virtio || control) {
             bail!("the VF and the control socket exist only under host-vmm");
@@ -586,7 +624,8 @@ impl NetGuest {
                 mac: GUEST_MAC,
             }),
             control: control.as_ref().map(|c| c.path()),
-            qemu_legacy_virtio,
+            qemu_legacy_virtio: qemu == Qemu::LegacyVirtio,
+            qemu_tcg_icount: qemu == Qemu::TcgIcount,
             ..crate::vm::Boot::new(image)
         };
         let vm = crate::proc::Background::spawn(&mut vmm.command(&boot))?;

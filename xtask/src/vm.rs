@@ -68,6 +68,10 @@ pub struct Boot<'a> {
     /// QEMU microvm only: the NIC's virtio-mmio transport in its legacy (version 1) form,
     /// QEMU 7.2's default, instead of the modern one.
     pub qemu_legacy_virtio: bool,
+    /// QEMU only: TCG with `-icount shift=0` instead of KVM, so the guest's TSC counts its
+    /// instructions (deterministic; one tick per nanosecond of virtual time, the 1 GHz the
+    /// kernel assumes without a TSC frequency leaf).
+    pub qemu_tcg_icount: bool,
     /// NICs on TAPs, if any.
     pub net: Option<NetAttach<'a>>,
     /// host-vmm only: listen for `host-vmm ctl` on a Unix socket at this path (`--api-socket`).
@@ -83,6 +87,7 @@ impl<'a> Boot<'a> {
             cmdline: "",
             qemu_tsc_leaf: true,
             qemu_legacy_virtio: false,
+            qemu_tcg_icount: false,
             net: None,
             control: None,
         }
@@ -148,10 +153,12 @@ impl Vmm {
         // supported yet refuse QEMU's write of it, and QEMU aborts on that assertion
         // (measured on Linux 6.18 kvm_pvm: "failed to set MSR 0x10a to 0x69"). Our guest
         // never reads that MSR.
-        let cpu = if boot.qemu_tsc_leaf {
-            "host,+invtsc,vmware-cpuid-freq=on,-arch-capabilities"
-        } else {
-            "host,+invtsc,vmware-cpuid-freq=off,-arch-capabilities"
+        let cpu = match (boot.qemu_tcg_icount, boot.qemu_tsc_leaf) {
+            // TCG has no host CPU to copy and no TSC frequency leaf: the kernel then assumes
+            // 1 GHz, which is right under icount (a tick is a virtual nanosecond).
+            (true, _) => "max",
+            (false, true) => "host,+invtsc,vmware-cpuid-freq=on,-arch-capabilities",
+            (false, false) => "host,+invtsc,vmware-cpuid-freq=off,-arch-capabilities",
         };
         // microvm: `acpi=off`, because only then does QEMU append its virtio-mmio devices to
         // the command line (with ACPI it describes them in tables the kernel does not read).
@@ -162,27 +169,30 @@ impl Vmm {
             (Vmm::QemuMicrovm, false) => "microvm,acpi=off,x-option-roms=off,rtc=off,pic=off",
             _ => "pc",
         };
-        cmd.args([
-            "-M", machine, "-accel", "kvm", "-cpu", cpu, "-smp", "1", "-m",
-        ])
-        .arg(format!("{}M", boot.mem_mib))
-        .args([
-            "-nodefaults",
-            "-no-user-config",
-            "-display",
-            "none",
-            "-monitor",
-            "none",
-            "-serial",
-            "stdio",
-            "-no-reboot",
-            "-device",
-            "isa-debug-exit,iobase=0xf4,iosize=4",
-            "-kernel",
-        ])
-        .arg(boot.image)
-        .arg("-append")
-        .arg(boot.cmdline);
+        if boot.qemu_tcg_icount {
+            cmd.args(["-accel", "tcg", "-icount", "shift=0"]);
+        } else {
+            cmd.args(["-accel", "kvm"]);
+        }
+        cmd.args(["-M", machine, "-cpu", cpu, "-smp", "1", "-m"])
+            .arg(format!("{}M", boot.mem_mib))
+            .args([
+                "-nodefaults",
+                "-no-user-config",
+                "-display",
+                "none",
+                "-monitor",
+                "none",
+                "-serial",
+                "stdio",
+                "-no-reboot",
+                "-device",
+                "isa-debug-exit,iobase=0xf4,iosize=4",
+                "-kernel",
+            ])
+            .arg(boot.image)
+            .arg("-append")
+            .arg(boot.cmdline);
         if let Some((net, tap)) = boot.net.as_ref().and_then(|n| Some((n, n.tap?))) {
             cmd.arg("-netdev")
                 .arg(format!(

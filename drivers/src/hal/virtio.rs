@@ -10,12 +10,20 @@
 //! are checked against this bookkeeping before any buffer is touched; a device that returns
 //! a token it was never given is declared broken and no longer used.
 //!
+//! Checksum offloads ([`Offloads`], when the device agreed to `CSUM` / `GUEST_CSUM`): a TCP
+//! segment goes out with the pseudo-header sum in its checksum field and `NEEDS_CSUM`,
+//! `csum_start` and `csum_offset` in its header, for the device to finish. A received frame
+//! whose header says `DATA_VALID` or `NEEDS_CSUM` (the host's own stack sent it with the
+//! checksum left to the NIC) is vouched for if it is TCP; any other frame marked
+//! `NEEDS_CSUM` has its checksum completed here, in software, so the stack can check it as
+//! usual. A `csum_start`/`csum_offset` outside the frame drops it (counted in `rx_errors`).
+//!
 //! Receive buffers go back to the device in batches ([`RX_BATCH`] of them, or fewer when the
 //! used ring runs dry, i.e. at the end of a burst), with at most one kick a batch
 //! ([`RxKick`]); the transport holds virtio-drivers' per-buffer kicks meanwhile.
 
 use crate::hal::{Mmio, RegisterIo};
-use crate::net::Stats;
+use crate::net::{Stats, checksum};
 use crate::pci::bar::{BAR_COUNT, BAR0, Bar};
 use crate::pci::{Bdf, ConfigAccess};
 use crate::virtio_net::transport::{HeldKicks, RECEIVE_QUEUE, RoamTransport};
@@ -230,6 +238,69 @@ struct TxRing<H: Hal> {
     free_len: usize,
 }
 
+/// `virtio_net_hdr.flags`: the checksum from `csum_start` on is left to the other side.
+const HDR_F_NEEDS_CSUM: u8 = 1;
+/// `virtio_net_hdr.flags`: the device checked the checksums.
+const HDR_F_DATA_VALID: u8 = 2;
+/// Offsets of `csum_start` and `csum_offset` in `virtio_net_hdr` (both layouts).
+const HDR_CSUM_START: usize = 6;
+const HDR_CSUM_OFFSET: usize = 8;
+
+/// The checksum offloads agreed with the device.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Offloads {
+    /// `CSUM`: the device completes TCP checksums we leave partial.
+    pub tx: bool,
+    /// `GUEST_CSUM`: the device may mark frames checked (`DATA_VALID`) or partial.
+    pub rx: bool,
+}
+
+impl Offloads {
+    /// The offloads in the negotiated feature bits.
+    pub fn from_features(features: u64) -> Offloads {
+        Offloads {
+            tx: features & crate::virtio_net::F_CSUM != 0,
+            rx: features & crate::virtio_net::F_GUEST_CSUM != 0,
+        }
+    }
+}
+
+/// What a received frame's header says about its checksum.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RxChecksum {
+    /// Nothing: the stack checks as usual.
+    Unknown,
+    /// Checksums the device vouches for (`DATA_VALID`, or a TCP one left partial).
+    Vouched,
+    /// Impossible offsets: the frame is dropped.
+    Bad,
+}
+
+/// Reads a received header (`frame` follows it in `buffer`) and completes a partial
+/// checksum the stack would otherwise reject.
+fn rx_checksum(buffer: &mut [u8], header: usize, len: usize) -> RxChecksum {
+    let flags = buffer.first().copied().unwrap_or(0);
+    if flags & HDR_F_NEEDS_CSUM == 0 {
+        // DATA_VALID vouches for every checksum; the stack relies on it for TCP only.
+        return match flags & HDR_F_DATA_VALID {
+            0 => RxChecksum::Unknown,
+            _ => RxChecksum::Vouched,
+        };
+    }
+    let Some(frame) = buffer.get_mut(header..header + len) else {
+        return RxChecksum::Bad;
+    };
+    if checksum::tcp_segment(frame).is_some() {
+        return RxChecksum::Vouched;
+    }
+    let field = |at: usize| usize::from(u16::from_le_bytes([buffer[at], buffer[at + 1]]));
+    let (start, offset) = (field(HDR_CSUM_START), field(HDR_CSUM_OFFSET));
+    match checksum::complete_partial(&mut buffer[header..header + len], start, offset) {
+        true => RxChecksum::Unknown,
+        false => RxChecksum::Bad,
+    }
+}
+
 /// Why the queues stopped working.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum QueueError {
@@ -260,6 +331,7 @@ pub(crate) struct NetQueues<H: Hal> {
     rx: RxRing<H>,
     tx: TxRing<H>,
     rx_kick: RxKick,
+    offloads: Offloads,
     stats: Stats,
     broken: Option<QueueError>,
 }
@@ -267,7 +339,11 @@ pub(crate) struct NetQueues<H: Hal> {
 impl<H: Hal> NetQueues<H> {
     /// Takes over the driver, allocates the buffers and posts every receive buffer (one
     /// kick, through `rx_kick`).
-    pub fn new(raw: Raw<H>, rx_kick: RxKick) -> Result<NetQueues<H>, QueueError> {
+    pub fn new(
+        raw: Raw<H>,
+        rx_kick: RxKick,
+        offloads: Offloads,
+    ) -> Result<NetQueues<H>, QueueError> {
         let rx = DmaSlab::new(BufferDirection::DeviceToDriver).ok_or(QueueError::NoMemory)?;
         let tx = DmaSlab::new(BufferDirection::DriverToDevice).ok_or(QueueError::NoMemory)?;
         let mut free = [0; QUEUE_SIZE];
@@ -291,6 +367,7 @@ impl<H: Hal> NetQueues<H> {
                 free_len: QUEUE_SIZE,
             },
             rx_kick,
+            offloads,
             stats: Stats::default(),
             broken: None,
         };
@@ -309,6 +386,11 @@ impl<H: Hal> NetQueues<H> {
     /// The counters.
     pub fn stats(&self) -> Stats {
         self.stats
+    }
+
+    /// The checksum offloads agreed with the device.
+    pub fn offloads(&self) -> Offloads {
+        self.offloads
     }
 
     fn fail(&mut self, error: QueueError) {
@@ -376,9 +458,10 @@ impl<H: Hal> NetQueues<H> {
     /// The next received frame and a transmit queue to answer it with. Frames with
     /// impossible lengths are dropped (and counted) on the way. When none is left, the
     /// returned buffers go back to the device.
-    pub fn receive(&mut self) -> Option<(&[u8], TxQueue<'_, H>)> {
+    /// The flag says whether the device vouched for the frame's TCP checksum.
+    pub fn receive(&mut self) -> Option<(&[u8], bool, TxQueue<'_, H>)> {
         self.return_lent();
-        let Some((slot, start, len)) = self.next_rx() else {
+        let Some((slot, start, len, vouched)) = self.next_rx() else {
             self.post_returned();
             return None;
         };
@@ -390,16 +473,19 @@ impl<H: Hal> NetQueues<H> {
         let frame = unsafe { self.rx.slab.slot(slot, start, len) };
         Some((
             frame,
+            vouched,
             TxQueue {
                 raw: &mut self.raw,
                 tx: &mut self.tx,
                 stats: &mut self.stats,
+                offload: self.offloads.tx,
             },
         ))
     }
 
-    /// Pops used receive buffers until one holds a valid frame: (slot, start, length).
-    fn next_rx(&mut self) -> Option<(u16, usize, usize)> {
+    /// Pops used receive buffers until one holds a valid frame: (slot, start, length,
+    /// vouched for).
+    fn next_rx(&mut self) -> Option<(u16, usize, usize, bool)> {
         if self.broken.is_some() {
             return None;
         }
@@ -420,7 +506,16 @@ impl<H: Hal> NetQueues<H> {
                 Ok((header, len))
                     if header.checked_add(len).is_some_and(|end| end <= BUFFER_LEN) =>
                 {
-                    return Some((slot, header, len));
+                    let status = if self.offloads.rx {
+                        rx_checksum(buffer, header, len)
+                    } else {
+                        RxChecksum::Unknown
+                    };
+                    if status != RxChecksum::Bad {
+                        return Some((slot, header, len, status == RxChecksum::Vouched));
+                    }
+                    self.stats.rx_errors += 1;
+                    self.return_rx(slot);
                 }
                 // The buffer came back, with a length shorter than the header or longer than
                 // the buffer: drop the frame, post the buffer again.
@@ -448,6 +543,7 @@ impl<H: Hal> NetQueues<H> {
             raw: &mut self.raw,
             tx: &mut self.tx,
             stats: &mut self.stats,
+            offload: self.offloads.tx,
         };
         if let Err(e) = tx.reclaim() {
             self.fail(e);
@@ -457,6 +553,7 @@ impl<H: Hal> NetQueues<H> {
             raw: &mut self.raw,
             tx: &mut self.tx,
             stats: &mut self.stats,
+            offload: self.offloads.tx,
         })
     }
 }
@@ -466,9 +563,16 @@ pub(crate) struct TxQueue<'a, H: Hal> {
     raw: &'a mut Raw<H>,
     tx: &'a mut TxRing<H>,
     stats: &'a mut Stats,
+    /// The device completes TCP checksums.
+    offload: bool,
 }
 
 impl<H: Hal> TxQueue<'_, H> {
+    /// Whether the device completes a TCP segment's checksum (the caller leaves it).
+    pub fn checksum_offload(&self) -> bool {
+        self.offload
+    }
+
     /// Takes back every buffer the device has finished sending.
     fn reclaim(&mut self) -> Result<(), QueueError> {
         for _ in 0..QUEUE_SIZE {
@@ -516,6 +620,17 @@ impl<H: Hal> TxQueue<'_, H> {
             }
         };
         let result = f(&mut buffer[header..header + len]);
+        if self.offload
+            && let Some(segment) = checksum::tcp_segment(&buffer[header..header + len])
+        {
+            checksum::write_pseudo_header(&mut buffer[header..header + len], &segment);
+            buffer[0] = HDR_F_NEEDS_CSUM;
+            // Both below 1514 (the frame fits a buffer).
+            buffer[HDR_CSUM_START..HDR_CSUM_START + 2]
+                .copy_from_slice(&(segment.start as u16).to_le_bytes());
+            buffer[HDR_CSUM_OFFSET..HDR_CSUM_OFFSET + 2]
+                .copy_from_slice(&(checksum::TCP_CSUM_OFFSET as u16).to_le_bytes());
+        }
         let frame = &buffer[..header + len];
         // SAFETY: the slot stays out of the free list, untouched, until `reclaim` gets its
         // token back from the device; the slab outlives the device's use (NetQueues' field
@@ -559,5 +674,57 @@ impl<H: Hal> TxQueue<'_, H> {
         self.stats.tx_dropped += 1;
         let mut scratch = alloc::vec![0; len];
         f(&mut scratch)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HEADER: usize = 12;
+
+    /// A buffer: a header with `flags`, `csum_start` and `csum_offset`, then a 60-byte
+    /// IPv4 frame of protocol `proto` (TCP 6 has a segment the checksum code accepts).
+    fn buffer(flags: u8, start: u16, offset: u16, proto: u8) -> alloc::vec::Vec<u8> {
+        let mut b = alloc::vec![0u8; HEADER + 60];
+        b[0] = flags;
+        b[HDR_CSUM_START..HDR_CSUM_START + 2].copy_from_slice(&start.to_le_bytes());
+        b[HDR_CSUM_OFFSET..HDR_CSUM_OFFSET + 2].copy_from_slice(&offset.to_le_bytes());
+        let f = &mut b[HEADER..];
+        f[12..14].copy_from_slice(&[0x08, 0x00]);
+        f[14] = 0x45;
+        f[16..18].copy_from_slice(&46u16.to_be_bytes());
+        f[23] = proto;
+        f[46] = 5 << 4;
+        b
+    }
+
+    #[test]
+    fn the_devices_checksum_flags_are_read_and_checked() {
+        let check = |b: &mut alloc::vec::Vec<u8>| rx_checksum(b, HEADER, 60);
+        assert_eq!(check(&mut buffer(0, 0, 0, 6)), RxChecksum::Unknown);
+        assert_eq!(
+            check(&mut buffer(HDR_F_DATA_VALID, 0, 0, 17)),
+            RxChecksum::Vouched
+        );
+        assert_eq!(
+            check(&mut buffer(HDR_F_NEEDS_CSUM, 34, 16, 6)),
+            RxChecksum::Vouched,
+            "a partial TCP checksum from the host's own stack"
+        );
+        // Another protocol left partial is completed here, for the stack to check.
+        let mut udp = buffer(HDR_F_NEEDS_CSUM, 34, 6, 17);
+        udp[HEADER + 40..HEADER + 42].copy_from_slice(&0x1234u16.to_be_bytes());
+        assert_eq!(check(&mut udp), RxChecksum::Unknown);
+        assert_ne!(&udp[HEADER + 40..HEADER + 42], &[0x12, 0x34], "completed");
+        // A field outside the frame drops it.
+        assert_eq!(
+            check(&mut buffer(HDR_F_NEEDS_CSUM, 34, 30, 17)),
+            RxChecksum::Bad
+        );
+        assert_eq!(
+            check(&mut buffer(HDR_F_NEEDS_CSUM, u16::MAX, u16::MAX, 17)),
+            RxChecksum::Bad
+        );
     }
 }

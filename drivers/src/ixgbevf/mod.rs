@@ -412,12 +412,16 @@ impl<R: RegisterIo, D: Dma> fmt::Debug for Ixgbevf<R, D> {
     }
 }
 
-/// A received frame, in its DMA buffer.
-pub struct IxgbevfRx<'a>(&'a [u8]);
+/// A received frame, in its DMA buffer, and whether the VF found its L4 checksum right.
+pub struct IxgbevfRx<'a>(&'a [u8], bool);
 
 impl RxToken for IxgbevfRx<'_> {
     fn consume<T, F: FnOnce(&[u8]) -> T>(self, f: F) -> T {
         f(self.0)
+    }
+
+    fn checksum_valid(&self) -> bool {
+        self.1
     }
 }
 
@@ -431,6 +435,11 @@ pub struct IxgbevfTx<'a, R: RegisterIo, D: Dma> {
 impl<R: RegisterIo, D: Dma> TxToken for IxgbevfTx<'_, R, D> {
     fn consume<T, F: FnOnce(&mut [u8]) -> T>(self, len: usize, f: F) -> T {
         self.tx.send(self.io, self.stats, len, f)
+    }
+
+    /// Always: the ring carries a TCP checksum context (`tx`).
+    fn checksum_offload(&self) -> bool {
+        true
     }
 }
 
@@ -452,6 +461,7 @@ impl<R: RegisterIo, D: Dma> NetDevice for Ixgbevf<R, D> {
         Capabilities {
             max_frame_len: MAX_FRAME_LEN,
             max_burst: Some(self.tx.capacity()),
+            tx_checksum: true,
         }
     }
 
@@ -463,9 +473,9 @@ impl<R: RegisterIo, D: Dma> NetDevice for Ixgbevf<R, D> {
         if !self.ready {
             return None;
         }
-        let (slot, len) = self.rx.next_frame(&mut self.io, &mut self.stats)?;
+        let (slot, len, checked) = self.rx.next_frame(&mut self.io, &mut self.stats)?;
         Some((
-            IxgbevfRx(self.rx.frame(slot, len)),
+            IxgbevfRx(self.rx.frame(slot, len), checked),
             IxgbevfTx {
                 tx: &mut self.tx,
                 io: &mut self.io,

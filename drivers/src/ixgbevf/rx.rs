@@ -12,8 +12,8 @@ use crate::hal::RegisterIo;
 use crate::hal::dma::{Dma, DmaArea};
 use crate::net::Stats;
 use ixgbevf_regs::{
-    DESC_LEN, Q_TAIL, RXD_ERR_FRAME, RXD_LENGTH_OFFSET, RXD_STAT_DD, RXD_STAT_EOP,
-    RXD_STATUS_OFFSET, rx_queue,
+    DESC_LEN, Q_TAIL, RXD_ERR_FRAME, RXD_ERR_TCPE, RXD_LENGTH_OFFSET, RXD_STAT_DD, RXD_STAT_EOP,
+    RXD_STAT_L4CS, RXD_STATUS_OFFSET, rx_queue,
 };
 
 /// Descriptors in the ring (a multiple of 8, so the ring is a multiple of 128 bytes).
@@ -115,14 +115,14 @@ impl<D: Dma> RxRing<D> {
         }
     }
 
-    /// The next good frame, as (buffer slot, length); the buffer stays lent until the next
-    /// call. Frames the device marked bad, or with impossible lengths, are dropped and
+    /// The next good frame, as (buffer slot, length, whether the device found its L4
+    /// checksum right: L4CS without TCPE); the buffer stays lent until the next call. Frames the device marked bad, or with impossible lengths, are dropped and
     /// counted in `stats.rx_errors`.
     pub fn next_frame(
         &mut self,
         io: &mut impl RegisterIo,
         stats: &mut Stats,
-    ) -> Option<(usize, usize)> {
+    ) -> Option<(usize, usize, bool)> {
         self.release_lent();
         for _ in 0..ENTRIES {
             let i = self.next;
@@ -153,7 +153,8 @@ impl<D: Dma> RxRing<D> {
             }
             self.lent = true;
             stats.rx_frames += 1;
-            return Some((i, len));
+            let checked = status & (RXD_STAT_L4CS | RXD_ERR_TCPE) == RXD_STAT_L4CS;
+            return Some((i, len, checked));
         }
         self.flush(io);
         None

@@ -1,5 +1,8 @@
 //! An in-memory Ethernet link for host tests: two [`MemoryNic`]s whose transmitted frames
 //! arrive at the other end, with a link switch, a hot-unplug switch per end and a frame log.
+//! An end may act as a NIC with TCP checksum offload ([`MemoryNic::set_checksum_offload`]):
+//! it completes the checksum of what it sends and vouches for the TCP checksums it finds
+//! right in what it receives ([`MemoryNic::corrupt_next`] corrupts a frame on the wire).
 
 use super::{Capabilities, Events, MacAddress, NetDevice, RxToken, Stats, TxToken};
 use alloc::collections::VecDeque;
@@ -24,6 +27,10 @@ struct Shared {
     pending: [Events; 2],
     /// Per end: every how many frames it sends one is lost on the way (0: none).
     lose_every: [usize; 2],
+    /// Per end: it offloads TCP checksums (both ways).
+    offload: [bool; 2],
+    /// Per end: flip a bit in the last byte of the next frame it sends, after any checksum.
+    corrupt_next: [bool; 2],
 }
 
 /// One end of an in-memory link.
@@ -43,6 +50,8 @@ pub fn pair(a: MacAddress, b: MacAddress) -> (MemoryNic, MemoryNic) {
         removed: [false; 2],
         pending: [Events::default(); 2],
         lose_every: [0; 2],
+        offload: [false; 2],
+        corrupt_next: [false; 2],
     }));
     let nic = |side, mac| MemoryNic {
         shared: Rc::clone(&shared),
@@ -84,6 +93,17 @@ impl MemoryNic {
         self.shared.borrow_mut().lose_every[self.side] = n;
     }
 
+    /// Makes this end a NIC with TCP checksum offload (`true`) or without.
+    pub fn set_checksum_offload(&self, on: bool) {
+        self.shared.borrow_mut().offload[self.side] = on;
+    }
+
+    /// Flips a bit in the last byte of the next frame this end sends (after its checksum
+    /// is complete): corruption on the wire.
+    pub fn corrupt_next(&self) {
+        self.shared.borrow_mut().corrupt_next[self.side] = true;
+    }
+
     /// Whether this end is unplugged.
     pub fn removed(&self) -> bool {
         self.shared.borrow().removed[self.side]
@@ -100,13 +120,17 @@ impl MemoryNic {
     }
 }
 
-/// A received frame.
+/// A received frame, and whether this end vouches for its checksum.
 #[derive(Debug)]
-pub struct MemoryRx(Vec<u8>);
+pub struct MemoryRx(Vec<u8>, bool);
 
 impl RxToken for MemoryRx {
     fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
         f(&self.0)
+    }
+
+    fn checksum_valid(&self) -> bool {
+        self.1
     }
 }
 
@@ -117,11 +141,26 @@ pub struct MemoryTx<'a> {
 }
 
 impl TxToken for MemoryTx<'_> {
+    fn checksum_offload(&self) -> bool {
+        self.nic.shared.borrow().offload[self.nic.side]
+    }
+
     fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
         let mut frame = alloc::vec![0; len];
         let r = f(&mut frame);
         let mut s = self.nic.shared.borrow_mut();
         let side = self.nic.side;
+        if s.offload[side]
+            && let Some(seg) = super::checksum::tcp_segment(&frame)
+        {
+            // As the NIC would, from the pseudo-header sum the driver left.
+            super::checksum::fill_tcp(&mut frame, &seg);
+        }
+        if core::mem::take(&mut s.corrupt_next[side])
+            && let Some(last) = frame.last_mut()
+        {
+            *last ^= 1;
+        }
         if s.link_up && !s.removed[side] {
             // A frame to an unplugged card goes out but is lost on the way.
             let every = s.lose_every[side];
@@ -153,6 +192,7 @@ impl NetDevice for MemoryNic {
         Capabilities {
             max_frame_len: 1514,
             max_burst: None,
+            tx_checksum: self.shared.borrow().offload[self.side],
         }
     }
 
@@ -167,9 +207,13 @@ impl NetDevice for MemoryNic {
             return None;
         }
         let frame = s.wires[1 - self.side].queue.pop_front()?;
+        // As a NIC that checks: it vouches only for a TCP checksum it found right.
+        let vouched = s.offload[self.side]
+            && super::checksum::tcp_segment(&frame)
+                .is_some_and(|seg| super::checksum::verify_tcp(&frame, &seg));
         drop(s);
         self.stats.rx_frames += 1;
-        Some((MemoryRx(frame), MemoryTx { nic: self }))
+        Some((MemoryRx(frame, vouched), MemoryTx { nic: self }))
     }
 
     fn transmit(&mut self) -> Option<MemoryTx<'_>> {

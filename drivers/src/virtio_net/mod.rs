@@ -12,13 +12,14 @@
 //! 4.1.4), set up MSI-X (entry 0 = the receive queue, entry 1 = configuration changes; the
 //! transmit queue gets no vector: finished buffers are reclaimed when the next frame goes
 //! out, so transmitting costs no interrupt), then let virtio-drivers negotiate features and
-//! set up the queues. Without a usable MSI-X capability the device falls back to INTx,
+//! set up the queues (with the checksum offloads, `CSUM` and `GUEST_CSUM`, when offered: see
+//! `hal::virtio`). Without a usable MSI-X capability the device falls back to INTx,
 //! which the caller routes (the IOAPIC on PCs) and acknowledges with
 //! [`NetDevice::ack_interrupt`].
 
 pub(crate) mod transport;
 
-pub use crate::hal::virtio::QueueError;
+pub use crate::hal::virtio::{Offloads, QueueError};
 
 use crate::hal::virtio::{NetQueues, QUEUE_SIZE, Raw, RootAccess, RxKick, TxQueue};
 use crate::hal::{self, Mmio, RegisterIo};
@@ -29,6 +30,7 @@ use crate::pci::msix::{MsiMessage, Msix, MsixError, MsixTable};
 use crate::pci::{self, Bdf, ConfigAccess, Intx};
 use crate::virtio_mmio::{self, MmioDevice};
 use core::fmt;
+use core::sync::atomic::Ordering;
 use transport::{Notify, RoamTransport, Vectors, common};
 use virtio_drivers::Hal;
 use virtio_drivers::transport::mmio::MmioError;
@@ -45,6 +47,10 @@ pub const DEVICE_ID_TRANSITIONAL: u16 = 0x1000;
 
 /// Feature bit: the device reports link status in its configuration.
 const F_STATUS: u32 = 1 << 16;
+/// Feature bit: the device completes checksums the driver leaves partial (transmit).
+pub const F_CSUM: u64 = 1 << 0;
+/// Feature bit: the driver takes frames with partial or device-checked checksums (receive).
+pub const F_GUEST_CSUM: u64 = 1 << 1;
 /// Offset of `status` in `virtio_net_config`, and its link-up bit.
 const CONFIG_STATUS: usize = 6;
 const STATUS_LINK_UP: u16 = 1;
@@ -270,7 +276,9 @@ impl<H: Hal> VirtioNet<H> {
         };
         let mut root = PciRoot::new(RootAccess::new(access.clone(), bdf, bars));
         let inner = PciTransport::new::<H, _>(&mut root, df).map_err(ProbeError::Transport)?;
-        let transport = RoamTransport::new(inner, common_io, notify, vectors);
+        let mut transport = RoamTransport::new(inner, common_io, notify, vectors);
+        transport.also_negotiate(F_CSUM | F_GUEST_CSUM);
+        let negotiated = transport.negotiated();
         let held = transport.rx_kicks();
         let raw = Raw::<H>::new(transport).map_err(ProbeError::Driver)?;
         let rx_kick = RxKick {
@@ -291,7 +299,8 @@ impl<H: Hal> VirtioNet<H> {
             }
         }
 
-        VirtioNet::start(raw, rx_kick, link, interrupt)
+        let offloads = Offloads::from_features(negotiated.load(Ordering::Relaxed));
+        VirtioNet::start(raw, rx_kick, offloads, link, interrupt)
     }
 
     /// Brings up the virtio-net device behind the virtio-mmio transport `device` (its
@@ -314,7 +323,9 @@ impl<H: Hal> VirtioNet<H> {
                 config_len,
             ))
         });
-        let transport = RoamTransport::mmio(transport);
+        let mut transport = RoamTransport::mmio(transport);
+        transport.also_negotiate(F_CSUM | F_GUEST_CSUM);
+        let negotiated = transport.negotiated();
         let held = transport.rx_kicks();
         let raw = Raw::<H>::new(transport).map_err(ProbeError::Driver)?;
         let rx_kick = RxKick {
@@ -323,7 +334,8 @@ impl<H: Hal> VirtioNet<H> {
             wide: true,
             held,
         };
-        VirtioNet::start(raw, rx_kick, link, Interrupt::Line(device.irq))
+        let offloads = Offloads::from_features(negotiated.load(Ordering::Relaxed));
+        VirtioNet::start(raw, rx_kick, offloads, link, Interrupt::Line(device.irq))
     }
 
     /// The queues set up and filled over `raw`, whichever the transport: the end of both
@@ -331,10 +343,16 @@ impl<H: Hal> VirtioNet<H> {
     fn start(
         raw: Raw<H>,
         rx_kick: RxKick,
+        offloads: Offloads,
         link: Option<Mmio>,
         interrupt: Interrupt,
     ) -> Result<VirtioNet<H>, ProbeError> {
-        let mut queues = NetQueues::new(raw, rx_kick).map_err(ProbeError::Queues)?;
+        log::debug!(
+            "virtio-net: checksum offload tx {}, rx {}",
+            offloads.tx,
+            offloads.rx
+        );
+        let mut queues = NetQueues::new(raw, rx_kick, offloads).map_err(ProbeError::Queues)?;
         let mac = MacAddress(queues.raw().mac_address());
         Ok(VirtioNet {
             queues,
@@ -347,6 +365,11 @@ impl<H: Hal> VirtioNet<H> {
     /// How the device signals (MSI-X, INTx, a line, or not at all).
     pub fn interrupt(&self) -> Interrupt {
         self.interrupt
+    }
+
+    /// The checksum offloads agreed with the device.
+    pub fn offloads(&self) -> Offloads {
+        self.queues.offloads()
     }
 }
 
@@ -409,12 +432,16 @@ pub(crate) fn setup_interrupts<H: Hal, C: ConfigAccess>(
     (vectors, Interrupt::Msix { config_shared }, Some(msix))
 }
 
-/// A received virtio-net frame.
-pub struct VirtioRx<'a>(&'a [u8]);
+/// A received virtio-net frame, and whether the device vouched for its TCP checksum.
+pub struct VirtioRx<'a>(&'a [u8], bool);
 
 impl RxToken for VirtioRx<'_> {
     fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
         f(self.0)
+    }
+
+    fn checksum_valid(&self) -> bool {
+        self.1
     }
 }
 
@@ -424,6 +451,10 @@ pub struct VirtioTx<'a, H: Hal>(TxQueue<'a, H>);
 impl<H: Hal> TxToken for VirtioTx<'_, H> {
     fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
         self.0.send(len, f)
+    }
+
+    fn checksum_offload(&self) -> bool {
+        self.0.checksum_offload()
     }
 }
 
@@ -445,6 +476,7 @@ impl<H: Hal> NetDevice for VirtioNet<H> {
         Capabilities {
             max_frame_len: MAX_FRAME_LEN,
             max_burst: Some(QUEUE_SIZE),
+            tx_checksum: self.queues.offloads().tx,
         }
     }
 
@@ -455,8 +487,8 @@ impl<H: Hal> NetDevice for VirtioNet<H> {
     }
 
     fn receive(&mut self) -> Option<(VirtioRx<'_>, VirtioTx<'_, H>)> {
-        let (frame, tx) = self.queues.receive()?;
-        Some((VirtioRx(frame), VirtioTx(tx)))
+        let (frame, vouched, tx) = self.queues.receive()?;
+        Some((VirtioRx(frame, vouched), VirtioTx(tx)))
     }
 
     fn transmit(&mut self) -> Option<VirtioTx<'_, H>> {

@@ -21,17 +21,22 @@
 //!   end of the batch if any was asked for: never fewer kicks than the device wanted (the
 //!   batch's last index is published before that one kick), at most one per batch.
 //!
+//! - Features virtio-drivers does not know ([`RoamTransport::also_negotiate`]): its
+//!   `VirtIONetRaw` negotiates a fixed set, without checksum offloads. Initialisation here
+//!   is the same sequence (virtio 1.1, 3.1.1) with those features added when the device
+//!   offers them; what was agreed is readable afterwards ([`RoamTransport::negotiated`]).
+//!
 //! Everything else is delegated unchanged.
 
 use crate::hal::{Mmio, RegisterIo};
 use alloc::sync::Arc;
 use core::fmt::Debug;
 use core::ops::BitAnd;
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use virtio_drivers::transport::mmio::MmioTransport;
 use virtio_drivers::transport::pci::PciTransport;
 use virtio_drivers::transport::{DeviceStatus, DeviceType, InterruptStatus, Transport};
-use virtio_drivers::{Error, PhysAddr};
+use virtio_drivers::{Error, PAGE_SIZE, PhysAddr};
 use zerocopy::{FromBytes, Immutable, IntoBytes};
 
 /// `virtio_pci_common_cfg` offsets (virtio 1.1, 4.1.4.3).
@@ -121,6 +126,10 @@ pub struct RoamTransport {
     bus: Bus,
     /// The receive queue's kicks, when its owner batches them.
     rx_kicks: Arc<HeldKicks>,
+    /// Features to accept beyond the driver's own, when offered.
+    extra_features: u64,
+    /// The features agreed at initialisation.
+    negotiated: Arc<AtomicU64>,
 }
 
 /// The transport proper.
@@ -167,6 +176,8 @@ impl RoamTransport {
                 vectors,
             }),
             rx_kicks: Arc::new(HeldKicks::default()),
+            extra_features: 0,
+            negotiated: Arc::default(),
         }
     }
 
@@ -175,7 +186,22 @@ impl RoamTransport {
         RoamTransport {
             bus: Bus::Mmio(inner),
             rx_kicks: Arc::new(HeldKicks::default()),
+            extra_features: 0,
+            negotiated: Arc::default(),
         }
+    }
+
+    /// Accepts `features` too at initialisation, where the device offers them (bits the
+    /// device type defines and the queue owner handles itself, e.g. virtio-net's checksum
+    /// offloads).
+    pub fn also_negotiate(&mut self, features: u64) {
+        self.extra_features |= features;
+    }
+
+    /// The features agreed at initialisation (0 before), readable after the driver took
+    /// the transport.
+    pub fn negotiated(&self) -> Arc<AtomicU64> {
+        self.negotiated.clone()
     }
 
     /// The receive queue's kick switch, for the queue's owner to batch kicks.
@@ -311,16 +337,23 @@ impl Transport for RoamTransport {
         &mut self,
         supported_features: F,
     ) -> F {
-        match &mut self.bus {
-            Bus::Pci(pci) => {
-                let negotiated = pci.inner.begin_init(supported_features);
-                // After the reset at the start of `begin_init`, which clears every vector.
-                let config = pci.vectors.config;
-                pci.write_vector(common::MSIX_CONFIG, config);
-                negotiated
-            }
-            Bus::Mmio(t) => t.begin_init(supported_features),
+        // virtio 1.1, 3.1.1, as virtio-drivers' default does, with `extra_features` added.
+        self.set_status(DeviceStatus::empty());
+        self.set_status(DeviceStatus::ACKNOWLEDGE | DeviceStatus::DRIVER);
+        let negotiated =
+            self.read_device_features() & (supported_features.bits() | self.extra_features);
+        self.write_driver_features(negotiated);
+        self.set_status(
+            DeviceStatus::ACKNOWLEDGE | DeviceStatus::DRIVER | DeviceStatus::FEATURES_OK,
+        );
+        self.set_guest_page_size(PAGE_SIZE as u32);
+        if let Bus::Pci(pci) = &mut self.bus {
+            // After the reset above, which clears every vector.
+            let config = pci.vectors.config;
+            pci.write_vector(common::MSIX_CONFIG, config);
         }
+        self.negotiated.store(negotiated, Ordering::Relaxed);
+        F::from_bits_retain(negotiated)
     }
 
     fn read_config_generation(&self) -> u32 {

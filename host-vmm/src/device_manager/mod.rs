@@ -38,11 +38,10 @@ use crate::kvm::routing::{FIRST_MSI_GSI, KvmVmOps};
 use crate::kvm::vm::Vm;
 use crate::memory::GuestRam;
 use crate::roaming::{MipTunnel, RoutedConfig, RoutedError, RoutedPort, TunnelConfig};
-use crate::tap::{Tap, TapError};
+use crate::tap::{Tap, TapError, TapWriter};
 use persisted::Persisted;
 use port::{Link, Port, PortHandle};
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::io::Write;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use vmm_sys_util::eventfd::EventFd;
@@ -174,7 +173,7 @@ fn open_port(net: &NetConfig, config: &DeviceConfig) -> Result<Port, DeviceError
         return Ok(Port::new(Link::Routed(port)));
     }
     if !net.mip {
-        return Ok(Port::new(Link::Tap(Tap::open(&net.tap)?)));
+        return Ok(Port::new(Link::Tap(Tap::open_with_vnet_header(&net.tap)?)));
     }
     let ends = config.tunnel.ok_or(DeviceError::NoTunnelEnds)?;
     let tunnel = MipTunnel::open(TunnelConfig {
@@ -222,7 +221,7 @@ pub struct DeviceManager {
     /// In attach order.
     registered: Vec<Registered>,
     /// Writers on the NICs' TAPs and the guest's MAC, for announcing the guest after a move.
-    announce: Vec<(File, [u8; 6])>,
+    announce: Vec<(TapWriter, [u8; 6])>,
 }
 
 impl std::fmt::Debug for DeviceManager {
@@ -338,6 +337,9 @@ impl DeviceManager {
                     ("tx_dropped", m.tx_dropped),
                     ("tx_spoofed", m.tx_spoofed),
                     ("tx_bad_gso", m.tx_bad_gso),
+                    ("tx_bad_csum", m.tx_bad_csum),
+                    ("tx_csum", m.tx_csum),
+                    ("rx_csum", m.rx_csum),
                 ]),
             );
         }
@@ -367,6 +369,8 @@ impl DeviceManager {
                     ("tx_spoofed", m.tx_spoofed),
                     ("tx_bad_mss", m.tx_bad_mss),
                     ("queue_errors", m.queue_errors),
+                    ("tx_csum", m.tx_csum),
+                    ("rx_csum", m.rx_csum),
                 ]),
             );
         }
@@ -470,7 +474,7 @@ impl DeviceManager {
     pub fn announce(&self) -> usize {
         let mut sent = 0;
         for (file, mac) in &self.announce {
-            match (&*file).write_all(&announce::rarp(*mac)) {
+            match file.send(&announce::rarp(*mac)) {
                 Ok(()) => sent += 1,
                 Err(e) => log::warn!("announce: frame not sent: {e}"),
             }

@@ -8,6 +8,7 @@
 //! device receives before anything newer from the link, in order, at most [`MAX_INBOX`].
 
 use crate::devices::virtio::net::backend::NetBackend;
+use crate::devices::virtio::net::checksum::{Partial, RxChecksum};
 use crate::roaming::{MipTunnel, RoutedPort};
 use crate::tap::Tap;
 use std::collections::VecDeque;
@@ -52,6 +53,30 @@ impl Link {
             Link::Tap(t) => t.ready_fd(),
             Link::Mip(m) => m.ready_fd(),
             Link::Routed(r) => r.ready_fd(),
+        }
+    }
+
+    fn recv_checksum(&mut self, buf: &mut [u8]) -> io::Result<(usize, RxChecksum)> {
+        match self {
+            Link::Tap(t) => t.recv_checksum(buf),
+            Link::Mip(m) => m.recv_checksum(buf),
+            Link::Routed(r) => r.recv_checksum(buf),
+        }
+    }
+
+    fn send_partial(&mut self, frame: &mut [u8], partial: Partial) -> io::Result<()> {
+        match self {
+            Link::Tap(t) => t.send_partial(frame, partial),
+            Link::Mip(m) => m.send_partial(frame, partial),
+            Link::Routed(r) => r.send_partial(frame, partial),
+        }
+    }
+
+    fn set_checksum_offload(&mut self, on: bool) -> io::Result<()> {
+        match self {
+            Link::Tap(t) => t.set_checksum_offload(on),
+            Link::Mip(m) => m.set_checksum_offload(on),
+            Link::Routed(r) => r.set_checksum_offload(on),
         }
     }
 }
@@ -101,15 +126,33 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Shared {
-    fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.inbox_used.load(Ordering::Acquire) {
-            let mut inbox = lock(&self.inbox);
-            if let Some(n) = inbox.pop_into(buf) {
-                return Ok(n);
-            }
+    /// The oldest forwarded frame into `buf`, if one waits.
+    fn pop_inbox(&self, buf: &mut [u8]) -> Option<usize> {
+        if !self.inbox_used.load(Ordering::Acquire) {
+            return None;
+        }
+        let mut inbox = lock(&self.inbox);
+        let n = inbox.pop_into(buf);
+        if n.is_none() {
             self.inbox_used.store(false, Ordering::Release);
         }
-        lock(&self.link).recv(buf)
+        n
+    }
+
+    fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        match self.pop_inbox(buf) {
+            Some(n) => Ok(n),
+            None => lock(&self.link).recv(buf),
+        }
+    }
+
+    fn recv_checksum(&self, buf: &mut [u8]) -> io::Result<(usize, RxChecksum)> {
+        match self.pop_inbox(buf) {
+            // Forwarded frames were read with their checksums complete (`recv`); nobody
+            // here checked them, so the guest does.
+            Some(n) => Ok((n, RxChecksum::Unknown)),
+            None => lock(&self.link).recv_checksum(buf),
+        }
     }
 }
 
@@ -131,7 +174,7 @@ impl Port {
 
     /// A TAP's writer, for announcing the guest on it (`None` for the tunnel and the
     /// routed TAP: away from home nobody on this host's links needs the guest's MAC).
-    pub fn announce_writer(&self) -> Option<io::Result<std::fs::File>> {
+    pub fn announce_writer(&self) -> Option<io::Result<crate::tap::TapWriter>> {
         match &*lock(&self.0.link) {
             Link::Tap(tap) => Some(tap.writer()),
             _ => None,
@@ -155,6 +198,18 @@ impl NetBackend for Port {
 
     fn ready_fd(&self) -> RawFd {
         self.0.ready_fd
+    }
+
+    fn recv_checksum(&mut self, buf: &mut [u8]) -> io::Result<(usize, RxChecksum)> {
+        self.0.recv_checksum(buf)
+    }
+
+    fn send_partial(&mut self, frame: &mut [u8], partial: Partial) -> io::Result<()> {
+        lock(&self.0.link).send_partial(frame, partial)
+    }
+
+    fn set_checksum_offload(&mut self, on: bool) -> io::Result<()> {
+        lock(&self.0.link).set_checksum_offload(on)
     }
 }
 

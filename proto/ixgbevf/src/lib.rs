@@ -175,6 +175,16 @@ pub const RXD_STAT_DD: u32 = 1 << 0;
 pub const RXD_STAT_EOP: u32 = 1 << 1;
 /// RX write-back errors that mean a bad frame (CE, LE, PE, OSE, USE).
 pub const RXD_ERR_FRAME: u32 = (1 << 24) | (1 << 25) | (1 << 27) | (1 << 28) | (1 << 29);
+/// RX write-back status: UDP checksum checked (with `RXD_STAT_L4CS`).
+pub const RXD_STAT_UDPCS: u32 = 1 << 4;
+/// RX write-back status: L4 (TCP/UDP) checksum checked; `RXD_ERR_TCPE` says if it was bad.
+pub const RXD_STAT_L4CS: u32 = 1 << 5;
+/// RX write-back status: IPv4 header checksum checked; `RXD_ERR_IPE` says if it was bad.
+pub const RXD_STAT_IPCS: u32 = 1 << 6;
+/// RX write-back error: the L4 checksum was wrong.
+pub const RXD_ERR_TCPE: u32 = 1 << 30;
+/// RX write-back error: the IPv4 header checksum was wrong.
+pub const RXD_ERR_IPE: u32 = 1 << 31;
 /// RX write-back: byte offset of the status/error dword.
 pub const RXD_STATUS_OFFSET: usize = 8;
 /// RX write-back: byte offset of the 16-bit packet length.
@@ -208,6 +218,12 @@ pub const TXD_OLINFO_CC: u32 = 1 << 7;
 pub const TXD_POPTS_IXSM: u32 = 1 << 8;
 /// TX olinfo_status: insert L4 checksum.
 pub const TXD_POPTS_TXSM: u32 = 1 << 9;
+/// TX context dword 0: MACLEN shift (IPLEN is bits 8:0).
+pub const TXD_CTX_MACLEN_SHIFT: u32 = 9;
+/// TX context TUCMD (dword 2): IPv4 packet.
+pub const TXD_TUCMD_IPV4: u32 = 0x400;
+/// TX context TUCMD (dword 2): L4 type TCP (UDP is 0).
+pub const TXD_TUCMD_L4T_TCP: u32 = 0x800;
 /// TX olinfo_status: PAYLEN shift.
 pub const TXD_PAYLEN_SHIFT: u32 = 14;
 

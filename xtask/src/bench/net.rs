@@ -9,6 +9,12 @@
 //!
 //! Directions are the guest's: `rx` is the client sending to the guest (`iperf3 -c`), `tx`
 //! is the guest sending (`iperf3 -c -R`).
+//!
+//! Then the guest's own cost, deterministic: one boot under QEMU microvm with TCG and
+//! `-icount shift=0` ([`instructions`]), where a TSC tick is one guest instruction; the
+//! kernel's per-frame cost report (`log=debug`) while pinging gives the instructions per ICMP
+//! echo, and while iperf3 sends to the guest the instructions per received TCP segment
+//! (everything the guest does per frame: driver, stack, the reply or ACK, the app).
 
 use crate::net::{GUEST_IP, NetGuest};
 use crate::stats::Summary;
@@ -199,6 +205,36 @@ pub fn receiver_mbps(report: &str) -> Result<f64> {
     Ok(bps / 1e6)
 }
 
+/// Guest instructions per received frame, counted under QEMU TCG with `-icount shift=0`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Instructions {
+    /// While pinging: per ICMP echo request answered.
+    pub per_icmp_echo: Option<u64>,
+    /// While iperf3 sends to the guest: per TCP segment received.
+    pub per_tcp_segment: Option<u64>,
+}
+
+/// Boots `image` once under QEMU TCG with `-icount shift=0` and reads the kernel's per-frame
+/// cost while pinging and while receiving iperf3's stream.
+pub fn instructions(image: &Path) -> Result<Instructions> {
+    let who = "net bench: qemu_microvm TCG -icount";
+    eprintln!("{who}: booting {}", image.display());
+    let guest = NetGuest::start_qemu_icount(image, "bi", "log=debug")?;
+    let start = guest.vm.output().len();
+    eprintln!("{who}: {PINGS} pings");
+    ping(&guest)?;
+    let after_ping = guest.vm.output().len();
+    eprintln!("{who}: iperf3 -t {IPERF_SECONDS}");
+    iperf3(&guest, false)?;
+    let console = guest.vm.output();
+    let figures = Instructions {
+        per_icmp_echo: cycles_per_frame(&console[start..after_ping]),
+        per_tcp_segment: cycles_per_frame(&console[after_ping..]),
+    };
+    eprintln!("{who}: {figures:?}");
+    Ok(figures)
+}
+
 fn figure(figures: &[NetFigures], vmm: Vmm) -> Option<&NetFigures> {
     figures.iter().find(|f| f.vmm == vmm)
 }
@@ -232,8 +268,13 @@ fn json_ratio(r: f64) -> String {
     }
 }
 
+/// A count for JSON: a number, or null.
+fn json_count(n: Option<u64>) -> String {
+    n.map_or("null".to_string(), |n| n.to_string())
+}
+
 /// The `--json` object.
-pub fn json(figures: &[NetFigures]) -> String {
+pub fn json(figures: &[NetFigures], instructions: &Instructions) -> String {
     let runs = figures.iter().map(|f| f.runs.len()).max().unwrap_or(0);
     let mut out = format!(
         "{{\"bench\":\"net\",\"image\":\"{IMAGE}\",\"runs_per_vmm\":{runs},\"order\":\"alternating\",\"pings_per_run\":{PINGS},\"iperf3_seconds\":{IPERF_SECONDS}"
@@ -265,10 +306,12 @@ pub fn json(figures: &[NetFigures]) -> String {
     }
     let (ping, rx, tx) = ratios(figures);
     out.push_str(&format!(
-        ",\"ratio_ping_rtt\":{},\"ratio_rx\":{},\"ratio_tx\":{}}}",
+        ",\"ratio_ping_rtt\":{},\"ratio_rx\":{},\"ratio_tx\":{},\"guest_instructions_per_icmp_echo\":{},\"guest_instructions_per_tcp_segment\":{}}}",
         json_ratio(ping),
         json_ratio(rx),
-        json_ratio(tx)
+        json_ratio(tx),
+        json_count(instructions.per_icmp_echo),
+        json_count(instructions.per_tcp_segment)
     ));
     out
 }
@@ -284,7 +327,7 @@ fn mmm(s: Option<Summary>, decimals: usize) -> String {
 }
 
 /// The human-readable table.
-pub fn table(figures: &[NetFigures]) -> String {
+pub fn table(figures: &[NetFigures], instructions: &Instructions) -> String {
     let runs = figures.iter().map(|f| f.runs.len()).max().unwrap_or(0);
     let mut out = format!(
         "net benchmark: image {IMAGE}, {runs} runs per VMM taking turns (host-vmm, QEMU, host-vmm, ...), each a fresh boot, {PINGS} pings 20 ms apart and iperf3 -t {IPERF_SECONDS} each way (rx: into the guest, tx: out of it)\n\
@@ -310,6 +353,12 @@ pub fn table(figures: &[NetFigures]) -> String {
         "ratios of the medians, above 1 = host-vmm better: ping RTT (qemu/host) {ping:.2}x, rx {rx:.2}x, tx {tx:.2}x\n"
     ));
     out.push_str("guest cycles/echo: median over runs of the median busy guest TSC cycles per received frame while pinging (kernel log=debug)\n");
+    let count = |n: Option<u64>| n.map_or("-".to_string(), |n| n.to_string());
+    out.push_str(&format!(
+        "guest instructions (QEMU TCG -icount shift=0, median per received frame): per ICMP echo {}, per received TCP segment {}\n",
+        count(instructions.per_icmp_echo),
+        count(instructions.per_tcp_segment)
+    ));
     out
 }
 
@@ -376,14 +425,25 @@ mod tests {
         let all = [host, qemu];
         let (ping, rx, tx) = ratios(&all);
         assert_eq!((ping, rx, tx), (2.0, 2.0, 2.0));
-        let t = table(&all);
+        let counted = Instructions {
+            per_icmp_echo: Some(2400),
+            per_tcp_segment: None,
+        };
+        let t = table(&all, &counted);
         assert!(t.contains("100.0/200.0/300.0"), "{t}");
         assert!(t.contains("3 runs per VMM"), "{t}");
-        let v: serde_json::Value = serde_json::from_str(&json(&all)).unwrap();
+        assert!(
+            t.contains("per ICMP echo 2400, per received TCP segment -"),
+            "{t}"
+        );
+        let v: serde_json::Value = serde_json::from_str(&json(&all, &counted)).unwrap();
         assert_eq!(v["host_vmm"]["iperf3_rx_mbps"]["median"], 200.0);
         assert_eq!(v[QEMU.key()]["runs"].as_array().unwrap().len(), 3);
         assert_eq!(v["ratio_tx"], 2.0);
-        let lone: serde_json::Value = serde_json::from_str(&json(&all[..1])).unwrap();
+        assert_eq!(v["guest_instructions_per_icmp_echo"], 2400);
+        assert!(v["guest_instructions_per_tcp_segment"].is_null());
+        let lone: serde_json::Value =
+            serde_json::from_str(&json(&all[..1], &Instructions::default())).unwrap();
         assert!(lone["ratio_rx"].is_null());
     }
 

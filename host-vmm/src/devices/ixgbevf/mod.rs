@@ -131,6 +131,10 @@ pub struct VfMetrics {
     pub tx_bad_mss: u64,
     /// Queues stopped for a bad ring, index or buffer.
     pub queue_errors: u64,
+    /// Packets whose L4 checksum the VF inserted (TXSM).
+    pub tx_csum: u64,
+    /// Frames delivered with their L4 checksum checked and found right (L4CS, no TCPE).
+    pub rx_csum: u64,
 }
 
 /// A frame read from the backend, in `rx_buf[start..end]`, ready for RX queue 0.
@@ -373,6 +377,11 @@ impl<B: NetBackend> Ixgbevf<B> {
         match rx::deliver(q, &self.mem, frame, f.vlan, &mut self.rx_addrs) {
             Ok(rx::Delivery::Delivered) => {
                 self.state.counters.received(frame);
+                if rx::checksum_status(frame) & (r::RXD_STAT_L4CS | r::RXD_ERR_TCPE)
+                    == r::RXD_STAT_L4CS
+                {
+                    self.metrics.rx_csum += 1;
+                }
                 self.metrics.rx_frames += 1;
                 self.metrics.rx_bytes += frame.len() as u64;
                 rx::Delivery::Delivered
@@ -434,6 +443,7 @@ impl<B: NetBackend> Ixgbevf<B> {
             Ok(pass) => {
                 self.metrics.tx_dropped += u64::from(pass.bad_offloads);
                 self.metrics.tx_bad_mss += u64::from(pass.bad_mss);
+                self.metrics.tx_csum += u64::from(pass.checksummed);
                 if pass.reported {
                     self.raise(Cause::Tx(qi));
                 }

@@ -121,7 +121,7 @@ impl Offload {
 }
 
 /// Adds `data` as big-endian 16-bit words to a ones'-complement sum.
-fn sum16(data: &[u8], mut acc: u64) -> u64 {
+pub(super) fn sum16(data: &[u8], mut acc: u64) -> u64 {
     let mut words = data.chunks_exact(2);
     for w in &mut words {
         acc += u64::from(u16::from_be_bytes([w[0], w[1]]));
@@ -133,7 +133,7 @@ fn sum16(data: &[u8], mut acc: u64) -> u64 {
 }
 
 /// Folds a sum to 16 bits.
-fn fold(mut acc: u64) -> u16 {
+pub(super) fn fold(mut acc: u64) -> u16 {
     while acc > 0xFFFF {
         acc = (acc & 0xFFFF) + (acc >> 16);
     }

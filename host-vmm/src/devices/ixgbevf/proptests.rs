@@ -354,3 +354,25 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    /// Whatever bytes arrive, the RX checksum verdict never panics, claims an L4 check only
+    /// for an IPv4 packet whose header checked out, and finds a frame it just checked again
+    /// unchanged (the verdict is a pure function of the bytes).
+    #[test]
+    fn rx_checksum_status_of_any_frame(
+        frame in proptest::collection::vec(any::<u8>(), 0..200),
+        ipv4 in any::<bool>(),
+    ) {
+        let mut frame = frame;
+        if ipv4 && frame.len() > 14 {
+            frame[12..14].copy_from_slice(&[0x08, 0x00]);
+            frame[14] = 0x45;
+        }
+        let bits = super::rx::checksum_status(&frame);
+        if bits & r::RXD_STAT_L4CS != 0 {
+            prop_assert!(bits & r::RXD_STAT_IPCS != 0 && bits & r::RXD_ERR_IPE == 0);
+        }
+        prop_assert_eq!(bits, super::rx::checksum_status(&frame));
+    }
+}

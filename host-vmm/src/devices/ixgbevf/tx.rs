@@ -69,6 +69,8 @@ pub struct TxPass {
     pub bad_offloads: u32,
     /// Of those, TSO packets refused for their MSS (too small, or beyond the frame size).
     pub bad_mss: u32,
+    /// Packets whose L4 checksum the device inserted (TXSM).
+    pub checksummed: u32,
 }
 
 /// The first data descriptor of a packet.
@@ -134,7 +136,7 @@ pub fn process(
             continue;
         }
         match finish(packet_first, len, contexts, max_frame, scratch, send) {
-            Ok(()) => {}
+            Ok(txsm) => pass.checksummed += u32::from(txsm),
             Err(offload::OffloadError::Mss { .. }) => {
                 pass.bad_offloads += 1;
                 pass.bad_mss += 1;
@@ -161,7 +163,8 @@ pub fn process(
     Ok(pass)
 }
 
-/// Applies the packet's offloads and sends the result (one frame, or the TSO segments).
+/// Applies the packet's offloads and sends the result (one frame, or the TSO segments);
+/// whether it inserted an L4 checksum.
 fn finish(
     first: First,
     len: usize,
@@ -169,7 +172,7 @@ fn finish(
     max_frame: usize,
     scratch: &mut TxScratch,
     send: &mut dyn FnMut(&[u8]),
-) -> Result<(), offload::OffloadError> {
+) -> Result<bool, offload::OffloadError> {
     let TxScratch {
         packet,
         segment,
@@ -181,7 +184,7 @@ fn finish(
         // Legacy: the VLAN tag is in dword 3's upper half.
         let vlan = (first.cmd & r::TXD_CMD_VLE != 0).then_some((first.olinfo >> 16) as u16);
         emit(frame, vlan, tagged, send);
-        return Ok(());
+        return Ok(false);
     }
     let ctx = &contexts[((first.olinfo >> 4) & 1) as usize];
     let o = Offload::advanced(first.cmd, first.olinfo, ctx);
@@ -193,7 +196,7 @@ fn finish(
         offload::checksum(frame, &o)?;
         emit(frame, o.vlan, tagged, send);
     }
-    Ok(())
+    Ok(o.txsm)
 }
 
 /// Sends `frame`, with `vlan` inserted after the MAC addresses if given.

@@ -5,7 +5,12 @@
 //! A backend moves whole Ethernet frames, without any virtio header (the device adds and
 //! strips it), and never blocks: `recv` says `WouldBlock` when nothing is waiting, and its
 //! [`NetBackend::ready_fd`] becomes readable (edge-triggered) when something arrives.
+//!
+//! Checksum offload is optional: a backend that can carry partial checksums (a TAP with a
+//! vnet header) overrides [`NetBackend::recv_checksum`], [`NetBackend::send_partial`] and
+//! [`NetBackend::set_checksum_offload`]; the others complete checksums in software.
 
+use super::checksum::{Partial, RxChecksum};
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
@@ -21,14 +26,33 @@ pub trait NetBackend: Send {
     fn send(&mut self, frame: &[u8]) -> io::Result<()>;
     /// The descriptor that becomes readable when a frame is waiting.
     fn ready_fd(&self) -> RawFd;
+    /// Like `recv`, with what is known of the frame's checksums: once
+    /// [`NetBackend::set_checksum_offload`] allowed it, a frame may come checked or with a
+    /// partial checksum. (`recv` always returns complete checksums.)
+    fn recv_checksum(&mut self, buf: &mut [u8]) -> io::Result<(usize, RxChecksum)> {
+        self.recv(buf).map(|len| (len, RxChecksum::Unknown))
+    }
+    /// Sends `frame` with `partial` left to the other side (its offsets fit the frame);
+    /// by default it is completed here first.
+    fn send_partial(&mut self, frame: &mut [u8], partial: Partial) -> io::Result<()> {
+        partial.complete(frame);
+        self.send(frame)
+    }
+    /// Whether [`NetBackend::recv_checksum`] may hand over checked and partial frames (the
+    /// guest takes them). Off until asked.
+    fn set_checksum_offload(&mut self, _on: bool) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 #[derive(Debug, Default)]
 struct Link {
-    /// Frames from the peer to the device.
-    to_device: VecDeque<Vec<u8>>,
+    /// Frames from the peer to the device, with their checksum status.
+    to_device: VecDeque<(Vec<u8>, RxChecksum)>,
     /// Frames the device sent.
     from_device: VecDeque<Vec<u8>>,
+    /// The device allowed checked and partial frames.
+    offload: bool,
 }
 
 /// The device's end of an in-memory link.
@@ -65,8 +89,21 @@ fn lock(link: &Mutex<Link>) -> std::sync::MutexGuard<'_, Link> {
 impl MemPeer {
     /// Queues `frame` for the device and signals readiness.
     pub fn inject(&self, frame: &[u8]) {
-        lock(&self.link).to_device.push_back(frame.to_vec());
+        self.inject_checksum(frame, RxChecksum::Unknown);
+    }
+
+    /// Queues `frame` with a checksum status (as a TAP's vnet header gives it; without
+    /// offload allowed the backend completes and forgets it, as the kernel does).
+    pub fn inject_checksum(&self, frame: &[u8], checksum: RxChecksum) {
+        lock(&self.link)
+            .to_device
+            .push_back((frame.to_vec(), checksum));
         let _ = self.ready.write(1);
+    }
+
+    /// Whether the device allowed checked and partial frames.
+    pub fn offload(&self) -> bool {
+        lock(&self.link).offload
     }
 
     /// The oldest frame the device sent, if any.
@@ -82,12 +119,32 @@ impl MemPeer {
 
 impl NetBackend for MemBackend {
     fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let (n, checksum) = self.recv_checksum(buf)?;
+        if let RxChecksum::Partial(p) = checksum {
+            p.complete(&mut buf[..n]);
+        }
+        Ok(n)
+    }
+
+    fn set_checksum_offload(&mut self, on: bool) -> io::Result<()> {
+        lock(&self.link).offload = on;
+        Ok(())
+    }
+
+    fn recv_checksum(&mut self, buf: &mut [u8]) -> io::Result<(usize, RxChecksum)> {
         let mut link = lock(&self.link);
+        let offload = link.offload;
         match link.to_device.pop_front() {
-            Some(frame) => {
+            Some((frame, mut checksum)) => {
                 let n = frame.len().min(buf.len());
                 buf[..n].copy_from_slice(&frame[..n]);
-                Ok(n)
+                if !offload {
+                    if let RxChecksum::Partial(p) = checksum {
+                        p.complete(&mut buf[..n]);
+                    }
+                    checksum = RxChecksum::Unknown;
+                }
+                Ok((n, checksum))
             }
             None => {
                 // Drained: reset the counter so the next inject is a fresh edge.

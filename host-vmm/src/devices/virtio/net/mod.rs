@@ -1,15 +1,27 @@
 //! virtio-net (virtio 1.x, 5.1): one receive queue, one transmit queue, a MAC address and a
 //! link status, over a [`NetBackend`].
 //!
-//! Offered features: VERSION_1, MAC, STATUS and EVENT_IDX, nothing else: no offloads (so
-//! every header the device writes is zero but for `num_buffers` = 1), no mergeable buffers (each receive chain holds a whole frame;
-//! the specification asks drivers for 1526-byte buffers), no control queue, no indirect
-//! descriptors (fewer guest instructions per packet, and one less thing to check).
+//! Offered features: VERSION_1, MAC, STATUS, EVENT_IDX and the checksum offloads CSUM and
+//! GUEST_CSUM, nothing else: no segmentation offloads, no mergeable buffers (each receive
+//! chain holds a whole frame; the specification asks drivers for 1526-byte buffers), no
+//! control queue, no indirect descriptors (fewer guest instructions per packet, and one
+//! less thing to check).
+//!
+//! Checksum offload ([`checksum`]): with CSUM the guest may leave a checksum partial
+//! (`NEEDS_CSUM`, `csum_start`, `csum_offset`); the device checks that the field lies in the
+//! frame (else the frame is dropped and counted, `tx_bad_csum`) and passes the request to
+//! the backend, which hands it to the host kernel (a TAP with a vnet header) or completes
+//! it in software. With GUEST_CSUM the device asks the backend for the host's checksum
+//! status (`TUNSETOFFLOAD`) and passes it on in the receive header (`DATA_VALID`, or
+//! `NEEDS_CSUM` for a frame the host's own stack left partial); without it every checksum
+//! the guest gets is complete. Frames carried by a move are complete too, so the saved
+//! state has no checksum fields.
 //!
 //! Transmit is checked as a careful PF checks a VF's: a frame whose source MAC is not the
 //! device's (or too short to have one) is dropped and counted (`tx_spoofed`), and so is one
 //! whose header asks for segmentation (`gso_type` not NONE, `tx_bad_gso`): GSO is never
-//! offered, so such a request (with whatever `gso_size`) is refused, never carried out.
+//! offered, so such a request (with whatever `gso_size`) is refused, never carried out; so
+//! is a partial checksum the guest did not negotiate or whose field is outside the frame.
 //!
 //! Frames pass through one preallocated bounce buffer per direction: a whole frame is read
 //! from the backend (one syscall) before a receive chain is chosen, so its length is known
@@ -31,6 +43,7 @@
 //! [`NetBackend`] trait the frames go through, and `tests.rs` the unit tests.
 
 pub mod backend;
+pub mod checksum;
 mod state;
 
 #[cfg(test)]
@@ -46,12 +59,17 @@ use super::{
 use crate::devices::DeviceStateError;
 use crate::memory::GuestMemoryMmap;
 use backend::NetBackend;
+use checksum::{F_DATA_VALID, F_NEEDS_CSUM, RxChecksum};
 use std::io;
 use std::os::fd::RawFd;
 use virtio_queue::Queue;
 
 /// Virtio device ID of a network card.
 pub const VIRTIO_ID_NET: u16 = 1;
+/// Feature: the device completes checksums the driver leaves partial.
+pub const VIRTIO_NET_F_CSUM: u64 = 1 << 0;
+/// Feature: the driver takes frames with checked or partial checksums.
+pub const VIRTIO_NET_F_GUEST_CSUM: u64 = 1 << 1;
 /// Feature: the device has a MAC address in its configuration.
 pub const VIRTIO_NET_F_MAC: u64 = 1 << 5;
 /// Feature: the configuration has a link status.
@@ -89,6 +107,14 @@ pub struct NetMetrics {
     pub tx_spoofed: u64,
     /// Frames whose header asked for segmentation (GSO is not offered).
     pub tx_bad_gso: u64,
+    /// Frames whose header asked for a partial checksum not negotiated, or outside the
+    /// frame.
+    pub tx_bad_csum: u64,
+    /// Frames sent with their checksum left to the device (CSUM).
+    pub tx_csum: u64,
+    /// Frames delivered with their checksum checked or partial (GUEST_CSUM): the guest
+    /// need not verify them.
+    pub rx_csum: u64,
 }
 
 /// `virtio_net_hdr.gso_type`: no segmentation.
@@ -97,19 +123,36 @@ const GSO_NONE: u8 = 0;
 /// Most frames a move carries from the source's backend to the destination.
 pub const MAX_BACKLOG: usize = 256;
 
-/// The next frame for the guest into `rx_buf` after the header: a carried one, else one
-/// from the backend.
+/// The next frame for the guest into `rx_buf` after the header: a carried one (complete),
+/// else one from the backend, with its checksum status.
 fn next_frame<B: NetBackend>(
     backlog: &mut std::collections::VecDeque<Vec<u8>>,
     backend: &mut B,
     rx_buf: &mut [u8],
-) -> io::Result<usize> {
+) -> io::Result<(usize, RxChecksum)> {
     if let Some(frame) = backlog.pop_front() {
         let len = frame.len().min(MAX_FRAME);
         rx_buf[HEADER_LEN..HEADER_LEN + len].copy_from_slice(&frame[..len]);
-        return Ok(len);
+        return Ok((len, RxChecksum::Unknown));
     }
-    backend.recv(&mut rx_buf[HEADER_LEN..])
+    backend.recv_checksum(&mut rx_buf[HEADER_LEN..])
+}
+
+/// Writes the receive header for the `len`-byte frame after it in `rx_buf`, telling the
+/// guest its checksum status if it negotiated GUEST_CSUM, else completing a partial
+/// checksum here. `false`: the partial checksum's field is outside the frame (drop it).
+fn rx_header(rx_buf: &mut [u8], len: usize, status: RxChecksum, guest_csum: bool) -> bool {
+    let status = match status {
+        RxChecksum::Partial(p) if !p.fits(len) => return false,
+        RxChecksum::Partial(p) if !guest_csum => {
+            p.complete(&mut rx_buf[HEADER_LEN..HEADER_LEN + len]);
+            RxChecksum::Unknown
+        }
+        RxChecksum::Valid if !guest_csum => RxChecksum::Unknown,
+        other => other,
+    };
+    checksum::write_rx_header(rx_buf, status);
+    true
 }
 
 /// The queues while the driver runs the device.
@@ -135,6 +178,10 @@ pub struct Net<B: NetBackend> {
     tx_buf: Box<[u8]>,
     /// The current chain's buffers (reused: no allocation per frame).
     segments: Vec<Segment>,
+    /// The driver negotiated CSUM (it may leave checksums partial).
+    csum: bool,
+    /// The driver negotiated GUEST_CSUM (it takes checked and partial frames).
+    guest_csum: bool,
     metrics: NetMetrics,
 }
 
@@ -151,9 +198,7 @@ impl<B: NetBackend> std::fmt::Debug for Net<B> {
 impl<B: NetBackend> Net<B> {
     /// A device with address `mac`, link up, on `backend`.
     pub fn new(backend: B, mac: [u8; 6]) -> Self {
-        let mut rx_buf = vec![0u8; HEADER_LEN + MAX_FRAME].into_boxed_slice();
-        // The receive header never changes: no offloads, one buffer per frame.
-        rx_buf[10..12].copy_from_slice(&1u16.to_le_bytes());
+        let rx_buf = vec![0u8; HEADER_LEN + MAX_FRAME].into_boxed_slice();
         Net {
             mac,
             link_up: true,
@@ -164,6 +209,8 @@ impl<B: NetBackend> Net<B> {
             rx_backlog: std::collections::VecDeque::new(),
             tx_buf: vec![0u8; HEADER_LEN + MAX_FRAME].into_boxed_slice(),
             segments: Vec::with_capacity(usize::from(QUEUE_SIZE)),
+            csum: false,
+            guest_csum: false,
             metrics: NetMetrics::default(),
         }
     }
@@ -215,10 +262,17 @@ impl<B: NetBackend> Net<B> {
         let mut used = false;
         loop {
             let len = match self.rx_pending {
+                // Its header is written already.
                 Some(len) => len,
                 None => match next_frame(&mut self.rx_backlog, &mut self.backend, &mut self.rx_buf)
                 {
-                    Ok(len) => len,
+                    Ok((len, status)) => {
+                        if !rx_header(&mut self.rx_buf, len, status, self.guest_csum) {
+                            self.metrics.rx_dropped += 1;
+                            continue;
+                        }
+                        len
+                    }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(e) => {
@@ -262,6 +316,9 @@ impl<B: NetBackend> Net<B> {
             used = true;
             self.metrics.rx_frames += 1;
             self.metrics.rx_bytes += len as u64;
+            if self.rx_buf[0] & (F_NEEDS_CSUM | F_DATA_VALID) != 0 {
+                self.metrics.rx_csum += 1;
+            }
         }
         let mut signal = QueueSet::default();
         if used && queue::needs_interrupt(&mut active.rx, RX, mem)? {
@@ -291,10 +348,15 @@ impl<B: NetBackend> Net<B> {
                     &mut self.segments,
                 )? as usize;
                 queue::read_segments(mem, &self.segments, &mut self.tx_buf[..total], TX)?;
-                let gso_type = self.tx_buf[1];
-                let frame = &self.tx_buf[HEADER_LEN..total];
-                let checked = if gso_type != GSO_NONE {
+                let mut header = [0u8; HEADER_LEN];
+                header.copy_from_slice(&self.tx_buf[..HEADER_LEN]);
+                let partial = checksum::header_partial(&header);
+                let frame = &mut self.tx_buf[HEADER_LEN..total];
+                let checked = if header[1] != GSO_NONE {
                     self.metrics.tx_bad_gso += 1;
+                    Err(())
+                } else if partial.is_some_and(|p| !self.csum || !p.fits(frame.len())) {
+                    self.metrics.tx_bad_csum += 1;
                     Err(())
                 } else if frame.get(6..12) != Some(&self.mac[..]) {
                     self.metrics.tx_spoofed += 1;
@@ -308,10 +370,18 @@ impl<B: NetBackend> Net<B> {
                     used = true;
                     continue;
                 }
-                match self.backend.send(frame) {
+                let len = frame.len() as u64;
+                let sent = match partial {
+                    Some(p) => {
+                        self.metrics.tx_csum += 1;
+                        self.backend.send_partial(frame, p)
+                    }
+                    None => self.backend.send(frame),
+                };
+                match sent {
                     Ok(()) => {
                         self.metrics.tx_frames += 1;
-                        self.metrics.tx_bytes += frame.len() as u64;
+                        self.metrics.tx_bytes += len;
                     }
                     Err(e) => {
                         self.metrics.tx_dropped += 1;
@@ -346,6 +416,15 @@ impl<B: NetBackend> Net<B> {
         c
     }
 
+    /// Whether the guest takes checked and partial frames; the backend is told, so it hands
+    /// them over (or completes them itself).
+    fn set_guest_csum(&mut self, on: bool) {
+        self.guest_csum = on;
+        if let Err(e) = self.backend.set_checksum_offload(on) {
+            log::warn!("virtio-net: the backend refused checksum offload {on}: {e}");
+        }
+    }
+
     /// Queue indexes and ring positions, for a later save (migration) and for tests.
     pub fn queue_states(&self) -> Option<[virtio_queue::QueueState; 2]> {
         self.active.as_ref().map(|a| [a.rx.state(), a.tx.state()])
@@ -361,9 +440,16 @@ impl<B: NetBackend> VirtioDevice for Net<B> {
         VirtioDeviceState::Net(NetState {
             mac: self.mac,
             link_up: self.link_up,
-            rx_pending: self
-                .rx_pending
-                .map(|len| self.rx_buf[HEADER_LEN..HEADER_LEN + len].to_vec()),
+            rx_pending: self.rx_pending.map(|len| {
+                // Carried complete: the destination's guest may not take partial ones.
+                let mut frame = self.rx_buf[HEADER_LEN..HEADER_LEN + len].to_vec();
+                let mut header = [0u8; HEADER_LEN];
+                header.copy_from_slice(&self.rx_buf[..HEADER_LEN]);
+                if let Some(p) = checksum::header_partial(&header) {
+                    p.complete(&mut frame);
+                }
+                frame
+            }),
             rx_backlog: self.rx_backlog.iter().cloned().collect(),
         })
     }
@@ -420,6 +506,7 @@ impl<B: NetBackend> VirtioDevice for Net<B> {
             dst.copy_from_slice(&frame);
             Some(frame.len())
         });
+        checksum::write_rx_header(&mut self.rx_buf, RxChecksum::Unknown);
     }
 
     fn queue_states(&self) -> Vec<virtio_queue::QueueState> {
@@ -435,7 +522,12 @@ impl<B: NetBackend> VirtioDevice for Net<B> {
     }
 
     fn features(&self) -> u64 {
-        VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX | VIRTIO_NET_F_MAC | VIRTIO_NET_F_STATUS
+        VIRTIO_F_VERSION_1
+            | VIRTIO_RING_F_EVENT_IDX
+            | VIRTIO_NET_F_MAC
+            | VIRTIO_NET_F_STATUS
+            | VIRTIO_NET_F_CSUM
+            | VIRTIO_NET_F_GUEST_CSUM
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
@@ -456,7 +548,7 @@ impl<B: NetBackend> VirtioDevice for Net<B> {
     fn activate(
         &mut self,
         mem: GuestMemoryMmap,
-        _features: u64,
+        features: u64,
         queues: Vec<Option<Queue>>,
     ) -> Result<(), GuestError> {
         let mut queues = queues.into_iter();
@@ -469,6 +561,8 @@ impl<B: NetBackend> VirtioDevice for Net<B> {
             .flatten()
             .ok_or(GuestError::QueueNotEnabled(TX))?;
         self.rx_pending = None;
+        self.csum = features & VIRTIO_NET_F_CSUM != 0;
+        self.set_guest_csum(features & VIRTIO_NET_F_GUEST_CSUM != 0);
         self.active = Some(Active { mem, rx, tx });
         Ok(())
     }
@@ -477,6 +571,8 @@ impl<B: NetBackend> VirtioDevice for Net<B> {
         self.active = None;
         self.rx_pending = None;
         self.rx_backlog.clear();
+        self.csum = false;
+        self.set_guest_csum(false);
     }
 
     fn queue_notified(&mut self, queue: usize) -> Result<QueueSet, GuestError> {

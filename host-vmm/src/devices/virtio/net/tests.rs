@@ -932,3 +932,222 @@ mod state_props {
 
     const NO_VECTOR_U16: u16 = 0xFFFF;
 }
+
+/// Checksum offload: CSUM on transmit, GUEST_CSUM on receive, and the checks on the
+/// offsets either side writes.
+mod checksums {
+    use super::*;
+    use crate::devices::virtio::net::checksum::{Partial, RxChecksum};
+    use proptest::prelude::*;
+
+    const OFFLOADS: u64 = FEATURES | VIRTIO_NET_F_CSUM | VIRTIO_NET_F_GUEST_CSUM;
+
+    fn driver(features: u64) -> Driver {
+        let mut d = Driver::new();
+        d.enable_msix();
+        d.init(features);
+        d
+    }
+
+    /// A TCP-looking frame from the device's MAC: the checksum at 50 covers 34.. .
+    fn segment() -> Vec<u8> {
+        let mut f = frame(120, 3);
+        f[50..52].copy_from_slice(&0x1234u16.to_be_bytes());
+        f
+    }
+
+    fn header(flags: u8, start: u16, offset: u16) -> [u8; HEADER_LEN] {
+        let mut h = [0u8; HEADER_LEN];
+        h[0] = flags;
+        h[6..8].copy_from_slice(&start.to_le_bytes());
+        h[8..10].copy_from_slice(&offset.to_le_bytes());
+        h
+    }
+
+    /// The ones' complement sum of `data` and the pseudo-header sum [`segment`] left in its
+    /// field (0xffff when the checksum is right).
+    fn sum(data: &[u8]) -> u16 {
+        let mut s: u32 = 0x1234
+            + data
+                .chunks(2)
+                .map(|w| u32::from(u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)])))
+                .sum::<u32>();
+        while s > 0xFFFF {
+            s = (s & 0xFFFF) + (s >> 16);
+        }
+        s as u16
+    }
+
+    #[test]
+    fn a_partial_checksum_the_guest_leaves_is_completed_on_the_way_out() {
+        let mut d = driver(OFFLOADS);
+        let f = segment();
+        d.add_tx_frame_with_header(&header(1, 34, 16), &f);
+        d.kick(TX);
+        let out = d.peer.take().expect("sent");
+        assert_eq!(sum(&out[34..]), 0xFFFF, "the checksum at 50 is right");
+        assert_eq!((&out[..50], &out[52..]), (&f[..50], &f[52..]));
+        let m = d.dev.device().metrics();
+        assert_eq!((m.tx_frames, m.tx_csum, m.tx_bad_csum), (1, 1, 0));
+    }
+
+    #[test]
+    fn partial_checksums_not_negotiated_or_outside_the_frame_are_dropped_and_counted() {
+        let f = segment();
+        let mut d = driver(FEATURES);
+        d.add_tx_frame_with_header(&header(1, 34, 16), &f);
+        d.kick(TX);
+        assert_eq!(d.peer.take(), None, "CSUM was not negotiated");
+        let mut d = driver(OFFLOADS);
+        let len = f.len() as u16;
+        for (start, offset) in [(len - 1, 0), (34, len), (u16::MAX, u16::MAX), (len, 0)] {
+            d.add_tx_frame_with_header(&header(1, start, offset), &f);
+        }
+        d.add_tx_frame_with_header(&header(1, len - 2, 0), &f);
+        d.kick(TX);
+        assert!(d.peer.take().is_some(), "the last field fits exactly");
+        assert_eq!(d.peer.take(), None);
+        let m = d.dev.device().metrics();
+        assert_eq!((m.tx_frames, m.tx_bad_csum, m.tx_dropped), (1, 4, 4));
+        assert!(
+            !needs_reset(&mut d),
+            "a guest's bad offsets are not a device error"
+        );
+    }
+
+    #[test]
+    fn with_guest_csum_the_hosts_checksum_status_reaches_the_guest() {
+        let mut d = driver(OFFLOADS);
+        assert!(
+            d.peer.offload(),
+            "the backend was told to hand over checked frames"
+        );
+        let bufs: Vec<u64> = (0..4).map(|_| d.add_rx_buffer(2048)).collect();
+        d.kick(RX);
+        let f = segment();
+        let partial = Partial {
+            start: 34,
+            offset: 16,
+        };
+        d.peer.inject_checksum(&f, RxChecksum::Valid);
+        d.peer.inject_checksum(&f, RxChecksum::Partial(partial));
+        d.peer.inject_checksum(
+            &f,
+            RxChecksum::Partial(Partial {
+                start: 34,
+                offset: 200,
+            }),
+        );
+        d.peer.inject(&f);
+        d.backend_ready();
+        assert_eq!(
+            d.used_idx(RX),
+            3,
+            "the partial checksum outside the frame is dropped"
+        );
+        let read = |d: &Driver, at: u64| {
+            let mut h = [0u8; HEADER_LEN];
+            d.mem.read_slice(&mut h, GuestAddress(at)).unwrap();
+            h
+        };
+        let mut expect = header(2, 0, 0);
+        expect[10] = 1;
+        assert_eq!(read(&d, bufs[0]), expect, "DATA_VALID");
+        let mut expect = header(1, 34, 16);
+        expect[10] = 1;
+        assert_eq!(read(&d, bufs[1]), expect, "NEEDS_CSUM and its offsets");
+        assert_eq!(read(&d, bufs[2])[0], 0, "nothing known");
+        let m = d.dev.device().metrics();
+        assert_eq!((m.rx_frames, m.rx_csum, m.rx_dropped), (3, 2, 1));
+    }
+
+    #[test]
+    fn without_guest_csum_every_checksum_the_guest_gets_is_complete() {
+        let mut d = driver(FEATURES | VIRTIO_NET_F_CSUM);
+        assert!(!d.peer.offload());
+        let buf = d.add_rx_buffer(2048);
+        d.kick(RX);
+        let f = segment();
+        d.peer.inject_checksum(
+            &f,
+            RxChecksum::Partial(Partial {
+                start: 34,
+                offset: 16,
+            }),
+        );
+        d.backend_ready();
+        let mut got = vec![0u8; HEADER_LEN + f.len()];
+        d.mem.read_slice(&mut got, GuestAddress(buf)).unwrap();
+        assert_eq!(got[0], 0, "no flags");
+        assert_eq!(sum(&got[HEADER_LEN + 34..]), 0xFFFF, "completed");
+        assert_eq!(d.dev.device().metrics().rx_csum, 0);
+    }
+
+    /// A frame held for want of a buffer travels complete (the saved state has no checksum
+    /// fields), and the destination's backend hands over checked frames again.
+    #[test]
+    fn a_move_carries_partial_frames_complete_and_restores_the_offload() {
+        let mut d = driver(OFFLOADS);
+        let f = segment();
+        d.peer.inject_checksum(
+            &f,
+            RxChecksum::Partial(Partial {
+                start: 34,
+                offset: 16,
+            }),
+        );
+        d.backend_ready();
+        let saved = d.dev.save();
+        let VirtioDeviceState::Net(net) = &saved.device else {
+            panic!("not a net state");
+        };
+        let held = net.rx_pending.as_ref().expect("held for want of a buffer");
+        assert_eq!(sum(&held[34..]), 0xFFFF, "completed before it was saved");
+        let mut m = d.migrated();
+        assert!(m.peer.offload(), "GUEST_CSUM restored, the backend told");
+        let buf = m.add_rx_buffer(2048);
+        m.kick(RX);
+        let mut got = vec![0u8; HEADER_LEN + f.len()];
+        m.mem.read_slice(&mut got, GuestAddress(buf)).unwrap();
+        assert_eq!(got[0], 0, "delivered as a complete frame");
+        assert_eq!(&got[HEADER_LEN..], &held[..]);
+    }
+
+    #[test]
+    fn a_reset_turns_the_backends_offload_off() {
+        let mut d = driver(OFFLOADS);
+        assert!(d.peer.offload());
+        d.dev.device_mut().reset();
+        assert!(!d.peer.offload());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        /// Any header a guest writes: the frame goes out with its checksum field inside it,
+        /// or is dropped and counted; never a panic or a device error.
+        #[test]
+        fn any_transmit_header_is_checked(
+            flags: u8,
+            gso: u8,
+            start: u16,
+            offset: u16,
+            len in 12usize..300,
+            csum: bool,
+        ) {
+            let mut d = driver(if csum { OFFLOADS } else { FEATURES });
+            let f = frame(len, 1);
+            let mut h = header(flags, start, offset);
+            h[1] = gso;
+            d.add_tx_frame_with_header(&h, &f);
+            d.kick(TX);
+            let m = d.dev.device().metrics();
+            let partial = flags & 1 != 0;
+            let fits = usize::from(start) + usize::from(offset) + 2 <= len;
+            let ok = gso == 0 && (!partial || (csum && fits));
+            prop_assert_eq!(d.peer.take().is_some(), ok);
+            prop_assert_eq!(m.tx_frames + m.tx_dropped, 1);
+            prop_assert!(!needs_reset(&mut d));
+        }
+    }
+}
