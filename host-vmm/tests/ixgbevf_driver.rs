@@ -690,6 +690,21 @@ fn removal_is_detected_and_the_driver_stops_touching_the_device() {
 /// Around a move: detach stops the VF (reset, nothing delivered into the rings), and attach
 /// brings it up again through a fresh probe on the same rings and buffers: no DMA memory is
 /// allocated or freed, and frames flow both ways. The same after a removal and re-add.
+/// The VF found again on the bus as a kernel does after a move: probed, MSI-X set up; its
+/// register BAR.
+fn found_again(m: &Machine) -> MmioIo {
+    let mut config = m.config();
+    let function = drivers::pci::enumerate(&config)
+        .into_iter()
+        .find(ixgbevf::pci::matches)
+        .unwrap();
+    let found = ixgbevf::pci::probe(&mut config, function.bdf, None).unwrap();
+    found
+        .enable_msix(&mut config, m.mmio(found.msix_table), IRQ)
+        .unwrap();
+    m.mmio(found.registers)
+}
+
 #[test]
 fn detach_and_attach_keep_the_rings() {
     let m = Machine::new(false);
@@ -705,16 +720,7 @@ fn detach_and_attach_keep_the_rings() {
     assert_eq!(m.deliver(), 0, "a detached VF receives nothing");
 
     for round in 0..2u32 {
-        let mut config = m.config();
-        let function = drivers::pci::enumerate(&config)
-            .into_iter()
-            .find(ixgbevf::pci::matches)
-            .unwrap();
-        let found = ixgbevf::pci::probe(&mut config, function.bdf, None).unwrap();
-        found
-            .enable_msix(&mut config, m.mmio(found.msix_table), IRQ)
-            .unwrap();
-        vf.attach(m.mmio(found.registers), &mut |_| {}).unwrap();
+        vf.attach(found_again(&m), &mut |_| {}).unwrap();
         assert!(vf.link_up(), "round {round}");
         assert_eq!(*m.dma.live.borrow(), rings, "round {round}: same DMA areas");
         assert_eq!(m.dma.next.get(), bump, "round {round}: nothing allocated");
@@ -741,16 +747,7 @@ fn a_stepped_attach_never_waits_and_each_step_is_a_few_accesses() {
     let m = Machine::new(false);
     let mut vf = m.driver(MacAddress(PERMANENT)).unwrap();
     vf.detach();
-    let mut config = m.config();
-    let function = drivers::pci::enumerate(&config)
-        .into_iter()
-        .find(ixgbevf::pci::matches)
-        .unwrap();
-    let found = ixgbevf::pci::probe(&mut config, function.bdf, None).unwrap();
-    found
-        .enable_msix(&mut config, m.mmio(found.msix_table), IRQ)
-        .unwrap();
-    vf.begin_attach(m.mmio(found.registers));
+    vf.begin_attach(found_again(&m));
     assert!(vf.bringing_up() && !vf.link_up());
     // The clock stands still: this PF answers in place, so no step may need to wait.
     let (mut steps, mut most, mut waits) = (0, 0, 0);
@@ -782,7 +779,7 @@ fn a_stepped_attach_never_waits_and_each_step_is_a_few_accesses() {
 
     // A VF that goes away in the middle ends the bring-up with an error, not a hang.
     vf.detach();
-    vf.begin_attach(m.mmio(found.registers));
+    vf.begin_attach(found_again(&m));
     assert_eq!(vf.step(0), ixgbevf::Progress::Ready);
     m.operator.remove().unwrap();
     let mut steps = 0;

@@ -392,20 +392,24 @@ mod tests {
         (Stream::Unix(a), Stream::Unix(b))
     }
 
+    /// The source's side of a move that succeeds: forwards from `port` from Done on, waits
+    /// for Running, then until the destination announced the guest; its counts.
+    fn source_until_announced(port: &Port, stream: &mut Stream) -> Counts {
+        let mut f = Forwarder::new(port);
+        f.open();
+        let m = f.next_message(stream, Duration::from_secs(5)).unwrap();
+        assert_eq!(m, Message::Running);
+        f.commit();
+        f.until_announced(stream).unwrap()
+    }
+
     #[test]
     fn forwarded_frames_reach_the_guest_in_order_and_are_counted() {
         let (src_port, dst_port) = (Port::default(), Port::default());
         let (mut src, mut dst) = pair();
         src_port.arrive([1, 2, 3]);
         std::thread::scope(|s| {
-            let source = s.spawn(|| {
-                let mut f = Forwarder::new(&src_port);
-                f.open();
-                let m = f.next_message(&mut src, Duration::from_secs(5)).unwrap();
-                assert_eq!(m, Message::Running);
-                f.commit();
-                f.until_announced(&mut src).unwrap()
-            });
+            let source = s.spawn(|| source_until_announced(&src_port, &mut src));
             // More arrive while the destination restores, then after its Running.
             std::thread::sleep(Duration::from_millis(20));
             src_port.arrive([4]);
@@ -438,14 +442,7 @@ mod tests {
         let (mut src, mut dst) = pair();
         src_port.arrive((0..MAX_FORWARDED + 10).map(|i| i as u8));
         std::thread::scope(|s| {
-            let source = s.spawn(|| {
-                let mut f = Forwarder::new(&src_port);
-                f.open();
-                let m = f.next_message(&mut src, Duration::from_secs(5)).unwrap();
-                assert_eq!(m, Message::Running);
-                f.commit();
-                f.until_announced(&mut src).unwrap()
-            });
+            let source = s.spawn(|| source_until_announced(&src_port, &mut src));
             std::thread::sleep(Duration::from_millis(20));
             write_message(&mut dst, &Message::Running).unwrap();
             let got = Handover::new(dst).finish(&dst_port).unwrap();
