@@ -115,6 +115,12 @@ impl Watch {
             Phase::Draining { until } if now_ns < until => return Step::Pending,
             Phase::Draining { .. } => {}
             _ if stack.device_mut().vf_mut().is_none() => {
+                // A re-plugged VF still coming up (the watchdog's bring-up) stops here too:
+                // the source's VF must do nothing during the move.
+                if let Some(vf) = self.parked.as_mut().filter(|vf| vf.bringing_up()) {
+                    vf.detach();
+                    log::debug!("net: the VF's bring-up stopped for a move");
+                }
                 self.phase = Phase::Released;
                 return Step::Done(false);
             }
