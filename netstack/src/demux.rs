@@ -122,6 +122,8 @@ pub struct TcpSockets {
     /// Sockets smoltcp worked on (a frame, a timer, an egress pass) since the last
     /// [`TcpSockets::take_woken`]: whose readiness may have changed.
     woken: Vec<TcpHandle>,
+    /// Times smoltcp worked on a socket (each frame, timer or egress pass; never reset).
+    touches: u64,
     open: usize,
     /// Freed sockets kept for reuse (at most [`POOL`]): a new socket's 32 KiB of buffers
     /// cost more to allocate and clear here than a whole handshake.
@@ -301,6 +303,12 @@ impl TcpSockets {
     /// two vectors take turns, so reporting never allocates once they have grown.
     pub fn swap_changed(&mut self, into: &mut Vec<TcpHandle>) {
         core::mem::swap(&mut self.changed, into);
+    }
+
+    /// How many times smoltcp has worked on a socket so far: moves whenever a socket's
+    /// readiness may have changed, and only then.
+    pub fn touches(&self) -> u64 {
+        self.touches
     }
 
     /// Moves the sockets smoltcp worked on since the last call into `into` (each once).
@@ -531,6 +539,7 @@ impl TcpSockets {
         let Some(Some(slot)) = self.slots.get_mut(index as usize) else {
             return false;
         };
+        self.touches += 1;
         if !slot.woken {
             slot.woken = true;
             self.woken.push(TcpHandle {

@@ -42,14 +42,66 @@ pub struct Stack<D: NetDevice> {
     /// Datagram sockets (UDP; ICMP in tests): few, so smoltcp's scan of them is cheap.
     sockets: SocketSet<'static>,
     tcp: TcpSockets,
-    /// A datagram socket (or ARP, ping) was worked on since [`Stack::take_woken`].
-    datagrams_woken: bool,
+    /// Whether the datagram sockets may have changed.
+    datagrams: DatagramWake,
     config: NetConfig,
     link_up: bool,
     /// Gratuitous ARPs sent.
     announcements: u64,
     /// Received TCP checksums checked in software, and those found wrong (dropped).
     checksums: SoftwareChecksums,
+}
+
+/// Whether the datagram sockets were worked on: since [`Stack::take_woken`], and how often
+/// in all.
+#[derive(Clone, Copy, Debug, Default)]
+struct DatagramWake {
+    woken: bool,
+    events: u64,
+}
+
+impl DatagramWake {
+    fn wake(&mut self) {
+        self.woken = true;
+        self.events += 1;
+    }
+}
+
+/// Which datagram sockets a non-TCP frame may be for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Datagram {
+    /// None: ARP and the like, the interface's own business.
+    None,
+    /// ICMP sockets only (ICMPv4, or ICMPv6, which also carries neighbour discovery).
+    Icmp,
+    /// Any: UDP, or an IP protocol smoltcp may hand to a socket.
+    Other,
+}
+
+fn datagram_protocol(frame: &[u8]) -> Datagram {
+    const IPV4: [u8; 2] = [0x08, 0x00];
+    const IPV6: [u8; 2] = [0x86, 0xdd];
+    const ICMP: u8 = 1;
+    const ICMPV6: u8 = 58;
+    // Ethernet header (14 bytes), then the protocol at byte 9 of the IPv4 header or the
+    // next header at byte 6 of the IPv6 one.
+    let (proto, icmp) = match frame.get(12..14) {
+        Some(t) if t == IPV4 => (frame.get(14 + 9), ICMP),
+        Some(t) if t == IPV6 => (frame.get(14 + 6), ICMPV6),
+        _ => return Datagram::None,
+    };
+    if proto == Some(&icmp) {
+        Datagram::Icmp
+    } else {
+        Datagram::Other
+    }
+}
+
+/// Whether the set holds an ICMP socket (the kernel opens none; tests' peers do).
+fn has_icmp_sockets(sockets: &SocketSet<'static>) -> bool {
+    sockets
+        .iter()
+        .any(|(_, s)| matches!(s, smoltcp::socket::Socket::Icmp(_)))
 }
 
 /// Received TCP checksums the stack checked itself (their NIC did not vouch for them).
@@ -84,7 +136,7 @@ impl<D: NetDevice> Stack<D> {
             device,
             sockets: SocketSet::new(alloc::vec::Vec::new()),
             tcp: TcpSockets::default(),
-            datagrams_woken: false,
+            datagrams: DatagramWake::default(),
             config,
             link_up: false,
             announcements: 0,
@@ -147,7 +199,7 @@ impl<D: NetDevice> Stack<D> {
             device,
             sockets,
             tcp,
-            datagrams_woken,
+            datagrams,
             checksums,
             ..
         } = self;
@@ -164,7 +216,7 @@ impl<D: NetDevice> Stack<D> {
                     return false;
                 }
             }
-            Self::ingress(frame, tx, caps, iface, sockets, tcp, datagrams_woken, now)
+            Self::ingress(frame, tx, caps, iface, sockets, tcp, datagrams, now)
         }))
     }
 
@@ -177,21 +229,32 @@ impl<D: NetDevice> Stack<D> {
         iface: &mut Interface,
         sockets: &mut SocketSet<'static>,
         tcp: &mut TcpSockets,
-        datagrams_woken: &mut bool,
+        datagrams: &mut DatagramWake,
         now: Instant,
     ) -> bool {
         match tcp.route(frame, now) {
             Route::Drop => false,
             Route::Tcp(index) => tcp.ingress(index, iface, now, frame, tx, caps),
             Route::Other => {
-                *datagrams_woken = true;
                 if frame.get(12..14) == Some(&[0x08, 0x06]) {
                     // A neighbour may have been learned: sockets waiting for one go now.
                     tcp.neighbor_learned();
                 }
                 let mut one = OneFrame::new(frame, tx, caps);
-                iface.poll_ingress_single(now, &mut one, sockets)
-                    == PollIngressSingleResult::SocketStateChanged
+                // smoltcp reports every frame it processed as a change (its own TODO says
+                // so); ARP and pings, which the interface answers itself, change no socket.
+                let processed = iface.poll_ingress_single(now, &mut one, sockets)
+                    == PollIngressSingleResult::SocketStateChanged;
+                let changed = processed
+                    && match datagram_protocol(frame) {
+                        Datagram::Other => true,
+                        Datagram::Icmp => has_icmp_sockets(sockets),
+                        Datagram::None => false,
+                    };
+                if changed {
+                    datagrams.wake();
+                }
+                changed
             }
         }
     }
@@ -212,7 +275,7 @@ impl<D: NetDevice> Stack<D> {
             == PollResult::SocketStateChanged
         {
             sent = true;
-            self.datagrams_woken = true;
+            self.datagrams.wake();
         }
         sent | self.tcp.egress(&mut self.iface, &mut self.device, now)
     }
@@ -221,7 +284,14 @@ impl<D: NetDevice> Stack<D> {
     /// else (a datagram socket) may have changed too.
     pub fn take_woken(&mut self, into: &mut Vec<TcpHandle>) -> bool {
         self.tcp.take_woken(into);
-        core::mem::take(&mut self.datagrams_woken)
+        core::mem::take(&mut self.datagrams.woken)
+    }
+
+    /// How many times a socket may have changed so far (a frame or timer for one, an egress
+    /// pass that sent for one; never for ARP or pings the interface answers itself). A
+    /// thread blocked on a socket needs another look only once this moves.
+    pub fn socket_events(&self) -> u64 {
+        self.datagrams.events.wrapping_add(self.tcp.touches())
     }
 
     /// When [`Stack::poll`] must run next even if the device stays quiet (TCP timers,

@@ -579,6 +579,89 @@ mod sockets {
         );
     }
 
+    /// What wakes a thread blocked on a socket (the kernel waits for
+    /// `Stack::socket_events` to move): a datagram or a segment for one of the guest's
+    /// sockets, never an ARP or a ping the interface answers itself.
+    #[test]
+    fn only_frames_for_a_socket_count_as_socket_events() {
+        let (mut a, mut b) = hosts();
+        let mut ms = 0;
+        let (_listener, server, client) = connected(&mut a, &mut b, &mut ms);
+        let udp = a.table.socket(&mut a.stack, Type::Datagram, true).unwrap();
+        a.table
+            .bind(&mut a.stack, udp, addr(Ipv4Addr::UNSPECIFIED, 9))
+            .unwrap();
+        // Whatever the handshake left to do (a delayed ACK) is done.
+        run_for(&mut a, &mut b, &mut ms, 500);
+        let quiet = a.stack.socket_events();
+        run_for(&mut a, &mut b, &mut ms, 500);
+        assert_eq!(
+            a.stack.socket_events(),
+            quiet,
+            "an idle guest has no events"
+        );
+
+        // Five pings from the peer, answered, and a gratuitous ARP from it.
+        let rx = icmp::PacketBuffer::new(vec![icmp::PacketMetadata::EMPTY; 8], vec![0; 1024]);
+        let tx = icmp::PacketBuffer::new(vec![icmp::PacketMetadata::EMPTY; 8], vec![0; 1024]);
+        let mut ping = icmp::Socket::new(rx, tx);
+        ping.bind(icmp::Endpoint::Ident(0x4242)).unwrap();
+        let ping = b.stack.sockets_mut().add(ping);
+        for seq_no in 0..5 {
+            let request = Icmpv4Repr::EchoRequest {
+                ident: 0x4242,
+                seq_no,
+                data: b"roam",
+            };
+            let socket = b.stack.sockets_mut().get_mut::<icmp::Socket>(ping);
+            let buf = socket
+                .send(request.buffer_len(), IpAddress::Ipv4(GUEST_IP))
+                .unwrap();
+            request.emit(
+                &mut Icmpv4Packet::new_unchecked(buf),
+                &smoltcp::phy::ChecksumCapabilities::default(),
+            );
+        }
+        b.stack.device_mut().set_link(false);
+        b.stack.check_link();
+        b.stack.device_mut().set_link(true);
+        assert!(b.stack.check_link(), "the peer announces itself");
+        let mut replies = 0;
+        run_until(&mut a, &mut b, &mut ms, |_, b| {
+            let socket = b.stack.sockets_mut().get_mut::<icmp::Socket>(ping);
+            while socket.recv().is_ok() {
+                replies += 1;
+            }
+            replies == 5
+        });
+        run_for(&mut a, &mut b, &mut ms, 100);
+        assert_eq!(
+            a.stack.socket_events(),
+            quiet,
+            "pings and ARP are no socket's business"
+        );
+
+        // A datagram for the UDP socket is an event, and so is a segment for the TCP one.
+        let peer_udp = b.table.socket(&mut b.stack, Type::Datagram, true).unwrap();
+        b.table
+            .send(&mut b.stack, peer_udp, b"hi", Some(addr(GUEST_IP, 9)))
+            .unwrap();
+        let mut buf = [0u8; 16];
+        run_until(&mut a, &mut b, &mut ms, |a, _| {
+            a.table.recv(&mut a.stack, udp, &mut buf, false).is_ok()
+        });
+        let after_udp = a.stack.socket_events();
+        assert!(after_udp > quiet, "a datagram for a socket is an event");
+        b.table.send(&mut b.stack, client, b"hello", None).unwrap();
+        run_until(&mut a, &mut b, &mut ms, |a, _| {
+            a.table.recv(&mut a.stack, server, &mut buf, false).is_ok()
+        });
+        assert!(
+            a.stack.socket_events() > after_udp,
+            "a segment for a connection is an event"
+        );
+    }
+
     #[test]
     fn error_paths() {
         let (mut a, _b) = hosts();

@@ -97,7 +97,8 @@ const COST_REPORT_FRAMES: u64 = 16;
 
 static NET: Mutex<Option<Net>> = Mutex::new(None);
 
-/// Counts stack polls: a blocked socket call waits for it to move, then tries again.
+/// The stack's socket events (`note_progress`): a blocked socket call waits for it to move,
+/// then tries again.
 static PROGRESS: AtomicU64 = AtomicU64::new(0);
 
 /// `Net::next_poll`, readable without the lock (the scheduler decides from it whether the
@@ -456,7 +457,7 @@ pub fn service(now_ns: u64) -> Option<u64> {
     // Listeners are re-armed after every frame (SocketTable::poll), so a SYN always finds
     // a socket in Listen while the backlog has room.
     let polled = net.sockets.poll(&mut net.stack, now, INGRESS_BUDGET);
-    PROGRESS.fetch_add(1, Ordering::Relaxed);
+    note_progress(net);
     let mut next = net.stack.poll_at(now).map_or(u64::MAX, |t| {
         instant_ns(t).max(now_ns.saturating_add(MIN_REPOLL_NS))
     });
@@ -575,7 +576,7 @@ fn poll_now(net: &mut Net) {
     let now_ns = timer::now_ns();
     net.stack.poll_egress(instant(now_ns));
     net.sockets.update(&mut net.stack);
-    PROGRESS.fetch_add(1, Ordering::Relaxed);
+    note_progress(net);
     // Timers the operation started (retransmission, say) count from now. Never later than
     // already asked for: `service` may have left frames waiting (its budget ran out, or the
     // VF's vectors are still masked), and their interrupt has already been taken.
@@ -596,7 +597,14 @@ pub fn next_poll_ns() -> u64 {
     NEXT_POLL.load(Ordering::Relaxed)
 }
 
-/// Stack polls so far: the idle thread wakes threads blocked on the network when it moves.
+/// Publishes the stack's count of socket events: only a pass that worked on a socket wakes
+/// the threads blocked on the network (a ping, an ARP or an agent step wakes nobody).
+fn note_progress(net: &Net) {
+    PROGRESS.store(net.stack.socket_events(), Ordering::Relaxed);
+}
+
+/// Socket events so far (see `netstack::Stack::socket_events`): the idle thread wakes
+/// threads blocked on the network when it moves.
 pub fn progress() -> u64 {
     PROGRESS.load(Ordering::Relaxed)
 }
@@ -606,7 +614,7 @@ pub fn is_up() -> bool {
     STATE.load(Ordering::Relaxed) == UP
 }
 
-/// Halts until the stack has been polled again (something may have changed for a blocked
+/// Halts until the stack has worked on a socket (something may have changed for a blocked
 /// socket call) or until monotonic time `deadline_ns`; `false` on timeout.
 pub fn wait_for_progress(deadline_ns: Option<u64>) -> bool {
     // With threads, from what the thread's last socket call saw: the network may have moved
