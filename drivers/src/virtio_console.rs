@@ -17,6 +17,7 @@
 //! does it wait for one, bounded. A device that has given up (DEVICE_NEEDS_RESET) would
 //! never take them: `send` checks the status first and refuses.
 
+use crate::hal::VirtioHal;
 use crate::hal::virtio::RootAccess;
 use crate::hal::virtqueue::BufferQueue;
 use crate::hal::{self, Mmio, RegisterIo};
@@ -25,7 +26,6 @@ use crate::pci::{self, Bdf, ConfigAccess};
 use crate::virtio_net::transport::{Notify, RoamTransport, common};
 use crate::virtio_net::{Interrupt, InterruptRequest, Structures, region, setup_interrupts};
 use core::fmt;
-use virtio_drivers::Hal;
 use virtio_drivers::transport::pci::bus::{DeviceFunction, PciRoot};
 use virtio_drivers::transport::pci::{PciTransport, VirtioPciError};
 use virtio_drivers::transport::{InterruptStatus, Transport};
@@ -143,7 +143,7 @@ fn locate(
 }
 
 /// A virtio console brought up: one port, bytes both ways.
-pub struct Console<H: Hal> {
+pub struct Console<H: VirtioHal> {
     // First, so it is dropped first: virtio-drivers' PCI transport resets the device when
     // dropped, and only then may the buffers it could still use go.
     transport: RoamTransport,
@@ -158,7 +158,7 @@ pub struct Console<H: Hal> {
     interrupt: Interrupt,
 }
 
-impl<H: Hal> Console<H> {
+impl<H: VirtioHal> Console<H> {
     /// Brings up the virtio-console function `bdf`, whose BARs are `bars` (sized and
     /// assigned once, by [`bar::read_assigned`]; nothing sizes them again). Interrupts go to
     /// `irq` through MSI-X when the device has it (`queue_vector`: bytes arrived;

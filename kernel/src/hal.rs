@@ -15,6 +15,7 @@ use crate::arch::paging;
 use crate::heap::HEAP;
 use core::alloc::{GlobalAlloc, Layout};
 use core::ptr::NonNull;
+use drivers::hal::VirtioHal;
 use virtio_drivers::{BufferDirection, Hal, PAGE_SIZE, PhysAddr};
 
 /// The kernel's DMA and MMIO provider for drivers.
@@ -23,6 +24,26 @@ pub struct KernelHal;
 
 fn pages_layout(pages: usize) -> Option<Layout> {
     Layout::from_size_align(pages.checked_mul(PAGE_SIZE)?, PAGE_SIZE).ok()
+}
+
+/// `pages` pages of heap (cleared or not) at their identity address, or physical address 0.
+fn heap_pages(pages: usize, clear: bool) -> (PhysAddr, NonNull<u8>) {
+    let Some(layout) = pages_layout(pages).filter(|l| l.size() > 0) else {
+        return (0, NonNull::dangling());
+    };
+    // SAFETY: the layout has a nonzero size.
+    let ptr = unsafe {
+        if clear {
+            HEAP.alloc_zeroed(layout)
+        } else {
+            HEAP.alloc(layout)
+        }
+    };
+    match NonNull::new(ptr) {
+        // Heap memory is identity-mapped: virtual == physical.
+        Some(p) => (p.as_ptr() as PhysAddr, p),
+        None => (0, NonNull::dangling()),
+    }
 }
 
 // SAFETY: the implementation safety of each method holds:
@@ -35,16 +56,7 @@ fn pages_layout(pages: usize) -> Option<Layout> {
 //   without an IOMMU needs nothing else, and `unshare` has nothing to undo.
 unsafe impl Hal for KernelHal {
     fn dma_alloc(pages: usize, _direction: BufferDirection) -> (PhysAddr, NonNull<u8>) {
-        let Some(layout) = pages_layout(pages).filter(|l| l.size() > 0) else {
-            return (0, NonNull::dangling());
-        };
-        // SAFETY: the layout has a nonzero size.
-        let ptr = unsafe { HEAP.alloc_zeroed(layout) };
-        match NonNull::new(ptr) {
-            // Heap memory is identity-mapped: virtual == physical.
-            Some(p) => (p.as_ptr() as PhysAddr, p),
-            None => (0, NonNull::dangling()),
-        }
+        heap_pages(pages, true)
     }
 
     unsafe fn dma_dealloc(_paddr: PhysAddr, vaddr: NonNull<u8>, pages: usize) -> i32 {
@@ -73,6 +85,14 @@ unsafe impl Hal for KernelHal {
     }
 
     unsafe fn unshare(_paddr: PhysAddr, _buffer: NonNull<[u8]>, _direction: BufferDirection) {}
+}
+
+// SAFETY: `dma_alloc_uncleared` is `dma_alloc` without the clearing: the same heap layout,
+// identity address and failure value, freed by the same `dma_dealloc`.
+unsafe impl VirtioHal for KernelHal {
+    fn dma_alloc_uncleared(pages: usize, _direction: BufferDirection) -> (PhysAddr, NonNull<u8>) {
+        heap_pages(pages, false)
+    }
 }
 
 /// The kernel's DMA allocator for drivers that run their own rings (the VF): heap memory

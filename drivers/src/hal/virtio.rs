@@ -22,6 +22,7 @@
 //! used ring runs dry, i.e. at the end of a burst), with at most one kick a batch
 //! ([`RxKick`]); the transport holds virtio-drivers' per-buffer kicks meanwhile.
 
+use super::VirtioHal;
 use crate::hal::{Mmio, RegisterIo};
 use crate::net::{Stats, checksum};
 use crate::pci::bar::{BAR_COUNT, BAR0, Bar};
@@ -32,7 +33,7 @@ use core::marker::PhantomData;
 use core::ptr::NonNull;
 use virtio_drivers::device::net::VirtIONetRaw;
 use virtio_drivers::transport::pci::bus::{ConfigurationAccess, DeviceFunction};
-use virtio_drivers::{BufferDirection, Error as VirtioError, Hal, PAGE_SIZE, PhysAddr};
+use virtio_drivers::{BufferDirection, Error as VirtioError, PAGE_SIZE, PhysAddr};
 
 /// Entries per virtqueue, and buffers per direction.
 pub const QUEUE_SIZE: usize = 32;
@@ -151,16 +152,22 @@ impl<C: ConfigAccess + Clone> ConfigurationAccess for RootAccess<C> {
 /// The device driver with our queue size and transport.
 pub(crate) type Raw<H> = VirtIONetRaw<H, RoamTransport, QUEUE_SIZE>;
 
-/// Page-aligned, zeroed DMA memory from the HAL, freed on drop.
-struct DmaSlab<H: Hal> {
+/// Page-aligned DMA memory from the HAL, freed on drop.
+struct DmaSlab<H: VirtioHal> {
     paddr: PhysAddr,
     vaddr: NonNull<u8>,
     _hal: PhantomData<H>,
 }
 
-impl<H: Hal> DmaSlab<H> {
+impl<H: VirtioHal> DmaSlab<H> {
+    /// Receive buffers are not cleared: the device writes a frame before the driver reads
+    /// the length it reported, and nothing beyond it is read. Transmit buffers are, so no
+    /// stale heap byte can ever reach the wire.
     fn new(direction: BufferDirection) -> Option<DmaSlab<H>> {
-        let (paddr, vaddr) = H::dma_alloc(SLAB_PAGES, direction);
+        let (paddr, vaddr) = match direction {
+            BufferDirection::DeviceToDriver => H::dma_alloc_uncleared(SLAB_PAGES, direction),
+            _ => H::dma_alloc(SLAB_PAGES, direction),
+        };
         (paddr != 0).then_some(DmaSlab {
             paddr,
             vaddr,
@@ -196,9 +203,9 @@ impl<H: Hal> DmaSlab<H> {
 }
 
 // SAFETY: the slab is memory this value owns exclusively; nothing ties it to a CPU or thread.
-unsafe impl<H: Hal> Send for DmaSlab<H> {}
+unsafe impl<H: VirtioHal> Send for DmaSlab<H> {}
 
-impl<H: Hal> Drop for DmaSlab<H> {
+impl<H: VirtioHal> Drop for DmaSlab<H> {
     fn drop(&mut self) {
         // SAFETY: paddr and vaddr came from `dma_alloc` with SLAB_PAGES pages and are freed
         // once, here.
@@ -208,7 +215,7 @@ impl<H: Hal> Drop for DmaSlab<H> {
 
 /// Receive buffers: which slot each posted token uses, the slot lent to the stack, and
 /// the slots waiting to be posted again.
-struct RxRing<H: Hal> {
+struct RxRing<H: VirtioHal> {
     slab: DmaSlab<H>,
     slot_of: [u16; QUEUE_SIZE],
     lent: Option<u16>,
@@ -230,7 +237,7 @@ pub(crate) struct RxKick {
 }
 
 /// Transmit buffers: free slots, and the slot and length of each token in flight.
-struct TxRing<H: Hal> {
+struct TxRing<H: VirtioHal> {
     slab: DmaSlab<H>,
     slot_of: [u16; QUEUE_SIZE],
     len_of: [u16; QUEUE_SIZE],
@@ -323,7 +330,7 @@ impl core::fmt::Display for QueueError {
 }
 
 /// The virtio-net driver and the buffers lent to it.
-pub(crate) struct NetQueues<H: Hal> {
+pub(crate) struct NetQueues<H: VirtioHal> {
     // Declared first, so dropped first: dropping the transport (virtio-drivers'
     // `PciTransport`) resets the device, which then stops using the slabs below before they
     // are freed.
@@ -336,7 +343,7 @@ pub(crate) struct NetQueues<H: Hal> {
     broken: Option<QueueError>,
 }
 
-impl<H: Hal> NetQueues<H> {
+impl<H: VirtioHal> NetQueues<H> {
     /// Takes over the driver, allocates the buffers and posts every receive buffer (one
     /// kick, through `rx_kick`).
     pub fn new(
@@ -559,7 +566,7 @@ impl<H: Hal> NetQueues<H> {
 }
 
 /// The transmit side, borrowed for one frame.
-pub(crate) struct TxQueue<'a, H: Hal> {
+pub(crate) struct TxQueue<'a, H: VirtioHal> {
     raw: &'a mut Raw<H>,
     tx: &'a mut TxRing<H>,
     stats: &'a mut Stats,
@@ -567,7 +574,7 @@ pub(crate) struct TxQueue<'a, H: Hal> {
     offload: bool,
 }
 
-impl<H: Hal> TxQueue<'_, H> {
+impl<H: VirtioHal> TxQueue<'_, H> {
     /// Whether the device completes a TCP segment's checksum (the caller leaves it).
     pub fn checksum_offload(&self) -> bool {
         self.offload

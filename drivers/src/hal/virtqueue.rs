@@ -7,16 +7,17 @@
 //! and the token and length of every lent buffer are recorded and checked against what the
 //! device returns, so lending and taking back are safe calls.
 
+use super::VirtioHal;
 use alloc::boxed::Box;
+use virtio_drivers::Error;
 use virtio_drivers::queue::VirtQueue;
 use virtio_drivers::transport::Transport;
-use virtio_drivers::{Error, Hal};
 
 /// Queue entries' buffers of `LEN` bytes, `SIZE` of them, lent to the device and taken back.
 ///
 /// The owner must stop the device (reset it) before dropping this: buffers still lent are
 /// freed with it.
-pub struct BufferQueue<H: Hal, const SIZE: usize, const LEN: usize> {
+pub struct BufferQueue<H: VirtioHal, const SIZE: usize, const LEN: usize> {
     queue: VirtQueue<H, SIZE>,
     index: u16,
     buffers: Box<[[u8; LEN]; SIZE]>,
@@ -26,7 +27,7 @@ pub struct BufferQueue<H: Hal, const SIZE: usize, const LEN: usize> {
     device_writes: bool,
 }
 
-impl<H: Hal, const SIZE: usize, const LEN: usize> BufferQueue<H, SIZE, LEN> {
+impl<H: VirtioHal, const SIZE: usize, const LEN: usize> BufferQueue<H, SIZE, LEN> {
     /// Sets up queue `index` of `transport` (between its `begin_init` and `finish_init`);
     /// `device_writes`: the device fills the buffers, else it reads what the driver put in.
     pub fn new<T: Transport>(

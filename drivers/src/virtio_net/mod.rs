@@ -21,6 +21,7 @@ pub(crate) mod transport;
 
 pub use crate::hal::virtio::{Offloads, QueueError};
 
+use crate::hal::VirtioHal;
 use crate::hal::virtio::{NetQueues, QUEUE_SIZE, Raw, RootAccess, RxKick, TxQueue};
 use crate::hal::{self, Mmio, RegisterIo};
 use crate::net::{Capabilities, Events, MacAddress, NetDevice, RxToken, Stats, TxToken};
@@ -32,7 +33,6 @@ use crate::virtio_mmio::{self, MmioDevice};
 use core::fmt;
 use core::sync::atomic::Ordering;
 use transport::{Notify, RoamTransport, Vectors, common};
-use virtio_drivers::Hal;
 use virtio_drivers::transport::mmio::MmioError;
 use virtio_drivers::transport::pci::bus::{DeviceFunction, PciRoot};
 use virtio_drivers::transport::pci::{PciTransport, VirtioPciError};
@@ -208,7 +208,7 @@ pub(crate) fn region(
 }
 
 /// A virtio-net device brought up and ready to carry frames.
-pub struct VirtioNet<H: Hal> {
+pub struct VirtioNet<H: VirtioHal> {
     queues: NetQueues<H>,
     /// Device configuration, when the device reports link status.
     link: Option<Mmio>,
@@ -216,7 +216,7 @@ pub struct VirtioNet<H: Hal> {
     interrupt: Interrupt,
 }
 
-impl<H: Hal> VirtioNet<H> {
+impl<H: VirtioHal> VirtioNet<H> {
     /// Brings up the virtio-net function `bdf`, whose BARs are `bars` (sized and assigned
     /// once, by [`bar::read_assigned`]; nothing sizes them again). Interrupts go to `irq`
     /// through MSI-X when the device has it, else through INTx (see
@@ -387,7 +387,7 @@ fn receive_notify_offset(
 }
 
 /// Programs MSI-X when the device has a usable capability; else reports INTx.
-pub(crate) fn setup_interrupts<H: Hal, C: ConfigAccess>(
+pub(crate) fn setup_interrupts<H: VirtioHal, C: ConfigAccess>(
     access: &mut C,
     bdf: Bdf,
     bars: &[Option<Bar>; 6],
@@ -446,9 +446,9 @@ impl RxToken for VirtioRx<'_> {
 }
 
 /// The right to send one virtio-net frame.
-pub struct VirtioTx<'a, H: Hal>(TxQueue<'a, H>);
+pub struct VirtioTx<'a, H: VirtioHal>(TxQueue<'a, H>);
 
-impl<H: Hal> TxToken for VirtioTx<'_, H> {
+impl<H: VirtioHal> TxToken for VirtioTx<'_, H> {
     fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
         self.0.send(len, f)
     }
@@ -458,7 +458,7 @@ impl<H: Hal> TxToken for VirtioTx<'_, H> {
     }
 }
 
-impl<H: Hal> NetDevice for VirtioNet<H> {
+impl<H: VirtioHal> NetDevice for VirtioNet<H> {
     type RxToken<'a>
         = VirtioRx<'a>
     where
