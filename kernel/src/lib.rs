@@ -35,7 +35,7 @@
 #![cfg_attr(not(test), no_std)]
 // `unsafe` lives only in the modules allowed below (ARCHITECTURE.md, "Where unsafe may
 // live"): the CPU (`arch`), the `sys_*` functions that take raw pointers by definition
-// (`abi`), the heap, the drivers' HAL, the one-CPU lock and the scheduler (the context
+// (`abi`), the heap (and its `size_classes`), the drivers' HAL, the one-CPU lock and the scheduler (the context
 // switch's caller, and freeing finished threads' stacks). Everything else is safe code over
 // them.
 #![deny(unsafe_code)]
@@ -51,6 +51,8 @@ pub mod cmdline;
 pub mod fault;
 pub mod memmap;
 pub mod runqueue;
+#[allow(unsafe_code)]
+pub mod size_classes;
 pub mod status;
 pub mod tls;
 
