@@ -39,9 +39,8 @@ pub struct AppArgs {
 pub fn from_cmdline() -> AppArgs {
     // A command line that is not UTF-8 was ignored as a whole (cmdline::parse warned).
     let text = core::str::from_utf8(bootmem::cmdline()).unwrap_or("");
-    let args = cmdline::app_args(text);
-    let env = cmdline::app_env(text);
-    if args.clone().next().is_none() && env.clone().next().is_none() {
+    let mut words = cmdline::app_words(text).peekable();
+    if words.peek().is_none() {
         return AppArgs {
             argc: 1,
             argv: ARGV.0.as_ptr(),
@@ -50,30 +49,35 @@ pub fn from_cmdline() -> AppArgs {
     }
     // Sized once from the command line (a word and its NUL take at most the text and one
     // byte; at most half the text are words), so the words are copied once and nothing
-    // grows: every instruction is emulated here, and growing vectors cost milliseconds.
+    // grows, in one pass over the text: every instruction is emulated here.
     let mut strings: Vec<u8> = Vec::with_capacity(PROGRAM.len() + 1 + text.len() + 1);
-    let mut offsets: Vec<usize> = Vec::with_capacity(1 + text.len().div_ceil(2));
-    for word in core::iter::once(PROGRAM).chain(args.map(str::as_bytes)) {
-        offsets.push(strings.len());
+    let words_max = 1 + text.len().div_ceil(2);
+    let mut args: Vec<usize> = Vec::with_capacity(words_max);
+    let mut env: Vec<usize> = Vec::with_capacity(words_max);
+    let mut add = |to: &mut Vec<usize>, word: &[u8]| {
+        to.push(strings.len());
         strings.extend_from_slice(word);
         strings.push(0);
+    };
+    add(&mut args, PROGRAM);
+    for word in words {
+        match word {
+            cmdline::AppWord::Arg(arg) => add(&mut args, arg.as_bytes()),
+            cmdline::AppWord::Env(entry) => add(&mut env, entry.as_bytes()),
+        }
     }
-    let argc = offsets.len();
-    for word in env.map(str::as_bytes) {
-        offsets.push(strings.len());
-        strings.extend_from_slice(word);
-        strings.push(0);
-    }
+    let argc = args.len();
+    let offsets = args.iter().chain(&env);
     let strings: &'static [u8] = strings.leak();
     // argv, its NULL, then the environment and its NULL, in one array.
-    let mut pointers: Vec<*const c_char> = Vec::with_capacity(offsets.len() + 2);
-    for (i, &at) in offsets.iter().enumerate() {
+    let mut pointers: Vec<*const c_char> = Vec::with_capacity(argc + env.len() + 2);
+    for (i, &at) in offsets.enumerate() {
         if i == argc {
             pointers.push(core::ptr::null());
         }
         pointers.push(strings[at..].as_ptr().cast::<c_char>());
     }
-    if argc == offsets.len() {
+    if env.is_empty() {
         pointers.push(core::ptr::null());
     }
     pointers.push(core::ptr::null());
