@@ -171,6 +171,9 @@ impl<H: VirtioHal> Console<H> {
         irq: InterruptRequest,
     ) -> Result<Console<H>, Error> {
         check_ids(access, bdf)?;
+        // The capability walks (`locate`'s, then virtio-drivers') read each register once.
+        let mut remembered = pci::remembered::Remembered::new(access.clone(), bdf);
+        let access = &mut remembered;
         let bars = *bars;
         let command = pci::command(access, bdf);
         pci::set_command(

@@ -153,6 +153,15 @@ fn register(index: u8) -> u8 {
 ///
 /// Turns memory and I/O decoding off while sizing and restores the command register after.
 pub fn read(access: &mut impl ConfigAccess, bdf: Bdf, index: u8) -> Result<Option<Bar>, BarError> {
+    let saved_command = command(access, bdf);
+    set_command(access, bdf, saved_command & !(COMMAND_IO | COMMAND_MEMORY));
+    let bar = size(access, bdf, index);
+    set_command(access, bdf, saved_command);
+    bar
+}
+
+/// [`read`] with decoding already off.
+fn size(access: &mut impl ConfigAccess, bdf: Bdf, index: u8) -> Result<Option<Bar>, BarError> {
     if index >= BAR_COUNT {
         return Err(BarError::BadIndex(index));
     }
@@ -168,8 +177,6 @@ pub fn read(access: &mut impl ConfigAccess, bdf: Bdf, index: u8) -> Result<Optio
         return Err(BarError::Not64BitCapable(index));
     }
 
-    let saved_command = command(access, bdf);
-    set_command(access, bdf, saved_command & !(COMMAND_IO | COMMAND_MEMORY));
     let low_mask = size_mask(access, bdf, reg, original);
     let high = if is_64 {
         let original_high = access.read32(bdf, reg + 4);
@@ -180,7 +187,6 @@ pub fn read(access: &mut impl ConfigAccess, bdf: Bdf, index: u8) -> Result<Optio
     } else {
         None
     };
-    set_command(access, bdf, saved_command);
 
     if is_io {
         let mut mask = low_mask & !0b11;
@@ -226,13 +232,15 @@ fn size_mask(access: &mut impl ConfigAccess, bdf: Bdf, reg: u8, original: u32) -
     mask
 }
 
-/// Decodes all six BARs of `bdf`. The upper half of a 64-bit BAR is `None`; so is a BAR that
-/// fails to decode (the error is logged).
+/// Decodes all six BARs of `bdf`, with decoding off once for all of them. The upper half of
+/// a 64-bit BAR is `None`; so is a BAR that fails to decode (the error is logged).
 pub fn read_all(access: &mut impl ConfigAccess, bdf: Bdf) -> [Option<Bar>; BAR_COUNT as usize] {
     let mut bars = [None; BAR_COUNT as usize];
+    let saved_command = command(access, bdf);
+    set_command(access, bdf, saved_command & !(COMMAND_IO | COMMAND_MEMORY));
     let mut index = 0;
     while index < BAR_COUNT {
-        match read(access, bdf, index) {
+        match size(access, bdf, index) {
             Ok(bar) => {
                 bars[usize::from(index)] = bar;
                 if let Some(Bar::Memory { is_64: true, .. }) = bar {
@@ -243,6 +251,7 @@ pub fn read_all(access: &mut impl ConfigAccess, bdf: Bdf) -> [Option<Bar>; BAR_C
         }
         index += 1;
     }
+    set_command(access, bdf, saved_command);
     bars
 }
 

@@ -14,6 +14,7 @@ pub mod capability;
 #[cfg(test)]
 pub(crate) mod fake;
 pub mod msix;
+pub mod remembered;
 
 use alloc::vec::Vec;
 use core::fmt;

@@ -241,6 +241,9 @@ impl<H: VirtioHal> VirtioNet<H> {
             (command | pci::COMMAND_MEMORY | pci::COMMAND_BUS_MASTER) & !pci::COMMAND_INTX_DISABLE,
         );
 
+        // The capability walks (this one, then virtio-drivers') read each register once.
+        let mut remembered = pci::remembered::Remembered::new(access.clone(), bdf);
+        let access = &mut remembered;
         let found = Structures::find(access, bdf);
         let common = found
             .common
