@@ -20,6 +20,7 @@ pub mod net;
 pub mod pingd;
 pub mod prereq;
 pub mod proc;
+pub mod profile;
 pub mod public_dir;
 pub mod qmp;
 pub mod skip;

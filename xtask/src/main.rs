@@ -70,6 +70,36 @@ enum Cmd {
         #[arg(long, default_value = "")]
         cmdline: String,
     },
+    /// Where a guest's instructions and time go, per function: boots the image under
+    /// host-vmm with nested KVM's instruction trace recorded by perf (the `kvm:kvm_emulate_insn`
+    /// tracepoint; every CPL0 guest instruction on these machines) and symbolizes it. Needs
+    /// root. docs/measuring.md says how to read it.
+    Profile {
+        /// The image to boot.
+        name: String,
+        /// Kernel command line.
+        #[arg(long, default_value = "")]
+        cmdline: String,
+        /// Boot on a fresh test network and ping the guest N times, 50 ms apart, while tracing.
+        #[arg(long, value_name = "N")]
+        ping: Option<u32>,
+        /// Stop the guest after this many seconds if it has not exited.
+        #[arg(long, default_value_t = 3)]
+        seconds: u32,
+        /// Count from the first instruction in a function whose name contains this.
+        #[arg(long, value_name = "NAME")]
+        from: Option<String>,
+        /// Count up to the first instruction after that in a function whose name contains this.
+        #[arg(long, value_name = "NAME")]
+        to: Option<String>,
+        /// Per entry into a function whose name contains this (a frame, a request): figures
+        /// between the first and last entry, divided by their number.
+        #[arg(long, value_name = "NAME")]
+        per: Option<String>,
+        /// Functions to list.
+        #[arg(long, default_value_t = 30)]
+        top: usize,
+    },
     /// Benchmarks, printed as tables (or JSON) with ratios against a peer run.
     Bench {
         #[command(subcommand)]
@@ -340,6 +370,36 @@ fn run(cli: Cli) -> Result<()> {
                     Ok(())
                 }
             }
+        }
+        Cmd::Profile {
+            name,
+            cmdline,
+            ping,
+            seconds,
+            from,
+            to,
+            per,
+            top,
+        } => {
+            use xtask::profile;
+            if seconds == 0 {
+                anyhow::bail!("--seconds must be at least 1");
+            }
+            artifacts::build_host_vmm()?;
+            artifacts::build_images(std::slice::from_ref(&name))?;
+            let image = image_path(&name);
+            let data = profile::record(&profile::Run {
+                image: &image,
+                cmdline: &cmdline,
+                ping,
+                seconds,
+            })?;
+            let (steps, symbols) = profile::load(&data, &image)?;
+            let window = profile::Window { from, to, per };
+            let p = profile::profile(&steps, &symbols, &window)?;
+            print!("{}", profile::render(&p, top));
+            eprintln!("recording: {}", data.display());
+            Ok(())
         }
         Cmd::Qemu { name, mem, cmdline } => {
             prereq::ensure_kvm()?;
