@@ -28,7 +28,7 @@ fn stable(offset: u8) -> bool {
 pub struct Remembered<C> {
     access: C,
     bdf: Bdf,
-    words: Cell<[u32; DWORDS]>,
+    words: [Cell<u32>; DWORDS],
     /// Bit `i`: `words[i]` holds what the register read.
     known: Cell<u64>,
 }
@@ -39,7 +39,7 @@ impl<C: ConfigAccess> Remembered<C> {
         Remembered {
             access,
             bdf,
-            words: Cell::new([0; DWORDS]),
+            words: [const { Cell::new(0) }; DWORDS],
             known: Cell::new(0),
         }
     }
@@ -54,13 +54,11 @@ impl<C: ConfigAccess> ConfigAccess for Remembered<C> {
         let Some(i) = self.slot(bdf, offset) else {
             return self.access.read32(bdf, offset);
         };
-        let mut words = self.words.get();
         if self.known.get() & (1 << i) != 0 {
-            return words[i];
+            return self.words[i].get();
         }
         let value = self.access.read32(bdf, offset);
-        words[i] = value;
-        self.words.set(words);
+        self.words[i].set(value);
         self.known.set(self.known.get() | 1 << i);
         value
     }
