@@ -86,6 +86,22 @@ enum Cmd {
         /// Stop the guest after this many seconds if it has not exited.
         #[arg(long, default_value_t = 3)]
         seconds: u32,
+        /// With --ping: a `host-vmm ctl` command to send once the guest's agent answers
+        /// (e.g. "agent prepare"), repeatable, 300 ms apart; the guest gets a VF and an API
+        /// socket.
+        #[arg(long, value_name = "WORDS", requires = "ping")]
+        ctl: Vec<String>,
+        /// Analyse this recording instead of booting the image again.
+        #[arg(long, value_name = "FILE")]
+        data: Option<std::path::PathBuf>,
+        /// Also list, for every entry into a function whose name contains this, the
+        /// instructions until the next one in --until's (e.g. an agent step until the
+        /// network is served again).
+        #[arg(long, value_name = "NAME", requires = "until")]
+        each: Option<String>,
+        /// See --each.
+        #[arg(long, value_name = "NAME", requires = "each")]
+        until: Option<String>,
         /// Count from the first instruction in a function whose name contains this.
         #[arg(long, value_name = "NAME")]
         from: Option<String>,
@@ -376,6 +392,10 @@ fn run(cli: Cli) -> Result<()> {
             cmdline,
             ping,
             seconds,
+            ctl,
+            data,
+            each,
+            until,
             from,
             to,
             per,
@@ -385,19 +405,34 @@ fn run(cli: Cli) -> Result<()> {
             if seconds == 0 {
                 anyhow::bail!("--seconds must be at least 1");
             }
-            artifacts::build_host_vmm()?;
-            artifacts::build_images(std::slice::from_ref(&name))?;
             let image = image_path(&name);
-            let data = profile::record(&profile::Run {
-                image: &image,
-                cmdline: &cmdline,
-                ping,
-                seconds,
-            })?;
+            let data = match data {
+                Some(data) => data,
+                None => {
+                    artifacts::build_host_vmm()?;
+                    artifacts::build_images(std::slice::from_ref(&name))?;
+                    profile::record(&profile::Run {
+                        image: &image,
+                        cmdline: &cmdline,
+                        ping,
+                        seconds,
+                        ctl: &ctl,
+                    })?
+                }
+            };
             let (steps, symbols) = profile::load(&data, &image)?;
             let window = profile::Window { from, to, per };
             let p = profile::profile(&steps, &symbols, &window)?;
             print!("{}", profile::render(&p, top));
+            if let (Some(each), Some(until)) = (each, until) {
+                let spans = profile::spans(&steps, &symbols, &each, &until);
+                println!(
+                    "{} entries into `{each}`, instructions until `{until}`: {:?} (longest {})",
+                    spans.len(),
+                    spans,
+                    spans.iter().max().copied().unwrap_or(0)
+                );
+            }
             eprintln!("recording: {}", data.display());
             Ok(())
         }

@@ -246,6 +246,10 @@ pub struct Run<'a> {
     pub ping: Option<u32>,
     /// The guest is stopped after this long if it has not exited.
     pub seconds: u32,
+    /// With `ping`: `host-vmm ctl` commands (e.g. `agent prepare`) sent one after another,
+    /// 300 ms apart, once the guest's agent answers; the guest then also has a VF and an
+    /// API socket.
+    pub ctl: &'a [String],
 }
 
 /// Boots `run.image` under host-vmm with the instruction trace recorded; returns the
@@ -299,8 +303,13 @@ pub fn record(run: &Run) -> Result<PathBuf> {
                 &format!("tap={}", net::TAP),
                 "--cmdline",
                 line.trim(),
-            ])
-            .arg(run.image);
+            ]);
+            let socket = dir.join(format!("{stem}.api.sock"));
+            if !run.ctl.is_empty() {
+                cmd.args(["--vf", &format!("tap={}", net::VF_TAP), "--api-socket"])
+                    .arg(&socket);
+            }
+            cmd.arg(run.image);
             eprintln!("==> {}", proc::display(&cmd));
             let mut vm = cmd.spawn().context("cannot start perf")?;
             // Pings sent before the guest is up go unanswered; `-c` waits for `count` replies.
@@ -308,12 +317,78 @@ pub fn record(run: &Run) -> Result<PathBuf> {
             ping.args(["-q", "-c", &count.to_string(), "-i", "0.05", "-w"])
                 .arg(run.seconds.to_string())
                 .arg(net::GUEST_IP);
-            let pinged = proc::run(&mut ping);
+            let mut pinging = ping.spawn().context("cannot start ping")?;
+            let sent = send_ctl(&socket, run);
+            let pinged = pinging.wait().context("waiting for ping")?;
             vm.wait().context("waiting for perf")?;
-            pinged?;
+            sent?;
+            if !pinged.success() {
+                bail!(
+                    "ping got fewer than {count} replies within {} s",
+                    run.seconds
+                );
+            }
         }
     }
     Ok(data)
+}
+
+/// Sends `run.ctl`'s commands through the API socket once the guest's agent answers.
+fn send_ctl(socket: &Path, run: &Run) -> Result<()> {
+    if run.ctl.is_empty() {
+        return Ok(());
+    }
+    let ctl = |words: &str| {
+        Command::new(crate::host_vmm_path())
+            .arg("ctl")
+            .arg(socket)
+            .args(words.split_whitespace())
+            .output()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(run.seconds.into());
+    while !ctl("status").is_ok_and(|o| o.status.success()) {
+        if std::time::Instant::now() > deadline {
+            bail!("the guest's agent never answered on {}", socket.display());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    for words in run.ctl {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let out = ctl(words).with_context(|| format!("host-vmm ctl {words}"))?;
+        if !out.status.success() {
+            bail!(
+                "host-vmm ctl {words} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        eprintln!(
+            "ctl {words}: {}",
+            String::from_utf8_lossy(&out.stdout).trim()
+        );
+    }
+    Ok(())
+}
+
+/// For every entry into a function matching `each`: the instructions until the first one
+/// after it in a function matching `until` (say, an agent step until the network is served
+/// again). In trace order.
+pub fn spans(steps: &[Step], symbols: &Symbols, each: &str, until: &str) -> Vec<u64> {
+    let names: Vec<&str> = steps.iter().map(|s| symbols.name(s.rip)).collect();
+    let mut out = Vec::new();
+    let mut i = 1;
+    while i < names.len() {
+        if names[i].contains(each) && !names[i - 1].contains(each) {
+            match (i + 1..names.len()).find(|&j| names[j].contains(until)) {
+                Some(end) => {
+                    out.push((end - i) as u64);
+                    i = end;
+                }
+                None => break,
+            }
+        }
+        i += 1;
+    }
+    out
 }
 
 /// Reads a recording and the image's symbols.
@@ -433,6 +508,23 @@ mod tests {
         );
         assert_eq!(p.instructions, 3);
         assert!(render(&p, 5).contains("per unit"));
+    }
+
+    #[test]
+    fn spans_run_from_each_entry_to_the_next_instruction_in_until() {
+        let s = Symbols::parse_nm(NM);
+        // alpha alpha beta | _start | alpha beta
+        let steps = [
+            step(0, 0x10_0000),
+            step(1, 0x10_0010),
+            step(2, 0x10_0012),
+            step(3, 0x10_0030),
+            step(4, 0x10_0000),
+            step(5, 0x10_0010),
+            step(6, 0x10_0030),
+        ];
+        assert_eq!(spans(&steps, &s, "alpha", "beta"), vec![2, 1]);
+        assert!(spans(&steps, &s, "beta", "nowhere").is_empty());
     }
 
     #[test]
