@@ -256,10 +256,12 @@ fn netecho_moves_back_and_forth_by_pre_copy_and_zero_copy_while_pinging() {
 /// and 3 times by zero-copy, back and forth, while the client pings every 2 ms. Each
 /// receiver holds the arrival 20 ms before it announces and runs the guest (host-vmm's test
 /// knob), so the window is open long enough for pings to reach the source after it sent
-/// the final state (ping slows to one request per 10 ms while replies are outstanding: 2 or
-/// 3 a move): every move must forward some (the summaries count them), and not one ping may
-/// be lost in the whole run (with the source dropping those frames instead, 12 of ~1200
-/// were).
+/// the final state (ping slows to one request per 10 ms while replies are outstanding: 0 to
+/// 4 a move, ~13 a run): the run must forward some (the summaries count them), and not one
+/// ping may be lost in the whole run (with the source dropping those frames instead, 12 of
+/// ~1200 were). A single move may forward none: a frame the guest sends from the
+/// destination during the hold (say, a reply still queued on its transmit ring) teaches the
+/// bridge its new port, and the pings after it go there directly.
 #[test]
 fn no_ping_is_lost_in_the_hand_over_window() {
     if !kvm_present("no_ping_is_lost_in_the_hand_over_window") {
@@ -310,15 +312,14 @@ fn no_ping_is_lost_in_the_hand_over_window() {
         log.transmitted.unwrap_or(0),
         log.duplicates
     ));
-    for (i, moved) in moves.iter().enumerate() {
-        assert!(
-            moved.summary.frames_forwarded > 0,
-            "move {} forwarded no frame although the receiver held the arrival {HOLD_MS} ms \
-             while pings came every {FAST:?}: {:?}",
-            i + 1,
-            moved.summary
-        );
-    }
+    let forwarded: u64 = moves.iter().map(|m| m.summary.frames_forwarded).sum();
+    assert!(
+        forwarded > 0,
+        "{} moves forwarded no frame although each receiver held the arrival {HOLD_MS} ms \
+         while pings came every {FAST:?}: {:?}",
+        moves.len(),
+        moves.iter().map(|m| &m.summary).collect::<Vec<_>>()
+    );
     assert!(
         lost.is_empty(),
         "pings lost: {lost:?} (sequence numbers)\n--- host-vmm output ---\n{}",
