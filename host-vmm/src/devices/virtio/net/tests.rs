@@ -949,6 +949,12 @@ mod checksums {
         d
     }
 
+    /// What a host stack says of [`segment`]'s checksum: partial, from 34, field at 34 + 16.
+    const TCP_PARTIAL: Partial = Partial {
+        start: 34,
+        offset: 16,
+    };
+
     /// A TCP-looking frame from the device's MAC: the checksum at 50 covers 34.. .
     fn segment() -> Vec<u8> {
         let mut f = frame(120, 3);
@@ -1025,12 +1031,8 @@ mod checksums {
         let bufs: Vec<u64> = (0..4).map(|_| d.add_rx_buffer(2048)).collect();
         d.kick(RX);
         let f = segment();
-        let partial = Partial {
-            start: 34,
-            offset: 16,
-        };
         d.peer.inject_checksum(&f, RxChecksum::Valid);
-        d.peer.inject_checksum(&f, RxChecksum::Partial(partial));
+        d.peer.inject_checksum(&f, RxChecksum::Partial(TCP_PARTIAL));
         d.peer.inject_checksum(
             &f,
             RxChecksum::Partial(Partial {
@@ -1068,13 +1070,7 @@ mod checksums {
         let buf = d.add_rx_buffer(2048);
         d.kick(RX);
         let f = segment();
-        d.peer.inject_checksum(
-            &f,
-            RxChecksum::Partial(Partial {
-                start: 34,
-                offset: 16,
-            }),
-        );
+        d.peer.inject_checksum(&f, RxChecksum::Partial(TCP_PARTIAL));
         d.backend_ready();
         let mut got = vec![0u8; HEADER_LEN + f.len()];
         d.mem.read_slice(&mut got, GuestAddress(buf)).unwrap();
@@ -1089,13 +1085,7 @@ mod checksums {
     fn a_move_carries_partial_frames_complete_and_restores_the_offload() {
         let mut d = driver(OFFLOADS);
         let f = segment();
-        d.peer.inject_checksum(
-            &f,
-            RxChecksum::Partial(Partial {
-                start: 34,
-                offset: 16,
-            }),
-        );
+        d.peer.inject_checksum(&f, RxChecksum::Partial(TCP_PARTIAL));
         d.backend_ready();
         let saved = d.dev.save();
         let VirtioDeviceState::Net(net) = &saved.device else {
