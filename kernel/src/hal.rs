@@ -26,11 +26,11 @@ fn pages_layout(pages: usize) -> Option<Layout> {
     Layout::from_size_align(pages.checked_mul(PAGE_SIZE)?, PAGE_SIZE).ok()
 }
 
-/// `pages` pages of heap (cleared or not) at their identity address, or physical address 0.
-fn heap_pages(pages: usize, clear: bool) -> (PhysAddr, NonNull<u8>) {
-    let Some(layout) = pages_layout(pages).filter(|l| l.size() > 0) else {
-        return (0, NonNull::dangling());
-    };
+/// A fresh heap block of `layout` (cleared or not); `None` for a zero size or no memory.
+fn heap_block(layout: Layout, clear: bool) -> Option<NonNull<u8>> {
+    if layout.size() == 0 {
+        return None;
+    }
     // SAFETY: the layout has a nonzero size.
     let ptr = unsafe {
         if clear {
@@ -39,7 +39,12 @@ fn heap_pages(pages: usize, clear: bool) -> (PhysAddr, NonNull<u8>) {
             HEAP.alloc(layout)
         }
     };
-    match NonNull::new(ptr) {
+    NonNull::new(ptr)
+}
+
+/// `pages` pages of heap (cleared or not) at their identity address, or physical address 0.
+fn heap_pages(pages: usize, clear: bool) -> (PhysAddr, NonNull<u8>) {
+    match pages_layout(pages).and_then(|layout| heap_block(layout, clear)) {
         // Heap memory is identity-mapped: virtual == physical.
         Some(p) => (p.as_ptr() as PhysAddr, p),
         None => (0, NonNull::dangling()),
@@ -95,6 +100,15 @@ unsafe impl VirtioHal for KernelHal {
     }
 }
 
+/// A heap block of `len` bytes aligned to `align` (cleared or not), as a DMA chunk.
+fn dma_chunk(len: usize, align: usize, clear: bool) -> Option<drivers::hal::DmaChunk> {
+    let cpu = heap_block(Layout::from_size_align(len, align).ok()?, clear)?;
+    Some(drivers::hal::DmaChunk {
+        cpu,
+        device: cpu.as_ptr() as u64,
+    })
+}
+
 /// The kernel's DMA allocator for drivers that run their own rings (the VF): heap memory
 /// (zeroed, except receive buffers the device writes first), identity-mapped, so the CPU and
 /// device addresses are the same number.
@@ -107,27 +121,11 @@ pub struct KernelDma;
 // bytes at the same address.
 unsafe impl drivers::hal::Dma for KernelDma {
     fn alloc_zeroed(&mut self, len: usize, align: usize) -> Option<drivers::hal::DmaChunk> {
-        let layout = Layout::from_size_align(len, align)
-            .ok()
-            .filter(|l| l.size() > 0)?;
-        // SAFETY: the layout has a nonzero size.
-        let cpu = NonNull::new(unsafe { HEAP.alloc_zeroed(layout) })?;
-        Some(drivers::hal::DmaChunk {
-            cpu,
-            device: cpu.as_ptr() as u64,
-        })
+        dma_chunk(len, align, true)
     }
 
     fn alloc(&mut self, len: usize, align: usize) -> Option<drivers::hal::DmaChunk> {
-        let layout = Layout::from_size_align(len, align)
-            .ok()
-            .filter(|l| l.size() > 0)?;
-        // SAFETY: the layout has a nonzero size.
-        let cpu = NonNull::new(unsafe { HEAP.alloc(layout) })?;
-        Some(drivers::hal::DmaChunk {
-            cpu,
-            device: cpu.as_ptr() as u64,
-        })
+        dma_chunk(len, align, false)
     }
 
     unsafe fn free(&mut self, chunk: drivers::hal::DmaChunk, len: usize, align: usize) {
