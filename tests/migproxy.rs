@@ -615,9 +615,10 @@ fn forward_source(
             drop(from.inner.take_fds());
             let at = epoch();
             let what = format!(
-                "fault {:?} at {} frame {frames} (pages frame {pages}, pass {pass}) at={at:.6}",
+                "fault {:?} at {} frame {frames} (pages frame {pages}, pass {pass}) at={at:.6}{}",
                 o.fault,
-                kind_name(frame.kind)
+                kind_name(frame.kind),
+                guest_ram_mapped(o.pid)
             );
             match o.fault {
                 Fault::Cut => {
@@ -666,6 +667,24 @@ fn forward_source(
     ))
 }
 
+/// What the destination `pid` maps of guest RAM at the strike, for the log: the inodes of
+/// its `memfd:roam-guest-ram` mappings (` guest-ram-inodes=I,J`; empty without `--pid`).
+/// Read here, at the fault, rather than by the test polling /proc: under load a poller
+/// could miss the few milliseconds between the mapping and the strike.
+fn guest_ram_mapped(pid: Option<i32>) -> String {
+    let Some(pid) = pid else {
+        return String::new();
+    };
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+    let mut inodes: Vec<&str> = maps
+        .lines()
+        .filter(|l| l.contains("memfd:roam-guest-ram"))
+        .filter_map(|l| l.split_whitespace().nth(4))
+        .collect();
+    inodes.dedup();
+    format!(" guest-ram-inodes={}", inodes.join(","))
+}
+
 /// SIGKILLs the destination `pid`; what happened, for the log.
 fn kill(pid: Option<i32>) -> String {
     let pid = pid.unwrap_or(0);
@@ -682,7 +701,12 @@ fn forward_destination(mut from: Conn, mut to: Conn, both: &Both, o: &Options) -
     loop {
         match next_frame(&mut from) {
             Ok(Next::Frame(f)) if o.at == Some(At::Ready) && f.kind == kind::READY => {
-                let what = format!("fault {:?} at READY at={:.6}", o.fault, epoch());
+                let what = format!(
+                    "fault {:?} at READY at={:.6}{}",
+                    o.fault,
+                    epoch(),
+                    guest_ram_mapped(o.pid)
+                );
                 match o.fault {
                     Fault::Kill => say(&format!("{what} ({})", kill(o.pid))),
                     Fault::Cut | Fault::Corrupt => {

@@ -1152,26 +1152,17 @@ fn zero_copy_rolls_back_at_every_phase(fault: Fault, tag: &str) {
         let echo = src.echo_stream(ECHO_BYTES, 2000 + i as u64);
         std::thread::sleep(Duration::from_millis(500));
         let before = src.ctl.status().expect("status before the attempt");
-        // Whether the destination ever mapped the guest's memory: so "no one but the source
-        // has it afterwards" means the destination let go, not that it never had it.
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let watcher = {
-            let (stop, dst_pid) = (stop.clone(), dst.pid());
-            std::thread::spawn(move || {
-                let maps = format!("/proc/{dst_pid}/maps");
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    let text = std::fs::read_to_string(&maps).unwrap_or_default();
-                    if maps_guest_ram(&text, inode) {
-                        return true;
-                    }
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-                false
-            })
-        };
         let run = src.migrate_with(&format!("unix:{}", proxy_at.display()), &["--zero-copy"]);
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        let dst_mapped = watcher.join().expect("the watcher thread");
+        // Whether the destination mapped the guest's memory when migproxy struck (it reads
+        // /proc at the fault): so "no one but the source has it afterwards" means the
+        // destination let go, not that it never had it.
+        let dst_mapped = proxy.output().lines().any(|l| {
+            l.contains("fault ")
+                && l.split("guest-ram-inodes=")
+                    .nth(1)
+                    .and_then(|rest| rest.split_whitespace().next())
+                    .is_some_and(|list| list.split(',').any(|i| i == inode.to_string()))
+        });
         let what = format!("zero-copy, {} at {phase:?}", fault.key());
         macro_rules! context {
             () => {
