@@ -290,6 +290,11 @@ impl Vmm {
     pub fn run(&mut self) -> Result<Outcome, Error> {
         let result = self.run_loop();
         self.machine.gate.exited();
+        // The controller may end the process as soon as it hears how the run ended.
+        self.machine
+            .devices
+            .serial_output()
+            .wait_written(crate::devices::serial::output::DRAIN_AT_CLOSE);
         result
     }
 

@@ -61,6 +61,25 @@ impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
+
+    /// Waits at most `bound` for the writer to write everything buffered (or give up on a
+    /// broken stdout); false if bytes are still unwritten.
+    fn wait_written(&self, bound: Duration) -> bool {
+        let deadline = Instant::now() + bound;
+        let mut s = self.lock();
+        while (!s.buf.is_empty() || s.writing) && !s.broken {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            s = self
+                .progressed
+                .wait_timeout(s, deadline - now)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        s.broken || (s.buf.is_empty() && !s.writing)
+    }
 }
 
 /// The vCPU's end: writes never block and never fail.
@@ -78,6 +97,13 @@ impl OutputStats {
     /// The counters now.
     pub fn get(&self) -> OutputCounters {
         self.0.lock().counters
+    }
+
+    /// Waits at most `bound` until what the guest sent so far is on stdout: a guest's last
+    /// words (a crash report) must be out before host-vmm exits, and the output itself may
+    /// outlive the run (its device is shared). False if bytes are still unwritten.
+    pub fn wait_written(&self, bound: Duration) -> bool {
+        self.0.wait_written(bound)
     }
 }
 
@@ -132,22 +158,14 @@ impl Drop for SerialOutput {
         let mut s = self.shared.lock();
         s.closed = true;
         self.shared.ready.notify_one();
-        let deadline = Instant::now() + DRAIN_AT_CLOSE;
-        while (!s.buf.is_empty() || s.writing) && !s.broken {
-            let now = Instant::now();
-            if now >= deadline {
-                log::warn!(
-                    "serial: stdout is not being read; {} bytes of guest output left unwritten",
-                    s.buf.len()
-                );
-                break;
-            }
-            s = self
-                .shared
-                .progressed
-                .wait_timeout(s, deadline - now)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
+        drop(s);
+        let written = self.shared.wait_written(DRAIN_AT_CLOSE);
+        let s = self.shared.lock();
+        if !written {
+            log::warn!(
+                "serial: stdout is not being read; {} bytes of guest output left unwritten",
+                s.buf.len()
+            );
         }
         let c = s.counters;
         if c.dropped > 0 {
@@ -288,6 +306,27 @@ mod tests {
             took >= DRAIN_AT_CLOSE / 2 && took < DRAIN_AT_CLOSE * 3,
             "{took:?}"
         );
+    }
+
+    #[test]
+    fn waiting_for_the_output_returns_once_it_is_on_stdout_while_it_stays_open() {
+        let (release, gate) = mpsc::channel();
+        let rec = Recorder::default();
+        let mut out = SerialOutput::spawn(Box::new(Stuck(gate, rec.clone()))).unwrap();
+        let stats = out.stats();
+        out.write_all(b"roam: CPU exception\n").unwrap();
+        assert!(
+            !stats.wait_written(Duration::from_millis(50)),
+            "stdout is stuck"
+        );
+        release.send(()).unwrap();
+        assert!(stats.wait_written(Duration::from_secs(10)));
+        assert_eq!(&*rec.bytes.lock().unwrap(), b"roam: CPU exception\n");
+        // Still open: later bytes go out too.
+        out.write_all(b"more").unwrap();
+        release.send(()).unwrap();
+        assert!(stats.wait_written(Duration::from_secs(10)));
+        assert_eq!(stats.get().written, 24);
     }
 
     /// Fails like a closed pipe.
