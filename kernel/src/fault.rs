@@ -155,20 +155,101 @@ impl fmt::Display for Exception {
     }
 }
 
+/// A report line built without `core::fmt`, for a fault taken while reporting another: the
+/// formatting machinery (or the stack or memory it uses) may be what faulted.
+pub struct RawLine {
+    buf: [u8; 160],
+    len: usize,
+}
+
+impl RawLine {
+    /// "roam: CPU exception N at RIP=... [CR2=...] while reporting exception N at RIP=...",
+    /// in hex; `first` is the exception being reported, `None` for a panic.
+    pub fn nested(now: &Exception, first: Option<(u64, u64)>) -> RawLine {
+        let mut line = RawLine {
+            buf: [0; 160],
+            len: 0,
+        };
+        line.text(b"roam: CPU exception ");
+        line.hex(now.vector);
+        line.text(b" at RIP=");
+        line.hex(now.rip);
+        if let Some(cr2) = now.cr2 {
+            line.text(b" CR2=");
+            line.hex(cr2);
+        }
+        line.text(b" RSP=");
+        line.hex(now.rsp);
+        match first {
+            Some((vector, rip)) => {
+                line.text(b" while reporting exception ");
+                line.hex(vector);
+                line.text(b" at RIP=");
+                line.hex(rip);
+            }
+            None => line.text(b" while reporting a panic"),
+        }
+        line.text(b"\n");
+        line
+    }
+
+    /// The line's bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+
+    fn text(&mut self, text: &[u8]) {
+        for &b in text {
+            if self.len < self.buf.len() {
+                self.buf[self.len] = b;
+                self.len += 1;
+            }
+        }
+    }
+
+    fn hex(&mut self, value: u64) {
+        self.text(b"0x");
+        let digits = (64 - value.leading_zeros()).div_ceil(4).max(1);
+        for k in (0..digits).rev() {
+            let nibble = ((value >> (k * 4)) & 0xF) as u8;
+            let c = if nibble < 10 {
+                b'0' + nibble
+            } else {
+                b'a' + nibble - 10
+            };
+            self.text(&[c]);
+        }
+    }
+}
+
 #[cfg(target_os = "none")]
 mod report {
-    use super::Exception;
+    use super::{Exception, RawLine};
     use crate::arch::cpu;
     use crate::{serial, status};
-    use core::sync::atomic::{AtomicBool, Ordering};
+    use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
     /// Set by the first fatal report: a fault or panic while reporting exits at once.
     static REPORTING: AtomicBool = AtomicBool::new(false);
+    /// The exception being reported, for a fault taken while formatting its report
+    /// ([`PANICKING`] while a panic is).
+    static FIRST_VECTOR: AtomicU64 = AtomicU64::new(PANICKING);
+    static FIRST_RIP: AtomicU64 = AtomicU64::new(0);
+    /// No exception vector: the report under way is a panic's.
+    const PANICKING: u64 = u64::MAX;
 
-    /// Reports a CPU exception and exits with [`status::CPU_EXCEPTION`].
+    /// Reports a CPU exception and exits with [`status::CPU_EXCEPTION`]. A fault while
+    /// reporting one gets a line built without `core::fmt`, naming both.
     pub fn exception(e: &Exception) -> ! {
         if !REPORTING.swap(true, Ordering::Relaxed) {
+            FIRST_VECTOR.store(e.vector, Ordering::Relaxed);
+            FIRST_RIP.store(e.rip, Ordering::Relaxed);
             serial::print(format_args!("roam: {e}\n"));
+        } else {
+            let first = Some(FIRST_VECTOR.load(Ordering::Relaxed))
+                .filter(|&v| v != PANICKING)
+                .map(|v| (v, FIRST_RIP.load(Ordering::Relaxed)));
+            serial::write(RawLine::nested(e, first).bytes());
         }
         exit(status::CPU_EXCEPTION)
     }
@@ -313,6 +394,29 @@ mod tests {
             e.to_string()
                 .ends_with("(stack overflow: the 2 MiB app stack is exhausted)"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn a_fault_while_reporting_gets_a_raw_line_naming_both() {
+        let now = exception(14, 2, Some(0xfee0_0000));
+        let line = RawLine::nested(&now, Some((13, 0xab_cdef)));
+        assert_eq!(
+            core::str::from_utf8(line.bytes()).unwrap(),
+            "roam: CPU exception 0xe at RIP=0x102345 CR2=0xfee00000 RSP=0x140000 while \
+             reporting exception 0xd at RIP=0xabcdef\n"
+        );
+        let zero = RawLine::nested(&exception(0, 0, None), Some((0, u64::MAX)));
+        assert_eq!(
+            core::str::from_utf8(zero.bytes()).unwrap(),
+            "roam: CPU exception 0x0 at RIP=0x102345 RSP=0x140000 while reporting exception \
+             0x0 at RIP=0xffffffffffffffff\n"
+        );
+        let panic = RawLine::nested(&exception(6, 0, None), None);
+        assert!(
+            panic.bytes().ends_with(b" while reporting a panic\n"),
+            "{:?}",
+            core::str::from_utf8(panic.bytes())
         );
     }
 
