@@ -65,6 +65,7 @@ fn std_hello_passes(vmm: Vmm) {
         "50 round trips over two rendezvous channels",
         "main sleeps 20ms and wakes while a thread spins without yielding",
         "a sleeping thread wakes while main spins without yielding",
+        "forward copies stay right while another thread is preempted in backward ones",
         "a thread with a 1 TiB stack fails with an io::Error",
         "available_parallelism is 1",
         "reading a file fails cleanly",

@@ -1,7 +1,8 @@
 //! std-hello's thread checks: threads that share a `Mutex` and talk over channels, `Condvar`
 //! (woken and timing out), `park`, `OnceLock`, `RwLock`, a rendezvous channel, thread-locals
 //! per thread with their destructors, sleeping and spinning threads that do not hold up the
-//! others (preemption), and a thread the kernel cannot make failing cleanly.
+//! others (preemption), a thread preempted inside a backward copy that leaves the others'
+//! copies alone, and a thread the kernel cannot make failing cleanly.
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -38,6 +39,7 @@ pub fn run(check: &mut impl FnMut(bool, String)) {
     once_and_rwlock(check);
     rendezvous(check);
     preemption(check);
+    backward_copy_preempted(check);
     let huge = thread::Builder::new().stack_size(1 << 40).spawn(|| ());
     check(
         huge.is_err(),
@@ -270,6 +272,57 @@ fn preemption(check: &mut impl FnMut(bool, String)) {
         format!(
             "a sleeping thread wakes while main spins without yielding: after {:?}, {spun} spins",
             start.elapsed()
+        ),
+    );
+}
+
+/// One thread shifts a buffer up by a byte over and over (`copy_within` to a higher,
+/// overlapping place: memmove copies backwards, with the direction flag set) until told to
+/// stop; main yields to it and, each time it gets the CPU back, copies a block forward into
+/// the middle of a guarded area and checks the copy and both guards. The kernel's interrupt
+/// and exception entries must clear the flag: a preempted mover must not make the next
+/// thread's string instructions run downwards, over memory below their buffers.
+fn backward_copy_preempted(check: &mut impl FnMut(bool, String)) {
+    const BLOCK: usize = 4096;
+    const FOR: Duration = Duration::from_millis(300);
+    let stop = Arc::new(AtomicBool::new(false));
+    let theirs = Arc::clone(&stop);
+    let mover = thread::spawn(move || {
+        let mut buf: Vec<u8> = (0..16 * 1024).map(|i| i as u8).collect();
+        let mut rounds = 0u64;
+        while !theirs.load(Ordering::Relaxed) {
+            let len = buf.len();
+            buf.copy_within(0..len - 1, 1);
+            rounds += 1;
+        }
+        rounds
+    });
+    let source: Vec<u8> = (0..BLOCK).map(|i| (i * 7) as u8).collect();
+    let mut area = vec![0xA5u8; 3 * BLOCK];
+    let (mut copies, mut bad) = (0u64, 0u64);
+    let start = Instant::now();
+    while start.elapsed() < FOR {
+        thread::yield_now();
+        area[BLOCK..2 * BLOCK].copy_from_slice(&source);
+        let guards = area[..BLOCK].iter().chain(&area[2 * BLOCK..]);
+        copies += 1;
+        if area[BLOCK..2 * BLOCK] != source[..] || guards.clone().any(|&b| b != 0xA5) {
+            bad += 1;
+            // A backward copy ends with CLD: with the flag leaked, it clears it here so
+            // the report below prints instead of scribbling over the heap.
+            area.copy_within(0..BLOCK - 1, 1);
+            break;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let rounds = mover.join().unwrap_or(0);
+    check(
+        // Main yields before each copy and the mover never does: every copy after the
+        // first follows a preemption of the mover.
+        bad == 0 && copies >= 2 && rounds > 0,
+        format!(
+            "forward copies stay right while another thread is preempted in backward ones: \
+             {bad} of {copies} wrong, {rounds} backward rounds"
         ),
     );
 }

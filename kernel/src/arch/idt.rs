@@ -139,7 +139,11 @@ roam_isr_\vector:
     ROAM_ISR 30, 1
     ROAM_ISR 31, 0
 
+    /* CLD: the System V ABI wants the direction flag clear at every call, and the
+       interrupted code may be inside memmove's backward copy (STD ... CLD), where Rust's
+       string instructions would run downwards over whatever lies below their buffers. */
 roam_exception_common:
+    cld
     mov rdi, rsp
     and rsp, -16
     call {exception_entry}
@@ -210,8 +214,12 @@ roam_eoi_return:
     /* Threads run (`enable_preemption`): save the registers a call may clobber (RAX is
        already pushed) and let the scheduler switch threads. The CPU aligned RSP to 16 before
        its 5-word frame; with these 9 pushes the CALL sees it aligned again. The EOI came
-       first, so the next tick arrives whichever thread runs when this one resumes. */
+       first, so the next tick arrives whichever thread runs when this one resumes. CLD as
+       for exceptions: a thread preempted in memmove's backward copy has the direction flag
+       set, and the scheduler, and whichever thread it resumes, must not run with it (IRETQ
+       gives the preempted thread its own flags back). */
 roam_isr_schedule:
+    cld
     push rcx
     push rdx
     push rsi
