@@ -369,7 +369,10 @@ fn std_http_moves_with_its_threads_and_keep_alive_client() {
         !session.is_finished(),
         "the curl session ended before the moves were done"
     );
-    let run = session.join().expect("curl thread").expect("curl runs");
+    let run = session
+        .join()
+        .expect("curl thread")
+        .unwrap_or_else(|e| panic!("curl: {e:#}\n{}", m.guest.console_tail(60)));
     assert!(
         run.status.success(),
         "curl ({}): {}{}\n{}",

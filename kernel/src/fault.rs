@@ -256,6 +256,9 @@ mod report {
 
     #[panic_handler]
     fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+        // An app thread panics with interrupts on: a tick must not switch it out halfway
+        // through its report (exceptions arrive with them off already).
+        cpu::disable_interrupts();
         if !REPORTING.swap(true, Ordering::Relaxed) {
             match info.location() {
                 Some(at) => {
