@@ -8,14 +8,17 @@
 
 use super::target::{Closer, Listening, Stream};
 use migration_wire::{Hello, Message, WireError, read_message, write_message};
-use std::sync::mpsc;
+use rustix::event::{EventfdFlags, PollFd, PollFlags, Timespec};
+use std::os::fd::OwnedFd;
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 /// From accept to a Hello that passes the check: handshake and Hello, at most this long.
 pub const ADMISSION_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections being admitted at once.
 pub const MAX_PENDING: usize = 16;
-/// How often the listener is looked at while peers are being admitted.
+/// Longest wait between two looks at the admissions' deadlines (a connection or a finished
+/// admission ends the wait at once).
 const POLL: Duration = Duration::from_millis(20);
 
 /// The source, admitted: its stream and its Hello.
@@ -57,9 +60,14 @@ pub fn admit(
     check: impl Fn(&Hello) -> Result<(), String> + Clone + Send + 'static,
 ) -> std::io::Result<Admitted> {
     let (tx, rx) = mpsc::channel();
+    // Rung by each admission thread after it sent its result: the wait below ends on a
+    // connection or a result, whichever comes first (the source's connect is on a move's
+    // clock; a fixed poll interval added up to its length to every move).
+    let bell = Arc::new(Bell::new()?);
     let mut pending: Vec<Pending> = Vec::new();
     let mut next_id = 0u64;
     loop {
+        bell.clear();
         while let Some((incoming, peer)) = listening.try_accept()? {
             let closer = match incoming
                 .set_timeouts(ADMISSION_TIMEOUT)
@@ -82,6 +90,7 @@ pub fn admit(
             let id = next_id;
             next_id += 1;
             let tx = tx.clone();
+            let rung = bell.clone();
             let check = check.clone();
             let who = peer.clone();
             // One instant for both sides of the deadline: the thread tells a peer this loop
@@ -92,6 +101,7 @@ pub fn admit(
                 .spawn(move || {
                     let r = admit_one(incoming, &check, since);
                     let _ = tx.send((id, who, r));
+                    rung.ring();
                 });
             match spawned {
                 Ok(_) => pending.push(Pending {
@@ -106,26 +116,27 @@ pub fn admit(
                 }
             }
         }
-        match rx.recv_timeout(POLL) {
-            Ok((id, peer, Ok((stream, hello)))) => {
-                for p in pending.iter().filter(|p| p.id != id) {
-                    p.closer.close();
+        while let Ok((id, peer, result)) = rx.try_recv() {
+            match result {
+                Ok((stream, hello)) => {
+                    for p in pending.iter().filter(|p| p.id != id) {
+                        p.closer.close();
+                    }
+                    log::info!("migration: the source is {peer} ({})", listening.security());
+                    return Ok(Admitted {
+                        stream,
+                        hello,
+                        peer,
+                    });
                 }
-                log::info!("migration: the source is {peer} ({})", listening.security());
-                return Ok(Admitted {
-                    stream,
-                    hello,
-                    peer,
-                });
+                Err(refusal) => {
+                    pending.retain(|p| p.id != id);
+                    log::warn!(
+                        "migration: dropped {peer}: {refusal}; still waiting for the source on {}",
+                        listening.local()
+                    );
+                }
             }
-            Ok((id, peer, Err(refusal))) => {
-                pending.retain(|p| p.id != id);
-                log::warn!(
-                    "migration: dropped {peer}: {refusal}; still waiting for the source on {}",
-                    listening.local()
-                );
-            }
-            Err(_) => {}
         }
         for p in pending.iter_mut() {
             if !p.closed && p.since.elapsed() > ADMISSION_TIMEOUT {
@@ -133,6 +144,45 @@ pub fn admit(
                 p.closer.close();
                 p.closed = true;
             }
+        }
+        // Cleared before the looks above: what came since rings it, and the wait ends at once.
+        bell.wait(listening, POLL)?;
+    }
+}
+
+/// An eventfd the admission threads ring, waited on together with the listener.
+struct Bell(OwnedFd);
+
+impl Bell {
+    fn new() -> std::io::Result<Bell> {
+        let fd = rustix::event::eventfd(0, EventfdFlags::NONBLOCK | EventfdFlags::CLOEXEC)?;
+        Ok(Bell(fd))
+    }
+
+    fn ring(&self) {
+        // Only fails when the counter would overflow: it is rung anyway.
+        let _ = rustix::io::write(&self.0, &1u64.to_ne_bytes());
+    }
+
+    fn clear(&self) {
+        let mut count = [0u8; 8];
+        let _ = rustix::io::read(&self.0, &mut count);
+    }
+
+    /// Waits until a connection waits on `listening`, the bell rings or `bound` passes.
+    fn wait(&self, listening: &Listening, bound: Duration) -> std::io::Result<()> {
+        let timeout = Timespec {
+            tv_sec: bound.as_secs() as _,
+            tv_nsec: bound.subsec_nanos() as _,
+        };
+        let listener = listening.fd();
+        let mut fds = [
+            PollFd::new(&listener, PollFlags::IN),
+            PollFd::new(&self.0, PollFlags::IN),
+        ];
+        match rustix::event::poll(&mut fds, Some(&timeout)) {
+            Ok(_) | Err(rustix::io::Errno::INTR) => Ok(()),
+            Err(e) => Err(e.into()),
         }
     }
 }
@@ -228,6 +278,46 @@ mod tests {
 
     fn temp(tag: &str) -> PathBuf {
         std::env::temp_dir().join(format!("roam-admit-{tag}-{}", std::process::id()))
+    }
+
+    /// The admission loop's wait ends on a connection or a ring, not at its bound: with a
+    /// minute's bound, each wait here returns long before.
+    #[test]
+    fn the_wait_ends_on_a_connection_or_a_ring() {
+        const BOUND: Duration = Duration::from_secs(60);
+        let path = temp("bell.sock");
+        let _ = std::fs::remove_file(&path);
+        let listening = Address::Unix(path.clone())
+            .listen(Security::PeerCredentials)
+            .unwrap();
+        let bell = Arc::new(Bell::new().unwrap());
+
+        let ringer = bell.clone();
+        let ringing = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            ringer.ring();
+        });
+        let start = Instant::now();
+        bell.wait(&listening, BOUND).unwrap();
+        assert!(start.elapsed() < BOUND / 2, "{:?}", start.elapsed());
+        ringing.join().unwrap();
+
+        bell.clear();
+        let connecting = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            UnixStream::connect(&path).unwrap()
+        });
+        let start = Instant::now();
+        bell.wait(&listening, BOUND).unwrap();
+        assert!(start.elapsed() < BOUND / 2, "{:?}", start.elapsed());
+        let _peer = connecting.join().unwrap();
+        assert!(listening.try_accept().unwrap().is_some());
+
+        // Cleared and nobody waiting: the wait runs to its bound.
+        bell.clear();
+        let start = Instant::now();
+        bell.wait(&listening, Duration::from_millis(30)).unwrap();
+        assert!(start.elapsed() >= Duration::from_millis(30));
     }
 
     #[test]

@@ -501,6 +501,15 @@ impl Listening {
         }
     }
 
+    /// The listening socket, to wait on with poll(2) (readable: a connection is waiting).
+    pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        match self {
+            Listening::Tcp(l, _) => l.as_fd(),
+            Listening::Unix(l, ..) => l.as_fd(),
+        }
+    }
+
     /// The local address (the port when TCP port 0 was asked for).
     pub fn local(&self) -> String {
         match self {
