@@ -376,6 +376,14 @@ impl Run<'_, '_> {
             ),
         );
         self.cancel.check()?;
+        if options.zero_copy {
+            // First, so the destination maps guest RAM and builds its VM while the guest
+            // prepares (it runs nothing before the state arrives; an Abort ends it).
+            let unix = self.stream.unix().ok_or_else(|| {
+                MigrateError::Usage("--zero-copy needs a unix: destination".into())
+            })?;
+            super::fd::send_fd(unix, self.machine.ram.memfd(), b"guest-ram")?;
+        }
         // The guest leaves the VF before anything else: it cannot move with it. A guest
         // that refuses or stalls is moved only when the operator forces it; the VF is then
         // pulled from under it below, as a hot-unplug it survives on virtio-net.
@@ -407,10 +415,6 @@ impl Run<'_, '_> {
         }
         let mut pending = Vec::new();
         if options.zero_copy {
-            let unix = self.stream.unix().ok_or_else(|| {
-                MigrateError::Usage("--zero-copy needs a unix: destination".into())
-            })?;
-            super::fd::send_fd(unix, self.machine.ram.memfd(), b"guest-ram")?;
             self.step(Phase::HandingOver, "handing guest RAM over".into());
             self.reply(kind::READY)?;
             self.step(
