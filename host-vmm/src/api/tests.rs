@@ -236,10 +236,20 @@ fn the_client_pings_and_gets_json() {
     assert_eq!(ping.pid, i64::from(std::process::id()));
     assert_eq!(ping.version, env!("CARGO_PKG_VERSION"));
     assert_eq!(ping.features, ["test"]);
+    // `answered` runs after the write, so it may trail the client a little (and a later
+    // connection's could overtake it): wait for each before the next request.
+    let answered = |n: usize| {
+        let started = Instant::now();
+        while s.backend.answered.lock().unwrap().len() < n && started.elapsed() < T {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    answered(1);
     // 204s have no body; the full path works too.
     let (status, body) = client::call(s.p(), "PUT", "/api/v1/vm.boot", None, T).unwrap();
     assert_eq!((status, body), (204, None));
     assert_eq!(s.seen(), [ApiRequest::VmmPing, ApiRequest::VmBoot]);
+    answered(2);
     // Told after each answer the backend gave (not for requests refused before it).
     assert_eq!(
         client::call(s.p(), "GET", "vm.nope", None, T).unwrap().0,
@@ -249,11 +259,7 @@ fn the_client_pings_and_gets_json() {
         client::call(s.p(), "GET", "vm.info", None, T).unwrap().0,
         404
     );
-    // `answered` runs after the write, so it may trail the client a little.
-    let started = Instant::now();
-    while s.backend.answered.lock().unwrap().len() < 3 && started.elapsed() < T {
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    answered(3);
     assert_eq!(
         *s.backend.answered.lock().unwrap(),
         [
