@@ -26,7 +26,7 @@ use crate::loader::{Image, LoadError};
 use crate::memory::{GuestRam, MemoryError};
 use crate::pause::{Pause, PauseError};
 use crate::vcpu_gate::{Stopped, VcpuGate};
-pub use outcome::{GuestStop, Outcome};
+pub use outcome::{GuestStop, Outcome, StopRegisters};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::io::Write;
@@ -331,8 +331,12 @@ impl Vmm {
                     }
                 }
                 stop => {
-                    let rip = self.vcpu.regs().ok().map(|r| r.rip);
-                    return Ok(Outcome::GuestStopped(GuestStop { exit: stop, rip }));
+                    let regs = self.vcpu.regs().ok().map(|r| StopRegisters {
+                        rip: r.rip,
+                        rsp: r.rsp,
+                        rflags: r.rflags,
+                    });
+                    return Ok(Outcome::GuestStopped(GuestStop { exit: stop, regs }));
                 }
             }
         }

@@ -33,8 +33,20 @@ impl Outcome {
 pub struct GuestStop {
     /// What KVM reported.
     pub exit: VcpuExit,
-    /// The guest's RIP at that moment, if it could be read.
-    pub rip: Option<u64>,
+    /// The guest's registers at that moment, if they could be read.
+    pub regs: Option<StopRegisters>,
+}
+
+/// The registers a stop names: where the guest was, on what stack, with which flags (a
+/// direction flag left set, or a stack pointer in the wrong place, explains many a crash).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StopRegisters {
+    /// Instruction pointer.
+    pub rip: u64,
+    /// Stack pointer.
+    pub rsp: u64,
+    /// RFLAGS.
+    pub rflags: u64,
 }
 
 impl fmt::Display for GuestStop {
@@ -74,8 +86,12 @@ impl fmt::Display for GuestStop {
             }
             other => write!(f, "unexpected KVM exit {other:?}")?,
         }
-        match self.rip {
-            Some(rip) => write!(f, " at RIP {rip:#x}"),
+        match self.regs {
+            Some(r) => write!(
+                f,
+                " at RIP {:#x} (RSP {:#x}, RFLAGS {:#x})",
+                r.rip, r.rsp, r.rflags
+            ),
             None => write!(f, " (RIP unknown)"),
         }
     }

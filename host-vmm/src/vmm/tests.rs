@@ -6,18 +6,23 @@ use super::*;
 fn stops_are_reported_on_one_line_with_rip() {
     let stop = GuestStop {
         exit: VcpuExit::Shutdown,
-        rip: Some(0x10_0042),
+        regs: Some(StopRegisters {
+            rip: 0x10_0042,
+            rsp: 0x1c_2068,
+            rflags: 0x10446,
+        }),
     };
     assert_eq!(
         stop.to_string(),
-        "the guest stopped without an exit status: triple fault (KVM_EXIT_SHUTDOWN) at RIP 0x100042"
+        "the guest stopped without an exit status: triple fault (KVM_EXIT_SHUTDOWN) at RIP \
+         0x100042 (RSP 0x1c2068, RFLAGS 0x10446)"
     );
     let stop = GuestStop {
         exit: VcpuExit::InternalError {
             suberror: 1,
             data: vec![0x10, 0x20],
         },
-        rip: None,
+        regs: None,
     };
     let text = stop.to_string();
     assert!(!text.contains('\n'), "{text}");
@@ -30,7 +35,7 @@ fn exit_statuses_follow_architecture_md() {
     assert_eq!(Outcome::GuestExit(7).exit_status(), 7);
     let stop = GuestStop {
         exit: VcpuExit::Shutdown,
-        rip: None,
+        regs: None,
     };
     assert_eq!(Outcome::GuestStopped(stop).exit_status(), 124);
 }
@@ -156,7 +161,7 @@ mod kvm {
         };
         assert_eq!(stop.exit, VcpuExit::Shutdown);
         assert!(stop.to_string().contains("triple fault"), "{stop}");
-        assert!(stop.rip.is_some());
+        assert!(stop.regs.is_some());
     }
 
     #[test]
