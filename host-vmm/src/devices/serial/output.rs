@@ -16,7 +16,7 @@
 use std::collections::VecDeque;
 use std::io::{self, Write};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Guest output buffered for stdout at most (a few seconds of a chatty log).
 pub const OUTPUT_CAPACITY: usize = 64 * 1024;
@@ -65,20 +65,12 @@ impl Shared {
     /// Waits at most `bound` for the writer to write everything buffered (or give up on a
     /// broken stdout); false if bytes are still unwritten.
     fn wait_written(&self, bound: Duration) -> bool {
-        let deadline = Instant::now() + bound;
-        let mut s = self.lock();
-        while (!s.buf.is_empty() || s.writing) && !s.broken {
-            let now = Instant::now();
-            if now >= deadline {
-                break;
-            }
-            s = self
-                .progressed
-                .wait_timeout(s, deadline - now)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
-        }
-        s.broken || (s.buf.is_empty() && !s.writing)
+        let unwritten = |s: &mut State| (!s.buf.is_empty() || s.writing) && !s.broken;
+        let (mut s, _) = self
+            .progressed
+            .wait_timeout_while(self.lock(), bound, unwritten)
+            .unwrap_or_else(PoisonError::into_inner);
+        !unwritten(&mut s)
     }
 }
 
@@ -222,6 +214,7 @@ fn drain(shared: &Shared, mut out: Box<dyn Write + Send>) {
 mod tests {
     use super::*;
     use std::sync::mpsc;
+    use std::time::Instant;
 
     /// A stdout that records, and blocks while `gate` holds no permit.
     #[derive(Clone, Default)]
